@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from litestar import Controller, get
+from litestar.params import FromQuery
+
+from ctrlplane.admin import schemas
+from ctrlplane.admin.service import AdminService
+from ctrlplane.audit import schemas as audit_schemas
+from ctrlplane.audit import service as audit_service
+from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.pagination import Page
+
+
+class AdminController(Controller):
+    path = "/v1/admin"
+    tags = ["admin"]
+
+    @get("/stats", operation_id="getStats", responses=errors(), opt=route("stats", "get", system_admin=True))
+    async def stats(self, context: Context) -> schemas.SystemStats:
+        """Counts across the system: tenants by status, instances by state, recent deployments, API keys."""
+        return await AdminService(context).stats()
+
+    @get(
+        "/providers", operation_id="listProviders", responses=errors(), opt=route("provider", "list", system_admin=True)
+    )
+    async def providers(self, context: Context) -> Page[schemas.ProviderStatus]:
+        """Registered providers and whether each answers right now."""
+        items = await AdminService(context).providers()
+        return Page(items=items, next_cursor=None, total=len(items))
+
+    @get("/audit", operation_id="queryAudit", responses=errors(), opt=route("audit", "list", system_admin=True))
+    async def audit(
+        self,
+        context: Context,
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE,
+        tenant_id: FromQuery[str | None] = None,
+        resource: FromQuery[str | None] = None,
+        action: FromQuery[str | None] = None,
+        actor: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+    ) -> Page[audit_schemas.AuditEntry]:
+        """Query the audit log, newest first."""
+        return await audit_service.query(
+            context.session,
+            cursor=cursor,
+            limit=limit,
+            tenant_id=tenant_id,
+            resource=resource,
+            action=action,
+            actor=actor,
+            since=since,
+            until=until,
+        )

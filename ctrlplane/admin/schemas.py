@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import msgspec
+
+
+class ApiKeyStats(msgspec.Struct):
+    active: int
+    revoked: int
+    expired: int
+
+
+class SystemStats(msgspec.Struct):
+    tenants: dict[str, int]
+    instances: dict[str, int]
+    deployments_last_24h: int
+    api_keys: ApiKeyStats
+
+
+class ProviderStatus(msgspec.Struct):
+    name: str
+    available: bool
+    message: str

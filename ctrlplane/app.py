@@ -1,0 +1,117 @@
+"""The composition root: ``create_app(settings)`` builds everything a server needs and nothing else does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from litestar import Litestar, MediaType, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy import text
+
+from ctrlplane import __version__
+from ctrlplane.admin.api import AdminController
+from ctrlplane.auth.api import KeyController
+from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
+from ctrlplane.auth.tokens import load_signing_secret
+from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_response
+from ctrlplane.context import AppServices
+from ctrlplane.db import Database, connect
+from ctrlplane.errors import ErrorBody, Unavailable
+from ctrlplane.http import provide_context
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+from ctrlplane.tenants.api import TenantController
+
+
+class Liveness(msgspec.Struct):
+    status: str
+    version: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    database: str
+
+
+@get("/healthz", operation_id="liveness", tags=["health"], include_in_schema=True)
+async def healthz() -> Liveness:
+    """Liveness: the process serves requests."""
+    return Liveness(status="ok", version=__version__)
+
+
+@get(
+    "/readyz",
+    operation_id="readiness",
+    tags=["health"],
+    responses={503: ResponseSpec(data_container=ErrorBody, description="The database cannot be reached")},
+)
+async def readyz(state: State) -> Response[Any]:
+    """Readiness: the database answers."""
+    services: AppServices = state.services
+    try:
+        async with services.db.read() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise Unavailable(f"database unreachable: {type(exc).__name__}") from exc
+    return Response(Readiness(status="ready", database="ok"), media_type=MediaType.JSON)
+
+
+def build_services(settings: Settings, *, providers: ProviderRegistry | None, db: Database | None) -> AppServices:
+    database = db or connect(settings.resolved_database_url)
+    authenticator = Authenticator(
+        [
+            APIKeyProvider(settings, database),
+            JWTProvider(settings, secret=load_signing_secret(settings)),
+        ]
+    )
+    registry = providers if providers is not None else ProviderRegistry.from_entry_points(settings)
+    return AppServices(
+        settings=settings, db=database, authenticator=authenticator, providers=registry, version=__version__
+    )
+
+
+def create_app(
+    settings: Settings, *, providers: ProviderRegistry | None = None, db: Database | None = None
+) -> Litestar:
+    services = build_services(settings, providers=providers, db=db)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await services.providers.close()
+            if db is None:
+                await services.db.dispose()
+
+    app = Litestar(
+        route_handlers=[healthz, readyz, TenantController, KeyController, AdminController],
+        dependencies={"context": Provide(provide_context, sync_to_thread=False)},
+        middleware=[UnitOfWork(services)],
+        exception_handlers={Exception: exception_to_response},
+        state=State({"services": services}),
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="ctrlplane",
+            version=__version__,
+            description="Multi-tenant PaaS control plane. Errors: {message, code, request_id}.",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key")
+                }
+            ),
+            security=[{"bearer": []}],
+        ),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+    app.asgi_handler = RequestContextASGI(app.asgi_handler, version=__version__)
+    return app

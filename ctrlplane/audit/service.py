@@ -1,0 +1,183 @@
+"""The audit log: append-only, one hash chain per tenant (and one, ``system``, for tenant-less acts).
+
+Each entry stores ``prev_hash`` and ``hash = sha256(prev_hash || canonical JSON of the entry)``.
+Appending locks the chain's head row (``audit_chains``), so concurrent writers in one tenant queue
+instead of forking the chain. ``verify`` walks every chain and reports the first broken link: an
+altered row (its hash no longer matches), a removed row (a gap in ``seq`` or a ``prev_hash`` that
+names nothing), or rows cut from the end (the head no longer matches the last row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ctrlplane.audit import schemas
+from ctrlplane.audit.models import AuditChain, AuditEntry
+from ctrlplane.audit.repository import audit_query
+from ctrlplane.errors import InvalidInput
+from ctrlplane.ids import new_id
+from ctrlplane.pagination import Page, paginate
+from ctrlplane.timeutil import rfc3339, utc_now
+
+GENESIS = "0" * 64
+SYSTEM_CHAIN = "system"
+
+
+class AuditRecord(msgspec.Struct, kw_only=True):
+    tenant_id: str | None
+    actor_kind: str
+    actor_subject: str
+    action: str
+    resource: str
+    resource_id: str | None
+    outcome: str
+    status_code: int
+    request_id: str
+    client_addr: str | None
+    details: dict[str, Any]
+
+
+class BrokenLink(msgspec.Struct):
+    chain: str
+    seq: int
+    entry_id: str | None
+    reason: str
+
+
+class VerifyReport(msgspec.Struct):
+    chains: int
+    entries: int
+    broken: BrokenLink | None
+
+
+def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
+    canonical = {
+        "id": entry.id,
+        "chain": entry.chain,
+        "seq": entry.seq,
+        "tenant_id": entry.tenant_id,
+        "at": rfc3339(entry.at),
+        "actor_kind": entry.actor_kind,
+        "actor_subject": entry.actor_subject,
+        "action": entry.action,
+        "resource": entry.resource,
+        "resource_id": entry.resource_id,
+        "outcome": entry.outcome,
+        "status_code": entry.status_code,
+        "request_id": entry.request_id,
+        "client_addr": entry.client_addr,
+        "details": entry.details,
+    }
+    return hashlib.sha256(prev_hash.encode() + msgspec.json.encode(canonical, order="sorted")).hexdigest()
+
+
+async def append(session: AsyncSession, record: AuditRecord, *, at: datetime | None = None) -> AuditEntry:
+    chain = record.tenant_id or SYSTEM_CHAIN
+    head = await _lock_head(session, chain)
+    entry = AuditEntry(
+        id=new_id("aud"),
+        chain=chain,
+        seq=head.seq + 1,
+        at=at or utc_now(),
+        prev_hash=head.last_hash,
+        **msgspec.structs.asdict(record),
+    )
+    entry.hash = entry_hash(head.last_hash, entry)
+    head.seq, head.last_hash = entry.seq, entry.hash
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+async def _lock_head(session: AsyncSession, chain: str) -> AuditChain:
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    await session.execute(insert(AuditChain).values(chain=chain, seq=0, last_hash=GENESIS).on_conflict_do_nothing())
+    statement = select(AuditChain).where(AuditChain.chain == chain).with_for_update()
+    return (await session.execute(statement.execution_options(populate_existing=True))).scalar_one()
+
+
+async def verify(session: AsyncSession) -> VerifyReport:
+    heads = {head.chain: head for head in (await session.execute(select(AuditChain))).scalars()}
+    chains = set(heads) | set((await session.execute(select(AuditEntry.chain).distinct())).scalars())
+    total = 0
+    for chain in sorted(chains):
+        expected_seq, expected_prev = 1, GENESIS
+        last: AuditEntry | None = None
+        rows = await session.stream_scalars(
+            select(AuditEntry)
+            .where(AuditEntry.chain == chain)
+            .order_by(AuditEntry.seq)
+            .execution_options(yield_per=500)
+        )
+        async for entry in rows:
+            total += 1
+            if entry.seq != expected_seq:
+                return VerifyReport(
+                    len(chains),
+                    total,
+                    BrokenLink(
+                        chain, expected_seq, None, f"entry {expected_seq} is missing (next present is {entry.seq})"
+                    ),
+                )
+            if entry.prev_hash != expected_prev:
+                return VerifyReport(
+                    len(chains),
+                    total,
+                    BrokenLink(chain, entry.seq, entry.id, "prev_hash does not match the previous entry"),
+                )
+            if entry_hash(entry.prev_hash, entry) != entry.hash:
+                return VerifyReport(
+                    len(chains),
+                    total,
+                    BrokenLink(chain, entry.seq, entry.id, "entry was altered: its hash does not match its content"),
+                )
+            expected_seq, expected_prev, last = entry.seq + 1, entry.hash, entry
+        head = heads.get(chain)
+        last_seq = last.seq if last else 0
+        last_hash = last.hash if last else GENESIS
+        if head is None or head.seq != last_seq or head.last_hash != last_hash:
+            head_seq = head.seq if head else 0
+            return VerifyReport(
+                len(chains),
+                total,
+                BrokenLink(
+                    chain, last_seq + 1, None, f"entries after {last_seq} were removed (chain head is at {head_seq})"
+                ),
+            )
+    return VerifyReport(len(chains), total, None)
+
+
+async def query(
+    session: AsyncSession,
+    *,
+    cursor: str | None,
+    limit: int,
+    tenant_id: str | None,
+    resource: str | None,
+    action: str | None,
+    actor: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Page[schemas.AuditEntry]:
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidInput(f"{name} must be RFC 3339 with a timezone", details={name: "no timezone"})
+    statement = audit_query(
+        tenant_id=tenant_id, resource=resource, action=action, actor=actor, since=since, until=until
+    )
+    return await paginate(
+        session,
+        statement,
+        AuditEntry.id,
+        cursor=cursor,
+        limit=limit,
+        convert=lambda row: msgspec.convert(row, schemas.AuditEntry, from_attributes=True),
+    )

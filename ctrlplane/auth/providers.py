@@ -1,0 +1,229 @@
+"""Who is calling: the ``AuthProvider`` contract and the two providers that ship (JWT and API keys).
+
+A provider turns a bearer token into a ``Principal`` or raises ``Unauthenticated``. The
+``Authenticator`` asks each configured provider in turn whether the token has its shape
+(``accepts``); the first that does decides. API keys start with ``cpk_``; anything else is a JWT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import anyio
+import jwt
+import msgspec
+from sqlalchemy import select, update
+
+from ctrlplane.auth.models import ApiKey
+from ctrlplane.db import Database
+from ctrlplane.errors import Unauthenticated
+from ctrlplane.ids import TenantId
+from ctrlplane.settings import Settings
+from ctrlplane.timeutil import utc_now
+
+ROLES = ("read", "deploy", "admin")
+"""Tenant roles, each including the ones before it."""
+
+API_KEY_PREFIX = "cpk_"
+
+PrincipalKind = Literal["user", "api_key", "system"]
+
+
+class Principal(msgspec.Struct, frozen=True):
+    subject: str
+    kind: PrincipalKind
+    tenant_id: TenantId | None
+    roles: frozenset[str]
+    key_id: str | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def is_system_admin(self) -> bool:
+        return self.tenant_id is None and "admin" in self.roles
+
+    def has_role(self, required: str) -> bool:
+        if self.is_system_admin:
+            return True
+        rank = ROLES.index(required)
+        return any(role in ROLES and ROLES.index(role) >= rank for role in self.roles)
+
+    def grantable(self, roles: Sequence[str]) -> bool:
+        return all(self.has_role(role) for role in roles)
+
+
+ANONYMOUS = Principal(subject="anonymous", kind="user", tenant_id=None, roles=frozenset())
+
+
+class AuthProvider(Protocol):
+    """Turns a bearer token into a Principal.
+
+    ``accepts`` looks only at the token's shape and must not raise; ``authenticate`` verifies it
+    completely and raises ``Unauthenticated`` with a reason that never repeats the token.
+    """
+
+    name: str
+
+    def accepts(self, token: str) -> bool: ...
+
+    async def authenticate(self, token: str) -> Principal: ...
+
+
+def hash_api_key(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class JWTProvider:
+    """HS256/384/512 with a shared secret, RS/ES with a PEM public key or a JWKS URL.
+
+    Only algorithms in ``CTRLPLANE_JWT_ALGORITHMS`` are accepted; the key is chosen by the algorithm
+    family the server configured, never by what the token claims, so an HS token signed with the
+    RSA public key (key confusion) and ``alg: none`` both fail.
+    """
+
+    name = "jwt"
+
+    def __init__(self, settings: Settings, *, secret: str | None) -> None:
+        self._algorithms = list(settings.jwt_algorithms)
+        self._secret = secret
+        self._public_key = settings.jwt_public_key
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_seconds
+        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+
+    def accepts(self, token: str) -> bool:
+        return token.count(".") == 2
+
+    async def authenticate(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("malformed token") from exc
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
+        key = await self._key_for(str(algorithm), token)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=[algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise Unauthenticated("token not yet valid") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("token audience is not accepted") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthenticated("token issuer is not accepted") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(f"token lacks the {exc.claim!r} claim") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("token signature or claims are invalid") from exc
+        return _principal_from_claims(claims)
+
+    async def _key_for(self, algorithm: str, token: str) -> Any:
+        if algorithm.startswith("HS"):
+            if not self._secret:
+                raise Unauthenticated("HMAC tokens are not accepted by this server")
+            return self._secret
+        if self._public_key:
+            return self._public_key
+        if self._jwks is not None:
+            jwks = self._jwks
+            try:
+                signing_key = await anyio.to_thread.run_sync(jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWKClientError as exc:
+                raise Unauthenticated(f"no JWKS key for this token: {exc}") from exc
+            return signing_key.key
+        raise Unauthenticated("asymmetric tokens are not accepted by this server")
+
+
+def _principal_from_claims(claims: dict[str, Any]) -> Principal:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthenticated("token subject must be a non-empty string")
+    raw_roles = claims.get("roles", [])
+    if isinstance(raw_roles, str):
+        raw_roles = raw_roles.split()
+    if not isinstance(raw_roles, list) or not all(isinstance(r, str) for r in raw_roles):
+        raise Unauthenticated("token roles must be a list of strings")
+    tenant_id = claims.get("tenant_id")
+    if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
+        raise Unauthenticated("token tenant_id must be a string")
+    roles = frozenset(raw_roles)
+    if tenant_id is None and "admin" not in roles:
+        raise Unauthenticated("a token without tenant_id must carry the admin role")
+    expires = claims.get("exp")
+    return Principal(
+        subject=subject,
+        kind="user",
+        tenant_id=TenantId(tenant_id) if tenant_id else None,
+        roles=roles,
+        expires_at=datetime.fromtimestamp(expires, tz=UTC) if isinstance(expires, int | float) else None,
+    )
+
+
+class APIKeyProvider:
+    """Keys created through ``POST /v1/keys``; revoked or expired keys stop working at once.
+
+    ``last_used_at`` is written at most once per ``CTRLPLANE_API_KEY_TOUCH_SECONDS`` per key, so a
+    busy CI key does not turn every read into a write.
+    """
+
+    name = "api_key"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._db = db
+        self._touch_every = timedelta(seconds=settings.api_key_touch_seconds)
+
+    def accepts(self, token: str) -> bool:
+        return token.startswith(API_KEY_PREFIX)
+
+    async def authenticate(self, token: str) -> Principal:
+        digest = hash_api_key(token)
+        now = utc_now()
+        async with self._db.read() as session:
+            key = (await session.execute(select(ApiKey).where(ApiKey.secret_hash == digest))).scalar_one_or_none()
+        if key is None:
+            raise Unauthenticated("unknown API key")
+        if key.revoked_at is not None:
+            raise Unauthenticated("API key revoked")
+        if key.expires_at is not None and key.expires_at <= now:
+            raise Unauthenticated("API key expired")
+        if key.last_used_at is None or now - key.last_used_at >= self._touch_every:
+            async with self._db.write() as session, session.begin():
+                await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        return Principal(
+            subject=key.id,
+            kind="api_key",
+            tenant_id=TenantId(key.tenant_id),
+            roles=frozenset(key.roles),
+            key_id=key.id,
+            expires_at=key.expires_at,
+        )
+
+
+class Authenticator:
+    def __init__(self, providers: Sequence[AuthProvider]) -> None:
+        self.providers = list(providers)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated("missing Authorization: Bearer <token> header")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+        for provider in self.providers:
+            if provider.accepts(token):
+                return await provider.authenticate(token)
+        raise Unauthenticated("token format not recognised")

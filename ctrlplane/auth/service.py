@@ -1,0 +1,97 @@
+"""API keys: created by a tenant for itself (or by a system admin for any tenant), shown once,
+stored as a SHA-256 hash, revoked at once. A key's roles never exceed its creator's."""
+
+from __future__ import annotations
+
+import secrets
+
+import msgspec
+from sqlalchemy import Select, select
+
+from ctrlplane.auth import schemas
+from ctrlplane.auth.models import ApiKey
+from ctrlplane.auth.providers import API_KEY_PREFIX, hash_api_key
+from ctrlplane.context import RequestContext
+from ctrlplane.errors import Forbidden, InvalidInput, NotFound
+from ctrlplane.ids import new_id
+from ctrlplane.pagination import Page, paginate
+from ctrlplane.tenants.repository import TenantRepository
+from ctrlplane.timeutil import utc_now
+
+
+def to_schema(key: ApiKey) -> schemas.ApiKey:
+    return msgspec.convert(key, schemas.ApiKey, from_attributes=True)
+
+
+class KeyService:
+    def __init__(self, context: RequestContext) -> None:
+        self.context = context
+        self.session = context.session
+
+    async def create(self, data: schemas.ApiKeyCreate) -> schemas.ApiKeyCreated:
+        tenant_id = self.context.tenant_scope(data.tenant_id)
+        await TenantRepository(self.session).get(tenant_id)
+        roles = sorted(set(data.roles))
+        if not self.context.principal.grantable(roles):
+            raise Forbidden("a key cannot have roles its creator lacks", details={"roles": roles})
+        now = utc_now()
+        if data.expires_at is not None and data.expires_at <= now:
+            raise InvalidInput("expires_at must be in the future", details={"expires_at": "in the past"})
+        value = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            id=new_id("key"),
+            tenant_id=tenant_id,
+            name=data.name,
+            roles=roles,
+            prefix=value[:12],
+            secret_hash=hash_api_key(value),
+            created_by=self.context.principal.subject,
+            created_at=now,
+            expires_at=data.expires_at,
+            last_used_at=None,
+            revoked_at=None,
+        )
+        self.session.add(key)
+        await self.session.flush()
+        self.context.audit.resource_id = key.id
+        self.context.audit.tenant_id = tenant_id
+        self.context.audit.details.update(name=data.name, roles=roles)
+        return schemas.ApiKeyCreated(**msgspec.structs.asdict(to_schema(key)), key=value)
+
+    def _scoped(self, tenant_id: str | None) -> Select[tuple[ApiKey]]:
+        principal = self.context.principal
+        statement = select(ApiKey)
+        if principal.tenant_id is not None:
+            if tenant_id is not None and tenant_id != principal.tenant_id:
+                raise Forbidden("tenant_id differs from the tenant of your token")
+            return statement.where(ApiKey.tenant_id == principal.tenant_id)
+        return statement.where(ApiKey.tenant_id == tenant_id) if tenant_id else statement
+
+    async def list(self, *, tenant_id: str | None, cursor: str | None, limit: int) -> Page[schemas.ApiKey]:
+        return await paginate(
+            self.session, self._scoped(tenant_id), ApiKey.id, cursor=cursor, limit=limit, convert=to_schema
+        )
+
+    async def revoke(self, key_id: str) -> None:
+        statement = self._scoped(None).where(ApiKey.id == key_id).with_for_update()
+        key = (await self.session.execute(statement)).scalar_one_or_none()
+        if key is None:
+            raise NotFound.of("key", key_id)
+        self.context.audit.tenant_id = key.tenant_id
+        if key.revoked_at is None:
+            key.revoked_at = utc_now()
+
+    def whoami(self) -> schemas.WhoAmI:
+        principal = self.context.principal
+        return schemas.WhoAmI(
+            subject=principal.subject,
+            kind=principal.kind,
+            tenant_id=principal.tenant_id,
+            roles=sorted(principal.roles),
+            system_admin=principal.is_system_admin,
+            key_id=principal.key_id,
+            expires_at=principal.expires_at,
+            can_read=principal.has_role("read"),
+            can_deploy=principal.has_role("deploy"),
+            can_admin=principal.has_role("admin"),
+        )

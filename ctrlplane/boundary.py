@@ -1,0 +1,421 @@
+"""The request boundary: request IDs, the access log, and the unit of work around every /v1 call.
+
+``RequestContextASGI`` wraps the whole app: it settles the request ID, adds ``X-Request-ID`` and
+``X-Ctrlplane-Version`` to every response and writes one log line per request.
+
+``UnitOfWork`` runs after routing for every ``/v1`` route, in this order:
+
+1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``);
+2. authenticates the bearer token (401), loads the caller's tenant (a vanished tenant is 401;
+   a suspended one gets 403 on every mutating call) and checks the route's required role (403);
+3. claims the ``Idempotency-Key`` of a POST, or replays its stored response;
+4. runs the handler inside one database transaction, holding the response back;
+5. on success commits the change, its audit entry and the idempotency record together; on failure
+   rolls the change back and commits the audit entry (and a 4xx idempotency record) alone;
+6. sends the response.
+
+Routes declare ``opt={"resource": ..., "action": ..., "role": ..., "system_admin": ...}``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ctrlplane.audit.service import AuditRecord
+from ctrlplane.audit.service import append as append_audit
+from ctrlplane.auth.providers import ANONYMOUS, Principal
+from ctrlplane.context import CONTEXT_KEY, AppServices, AuditDraft, RequestContext
+from ctrlplane.errors import (
+    HTTP_CODES,
+    CtrlplaneError,
+    ErrorBody,
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    TenantSuspended,
+    Unauthenticated,
+    Unavailable,
+)
+from ctrlplane.idempotency import service as idempotency
+from ctrlplane.ids import new_id
+from ctrlplane.tenants.models import Tenant
+
+log = structlog.get_logger("ctrlplane.http")
+
+REQUEST_ID_KEY = "ctrlplane.request_id"
+STARTED_KEY = "ctrlplane.started"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def request_id_for(scope: Scope) -> str:
+    existing = scope.get(REQUEST_ID_KEY)  # type: ignore[misc]
+    if existing:
+        return str(existing)
+    incoming = _header(scope, b"x-request-id")
+    request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else new_id("req")
+    scope[REQUEST_ID_KEY] = request_id  # type: ignore[literal-required]
+    return request_id
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            try:
+                return bytes(value).decode("latin-1")
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def error_body(scope: Scope, error: CtrlplaneError) -> bytes:
+    return msgspec.json.encode(
+        ErrorBody(message=error.message, code=error.code, request_id=request_id_for(scope), details=error.details)
+    )
+
+
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The one exception handler: domain errors, framework errors, database failures, bugs."""
+    error = as_domain_error(exc)
+    if error.status >= 500 and not isinstance(error, Unavailable):
+        log.error("unhandled_error", exc_info=exc, request_id=request_id_for(request.scope))
+    headers = {"Retry-After": "5"} if error.status == 503 else {}
+    return Response(
+        content=error_body(request.scope, error),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def as_domain_error(exc: Exception) -> CtrlplaneError:
+    if isinstance(exc, CtrlplaneError):
+        return exc
+    if isinstance(exc, ValidationException):
+        fields = exc.extra if isinstance(exc.extra, list) else None
+        message = (
+            "invalid request: "
+            + "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in fields or [] if isinstance(e, dict))
+            if fields
+            else f"invalid request: {exc.detail}"
+        )
+        return InvalidInput(message, details={"fields": fields} if fields else None)
+    if isinstance(exc, HTTPException):
+        error = CtrlplaneError(str(exc.detail))
+        error.status = exc.status_code  # type: ignore[misc]
+        error.code = HTTP_CODES.get(exc.status_code, "error")  # type: ignore[misc]
+        return error
+    if isinstance(exc, IntegrityError):
+        conflict = CtrlplaneError("the change conflicts with existing data")
+        conflict.status, conflict.code = 409, "conflict"  # type: ignore[misc]
+        return conflict
+    if isinstance(exc, DBAPIError | OSError | TimeoutError):
+        return Unavailable("the database is unavailable; retry shortly")
+    return CtrlplaneError("internal error; the request ID identifies it in the server log")
+
+
+class RequestContextASGI:
+    def __init__(self, app: ASGIApp, *, version: str) -> None:
+        self.app = app
+        self.version = version.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_for(scope)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-ctrlplane-version", self.version))
+                message = {**message, "headers": headers}  # type: ignore[assignment]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            context: RequestContext | None = scope.get(CONTEXT_KEY)  # type: ignore[assignment]
+            principal = context.principal if context else None
+            log.info(
+                "request",
+                method=scope["method"],
+                route=scope.get("path_template") or scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                request_id=request_id,
+                tenant=principal.tenant_id if principal else None,
+                subject=principal.subject if principal else None,
+            )
+
+
+class _Captured:
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", ()))
+        elif message["type"] == "http.response.body":
+            self.body.extend(message.get("body", b""))
+
+    @property
+    def content_type(self) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == b"content-type":
+                return value.decode("latin-1")
+        return None
+
+    async def flush(self, send: Send, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status, "headers": self.headers + (extra_headers or [])}
+        )
+        await send({"type": "http.response.body", "body": bytes(self.body), "more_body": False})
+
+    @classmethod
+    def of_error(cls, scope: Scope, error: CtrlplaneError) -> _Captured:
+        captured = cls()
+        captured.status = error.status
+        captured.headers = [(b"content-type", b"application/json")]
+        if error.status == 503:
+            captured.headers.append((b"retry-after", b"5"))
+        captured.body.extend(error_body(scope, error))
+        return captured
+
+
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "success"
+    if status in (401, 403):
+        return "denied"
+    return "rejected" if status < 500 else "error"
+
+
+class UnitOfWork(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, services: AppServices) -> None:
+        self.services = services
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if not scope["path"].startswith("/v1/"):
+            await next_app(scope, receive, send)
+            return
+        if scope["method"] in READ_METHODS:
+            await self._read(scope, receive, send, next_app)
+        else:
+            await self._write(scope, receive, send, next_app)
+
+    async def _prepare(self, scope: Scope, mutating: bool) -> Principal:
+        principal = await self.services.authenticator.authenticate(_header(scope, b"authorization"))
+        if principal.tenant_id is not None:
+            async with self.services.db.read() as session:
+                tenant = (
+                    await session.execute(select(Tenant.status).where(Tenant.id == principal.tenant_id))
+                ).scalar_one_or_none()
+            if tenant is None:
+                raise Unauthenticated("the tenant of this token no longer exists")
+            if tenant == "suspended" and mutating:
+                raise TenantSuspended("tenant is suspended; only reads are allowed until it is unsuspended")
+        opt = scope["route_handler"].opt
+        if opt.get("system_admin") and not principal.is_system_admin:
+            raise Forbidden("this route needs the system-admin role")
+        required = opt.get("role") or ("deploy" if mutating else "read")
+        if required != "any" and not principal.has_role(required):
+            raise Forbidden(f"this route needs the {required!r} role")
+        return principal
+
+    def _context(self, scope: Scope, principal: Principal, session: Any) -> RequestContext:
+        opt = scope["route_handler"].opt
+        params = scope.get("path_params", {})
+        resource_id = next((str(v) for k, v in params.items() if k.endswith("_id")), None)
+        client = scope.get("client")
+        context = RequestContext(
+            request_id=request_id_for(scope),
+            principal=principal,
+            session=session,
+            audit=AuditDraft(
+                resource=opt.get("resource", "unknown"),
+                action=opt.get("action", scope["method"].lower()),
+                resource_id=resource_id,
+                tenant_id=principal.tenant_id,
+            ),
+            services=self.services,
+            client_addr=client[0] if client else None,
+        )
+        scope[CONTEXT_KEY] = context  # type: ignore[literal-required]
+        return context
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        try:
+            principal = await self._prepare(scope, mutating=False)
+        except Exception as exc:
+            await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
+            return
+        async with self.services.db.read() as session:
+            self._context(scope, principal, session)
+            await next_app(scope, receive, send)
+
+    async def _write(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        services = self.services
+        principal = ANONYMOUS
+        claim: idempotency.Claim | None = None
+        draft = AuditDraft(
+            resource=scope["route_handler"].opt.get("resource", "unknown"),
+            action=scope["route_handler"].opt.get("action", scope["method"].lower()),
+        )
+        try:
+            body = await _read_body(receive, services.settings.max_body_bytes)
+            principal = await self._prepare(scope, mutating=True)
+            claim = await self._claim(scope, principal, body)
+            if claim is not None and claim.replay is not None:
+                replayed = _Captured()
+                replayed.status = claim.replay.status
+                replayed.headers = [(b"content-type", (claim.replay.content_type or "application/json").encode())]
+                replayed.body.extend(claim.replay.body)
+                await self._audit_alone(scope, principal, draft, replayed.status, outcome="replayed")
+                await replayed.flush(send, [(b"idempotent-replayed", b"true")])
+                return
+            captured = await self._run(scope, principal, body, claim, next_app)
+        except Exception as exc:
+            error = as_domain_error(exc)
+            captured = _Captured.of_error(scope, error)
+            context: RequestContext | None = scope.get(CONTEXT_KEY)  # type: ignore[assignment]
+            await self._settle_failure(scope, principal, context.audit if context else draft, captured, claim)
+        await captured.flush(send)
+
+    async def _claim(self, scope: Scope, principal: Principal, body: bytes) -> idempotency.Claim | None:
+        key = _header(scope, b"idempotency-key")
+        if key is None or scope["method"] != "POST":
+            return None
+        settings = self.services.settings
+        return await idempotency.claim(
+            self.services.db,
+            scope=f"{principal.tenant_id or '-'}|{principal.kind}|{principal.subject}",
+            key=idempotency.validate_key(key),
+            fingerprint=idempotency.request_fingerprint(
+                scope["method"], scope["path"], scope.get("query_string", b""), body
+            ),
+            ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
+            lease=timedelta(seconds=settings.idempotency_lease_seconds),
+        )
+
+    async def _run(
+        self, scope: Scope, principal: Principal, body: bytes, claim: idempotency.Claim | None, next_app: ASGIApp
+    ) -> _Captured:
+        captured = _Captured()
+        async with self.services.db.write() as session:
+            context = self._context(scope, principal, session)
+            await session.begin()
+            await next_app(scope, _replay(body), captured.send)
+            if captured.status >= 400:
+                await session.rollback()
+                await self._settle_failure(scope, principal, context.audit, captured, claim)
+                return captured
+            await append_audit(session, self._record(scope, principal, context.audit, captured.status, None))
+            if claim is not None:
+                await idempotency.complete(session, claim.record_id, _stored(captured))
+            await session.commit()
+        return captured
+
+    async def _settle_failure(
+        self,
+        scope: Scope,
+        principal: Principal,
+        draft: AuditDraft,
+        captured: _Captured,
+        claim: idempotency.Claim | None,
+    ) -> None:
+        try:
+            async with self.services.db.write() as session, session.begin():
+                await append_audit(session, self._record(scope, principal, draft, captured.status, None))
+                if claim is not None and captured.status < 500:
+                    await idempotency.complete(session, claim.record_id, _stored(captured))
+            if claim is not None and captured.status >= 500:
+                await idempotency.release(self.services.db, claim.record_id)
+        except (DBAPIError, OSError) as exc:
+            log.error("audit_write_failed", request_id=request_id_for(scope), error=str(exc))
+
+    async def _audit_alone(
+        self, scope: Scope, principal: Principal, draft: AuditDraft, status: int, *, outcome: str
+    ) -> None:
+        async with self.services.db.write() as session, session.begin():
+            await append_audit(session, self._record(scope, principal, draft, status, outcome))
+
+    def _record(
+        self, scope: Scope, principal: Principal, draft: AuditDraft, status: int, outcome: str | None
+    ) -> AuditRecord:
+        client = scope.get("client")
+        details = dict(draft.details)
+        if status >= 400:
+            details.setdefault("status", status)
+        return AuditRecord(
+            tenant_id=draft.tenant_id or principal.tenant_id,
+            actor_kind="api_key"
+            if principal.kind == "api_key"
+            else ("user" if principal is not ANONYMOUS else "anonymous"),
+            actor_subject=principal.subject,
+            action=draft.action,
+            resource=draft.resource,
+            resource_id=draft.resource_id,
+            outcome=outcome or _outcome(status),
+            status_code=status,
+            request_id=request_id_for(scope),
+            client_addr=client[0] if client else None,
+            details=details,
+        )
+
+
+def _stored(captured: _Captured) -> idempotency.StoredResponse:
+    return idempotency.StoredResponse(
+        status=captured.status, body=bytes(captured.body), content_type=captured.content_type
+    )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body.extend(message.get("body", b""))
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if not message.get("more_body", False):
+            break
+    return bytes(body)
+
+
+def _replay(body: bytes) -> Callable[[], Awaitable[Message]]:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive

@@ -1,0 +1,62 @@
+"""What a request handler can reach: the app's long-lived services and the per-request context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ctrlplane.auth.providers import Authenticator, Principal
+from ctrlplane.db import Database
+from ctrlplane.errors import Forbidden, InvalidInput
+from ctrlplane.ids import TenantId
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+
+CONTEXT_KEY = "ctrlplane.context"
+
+
+@dataclass
+class AppServices:
+    settings: Settings
+    db: Database
+    authenticator: Authenticator
+    providers: ProviderRegistry
+    version: str
+
+
+@dataclass
+class AuditDraft:
+    """What the audit entry of this request will say; services fill in what only they know."""
+
+    resource: str
+    action: str
+    resource_id: str | None = None
+    tenant_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    principal: Principal
+    session: AsyncSession
+    audit: AuditDraft
+    services: AppServices
+    client_addr: str | None = None
+
+    def tenant_scope(self, requested: str | None) -> TenantId:
+        """The tenant this request acts in.
+
+        A tenant's token acts in its own tenant; naming another one is refused (403). A system
+        admin names the tenant explicitly.
+        """
+        principal = self.principal
+        if principal.tenant_id is not None:
+            if requested is not None and requested != principal.tenant_id:
+                raise Forbidden("tenant_id differs from the tenant of your token")
+            return principal.tenant_id
+        if requested is None:
+            raise InvalidInput("system admins must name tenant_id", details={"tenant_id": "required for system admins"})
+        return TenantId(requested)

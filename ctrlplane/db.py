@@ -1,0 +1,134 @@
+"""Engine, sessions, the declarative base, and migrations.
+
+Two session factories: ``read`` for GET requests and ``write`` for everything that changes state.
+On SQLite a write transaction starts with ``BEGIN IMMEDIATE``, so concurrent writers queue on the
+database lock at the start instead of failing when a reader upgrades; on PostgreSQL row locks do
+that job. Alembic is the only thing that creates a schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite (which stores naive) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Database:
+    engine: AsyncEngine
+    read: async_sessionmaker[AsyncSession]
+    write: async_sessionmaker[AsyncSession]
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def connect(url: str, **engine_args: Any) -> Database:
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine_args.setdefault("connect_args", {"timeout": 30})
+    else:
+        engine_args.setdefault("pool_pre_ping", True)
+    engine = create_async_engine(url, **engine_args)
+    if is_sqlite:
+        _configure_sqlite(engine)
+    write_engine = engine.execution_options(ctrlplane_write=True)
+    return Database(
+        engine=engine,
+        read=async_sessionmaker(engine, expire_on_commit=False),
+        write=async_sessionmaker(write_engine, expire_on_commit=False),
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("ctrlplane_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def alembic_config() -> Config:
+    here = Path(__file__).resolve().parent
+    for script_location in (here / "_migrations", here.parent / "migrations"):
+        if (script_location / "env.py").exists():
+            cfg = Config()
+            cfg.set_main_option("script_location", str(script_location))
+            return cfg
+    raise RuntimeError("ctrlplane's migrations directory is missing from this installation")
+
+
+async def migrate(database: Database, revision: str = "head") -> None:
+    await _alembic(database, command.upgrade, revision)
+
+
+async def downgrade(database: Database, revision: str = "base") -> None:
+    await _alembic(database, command.downgrade, revision)
+
+
+async def _alembic(database: Database, action: Callable[[Config, str], None], revision: str) -> None:
+    def run(connection: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        action(cfg, revision)
+
+    async with database.engine.begin() as conn:
+        await conn.run_sync(run)

@@ -1,0 +1,128 @@
+"""The domain error tree, and the one place it becomes HTTP.
+
+Services raise these; nothing else picks status codes. Every error response has the body
+``{"message", "code", "request_id"}`` plus ``details`` when there is more to say.
+
+    CtrlplaneError
+      InvalidInput          400 invalid_input      a body, query or path value is malformed (per-field details)
+      Unauthenticated       401 unauthenticated    no token, or one that does not verify
+      Forbidden             403 forbidden          authenticated, but not allowed
+        TenantSuspended     403 tenant_suspended   the caller's tenant is suspended (reads still work)
+        QuotaExceeded       403 quota_exceeded     the change would pass a quota (names quota, limit, used)
+      NotFound              404 not_found          no such object in the caller's tenant
+      Conflict              409 conflict           unique name taken, or an idempotent request still running
+        InvalidState        409 invalid_state      the object's state does not allow the action
+      PreconditionFailed    412 precondition_failed  If-Match names an older version
+      PayloadTooLarge       413 payload_too_large
+      IdempotencyMismatch   422 idempotency_key_reused  same Idempotency-Key, different request
+      RateLimited           429 rate_limited
+      Unavailable           503 unavailable        the database or a provider cannot be reached
+        ProviderUnavailable 503 provider_unavailable
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    message: str
+    code: str
+    request_id: str
+    details: dict[str, Any] | None = None
+
+
+class CtrlplaneError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(CtrlplaneError):
+    status, code = 400, "invalid_input"
+
+
+class Unauthenticated(CtrlplaneError):
+    status, code = 401, "unauthenticated"
+
+
+class Forbidden(CtrlplaneError):
+    status, code = 403, "forbidden"
+
+
+class TenantSuspended(Forbidden):
+    code = "tenant_suspended"
+
+
+class QuotaExceeded(Forbidden):
+    code = "quota_exceeded"
+
+    def __init__(self, quota: str, *, used: int, limit: int, requested: int) -> None:
+        super().__init__(
+            f"quota {quota} exceeded: {used} used + {requested} requested > limit {limit}",
+            details={"quota": quota, "used": used, "limit": limit, "requested": requested},
+        )
+        self.quota, self.used, self.limit = quota, used, limit
+
+
+class NotFound(CtrlplaneError):
+    status, code = 404, "not_found"
+
+    @classmethod
+    def of(cls, kind: str, object_id: str) -> NotFound:
+        return cls(f"{kind} {object_id} not found", details={"resource": kind, "id": object_id})
+
+
+class Conflict(CtrlplaneError):
+    status, code = 409, "conflict"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+class PreconditionFailed(CtrlplaneError):
+    status, code = 412, "precondition_failed"
+
+
+class PayloadTooLarge(CtrlplaneError):
+    status, code = 413, "payload_too_large"
+
+
+class IdempotencyMismatch(CtrlplaneError):
+    status, code = 422, "idempotency_key_reused"
+
+
+class RateLimited(CtrlplaneError):
+    status, code = 429, "rate_limited"
+
+
+class Unavailable(CtrlplaneError):
+    status, code = 503, "unavailable"
+
+
+class ProviderUnavailable(Unavailable):
+    code = "provider_unavailable"
+
+
+HTTP_CODES: dict[int, str] = {
+    400: "invalid_input",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "idempotency_key_reused",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}

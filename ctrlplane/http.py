@@ -1,0 +1,51 @@
+"""Shared pieces of every controller: the request context dependency, list parameters, route options
+and the error statuses each route documents in the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import QueryParameter, SkipValidation
+
+from ctrlplane.context import CONTEXT_KEY, RequestContext
+from ctrlplane.errors import ErrorBody
+from ctrlplane.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+Cursor = Annotated[str | None, QueryParameter(description="Opaque cursor from the previous page's next_cursor")]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}")]
+DEFAULT_PAGE = DEFAULT_LIMIT
+Context = SkipValidation[RequestContext]
+
+_DESCRIPTIONS = {
+    400: "Invalid input; details name each field",
+    401: "Missing, malformed, expired or revoked credentials",
+    403: "Not allowed: role, tenant, suspension or quota (code says which)",
+    404: "No such object in your tenant",
+    409: "Conflict with existing data or with the object's state",
+    412: "If-Match names an older version",
+    413: "Request body over the size limit",
+    422: "Idempotency-Key reused with a different request",
+    429: "Rate limited",
+    503: "Database or provider unavailable",
+}
+
+
+def provide_context(request: Request[Any, Any, Any]) -> RequestContext:
+    context: RequestContext = request.scope[CONTEXT_KEY]  # type: ignore[literal-required]
+    return context
+
+
+def errors(*statuses: int, mutating: bool = False) -> dict[int, ResponseSpec]:
+    codes = {400, 401, 403, 503, *statuses}
+    if mutating:
+        codes |= {409, 413, 422}
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description=_DESCRIPTIONS[code], generate_examples=False)
+        for code in sorted(codes)
+    }
+
+
+def route(resource: str, action: str, *, role: str | None = None, system_admin: bool = False) -> dict[str, Any]:
+    return {"resource": resource, "action": action, "role": role, "system_admin": system_admin}

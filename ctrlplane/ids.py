@@ -1,0 +1,31 @@
+"""Sortable, prefixed identifiers: TypeIDs (``ten_01h455vb4pex5vsknk084sn02q``) built on UUIDv7.
+
+The suffix is the UUIDv7 in Crockford base32, so string order is creation order; keyset
+pagination relies on that.
+"""
+
+from __future__ import annotations
+
+from typing import NewType
+
+from typeid import TypeID
+
+TenantId = NewType("TenantId", str)
+"""A tenant ID that the auth layer vouched for; repositories scope every query by one."""
+
+PREFIXES = frozenset(
+    {"ten", "inst", "dep", "rel", "chk", "dom", "rte", "cert", "aud", "key", "evt", "op", "idem", "req", "sec"}
+)
+
+
+def new_id(prefix: str) -> str:
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown id prefix {prefix!r}")
+    return str(TypeID(prefix=prefix))
+
+
+def is_id(value: str, prefix: str) -> bool:
+    try:
+        return TypeID.from_string(value).prefix == prefix
+    except Exception:  # typeid raises several error types for malformed input
+        return False

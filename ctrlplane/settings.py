@@ -1,0 +1,184 @@
+"""Configuration, read once from ``CTRLPLANE_*`` environment variables.
+
+Nothing reads the environment at import time: ``Settings.from_env()`` is called by the CLI, and tests
+build ``Settings(...)`` directly. docs/configuration.md lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ctrlplane.timeutil import parse_duration
+
+PREFIX = "CTRLPLANE_"
+
+
+class PlanQuota(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_instances: int
+    max_cpu_millis: int
+    max_memory_mb: int
+    max_domains: int
+    max_routes: int
+    max_secrets: int
+
+
+DEFAULT_PLANS: dict[str, PlanQuota] = {
+    "free": PlanQuota(
+        max_instances=3, max_cpu_millis=2000, max_memory_mb=2048, max_domains=2, max_routes=10, max_secrets=20
+    ),
+    "pro": PlanQuota(
+        max_instances=20,
+        max_cpu_millis=16000,
+        max_memory_mb=32768,
+        max_domains=20,
+        max_routes=100,
+        max_secrets=200,
+    ),
+    "enterprise": PlanQuota(
+        max_instances=200,
+        max_cpu_millis=128000,
+        max_memory_mb=262144,
+        max_domains=200,
+        max_routes=1000,
+        max_secrets=2000,
+    ),
+}
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    data_dir: str = ".ctrlplane"
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    migrate_on_start: bool = True
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_private_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = 30
+
+    providers: tuple[str, ...] = ("docker",)
+    plans: dict[str, PlanQuota] = msgspec.field(default_factory=lambda: dict(DEFAULT_PLANS))
+    default_plan: str = "free"
+
+    max_body_bytes: int = 1024 * 1024
+    idempotency_ttl_seconds: int = 24 * 3600
+    idempotency_lease_seconds: int = 300
+    api_key_touch_seconds: int = 60
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_path / 'ctrlplane.db').resolve()}"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_path / "jwt-signing-key"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            raw = env.get(PREFIX + name)
+            return raw if raw not in (None, "") else None
+
+        simple = {
+            "DATA_DIR": "data_dir",
+            "DATABASE_URL": "database_url",
+            "HOST": "host",
+            "PORT": "port",
+            "MIGRATE_ON_START": "migrate_on_start",
+            "LOG_FORMAT": "log_format",
+            "LOG_LEVEL": "log_level",
+            "JWT_SECRET": "jwt_secret",
+            "JWT_JWKS_URL": "jwt_jwks_url",
+            "JWT_ISSUER": "jwt_issuer",
+            "JWT_AUDIENCE": "jwt_audience",
+            "JWT_LEEWAY_SECONDS": "jwt_leeway_seconds",
+            "DEFAULT_PLAN": "default_plan",
+            "MAX_BODY_BYTES": "max_body_bytes",
+            "IDEMPOTENCY_LEASE_SECONDS": "idempotency_lease_seconds",
+            "API_KEY_TOUCH_SECONDS": "api_key_touch_seconds",
+        }
+        for var, field in simple.items():
+            if (raw := get(var)) is not None:
+                values[field] = raw
+        for var, field in {"JWT_PUBLIC_KEY": "jwt_public_key", "JWT_PRIVATE_KEY": "jwt_private_key"}.items():
+            if (raw := get(var)) is not None:
+                values[field] = _pem_or_file(var, raw)
+        if (raw := get("JWT_ALGORITHMS")) is not None:
+            values["jwt_algorithms"] = tuple(a.strip() for a in raw.split(",") if a.strip())
+        if (raw := get("PROVIDERS")) is not None:
+            values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
+        if (raw := get("IDEMPOTENCY_TTL")) is not None:
+            values["idempotency_ttl_seconds"] = int(_duration(var="IDEMPOTENCY_TTL", raw=raw))
+        if (raw := get("PLANS")) is not None:
+            try:
+                values["plans"] = msgspec.json.decode(raw.encode(), type=dict[str, PlanQuota])
+            except msgspec.ValidationError as exc:
+                raise SettingsError(f"{PREFIX}PLANS: {exc}") from exc
+            except msgspec.DecodeError as exc:
+                raise SettingsError(f"{PREFIX}PLANS is not JSON: {exc}") from exc
+        try:
+            settings = msgspec.convert(values, cls, strict=False)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise SettingsError(f"invalid configuration: {exc}") from exc
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.default_plan not in self.plans:
+            raise SettingsError(f"{PREFIX}DEFAULT_PLAN {self.default_plan!r} is not one of {sorted(self.plans)}")
+        allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
+        unknown = set(self.jwt_algorithms) - allowed
+        if unknown or not self.jwt_algorithms:
+            raise SettingsError(f"{PREFIX}JWT_ALGORITHMS must be a subset of {sorted(allowed)}")
+        asymmetric = [a for a in self.jwt_algorithms if not a.startswith("HS")]
+        if asymmetric and not (self.jwt_public_key or self.jwt_jwks_url):
+            raise SettingsError(
+                f"{PREFIX}JWT_ALGORITHMS names {asymmetric} but neither {PREFIX}JWT_PUBLIC_KEY "
+                f"nor {PREFIX}JWT_JWKS_URL is set"
+            )
+        if self.log_format not in ("auto", "json", "console"):
+            raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or console")
+        if self.max_body_bytes < 1024:
+            raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
+
+
+def _pem_or_file(var: str, raw: str) -> str:
+    if raw.lstrip().startswith("-----BEGIN"):
+        return raw
+    path = Path(raw)
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"{PREFIX}{var}: neither a PEM block nor a readable file ({exc})") from exc
+
+
+def _duration(*, var: str, raw: str) -> float:
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}{var}: {exc}") from exc

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from litestar import Controller, delete, get, patch, post, put
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.pagination import Page
+from ctrlplane.tenants import schemas
+from ctrlplane.tenants.schemas import TenantStatus
+from ctrlplane.tenants.service import TenantService
+
+
+class TenantController(Controller):
+    path = "/v1/admin/tenants"
+    tags = ["admin"]
+
+    @post(
+        operation_id="createTenant", responses=errors(mutating=True), opt=route("tenant", "create", system_admin=True)
+    )
+    async def create(self, data: JSONBody[schemas.TenantCreate], context: Context) -> schemas.Tenant:
+        """Create a tenant; its quota starts at the plan's defaults."""
+        return await TenantService(context).create(data)
+
+    @get(operation_id="listTenants", responses=errors(), opt=route("tenant", "list", system_admin=True))
+    async def list_tenants(
+        self,
+        context: Context,
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE,
+        status: FromQuery[TenantStatus | None] = None,
+    ) -> Page[schemas.Tenant]:
+        """List tenants, newest first."""
+        return await TenantService(context).list(status=status, cursor=cursor, limit=limit)
+
+    @get(
+        "/{tenant_id:str}",
+        operation_id="getTenant",
+        responses=errors(404),
+        opt=route("tenant", "get", system_admin=True),
+    )
+    async def get_tenant(self, tenant_id: FromPath[str], context: Context) -> schemas.Tenant:
+        """Get a tenant."""
+        return await TenantService(context).get(tenant_id)
+
+    @patch(
+        "/{tenant_id:str}",
+        operation_id="updateTenant",
+        responses=errors(404, mutating=True),
+        opt=route("tenant", "update", system_admin=True),
+    )
+    async def update(
+        self, tenant_id: FromPath[str], data: JSONBody[schemas.TenantUpdate], context: Context
+    ) -> schemas.Tenant:
+        """Change a tenant's name or plan; only fields present change."""
+        return await TenantService(context).update(tenant_id, data)
+
+    @delete(
+        "/{tenant_id:str}",
+        operation_id="deleteTenant",
+        responses=errors(404, mutating=True),
+        opt=route("tenant", "delete", system_admin=True),
+    )
+    async def delete_tenant(self, tenant_id: FromPath[str], context: Context, force: FromQuery[bool] = False) -> None:
+        """Delete a tenant; refused while it owns live resources unless force=true tears them down."""
+        await TenantService(context).delete(tenant_id, force=force)
+
+    @post(
+        "/{tenant_id:str}/suspend",
+        status_code=200,
+        operation_id="suspendTenant",
+        responses=errors(404, mutating=True),
+        opt=route("tenant", "suspend", system_admin=True),
+    )
+    async def suspend(
+        self, tenant_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
+    ) -> schemas.Tenant:
+        """Suspend a tenant: its tokens may still read, but every mutating call gets 403."""
+        return await TenantService(context).suspend(tenant_id, data.reason)
+
+    @post(
+        "/{tenant_id:str}/unsuspend",
+        status_code=200,
+        operation_id="unsuspendTenant",
+        responses=errors(404, mutating=True),
+        opt=route("tenant", "unsuspend", system_admin=True),
+    )
+    async def unsuspend(
+        self, tenant_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
+    ) -> schemas.Tenant:
+        """Lift a tenant's suspension."""
+        return await TenantService(context).unsuspend(tenant_id, data.reason)
+
+    @get(
+        "/{tenant_id:str}/quota",
+        operation_id="getTenantQuota",
+        responses=errors(404),
+        opt=route("quota", "get", system_admin=True),
+    )
+    async def get_quota(self, tenant_id: FromPath[str], context: Context) -> schemas.TenantQuota:
+        """A tenant's quota limits and current usage."""
+        return await TenantService(context).quota(tenant_id)
+
+    @put(
+        "/{tenant_id:str}/quota",
+        operation_id="setTenantQuota",
+        responses=errors(404, mutating=True),
+        opt=route("quota", "set", system_admin=True),
+    )
+    async def set_quota(
+        self, tenant_id: FromPath[str], data: JSONBody[schemas.QuotaLimits], context: Context
+    ) -> schemas.TenantQuota:
+        """Replace a tenant's quota limits (all fields required)."""
+        return await TenantService(context).set_quota(tenant_id, data)

@@ -1,0 +1,159 @@
+"""Tenants, their plans, quotas and suspension. Only system admins call this service.
+
+Decisions (docs/api.md): the slug is immutable (later hostnames are derived from it); changing the
+plan resets the quota to the new plan's defaults, while ``PUT .../quota`` sets custom limits;
+deleting a tenant removes its keys and quota but keeps its audit chain.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from sqlalchemy import delete
+
+from ctrlplane.auth.models import ApiKey
+from ctrlplane.context import RequestContext
+from ctrlplane.errors import Conflict, InvalidInput, InvalidState
+from ctrlplane.ids import new_id
+from ctrlplane.pagination import Page, paginate
+from ctrlplane.tenants import schemas
+from ctrlplane.tenants.models import Tenant, TenantQuota
+from ctrlplane.tenants.repository import TenantRepository
+from ctrlplane.timeutil import utc_now
+
+
+def to_schema(tenant: Tenant) -> schemas.Tenant:
+    return msgspec.convert(tenant, schemas.Tenant, from_attributes=True)
+
+
+class TenantService:
+    def __init__(self, context: RequestContext) -> None:
+        self.context = context
+        self.session = context.session
+        self.plans = context.services.settings.plans
+        self.repo = TenantRepository(context.session)
+
+    def _plan(self, plan: str | None) -> str:
+        chosen = plan or self.context.services.settings.default_plan
+        if chosen not in self.plans:
+            raise InvalidInput(
+                f"unknown plan {chosen!r}; available: {', '.join(sorted(self.plans))}", details={"plan": chosen}
+            )
+        return chosen
+
+    def _audit(self, tenant_id: str, **details: object) -> None:
+        self.context.audit.resource_id = tenant_id
+        self.context.audit.tenant_id = tenant_id
+        self.context.audit.details.update(details)
+
+    async def create(self, data: schemas.TenantCreate) -> schemas.Tenant:
+        plan = self._plan(data.plan)
+        if await self.repo.slug_taken(data.slug):
+            raise Conflict(f"slug {data.slug!r} is taken", details={"slug": data.slug})
+        now = utc_now()
+        tenant = Tenant(
+            id=new_id("ten"),
+            name=data.name,
+            slug=data.slug,
+            plan=plan,
+            status="active",
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(tenant)
+        await self.session.flush()
+        self.session.add(
+            TenantQuota(tenant_id=tenant.id, custom=False, updated_at=now, **msgspec.structs.asdict(self.plans[plan]))
+        )
+        await self.session.flush()
+        self._audit(tenant.id, slug=data.slug, plan=plan)
+        return to_schema(tenant)
+
+    async def list(self, *, status: str | None, cursor: str | None, limit: int) -> Page[schemas.Tenant]:
+        return await paginate(
+            self.session, self.repo.listing(status), Tenant.id, cursor=cursor, limit=limit, convert=to_schema
+        )
+
+    async def get(self, tenant_id: str) -> schemas.Tenant:
+        return to_schema(await self.repo.get(tenant_id))
+
+    async def update(self, tenant_id: str, data: schemas.TenantUpdate) -> schemas.Tenant:
+        tenant = await self.repo.get(tenant_id, for_update=True)
+        changed: dict[str, object] = {}
+        if data.name is not msgspec.UNSET:
+            tenant.name = changed["name"] = data.name
+        if data.plan is not msgspec.UNSET and data.plan != tenant.plan:
+            tenant.plan = changed["plan"] = self._plan(data.plan)
+            quota = await self.repo.quota(tenant_id)
+            for field, value in msgspec.structs.asdict(self.plans[tenant.plan]).items():
+                setattr(quota, field, value)
+            quota.custom, quota.updated_at = False, utc_now()
+        if changed:
+            tenant.version += 1
+            tenant.updated_at = utc_now()
+        self._audit(tenant_id, changed=sorted(changed))
+        return to_schema(tenant)
+
+    async def delete(self, tenant_id: str, *, force: bool) -> None:
+        tenant = await self.repo.get(tenant_id, for_update=True)
+        live = await self.live_resources(tenant_id)
+        if any(live.values()) and not force:
+            raise Conflict(
+                "tenant still owns live resources; delete them first or pass ?force=true",
+                details={"live": live},
+            )
+        await self.session.execute(delete(ApiKey).where(ApiKey.tenant_id == tenant_id))
+        await self.session.delete(tenant)
+        self._audit(tenant_id, force=force, live=live)
+
+    async def live_resources(self, tenant_id: str) -> dict[str, int]:
+        usage = await self.usage(tenant_id)
+        return {"instances": usage.instances, "domains": usage.domains, "routes": usage.routes}
+
+    async def usage(self, tenant_id: str) -> schemas.QuotaUsage:
+        """What the tenant uses now. Instances, domains, routes and secrets count here as their
+        subsystems land (docs/api.md, "Quotas"); a tenant can own none of them yet."""
+        return schemas.QuotaUsage(instances=0, cpu_millis=0, memory_mb=0, domains=0, routes=0, secrets=0)
+
+    async def suspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
+        tenant = await self.repo.get(tenant_id, for_update=True)
+        if tenant.status == "suspended":
+            raise InvalidState("tenant is already suspended", details={"state": tenant.status})
+        now = utc_now()
+        tenant.status, tenant.suspended_at, tenant.suspension_reason = "suspended", now, reason
+        tenant.version += 1
+        tenant.updated_at = now
+        self._audit(tenant_id, reason=reason)
+        return to_schema(tenant)
+
+    async def unsuspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
+        tenant = await self.repo.get(tenant_id, for_update=True)
+        if tenant.status != "suspended":
+            raise InvalidState("tenant is not suspended", details={"state": tenant.status})
+        tenant.status, tenant.suspended_at, tenant.suspension_reason = "active", None, None
+        tenant.version += 1
+        tenant.updated_at = utc_now()
+        self._audit(tenant_id, reason=reason)
+        return to_schema(tenant)
+
+    async def quota(self, tenant_id: str) -> schemas.TenantQuota:
+        tenant = await self.repo.get(tenant_id)
+        quota = await self.repo.quota(tenant_id)
+        return schemas.TenantQuota(
+            tenant_id=tenant_id,
+            plan=tenant.plan,
+            custom=quota.custom,
+            limits=msgspec.convert(quota, schemas.QuotaLimits, from_attributes=True),
+            usage=await self.usage(tenant_id),
+            updated_at=quota.updated_at,
+        )
+
+    async def set_quota(self, tenant_id: str, limits: schemas.QuotaLimits) -> schemas.TenantQuota:
+        await self.repo.get(tenant_id, for_update=True)
+        quota = await self.repo.quota(tenant_id)
+        for field, value in msgspec.structs.asdict(limits).items():
+            setattr(quota, field, value)
+        quota.custom, quota.updated_at = True, utc_now()
+        await self.session.flush()
+        self._audit(tenant_id, limits=msgspec.structs.asdict(limits))
+        return await self.quota(tenant_id)

@@ -1,0 +1,204 @@
+"""Fixtures: an app per test, built from a Settings object, on SQLite and on PostgreSQL.
+
+Every test that takes ``db`` (directly or through ``app``/``api``) runs twice: ``[sqlite]`` on a
+fresh file and ``[postgres]`` on a database of its own. PostgreSQL is found through
+``CTRLPLANE_TEST_POSTGRES_URL`` (default: the local server). Locally, a missing server skips the
+PostgreSQL half with a message saying how to enable it; with ``CI`` set it fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from ctrlplane.app import create_app
+from ctrlplane.auth.tokens import issue_token
+from ctrlplane.db import Database, connect, migrate
+from ctrlplane.models import metadata
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+from tests.fakes import FakeProvider
+
+POSTGRES_URL = os.environ.get("CTRLPLANE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+async def _recreate_postgres_database(name: str) -> str:
+    url = make_url(POSTGRES_URL)
+    admin = connect(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+async def _migrated(url: str) -> None:
+    database = connect(url)
+    try:
+        await migrate(database)
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A migrated PostgreSQL database for this test worker."""
+    try:
+        url = asyncio.run(_recreate_postgres_database(f"ctrlplane_test_{_worker()}"))
+        asyncio.run(_migrated(url))
+    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure means no usable server
+        message = (
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({type(exc).__name__}: {exc}). Start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or point "
+            "CTRLPLANE_TEST_POSTGRES_URL at a server."
+        )
+        if IN_CI:
+            pytest.fail("CI requires PostgreSQL: " + message, pytrace=False)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "ctrlplane.db"
+    asyncio.run(_migrated(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        target = tmp_path / "data" / "ctrlplane.db"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite+aiosqlite:///{target}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = connect(database_url)
+    if database.dialect == "postgresql":
+        tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        async with database.engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=str(tmp_path / "data"),
+        database_url=database_url,
+        jwt_secret=JWT_SECRET,
+        providers=("fake",),
+        api_key_touch_seconds=0,
+    )
+
+
+@pytest.fixture
+def providers() -> ProviderRegistry:
+    return ProviderRegistry([FakeProvider()])
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database, providers: ProviderRegistry) -> Any:
+    return create_app(settings, providers=providers, db=db)
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ctrlplane.test") as http:
+        yield http
+
+
+@dataclass
+class Tokens:
+    settings: Settings
+
+    def admin(self, **kwargs: Any) -> str:
+        return self.make(subject="root", tenant_id=None, roles=["admin"], **kwargs)
+
+    def tenant(self, tenant_id: str, roles: list[str] | None = None, subject: str = "alice", **kwargs: Any) -> str:
+        return self.make(subject=subject, tenant_id=tenant_id, roles=roles or ["admin"], **kwargs)
+
+    def make(
+        self, *, subject: str, tenant_id: str | None, roles: list[str], ttl: timedelta = timedelta(hours=1)
+    ) -> str:
+        return issue_token(self.settings, subject=subject, tenant_id=tenant_id, roles=roles, ttl=ttl)
+
+
+@pytest.fixture
+def tokens(settings: Settings) -> Tokens:
+    return Tokens(settings)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class Api:
+    """Thin helpers over the HTTP API for arranging a test; assertions use the raw client."""
+
+    client: httpx.AsyncClient
+    tokens: Tokens
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return bearer(self.tokens.admin())
+
+    async def create_tenant(self, slug: str, plan: str = "free", name: str | None = None) -> dict[str, Any]:
+        response = await self.client.post(
+            "/v1/admin/tenants",
+            json={"name": name or slug.title(), "slug": slug, "plan": plan},
+            headers=self.admin_headers,
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    async def create_key(self, tenant_id: str, roles: list[str], name: str = "ci") -> dict[str, Any]:
+        response = await self.client.post(
+            "/v1/keys", json={"name": name, "roles": roles}, headers=bearer(self.tokens.tenant(tenant_id))
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+@pytest.fixture
+def api(client: httpx.AsyncClient, tokens: Tokens) -> Api:
+    return Api(client, tokens)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_ctrlplane_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("CTRLPLANE_") and not name.startswith("CTRLPLANE_TEST_"):
+            monkeypatch.delenv(name)
+    yield
