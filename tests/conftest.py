@@ -65,7 +65,7 @@ def postgres_url() -> str:
     try:
         url = asyncio.run(_recreate_postgres_database(f"ctrlplane_test_{_worker()}"))
         asyncio.run(_migrated(url))
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure means no usable server
+    except (OSError, Exception) as exc:
         message = (
             f"PostgreSQL is not reachable at {POSTGRES_URL} ({type(exc).__name__}: {exc}). Start it with "
             "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or point "

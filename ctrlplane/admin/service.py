@@ -21,9 +21,7 @@ class AdminService:
         self.session = context.session
 
     async def stats(self) -> schemas.SystemStats:
-        tenants = dict(
-            (await self.session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))).tuples().all()
-        )
+        tenants = dict((await self.session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))).all())
         now = utc_now()
         revoked = ApiKey.revoked_at.is_not(None)
         expired = ApiKey.revoked_at.is_(None) & ApiKey.expires_at.is_not(None) & (ApiKey.expires_at <= now)

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+CLI = [sys.executable, "-m", "ctrlplane.cli"]
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTRLPLANE_") or k.startswith("CTRLPLANE_TEST_")}
+    return {**env, "CTRLPLANE_DATA_DIR": str(data_dir), "CTRLPLANE_LOG_FORMAT": "json", **extra}
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_token_issue_signs_with_the_generated_server_key(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    result = _run(["token", "issue", "--tenant", "ten_x", "--roles", "deploy,read", "--ttl", "30m"], env)
+    assert result.returncode == 0, result.stderr
+    secret = (tmp_path / "jwt-signing-key").read_text().strip()
+    assert oct((tmp_path / "jwt-signing-key").stat().st_mode & 0o777) == "0o600"
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
+    assert claims["tenant_id"] == "ten_x"
+    assert claims["roles"] == ["deploy", "read"]
+    assert claims["sub"] == "tenant-user"
+    assert 1790 <= claims["exp"] - claims["iat"] <= 1800
+
+
+def test_admin_token_has_no_tenant(tmp_path: Path) -> None:
+    result = _run(["token", "issue", "--admin"], _env(tmp_path))
+    claims = jwt.decode(result.stdout.strip(), options={"verify_signature": False})
+    assert "tenant_id" not in claims
+    assert claims["roles"] == ["admin"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["token", "issue", "--admin", "--ttl", "soon"],
+        ["token", "issue", "--tenant", "ten_x", "--roles", "root"],
+        ["token", "issue", "--admin", "--roles", "read"],
+    ],
+)
+def test_bad_token_arguments_exit_2_with_a_message(tmp_path: Path, args: list[str]) -> None:
+    result = _run(args, _env(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("ctrlplane:")
+
+
+def test_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    result = _run(["migrate"], _env(tmp_path, CTRLPLANE_JWT_ALGORITHMS="RS256"))
+    assert result.returncode == 2
+    assert "CTRLPLANE_JWT_PUBLIC_KEY" in result.stderr
+
+
+def test_serve_migrates_generates_a_key_and_answers(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _env(tmp_path, CTRLPLANE_PROVIDERS="docker")
+    server = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        token = _run(["token", "issue", "--admin"], env).stdout.strip()
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/admin/tenants",
+            json={"name": "Acme", "slug": "acme"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 201
+        assert (tmp_path / "ctrlplane.db").exists()
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "signing_key_generated" in output
+    assert "token issue --admin" in output
+    assert token not in output
+
+
+def test_migrate_creates_the_schema(tmp_path: Path) -> None:
+    result = _run(["migrate"], _env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    verify = _run(["audit", "verify"], _env(tmp_path))
+    assert verify.returncode == 0
+    assert "0 entries" in verify.stdout
