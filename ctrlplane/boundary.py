@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -31,7 +31,7 @@ from litestar import Request, Response
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -63,7 +63,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def request_id_for(scope: Scope) -> str:
-    existing = scope.get(REQUEST_ID_KEY)  # type: ignore[misc]
+    existing = scope.get(REQUEST_ID_KEY)
     if existing:
         return str(existing)
     incoming = _header(scope, b"x-request-id")
@@ -134,9 +134,10 @@ class RequestContextASGI:
         self.version = version.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
+        http_scope = scope
         request_id = request_id_for(scope)
         started = time.perf_counter()
         status = 0
@@ -148,7 +149,7 @@ class RequestContextASGI:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-ctrlplane-version", self.version))
-                message = {**message, "headers": headers}  # type: ignore[assignment]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -158,7 +159,7 @@ class RequestContextASGI:
             principal = context.principal if context else None
             log.info(
                 "request",
-                method=scope["method"],
+                method=http_scope["method"],
                 route=scope.get("path_template") or scope["path"],
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -223,12 +224,13 @@ class UnitOfWork(ASGIMiddleware):
         if not scope["path"].startswith("/v1/"):
             await next_app(scope, receive, send)
             return
-        if scope["method"] in READ_METHODS:
-            await self._read(scope, receive, send, next_app)
+        http_scope = cast("HTTPScope", scope)
+        if http_scope["method"] in READ_METHODS:
+            await self._read(http_scope, receive, send, next_app)
         else:
-            await self._write(scope, receive, send, next_app)
+            await self._write(http_scope, receive, send, next_app)
 
-    async def _prepare(self, scope: Scope, mutating: bool) -> Principal:
+    async def _prepare(self, scope: HTTPScope, mutating: bool) -> Principal:
         principal = await self.services.authenticator.authenticate(_header(scope, b"authorization"))
         if principal.tenant_id is not None:
             async with self.services.db.read() as session:
@@ -247,7 +249,7 @@ class UnitOfWork(ASGIMiddleware):
             raise Forbidden(f"this route needs the {required!r} role")
         return principal
 
-    def _context(self, scope: Scope, principal: Principal, session: Any) -> RequestContext:
+    def _context(self, scope: HTTPScope, principal: Principal, session: Any) -> RequestContext:
         opt = scope["route_handler"].opt
         params = scope.get("path_params", {})
         resource_id = next((str(v) for k, v in params.items() if k.endswith("_id")), None)
@@ -268,7 +270,7 @@ class UnitOfWork(ASGIMiddleware):
         scope[CONTEXT_KEY] = context  # type: ignore[literal-required]
         return context
 
-    async def _read(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def _read(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         try:
             principal = await self._prepare(scope, mutating=False)
         except Exception as exc:
@@ -278,7 +280,7 @@ class UnitOfWork(ASGIMiddleware):
             self._context(scope, principal, session)
             await next_app(scope, receive, send)
 
-    async def _write(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def _write(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         services = self.services
         principal = ANONYMOUS
         claim: idempotency.Claim | None = None
@@ -306,7 +308,7 @@ class UnitOfWork(ASGIMiddleware):
             await self._settle_failure(scope, principal, context.audit if context else draft, captured, claim)
         await captured.flush(send)
 
-    async def _claim(self, scope: Scope, principal: Principal, body: bytes) -> idempotency.Claim | None:
+    async def _claim(self, scope: HTTPScope, principal: Principal, body: bytes) -> idempotency.Claim | None:
         key = _header(scope, b"idempotency-key")
         if key is None or scope["method"] != "POST":
             return None
@@ -323,7 +325,7 @@ class UnitOfWork(ASGIMiddleware):
         )
 
     async def _run(
-        self, scope: Scope, principal: Principal, body: bytes, claim: idempotency.Claim | None, next_app: ASGIApp
+        self, scope: HTTPScope, principal: Principal, body: bytes, claim: idempotency.Claim | None, next_app: ASGIApp
     ) -> _Captured:
         captured = _Captured()
         async with self.services.db.write() as session:
@@ -342,7 +344,7 @@ class UnitOfWork(ASGIMiddleware):
 
     async def _settle_failure(
         self,
-        scope: Scope,
+        scope: HTTPScope,
         principal: Principal,
         draft: AuditDraft,
         captured: _Captured,
@@ -359,13 +361,13 @@ class UnitOfWork(ASGIMiddleware):
             log.error("audit_write_failed", request_id=request_id_for(scope), error=str(exc))
 
     async def _audit_alone(
-        self, scope: Scope, principal: Principal, draft: AuditDraft, status: int, *, outcome: str
+        self, scope: HTTPScope, principal: Principal, draft: AuditDraft, status: int, *, outcome: str
     ) -> None:
         async with self.services.db.write() as session, session.begin():
             await append_audit(session, self._record(scope, principal, draft, status, outcome))
 
     def _record(
-        self, scope: Scope, principal: Principal, draft: AuditDraft, status: int, outcome: str | None
+        self, scope: HTTPScope, principal: Principal, draft: AuditDraft, status: int, outcome: str | None
     ) -> AuditRecord:
         client = scope.get("client")
         details = dict(draft.details)
@@ -398,7 +400,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     body = bytearray()
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
+        if message["type"] != "http.request":
             break
         body.extend(message.get("body", b""))
         if len(body) > limit:
@@ -408,10 +410,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     return bytes(body)
 
 
-def _replay(body: bytes) -> Callable[[], Awaitable[Message]]:
+def _replay(body: bytes) -> Callable[[], Awaitable[ReceiveMessage]]:
     sent = False
 
-    async def receive() -> Message:
+    async def receive() -> ReceiveMessage:
         nonlocal sent
         if not sent:
             sent = True

@@ -15,7 +15,7 @@ def audit_query(
     actor: str | None,
     since: datetime | None,
     until: datetime | None,
-) -> Select[tuple[AuditEntry]]:
+) -> Select[AuditEntry]:
     statement = select(AuditEntry)
     if tenant_id is not None:
         statement = statement.where(AuditEntry.tenant_id == tenant_id)

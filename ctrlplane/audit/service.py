@@ -98,7 +98,7 @@ async def append(session: AsyncSession, record: AuditRecord, *, at: datetime | N
 
 
 async def _lock_head(session: AsyncSession, chain: str) -> AuditChain:
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     await session.execute(insert(AuditChain).values(chain=chain, seq=0, last_hash=GENESIS).on_conflict_do_nothing())
     statement = select(AuditChain).where(AuditChain.chain == chain).with_for_update()
     return (await session.execute(statement.execution_options(populate_existing=True))).scalar_one()

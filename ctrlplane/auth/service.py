@@ -58,7 +58,7 @@ class KeyService:
         self.context.audit.details.update(name=data.name, roles=roles)
         return schemas.ApiKeyCreated(**msgspec.structs.asdict(to_schema(key)), key=value)
 
-    def _scoped(self, tenant_id: str | None) -> Select[tuple[ApiKey]]:
+    def _scoped(self, tenant_id: str | None) -> Select[ApiKey]:
         principal = self.context.principal
         statement = select(ApiKey)
         if principal.tenant_id is not None:

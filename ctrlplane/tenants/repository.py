@@ -25,7 +25,7 @@ class TenantRepository:
     async def slug_taken(self, slug: str) -> bool:
         return (await self.session.execute(select(Tenant.id).where(Tenant.slug == slug))).first() is not None
 
-    def listing(self, status: str | None) -> Select[tuple[Tenant]]:
+    def listing(self, status: str | None) -> Select[Tenant]:
         statement = select(Tenant)
         if status is not None:
             statement = statement.where(Tenant.status == status)
