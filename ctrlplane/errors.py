@@ -18,6 +18,7 @@ Services raise these; nothing else picks status codes. Every error response has 
       RateLimited           429 rate_limited
       Unavailable           503 unavailable        the database or a provider cannot be reached
         ProviderUnavailable 503 provider_unavailable
+    provisioning.errors.ProviderError  502 provider_error  the runtime refused or failed a request
 """
 
 from __future__ import annotations
@@ -124,5 +125,6 @@ HTTP_CODES: dict[int, str] = {
     422: "idempotency_key_reused",
     429: "rate_limited",
     500: "internal_error",
+    502: "provider_error",
     503: "unavailable",
 }

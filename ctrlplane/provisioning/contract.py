@@ -1,15 +1,39 @@
 """The provider contract: what ctrlplane asks of a runtime (Docker, Kubernetes, ...).
 
 Providers are plugins registered under the ``ctrlplane.providers`` entry-point group; ctrlplane
-never imports them. This module grows with the instances work (provision, deploy, logs, ...); the
-foundation needs only a provider's name and whether it answers.
+never imports them. A provider is built by ``factory(settings)`` and must honour these rules:
+
+* **Idempotent and keyed by ctrlplane IDs.** Everything a provider creates carries the labels
+  ``ctrlplane.managed=true``, ``ctrlplane.instance``, ``ctrlplane.tenant``, ``ctrlplane.release``,
+  ``ctrlplane.generation`` and ``ctrlplane.replica``, and has a deterministic name derived from them.
+  A call retried or resumed after a crash adopts what already exists instead of duplicating it.
+* **Neutral types in and out.** Inputs and outputs are the frozen Structs below; SDK exceptions are
+  translated into ``ctrlplane.provisioning.errors`` at the provider boundary.
+* **Never block the event loop.** Blocking SDKs run in worker threads.
+* **Status is observed, not remembered.** ``status`` and ``inventory`` read the runtime.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
+
+Protocol_ = Literal["tcp", "udp"]
+PullPolicy = Literal["IfNotPresent", "Always", "Never"]
+RestartPolicy = Literal["always", "on-failure", "never"]
+Strategy = Literal["rolling", "blue_green", "canary", "recreate"]
+ReplicaState = Literal["created", "running", "restarting", "exited", "paused", "dead", "removing"]
+WorkloadState = Literal["running", "partial", "stopped", "failed", "missing"]
+
+LABEL_MANAGED = "ctrlplane.managed"
+LABEL_INSTANCE = "ctrlplane.instance"
+LABEL_TENANT = "ctrlplane.tenant"
+LABEL_RELEASE = "ctrlplane.release"
+LABEL_GENERATION = "ctrlplane.generation"
+LABEL_REPLICA = "ctrlplane.replica"
 
 
 class ProviderHealth(msgspec.Struct, frozen=True):
@@ -17,14 +41,186 @@ class ProviderHealth(msgspec.Struct, frozen=True):
     message: str
 
 
+class Resources(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    cpu_millis: int
+    memory_mb: int
+
+
+class PortSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    container_port: int
+    protocol: Protocol_ = "tcp"
+
+
+class SecretFile(msgspec.Struct, frozen=True):
+    """A file to mount read-only (mode 0400) inside every replica; its content is plaintext here only."""
+
+    path: str
+    content: bytes
+
+
+class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a provider needs to run one instance.
+
+    ``generation`` grows with every deploy; containers of one generation are one "set" (blue/green
+    and canary run two sets side by side). ``release_id`` is informational (a label).
+    """
+
+    instance_id: str
+    tenant_id: str
+    name: str
+    image: str
+    resources: Resources
+    replicas: int = 1
+    ports: tuple[PortSpec, ...] = ()
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    files: tuple[SecretFile, ...] = ()
+    command: tuple[str, ...] | None = None
+    pull_policy: PullPolicy = "IfNotPresent"
+    release_id: str | None = None
+    generation: int = 1
+
+
+class Endpoint(msgspec.Struct, frozen=True):
+    container_port: int
+    protocol: Protocol_
+    host: str
+    host_port: int
+    url: str
+    replica: int = 0
+
+
+class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
+    replica: int
+    generation: int
+    name: str
+    state: ReplicaState
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str | None = None
+    restart_count: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+class WorkloadStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What runs for one instance. ``state``: all wanted replicas running → running; some → partial;
+    containers exist but none run → stopped (or failed when one exited non-zero / OOM); none → missing."""
+
+    instance_id: str
+    state: WorkloadState
+    message: str = ""
+    replicas: tuple[ReplicaStatus, ...] = ()
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [endpoint for replica in self.replicas for endpoint in replica.endpoints]
+
+
+class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One object the provider runs for ctrlplane, found by label."""
+
+    kind: str
+    name: str
+    instance_id: str | None
+    tenant_id: str | None
+    generation: int | None = None
+    replica: int | None = None
+    state: str | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    cpu_percent: float
+    memory_used_bytes: int
+    memory_limit_bytes: int
+    network_rx_bytes: int
+    network_tx_bytes: int
+    restarts: int
+
+
+class LogLine(msgspec.Struct, frozen=True, kw_only=True):
+    timestamp: datetime
+    replica: int
+    stream: Literal["stdout", "stderr"]
+    message: str
+
+
+class ExecResult(msgspec.Struct, frozen=True, kw_only=True):
+    exit_code: int
+    output: str
+
+
 @runtime_checkable
 class Provider(Protocol):
-    """A runtime for instances. Every call is idempotent and keyed by ctrlplane IDs."""
+    """A runtime for instances. Every call is idempotent and keyed by ctrlplane IDs.
+
+    Errors: ``ProviderUnavailable`` when the runtime cannot be reached, ``ImageNotFound`` for an
+    image that is not there (and may not be pulled), ``WorkloadNotFound`` when an instance has no
+    objects where some are needed, ``ProviderError`` for anything else the runtime refused.
+    """
 
     name: str
 
     async def ping(self) -> ProviderHealth:
         """Whether the runtime answers right now; never raises."""
+        ...
+
+    async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
+        """Create (or adopt) the tenant's network and the instance's replicas, and start them."""
+        ...
+
+    async def deprovision(self, instance_id: str) -> None:
+        """Remove every object of the instance; a tenant network left empty goes too. No-op if gone."""
+        ...
+
+    async def start(self, instance_id: str) -> WorkloadStatus:
+        """Start the instance's stopped replicas."""
+        ...
+
+    async def stop(self, instance_id: str) -> WorkloadStatus:
+        """Stop the instance's replicas, keeping them for a later start."""
+        ...
+
+    async def restart(self, instance_id: str, replicas: tuple[int, ...] | None = None) -> WorkloadStatus:
+        """Restart all replicas, or only those named."""
+        ...
+
+    async def scale(self, spec: WorkloadSpec) -> WorkloadStatus:
+        """Apply ``spec.resources`` to running replicas in place and add or remove replicas to match
+        ``spec.replicas``."""
+        ...
+
+    async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:
+        """Replace the running generation with ``spec.generation`` under ``strategy``. Health gating
+        is the caller's: this runs the mechanics (``recreate``: stop old, start new; others: start
+        the new set, then remove the old one)."""
+        ...
+
+    async def remove_generation(self, instance_id: str, generation: int) -> None:
+        """Remove the replicas of one generation (used to finish or abort a deploy)."""
+        ...
+
+    async def status(self, instance_id: str) -> WorkloadStatus:
+        """Observe the instance now."""
+        ...
+
+    def logs(
+        self, instance_id: str, *, tail: int | None = None, since: datetime | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        """The replicas' log lines, oldest first; with ``follow`` it keeps yielding new lines."""
+        ...
+
+    async def usage(self, instance_id: str) -> Usage:
+        """Resource usage summed over the running replicas."""
+        ...
+
+    async def exec(self, instance_id: str, command: list[str], *, timeout: float = 10.0) -> ExecResult:
+        """Run a command inside the first running replica (never on the control-plane host)."""
+        ...
+
+    async def inventory(self) -> list[InventoryItem]:
+        """Every object this provider runs for ctrlplane, found by the managed label."""
         ...
 
     async def close(self) -> None:
