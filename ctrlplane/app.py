@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
@@ -24,7 +25,10 @@ from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_resp
 from ctrlplane.context import AppServices
 from ctrlplane.db import Database, connect
 from ctrlplane.errors import ErrorBody, Unavailable
+from ctrlplane.events.api import EventController
 from ctrlplane.http import provide_context
+from ctrlplane.instances.api import InstanceController
+from ctrlplane.operations.runner import Background
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from ctrlplane.tenants.api import TenantController
@@ -85,14 +89,28 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
-            yield
+            async with anyio.create_task_group() as group:
+                if settings.background:
+                    Background(services).start(group)
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
         finally:
             await services.providers.close()
             if db is None:
                 await services.db.dispose()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, TenantController, KeyController, AdminController],
+        route_handlers=[
+            healthz,
+            readyz,
+            TenantController,
+            KeyController,
+            AdminController,
+            InstanceController,
+            EventController,
+        ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
         exception_handlers={Exception: exception_to_response},

@@ -57,9 +57,10 @@ from ctrlplane.tenants.models import Tenant
 log = structlog.get_logger("ctrlplane.http")
 
 REQUEST_ID_KEY = "ctrlplane.request_id"
-STARTED_KEY = "ctrlplane.started"
+PRINCIPAL_KEY = "ctrlplane.principal"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REDACTED = "<shown once; not replayed>"
 
 
 def request_id_for(scope: Scope) -> str:
@@ -155,8 +156,7 @@ class RequestContextASGI:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            context: RequestContext | None = scope.get(CONTEXT_KEY)  # type: ignore[assignment]
-            principal = context.principal if context else None
+            principal: Principal | None = scope.get(PRINCIPAL_KEY)  # type: ignore[assignment]
             log.info(
                 "request",
                 method=http_scope["method"],
@@ -230,14 +230,18 @@ class UnitOfWork(ASGIMiddleware):
         else:
             await self._write(http_scope, receive, send, next_app)
 
-    async def _prepare(self, scope: HTTPScope, mutating: bool) -> Principal:
+    async def _authenticate(self, scope: HTTPScope) -> Principal:
         principal = await self.services.authenticator.authenticate(_header(scope, b"authorization"))
+        scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
+        return principal
+
+    async def _authorize(self, scope: HTTPScope, principal: Principal, mutating: bool) -> None:
         if principal.tenant_id is not None:
             async with self.services.db.read() as session:
                 tenant = (
                     await session.execute(select(Tenant.status).where(Tenant.id == principal.tenant_id))
                 ).scalar_one_or_none()
-            if tenant is None:
+            if tenant is None or tenant == "deleting":
                 raise Unauthenticated("the tenant of this token no longer exists")
             if tenant == "suspended" and mutating:
                 raise TenantSuspended("tenant is suspended; only reads are allowed until it is unsuspended")
@@ -247,7 +251,6 @@ class UnitOfWork(ASGIMiddleware):
         required = opt.get("role") or ("deploy" if mutating else "read")
         if required != "any" and not principal.has_role(required):
             raise Forbidden(f"this route needs the {required!r} role")
-        return principal
 
     def _context(self, scope: HTTPScope, principal: Principal, session: Any) -> RequestContext:
         opt = scope["route_handler"].opt
@@ -272,7 +275,8 @@ class UnitOfWork(ASGIMiddleware):
 
     async def _read(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         try:
-            principal = await self._prepare(scope, mutating=False)
+            principal = await self._authenticate(scope)
+            await self._authorize(scope, principal, mutating=False)
         except Exception as exc:
             await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
             return
@@ -290,7 +294,8 @@ class UnitOfWork(ASGIMiddleware):
         )
         try:
             body = await _read_body(receive, services.settings.max_body_bytes)
-            principal = await self._prepare(scope, mutating=True)
+            principal = await self._authenticate(scope)
+            await self._authorize(scope, principal, mutating=True)
             claim = await self._claim(scope, principal, body)
             if claim is not None and claim.replay is not None:
                 replayed = _Captured()
@@ -338,8 +343,10 @@ class UnitOfWork(ASGIMiddleware):
                 return captured
             await append_audit(session, self._record(scope, principal, context.audit, captured.status, None))
             if claim is not None:
-                await idempotency.complete(session, claim.record_id, _stored(captured))
+                await idempotency.complete(session, claim.record_id, _stored(captured, _redacted_fields(scope)))
             await session.commit()
+        await self.services.work.notify()
+        await self.services.events.notify()
         return captured
 
     async def _settle_failure(
@@ -390,10 +397,22 @@ class UnitOfWork(ASGIMiddleware):
         )
 
 
-def _stored(captured: _Captured) -> idempotency.StoredResponse:
-    return idempotency.StoredResponse(
-        status=captured.status, body=bytes(captured.body), content_type=captured.content_type
-    )
+def _redacted_fields(scope: HTTPScope) -> tuple[str, ...]:
+    return tuple(scope["route_handler"].opt.get("shown_once", ()))
+
+
+def _stored(captured: _Captured, redact: tuple[str, ...] = ()) -> idempotency.StoredResponse:
+    """The response as kept for replay; fields a route shows only once (an API key's value) are
+    replaced, so the database never holds them."""
+    body = bytes(captured.body)
+    if redact and captured.status < 300:
+        document = msgspec.json.decode(body)
+        if isinstance(document, dict):
+            for field in redact:
+                if field in document:
+                    document[field] = REDACTED
+            body = msgspec.json.encode(document)
+    return idempotency.StoredResponse(status=captured.status, body=body, content_type=captured.content_type)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -13,6 +13,7 @@ from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
+from ctrlplane.signals import Signal
 
 CONTEXT_KEY = "ctrlplane.context"
 
@@ -24,6 +25,8 @@ class AppServices:
     authenticator: Authenticator
     providers: ProviderRegistry
     version: str
+    events: Signal = field(default_factory=Signal)
+    work: Signal = field(default_factory=Signal)
 
 
 @dataclass

@@ -47,5 +47,20 @@ def errors(*statuses: int, mutating: bool = False) -> dict[int, ResponseSpec]:
     }
 
 
-def route(resource: str, action: str, *, role: str | None = None, system_admin: bool = False) -> dict[str, Any]:
-    return {"resource": resource, "action": action, "role": role, "system_admin": system_admin}
+def route(
+    resource: str,
+    action: str,
+    *,
+    role: str | None = None,
+    system_admin: bool = False,
+    shown_once: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Route options read by the request boundary: audit naming, the role required (default: read
+    for GET, deploy otherwise; "any" for none), and response fields never stored for replay."""
+    return {
+        "resource": resource,
+        "action": action,
+        "role": role,
+        "system_admin": system_admin,
+        "shown_once": shown_once,
+    }

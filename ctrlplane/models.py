@@ -3,9 +3,24 @@
 from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
+from ctrlplane.events.models import Event, EventStream
 from ctrlplane.idempotency.models import IdempotencyRecord
+from ctrlplane.instances.models import Instance
+from ctrlplane.operations.models import Operation
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
 metadata = Base.metadata
 
-__all__ = ["ApiKey", "AuditChain", "AuditEntry", "IdempotencyRecord", "Tenant", "TenantQuota", "metadata"]
+__all__ = [
+    "ApiKey",
+    "AuditChain",
+    "AuditEntry",
+    "Event",
+    "EventStream",
+    "IdempotencyRecord",
+    "Instance",
+    "Operation",
+    "Tenant",
+    "TenantQuota",
+    "metadata",
+]

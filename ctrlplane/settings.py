@@ -73,6 +73,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_leeway_seconds: int = 30
 
     providers: tuple[str, ...] = ("docker",)
+    docker_host_address: str = "127.0.0.1"
+    workers: int = 4
+    background: bool = True
+    reconcile_interval_seconds: float = 10.0
+    operation_lease_seconds: float = 30.0
+    operation_max_attempts: int = 5
+    crashloop_restarts: int = 5
+    crashloop_window_seconds: float = 300.0
+    event_poll_seconds: float = 1.0
     plans: dict[str, PlanQuota] = msgspec.field(default_factory=lambda: dict(DEFAULT_PLANS))
     default_plan: str = "free"
 
@@ -121,6 +130,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "MAX_BODY_BYTES": "max_body_bytes",
             "IDEMPOTENCY_LEASE_SECONDS": "idempotency_lease_seconds",
             "API_KEY_TOUCH_SECONDS": "api_key_touch_seconds",
+            "DOCKER_HOST_ADDRESS": "docker_host_address",
+            "WORKERS": "workers",
+            "BACKGROUND": "background",
+            "RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
+            "OPERATION_LEASE_SECONDS": "operation_lease_seconds",
+            "OPERATION_MAX_ATTEMPTS": "operation_max_attempts",
+            "CRASHLOOP_RESTARTS": "crashloop_restarts",
+            "CRASHLOOP_WINDOW_SECONDS": "crashloop_window_seconds",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -163,6 +180,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.log_format not in ("auto", "json", "console"):
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or console")
+        if self.workers < 1:
+            raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
+        if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
+            raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
 

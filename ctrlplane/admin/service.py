@@ -8,6 +8,7 @@ from sqlalchemy import case, func, select
 from ctrlplane.admin import schemas
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.context import RequestContext
+from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.provisioning.contract import ProviderHealth
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.timeutil import utc_now
@@ -37,7 +38,7 @@ class AdminService:
         keys = schemas.ApiKeyStats(revoked=row[0], expired=row[1], active=row[2] - row[0] - row[1])
         return schemas.SystemStats(
             tenants={"active": 0, "suspended": 0, **tenants},
-            instances={},
+            instances=await InstanceRepository(self.session, None).count_by_state(),
             deployments_last_24h=0,
             api_keys=keys,
         )

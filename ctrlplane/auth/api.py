@@ -13,7 +13,11 @@ class KeyController(Controller):
     path = "/v1/keys"
     tags = ["keys"]
 
-    @post(operation_id="createKey", responses=errors(404, mutating=True), opt=route("key", "create", role="admin"))
+    @post(
+        operation_id="createKey",
+        responses=errors(404, mutating=True),
+        opt=route("key", "create", role="admin", shown_once=("key",)),
+    )
     async def create(self, data: JSONBody[schemas.ApiKeyCreate], context: Context) -> schemas.ApiKeyCreated:
         """Create an API key; its value is in this response only."""
         return await KeyService(context).create(data)

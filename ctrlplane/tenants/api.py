@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from litestar import Controller, delete, get, patch, post, put
+from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
@@ -60,9 +60,13 @@ class TenantController(Controller):
         responses=errors(404, mutating=True),
         opt=route("tenant", "delete", system_admin=True),
     )
-    async def delete_tenant(self, tenant_id: FromPath[str], context: Context, force: FromQuery[bool] = False) -> None:
-        """Delete a tenant; refused while it owns live resources unless force=true tears them down."""
-        await TenantService(context).delete(tenant_id, force=force)
+    async def delete_tenant(
+        self, tenant_id: FromPath[str], context: Context, force: FromQuery[bool] = False
+    ) -> Response[None]:
+        """Delete a tenant: 204; refused (409) while it owns live instances unless force=true, which
+        tears them down (202, status deleting) and removes the tenant once they are gone."""
+        deleted = await TenantService(context).delete(tenant_id, force=force)
+        return Response(None, status_code=204 if deleted else 202)
 
     @post(
         "/{tenant_id:str}/suspend",

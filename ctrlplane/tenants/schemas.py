@@ -9,7 +9,7 @@ Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
-TenantStatus = Literal["active", "suspended"]
+TenantStatus = Literal["active", "suspended", "deleting"]
 
 
 class Tenant(msgspec.Struct):

@@ -2,7 +2,9 @@
 
 Decisions (docs/api.md): the slug is immutable (later hostnames are derived from it); changing the
 plan resets the quota to the new plan's defaults, while ``PUT .../quota`` sets custom limits;
-deleting a tenant removes its keys and quota but keeps its audit chain.
+deleting a tenant removes its keys and quota but keeps its audit chain; with ``?force=true`` and
+live instances it becomes ``deleting`` (202) and the reconciler removes it once they are destroyed.
+Suspending a tenant suspends (stops) its instances; unsuspending starts those that were running.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from ctrlplane.auth.models import ApiKey
 from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.ids import new_id
+from ctrlplane.instances.models import Instance
+from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.instances.service import destroy
+from ctrlplane.instances.service import suspend as suspend_instance
+from ctrlplane.instances.service import unsuspend as unsuspend_instance
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.models import Tenant, TenantQuota
@@ -23,6 +30,11 @@ from ctrlplane.timeutil import utc_now
 
 def to_schema(tenant: Tenant) -> schemas.Tenant:
     return msgspec.convert(tenant, schemas.Tenant, from_attributes=True)
+
+
+def _not_deleting(tenant: Tenant) -> None:
+    if tenant.status == "deleting":
+        raise InvalidState("tenant is being deleted", details={"state": tenant.status})
 
 
 class TenantService:
@@ -79,6 +91,7 @@ class TenantService:
 
     async def update(self, tenant_id: str, data: schemas.TenantUpdate) -> schemas.Tenant:
         tenant = await self.repo.get(tenant_id, for_update=True)
+        _not_deleting(tenant)
         changed: dict[str, object] = {}
         if data.name is not msgspec.UNSET:
             tenant.name = changed["name"] = data.name
@@ -94,8 +107,12 @@ class TenantService:
         self._audit(tenant_id, changed=sorted(changed))
         return to_schema(tenant)
 
-    async def delete(self, tenant_id: str, *, force: bool) -> None:
+    async def delete(self, tenant_id: str, *, force: bool) -> bool:
+        """Delete the tenant now (True), or, with ``force`` and live instances, tear them down and
+        finish the deletion once they are destroyed (False: the tenant is ``deleting``)."""
         tenant = await self.repo.get(tenant_id, for_update=True)
+        if tenant.status == "deleting":
+            raise InvalidState("tenant is already being deleted", details={"state": tenant.status})
         live = await self.live_resources(tenant_id)
         if any(live.values()) and not force:
             raise Conflict(
@@ -103,27 +120,45 @@ class TenantService:
                 details={"live": live},
             )
         await self.session.execute(delete(ApiKey).where(ApiKey.tenant_id == tenant_id))
-        await self.session.delete(tenant)
         self._audit(tenant_id, force=force, live=live)
+        instances = await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id, for_update=True)
+        if not instances:
+            await self.session.execute(delete(Instance).where(Instance.tenant_id == tenant_id))
+            await self.session.delete(tenant)
+            return True
+        for instance in instances:
+            if instance.state != "destroying":
+                await destroy(self.session, instance)
+        tenant.status = "deleting"
+        tenant.version += 1
+        tenant.updated_at = utc_now()
+        return False
 
     async def live_resources(self, tenant_id: str) -> dict[str, int]:
         usage = await self.usage(tenant_id)
-        return {"instances": usage.instances, "domains": usage.domains, "routes": usage.routes}
+        return {"instances": usage.instances}
 
     async def usage(self, tenant_id: str) -> schemas.QuotaUsage:
-        """What the tenant uses now. Instances, domains, routes and secrets count here as their
-        subsystems land (docs/api.md, "Quotas"); a tenant can own none of them yet."""
-        return schemas.QuotaUsage(instances=0, cpu_millis=0, memory_mb=0, domains=0, routes=0, secrets=0)
+        """What the tenant uses now. Domains, routes and secrets count here once their
+        subsystems exist; until then a tenant owns none."""
+        count, cpu, memory = await InstanceRepository(self.session, tenant_id).usage(tenant_id)
+        return schemas.QuotaUsage(instances=count, cpu_millis=cpu, memory_mb=memory, domains=0, routes=0, secrets=0)
 
     async def suspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
         tenant = await self.repo.get(tenant_id, for_update=True)
         if tenant.status == "suspended":
             raise InvalidState("tenant is already suspended", details={"state": tenant.status})
+        _not_deleting(tenant)
         now = utc_now()
         tenant.status, tenant.suspended_at, tenant.suspension_reason = "suspended", now, reason
         tenant.version += 1
         tenant.updated_at = now
-        self._audit(tenant_id, reason=reason)
+        stopped = []
+        for instance in await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id, for_update=True):
+            if instance.suspended_at is None and instance.state != "destroying":
+                await suspend_instance(self.session, instance, reason=reason, by="tenant")
+                stopped.append(instance.id)
+        self._audit(tenant_id, reason=reason, instances=stopped)
         return to_schema(tenant)
 
     async def unsuspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
@@ -133,7 +168,12 @@ class TenantService:
         tenant.status, tenant.suspended_at, tenant.suspension_reason = "active", None, None
         tenant.version += 1
         tenant.updated_at = utc_now()
-        self._audit(tenant_id, reason=reason)
+        resumed = []
+        for instance in await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id, for_update=True):
+            if instance.suspended_by == "tenant":
+                await unsuspend_instance(self.session, instance, reason=reason)
+                resumed.append(instance.id)
+        self._audit(tenant_id, reason=reason, instances=resumed)
         return to_schema(tenant)
 
     async def quota(self, tenant_id: str) -> schemas.TenantQuota:
@@ -149,7 +189,7 @@ class TenantService:
         )
 
     async def set_quota(self, tenant_id: str, limits: schemas.QuotaLimits) -> schemas.TenantQuota:
-        await self.repo.get(tenant_id, for_update=True)
+        _not_deleting(await self.repo.get(tenant_id, for_update=True))
         quota = await self.repo.quota(tenant_id)
         for field, value in msgspec.structs.asdict(limits).items():
             setattr(quota, field, value)

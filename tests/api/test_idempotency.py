@@ -137,3 +137,31 @@ async def test_overlong_key_is_400(api: Api) -> None:
         "/v1/admin/tenants", json=BODY, headers={**api.admin_headers, "Idempotency-Key": "x" * 256}
     )
     assert response.status_code == 400
+
+
+async def test_replayed_key_creation_never_stores_or_repeats_the_key_value(api: Api, db: Database) -> None:
+    tenant = await api.create_tenant("acme")
+    headers = {**bearer(api.tokens.tenant(tenant["id"])), "Idempotency-Key": "make-ci-key"}
+    first = await api.client.post("/v1/keys", json={"name": "ci", "roles": ["deploy"]}, headers=headers)
+    replay = await api.client.post("/v1/keys", json={"name": "ci", "roles": ["deploy"]}, headers=headers)
+    assert first.json()["key"].startswith("cpk_")
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] == first.json()["id"]
+    assert replay.json()["key"] != first.json()["key"]
+    async with db.read() as session:
+        stored = b"".join(r.response_body or b"" for r in (await session.execute(select(IdempotencyRecord))).scalars())
+    assert first.json()["key"].encode() not in stored
+
+
+async def test_denied_write_is_audited_under_the_caller(api: Api, db: Database) -> None:
+    from ctrlplane.audit.models import AuditEntry
+
+    tenant = await api.create_tenant("acme")
+    read_key = await api.create_key(tenant["id"], ["read"])
+    denied = await api.client.post("/v1/keys", json={"name": "x", "roles": ["read"]}, headers=bearer(read_key["key"]))
+    assert denied.status_code == 403
+    async with db.read() as session:
+        entry = (await session.execute(select(AuditEntry).where(AuditEntry.outcome == "denied"))).scalar_one()
+    assert entry.actor_kind == "api_key"
+    assert entry.actor_subject == read_key["id"]
+    assert entry.tenant_id == tenant["id"]

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Response, delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from ctrlplane.errors import InvalidInput
+from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.instances import schemas
+from ctrlplane.instances.schemas import InstanceState
+from ctrlplane.instances.service import InstanceService
+from ctrlplane.pagination import Page
+
+LabelFilter = Annotated[
+    list[str] | None, QueryParameter(description="k=v; repeat to require several labels", max_items=10)
+]
+
+
+def _labels(raw: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in raw or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput("label filters look like label=key=value", details={"label": item})
+        labels[key] = value
+    return labels
+
+
+class InstanceController(Controller):
+    path = "/v1/instances"
+    tags = ["instances"]
+
+    @post(operation_id="createInstance", responses=errors(404, mutating=True), opt=route("instance", "create"))
+    async def create(self, data: JSONBody[schemas.InstanceCreate], context: Context) -> schemas.Instance:
+        """Create an instance; workers provision it (state provisioning → running)."""
+        return await InstanceService(context).create(data)
+
+    @get(operation_id="listInstances", responses=errors(), opt=route("instance", "list"))
+    async def list_instances(
+        self,
+        context: Context,
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE,
+        state_filter: Annotated[InstanceState | None, QueryParameter(name="state")] = None,
+        label: LabelFilter = None,
+        provider: FromQuery[str | None] = None,
+        name: FromQuery[str | None] = None,
+    ) -> Page[schemas.Instance]:
+        """List instances, newest first; destroyed ones only when asked for by state."""
+        return await InstanceService(context).list(
+            state=state_filter, labels=_labels(label), provider=provider, name=name, cursor=cursor, limit=limit
+        )
+
+    @get("/{instance_id:str}", operation_id="getInstance", responses=errors(404), opt=route("instance", "get"))
+    async def get_instance(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
+        """Get an instance."""
+        return await InstanceService(context).get(instance_id)
+
+    @patch(
+        "/{instance_id:str}",
+        operation_id="updateInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "update"),
+    )
+    async def update(
+        self, instance_id: FromPath[str], data: JSONBody[schemas.InstanceUpdate], context: Context
+    ) -> schemas.Instance:
+        """Change only the fields present; env, ports and labels roll out new containers."""
+        return await InstanceService(context).update(instance_id, data)
+
+    @delete(
+        "/{instance_id:str}",
+        status_code=202,
+        operation_id="deleteInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "delete"),
+    )
+    async def delete_instance(self, instance_id: FromPath[str], context: Context) -> Response[schemas.Instance]:
+        """Destroy an instance: 202, then destroying → destroyed as its containers are removed."""
+        return Response(await InstanceService(context).delete(instance_id), status_code=202)
+
+    @post(
+        "/{instance_id:str}/start",
+        status_code=202,
+        operation_id="startInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "start"),
+    )
+    async def start(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
+        """Start a stopped or failed instance."""
+        return await InstanceService(context).start(instance_id)
+
+    @post(
+        "/{instance_id:str}/stop",
+        status_code=202,
+        operation_id="stopInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "stop"),
+    )
+    async def stop(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
+        """Stop an instance, keeping its containers."""
+        return await InstanceService(context).stop(instance_id)
+
+    @post(
+        "/{instance_id:str}/restart",
+        status_code=202,
+        operation_id="restartInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "restart"),
+    )
+    async def restart(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
+        """Restart a running or failed instance."""
+        return await InstanceService(context).restart(instance_id)
+
+    @post(
+        "/{instance_id:str}/scale",
+        status_code=202,
+        operation_id="scaleInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "scale"),
+    )
+    async def scale(
+        self, instance_id: FromPath[str], data: JSONBody[schemas.ScaleRequest], context: Context
+    ) -> schemas.Instance:
+        """Change resources per replica and/or the replica count, within the tenant's quota."""
+        return await InstanceService(context).scale(instance_id, data)
+
+    @post(
+        "/{instance_id:str}/suspend",
+        status_code=202,
+        operation_id="suspendInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "suspend", system_admin=True),
+    )
+    async def suspend(
+        self, instance_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
+    ) -> schemas.Instance:
+        """Suspend an instance (system admins): it stops and refuses start until unsuspended."""
+        return await InstanceService(context).suspend(instance_id, data.reason)
+
+    @post(
+        "/{instance_id:str}/unsuspend",
+        status_code=202,
+        operation_id="unsuspendInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "unsuspend", system_admin=True),
+    )
+    async def unsuspend(
+        self, instance_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
+    ) -> schemas.Instance:
+        """Lift an instance's suspension; it starts again if it was running."""
+        return await InstanceService(context).unsuspend(instance_id, data.reason)

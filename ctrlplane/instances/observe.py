@@ -1,0 +1,71 @@
+"""Between an instance row and its provider: the spec it should run, and recording what was seen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ctrlplane.events.service import append as append_event
+from ctrlplane.instances.models import Instance
+from ctrlplane.provisioning.contract import PortSpec, Resources, WorkloadSpec, WorkloadStatus
+from ctrlplane.timeutil import utc_now
+
+
+def spec_for(instance: Instance, *, generation: int | None = None) -> WorkloadSpec:
+    return WorkloadSpec(
+        instance_id=instance.id,
+        tenant_id=instance.tenant_id,
+        name=instance.name,
+        image=instance.image,
+        resources=Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb),
+        replicas=instance.replicas,
+        ports=tuple(msgspec.convert(port, PortSpec) for port in instance.ports),
+        env=dict(instance.env),
+        labels=dict(instance.labels),
+        pull_policy=instance.pull_policy,  # type: ignore[arg-type]
+        release_id=instance.current_release_id,
+        generation=generation or instance.generation,
+    )
+
+
+def observed_state(status: WorkloadStatus) -> tuple[str, str]:
+    if status.state == "running":
+        return "running", status.message
+    if status.state == "partial":
+        return "running", status.message or "some replicas are not running"
+    if status.state == "stopped":
+        return "stopped", status.message
+    if status.state == "failed":
+        return "failed", status.message or "a replica failed"
+    return "failed", status.message or "no containers found for this instance"
+
+
+async def set_state(
+    session: AsyncSession, instance: Instance, state: str, message: str, *, data: dict[str, Any] | None = None
+) -> None:
+    """Record a state; a change is appended to the event log in the same transaction."""
+    previous = instance.state
+    changed = previous != state or instance.status_message != message
+    instance.state = state
+    instance.status_message = message
+    if changed:
+        instance.updated_at = utc_now()
+    if previous != state:
+        await append_event(
+            session,
+            tenant_id=instance.tenant_id,
+            instance_id=instance.id,
+            type="instance.state_changed",
+            data={"from": previous, "to": state, "message": message, **(data or {})},
+        )
+
+
+async def record_status(session: AsyncSession, instance: Instance, status: WorkloadStatus) -> None:
+    state, message = observed_state(status)
+    endpoints = [msgspec.to_builtins(endpoint) for endpoint in status.endpoints]
+    if endpoints != instance.endpoints:
+        instance.endpoints = endpoints
+        instance.updated_at = utc_now()
+    await set_state(session, instance, state, message)

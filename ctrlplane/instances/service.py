@@ -1,0 +1,377 @@
+"""Instances: the API side. Records desired state and an operation in the request's transaction;
+workers apply it (no request waits on a provider).
+
+Lifecycle rules (an action the state does not allow is 409 ``invalid_state`` naming the state):
+
+    action     allowed in                                   state after   desired
+    start      stopped, failed                              starting      running
+    stop       provisioning, starting, running, failed      stopping      stopped
+    restart    running, failed                              starting      running
+    scale      provisioning, starting, running, stopped, failed  (unchanged)
+    update     any but destroying/destroyed (env, ports, labels → rolling replacement; resources → scale)
+    delete     any but destroying/destroyed                 destroying    destroyed
+    suspend    not suspended, not destroying/destroyed      stopping      stopped (remembers the old)
+    unsuspend  suspended                                    starting if it ran before
+
+A suspended instance refuses start, restart, scale and changes that need new containers.
+Quotas (``max_instances``, ``max_cpu_millis``, ``max_memory_mb``, counting CPU and memory times
+replicas) are checked under a lock on the tenant row, so concurrent creates cannot overshoot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ctrlplane.context import RequestContext
+from ctrlplane.errors import Conflict, InvalidInput, InvalidState, QuotaExceeded
+from ctrlplane.events.service import append as append_event
+from ctrlplane.ids import new_id
+from ctrlplane.instances import schemas
+from ctrlplane.instances.models import Instance
+from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.operations import queue
+from ctrlplane.pagination import Page, paginate
+from ctrlplane.tenants.repository import TenantRepository
+from ctrlplane.timeutil import utc_now
+
+FINAL = ("destroying", "destroyed")
+
+
+def to_schema(instance: Instance) -> schemas.Instance:
+    return schemas.Instance(
+        id=instance.id,
+        tenant_id=instance.tenant_id,
+        name=instance.name,
+        image=instance.image,
+        provider_name=instance.provider_name,
+        state=instance.state,  # type: ignore[arg-type]
+        desired_state=instance.desired_state,  # type: ignore[arg-type]
+        status_message=instance.status_message,
+        resources=schemas.Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb),
+        replicas=instance.replicas,
+        ports=[msgspec.convert(p, schemas.Port) for p in instance.ports],
+        env=instance.env,
+        labels=instance.labels,
+        restart_policy=instance.restart_policy,  # type: ignore[arg-type]
+        pull_policy=instance.pull_policy,  # type: ignore[arg-type]
+        endpoints=[msgspec.convert(e, schemas.Endpoint) for e in instance.endpoints],
+        restart_count=instance.restart_count,
+        suspended_at=instance.suspended_at,
+        suspension_reason=instance.suspension_reason,
+        current_release_id=instance.current_release_id,
+        created_at=instance.created_at,
+        updated_at=instance.updated_at,
+    )
+
+
+def _require(instance: Instance, action: str, allowed: tuple[str, ...]) -> None:
+    if instance.state not in allowed:
+        raise InvalidState(
+            f"cannot {action} an instance that is {instance.state}",
+            details={"state": instance.state, "allowed": list(allowed)},
+        )
+
+
+def _not_suspended(instance: Instance, action: str) -> None:
+    if instance.suspended_at is not None:
+        raise InvalidState(
+            f"cannot {action} a suspended instance ({instance.suspension_reason})", details={"state": "suspended"}
+        )
+
+
+class InstanceService:
+    def __init__(self, context: RequestContext) -> None:
+        self.context = context
+        self.session = context.session
+        self.repo = InstanceRepository(context.session, context.principal.tenant_id)
+
+    def _audit(self, instance: Instance, **details: Any) -> None:
+        self.context.audit.resource_id = instance.id
+        self.context.audit.tenant_id = instance.tenant_id
+        self.context.audit.details.update(details)
+
+    async def _event(self, instance: Instance, type: str, **data: Any) -> None:
+        await append_event(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, type=type, data=data)
+
+    def _enqueue(self, instance: Instance, kind: str, **payload: Any) -> None:
+        queue.enqueue(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, kind=kind, payload=payload)
+
+    async def _check_quota(
+        self, tenant_id: str, *, instances: int, cpu_millis: int, memory_mb: int, except_id: str | None = None
+    ) -> None:
+        tenants = TenantRepository(self.session)
+        await tenants.get(tenant_id, for_update=True)
+        quota = await tenants.quota(tenant_id)
+        count, cpu, memory = await self.repo.usage(tenant_id, except_id=except_id)
+        for name, used, requested, limit in (
+            ("max_instances", count, instances, quota.max_instances),
+            ("max_cpu_millis", cpu, cpu_millis, quota.max_cpu_millis),
+            ("max_memory_mb", memory, memory_mb, quota.max_memory_mb),
+        ):
+            if requested and used + requested > limit:
+                raise QuotaExceeded(name, used=used, limit=limit, requested=requested)
+
+    async def create(self, data: schemas.InstanceCreate) -> schemas.Instance:
+        tenant_id = self.context.tenant_scope(data.tenant_id)
+        registry = self.context.services.providers
+        provider_name = data.provider_name or self.context.services.settings.providers[0]
+        registry.get(provider_name)
+        await self._check_quota(
+            tenant_id,
+            instances=1,
+            cpu_millis=data.resources.cpu_millis * data.replicas,
+            memory_mb=data.resources.memory_mb * data.replicas,
+        )
+        if await self.repo.name_taken(tenant_id, data.name):
+            raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
+        _unique_ports(data.ports)
+        now = utc_now()
+        instance = Instance(
+            id=new_id("inst"),
+            tenant_id=tenant_id,
+            name=data.name,
+            image=data.image,
+            provider_name=provider_name,
+            state="provisioning",
+            desired_state="running",
+            status_message="",
+            cpu_millis=data.resources.cpu_millis,
+            memory_mb=data.resources.memory_mb,
+            replicas=data.replicas,
+            ports=[msgspec.to_builtins(p) for p in data.ports],
+            env=dict(data.env),
+            labels=dict(data.labels),
+            restart_policy=data.restart_policy,
+            pull_policy=data.pull_policy,
+            endpoints=[],
+            generation=1,
+            restart_count=0,
+            recent_restarts=[],
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(instance)
+        await self.session.flush()
+        self._enqueue(instance, "provision")
+        await self._event(instance, "instance.created", name=instance.name, image=instance.image)
+        self._audit(instance, name=data.name, image=data.image, provider=provider_name)
+        return to_schema(instance)
+
+    async def list(
+        self,
+        *,
+        state: str | None,
+        labels: dict[str, str],
+        provider: str | None,
+        name: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page[schemas.Instance]:
+        statement = self.repo.listing(state=state, labels=labels, provider=provider, name=name, include_destroyed=False)
+        return await paginate(self.session, statement, Instance.id, cursor=cursor, limit=limit, convert=to_schema)
+
+    async def get(self, instance_id: str) -> schemas.Instance:
+        return to_schema(await self.repo.get(instance_id))
+
+    async def update(self, instance_id: str, data: schemas.InstanceUpdate) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        _require(instance, "update", tuple(s for s in _ALL_STATES if s not in FINAL))
+        changed: list[str] = []
+        if data.name is not msgspec.UNSET and data.name != instance.name:
+            if await self.repo.name_taken(instance.tenant_id, data.name, except_id=instance.id):
+                raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
+            instance.name = data.name
+            changed.append("name")
+        needs_new_containers = False
+        if data.labels is not msgspec.UNSET and data.labels != instance.labels:
+            instance.labels = dict(data.labels)
+            changed.append("labels")
+            needs_new_containers = True
+        if data.env is not msgspec.UNSET and data.env != instance.env:
+            instance.env = dict(data.env)
+            changed.append("env")
+            needs_new_containers = True
+        if data.ports is not msgspec.UNSET:
+            _unique_ports(data.ports)
+            ports = [msgspec.to_builtins(p) for p in data.ports]
+            if ports != instance.ports:
+                instance.ports = ports
+                changed.append("ports")
+                needs_new_containers = True
+        if data.resources is not msgspec.UNSET and (
+            data.resources.cpu_millis != instance.cpu_millis or data.resources.memory_mb != instance.memory_mb
+        ):
+            await self._apply_scale(instance, data.resources, instance.replicas)
+            changed.append("resources")
+        if needs_new_containers:
+            _not_suspended(instance, "change env, ports or labels of")
+            if instance.state != "stopped":
+                self._enqueue(instance, "update", generation=instance.generation + 1)
+        if changed:
+            instance.version += 1
+            instance.updated_at = utc_now()
+            await self._event(instance, "instance.updated", fields=changed)
+        self._audit(instance, changed=changed)
+        return to_schema(instance)
+
+    async def _apply_scale(self, instance: Instance, resources: schemas.Resources, replicas: int) -> None:
+        _not_suspended(instance, "scale")
+        await self._check_quota(
+            instance.tenant_id,
+            instances=0,
+            cpu_millis=resources.cpu_millis * replicas,
+            memory_mb=resources.memory_mb * replicas,
+            except_id=instance.id,
+        )
+        instance.cpu_millis, instance.memory_mb, instance.replicas = resources.cpu_millis, resources.memory_mb, replicas
+        if instance.state != "stopped":
+            self._enqueue(instance, "scale")
+
+    async def scale(self, instance_id: str, data: schemas.ScaleRequest) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        _require(instance, "scale", ("provisioning", "starting", "running", "stopped", "failed"))
+        if data.resources is msgspec.UNSET and data.replicas is msgspec.UNSET:
+            raise InvalidInput("scale needs resources, replicas or both", details={"body": "empty"})
+        resources = (
+            data.resources
+            if data.resources is not msgspec.UNSET
+            else schemas.Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb)
+        )
+        replicas = data.replicas if data.replicas is not msgspec.UNSET else instance.replicas
+        await self._apply_scale(instance, resources, replicas)
+        instance.version += 1
+        instance.updated_at = utc_now()
+        await self._event(
+            instance,
+            "instance.scaled",
+            cpu_millis=resources.cpu_millis,
+            memory_mb=resources.memory_mb,
+            replicas=replicas,
+        )
+        self._audit(instance, cpu_millis=resources.cpu_millis, memory_mb=resources.memory_mb, replicas=replicas)
+        return to_schema(instance)
+
+    async def delete(self, instance_id: str) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        _require(instance, "delete", tuple(s for s in _ALL_STATES if s not in FINAL))
+        await destroy(self.session, instance)
+        self._audit(instance)
+        return to_schema(instance)
+
+    async def start(self, instance_id: str) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        _require(instance, "start", ("stopped", "failed"))
+        _not_suspended(instance, "start")
+        await self._transition(instance, "start", state="starting", desired="running")
+        return to_schema(instance)
+
+    async def stop(self, instance_id: str) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        _require(instance, "stop", ("provisioning", "starting", "running", "failed"))
+        await self._transition(instance, "stop", state="stopping", desired="stopped")
+        return to_schema(instance)
+
+    async def restart(self, instance_id: str) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        _require(instance, "restart", ("running", "failed"))
+        _not_suspended(instance, "restart")
+        await self._transition(instance, "restart", state="starting", desired="running")
+        return to_schema(instance)
+
+    async def _transition(self, instance: Instance, kind: str, *, state: str, desired: str) -> None:
+        previous = instance.state
+        instance.state, instance.desired_state = state, desired
+        instance.recent_restarts = []
+        instance.version += 1
+        instance.updated_at = utc_now()
+        self._enqueue(instance, kind)
+        await self._event(instance, "instance.state_changed", **{"from": previous, "to": state, "action": kind})
+        self._audit(instance)
+
+    async def suspend(self, instance_id: str, reason: str) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        _require(instance, "suspend", tuple(s for s in _ALL_STATES if s not in FINAL))
+        if instance.suspended_at is not None:
+            raise InvalidState("instance is already suspended", details={"state": "suspended"})
+        await suspend(self.session, instance, reason=reason, by="instance")
+        self._audit(instance, reason=reason)
+        return to_schema(instance)
+
+    async def unsuspend(self, instance_id: str, reason: str) -> schemas.Instance:
+        instance = await self.repo.get(instance_id, for_update=True)
+        if instance.suspended_at is None:
+            raise InvalidState("instance is not suspended", details={"state": instance.state})
+        await unsuspend(self.session, instance, reason=reason)
+        self._audit(instance, reason=reason)
+        return to_schema(instance)
+
+
+_ALL_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed", "destroying", "destroyed")
+
+
+def _unique_ports(ports: list[schemas.Port]) -> None:
+    seen = {(p.container_port, p.protocol) for p in ports}
+    if len(seen) != len(ports):
+        raise InvalidInput("ports must be unique per container_port and protocol", details={"ports": "duplicate"})
+
+
+async def destroy(session: Any, instance: Instance) -> None:
+    """Mark the instance for destruction and queue its teardown (also used by tenant deletion)."""
+    previous = instance.state
+    instance.state, instance.desired_state = "destroying", "destroyed"
+    instance.version += 1
+    instance.updated_at = utc_now()
+    queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="deprovision")
+    await append_event(
+        session,
+        tenant_id=instance.tenant_id,
+        instance_id=instance.id,
+        type="instance.state_changed",
+        data={"from": previous, "to": "destroying", "action": "delete"},
+    )
+
+
+async def suspend(session: Any, instance: Instance, *, reason: str, by: str) -> None:
+    """Stop the instance and remember whether it should run again when unsuspended."""
+    instance.suspended_at = utc_now()
+    instance.suspension_reason = reason
+    instance.suspended_by = by
+    instance.resume_state = instance.desired_state
+    if instance.desired_state == "running":
+        instance.desired_state = "stopped"
+        instance.state = "stopping"
+        queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="stop")
+    instance.version += 1
+    instance.updated_at = utc_now()
+    await append_event(
+        session,
+        tenant_id=instance.tenant_id,
+        instance_id=instance.id,
+        type="instance.suspended",
+        data={"reason": reason, "by": by},
+    )
+
+
+async def unsuspend(session: Any, instance: Instance, *, reason: str) -> None:
+    resume = instance.resume_state
+    instance.suspended_at = None
+    instance.suspension_reason = None
+    instance.suspended_by = None
+    instance.resume_state = None
+    if resume == "running":
+        instance.desired_state = "running"
+        instance.state = "starting"
+        instance.recent_restarts = []
+        queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="start")
+    instance.version += 1
+    instance.updated_at = utc_now()
+    await append_event(
+        session,
+        tenant_id=instance.tenant_id,
+        instance_id=instance.id,
+        type="instance.unsuspended",
+        data={"reason": reason},
+    )

@@ -1,0 +1,121 @@
+"""The durable operation queue.
+
+The API records an operation in the same transaction as the desired state it serves and answers
+at once; workers ``claim`` operations with a lease, run them against the provider outside any
+transaction, and ``finish`` or ``retry`` them in a new one. On PostgreSQL claims use
+``FOR UPDATE SKIP LOCKED`` so several workers (and several replicas) never take the same row; on
+SQLite write transactions are serialised by ``BEGIN IMMEDIATE``.
+
+An instance's operations run one at a time in creation order: an operation is claimable only when
+no older unfinished operation of its instance exists.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from ctrlplane.db import Database
+from ctrlplane.ids import new_id
+from ctrlplane.operations.models import Operation
+from ctrlplane.timeutil import utc_now
+
+UNFINISHED = ("pending", "running")
+
+
+def enqueue(
+    session: AsyncSession, *, tenant_id: str, instance_id: str, kind: str, payload: dict[str, Any] | None = None
+) -> Operation:
+    now = utc_now()
+    operation = Operation(
+        id=new_id("op"),
+        tenant_id=tenant_id,
+        instance_id=instance_id,
+        kind=kind,
+        state="pending",
+        payload=payload or {},
+        attempts=0,
+        not_before=now,
+        created_at=now,
+    )
+    session.add(operation)
+    return operation
+
+
+async def claim(db: Database, *, owner: str, lease: timedelta) -> Operation | None:
+    now = utc_now()
+    older = aliased(Operation)
+    blocked = exists(
+        select(older.id).where(
+            older.instance_id == Operation.instance_id,
+            older.id < Operation.id,
+            older.state.in_(UNFINISHED),
+        )
+    )
+    claimable = or_(
+        and_(Operation.state == "pending", Operation.not_before <= now),
+        and_(Operation.state == "running", Operation.lease_expires_at <= now),
+    )
+    statement = (
+        select(Operation).where(claimable, ~blocked).order_by(Operation.id).limit(1).with_for_update(skip_locked=True)
+    )
+    async with db.write() as session, session.begin():
+        operation = (await session.execute(statement)).scalar_one_or_none()
+        if operation is None:
+            return None
+        operation.state = "running"
+        operation.lease_owner = owner
+        operation.lease_expires_at = now + lease
+        operation.attempts += 1
+        operation.started_at = operation.started_at or now
+        return operation
+
+
+async def renew(db: Database, operation_id: str, *, owner: str, lease: timedelta) -> bool:
+    async with db.write() as session, session.begin():
+        result = await session.execute(
+            update(Operation)
+            .where(Operation.id == operation_id, Operation.lease_owner == owner, Operation.state == "running")
+            .values(lease_expires_at=utc_now() + lease)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def locked(session: AsyncSession, operation_id: str, owner: str) -> Operation | None:
+    """The operation, locked, if this worker still holds it (its lease may have been taken over)."""
+    operation = (
+        await session.execute(
+            select(Operation)
+            .where(Operation.id == operation_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if operation is None or operation.state != "running" or operation.lease_owner != owner:
+        return None
+    return operation
+
+
+def finish(operation: Operation, *, error: str | None = None) -> None:
+    operation.state = "failed" if error else "succeeded"
+    operation.error = error
+    operation.finished_at = utc_now()
+    operation.lease_owner = None
+    operation.lease_expires_at = None
+
+
+def retry_later(operation: Operation, *, error: str, delay: timedelta) -> None:
+    operation.state = "pending"
+    operation.error = error
+    operation.not_before = utc_now() + delay
+    operation.lease_owner = None
+    operation.lease_expires_at = None
+
+
+async def unfinished_for(session: AsyncSession, instance_id: str) -> list[Operation]:
+    statement = select(Operation).where(Operation.instance_id == instance_id, Operation.state.in_(UNFINISHED))
+    return list((await session.execute(statement.order_by(Operation.id))).scalars())

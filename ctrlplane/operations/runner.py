@@ -1,0 +1,47 @@
+"""The background: operation workers and the reconciler, started with the app and stopped with it."""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from ctrlplane.context import AppServices
+from ctrlplane.operations.reconciler import Reconciler
+from ctrlplane.operations.worker import OperationWorker
+
+log = structlog.get_logger("ctrlplane.background")
+
+IDLE_POLL_SECONDS = 1.0
+
+
+class Background:
+    def __init__(self, services: AppServices) -> None:
+        self.services = services
+
+    async def _idle(self) -> None:
+        await self.services.work.wait(IDLE_POLL_SECONDS)
+
+    async def worker_loop(self) -> None:
+        worker = OperationWorker(self.services)
+        while True:
+            try:
+                if await worker.run_once():
+                    continue
+            except Exception as exc:
+                log.error("worker_error", exc_info=exc)
+            await self._idle()
+
+    async def reconcile_loop(self) -> None:
+        reconciler = Reconciler(self.services)
+        while True:
+            try:
+                await reconciler.run_once()
+            except Exception as exc:
+                log.error("reconcile_error", exc_info=exc)
+            await anyio.sleep(self.services.settings.reconcile_interval_seconds)
+
+    def start(self, group: TaskGroup) -> None:
+        for _ in range(self.services.settings.workers):
+            group.start_soon(self.worker_loop)
+        group.start_soon(self.reconcile_loop)

@@ -1,0 +1,154 @@
+"""Workers: claim an operation, apply it to the provider, record what happened.
+
+No transaction is open while a provider is called. The lease is renewed while the call runs; a
+worker that lost its lease (it stalled past the lease and another worker took over) discards its
+result. Failures are classified: an unreachable provider is retried with capped backoff for as
+long as it takes (the instance says it is waiting); a missing image or invalid spec fails the
+operation and the instance at once; other provider errors are retried up to
+``CTRLPLANE_OPERATION_MAX_ATTEMPTS`` times.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import anyio
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ctrlplane.context import AppServices
+from ctrlplane.errors import CtrlplaneError, InvalidInput, ProviderUnavailable
+from ctrlplane.ids import new_id
+from ctrlplane.instances.models import Instance
+from ctrlplane.instances.observe import record_status, set_state, spec_for
+from ctrlplane.operations import queue
+from ctrlplane.operations.models import Operation
+from ctrlplane.provisioning.contract import Provider, WorkloadStatus
+
+log = structlog.get_logger("ctrlplane.worker")
+
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** max(0, attempts - 1)))
+
+
+class OperationWorker:
+    def __init__(self, services: AppServices) -> None:
+        self.services = services
+        self.owner = new_id("op").replace("op_", "worker_")
+        self.lease = timedelta(seconds=services.settings.operation_lease_seconds)
+
+    async def run_once(self) -> bool:
+        """Claim and run one operation; False when there was nothing to do."""
+        operation = await queue.claim(self.services.db, owner=self.owner, lease=self.lease)
+        if operation is None:
+            return False
+        async with self.services.db.read() as session:
+            instance = await session.get(Instance, operation.instance_id)
+        if instance is None:
+            await self._record(operation, None, None)
+            return True
+        provider = self.services.providers.get(instance.provider_name)
+        status: WorkloadStatus | None = None
+        error: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._heartbeat, operation.id)
+            try:
+                status = await self._apply(provider, operation, instance)
+            except Exception as exc:
+                error = exc
+            finally:
+                group.cancel_scope.cancel()
+        await self._record(operation, status, error)
+        return True
+
+    async def _heartbeat(self, operation_id: str) -> None:
+        while True:
+            await anyio.sleep(self.lease.total_seconds() / 3)
+            await queue.renew(self.services.db, operation_id, owner=self.owner, lease=self.lease)
+
+    async def _apply(self, provider: Provider, operation: Operation, instance: Instance) -> WorkloadStatus | None:
+        kind = operation.kind
+        log.info("operation_started", operation=operation.id, kind=kind, instance=instance.id)
+        if kind in ("provision", "repair", "start"):
+            # provision creates what is missing and starts what is stopped, so it is also "start"
+            return await provider.provision(spec_for(instance))
+        if kind == "stop":
+            return await provider.stop(instance.id)
+        if kind == "restart":
+            return await provider.restart(instance.id)
+        if kind == "scale":
+            return await provider.scale(spec_for(instance))
+        if kind == "update":
+            generation = int(operation.payload["generation"])
+            return await provider.deploy(spec_for(instance, generation=generation), "rolling")
+        if kind == "deprovision":
+            await provider.deprovision(instance.id)
+            return None
+        raise InvalidInput(f"unknown operation kind {kind!r}")
+
+    async def _record(self, operation: Operation, status: WorkloadStatus | None, error: Exception | None) -> None:
+        async with self.services.db.write() as session, session.begin():
+            current = await queue.locked(session, operation.id, self.owner)
+            if current is None:
+                log.warning("operation_lease_lost", operation=operation.id)
+                return
+            instance = (
+                await session.execute(
+                    select(Instance)
+                    .where(Instance.id == operation.instance_id)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+            ).scalar_one_or_none()
+            if instance is None:
+                queue.finish(current)
+            else:
+                await self._settle(session, current, instance, status, error)
+        await self.services.events.notify()
+        await self.services.work.notify()
+
+    async def _settle(
+        self,
+        session: AsyncSession,
+        operation: Operation,
+        instance: Instance,
+        status: WorkloadStatus | None,
+        error: Exception | None,
+    ) -> None:
+        if error is None:
+            queue.finish(operation)
+            if operation.kind == "deprovision":
+                instance.endpoints = []
+                await set_state(session, instance, "destroyed", "")
+            elif operation.kind == "update":
+                instance.generation = int(operation.payload["generation"])
+            if status is not None:
+                await record_status(session, instance, status)
+            log.info("operation_succeeded", operation=operation.id, kind=operation.kind, instance=instance.id)
+            return
+        message = _describe(error)
+        if isinstance(error, ProviderUnavailable):
+            queue.retry_later(operation, error=message, delay=backoff(operation.attempts))
+            instance.status_message = f"waiting for the provider: {message}"
+            log.warning("operation_waiting", operation=operation.id, error=message)
+            return
+        permanent = (
+            isinstance(error, InvalidInput) or operation.attempts >= self.services.settings.operation_max_attempts
+        )
+        if not permanent:
+            queue.retry_later(operation, error=message, delay=backoff(operation.attempts))
+            log.warning("operation_retrying", operation=operation.id, error=message, attempts=operation.attempts)
+            return
+        queue.finish(operation, error=message)
+        log.error("operation_failed", operation=operation.id, kind=operation.kind, error=message)
+        await set_state(session, instance, "failed", message, data={"operation": operation.kind})
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, CtrlplaneError):
+        return error.message
+    return f"{type(error).__name__}: {error}"
