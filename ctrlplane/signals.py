@@ -11,13 +11,12 @@ import contextlib
 
 class Signal:
     def __init__(self) -> None:
-        self._changed = asyncio.Condition()
+        self._event = asyncio.Event()
 
     async def notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        event, self._event = self._event, asyncio.Event()
+        event.set()
 
     async def wait(self, timeout: float) -> None:
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)

@@ -113,6 +113,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         jwt_secret=JWT_SECRET,
         providers=("fake",),
         api_key_touch_seconds=0,
+        reconcile_interval_seconds=0.2,
+        event_poll_seconds=0.1,
+        operation_lease_seconds=5,
+        workers=2,
     )
 
 
@@ -202,3 +206,28 @@ def _no_ambient_ctrlplane_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         if name.startswith("CTRLPLANE_") and not name.startswith("CTRLPLANE_TEST_"):
             monkeypatch.delenv(name)
     yield
+
+
+@pytest.fixture
+async def live_server(app: Any) -> AsyncIterator[str]:
+    """The app served by uvicorn on a loopback port, with its lifespan (workers, reconciler) running."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+async def live(live_server: str, tokens: Tokens) -> AsyncIterator[Api]:
+    """Like ``api``, but over real HTTP to ``live_server`` (streaming responses work)."""
+    async with httpx.AsyncClient(base_url=live_server, timeout=30) as http:
+        yield Api(http, tokens)

@@ -79,7 +79,6 @@ class EventController(Controller):
         operation_id="instanceEvents",
         responses=errors(404),
         opt=route("event", "list"),
-        media_type="application/json",
     )
     async def instance_events(
         self,
@@ -106,7 +105,6 @@ class EventController(Controller):
         operation_id="tenantEvents",
         responses=errors(),
         opt=route("event", "list"),
-        media_type="application/json",
     )
     async def tenant_events(
         self,

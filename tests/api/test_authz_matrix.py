@@ -1,0 +1,404 @@
+"""The authorization matrix: every /v1 route in the OpenAPI document against every kind of caller
+that must be refused, and proof that the refusals changed nothing.
+
+``ROUTES`` names every (method, path) the API serves, with a valid request for it. A route added to
+the app without an entry here fails ``test_matrix_covers_every_route_in_the_openapi_document``, and
+the generic cases below still walk it straight from the OpenAPI document. Every failure message
+names the route and the case that leaked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from ctrlplane.db import Database
+from ctrlplane.models import metadata
+from tests.conftest import Api, Tokens, bearer
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNSNAPSHOTTED_TABLES = frozenset({"audit_entries", "audit_chains", "idempotency_records"})
+VOLATILE_COLUMNS = {"api_keys": frozenset({"last_used_at"})}
+"""Columns a refused request may still change: a key that authenticates records its last use."""
+
+QUOTA = {
+    "max_instances": 7,
+    "max_cpu_millis": 3000,
+    "max_memory_mb": 4096,
+    "max_domains": 1,
+    "max_routes": 5,
+    "max_secrets": 9,
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    query: dict[str, str] = field(default_factory=dict)
+    system_admin: bool = False
+    instance_state: str | None = None
+    """For the authorized control request: the state instance A must be in for it to be allowed."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.method, self.path)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.system_admin or self.path.startswith("/v1/admin/") or self.path == "/v1/admin"
+
+    @property
+    def mutating(self) -> bool:
+        return self.method in MUTATING
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+ROUTES: list[Route] = [
+    # In an order an authorized caller can run them one after another (see the last test).
+    Route("GET", "/v1/keys/self"),
+    Route("GET", "/v1/keys"),
+    Route("POST", "/v1/keys", body={"name": "x", "roles": ["read"]}),
+    Route("DELETE", "/v1/keys/{key_id}"),
+    Route("GET", "/v1/instances"),
+    Route("POST", "/v1/instances", body={"name": "matrix-new", "image": "ctrlplane-test/busybox:1"}),
+    Route("GET", "/v1/instances/{instance_id}"),
+    Route("PATCH", "/v1/instances/{instance_id}", body={"name": "renamed", "labels": {"team": "x"}}),
+    Route("POST", "/v1/instances/{instance_id}/scale", body={"replicas": 1}),
+    Route("POST", "/v1/instances/{instance_id}/stop", instance_state="running"),
+    Route("POST", "/v1/instances/{instance_id}/start", instance_state="stopped"),
+    Route("POST", "/v1/instances/{instance_id}/restart", instance_state="running"),
+    Route("POST", "/v1/instances/{instance_id}/suspend", body={"reason": "r"}, system_admin=True),
+    Route("POST", "/v1/instances/{instance_id}/unsuspend", body={"reason": "r"}, system_admin=True),
+    Route("GET", "/v1/instances/{instance_id}/events"),
+    Route("GET", "/v1/events"),
+    Route("DELETE", "/v1/instances/{instance_id}"),
+    Route("GET", "/v1/admin/stats"),
+    Route("GET", "/v1/admin/providers"),
+    Route("GET", "/v1/admin/audit"),
+    Route("GET", "/v1/admin/tenants"),
+    Route("POST", "/v1/admin/tenants", body={"name": "Matrix", "slug": "matrix-new", "plan": "pro"}),
+    Route("GET", "/v1/admin/tenants/{tenant_id}"),
+    Route("PATCH", "/v1/admin/tenants/{tenant_id}", body={"name": "Renamed", "plan": "enterprise"}),
+    Route("GET", "/v1/admin/tenants/{tenant_id}/quota"),
+    Route("PUT", "/v1/admin/tenants/{tenant_id}/quota", body=QUOTA),
+    Route("POST", "/v1/admin/tenants/{tenant_id}/suspend", body={"reason": "r"}),
+    Route("POST", "/v1/admin/tenants/{tenant_id}/unsuspend", body={"reason": "r"}),
+    Route("DELETE", "/v1/admin/tenants/{tenant_id}", query={"force": "true"}),
+]
+ROUTE_TABLE = {route.key: route for route in ROUTES}
+
+
+@dataclass
+class World:
+    """Two tenants with keys, and the OpenAPI document of the app serving them."""
+
+    client: httpx.AsyncClient
+    tokens: Tokens
+    db: Database
+    tenant_a: str
+    tenant_b: str
+    key_a: str
+    read_key_a: str
+    admin_key_a: str
+    admin_key_b: str
+    instance_a: str
+    openapi: dict[str, Any]
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every /v1 route in the OpenAPI document, with its request from ROUTES when there is one."""
+        found = []
+        for path, operations in self.openapi["paths"].items():
+            if not path.startswith("/v1/"):
+                continue
+            for method in operations:
+                if method in ("parameters", "summary", "description", "servers"):
+                    continue
+                key = (method.upper(), path)
+                found.append(ROUTE_TABLE.get(key, Route(*key)))
+        return found
+
+    def url(self, route: Route) -> str:
+        values = {"tenant_id": self.tenant_a, "key_id": self.key_a, "instance_id": self.instance_a}
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                raise AssertionError(f"{route}: the matrix cannot fill path parameter {{{name}}}; teach World.url")
+            return values[name]
+
+        return re.sub(r"\{([^}:]+)(?::[^}]*)?\}", fill, route.path)
+
+    async def send(
+        self,
+        route: Route,
+        token: str | None,
+        *,
+        body: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+        raw_authorization: str | None = None,
+    ) -> httpx.Response:
+        headers = bearer(token) if token is not None else {}
+        if raw_authorization is not None:
+            headers = {"Authorization": raw_authorization}
+        return await self.client.request(
+            route.method,
+            self.url(route),
+            json=body if body is not None else route.body,
+            params=query if query is not None else route.query,
+            headers=headers,
+        )
+
+    def operation(self, route: Route) -> dict[str, Any]:
+        return dict(self.openapi["paths"][route.path][route.method.lower()])
+
+    def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            node: Any = self.openapi
+            for part in schema["$ref"].removeprefix("#/").split("/"):
+                node = node[part]
+            schema = node
+        return schema
+
+    def body_properties(self, route: Route) -> set[str]:
+        content = self.operation(route).get("requestBody", {}).get("content", {})
+        names: set[str] = set()
+        for media in content.values():
+            schema = self.resolve(media.get("schema", {}))
+            for variant in [schema, *schema.get("oneOf", []), *schema.get("anyOf", []), *schema.get("allOf", [])]:
+                names |= set(self.resolve(variant).get("properties", {}))
+        return names
+
+    def query_parameters(self, route: Route) -> set[str]:
+        parameters = [self.resolve(p) for p in self.operation(route).get("parameters", [])]
+        return {p["name"] for p in parameters if p.get("in") == "query"}
+
+
+@pytest.fixture
+async def world(api: Api, db: Database) -> World:
+    tenant_a = (await api.create_tenant("alpha"))["id"]
+    tenant_b = (await api.create_tenant("bravo"))["id"]
+    key_a = (await api.create_key(tenant_a, ["deploy"], name="deployer"))["id"]
+    read_key_a = (await api.create_key(tenant_a, ["read"], name="reader"))["key"]
+    admin_key_a = (await api.create_key(tenant_a, ["admin"], name="administrator"))["key"]
+    admin_key_b = (await api.create_key(tenant_b, ["admin"], name="bravo-admin"))["key"]
+    created = await api.client.post(
+        "/v1/instances",
+        json={"name": "web", "image": "ctrlplane-test/busybox:1", "ports": [{"container_port": 8080}]},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert created.status_code == 201, created.text
+    document = await api.client.get("/schema/openapi.json")
+    assert document.status_code == 200, document.text
+    return World(
+        client=api.client,
+        tokens=api.tokens,
+        db=db,
+        tenant_a=tenant_a,
+        tenant_b=tenant_b,
+        key_a=key_a,
+        read_key_a=read_key_a,
+        admin_key_a=admin_key_a,
+        admin_key_b=admin_key_b,
+        instance_a=created.json()["id"],
+        openapi=document.json(),
+    )
+
+
+async def snapshot(db: Database) -> dict[str, list[dict[str, Any]]]:
+    tables: dict[str, list[dict[str, Any]]] = {}
+    async with db.read() as session:
+        for table in metadata.sorted_tables:
+            if table.name in UNSNAPSHOTTED_TABLES:
+                continue
+            rows = (await session.execute(text(f"SELECT * FROM {table.name} ORDER BY 1"))).all()
+            volatile = VOLATILE_COLUMNS.get(table.name, frozenset())
+            tables[table.name] = [{k: v for k, v in row._mapping.items() if k not in volatile} for row in rows]
+    return tables
+
+
+def assert_unchanged(before: dict[str, list[dict[str, Any]]], after: dict[str, list[dict[str, Any]]]) -> None:
+    changed = [name for name in before if before[name] != after.get(name)]
+    assert not changed, "refused requests changed tables: " + "; ".join(
+        f"{name}: before={before[name]!r} after={after.get(name)!r}" for name in changed
+    )
+
+
+def check(
+    leaks: list[str], route: Route, case: str, response: httpx.Response, status: int, code: str | None = None
+) -> None:
+    """Record a leak unless the response is the expected JSON error."""
+    where = f"{route} [{case}]"
+    if response.status_code != status:
+        leaks.append(f"{where}: expected {status}, got {response.status_code}: {response.text[:300]}")
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        leaks.append(f"{where}: {status} without a JSON body: {response.text[:300]}")
+        return
+    if not isinstance(body, dict) or not {"message", "code", "request_id"} <= set(body):
+        leaks.append(f"{where}: error body lacks message/code/request_id: {body!r}")
+    elif code is not None and body["code"] != code:
+        leaks.append(f"{where}: expected code {code!r}, got {body['code']!r}: {body['message']}")
+    elif body["request_id"] != response.headers.get("X-Request-ID"):
+        leaks.append(f"{where}: request_id {body['request_id']!r} differs from the X-Request-ID header")
+
+
+def openapi_routes(world: World) -> set[tuple[str, str]]:
+    return {route.key for route in world.routes}
+
+
+async def test_matrix_covers_every_route_in_the_openapi_document(world: World) -> None:
+    documented = openapi_routes(world)
+    assert documented, "the OpenAPI document lists no /v1 routes"
+    missing = sorted(documented - set(ROUTE_TABLE))
+    stale = sorted(set(ROUTE_TABLE) - documented)
+    assert not missing, f"routes in the OpenAPI document without an entry in ROUTES (add one): {missing}"
+    assert not stale, f"ROUTES names routes the OpenAPI document no longer has: {stale}"
+    for route in ROUTES:
+        has_body = "requestBody" in world.operation(route)
+        assert has_body == (route.body is not None), f"{route}: ROUTES body does not match the documented requestBody"
+
+
+async def test_every_route_refuses_missing_malformed_and_expired_credentials(world: World) -> None:
+    expired_tenant = world.tokens.tenant(world.tenant_a, ttl=timedelta(hours=-1))
+    expired_admin = world.tokens.admin(ttl=timedelta(hours=-1))
+    cases: dict[str, dict[str, Any]] = {
+        "no Authorization header": {"token": None},
+        "malformed token": {"token": "not-a-token"},
+        "empty bearer": {"token": None, "raw_authorization": "Bearer "},
+        "wrong scheme": {"token": None, "raw_authorization": f"Basic {expired_tenant}"},
+        "expired tenant token": {"token": expired_tenant},
+        "expired system-admin token": {"token": expired_admin},
+        "unknown API key": {"token": "cpk_this-key-was-never-issued"},
+    }
+    before = await snapshot(world.db)
+    leaks: list[str] = []
+    exercised: set[tuple[str, str]] = set()
+    for route in world.routes:
+        for case, arguments in cases.items():
+            response = await world.send(route, **arguments)
+            check(leaks, route, case, response, 401, "unauthenticated")
+        exercised.add(route.key)
+    assert not leaks, "unauthenticated requests leaked:\n" + "\n".join(leaks)
+    assert exercised == openapi_routes(world)
+    assert_unchanged(before, await snapshot(world.db))
+
+
+async def test_tenant_credentials_are_forbidden_on_admin_routes(world: World) -> None:
+    admin_routes = [route for route in world.routes if route.is_admin]
+    assert admin_routes, "no /v1/admin routes found in the OpenAPI document"
+    callers = {
+        "tenant admin token": world.tokens.tenant(world.tenant_a, roles=["admin"]),
+        "tenant admin API key": world.admin_key_a,
+        "tenant token with every role": world.tokens.tenant(world.tenant_a, roles=["read", "deploy", "admin"]),
+    }
+    before = await snapshot(world.db)
+    leaks: list[str] = []
+    for route in admin_routes:
+        for case, token in callers.items():
+            check(leaks, route, case, await world.send(route, token), 403, "forbidden")
+    assert not leaks, "admin routes leaked to tenant callers:\n" + "\n".join(leaks)
+    system_admin_only = {r.key for r in ROUTES if r.system_admin}
+    assert {r.key for r in admin_routes} == {
+        key for key in openapi_routes(world) if key[1].startswith("/v1/admin") or key in system_admin_only
+    }
+    assert_unchanged(before, await snapshot(world.db))
+
+
+async def test_read_role_credentials_are_forbidden_on_every_mutating_route(world: World) -> None:
+    mutating = [route for route in world.routes if route.mutating]
+    assert mutating, "no mutating routes found in the OpenAPI document"
+    callers = {
+        "read-role API key": world.read_key_a,
+        "read-role tenant token": world.tokens.tenant(world.tenant_a, roles=["read"]),
+    }
+    before = await snapshot(world.db)
+    leaks: list[str] = []
+    for route in mutating:
+        for case, token in callers.items():
+            check(leaks, route, case, await world.send(route, token), 403, "forbidden")
+    assert not leaks, "mutating routes leaked to read-only callers:\n" + "\n".join(leaks)
+    assert {r.key for r in mutating} == {key for key in openapi_routes(world) if key[0] in MUTATING}
+    assert_unchanged(before, await snapshot(world.db))
+
+
+async def test_another_tenants_objects_are_not_found(world: World) -> None:
+    """A tenant route naming tenant A's object answers tenant B with 404: not 403 (which would
+    confirm the object exists) and never 2xx. System-admin routes are refused earlier (403)."""
+    object_routes = [route for route in world.routes if "{" in route.path and not route.is_admin]
+    assert ("DELETE", "/v1/keys/{key_id}") in {r.key for r in object_routes}
+    callers = {
+        "tenant B admin token": world.tokens.tenant(world.tenant_b, roles=["admin"]),
+        "tenant B admin API key": world.admin_key_b,
+    }
+    before = await snapshot(world.db)
+    leaks: list[str] = []
+    for route in object_routes:
+        for case, token in callers.items():
+            check(leaks, route, case, await world.send(route, token), 404, "not_found")
+    listed = await world.client.get("/v1/keys", headers=bearer(callers["tenant B admin token"]))
+    assert listed.status_code == 200, listed.text
+    foreign = [item["id"] for item in listed.json()["items"] if item["tenant_id"] != world.tenant_b]
+    if foreign:
+        leaks.append(f"GET /v1/keys [tenant B admin token]: lists other tenants' keys {foreign}")
+    assert not leaks, "tenant B reached tenant A's objects:\n" + "\n".join(leaks)
+    assert_unchanged(before, await snapshot(world.db))
+
+
+async def test_tenant_id_of_another_tenant_is_forbidden(world: World) -> None:
+    """A tenant route given tenant B's id in its body or query, with tenant A's credentials, is 403."""
+    callers = {
+        "tenant A admin token": world.tokens.tenant(world.tenant_a, roles=["admin"]),
+        "tenant A admin API key": world.admin_key_a,
+    }
+    before = await snapshot(world.db)
+    leaks: list[str] = []
+    exercised: set[tuple[str, str, str]] = set()
+    for route in world.routes:
+        if route.is_admin:
+            continue
+        variants: dict[str, dict[str, Any]] = {}
+        if "tenant_id" in world.body_properties(route):
+            variants["body tenant_id of tenant B"] = {"body": {**(route.body or {}), "tenant_id": world.tenant_b}}
+        if "tenant_id" in world.query_parameters(route):
+            variants["query tenant_id of tenant B"] = {"query": {**route.query, "tenant_id": world.tenant_b}}
+        for variant, arguments in variants.items():
+            for case, token in callers.items():
+                check(leaks, route, f"{variant}, {case}", await world.send(route, token, **arguments), 403, "forbidden")
+            exercised.add((*route.key, variant))
+    assert ("POST", "/v1/keys", "body tenant_id of tenant B") in exercised
+    assert ("GET", "/v1/keys", "query tenant_id of tenant B") in exercised
+    assert not leaks, "tenant A acted in tenant B:\n" + "\n".join(leaks)
+    assert_unchanged(before, await snapshot(world.db))
+
+
+async def test_matrix_requests_succeed_for_an_authorized_caller(world: World) -> None:
+    """The control: each request the matrix sends is valid, so its refusals above come from
+    authorization and not from validation. Tenant routes run as tenant A's admin, admin routes as a
+    system admin, in ROUTES order (suspend before unsuspend, delete last)."""
+    system_admin = world.tokens.admin()
+    tenant_admin = world.tokens.tenant(world.tenant_a, roles=["admin"])
+    failures = []
+    for route in ROUTES:
+        if route.instance_state is not None:
+            async with world.db.write() as session, session.begin():
+                await session.execute(
+                    text("UPDATE instances SET state = :state WHERE id = :id"),
+                    {"state": route.instance_state, "id": world.instance_a},
+                )
+        response = await world.send(route, system_admin if route.is_admin else tenant_admin)
+        if not 200 <= response.status_code < 300:
+            failures.append(f"{route}: authorized caller got {response.status_code}: {response.text[:300]}")
+    assert not failures, "the matrix's requests are not valid:\n" + "\n".join(failures)

@@ -1,0 +1,110 @@
+"""The event log through the API: JSON pages, and Server-Sent Events that replay and resume."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from tests.conftest import Api, bearer
+
+INSTANCE = {"name": "web", "image": "ctrlplane-test/busybox:1", "ports": [{"container_port": 8080}]}
+
+
+async def _create_instances(api: Api, token: dict[str, str], count: int) -> list[dict[str, Any]]:
+    created = []
+    for i in range(count):
+        response = await api.client.post("/v1/instances", json={**INSTANCE, "name": f"web{i}"}, headers=token)
+        assert response.status_code == 201, response.text
+        created.append(response.json())
+    return created
+
+
+async def _read_sse(client: httpx.AsyncClient, url: str, headers: dict[str, str], count: int) -> list[dict[str, str]]:
+    """The first ``count`` events of a stream, as dicts of their fields."""
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    async with client.stream("GET", url, headers={**headers, "Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if not line:
+                if "id" in current:
+                    events.append(current)
+                    if len(events) == count:
+                        break
+                current = {}
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            current[field] = value.removeprefix(" ")
+    return events
+
+
+async def test_json_page_lists_tenant_events_oldest_first(api: Api) -> None:
+    tenant = await api.create_tenant("acme", plan="pro")
+    token = bearer(api.tokens.tenant(tenant["id"]))
+    await _create_instances(api, token, 3)
+    page = (await api.client.get("/v1/events", params={"limit": 2}, headers=token)).json()
+    assert [e["id"] for e in page["items"]] == [1, 2]
+    assert page["items"][0]["type"] == "instance.created"
+    rest = (await api.client.get("/v1/events", params={"since": page["next_cursor"]}, headers=token)).json()
+    assert rest["items"][0]["id"] == 3
+
+
+async def test_other_tenants_events_are_invisible(api: Api) -> None:
+    a = await api.create_tenant("a", plan="pro")
+    b = await api.create_tenant("b", plan="pro")
+    [instance] = await _create_instances(api, bearer(api.tokens.tenant(a["id"])), 1)
+    b_token = bearer(api.tokens.tenant(b["id"]))
+    assert (await api.client.get("/v1/events", headers=b_token)).json()["total"] == 0
+    response = await api.client.get(f"/v1/instances/{instance['id']}/events", headers=b_token)
+    assert response.status_code == 404
+
+
+async def test_bad_last_event_id_is_400(api: Api) -> None:
+    tenant = await api.create_tenant("acme")
+    response = await api.client.get(
+        "/v1/events", headers={**bearer(api.tokens.tenant(tenant["id"])), "Last-Event-ID": "yesterday"}
+    )
+    assert response.status_code == 400
+
+
+async def test_sse_replays_then_streams_live_and_resumes_without_gaps_or_duplicates(live: Api) -> None:
+    tenant = await live.create_tenant("acme", plan="pro")
+    token = bearer(live.tokens.tenant(tenant["id"]))
+    await _create_instances(live, token, 2)
+
+    first = await _read_sse(live.client, "/v1/events", token, count=2)
+    assert [e["id"] for e in first] == ["1", "2"]
+    assert first[0]["event"] == "instance.created"
+
+    async def create_later() -> None:
+        await asyncio.sleep(0.3)
+        await live.client.post("/v1/instances", json={**INSTANCE, "name": "late"}, headers=token)
+
+    background = asyncio.create_task(create_later())
+    resumed = await asyncio.wait_for(
+        _read_sse(live.client, "/v1/events", {**token, "Last-Event-ID": "2"}, count=1), timeout=10
+    )
+    await background
+    assert resumed[0]["id"] == "3"
+    assert '"name":"late"' in resumed[0]["data"]
+
+    again = await asyncio.wait_for(
+        _read_sse(live.client, "/v1/events", {**token, "Last-Event-ID": "1"}, count=2), timeout=10
+    )
+    assert [e["id"] for e in again] == ["2", "3"]
+
+
+async def test_instance_stream_carries_only_that_instance(live: Api) -> None:
+    tenant = await live.create_tenant("acme", plan="pro")
+    token = bearer(live.tokens.tenant(tenant["id"]))
+    first, second = await _create_instances(live, token, 2)
+    events = await asyncio.wait_for(
+        _read_sse(live.client, f"/v1/instances/{second['id']}/events", token, count=1), timeout=10
+    )
+    assert second["id"] in events[0]["data"]
+    assert first["id"] not in events[0]["data"]
