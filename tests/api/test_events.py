@@ -86,17 +86,20 @@ async def test_sse_replays_then_streams_live_and_resumes_without_gaps_or_duplica
         await live.client.post("/v1/instances", json={**INSTANCE, "name": "late"}, headers=token)
 
     background = asyncio.create_task(create_later())
-    resumed = await asyncio.wait_for(
-        _read_sse(live.client, "/v1/events", {**token, "Last-Event-ID": "2"}, count=1), timeout=10
-    )
+    resumed: list[dict[str, str]] = []
+    async with asyncio.timeout(15):
+        while not any('"name":"late"' in e["data"] for e in resumed):
+            after = resumed[-1]["id"] if resumed else "2"
+            resumed += await _read_sse(live.client, "/v1/events", {**token, "Last-Event-ID": after}, count=1)
     await background
-    assert resumed[0]["id"] == "3"
-    assert '"name":"late"' in resumed[0]["data"]
+    ids = [int(e["id"]) for e in resumed]
+    assert ids == list(range(3, 3 + len(ids))), f"gap or duplicate after resume: {ids}"
 
     again = await asyncio.wait_for(
-        _read_sse(live.client, "/v1/events", {**token, "Last-Event-ID": "1"}, count=2), timeout=10
+        _read_sse(live.client, "/v1/events", {**token, "Last-Event-ID": "1"}, count=1 + len(resumed)), timeout=10
     )
-    assert [e["id"] for e in again] == ["2", "3"]
+    assert [e["id"] for e in again] == ["2", *(e["id"] for e in resumed)]
+    assert [e["data"] for e in again[1:]] == [e["data"] for e in resumed]
 
 
 async def test_instance_stream_carries_only_that_instance(live: Api) -> None:

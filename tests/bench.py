@@ -1,0 +1,120 @@
+"""``make bench``: time from ``POST /v1/instances`` to the instance answering HTTP on its endpoint,
+against a bare ``docker run`` of the same image to its first HTTP answer, measured in the same run.
+
+Prints both medians and their ratio (target: at most 1.3x). Needs a Docker engine; it starts its
+own ``ctrlplane serve`` on a loopback port with a throwaway data directory. Not a test: nothing
+here asserts a time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import docker
+import httpx
+
+ROUNDS = int(os.environ.get("CTRLPLANE_BENCH_ROUNDS", "7"))
+POLL_SECONDS = 0.01
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _until_http(url_for: Callable[[], str | None], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        url = url_for()
+        if url:
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+        time.sleep(POLL_SECONDS)
+    raise TimeoutError("no HTTP answer in time")
+
+
+def bare_docker_run(client: docker.DockerClient, image: str) -> float:
+    started = time.perf_counter()
+    container = client.containers.run(image, detach=True, ports={"8080/tcp": ("127.0.0.1", None)})
+    try:
+        container.reload()
+        host_port = container.ports["8080/tcp"][0]["HostPort"]
+        _until_http(lambda: f"http://127.0.0.1:{host_port}/")
+        return time.perf_counter() - started
+    finally:
+        container.remove(force=True)
+
+
+def ctrlplane_create(api: httpx.Client, index: int, image: str) -> float:
+    started = time.perf_counter()
+    response = api.post(
+        "/v1/instances",
+        json={"name": f"bench{index}", "image": image, "ports": [{"container_port": 8080}]},
+    )
+    response.raise_for_status()
+    instance_id = response.json()["id"]
+
+    def endpoint() -> str | None:
+        endpoints = api.get(f"/v1/instances/{instance_id}").json()["endpoints"]
+        return str(endpoints[0]["url"]) + "/" if endpoints else None
+
+    try:
+        _until_http(endpoint)
+        return time.perf_counter() - started
+    finally:
+        api.delete(f"/v1/instances/{instance_id}")
+
+
+def main() -> int:
+    from tests.providers.docker_engine import IMAGE, ensure_image
+
+    client = docker.from_env()
+    ensure_image(client)
+    with tempfile.TemporaryDirectory() as data_dir:
+        port = _free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CTRLPLANE_")},
+            "CTRLPLANE_DATA_DIR": data_dir,
+            "CTRLPLANE_PORT": str(port),
+            "CTRLPLANE_LOG_LEVEL": "warning",
+        }
+        server = subprocess.Popen([sys.executable, "-m", "ctrlplane.cli", "serve"], env=env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _until_http(lambda: f"{base}/readyz")
+            cli = [sys.executable, "-m", "ctrlplane.cli", "token", "issue"]
+            admin = subprocess.run([*cli, "--admin"], env=env, capture_output=True, text=True, check=True)
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin.stdout.strip()}"}) as api:
+                tenant = api.post("/v1/admin/tenants", json={"name": "Bench", "slug": "bench", "plan": "enterprise"})
+                tenant.raise_for_status()
+                token = subprocess.run(
+                    [*cli, "--tenant", tenant.json()["id"]], env=env, capture_output=True, text=True, check=True
+                ).stdout.strip()
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as api:
+                baseline, ours = [], []
+                for index in range(ROUNDS):
+                    baseline.append(bare_docker_run(client, IMAGE))
+                    ours.append(ctrlplane_create(api, index, IMAGE))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    base_median, our_median = statistics.median(baseline), statistics.median(ours)
+    print(f"docker run -> first HTTP answer:        median {base_median * 1000:8.1f} ms over {ROUNDS} rounds")
+    print(f"POST /v1/instances -> first HTTP answer: median {our_median * 1000:8.1f} ms over {ROUNDS} rounds")
+    print(f"ratio: {our_median / base_median:.2f}x (target <= 1.3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

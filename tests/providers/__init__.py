@@ -1,0 +1,1 @@
+"""Provider tests: one conformance suite (``conformance.py``) that every provider's test class inherits."""

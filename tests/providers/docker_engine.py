@@ -1,0 +1,166 @@
+"""The Docker engine for the provider tests, and the test image, built here with no registry.
+
+The image ``ctrlplane-test/busybox:1`` is a rootfs made in Python: Debian's static busybox (package
+``busybox-static``) as ``/bin/busybox``, its applets as symlinks, and ``/www/index.html`` holding
+``INDEX_BODY``; it is imported through the engine's import API and runs busybox ``httpd`` on port
+8080 under ``/www``. Build it (no-op when the current version is there) with:
+
+    python -m tests.providers.docker_engine build-image
+
+The ``docker_engine`` session fixture connects to ``DOCKER_HOST`` or the default socket. With no
+engine it skips the Docker tests, or fails them when ``CI`` is set: CI must run them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from docker import DockerClient
+from docker.errors import DockerException, ImageNotFound
+
+IMAGE = "ctrlplane-test/busybox:1"
+HTTP_PORT = 8080
+INDEX_BODY = b"ctrlplane test app: hello from busybox httpd\n"
+IMAGE_VERSION = "3"
+"""Bumped whenever the rootfs changes, so an older image of the same tag is rebuilt."""
+VERSION_LABEL = "org.ctrlplane.test-image-version"
+BUSYBOX = Path(os.environ.get("CTRLPLANE_TEST_BUSYBOX", "/bin/busybox"))
+APPLETS = (
+    "sh", "httpd", "wget", "echo", "cat", "sleep", "env", "nc", "ls",
+    "stat", "kill", "head", "tr", "id", "true", "false", "mkdir", "ip", "hostname", "timeout",
+)  # fmt: skip
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PT_INTERP = 3
+
+
+class ImageBuildError(RuntimeError):
+    """The test image cannot be built on this machine."""
+
+
+def _is_static_elf(binary: bytes) -> bool:
+    """True when the ELF binary asks for no dynamic loader (has no PT_INTERP program header)."""
+    if binary[:4] != b"\x7fELF":
+        return False
+    wide, order = binary[4] == 2, "<" if binary[5] == 1 else ">"
+    if wide:
+        (phoff,) = struct.unpack_from(order + "Q", binary, 0x20)
+        entry_size, count = struct.unpack_from(order + "HH", binary, 0x36)
+    else:
+        (phoff,) = struct.unpack_from(order + "I", binary, 0x1C)
+        entry_size, count = struct.unpack_from(order + "HH", binary, 0x2A)
+    types = (struct.unpack_from(order + "I", binary, phoff + i * entry_size)[0] for i in range(count))
+    return PT_INTERP not in types
+
+
+def busybox_binary() -> bytes:
+    if not BUSYBOX.is_file():
+        raise ImageBuildError(
+            f"{BUSYBOX} is missing: install Debian's busybox-static (`apt-get install busybox-static`) "
+            "or point CTRLPLANE_TEST_BUSYBOX at a static busybox"
+        )
+    binary = BUSYBOX.read_bytes()
+    if not _is_static_elf(binary):
+        raise ImageBuildError(
+            f"{BUSYBOX} is dynamically linked and cannot run alone in an image: install Debian's "
+            "busybox-static (`apt-get install busybox-static`), which replaces it with a static build"
+        )
+    return binary
+
+
+def rootfs_tar() -> bytes:
+    """The test image's whole filesystem as an uncompressed tar."""
+    now = int(time.time())
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+
+        def add(
+            name: str, *, kind: bytes = tarfile.REGTYPE, mode: int = 0o755, data: bytes = b"", link: str = ""
+        ) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime, info.linkname = kind, mode, now, link
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        for directory in ("bin", "www", "etc", "proc", "sys", "dev", "run"):
+            add(directory, kind=tarfile.DIRTYPE)
+        add("tmp", kind=tarfile.DIRTYPE, mode=0o1777)
+        add("bin/busybox", data=busybox_binary())
+        for applet in APPLETS:
+            add(f"bin/{applet}", kind=tarfile.SYMTYPE, mode=0o777, link="busybox")
+        add("www/index.html", mode=0o644, data=INDEX_BODY)
+        add("etc/passwd", mode=0o644, data=b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        add("etc/group", mode=0o644, data=b"root:x:0:\nnogroup:x:65534:\n")
+    return buffer.getvalue()
+
+
+def ensure_image(client: DockerClient) -> str:
+    """Build and tag the test image unless this version of it is already there; its name."""
+    try:
+        labels = client.images.get(IMAGE).labels or {}
+        if labels.get(VERSION_LABEL) == IMAGE_VERSION:
+            return IMAGE
+    except ImageNotFound:
+        pass
+    repository, tag = IMAGE.rsplit(":", 1)
+    client.api.import_image_from_data(
+        rootfs_tar(),
+        repository=repository,
+        tag=tag,
+        changes=[
+            f'CMD ["/bin/httpd", "-f", "-v", "-p", "{HTTP_PORT}", "-h", "/www"]',
+            f"EXPOSE {HTTP_PORT}/tcp",
+            "ENV PATH=/bin",
+            f"LABEL {VERSION_LABEL}={IMAGE_VERSION}",
+        ],
+    )
+    client.images.get(IMAGE)
+    return IMAGE
+
+
+def connect() -> DockerClient:
+    client = docker.from_env(timeout=30)
+    client.ping()
+    return client
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerClient]:
+    """A client of the engine the provider tests run against, with the test image built."""
+    try:
+        client = connect()
+    except (DockerException, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if IN_CI:
+            pytest.fail(f"CI requires a Docker engine: {reason}", pytrace=False)
+        pytest.skip(f"no Docker engine: start dockerd (see README) or set DOCKER_HOST ({reason})")
+    try:
+        ensure_image(client)
+    except ImageBuildError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield client
+    client.close()
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["build-image"]:
+        print("usage: python -m tests.providers.docker_engine build-image", file=sys.stderr)
+        return 2
+    try:
+        print(ensure_image(connect()))
+    except (DockerException, OSError, ImageBuildError) as exc:
+        print(f"cannot build {IMAGE}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

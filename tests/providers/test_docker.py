@@ -1,0 +1,283 @@
+"""The Docker provider against a real engine: the conformance suite, plus what only Docker shows
+(``docker inspect``, networks, the kernel's OOM killer, mounts). Needs an engine: see
+``docker_engine``. Every container is removed afterwards by the ``workloads`` fixture."""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from functools import cache
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from ctrlplane_docker import DockerProvider
+from ctrlplane_docker.logs import THREAD_PREFIX
+from docker import DockerClient
+
+from ctrlplane.provisioning.contract import PortSpec, Provider, Resources, SecretFile
+from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable
+from ctrlplane.settings import Settings
+from tests.providers.conformance import SESSION, AppImage, ProviderConformance, Workloads, eventually, new_id
+from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, connect, docker_engine
+
+pytestmark = pytest.mark.docker
+
+__all__ = ["docker_engine"]
+
+MIB = 1024 * 1024
+STOP_TIMEOUT = 2
+
+
+@cache
+def engine() -> DockerClient:
+    return connect()
+
+
+async def inspect(name: str) -> dict[str, Any]:
+    return dict(await anyio.to_thread.run_sync(lambda: engine().api.inspect_container(name)))
+
+
+async def replica_name(provider: Provider, instance_id: str, replica: int) -> str:
+    status = await provider.status(instance_id)
+    return next(r.name for r in status.replicas if r.replica == replica)
+
+
+async def ip_address(provider: Provider, instance_id: str, tenant_id: str, replica: int = 0) -> str:
+    attrs = await inspect(await replica_name(provider, instance_id, replica))
+    return str(attrs["NetworkSettings"]["Networks"][f"cp-tenant-{tenant_id}"]["IPAddress"])
+
+
+class TestDockerProvider(ProviderConformance):
+    @pytest.fixture
+    async def provider(self, docker_engine: DockerClient) -> AsyncIterator[Provider]:
+        provider = DockerProvider(Settings(), stop_timeout=STOP_TIMEOUT)
+        yield provider
+        await provider.close()
+
+    @pytest.fixture
+    async def unavailable_provider(self, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Provider]:
+        monkeypatch.setenv("DOCKER_HOST", f"unix:///tmp/ctrlplane-no-engine-{uuid.uuid4().hex[:8]}.sock")
+        provider = DockerProvider(Settings())
+        yield provider
+        await provider.close()
+
+    @pytest.fixture
+    def image(self, docker_engine: DockerClient) -> AppImage:
+        return AppImage(IMAGE, HTTP_PORT)
+
+    @pytest.fixture
+    def missing_image(self) -> str:
+        return f"ctrlplane-test/{new_id('absent')}:1"
+
+    async def crash(self, provider: Provider, instance_id: str, replica: int) -> int:
+        """``docker kill``: SIGKILL from outside ctrlplane, exit code 128 + 9."""
+        name = await replica_name(provider, instance_id, replica)
+        await anyio.to_thread.run_sync(lambda: engine().api.kill(name, signal="SIGKILL"))
+        return 137
+
+    async def remove_replica(self, provider: Provider, instance_id: str, replica: int) -> None:
+        name = await replica_name(provider, instance_id, replica)
+        await anyio.to_thread.run_sync(lambda: engine().api.remove_container(name, force=True))
+
+    async def limits(self, provider: Provider, instance_id: str) -> list[Resources]:
+        status = await provider.status(instance_id)
+        found: list[Resources] = []
+        for replica in status.replicas:
+            host = (await inspect(replica.name))["HostConfig"]
+            found.append(Resources(cpu_millis=host["NanoCpus"] // 1_000_000, memory_mb=host["Memory"] // MIB))
+        return found
+
+    async def write_log(self, provider: Provider, instance_id: str, message: str) -> None:
+        # PID 1's stdout is the container's stdout, which the engine logs.
+        result = await provider.exec(instance_id, ["sh", "-c", f"echo {shlex.quote(message)} > /proc/1/fd/1"])
+        assert result.exit_code == 0, result.output
+
+    # -- Docker only -----------------------------------------------------------------------------
+
+    async def test_limits_show_in_docker_inspect_after_provision_and_scale(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        spec = workloads.spec(resources=Resources(cpu_millis=250, memory_mb=64))
+        status = await provider.provision(spec)
+        host = (await inspect(status.replicas[0].name))["HostConfig"]
+        assert (host["NanoCpus"], host["Memory"], host["MemorySwap"]) == (250_000_000, 64 * MIB, 64 * MIB)
+        await provider.scale(workloads.again(spec, resources=Resources(cpu_millis=1500, memory_mb=128)))
+        host = (await inspect(status.replicas[0].name))["HostConfig"]
+        assert (host["NanoCpus"], host["Memory"], host["MemorySwap"]) == (1_500_000_000, 128 * MIB, 128 * MIB)
+
+    async def test_an_endpoint_answers_http_with_the_apps_body(self, provider: Provider, workloads: Workloads) -> None:
+        status = await provider.provision(workloads.spec())
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(status.endpoints[0].url)
+        assert response.status_code == 200
+        assert response.content == INDEX_BODY
+
+    async def test_containers_carry_names_labels_env_ports_and_no_restart_policy(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        spec = workloads.spec(
+            ports=(PortSpec(HTTP_PORT), PortSpec(5353, "udp")),
+            env={"GREETING": "hello", "MODE": "test"},
+            labels={"team": "a", "ctrlplane.tenant": "ten_spoofed"},
+            release_id="rel_1",
+        )
+        status = await provider.provision(spec)
+        assert status.replicas[0].name == f"cp-{spec.instance_id}-g1-r0"
+        attrs = await inspect(status.replicas[0].name)
+        labels = attrs["Config"]["Labels"]
+        assert {key: labels[key] for key in labels if key.startswith("ctrlplane.") or key == "team"} == {
+            "team": "a",
+            "ctrlplane.managed": "true",
+            "ctrlplane.instance": spec.instance_id,
+            "ctrlplane.tenant": spec.tenant_id,
+            "ctrlplane.release": "rel_1",
+            "ctrlplane.generation": "1",
+            "ctrlplane.replica": "0",
+            "ctrlplane.purpose": "replica",
+        }
+        assert {"GREETING=hello", "MODE=test"} <= set(attrs["Config"]["Env"])
+        assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
+        assert list(attrs["NetworkSettings"]["Networks"]) == [f"cp-tenant-{spec.tenant_id}"]
+        bindings = attrs["HostConfig"]["PortBindings"]
+        assert {key: [b["HostIp"] for b in value] for key, value in bindings.items()} == {
+            "8080/tcp": ["127.0.0.1"],
+            "5353/udp": ["127.0.0.1"],
+        }
+        urls = sorted(endpoint.url.split(":")[0] for endpoint in status.endpoints)
+        assert urls == ["http", "udp"]
+
+    async def test_tenants_cannot_reach_each_other_but_one_tenants_replicas_can(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        tenant_a, tenant_b = new_id("ten"), new_id("ten")
+        a = workloads.spec(tenant_id=tenant_a, replicas=2)
+        b = workloads.spec(tenant_id=tenant_b)
+        await provider.provision(a)
+        await provider.provision(b)
+        same_tenant = await ip_address(provider, a.instance_id, tenant_a, replica=1)
+        other_tenant = await ip_address(provider, b.instance_id, tenant_b)
+
+        def fetch(ip: str) -> list[str]:
+            # busybox 1.35's wget crashes with -T, so the time limit comes from timeout(1).
+            return ["timeout", "2", "wget", "-q", "-O", "-", f"http://{ip}:{HTTP_PORT}/"]
+
+        reached = await provider.exec(a.instance_id, fetch(same_tenant))
+        assert (reached.exit_code, reached.output) == (0, INDEX_BODY.decode())
+        blocked = await provider.exec(a.instance_id, fetch(other_tenant), timeout=8)
+        assert blocked.exit_code != 0
+        assert INDEX_BODY.decode() not in blocked.output
+
+    async def test_an_oom_killed_replica_is_reported_as_such(self, provider: Provider, workloads: Workloads) -> None:
+        spec = workloads.spec(
+            resources=Resources(cpu_millis=250, memory_mb=16),
+            ports=(),
+            command=("sh", "-c", "x=$(head -c 50000000 /dev/zero | tr '\\0' a); sleep 60"),
+        )
+        await provider.provision(spec)
+
+        async def failed() -> Any:
+            status = await provider.status(spec.instance_id)
+            return status if status.state == "failed" else None
+
+        status = await eventually(failed)
+        assert status.replicas[0].oom_killed
+        assert "OOM" in status.message
+
+    async def test_files_are_mounted_read_only_with_mode_0400(self, provider: Provider, workloads: Workloads) -> None:
+        spec = workloads.spec(
+            files=(SecretFile("/etc/app/db-password", b"s3cret\n"), SecretFile("/run/secrets/token", b"tok-1"))
+        )
+        await provider.provision(spec)
+        paths = ["/etc/app/db-password", "/run/secrets/token"]
+        listed = await provider.exec(spec.instance_id, ["stat", "-c", "%a %u %n", *paths])
+        assert listed.output.splitlines() == ["400 0 /etc/app/db-password", "400 0 /run/secrets/token"]
+        content = await provider.exec(spec.instance_id, ["cat", *paths])
+        assert content.output == "s3cret\ntok-1"
+        write = await provider.exec(spec.instance_id, ["sh", "-c", "echo stolen > /etc/app/db-password"])
+        assert write.exit_code != 0 and "Read-only" in write.output
+        deployed = await provider.deploy(
+            workloads.again(spec, generation=2, files=(SecretFile("/etc/app/db-password", b"rotated\n"),)), "recreate"
+        )
+        assert deployed.state == "running", deployed.message
+        rotated = await provider.exec(spec.instance_id, ["cat", "/etc/app/db-password"])
+        assert rotated.output == "rotated\n"
+        volumes = [
+            i.name for i in await provider.inventory() if i.kind == "volume" and i.instance_id == spec.instance_id
+        ]
+        assert volumes == [f"cp-{spec.instance_id}-g2-files"]
+
+    async def test_follow_releases_its_threads_when_closed_early(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        spec = workloads.spec(replicas=2)
+        status = await provider.provision(spec)
+        await self.write_log(provider, spec.instance_id, "one line")
+        followed = provider.logs(spec.instance_id, follow=True)
+        with anyio.fail_after(10):
+            first = await anext(followed)
+        assert first.message == "one line"
+
+        def pumps() -> list[threading.Thread]:
+            return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and spec.instance_id in t.name]
+
+        assert len(pumps()) == 2 * len(status.replicas)
+        assert isinstance(followed, AsyncGenerator)
+        await followed.aclose()
+
+        async def ended() -> bool:
+            return not pumps()
+
+        await eventually(ended, timeout=5)
+
+    async def test_exec_past_its_timeout_is_a_provider_error(self, provider: Provider, workloads: Workloads) -> None:
+        spec = workloads.spec()
+        await provider.provision(spec)
+        with anyio.fail_after(5), pytest.raises(ProviderError, match="did not finish within"):
+            await provider.exec(spec.instance_id, ["sleep", "30"], timeout=0.5)
+
+    async def test_a_failed_pull_is_image_not_found_naming_the_image_and_the_error(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        # A registry on a closed loopback port: the pull fails at once and sends nothing off this host.
+        image = f"127.0.0.1:9/ctrlplane-test/{new_id('absent')}:1"
+        spec = workloads.spec(image=image, pull_policy="IfNotPresent")
+        with pytest.raises(ImageNotFound) as raised:
+            await provider.provision(spec)
+        assert image in raised.value.message and "pulling it failed" in raised.value.message
+
+    async def test_start_reattaches_a_replica_whose_tenant_network_was_removed(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        spec = workloads.spec()
+        await provider.provision(spec)
+        await provider.stop(spec.instance_id)
+        await anyio.to_thread.run_sync(lambda: engine().networks.get(f"cp-tenant-{spec.tenant_id}").remove())
+        status = await provider.start(spec.instance_id)
+        assert status.state == "running", status.message
+        async with httpx.AsyncClient(timeout=5) as client:
+            assert (await client.get(status.endpoints[0].url)).content == INDEX_BODY
+
+    async def test_an_unreachable_engine_says_so(self, unavailable_provider: Provider) -> None:
+        with pytest.raises(ProviderUnavailable, match=r"^Docker engine unreachable: "):
+            await unavailable_provider.status(new_id("inst"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_containers_left_behind() -> Iterator[None]:
+    """After the module, nothing this suite created may remain on the engine."""
+    yield
+    try:
+        client = engine()
+    except Exception:  # no engine: the tests were skipped and created nothing
+        return
+    leftover = [
+        c.name
+        for c in client.containers.list(all=True, filters={"label": "ctrlplane.managed=true"})
+        if (c.labels.get("ctrlplane.instance") or "").startswith(f"inst_{SESSION}")
+    ]
+    assert leftover == [], f"containers left behind: {leftover}"
