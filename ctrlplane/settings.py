@@ -7,6 +7,7 @@ build ``Settings(...)`` directly. docs/configuration.md lists every variable.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_leeway_seconds: int = 30
 
     providers: tuple[str, ...] = ("docker",)
+    cluster_name: str = "ctrlplane"
     docker_host_address: str = "127.0.0.1"
     workers: int = 4
     background: bool = True
@@ -131,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "IDEMPOTENCY_LEASE_SECONDS": "idempotency_lease_seconds",
             "API_KEY_TOUCH_SECONDS": "api_key_touch_seconds",
             "DOCKER_HOST_ADDRESS": "docker_host_address",
+            "CLUSTER_NAME": "cluster_name",
             "WORKERS": "workers",
             "BACKGROUND": "background",
             "RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
@@ -180,6 +183,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.log_format not in ("auto", "json", "console"):
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or console")
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", self.cluster_name):
+            raise SettingsError(f"{PREFIX}CLUSTER_NAME must be a DNS label (lowercase letters, digits, hyphens)")
         if self.workers < 1:
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:

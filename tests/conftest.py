@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -117,6 +118,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         event_poll_seconds=0.1,
         operation_lease_seconds=5,
         workers=2,
+        cluster_name=f"test-{uuid.uuid4().hex[:12]}",
     )
 
 

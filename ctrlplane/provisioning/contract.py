@@ -4,8 +4,11 @@ Providers are plugins registered under the ``ctrlplane.providers`` entry-point g
 never imports them. A provider is built by ``factory(settings)`` and must honour these rules:
 
 * **Idempotent and keyed by ctrlplane IDs.** Everything a provider creates carries the labels
-  ``ctrlplane.managed=true``, ``ctrlplane.instance``, ``ctrlplane.tenant``, ``ctrlplane.release``,
-  ``ctrlplane.generation`` and ``ctrlplane.replica``, and has a deterministic name derived from them.
+  ``ctrlplane.managed=true``, ``ctrlplane.cluster`` (``CTRLPLANE_CLUSTER_NAME``), ``ctrlplane.instance``,
+  ``ctrlplane.tenant``, ``ctrlplane.release``, ``ctrlplane.generation`` and ``ctrlplane.replica``, and
+  has a deterministic name derived from them.
+* **One installation's objects only.** ``inventory`` lists only objects of this provider's cluster,
+  so two installations sharing one engine never reap each other's workloads.
   A call retried or resumed after a crash adopts what already exists instead of duplicating it.
 * **Neutral types in and out.** Inputs and outputs are the frozen Structs below; SDK exceptions are
   translated into ``ctrlplane.provisioning.errors`` at the provider boundary.
@@ -29,6 +32,7 @@ ReplicaState = Literal["created", "running", "restarting", "exited", "paused", "
 WorkloadState = Literal["running", "partial", "stopped", "failed", "missing"]
 
 LABEL_MANAGED = "ctrlplane.managed"
+LABEL_CLUSTER = "ctrlplane.cluster"
 LABEL_INSTANCE = "ctrlplane.instance"
 LABEL_TENANT = "ctrlplane.tenant"
 LABEL_RELEASE = "ctrlplane.release"

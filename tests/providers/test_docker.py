@@ -31,6 +31,8 @@ __all__ = ["docker_engine"]
 
 MIB = 1024 * 1024
 STOP_TIMEOUT = 2
+TEST_CLUSTER = f"test-providers-{uuid.uuid4().hex[:8]}"
+"""This session's cluster: no reconciler of a parallel API test lists (or reaps) these objects."""
 
 
 @cache
@@ -55,14 +57,14 @@ async def ip_address(provider: Provider, instance_id: str, tenant_id: str, repli
 class TestDockerProvider(ProviderConformance):
     @pytest.fixture
     async def provider(self, docker_engine: DockerClient) -> AsyncIterator[Provider]:
-        provider = DockerProvider(Settings(), stop_timeout=STOP_TIMEOUT)
+        provider = DockerProvider(Settings(cluster_name=TEST_CLUSTER), stop_timeout=STOP_TIMEOUT)
         yield provider
         await provider.close()
 
     @pytest.fixture
     async def unavailable_provider(self, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Provider]:
         monkeypatch.setenv("DOCKER_HOST", f"unix:///tmp/ctrlplane-no-engine-{uuid.uuid4().hex[:8]}.sock")
-        provider = DockerProvider(Settings())
+        provider = DockerProvider(Settings(cluster_name=TEST_CLUSTER))
         yield provider
         await provider.close()
 
@@ -133,6 +135,7 @@ class TestDockerProvider(ProviderConformance):
         assert {key: labels[key] for key in labels if key.startswith("ctrlplane.") or key == "team"} == {
             "team": "a",
             "ctrlplane.managed": "true",
+            "ctrlplane.cluster": TEST_CLUSTER,
             "ctrlplane.instance": spec.instance_id,
             "ctrlplane.tenant": spec.tenant_id,
             "ctrlplane.release": "rel_1",

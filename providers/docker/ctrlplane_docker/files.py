@@ -77,7 +77,7 @@ def files_tar(files: Sequence[SecretFile]) -> bytes:
     return buffer.getvalue()
 
 
-def _create_loader(api: APIClient, spec: WorkloadSpec, generation: int, volume: str) -> str:
+def _create_loader(api: APIClient, spec: WorkloadSpec, generation: int, volume: str, cluster: str) -> str:
     name = files_loader_name(spec.instance_id, generation)
     deadline = time.monotonic() + LOADER_WAIT_SECONDS
     cleared = False
@@ -87,7 +87,7 @@ def _create_loader(api: APIClient, spec: WorkloadSpec, generation: int, volume: 
                 spec.image,
                 command=["ctrlplane-files-loader"],
                 name=name,
-                labels=generation_labels(spec, generation, purpose="files-loader"),
+                labels=generation_labels(spec, generation, cluster=cluster, purpose="files-loader"),
                 network_disabled=True,
                 host_config=api.create_host_config(mounts=[Mount(LOADER_DIR, volume, type="volume")]),
             )
@@ -106,16 +106,16 @@ def _create_loader(api: APIClient, spec: WorkloadSpec, generation: int, volume: 
         time.sleep(0.05)
 
 
-def load_files(api: APIClient, spec: WorkloadSpec, generation: int) -> list[Mount]:
+def load_files(api: APIClient, spec: WorkloadSpec, generation: int, cluster: str) -> list[Mount]:
     """Write the spec's files into the generation's volume; return the mounts every replica gets."""
     if not spec.files:
         return []
     paths = checked_paths(spec.files)
     volume = files_volume_name(spec.instance_id, generation)
-    labels = generation_labels(spec, generation, purpose="files")
+    labels = generation_labels(spec, generation, cluster=cluster, purpose="files")
     # Creating a volume that exists returns it: a retried call adopts the earlier one.
     mountpoint = str(api.create_volume(name=volume, driver="local", labels=labels)["Mountpoint"])
-    loader_id = _create_loader(api, spec, generation, volume)
+    loader_id = _create_loader(api, spec, generation, volume, cluster)
     try:
         api.put_archive(loader_id, LOADER_DIR, files_tar(spec.files))
     finally:

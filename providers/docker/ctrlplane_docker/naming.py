@@ -7,6 +7,7 @@ attempt created instead of creating a twin.
 from __future__ import annotations
 
 from ctrlplane.provisioning.contract import (
+    LABEL_CLUSTER,
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -49,6 +50,11 @@ def managed_filter(**labels: str) -> dict[str, list[str]]:
     return {"label": [f"{LABEL_MANAGED}=true", *(f"{key}={value}" for key, value in labels.items())]}
 
 
+def cluster_filter(cluster: str) -> dict[str, list[str]]:
+    """This installation's objects (instance and tenant IDs are unique across installations)."""
+    return managed_filter(**{LABEL_CLUSTER: cluster})
+
+
 def instance_filter(instance_id: str) -> dict[str, list[str]]:
     return managed_filter(**{LABEL_INSTANCE: instance_id})
 
@@ -57,23 +63,23 @@ def tenant_filter(tenant_id: str) -> dict[str, list[str]]:
     return managed_filter(**{LABEL_TENANT: tenant_id})
 
 
-def object_labels(*, purpose: str, tenant_id: str, instance_id: str | None = None) -> dict[str, str]:
-    labels = {LABEL_MANAGED: "true", LABEL_TENANT: tenant_id, LABEL_PURPOSE: purpose}
+def object_labels(*, cluster: str, purpose: str, tenant_id: str, instance_id: str | None = None) -> dict[str, str]:
+    labels = {LABEL_MANAGED: "true", LABEL_CLUSTER: cluster, LABEL_TENANT: tenant_id, LABEL_PURPOSE: purpose}
     if instance_id is not None:
         labels[LABEL_INSTANCE] = instance_id
     return labels
 
 
-def generation_labels(spec: WorkloadSpec, generation: int, *, purpose: str) -> dict[str, str]:
-    labels = object_labels(purpose=purpose, tenant_id=spec.tenant_id, instance_id=spec.instance_id)
+def generation_labels(spec: WorkloadSpec, generation: int, *, cluster: str, purpose: str) -> dict[str, str]:
+    labels = object_labels(cluster=cluster, purpose=purpose, tenant_id=spec.tenant_id, instance_id=spec.instance_id)
     labels[LABEL_RELEASE] = spec.release_id or ""
     labels[LABEL_GENERATION] = str(generation)
     return labels
 
 
-def replica_labels(spec: WorkloadSpec, generation: int, replica: int) -> dict[str, str]:
+def replica_labels(spec: WorkloadSpec, generation: int, replica: int, *, cluster: str) -> dict[str, str]:
     """The user's labels, then ctrlplane's: a user label can never pose as (or hide) a ctrlplane one."""
     labels = {key: value for key, value in spec.labels.items() if not key.startswith(RESERVED_PREFIX)}
-    labels.update(generation_labels(spec, generation, purpose="replica"))
+    labels.update(generation_labels(spec, generation, cluster=cluster, purpose="replica"))
     labels[LABEL_REPLICA] = str(replica)
     return labels

@@ -67,10 +67,10 @@ from ctrlplane_docker.errors import engine_errors, explanation, is_conflict, is_
 from ctrlplane_docker.files import load_files
 from ctrlplane_docker.naming import (
     LABEL_PURPOSE,
+    cluster_filter,
     container_name,
     files_volume_name,
     instance_filter,
-    managed_filter,
     network_name,
     object_labels,
     replica_labels,
@@ -158,6 +158,7 @@ class DockerProvider:
 
     def __init__(self, settings: Settings, *, base_url: str | None = None, stop_timeout: int = 10) -> None:
         self._settings = settings
+        self._cluster = settings.cluster_name
         self._host_address = str(getattr(settings, "docker_host_address", "127.0.0.1"))
         self._base_url = base_url
         self._stop_timeout = stop_timeout
@@ -272,7 +273,7 @@ class DockerProvider:
                     network_name(tenant_id),
                     driver="bridge",
                     check_duplicate=True,
-                    labels=object_labels(purpose="network", tenant_id=tenant_id),
+                    labels=object_labels(cluster=self._cluster, purpose="network", tenant_id=tenant_id),
                 )
             except APIError as exc:
                 if not is_conflict(exc):
@@ -301,12 +302,12 @@ class DockerProvider:
             self._remove_network(api, network_id)
 
     def _sweep_networks(self, api: APIClient) -> None:
-        for network in api.networks(filters=managed_filter()):
+        for network in api.networks(filters=cluster_filter(self._cluster)):
             if tenant_id := (network.get("Labels") or {}).get(LABEL_TENANT):
                 self._remove_network_if_unused(api, tenant_id)
 
     def _mark_stopped(self, api: APIClient, instance_id: str, tenant_id: str) -> None:
-        labels = object_labels(purpose="stopped", tenant_id=tenant_id, instance_id=instance_id)
+        labels = object_labels(cluster=self._cluster, purpose="stopped", tenant_id=tenant_id, instance_id=instance_id)
         api.create_volume(name=stopped_marker_name(instance_id), driver="local", labels=labels)
 
     def _clear_stopped(self, api: APIClient, instance_id: str) -> None:
@@ -365,7 +366,7 @@ class DockerProvider:
                     spec.image,
                     command=list(spec.command) if spec.command else None,
                     name=name,
-                    labels=replica_labels(spec, generation, replica),
+                    labels=replica_labels(spec, generation, replica, cluster=self._cluster),
                     environment=dict(spec.env),
                     ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
                     host_config=host_config,
@@ -470,7 +471,7 @@ class DockerProvider:
         wanted = list(replicas)
         missing = [r for r in wanted if container_name(spec.instance_id, generation, r) not in existing]
         network_id = self._ensure_network(api, spec.tenant_id) if missing else ""
-        mounts = load_files(api, spec, generation) if missing and spec.files else []
+        mounts = load_files(api, spec, generation, self._cluster) if missing and spec.files else []
 
         def ensure(replica: int) -> str:
             found = existing.get(container_name(spec.instance_id, generation, replica))
@@ -765,12 +766,13 @@ class DockerProvider:
         return await self._run(f"run a command in instance {instance_id}", run)
 
     async def inventory(self) -> list[InventoryItem]:
-        """Every container, network and volume labelled ``ctrlplane.managed=true`` (kinds
+        """Every container, network and volume of this cluster (``ctrlplane.managed=true`` and
+        ``ctrlplane.cluster=CTRLPLANE_CLUSTER_NAME``; kinds
         ``container``, ``network``, ``volume``), sorted by kind and name."""
 
         def inventory(api: APIClient) -> list[InventoryItem]:
             items: list[InventoryItem] = []
-            for summary in api.containers(all=True, filters=managed_filter()):
+            for summary in api.containers(all=True, filters=cluster_filter(self._cluster)):
                 container = _Container.from_summary(summary)
                 instance_id, tenant_id, generation, replica = inventory_ids(container.labels)
                 items.append(
@@ -784,8 +786,8 @@ class DockerProvider:
                         state=container.state,
                     )
                 )
-            networks = [("network", n) for n in api.networks(filters=managed_filter())]
-            volumes = [("volume", v) for v in api.volumes(filters=managed_filter()).get("Volumes") or []]
+            networks = [("network", n) for n in api.networks(filters=cluster_filter(self._cluster))]
+            volumes = [("volume", v) for v in api.volumes(filters=cluster_filter(self._cluster)).get("Volumes") or []]
             for kind, found in [*networks, *volumes]:
                 instance_id, tenant_id, generation, replica = inventory_ids(found.get("Labels") or {})
                 items.append(

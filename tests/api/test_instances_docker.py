@@ -1,0 +1,307 @@
+"""Instances through the HTTP API against a real Docker engine: what a tenant would see.
+
+Requires a Docker engine (required in CI, skipped locally without one: see tests/providers/
+docker_engine.py). Every container, network and volume a test makes is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from ctrlplane_docker import DockerProvider
+from docker import DockerClient
+from docker.errors import APIError, NotFound
+
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+from tests.api.test_instances import create, state, wait_for
+from tests.conftest import JWT_SECRET, Api, bearer
+from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, docker_engine  # noqa: F401
+
+pytestmark = pytest.mark.docker
+
+APP = {"image": IMAGE, "ports": [{"container_port": HTTP_PORT}], "resources": {"cpu_millis": 200, "memory_mb": 32}}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, providers=("docker",))
+
+
+@pytest.fixture
+def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:  # noqa: F811
+    return ProviderRegistry([DockerProvider(settings)])
+
+
+@pytest.fixture(autouse=True)
+def _remove_what_the_test_made(settings: Settings, docker_engine: DockerClient) -> Iterator[None]:  # noqa: F811
+    """Remove every object of this test's cluster (each test has its own ``cluster_name``)."""
+    yield
+    label = f"ctrlplane.cluster={settings.cluster_name}"
+    for container in docker_engine.containers.list(all=True, filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True, v=True)
+    for volume in docker_engine.volumes.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            volume.remove(force=True)
+    for network in docker_engine.networks.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            network.remove()
+
+
+def containers_of(engine: DockerClient, instance_id: str) -> list[Any]:
+    return list(engine.containers.list(all=True, filters={"label": f"ctrlplane.instance={instance_id}"}))
+
+
+async def tenant(api: Api, slug: str) -> dict[str, str]:
+    created = await api.create_tenant(slug, plan="pro")
+    return bearer(api.tokens.tenant(created["id"]))
+
+
+async def answer(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as client:
+        for _ in range(100):
+            try:
+                return await client.get(url)
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never answered")
+
+
+async def test_created_instance_runs_and_answers_http_on_its_endpoint(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+    token = await tenant(live, "acme")
+    instance = await create(live, token, name="web", **APP)
+    running = await wait_for(live, instance["id"], token, state("running"), timeout=30)
+    [endpoint] = running["endpoints"]
+    assert endpoint["host"] == "127.0.0.1"
+    response = await answer(endpoint["url"] + "/")
+    assert response.status_code == 200
+    assert response.content == INDEX_BODY
+    [container] = containers_of(docker_engine, instance["id"])
+    assert container.labels["ctrlplane.tenant"] == running["tenant_id"]
+
+
+async def test_stop_and_start_a_real_container(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+    token = await tenant(live, "acme")
+    instance = await create(live, token, name="web", **APP)
+    await wait_for(live, instance["id"], token, state("running"), timeout=30)
+    await live.client.post(f"/v1/instances/{instance['id']}/stop", headers=token)
+    await wait_for(live, instance["id"], token, state("stopped"), timeout=30)
+    [container] = containers_of(docker_engine, instance["id"])
+    assert container.status == "exited"
+    await asyncio.sleep(1)
+    assert (await live.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()["state"] == "stopped"
+    await live.client.post(f"/v1/instances/{instance['id']}/start", headers=token)
+    running = await wait_for(live, instance["id"], token, state("running"), timeout=30)
+    assert (await answer(running["endpoints"][0]["url"] + "/")).status_code == 200
+
+
+async def test_scale_changes_the_containers_limits(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+    token = await tenant(live, "acme")
+    instance = await create(live, token, name="web", **APP)
+    await wait_for(live, instance["id"], token, state("running"), timeout=30)
+    response = await live.client.post(
+        f"/v1/instances/{instance['id']}/scale",
+        json={"resources": {"cpu_millis": 700, "memory_mb": 96}},
+        headers=token,
+    )
+    assert response.status_code == 202
+    for _ in range(200):
+        [container] = containers_of(docker_engine, instance["id"])
+        host_config = container.attrs["HostConfig"]
+        if host_config["NanoCpus"] == 700_000_000:
+            break
+        await asyncio.sleep(0.05)
+    assert host_config["NanoCpus"] == 700_000_000
+    assert host_config["Memory"] == 96 * 1024 * 1024
+
+
+async def test_delete_removes_containers_and_the_tenant_network(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+    token = await tenant(live, "acme")
+    instance = await create(live, token, name="web", **APP)
+    running = await wait_for(live, instance["id"], token, state("running"), timeout=30)
+    network = f"cp-tenant-{running['tenant_id']}"
+    assert docker_engine.networks.list(names=[network])
+    assert (await live.client.delete(f"/v1/instances/{instance['id']}", headers=token)).status_code == 202
+    await wait_for(live, instance["id"], token, state("destroyed"), timeout=30)
+    assert containers_of(docker_engine, instance["id"]) == []
+    assert docker_engine.networks.list(names=[network]) == []
+
+
+async def test_two_tenants_containers_cannot_reach_each_other(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+    a_token, b_token = await tenant(live, "alpha"), await tenant(live, "bravo")
+    a = await create(live, a_token, name="a", **APP)
+    b = await create(live, b_token, name="b", **APP)
+    await wait_for(live, a["id"], a_token, state("running"), timeout=30)
+    await wait_for(live, b["id"], b_token, state("running"), timeout=30)
+    [a_container] = containers_of(docker_engine, a["id"])
+    [b_container] = containers_of(docker_engine, b["id"])
+    b_ip = next(iter(b_container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    a_ip = next(iter(a_container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    across = a_container.exec_run(["timeout", "2", "wget", "-q", "-O", "-", f"http://{b_ip}:{HTTP_PORT}/"])
+    assert across.exit_code != 0
+    assert INDEX_BODY not in across.output
+    itself = a_container.exec_run(["timeout", "2", "wget", "-q", "-O", "-", f"http://{a_ip}:{HTTP_PORT}/"])
+    assert itself.exit_code == 0 and INDEX_BODY in itself.output
+
+
+async def test_container_killed_from_outside_is_restarted_and_the_stream_shows_it(
+    live: Api,
+    docker_engine: DockerClient,  # noqa: F811
+) -> None:
+    token = await tenant(live, "acme")
+    instance = await create(live, token, name="web", **APP)
+    await wait_for(live, instance["id"], token, state("running"), timeout=30)
+    [container] = containers_of(docker_engine, instance["id"])
+    container.kill()
+    restarted = await wait_for(live, instance["id"], token, lambda b: b["restart_count"] >= 1, timeout=30)
+    assert restarted["restart_count"] == 1
+    assert await answers_on_its_endpoint(live, instance["id"], token)
+    events: list[dict[str, str]] = []
+    async with live.client.stream(
+        "GET", f"/v1/instances/{instance['id']}/events", headers={**token, "Accept": "text/event-stream"}
+    ) as stream:
+        current: dict[str, str] = {}
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                current["event"] = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                current["data"] = line.split(":", 1)[1].strip()
+            elif not line and current:
+                events.append(current)
+                current = {}
+                if current.get("event") == "instance.restarted" or any(
+                    e.get("event") == "instance.restarted" for e in events
+                ):
+                    break
+    [restart] = [e for e in events if e.get("event") == "instance.restarted"]
+    assert '"exit_code":137' in restart["data"]
+
+
+async def test_quota_holds_under_concurrent_creates(api: Api) -> None:
+    created = await api.create_tenant("acme", plan="pro")
+    token = bearer(api.tokens.tenant(created["id"]))
+    quota = {
+        "max_instances": 3,
+        "max_cpu_millis": 100000,
+        "max_memory_mb": 100000,
+        "max_domains": 1,
+        "max_routes": 1,
+        "max_secrets": 1,
+    }
+    await api.client.put(f"/v1/admin/tenants/{created['id']}/quota", json=quota, headers=api.admin_headers)
+    responses = await asyncio.gather(
+        *(api.client.post("/v1/instances", json={**APP, "name": f"w{i}"}, headers=token) for i in range(12))
+    )
+    assert sorted(r.status_code for r in responses).count(201) == 3
+    assert (await api.client.get("/v1/instances", headers=token)).json()["total"] == 3
+
+
+async def answers_on_its_endpoint(api: Api, instance_id: str, token: dict[str, str], timeout: float = 30) -> bool:
+    """Whether the instance answers on the endpoint it reports, re-reading it (a restarted
+    container may be published on a new host port)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient(timeout=2) as client:
+        while asyncio.get_running_loop().time() < deadline:
+            body = (await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json()
+            for endpoint in body["endpoints"]:
+                try:
+                    if (await client.get(endpoint["url"] + "/")).content == INDEX_BODY:
+                        return True
+                except httpx.TransportError:
+                    pass
+            await asyncio.sleep(0.1)
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``ctrlplane serve`` as its own process, so a test can SIGKILL it."""
+
+    def __init__(self, database_url: str, data_dir: Path, cluster_name: str) -> None:
+        self.port = _free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CTRLPLANE_")},
+            "CTRLPLANE_DATABASE_URL": database_url,
+            "CTRLPLANE_DATA_DIR": str(data_dir),
+            "CTRLPLANE_JWT_SECRET": JWT_SECRET,
+            "CTRLPLANE_PORT": str(self.port),
+            "CTRLPLANE_RECONCILE_INTERVAL_SECONDS": "0.5",
+            "CTRLPLANE_OPERATION_LEASE_SECONDS": "2",
+            "CTRLPLANE_LOG_LEVEL": "warning",
+            "CTRLPLANE_CLUSTER_NAME": cluster_name,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ctrlplane.cli", "serve"], env=self.env, stderr=subprocess.DEVNULL
+        )
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                try:
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError("ctrlplane serve did not become ready")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+async def server(database_url: str, db: Any, tmp_path: Path, settings: Settings) -> AsyncIterator[Server]:
+    process = Server(database_url, tmp_path / "server", settings.cluster_name)
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
+async def test_server_killed_mid_provision_ends_with_exactly_one_container(
+    server: Server,
+    api: Api,
+    docker_engine: DockerClient,  # noqa: F811
+    delay: float,
+) -> None:
+    await server.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        remote = Api(http, api.tokens)
+        token = await tenant(remote, "acme")
+        instance = await create(remote, token, name="web", **APP)
+        await asyncio.sleep(delay)
+        server.kill()
+        await server.start()
+        await wait_for(remote, instance["id"], token, state("running"), timeout=30)
+        assert await answers_on_its_endpoint(remote, instance["id"], token)
+        await asyncio.sleep(1.5)
+        assert len(containers_of(docker_engine, instance["id"])) == 1
