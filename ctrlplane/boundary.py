@@ -277,7 +277,7 @@ class UnitOfWork(ASGIMiddleware):
         try:
             principal = await self._authenticate(scope)
             await self._authorize(scope, principal, mutating=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
             await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
             return
         async with self.services.db.read() as session:
@@ -306,7 +306,7 @@ class UnitOfWork(ASGIMiddleware):
                 await replayed.flush(send, [(b"idempotent-replayed", b"true")])
                 return
             captured = await self._run(scope, principal, body, claim, next_app)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, and is audited
             error = as_domain_error(exc)
             captured = _Captured.of_error(scope, error)
             context: RequestContext | None = scope.get(CONTEXT_KEY)  # type: ignore[assignment]

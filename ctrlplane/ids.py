@@ -27,5 +27,5 @@ def new_id(prefix: str) -> str:
 def is_id(value: str, prefix: str) -> bool:
     try:
         return TypeID.from_string(value).prefix == prefix
-    except Exception:  # typeid raises several error types for malformed input
+    except Exception:  # noqa: BLE001 - typeid raises several error types for malformed input
         return False

@@ -60,13 +60,24 @@ async def _migrated(url: str) -> None:
         await database.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """A migrated PostgreSQL database for this test worker."""
+async def _drop_postgres_database(name: str) -> None:
+    admin = connect(make_url(POSTGRES_URL).render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
     try:
-        url = asyncio.run(_recreate_postgres_database(f"ctrlplane_test_{_worker()}"))
+        async with admin.engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of this run and test worker, dropped at the end."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:8]
+    name = f"ctrlplane_test_{run}_{_worker()}"
+    try:
+        url = asyncio.run(_recreate_postgres_database(name))
         asyncio.run(_migrated(url))
-    except (OSError, Exception) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure means no usable server
         message = (
             f"PostgreSQL is not reachable at {POSTGRES_URL} ({type(exc).__name__}: {exc}). Start it with "
             "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or point "
@@ -75,7 +86,8 @@ def postgres_url() -> str:
         if IN_CI:
             pytest.fail("CI requires PostgreSQL: " + message, pytrace=False)
         pytest.skip(message)
-    return url
+    yield url
+    asyncio.run(_drop_postgres_database(name))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ Lifecycle rules (an action the state does not allow is 409 ``invalid_state`` nam
     unsuspend  suspended                                    starting if it ran before
 
 A suspended instance refuses start, restart, scale and changes that need new containers.
+Actions that queue work for the provider answer 503 ``provider_unavailable`` (and write nothing)
+while the provider's runtime does not answer; work accepted before an outage waits and resumes.
 Quotas (``max_instances``, ``max_cpu_millis``, ``max_memory_mb``, counting CPU and memory times
 replicas) are checked under a lock on the tenant row, so concurrent creates cannot overshoot.
 """
@@ -95,6 +97,10 @@ class InstanceService:
     async def _event(self, instance: Instance, type: str, **data: Any) -> None:
         await append_event(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, type=type, data=data)
 
+    async def _provider_answers(self, provider_name: str) -> None:
+        """Refuse (503, nothing written) work for a runtime that does not answer right now."""
+        await self.context.services.providers.require_available(provider_name)
+
     def _enqueue(self, instance: Instance, kind: str, **payload: Any) -> None:
         queue.enqueue(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, kind=kind, payload=payload)
 
@@ -115,9 +121,8 @@ class InstanceService:
 
     async def create(self, data: schemas.InstanceCreate) -> schemas.Instance:
         tenant_id = self.context.tenant_scope(data.tenant_id)
-        registry = self.context.services.providers
         provider_name = data.provider_name or self.context.services.settings.providers[0]
-        registry.get(provider_name)
+        await self._provider_answers(provider_name)
         await self._check_quota(
             tenant_id,
             instances=1,
@@ -208,6 +213,7 @@ class InstanceService:
             changed.append("resources")
         if needs_new_containers:
             _not_suspended(instance, "change env, ports or labels of")
+            await self._provider_answers(instance.provider_name)
             if instance.state != "stopped":
                 self._enqueue(instance, "update", generation=instance.generation + 1)
         if changed:
@@ -241,6 +247,7 @@ class InstanceService:
             else schemas.Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb)
         )
         replicas = data.replicas if data.replicas is not msgspec.UNSET else instance.replicas
+        await self._provider_answers(instance.provider_name)
         await self._apply_scale(instance, resources, replicas)
         instance.version += 1
         instance.updated_at = utc_now()
@@ -257,6 +264,7 @@ class InstanceService:
     async def delete(self, instance_id: str) -> schemas.Instance:
         instance = await self.repo.get(instance_id, for_update=True)
         _require(instance, "delete", tuple(s for s in _ALL_STATES if s not in FINAL))
+        await self._provider_answers(instance.provider_name)
         await destroy(self.session, instance)
         self._audit(instance)
         return to_schema(instance)
@@ -264,6 +272,7 @@ class InstanceService:
     async def start(self, instance_id: str) -> schemas.Instance:
         instance = await self.repo.get(instance_id, for_update=True)
         _require(instance, "start", ("stopped", "failed"))
+        await self._provider_answers(instance.provider_name)
         _not_suspended(instance, "start")
         await self._transition(instance, "start", state="starting", desired="running")
         return to_schema(instance)
@@ -271,12 +280,14 @@ class InstanceService:
     async def stop(self, instance_id: str) -> schemas.Instance:
         instance = await self.repo.get(instance_id, for_update=True)
         _require(instance, "stop", ("provisioning", "starting", "running", "failed"))
+        await self._provider_answers(instance.provider_name)
         await self._transition(instance, "stop", state="stopping", desired="stopped")
         return to_schema(instance)
 
     async def restart(self, instance_id: str) -> schemas.Instance:
         instance = await self.repo.get(instance_id, for_update=True)
         _require(instance, "restart", ("running", "failed"))
+        await self._provider_answers(instance.provider_name)
         _not_suspended(instance, "restart")
         await self._transition(instance, "restart", state="starting", desired="running")
         return to_schema(instance)
@@ -294,6 +305,7 @@ class InstanceService:
     async def suspend(self, instance_id: str, reason: str) -> schemas.Instance:
         instance = await self.repo.get(instance_id, for_update=True)
         _require(instance, "suspend", tuple(s for s in _ALL_STATES if s not in FINAL))
+        await self._provider_answers(instance.provider_name)
         if instance.suspended_at is not None:
             raise InvalidState("instance is already suspended", details={"state": "suspended"})
         await suspend(self.session, instance, reason=reason, by="instance")

@@ -1,4 +1,5 @@
-"""The background: operation workers and the reconciler, started with the app and stopped with it."""
+"""The background: operation workers, the reconciler and provider health checks, started with the
+app and stopped with it."""
 
 from __future__ import annotations
 
@@ -41,7 +42,17 @@ class Background:
                 log.error("reconcile_error", exc_info=exc)
             await anyio.sleep(self.services.settings.reconcile_interval_seconds)
 
+    async def health_loop(self) -> None:
+        registry = self.services.providers
+        while True:
+            try:
+                await registry.refresh()
+            except Exception as exc:
+                log.error("provider_health_error", exc_info=exc)
+            await anyio.sleep(registry.HEALTH_TTL_SECONDS / 2)
+
     def start(self, group: TaskGroup) -> None:
         for _ in range(self.services.settings.workers):
             group.start_soon(self.worker_loop)
         group.start_soon(self.reconcile_loop)
+        group.start_soon(self.health_loop)

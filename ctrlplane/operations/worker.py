@@ -58,7 +58,7 @@ class OperationWorker:
             group.start_soon(self._heartbeat, operation.id)
             try:
                 status = await self._apply(provider, operation, instance)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - classified and recorded on the operation
                 error = exc
             finally:
                 group.cancel_scope.cancel()

@@ -6,14 +6,16 @@ built in a test has its own.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
+import anyio
 import structlog
 
-from ctrlplane.errors import InvalidInput
-from ctrlplane.provisioning.contract import Provider
+from ctrlplane.errors import InvalidInput, ProviderUnavailable
+from ctrlplane.provisioning.contract import Provider, ProviderHealth
 from ctrlplane.settings import Settings
 
 log = structlog.get_logger("ctrlplane.providers")
@@ -28,8 +30,17 @@ class ProviderLoadError(RuntimeError):
 
 
 class ProviderRegistry:
+    """Providers by name. ``require_available`` answers API callers with 503 when a provider's
+    runtime does not answer, so a request that would queue work for a dead engine says so instead
+    of accepting it silently. Health is kept fresh by ``refresh`` (a background loop in a running
+    server), so requests read it without calling the provider; a stale or unknown one is pinged."""
+
+    HEALTH_TTL_SECONDS = 2.0
+    PING_TIMEOUT_SECONDS = 5.0
+
     def __init__(self, providers: Iterable[Provider] = ()) -> None:
         self._providers: dict[str, Provider] = {}
+        self._health: dict[str, tuple[float, ProviderHealth]] = {}
         for provider in providers:
             self.add(provider)
 
@@ -51,6 +62,30 @@ class ProviderRegistry:
                 f"unknown provider {name!r}; available: {', '.join(self.names) or 'none'}",
                 details={"provider_name": name, "available": self.names},
             ) from None
+
+    async def health(self, name: str) -> ProviderHealth:
+        provider = self.get(name)
+        checked = self._health.get(name)
+        now = time.monotonic()
+        if checked is not None and now - checked[0] < self.HEALTH_TTL_SECONDS:
+            return checked[1]
+        with anyio.move_on_after(self.PING_TIMEOUT_SECONDS) as scope:
+            health = await provider.ping()
+        if scope.cancelled_caught:
+            health = ProviderHealth(False, f"no answer within {self.PING_TIMEOUT_SECONDS:g}s")
+        self._health[name] = (time.monotonic(), health)
+        return health
+
+    async def refresh(self) -> None:
+        for name in self.names:
+            self._health.pop(name, None)
+            await self.health(name)
+
+    async def require_available(self, name: str) -> Provider:
+        health = await self.health(name)
+        if not health.available:
+            raise ProviderUnavailable(f"provider {name!r} is unavailable: {health.message}", details={"provider": name})
+        return self.get(name)
 
     async def close(self) -> None:
         for provider in self._providers.values():

@@ -402,15 +402,35 @@ async def test_orphaned_containers_are_removed(live: Api, fake: FakeProvider) ->
     assert await fake.inventory() == []
 
 
-async def test_unavailable_provider_leaves_the_instance_waiting_then_it_converges(
+async def test_unreachable_provider_is_503_for_callers_and_nothing_is_written(
+    api: Api, fake: FakeProvider, providers: ProviderRegistry
+) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token, name="before")
+    fake.set_available(False)
+    await providers.refresh()
+    refused = await api.client.post("/v1/instances", json=WEB, headers=token)
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "provider_unavailable"
+    assert "fake provider is down" in refused.json()["message"]
+    stop = await api.client.post(f"/v1/instances/{instance['id']}/stop", headers=token)
+    assert stop.status_code == 503
+    listed = (await api.client.get("/v1/instances", headers=token)).json()
+    assert [(i["name"], i["state"]) for i in listed["items"]] == [("before", "provisioning")]
+
+
+async def test_provider_outage_after_acceptance_leaves_the_instance_waiting_then_it_converges(
     live: Api, fake: FakeProvider
 ) -> None:
+    from ctrlplane.provisioning.errors import ProviderUnavailable
+
     _, token = await tenant_token(live)
-    fake.available = False
+    for _ in range(3):
+        fake.fail_next("provision", ProviderUnavailable("engine restarting"))
     instance = await create(live, token)
     waiting = await wait_for(live, instance["id"], token, lambda b: "waiting for the provider" in b["status_message"])
     assert waiting["state"] == "provisioning"
-    fake.available = True
+    assert "engine restarting" in waiting["status_message"]
     await wait_for(live, instance["id"], token, state("running"), timeout=15)
 
 

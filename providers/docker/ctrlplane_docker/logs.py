@@ -138,7 +138,7 @@ def _pump(
                     anyio.from_thread.run(send.send, parse_line(raw, replica=source.replica, stream=kind), token=token)
         if pending:
             anyio.from_thread.run(send.send, parse_line(pending, replica=source.replica, stream=kind), token=token)
-    except Exception:
+    except Exception:  # noqa: BLE001
         pass  # the reader closed its end, the engine dropped the stream or the loop is gone: nobody to tell
     finally:
         with contextlib.suppress(Exception):  # the event loop may have shut down already

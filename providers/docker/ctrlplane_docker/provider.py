@@ -507,7 +507,7 @@ class DockerProvider:
                 api = self._api()
                 api.ping()
                 version = api.version().get("Version", "unknown")
-            except Exception as exc:  # ping reports, it never raises
+            except Exception as exc:  # noqa: BLE001 - ping reports, it never raises
                 with self._client_lock:
                     self._client = None
                 return ProviderHealth(False, f"Docker engine unreachable: {exc}")
