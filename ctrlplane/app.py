@@ -30,6 +30,7 @@ from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.operations.runner import Background
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.releases.api import ReleaseController
 from ctrlplane.settings import Settings
 from ctrlplane.tenants.api import TenantController
 
@@ -110,6 +111,7 @@ def create_app(
             AdminController,
             InstanceController,
             EventController,
+            ReleaseController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

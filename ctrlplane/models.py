@@ -7,6 +7,7 @@ from ctrlplane.events.models import Event, EventStream
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations.models import Operation
+from ctrlplane.releases.models import Release
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
 metadata = Base.metadata
@@ -20,6 +21,7 @@ __all__ = [
     "IdempotencyRecord",
     "Instance",
     "Operation",
+    "Release",
     "Tenant",
     "TenantQuota",
     "metadata",

@@ -35,6 +35,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.operations import queue
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 
@@ -160,6 +161,7 @@ class InstanceService:
         )
         self.session.add(instance)
         await self.session.flush()
+        await cut_release(self.session, instance, reason="create", created_by=self.context.principal.subject)
         self._enqueue(instance, "provision")
         await self._event(instance, "instance.created", name=instance.name, image=instance.image)
         self._audit(instance, name=data.name, image=data.image, provider=provider_name)
@@ -214,6 +216,13 @@ class InstanceService:
         if needs_new_containers:
             _not_suspended(instance, "change env, ports or labels of")
             await self._provider_answers(instance.provider_name)
+            await cut_release(
+                self.session,
+                instance,
+                reason="update",
+                created_by=self.context.principal.subject,
+                notes="changed " + ", ".join(f for f in changed if f != "name"),
+            )
             if instance.state != "stopped":
                 self._enqueue(instance, "update", generation=instance.generation + 1)
         if changed:

@@ -81,6 +81,8 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/instances/{instance_id}/unsuspend", body={"reason": "r"}, system_admin=True),
     Route("GET", "/v1/instances/{instance_id}/events"),
     Route("GET", "/v1/events"),
+    Route("GET", "/v1/instances/{instance_id}/releases"),
+    Route("GET", "/v1/releases/{release_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -112,6 +114,7 @@ class World:
     admin_key_a: str
     admin_key_b: str
     instance_a: str
+    release_a: str
     openapi: dict[str, Any]
 
     @property
@@ -129,7 +132,12 @@ class World:
         return found
 
     def url(self, route: Route) -> str:
-        values = {"tenant_id": self.tenant_a, "key_id": self.key_a, "instance_id": self.instance_a}
+        values = {
+            "tenant_id": self.tenant_a,
+            "key_id": self.key_a,
+            "instance_id": self.instance_a,
+            "release_id": self.release_a,
+        }
 
         def fill(match: re.Match[str]) -> str:
             name = match.group(1)
@@ -211,6 +219,7 @@ async def world(api: Api, db: Database) -> World:
         admin_key_a=admin_key_a,
         admin_key_b=admin_key_b,
         instance_a=created.json()["id"],
+        release_a=created.json()["current_release_id"],
         openapi=document.json(),
     )
 

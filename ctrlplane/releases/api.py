@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from litestar import Controller, get
+from litestar.params import FromPath
+
+from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.pagination import Page
+from ctrlplane.releases import schemas
+from ctrlplane.releases.service import ReleaseService
+
+
+class ReleaseController(Controller):
+    tags = ["releases"]
+
+    @get(
+        "/v1/instances/{instance_id:str}/releases",
+        operation_id="listReleases",
+        responses=errors(404),
+        opt=route("release", "list"),
+    )
+    async def list_releases(
+        self, instance_id: FromPath[str], context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+    ) -> Page[schemas.Release]:
+        """An instance's releases, newest first."""
+        return await ReleaseService(context).list(instance_id, cursor=cursor, limit=limit)
+
+    @get("/v1/releases/{release_id:str}", operation_id="getRelease", responses=errors(404), opt=route("release", "get"))
+    async def get_release(self, release_id: FromPath[str], context: Context) -> schemas.Release:
+        """A release: the whole configuration that version ran with."""
+        return await ReleaseService(context).get(release_id)

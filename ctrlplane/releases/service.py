@@ -1,0 +1,101 @@
+"""Releases: version N of an instance's configuration, immutable once written.
+
+A release is cut when an instance is created (v1) and whenever a change rolls out new containers
+(a PATCH of env, ports or labels; deploys and rollbacks with the deployments work). The instance
+points at the release it runs (``current_release_id``). Reads are scoped to the caller's tenant.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ctrlplane.context import RequestContext
+from ctrlplane.errors import NotFound
+from ctrlplane.ids import new_id
+from ctrlplane.instances.models import Instance
+from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.instances.schemas import Port, Resources
+from ctrlplane.pagination import Page, paginate
+from ctrlplane.releases import schemas
+from ctrlplane.releases.models import Release
+from ctrlplane.timeutil import utc_now
+
+
+def to_schema(release: Release) -> schemas.Release:
+    return schemas.Release(
+        id=release.id,
+        instance_id=release.instance_id,
+        tenant_id=release.tenant_id,
+        version=release.version,
+        image=release.image,
+        env=release.env,
+        labels=release.labels,
+        ports=[msgspec.convert(p, Port) for p in release.ports],
+        resources=Resources(cpu_millis=release.cpu_millis, memory_mb=release.memory_mb),
+        replicas=release.replicas,
+        commit_sha=release.commit_sha,
+        notes=release.notes,
+        reason=release.reason,  # type: ignore[arg-type]
+        created_by=release.created_by,
+        created_at=release.created_at,
+    )
+
+
+async def cut(
+    session: AsyncSession,
+    instance: Instance,
+    *,
+    reason: str,
+    created_by: str,
+    notes: str = "",
+    commit_sha: str | None = None,
+) -> Release:
+    """Snapshot the instance's configuration as its next release and make it current."""
+    latest = (
+        await session.execute(select(func.max(Release.version)).where(Release.instance_id == instance.id))
+    ).scalar_one()
+    release = Release(
+        id=new_id("rel"),
+        tenant_id=instance.tenant_id,
+        instance_id=instance.id,
+        version=(latest or 0) + 1,
+        image=instance.image,
+        env=dict(instance.env),
+        labels=dict(instance.labels),
+        ports=list(instance.ports),
+        cpu_millis=instance.cpu_millis,
+        memory_mb=instance.memory_mb,
+        replicas=instance.replicas,
+        commit_sha=commit_sha,
+        notes=notes,
+        reason=reason,
+        created_by=created_by,
+        created_at=utc_now(),
+    )
+    session.add(release)
+    await session.flush()
+    instance.current_release_id = release.id
+    return release
+
+
+class ReleaseService:
+    def __init__(self, context: RequestContext) -> None:
+        self.context = context
+        self.session = context.session
+        self.tenant_id = context.principal.tenant_id
+
+    async def list(self, instance_id: str, *, cursor: str | None, limit: int) -> Page[schemas.Release]:
+        instance = await InstanceRepository(self.session, self.tenant_id).get(instance_id)
+        statement = select(Release).where(Release.instance_id == instance.id)
+        return await paginate(self.session, statement, Release.id, cursor=cursor, limit=limit, convert=to_schema)
+
+    async def get(self, release_id: str) -> schemas.Release:
+        statement = select(Release).where(Release.id == release_id)
+        if self.tenant_id is not None:
+            statement = statement.where(Release.tenant_id == self.tenant_id)
+        release = (await self.session.execute(statement)).scalar_one_or_none()
+        if release is None:
+            raise NotFound.of("release", release_id)
+        return to_schema(release)
