@@ -89,7 +89,7 @@ class InstanceController(Controller):
     )
     async def start(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
         """Start a stopped or failed instance."""
-        return await InstanceService(context).start(instance_id)
+        return await InstanceService(context).act(instance_id, "start")
 
     @post(
         "/{instance_id:str}/stop",
@@ -100,7 +100,7 @@ class InstanceController(Controller):
     )
     async def stop(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
         """Stop an instance, keeping its containers."""
-        return await InstanceService(context).stop(instance_id)
+        return await InstanceService(context).act(instance_id, "stop")
 
     @post(
         "/{instance_id:str}/restart",
@@ -111,7 +111,7 @@ class InstanceController(Controller):
     )
     async def restart(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
         """Restart a running or failed instance."""
-        return await InstanceService(context).restart(instance_id)
+        return await InstanceService(context).act(instance_id, "restart")
 
     @post(
         "/{instance_id:str}/scale",

@@ -278,27 +278,15 @@ class InstanceService:
         self._audit(instance)
         return to_schema(instance)
 
-    async def start(self, instance_id: str) -> schemas.Instance:
+    async def act(self, instance_id: str, action: str) -> schemas.Instance:
+        """``start``, ``stop`` or ``restart``: check the state allows it, record what is wanted, queue it."""
+        allowed, state, desired, refused_while_suspended = _ACTIONS[action]
         instance = await self.repo.get(instance_id, for_update=True)
-        _require(instance, "start", ("stopped", "failed"))
+        _require(instance, action, allowed)
+        if refused_while_suspended:
+            _not_suspended(instance, action)
         await self._provider_answers(instance.provider_name)
-        _not_suspended(instance, "start")
-        await self._transition(instance, "start", state="starting", desired="running")
-        return to_schema(instance)
-
-    async def stop(self, instance_id: str) -> schemas.Instance:
-        instance = await self.repo.get(instance_id, for_update=True)
-        _require(instance, "stop", ("provisioning", "starting", "running", "failed"))
-        await self._provider_answers(instance.provider_name)
-        await self._transition(instance, "stop", state="stopping", desired="stopped")
-        return to_schema(instance)
-
-    async def restart(self, instance_id: str) -> schemas.Instance:
-        instance = await self.repo.get(instance_id, for_update=True)
-        _require(instance, "restart", ("running", "failed"))
-        await self._provider_answers(instance.provider_name)
-        _not_suspended(instance, "restart")
-        await self._transition(instance, "restart", state="starting", desired="running")
+        await self._transition(instance, action, state=state, desired=desired)
         return to_schema(instance)
 
     async def _transition(self, instance: Instance, kind: str, *, state: str, desired: str) -> None:
@@ -329,6 +317,13 @@ class InstanceService:
         self._audit(instance, reason=reason)
         return to_schema(instance)
 
+
+_ACTIONS: dict[str, tuple[tuple[str, ...], str, str, bool]] = {
+    # action: (allowed in, state after, desired state, refused while suspended)
+    "start": (("stopped", "failed"), "starting", "running", True),
+    "stop": (("provisioning", "starting", "running", "failed"), "stopping", "stopped", False),
+    "restart": (("running", "failed"), "starting", "running", True),
+}
 
 _ALL_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed", "destroying", "destroyed")
 
