@@ -33,7 +33,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
@@ -124,6 +124,8 @@ def as_domain_error(exc: Exception) -> CtrlplaneError:
         conflict = CtrlplaneError("the change conflicts with existing data")
         conflict.status, conflict.code = 409, "conflict"  # type: ignore[misc]
         return conflict
+    if isinstance(exc, DataError):
+        return InvalidInput("a value cannot be stored as given (out of range or a NUL character)")
     if isinstance(exc, DBAPIError | OSError | TimeoutError):
         return Unavailable("the database is unavailable; retry shortly")
     return CtrlplaneError("internal error; the request ID identifies it in the server log")
@@ -230,6 +232,13 @@ class UnitOfWork(ASGIMiddleware):
         else:
             await self._write(http_scope, receive, send, next_app)
 
+    @staticmethod
+    def _reject_nul(scope: HTTPScope, body: bytes = b"") -> None:
+        """NUL characters are refused in paths, queries and JSON strings on every database alike
+        (PostgreSQL cannot store them; SQLite would, and behaviour would differ by backend)."""
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"").lower() or b"\\u0000" in body:
+            raise InvalidInput("NUL characters are not accepted", details={"input": "contains NUL"})
+
     async def _authenticate(self, scope: HTTPScope) -> Principal:
         principal = await self.services.authenticator.authenticate(_header(scope, b"authorization"))
         scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
@@ -275,6 +284,7 @@ class UnitOfWork(ASGIMiddleware):
 
     async def _read(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         try:
+            self._reject_nul(scope)
             principal = await self._authenticate(scope)
             await self._authorize(scope, principal, mutating=False)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
@@ -294,6 +304,7 @@ class UnitOfWork(ASGIMiddleware):
         )
         try:
             body = await _read_body(receive, services.settings.max_body_bytes)
+            self._reject_nul(scope, body)
             principal = await self._authenticate(scope)
             await self._authorize(scope, principal, mutating=True)
             claim = await self._claim(scope, principal, body)

@@ -17,6 +17,18 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def as_utc(moment: datetime, field: str) -> datetime:
+    """An input time in UTC; naive or unrepresentable times are the caller's mistake (400)."""
+    from ctrlplane.errors import InvalidInput
+
+    if moment.tzinfo is None:
+        raise InvalidInput(f"{field} must be RFC 3339 with a timezone", details={field: "no timezone"})
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{field} is out of range", details={field: "out of range"}) from None
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``"30s"``, ``"1m30s"``, ``"1h"``, ``"500ms"`` or ``"7d"``."""
     text = text.strip()

@@ -22,10 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ctrlplane.audit import schemas
 from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.audit.repository import audit_query
-from ctrlplane.errors import InvalidInput
 from ctrlplane.ids import new_id
 from ctrlplane.pagination import Page, paginate
-from ctrlplane.timeutil import rfc3339, utc_now
+from ctrlplane.timeutil import as_utc, rfc3339, utc_now
 
 GENESIS = "0" * 64
 SYSTEM_CHAIN = "system"
@@ -167,9 +166,8 @@ async def query(
     since: datetime | None,
     until: datetime | None,
 ) -> Page[schemas.AuditEntry]:
-    for name, moment in (("since", since), ("until", until)):
-        if moment is not None and moment.tzinfo is None:
-            raise InvalidInput(f"{name} must be RFC 3339 with a timezone", details={name: "no timezone"})
+    since = as_utc(since, "since") if since is not None else None
+    until = as_utc(until, "until") if until is not None else None
     statement = audit_query(
         tenant_id=tenant_id, resource=resource, action=action, actor=actor, since=since, until=until
     )

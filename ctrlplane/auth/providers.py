@@ -162,13 +162,16 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     roles = frozenset(raw_roles)
     if tenant_id is None and "admin" not in roles:
         raise Unauthenticated("a token without tenant_id must carry the admin role")
-    expires = claims.get("exp")
+    try:
+        expires_at = datetime.fromtimestamp(claims["exp"], tz=UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        raise Unauthenticated("token exp is out of range") from None
     return Principal(
         subject=subject,
         kind="user",
         tenant_id=TenantId(tenant_id) if tenant_id else None,
         roles=roles,
-        expires_at=datetime.fromtimestamp(expires, tz=UTC) if isinstance(expires, int | float) else None,
+        expires_at=expires_at,
     )
 
 

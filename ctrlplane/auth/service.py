@@ -16,7 +16,7 @@ from ctrlplane.errors import Forbidden, InvalidInput, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.tenants.repository import TenantRepository
-from ctrlplane.timeutil import utc_now
+from ctrlplane.timeutil import as_utc, utc_now
 
 
 def to_schema(key: ApiKey) -> schemas.ApiKey:
@@ -35,7 +35,8 @@ class KeyService:
         if not self.context.principal.grantable(roles):
             raise Forbidden("a key cannot have roles its creator lacks", details={"roles": roles})
         now = utc_now()
-        if data.expires_at is not None and data.expires_at <= now:
+        expires_at = as_utc(data.expires_at, "expires_at") if data.expires_at is not None else None
+        if expires_at is not None and expires_at <= now:
             raise InvalidInput("expires_at must be in the future", details={"expires_at": "in the past"})
         value = API_KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
@@ -47,7 +48,7 @@ class KeyService:
             secret_hash=hash_api_key(value),
             created_by=self.context.principal.subject,
             created_at=now,
-            expires_at=data.expires_at,
+            expires_at=expires_at,
             last_used_at=None,
             revoked_at=None,
         )

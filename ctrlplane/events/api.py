@@ -22,6 +22,7 @@ from ctrlplane.events.service import encode, page, stream
 from ctrlplane.http import DEFAULT_PAGE, Context, Limit, errors, route
 from ctrlplane.instances.repository import InstanceRepository
 
+MAX_EVENT_ID = 2**63 - 1
 LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)]
 
 
@@ -33,8 +34,8 @@ def _after(last_event_id: str | None, since: int | None) -> int:
             raise InvalidInput("Last-Event-ID must be an event id", details={"Last-Event-ID": last_event_id}) from None
     else:
         value = since or 0
-    if value < 0:
-        raise InvalidInput("event ids are not negative", details={"since": value})
+    if not 0 <= value <= MAX_EVENT_ID:
+        raise InvalidInput(f"event ids are between 0 and {MAX_EVENT_ID}", details={"since": value})
     return value
 
 

@@ -32,6 +32,7 @@ from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances import schemas
 from ctrlplane.instances.models import Instance
+from ctrlplane.instances.observe import set_state
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.operations import queue
 from ctrlplane.pagination import Page, paginate
@@ -98,9 +99,27 @@ class InstanceService:
     async def _event(self, instance: Instance, type: str, **data: Any) -> None:
         await append_event(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, type=type, data=data)
 
+    async def _locked(self, instance_id: str) -> Instance:
+        """The instance, locked after its tenant: every path that locks both takes the tenant first
+        (quota checks, tenant suspension), so two of them can never deadlock."""
+        instance = await self.repo.get(instance_id)
+        await TenantRepository(self.session).get(instance.tenant_id, for_update=True)
+        return await self.repo.get(instance_id, for_update=True)
+
     async def _provider_answers(self, provider_name: str) -> None:
         """Refuse (503, nothing written) work for a runtime that does not answer right now."""
         await self.context.services.providers.require_available(provider_name)
+
+    def _roll_out(self, instance: Instance, kind: str) -> None:
+        """Apply a configuration change: ``update`` rolls a new generation out now; ``scale`` changes
+        the running replicas in place. A stopped instance gets a new generation instead, which its
+        next start puts in place of the old containers, so nothing asked for while stopped is lost."""
+        if instance.desired_state == "stopped":
+            instance.generation += 1
+            return
+        if kind == "update":
+            instance.generation += 1
+        self._enqueue(instance, kind)
 
     def _enqueue(self, instance: Instance, kind: str, **payload: Any) -> None:
         queue.enqueue(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, kind=kind, payload=payload)
@@ -124,6 +143,11 @@ class InstanceService:
         tenant_id = self.context.tenant_scope(data.tenant_id)
         provider_name = data.provider_name or self.context.services.settings.providers[0]
         await self._provider_answers(provider_name)
+        tenant = await TenantRepository(self.session).get(tenant_id, for_update=True)
+        if tenant.status != "active":
+            raise InvalidState(
+                f"tenant is {tenant.status}; no instances can be created", details={"state": tenant.status}
+            )
         await self._check_quota(
             tenant_id,
             instances=1,
@@ -184,7 +208,7 @@ class InstanceService:
         return to_schema(await self.repo.get(instance_id))
 
     async def update(self, instance_id: str, data: schemas.InstanceUpdate) -> schemas.Instance:
-        instance = await self.repo.get(instance_id, for_update=True)
+        instance = await self._locked(instance_id)
         _require(instance, "update", tuple(s for s in _ALL_STATES if s not in FINAL))
         changed: list[str] = []
         if data.name is not msgspec.UNSET and data.name != instance.name:
@@ -223,8 +247,7 @@ class InstanceService:
                 created_by=self.context.principal.subject,
                 notes="changed " + ", ".join(f for f in changed if f != "name"),
             )
-            if instance.state != "stopped":
-                self._enqueue(instance, "update", generation=instance.generation + 1)
+            self._roll_out(instance, "update")
         if changed:
             instance.version += 1
             instance.updated_at = utc_now()
@@ -242,11 +265,10 @@ class InstanceService:
             except_id=instance.id,
         )
         instance.cpu_millis, instance.memory_mb, instance.replicas = resources.cpu_millis, resources.memory_mb, replicas
-        if instance.state != "stopped":
-            self._enqueue(instance, "scale")
+        self._roll_out(instance, "scale")
 
     async def scale(self, instance_id: str, data: schemas.ScaleRequest) -> schemas.Instance:
-        instance = await self.repo.get(instance_id, for_update=True)
+        instance = await self._locked(instance_id)
         _require(instance, "scale", ("provisioning", "starting", "running", "stopped", "failed"))
         if data.resources is msgspec.UNSET and data.replicas is msgspec.UNSET:
             raise InvalidInput("scale needs resources, replicas or both", details={"body": "empty"})
@@ -271,7 +293,7 @@ class InstanceService:
         return to_schema(instance)
 
     async def delete(self, instance_id: str) -> schemas.Instance:
-        instance = await self.repo.get(instance_id, for_update=True)
+        instance = await self._locked(instance_id)
         _require(instance, "delete", tuple(s for s in _ALL_STATES if s not in FINAL))
         await self._provider_answers(instance.provider_name)
         await destroy(self.session, instance)
@@ -281,7 +303,7 @@ class InstanceService:
     async def act(self, instance_id: str, action: str) -> schemas.Instance:
         """``start``, ``stop`` or ``restart``: check the state allows it, record what is wanted, queue it."""
         allowed, state, desired, refused_while_suspended = _ACTIONS[action]
-        instance = await self.repo.get(instance_id, for_update=True)
+        instance = await self._locked(instance_id)
         _require(instance, action, allowed)
         if refused_while_suspended:
             _not_suspended(instance, action)
@@ -300,7 +322,7 @@ class InstanceService:
         self._audit(instance)
 
     async def suspend(self, instance_id: str, reason: str) -> schemas.Instance:
-        instance = await self.repo.get(instance_id, for_update=True)
+        instance = await self._locked(instance_id)
         _require(instance, "suspend", tuple(s for s in _ALL_STATES if s not in FINAL))
         await self._provider_answers(instance.provider_name)
         if instance.suspended_at is not None:
@@ -310,7 +332,8 @@ class InstanceService:
         return to_schema(instance)
 
     async def unsuspend(self, instance_id: str, reason: str) -> schemas.Instance:
-        instance = await self.repo.get(instance_id, for_update=True)
+        instance = await self._locked(instance_id)
+        _require(instance, "unsuspend", tuple(s for s in _ALL_STATES if s not in FINAL))
         if instance.suspended_at is None:
             raise InvalidState("instance is not suspended", details={"state": instance.state})
         await unsuspend(self.session, instance, reason=reason)
@@ -358,7 +381,7 @@ async def suspend(session: Any, instance: Instance, *, reason: str, by: str) -> 
     instance.resume_state = instance.desired_state
     if instance.desired_state == "running":
         instance.desired_state = "stopped"
-        instance.state = "stopping"
+        await set_state(session, instance, "stopping", f"suspended: {reason}")
         queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="stop")
     instance.version += 1
     instance.updated_at = utc_now()
@@ -379,7 +402,7 @@ async def unsuspend(session: Any, instance: Instance, *, reason: str) -> None:
     instance.resume_state = None
     if resume == "running":
         instance.desired_state = "running"
-        instance.state = "starting"
+        await set_state(session, instance, "starting", "")
         instance.recent_restarts = []
         queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="start")
     instance.version += 1

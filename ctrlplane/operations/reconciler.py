@@ -6,13 +6,17 @@ instance with no operation in flight, ``status``:
 * containers whose instance does not exist or is destroyed are removed (orphans);
 * an instance that should run but has no or too few replicas gets a ``repair`` operation, which
   re-provisions the missing ones (idempotently);
-* an exited replica is restarted as the instance's ``restart_policy`` says (``always``; or
-  ``on-failure`` when it exited non-zero or was OOM-killed; never for ``never``), each restart is an
-  ``instance.restarted`` event with the exit code; more than ``CTRLPLANE_CRASHLOOP_RESTARTS`` within
-  ``CTRLPLANE_CRASHLOOP_WINDOW_SECONDS`` marks the instance ``failed`` (crash loop) and stops
-  restarting it until someone restarts it (a ``failed`` instance is left alone until a start or
-  restart: its reason stays readable);
-* an instance that should be stopped but runs is stopped;
+* an exited replica is restarted (through a ``restart`` operation) as the instance's
+  ``restart_policy`` says (``always``; or ``on-failure`` when it exited non-zero or was
+  OOM-killed; never for ``never``), each restart is an ``instance.restarted`` event with the exit
+  code; more than ``CTRLPLANE_CRASHLOOP_RESTARTS`` within ``CTRLPLANE_CRASHLOOP_WINDOW_SECONDS``
+  marks the instance ``failed`` (crash loop) and stops restarting it (a ``failed`` instance is left
+  alone until a start or restart, so its reason stays readable);
+* an instance that should be stopped but runs gets a ``stop`` operation;
+* every decision is taken under the instance's row lock and dropped if the instance changed since
+  it was observed (its version moved) or an operation is in flight, so the reconciler never undoes
+  what the API asked for a moment ago; it changes no instance's workload itself, it queues
+  operations (only orphans, which have no instance, are removed directly);
 * what was observed (state, endpoints, the reason of a failure) is recorded.
 
 It also finishes tenant deletions whose instances are all gone, and purges expired idempotency
@@ -22,9 +26,12 @@ records.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError
@@ -34,7 +41,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import record_status, set_state
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
-from ctrlplane.provisioning.contract import Provider, ReplicaStatus, WorkloadStatus
+from ctrlplane.provisioning.contract import Provider, ReplicaStatus
 from ctrlplane.tenants.models import Tenant
 
 log = structlog.get_logger("ctrlplane.reconciler")
@@ -43,8 +50,10 @@ log = structlog.get_logger("ctrlplane.reconciler")
 class Reconciler:
     def __init__(self, services: AppServices) -> None:
         self.services = services
+        self.enqueued = False
 
     async def run_once(self) -> None:
+        self.enqueued = False
         for provider in self.services.providers:
             try:
                 await self._reconcile_provider(provider)
@@ -53,6 +62,8 @@ class Reconciler:
         await self._finish_tenant_deletions()
         await purge_expired(self.services.db)
         await self.services.events.notify()
+        if self.enqueued:
+            await self.services.work.notify()
 
     async def _reconcile_provider(self, provider: Provider) -> None:
         inventory = await provider.inventory()
@@ -87,85 +98,77 @@ class Reconciler:
         status = await provider.status(instance.id)
         if instance.desired_state == "stopped":
             if any(r.state == "running" for r in status.replicas):
-                status = await provider.stop(instance.id)
-            await self._record(instance.id, status)
+                await self._decide(instance, lambda session, row: self._enqueue(session, row, "stop"))
+            else:
+                await self._decide(instance, lambda session, row: record_status(session, row, status))
             return
         if instance.desired_state != "running" or instance.state == "failed":
             return
         current = [r for r in status.replicas if r.generation == instance.generation]
         if len(current) < instance.replicas:
-            await self._enqueue_repair(instance, f"{len(current)} of {instance.replicas} replicas exist")
+            reason = f"{len(current)} of {instance.replicas} replicas exist"
+            await self._decide(instance, lambda session, row: self._repair(session, row, reason))
             return
         exited = [r for r in current if r.state in ("exited", "dead", "created")]
         to_restart = [r for r in exited if _should_restart(instance.restart_policy, r)]
         if to_restart:
-            await self._restart(provider, instance, to_restart)
+            await self._decide(instance, lambda session, row: self._restart(session, row, to_restart))
             return
-        await self._record(instance.id, status)
+        await self._decide(instance, lambda session, row: record_status(session, row, status))
 
-    async def _restart(self, provider: Provider, instance: Instance, replicas: list[ReplicaStatus]) -> None:
+    async def _decide(self, seen: Instance, act: Callable[[AsyncSession, Instance], Awaitable[None]]) -> None:
+        """Act on what was observed only if nothing changed since: the row is locked, and an act is
+        skipped when the instance's version moved (the API changed what is wanted) or an operation
+        is in flight. Changes go through the operation queue, so they run in order with the API's."""
+        async with self.services.db.write() as session, session.begin():
+            row = await session.get(Instance, seen.id, with_for_update=True, populate_existing=True)
+            if row is None or row.version != seen.version or row.state in ("destroying", "destroyed"):
+                return
+            if await queue.unfinished_for(session, row.id):
+                return
+            await act(session, row)
+
+    async def _enqueue(self, session: AsyncSession, row: Instance, kind: str, **payload: Any) -> None:
+        queue.enqueue(session, tenant_id=row.tenant_id, instance_id=row.id, kind=kind, payload=payload)
+        self.enqueued = True
+
+    async def _repair(self, session: AsyncSession, row: Instance, reason: str) -> None:
+        await self._enqueue(session, row, "repair", reason=reason)
+        await append_event(
+            session, tenant_id=row.tenant_id, instance_id=row.id, type="instance.repairing", data={"reason": reason}
+        )
+        log.info("repair_enqueued", instance=row.id, reason=reason)
+
+    async def _restart(self, session: AsyncSession, row: Instance, replicas: list[ReplicaStatus]) -> None:
         settings = self.services.settings
         now = time.time()
-        window = [t for t in instance.recent_restarts if now - t < settings.crashloop_window_seconds]
-        async with self.services.db.write() as session, session.begin():
-            row = await session.get(Instance, instance.id, with_for_update=True, populate_existing=True)
-            if row is None or row.desired_state != "running":
-                return
-            if len(window) >= settings.crashloop_restarts:
-                last = replicas[0]
-                await set_state(
-                    session,
-                    row,
-                    "failed",
-                    f"crash loop: {len(window)} restarts in {settings.crashloop_window_seconds:g}s; "
-                    f"last exit {_exit_reason(last)}",
-                )
-                return
-            for replica in replicas:
-                await append_event(
-                    session,
-                    tenant_id=row.tenant_id,
-                    instance_id=row.id,
-                    type="instance.restarted",
-                    data={
-                        "replica": replica.replica,
-                        "exit_code": replica.exit_code,
-                        "oom_killed": replica.oom_killed,
-                        "reason": _exit_reason(replica),
-                    },
-                )
-            row.restart_count += len(replicas)
-            row.recent_restarts = [*window, *([now] * len(replicas))]
-        log.info("replicas_restarted", instance=instance.id, replicas=[r.replica for r in replicas])
-        status = await provider.restart(instance.id, tuple(r.replica for r in replicas))
-        await self._record(instance.id, status)
-
-    async def _enqueue_repair(self, instance: Instance, reason: str) -> None:
-        async with self.services.db.write() as session, session.begin():
-            if await queue.unfinished_for(session, instance.id):
-                return
-            queue.enqueue(
+        window = [t for t in row.recent_restarts if now - t < settings.crashloop_window_seconds]
+        if len(window) >= settings.crashloop_restarts:
+            await set_state(
                 session,
-                tenant_id=instance.tenant_id,
-                instance_id=instance.id,
-                kind="repair",
-                payload={"reason": reason},
+                row,
+                "failed",
+                f"crash loop: {len(window)} restarts in {settings.crashloop_window_seconds:g}s; "
+                f"last exit {_exit_reason(replicas[0])}",
             )
+            return
+        for replica in replicas:
             await append_event(
                 session,
-                tenant_id=instance.tenant_id,
-                instance_id=instance.id,
-                type="instance.repairing",
-                data={"reason": reason},
+                tenant_id=row.tenant_id,
+                instance_id=row.id,
+                type="instance.restarted",
+                data={
+                    "replica": replica.replica,
+                    "exit_code": replica.exit_code,
+                    "oom_killed": replica.oom_killed,
+                    "reason": _exit_reason(replica),
+                },
             )
-        log.info("repair_enqueued", instance=instance.id, reason=reason)
-
-    async def _record(self, instance_id: str, status: WorkloadStatus) -> None:
-        async with self.services.db.write() as session, session.begin():
-            row = await session.get(Instance, instance_id, with_for_update=True, populate_existing=True)
-            if row is None or row.state in ("destroying", "destroyed") or await queue.unfinished_for(session, row.id):
-                return
-            await record_status(session, row, status)
+        row.restart_count += len(replicas)
+        row.recent_restarts = [*window, *([now] * len(replicas))]
+        await self._enqueue(session, row, "restart", replicas=[r.replica for r in replicas])
+        log.info("replicas_restarted", instance=row.id, replicas=[r.replica for r in replicas])
 
     async def _finish_tenant_deletions(self) -> None:
         async with self.services.db.write() as session, session.begin():

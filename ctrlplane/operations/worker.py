@@ -51,12 +51,12 @@ class OperationWorker:
         if instance is None:
             await self._record(operation, None, None)
             return True
-        provider = self.services.providers.get(instance.provider_name)
         status: WorkloadStatus | None = None
         error: Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._heartbeat, operation.id)
             try:
+                provider = self.services.providers.get(instance.provider_name)
                 status = await self._apply(provider, operation, instance)
             except Exception as exc:  # noqa: BLE001 - classified and recorded on the operation
                 error = exc
@@ -73,18 +73,24 @@ class OperationWorker:
     async def _apply(self, provider: Provider, operation: Operation, instance: Instance) -> WorkloadStatus | None:
         kind = operation.kind
         log.info("operation_started", operation=operation.id, kind=kind, instance=instance.id)
+        if kind in ("provision", "repair", "start") and instance.desired_state == "destroyed":
+            return None  # a deletion was asked for since: creating containers now would only leak them
         if kind in ("provision", "repair", "start"):
+            observed = await provider.status(instance.id)
+            if any(r.generation != instance.generation for r in observed.replicas):
+                # changed while stopped: the new generation replaces the old containers
+                return await provider.deploy(spec_for(instance), "recreate")
             # provision creates what is missing and starts what is stopped, so it is also "start"
             return await provider.provision(spec_for(instance))
         if kind == "stop":
             return await provider.stop(instance.id)
         if kind == "restart":
-            return await provider.restart(instance.id)
+            replicas = operation.payload.get("replicas")
+            return await provider.restart(instance.id, tuple(replicas) if replicas else None)
         if kind == "scale":
             return await provider.scale(spec_for(instance))
         if kind == "update":
-            generation = int(operation.payload["generation"])
-            return await provider.deploy(spec_for(instance, generation=generation), "rolling")
+            return await provider.deploy(spec_for(instance), "rolling")
         if kind == "deprovision":
             await provider.deprovision(instance.id)
             return None
@@ -124,9 +130,7 @@ class OperationWorker:
             if operation.kind == "deprovision":
                 instance.endpoints = []
                 await set_state(session, instance, "destroyed", "")
-            elif operation.kind == "update":
-                instance.generation = int(operation.payload["generation"])
-            if status is not None:
+            if status is not None and not await _superseded(session, operation):
                 await record_status(session, instance, status)
             log.info("operation_succeeded", operation=operation.id, kind=operation.kind, instance=instance.id)
             return
@@ -146,6 +150,11 @@ class OperationWorker:
         queue.finish(operation, error=message)
         log.error("operation_failed", operation=operation.id, kind=operation.kind, error=message)
         await set_state(session, instance, "failed", message, data={"operation": operation.kind})
+
+
+async def _superseded(session: AsyncSession, operation: Operation) -> bool:
+    """Whether a later operation of the instance waits: what this one saw is no longer the news."""
+    return any(other.id != operation.id for other in await queue.unfinished_for(session, operation.instance_id))
 
 
 def _describe(error: Exception) -> str:

@@ -64,22 +64,24 @@ class ProviderRegistry:
             ) from None
 
     async def health(self, name: str) -> ProviderHealth:
-        provider = self.get(name)
+        self.get(name)
         checked = self._health.get(name)
         now = time.monotonic()
         if checked is not None and now - checked[0] < self.HEALTH_TTL_SECONDS:
             return checked[1]
-        with anyio.move_on_after(self.PING_TIMEOUT_SECONDS) as scope:
-            health = await provider.ping()
-        if scope.cancelled_caught:
-            health = ProviderHealth(False, f"no answer within {self.PING_TIMEOUT_SECONDS:g}s")
+        health = await self._ping(name)
         self._health[name] = (time.monotonic(), health)
         return health
 
+    async def _ping(self, name: str) -> ProviderHealth:
+        health: ProviderHealth | None = None
+        with anyio.move_on_after(self.PING_TIMEOUT_SECONDS):
+            health = await self.get(name).ping()
+        return health or ProviderHealth(False, f"no answer within {self.PING_TIMEOUT_SECONDS:g}s")
+
     async def refresh(self) -> None:
         for name in self.names:
-            self._health.pop(name, None)
-            await self.health(name)
+            self._health[name] = (time.monotonic(), await self._ping(name))
 
     async def require_available(self, name: str) -> Provider:
         health = await self.health(name)

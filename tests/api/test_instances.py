@@ -448,3 +448,55 @@ async def test_admin_stats_count_instances_by_state(live: Api) -> None:
     await wait_for(live, instance["id"], token, state("running"))
     stats = (await live.client.get("/v1/admin/stats", headers=live.admin_headers)).json()
     assert stats["instances"] == {"running": 1}
+
+
+async def test_changes_made_while_stopped_take_effect_on_start(live: Api, fake: FakeProvider) -> None:
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    path = f"/v1/instances/{instance['id']}"
+    await wait_for(live, instance["id"], token, state("running"))
+    await live.client.post(f"{path}/stop", headers=token)
+    await wait_for(live, instance["id"], token, state("stopped"))
+    await live.client.patch(path, json={"env": {"A": "2"}}, headers=token)
+    await live.client.post(f"{path}/scale", json={"replicas": 2}, headers=token)
+    await live.client.post(f"{path}/start", headers=token)
+    await wait_for(live, instance["id"], token, lambda b: b["state"] == "running" and len(b["endpoints"]) == 2)
+    replicas = fake.replicas(instance["id"])
+    assert len(replicas) == 2
+    assert {r.generation for r in replicas} == {3}
+    assert all(r.spec.env == {"A": "2"} for r in replicas)
+
+
+async def test_quick_successive_changes_each_get_their_own_generation(live: Api, fake: FakeProvider) -> None:
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    path = f"/v1/instances/{instance['id']}"
+    await wait_for(live, instance["id"], token, state("running"))
+    await live.client.patch(path, json={"env": {"A": "2"}}, headers=token)
+    await live.client.patch(path, json={"env": {"A": "3"}}, headers=token)
+    for _ in range(200):
+        replicas = fake.replicas(instance["id"])
+        if [r.generation for r in replicas] == [3]:
+            break
+        await asyncio.sleep(0.05)
+    assert [r.generation for r in replicas] == [3]
+    assert replicas[0].spec.env == {"A": "3"}
+
+
+async def test_a_destroyed_instance_cannot_be_unsuspended(live: Api) -> None:
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    path = f"/v1/instances/{instance['id']}"
+    await live.client.post(f"{path}/suspend", json={"reason": "r"}, headers=live.admin_headers)
+    await live.client.delete(path, headers=token)
+    await wait_for(live, instance["id"], token, state("destroyed"))
+    response = await live.client.post(f"{path}/unsuspend", json={"reason": "r"}, headers=live.admin_headers)
+    assert response.status_code == 409
+
+
+async def test_no_instance_can_be_created_in_a_suspended_tenant_even_by_an_admin(api: Api) -> None:
+    tenant_id, _ = await tenant_token(api)
+    await api.client.post(f"/v1/admin/tenants/{tenant_id}/suspend", json={"reason": "r"}, headers=api.admin_headers)
+    response = await api.client.post("/v1/instances", json={**WEB, "tenant_id": tenant_id}, headers=api.admin_headers)
+    assert response.status_code == 409
+    assert response.json()["details"]["state"] == "suspended"

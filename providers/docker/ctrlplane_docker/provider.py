@@ -513,7 +513,8 @@ class DockerProvider:
                 return ProviderHealth(False, f"Docker engine unreachable: {exc}")
             return ProviderHealth(True, f"Docker engine {version}")
 
-        return await anyio.to_thread.run_sync(ping_engine)
+        # abandon_on_cancel: a caller's timeout must work even while the engine hangs
+        return await anyio.to_thread.run_sync(ping_engine, abandon_on_cancel=True)
 
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
         """Create (or adopt) the tenant's network and replicas ``0..spec.replicas-1`` of
