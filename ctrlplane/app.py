@@ -24,6 +24,7 @@ from ctrlplane.auth.tokens import load_signing_secret
 from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_response
 from ctrlplane.context import AppServices
 from ctrlplane.db import Database, connect
+from ctrlplane.deployments.api import DeploymentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
 from ctrlplane.http import provide_context
@@ -112,6 +113,7 @@ def create_app(
             InstanceController,
             EventController,
             ReleaseController,
+            DeploymentController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

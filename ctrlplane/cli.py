@@ -137,7 +137,8 @@ async def _audit_verify(settings: Settings) -> int:
     finally:
         await database.dispose()
     if report.broken is None:
-        print(f"audit log intact: {report.entries} entries in {report.chains} chains")
+        chains = "chain" if report.chains == 1 else "chains"
+        print(f"audit log intact: {report.entries} entries in {report.chains} {chains}")
         return 0
     broken = report.broken
     print(

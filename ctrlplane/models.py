@@ -3,6 +3,7 @@
 from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
+from ctrlplane.deployments.models import Deployment
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
@@ -16,6 +17,7 @@ __all__ = [
     "ApiKey",
     "AuditChain",
     "AuditEntry",
+    "Deployment",
     "Event",
     "EventStream",
     "IdempotencyRecord",

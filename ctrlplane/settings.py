@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     crashloop_restarts: int = 5
     crashloop_window_seconds: float = 300.0
     event_poll_seconds: float = 1.0
+    deploy_health_timeout_seconds: float = 60.0
+    deploy_deadline_seconds: float = 600.0
+    canary_observation_seconds: float = 10.0
     plans: dict[str, PlanQuota] = msgspec.field(default_factory=lambda: dict(DEFAULT_PLANS))
     default_plan: str = "free"
 
@@ -141,6 +144,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "OPERATION_MAX_ATTEMPTS": "operation_max_attempts",
             "CRASHLOOP_RESTARTS": "crashloop_restarts",
             "CRASHLOOP_WINDOW_SECONDS": "crashloop_window_seconds",
+            "DEPLOY_HEALTH_TIMEOUT_SECONDS": "deploy_health_timeout_seconds",
+            "DEPLOY_DEADLINE_SECONDS": "deploy_deadline_seconds",
+            "CANARY_OBSERVATION_SECONDS": "canary_observation_seconds",
+            "EVENT_POLL_SECONDS": "event_poll_seconds",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:

@@ -101,6 +101,9 @@ def main() -> int:
             "CTRLPLANE_DATA_DIR": data_dir,
             "CTRLPLANE_PORT": str(port),
             "CTRLPLANE_LOG_LEVEL": "warning",
+            # its own cluster: a `make run` server on this engine must not reap the bench's
+            # containers as orphans, nor the bench its
+            "CTRLPLANE_CLUSTER_NAME": f"bench-{os.getpid()}",
         }
         server = subprocess.Popen([sys.executable, "-m", "ctrlplane.cli", "serve"], env=env)
         try:
@@ -126,6 +129,13 @@ def main() -> int:
                 for index in range(ROUNDS):
                     baseline.append(bare_docker_run(client, IMAGE))
                     ours.append(ctrlplane_create(api, index, IMAGE))
+                keeper_id = keeper.json()["id"]
+                api.delete(f"/v1/instances/{keeper_id}")
+                deadline = time.monotonic() + 30
+                while api.get(f"/v1/instances/{keeper_id}").json()["state"] != "destroyed":
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
         finally:
             server.terminate()
             server.wait(timeout=30)

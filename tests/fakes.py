@@ -374,10 +374,12 @@ class FakeProvider:
         self._notify()
         return self._status(spec.instance_id)
 
-    async def remove_generation(self, instance_id: str, generation: int) -> None:
+    async def remove_generation(
+        self, instance_id: str, generation: int, replicas: tuple[int, ...] | None = None
+    ) -> None:
         self._enter("remove_generation", instance_id)
         for replica in self.replicas(instance_id):
-            if replica.generation == generation:
+            if replica.generation == generation and (replicas is None or replica.replica in replicas):
                 self._remove(replica)
         self._notify()
 

@@ -99,7 +99,7 @@ class InstanceService:
     async def _event(self, instance: Instance, type: str, **data: Any) -> None:
         await append_event(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, type=type, data=data)
 
-    async def _locked(self, instance_id: str) -> Instance:
+    async def locked(self, instance_id: str) -> Instance:
         """The instance, locked after its tenant: every path that locks both takes the tenant first
         (quota checks, tenant suspension), so two of them can never deadlock."""
         instance = await self.repo.get(instance_id)
@@ -124,7 +124,7 @@ class InstanceService:
     def _enqueue(self, instance: Instance, kind: str, **payload: Any) -> None:
         queue.enqueue(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, kind=kind, payload=payload)
 
-    async def _check_quota(
+    async def check_quota(
         self, tenant_id: str, *, instances: int, cpu_millis: int, memory_mb: int, except_id: str | None = None
     ) -> None:
         tenants = TenantRepository(self.session)
@@ -148,7 +148,7 @@ class InstanceService:
             raise InvalidState(
                 f"tenant is {tenant.status}; no instances can be created", details={"state": tenant.status}
             )
-        await self._check_quota(
+        await self.check_quota(
             tenant_id,
             instances=1,
             cpu_millis=data.resources.cpu_millis * data.replicas,
@@ -208,7 +208,7 @@ class InstanceService:
         return to_schema(await self.repo.get(instance_id))
 
     async def update(self, instance_id: str, data: schemas.InstanceUpdate) -> schemas.Instance:
-        instance = await self._locked(instance_id)
+        instance = await self.locked(instance_id)
         _require(instance, "update", tuple(s for s in _ALL_STATES if s not in FINAL))
         changed: list[str] = []
         if data.name is not msgspec.UNSET and data.name != instance.name:
@@ -257,7 +257,8 @@ class InstanceService:
 
     async def _apply_scale(self, instance: Instance, resources: schemas.Resources, replicas: int) -> None:
         _not_suspended(instance, "scale")
-        await self._check_quota(
+        await self._provider_answers(instance.provider_name)
+        await self.check_quota(
             instance.tenant_id,
             instances=0,
             cpu_millis=resources.cpu_millis * replicas,
@@ -268,7 +269,7 @@ class InstanceService:
         self._roll_out(instance, "scale")
 
     async def scale(self, instance_id: str, data: schemas.ScaleRequest) -> schemas.Instance:
-        instance = await self._locked(instance_id)
+        instance = await self.locked(instance_id)
         _require(instance, "scale", ("provisioning", "starting", "running", "stopped", "failed"))
         if data.resources is msgspec.UNSET and data.replicas is msgspec.UNSET:
             raise InvalidInput("scale needs resources, replicas or both", details={"body": "empty"})
@@ -278,7 +279,6 @@ class InstanceService:
             else schemas.Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb)
         )
         replicas = data.replicas if data.replicas is not msgspec.UNSET else instance.replicas
-        await self._provider_answers(instance.provider_name)
         await self._apply_scale(instance, resources, replicas)
         instance.version += 1
         instance.updated_at = utc_now()
@@ -293,7 +293,7 @@ class InstanceService:
         return to_schema(instance)
 
     async def delete(self, instance_id: str) -> schemas.Instance:
-        instance = await self._locked(instance_id)
+        instance = await self.locked(instance_id)
         _require(instance, "delete", tuple(s for s in _ALL_STATES if s not in FINAL))
         await self._provider_answers(instance.provider_name)
         await destroy(self.session, instance)
@@ -303,7 +303,7 @@ class InstanceService:
     async def act(self, instance_id: str, action: str) -> schemas.Instance:
         """``start``, ``stop`` or ``restart``: check the state allows it, record what is wanted, queue it."""
         allowed, state, desired, refused_while_suspended = _ACTIONS[action]
-        instance = await self._locked(instance_id)
+        instance = await self.locked(instance_id)
         _require(instance, action, allowed)
         if refused_while_suspended:
             _not_suspended(instance, action)
@@ -322,7 +322,7 @@ class InstanceService:
         self._audit(instance)
 
     async def suspend(self, instance_id: str, reason: str) -> schemas.Instance:
-        instance = await self._locked(instance_id)
+        instance = await self.locked(instance_id)
         _require(instance, "suspend", tuple(s for s in _ALL_STATES if s not in FINAL))
         await self._provider_answers(instance.provider_name)
         if instance.suspended_at is not None:
@@ -332,7 +332,7 @@ class InstanceService:
         return to_schema(instance)
 
     async def unsuspend(self, instance_id: str, reason: str) -> schemas.Instance:
-        instance = await self._locked(instance_id)
+        instance = await self.locked(instance_id)
         _require(instance, "unsuspend", tuple(s for s in _ALL_STATES if s not in FINAL))
         if instance.suspended_at is None:
             raise InvalidState("instance is not suspended", details={"state": instance.state})

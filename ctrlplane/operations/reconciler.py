@@ -149,7 +149,7 @@ class Reconciler:
                 row,
                 "failed",
                 f"crash loop: {len(window)} restarts in {settings.crashloop_window_seconds:g}s; "
-                f"last exit {_exit_reason(replicas[0])}",
+                f"last: {_exit_reason(replicas[0])}",
             )
             return
         for replica in replicas:

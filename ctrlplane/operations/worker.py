@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import AppServices
+from ctrlplane.deployments.engine import DeployEngine
 from ctrlplane.errors import CtrlplaneError, InvalidInput, ProviderUnavailable
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
@@ -91,6 +92,8 @@ class OperationWorker:
             return await provider.scale(spec_for(instance))
         if kind == "update":
             return await provider.deploy(spec_for(instance), "rolling")
+        if kind == "deploy":
+            return await DeployEngine(self.services, provider).run(str(operation.payload["deployment_id"]))
         if kind == "deprovision":
             await provider.deprovision(instance.id)
             return None

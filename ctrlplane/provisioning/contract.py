@@ -201,8 +201,11 @@ class Provider(Protocol):
         the new set, then remove the old one)."""
         ...
 
-    async def remove_generation(self, instance_id: str, generation: int) -> None:
-        """Remove the replicas of one generation (used to finish or abort a deploy)."""
+    async def remove_generation(
+        self, instance_id: str, generation: int, replicas: tuple[int, ...] | None = None
+    ) -> None:
+        """Remove the replicas of one generation, or only those named (used to finish or abort a
+        deploy, and to retire old replicas one at a time in a rolling one)."""
         ...
 
     async def status(self, instance_id: str) -> WorkloadStatus:

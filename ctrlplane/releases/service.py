@@ -51,8 +51,10 @@ async def cut(
     created_by: str,
     notes: str = "",
     commit_sha: str | None = None,
+    make_current: bool = True,
 ) -> Release:
-    """Snapshot the instance's configuration as its next release and make it current."""
+    """Snapshot the instance's configuration as its next release (and, unless told not to, make it
+    current: a deploy makes its release current only when it succeeds)."""
     latest = (
         await session.execute(select(func.max(Release.version)).where(Release.instance_id == instance.id))
     ).scalar_one()
@@ -76,8 +78,17 @@ async def cut(
     )
     session.add(release)
     await session.flush()
-    instance.current_release_id = release.id
+    if make_current:
+        instance.current_release_id = release.id
     return release
+
+
+def restore(instance: Instance, release: Release) -> None:
+    """Put a release's whole configuration back on the instance (rollback, or a deploy going back)."""
+    instance.image, instance.env, instance.labels = release.image, dict(release.env), dict(release.labels)
+    instance.ports = list(release.ports)
+    instance.cpu_millis, instance.memory_mb = release.cpu_millis, release.memory_mb
+    instance.replicas = release.replicas
 
 
 class ReleaseService:

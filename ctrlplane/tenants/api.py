@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, delete, get, patch, post, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
@@ -56,17 +57,20 @@ class TenantController(Controller):
 
     @delete(
         "/{tenant_id:str}",
+        status_code=202,
         operation_id="deleteTenant",
-        responses=errors(404, mutating=True),
+        responses={204: ResponseSpec(None, description="Deleted"), **errors(404, mutating=True)},
         opt=route("tenant", "delete", system_admin=True),
     )
     async def delete_tenant(
         self, tenant_id: FromPath[str], context: Context, force: FromQuery[bool] = False
-    ) -> Response[None]:
+    ) -> Response[schemas.Tenant | None]:
         """Delete a tenant: 204; refused (409) while it owns live instances unless force=true, which
         tears them down (202, status deleting) and removes the tenant once they are gone."""
-        deleted = await TenantService(context).delete(tenant_id, force=force)
-        return Response(None, status_code=204 if deleted else 202)
+        service = TenantService(context)
+        if await service.delete(tenant_id, force=force):
+            return Response(None, status_code=204)
+        return Response(await service.get(tenant_id), status_code=202)
 
     @post(
         "/{tenant_id:str}/suspend",

@@ -46,6 +46,8 @@ class Route:
     system_admin: bool = False
     instance_state: str | None = None
     """For the authorized control request: the state instance A must be in for it to be allowed."""
+    deployment_state: str | None = None
+    """For the authorized control request: the state every deployment of instance A must be in."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -83,6 +85,23 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/events"),
     Route("GET", "/v1/instances/{instance_id}/releases"),
     Route("GET", "/v1/releases/{release_id}"),
+    Route("GET", "/v1/instances/{instance_id}/deployments"),
+    Route("GET", "/v1/deployments/{deployment_id}"),
+    Route("POST", "/v1/deployments/{deployment_id}/cancel", deployment_state="running"),
+    Route(
+        "POST",
+        "/v1/instances/{instance_id}/rollback",
+        body={"release_id": "{release_id}"},
+        instance_state="running",
+        deployment_state="cancelled",
+    ),
+    Route(
+        "POST",
+        "/v1/instances/{instance_id}/deploy",
+        body={"image": "ctrlplane-test/busybox:2", "strategy": "rolling"},
+        instance_state="running",
+        deployment_state="cancelled",
+    ),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -115,6 +134,7 @@ class World:
     admin_key_b: str
     instance_a: str
     release_a: str
+    deployment_a: str
     openapi: dict[str, Any]
 
     @property
@@ -131,12 +151,30 @@ class World:
                 found.append(ROUTE_TABLE.get(key, Route(*key)))
         return found
 
+    def body(self, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A request body with ``"{name}"`` values filled like path parameters."""
+        if body is None:
+            return None
+        values = self.values
+        return {k: values[v[1:-1]] if isinstance(v, str) and v[1:-1] in values else v for k, v in body.items()}
+
+    @property
+    def values(self) -> dict[str, str]:
+        return {
+            "tenant_id": self.tenant_a,
+            "key_id": self.key_a,
+            "instance_id": self.instance_a,
+            "release_id": self.release_a,
+            "deployment_id": self.deployment_a,
+        }
+
     def url(self, route: Route) -> str:
         values = {
             "tenant_id": self.tenant_a,
             "key_id": self.key_a,
             "instance_id": self.instance_a,
             "release_id": self.release_a,
+            "deployment_id": self.deployment_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -162,7 +200,7 @@ class World:
         return await self.client.request(
             route.method,
             self.url(route),
-            json=body if body is not None else route.body,
+            json=self.body(body if body is not None else route.body),
             params=query if query is not None else route.query,
             headers=headers,
         )
@@ -206,6 +244,16 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert created.status_code == 201, created.text
+    async with db.write() as session, session.begin():
+        await session.execute(
+            text("UPDATE instances SET state = 'running' WHERE id = :id"), {"id": created.json()["id"]}
+        )
+    deployment = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/deploy",
+        json={"image": "ctrlplane-test/busybox:2"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert deployment.status_code == 201, deployment.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -220,6 +268,7 @@ async def world(api: Api, db: Database) -> World:
         admin_key_b=admin_key_b,
         instance_a=created.json()["id"],
         release_a=created.json()["current_release_id"],
+        deployment_a=deployment.json()["id"],
         openapi=document.json(),
     )
 
@@ -401,6 +450,12 @@ async def test_matrix_requests_succeed_for_an_authorized_caller(world: World) ->
     tenant_admin = world.tokens.tenant(world.tenant_a, roles=["admin"])
     failures = []
     for route in ROUTES:
+        if route.deployment_state is not None:
+            async with world.db.write() as session, session.begin():
+                await session.execute(
+                    text("UPDATE deployments SET state = :state WHERE instance_id = :id"),
+                    {"state": route.deployment_state, "id": world.instance_a},
+                )
         if route.instance_state is not None:
             async with world.db.write() as session, session.begin():
                 await session.execute(

@@ -41,12 +41,12 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:  # noqa: F811
+def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:
     return ProviderRegistry([DockerProvider(settings)])
 
 
 @pytest.fixture(autouse=True)
-def _remove_what_the_test_made(settings: Settings, docker_engine: DockerClient) -> Iterator[None]:  # noqa: F811
+def _remove_what_the_test_made(settings: Settings, docker_engine: DockerClient) -> Iterator[None]:
     """Remove every object of this test's cluster (each test has its own ``cluster_name``)."""
     yield
     label = f"ctrlplane.cluster={settings.cluster_name}"
@@ -80,7 +80,7 @@ async def answer(url: str) -> httpx.Response:
     raise AssertionError(f"{url} never answered")
 
 
-async def test_created_instance_runs_and_answers_http_on_its_endpoint(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+async def test_created_instance_runs_and_answers_http_on_its_endpoint(live: Api, docker_engine: DockerClient) -> None:
     token = await tenant(live, "acme")
     instance = await create(live, token, name="web", **APP)
     running = await wait_for(live, instance["id"], token, state("running"), timeout=30)
@@ -93,7 +93,7 @@ async def test_created_instance_runs_and_answers_http_on_its_endpoint(live: Api,
     assert container.labels["ctrlplane.tenant"] == running["tenant_id"]
 
 
-async def test_stop_and_start_a_real_container(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+async def test_stop_and_start_a_real_container(live: Api, docker_engine: DockerClient) -> None:
     token = await tenant(live, "acme")
     instance = await create(live, token, name="web", **APP)
     await wait_for(live, instance["id"], token, state("running"), timeout=30)
@@ -108,7 +108,7 @@ async def test_stop_and_start_a_real_container(live: Api, docker_engine: DockerC
     assert (await answer(running["endpoints"][0]["url"] + "/")).status_code == 200
 
 
-async def test_scale_changes_the_containers_limits(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+async def test_scale_changes_the_containers_limits(live: Api, docker_engine: DockerClient) -> None:
     token = await tenant(live, "acme")
     instance = await create(live, token, name="web", **APP)
     await wait_for(live, instance["id"], token, state("running"), timeout=30)
@@ -128,7 +128,7 @@ async def test_scale_changes_the_containers_limits(live: Api, docker_engine: Doc
     assert host_config["Memory"] == 96 * 1024 * 1024
 
 
-async def test_delete_removes_containers_and_the_tenant_network(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+async def test_delete_removes_containers_and_the_tenant_network(live: Api, docker_engine: DockerClient) -> None:
     token = await tenant(live, "acme")
     instance = await create(live, token, name="web", **APP)
     running = await wait_for(live, instance["id"], token, state("running"), timeout=30)
@@ -140,7 +140,7 @@ async def test_delete_removes_containers_and_the_tenant_network(live: Api, docke
     assert docker_engine.networks.list(names=[network]) == []
 
 
-async def test_two_tenants_containers_cannot_reach_each_other(live: Api, docker_engine: DockerClient) -> None:  # noqa: F811
+async def test_two_tenants_containers_cannot_reach_each_other(live: Api, docker_engine: DockerClient) -> None:
     a_token, b_token = await tenant(live, "alpha"), await tenant(live, "bravo")
     a = await create(live, a_token, name="a", **APP)
     b = await create(live, b_token, name="b", **APP)
@@ -159,7 +159,7 @@ async def test_two_tenants_containers_cannot_reach_each_other(live: Api, docker_
 
 async def test_container_killed_from_outside_is_restarted_and_the_stream_shows_it(
     live: Api,
-    docker_engine: DockerClient,  # noqa: F811
+    docker_engine: DockerClient,
 ) -> None:
     token = await tenant(live, "acme")
     instance = await create(live, token, name="web", **APP)
@@ -290,7 +290,7 @@ async def server(database_url: str, db: Any, tmp_path: Path, settings: Settings)
 async def test_server_killed_mid_provision_ends_with_exactly_one_container(
     server: Server,
     api: Api,
-    docker_engine: DockerClient,  # noqa: F811
+    docker_engine: DockerClient,
     delay: float,
 ) -> None:
     await server.start()

@@ -674,13 +674,21 @@ class DockerProvider:
 
         return await self._run(f"deploy generation {spec.generation} of instance {spec.instance_id}", deploy)
 
-    async def remove_generation(self, instance_id: str, generation: int) -> None:
-        """Stop and remove the replicas of one generation and its files volume; no-op if none."""
+    async def remove_generation(
+        self, instance_id: str, generation: int, replicas: tuple[int, ...] | None = None
+    ) -> None:
+        """Stop and remove the replicas of one generation (only those named, if any are) and, when
+        the whole generation goes, its files volume; no-op if none."""
 
         def remove_generation(api: APIClient) -> None:
-            doomed = [c for c in self._objects(api, instance_id) if c.generation == generation]
+            doomed = [
+                c
+                for c in self._objects(api, instance_id)
+                if c.generation == generation and (replicas is None or (c.is_replica and c.replica in replicas))
+            ]
             _each(doomed, lambda c: self._remove_container(api, c))
-            self._remove_volume(api, files_volume_name(instance_id, generation))
+            if replicas is None:
+                self._remove_volume(api, files_volume_name(instance_id, generation))
 
         await self._run(f"remove generation {generation} of instance {instance_id}", remove_generation)
 

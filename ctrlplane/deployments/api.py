@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from litestar import Controller, get, post
+from litestar.params import FromPath, JSONBody
+
+from ctrlplane.deployments import schemas
+from ctrlplane.deployments.service import DeploymentService
+from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.pagination import Page
+
+
+class DeploymentController(Controller):
+    tags = ["deployments"]
+
+    @post(
+        "/v1/instances/{instance_id:str}/deploy",
+        operation_id="deploy",
+        responses=errors(404, mutating=True),
+        opt=route("deployment", "deploy"),
+    )
+    async def deploy(
+        self, instance_id: FromPath[str], data: JSONBody[schemas.DeployRequest], context: Context
+    ) -> schemas.Deployment:
+        """Deploy a new image (and env) under a strategy; 201 with the pending deployment."""
+        return await DeploymentService(context).deploy(instance_id, data)
+
+    @post(
+        "/v1/instances/{instance_id:str}/rollback",
+        operation_id="rollback",
+        responses=errors(404, mutating=True),
+        opt=route("deployment", "rollback"),
+    )
+    async def rollback(
+        self, instance_id: FromPath[str], data: JSONBody[schemas.RollbackRequest], context: Context
+    ) -> schemas.Deployment:
+        """Roll back to an earlier release: a new deployment and release copying its whole configuration."""
+        return await DeploymentService(context).rollback(instance_id, data)
+
+    @get(
+        "/v1/instances/{instance_id:str}/deployments",
+        operation_id="listDeployments",
+        responses=errors(404),
+        opt=route("deployment", "list"),
+    )
+    async def list_deployments(
+        self, instance_id: FromPath[str], context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+    ) -> Page[schemas.Deployment]:
+        """An instance's deployments, newest first."""
+        return await DeploymentService(context).list(instance_id, cursor=cursor, limit=limit)
+
+    @get(
+        "/v1/deployments/{deployment_id:str}",
+        operation_id="getDeployment",
+        responses=errors(404),
+        opt=route("deployment", "get"),
+    )
+    async def get_deployment(self, deployment_id: FromPath[str], context: Context) -> schemas.Deployment:
+        """A deployment: state, strategy, steps with timestamps, error."""
+        return await DeploymentService(context).get(deployment_id)
+
+    @post(
+        "/v1/deployments/{deployment_id:str}/cancel",
+        status_code=202,
+        operation_id="cancelDeployment",
+        responses=errors(404, mutating=True),
+        opt=route("deployment", "cancel"),
+    )
+    async def cancel(self, deployment_id: FromPath[str], context: Context) -> schemas.Deployment:
+        """Ask a running deployment to stop; the previous release is put back (state cancelled)."""
+        return await DeploymentService(context).cancel(deployment_id)

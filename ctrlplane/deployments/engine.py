@@ -1,0 +1,281 @@
+"""The deploy engine: carries a deployment out on the provider, gate by gate.
+
+A **gate** passes when the new replicas run and each answers on its first TCP port (an HTTP
+request gets any answer; with no ports, running is enough) within
+``CTRLPLANE_DEPLOY_HEALTH_TIMEOUT_SECONDS``. A replica that exits fails the gate at once.
+
+Strategies (the new generation runs beside the old one until the old is retired):
+
+* ``recreate``: remove the old set, start the new set, gate it.
+* ``rolling``: for each replica: start new replica *i*, gate it, then retire old replica *i*.
+* ``blue_green``: start the whole new set, gate it, switch (``traffic.switched``), retire the old set.
+* ``canary``: start one new replica, gate it, watch it for ``CTRLPLANE_CANARY_OBSERVATION_SECONDS``
+  (it must stay running), then start the rest, gate them, switch and retire the old set.
+
+Any failed gate, a provider error (a missing image, say), the progress deadline
+(``CTRLPLANE_DEPLOY_DEADLINE_SECONDS``) passing, or a cancel request ends the deployment by going
+back: the new generation's containers are removed, the old generation is re-provisioned (replicas
+a rolling deploy had retired come back) and the instance's configuration is restored from the
+previous release. The outcome is ``rolled_back`` (a gate, a provider call or the deadline failed)
+or ``cancelled``; ``failed`` only if going back failed too. A deployment found
+``running`` when its operation starts was interrupted by a control-plane crash: it is rolled back
+the same way, so none stays half-done.
+
+Each step is written as it happens (the deployment's ``steps``) and as events: ``deploy.started``,
+``replica.started``, ``health.passed``, ``health.failed``, ``traffic.switched`` and
+``deploy.succeeded`` / ``deploy.rolled_back`` / ``deploy.cancelled`` / ``deploy.failed``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import structlog
+
+from ctrlplane.context import AppServices
+from ctrlplane.deployments.models import Deployment
+from ctrlplane.errors import CtrlplaneError
+from ctrlplane.events.service import append as append_event
+from ctrlplane.instances.models import Instance
+from ctrlplane.instances.observe import spec_for
+from ctrlplane.provisioning.contract import Provider, WorkloadSpec, WorkloadStatus
+from ctrlplane.releases.models import Release
+from ctrlplane.releases.service import restore as restore_release
+from ctrlplane.timeutil import utc_now
+
+log = structlog.get_logger("ctrlplane.deploy")
+
+POLL_SECONDS = 0.2
+
+
+class GateFailed(Exception):
+    pass
+
+
+class Cancelled(Exception):
+    pass
+
+
+class DeployEngine:
+    def __init__(self, services: AppServices, provider: Provider) -> None:
+        self.services = services
+        self.provider = provider
+        self.settings = services.settings
+
+    async def run(self, deployment_id: str) -> WorkloadStatus | None:
+        async with self.services.db.read() as session:
+            deployment = await session.get(Deployment, deployment_id)
+            instance = await session.get(Instance, deployment.instance_id) if deployment else None
+            previous = (
+                await session.get(Release, deployment.previous_release_id)
+                if deployment and deployment.previous_release_id
+                else None
+            )
+        if deployment is None or instance is None or deployment.state not in ("pending", "running"):
+            return None
+        new = spec_for(instance, generation=deployment.generation)
+        old = _spec_of(previous, instance, deployment.previous_generation) if previous else None
+        if deployment.state == "running":
+            await self._go_back(deployment, old, "rolled_back", "the control plane restarted during the deploy")
+            return await self.provider.status(instance.id)
+        await self._update(deployment, state="running", step="deploy", event="deploy.started")
+        try:
+            await self._strategy(deployment, new, old)
+        except GateFailed as exc:
+            await self._go_back(deployment, old, "rolled_back", str(exc))
+        except Cancelled:
+            await self._go_back(deployment, old, "cancelled", "cancelled on request")
+        except CtrlplaneError as exc:
+            await self._go_back(deployment, old, "rolled_back", exc.message)
+        else:
+            await self._finish(deployment, "succeeded", None, current_release=deployment.release_id)
+        return await self.provider.status(instance.id)
+
+    async def _strategy(self, deployment: Deployment, new: WorkloadSpec, old: WorkloadSpec | None) -> None:
+        strategy, replicas = deployment.strategy, new.replicas
+        old_generation = deployment.previous_generation
+        if strategy == "recreate":
+            await self._step(deployment, "remove old replicas")
+            await self.provider.remove_generation(new.instance_id, old_generation)
+            await self._start_replicas(deployment, new, replicas)
+            await self._gate(deployment, new, range(replicas))
+        elif strategy == "rolling":
+            for index in range(replicas):
+                await self._start_replicas(deployment, new, index + 1)
+                await self._gate(deployment, new, [index])
+                await self._step(deployment, f"retire old replica {index}")
+                await self.provider.remove_generation(new.instance_id, old_generation, (index,))
+        else:
+            first = 1 if strategy == "canary" else replicas
+            await self._start_replicas(deployment, new, first)
+            await self._gate(deployment, new, range(first))
+            if strategy == "canary":
+                await self._observe_canary(deployment, new)
+                await self._start_replicas(deployment, new, replicas)
+                await self._gate(deployment, new, range(1, replicas))
+        await self._update(deployment, step="switch traffic", event="traffic.switched")
+        await self.provider.remove_generation(new.instance_id, old_generation)
+
+    async def _start_replicas(self, deployment: Deployment, spec: WorkloadSpec, count: int) -> None:
+        await self._check(deployment)
+        await self.provider.provision(msgspec.structs.replace(spec, replicas=count))
+        await self._update(deployment, step=f"start replicas up to {count}", event="replica.started", count=count)
+
+    async def _gate(self, deployment: Deployment, spec: WorkloadSpec, replicas: Any) -> None:
+        wanted = set(replicas)
+        if not wanted:
+            return
+        deadline = time.monotonic() + self.settings.deploy_health_timeout_seconds
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                await self._check(deployment)
+                status = await self.provider.status(spec.instance_id)
+                mine = {r.replica: r for r in status.replicas if r.generation == spec.generation}
+                for index in wanted:
+                    replica = mine.get(index)
+                    if replica is not None and replica.state in ("exited", "dead"):
+                        reason = "OOM-killed" if replica.oom_killed else f"exit code {replica.exit_code}"
+                        await self._update(
+                            deployment, step=f"gate replica {index}", event="health.failed", error=reason
+                        )
+                        raise GateFailed(f"new replica {index} exited ({reason})")
+                ready = [i for i in wanted if i in mine and await _answers(client, mine[i].endpoints, spec)]
+                if len(ready) == len(wanted):
+                    await self._update(
+                        deployment,
+                        step=f"gate replicas {sorted(wanted)}",
+                        event="health.passed",
+                        replicas=sorted(wanted),
+                    )
+                    return
+                if time.monotonic() > deadline:
+                    await self._update(deployment, step="gate", event="health.failed", error="not ready in time")
+                    raise GateFailed(
+                        f"new replicas {sorted(wanted - set(ready))} not ready within "
+                        f"{self.settings.deploy_health_timeout_seconds:g}s"
+                    )
+                await anyio.sleep(POLL_SECONDS)
+
+    async def _observe_canary(self, deployment: Deployment, spec: WorkloadSpec) -> None:
+        await self._step(deployment, f"observe canary for {self.settings.canary_observation_seconds:g}s")
+        until = time.monotonic() + self.settings.canary_observation_seconds
+        while time.monotonic() < until:
+            await self._check(deployment)
+            status = await self.provider.status(spec.instance_id)
+            canary = [r for r in status.replicas if r.generation == spec.generation and r.replica == 0]
+            if not canary or canary[0].state != "running":
+                raise GateFailed("the canary stopped running during its observation period")
+            await anyio.sleep(POLL_SECONDS)
+
+    async def _check(self, deployment: Deployment) -> None:
+        async with self.services.db.read() as session:
+            current = await session.get(Deployment, deployment.id)
+        if current is not None and current.cancel_requested:
+            raise Cancelled
+        if utc_now() > deployment.deadline_at:
+            raise GateFailed("the progress deadline passed")
+
+    async def _go_back(self, deployment: Deployment, old: WorkloadSpec | None, outcome: str, reason: str) -> None:
+        log.warning("deploy_going_back", deployment=deployment.id, reason=reason)
+        try:
+            await self.provider.remove_generation(deployment.instance_id, deployment.generation)
+            if old is not None:
+                await self.provider.provision(old)
+        except CtrlplaneError as exc:
+            await self._finish(deployment, "failed", f"{reason}; going back failed too: {exc.message}", restore=True)
+            return
+        await self._finish(deployment, outcome, reason, restore=True)
+
+    async def _finish(
+        self,
+        deployment: Deployment,
+        state: str,
+        error: str | None,
+        *,
+        current_release: str | None = None,
+        restore: bool = False,
+    ) -> None:
+        async with self.services.db.write() as session, session.begin():
+            row = await session.get(Deployment, deployment.id, with_for_update=True, populate_existing=True)
+            instance = await session.get(Instance, deployment.instance_id, with_for_update=True)
+            if row is None or instance is None:
+                return
+            row.state, row.error, row.finished_at, row.updated_at = state, error, utc_now(), utc_now()
+            row.steps = [*row.steps, _step_record(f"end: {state}", error or "")]
+            if current_release is not None:
+                instance.current_release_id = current_release
+            if restore:
+                previous = await session.get(Release, row.previous_release_id) if row.previous_release_id else None
+                if previous is not None:
+                    restore_release(instance, previous)
+                instance.generation = row.previous_generation
+            instance.updated_at = utc_now()
+            await append_event(
+                session,
+                tenant_id=row.tenant_id,
+                instance_id=row.instance_id,
+                type=f"deploy.{state}",
+                data={"deployment_id": row.id, "error": error, "release_id": row.release_id},
+            )
+        await self.services.events.notify()
+        log.info("deploy_finished", deployment=deployment.id, state=state, error=error)
+
+    async def _step(self, deployment: Deployment, name: str) -> None:
+        await self._update(deployment, step=name)
+
+    async def _update(
+        self,
+        deployment: Deployment,
+        *,
+        step: str,
+        state: str | None = None,
+        event: str | None = None,
+        error: str | None = None,
+        **data: Any,
+    ) -> None:
+        async with self.services.db.write() as session, session.begin():
+            row = await session.get(Deployment, deployment.id, with_for_update=True, populate_existing=True)
+            if row is None:
+                return
+            if state is not None:
+                row.state = deployment.state = state
+            row.steps = [*row.steps, _step_record(step, error or "")]
+            row.updated_at = utc_now()
+            if event is not None:
+                await append_event(
+                    session,
+                    tenant_id=row.tenant_id,
+                    instance_id=row.instance_id,
+                    type=event,
+                    data={"deployment_id": row.id, "step": step, **({"error": error} if error else {}), **data},
+                )
+        await self.services.events.notify()
+
+
+def _step_record(name: str, message: str) -> dict[str, Any]:
+    now = utc_now().isoformat()
+    return {"name": name, "state": "done", "started_at": now, "finished_at": now, "message": message}
+
+
+async def _answers(client: httpx.AsyncClient, endpoints: Any, spec: WorkloadSpec) -> bool:
+    tcp = [e for e in endpoints if e.protocol == "tcp"]
+    if not spec.ports:
+        return True
+    if not tcp:
+        return False
+    try:
+        await client.get(tcp[0].url + "/")
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _spec_of(release: Release, instance: Instance, generation: int) -> WorkloadSpec:
+    restored = Instance(**{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy")})
+    restore_release(restored, release)
+    restored.current_release_id = release.id
+    return spec_for(restored, generation=generation)

@@ -1,0 +1,128 @@
+"""Deployments against a real Docker engine: new images really serve, a failing gate really rolls
+back, and a control plane killed mid-deploy leaves nothing half-done."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from docker import DockerClient
+
+from tests.api.test_deployments import finished
+from tests.api.test_instances import state, wait_for
+from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
+    APP,
+    Server,
+    _remove_what_the_test_made,
+    containers_of,
+    providers,
+    server,
+    settings,
+    tenant,
+)
+from tests.conftest import Api
+from tests.providers.docker_engine import HTTP_PORT, IMAGE, docker_engine, rootfs_tar  # noqa: F401
+
+pytestmark = pytest.mark.docker
+
+V2 = "ctrlplane-test/busybox:v2"
+BROKEN = "ctrlplane-test/busybox:broken"
+V2_BODY = b"ctrlplane v2\n"
+
+
+@pytest.fixture(scope="module")
+def variant_images(docker_engine: DockerClient) -> None:
+    """The test image again, serving another body (v2) or exiting at once (broken)."""
+    commands = {
+        V2: f'CMD ["/bin/sh", "-c", "echo ctrlplane v2 > /tmp/index.html && exec httpd -f -p {HTTP_PORT} -h /tmp"]',
+        BROKEN: 'CMD ["/bin/sh", "-c", "exit 3"]',
+    }
+    for image, command in commands.items():
+        repository, tag = image.rsplit(":", 1)
+        docker_engine.api.import_image_from_data(
+            rootfs_tar(), repository=repository, tag=tag, changes=[command, "ENV PATH=/bin"]
+        )
+
+
+async def bodies(api: Api, instance_id: str, token: dict[str, str]) -> set[bytes]:
+    instance = (await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json()
+    async with httpx.AsyncClient(timeout=3) as client:
+        return {(await client.get(e["url"] + "/")).content for e in instance["endpoints"]}
+
+
+async def deploy(api: Api, instance: dict[str, Any], token: dict[str, str], **body: Any) -> dict[str, Any]:
+    response = await api.client.post(f"/v1/instances/{instance['id']}/deploy", json=body, headers=token)
+    assert response.status_code == 201, response.text
+    return await finished(api, response.json()["id"], token, timeout=60)
+
+
+@pytest.mark.parametrize("strategy", ["rolling", "blue_green", "canary", "recreate"])
+async def test_each_strategy_serves_the_new_image_afterwards(
+    live: Api,
+    docker_engine: DockerClient,
+    variant_images: None,
+    strategy: str,
+) -> None:
+    token = await tenant(live, "acme")
+    created = await live.client.post("/v1/instances", json={**APP, "name": "web", "replicas": 2}, headers=token)
+    instance = await wait_for(live, created.json()["id"], token, state("running"), timeout=30)
+    done = await deploy(live, instance, token, image=V2, strategy=strategy)
+    assert done["state"] == "succeeded", done
+    await wait_for(live, instance["id"], token, lambda b: len(b["endpoints"]) == 2, timeout=30)
+    for _ in range(50):
+        if await bodies(live, instance["id"], token) == {V2_BODY}:
+            break
+        await asyncio.sleep(0.1)
+    assert await bodies(live, instance["id"], token) == {V2_BODY}
+    containers = containers_of(docker_engine, instance["id"])
+    assert len(containers) == 2
+    assert {c.labels["ctrlplane.generation"] for c in containers} == {"2"}
+
+
+async def test_a_new_image_that_fails_its_gate_rolls_back_and_the_old_keeps_serving(
+    live: Api,
+    docker_engine: DockerClient,
+    variant_images: None,
+) -> None:
+    token = await tenant(live, "acme")
+    created = await live.client.post("/v1/instances", json={**APP, "name": "web"}, headers=token)
+    instance = await wait_for(live, created.json()["id"], token, state("running"), timeout=30)
+    done = await deploy(live, instance, token, image=BROKEN, strategy="rolling")
+    assert done["state"] == "rolled_back"
+    assert "exit" in done["error"]
+    after = await wait_for(live, instance["id"], token, state("running"), timeout=30)
+    assert after["image"] == IMAGE
+    assert after["current_release_id"] == instance["current_release_id"]
+    assert {c.labels["ctrlplane.generation"] for c in containers_of(docker_engine, instance["id"])} == {"1"}
+    assert b"hello from busybox httpd" in next(iter(await bodies(live, instance["id"], token)))
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+async def test_killed_mid_deploy_the_deploy_ends_cleanly_with_no_extra_containers(
+    server: Server,
+    api: Api,
+    docker_engine: DockerClient,
+    variant_images: None,
+    delay: float,
+) -> None:
+    await server.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        remote = Api(http, api.tokens)
+        token = await tenant(remote, "acme")
+        created = await remote.client.post("/v1/instances", json={**APP, "name": "web", "replicas": 2}, headers=token)
+        instance = await wait_for(remote, created.json()["id"], token, state("running"), timeout=30)
+        response = await remote.client.post(
+            f"/v1/instances/{instance['id']}/deploy", json={"image": V2, "strategy": "rolling"}, headers=token
+        )
+        await asyncio.sleep(delay)
+        server.kill()
+        await server.start()
+        done = await finished(remote, response.json()["id"], token, timeout=60)
+        assert done["state"] in ("succeeded", "rolled_back"), done
+        await wait_for(remote, instance["id"], token, state("running"), timeout=30)
+        await asyncio.sleep(1.5)
+        containers = containers_of(docker_engine, instance["id"])
+        expected = "2" if done["state"] == "succeeded" else "1"
+        assert [c.labels["ctrlplane.generation"] for c in containers] == [expected, expected]
