@@ -40,11 +40,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     issue.add_argument("--roles", help=f"comma-separated roles from {','.join(ROLES)} (default: admin)")
     issue.add_argument("--ttl", default="1h", help="lifetime such as 30m, 1h, 7d (default 1h)")
 
+    pipeline = argparse.ArgumentParser(add_help=False)
+    pipeline.add_argument("instance", help="instance ID (inst_...) or name")
+    pipeline.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument("--wait", action="store_true", help="follow the deploy until it ends; exit with its outcome")
+    waiting.add_argument("--timeout", default="10m", help="how long --wait waits (default 10m)")
+    waiting.add_argument(
+        "--strategy", default="rolling", choices=["rolling", "blue_green", "canary", "recreate"], help="default rolling"
+    )
+    epilog = (
+        "CTRLPLANE_URL (default http://127.0.0.1:8080) and CTRLPLANE_TOKEN (a JWT or API key) configure it. "
+        "Exit status: 0 succeeded, 1 failed, 2 bad usage or configuration, 3 rolled back, 4 cancelled, "
+        "5 timed out, 6 authentication or permission refused, 7 other API error."
+    )
+    deploy_cmd = commands.add_parser(
+        "deploy", parents=[pipeline, waiting], help="deploy an image to an instance", epilog=epilog
+    )
+    deploy_cmd.add_argument("--image", required=True, help="image reference")
+    deploy_cmd.add_argument("--env", action="append", metavar="KEY=VALUE", help="set an env variable (repeatable)")
+    deploy_cmd.add_argument("--notes", help="release notes")
+    deploy_cmd.add_argument("--commit-sha", help="the commit this image was built from")
+    deploy_cmd.add_argument("--idempotency-key", help="override the key derived from the inputs")
+    rollback_cmd = commands.add_parser(
+        "rollback", parents=[pipeline, waiting], help="roll an instance back to a release", epilog=epilog
+    )
+    target = rollback_cmd.add_mutually_exclusive_group()
+    target.add_argument("--to", metavar="RELEASE_ID", help="the release to go back to")
+    target.add_argument("--previous", action="store_true", help="the release before the current one (default)")
+    commands.add_parser("status", parents=[pipeline], help="an instance's state, image, release and endpoints")
+    commands.add_parser("releases", parents=[pipeline], help="an instance's releases, newest first")
+
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
 
     args = parser.parse_args(argv)
+    if args.command in ("deploy", "rollback", "status", "releases"):
+        from ctrlplane import client
+
+        return client.run(getattr(client, args.command), args)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

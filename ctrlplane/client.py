@@ -1,0 +1,232 @@
+"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases over the HTTP API.
+
+Configured by ``CTRLPLANE_URL`` (default ``http://127.0.0.1:8080``) and ``CTRLPLANE_TOKEN`` (a JWT
+or an API key). ``deploy`` sends an ``Idempotency-Key`` derived from its inputs, so a CI step that
+is retried (same instance, image, strategy, env, notes and commit) never deploys twice within the
+server's idempotency window; ``--idempotency-key`` overrides it. ``--wait`` follows the instance's
+event stream, prints the deploy's progress and exits with its outcome:
+
+    0 succeeded   1 failed   2 bad usage or configuration   3 rolled back   4 cancelled
+    5 timed out (--timeout)  6 authentication or permission refused  7 any other API error
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from ctrlplane.timeutil import parse_duration
+
+EXIT = {"succeeded": 0, "failed": 1, "rolled_back": 3, "cancelled": 4}
+EXIT_USAGE, EXIT_TIMEOUT, EXIT_AUTH, EXIT_API = 2, 5, 6, 7
+TERMINAL_EVENTS = {"deploy.succeeded", "deploy.failed", "deploy.rolled_back", "deploy.cancelled"}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def line(self, text: str, **fields: Any) -> None:
+        if self.as_json:
+            print(json.dumps(fields, default=str), flush=True)
+        else:
+            print(text, flush=True)
+
+
+class Api:
+    def __init__(self) -> None:
+        token = os.environ.get("CTRLPLANE_TOKEN")
+        if not token:
+            raise CliError("CTRLPLANE_TOKEN is not set (a JWT or an API key)", EXIT_USAGE)
+        self.http = httpx.Client(
+            base_url=os.environ.get("CTRLPLANE_URL", "http://127.0.0.1:8080"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response, or CliError for an unreachable server or a 4xx/5xx answer."""
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach ctrlplane at {self.http.base_url}: {exc}", EXIT_API) from exc
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            code = EXIT_AUTH if response.status_code in (401, 403) else EXIT_API
+            raise CliError(f"{method} {path}: {response.status_code} {message}", code)
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def instance(self, ref: str) -> dict[str, Any]:
+        """An instance by ID, or by name within the token's tenant."""
+        if ref.startswith("inst_"):
+            return dict(self.request("GET", f"/v1/instances/{ref}"))
+        found = self.request("GET", "/v1/instances", params={"name": ref})["items"]
+        if not found:
+            raise CliError(f"no instance named {ref!r}", EXIT_API)
+        return dict(found[0])
+
+    def events(self, instance_id: str, deadline: float) -> Iterator[dict[str, Any]]:
+        """The instance's events, replayed then live, resuming after a dropped connection."""
+        last = 0
+        while time.monotonic() < deadline:
+            try:
+                with self.http.stream(
+                    "GET",
+                    f"/v1/instances/{instance_id}/events",
+                    headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
+                    timeout=httpx.Timeout(10, read=max(1.0, deadline - time.monotonic())),
+                ) as stream:
+                    for raw in stream.iter_lines():
+                        if raw.startswith("data:") and raw[5:].strip():
+                            event = json.loads(raw[5:])
+                            last = event["id"]
+                            yield dict(event)
+            except httpx.ReadTimeout:
+                return
+            except httpx.HTTPError:
+                time.sleep(1)
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--env takes KEY=VALUE, not {pair!r}", EXIT_USAGE)
+        env[key] = value
+    return env
+
+
+def _deadline(timeout: str) -> float:
+    try:
+        return time.monotonic() + parse_duration(timeout)
+    except ValueError as exc:
+        raise CliError(f"--timeout: {exc}", EXIT_USAGE) from exc
+
+
+def _follow(api: Api, out: Output, deployment: dict[str, Any], deadline: float) -> int:
+    for event in api.events(deployment["instance_id"], deadline):
+        data = event.get("data") or {}
+        if data.get("deployment_id") != deployment["id"]:
+            continue
+        detail = data.get("error") or data.get("step") or ""
+        out.line(f"  {event['type']:<20} {detail}", event=event["type"], deployment_id=deployment["id"], data=data)
+        if event["type"] in TERMINAL_EVENTS:
+            final = api.request("GET", f"/v1/deployments/{deployment['id']}")
+            state = final["state"]
+            out.line(
+                f"deployment {final['id']} {state}" + (f": {final['error']}" if final.get("error") else ""),
+                result=state,
+                deployment=final,
+            )
+            return EXIT[state]
+    out.line(f"timed out waiting for deployment {deployment['id']}", result="timeout", deployment_id=deployment["id"])
+    return EXIT_TIMEOUT
+
+
+def _started(out: Output, deployment: dict[str, Any], replayed: bool) -> None:
+    again = " (already requested: replayed)" if replayed else ""
+    out.line(
+        f"deployment {deployment['id']} {deployment['state']} ({deployment['strategy']}){again}",
+        deployment=deployment,
+        replayed=replayed,
+    )
+
+
+def deploy(args: Any) -> int:
+    out, api = Output(args.json), Api()
+    env = _env_pairs(args.env or [])
+    deadline = _deadline(args.timeout)
+    instance = api.instance(args.instance)
+    body: dict[str, Any] = {"image": args.image, "strategy": args.strategy, "env": env, "notes": args.notes or ""}
+    if args.commit_sha:
+        body["commit_sha"] = args.commit_sha
+    key = (
+        args.idempotency_key
+        or "cli-deploy-" + hashlib.sha256(json.dumps([instance["id"], body], sort_keys=True).encode()).hexdigest()[:40]
+    )
+    response = api.send("POST", f"/v1/instances/{instance['id']}/deploy", json=body, headers={"Idempotency-Key": key})
+    deployment = dict(response.json())
+    _started(out, deployment, response.headers.get("Idempotent-Replayed") == "true")
+    return _follow(api, out, deployment, deadline) if args.wait else 0
+
+
+def rollback(args: Any) -> int:
+    out, api = Output(args.json), Api()
+    deadline = _deadline(args.timeout)
+    instance = api.instance(args.instance)
+    target = args.to
+    if target is None:
+        releases = api.request("GET", f"/v1/instances/{instance['id']}/releases", params={"limit": 100})["items"]
+        older = [r for r in releases if r["id"] != instance["current_release_id"]]
+        current = next((r for r in releases if r["id"] == instance["current_release_id"]), None)
+        older = [r for r in older if current is None or r["version"] < current["version"]]
+        if not older:
+            raise CliError("no release before the current one to roll back to", EXIT_API)
+        target = older[0]["id"]
+    key = "cli-rollback-" + hashlib.sha256(f"{instance['id']}|{target}".encode()).hexdigest()[:40]
+    response = api.send(
+        "POST",
+        f"/v1/instances/{instance['id']}/rollback",
+        json={"release_id": target, "strategy": args.strategy},
+        headers={"Idempotency-Key": key},
+    )
+    deployment = dict(response.json())
+    _started(out, deployment, response.headers.get("Idempotent-Replayed") == "true")
+    return _follow(api, out, deployment, deadline) if args.wait else 0
+
+
+def status(args: Any) -> int:
+    out, api = Output(args.json), Api()
+    instance = api.instance(args.instance)
+    endpoints = ", ".join(e["url"] for e in instance["endpoints"]) or "none"
+    out.line(
+        f"{instance['name']} ({instance['id']}): {instance['state']} (wants {instance['desired_state']}), "
+        f"image {instance['image']}, release {instance['current_release_id']}, endpoints {endpoints}"
+        + (f"\n  {instance['status_message']}" if instance["status_message"] else ""),
+        instance=instance,
+    )
+    return 0
+
+
+def releases(args: Any) -> int:
+    out, api = Output(args.json), Api()
+    instance = api.instance(args.instance)
+    items = api.request("GET", f"/v1/instances/{instance['id']}/releases", params={"limit": 100})["items"]
+    for release in items:
+        marker = "*" if release["id"] == instance["current_release_id"] else " "
+        out.line(
+            f"{marker} v{release['version']:<4} {release['id']}  {release['reason']:<8} {release['image']}  "
+            f"{release['created_at']}  {release['notes']}",
+            release=release,
+            current=marker == "*",
+        )
+    return 0
+
+
+def run(command: Any, args: Any) -> int:
+    try:
+        return int(command(args))
+    except CliError as exc:
+        print(f"ctrlplane: {exc}", file=sys.stderr)
+        return exc.code
