@@ -230,3 +230,7 @@ def run(command: Any, args: Any) -> int:
     except CliError as exc:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        # the reader (``| head``) went away: stop quietly, as other Unix tools do
+        sys.stderr.close()
+        return 0
