@@ -61,13 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     deploy_cmd.add_argument("--env", action="append", metavar="KEY=VALUE", help="set an env variable (repeatable)")
     deploy_cmd.add_argument("--notes", help="release notes")
     deploy_cmd.add_argument("--commit-sha", help="the commit this image was built from")
-    deploy_cmd.add_argument("--idempotency-key", help="override the key derived from the inputs")
+    deploy_cmd.add_argument(
+        "--idempotency-key",
+        help="override the key derived from the inputs (the same inputs within 24 h replay the first deploy)",
+    )
     rollback_cmd = commands.add_parser(
         "rollback", parents=[pipeline, waiting], help="roll an instance back to a release", epilog=epilog
     )
     target = rollback_cmd.add_mutually_exclusive_group()
     target.add_argument("--to", metavar="RELEASE_ID", help="the release to go back to")
-    target.add_argument("--previous", action="store_true", help="the release before the current one (default)")
+    target.add_argument("--previous", action="store_true", help="the newest earlier release that ran (default)")
+    rollback_cmd.add_argument("--idempotency-key", help="override the key derived from the instance and release")
     commands.add_parser("status", parents=[pipeline], help="an instance's state, image, release and endpoints")
     commands.add_parser("releases", parents=[pipeline], help="an instance's releases, newest first")
 

@@ -97,6 +97,8 @@ class Api:
                     timeout=httpx.Timeout(10, read=max(1.0, deadline - time.monotonic())),
                 ) as stream:
                     for raw in stream.iter_lines():
+                        if time.monotonic() > deadline:
+                            return
                         if raw.startswith("data:") and raw[5:].strip():
                             event = json.loads(raw[5:])
                             last = event["id"]
@@ -175,16 +177,10 @@ def rollback(args: Any) -> int:
     out, api = Output(args.json), Api()
     deadline = _deadline(args.timeout)
     instance = api.instance(args.instance)
-    target = args.to
-    if target is None:
-        releases = api.request("GET", f"/v1/instances/{instance['id']}/releases", params={"limit": 100})["items"]
-        older = [r for r in releases if r["id"] != instance["current_release_id"]]
-        current = next((r for r in releases if r["id"] == instance["current_release_id"]), None)
-        older = [r for r in older if current is None or r["version"] < current["version"]]
-        if not older:
-            raise CliError("no release before the current one to roll back to", EXIT_API)
-        target = older[0]["id"]
-    key = "cli-rollback-" + hashlib.sha256(f"{instance['id']}|{target}".encode()).hexdigest()[:40]
+    target = args.to or _previous_release(api, instance)
+    key = (
+        args.idempotency_key or "cli-rollback-" + hashlib.sha256(f"{instance['id']}|{target}".encode()).hexdigest()[:40]
+    )
     response = api.send(
         "POST",
         f"/v1/instances/{instance['id']}/rollback",
@@ -194,6 +190,23 @@ def rollback(args: Any) -> int:
     deployment = dict(response.json())
     _started(out, deployment, response.headers.get("Idempotent-Replayed") == "true")
     return _follow(api, out, deployment, deadline) if args.wait else 0
+
+
+def _previous_release(api: Api, instance: dict[str, Any]) -> str:
+    """The newest release before the current one that actually ran: made by create or update, or
+    by a deploy or rollback that succeeded (a failed deploy's release never ran)."""
+    path = f"/v1/instances/{instance['id']}"
+    releases = api.request("GET", f"{path}/releases", params={"limit": 100})["items"]
+    outcomes = {
+        d["release_id"]: d["state"] for d in api.request("GET", f"{path}/deployments", params={"limit": 100})["items"]
+    }
+    current = next((r for r in releases if r["id"] == instance["current_release_id"]), None)
+    for release in releases:
+        if current is not None and release["version"] >= current["version"]:
+            continue
+        if release["reason"] in ("create", "update") or outcomes.get(release["id"]) == "succeeded":
+            return str(release["id"])
+    raise CliError("no release before the current one that ran; name one with --to", EXIT_API)
 
 
 def status(args: Any) -> int:

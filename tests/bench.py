@@ -1,5 +1,7 @@
-"""``make bench``: time from ``POST /v1/instances`` to the instance answering HTTP on its endpoint,
-against a bare ``docker run`` of the same image to its first HTTP answer, measured in the same run.
+"""``make bench``: (1) time from ``POST /v1/instances`` to the instance answering HTTP on its
+endpoint, against a bare ``docker run`` of the same image to its first HTTP answer; (2) the wall
+time of a rolling deploy of 3 replicas against the sum of its new replicas' start-to-healthy
+times; both measured in the same run.
 
 Prints both medians and their ratio (target: at most 1.3x). Both run on a network that already
 exists (Docker's default bridge; the tenant's network, kept by an idle instance). Needs a Docker engine; it starts its
@@ -9,6 +11,7 @@ here asserts a time.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -17,9 +20,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import docker
 import httpx
+
+from tests.providers.docker_engine import IMAGE
 
 ROUNDS = int(os.environ.get("CTRLPLANE_BENCH_ROUNDS", "7"))
 POLL_SECONDS = 0.01
@@ -89,11 +95,54 @@ def ctrlplane_create(api: httpx.Client, index: int, image: str) -> float:
         api.delete(f"/v1/instances/{instance_id}")
 
 
+def rolling_deploy(api: httpx.Client, client: docker.DockerClient, image: str) -> tuple[float, float]:
+    """Wall time of a rolling deploy of 3 replicas, and the sum of its new replicas' start-to-healthy
+    times (each new container's creation to the health.passed event that gated it)."""
+    created = api.post(
+        "/v1/instances", json={"name": "rolling", "image": IMAGE, "replicas": 3, "ports": [{"container_port": 8080}]}
+    )
+    created.raise_for_status()
+    instance_id = created.json()["id"]
+    _wait_running(api, instance_id)
+    started = time.perf_counter()
+    deployment = api.post(f"/v1/instances/{instance_id}/deploy", json={"image": image, "strategy": "rolling"})
+    deployment.raise_for_status()
+    deployment_id = deployment.json()["id"]
+    healthy: dict[int, datetime] = {}
+    with api.stream(
+        "GET", f"/v1/instances/{instance_id}/events", headers={"Accept": "text/event-stream"}, timeout=120
+    ) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            data = event["data"]
+            if data.get("deployment_id") != deployment_id:
+                continue
+            if event["type"] == "health.passed":
+                for replica in data["replicas"]:
+                    healthy[replica] = datetime.fromisoformat(event["created_at"])
+            elif event["type"].startswith("deploy.") and event["type"] != "deploy.started":
+                wall = time.perf_counter() - started
+                if event["type"] != "deploy.succeeded":
+                    raise RuntimeError(f"the benchmark deploy ended {event['type']}: {data}")
+                break
+    # each new container from its creation (the engine's clock and Docker's are this machine's)
+    # to the health.passed event that gated it
+    start_to_healthy = 0.0
+    for container in client.containers.list(filters={"label": f"ctrlplane.instance={instance_id}"}):
+        created = datetime.fromisoformat(container.attrs["Created"][:26].rstrip("Z") + "+00:00")
+        start_to_healthy += (healthy[int(container.labels["ctrlplane.replica"])] - created).total_seconds()
+    api.delete(f"/v1/instances/{instance_id}")
+    return wall, start_to_healthy
+
+
 def main() -> int:
-    from tests.providers.docker_engine import IMAGE, ensure_image
+    from tests.providers.docker_engine import V2_IMAGE, ensure_image, ensure_variant_images
 
     client = docker.from_env()
     ensure_image(client)
+    ensure_variant_images(client)
     with tempfile.TemporaryDirectory() as data_dir:
         port = _free_port()
         env = {
@@ -129,6 +178,7 @@ def main() -> int:
                 for index in range(ROUNDS):
                     baseline.append(bare_docker_run(client, IMAGE))
                     ours.append(ctrlplane_create(api, index, IMAGE))
+                deploy_wall, deploy_parts = rolling_deploy(api, client, V2_IMAGE)
                 keeper_id = keeper.json()["id"]
                 api.delete(f"/v1/instances/{keeper_id}")
                 deadline = time.monotonic() + 30
@@ -143,6 +193,9 @@ def main() -> int:
     print(f"docker run -> first HTTP answer:        median {base_median * 1000:8.1f} ms over {ROUNDS} rounds")
     print(f"POST /v1/instances -> first HTTP answer: median {our_median * 1000:8.1f} ms over {ROUNDS} rounds")
     print(f"ratio: {our_median / base_median:.2f}x (target <= 1.3x)")
+    print(f"rolling deploy of 3 replicas: wall {deploy_wall * 1000:8.1f} ms")
+    print(f"sum of new replicas' start-to-healthy: {deploy_parts * 1000:8.1f} ms")
+    print(f"ratio: {deploy_wall / deploy_parts:.2f}x (the rest is retiring old replicas and bookkeeping)")
     return 0
 
 

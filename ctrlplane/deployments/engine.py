@@ -8,9 +8,11 @@ Strategies (the new generation runs beside the old one until the old is retired)
 
 * ``recreate``: remove the old set, start the new set, gate it.
 * ``rolling``: for each replica: start new replica *i*, gate it, then retire old replica *i*.
-* ``blue_green``: start the whole new set, gate it, switch (``traffic.switched``), retire the old set.
+* ``blue_green``: start the whole new set, gate it, switch, retire the old set.
 * ``canary``: start one new replica, gate it, watch it for ``CTRLPLANE_CANARY_OBSERVATION_SECONDS``
   (it must stay running), then start the rest, gate them, switch and retire the old set.
+
+Every strategy ends with ``traffic.switched`` when only the new set is left to serve.
 
 Any failed gate, a provider error (a missing image, say), the progress deadline
 (``CTRLPLANE_DEPLOY_DEADLINE_SECONDS``) passing, or a cancel request ends the deployment by going
@@ -77,7 +79,9 @@ class DeployEngine:
             )
         if deployment is None or instance is None or deployment.state not in ("pending", "running"):
             return None
-        new = spec_for(instance, generation=deployment.generation)
+        new = msgspec.structs.replace(
+            spec_for(instance, generation=deployment.generation), release_id=deployment.release_id
+        )
         old = _spec_of(previous, instance, deployment.previous_generation) if previous else None
         if deployment.state == "running":
             await self._go_back(deployment, old, "rolled_back", "the control plane restarted during the deploy")

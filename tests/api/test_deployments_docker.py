@@ -23,27 +23,23 @@ from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
     tenant,
 )
 from tests.conftest import Api
-from tests.providers.docker_engine import HTTP_PORT, IMAGE, docker_engine, rootfs_tar  # noqa: F401
+from tests.providers.docker_engine import (  # noqa: F401 - docker_engine is a fixture
+    BROKEN_IMAGE,
+    IMAGE,
+    V2_BODY,
+    V2_IMAGE,
+    docker_engine,
+    ensure_variant_images,
+)
 
 pytestmark = pytest.mark.docker
 
-V2 = "ctrlplane-test/busybox:v2"
-BROKEN = "ctrlplane-test/busybox:broken"
-V2_BODY = b"ctrlplane v2\n"
+V2, BROKEN = V2_IMAGE, BROKEN_IMAGE
 
 
 @pytest.fixture(scope="module")
 def variant_images(docker_engine: DockerClient) -> None:
-    """The test image again, serving another body (v2) or exiting at once (broken)."""
-    commands = {
-        V2: f'CMD ["/bin/sh", "-c", "echo ctrlplane v2 > /tmp/index.html && exec httpd -f -p {HTTP_PORT} -h /tmp"]',
-        BROKEN: 'CMD ["/bin/sh", "-c", "exit 3"]',
-    }
-    for image, command in commands.items():
-        repository, tag = image.rsplit(":", 1)
-        docker_engine.api.import_image_from_data(
-            rootfs_tar(), repository=repository, tag=tag, changes=[command, "ENV PATH=/bin"]
-        )
+    ensure_variant_images(docker_engine)
 
 
 async def bodies(api: Api, instance_id: str, token: dict[str, str]) -> set[bytes]:
@@ -134,3 +130,39 @@ async def test_killed_mid_deploy_the_deploy_ends_cleanly_with_no_extra_container
         containers = containers_of(docker_engine, instance["id"])
         expected = "2" if done["state"] == "succeeded" else "1"
         assert [c.labels["ctrlplane.generation"] for c in containers] == [expected, expected]
+
+
+async def test_cancel_in_the_middle_of_a_rolling_deploy_puts_every_old_replica_back(
+    live: Api,
+    docker_engine: DockerClient,
+    variant_images: None,
+) -> None:
+    token = await tenant(live, "acme")
+    created = await live.client.post("/v1/instances", json={**APP, "name": "web", "replicas": 3}, headers=token)
+    instance = await wait_for(live, created.json()["id"], token, state("running"), timeout=30)
+    response = await live.client.post(
+        f"/v1/instances/{instance['id']}/deploy", json={"image": V2, "strategy": "rolling"}, headers=token
+    )
+    deployment_id = response.json()["id"]
+    second = await live.client.post(f"/v1/instances/{instance['id']}/deploy", json={"image": V2}, headers=token)
+    assert second.status_code == 409
+    for _ in range(300):
+        steps = (await live.client.get(f"/v1/deployments/{deployment_id}", headers=token)).json()["steps"]
+        if any(s["name"] == "retire old replica 0" for s in steps):
+            break
+        await asyncio.sleep(0.02)
+    assert (await live.client.post(f"/v1/deployments/{deployment_id}/cancel", headers=token)).status_code == 202
+    done = await finished(live, deployment_id, token, timeout=60)
+    assert done["state"] == "cancelled", done
+    await wait_for(live, instance["id"], token, lambda b: len(b["endpoints"]) == 3, timeout=30)
+    containers = containers_of(docker_engine, instance["id"])
+    assert sorted((c.labels["ctrlplane.generation"], c.labels["ctrlplane.replica"]) for c in containers) == [
+        ("1", "0"),
+        ("1", "1"),
+        ("1", "2"),
+    ]
+    for _ in range(100):
+        if await bodies(live, instance["id"], token) == {b"ctrlplane test app: hello from busybox httpd\n"}:
+            break
+        await asyncio.sleep(0.1)
+    assert await bodies(live, instance["id"], token) == {b"ctrlplane test app: hello from busybox httpd\n"}

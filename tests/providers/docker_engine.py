@@ -126,6 +126,25 @@ def ensure_image(client: DockerClient) -> str:
     return IMAGE
 
 
+V2_IMAGE = "ctrlplane-test/busybox:v2"
+BROKEN_IMAGE = "ctrlplane-test/busybox:broken"
+V2_BODY = b"ctrlplane v2\n"
+
+
+def ensure_variant_images(client: DockerClient) -> None:
+    """The test image again, serving another body (v2) or exiting at once (broken): for deploys."""
+    commands = {
+        V2_IMAGE: 'CMD ["/bin/sh", "-c", "echo ctrlplane v2 > /tmp/index.html && '
+        f'exec httpd -f -p {HTTP_PORT} -h /tmp"]',
+        BROKEN_IMAGE: 'CMD ["/bin/sh", "-c", "exit 3"]',
+    }
+    for image, command in commands.items():
+        repository, tag = image.rsplit(":", 1)
+        client.api.import_image_from_data(
+            rootfs_tar(), repository=repository, tag=tag, changes=[command, "ENV PATH=/bin"]
+        )
+
+
 def connect() -> DockerClient:
     client = docker.from_env(timeout=30)
     client.ping()
