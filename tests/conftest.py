@@ -135,8 +135,13 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
-def providers() -> ProviderRegistry:
-    return ProviderRegistry([FakeProvider()])
+def fake() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture
+def providers(fake: FakeProvider) -> ProviderRegistry:
+    return ProviderRegistry([fake])
 
 
 @pytest.fixture

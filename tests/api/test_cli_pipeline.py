@@ -12,22 +12,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from tests.api.test_deployments import APP, running_instance
 from tests.api.test_instances import tenant_token
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-def providers(fake: FakeProvider) -> ProviderRegistry:
-    return ProviderRegistry([fake])
 
 
 @pytest.fixture

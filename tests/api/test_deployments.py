@@ -9,23 +9,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from tests.api.test_instances import state, tenant_token, wait_for
 from tests.conftest import Api
 from tests.fakes import FakeProvider
 
 APP = {"name": "web", "image": "ctrlplane-test/busybox:1", "env": {"A": "1"}, "replicas": 2}
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-def providers(fake: FakeProvider) -> ProviderRegistry:
-    return ProviderRegistry([fake])
 
 
 @pytest.fixture

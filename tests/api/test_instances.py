@@ -25,16 +25,6 @@ WEB = {
 }
 
 
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-def providers(fake: FakeProvider) -> ProviderRegistry:
-    return ProviderRegistry([fake])
-
-
 async def wait_for(
     api: Api, instance_id: str, token: dict[str, str], predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
 ) -> dict[str, Any]:
