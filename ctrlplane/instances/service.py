@@ -25,8 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from sqlalchemy import select
 
 from ctrlplane.context import RequestContext
+from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
@@ -105,6 +107,22 @@ class InstanceService:
         instance = await self.repo.get(instance_id)
         await TenantRepository(self.session).get(instance.tenant_id, for_update=True)
         return await self.repo.get(instance_id, for_update=True)
+
+    async def _no_deploy_running(self, instance: Instance, action: str) -> None:
+        """A deploy owns the instance's configuration until it ends: changing it meanwhile would be
+        lost (or half-applied) when the deploy goes back."""
+        running = (
+            await self.session.execute(
+                select(Deployment.id).where(
+                    Deployment.instance_id == instance.id, Deployment.state.in_(("pending", "running"))
+                )
+            )
+        ).first()
+        if running is not None:
+            raise Conflict(
+                f"cannot {action} while deployment {running[0]} runs; wait for it or cancel it",
+                details={"deployment_id": running[0]},
+            )
 
     async def _provider_answers(self, provider_name: str) -> None:
         """Refuse (503, nothing written) work for a runtime that does not answer right now."""
@@ -239,6 +257,7 @@ class InstanceService:
             changed.append("resources")
         if needs_new_containers:
             _not_suspended(instance, "change env, ports or labels of")
+            await self._no_deploy_running(instance, "change env, ports or labels")
             await self._provider_answers(instance.provider_name)
             await cut_release(
                 self.session,
@@ -257,6 +276,7 @@ class InstanceService:
 
     async def _apply_scale(self, instance: Instance, resources: schemas.Resources, replicas: int) -> None:
         _not_suspended(instance, "scale")
+        await self._no_deploy_running(instance, "scale")
         await self._provider_answers(instance.provider_name)
         await self.check_quota(
             instance.tenant_id,

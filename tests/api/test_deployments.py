@@ -166,3 +166,18 @@ async def test_deploy_input_is_validated_before_anything_is_written(api: Api) ->
     foreign = await api.client.post(f"{path}/rollback", json={"release_id": other["current_release_id"]}, headers=token)
     assert foreign.status_code == 400
     assert (await api.client.get(f"{path}/deployments", headers=token)).json()["total"] == 0
+
+
+async def test_configuration_changes_wait_for_a_running_deploy(live: Api) -> None:
+    _, token = await tenant_token(live)
+    instance = await running_instance(live, token)
+    path = f"/v1/instances/{instance['id']}"
+    response = await live.client.post(
+        f"{path}/deploy", json={"image": "ctrlplane-test/busybox:2", "strategy": "canary"}, headers=token
+    )
+    patch = await live.client.patch(path, json={"env": {"A": "9"}}, headers=token)
+    assert patch.status_code == 409
+    assert patch.json()["details"]["deployment_id"] == response.json()["id"]
+    assert (await live.client.post(f"{path}/scale", json={"replicas": 3}, headers=token)).status_code == 409
+    assert (await finished(live, response.json()["id"], token))["state"] == "succeeded"
+    assert (await live.client.patch(path, json={"env": {"A": "9"}}, headers=token)).status_code == 200
