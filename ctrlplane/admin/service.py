@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import anyio
 from sqlalchemy import case, func, select
 
 from ctrlplane.admin import schemas
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.context import RequestContext
+from ctrlplane.deployments.models import Deployment
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.provisioning.contract import ProviderHealth
 from ctrlplane.tenants.models import Tenant
@@ -37,7 +40,11 @@ class AdminService:
         return schemas.SystemStats(
             tenants={"active": 0, "suspended": 0, **tenants},
             instances=await InstanceRepository(self.session, None).count_by_state(),
-            deployments_last_24h=0,
+            deployments_last_24h=(
+                await self.session.execute(
+                    select(func.count(Deployment.id)).where(Deployment.created_at >= now - timedelta(hours=24))
+                )
+            ).scalar_one(),
             api_keys=keys,
         )
 

@@ -168,6 +168,17 @@ async def test_deploy_input_is_validated_before_anything_is_written(api: Api) ->
     assert (await api.client.get(f"{path}/deployments", headers=token)).json()["total"] == 0
 
 
+async def test_admin_stats_count_the_last_days_deployments(live: Api) -> None:
+    _, token = await tenant_token(live)
+    instance = await running_instance(live, token)
+    deployed = await live.client.post(
+        f"/v1/instances/{instance['id']}/deploy", json={"image": "ctrlplane-test/busybox:2"}, headers=token
+    )
+    await finished(live, deployed.json()["id"], token)
+    stats = (await live.client.get("/v1/admin/stats", headers=live.admin_headers)).json()
+    assert stats["deployments_last_24h"] == 1
+
+
 async def test_configuration_changes_wait_for_a_running_deploy(live: Api) -> None:
     _, token = await tenant_token(live)
     instance = await running_instance(live, token)
