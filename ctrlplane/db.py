@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -29,6 +29,9 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+T = TypeVar("T", bound="Base")
 
 
 class Base(DeclarativeBase):
@@ -104,6 +107,22 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("ctrlplane_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+async def locked_row(session: AsyncSession, model: type[T], key: str, value: str, **initial: Any) -> T:
+    """The row of ``model`` whose ``key`` is ``value``, created with ``initial`` if missing, locked
+    for this transaction. Serialises writers that append to one sequence (an audit chain, a
+    tenant's event stream): under READ COMMITTED the locked re-read sees the previous writer's
+    committed values. SQLite needs no row lock: its write transactions are serial."""
+    from sqlalchemy import select
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    await session.execute(insert(model).values({key: value, **initial}).on_conflict_do_nothing())
+    column = getattr(model, key)
+    statement = select(model).where(column == value).with_for_update()
+    return (await session.execute(statement.execution_options(populate_existing=True))).scalar_one()
 
 
 def alembic_config() -> Config:

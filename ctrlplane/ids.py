@@ -22,10 +22,3 @@ def new_id(prefix: str) -> str:
     if prefix not in PREFIXES:
         raise ValueError(f"unknown id prefix {prefix!r}")
     return str(TypeID(prefix=prefix))
-
-
-def is_id(value: str, prefix: str) -> bool:
-    try:
-        return TypeID.from_string(value).prefix == prefix
-    except Exception:  # noqa: BLE001 - typeid raises several error types for malformed input
-        return False

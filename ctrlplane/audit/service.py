@@ -15,13 +15,12 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.audit import schemas
 from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.audit.repository import audit_query
+from ctrlplane.db import locked_row
 from ctrlplane.ids import new_id
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import as_utc, rfc3339, utc_now
@@ -80,7 +79,7 @@ def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
 
 async def append(session: AsyncSession, record: AuditRecord, *, at: datetime | None = None) -> AuditEntry:
     chain = record.tenant_id or SYSTEM_CHAIN
-    head = await _lock_head(session, chain)
+    head = await locked_row(session, AuditChain, "chain", chain, seq=0, last_hash=GENESIS)
     entry = AuditEntry(
         id=new_id("aud"),
         chain=chain,
@@ -94,13 +93,6 @@ async def append(session: AsyncSession, record: AuditRecord, *, at: datetime | N
     session.add(entry)
     await session.flush()
     return entry
-
-
-async def _lock_head(session: AsyncSession, chain: str) -> AuditChain:
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    await session.execute(insert(AuditChain).values(chain=chain, seq=0, last_hash=GENESIS).on_conflict_do_nothing())
-    statement = select(AuditChain).where(AuditChain.chain == chain).with_for_update()
-    return (await session.execute(statement.execution_options(populate_existing=True))).scalar_one()
 
 
 async def verify(session: AsyncSession) -> VerifyReport:

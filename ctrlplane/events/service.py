@@ -16,11 +16,9 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.db import Database
+from ctrlplane.db import Database, locked_row
 from ctrlplane.events import schemas
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.ids import new_id
@@ -33,16 +31,7 @@ REPLAY_BATCH = 500
 async def append(
     session: AsyncSession, *, tenant_id: str, instance_id: str | None, type: str, data: dict[str, Any]
 ) -> Event:
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    await session.execute(insert(EventStream).values(tenant_id=tenant_id, last_seq=0).on_conflict_do_nothing())
-    stream = (
-        await session.execute(
-            select(EventStream)
-            .where(EventStream.tenant_id == tenant_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
+    stream = await locked_row(session, EventStream, "tenant_id", tenant_id, last_seq=0)
     stream.last_seq += 1
     event = Event(
         id=new_id("evt"),

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import AppServices
@@ -43,6 +43,7 @@ from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
 from ctrlplane.provisioning.contract import Provider, ReplicaStatus
 from ctrlplane.tenants.models import Tenant
+from ctrlplane.tenants.repository import TenantRepository
 
 log = structlog.get_logger("ctrlplane.reconciler")
 
@@ -182,8 +183,7 @@ class Reconciler:
                     )
                 ).scalar_one()
                 if live == 0:
-                    await session.execute(delete(Instance).where(Instance.tenant_id == tenant.id))
-                    await session.delete(tenant)
+                    await TenantRepository(session).remove(tenant)
                     log.info("tenant_deleted", tenant=tenant.id)
 
 

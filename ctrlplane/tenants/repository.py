@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
+from ctrlplane.instances.models import Instance
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
 
@@ -30,6 +31,12 @@ class TenantRepository:
         if status is not None:
             statement = statement.where(Tenant.status == status)
         return statement
+
+    async def remove(self, tenant: Tenant) -> None:
+        """Delete a tenant whose instances are all destroyed, with their records (its audit chain
+        and events stay: they are history)."""
+        await self.session.execute(delete(Instance).where(Instance.tenant_id == tenant.id))
+        await self.session.delete(tenant)
 
     async def quota(self, tenant_id: str) -> TenantQuota:
         quota = await self.session.get(TenantQuota, tenant_id)

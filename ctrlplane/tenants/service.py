@@ -16,7 +16,6 @@ from ctrlplane.auth.models import ApiKey
 from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.ids import new_id
-from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import destroy
 from ctrlplane.instances.service import suspend as suspend_instance
@@ -123,8 +122,7 @@ class TenantService:
         self._audit(tenant_id, force=force, live=live)
         instances = await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id, for_update=True)
         if not instances:
-            await self.session.execute(delete(Instance).where(Instance.tenant_id == tenant_id))
-            await self.session.delete(tenant)
+            await self.repo.remove(tenant)
             return True
         for instance in instances:
             if instance.state != "destroying":
