@@ -7,6 +7,7 @@ from ctrlplane.deployments import schemas
 from ctrlplane.deployments.service import DeploymentService
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.pagination import Page
+from ctrlplane.preconditions import IfMatch
 
 
 class DeploymentController(Controller):
@@ -15,26 +16,34 @@ class DeploymentController(Controller):
     @post(
         "/v1/instances/{instance_id:str}/deploy",
         operation_id="deploy",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("deployment", "deploy"),
     )
     async def deploy(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.DeployRequest], context: Context
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[schemas.DeployRequest],
+        context: Context,
+        if_match: IfMatch = None,
     ) -> schemas.Deployment:
         """Deploy a new image (and env) under a strategy; 201 with the pending deployment."""
-        return await DeploymentService(context).deploy(instance_id, data)
+        return await DeploymentService(context, if_match=if_match).deploy(instance_id, data)
 
     @post(
         "/v1/instances/{instance_id:str}/rollback",
         operation_id="rollback",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("deployment", "rollback"),
     )
     async def rollback(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.RollbackRequest], context: Context
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[schemas.RollbackRequest],
+        context: Context,
+        if_match: IfMatch = None,
     ) -> schemas.Deployment:
         """Roll back to an earlier release: a new deployment and release copying its whole configuration."""
-        return await DeploymentService(context).rollback(instance_id, data)
+        return await DeploymentService(context, if_match=if_match).rollback(instance_id, data)
 
     @get(
         "/v1/instances/{instance_id:str}/deployments",

@@ -38,11 +38,11 @@ def to_schema(deployment: Deployment) -> schemas.Deployment:
 
 
 class DeploymentService:
-    def __init__(self, context: RequestContext) -> None:
+    def __init__(self, context: RequestContext, *, if_match: str | None = None) -> None:
         self.context = context
         self.session = context.session
         self.tenant_id = context.principal.tenant_id
-        self.instances = InstanceService(context)
+        self.instances = InstanceService(context, if_match=if_match)
 
     async def _scoped(self, deployment_id: str, *, for_update: bool = False) -> Deployment:
         statement = select(Deployment).where(Deployment.id == deployment_id)

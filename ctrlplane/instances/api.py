@@ -11,6 +11,7 @@ from ctrlplane.instances import schemas
 from ctrlplane.instances.schemas import InstanceState
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.pagination import Page
+from ctrlplane.preconditions import IfMatch, etag_of
 
 LabelFilter = Annotated[
     list[str] | None, QueryParameter(description="k=v; repeat to require several labels", max_items=10)
@@ -25,6 +26,10 @@ def _labels(raw: list[str] | None) -> dict[str, str]:
             raise InvalidInput("label filters look like label=key=value", details={"label": item})
         labels[key] = value
     return labels
+
+
+def _tagged(instance: schemas.Instance, status_code: int = 200) -> Response[schemas.Instance]:
+    return Response(instance, status_code=status_code, headers={"ETag": etag_of(instance.version)})
 
 
 class InstanceController(Controller):
@@ -53,101 +58,125 @@ class InstanceController(Controller):
         )
 
     @get("/{instance_id:str}", operation_id="getInstance", responses=errors(404), opt=route("instance", "get"))
-    async def get_instance(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
-        """Get an instance."""
-        return await InstanceService(context).get(instance_id)
+    async def get_instance(self, instance_id: FromPath[str], context: Context) -> Response[schemas.Instance]:
+        """Get an instance; its ETag is the version If-Match names."""
+        return _tagged(await InstanceService(context).get(instance_id))
 
     @patch(
         "/{instance_id:str}",
         operation_id="updateInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "update"),
     )
     async def update(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.InstanceUpdate], context: Context
-    ) -> schemas.Instance:
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[schemas.InstanceUpdate],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Instance]:
         """Change only the fields present; env, ports and labels roll out new containers."""
-        return await InstanceService(context).update(instance_id, data)
+        return _tagged(await InstanceService(context, if_match=if_match).update(instance_id, data))
 
     @delete(
         "/{instance_id:str}",
         status_code=202,
         operation_id="deleteInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "delete"),
     )
-    async def delete_instance(self, instance_id: FromPath[str], context: Context) -> Response[schemas.Instance]:
+    async def delete_instance(
+        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.Instance]:
         """Destroy an instance: 202, then destroying → destroyed as its containers are removed."""
-        return Response(await InstanceService(context).delete(instance_id), status_code=202)
+        return _tagged(await InstanceService(context, if_match=if_match).delete(instance_id), 202)
 
     @post(
         "/{instance_id:str}/start",
         status_code=202,
         operation_id="startInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "start"),
     )
-    async def start(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
+    async def start(
+        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.Instance]:
         """Start a stopped or failed instance."""
-        return await InstanceService(context).act(instance_id, "start")
+        return _tagged(await InstanceService(context, if_match=if_match).act(instance_id, "start"), 202)
 
     @post(
         "/{instance_id:str}/stop",
         status_code=202,
         operation_id="stopInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "stop"),
     )
-    async def stop(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
+    async def stop(
+        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.Instance]:
         """Stop an instance, keeping its containers."""
-        return await InstanceService(context).act(instance_id, "stop")
+        return _tagged(await InstanceService(context, if_match=if_match).act(instance_id, "stop"), 202)
 
     @post(
         "/{instance_id:str}/restart",
         status_code=202,
         operation_id="restartInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "restart"),
     )
-    async def restart(self, instance_id: FromPath[str], context: Context) -> schemas.Instance:
+    async def restart(
+        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.Instance]:
         """Restart a running or failed instance."""
-        return await InstanceService(context).act(instance_id, "restart")
+        return _tagged(await InstanceService(context, if_match=if_match).act(instance_id, "restart"), 202)
 
     @post(
         "/{instance_id:str}/scale",
         status_code=202,
         operation_id="scaleInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "scale"),
     )
     async def scale(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.ScaleRequest], context: Context
-    ) -> schemas.Instance:
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[schemas.ScaleRequest],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Instance]:
         """Change resources per replica and/or the replica count, within the tenant's quota."""
-        return await InstanceService(context).scale(instance_id, data)
+        return _tagged(await InstanceService(context, if_match=if_match).scale(instance_id, data), 202)
 
     @post(
         "/{instance_id:str}/suspend",
         status_code=202,
         operation_id="suspendInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "suspend", system_admin=True),
     )
     async def suspend(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
-    ) -> schemas.Instance:
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[schemas.SuspendRequest],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Instance]:
         """Suspend an instance (system admins): it stops and refuses start until unsuspended."""
-        return await InstanceService(context).suspend(instance_id, data.reason)
+        return _tagged(await InstanceService(context, if_match=if_match).suspend(instance_id, data.reason), 202)
 
     @post(
         "/{instance_id:str}/unsuspend",
         status_code=202,
         operation_id="unsuspendInstance",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("instance", "unsuspend", system_admin=True),
     )
     async def unsuspend(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
-    ) -> schemas.Instance:
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[schemas.SuspendRequest],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Instance]:
         """Lift an instance's suspension; it starts again if it was running."""
-        return await InstanceService(context).unsuspend(instance_id, data.reason)
+        return _tagged(await InstanceService(context, if_match=if_match).unsuspend(instance_id, data.reason), 202)

@@ -82,6 +82,7 @@ class Instance(msgspec.Struct):
     suspended_at: datetime | None
     suspension_reason: str | None
     current_release_id: str | None
+    version: int
     created_at: datetime
     updated_at: datetime
 

@@ -38,6 +38,7 @@ from ctrlplane.instances.observe import set_state
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.operations import queue
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.preconditions import require_version
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
@@ -67,6 +68,7 @@ def to_schema(instance: Instance) -> schemas.Instance:
         suspended_at=instance.suspended_at,
         suspension_reason=instance.suspension_reason,
         current_release_id=instance.current_release_id,
+        version=instance.version,
         created_at=instance.created_at,
         updated_at=instance.updated_at,
     )
@@ -88,10 +90,11 @@ def _not_suspended(instance: Instance, action: str) -> None:
 
 
 class InstanceService:
-    def __init__(self, context: RequestContext) -> None:
+    def __init__(self, context: RequestContext, *, if_match: str | None = None) -> None:
         self.context = context
         self.session = context.session
         self.repo = InstanceRepository(context.session, context.principal.tenant_id)
+        self.if_match = if_match
 
     def _audit(self, instance: Instance, **details: Any) -> None:
         self.context.audit.resource_id = instance.id
@@ -106,7 +109,9 @@ class InstanceService:
         (quota checks, tenant suspension), so two of them can never deadlock."""
         instance = await self.repo.get(instance_id)
         await TenantRepository(self.session).get(instance.tenant_id, for_update=True)
-        return await self.repo.get(instance_id, for_update=True)
+        instance = await self.repo.get(instance_id, for_update=True)
+        require_version(self.if_match, resource="instance", resource_id=instance.id, version=instance.version)
+        return instance
 
     async def _no_deploy_running(self, instance: Instance, action: str) -> None:
         """A deploy owns the instance's configuration until it ends: changing it meanwhile would be
