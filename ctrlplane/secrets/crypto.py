@@ -120,7 +120,7 @@ class MasterKeyRing:
         if key is None:
             raise DecryptionFailed(
                 f"the data key of tenant {tenant_id} is wrapped by master key version {version}, "
-                f"which the ring ({self.source}) does not hold",
+                "which this key ring does not hold",
                 details={"master_key_version": version},
             )
         try:
