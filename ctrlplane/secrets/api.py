@@ -20,7 +20,7 @@ class SecretController(Controller):
     path = "/v1/instances/{instance_id:str}/secrets"
     tags = ["secrets"]
 
-    @post(operation_id="setSecret", responses=errors(404, mutating=True), opt=route("secret", "set"))
+    @post(operation_id="setSecret", responses=errors(404, mutating=True), opt=route("secret", "set", secret_body=True))
     async def set_secret(
         self,
         instance_id: FromPath[str],

@@ -38,6 +38,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import os
 import re
 import secrets as random
@@ -46,7 +48,9 @@ from pathlib import Path
 
 import structlog
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -215,6 +219,16 @@ class Vault:
                 rotated_at=now,
             )
         return self.ring.unwrap(tenant_id, row.master_key_version, row.wrapped_key)
+
+    def keyed_digest(self, data: bytes) -> str:
+        """HMAC-SHA256 of ``data`` under a key derived from the newest master key: a fingerprint of
+        a request that carries a secret, which a copy of the database cannot test guesses against
+        (it changes when a new master key becomes the newest)."""
+        version = self.ring.newest
+        key = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"ctrlplane request digest").derive(
+            self.ring.keys[version]
+        )
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
 
     async def seal(self, session: AsyncSession, tenant_id: str, plaintext: bytes, *, aad: bytes) -> bytes:
         key = await self._data_key(session, tenant_id, create=True)

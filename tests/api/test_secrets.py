@@ -17,6 +17,7 @@ from sqlalchemy import select, text, update
 from ctrlplane.app import create_app
 from ctrlplane.cli import main as cli_main
 from ctrlplane.db import Database
+from ctrlplane.idempotency.service import request_fingerprint
 from ctrlplane.models import metadata
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.secrets.crypto import DecryptionFailed, MasterKeyRing, Vault, new_master_key
@@ -479,3 +480,21 @@ async def test_restart_needs_a_running_instance_and_refuses_without_changing_any
     assert refused.status_code == 409, refused.text
     assert (await live.client.get(secrets_path(instance["id"]), headers=token)).json()["items"] == []
     assert (await put_secret(live, token, instance["id"], "K", "v"))["version"] == 1
+
+
+async def test_an_idempotency_key_reused_with_another_value_is_refused_and_its_hash_is_keyed(
+    api: Api, db: Database
+) -> None:
+    _, token, instance = await instance_of(api)
+    path = secrets_path(instance["id"])
+    headers = {**token, "Idempotency-Key": "same-key", "Content-Type": "application/json"}
+    raw = b'{"key":"PIN","value":"1234"}'
+    assert (await api.client.post(path, content=raw, headers=headers)).status_code == 201
+    replayed = await api.client.post(path, content=raw, headers=headers)
+    assert replayed.headers.get("idempotent-replayed") == "true"
+    reused = await api.client.post(path, content=raw.replace(b"1234", b"4321"), headers=headers)
+    assert reused.status_code == 422, reused.text
+    assert "4321" not in reused.text and "1234" not in reused.text
+    async with db.read() as session:
+        [stored] = (await session.execute(text("SELECT request_hash FROM idempotency_records"))).scalars().all()
+    assert stored != request_fingerprint("POST", path, b"", raw), "a plain hash would let a copy test guesses"

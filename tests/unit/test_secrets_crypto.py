@@ -95,6 +95,7 @@ def test_two_seals_of_one_value_differ() -> None:
         (f"1:{new_master_key()},1:{new_master_key()}", "given twice"),
         (f"0:{new_master_key()}", "not positive"),
     ],
+    ids=["empty", "no-key", "bad-version", "short-key", "bad-chars", "bad-base64", "duplicate", "zero"],
 )
 def test_malformed_rings_are_refused_without_echoing_keys(text: str, problem: str) -> None:
     with pytest.raises(SettingsError, match=problem) as caught:
