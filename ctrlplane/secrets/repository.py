@@ -3,6 +3,7 @@ from __future__ import annotations
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.instances.models import Instance
 from ctrlplane.secrets.models import Secret, SecretVersion
 
 
@@ -23,7 +24,13 @@ class SecretRepository:
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def count_for_tenant(self) -> int:
-        statement = select(func.count()).select_from(Secret).where(Secret.tenant_id == self.tenant_id)
+        """The tenant's secrets on instances not yet destroyed (what ``max_secrets`` limits)."""
+        live = select(Instance.id).where(Instance.tenant_id == self.tenant_id, Instance.state != "destroyed")
+        statement = (
+            select(func.count())
+            .select_from(Secret)
+            .where(Secret.tenant_id == self.tenant_id, Secret.instance_id.in_(live))
+        )
         return int((await self.session.execute(statement)).scalar_one())
 
     async def latest_revision(self, instance_id: str) -> int:

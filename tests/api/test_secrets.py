@@ -186,7 +186,7 @@ async def test_another_tenant_cannot_list_set_or_delete_secrets(api: Api) -> Non
     assert (kept["key"], kept["version"]) == ("API_TOKEN", 1)
 
 
-async def test_max_secrets_quota_counts_the_tenants_secrets(api: Api) -> None:
+async def test_max_secrets_quota_counts_the_tenants_secrets(api: Api, db: Database) -> None:
     tenant_id, token, instance = await instance_of(api)
     quota = (await api.client.get(f"/v1/admin/tenants/{tenant_id}/quota", headers=api.admin_headers)).json()
     limits = {**quota["limits"], "max_secrets": 2}
@@ -204,6 +204,14 @@ async def test_max_secrets_quota_counts_the_tenants_secrets(api: Api) -> None:
     assert usage["secrets"] == 2
     assert (await api.client.delete(f"{secrets_path(instance['id'])}/ONE", headers=token)).status_code == 200
     await put_secret(api, token, instance["id"], "THREE", "3")
+    over = await api.client.post(secrets_path(instance["id"]), json={"key": "FOUR", "value": "4"}, headers=token)
+    assert over.status_code == 403
+    async with db.write() as session, session.begin():
+        # a destroyed instance's secrets no longer count
+        await session.execute(
+            text("UPDATE instances SET state = 'destroyed' WHERE id = :id"), {"id": other_instance["id"]}
+        )
+    await put_secret(api, token, instance["id"], "FOUR", "4")
 
 
 @pytest.mark.parametrize(
@@ -498,3 +506,28 @@ async def test_an_idempotency_key_reused_with_another_value_is_refused_and_its_h
     async with db.read() as session:
         [stored] = (await session.execute(text("SELECT request_hash FROM idempotency_records"))).scalars().all()
     assert stored != request_fingerprint("POST", path, b"", raw), "a plain hash would let a copy test guesses"
+
+
+async def test_deleting_a_tenant_removes_its_data_key_and_secrets(live: Api, db: Database) -> None:
+    tenant_id, token = await tenant_token(live, "doomed")
+    instance = await create(live, token)
+    await put_secret(live, token, instance["id"], "GONE", "with-the-tenant")
+    _, keep_token = await tenant_token(live, "kept")
+    kept = await create(live, keep_token)
+    await put_secret(live, keep_token, kept["id"], "STAYS", "here")
+    await wait_for(live, instance["id"], token, state("running"))
+    accepted = await live.client.delete(
+        f"/v1/admin/tenants/{tenant_id}", params={"force": "true"}, headers=live.admin_headers
+    )
+    assert accepted.status_code == 202, accepted.text
+    for _ in range(400):
+        gone = await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)
+        if gone.status_code == 404:
+            break
+        await asyncio.sleep(0.05)
+    assert gone.status_code == 404
+    async with db.read() as session:
+        for table in ("tenant_data_keys", "secrets", "secret_versions"):
+            tenants = (await session.execute(text(f"SELECT tenant_id FROM {table}"))).scalars().all()
+            assert tenant_id not in tenants, table
+            assert len(tenants) == 1, table
