@@ -135,7 +135,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             )
     try:
         app = create_app(settings)
-    except ProviderLoadError as exc:
+    except (ProviderLoadError, SettingsError) as exc:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
     print(
