@@ -531,3 +531,26 @@ async def test_deleting_a_tenant_removes_its_data_key_and_secrets(live: Api, db:
             tenants = (await session.execute(text(f"SELECT tenant_id FROM {table}"))).scalars().all()
             assert tenant_id not in tenants, table
             assert len(tenants) == 1, table
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"key": "K", "value": "MARKER"',
+        b'{"key": "K", "value": "MARKER", "key": 7}',
+        b'{"key": "K", "value": "MARKER\\u0000"}',
+        b'["K", "MARKER"]',
+    ],
+    ids=["truncated", "wrong-type-after-value", "nul", "array"],
+)
+async def test_malformed_bodies_are_400_without_echoing_the_value(api: Api, raw: bytes) -> None:
+    _, token, instance = await instance_of(api)
+    value = marker()
+    response = await api.client.post(
+        secrets_path(instance["id"]),
+        content=raw.replace(b"MARKER", value.encode()),
+        headers={**token, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_input"
+    assert value not in response.text
