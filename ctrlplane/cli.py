@@ -207,6 +207,7 @@ def _secrets(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _rotate_master(settings: Settings, ring: MasterKeyRing) -> RotationReport:
+    import ctrlplane.models  # noqa: F401 - every model, so the data keys' foreign keys resolve
     from ctrlplane.db import connect
     from ctrlplane.secrets.crypto import rotate_master
 

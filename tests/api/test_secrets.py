@@ -5,7 +5,9 @@ Docker engine is in test_secrets_docker.py."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets as random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -341,8 +343,19 @@ async def test_master_key_rotation_keeps_every_secret_and_the_old_key_is_no_long
             return served
 
         writer = asyncio.create_task(keep_serving())
-        exit_code = await asyncio.to_thread(cli_main, ["secrets", "rotate-master"])
-        assert exit_code == 0
+        rotation = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ctrlplane.cli",
+            "secrets",
+            "rotate-master",
+            env={**os.environ},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(rotation.communicate(), timeout=120)
+        assert rotation.returncode == 0, err.decode()
+        assert "under master key version 2" in out.decode()
         assert await writer == 45
         fourth = await instance_of(live, "delta")
         await put_secret(live, fourth[1], fourth[2]["id"], "VALUE", "after-3")
