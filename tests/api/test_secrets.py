@@ -567,3 +567,21 @@ async def test_malformed_bodies_are_400_without_echoing_the_value(api: Api, raw:
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "invalid_input"
     assert value not in response.text
+
+
+async def test_concurrent_sets_cannot_overshoot_max_secrets(api: Api) -> None:
+    tenant_id, token, instance = await instance_of(api)
+    quota = (await api.client.get(f"/v1/admin/tenants/{tenant_id}/quota", headers=api.admin_headers)).json()
+    limits = {**quota["limits"], "max_secrets": 5}
+    assert (
+        await api.client.put(f"/v1/admin/tenants/{tenant_id}/quota", json=limits, headers=api.admin_headers)
+    ).status_code == 200
+    responses = await asyncio.gather(
+        *(
+            api.client.post(secrets_path(instance["id"]), json={"key": f"K{index}", "value": "v"}, headers=token)
+            for index in range(12)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201] * 5 + [403] * 7
+    listed = (await api.client.get(secrets_path(instance["id"]), headers=token)).json()
+    assert listed["total"] == 5
