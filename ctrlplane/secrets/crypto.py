@@ -163,7 +163,13 @@ class MasterKeyRing:
         if configured is not None:
             if _ENTRY.match(re.split(r"[\s,]+", configured.strip())[0]):
                 return cls.parse(configured, source=f"{PREFIX}SECRETS_MASTER_KEYS"), False
-            return cls._read(Path(configured)), False
+            try:
+                return cls._read(Path(configured)), False
+            except SettingsError:
+                # never echo the value: it may be a key that lost its "VERSION:" prefix
+                raise SettingsError(
+                    f"{PREFIX}SECRETS_MASTER_KEYS is neither a key ring (VERSION:BASE64KEY,...) nor a readable file"
+                ) from None
         path = settings.data_path / RING_FILE
         if path.exists():
             return cls._read(path), False

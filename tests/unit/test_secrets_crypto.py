@@ -136,8 +136,12 @@ def test_a_configured_ring_is_used_inline_or_from_a_file(tmp_path: Path) -> None
     from_file, _ = MasterKeyRing.from_settings(Settings(data_dir=str(tmp_path), secrets_master_keys=str(keyfile)))
     assert from_file.keys == inline.keys
     assert not (tmp_path / RING_FILE).exists()
-    with pytest.raises(SettingsError, match="cannot read"):
+    with pytest.raises(SettingsError, match="nor a readable file"):
         MasterKeyRing.from_settings(Settings(data_dir=str(tmp_path), secrets_master_keys=str(tmp_path / "nope")))
+    bare_key = new_master_key()
+    with pytest.raises(SettingsError) as caught:
+        MasterKeyRing.from_settings(Settings(data_dir=str(tmp_path), secrets_master_keys=bare_key))
+    assert bare_key not in str(caught.value)
 
 
 def test_settings_read_the_master_key_ring_variable() -> None:
