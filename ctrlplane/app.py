@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import structlog
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -32,8 +33,12 @@ from ctrlplane.instances.api import InstanceController
 from ctrlplane.operations.runner import Background
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.releases.api import ReleaseController
+from ctrlplane.secrets.api import SecretController
+from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
 from ctrlplane.tenants.api import TenantController
+
+log = structlog.get_logger("ctrlplane.app")
 
 
 class Liveness(msgspec.Struct):
@@ -78,8 +83,20 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         ]
     )
     registry = providers if providers is not None else ProviderRegistry.from_entry_points(settings)
+    ring, generated = MasterKeyRing.from_settings(settings)
+    if generated:
+        log.warning(
+            "secrets_master_key_generated",
+            path=ring.source,
+            hint="back this file up: without it no secret can be decrypted (docs/secrets.md)",
+        )
     return AppServices(
-        settings=settings, db=database, authenticator=authenticator, providers=registry, version=__version__
+        settings=settings,
+        db=database,
+        authenticator=authenticator,
+        providers=registry,
+        version=__version__,
+        vault=Vault(ring),
     )
 
 
@@ -114,6 +131,7 @@ def create_app(
             EventController,
             ReleaseController,
             DeploymentController,
+            SecretController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

@@ -329,13 +329,17 @@ class UnitOfWork(ASGIMiddleware):
         if key is None or scope["method"] != "POST":
             return None
         settings = self.services.settings
+        fingerprint = idempotency.request_fingerprint(
+            scope["method"], scope["path"], scope.get("query_string", b""), body
+        )
+        if scope["route_handler"].opt.get("secret_body"):
+            # a plain hash of a body holding a secret would let a database copy confirm guesses
+            fingerprint = self.services.vault.keyed_digest(fingerprint.encode())
         return await idempotency.claim(
             self.services.db,
             scope=f"{principal.tenant_id or '-'}|{principal.kind}|{principal.subject}",
             key=idempotency.validate_key(key),
-            fingerprint=idempotency.request_fingerprint(
-                scope["method"], scope["path"], scope.get("query_string", b""), body
-            ),
+            fingerprint=fingerprint,
             ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
             lease=timedelta(seconds=settings.idempotency_lease_seconds),
         )

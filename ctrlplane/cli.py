@@ -1,4 +1,4 @@
-"""The ``ctrlplane`` command: serve, migrate, token issue, audit verify."""
+"""The ``ctrlplane`` command: serve, migrate, token issue, audit verify, secrets rotate-master."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
@@ -15,6 +16,9 @@ from ctrlplane.auth.providers import ROLES
 from ctrlplane.auth.tokens import ensure_signing_secret, issue_token
 from ctrlplane.settings import Settings, SettingsError
 from ctrlplane.timeutil import parse_duration
+
+if TYPE_CHECKING:
+    from ctrlplane.secrets.crypto import MasterKeyRing, RotationReport
 
 log = structlog.get_logger("ctrlplane.cli")
 
@@ -79,6 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
 
+    secrets_cmd = commands.add_parser("secrets", help="the secrets master key ring")
+    secrets_commands = secrets_cmd.add_subparsers(dest="secrets_command", required=True)
+    secrets_commands.add_parser(
+        "rotate-master",
+        help="re-wrap every tenant's data key under the ring's newest master key (servers may keep serving)",
+    )
+    secrets_commands.add_parser(
+        "new-master-key", help="print a new ring entry VERSION:BASE64KEY (the next version) to add to the ring"
+    )
+
     args = parser.parse_args(argv)
     if args.command in ("deploy", "rollback", "status", "releases"):
         from ctrlplane import client
@@ -95,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_migrate(settings))
     if args.command == "token":
         return _token(settings, args)
+    if args.command == "secrets":
+        return _secrets(settings, args)
     return asyncio.run(_audit_verify(settings))
 
 
@@ -119,7 +135,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             )
     try:
         app = create_app(settings)
-    except ProviderLoadError as exc:
+    except (ProviderLoadError, SettingsError) as exc:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
     print(
@@ -163,6 +179,43 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _secrets(settings: Settings, args: argparse.Namespace) -> int:
+    from ctrlplane.secrets.crypto import DecryptionFailed, MasterKeyRing, new_master_key
+
+    try:
+        ring, generated = MasterKeyRing.from_settings(settings)
+    except SettingsError as exc:
+        print(f"ctrlplane: {exc}", file=sys.stderr)
+        return 2
+    if generated:
+        print(f"ctrlplane: generated a master key ring in {ring.source}; back it up", file=sys.stderr)
+    if args.secrets_command == "new-master-key":
+        print(f"{ring.newest + 1}:{new_master_key()}")
+        return 0
+    try:
+        report = asyncio.run(_rotate_master(settings, ring))
+    except DecryptionFailed as exc:
+        print(f"ctrlplane: rotation stopped: {exc.message}", file=sys.stderr)
+        return 1
+    print(
+        f"re-wrapped {report.rewrapped} data keys under master key version {report.newest} "
+        f"({report.already_current} already were)"
+    )
+    return 0
+
+
+async def _rotate_master(settings: Settings, ring: MasterKeyRing) -> RotationReport:
+    import ctrlplane.models  # noqa: F401 - every model, so the data keys' foreign keys resolve
+    from ctrlplane.db import connect
+    from ctrlplane.secrets.crypto import rotate_master
+
+    database = connect(settings.resolved_database_url)
+    try:
+        return await rotate_master(database, ring)
+    finally:
+        await database.dispose()
 
 
 async def _audit_verify(settings: Settings) -> int:

@@ -12,6 +12,7 @@ from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.secrets.crypto import Vault
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
 
@@ -25,6 +26,7 @@ class AppServices:
     authenticator: Authenticator
     providers: ProviderRegistry
     version: str
+    vault: Vault
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
 

@@ -54,13 +54,16 @@ def route(
     role: str | None = None,
     system_admin: bool = False,
     shown_once: tuple[str, ...] = (),
+    secret_body: bool = False,
 ) -> dict[str, Any]:
     """Route options read by the request boundary: audit naming, the role required (default: read
-    for GET, deploy otherwise; "any" for none), and response fields never stored for replay."""
+    for GET, deploy otherwise; "any" for none), response fields never stored for replay, and
+    whether the request body carries a secret (its Idempotency-Key fingerprint is then keyed)."""
     return {
         "resource": resource,
         "action": action,
         "role": role,
         "system_admin": system_admin,
         "shown_once": shown_once,
+        "secret_body": secret_body,
     }

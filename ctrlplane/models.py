@@ -9,6 +9,7 @@ from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations.models import Operation
 from ctrlplane.releases.models import Release
+from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
 metadata = Base.metadata
@@ -24,7 +25,10 @@ __all__ = [
     "Instance",
     "Operation",
     "Release",
+    "Secret",
+    "SecretVersion",
     "Tenant",
+    "TenantDataKey",
     "TenantQuota",
     "metadata",
 ]

@@ -94,6 +94,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_ttl_seconds: int = 24 * 3600
     idempotency_lease_seconds: int = 300
     api_key_touch_seconds: int = 60
+    secrets_master_keys: str | None = None
+    """The secrets master key ring (``1:<base64>,2:<base64>``) or a file holding it; None: the data
+    directory's ``secrets-master-keys``, generated on first start (see ``ctrlplane.secrets.crypto``)."""
 
     @property
     def data_path(self) -> Path:
@@ -148,6 +151,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "DEPLOY_DEADLINE_SECONDS": "deploy_deadline_seconds",
             "CANARY_OBSERVATION_SECONDS": "canary_observation_seconds",
             "EVENT_POLL_SECONDS": "event_poll_seconds",
+            "SECRETS_MASTER_KEYS": "secrets_master_keys",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:

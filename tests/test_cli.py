@@ -100,6 +100,10 @@ def test_serve_migrates_generates_a_key_and_answers(tmp_path: Path) -> None:
     assert "signing_key_generated" in output
     assert "token issue --admin" in output
     assert token not in output
+    assert "secrets_master_key_generated" in output and "back this file up" in output
+    ring = (tmp_path / "secrets-master-keys").read_text()
+    assert oct((tmp_path / "secrets-master-keys").stat().st_mode & 0o777) == "0o600"
+    assert ring.split("1:", 1)[1].split()[0] not in output
 
 
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:
@@ -108,3 +112,11 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     verify = _run(["audit", "verify"], _env(tmp_path))
     assert verify.returncode == 0
     assert "0 entries" in verify.stdout
+
+
+def test_serve_refuses_a_malformed_master_key_ring_without_echoing_it(tmp_path: Path) -> None:
+    ring = "1:c2hvcnQ=,2:bm90LWEta2V5LWF0LWFsbA=="
+    result = _run(["serve", "--port", str(_free_port())], _env(tmp_path, CTRLPLANE_SECRETS_MASTER_KEYS=ring))
+    assert result.returncode == 2, result.stderr
+    assert "CTRLPLANE_SECRETS_MASTER_KEYS" in result.stderr
+    assert "c2hvcnQ=" not in result.stderr

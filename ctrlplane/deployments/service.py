@@ -56,7 +56,14 @@ class DeploymentService:
         return deployment
 
     async def _start(
-        self, instance: Instance, *, strategy: str, reason: str, notes: str, commit_sha: str | None
+        self,
+        instance: Instance,
+        *,
+        strategy: str,
+        reason: str,
+        notes: str,
+        commit_sha: str | None,
+        secrets_revision: int | None = None,
     ) -> schemas.Deployment:
         unfinished = (
             await self.session.execute(
@@ -82,6 +89,7 @@ class DeploymentService:
             notes=notes,
             commit_sha=commit_sha,
             make_current=False,
+            secrets_revision=secrets_revision,
         )
         now = utc_now()
         settings = self.context.services.settings
@@ -160,6 +168,20 @@ class DeploymentService:
             reason="rollback",
             notes=f"rollback to v{target.version}",
             commit_sha=target.commit_sha,
+            secrets_revision=target.secrets_revision,
+        )
+
+    async def redeploy(self, instance_id: str, *, notes: str, strategy: str = "rolling") -> schemas.Deployment:
+        """Roll the current configuration out again as a new release, which picks up what changed
+        beside it (the instance's secrets)."""
+        instance = await self._deployable(instance_id)
+        current = await self.session.get(Release, instance.current_release_id) if instance.current_release_id else None
+        return await self._start(
+            instance,
+            strategy=strategy,
+            reason="deploy",
+            notes=notes,
+            commit_sha=current.commit_sha if current else None,
         )
 
     async def list(self, instance_id: str, *, cursor: str | None, limit: int) -> Page[schemas.Deployment]:

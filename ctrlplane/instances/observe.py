@@ -10,10 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
 from ctrlplane.provisioning.contract import PortSpec, Resources, WorkloadSpec, WorkloadStatus
+from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.timeutil import utc_now
 
 
-def spec_for(instance: Instance, *, generation: int | None = None) -> WorkloadSpec:
+def spec_for(
+    instance: Instance, *, generation: int | None = None, secrets: WorkloadSecrets | None = None
+) -> WorkloadSpec:
+    """The spec to run. ``secrets`` are the decrypted secrets of the release it runs (a worker
+    supplies them: see ``ctrlplane.secrets.service.for_release``); env secrets win over plain env."""
+    secrets = secrets or WorkloadSecrets()
     return WorkloadSpec(
         instance_id=instance.id,
         tenant_id=instance.tenant_id,
@@ -22,8 +28,9 @@ def spec_for(instance: Instance, *, generation: int | None = None) -> WorkloadSp
         resources=Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb),
         replicas=instance.replicas,
         ports=tuple(msgspec.convert(port, PortSpec) for port in instance.ports),
-        env=dict(instance.env),
+        env={**instance.env, **secrets.env},
         labels=dict(instance.labels),
+        files=secrets.files,
         pull_policy=instance.pull_policy,  # type: ignore[arg-type]
         release_id=instance.current_release_id,
         generation=generation or instance.generation,

@@ -26,6 +26,7 @@ from ctrlplane.instances.observe import record_status, set_state, spec_for
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
 from ctrlplane.provisioning.contract import Provider, WorkloadStatus
+from ctrlplane.secrets.service import for_release as secrets_for_release
 
 log = structlog.get_logger("ctrlplane.worker")
 
@@ -76,22 +77,25 @@ class OperationWorker:
         log.info("operation_started", operation=operation.id, kind=kind, instance=instance.id)
         if kind in ("provision", "repair", "start") and instance.desired_state == "destroyed":
             return None  # a deletion was asked for since: creating containers now would only leak them
+        if kind in ("provision", "repair", "start", "scale", "update"):
+            # the secrets of the release the instance runs, decrypted just for this call
+            secrets = await secrets_for_release(self.services, instance.current_release_id)
         if kind in ("provision", "repair", "start"):
             observed = await provider.status(instance.id)
             if any(r.generation != instance.generation for r in observed.replicas):
                 # changed while stopped: the new generation replaces the old containers
-                return await provider.deploy(spec_for(instance), "recreate")
+                return await provider.deploy(spec_for(instance, secrets=secrets), "recreate")
             # provision creates what is missing and starts what is stopped, so it is also "start"
-            return await provider.provision(spec_for(instance))
+            return await provider.provision(spec_for(instance, secrets=secrets))
         if kind == "stop":
             return await provider.stop(instance.id)
         if kind == "restart":
             replicas = operation.payload.get("replicas")
             return await provider.restart(instance.id, tuple(replicas) if replicas else None)
         if kind == "scale":
-            return await provider.scale(spec_for(instance))
+            return await provider.scale(spec_for(instance, secrets=secrets))
         if kind == "update":
-            return await provider.deploy(spec_for(instance), "rolling")
+            return await provider.deploy(spec_for(instance, secrets=secrets), "rolling")
         if kind == "deploy":
             return await DeployEngine(self.services, provider).run(str(operation.payload["deployment_id"]))
         if kind == "deprovision":

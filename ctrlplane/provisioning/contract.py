@@ -61,6 +61,9 @@ class SecretFile(msgspec.Struct, frozen=True):
     path: str
     content: bytes
 
+    def __repr__(self) -> str:
+        return f"SecretFile(path={self.path!r}, content=<{len(self.content)} bytes>)"
+
 
 class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a provider needs to run one instance.

@@ -26,6 +26,8 @@ class Release(Base):
     cpu_millis: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)
     replicas: Mapped[int] = mapped_column(Integer)
+    secrets_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """The instance's secrets as of this revision of them (``ctrlplane.secrets``); 0: none."""
     commit_sha: Mapped[str | None] = mapped_column(String(64))
     notes: Mapped[str] = mapped_column(Text, default="")
     reason: Mapped[str] = mapped_column(String(32))

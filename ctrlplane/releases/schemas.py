@@ -21,6 +21,8 @@ class Release(msgspec.Struct):
     ports: list[Port]
     resources: Resources
     replicas: int
+    secrets_revision: int
+    """Which revision of the instance's secrets this release runs (values are never shown)."""
     commit_sha: str | None
     notes: str
     reason: ReleaseReason

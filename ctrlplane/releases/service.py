@@ -20,6 +20,7 @@ from ctrlplane.instances.schemas import Port, Resources
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.releases import schemas
 from ctrlplane.releases.models import Release
+from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.timeutil import utc_now
 
 
@@ -35,6 +36,7 @@ def to_schema(release: Release) -> schemas.Release:
         ports=[msgspec.convert(p, Port) for p in release.ports],
         resources=Resources(cpu_millis=release.cpu_millis, memory_mb=release.memory_mb),
         replicas=release.replicas,
+        secrets_revision=release.secrets_revision,
         commit_sha=release.commit_sha,
         notes=release.notes,
         reason=release.reason,  # type: ignore[arg-type]
@@ -52,9 +54,11 @@ async def cut(
     notes: str = "",
     commit_sha: str | None = None,
     make_current: bool = True,
+    secrets_revision: int | None = None,
 ) -> Release:
     """Snapshot the instance's configuration as its next release (and, unless told not to, make it
-    current: a deploy makes its release current only when it succeeds)."""
+    current: a deploy makes its release current only when it succeeds). The release pins the
+    instance's newest secrets revision, or the one given (a rollback's)."""
     latest = (
         await session.execute(select(func.max(Release.version)).where(Release.instance_id == instance.id))
     ).scalar_one()
@@ -70,6 +74,11 @@ async def cut(
         cpu_millis=instance.cpu_millis,
         memory_mb=instance.memory_mb,
         replicas=instance.replicas,
+        secrets_revision=(
+            secrets_revision
+            if secrets_revision is not None
+            else await SecretRepository(session, instance.tenant_id).latest_revision(instance.id)
+        ),
         commit_sha=commit_sha,
         notes=notes,
         reason=reason,

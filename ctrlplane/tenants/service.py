@@ -21,6 +21,7 @@ from ctrlplane.instances.service import destroy
 from ctrlplane.instances.service import suspend as suspend_instance
 from ctrlplane.instances.service import unsuspend as unsuspend_instance
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.models import Tenant, TenantQuota
 from ctrlplane.tenants.repository import TenantRepository
@@ -137,10 +138,13 @@ class TenantService:
         return {"instances": usage.instances}
 
     async def usage(self, tenant_id: str) -> schemas.QuotaUsage:
-        """What the tenant uses now. Domains, routes and secrets count here once their
-        subsystems exist; until then a tenant owns none."""
+        """What the tenant uses now. Domains and routes count here once their subsystems exist;
+        until then a tenant owns none."""
         count, cpu, memory = await InstanceRepository(self.session, tenant_id).usage(tenant_id)
-        return schemas.QuotaUsage(instances=count, cpu_millis=cpu, memory_mb=memory, domains=0, routes=0, secrets=0)
+        secrets = await SecretRepository(self.session, tenant_id).count_for_tenant()
+        return schemas.QuotaUsage(
+            instances=count, cpu_millis=cpu, memory_mb=memory, domains=0, routes=0, secrets=secrets
+        )
 
     async def suspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
         tenant = await self.repo.get(tenant_id, for_update=True)

@@ -85,6 +85,9 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/events"),
     Route("GET", "/v1/instances/{instance_id}/releases"),
     Route("GET", "/v1/releases/{release_id}"),
+    Route("POST", "/v1/instances/{instance_id}/secrets", body={"key": "MATRIX_SECRET", "value": "s3cr3t"}),
+    Route("GET", "/v1/instances/{instance_id}/secrets"),
+    Route("DELETE", "/v1/instances/{instance_id}/secrets/{key}"),
     Route("GET", "/v1/instances/{instance_id}/deployments"),
     Route("GET", "/v1/deployments/{deployment_id}"),
     Route("POST", "/v1/deployments/{deployment_id}/cancel", deployment_state="running"),
@@ -136,6 +139,7 @@ class World:
     release_a: str
     deployment_a: str
     openapi: dict[str, Any]
+    secret_key_a: str = "MATRIX_SECRET"
 
     @property
     def routes(self) -> list[Route]:
@@ -175,6 +179,7 @@ class World:
             "instance_id": self.instance_a,
             "release_id": self.release_a,
             "deployment_id": self.deployment_a,
+            "key": self.secret_key_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -244,6 +249,12 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert created.status_code == 201, created.text
+    secret = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/secrets",
+        json={"key": "MATRIX_SECRET", "value": "s3cr3t"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert secret.status_code == 201, secret.text
     async with db.write() as session, session.begin():
         await session.execute(
             text("UPDATE instances SET state = 'running' WHERE id = :id"), {"id": created.json()["id"]}

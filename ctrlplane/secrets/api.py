@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.pagination import Page
+from ctrlplane.secrets import schemas
+from ctrlplane.secrets.service import SecretService
+
+Restart = Annotated[
+    bool,
+    QueryParameter(description="Roll the change out now: a rolling deploy of a new release (running or failed only)"),
+]
+
+
+class SecretController(Controller):
+    path = "/v1/instances/{instance_id:str}/secrets"
+    tags = ["secrets"]
+
+    @post(operation_id="setSecret", responses=errors(404, mutating=True), opt=route("secret", "set", secret_body=True))
+    async def set_secret(
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[schemas.SecretSet],
+        context: Context,
+        restart: Restart = False,
+    ) -> schemas.Secret:
+        """Set a secret (a new version if the key exists); it takes effect on the next deploy."""
+        return await SecretService(context).set(instance_id, data, restart=restart)
+
+    @get(operation_id="listSecrets", responses=errors(404), opt=route("secret", "list"))
+    async def list_secrets(
+        self, instance_id: FromPath[str], context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+    ) -> Page[schemas.Secret]:
+        """An instance's secrets, newest first: metadata only, never values."""
+        return await SecretService(context).list(instance_id, cursor=cursor, limit=limit)
+
+    @delete(
+        "/{key:path}",
+        status_code=200,
+        operation_id="deleteSecret",
+        responses=errors(404, mutating=True),
+        opt=route("secret", "delete"),
+    )
+    async def delete_secret(
+        self,
+        instance_id: FromPath[str],
+        key: FromPath[str],
+        context: Context,
+        restart: Restart = False,
+        type: Annotated[
+            schemas.SecretType | None,
+            QueryParameter(description="file: the key is a path at the root (/NAME), not the env key NAME"),
+        ] = None,
+    ) -> schemas.SecretDeleted:
+        """Delete a secret (a file: .../secrets//etc/app/token); running containers keep it until the next deploy."""
+        return await SecretService(context).delete(instance_id, key, type=type, restart=restart)
