@@ -98,6 +98,6 @@ async def test_other_tenant_gets_404_not_412(live: Api) -> None:
     _, body, etag = await _running(live)
     _, other = await tenant_token(live, slug="globex")
     response = await live.client.patch(
-        f"/v1/instances/{body['id']}", json={"env": {"A": "1"}}, headers={**other, "If-Match": '"0"'}
+        f"/v1/instances/{body['id']}", json={"env": {"A": "1"}}, headers={**other, "If-Match": etag}
     )
     assert response.status_code == 404
