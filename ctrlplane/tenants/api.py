@@ -6,9 +6,14 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.pagination import Page
+from ctrlplane.preconditions import IfMatch, etag_of
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.schemas import TenantStatus
 from ctrlplane.tenants.service import TenantService
+
+
+def _tagged(tenant: schemas.Tenant, status_code: int = 200) -> Response[schemas.Tenant]:
+    return Response(tenant, status_code=status_code, headers={"ETag": etag_of(tenant.version)})
 
 
 class TenantController(Controller):
@@ -39,35 +44,43 @@ class TenantController(Controller):
         responses=errors(404),
         opt=route("tenant", "get", system_admin=True),
     )
-    async def get_tenant(self, tenant_id: FromPath[str], context: Context) -> schemas.Tenant:
-        """Get a tenant."""
-        return await TenantService(context).get(tenant_id)
+    async def get_tenant(self, tenant_id: FromPath[str], context: Context) -> Response[schemas.Tenant]:
+        """Get a tenant; its ETag is the version If-Match names."""
+        return _tagged(await TenantService(context).get(tenant_id))
 
     @patch(
         "/{tenant_id:str}",
         operation_id="updateTenant",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("tenant", "update", system_admin=True),
     )
     async def update(
-        self, tenant_id: FromPath[str], data: JSONBody[schemas.TenantUpdate], context: Context
-    ) -> schemas.Tenant:
+        self,
+        tenant_id: FromPath[str],
+        data: JSONBody[schemas.TenantUpdate],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Tenant]:
         """Change a tenant's name or plan; only fields present change."""
-        return await TenantService(context).update(tenant_id, data)
+        return _tagged(await TenantService(context, if_match=if_match).update(tenant_id, data))
 
     @delete(
         "/{tenant_id:str}",
         status_code=202,
         operation_id="deleteTenant",
-        responses={204: ResponseSpec(None, description="Deleted"), **errors(404, mutating=True)},
+        responses={204: ResponseSpec(None, description="Deleted"), **errors(404, 412, mutating=True)},
         opt=route("tenant", "delete", system_admin=True),
     )
     async def delete_tenant(
-        self, tenant_id: FromPath[str], context: Context, force: FromQuery[bool] = False
+        self,
+        tenant_id: FromPath[str],
+        context: Context,
+        force: FromQuery[bool] = False,
+        if_match: IfMatch = None,
     ) -> Response[schemas.Tenant | None]:
         """Delete a tenant: 204; refused (409) while it owns live instances unless force=true, which
         tears them down (202, status deleting) and removes the tenant once they are gone."""
-        service = TenantService(context)
+        service = TenantService(context, if_match=if_match)
         if await service.delete(tenant_id, force=force):
             return Response(None, status_code=204)
         return Response(await service.get(tenant_id), status_code=202)
@@ -76,27 +89,35 @@ class TenantController(Controller):
         "/{tenant_id:str}/suspend",
         status_code=200,
         operation_id="suspendTenant",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("tenant", "suspend", system_admin=True),
     )
     async def suspend(
-        self, tenant_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
-    ) -> schemas.Tenant:
+        self,
+        tenant_id: FromPath[str],
+        data: JSONBody[schemas.SuspendRequest],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Tenant]:
         """Suspend a tenant: its tokens may still read, but every mutating call gets 403."""
-        return await TenantService(context).suspend(tenant_id, data.reason)
+        return _tagged(await TenantService(context, if_match=if_match).suspend(tenant_id, data.reason))
 
     @post(
         "/{tenant_id:str}/unsuspend",
         status_code=200,
         operation_id="unsuspendTenant",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("tenant", "unsuspend", system_admin=True),
     )
     async def unsuspend(
-        self, tenant_id: FromPath[str], data: JSONBody[schemas.SuspendRequest], context: Context
-    ) -> schemas.Tenant:
+        self,
+        tenant_id: FromPath[str],
+        data: JSONBody[schemas.SuspendRequest],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Tenant]:
         """Lift a tenant's suspension."""
-        return await TenantService(context).unsuspend(tenant_id, data.reason)
+        return _tagged(await TenantService(context, if_match=if_match).unsuspend(tenant_id, data.reason))
 
     @get(
         "/{tenant_id:str}/quota",
@@ -111,11 +132,15 @@ class TenantController(Controller):
     @put(
         "/{tenant_id:str}/quota",
         operation_id="setTenantQuota",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("quota", "set", system_admin=True),
     )
     async def set_quota(
-        self, tenant_id: FromPath[str], data: JSONBody[schemas.QuotaLimits], context: Context
+        self,
+        tenant_id: FromPath[str],
+        data: JSONBody[schemas.QuotaLimits],
+        context: Context,
+        if_match: IfMatch = None,
     ) -> schemas.TenantQuota:
-        """Replace a tenant's quota limits (all fields required)."""
-        return await TenantService(context).set_quota(tenant_id, data)
+        """Replace a tenant's quota limits (all fields required); If-Match names the tenant's ETag."""
+        return await TenantService(context, if_match=if_match).set_quota(tenant_id, data)

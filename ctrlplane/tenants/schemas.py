@@ -20,6 +20,7 @@ class Tenant(msgspec.Struct):
     status: TenantStatus
     suspended_at: datetime | None
     suspension_reason: str | None
+    version: int
     created_at: datetime
     updated_at: datetime
 

@@ -21,6 +21,7 @@ from ctrlplane.instances.service import destroy
 from ctrlplane.instances.service import suspend as suspend_instance
 from ctrlplane.instances.service import unsuspend as unsuspend_instance
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.preconditions import require_version
 from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.models import Tenant, TenantQuota
@@ -38,11 +39,17 @@ def _not_deleting(tenant: Tenant) -> None:
 
 
 class TenantService:
-    def __init__(self, context: RequestContext) -> None:
+    def __init__(self, context: RequestContext, *, if_match: str | None = None) -> None:
         self.context = context
         self.session = context.session
         self.plans = context.services.settings.plans
         self.repo = TenantRepository(context.session)
+        self.if_match = if_match
+
+    async def _locked(self, tenant_id: str) -> Tenant:
+        tenant = await self.repo.get(tenant_id, for_update=True)
+        require_version(self.if_match, resource="tenant", resource_id=tenant.id, version=tenant.version)
+        return tenant
 
     def _plan(self, plan: str | None) -> str:
         chosen = plan or self.context.services.settings.default_plan
@@ -90,7 +97,7 @@ class TenantService:
         return to_schema(await self.repo.get(tenant_id))
 
     async def update(self, tenant_id: str, data: schemas.TenantUpdate) -> schemas.Tenant:
-        tenant = await self.repo.get(tenant_id, for_update=True)
+        tenant = await self._locked(tenant_id)
         _not_deleting(tenant)
         changed: dict[str, object] = {}
         if data.name is not msgspec.UNSET:
@@ -110,7 +117,7 @@ class TenantService:
     async def delete(self, tenant_id: str, *, force: bool) -> bool:
         """Delete the tenant now (True), or, with ``force`` and live instances, tear them down and
         finish the deletion once they are destroyed (False: the tenant is ``deleting``)."""
-        tenant = await self.repo.get(tenant_id, for_update=True)
+        tenant = await self._locked(tenant_id)
         if tenant.status == "deleting":
             raise InvalidState("tenant is already being deleted", details={"state": tenant.status})
         live = await self.live_resources(tenant_id)
@@ -147,7 +154,7 @@ class TenantService:
         )
 
     async def suspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
-        tenant = await self.repo.get(tenant_id, for_update=True)
+        tenant = await self._locked(tenant_id)
         if tenant.status == "suspended":
             raise InvalidState("tenant is already suspended", details={"state": tenant.status})
         _not_deleting(tenant)
@@ -164,7 +171,7 @@ class TenantService:
         return to_schema(tenant)
 
     async def unsuspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
-        tenant = await self.repo.get(tenant_id, for_update=True)
+        tenant = await self._locked(tenant_id)
         if tenant.status != "suspended":
             raise InvalidState("tenant is not suspended", details={"state": tenant.status})
         tenant.status, tenant.suspended_at, tenant.suspension_reason = "active", None, None
@@ -191,11 +198,13 @@ class TenantService:
         )
 
     async def set_quota(self, tenant_id: str, limits: schemas.QuotaLimits) -> schemas.TenantQuota:
-        _not_deleting(await self.repo.get(tenant_id, for_update=True))
+        tenant = await self._locked(tenant_id)
+        _not_deleting(tenant)
         quota = await self.repo.quota(tenant_id)
         for field, value in msgspec.structs.asdict(limits).items():
             setattr(quota, field, value)
         quota.custom, quota.updated_at = True, utc_now()
+        tenant.version += 1
         await self.session.flush()
         self._audit(tenant_id, limits=msgspec.structs.asdict(limits))
         return await self.quota(tenant_id)

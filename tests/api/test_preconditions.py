@@ -101,3 +101,44 @@ async def test_other_tenant_gets_404_not_412(live: Api) -> None:
         f"/v1/instances/{body['id']}", json={"env": {"A": "1"}}, headers={**other, "If-Match": etag}
     )
     assert response.status_code == 404
+
+
+async def test_racing_tenant_changes_get_412_and_the_quota_put_takes_the_tenant_etag(api: Api) -> None:
+    tenant = await api.create_tenant("initech", plan="free")
+    path = f"/v1/admin/tenants/{tenant['id']}"
+    read = await api.client.get(path, headers=api.admin_headers)
+    etag = read.headers["etag"]
+    assert etag == f'"{read.json()["version"]}"'
+
+    renamed = await api.client.patch(path, json={"name": "Initech"}, headers={**api.admin_headers, "If-Match": etag})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.headers["etag"] != etag
+    stale = await api.client.patch(path, json={"plan": "pro"}, headers={**api.admin_headers, "If-Match": etag})
+    assert stale.status_code == 412
+    assert (await api.client.get(path, headers=api.admin_headers)).json()["plan"] == "free"
+
+    quota = (await api.client.get(f"{path}/quota", headers=api.admin_headers)).json()["limits"]
+    refused = await api.client.put(
+        f"{path}/quota", json={**quota, "max_instances": 1}, headers={**api.admin_headers, "If-Match": etag}
+    )
+    assert refused.status_code == 412
+    assert (await api.client.get(f"{path}/quota", headers=api.admin_headers)).json()["limits"] == quota
+    accepted = await api.client.put(
+        f"{path}/quota",
+        json={**quota, "max_instances": 1},
+        headers={**api.admin_headers, "If-Match": renamed.headers["etag"]},
+    )
+    assert accepted.status_code == 200, accepted.text
+    after = await api.client.get(path, headers=api.admin_headers)
+    assert after.headers["etag"] != renamed.headers["etag"]
+
+    stale_suspend = await api.client.post(
+        f"{path}/suspend",
+        json={"reason": "billing"},
+        headers={**api.admin_headers, "If-Match": renamed.headers["etag"]},
+    )
+    assert stale_suspend.status_code == 412
+    stale_delete = await api.client.delete(path, headers={**api.admin_headers, "If-Match": renamed.headers["etag"]})
+    assert stale_delete.status_code == 412
+    deleted = await api.client.delete(path, headers={**api.admin_headers, "If-Match": after.headers["etag"]})
+    assert deleted.status_code == 204
