@@ -27,6 +27,7 @@ from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
+from ctrlplane.health.api import HealthController
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.operations.runner import Background
@@ -114,6 +115,7 @@ def create_app(
             EventController,
             ReleaseController,
             DeploymentController,
+            HealthController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
