@@ -93,17 +93,24 @@ class HealthScheduler:
     async def claim_due(self, limit: int) -> list[Claimed]:
         now = utc_now()
         busy = select(Operation.instance_id).where(Operation.state.in_(queue.UNFINISHED))
+        due = (
+            HealthCheck.enabled.is_(True),
+            HealthCheck.next_run_at <= now,
+            HealthCheck.id.not_in(self.in_flight) if self.in_flight else HealthCheck.id.is_not(None),
+            Instance.desired_state == "running",
+            Instance.state.in_(RUNNABLE_STATES),
+            Instance.id.not_in(busy),
+        )
+        async with self.services.db.read() as session:
+            # Most ticks find nothing due: ask in a read session first, so an idle scheduler never
+            # takes the write lock (SQLite) or row locks (PostgreSQL).
+            any_due = select(HealthCheck.id).join(Instance, Instance.id == HealthCheck.instance_id).where(*due)
+            if (await session.execute(any_due.limit(1))).first() is None:
+                return []
         statement = (
             select(HealthCheck, Instance.provider_name, Instance.generation)
             .join(Instance, Instance.id == HealthCheck.instance_id)
-            .where(
-                HealthCheck.enabled.is_(True),
-                HealthCheck.next_run_at <= now,
-                HealthCheck.id.not_in(self.in_flight) if self.in_flight else HealthCheck.id.is_not(None),
-                Instance.desired_state == "running",
-                Instance.state.in_(RUNNABLE_STATES),
-                Instance.id.not_in(busy),
-            )
+            .where(*due)
             .order_by(HealthCheck.next_run_at)
             .limit(limit)
             .with_for_update(of=HealthCheck, skip_locked=True)

@@ -7,11 +7,14 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 
 from ctrlplane.health.probes import Target, parse_target, probe, run_check
+from ctrlplane.health.scheduler import next_run
 from ctrlplane.provisioning.contract import Endpoint, ExecResult, PortSpec, ReplicaStatus, Resources, WorkloadSpec
+from ctrlplane.settings import Settings, SettingsError
 from tests.fakes import FakeProvider, FakeReplica
 
 
@@ -194,3 +197,43 @@ async def test_run_check_runs_a_command_in_every_replica_of_the_generation() -> 
     assert (result.ok, result.message) == (False, "replica 0: exit 0; replica 1: exit 2")
     missing = await run_check(fake, "inst_a", 7, parse_target("command", "ready"), timeout=1)
     assert (missing.ok, missing.message) == (False, "no replica of generation 7 exists")
+
+
+def test_health_settings_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "CTRLPLANE_HEALTH_CONCURRENCY": "4",
+            "CTRLPLANE_HEALTH_TICK_SECONDS": "0.5",
+            "CTRLPLANE_HEALTH_JITTER": "0.2",
+            "CTRLPLANE_HEALTH_RESULT_RETENTION": "36h",
+            "CTRLPLANE_HEALTH_RESULTS_PER_CHECK": "500",
+            "CTRLPLANE_HEALTH_PRUNE_INTERVAL_SECONDS": "30",
+        }
+    )
+    assert (settings.health_concurrency, settings.health_tick_seconds, settings.health_jitter) == (4, 0.5, 0.2)
+    assert (settings.health_result_retention_seconds, settings.health_results_per_check) == (36 * 3600, 500)
+    assert settings.health_prune_interval_seconds == 30
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"CTRLPLANE_HEALTH_CONCURRENCY": "0"},
+        {"CTRLPLANE_HEALTH_JITTER": "0.9"},
+        {"CTRLPLANE_HEALTH_RESULT_RETENTION": "a week"},
+        {"CTRLPLANE_HEALTH_RESULT_RETENTION": "0s"},
+        {"CTRLPLANE_HEALTH_RESULTS_PER_CHECK": "0"},
+        {"CTRLPLANE_HEALTH_TICK_SECONDS": "-1"},
+    ],
+)
+def test_bad_health_settings_are_refused(environ: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env(environ)
+
+
+def test_next_runs_spread_within_the_jitter() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    offsets = {(next_run(now, 30, 0.1) - now).total_seconds() for _ in range(200)}
+    assert all(27 <= offset <= 33 for offset in offsets)
+    assert len(offsets) > 100
+    assert {(next_run(now, 30, 0.0) - now).total_seconds()} == {30.0}
