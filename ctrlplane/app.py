@@ -28,6 +28,7 @@ from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
+from ctrlplane.health.api import HealthController
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.operations.runner import Background
@@ -132,6 +133,7 @@ def create_app(
             ReleaseController,
             DeploymentController,
             SecretController,
+            HealthController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

@@ -5,6 +5,7 @@ from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.events.models import Event, EventStream
+from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations.models import Operation
@@ -21,6 +22,8 @@ __all__ = [
     "Deployment",
     "Event",
     "EventStream",
+    "HealthCheck",
+    "HealthCheckResult",
     "IdempotencyRecord",
     "Instance",
     "Operation",

@@ -87,6 +87,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     deploy_health_timeout_seconds: float = 60.0
     deploy_deadline_seconds: float = 600.0
     canary_observation_seconds: float = 10.0
+    health_concurrency: int = 16
+    health_tick_seconds: float = 1.0
+    health_jitter: float = 0.1
+    health_result_retention_seconds: float = 7 * 86400.0
+    health_results_per_check: int = 10_000
+    health_prune_interval_seconds: float = 60.0
     plans: dict[str, PlanQuota] = msgspec.field(default_factory=lambda: dict(DEFAULT_PLANS))
     default_plan: str = "free"
 
@@ -152,6 +158,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "CANARY_OBSERVATION_SECONDS": "canary_observation_seconds",
             "EVENT_POLL_SECONDS": "event_poll_seconds",
             "SECRETS_MASTER_KEYS": "secrets_master_keys",
+            "HEALTH_CONCURRENCY": "health_concurrency",
+            "HEALTH_TICK_SECONDS": "health_tick_seconds",
+            "HEALTH_JITTER": "health_jitter",
+            "HEALTH_RESULTS_PER_CHECK": "health_results_per_check",
+            "HEALTH_PRUNE_INTERVAL_SECONDS": "health_prune_interval_seconds",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -165,6 +176,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
         if (raw := get("IDEMPOTENCY_TTL")) is not None:
             values["idempotency_ttl_seconds"] = int(_duration(var="IDEMPOTENCY_TTL", raw=raw))
+        if (raw := get("HEALTH_RESULT_RETENTION")) is not None:
+            values["health_result_retention_seconds"] = _duration(var="HEALTH_RESULT_RETENTION", raw=raw)
         if (raw := get("PLANS")) is not None:
             try:
                 values["plans"] = msgspec.json.decode(raw.encode(), type=dict[str, PlanQuota])
@@ -200,6 +213,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
+        if self.health_concurrency < 1 or self.health_results_per_check < 1:
+            raise SettingsError(f"{PREFIX}HEALTH_CONCURRENCY and HEALTH_RESULTS_PER_CHECK must be at least 1")
+        if not 0 <= self.health_jitter <= 0.5:
+            raise SettingsError(f"{PREFIX}HEALTH_JITTER must be from 0 to 0.5 (a fraction of the interval)")
+        if min(self.health_tick_seconds, self.health_result_retention_seconds, self.health_prune_interval_seconds) <= 0:
+            raise SettingsError(
+                f"{PREFIX}HEALTH_TICK_SECONDS, HEALTH_RESULT_RETENTION and "
+                "HEALTH_PRUNE_INTERVAL_SECONDS must be positive"
+            )
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
 

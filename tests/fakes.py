@@ -10,8 +10,9 @@ outside: ``crash``, ``remove_container``, ``emit_log``, ``set_available``, ``fai
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -86,8 +87,9 @@ class FakeProvider:
         self.clock = clock or FakeClock()
         self.missing_images: set[str] = set()
         """Images the fake engine lacks and cannot pull; every other image is present."""
-        self.exec_handler: Callable[[FakeReplica, list[str]], ExecResult] | None = None
-        """Answers ``exec`` instead of the built-in ``echo``/``true``/``false``/``sh -c 'exit N'``."""
+        self.exec_handler: Callable[[FakeReplica, list[str]], ExecResult | Awaitable[ExecResult]] | None = None
+        """Answers ``exec`` instead of the built-in ``echo``/``true``/``false``/``sh -c 'exit N'``
+        (it may be a coroutine function, to simulate a command that takes time)."""
         self.calls: list[tuple[str, str | None]] = []
         """Every contract call as (method, instance_id), in order."""
         self._replicas: dict[str, dict[tuple[int, int], FakeReplica]] = {}
@@ -431,19 +433,36 @@ class FakeProvider:
             restarts=sum(r.restart_count for r in found),
         )
 
-    async def exec(self, instance_id: str, command: list[str], *, timeout: float = 10.0) -> ExecResult:
+    async def exec(
+        self,
+        instance_id: str,
+        command: list[str],
+        *,
+        timeout: float = 10.0,
+        generation: int | None = None,
+        replica: int | None = None,
+    ) -> ExecResult:
         self._enter("exec", instance_id)
         if not command:
             raise ProviderError("exec needs a command")
-        running = [r for r in self._required(instance_id) if r.state == "running"]
+        running = [
+            r
+            for r in self._required(instance_id)
+            if r.state == "running"
+            and (generation is None or r.generation == generation)
+            and (replica is None or r.replica == replica)
+        ]
         if not running:
             raise WorkloadNotFound(f"instance {instance_id} has no running replica to run a command in")
         target = min(running, key=lambda r: (-r.generation, r.replica))
         if self.exec_handler is not None:
-            return self.exec_handler(target, list(command))
+            answer = self.exec_handler(target, list(command))
+            return await answer if inspect.isawaitable(answer) else answer
         match command:
             case ["echo", *words]:
                 return ExecResult(exit_code=0, output=" ".join(words) + "\n")
+            case ["env"]:
+                return ExecResult(exit_code=0, output="".join(f"{k}={v}\n" for k, v in target.spec.env.items()))
             case ["true"]:
                 return ExecResult(exit_code=0, output="")
             case ["false"]:

@@ -1,8 +1,10 @@
 """The deploy engine: carries a deployment out on the provider, gate by gate.
 
-A **gate** passes when the new replicas run and each answers on its first TCP port (an HTTP
-request gets any answer; with no ports, running is enough) within
-``CTRLPLANE_DEPLOY_HEALTH_TIMEOUT_SECONDS``. A replica that exits fails the gate at once.
+A **gate** passes when the new replicas run and each passes every enabled health check of the
+instance, run against that replica (``ctrlplane/health/gate.py``), or, for an instance without
+checks, answers on its first TCP port (an HTTP request gets any answer; with no ports, running is
+enough) within ``CTRLPLANE_DEPLOY_HEALTH_TIMEOUT_SECONDS``. A replica that exits fails the gate at
+once.
 
 Strategies (the new generation runs beside the old one until the old is retired):
 
@@ -42,9 +44,10 @@ from ctrlplane.context import AppServices
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
+from ctrlplane.health.gate import HealthGate
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import spec_for
-from ctrlplane.provisioning.contract import Provider, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.contract import Provider, ReplicaStatus, WorkloadSpec, WorkloadStatus
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import restore as restore_release
 from ctrlplane.secrets.crypto import DecryptionFailed
@@ -144,7 +147,12 @@ class DeployEngine:
         if not wanted:
             return
         deadline = time.monotonic() + self.settings.deploy_health_timeout_seconds
+        health = await HealthGate.load(self.services.db, self.provider, spec.instance_id)
         async with httpx.AsyncClient(timeout=2) as client:
+
+            async def answers(replica: ReplicaStatus) -> bool:
+                return await _answers(client, replica.endpoints, spec)
+
             while True:
                 await self._check(deployment)
                 status = await self.provider.status(spec.instance_id)
@@ -157,7 +165,7 @@ class DeployEngine:
                             deployment, step=f"gate replica {index}", event="health.failed", error=reason
                         )
                         raise GateFailed(f"new replica {index} exited ({reason})")
-                ready = [i for i in wanted if i in mine and await _answers(client, mine[i].endpoints, spec)]
+                ready = [i for i in wanted if i in mine and await health.passes(mine[i], answers)]
                 if len(ready) == len(wanted):
                     await self._update(
                         deployment,
@@ -167,10 +175,11 @@ class DeployEngine:
                     )
                     return
                 if time.monotonic() > deadline:
-                    await self._update(deployment, step="gate", event="health.failed", error="not ready in time")
+                    why = health.explain(wanted - set(ready))
+                    await self._update(deployment, step="gate", event="health.failed", error=why or "not ready in time")
                     raise GateFailed(
                         f"new replicas {sorted(wanted - set(ready))} not ready within "
-                        f"{self.settings.deploy_health_timeout_seconds:g}s"
+                        f"{self.settings.deploy_health_timeout_seconds:g}s" + (f": {why}" if why else "")
                     )
                 await anyio.sleep(POLL_SECONDS)
 

@@ -1,5 +1,5 @@
-"""The background: operation workers, the reconciler and provider health checks, started with the
-app and stopped with it."""
+"""The background: operation workers, the reconciler, provider health checks and the health-check
+scheduler, started with the app and stopped with it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from ctrlplane.context import AppServices
+from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 
@@ -56,3 +57,4 @@ class Background:
             group.start_soon(self.worker_loop)
         group.start_soon(self.reconcile_loop)
         group.start_soon(self.health_loop)
+        group.start_soon(HealthScheduler(self.services).run_forever)

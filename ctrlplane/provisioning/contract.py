@@ -225,8 +225,19 @@ class Provider(Protocol):
         """Resource usage summed over the running replicas."""
         ...
 
-    async def exec(self, instance_id: str, command: list[str], *, timeout: float = 10.0) -> ExecResult:
-        """Run a command inside the first running replica (never on the control-plane host)."""
+    async def exec(
+        self,
+        instance_id: str,
+        command: list[str],
+        *,
+        timeout: float = 10.0,
+        generation: int | None = None,
+        replica: int | None = None,
+    ) -> ExecResult:
+        """Run a command inside one running replica (never on the control-plane host): by default the
+        first running replica of the newest generation; ``generation`` and/or ``replica`` narrow the
+        choice (a deploy gate runs a health check in the new replica it gates). No running replica
+        matches: ``WorkloadNotFound``."""
         ...
 
     async def inventory(self) -> list[InventoryItem]:

@@ -105,6 +105,15 @@ ROUTES: list[Route] = [
         instance_state="running",
         deployment_state="cancelled",
     ),
+    Route("GET", "/v1/instances/{instance_id}/health"),
+    Route("GET", "/v1/instances/{instance_id}/health/checks"),
+    Route(
+        "POST",
+        "/v1/instances/{instance_id}/health/checks",
+        body={"name": "matrix-check", "type": "tcp", "target": "localhost:8080", "interval": "30s", "timeout": "5s"},
+    ),
+    Route("POST", "/v1/health/checks/{check_id}/run", instance_state="running"),
+    Route("DELETE", "/v1/health/checks/{check_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -138,6 +147,7 @@ class World:
     instance_a: str
     release_a: str
     deployment_a: str
+    check_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
 
@@ -170,6 +180,7 @@ class World:
             "instance_id": self.instance_a,
             "release_id": self.release_a,
             "deployment_id": self.deployment_a,
+            "check_id": self.check_a,
         }
 
     def url(self, route: Route) -> str:
@@ -180,6 +191,7 @@ class World:
             "release_id": self.release_a,
             "deployment_id": self.deployment_a,
             "key": self.secret_key_a,
+            "check_id": self.check_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -270,6 +282,12 @@ async def world(api: Api, db: Database) -> World:
         await session.execute(
             text("UPDATE deployments SET state = 'cancelled' WHERE id = :id"), {"id": deployment.json()["id"]}
         )
+    check = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/health/checks",
+        json={"name": "web-health", "type": "http", "target": "http://localhost:8080/healthz"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert check.status_code == 201, check.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -285,6 +303,7 @@ async def world(api: Api, db: Database) -> World:
         instance_a=created.json()["id"],
         release_a=created.json()["current_release_id"],
         deployment_a=deployment.json()["id"],
+        check_a=check.json()["id"],
         openapi=document.json(),
     )
 

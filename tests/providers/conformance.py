@@ -486,6 +486,28 @@ class ProviderConformance(abc.ABC):
         failed = await provider.exec(spec.instance_id, ["sh", "-c", "exit 3"])
         assert failed.exit_code == 3
 
+    async def test_exec_runs_in_the_generation_and_replica_named(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        old = workloads.spec(env={"MARK": "old"})
+        new = workloads.again(old, env={"MARK": "new"}, generation=2, replicas=2)
+        await provider.provision(old)
+        await provider.provision(new)
+
+        async def mark(**which: int) -> str:
+            result = await provider.exec(old.instance_id, ["env"], **which)
+            assert result.exit_code == 0, result
+            return next(line for line in result.output.splitlines() if line.startswith("MARK="))
+
+        assert await mark() == "MARK=new"
+        assert await mark(generation=1) == "MARK=old"
+        assert await mark(generation=1, replica=0) == "MARK=old"
+        assert await mark(generation=2, replica=1) == "MARK=new"
+        with pytest.raises(WorkloadNotFound):
+            await provider.exec(old.instance_id, ["true"], generation=1, replica=1)
+        with pytest.raises(WorkloadNotFound):
+            await provider.exec(old.instance_id, ["true"], generation=3)
+
     async def test_exec_without_a_running_replica_is_workload_not_found(
         self, provider: Provider, workloads: Workloads
     ) -> None:

@@ -76,8 +76,8 @@ def busybox_binary() -> bytes:
     return binary
 
 
-def rootfs_tar() -> bytes:
-    """The test image's whole filesystem as an uncompressed tar."""
+def rootfs_tar(extra_files: dict[str, bytes] | None = None, extra_applets: tuple[str, ...] = ()) -> bytes:
+    """The test image's whole filesystem as an uncompressed tar (plus files and applets to add)."""
     now = int(time.time())
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -94,8 +94,10 @@ def rootfs_tar() -> bytes:
             add(directory, kind=tarfile.DIRTYPE)
         add("tmp", kind=tarfile.DIRTYPE, mode=0o1777)
         add("bin/busybox", data=busybox_binary())
-        for applet in APPLETS:
+        for applet in (*APPLETS, *extra_applets):
             add(f"bin/{applet}", kind=tarfile.SYMTYPE, mode=0o777, link="busybox")
+        for name, data in (extra_files or {}).items():
+            add(name, mode=0o644, data=data)
         add("www/index.html", mode=0o644, data=INDEX_BODY)
         add("etc/passwd", mode=0o644, data=b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
         add("etc/group", mode=0o644, data=b"root:x:0:\nnogroup:x:65534:\n")
@@ -142,6 +144,33 @@ def ensure_variant_images(client: DockerClient) -> None:
         repository, tag = image.rsplit(":", 1)
         client.api.import_image_from_data(
             rootfs_tar(), repository=repository, tag=tag, changes=[command, "ENV PATH=/bin"]
+        )
+
+
+HEALTH_IMAGE = "ctrlplane-test/busybox:health"
+SICK_IMAGE = "ctrlplane-test/busybox:health-sick"
+HEALTH_FILE = "/www/healthz"
+IMAGE_MARKER = "/etc/ctrlplane-test-image-marker"
+IMAGE_MARKER_BODY = b"only inside the ctrlplane health test image\n"
+
+
+def ensure_health_images(client: DockerClient) -> None:
+    """Images for health checks: the test app plus ``/www/healthz`` (served as /healthz), a file
+    only the image has (``IMAGE_MARKER``) and ``rm``/``test``; the "sick" one removes its health
+    file before serving, so its http and command checks fail while it runs."""
+    serve = f"exec httpd -f -p {HTTP_PORT} -h /www"
+    commands = {
+        HEALTH_IMAGE: f'CMD ["/bin/sh", "-c", "{serve}"]',
+        SICK_IMAGE: f'CMD ["/bin/sh", "-c", "rm {HEALTH_FILE} && {serve}"]',
+    }
+    files = {HEALTH_FILE.lstrip("/"): b"ok\n", IMAGE_MARKER.lstrip("/"): IMAGE_MARKER_BODY}
+    for image, command in commands.items():
+        repository, tag = image.rsplit(":", 1)
+        client.api.import_image_from_data(
+            rootfs_tar(files, ("rm", "test")),
+            repository=repository,
+            tag=tag,
+            changes=[command, f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin"],
         )
 
 

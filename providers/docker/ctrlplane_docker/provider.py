@@ -754,20 +754,39 @@ class DockerProvider:
         restarts = sum(int(attrs.get("RestartCount") or 0) for attrs in inspected)
         return usage_from_samples(samples, restarts=restarts)
 
-    async def exec(self, instance_id: str, command: list[str], *, timeout: float = 10.0) -> ExecResult:
+    async def exec(
+        self,
+        instance_id: str,
+        command: list[str],
+        *,
+        timeout: float = 10.0,
+        generation: int | None = None,
+        replica: int | None = None,
+    ) -> ExecResult:
         """Run ``command`` (argv, no shell) in the first running replica of the newest generation,
-        never on the control-plane host. Past ``timeout`` seconds: ``ProviderError`` (the command
-        itself may keep running in the container: the engine cannot kill an exec). No running
-        replica: ``WorkloadNotFound``."""
+        or the one ``generation`` and ``replica`` name, never on the control-plane host. Past
+        ``timeout`` seconds: ``ProviderError`` (the command itself may keep running in the
+        container: the engine cannot kill an exec). No running replica matches: ``WorkloadNotFound``."""
         if not command:
             raise ProviderError("exec needs a command")
 
         def run(api: APIClient) -> ExecResult:
-            running = [c for c in self._required_replicas(api, instance_id) if c.state == "running"]
+            running = [
+                c
+                for c in self._required_replicas(api, instance_id)
+                if c.state == "running"
+                and (generation is None or c.generation == generation)
+                and (replica is None or c.replica == replica)
+            ]
             if not running:
                 raise WorkloadNotFound(
-                    f"instance {instance_id} has no running replica to run a command in",
-                    details={"instance_id": instance_id},
+                    f"instance {instance_id} has no running replica to run a command in"
+                    + (
+                        f" (generation {generation}, replica {replica})"
+                        if generation is not None or replica is not None
+                        else ""
+                    ),
+                    details={"instance_id": instance_id, "generation": generation, "replica": replica},
                 )
             target = min(running, key=lambda c: (-c.generation, c.replica))
             return run_command(api, target.id, list(command), timeout=timeout)
