@@ -33,6 +33,8 @@ from ctrlplane.operations.runner import Background
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.releases.api import ReleaseController
 from ctrlplane.settings import Settings
+from ctrlplane.telemetry.api import TelemetryController, export_traces, prometheus_metrics
+from ctrlplane.telemetry.hub import RequestMetricsASGI
 from ctrlplane.tenants.api import TenantController
 
 
@@ -114,6 +116,9 @@ def create_app(
             EventController,
             ReleaseController,
             DeploymentController,
+            TelemetryController,
+            export_traces,
+            prometheus_metrics,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
@@ -127,7 +132,9 @@ def create_app(
             path="/schema",
             components=Components(
                 security_schemes={
-                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key")
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key"),
+                    "instanceToken": SecurityScheme(type="http", scheme="bearer", bearer_format="cpt_ instance token"),
+                    "metricsToken": SecurityScheme(type="http", scheme="bearer", bearer_format="metrics token"),
                 }
             ),
             security=[{"bearer": []}],
@@ -135,5 +142,5 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
-    app.asgi_handler = RequestContextASGI(app.asgi_handler, version=__version__)
+    app.asgi_handler = RequestContextASGI(RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__)
     return app

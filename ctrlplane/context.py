@@ -14,6 +14,7 @@ from ctrlplane.ids import TenantId
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
+from ctrlplane.telemetry.hub import Telemetry
 
 CONTEXT_KEY = "ctrlplane.context"
 
@@ -27,6 +28,7 @@ class AppServices:
     version: str
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations.models import Operation
 from ctrlplane.releases.models import Release
+from ctrlplane.telemetry.models import MetricSample, TraceSpan
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
 metadata = Base.metadata
@@ -22,9 +23,11 @@ __all__ = [
     "EventStream",
     "IdempotencyRecord",
     "Instance",
+    "MetricSample",
     "Operation",
     "Release",
     "Tenant",
     "TenantQuota",
+    "TraceSpan",
     "metadata",
 ]

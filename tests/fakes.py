@@ -26,6 +26,7 @@ from ctrlplane.provisioning.contract import (
     ProviderHealth,
     ReplicaState,
     ReplicaStatus,
+    ReplicaUsage,
     Resources,
     Strategy,
     Usage,
@@ -430,6 +431,28 @@ class FakeProvider:
             network_tx_bytes=500 * len(running),
             restarts=sum(r.restart_count for r in found),
         )
+
+    async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
+        self._enter("replica_usage", instance_id)
+        return [
+            ReplicaUsage(
+                replica=r.replica,
+                generation=r.generation,
+                name=r.name,
+                state=r.state,
+                usage=Usage(
+                    cpu_percent=1.0,
+                    memory_used_bytes=8 * MIB,
+                    memory_limit_bytes=r.resources.memory_mb * MIB,
+                    network_rx_bytes=1000,
+                    network_tx_bytes=500,
+                    restarts=r.restart_count,
+                )
+                if r.state == "running"
+                else None,
+            )
+            for r in self._required(instance_id)
+        ]
 
     async def exec(self, instance_id: str, command: list[str], *, timeout: float = 10.0) -> ExecResult:
         self._enter("exec", instance_id)

@@ -47,6 +47,7 @@ from ctrlplane.instances.observe import spec_for
 from ctrlplane.provisioning.contract import Provider, WorkloadSpec, WorkloadStatus
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import restore as restore_release
+from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.deploy")
@@ -80,9 +81,10 @@ class DeployEngine:
         if deployment is None or instance is None or deployment.state not in ("pending", "running"):
             return None
         new = msgspec.structs.replace(
-            spec_for(instance, generation=deployment.generation), release_id=deployment.release_id
+            spec_for(instance, settings=self.settings, generation=deployment.generation),
+            release_id=deployment.release_id,
         )
-        old = _spec_of(previous, instance, deployment.previous_generation) if previous else None
+        old = _spec_of(previous, instance, deployment.previous_generation, self.settings) if previous else None
         if deployment.state == "running":
             await self._go_back(deployment, old, "rolled_back", "the control plane restarted during the deploy")
             return await self.provider.status(instance.id)
@@ -278,8 +280,8 @@ async def _answers(client: httpx.AsyncClient, endpoints: Any, spec: WorkloadSpec
     return True
 
 
-def _spec_of(release: Release, instance: Instance, generation: int) -> WorkloadSpec:
+def _spec_of(release: Release, instance: Instance, generation: int, settings: Settings) -> WorkloadSpec:
     restored = Instance(**{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy")})
     restore_release(restored, release)
     restored.current_release_id = release.id
-    return spec_for(restored, generation=generation)
+    return spec_for(restored, settings=settings, generation=generation)

@@ -10,10 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
 from ctrlplane.provisioning.contract import PortSpec, Resources, WorkloadSpec, WorkloadStatus
+from ctrlplane.settings import Settings
+from ctrlplane.telemetry.otlp import otlp_env
 from ctrlplane.timeutil import utc_now
 
 
-def spec_for(instance: Instance, *, generation: int | None = None) -> WorkloadSpec:
+def spec_for(instance: Instance, *, settings: Settings, generation: int | None = None) -> WorkloadSpec:
+    """What the instance should run. Its env gets the OTLP variables (endpoint and the instance's
+    token, see ``telemetry.otlp``) under the instance's own, which win."""
     return WorkloadSpec(
         instance_id=instance.id,
         tenant_id=instance.tenant_id,
@@ -22,7 +26,7 @@ def spec_for(instance: Instance, *, generation: int | None = None) -> WorkloadSp
         resources=Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb),
         replicas=instance.replicas,
         ports=tuple(msgspec.convert(port, PortSpec) for port in instance.ports),
-        env=dict(instance.env),
+        env={**otlp_env(settings, instance_id=instance.id, name=instance.name), **instance.env},
         labels=dict(instance.labels),
         pull_policy=instance.pull_policy,  # type: ignore[arg-type]
         release_id=instance.current_release_id,

@@ -1,5 +1,5 @@
-"""The background: operation workers, the reconciler and provider health checks, started with the
-app and stopped with it."""
+"""The background: operation workers, the reconciler, provider health checks and the metrics
+sampler, started with the app and stopped with it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from anyio.abc import TaskGroup
 from ctrlplane.context import AppServices
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
+from ctrlplane.telemetry.sampler import MetricsSampler
 
 log = structlog.get_logger("ctrlplane.background")
 
@@ -38,9 +39,19 @@ class Background:
         while True:
             try:
                 await reconciler.run_once()
+                self.services.telemetry.reconciled()
             except Exception as exc:
                 log.error("reconcile_error", exc_info=exc)
             await anyio.sleep(self.services.settings.reconcile_interval_seconds)
+
+    async def metrics_loop(self) -> None:
+        sampler = MetricsSampler(self.services)
+        while True:
+            try:
+                await sampler.run_once()
+            except Exception as exc:
+                log.error("metrics_sample_error", exc_info=exc)
+            await anyio.sleep(self.services.settings.metrics_sample_seconds)
 
     async def health_loop(self) -> None:
         registry = self.services.providers
@@ -56,3 +67,4 @@ class Background:
             group.start_soon(self.worker_loop)
         group.start_soon(self.reconcile_loop)
         group.start_soon(self.health_loop)
+        group.start_soon(self.metrics_loop)

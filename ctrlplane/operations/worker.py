@@ -80,18 +80,18 @@ class OperationWorker:
             observed = await provider.status(instance.id)
             if any(r.generation != instance.generation for r in observed.replicas):
                 # changed while stopped: the new generation replaces the old containers
-                return await provider.deploy(spec_for(instance), "recreate")
+                return await provider.deploy(spec_for(instance, settings=self.services.settings), "recreate")
             # provision creates what is missing and starts what is stopped, so it is also "start"
-            return await provider.provision(spec_for(instance))
+            return await provider.provision(spec_for(instance, settings=self.services.settings))
         if kind == "stop":
             return await provider.stop(instance.id)
         if kind == "restart":
             replicas = operation.payload.get("replicas")
             return await provider.restart(instance.id, tuple(replicas) if replicas else None)
         if kind == "scale":
-            return await provider.scale(spec_for(instance))
+            return await provider.scale(spec_for(instance, settings=self.services.settings))
         if kind == "update":
-            return await provider.deploy(spec_for(instance), "rolling")
+            return await provider.deploy(spec_for(instance, settings=self.services.settings), "rolling")
         if kind == "deploy":
             return await DeployEngine(self.services, provider).run(str(operation.payload["deployment_id"]))
         if kind == "deprovision":

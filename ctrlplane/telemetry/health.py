@@ -1,0 +1,37 @@
+"""The seam between telemetry and health checks (``ctrlplane/health/``, built separately).
+
+Telemetry shows health in the dashboard and in Prometheus, but does not run checks. It asks a
+``HealthView``; until the health subsystem provides one, ``NoHealthChecks`` answers "unknown" and
+no samples. The health subsystem wires its own view with ``services.telemetry.health = ...`` in
+``create_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+HealthStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
+
+
+class HealthView(Protocol):
+    async def instance_health(self, session: AsyncSession, instance_id: str) -> HealthStatus:
+        """The instance's aggregate health (``unknown`` when it has no checks or no results yet)."""
+        ...
+
+    async def result_counts(self, session: AsyncSession) -> Mapping[str, int]:
+        """Health-check results kept, counted by result status (e.g. ``healthy``, ``unhealthy``),
+        over every tenant: the ``ctrlplane_health_results`` gauge."""
+        ...
+
+
+class NoHealthChecks:
+    """The view while no health subsystem is wired: nothing is known."""
+
+    async def instance_health(self, session: AsyncSession, instance_id: str) -> HealthStatus:
+        return "unknown"
+
+    async def result_counts(self, session: AsyncSession) -> Mapping[str, int]:
+        return {}
