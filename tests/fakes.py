@@ -77,6 +77,11 @@ class FakeReplica:
     def tenant_id(self) -> str:
         return self.spec.tenant_id
 
+    @property
+    def app_env(self) -> dict[str, str]:
+        """The env the instance was given, without the OTEL_* variables ctrlplane adds."""
+        return {k: v for k, v in self.spec.env.items() if not k.startswith("OTEL_")}
+
 
 class FakeProvider:
     name = "fake"

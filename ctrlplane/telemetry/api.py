@@ -102,6 +102,8 @@ async def instance_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _
     responses={
         400: ResponseSpec(data_container=ErrorBody, description="Not an OTLP JSON trace export"),
         401: ResponseSpec(data_container=ErrorBody, description="Missing or invalid instance token"),
+        403: ResponseSpec(data_container=ErrorBody, description="The spans name another instance than the token's"),
+        409: ResponseSpec(data_container=ErrorBody, description="The instance was removed while its spans were stored"),
         413: ResponseSpec(data_container=ErrorBody, description="Request body over the size limit"),
         503: ResponseSpec(data_container=ErrorBody, description="Database unavailable"),
     },

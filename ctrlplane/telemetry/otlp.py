@@ -13,7 +13,9 @@ the secret is rotated (instances then get the new token when their containers ar
 ``/v1/otlp`` base as instances reach it; default ``http://{CTRLPLANE_HOST}:{CTRLPLANE_PORT}/v1/otlp``),
 to which OTLP SDKs append ``/v1/traces``; ``OTEL_EXPORTER_OTLP_HEADERS`` carries the token;
 ``OTEL_EXPORTER_OTLP_PROTOCOL=http/json`` (the only encoding accepted); ``OTEL_SERVICE_NAME`` is
-the instance name. An instance's own env wins over these, so an app may send elsewhere.
+the instance name; ``OTEL_RESOURCE_ATTRIBUTES`` names the instance (``ctrlplane.instance.id``), and
+spans whose resource names another instance than the token's are refused. An instance's own env
+wins over these, so an app may send its telemetry elsewhere.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _HEX_SPAN = re.compile(r"^[0-9a-fA-F]{16}$")
 SPAN_KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 STATUS_CODES = {0: "unset", 1: "ok", 2: "error"}
 MAX_SPANS_PER_REQUEST = 5000
+INSTANCE_ATTRIBUTE = "ctrlplane.instance.id"
 MAX_ATTRIBUTE_DEPTH = 4
 
 
@@ -77,7 +80,7 @@ def otlp_env(settings: Settings, *, instance_id: str, name: str) -> dict[str, st
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
         "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{instance_token(settings, instance_id)}",
         "OTEL_SERVICE_NAME": name,
-        "OTEL_RESOURCE_ATTRIBUTES": f"ctrlplane.instance.id={instance_id}",
+        "OTEL_RESOURCE_ATTRIBUTES": f"{INSTANCE_ATTRIBUTE}={instance_id}",
     }
 
 

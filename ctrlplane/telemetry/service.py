@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.deployments.models import Deployment
-from ctrlplane.errors import CtrlplaneError, InvalidInput, Unauthenticated
+from ctrlplane.errors import CtrlplaneError, Forbidden, InvalidInput, Unauthenticated
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.provisioning.contract import LogLine, Provider
@@ -365,8 +365,20 @@ async def authenticate_instance(services: AppServices, authorization: str | None
 async def ingest_spans(
     services: AppServices, *, instance_id: str, tenant_id: str, request: otlp.ExportTraceServiceRequest
 ) -> int:
-    """Store a request's spans for the token's instance (its own transaction); returns how many."""
+    """Store a request's spans for the token's instance (its own transaction); returns how many.
+    A resource naming another instance (``ctrlplane.instance.id``) is refused whole (403): one
+    instance's token never files spans under another."""
     parsed = list(otlp.spans(request))
+    claimed = {
+        str(span.resource_attributes[otlp.INSTANCE_ATTRIBUTE])
+        for span in parsed
+        if otlp.INSTANCE_ATTRIBUTE in span.resource_attributes
+    }
+    if claimed - {instance_id}:
+        raise Forbidden(
+            "these spans name another instance than the one this token belongs to",
+            details={"token_instance": instance_id, "named": sorted(claimed - {instance_id})},
+        )
     async with services.db.write() as session, session.begin():
         await SpanRepository(session).add(tenant_id=tenant_id, instance_id=instance_id, spans=parsed)
     return len(parsed)

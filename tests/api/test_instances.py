@@ -454,7 +454,7 @@ async def test_changes_made_while_stopped_take_effect_on_start(live: Api, fake: 
     replicas = fake.replicas(instance["id"])
     assert len(replicas) == 2
     assert {r.generation for r in replicas} == {3}
-    assert all(r.spec.env == {"A": "2"} for r in replicas)
+    assert all(r.app_env == {"A": "2"} for r in replicas)
 
 
 async def test_quick_successive_changes_each_get_their_own_generation(live: Api, fake: FakeProvider) -> None:
@@ -470,7 +470,7 @@ async def test_quick_successive_changes_each_get_their_own_generation(live: Api,
             break
         await asyncio.sleep(0.05)
     assert [r.generation for r in replicas] == [3]
-    assert replicas[0].spec.env == {"A": "3"}
+    assert replicas[0].app_env == {"A": "3"}
 
 
 async def test_a_destroyed_instance_cannot_be_unsuspended(live: Api) -> None:
