@@ -291,7 +291,7 @@ async def test_otlp_span_for_another_instance_or_without_a_valid_token_is_refuse
     assert refused.status_code == 403, refused.text
     for headers in (
         {},
-        bearer(api.tokens.tenant(api.tokens.settings and a["tenant_id"])),
+        bearer(api.tokens.tenant(a["tenant_id"])),
         {"Authorization": "Bearer " + instance_token(settings, a["id"])[:-2] + "xx"},
         {"Authorization": f"Bearer cpt_{a['id']}.{'A' * 43}"},
     ):
@@ -301,6 +301,8 @@ async def test_otlp_span_for_another_instance_or_without_a_valid_token_is_refuse
     for instance, token in ((a, token_a), (b, token_b)):
         listed = (await api.client.get(f"/v1/instances/{instance['id']}/traces", headers=token)).json()
         assert listed["items"] == [], "nothing refused was stored"
+    as_user = await api.client.get(f"/v1/instances/{a['id']}/traces", headers=otlp_headers(settings, a["id"]))
+    assert as_user.status_code == 401, "an instance token is no tenant credential"
 
 
 async def test_otlp_token_of_a_destroyed_instance_is_refused(live: Api, settings: Settings) -> None:
@@ -447,7 +449,7 @@ class TestMetricsToken:
         assert (await api.client.get("/metrics")).status_code == 401
         wrong = await api.client.get("/metrics", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["code"] == "unauthenticated"
-        tenant_admin = await api.client.get("/metrics", headers=bearer(api.tokens.admin()))
-        assert tenant_admin.status_code == 401, "the metrics token is its own, not a user token"
+        system_admin = await api.client.get("/metrics", headers=bearer(api.tokens.admin()))
+        assert system_admin.status_code == 401, "the metrics token is its own, not a user token"
         right = await api.client.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"})
         assert right.status_code == 200 and "ctrlplane_operations" in right.text
