@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from ctrlplane.errors import InvalidInput
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry import logparse, otlp
 from ctrlplane.telemetry.repository import bucket_start
+from ctrlplane.telemetry.schemas import LogEntry
 from ctrlplane.telemetry.service import series
 
 SETTINGS = Settings(jwt_secret="unit-test-secret-long-enough-for-hs256-0123456789", host="10.0.0.1", port=9000)
@@ -157,8 +159,36 @@ def test_series_averages_gauges_and_keeps_the_maximum_of_counters_per_step() -> 
         Row(at.replace(second=35), 30.0, 300, samples=3),
         Row(at.replace(minute=1, second=5), 50.0, 400),
     ]
-    cpu, rx = series(rows, ("cpu_percent", "network_rx_bytes"), 60)  # type: ignore[arg-type]
+    cpu, rx = series(rows, ("cpu_percent", "network_rx_bytes"), 60)
     assert [(p.timestamp.minute, p.value) for p in cpu.points] == [(0, 25.0), (1, 50.0)]
     assert [(p.timestamp.minute, p.value) for p in rx.points] == [(0, 300.0), (1, 400.0)]
-    [raw] = series(rows, ("cpu_percent",), None)  # type: ignore[arg-type]
+    [raw] = series(rows, ("cpu_percent",), None)
     assert [p.value for p in raw.points] == [10.0, 30.0, 50.0]
+
+
+async def test_a_quiet_follow_sends_heartbeats_and_ends_with_the_stream() -> None:
+    from ctrlplane.provisioning.contract import Resources, WorkloadSpec
+    from ctrlplane.telemetry.service import follow_logs
+    from tests.fakes import FakeProvider
+
+    fake = FakeProvider()
+    spec = WorkloadSpec(instance_id="inst_a", tenant_id="ten_a", name="web", image="img", resources=Resources(100, 32))
+    await fake.provision(spec)
+    fake.emit_log("inst_a", "level=error msg=first")
+    stream = follow_logs(fake, "inst_a", level="warn", tail=10, since=None, heartbeat_seconds=0.05)
+    first = await anext(stream)
+    assert first is not None and (first.level, first.message) == ("error", "first")
+    assert await anext(stream) is None, "a heartbeat while nothing is written"
+    fake.emit_log("inst_a", "info line below the level")
+    fake.emit_log("inst_a", "WARN shown")
+    seen = [entry async for entry in _until_message(stream, "WARN shown")]
+    assert all(e is None or e.message != "info line below the level" for e in seen)
+    await fake.stop("inst_a")
+    assert [entry async for entry in stream if entry is not None] == []
+
+
+async def _until_message(stream: AsyncIterator[LogEntry | None], message: str) -> AsyncIterator[LogEntry | None]:
+    async for entry in stream:
+        yield entry
+        if entry is not None and entry.message == message:
+            return
