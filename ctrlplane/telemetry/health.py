@@ -8,7 +8,8 @@ no samples. The health subsystem wires its own view with ``services.telemetry.he
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +20,13 @@ HealthStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
 class HealthView(Protocol):
     async def instance_health(self, session: AsyncSession, instance_id: str) -> HealthStatus:
         """The instance's aggregate health (``unknown`` when it has no checks or no results yet)."""
+        ...
+
+    async def latency(
+        self, session: AsyncSession, instance_id: str, *, since: datetime, until: datetime
+    ) -> Sequence[tuple[datetime, float]]:
+        """(time, milliseconds) of the instance's health-check results in the window, oldest
+        first: the ``health_check_latency_ms`` metric."""
         ...
 
     async def result_counts(self, session: AsyncSession) -> Mapping[str, int]:
@@ -32,6 +40,11 @@ class NoHealthChecks:
 
     async def instance_health(self, session: AsyncSession, instance_id: str) -> HealthStatus:
         return "unknown"
+
+    async def latency(
+        self, session: AsyncSession, instance_id: str, *, since: datetime, until: datetime
+    ) -> Sequence[tuple[datetime, float]]:
+        return ()
 
     async def result_counts(self, session: AsyncSession) -> Mapping[str, int]:
         return {}

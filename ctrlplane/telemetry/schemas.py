@@ -8,10 +8,12 @@ import msgspec
 from ctrlplane.telemetry.health import HealthStatus
 from ctrlplane.telemetry.logparse import Level
 
-MetricName = Literal[
+UsageMetric = Literal[
     "cpu_percent", "memory_used_bytes", "memory_limit_bytes", "network_rx_bytes", "network_tx_bytes", "restarts"
 ]
-METRIC_NAMES: tuple[MetricName, ...] = (
+HEALTH_LATENCY: Literal["health_check_latency_ms"] = "health_check_latency_ms"
+MetricName = UsageMetric | Literal["health_check_latency_ms"]
+USAGE_METRICS: tuple[UsageMetric, ...] = (
     "cpu_percent",
     "memory_used_bytes",
     "memory_limit_bytes",
@@ -26,6 +28,7 @@ UNITS: dict[str, str] = {
     "network_rx_bytes": "bytes",
     "network_tx_bytes": "bytes",
     "restarts": "count",
+    HEALTH_LATENCY: "milliseconds",
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,7 +77,21 @@ def _step_seconds(step: str | None) -> int | None:
     return int(seconds)
 
 
-def series(rows: list[Any], names: tuple[schemas.MetricName, ...], step: int | None) -> list[schemas.Series]:
+def latency_series(points: Sequence[tuple[datetime, float]], step: int | None) -> schemas.Series:
+    """Health-check latency: every result, or with ``step`` the mean per step-aligned bucket."""
+    if step is None:
+        values = [schemas.Point(timestamp=at, value=float(ms)) for at, ms in points]
+    else:
+        buckets: dict[datetime, list[float]] = {}
+        for at, ms in points:
+            buckets.setdefault(bucket_start(at, step), []).append(float(ms))
+        values = [
+            schemas.Point(timestamp=start, value=round(sum(ms) / len(ms), 6)) for start, ms in sorted(buckets.items())
+        ]
+    return schemas.Series(name=schemas.HEALTH_LATENCY, unit=schemas.UNITS[schemas.HEALTH_LATENCY], points=values)
+
+
+def series(rows: list[Any], names: tuple[schemas.UsageMetric, ...], step: int | None) -> list[schemas.Series]:
     """Points per metric: each stored row as it is, or with ``step`` one point per step-aligned
     bucket (gauges averaged by sample count, limits and counters at their maximum)."""
     result: list[schemas.Series] = []
@@ -249,13 +263,13 @@ class TelemetryService:
         rows = await MetricsRepository(self.session).between(
             tenant_id=instance.tenant_id, instance_id=instance.id, since=since, until=until
         )
-        names = (name,) if name is not None else schemas.METRIC_NAMES
+        usage = schemas.USAGE_METRICS if name is None else tuple(n for n in schemas.USAGE_METRICS if n == name)
+        found = series(list(rows), usage, step_seconds)
+        if name in (None, schemas.HEALTH_LATENCY):
+            latency = await self.services.telemetry.health.latency(self.session, instance.id, since=since, until=until)
+            found.append(latency_series(latency, step_seconds))
         return schemas.MetricsResponse(
-            instance_id=instance.id,
-            since=since,
-            until=until,
-            step_seconds=step_seconds,
-            series=series(list(rows), names, step_seconds),
+            instance_id=instance.id, since=since, until=until, step_seconds=step_seconds, series=found
         )
 
     async def logs(

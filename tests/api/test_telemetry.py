@@ -85,8 +85,11 @@ async def test_sampler_stores_usage_and_metrics_returns_time_series(live: Api) -
         assert asyncio.get_running_loop().time() < deadline, body
         await asyncio.sleep(0.2)
     assert {s["name"] for s in body["series"]} == {
-        "cpu_percent", "memory_used_bytes", "memory_limit_bytes", "network_rx_bytes", "network_tx_bytes", "restarts"
+        "cpu_percent", "memory_used_bytes", "memory_limit_bytes", "network_rx_bytes", "network_tx_bytes", "restarts",
+        "health_check_latency_ms",
     }  # fmt: skip
+    latency = next(s for s in body["series"] if s["name"] == "health_check_latency_ms")
+    assert latency["points"] == [], "no health checks are wired: no latency samples"
     assert all(p["value"] == 2.0 for p in cpu["points"])  # the fake: 1 % per running replica
     memory = next(s for s in body["series"] if s["name"] == "memory_limit_bytes")
     assert memory["unit"] == "bytes" and memory["points"][0]["value"] == 2 * 64 * 1024 * 1024
@@ -430,6 +433,12 @@ async def test_health_results_come_through_the_seam(live: Api, app: Any) -> None
         async def result_counts(self, session: Any) -> dict[str, int]:
             return {"healthy": 7, "unhealthy": 2}
 
+        async def latency(
+            self, session: Any, instance_id: str, *, since: datetime, until: datetime
+        ) -> list[tuple[datetime, float]]:
+            start = until.replace(second=0, microsecond=0) - timedelta(minutes=2)
+            return [(start + timedelta(seconds=10), 12.0), (start + timedelta(seconds=40), 18.0)]
+
     app.state.services.telemetry.health = Checks()
     _, token = await tenant_token(live)
     instance = await running(live, token)
@@ -438,6 +447,12 @@ async def test_health_results_come_through_the_seam(live: Api, app: Any) -> None
     assert 'ctrlplane_health_results{status="unhealthy"} 2.0' in text
     dashboard = (await live.client.get(f"/v1/instances/{instance['id']}/dashboard", headers=token)).json()
     assert dashboard["health"] == "degraded"
+    metrics = f"/v1/instances/{instance['id']}/metrics"
+    raw = (await live.client.get(metrics, params={"name": "health_check_latency_ms"}, headers=token)).json()
+    [latency] = raw["series"]
+    assert latency["unit"] == "milliseconds" and [p["value"] for p in latency["points"]] == [12.0, 18.0]
+    stepped = await live.client.get(metrics, params={"name": "health_check_latency_ms", "step": "1m"}, headers=token)
+    assert [p["value"] for p in stepped.json()["series"][0]["points"]] == [15.0]
 
 
 class TestMetricsToken:
