@@ -29,6 +29,7 @@ from ctrlplane.deployments.api import DeploymentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
 from ctrlplane.health.api import HealthController
+from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.operations.runner import Background
@@ -37,6 +38,8 @@ from ctrlplane.releases.api import ReleaseController
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
+from ctrlplane.telemetry.api import TelemetryController, export_traces, prometheus_metrics
+from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
 from ctrlplane.tenants.api import TenantController
 
 log = structlog.get_logger("ctrlplane.app")
@@ -98,6 +101,7 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         providers=registry,
         version=__version__,
         vault=Vault(ring),
+        telemetry=Telemetry(health=HealthChecksView()),
     )
 
 
@@ -134,6 +138,9 @@ def create_app(
             DeploymentController,
             SecretController,
             HealthController,
+            TelemetryController,
+            export_traces,
+            prometheus_metrics,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
@@ -147,7 +154,9 @@ def create_app(
             path="/schema",
             components=Components(
                 security_schemes={
-                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key")
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key"),
+                    "instanceToken": SecurityScheme(type="http", scheme="bearer", bearer_format="cpt_ instance token"),
+                    "metricsToken": SecurityScheme(type="http", scheme="bearer", bearer_format="metrics token"),
                 }
             ),
             security=[{"bearer": []}],
@@ -155,5 +164,5 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
-    app.asgi_handler = RequestContextASGI(app.asgi_handler, version=__version__)
+    app.asgi_handler = RequestContextASGI(RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__)
     return app

@@ -14,7 +14,9 @@
    rolls the change back and commits the audit entry (and a 4xx idempotency record) alone;
 6. sends the response.
 
-Routes declare ``opt={"resource": ..., "action": ..., "role": ..., "system_admin": ...}``.
+Routes declare ``opt={"resource": ..., "action": ..., "role": ..., "system_admin": ...}``. A route
+with ``"own_auth": True`` (the OTLP receiver, which takes instance tokens, not tenant credentials)
+is passed through untouched and authenticates, and commits, by itself.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class UnitOfWork(ASGIMiddleware):
         self.services = services
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if not scope["path"].startswith("/v1/"):
+        if not scope["path"].startswith("/v1/") or scope["route_handler"].opt.get("own_auth"):
             await next_app(scope, receive, send)
             return
         http_scope = cast("HTTPScope", scope)

@@ -1,4 +1,5 @@
-"""The ``ctrlplane`` command: serve, migrate, token issue, audit verify, secrets rotate-master."""
+"""The ``ctrlplane`` command: serve, migrate, token issue, audit verify, secrets rotate-master, and
+the API client commands (deploy, rollback, status, releases, logs)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollback_cmd.add_argument("--idempotency-key", help="override the key derived from the instance and release")
     commands.add_parser("status", parents=[pipeline], help="an instance's state, image, release and endpoints")
     commands.add_parser("releases", parents=[pipeline], help="an instance's releases, newest first")
+    logs_cmd = commands.add_parser(
+        "logs", parents=[pipeline], help="an instance's log lines, with levels", epilog=epilog
+    )
+    logs_cmd.add_argument("--follow", "-f", action="store_true", help="keep printing new lines as they are written")
+    logs_cmd.add_argument(
+        "--level",
+        choices=["trace", "debug", "info", "warn", "error", "fatal"],
+        help="only lines at this level or above",
+    )
+    logs_cmd.add_argument("--limit", type=int, default=100, help="how many of the newest lines (1-1000, default 100)")
 
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -94,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
-    if args.command in ("deploy", "rollback", "status", "releases"):
+    if args.command in ("deploy", "rollback", "status", "releases", "logs"):
         from ctrlplane import client
 
         return client.run(getattr(client, args.command), args)

@@ -1,4 +1,4 @@
-"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases over the HTTP API.
+"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases, logs over the HTTP API.
 
 Configured by ``CTRLPLANE_URL`` (default ``http://127.0.0.1:8080``) and ``CTRLPLANE_TOKEN`` (a JWT
 or an API key). ``deploy`` sends an ``Idempotency-Key`` derived from its inputs, so a CI step that
@@ -235,6 +235,58 @@ def releases(args: Any) -> int:
             current=marker == "*",
         )
     return 0
+
+
+def _log_line(out: Output, entry: dict[str, Any]) -> None:
+    out.line(
+        f"{entry['timestamp']} r{entry['replica']} {entry['stream']:<6} {entry['level'].upper():<5} {entry['message']}",
+        **entry,
+    )
+
+
+def logs(args: Any) -> int:
+    """Print the instance's log lines; with ``--follow``, keep printing new ones until the server
+    ends the stream (no replica runs any more) or the user interrupts. A dropped connection is
+    resumed from the last line's timestamp, skipping lines already printed."""
+    out, api = Output(args.json), Api()
+    if args.limit < 1 or args.limit > 1000:
+        raise CliError("--limit must be between 1 and 1000", EXIT_USAGE)
+    instance = api.instance(args.instance)
+    path = f"/v1/instances/{instance['id']}/logs"
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.level:
+        params["level"] = args.level
+    if not args.follow:
+        for entry in api.request("GET", path, params=params)["items"]:
+            _log_line(out, entry)
+        return 0
+    seen: set[tuple[str, int, str, str]] = set()
+    last: str | None = None
+    try:
+        while True:
+            query = {**params, "follow": "true", **({"since": last} if last else {})}
+            try:
+                with api.http.stream("GET", path, params=query, timeout=httpx.Timeout(10, read=60)) as stream:
+                    if stream.status_code >= 400:
+                        stream.read()
+                        api.send("GET", path, params=params)  # raises the API's error
+                    for raw in stream.iter_lines():
+                        if not raw.startswith("data:"):
+                            continue
+                        entry = json.loads(raw[5:])
+                        key = (entry["timestamp"], entry["replica"], entry["stream"], entry["message"])
+                        if key in seen:
+                            continue
+                        if entry["timestamp"] != last:
+                            seen.clear()
+                        seen.add(key)
+                        last = entry["timestamp"]
+                        _log_line(out, entry)
+                return 0
+            except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ConnectError):
+                time.sleep(1)
+    except KeyboardInterrupt:
+        return 130
 
 
 def run(command: Any, args: Any) -> int:

@@ -15,6 +15,7 @@ from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
+from ctrlplane.telemetry.hub import Telemetry
 
 CONTEXT_KEY = "ctrlplane.context"
 
@@ -29,6 +30,7 @@ class AppServices:
     vault: Vault
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass

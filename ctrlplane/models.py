@@ -11,6 +11,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.operations.models import Operation
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
+from ctrlplane.telemetry.models import MetricSample, TraceSpan
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
 metadata = Base.metadata
@@ -26,6 +27,7 @@ __all__ = [
     "HealthCheckResult",
     "IdempotencyRecord",
     "Instance",
+    "MetricSample",
     "Operation",
     "Release",
     "Secret",
@@ -33,5 +35,6 @@ __all__ = [
     "Tenant",
     "TenantDataKey",
     "TenantQuota",
+    "TraceSpan",
     "metadata",
 ]

@@ -104,6 +104,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The secrets master key ring (``1:<base64>,2:<base64>``) or a file holding it; None: the data
     directory's ``secrets-master-keys``, generated on first start (see ``ctrlplane.secrets.crypto``)."""
 
+    metrics_sample_seconds: float = 15.0
+    metrics_raw_retention_seconds: float = 6 * 3600.0
+    metrics_minute_retention_seconds: float = 48 * 3600.0
+    metrics_retention_seconds: float = 30 * 86400.0
+    trace_retention_seconds: float = 7 * 86400.0
+    trace_max_spans_per_instance: int = 10_000
+    otlp_endpoint: str | None = None
+    otlp_token_secret: str | None = None
+    metrics_token: str | None = None
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
@@ -163,6 +173,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "HEALTH_JITTER": "health_jitter",
             "HEALTH_RESULTS_PER_CHECK": "health_results_per_check",
             "HEALTH_PRUNE_INTERVAL_SECONDS": "health_prune_interval_seconds",
+            "METRICS_SAMPLE_SECONDS": "metrics_sample_seconds",
+            "TRACE_MAX_SPANS_PER_INSTANCE": "trace_max_spans_per_instance",
+            "OTLP_ENDPOINT": "otlp_endpoint",
+            "OTLP_TOKEN_SECRET": "otlp_token_secret",
+            "METRICS_TOKEN": "metrics_token",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -178,6 +193,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["idempotency_ttl_seconds"] = int(_duration(var="IDEMPOTENCY_TTL", raw=raw))
         if (raw := get("HEALTH_RESULT_RETENTION")) is not None:
             values["health_result_retention_seconds"] = _duration(var="HEALTH_RESULT_RETENTION", raw=raw)
+        for var, field in {
+            "METRICS_RAW_RETENTION": "metrics_raw_retention_seconds",
+            "METRICS_MINUTE_RETENTION": "metrics_minute_retention_seconds",
+            "METRICS_RETENTION": "metrics_retention_seconds",
+            "TRACE_RETENTION": "trace_retention_seconds",
+        }.items():
+            if (raw := get(var)) is not None:
+                values[field] = _duration(var=var, raw=raw)
         if (raw := get("PLANS")) is not None:
             try:
                 values["plans"] = msgspec.json.decode(raw.encode(), type=dict[str, PlanQuota])
@@ -224,6 +247,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
+        if self.metrics_sample_seconds <= 0:
+            raise SettingsError(f"{PREFIX}METRICS_SAMPLE_SECONDS must be positive")
+        if not (
+            0
+            < self.metrics_raw_retention_seconds
+            <= self.metrics_minute_retention_seconds
+            <= self.metrics_retention_seconds
+        ):
+            raise SettingsError(
+                f"{PREFIX}METRICS_RAW_RETENTION <= METRICS_MINUTE_RETENTION <= METRICS_RETENTION must hold "
+                "(each tier is rolled up into the next)"
+            )
+        if self.trace_retention_seconds <= 0 or self.trace_max_spans_per_instance < 1:
+            raise SettingsError(f"{PREFIX}TRACE_RETENTION and TRACE_MAX_SPANS_PER_INSTANCE must be positive")
+        if self.otlp_endpoint is not None and not re.match(r"^https?://[^/\s]+", self.otlp_endpoint):
+            raise SettingsError(f"{PREFIX}OTLP_ENDPOINT must be an http(s) URL such as http://172.17.0.1:8080/v1/otlp")
 
 
 def _pem_or_file(var: str, raw: str) -> str:

@@ -27,6 +27,7 @@ from ctrlplane.provisioning.contract import (
     ProviderHealth,
     ReplicaState,
     ReplicaStatus,
+    ReplicaUsage,
     Resources,
     Strategy,
     Usage,
@@ -76,6 +77,11 @@ class FakeReplica:
     @property
     def tenant_id(self) -> str:
         return self.spec.tenant_id
+
+    @property
+    def app_env(self) -> dict[str, str]:
+        """The env the instance was given, without the OTEL_* variables ctrlplane adds."""
+        return {k: v for k, v in self.spec.env.items() if not k.startswith("OTEL_")}
 
 
 class FakeProvider:
@@ -432,6 +438,28 @@ class FakeProvider:
             network_tx_bytes=500 * len(running),
             restarts=sum(r.restart_count for r in found),
         )
+
+    async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
+        self._enter("replica_usage", instance_id)
+        return [
+            ReplicaUsage(
+                replica=r.replica,
+                generation=r.generation,
+                name=r.name,
+                state=r.state,
+                usage=Usage(
+                    cpu_percent=1.0,
+                    memory_used_bytes=8 * MIB,
+                    memory_limit_bytes=r.resources.memory_mb * MIB,
+                    network_rx_bytes=1000,
+                    network_tx_bytes=500,
+                    restarts=r.restart_count,
+                )
+                if r.state == "running"
+                else None,
+            )
+            for r in self._required(instance_id)
+        ]
 
     async def exec(
         self,

@@ -53,6 +53,7 @@ from ctrlplane.releases.service import restore as restore_release
 from ctrlplane.secrets.crypto import DecryptionFailed
 from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.secrets.service import for_release as secrets_for_release
+from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.deploy")
@@ -92,10 +93,14 @@ class DeployEngine:
             await self._finish(deployment, "failed", exc.message, restore=True)
             return await self.provider.status(instance.id)
         new = msgspec.structs.replace(
-            spec_for(instance, generation=deployment.generation, secrets=new_secrets),
+            spec_for(instance, settings=self.settings, generation=deployment.generation, secrets=new_secrets),
             release_id=deployment.release_id,
         )
-        old = _spec_of(previous, instance, deployment.previous_generation, old_secrets) if previous else None
+        old = (
+            _spec_of(previous, instance, deployment.previous_generation, old_secrets, self.settings)
+            if previous
+            else None
+        )
         if deployment.state == "running":
             await self._go_back(deployment, old, "rolled_back", "the control plane restarted during the deploy")
             return await self.provider.status(instance.id)
@@ -297,8 +302,10 @@ async def _answers(client: httpx.AsyncClient, endpoints: Any, spec: WorkloadSpec
     return True
 
 
-def _spec_of(release: Release, instance: Instance, generation: int, secrets: WorkloadSecrets) -> WorkloadSpec:
+def _spec_of(
+    release: Release, instance: Instance, generation: int, secrets: WorkloadSecrets, settings: Settings
+) -> WorkloadSpec:
     restored = Instance(**{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy")})
     restore_release(restored, release)
     restored.current_release_id = release.id
-    return spec_for(restored, generation=generation, secrets=secrets)
+    return spec_for(restored, settings=settings, generation=generation, secrets=secrets)

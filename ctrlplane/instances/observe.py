@@ -11,14 +11,22 @@ from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
 from ctrlplane.provisioning.contract import PortSpec, Resources, WorkloadSpec, WorkloadStatus
 from ctrlplane.secrets.schemas import WorkloadSecrets
+from ctrlplane.settings import Settings
+from ctrlplane.telemetry.otlp import otlp_env
 from ctrlplane.timeutil import utc_now
 
 
 def spec_for(
-    instance: Instance, *, generation: int | None = None, secrets: WorkloadSecrets | None = None
+    instance: Instance,
+    *,
+    settings: Settings,
+    generation: int | None = None,
+    secrets: WorkloadSecrets | None = None,
 ) -> WorkloadSpec:
-    """The spec to run. ``secrets`` are the decrypted secrets of the release it runs (a worker
-    supplies them: see ``ctrlplane.secrets.service.for_release``); env secrets win over plain env."""
+    """What the instance should run. ``secrets`` are the decrypted secrets of the release it runs (a
+    worker supplies them: see ``ctrlplane.secrets.service.for_release``). Its env is, lowest first,
+    the OTLP variables (endpoint and the instance's token, see ``telemetry.otlp``), the instance's
+    own env, and its env secrets."""
     secrets = secrets or WorkloadSecrets()
     return WorkloadSpec(
         instance_id=instance.id,
@@ -28,7 +36,7 @@ def spec_for(
         resources=Resources(cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb),
         replicas=instance.replicas,
         ports=tuple(msgspec.convert(port, PortSpec) for port in instance.ports),
-        env={**instance.env, **secrets.env},
+        env={**otlp_env(settings, instance_id=instance.id, name=instance.name), **instance.env, **secrets.env},
         labels=dict(instance.labels),
         files=secrets.files,
         pull_policy=instance.pull_policy,  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
-"""The background: operation workers, the reconciler, provider health checks and the health-check
-scheduler, started with the app and stopped with it."""
+"""The background: operation workers, the reconciler, provider health checks, the health-check
+scheduler and the metrics sampler, started with the app and stopped with it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ctrlplane.context import AppServices
 from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
+from ctrlplane.telemetry.sampler import MetricsSampler
 
 log = structlog.get_logger("ctrlplane.background")
 
@@ -39,9 +40,19 @@ class Background:
         while True:
             try:
                 await reconciler.run_once()
+                self.services.telemetry.reconciled()
             except Exception as exc:
                 log.error("reconcile_error", exc_info=exc)
             await anyio.sleep(self.services.settings.reconcile_interval_seconds)
+
+    async def metrics_loop(self) -> None:
+        sampler = MetricsSampler(self.services)
+        while True:
+            try:
+                await sampler.run_once()
+            except Exception as exc:
+                log.error("metrics_sample_error", exc_info=exc)
+            await anyio.sleep(self.services.settings.metrics_sample_seconds)
 
     async def health_loop(self) -> None:
         registry = self.services.providers
@@ -58,3 +69,4 @@ class Background:
         group.start_soon(self.reconcile_loop)
         group.start_soon(self.health_loop)
         group.start_soon(HealthScheduler(self.services).run_forever)
+        group.start_soon(self.metrics_loop)

@@ -74,9 +74,13 @@ class OperationWorker:
 
     async def _apply(self, provider: Provider, operation: Operation, instance: Instance) -> WorkloadStatus | None:
         kind = operation.kind
+        settings = self.services.settings
         log.info("operation_started", operation=operation.id, kind=kind, instance=instance.id)
-        if kind in ("provision", "repair", "start") and instance.desired_state == "destroyed":
-            return None  # a deletion was asked for since: creating containers now would only leak them
+        if kind not in ("deprovision", "deploy") and instance.desired_state == "destroyed":
+            # a deletion was asked for since: creating containers now would only leak them, and
+            # stopping, restarting or resizing what the queued deprovision removes anyway is moot
+            # (and fails when the skipped provision left nothing to act on)
+            return None
         if kind in ("provision", "repair", "start", "scale", "update"):
             # the secrets of the release the instance runs, decrypted just for this call
             secrets = await secrets_for_release(self.services, instance.current_release_id)
@@ -84,18 +88,18 @@ class OperationWorker:
             observed = await provider.status(instance.id)
             if any(r.generation != instance.generation for r in observed.replicas):
                 # changed while stopped: the new generation replaces the old containers
-                return await provider.deploy(spec_for(instance, secrets=secrets), "recreate")
+                return await provider.deploy(spec_for(instance, settings=settings, secrets=secrets), "recreate")
             # provision creates what is missing and starts what is stopped, so it is also "start"
-            return await provider.provision(spec_for(instance, secrets=secrets))
+            return await provider.provision(spec_for(instance, settings=settings, secrets=secrets))
         if kind == "stop":
             return await provider.stop(instance.id)
         if kind == "restart":
             replicas = operation.payload.get("replicas")
             return await provider.restart(instance.id, tuple(replicas) if replicas else None)
         if kind == "scale":
-            return await provider.scale(spec_for(instance, secrets=secrets))
+            return await provider.scale(spec_for(instance, settings=settings, secrets=secrets))
         if kind == "update":
-            return await provider.deploy(spec_for(instance, secrets=secrets), "rolling")
+            return await provider.deploy(spec_for(instance, settings=settings, secrets=secrets), "rolling")
         if kind == "deploy":
             return await DeployEngine(self.services, provider).run(str(operation.payload["deployment_id"]))
         if kind == "deprovision":

@@ -146,6 +146,16 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int
 
 
+class ReplicaUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One replica's usage now; ``usage`` is None when the replica does not run."""
+
+    replica: int
+    generation: int
+    name: str
+    state: ReplicaState
+    usage: Usage | None
+
+
 class LogLine(msgspec.Struct, frozen=True, kw_only=True):
     timestamp: datetime
     replica: int
@@ -223,6 +233,11 @@ class Provider(Protocol):
 
     async def usage(self, instance_id: str) -> Usage:
         """Resource usage summed over the running replicas."""
+        ...
+
+    async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
+        """Each replica's usage (every generation), ordered by generation and replica; a replica that
+        does not run has ``usage=None``. Raises ``WorkloadNotFound`` when the instance has no replicas."""
         ...
 
     async def exec(

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from ctrlplane.db import Database
 from ctrlplane.models import metadata
+from ctrlplane.telemetry.otlp import instance_token
 from tests.conftest import Api, Tokens, bearer
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -48,6 +49,8 @@ class Route:
     """For the authorized control request: the state instance A must be in for it to be allowed."""
     deployment_state: str | None = None
     """For the authorized control request: the state every deployment of instance A must be in."""
+    instance_token: bool = False
+    """Authenticated by instance A's OTLP token instead of tenant credentials, which it refuses (401)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -82,6 +85,12 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/instances/{instance_id}/suspend", body={"reason": "r"}, system_admin=True),
     Route("POST", "/v1/instances/{instance_id}/unsuspend", body={"reason": "r"}, system_admin=True),
     Route("GET", "/v1/instances/{instance_id}/events"),
+    Route("GET", "/v1/instances/{instance_id}/metrics"),
+    Route("GET", "/v1/instances/{instance_id}/logs"),
+    Route("GET", "/v1/instances/{instance_id}/traces"),
+    Route("GET", "/v1/instances/{instance_id}/resources"),
+    Route("GET", "/v1/instances/{instance_id}/dashboard"),
+    Route("POST", "/v1/otlp/v1/traces", body={"resourceSpans": []}, instance_token=True),
     Route("GET", "/v1/events"),
     Route("GET", "/v1/instances/{instance_id}/releases"),
     Route("GET", "/v1/releases/{release_id}"),
@@ -421,7 +430,10 @@ async def test_read_role_credentials_are_forbidden_on_every_mutating_route(world
     leaks: list[str] = []
     for route in mutating:
         for case, token in callers.items():
-            check(leaks, route, case, await world.send(route, token), 403, "forbidden")
+            if ROUTE_TABLE.get(route.key, route).instance_token:
+                check(leaks, route, case, await world.send(route, token), 401, "unauthenticated")
+            else:
+                check(leaks, route, case, await world.send(route, token), 403, "forbidden")
     assert not leaks, "mutating routes leaked to read-only callers:\n" + "\n".join(leaks)
     assert {r.key for r in mutating} == {key for key in openapi_routes(world) if key[0] in MUTATING}
     assert_unchanged(before, await snapshot(world.db))
@@ -497,7 +509,10 @@ async def test_matrix_requests_succeed_for_an_authorized_caller(world: World) ->
                     text("UPDATE instances SET state = :state WHERE id = :id"),
                     {"state": route.instance_state, "id": world.instance_a},
                 )
-        response = await world.send(route, system_admin if route.is_admin else tenant_admin)
+        if route.instance_token:
+            response = await world.send(route, instance_token(world.tokens.settings, world.instance_a))
+        else:
+            response = await world.send(route, system_admin if route.is_admin else tenant_admin)
         if not 200 <= response.status_code < 300:
             failures.append(f"{route}: authorized caller got {response.status_code}: {response.text[:300]}")
     assert not failures, "the matrix's requests are not valid:\n" + "\n".join(failures)

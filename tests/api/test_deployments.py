@@ -52,7 +52,7 @@ async def test_each_strategy_rolls_the_new_image_out(live: Api, fake: FakeProvid
     assert done["state"] == "succeeded", done
     replicas = fake.replicas(instance["id"])
     assert [(r.generation, r.spec.image) for r in replicas] == [(2, "ctrlplane-test/busybox:2")] * 2
-    assert replicas[0].spec.env == {"A": "1", "B": "2"}
+    assert replicas[0].app_env == {"A": "1", "B": "2"}
     after = (await live.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()
     assert after["current_release_id"] == done["release_id"]
     releases = (await live.client.get(f"/v1/instances/{instance['id']}/releases", headers=token)).json()["items"]

@@ -5,6 +5,7 @@ test_health_docker.py; probes against real sockets in tests/unit/test_health_pro
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -352,3 +353,33 @@ async def results_of(db: Database, instance_id: str) -> int:
             select(func.count()).select_from(HealthCheckResult).where(HealthCheckResult.instance_id == instance_id)
         )
         return int((await session.execute(statement)).scalar_one())
+
+
+async def test_dashboard_metrics_and_prometheus_show_the_checks_results(live: Api, fake: FakeProvider) -> None:
+    answer = Switch()
+    fake.exec_handler = answer
+    _, token = await tenant_token(live)
+    instance = await wait_for(live, (await create(live, token))["id"], token, state("running"))
+    check = await add_check(
+        live, instance["id"], token, name="ready", type="command", target="ready", retries=1, interval="1h"
+    )
+    ran = await live.client.post(f"/v1/health/checks/{check['id']}/run", headers=token)
+    assert ran.status_code == 200, ran.text
+    dashboard = (await live.client.get(f"/v1/instances/{instance['id']}/dashboard", headers=token)).json()
+    assert dashboard["health"] == (await health_of(live, instance["id"], token))["status"] == "healthy"
+
+    answer.healthy = False
+    await live.client.post(f"/v1/health/checks/{check['id']}/run", headers=token)
+    dashboard = (await live.client.get(f"/v1/instances/{instance['id']}/dashboard", headers=token)).json()
+    assert dashboard["health"] == "unhealthy"
+
+    metrics = (
+        await live.client.get(
+            f"/v1/instances/{instance['id']}/metrics", params={"name": "health_check_latency_ms"}, headers=token
+        )
+    ).json()
+    latency = next(s for s in metrics["series"] if s["name"] == "health_check_latency_ms")
+    assert latency["points"], metrics
+    text = (await live.client.get("/metrics")).text
+    counts = dict(re.findall(r'^ctrlplane_health_results\{status="(\w+)"\} ([0-9.]+)$', text, re.M))
+    assert float(counts["pass"]) >= 1 and float(counts["fail"]) >= 1, text

@@ -454,7 +454,7 @@ async def test_changes_made_while_stopped_take_effect_on_start(live: Api, fake: 
     replicas = fake.replicas(instance["id"])
     assert len(replicas) == 2
     assert {r.generation for r in replicas} == {3}
-    assert all(r.spec.env == {"A": "2"} for r in replicas)
+    assert all(r.app_env == {"A": "2"} for r in replicas)
 
 
 async def test_quick_successive_changes_each_get_their_own_generation(live: Api, fake: FakeProvider) -> None:
@@ -470,7 +470,7 @@ async def test_quick_successive_changes_each_get_their_own_generation(live: Api,
             break
         await asyncio.sleep(0.05)
     assert [r.generation for r in replicas] == [3]
-    assert replicas[0].spec.env == {"A": "3"}
+    assert replicas[0].app_env == {"A": "3"}
 
 
 async def test_a_destroyed_instance_cannot_be_unsuspended(live: Api) -> None:
@@ -490,3 +490,24 @@ async def test_no_instance_can_be_created_in_a_suspended_tenant_even_by_an_admin
     response = await api.client.post("/v1/instances", json={**WEB, "tenant_id": tenant_id}, headers=api.admin_headers)
     assert response.status_code == 409
     assert response.json()["details"]["state"] == "suspended"
+
+
+async def test_delete_queued_behind_a_suspension_ends_destroyed_without_retries(api: Api, app: Any) -> None:
+    """Create, suspend and delete before any worker ran: the skipped provision leaves nothing, so
+    the queued stop must not fail on missing containers and hold the deprovision up."""
+    from ctrlplane.operations.worker import OperationWorker
+
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    path = f"/v1/instances/{instance['id']}"
+    assert (
+        await api.client.post(f"{path}/suspend", json={"reason": "r"}, headers=api.admin_headers)
+    ).status_code == 202
+    assert (await api.client.delete(path, headers=token)).status_code == 202
+    worker = OperationWorker(app.state.services)
+    ran = 0
+    while await worker.run_once():
+        ran += 1
+    body = (await api.client.get(path, headers=token)).json()
+    assert body["state"] == "destroyed", body
+    assert ran == 3  # provision, stop and deprovision, each once

@@ -572,3 +572,20 @@ class ProviderConformance(abc.ABC):
         await provider.stop(spec.instance_id)
         stopped = await provider.usage(spec.instance_id)
         assert (stopped.memory_limit_bytes, stopped.memory_used_bytes, stopped.cpu_percent) == (0, 0, 0.0)
+
+    async def test_replica_usage_reports_each_running_replica_against_its_limit(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        spec = workloads.spec(replicas=2)
+        await provider.provision(spec)
+        replicas = await provider.replica_usage(spec.instance_id)
+        assert [(r.generation, r.replica, r.state) for r in replicas] == [(1, 0, "running"), (1, 1, "running")]
+        for replica in replicas:
+            assert replica.usage is not None
+            assert replica.usage.memory_limit_bytes == SMALL.memory_mb * 1024 * 1024
+            assert replica.usage.memory_used_bytes > 0
+            assert replica.usage.cpu_percent >= 0.0
+        await provider.stop(spec.instance_id)
+        assert [r.usage for r in await provider.replica_usage(spec.instance_id)] == [None, None]
+        with pytest.raises(WorkloadNotFound):
+            await provider.replica_usage(workloads.spec().instance_id)

@@ -15,6 +15,7 @@ from ctrlplane.provisioning.contract import (
     Protocol_,
     ReplicaState,
     ReplicaStatus,
+    ReplicaUsage,
     Usage,
     WorkloadStatus,
 )
@@ -191,6 +192,17 @@ def usage(samples: Iterable[Mapping[str, Any]], *, restarts: int) -> Usage:
         network_rx_bytes=rx,
         network_tx_bytes=tx,
         restarts=restarts,
+    )
+
+
+def replica_usage(status: ReplicaStatus, sample: Mapping[str, Any] | None, *, restarts: int) -> ReplicaUsage:
+    """One replica's usage from its stats sample; no sample (the replica does not run): no usage."""
+    return ReplicaUsage(
+        replica=status.replica,
+        generation=status.generation,
+        name=status.name,
+        state=status.state,
+        usage=None if sample is None else usage([sample], restarts=restarts),
     )
 
 

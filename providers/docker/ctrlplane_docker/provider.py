@@ -53,6 +53,7 @@ from ctrlplane.provisioning.contract import (
     InventoryItem,
     LogLine,
     ProviderHealth,
+    ReplicaUsage,
     Resources,
     Strategy,
     Usage,
@@ -78,6 +79,7 @@ from ctrlplane_docker.naming import (
     tenant_filter,
 )
 from ctrlplane_docker.observe import inventory_ids, label_int, replica_status, workload_status
+from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
 
 T = TypeVar("T")
@@ -753,6 +755,35 @@ class DockerProvider:
                 group.start_soon(sample, container_id)
         restarts = sum(int(attrs.get("RestartCount") or 0) for attrs in inspected)
         return usage_from_samples(samples, restarts=restarts)
+
+    async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
+        """One engine stats sample per running replica (taken in parallel), next to its status;
+        replicas that do not run have no usage. ``restarts`` is the engine's restart count."""
+        inspected = await self._run(
+            f"read the usage of instance {instance_id}",
+            lambda api: self._inspect(api, self._required_replicas(api, instance_id)),
+        )
+        samples: dict[str, dict[str, Any]] = {}
+
+        async def sample(container_id: str) -> None:
+            stats = await self._run(
+                f"read the usage of instance {instance_id}", lambda api: api.stats(container_id, stream=False)
+            )
+            samples[container_id] = dict(stats)
+
+        async with anyio.create_task_group() as group:
+            for attrs in inspected:
+                if attrs["State"].get("Status") == "running":
+                    group.start_soon(sample, str(attrs["Id"]))
+        found = [
+            replica_usage_from_sample(
+                replica_status(attrs, self._host_address),
+                samples.get(str(attrs["Id"])),
+                restarts=int(attrs.get("RestartCount") or 0),
+            )
+            for attrs in inspected
+        ]
+        return sorted(found, key=lambda r: (r.generation, r.replica))
 
     async def exec(
         self,

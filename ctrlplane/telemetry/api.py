@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ctrlplane.context import AppServices
+from ctrlplane.errors import ErrorBody, Unauthenticated
+from ctrlplane.http import Context, errors, route
+from ctrlplane.telemetry import otlp, schemas
+from ctrlplane.telemetry.logparse import Level
+from ctrlplane.telemetry.service import TelemetryService, authenticate_instance, ingest_spans, scrape
+
+OTLP_SCOPE_KEY = "ctrlplane.otlp_instance"
+LogLimit = Annotated[int, QueryParameter(ge=1, le=1000, description="Lines, 1 to 1000 (newest)")]
+TraceLimit = Annotated[int, QueryParameter(ge=1, le=1000, description="Spans, 1 to 1000 (newest first)")]
+
+
+class TelemetryController(Controller):
+    path = "/v1/instances/{instance_id:str}"
+    tags = ["telemetry"]
+
+    @get("/metrics", operation_id="instanceMetrics", responses=errors(404), opt=route("metrics", "get"))
+    async def metrics(
+        self,
+        instance_id: FromPath[str],
+        context: Context,
+        name: FromQuery[schemas.MetricName | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+        step: Annotated[str | None, QueryParameter(description="Bucket size such as 60s or 5m")] = None,
+    ) -> schemas.MetricsResponse:
+        """Usage time series (default: the last hour, every metric, as stored)."""
+        return await TelemetryService(context).metrics(instance_id, name=name, since=since, until=until, step=step)
+
+    @get("/logs", operation_id="instanceLogs", responses=errors(404), opt=route("logs", "get"))
+    async def logs(
+        self,
+        instance_id: FromPath[str],
+        context: Context,
+        level: Annotated[Level | None, QueryParameter(description="Minimum level")] = None,
+        limit: LogLimit = 100,
+        since: FromQuery[datetime | None] = None,
+        follow: FromQuery[bool] = False,
+    ) -> Response[Any]:
+        """Container log lines with parsed levels; follow=true streams new ones as Server-Sent Events."""
+        service = TelemetryService(context)
+        if not follow:
+            return Response(await service.logs(instance_id, level=level, limit=limit, since=since))
+        lines = await service.follow(instance_id, level=level, limit=limit, since=since)
+
+        async def messages() -> AsyncIterator[ServerSentEventMessage]:
+            async for entry in lines:
+                if entry is None:
+                    yield ServerSentEventMessage(comment="heartbeat")
+                else:
+                    yield ServerSentEventMessage(data=msgspec.json.encode(entry).decode(), event="log")
+
+        return ServerSentEvent(messages(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @get("/traces", operation_id="instanceTraces", responses=errors(404), opt=route("traces", "list"))
+    async def traces(self, instance_id: FromPath[str], context: Context, limit: TraceLimit = 20) -> schemas.TracePage:
+        """The instance's most recent spans, newest first."""
+        return await TelemetryService(context).traces(instance_id, limit=limit)
+
+    @get("/resources", operation_id="instanceResources", responses=errors(404), opt=route("resources", "get"))
+    async def resources(self, instance_id: FromPath[str], context: Context) -> schemas.ResourcesResponse:
+        """Usage now against the limits, per replica."""
+        return await TelemetryService(context).resources(instance_id)
+
+    @get("/dashboard", operation_id="instanceDashboard", responses=errors(404), opt=route("dashboard", "get"))
+    async def dashboard(self, instance_id: FromPath[str], context: Context) -> schemas.Dashboard:
+        """State, health, current release, recent deployments, resources and recent error lines."""
+        return await TelemetryService(context).dashboard(instance_id)
+
+
+async def instance_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    services: AppServices = connection.app.state.services
+    connection.scope[OTLP_SCOPE_KEY] = await authenticate_instance(  # type: ignore[literal-required]
+        services, connection.headers.get("authorization")
+    )
+
+
+@post(
+    "/v1/otlp/v1/traces",
+    operation_id="exportTraces",
+    tags=["telemetry"],
+    status_code=200,
+    guards=[instance_token_guard],
+    security=[{"instanceToken": []}],
+    responses={
+        400: ResponseSpec(data_container=ErrorBody, description="Not an OTLP JSON trace export"),
+        401: ResponseSpec(data_container=ErrorBody, description="Missing or invalid instance token"),
+        403: ResponseSpec(data_container=ErrorBody, description="The spans name another instance than the token's"),
+        409: ResponseSpec(data_container=ErrorBody, description="The instance was removed while its spans were stored"),
+        413: ResponseSpec(data_container=ErrorBody, description="Request body over the size limit"),
+        503: ResponseSpec(data_container=ErrorBody, description="Database unavailable"),
+    },
+    opt={**route("trace", "export"), "own_auth": True},
+)
+async def export_traces(
+    request: Request[Any, Any, Any], data: JSONBody[otlp.ExportTraceServiceRequest], state: State
+) -> schemas.ExportTraceServiceResponse:
+    """OTLP/HTTP JSON trace export from an instance, authenticated by the instance's own token."""
+    instance_id, tenant_id = request.scope[OTLP_SCOPE_KEY]  # type: ignore[literal-required]
+    await ingest_spans(state.services, instance_id=instance_id, tenant_id=tenant_id, request=data)
+    return schemas.ExportTraceServiceResponse()
+
+
+@get(
+    "/metrics",
+    operation_id="prometheusMetrics",
+    tags=["telemetry"],
+    security=[{"metricsToken": []}],
+    responses={
+        401: ResponseSpec(data_container=ErrorBody, description="CTRLPLANE_METRICS_TOKEN is set and not sent"),
+        503: ResponseSpec(data_container=ErrorBody, description="Database unavailable"),
+    },
+)
+async def prometheus_metrics(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """The control plane's own metrics in the Prometheus text format."""
+    services: AppServices = state.services
+    expected = services.settings.metrics_token
+    if expected:
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise Unauthenticated("this endpoint needs Authorization: Bearer <CTRLPLANE_METRICS_TOKEN>")
+    async with services.db.read() as session:
+        await scrape(services, session)
+    return Response(generate_latest(services.telemetry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,127 @@
+"""The control plane's own metrics: one Prometheus registry per app, never a module global.
+
+``Telemetry`` is built with the app's services (``AppServices.telemetry``). Request counts and
+latencies are recorded as requests finish (``RequestMetricsASGI``); the gauges that describe the
+database (operations, deploys, instances, health results) are read at scrape time by
+``telemetry.service.scrape`` and handed to the registry's collector, so nothing polls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ctrlplane.telemetry.health import HealthView, NoHealthChecks
+
+
+@dataclass
+class StateSnapshot:
+    """What the database said at the last scrape."""
+
+    operations: Mapping[str, int] = field(default_factory=dict)
+    deploys: Mapping[str, int] = field(default_factory=dict)
+    instances: Mapping[str, int] = field(default_factory=dict)
+    health_results: Mapping[str, int] = field(default_factory=dict)
+
+
+OPERATION_STATES = ("queued", "running", "failed")
+DEPLOY_OUTCOMES = ("succeeded", "failed", "rolled_back", "cancelled")
+
+
+class _StateCollector(Collector):
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.telemetry.snapshot
+        operations = GaugeMetricFamily(
+            "ctrlplane_operations", "Operations by state: queued (pending), running, failed", labels=["state"]
+        )
+        for state in OPERATION_STATES:
+            operations.add_metric([state], snapshot.operations.get(state, 0))
+        yield operations
+        deploys = CounterMetricFamily("ctrlplane_deploys", "Finished deploys by outcome", labels=["outcome"])
+        for outcome in DEPLOY_OUTCOMES:
+            deploys.add_metric([outcome], snapshot.deploys.get(outcome, 0))
+        yield deploys
+        instances = GaugeMetricFamily("ctrlplane_instances", "Instances by state", labels=["state"])
+        for state, count in sorted(snapshot.instances.items()):
+            instances.add_metric([state], count)
+        yield instances
+        health = GaugeMetricFamily(
+            "ctrlplane_health_results", "Health-check results kept, by status", labels=["status"]
+        )
+        for status, count in sorted(snapshot.health_results.items()):
+            health.add_metric([status], count)
+        yield health
+        lag = GaugeMetricFamily(
+            "ctrlplane_reconciler_lag_seconds",
+            "Seconds since the reconciler last finished a pass (absent before the first)",
+        )
+        if self.telemetry.reconciled_at is not None:
+            lag.add_metric([], max(0.0, time.monotonic() - self.telemetry.reconciled_at))
+        yield lag
+
+
+class Telemetry:
+    """The app's Prometheus registry and what feeds it; ``health`` is the health seam."""
+
+    def __init__(self, health: HealthView | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.health: HealthView = health or NoHealthChecks()
+        self.snapshot = StateSnapshot()
+        self.reconciled_at: float | None = None
+        self.requests = Counter(
+            "ctrlplane_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ctrlplane_http_request_duration_seconds",
+            "HTTP request latency by method and route template (streams: until they end)",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(self))
+
+    def reconciled(self) -> None:
+        """The reconciler finished a pass now."""
+        self.reconciled_at = time.monotonic()
+
+
+class RequestMetricsASGI:
+    """Counts every HTTP request by its route template (``unmatched`` when no route matched, so a
+    scan of random paths cannot grow the label set) and times it."""
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            method = scope["method"]
+            self.telemetry.requests.labels(method, route, str(status)).inc()
+            self.telemetry.latency.labels(method, route).observe(time.perf_counter() - started)

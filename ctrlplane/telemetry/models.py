@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ctrlplane.db import Base, UTCDateTime
+
+
+class MetricSample(Base):
+    """One usage sample of an instance, or a rollup of several (``step_seconds`` > 0).
+
+    Raw samples (step 0) are rolled up into 1-minute rows once they are older than the raw retention,
+    and those into 5-minute rows later; see docs/architecture.md "Telemetry". A rollup row holds the
+    mean of the gauges (CPU, memory in use) and the maximum of the rest (limits and the network and
+    restart counters, which only grow), at the start of its bucket.
+    """
+
+    __tablename__ = "metric_samples"
+    __table_args__ = (Index("ix_metric_samples_step_taken_at", "step_seconds", "taken_at"),)
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    step_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    samples: Mapped[int] = mapped_column(Integer, default=1)
+    cpu_percent: Mapped[float] = mapped_column(Float)
+    memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
+    memory_limit_bytes: Mapped[int] = mapped_column(BigInteger)
+    network_rx_bytes: Mapped[int] = mapped_column(BigInteger)
+    network_tx_bytes: Mapped[int] = mapped_column(BigInteger)
+    restarts: Mapped[int] = mapped_column(Integer)
+
+
+class TraceSpan(Base):
+    """A span an instance exported over OTLP; a span sent twice is kept once."""
+
+    __tablename__ = "trace_spans"
+    __table_args__ = (
+        Index("ix_trace_spans_instance_start", "instance_id", "start_time"),
+        Index("ix_trace_spans_received_at", "received_at"),
+    )
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    trace_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    span_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    parent_span_id: Mapped[str | None] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    end_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[str] = mapped_column(String(8))
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    service_name: Mapped[str | None] = mapped_column(Text)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    resource_attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

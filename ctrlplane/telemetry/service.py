@@ -1,0 +1,422 @@
+"""Telemetry for tenants: metrics, logs, traces, resources and the dashboard of one instance, and
+spans received from instances.
+
+Every read loads the instance through the tenant-scoped ``InstanceRepository`` first, so another
+tenant's instance is 404 and every later query is keyed by an instance the caller may see. Reads
+that reach the provider (logs, resources) close the request's database session before they do, so
+no transaction is held open across a provider call or a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ctrlplane.context import AppServices, RequestContext
+from ctrlplane.deployments.models import Deployment
+from ctrlplane.errors import CtrlplaneError, Forbidden, InvalidInput, Unauthenticated
+from ctrlplane.instances.models import Instance
+from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.provisioning.contract import LogLine, Provider
+from ctrlplane.provisioning.errors import WorkloadNotFound
+from ctrlplane.releases.models import Release
+from ctrlplane.telemetry import logparse, otlp, schemas
+from ctrlplane.telemetry.repository import GAUGES, MetricsRepository, SpanRepository, bucket_start
+from ctrlplane.timeutil import as_utc, parse_duration, utc_now
+
+DEFAULT_WINDOW = timedelta(hours=1)
+MAX_WINDOW = timedelta(days=400)
+MAX_POINTS = 10_000
+LEVEL_SCAN_LINES = 5000
+"""With a level filter, how many of the newest lines are read to find ``limit`` matching ones."""
+HEARTBEAT_SECONDS = 15.0
+MIB = 1024 * 1024
+
+
+def log_entry(line: LogLine) -> schemas.LogEntry:
+    level, message = logparse.parse(line.message)
+    return schemas.LogEntry(
+        timestamp=line.timestamp, replica=line.replica, stream=line.stream, level=level, message=message
+    )
+
+
+def _span(row: Any) -> schemas.SpanRecord:
+    return schemas.SpanRecord(
+        trace_id=row.trace_id,
+        span_id=row.span_id,
+        parent_span_id=row.parent_span_id,
+        name=row.name,
+        kind=row.kind,
+        service_name=row.service_name,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        duration_ms=row.duration_ms,
+        status=row.status_code,
+        status_message=row.status_message,
+        attributes=row.attributes,
+    )
+
+
+def _step_seconds(step: str | None) -> int | None:
+    if step is None:
+        return None
+    try:
+        seconds = parse_duration(step)
+    except ValueError as exc:
+        raise InvalidInput(f"step: {exc}", details={"step": step}) from None
+    if seconds < 1 or seconds != int(seconds):
+        raise InvalidInput("step must be a whole number of seconds, at least 1s", details={"step": step})
+    return int(seconds)
+
+
+def latency_series(points: Sequence[tuple[datetime, float]], step: int | None) -> schemas.Series:
+    """Health-check latency: every result, or with ``step`` the mean per step-aligned bucket."""
+    if step is None:
+        values = [schemas.Point(timestamp=at, value=float(ms)) for at, ms in points]
+    else:
+        buckets: dict[datetime, list[float]] = {}
+        for at, ms in points:
+            buckets.setdefault(bucket_start(at, step), []).append(float(ms))
+        values = [
+            schemas.Point(timestamp=start, value=round(sum(ms) / len(ms), 6)) for start, ms in sorted(buckets.items())
+        ]
+    return schemas.Series(name=schemas.HEALTH_LATENCY, unit=schemas.UNITS[schemas.HEALTH_LATENCY], points=values)
+
+
+def series(rows: list[Any], names: tuple[schemas.UsageMetric, ...], step: int | None) -> list[schemas.Series]:
+    """Points per metric: each stored row as it is, or with ``step`` one point per step-aligned
+    bucket (gauges averaged by sample count, limits and counters at their maximum)."""
+    result: list[schemas.Series] = []
+    for name in names:
+        if step is None:
+            points = [schemas.Point(timestamp=row.taken_at, value=float(getattr(row, name))) for row in rows]
+        else:
+            buckets: dict[datetime, list[Any]] = {}
+            for row in rows:
+                buckets.setdefault(bucket_start(row.taken_at, step), []).append(row)
+            points = []
+            for start, members in sorted(buckets.items()):
+                if name in GAUGES:
+                    weight = sum(max(m.samples, 1) for m in members)
+                    value = sum(float(getattr(m, name)) * max(m.samples, 1) for m in members) / weight
+                else:
+                    value = max(float(getattr(m, name)) for m in members)
+                points.append(schemas.Point(timestamp=start, value=round(value, 6)))
+        result.append(schemas.Series(name=name, unit=schemas.UNITS[name], points=points))
+    return result
+
+
+async def read_logs(
+    provider: Provider, instance_id: str, *, level: logparse.Level | None, limit: int, since: datetime | None
+) -> list[schemas.LogEntry]:
+    """The newest ``limit`` lines (at ``level`` or above), oldest first; none while no container exists."""
+    tail = limit if level is None else max(limit, LEVEL_SCAN_LINES)
+    entries: list[schemas.LogEntry] = []
+    try:
+        async with aclosing(provider.logs(instance_id, tail=tail, since=since)) as lines:  # type: ignore[type-var]
+            async for line in lines:
+                entry = log_entry(line)
+                if level is None or logparse.at_least(entry.level, level):
+                    entries.append(entry)
+    except WorkloadNotFound:
+        return []
+    return entries[-limit:]
+
+
+async def follow_logs(
+    provider: Provider,
+    instance_id: str,
+    *,
+    level: logparse.Level | None,
+    tail: int,
+    since: datetime | None,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+) -> AsyncIterator[schemas.LogEntry | None]:
+    """The last ``tail`` lines, then new ones as they are written; None every ``heartbeat_seconds``
+    without a line (a keep-alive). Ends when the provider's stream ends (no replica runs)."""
+    lines = provider.logs(instance_id, tail=tail, since=since, follow=True)
+    pending: asyncio.Future[LogLine] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(lines.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=heartbeat_seconds)
+            if not done:
+                yield None
+                continue
+            try:
+                line = pending.result()
+            except (StopAsyncIteration, WorkloadNotFound):
+                return
+            finally:
+                pending = None
+            entry = log_entry(line)
+            if level is None or logparse.at_least(entry.level, level):
+                yield entry
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        closer = getattr(lines, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+def resources_of(
+    instance: Instance, replicas: list[Any], *, message: str = "", available: bool = True
+) -> schemas.ResourcesResponse:
+    cpu_limit = instance.cpu_millis / 10.0
+    rows: list[schemas.ReplicaResources] = []
+    for replica in replicas:
+        usage = replica.usage
+        memory_limit = (usage.memory_limit_bytes if usage and usage.memory_limit_bytes else 0) or (
+            instance.memory_mb * MIB
+        )
+        cpu = usage.cpu_percent if usage else 0.0
+        used = usage.memory_used_bytes if usage else 0
+        rows.append(
+            schemas.ReplicaResources(
+                replica=replica.replica,
+                generation=replica.generation,
+                name=replica.name,
+                state=replica.state,
+                running=usage is not None,
+                cpu_percent=cpu,
+                cpu_limit_percent=cpu_limit,
+                cpu_used_of_limit_percent=round(cpu / cpu_limit * 100, 3) if cpu_limit else 0.0,
+                memory_used_bytes=used,
+                memory_limit_bytes=memory_limit,
+                memory_used_of_limit_percent=round(used / memory_limit * 100, 3) if memory_limit else 0.0,
+                network_rx_bytes=usage.network_rx_bytes if usage else 0,
+                network_tx_bytes=usage.network_tx_bytes if usage else 0,
+                restarts=usage.restarts if usage else 0,
+            )
+        )
+    return schemas.ResourcesResponse(
+        instance_id=instance.id,
+        observed_at=utc_now(),
+        limits_per_replica=schemas.ResourceLimits(
+            cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb, replicas=instance.replicas
+        ),
+        replicas=rows,
+        total_cpu_percent=round(sum(r.cpu_percent for r in rows), 3),
+        total_memory_used_bytes=sum(r.memory_used_bytes for r in rows),
+        available=available,
+        message=message,
+    )
+
+
+async def observe_resources(provider: Provider, instance: Instance) -> schemas.ResourcesResponse:
+    try:
+        replicas = await provider.replica_usage(instance.id)
+    except WorkloadNotFound:
+        return resources_of(instance, [], message="no containers")
+    return resources_of(instance, list(replicas))
+
+
+class TelemetryService:
+    def __init__(self, context: RequestContext) -> None:
+        self.context = context
+        self.session = context.session
+        self.services = context.services
+        self.instances = InstanceRepository(context.session, context.principal.tenant_id)
+
+    def _provider(self, instance: Instance) -> Provider:
+        return self.services.providers.get(instance.provider_name)
+
+    async def _detach(self) -> None:
+        """End the request's read transaction before talking to the provider."""
+        await self.session.close()
+
+    async def metrics(
+        self,
+        instance_id: str,
+        *,
+        name: schemas.MetricName | None,
+        since: datetime | None,
+        until: datetime | None,
+        step: str | None,
+    ) -> schemas.MetricsResponse:
+        instance = await self.instances.get(instance_id)
+        until = as_utc(until, "until") if until is not None else utc_now()
+        since = as_utc(since, "since") if since is not None else until - DEFAULT_WINDOW
+        if since >= until:
+            raise InvalidInput("since must be before until", details={"since": str(since), "until": str(until)})
+        if until - since > MAX_WINDOW:
+            raise InvalidInput(f"the window is at most {MAX_WINDOW.days} days", details={"since": str(since)})
+        step_seconds = _step_seconds(step)
+        if step_seconds is not None and (until - since).total_seconds() / step_seconds > MAX_POINTS:
+            raise InvalidInput(
+                f"step is too small for this window: at most {MAX_POINTS} points per series",
+                details={"step": step},
+            )
+        rows = await MetricsRepository(self.session).between(
+            tenant_id=instance.tenant_id, instance_id=instance.id, since=since, until=until
+        )
+        usage = schemas.USAGE_METRICS if name is None else tuple(n for n in schemas.USAGE_METRICS if n == name)
+        found = series(list(rows), usage, step_seconds)
+        if name in (None, schemas.HEALTH_LATENCY):
+            latency = await self.services.telemetry.health.latency(self.session, instance.id, since=since, until=until)
+            found.append(latency_series(latency, step_seconds))
+        return schemas.MetricsResponse(
+            instance_id=instance.id, since=since, until=until, step_seconds=step_seconds, series=found
+        )
+
+    async def logs(
+        self, instance_id: str, *, level: logparse.Level | None, limit: int, since: datetime | None
+    ) -> schemas.LogPage:
+        instance = await self.instances.get(instance_id)
+        since = as_utc(since, "since") if since is not None else None
+        provider = self._provider(instance)
+        await self._detach()
+        return schemas.LogPage(
+            instance_id=instance.id,
+            items=await read_logs(provider, instance.id, level=level, limit=limit, since=since),
+        )
+
+    async def follow(
+        self, instance_id: str, *, level: logparse.Level | None, limit: int, since: datetime | None
+    ) -> AsyncIterator[schemas.LogEntry | None]:
+        instance = await self.instances.get(instance_id)
+        since = as_utc(since, "since") if since is not None else None
+        provider = self._provider(instance)
+        await self._detach()
+        return follow_logs(provider, instance.id, level=level, tail=limit, since=since)
+
+    async def traces(self, instance_id: str, *, limit: int) -> schemas.TracePage:
+        instance = await self.instances.get(instance_id)
+        rows = await SpanRepository(self.session).recent(
+            tenant_id=instance.tenant_id, instance_id=instance.id, limit=limit
+        )
+        return schemas.TracePage(instance_id=instance.id, items=[_span(row) for row in rows])
+
+    async def resources(self, instance_id: str) -> schemas.ResourcesResponse:
+        instance = await self.instances.get(instance_id)
+        provider = self._provider(instance)
+        await self._detach()
+        return await observe_resources(provider, instance)
+
+    async def dashboard(self, instance_id: str, *, recent: int = 5, errors: int = 10) -> schemas.Dashboard:
+        instance = await self.instances.get(instance_id)
+        health = await self.services.telemetry.health.instance_health(self.session, instance.id)
+        release = await self.session.get(Release, instance.current_release_id) if instance.current_release_id else None
+        deployments = (
+            await self.session.execute(
+                select(Deployment)
+                .where(Deployment.instance_id == instance.id, Deployment.tenant_id == instance.tenant_id)
+                .order_by(Deployment.created_at.desc(), Deployment.id.desc())
+                .limit(recent)
+            )
+        ).scalars()
+        recent_deployments = [
+            schemas.DeploymentSummary(
+                id=d.id,
+                release_id=d.release_id,
+                strategy=d.strategy,
+                state=d.state,
+                error=d.error,
+                created_at=d.created_at,
+                finished_at=d.finished_at,
+            )
+            for d in deployments
+        ]
+        provider = self._provider(instance)
+        await self._detach()
+        try:
+            resources = await observe_resources(provider, instance)
+        except CtrlplaneError as exc:
+            resources = resources_of(instance, [], message=exc.message, available=False)
+        try:
+            error_lines = await read_logs(provider, instance.id, level="error", limit=errors, since=None)
+        except CtrlplaneError:
+            error_lines = []
+        return schemas.Dashboard(
+            instance_id=instance.id,
+            name=instance.name,
+            state=instance.state,
+            desired_state=instance.desired_state,
+            status_message=instance.status_message,
+            health=health,
+            current_release=schemas.ReleaseSummary(
+                id=release.id, version=release.version, image=release.image, created_at=release.created_at
+            )
+            if release is not None
+            else None,
+            recent_deployments=recent_deployments,
+            resources=resources,
+            recent_errors=error_lines,
+        )
+
+
+async def authenticate_instance(services: AppServices, authorization: str | None) -> tuple[str, str]:
+    """(instance, tenant) of an OTLP request's ``Authorization: Bearer cpt_...``; 401 otherwise.
+    Tenant tokens and API keys are not accepted here: only an instance's own token."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("send the instance's OTLP token: Authorization: Bearer cpt_...")
+    instance_id = otlp.token_instance(services.settings, token.strip())
+    if instance_id is None:
+        raise Unauthenticated("not a valid instance OTLP token")
+    async with services.db.read() as session:
+        row = (
+            await session.execute(select(Instance.tenant_id, Instance.state).where(Instance.id == instance_id))
+        ).one_or_none()
+    if row is None or row.state in ("destroying", "destroyed"):
+        raise Unauthenticated("the instance of this OTLP token no longer exists")
+    return instance_id, str(row.tenant_id)
+
+
+async def ingest_spans(
+    services: AppServices, *, instance_id: str, tenant_id: str, request: otlp.ExportTraceServiceRequest
+) -> int:
+    """Store a request's spans for the token's instance (its own transaction); returns how many.
+    A resource naming another instance (``ctrlplane.instance.id``) is refused whole (403): one
+    instance's token never files spans under another."""
+    parsed = list(otlp.spans(request))
+    claimed = {
+        str(span.resource_attributes[otlp.INSTANCE_ATTRIBUTE])
+        for span in parsed
+        if otlp.INSTANCE_ATTRIBUTE in span.resource_attributes
+    }
+    if claimed - {instance_id}:
+        raise Forbidden(
+            "these spans name another instance than the one this token belongs to",
+            details={"token_instance": instance_id, "named": sorted(claimed - {instance_id})},
+        )
+    async with services.db.write() as session, session.begin():
+        await SpanRepository(session).add(tenant_id=tenant_id, instance_id=instance_id, spans=parsed)
+    return len(parsed)
+
+
+def decode_export(body: bytes) -> otlp.ExportTraceServiceRequest:
+    try:
+        return msgspec.json.decode(body, type=otlp.ExportTraceServiceRequest)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"invalid OTLP request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"the body is not OTLP JSON: {exc}") from None
+
+
+async def scrape(services: AppServices, session: AsyncSession) -> None:
+    """Refresh the database-backed gauges of the app's Prometheus registry."""
+    from ctrlplane.telemetry.hub import StateSnapshot
+    from ctrlplane.telemetry.repository import ControlPlaneCounts
+
+    counts = ControlPlaneCounts(session)
+    telemetry = services.telemetry
+    telemetry.snapshot = StateSnapshot(
+        operations=await counts.operations(),
+        deploys=await counts.deploys(),
+        instances=await counts.instances(),
+        health_results=dict(await telemetry.health.result_counts(session)),
+    )

@@ -1,0 +1,238 @@
+"""Telemetry against a real Docker engine: CPU of a busy container, its log lines with their levels,
+following them live, per-replica resources, the dashboard, and the OTLP token in the container's env.
+
+The test image ``ctrlplane-test/busybox:telemetry`` (built here from the busybox test rootfs) prints
+a JSON, a logfmt, a keyword (stderr) and a plain line, spins one busy loop, then serves httpd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from ctrlplane_docker import DockerProvider
+from docker import DockerClient
+from docker.errors import APIError, ImageNotFound, NotFound
+
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+from ctrlplane.telemetry.otlp import instance_token
+from tests.api.test_instances import create, state, wait_for
+from tests.api.test_telemetry import otlp_body, read_log_events
+from tests.conftest import Api, bearer
+from tests.providers.docker_engine import HTTP_PORT, docker_engine, rootfs_tar  # noqa: F401
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "ctrlplane-test/busybox:telemetry"
+IMAGE_VERSION = "1"
+SCRIPT = (
+    'echo \'{"level":"error","msg":"json failure from the app"}\'; '
+    "echo 'level=warn msg=\"logfmt warning from the app\"'; "
+    "echo 'ERROR keyword failure from the app' >&2; "
+    "echo 'plain hello from the app'; "
+    "(while :; do :; done) & "
+    f"exec httpd -f -p {HTTP_PORT} -h /www"
+)
+APP = {
+    "image": IMAGE,
+    "ports": [{"container_port": HTTP_PORT}],
+    "resources": {"cpu_millis": 100, "memory_mb": 32},
+}
+FOLLOW_BOUND_SECONDS = 2.0
+
+
+@pytest.fixture(scope="session")
+def telemetry_image(docker_engine: DockerClient) -> str:
+    try:
+        if (docker_engine.images.get(IMAGE).labels or {}).get("org.ctrlplane.telemetry-image") == IMAGE_VERSION:
+            return IMAGE
+    except ImageNotFound:
+        pass
+    repository, tag = IMAGE.rsplit(":", 1)
+    docker_engine.api.import_image_from_data(
+        rootfs_tar(),
+        repository=repository,
+        tag=tag,
+        changes=[
+            "CMD " + json.dumps(["/bin/sh", "-c", SCRIPT]),
+            "ENV PATH=/bin",
+            f"LABEL org.ctrlplane.telemetry-image={IMAGE_VERSION}",
+        ],
+    )
+    return IMAGE
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, providers=("docker",), metrics_sample_seconds=1.0)
+
+
+@pytest.fixture
+def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:
+    return ProviderRegistry([DockerProvider(settings)])
+
+
+@pytest.fixture(autouse=True)
+def _remove_what_the_test_made(settings: Settings, docker_engine: DockerClient) -> Iterator[None]:
+    yield
+    label = f"ctrlplane.cluster={settings.cluster_name}"
+    for container in docker_engine.containers.list(all=True, filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True, v=True)
+    for volume in docker_engine.volumes.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            volume.remove(force=True)
+    for network in docker_engine.networks.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            network.remove()
+
+
+async def running_app(
+    live: Api, telemetry_image: str, slug: str = "acme", **overrides: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    tenant = await live.create_tenant(slug, plan="pro")
+    token = bearer(live.tokens.tenant(tenant["id"]))
+    instance = await create(live, token, name="busy", **{**APP, "image": telemetry_image, **overrides})
+    return await wait_for(live, instance["id"], token, state("running"), timeout=60), token
+
+
+def container_of(engine: DockerClient, instance_id: str) -> Any:
+    [container] = engine.containers.list(filters={"label": f"ctrlplane.instance={instance_id}"})
+    return container
+
+
+async def poll(check: Any, timeout: float = 60, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(every)
+
+
+async def test_busy_container_shows_non_zero_cpu_in_its_metrics(live: Api, telemetry_image: str) -> None:
+    instance, token = await running_app(live, telemetry_image)
+    path = f"/v1/instances/{instance['id']}/metrics"
+
+    async def busy_points() -> list[dict[str, Any]]:
+        body = (await live.client.get(path, params={"name": "cpu_percent"}, headers=token)).json()
+        return [p for p in body["series"][0]["points"] if p["value"] > 0]
+
+    points = await poll(busy_points)
+    assert all(0 < p["value"] <= 100 for p in points)
+    memory = (await live.client.get(path, params={"name": "memory_limit_bytes"}, headers=token)).json()
+    assert memory["series"][0]["points"][-1]["value"] == 32 * 1024 * 1024
+
+
+async def test_logs_contain_the_containers_lines_with_parsed_levels(live: Api, telemetry_image: str) -> None:
+    instance, token = await running_app(live, telemetry_image)
+    path = f"/v1/instances/{instance['id']}/logs"
+
+    async def lines() -> list[dict[str, Any]]:
+        items = (await live.client.get(path, headers=token)).json()["items"]
+        return items if any(e["message"] == "plain hello from the app" for e in items) else []
+
+    items = {e["message"]: e for e in await poll(lines)}
+    assert items["json failure from the app"]["level"] == "error"
+    assert items["logfmt warning from the app"]["level"] == "warn"
+    keyword = items["ERROR keyword failure from the app"]
+    assert (keyword["level"], keyword["stream"], keyword["replica"]) == ("error", "stderr", 0)
+    assert items["plain hello from the app"]["level"] == "info"
+    errors = (await live.client.get(path, params={"level": "error"}, headers=token)).json()["items"]
+    assert {e["message"] for e in errors} == {"json failure from the app", "ERROR keyword failure from the app"}
+
+
+async def test_follow_delivers_a_new_line_within_two_seconds(
+    live: Api,
+    telemetry_image: str,
+    docker_engine: DockerClient,
+) -> None:
+    instance, token = await running_app(live, telemetry_image)
+    container = container_of(docker_engine, instance["id"])
+    path = f"/v1/instances/{instance['id']}/logs"
+    async with live.client.stream("GET", path, params={"follow": "true", "limit": 1}, headers=token) as response:
+        assert response.status_code == 200
+        lines: AsyncIterator[str] = response.aiter_lines()
+        await asyncio.wait_for(read_log_events(lines, 1), 30)  # the stream is up: the tail arrived
+        reader = asyncio.create_task(_marker(lines, "WARN followed line"))
+        # written to the container's stdout (PID 1's) from inside it, as the app would
+        await asyncio.to_thread(container.exec_run, ["sh", "-c", "echo 'WARN followed line' > /proc/1/fd/1"])
+        printed = time.monotonic()
+        entry = await asyncio.wait_for(reader, 30)
+        arrived = time.monotonic()
+    assert entry["level"] == "warn" and entry["stream"] == "stdout"
+    assert arrived - printed < FOLLOW_BOUND_SECONDS, f"the line took {arrived - printed:.2f}s to arrive"
+
+
+async def _marker(lines: AsyncIterator[str], message: str) -> dict[str, Any]:
+    while True:
+        [entry] = await read_log_events(lines, 1)
+        if entry["message"] == message:
+            return entry
+
+
+async def test_resources_show_each_replicas_usage_against_its_limits(live: Api, telemetry_image: str) -> None:
+    instance, token = await running_app(live, telemetry_image, replicas=2)
+    body = (await live.client.get(f"/v1/instances/{instance['id']}/resources", headers=token)).json()
+    assert body["limits_per_replica"] == {"cpu_millis": 100, "memory_mb": 32, "replicas": 2}
+    assert [r["replica"] for r in body["replicas"]] == [0, 1]
+    for replica in body["replicas"]:
+        assert replica["running"] is True
+        assert replica["memory_limit_bytes"] == 32 * 1024 * 1024
+        assert 0 < replica["memory_used_bytes"] < replica["memory_limit_bytes"]
+        assert replica["cpu_limit_percent"] == 10.0
+
+
+async def test_dashboard_of_a_real_instance(live: Api, telemetry_image: str) -> None:
+    instance, token = await running_app(live, telemetry_image)
+    path = f"/v1/instances/{instance['id']}/dashboard"
+
+    async def dashboard() -> dict[str, Any] | None:
+        body = dict((await live.client.get(path, headers=token)).json())
+        return body if len(body["recent_errors"]) >= 2 else None
+
+    body = await poll(dashboard)
+    assert body["state"] == "running" and body["health"] == "unknown"
+    assert body["current_release"]["image"] == IMAGE
+    assert body["resources"]["replicas"][0]["running"] is True
+    assert {e["message"] for e in body["recent_errors"]} == {
+        "json failure from the app",
+        "ERROR keyword failure from the app",
+    }
+
+
+async def test_container_env_carries_its_otlp_token_which_posts_spans_for_it_only(
+    live: Api,
+    telemetry_image: str,
+    docker_engine: DockerClient,
+    settings: Settings,
+) -> None:
+    a, token_a = await running_app(live, telemetry_image, slug="alpha")
+    b, token_b = await running_app(live, telemetry_image, slug="bravo")
+    env = dict(item.split("=", 1) for item in container_of(docker_engine, a["id"]).attrs["Config"]["Env"])
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{settings.host}:{settings.port}/v1/otlp"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/json"
+    header = env["OTEL_EXPORTER_OTLP_HEADERS"].replace("%20", " ")
+    name, _, value = header.partition("=")
+    assert name == "authorization" and value == f"Bearer {instance_token(settings, a['id'])}"
+    attributes = dict(pair.split("=", 1) for pair in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    accepted = await live.client.post("/v1/otlp/v1/traces", json=otlp_body(**attributes), headers={name: value})
+    assert accepted.status_code == 200, accepted.text
+    refused = await live.client.post(
+        "/v1/otlp/v1/traces",
+        json=otlp_body(**attributes),
+        headers={"Authorization": f"Bearer {instance_token(settings, b['id'])}"},
+    )
+    assert refused.status_code == 403, refused.text
+    [span] = (await live.client.get(f"/v1/instances/{a['id']}/traces", headers=token_a)).json()["items"]
+    assert span["name"] == "GET /cart"
+    assert (await live.client.get(f"/v1/instances/{b['id']}/traces", headers=token_b)).json()["items"] == []
+    assert (await live.client.get(f"/v1/instances/{a['id']}/traces", headers=token_b)).status_code == 404

@@ -1,0 +1,194 @@
+"""Pure telemetry rules: log levels, OTLP tokens and span parsing, time-series bucketing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from ctrlplane.errors import InvalidInput
+from ctrlplane.settings import Settings
+from ctrlplane.telemetry import logparse, otlp
+from ctrlplane.telemetry.repository import bucket_start
+from ctrlplane.telemetry.schemas import LogEntry
+from ctrlplane.telemetry.service import series
+
+SETTINGS = Settings(jwt_secret="unit-test-secret-long-enough-for-hs256-0123456789", host="10.0.0.1", port=9000)
+
+
+@pytest.mark.parametrize(
+    ("line", "level", "message"),
+    [
+        ('{"level":"error","msg":"db down"}', "error", "db down"),
+        ('{"severity":"WARNING","message":"slow"}', "warn", "slow"),
+        ('{"level":50,"msg":"pino error"}', "error", "pino error"),
+        ('{"level":30,"msg":"pino info"}', "info", "pino info"),
+        ('{"log":{"level":"debug"},"message":"ecs"}', "debug", "ecs"),
+        ('{"msg":"no level but ERROR inside"}', "error", "no level but ERROR inside"),
+        ('level=warn msg="disk almost full" pct=91', "warn", "disk almost full"),
+        ('ts=2024-01-01T00:00:00Z lvl=ERR msg="quoted \\"inner\\" text"', "error", 'quoted "inner" text'),
+        ("level=info user=bob", "info", "level=info user=bob"),
+        ("ERROR could not connect", "error", "ERROR could not connect"),
+        ("2024-01-01 WARN retrying", "warn", "2024-01-01 WARN retrying"),
+        ("Traceback (most recent call last):", "error", "Traceback (most recent call last):"),
+        ("java.lang.IllegalStateException: boom", "error", "java.lang.IllegalStateException: boom"),
+        ("panic: runtime error: index out of range", "fatal", "panic: runtime error: index out of range"),
+        ("GET / 200 12ms", "info", "GET / 200 12ms"),
+        ("[DEBUG] cache warm", "debug", "[DEBUG] cache warm"),
+        ("{not json at all ERROR}", "error", "{not json at all ERROR}"),
+        ('["a json array"]', "info", '["a json array"]'),
+        ("level=verbose-ish msg=x", "info", "level=verbose-ish msg=x"),
+    ],
+)
+def test_log_levels_are_parsed_from_json_logfmt_then_keywords(line: str, level: str, message: str) -> None:
+    assert logparse.parse(line) == (level, message)
+
+
+def test_level_filter_is_a_minimum() -> None:
+    assert logparse.at_least("error", "warn")
+    assert logparse.at_least("warn", "warn")
+    assert not logparse.at_least("info", "warn")
+
+
+def test_instance_token_verifies_only_for_its_instance() -> None:
+    token = otlp.instance_token(SETTINGS, "inst_a")
+    assert token.startswith("cpt_inst_a.")
+    assert otlp.instance_token(SETTINGS, "inst_a") == token
+    assert otlp.token_instance(SETTINGS, token) == "inst_a"
+    forged = token.replace("cpt_inst_a.", "cpt_inst_b.")
+    assert otlp.token_instance(SETTINGS, forged) is None
+    assert otlp.token_instance(SETTINGS, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert otlp.token_instance(SETTINGS, "cpk_some-api-key") is None
+    other = msgspec.structs.replace(SETTINGS, otlp_token_secret="another-secret")
+    assert otlp.token_instance(other, token) is None
+
+
+def test_otlp_env_points_the_sdk_at_the_control_plane() -> None:
+    env = otlp.otlp_env(SETTINGS, instance_id="inst_a", name="web")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://10.0.0.1:9000/v1/otlp"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/json"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == f"authorization=Bearer%20{otlp.instance_token(SETTINGS, 'inst_a')}"
+    assert env["OTEL_SERVICE_NAME"] == "web"
+    configured = msgspec.structs.replace(SETTINGS, otlp_endpoint="http://172.17.0.1:8080/v1/otlp/")
+    assert otlp.otlp_env(configured, instance_id="i", name="n")["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+        "http://172.17.0.1:8080/v1/otlp"
+    )
+
+
+def export(**span: object) -> otlp.ExportTraceServiceRequest:
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "shop"}}]},
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "5B8EFFF798038103D269B633813FC60C",
+                                "spanId": "EEE19B7EC3C1B174",
+                                "name": "GET /cart",
+                                "kind": 2,
+                                "startTimeUnixNano": "1700000000000000000",
+                                "endTimeUnixNano": "1700000000250000000",
+                                "status": {"code": 2, "message": "boom"},
+                                "attributes": [
+                                    {"key": "http.status_code", "value": {"intValue": "500"}},
+                                    {"key": "ok", "value": {"boolValue": False}},
+                                    {"key": "ratio", "value": {"doubleValue": 0.5}},
+                                    {"key": "tags", "value": {"arrayValue": {"values": [{"stringValue": "a"}]}}},
+                                ],
+                                **span,
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    return msgspec.json.decode(msgspec.json.encode(body), type=otlp.ExportTraceServiceRequest)
+
+
+def test_otlp_json_spans_are_read_with_their_attributes_and_status() -> None:
+    [span] = list(otlp.spans(export()))
+    assert (span.trace_id, span.span_id) == ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174")
+    assert span.duration_ms == 250.0
+    assert span.start_time == datetime.fromtimestamp(1_700_000_000, UTC)
+    assert (span.kind, span.status_code, span.status_message) == ("server", "error", "boom")
+    assert span.service_name == "shop"
+    assert span.attributes == {"http.status_code": 500, "ok": False, "ratio": 0.5, "tags": ["a"]}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"traceId": "xyz"},
+        {"traceId": "0" * 32},
+        {"spanId": "123"},
+        {"startTimeUnixNano": "soon"},
+        {"endTimeUnixNano": "1600000000000000000"},
+        {"kind": 9},
+        {"status": {"code": 7}},
+    ],
+)
+def test_malformed_spans_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput):
+        list(otlp.spans(export(**bad)))
+
+
+def test_buckets_align_to_the_step() -> None:
+    moment = datetime(2025, 1, 1, 12, 7, 42, 500000, tzinfo=UTC)
+    assert bucket_start(moment, 60) == datetime(2025, 1, 1, 12, 7, tzinfo=UTC)
+    assert bucket_start(moment, 300) == datetime(2025, 1, 1, 12, 5, tzinfo=UTC)
+
+
+@dataclass
+class Row:
+    taken_at: datetime
+    cpu_percent: float
+    network_rx_bytes: int
+    samples: int = 1
+
+
+def test_series_averages_gauges_and_keeps_the_maximum_of_counters_per_step() -> None:
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    rows = [
+        Row(at.replace(second=5), 10.0, 100),
+        Row(at.replace(second=35), 30.0, 300, samples=3),
+        Row(at.replace(minute=1, second=5), 50.0, 400),
+    ]
+    cpu, rx = series(rows, ("cpu_percent", "network_rx_bytes"), 60)
+    assert [(p.timestamp.minute, p.value) for p in cpu.points] == [(0, 25.0), (1, 50.0)]
+    assert [(p.timestamp.minute, p.value) for p in rx.points] == [(0, 300.0), (1, 400.0)]
+    [raw] = series(rows, ("cpu_percent",), None)
+    assert [p.value for p in raw.points] == [10.0, 30.0, 50.0]
+
+
+async def test_a_quiet_follow_sends_heartbeats_and_ends_with_the_stream() -> None:
+    from ctrlplane.provisioning.contract import Resources, WorkloadSpec
+    from ctrlplane.telemetry.service import follow_logs
+    from tests.fakes import FakeProvider
+
+    fake = FakeProvider()
+    spec = WorkloadSpec(instance_id="inst_a", tenant_id="ten_a", name="web", image="img", resources=Resources(100, 32))
+    await fake.provision(spec)
+    fake.emit_log("inst_a", "level=error msg=first")
+    stream = follow_logs(fake, "inst_a", level="warn", tail=10, since=None, heartbeat_seconds=0.05)
+    first = await anext(stream)
+    assert first is not None and (first.level, first.message) == ("error", "first")
+    assert await anext(stream) is None, "a heartbeat while nothing is written"
+    fake.emit_log("inst_a", "info line below the level")
+    fake.emit_log("inst_a", "WARN shown")
+    seen = [entry async for entry in _until_message(stream, "WARN shown")]
+    assert all(e is None or e.message != "info line below the level" for e in seen)
+    await fake.stop("inst_a")
+    assert [entry async for entry in stream if entry is not None] == []
+
+
+async def _until_message(stream: AsyncIterator[LogEntry | None], message: str) -> AsyncIterator[LogEntry | None]:
+    async for entry in stream:
+        yield entry
+        if entry is not None and entry.message == message:
+            return
