@@ -22,14 +22,14 @@ from ctrlplane.auth.api import KeyController
 from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
 from ctrlplane.auth.tokens import load_signing_secret
 from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_response
-from ctrlplane.context import AppServices
+from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
-from ctrlplane.operations.runner import Background
+from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.releases.api import ReleaseController
 from ctrlplane.settings import Settings
@@ -79,7 +79,12 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
     )
     registry = providers if providers is not None else ProviderRegistry.from_entry_points(settings)
     return AppServices(
-        settings=settings, db=database, authenticator=authenticator, providers=registry, version=__version__
+        settings=settings,
+        db=database,
+        authenticator=authenticator,
+        providers=registry,
+        version=__version__,
+        replica=settings.replica_name or default_replica_name(),
     )
 
 
@@ -92,6 +97,7 @@ def create_app(
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
             async with anyio.create_task_group() as group:
+                start_relay(services, group)
                 if settings.background:
                     Background(services).start(group)
                 try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,11 @@ from ctrlplane.signals import Signal
 CONTEXT_KEY = "ctrlplane.context"
 
 
+def default_replica_name() -> str:
+    """This process among the replicas: host and pid, so logs and operation leases say who."""
+    return f"{socket.gethostname()[:20]}-{os.getpid()}"[-30:]
+
+
 @dataclass
 class AppServices:
     settings: Settings
@@ -27,6 +34,7 @@ class AppServices:
     version: str
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
+    replica: str = field(default_factory=default_replica_name)
 
 
 @dataclass

@@ -84,6 +84,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     crashloop_restarts: int = 5
     crashloop_window_seconds: float = 300.0
     event_poll_seconds: float = 1.0
+    leader_lease_seconds: float = 10.0
+    replica_name: str | None = None
     deploy_health_timeout_seconds: float = 60.0
     deploy_deadline_seconds: float = 600.0
     canary_observation_seconds: float = 10.0
@@ -148,6 +150,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "DEPLOY_DEADLINE_SECONDS": "deploy_deadline_seconds",
             "CANARY_OBSERVATION_SECONDS": "canary_observation_seconds",
             "EVENT_POLL_SECONDS": "event_poll_seconds",
+            "LEADER_LEASE_SECONDS": "leader_lease_seconds",
+            "REPLICA_NAME": "replica_name",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -196,6 +200,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
+        if self.leader_lease_seconds <= 0:
+            raise SettingsError(f"{PREFIX}LEADER_LEASE_SECONDS must be positive")
+        if self.replica_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", self.replica_name):
+            raise SettingsError(f"{PREFIX}REPLICA_NAME must be 1-30 letters, digits, dots, hyphens or underscores")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
 
