@@ -31,6 +31,7 @@ from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.releases.api import ReleaseController
 from ctrlplane.settings import Settings
 from ctrlplane.tenants.api import TenantController
@@ -85,6 +86,7 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         providers=registry,
         version=__version__,
         replica=settings.replica_name or default_replica_name(),
+        rate_limiter=RateLimiter(settings, database),
     )
 
 

@@ -8,6 +8,8 @@
 1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``);
 2. authenticates the bearer token (401), loads the caller's tenant (a vanished tenant is 401;
    a suspended one gets 403 on every mutating call) and checks the route's required role (403);
+   then takes the caller's rate-limit tokens (429 with ``Retry-After`` when out; ``RateLimit-*``
+   headers on the response: ``ratelimit/service.py``);
 3. claims the ``Idempotency-Key`` of a POST, or replays its stored response;
 4. runs the handler inside one database transaction, holding the response back;
 5. on success commits the change, its audit entry and the idempotency record together; on failure
@@ -46,18 +48,21 @@ from ctrlplane.errors import (
     Forbidden,
     InvalidInput,
     PayloadTooLarge,
+    RateLimited,
     TenantSuspended,
     Unauthenticated,
     Unavailable,
 )
 from ctrlplane.idempotency import service as idempotency
 from ctrlplane.ids import new_id
+from ctrlplane.ratelimit.service import BucketState
 from ctrlplane.tenants.models import Tenant
 
 log = structlog.get_logger("ctrlplane.http")
 
 REQUEST_ID_KEY = "ctrlplane.request_id"
 PRINCIPAL_KEY = "ctrlplane.principal"
+RATE_LIMIT_KEY = "ctrlplane.rate_limit"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REDACTED = "<shown once; not replayed>"
@@ -227,6 +232,7 @@ class UnitOfWork(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         http_scope = cast("HTTPScope", scope)
+        send = _with_rate_limit_headers(scope, send)
         if http_scope["method"] in READ_METHODS:
             await self._read(http_scope, receive, send, next_app)
         else:
@@ -261,6 +267,17 @@ class UnitOfWork(ASGIMiddleware):
         if required != "any" and not principal.has_role(required):
             raise Forbidden(f"this route needs the {required!r} role")
 
+    async def _rate_limit(self, scope: HTTPScope, principal: Principal) -> None:
+        if self.services.rate_limiter is None:
+            return
+        try:
+            state = await self.services.rate_limiter.check(principal)
+        except RateLimited as exc:
+            state = exc.rate_limit  # type: ignore[attr-defined]
+            raise
+        finally:
+            scope[RATE_LIMIT_KEY] = state  # type: ignore[literal-required]
+
     def _context(self, scope: HTTPScope, principal: Principal, session: Any) -> RequestContext:
         opt = scope["route_handler"].opt
         params = scope.get("path_params", {})
@@ -287,6 +304,7 @@ class UnitOfWork(ASGIMiddleware):
             self._reject_nul(scope)
             principal = await self._authenticate(scope)
             await self._authorize(scope, principal, mutating=False)
+            await self._rate_limit(scope, principal)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
             await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
             return
@@ -307,6 +325,7 @@ class UnitOfWork(ASGIMiddleware):
             self._reject_nul(scope, body)
             principal = await self._authenticate(scope)
             await self._authorize(scope, principal, mutating=True)
+            await self._rate_limit(scope, principal)
             claim = await self._claim(scope, principal, body)
             if claim is not None and claim.replay is not None:
                 replayed = _Captured()
@@ -406,6 +425,19 @@ class UnitOfWork(ASGIMiddleware):
             client_addr=client[0] if client else None,
             details=details,
         )
+
+
+def _with_rate_limit_headers(scope: Scope, send: Send) -> Send:
+    """``send``, adding the caller's RateLimit-* headers (and Retry-After on a 429) to the response."""
+
+    async def sending(message: Message) -> None:
+        state: BucketState | None = scope.get(RATE_LIMIT_KEY)  # type: ignore[assignment]
+        if message["type"] == "http.response.start" and state is not None:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"retry-after" or state.allowed]
+            message = {**message, "headers": headers + state.headers()}
+        await send(message)
+
+    return sending
 
 
 def _redacted_fields(scope: HTTPScope) -> tuple[str, ...]:

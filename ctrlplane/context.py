@@ -14,6 +14,7 @@ from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
 
@@ -35,6 +36,7 @@ class AppServices:
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
     replica: str = field(default_factory=default_replica_name)
+    rate_limiter: RateLimiter | None = None
 
 
 @dataclass

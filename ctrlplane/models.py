@@ -8,6 +8,7 @@ from ctrlplane.events.models import Event, EventStream
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations.models import Operation
+from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
@@ -23,6 +24,7 @@ __all__ = [
     "IdempotencyRecord",
     "Instance",
     "Operation",
+    "RateBucket",
     "Release",
     "Tenant",
     "TenantQuota",

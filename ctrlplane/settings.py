@@ -51,6 +51,24 @@ DEFAULT_PLANS: dict[str, PlanQuota] = {
 }
 
 
+class PlanRateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Token buckets of a plan: each tenant's, and each of its credentials' (API key or JWT subject)."""
+
+    tenant_per_minute: int
+    tenant_burst: int
+    credential_per_minute: int
+    credential_burst: int
+
+
+DEFAULT_RATE_LIMITS: dict[str, PlanRateLimit] = {
+    "free": PlanRateLimit(tenant_per_minute=600, tenant_burst=300, credential_per_minute=300, credential_burst=150),
+    "pro": PlanRateLimit(tenant_per_minute=3000, tenant_burst=1000, credential_per_minute=1200, credential_burst=500),
+    "enterprise": PlanRateLimit(
+        tenant_per_minute=12000, tenant_burst=3000, credential_per_minute=6000, credential_burst=1500
+    ),
+}
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -91,6 +109,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     canary_observation_seconds: float = 10.0
     plans: dict[str, PlanQuota] = msgspec.field(default_factory=lambda: dict(DEFAULT_PLANS))
     default_plan: str = "free"
+    rate_limits: dict[str, PlanRateLimit] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    rate_limits_enabled: bool = True
 
     max_body_bytes: int = 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
@@ -152,6 +172,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "EVENT_POLL_SECONDS": "event_poll_seconds",
             "LEADER_LEASE_SECONDS": "leader_lease_seconds",
             "REPLICA_NAME": "replica_name",
+            "RATE_LIMITS_ENABLED": "rate_limits_enabled",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -172,6 +193,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise SettingsError(f"{PREFIX}PLANS: {exc}") from exc
             except msgspec.DecodeError as exc:
                 raise SettingsError(f"{PREFIX}PLANS is not JSON: {exc}") from exc
+        if (raw := get("RATE_LIMITS")) is not None:
+            try:
+                values["rate_limits"] = msgspec.json.decode(raw.encode(), type=dict[str, PlanRateLimit])
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise SettingsError(f"{PREFIX}RATE_LIMITS: {exc}") from exc
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -200,6 +226,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
+        if self.default_plan not in self.rate_limits:
+            raise SettingsError(f"{PREFIX}RATE_LIMITS has no entry for the default plan {self.default_plan!r}")
+        for plan, limit in self.rate_limits.items():
+            if min(msgspec.structs.astuple(limit)) < 1:
+                raise SettingsError(f"{PREFIX}RATE_LIMITS[{plan!r}]: every rate and burst must be at least 1")
         if self.leader_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}LEADER_LEASE_SECONDS must be positive")
         if self.replica_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", self.replica_name):
