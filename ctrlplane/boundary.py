@@ -100,6 +100,8 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     if error.status >= 500 and not isinstance(error, Unavailable):
         log.error("unhandled_error", exc_info=exc, request_id=request_id_for(request.scope))
     headers = {"Retry-After": "5"} if error.status == 503 else {}
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)  # the Allow header of a 405, above all
     return Response(
         content=error_body(request.scope, error),
         status_code=error.status,

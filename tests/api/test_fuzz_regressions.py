@@ -1,0 +1,12 @@
+"""What the Schemathesis run (tests/api/test_fuzz.py) found, each pinned by a test of its own."""
+
+from __future__ import annotations
+
+from tests.conftest import Api
+
+
+async def test_a_405_names_the_allowed_methods(api: Api) -> None:
+    response = await api.client.request("TRACE", "/v1/keys", headers=api.admin_headers)
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+    assert {m.strip() for m in response.headers["Allow"].split(",")} >= {"GET", "POST"}
