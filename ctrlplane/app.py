@@ -47,7 +47,7 @@ class Readiness(msgspec.Struct):
     database: str
 
 
-@get("/healthz", operation_id="liveness", tags=["health"], include_in_schema=True)
+@get("/healthz", operation_id="liveness", tags=["health"], include_in_schema=True, security=[{}])
 async def healthz() -> Liveness:
     """Liveness: the process serves requests."""
     return Liveness(status="ok", version=__version__)
@@ -57,6 +57,7 @@ async def healthz() -> Liveness:
     "/readyz",
     operation_id="readiness",
     tags=["health"],
+    security=[{}],
     responses={503: ResponseSpec(data_container=ErrorBody, description="The database cannot be reached")},
 )
 async def readyz(state: State) -> Response[Any]:

@@ -10,3 +10,11 @@ async def test_a_405_names_the_allowed_methods(api: Api) -> None:
     assert response.status_code == 405
     assert response.json()["code"] == "method_not_allowed"
     assert {m.strip() for m in response.headers["Allow"].split(",")} >= {"GET", "POST"}
+
+
+async def test_probes_are_documented_as_needing_no_token(api: Api) -> None:
+    document = (await api.client.get("/schema/openapi.json")).json()
+    assert document["security"] == [{"bearer": []}]
+    for path in ("/healthz", "/readyz"):
+        assert document["paths"][path]["get"]["security"] == [{}]  # an empty requirement: no token needed
+        assert (await api.client.get(path)).status_code == 200
