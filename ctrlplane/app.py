@@ -29,6 +29,7 @@ from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
+from ctrlplane.openapi import StrictStructSchemaPlugin
 from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
@@ -126,6 +127,7 @@ def create_app(
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
+        plugins=[StrictStructSchemaPlugin()],
         exception_handlers={Exception: exception_to_response},
         state=State({"services": services}),
         lifespan=[lifespan],

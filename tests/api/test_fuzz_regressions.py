@@ -18,3 +18,14 @@ async def test_probes_are_documented_as_needing_no_token(api: Api) -> None:
     for path in ("/healthz", "/readyz"):
         assert document["paths"][path]["get"]["security"] == [{}]  # an empty requirement: no token needed
         assert (await api.client.get(path)).status_code == 200
+
+
+async def test_request_bodies_are_documented_as_closed_to_unknown_fields(api: Api) -> None:
+    schemas = (await api.client.get("/schema/openapi.json")).json()["components"]["schemas"]
+    create = next(s for name, s in schemas.items() if name.endswith("InstanceCreate"))
+    assert create["additionalProperties"] is False
+    response = await api.client.post(
+        "/v1/admin/tenants", json={"name": "A", "slug": "a", "plan": "free", "extra": 1}, headers=api.admin_headers
+    )
+    assert response.status_code == 400
+    assert "extra" in response.json()["message"]
