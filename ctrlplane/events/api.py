@@ -23,7 +23,7 @@ from ctrlplane.http import DEFAULT_PAGE, Context, Limit, errors, route
 from ctrlplane.instances.repository import InstanceRepository
 
 MAX_EVENT_ID = 2**63 - 1
-LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)]
+LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False, pattern=r"^[0-9]{1,19}$")]
 
 
 def _after(last_event_id: str | None, since: int | None) -> int:

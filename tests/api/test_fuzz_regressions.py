@@ -29,3 +29,18 @@ async def test_request_bodies_are_documented_as_closed_to_unknown_fields(api: Ap
     )
     assert response.status_code == 400
     assert "extra" in response.json()["message"]
+
+
+
+async def test_last_event_id_is_documented_as_an_event_number_and_refused_otherwise(api: Api) -> None:
+    document = (await api.client.get("/schema/openapi.json")).json()
+    for path in ("/v1/events", "/v1/instances/{instance_id}/events"):
+        parameters = {p["name"]: p for p in document["paths"][path]["get"]["parameters"]}
+        assert parameters["Last-Event-ID"]["schema"]["pattern"] == "^[0-9]{1,19}$"
+    tenant = await api.create_tenant("acme")
+    token = {"Authorization": f"Bearer {api.tokens.tenant(tenant['id'])}"}
+    for last in ("", "abc", "-1"):
+        response = await api.client.get("/v1/events", headers={**token, "Last-Event-ID": last})
+        assert response.status_code == 400, last
+        assert response.json()["code"] == "invalid_input"
+    assert (await api.client.get("/v1/events", headers={**token, "Last-Event-ID": "0"})).status_code == 200
