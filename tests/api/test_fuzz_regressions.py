@@ -31,7 +31,6 @@ async def test_request_bodies_are_documented_as_closed_to_unknown_fields(api: Ap
     assert "extra" in response.json()["message"]
 
 
-
 async def test_last_event_id_is_documented_as_an_event_number_and_refused_otherwise(api: Api) -> None:
     document = (await api.client.get("/schema/openapi.json")).json()
     for path in ("/v1/events", "/v1/instances/{instance_id}/events"):
