@@ -146,5 +146,6 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
-    app.asgi_handler = RequestContextASGI(app.asgi_handler, version=__version__)
+    allowed = {path: ", ".join(sorted(r.methods)) for r in app.routes for path in (r.path, r.path_format)}
+    app.asgi_handler = RequestContextASGI(app.asgi_handler, version=__version__, allowed_methods=allowed)
     return app

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, cast
 
@@ -139,9 +139,12 @@ def as_domain_error(exc: Exception) -> CtrlplaneError:
 
 
 class RequestContextASGI:
-    def __init__(self, app: ASGIApp, *, version: str) -> None:
+    def __init__(self, app: ASGIApp, *, version: str, allowed_methods: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.version = version.encode()
+        self.allowed_methods = {k: v.encode() for k, v in (allowed_methods or {}).items()}
+        """Path template -> the Allow header of OPTIONS: Litestar's own OPTIONS handler can list only
+        the methods of the first handlers registered on a path."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -159,6 +162,9 @@ class RequestContextASGI:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-ctrlplane-version", self.version))
+                allow = self.allowed_methods.get(str(scope.get("path_template")))
+                if http_scope["method"] == "OPTIONS" and allow is not None and status < 300:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"allow"] + [(b"allow", allow)]
                 message = {**message, "headers": headers}
             await send(message)
 

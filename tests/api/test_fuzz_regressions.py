@@ -43,3 +43,13 @@ async def test_last_event_id_is_documented_as_an_event_number_and_refused_otherw
         assert response.status_code == 400, last
         assert response.json()["code"] == "invalid_input"
     assert (await api.client.get("/v1/events", headers={**token, "Last-Event-ID": "0"})).status_code == 200
+
+
+async def test_options_lists_every_method_of_the_path(api: Api) -> None:
+    for path, methods in (
+        ("/v1/instances", {"GET", "POST", "OPTIONS"}),
+        ("/v1/instances/inst_x", {"GET", "PATCH", "DELETE", "OPTIONS"}),
+    ):
+        response = await api.client.options(path, headers=api.admin_headers)
+        assert response.status_code == 204
+        assert {m.strip() for m in response.headers["Allow"].split(",")} == methods
