@@ -38,7 +38,7 @@ def provide_context(request: Request[Any, Any, Any]) -> RequestContext:
 
 
 def errors(*statuses: int, mutating: bool = False) -> dict[int, ResponseSpec]:
-    codes = {400, 401, 403, 503, *statuses}
+    codes = {400, 401, 403, 429, 503, *statuses}
     if mutating:
         codes |= {409, 413, 422}
     return {

@@ -145,3 +145,11 @@ async def test_concurrent_requests_never_spend_a_token_twice(api: Api, clock: Cl
     responses = await asyncio.gather(*(api.client.get("/v1/instances", headers=token) for _ in range(12)))
     assert sorted(r.status_code for r in responses) == [200] * 3 + [429] * 9
     assert sorted(limit_headers(r)[1] for r in responses if r.status_code == 200) == [0, 1, 2]
+
+
+async def test_every_v1_operation_documents_429(api: Api) -> None:
+    document = (await api.client.get("/schema/openapi.json")).json()
+    for path, item in document["paths"].items():
+        if path.startswith("/v1"):
+            for method, operation in item.items():
+                assert "429" in operation["responses"], f"{method} {path}"
