@@ -6,6 +6,7 @@ build ``Settings(...)`` directly. docs/configuration.md lists every variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -112,6 +113,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limits: dict[str, PlanRateLimit] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     rate_limits_enabled: bool = True
 
+    outbound_allow_cidrs: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
     idempotency_lease_seconds: int = 300
@@ -182,6 +184,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 values[field] = _pem_or_file(var, raw)
         if (raw := get("JWT_ALGORITHMS")) is not None:
             values["jwt_algorithms"] = tuple(a.strip() for a in raw.split(",") if a.strip())
+        if (raw := get("OUTBOUND_ALLOW_CIDRS")) is not None:
+            values["outbound_allow_cidrs"] = tuple(c.strip() for c in raw.split(",") if c.strip())
         if (raw := get("PROVIDERS")) is not None:
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
         if (raw := get("IDEMPOTENCY_TTL")) is not None:
@@ -231,6 +235,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for plan, limit in self.rate_limits.items():
             if min(msgspec.structs.astuple(limit)) < 1:
                 raise SettingsError(f"{PREFIX}RATE_LIMITS[{plan!r}]: every rate and burst must be at least 1")
+        for cidr in self.outbound_allow_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}OUTBOUND_ALLOW_CIDRS: {exc}") from exc
         if self.leader_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}LEADER_LEASE_SECONDS must be positive")
         if self.replica_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", self.replica_name):
