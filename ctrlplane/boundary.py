@@ -278,6 +278,7 @@ class UnitOfWork(ASGIMiddleware):
     async def _rate_limit(self, scope: HTTPScope, principal: Principal) -> None:
         if self.services.rate_limiter is None:
             return
+        state: BucketState | None = None
         try:
             state = await self.services.rate_limiter.check(principal)
         except RateLimited as exc:

@@ -65,7 +65,7 @@ async def schemathesis(base_url: str, token: str, report: Path) -> tuple[int, st
         *(["--seed", SEED] if SEED else []),
     ]
     process = await asyncio.create_subprocess_exec(
-        *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=report
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=float(SECONDS) * 4 + 120)
     text = output.decode(errors="replace")

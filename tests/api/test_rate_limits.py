@@ -10,6 +10,7 @@ import httpx
 import msgspec
 import pytest
 
+from ctrlplane.db import connect
 from ctrlplane.settings import PlanRateLimit, Settings
 from tests.conftest import Api, bearer
 
@@ -153,3 +154,20 @@ async def test_every_v1_operation_documents_429(api: Api) -> None:
         if path.startswith("/v1"):
             for method, operation in item.items():
                 assert "429" in operation["responses"], f"{method} {path}"
+
+
+async def test_an_unreachable_bucket_table_is_503_not_500(api: Api, app: Any, clock: Clock) -> None:
+    _, token = await tenant_with_token(api)
+    limiter = app.state.services.rate_limiter
+    working, limiter.db = limiter.db, connect("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        for response in (
+            await api.client.get("/v1/instances", headers=token),
+            await api.client.post("/v1/instances", json={"name": "web", "image": "busybox"}, headers=token),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "unavailable"
+            assert "RateLimit-Limit" not in response.headers
+    finally:
+        await limiter.db.dispose()
+        limiter.db = working
