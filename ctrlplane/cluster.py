@@ -36,7 +36,7 @@ import contextlib
 import fcntl
 import os
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -131,7 +131,7 @@ class NotifyRelay:
         for name, signal in self.signals.items():
             signal.publish = self._publisher(name)
 
-    def _publisher(self, name: str) -> Any:
+    def _publisher(self, name: str) -> Callable[[], None]:
         def publish() -> None:
             self._pending.add(name)
             self._send.set()
