@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run test fuzz lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ run: install
 
 test: install
 	$(BIN)/pytest -q -n 2 --dist loadfile
+
+fuzz: install
+	CTRLPLANE_TEST_FUZZ_EXAMPLES=200 CTRLPLANE_TEST_FUZZ_SECONDS=600 $(BIN)/pytest -q -n 2 tests/api/test_fuzz.py
 
 lint: install
 	$(BIN)/ruff check ctrlplane providers tests migrations

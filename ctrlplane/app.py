@@ -23,7 +23,7 @@ from ctrlplane.auth.api import KeyController
 from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
 from ctrlplane.auth.tokens import load_signing_secret
 from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_response
-from ctrlplane.context import AppServices
+from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
 from ctrlplane.errors import ErrorBody, Unavailable
@@ -32,8 +32,10 @@ from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
-from ctrlplane.operations.runner import Background
+from ctrlplane.openapi import StrictStructSchemaPlugin, document_event_streams, headers_are_never_null
+from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.releases.api import ReleaseController
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
@@ -55,7 +57,7 @@ class Readiness(msgspec.Struct):
     database: str
 
 
-@get("/healthz", operation_id="liveness", tags=["health"], include_in_schema=True)
+@get("/healthz", operation_id="liveness", tags=["health"], include_in_schema=True, security=[{}])
 async def healthz() -> Liveness:
     """Liveness: the process serves requests."""
     return Liveness(status="ok", version=__version__)
@@ -65,6 +67,7 @@ async def healthz() -> Liveness:
     "/readyz",
     operation_id="readiness",
     tags=["health"],
+    security=[{}],
     responses={503: ResponseSpec(data_container=ErrorBody, description="The database cannot be reached")},
 )
 async def readyz(state: State) -> Response[Any]:
@@ -102,6 +105,8 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         version=__version__,
         vault=Vault(ring),
         telemetry=Telemetry(health=HealthChecksView()),
+        replica=settings.replica_name or default_replica_name(),
+        rate_limiter=RateLimiter(settings, database),
     )
 
 
@@ -114,6 +119,7 @@ def create_app(
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
             async with anyio.create_task_group() as group:
+                start_relay(services, group)
                 if settings.background:
                     Background(services).start(group)
                 try:
@@ -144,6 +150,7 @@ def create_app(
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
+        plugins=[StrictStructSchemaPlugin()],
         exception_handlers={Exception: exception_to_response},
         state=State({"services": services}),
         lifespan=[lifespan],
@@ -164,5 +171,10 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
-    app.asgi_handler = RequestContextASGI(RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__)
+    document_event_streams(app)
+    headers_are_never_null(app)
+    allowed = {path: ", ".join(sorted(r.methods)) for r in app.routes for path in (r.path, r.path_format)}
+    app.asgi_handler = RequestContextASGI(
+        RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__, allowed_methods=allowed
+    )
     return app

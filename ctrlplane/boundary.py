@@ -8,6 +8,8 @@
 1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``);
 2. authenticates the bearer token (401), loads the caller's tenant (a vanished tenant is 401;
    a suspended one gets 403 on every mutating call) and checks the route's required role (403);
+   then takes the caller's rate-limit tokens (429 with ``Retry-After`` when out; ``RateLimit-*``
+   headers on the response: ``ratelimit/service.py``);
 3. claims the ``Idempotency-Key`` of a POST, or replays its stored response;
 4. runs the handler inside one database transaction, holding the response back;
 5. on success commits the change, its audit entry and the idempotency record together; on failure
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, cast
 
@@ -48,18 +50,21 @@ from ctrlplane.errors import (
     Forbidden,
     InvalidInput,
     PayloadTooLarge,
+    RateLimited,
     TenantSuspended,
     Unauthenticated,
     Unavailable,
 )
 from ctrlplane.idempotency import service as idempotency
 from ctrlplane.ids import new_id
+from ctrlplane.ratelimit.service import BucketState
 from ctrlplane.tenants.models import Tenant
 
 log = structlog.get_logger("ctrlplane.http")
 
 REQUEST_ID_KEY = "ctrlplane.request_id"
 PRINCIPAL_KEY = "ctrlplane.principal"
+RATE_LIMIT_KEY = "ctrlplane.rate_limit"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REDACTED = "<shown once; not replayed>"
@@ -97,6 +102,8 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     if error.status >= 500 and not isinstance(error, Unavailable):
         log.error("unhandled_error", exc_info=exc, request_id=request_id_for(request.scope))
     headers = {"Retry-After": "5"} if error.status == 503 else {}
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)  # the Allow header of a 405, above all
     return Response(
         content=error_body(request.scope, error),
         status_code=error.status,
@@ -134,9 +141,12 @@ def as_domain_error(exc: Exception) -> CtrlplaneError:
 
 
 class RequestContextASGI:
-    def __init__(self, app: ASGIApp, *, version: str) -> None:
+    def __init__(self, app: ASGIApp, *, version: str, allowed_methods: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.version = version.encode()
+        self.allowed_methods = {k: v.encode() for k, v in (allowed_methods or {}).items()}
+        """Path template -> the Allow header of OPTIONS: Litestar's own OPTIONS handler can list only
+        the methods of the first handlers registered on a path."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -154,6 +164,9 @@ class RequestContextASGI:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-ctrlplane-version", self.version))
+                allow = self.allowed_methods.get(str(scope.get("path_template")))
+                if http_scope["method"] == "OPTIONS" and allow is not None and status < 300:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"allow"] + [(b"allow", allow)]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -229,6 +242,7 @@ class UnitOfWork(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         http_scope = cast("HTTPScope", scope)
+        send = _with_rate_limit_headers(scope, send)
         if http_scope["method"] in READ_METHODS:
             await self._read(http_scope, receive, send, next_app)
         else:
@@ -263,6 +277,18 @@ class UnitOfWork(ASGIMiddleware):
         if required != "any" and not principal.has_role(required):
             raise Forbidden(f"this route needs the {required!r} role")
 
+    async def _rate_limit(self, scope: HTTPScope, principal: Principal) -> None:
+        if self.services.rate_limiter is None:
+            return
+        state: BucketState | None = None
+        try:
+            state = await self.services.rate_limiter.check(principal)
+        except RateLimited as exc:
+            state = exc.rate_limit  # type: ignore[attr-defined]
+            raise
+        finally:
+            scope[RATE_LIMIT_KEY] = state  # type: ignore[literal-required]
+
     def _context(self, scope: HTTPScope, principal: Principal, session: Any) -> RequestContext:
         opt = scope["route_handler"].opt
         params = scope.get("path_params", {})
@@ -289,6 +315,7 @@ class UnitOfWork(ASGIMiddleware):
             self._reject_nul(scope)
             principal = await self._authenticate(scope)
             await self._authorize(scope, principal, mutating=False)
+            await self._rate_limit(scope, principal)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
             await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
             return
@@ -309,6 +336,7 @@ class UnitOfWork(ASGIMiddleware):
             self._reject_nul(scope, body)
             principal = await self._authenticate(scope)
             await self._authorize(scope, principal, mutating=True)
+            await self._rate_limit(scope, principal)
             claim = await self._claim(scope, principal, body)
             if claim is not None and claim.replay is not None:
                 replayed = _Captured()
@@ -412,6 +440,19 @@ class UnitOfWork(ASGIMiddleware):
             client_addr=client[0] if client else None,
             details=details,
         )
+
+
+def _with_rate_limit_headers(scope: Scope, send: Send) -> Send:
+    """``send``, adding the caller's RateLimit-* headers (and Retry-After on a 429) to the response."""
+
+    async def sending(message: Message) -> None:
+        state: BucketState | None = scope.get(RATE_LIMIT_KEY)  # type: ignore[assignment]
+        if message["type"] == "http.response.start" and state is not None:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"retry-after" or state.allowed]
+            message = {**message, "headers": headers + state.headers()}
+        await send(message)
+
+    return sending
 
 
 def _redacted_fields(scope: HTTPScope) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -126,6 +127,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from ctrlplane.cluster import AnotherServerRunning, SingleProcessLock, sqlite_path
+
+    database_file = sqlite_path(settings.resolved_database_url)
+    with contextlib.ExitStack() as held:
+        if database_file is not None:
+            try:
+                held.enter_context(SingleProcessLock(database_file).held())
+            except AnotherServerRunning as exc:
+                print(f"ctrlplane: {exc}", file=sys.stderr)
+                return 2
+        return _serve_alone(settings, args)
+
+
+def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from ctrlplane.app import create_app

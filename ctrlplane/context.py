@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,12 +14,18 @@ from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
 from ctrlplane.telemetry.hub import Telemetry
 
 CONTEXT_KEY = "ctrlplane.context"
+
+
+def default_replica_name() -> str:
+    """This process among the replicas: host and pid, so logs and operation leases say who."""
+    return f"{socket.gethostname()[:20]}-{os.getpid()}"[-30:]
 
 
 @dataclass
@@ -31,6 +39,8 @@ class AppServices:
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
     telemetry: Telemetry = field(default_factory=Telemetry)
+    replica: str = field(default_factory=default_replica_name)
+    rate_limiter: RateLimiter | None = None
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -32,6 +32,8 @@ NAMING = {
 
 
 T = TypeVar("T", bound="Base")
+
+MIGRATION_LOCK_KEY = 0x63706D67  # "cpmg": a PostgreSQL advisory lock key of ctrlplane's own
 
 
 class Base(DeclarativeBase):
@@ -150,4 +152,7 @@ async def _alembic(database: Database, action: Callable[[Config, str], None], re
         action(cfg, revision)
 
     async with database.engine.begin() as conn:
+        if database.dialect == "postgresql":
+            # replicas starting together migrate one at a time; the later ones find the schema current
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         await conn.run_sync(run)

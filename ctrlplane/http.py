@@ -3,6 +3,7 @@ and the error statuses each route documents in the OpenAPI document."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Request
@@ -10,8 +11,34 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter, SkipValidation
 
 from ctrlplane.context import CONTEXT_KEY, RequestContext
-from ctrlplane.errors import ErrorBody
+from ctrlplane.errors import ErrorBody, InvalidInput
 from ctrlplane.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+Moment = Annotated[
+    str | None,
+    QueryParameter(
+        description="An RFC 3339 time, e.g. 2026-12-01T19:00:00Z",
+        max_length=64,
+        schema_extra={"format": "date-time"},
+    ),
+]
+
+
+def parse_moment(raw: str | None, field: str) -> datetime | None:
+    """A query parameter's RFC 3339 time, in UTC; 400 for anything else (Litestar's own datetime
+    parsing would also take a bare number as a Unix time, which the document does not promise)."""
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{field} must be an RFC 3339 time such as 2026-12-01T19:00:00Z", details={field: raw[:64]}
+        ) from exc
+    if moment.tzinfo is None:
+        raise InvalidInput(f"{field} needs a time zone (Z or +hh:mm)", details={field: raw[:64]})
+    return moment.astimezone(UTC)
+
 
 Cursor = Annotated[str | None, QueryParameter(description="Opaque cursor from the previous page's next_cursor")]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}")]
@@ -38,7 +65,7 @@ def provide_context(request: Request[Any, Any, Any]) -> RequestContext:
 
 
 def errors(*statuses: int, mutating: bool = False) -> dict[int, ResponseSpec]:
-    codes = {400, 401, 403, 503, *statuses}
+    codes = {400, 401, 403, 429, 503, *statuses}
     if mutating:
         codes |= {409, 413, 422}
     return {

@@ -9,6 +9,7 @@ from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations.models import Operation
+from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.telemetry.models import MetricSample, TraceSpan
@@ -29,6 +30,7 @@ __all__ = [
     "Instance",
     "MetricSample",
     "Operation",
+    "RateBucket",
     "Release",
     "Secret",
     "SecretVersion",

@@ -4,7 +4,9 @@ A versioned resource's ETag is its ``version`` as a strong entity tag (``"7"``).
 changes a client asked for (configuration and lifecycle), not observations the workers record
 (``state``, ``endpoints``): two CI jobs racing to change an instance conflict; a job racing the
 reconciler does not. ``If-Match`` holds ``*`` or a comma-separated list of entity tags; weak tags
-(``W/"7"``) never match, as strong comparison requires.
+(``W/"7"``) never match, as strong comparison requires. A malformed ``If-Match`` names no version
+and so is 412 as well: refusing is the safe reading of a precondition the server cannot parse
+(ignoring it would apply the change unconditionally).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import Annotated
 
 from litestar.params import HeaderParameter
 
-from ctrlplane.errors import InvalidInput, PreconditionFailed
+from ctrlplane.errors import PreconditionFailed
+
+_TAG = r'(W/)?"[\x21\x23-\x7e]*"'
+IF_MATCH_PATTERN = rf"^\s*(\*|{_TAG}(\s*,\s*{_TAG})*)\s*$"
 
 IfMatch = Annotated[
     str | None,
@@ -26,18 +31,18 @@ IfMatch = Annotated[
     ),
 ]
 
-_ENTITY_TAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
+_ONE_TAG = re.compile(rf"\*|{_TAG}")
 
 
 def etag_of(version: int) -> str:
     return f'"{version}"'
 
 
-def _tags(header: str) -> list[str]:
-    tags = [tag.strip() for tag in header.split(",") if tag.strip()]
-    if not tags or not all(tag == "*" or _ENTITY_TAG.fullmatch(tag) for tag in tags):
-        raise InvalidInput('If-Match holds "*" or quoted entity tags such as "3"', details={"if_match": header[:200]})
-    return tags
+def _tags(header: str) -> list[str] | None:
+    """The entity tags, or None for a value that is not ``*`` or a list of quoted tags."""
+    if not re.fullmatch(IF_MATCH_PATTERN, header):
+        return None
+    return [match.group(0) for match in _ONE_TAG.finditer(header)]
 
 
 def require_version(if_match: str | None, *, resource: str, resource_id: str, version: int) -> None:
@@ -46,8 +51,14 @@ def require_version(if_match: str | None, *, resource: str, resource_id: str, ve
         return
     tags = _tags(if_match)
     current = etag_of(version)
-    if "*" in tags or current in tags:
+    if tags is not None and ("*" in tags or current in tags):
         return
+    if tags is None:
+        raise PreconditionFailed(
+            f'If-Match is neither "*" nor quoted entity tags such as "3", so it names no version of {resource} '
+            f"{resource_id}; send its ETag",
+            details={"etag": current, "if_match": if_match[:200]},
+        )
     raise PreconditionFailed(
         f"{resource} {resource_id} is at version {version}, not the one If-Match names; read it again",
         details={"etag": current, "if_match": if_match[:200]},

@@ -6,6 +6,7 @@ build ``Settings(...)`` directly. docs/configuration.md lists every variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -51,6 +52,24 @@ DEFAULT_PLANS: dict[str, PlanQuota] = {
 }
 
 
+class PlanRateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Token buckets of a plan: each tenant's, and each of its credentials' (API key or JWT subject)."""
+
+    tenant_per_minute: int
+    tenant_burst: int
+    credential_per_minute: int
+    credential_burst: int
+
+
+DEFAULT_RATE_LIMITS: dict[str, PlanRateLimit] = {
+    "free": PlanRateLimit(tenant_per_minute=600, tenant_burst=300, credential_per_minute=300, credential_burst=150),
+    "pro": PlanRateLimit(tenant_per_minute=3000, tenant_burst=1000, credential_per_minute=1200, credential_burst=500),
+    "enterprise": PlanRateLimit(
+        tenant_per_minute=12000, tenant_burst=3000, credential_per_minute=6000, credential_burst=1500
+    ),
+}
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -84,6 +103,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     crashloop_restarts: int = 5
     crashloop_window_seconds: float = 300.0
     event_poll_seconds: float = 1.0
+    leader_lease_seconds: float = 10.0
+    replica_name: str | None = None
     deploy_health_timeout_seconds: float = 60.0
     deploy_deadline_seconds: float = 600.0
     canary_observation_seconds: float = 10.0
@@ -95,7 +116,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_prune_interval_seconds: float = 60.0
     plans: dict[str, PlanQuota] = msgspec.field(default_factory=lambda: dict(DEFAULT_PLANS))
     default_plan: str = "free"
+    rate_limits: dict[str, PlanRateLimit] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    rate_limits_enabled: bool = True
 
+    outbound_allow_cidrs: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
     idempotency_lease_seconds: int = 300
@@ -178,6 +202,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "OTLP_ENDPOINT": "otlp_endpoint",
             "OTLP_TOKEN_SECRET": "otlp_token_secret",
             "METRICS_TOKEN": "metrics_token",
+            "LEADER_LEASE_SECONDS": "leader_lease_seconds",
+            "REPLICA_NAME": "replica_name",
+            "RATE_LIMITS_ENABLED": "rate_limits_enabled",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -187,6 +214,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 values[field] = _pem_or_file(var, raw)
         if (raw := get("JWT_ALGORITHMS")) is not None:
             values["jwt_algorithms"] = tuple(a.strip() for a in raw.split(",") if a.strip())
+        if (raw := get("OUTBOUND_ALLOW_CIDRS")) is not None:
+            values["outbound_allow_cidrs"] = tuple(c.strip() for c in raw.split(",") if c.strip())
         if (raw := get("PROVIDERS")) is not None:
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
         if (raw := get("IDEMPOTENCY_TTL")) is not None:
@@ -208,6 +237,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise SettingsError(f"{PREFIX}PLANS: {exc}") from exc
             except msgspec.DecodeError as exc:
                 raise SettingsError(f"{PREFIX}PLANS is not JSON: {exc}") from exc
+        if (raw := get("RATE_LIMITS")) is not None:
+            try:
+                values["rate_limits"] = msgspec.json.decode(raw.encode(), type=dict[str, PlanRateLimit])
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise SettingsError(f"{PREFIX}RATE_LIMITS: {exc}") from exc
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -245,6 +279,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{PREFIX}HEALTH_TICK_SECONDS, HEALTH_RESULT_RETENTION and "
                 "HEALTH_PRUNE_INTERVAL_SECONDS must be positive"
             )
+        if self.default_plan not in self.rate_limits:
+            raise SettingsError(f"{PREFIX}RATE_LIMITS has no entry for the default plan {self.default_plan!r}")
+        for plan, limit in self.rate_limits.items():
+            if min(msgspec.structs.astuple(limit)) < 1:
+                raise SettingsError(f"{PREFIX}RATE_LIMITS[{plan!r}]: every rate and burst must be at least 1")
+        for cidr in self.outbound_allow_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}OUTBOUND_ALLOW_CIDRS: {exc}") from exc
+        if self.leader_lease_seconds <= 0:
+            raise SettingsError(f"{PREFIX}LEADER_LEASE_SECONDS must be positive")
+        if self.replica_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", self.replica_name):
+            raise SettingsError(f"{PREFIX}REPLICA_NAME must be 1-30 letters, digits, dots, hyphens or underscores")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
         if self.metrics_sample_seconds <= 0:

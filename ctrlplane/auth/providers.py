@@ -15,14 +15,18 @@ from typing import Any, Literal, Protocol
 import anyio
 import jwt
 import msgspec
+import structlog
 from sqlalchemy import select, update
 
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Database
 from ctrlplane.errors import Unauthenticated
 from ctrlplane.ids import TenantId
+from ctrlplane.outbound import BlockedDestination, OutboundPolicy
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
+
+log = structlog.get_logger("ctrlplane.auth")
 
 ROLES = ("read", "deploy", "admin")
 """Tenant roles, each including the ones before it."""
@@ -75,6 +79,24 @@ def hash_api_key(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+class GuardedJWKClient(jwt.PyJWKClient):
+    """PyJWT's JWKS client, fetching only where the outbound policy allows (``outbound.py``)."""
+
+    def __init__(self, uri: str, policy: OutboundPolicy) -> None:
+        super().__init__(uri, cache_keys=True)
+        self.policy = policy
+
+    def fetch_data(self) -> Any:
+        try:
+            self.policy.check(self.uri)
+        except BlockedDestination as exc:
+            log.warning("jwks_url_refused", url=self.uri, reason=str(exc))
+            raise jwt.PyJWKClientConnectionError(
+                "JWKS URL refused by the outbound policy (see the server log)"
+            ) from exc
+        return super().fetch_data()
+
+
 class JWTProvider:
     """HS256/384/512 with a shared secret, RS/ES with a PEM public key or a JWKS URL.
 
@@ -92,7 +114,11 @@ class JWTProvider:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._leeway = settings.jwt_leeway_seconds
-        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+        self._jwks = (
+            GuardedJWKClient(settings.jwt_jwks_url, OutboundPolicy(settings.outbound_allow_cidrs))
+            if settings.jwt_jwks_url
+            else None
+        )
 
     def accepts(self, token: str) -> bool:
         return token.count(".") == 2

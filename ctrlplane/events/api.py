@@ -21,9 +21,10 @@ from ctrlplane.events import schemas
 from ctrlplane.events.service import encode, page, stream
 from ctrlplane.http import DEFAULT_PAGE, Context, Limit, errors, route
 from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.openapi import EVENT_STREAM
 
 MAX_EVENT_ID = 2**63 - 1
-LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)]
+LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False, pattern=r"^[0-9]{1,19}$")]
 
 
 def _after(last_event_id: str | None, since: int | None) -> int:
@@ -79,7 +80,7 @@ class EventController(Controller):
         "/v1/instances/{instance_id:str}/events",
         operation_id="instanceEvents",
         responses=errors(404),
-        opt=route("event", "list"),
+        opt={**route("event", "list"), EVENT_STREAM: True},
     )
     async def instance_events(
         self,
@@ -105,7 +106,7 @@ class EventController(Controller):
         "/v1/events",
         operation_id="tenantEvents",
         responses=errors(),
-        opt=route("event", "list"),
+        opt={**route("event", "list"), EVENT_STREAM: True},
     )
     async def tenant_events(
         self,

@@ -1,12 +1,34 @@
 """The background: operation workers, the reconciler, provider health checks, the health-check
-scheduler and the metrics sampler, started with the app and stopped with it."""
+scheduler and the metrics sampler, started with the app and stopped with it.
+
+Every replica runs operation workers (the queue's row locks and leases share the work out). Loops
+that must run once per cluster run only on the elected leader (``cluster.LeaderElection``: a
+PostgreSQL advisory lock; on SQLite the single process leads). A new singleton loop is wrapped
+with one line in ``start``::
+
+    group.start_soon(self.leader_only(self.metrics_loop))
+
+``leader_only(loop)`` starts ``loop`` when this replica becomes the leader and cancels it when it
+stops being one (it died, or lost its database connection), so the loop must be safe to cancel at
+any await and to resume from the database on another replica. The reconciler and the metrics
+sampler are such loops.
+
+Not leader-only: ``health_loop`` keeps this process's cache of provider health fresh (each
+replica has its own connection to each runtime, and requests answer 503 from that cache), so every
+replica runs it; the health-check scheduler claims due checks with ``FOR UPDATE SKIP LOCKED``, like
+the operation workers, so every replica runs it too and the probes are shared out.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
 from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.operations.reconciler import Reconciler
@@ -18,9 +40,39 @@ log = structlog.get_logger("ctrlplane.background")
 IDLE_POLL_SECONDS = 1.0
 
 
+def _dsn(services: AppServices) -> str | None:
+    return asyncpg_dsn(services.settings.resolved_database_url) if services.db.dialect == "postgresql" else None
+
+
+def start_relay(services: AppServices, group: TaskGroup) -> NotifyRelay | None:
+    """On PostgreSQL, carry the ``events`` and ``work`` wake-ups to and from the other replicas."""
+    dsn = _dsn(services)
+    if dsn is None:
+        return None
+    relay = NotifyRelay(dsn, {"events": services.events, "work": services.work}, replica=services.replica)
+    group.start_soon(relay.run)
+    return relay
+
+
 class Background:
     def __init__(self, services: AppServices) -> None:
         self.services = services
+        self.leader = LeaderElection(
+            _dsn(services), lease_seconds=services.settings.leader_lease_seconds, replica=services.replica
+        )
+
+    def leader_only(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+        """``loop``, run only while this replica is the leader."""
+
+        async def run() -> None:
+            while True:
+                await self.leader.wait_until(True)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(loop)
+                    await self.leader.wait_until(False)
+                    group.cancel_scope.cancel()
+
+        return run
 
     async def _idle(self) -> None:
         await self.services.work.wait(IDLE_POLL_SECONDS)
@@ -64,9 +116,10 @@ class Background:
             await anyio.sleep(registry.HEALTH_TTL_SECONDS / 2)
 
     def start(self, group: TaskGroup) -> None:
+        group.start_soon(self.leader.run)
         for _ in range(self.services.settings.workers):
             group.start_soon(self.worker_loop)
-        group.start_soon(self.reconcile_loop)
         group.start_soon(self.health_loop)
+        group.start_soon(self.leader_only(self.reconcile_loop))
         group.start_soon(HealthScheduler(self.services).run_forever)
-        group.start_soon(self.metrics_loop)
+        group.start_soon(self.leader_only(self.metrics_loop))

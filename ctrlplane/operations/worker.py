@@ -40,7 +40,7 @@ def backoff(attempts: int) -> timedelta:
 class OperationWorker:
     def __init__(self, services: AppServices) -> None:
         self.services = services
-        self.owner = new_id("op").replace("op_", "worker_")
+        self.owner = f"{services.replica}/" + new_id("op").replace("op_", "worker_")
         self.lease = timedelta(seconds=services.settings.operation_lease_seconds)
 
     async def run_once(self) -> bool:

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
@@ -17,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ctrlplane.context import AppServices
 from ctrlplane.errors import ErrorBody, Unauthenticated
-from ctrlplane.http import Context, errors, route
+from ctrlplane.http import Context, Moment, errors, parse_moment, route
+from ctrlplane.openapi import EVENT_STREAM
 from ctrlplane.telemetry import otlp, schemas
 from ctrlplane.telemetry.logparse import Level
 from ctrlplane.telemetry.service import TelemetryService, authenticate_instance, ingest_spans, scrape
@@ -37,28 +37,40 @@ class TelemetryController(Controller):
         instance_id: FromPath[str],
         context: Context,
         name: FromQuery[schemas.MetricName | None] = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
+        since: Moment = None,
+        until: Moment = None,
         step: Annotated[str | None, QueryParameter(description="Bucket size such as 60s or 5m")] = None,
     ) -> schemas.MetricsResponse:
         """Usage time series (default: the last hour, every metric, as stored)."""
-        return await TelemetryService(context).metrics(instance_id, name=name, since=since, until=until, step=step)
+        return await TelemetryService(context).metrics(
+            instance_id,
+            name=name,
+            since=parse_moment(since, "since"),
+            until=parse_moment(until, "until"),
+            step=step,
+        )
 
-    @get("/logs", operation_id="instanceLogs", responses=errors(404), opt=route("logs", "get"))
+    @get(
+        "/logs",
+        operation_id="instanceLogs",
+        responses=errors(404),
+        opt={**route("logs", "get"), EVENT_STREAM: True},
+    )
     async def logs(
         self,
         instance_id: FromPath[str],
         context: Context,
         level: Annotated[Level | None, QueryParameter(description="Minimum level")] = None,
         limit: LogLimit = 100,
-        since: FromQuery[datetime | None] = None,
+        since: Moment = None,
         follow: FromQuery[bool] = False,
     ) -> Response[Any]:
         """Container log lines with parsed levels; follow=true streams new ones as Server-Sent Events."""
+        start = parse_moment(since, "since")
         service = TelemetryService(context)
         if not follow:
-            return Response(await service.logs(instance_id, level=level, limit=limit, since=since))
-        lines = await service.follow(instance_id, level=level, limit=limit, since=since)
+            return Response(await service.logs(instance_id, level=level, limit=limit, since=start))
+        lines = await service.follow(instance_id, level=level, limit=limit, since=start)
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             async for entry in lines:
@@ -122,7 +134,9 @@ async def export_traces(
     "/metrics",
     operation_id="prometheusMetrics",
     tags=["telemetry"],
-    security=[{"metricsToken": []}],
+    media_type=MediaType.TEXT,
+    # open unless CTRLPLANE_METRICS_TOKEN is set: either no credentials or the metrics token
+    security=[{}, {"metricsToken": []}],
     responses={
         401: ResponseSpec(data_container=ErrorBody, description="CTRLPLANE_METRICS_TOKEN is set and not sent"),
         503: ResponseSpec(data_container=ErrorBody, description="Database unavailable"),
@@ -138,4 +152,7 @@ async def prometheus_metrics(request: Request[Any, Any, Any], state: State) -> R
             raise Unauthenticated("this endpoint needs Authorization: Bearer <CTRLPLANE_METRICS_TOKEN>")
     async with services.db.read() as session:
         await scrape(services, session)
-    return Response(generate_latest(services.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+    # Litestar appends the charset to text/* types itself
+    return Response(
+        generate_latest(services.telemetry.registry), media_type=CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+    )

@@ -385,7 +385,13 @@ def jwks_server(jwks_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.fixture
 def jwks_settings(settings: Settings, jwks_server: JWKSServer) -> Settings:
-    return msgspec.structs.replace(settings, jwt_algorithms=("RS256",), jwt_secret=None, jwt_jwks_url=jwks_server.url)
+    return msgspec.structs.replace(
+        settings,
+        jwt_algorithms=("RS256",),
+        jwt_secret=None,
+        jwt_jwks_url=jwks_server.url,
+        outbound_allow_cidrs=("127.0.0.0/8",),  # the outbound guard refuses loopback unless allowed
+    )
 
 
 async def test_jwks_token_with_matching_kid_is_accepted(

@@ -85,13 +85,15 @@ async def test_star_matches_any_version_and_weak_tags_never_match(live: Api) -> 
     assert star.status_code == 200, star.text
 
 
-async def test_malformed_if_match_is_400(live: Api) -> None:
+async def test_malformed_if_match_names_no_version_and_is_412(live: Api) -> None:
     token, body, _ = await _running(live)
-    response = await live.client.patch(
-        f"/v1/instances/{body['id']}", json={"env": {"A": "1"}}, headers={**token, "If-Match": "v1"}
-    )
-    assert response.status_code == 400
-    assert response.json()["code"] == "invalid_input"
+    for malformed in ("v1", "", "1", '"1'):
+        response = await live.client.patch(
+            f"/v1/instances/{body['id']}", json={"env": {"A": "1"}}, headers={**token, "If-Match": malformed}
+        )
+        assert response.status_code == 412, malformed
+        assert response.json()["code"] == "precondition_failed"
+    assert (await live.client.get(f"/v1/instances/{body['id']}", headers=token)).json()["env"] == body["env"]
 
 
 async def test_other_tenant_gets_404_not_412(live: Api) -> None:

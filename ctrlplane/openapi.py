@@ -1,0 +1,78 @@
+"""OpenAPI generation details Litestar leaves out.
+
+Request bodies are msgspec Structs with ``forbid_unknown_fields=True``: an unknown field is a 400.
+Litestar's schema for a Struct does not say so, so a client generated from the document (or a
+fuzzer) would believe extra fields are fine; ``StrictStructSchemaPlugin`` adds
+``additionalProperties: false`` to those Structs' schemas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import msgspec
+from litestar import Litestar
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.enums import ParamType
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Parameter, Schema
+from litestar.routes import HTTPRoute
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.typing import FieldDefinition
+
+
+class StrictStructSchemaPlugin(StructSchemaPlugin):
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        info = msgspec.inspect.type_info(field_definition.type_)
+        if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
+            schema.additional_properties = False  # the registered component itself, shared by every reference
+        return schema
+
+
+EVENT_STREAM = "event_stream"
+
+
+def document_event_streams(app: Litestar) -> None:
+    """GET routes marked ``event_stream`` in their ``opt`` answer 200 with JSON, or, when the client
+    asks (``Accept: text/event-stream``, or ``follow=true`` for logs), with Server-Sent Events.
+    Litestar documents one media type per status; this adds ``text/event-stream`` to the 200 of
+    those operations, so the document says what the route really sends."""
+    paths = {
+        route.path_format
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if handler.opt.get(EVENT_STREAM)
+    }
+    for path, item in (app.openapi_schema.paths or {}).items():
+        if path in paths and item.get is not None and item.get.responses is not None:
+            success = item.get.responses.get("200")
+            if isinstance(success, OpenAPIResponse):
+                success.content = {
+                    **(success.content or {}),
+                    "text/event-stream": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
+                }
+
+
+def headers_are_never_null(app: Litestar) -> None:
+    """An optional header parameter typed ``str | None`` is documented by Litestar as "string or
+    null"; a header cannot be null (a client would send the text ``null``), so its schema is the
+    string alone: absent means "not given"."""
+    for item in (app.openapi_schema.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.delete, item.patch):
+            for parameter in (operation.parameters or []) if operation is not None else []:
+                if not isinstance(parameter, Parameter) or parameter.param_in != ParamType.HEADER:
+                    continue
+                schema = parameter.schema
+                if isinstance(schema, Schema) and schema.one_of:
+                    kept = [s for s in schema.one_of if not (isinstance(s, Schema) and s.type == OpenAPIType.NULL)]
+                    if len(kept) == 1 and isinstance(kept[0], Schema):
+                        parameter.schema = dataclasses.replace(
+                            kept[0],
+                            pattern=schema.pattern or kept[0].pattern,
+                            max_length=schema.max_length or kept[0].max_length,
+                            min_length=schema.min_length or kept[0].min_length,
+                        )

@@ -1,0 +1,184 @@
+"""Several replicas on one PostgreSQL database: one leader runs the singleton loops, another takes
+over within a lease period when it stops or loses its connection, and events committed through
+one replica reach SSE clients of another through LISTEN/NOTIFY.
+
+Each replica is a full app (its own Database, FakeProvider and background) served by uvicorn on a
+loopback port, all on this run's PostgreSQL test database. On SQLite one process is the supported
+mode: see tests/test_single_process.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import uvicorn
+from sqlalchemy import text
+
+from ctrlplane.app import create_app
+from ctrlplane.cluster import LEADER_LOCK_KEY
+from ctrlplane.db import Database, connect
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+from tests.api.test_events import INSTANCE
+from tests.conftest import Api, Tokens, bearer
+from tests.fakes import FakeProvider
+
+LEASE = 3.0
+SLACK = 2.0  # a loaded test machine may be slow to schedule the follower's retry
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    return postgres_url
+
+
+class Replica:
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.name = name
+        self.settings = msgspec.structs.replace(settings, replica_name=name)
+        self.fake = FakeProvider()
+        self.db: Database | None = None
+        self.server: uvicorn.Server | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.db = connect(self.settings.resolved_database_url)
+        app = create_app(self.settings, providers=ProviderRegistry([self.fake]), db=self.db)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.task = asyncio.create_task(self.server.serve())
+        for _ in range(1000):
+            if self.server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert self.server.started, "uvicorn did not start"
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            await asyncio.wait_for(self.task, timeout=30)
+            self.server = None
+        if self.db is not None:
+            await self.db.dispose()
+            self.db = None
+
+    @property
+    def reconciler_passes(self) -> int:
+        return sum(1 for method, _ in self.fake.calls if method == "inventory")
+
+
+@pytest.fixture
+async def replicas(settings: Settings, db: Database) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Replica] = []
+
+    async def start(name: str, **overrides: Any) -> Replica:
+        replica = Replica(msgspec.structs.replace(settings, leader_lease_seconds=LEASE, **overrides), name)
+        await replica.start()
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        await replica.stop()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def only_one_reconciles(a: Replica, b: Replica, seconds: float = 2.0) -> Replica:
+    await wait_for(lambda: a.reconciler_passes + b.reconciler_passes > 0)
+    before = (a.reconciler_passes, b.reconciler_passes)
+    await asyncio.sleep(seconds)
+    grew = [r for r, old in zip((a, b), before, strict=True) if r.reconciler_passes > old]
+    assert len(grew) == 1, f"reconciler passes grew on {[r.name for r in grew]}"
+    return grew[0]
+
+
+async def test_one_replica_leads_and_the_other_takes_over_within_a_lease_when_it_stops(replicas: Any) -> None:
+    a = await replicas("a")
+    b = await replicas("b")
+    leader = await only_one_reconciles(a, b)
+    follower = b if leader is a else a
+    passes = follower.reconciler_passes
+    stopped = time.monotonic()
+    await leader.stop()
+    await wait_for(lambda: follower.reconciler_passes > passes)
+    assert time.monotonic() - stopped < LEASE + SLACK
+
+
+async def test_leader_that_loses_its_database_connection_steps_down(replicas: Any, db: Database) -> None:
+    a = await replicas("a")
+    b = await replicas("b")
+    leader = await only_one_reconciles(a, b)
+    follower = b if leader is a else a
+    passes = follower.reconciler_passes
+    async with db.engine.connect() as conn:
+        terminated = (
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND ((classid::bigint << 32) | objid::bigint) = :key"
+                ),
+                {"key": LEADER_LOCK_KEY},
+            )
+        ).all()
+    assert terminated == [(True,)]
+    cut = time.monotonic()
+    await wait_for(lambda: follower.reconciler_passes > passes)
+    assert time.monotonic() - cut < LEASE + SLACK
+    assert await only_one_reconciles(a, b) is follower
+
+
+async def _first_new_event(
+    url: str, headers: dict[str, str], since: int, arrived: asyncio.Queue[dict[str, Any]]
+) -> None:
+    async with (
+        httpx.AsyncClient(timeout=60) as client,
+        client.stream(
+            "GET", f"{url}/v1/events", params={"since": since}, headers={**headers, "Accept": "text/event-stream"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            data = line.removeprefix("data:").strip() if line.startswith("data:") else ""
+            if data:  # a heartbeat comes with an empty data line
+                await arrived.put(msgspec.json.decode(data))
+
+
+async def test_event_committed_on_one_replica_reaches_an_sse_client_of_another_at_once(
+    replicas: Any, tokens: Tokens
+) -> None:
+    a = await replicas("a", event_poll_seconds=120.0)
+    b = await replicas("b", event_poll_seconds=120.0, background=False)  # only NOTIFY can wake its stream
+    async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
+        on_a = Api(http, tokens)
+        tenant = await on_a.create_tenant("acme", plan="pro")
+        token = bearer(tokens.tenant(tenant["id"]))
+        arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        reader = asyncio.create_task(_first_new_event(b.url, token, 0, arrived))
+        try:
+            await asyncio.sleep(1.0)  # the stream on b has replayed nothing and now waits
+            assert arrived.empty()
+            sent = time.monotonic()
+            created = await http.post("/v1/instances", json=INSTANCE, headers=token)
+            assert created.status_code == 201, created.text
+            event = await asyncio.wait_for(arrived.get(), timeout=10)
+            assert time.monotonic() - sent < 10  # the 120 s poll would not have seen it
+            assert event["type"] == "instance.created"
+            assert event["instance_id"] == created.json()["id"]
+        finally:
+            reader.cancel()
