@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from ctrlplane.provisioning.contract import HttpRoute, Probe, Strategy, TenantQuota, WorkloadSpec
+from ctrlplane.provisioning.contract import LABEL_GENERATION, HttpRoute, Probe, Strategy, TenantQuota, WorkloadSpec
 from ctrlplane_kubernetes import naming
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
@@ -111,7 +111,7 @@ def secret(cluster: str, spec: WorkloadSpec) -> Manifest:
         "type": "Opaque",
         "metadata": {
             "name": naming.secret_name(spec.instance_id, spec.generation),
-            "labels": {**naming.instance_labels(cluster, spec), naming.LABEL_GENERATION: str(spec.generation)},
+            "labels": {**naming.instance_labels(cluster, spec), LABEL_GENERATION: str(spec.generation)},
         },
         "data": data,
     }

@@ -8,7 +8,7 @@ free index, the others keep theirs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ def labels(obj: Obj) -> Mapping[str, str]:
     return meta(obj).get("labels") or {}
 
 
-def annotations(obj: Obj) -> Mapping[str, str]:
+def annotations_of(obj: Obj) -> Mapping[str, str]:
     return meta(obj).get("annotations") or {}
 
 
@@ -52,16 +52,16 @@ def generation_of(obj: Obj) -> int | None:
 
 
 def wanted(deployment: Obj) -> int:
-    raw = annotations(deployment).get(naming.WANTED, "")
+    raw = annotations_of(deployment).get(naming.WANTED, "")
     return int(raw) if raw.isdigit() else int((deployment.get("spec") or {}).get("replicas") or 0)
 
 
 def stopped(deployment: Obj) -> bool:
-    return annotations(deployment).get(naming.STOPPED) == "true"
+    return annotations_of(deployment).get(naming.STOPPED) == "true"
 
 
 def retired(deployment: Obj) -> set[int]:
-    raw = annotations(deployment).get(naming.RETIRED, "")
+    raw = annotations_of(deployment).get(naming.RETIRED, "")
     return {int(part) for part in raw.split(",") if part.strip().isdigit()}
 
 
@@ -194,7 +194,7 @@ def failure(replica: ReplicaStatus) -> str | None:
     return None
 
 
-def workload_status(instance_id: str, deployments: list[Obj], pods: list[Obj]) -> WorkloadStatus:
+def workload_status(instance_id: str, deployments: Sequence[Obj], pods: Sequence[Obj]) -> WorkloadStatus:
     if not deployments:
         return WorkloadStatus(instance_id=instance_id, state="missing", message="no Deployment for this instance")
     ordered = sorted(deployments, key=lambda d: generation_of(d) or 0)

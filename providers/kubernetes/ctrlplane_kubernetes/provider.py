@@ -121,10 +121,10 @@ class KubernetesProvider:
                 if configuration is None:
                     configuration = client.Configuration()
                     try:
-                        config.load_incluster_config(client_configuration=configuration)
+                        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
                     except ConfigException:
                         try:
-                            config.load_kube_config(client_configuration=configuration)
+                            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
                         except (ConfigException, OSError) as exc:
                             raise ProviderUnavailable(
                                 f"no Kubernetes configuration (not in a cluster, no usable KUBECONFIG): {exc}",
@@ -347,7 +347,7 @@ class KubernetesProvider:
         )
         is_stopped = keep_stopped and current is not None and observe.stopped(current)
         running = 0 if is_stopped else (spec.replicas if replicas is None else replicas)
-        restarted_at = observe.annotations(((current or {}).get("spec") or {}).get("template") or {}).get(
+        restarted_at = observe.annotations_of(((current or {}).get("spec") or {}).get("template") or {}).get(
             naming.RESTARTED_AT
         )
         manifest = manifests.deployment(
@@ -375,8 +375,8 @@ class KubernetesProvider:
             if existing is not None:
                 self._delete(self.core.delete_namespaced_service, service_name, namespace)
         else:
-            pinned = observe.annotations(existing or {}).get(naming.PINNED_SLOT) if pin is False else pin
-            manifest = manifests.service(self.cluster, spec, pinned or None)
+            pinned = observe.annotations_of(existing or {}).get(naming.PINNED_SLOT) if pin is False else pin
+            manifest = manifests.service(self.cluster, spec, pinned if isinstance(pinned, str) and pinned else None)
             if existing is not None and not pinned:
                 manifest["metadata"]["annotations"] = {naming.PINNED_SLOT: None}
             self._create_or_patch(
@@ -482,7 +482,7 @@ class KubernetesProvider:
 
             def restarted(seen: Observed, status: WorkloadStatus) -> bool:
                 fresh = all(
-                    observe.annotations(pod).get(naming.RESTARTED_AT) == stamp for pod in observe.live(seen.pods)
+                    observe.annotations_of(pod).get(naming.RESTARTED_AT) == stamp for pod in observe.live(seen.pods)
                 )
                 return fresh and status.state in ("running", "failed")
 
@@ -602,7 +602,8 @@ class KubernetesProvider:
                 self._delete(self.core.delete_namespaced_pod, *_key(pod))
         self._drop_secret(namespace, instance_id, generation)
         service = self._get(self.core.read_namespaced_service, naming.service_name(instance_id), namespace)
-        if service is not None and observe.annotations(service).get(naming.PINNED_SLOT) == observe.slot_of(deployment):
+        pinned = observe.annotations_of(service or {}).get(naming.PINNED_SLOT)
+        if service is not None and pinned == observe.slot_of(deployment):
             self._patch(
                 self.core.patch_namespaced_service,
                 naming.service_name(instance_id),
@@ -671,7 +672,7 @@ class KubernetesProvider:
         if since is not None:
             kwargs["since_seconds"] = max(1, math.ceil((datetime.now(UTC) - since).total_seconds()) + 1)
         try:
-            response = self.core.read_namespaced_pod_log(
+            response: Any = self.core.read_namespaced_pod_log(
                 name, namespace, _preload_content=False, _request_timeout=self.kube.request_timeout_seconds, **kwargs
             )
         except ApiException as exc:
@@ -712,7 +713,7 @@ class KubernetesProvider:
             else:
                 kwargs["tail_lines"] = 0
             try:
-                response = self.core.read_namespaced_pod_log(name, namespace, _preload_content=False, **kwargs)
+                response: Any = self.core.read_namespaced_pod_log(name, namespace, _preload_content=False, **kwargs)
                 responses.append(response)
                 while not stop.is_set():
                     raw = response.readline()
@@ -732,14 +733,11 @@ class KubernetesProvider:
         try:
             ended = 0
             while ended < len(pumps):
-                line = await anyio.to_thread.run_sync(_next_line, lines, abandon_on_cancel=True)
-                if line is _IDLE:
-                    continue
-                if line is None:
+                item: object = await anyio.to_thread.run_sync(_next_line, lines, abandon_on_cancel=True)
+                if item is None:
                     ended += 1
-                    continue
-                assert isinstance(line, LogLine)
-                yield line
+                elif isinstance(item, LogLine):
+                    yield item
         finally:
             stop.set()
             for response in responses:
@@ -756,7 +754,7 @@ class KubernetesProvider:
         return await self._run("read usage from metrics.k8s.io", self._usage, observed)
 
     def _usage(self, observed: Observed) -> Usage:
-        running: list[tuple[Obj, Obj]] = []
+        running: list[tuple[Obj, Mapping[str, Any]]] = []
         for deployment in observed.deployments:
             for _, pod in observe.indexed(deployment, observed.pods):
                 if (observe.container_status(pod) or {}).get("state", {}).get("running") is not None:
@@ -810,7 +808,7 @@ class KubernetesProvider:
 
     async def exec(self, instance_id: str, command: list[str], *, timeout: float = 10.0) -> ExecResult:
         observed = await self._require(instance_id, "exec in the instance")
-        target: Obj | None = None
+        target: Mapping[str, Any] | None = None
         for deployment in sorted(observed.deployments, key=lambda d: -(observe.generation_of(d) or 0)):
             for _, pod in observe.indexed(deployment, observed.pods):
                 if (observe.container_status(pod) or {}).get("state", {}).get("running") is not None:
@@ -893,7 +891,7 @@ def _reader(create: Callable[..., Any]) -> Callable[..., Any]:
     return getattr(owner, create.__name__.replace("create_", "read_", 1))  # type: ignore[no-any-return]
 
 
-def _key(obj: Obj) -> tuple[str, str]:
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
     metadata = observe.meta(obj)
     return str(metadata.get("name")), str(metadata.get("namespace"))
 
@@ -902,7 +900,7 @@ def _instance(obj: Obj) -> str | None:
     return observe.labels(obj).get(LABEL_INSTANCE)
 
 
-def _item(kind: str, obj: Obj, **extra: Any) -> InventoryItem:
+def _item(kind: str, obj: Mapping[str, Any], **extra: Any) -> InventoryItem:
     labels = observe.labels(obj)
     return InventoryItem(
         kind=kind,
