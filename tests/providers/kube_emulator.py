@@ -39,6 +39,8 @@ from kubernetes import client
 DEPLOYMENTS = kmock.resource(group="apps", version="v1", plural="deployments")
 PODS = kmock.resource(group="", version="v1", plural="pods")
 NAMESPACES = kmock.resource(group="", version="v1", plural="namespaces")
+SECRETS = kmock.resource(group="", version="v1", plural="secrets")
+SERVICES = kmock.resource(group="", version="v1", plural="services")
 POD_METRICS = kmock.resource(group="metrics.k8s.io", version="v1beta1", plural="pods")
 RESOURCES = {
     "v1/namespaces": False,

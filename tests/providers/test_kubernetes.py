@@ -11,19 +11,42 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import anyio
 import kmock
+import kubernetes_validate
+import msgspec
 import pytest
 from ctrlplane_kubernetes import KubernetesProvider
+from ctrlplane_kubernetes.errors import UsageUnavailable
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
-from ctrlplane.provisioning.contract import Provider, Resources
-from ctrlplane.provisioning.errors import ProviderError
+from ctrlplane.provisioning.contract import (
+    HttpRoute,
+    PortSpec,
+    Probe,
+    Provider,
+    Resources,
+    SecretFile,
+    Strategy,
+    TenantQuota,
+    WorkloadSpec,
+)
+from ctrlplane.provisioning.errors import ProviderError, ProviderUnavailable
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
-from tests.providers.kube_emulator import Cluster, closed_port, configuration, start_cluster
+from tests.providers.kube_emulator import (
+    DEPLOYMENTS,
+    NAMESPACES,
+    SECRETS,
+    SERVICES,
+    Cluster,
+    closed_port,
+    configuration,
+    start_cluster,
+)
 
 TEST_CLUSTER = f"test-k8s-{uuid.uuid4().hex[:8]}"
 KUBE = KubernetesSettings(rollout_timeout_seconds=15, request_timeout_seconds=5)
@@ -228,3 +251,343 @@ class TestKubernetesProvider(ProviderConformance):
         assert str(request.url.path).endswith(f"/pods/{status.replicas[0].name}/exec")
         assert request.url.query.getall("command") == ["echo", "hello", "world"]
         assert request.params["container"] == "app"
+
+
+# -- Kubernetes only: the objects each call writes -------------------------------------------------
+
+WEB = {
+    "name": "web",
+    "image": "ctrlplane-test/app:1",
+    "resources": SMALL,
+    "ports": (PortSpec(8080),),
+    "env": {"GREETING": "hello"},
+}
+
+
+def web(**overrides: Any) -> WorkloadSpec:
+    return WorkloadSpec(**{"instance_id": new_id("inst"), "tenant_id": new_id("ten"), **WEB, **overrides})
+
+
+def again(spec: WorkloadSpec, **changes: Any) -> WorkloadSpec:
+    return msgspec.structs.replace(spec, **changes)
+
+
+@pytest.fixture
+async def k8s(cluster: Cluster) -> AsyncIterator[KubernetesProvider]:
+    provider = make_provider(cluster, ingress_class="nginx", cert_issuer="letsencrypt")
+    yield provider
+    await provider.close()
+
+
+def names(objects: Iterable[dict[str, Any]]) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in objects)
+
+
+def of(cluster: Cluster, plural: str, namespace: str, group: str = "") -> dict[str, dict[str, Any]]:
+    return {name: obj for (ns, name), obj in cluster.kinds(plural, group).items() if ns == namespace}
+
+
+def dash(value: str) -> str:
+    return value.replace("_", "-")
+
+
+async def test_provision_writes_the_tenant_namespace_its_guards_and_the_instance_objects(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    spec = web(
+        replicas=2,
+        files=(SecretFile("/etc/app/token", b"t0ken"),),
+        tenant_quota=TenantQuota(max_instances=3, max_cpu_millis=2000, max_memory_mb=1024),
+        probes=(Probe(kind="http", path="/healthz"),),
+        routes=(HttpRoute(host="shop.example.com"),),
+    )
+    status = await k8s.provision(spec)
+    assert status.state == "running", status.message
+    namespace = f"{TEST_CLUSTER}-{dash(spec.tenant_id)}"
+    (ns,) = [o for (_, name), o in cluster.objects(NAMESPACES).items() if name == namespace]
+    assert ns["metadata"]["labels"] == {
+        "ctrlplane.managed": "true",
+        "ctrlplane.cluster": TEST_CLUSTER,
+        "ctrlplane.tenant": spec.tenant_id,
+    }
+    assert of(cluster, "resourcequotas", namespace)["ctrlplane-tenant-quota"]["spec"]["hard"]["limits.cpu"] == "4000m"
+    assert of(cluster, "limitranges", namespace)["ctrlplane-tenant-limits"]["spec"]["limits"][0]["max"] == {
+        "cpu": "2000m",
+        "memory": "1024Mi",
+    }
+    assert list(of(cluster, "networkpolicies", namespace, "networking.k8s.io")) == ["ctrlplane-tenant-isolation"]
+    instance = dash(spec.instance_id)
+    assert list(of(cluster, "deployments", namespace, "apps")) == [f"{instance}-a"]
+    assert list(of(cluster, "secrets", namespace)) == [f"{instance}-g1"]
+    assert list(of(cluster, "services", namespace)) == [instance]
+    (ingress,) = of(cluster, "ingresses", namespace, "networking.k8s.io").values()
+    assert ingress["spec"]["tls"] == [{"hosts": ["shop.example.com"], "secretName": f"{instance}-tls"}]
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    pods = cluster.pods(spec.instance_id)
+    assert len(pods) == 2
+    assert pods[0]["spec"]["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    # What the provider wrote, as the emulator holds it now, is valid Kubernetes.
+    for plural, group in [
+        ("namespaces", ""),
+        ("resourcequotas", ""),
+        ("limitranges", ""),
+        ("secrets", ""),
+        ("services", ""),
+        ("deployments", "apps"),
+        ("networkpolicies", "networking.k8s.io"),
+        ("ingresses", "networking.k8s.io"),
+    ]:
+        for obj in cluster.kinds(plural, group).values():
+            kubernetes_validate.validate(obj, "1.34.0", strict=True)
+
+
+@pytest.mark.parametrize(("strategy", "update"), [("rolling", "RollingUpdate"), ("recreate", "Recreate")])
+async def test_rolling_and_recreate_deploys_patch_the_one_deployment_in_place(
+    cluster: Cluster, k8s: KubernetesProvider, strategy: Strategy, update: str
+) -> None:
+    spec = web(replicas=2)
+    await k8s.provision(spec)
+    (deployment,) = cluster.deployments(spec.instance_id)
+    name, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
+    deployed = await k8s.deploy(again(spec, generation=2, image="ctrlplane-test/app:2"), strategy)
+    assert deployed.state == "running", deployed.message
+    (after,) = cluster.deployments(spec.instance_id)
+    assert after["metadata"]["name"] == name
+    assert after["spec"]["strategy"]["type"] == update
+    images = [
+        v["spec"]["template"]["spec"]["containers"][0]["image"] for v in cluster.history(DEPLOYMENTS, namespace, name)
+    ]
+    assert images[0] == "ctrlplane-test/app:1" and images[-1] == "ctrlplane-test/app:2"
+    assert {p["spec"]["containers"][0]["image"] for p in cluster.pods(spec.instance_id)} == {"ctrlplane-test/app:2"}
+    assert list(of(cluster, "secrets", namespace)) == [f"{dash(spec.instance_id)}-g2"]
+
+
+async def test_blue_green_runs_a_second_deployment_and_switches_the_service_selector(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    spec = web(replicas=2)
+    await k8s.provision(spec)
+    deployed = await k8s.deploy(again(spec, generation=2, image="ctrlplane-test/app:2"), "blue_green")
+    assert [(r.generation, r.replica) for r in deployed.replicas] == [(2, 0), (2, 1)]
+    (deployment,) = cluster.deployments(spec.instance_id)
+    assert deployment["metadata"]["name"].endswith("-b")
+    namespace = deployment["metadata"]["namespace"]
+    service = dash(spec.instance_id)
+    selectors = [v["spec"]["selector"].get("ctrlplane.slot") for v in cluster.history(SERVICES, namespace, service)]
+    # Created selecting every slot, pinned to the old (blue) set, switched to green, unpinned.
+    assert [s for i, s in enumerate(selectors) if i == 0 or s != selectors[i - 1]] == [None, "a", "b", None]
+    assert cluster.emulator.objects[DEPLOYMENTS, namespace, f"{service}-a"].deleted
+
+
+async def test_canary_starts_one_new_replica_beside_the_old_set_then_the_rest(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    spec = web(replicas=3)
+    await k8s.provision(spec)
+    await k8s.deploy(again(spec, generation=2, image="ctrlplane-test/app:2"), "canary")
+    (deployment,) = cluster.deployments(spec.instance_id)
+    name, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
+    replicas = [v["spec"]["replicas"] for v in cluster.history(DEPLOYMENTS, namespace, name) if "spec" in v]
+    assert replicas[0] == 1 and replicas[-1] == 3
+    service = dash(spec.instance_id)
+    assert all("ctrlplane.slot" not in v["spec"]["selector"] for v in cluster.history(SERVICES, namespace, service))
+
+
+async def test_the_deploy_engines_rolling_steps_retire_the_named_old_replicas(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    """What ctrlplane's deploy engine does for ``rolling``: provision the new generation one replica
+    more at a time, and retire old replica i after new replica i passed its gate."""
+    spec = web(replicas=2)
+    first = await k8s.provision(spec)
+    new = again(spec, generation=2)
+    await k8s.provision(again(new, replicas=1))
+    await k8s.remove_generation(spec.instance_id, 1, (0,))
+    status = await k8s.status(spec.instance_id)
+    assert [(r.generation, r.replica, r.name) for r in status.replicas] == [
+        (1, 1, first.replicas[1].name),
+        (2, 0, status.replicas[1].name),
+    ]
+    old = next(d for d in cluster.deployments(spec.instance_id) if d["metadata"]["name"].endswith("-a"))
+    assert old["spec"]["replicas"] == 1
+    assert old["metadata"]["annotations"]["ctrlplane.io/retired"] == "0"
+    await k8s.provision(new)
+    await k8s.remove_generation(spec.instance_id, 1, (1,))
+    status = await k8s.status(spec.instance_id)
+    assert [(r.generation, r.replica) for r in status.replicas] == [(2, 0), (2, 1)]
+    assert [d["metadata"]["name"][-1] for d in cluster.deployments(spec.instance_id)] == ["b"]
+    # Going back (the engine re-provisions the old generation) brings every old replica back.
+    await k8s.provision(spec)
+    await k8s.remove_generation(spec.instance_id, 2)
+    back = await k8s.status(spec.instance_id)
+    assert [(r.generation, r.replica, r.state) for r in back.replicas] == [(1, 0, "running"), (1, 1, "running")]
+
+
+# -- Kubernetes only: status from pod conditions ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("waiting", "message", "last", "expected"),
+    [
+        ("CrashLoopBackOff", "back-off 40s", {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, "OOM-killed"),
+        ("CrashLoopBackOff", "back-off 10s", {"terminated": {"exitCode": 3, "reason": "Error"}}, "CrashLoopBackOff"),
+        ("ImagePullBackOff", 'Back-off pulling image "ctrlplane-test/app:1"', None, "ImagePullBackOff"),
+        ("CreateContainerConfigError", "container has runAsNonRoot and image will run as root", None, "runAsNonRoot"),
+    ],
+)
+async def test_pod_conditions_make_the_instance_failed_with_the_reason(
+    cluster: Cluster, k8s: KubernetesProvider, waiting: str, message: str, last: dict[str, Any] | None, expected: str
+) -> None:
+    spec = web()
+    status = await k8s.provision(spec)
+    cluster.set_waiting(cluster.pod_of(spec.instance_id, status.replicas[0].name), waiting, message, last)
+    failed = await k8s.status(spec.instance_id)
+    assert failed.state == "failed"
+    assert expected in failed.message
+    (replica,) = failed.replicas
+    assert replica.state in ("exited", "dead") and replica.endpoints == ()
+    if last and last["terminated"]["reason"] == "OOMKilled":
+        assert (replica.oom_killed, replica.exit_code) == (True, 137)
+
+
+# -- Kubernetes only: API errors -------------------------------------------------------------------
+
+
+async def test_a_retried_create_adopts_objects_an_earlier_attempt_left(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    """An attempt that died after creating the namespace, Secret and Deployment (409 on each create
+    now) is finished by patching them, not by failing or duplicating."""
+    spec = web()
+    stale = again(spec, image="ctrlplane-test/app:0", env={"OLD": "1"})
+    from ctrlplane_kubernetes import manifests
+
+    namespace = f"{TEST_CLUSTER}-{dash(spec.tenant_id)}"
+    cluster.emulator.objects[NAMESPACES, None, namespace] = manifests.namespace(TEST_CLUSTER, spec.tenant_id)
+    secret = manifests.secret(TEST_CLUSTER, stale)
+    cluster.emulator.objects[SECRETS, namespace, secret["metadata"]["name"]] = {
+        **secret,
+        "metadata": {**secret["metadata"], "namespace": namespace},
+    }
+    deployment = manifests.deployment(TEST_CLUSTER, stale, "a", k8s.kube, replicas=1)
+    name = deployment["metadata"]["name"]
+    cluster.emulator.objects[DEPLOYMENTS, namespace, name] = {
+        **deployment,
+        "metadata": {**deployment["metadata"], "namespace": namespace},
+    }
+    status = await k8s.provision(spec)
+    assert status.state == "running", status.message
+    (adopted,) = cluster.deployments(spec.instance_id)
+    assert adopted["metadata"]["name"] == name
+    assert adopted["spec"]["template"]["spec"]["containers"][0]["image"] == spec.image
+    assert set(of(cluster, "secrets", namespace)[secret["metadata"]["name"]]["data"]) == {"env.GREETING"}
+    conflicts = [r for r in cluster.emulator if r.method == "POST" and "/deployments" in str(r.url.path)]
+    assert len(conflicts) == 1  # one create answered 409, then a patch
+
+
+async def test_removing_what_is_already_gone_is_not_an_error(cluster: Cluster, k8s: KubernetesProvider) -> None:
+    await k8s.deprovision(new_id("inst"))
+    await k8s.remove_generation(new_id("inst"), 1)
+    spec = web()
+    await k8s.provision(spec)
+    namespace = cluster.deployments(spec.instance_id)[0]["metadata"]["namespace"]
+    cluster.emulator.objects[SERVICES, namespace, dash(spec.instance_id)].delete()
+    await k8s.remove_generation(spec.instance_id, 7)
+    await k8s.deprovision(spec.instance_id)
+    assert (await k8s.status(spec.instance_id)).state == "missing"
+    assert cluster.deployments(spec.instance_id) == [] == cluster.pods(spec.instance_id)
+
+
+async def test_forbidden_is_a_provider_error_that_names_rbac(cluster: Cluster, k8s: KubernetesProvider) -> None:
+    cluster.emulator["get /apis/apps/v1/deployments"] << kmock.KubernetesError(
+        status=403,
+        reason="Forbidden",
+        message='deployments.apps is forbidden: User "system:serviceaccount:ctrlplane:ctrlplane" cannot list',
+    )
+    with pytest.raises(ProviderError) as raised:
+        await k8s.status(new_id("inst"))
+    assert not isinstance(raised.value, ProviderUnavailable)
+    assert "forbidden" in raised.value.message and "RBAC" in raised.value.message
+    assert raised.value.details["status"] == 403
+    assert (await k8s.ping()).available
+
+
+async def test_an_api_server_answering_503_is_unavailable(cluster: Cluster, k8s: KubernetesProvider) -> None:
+    cluster.emulator["get /apis/apps/v1/deployments"] << kmock.KubernetesError(status=503, reason="ServiceUnavailable")
+    with pytest.raises(ProviderUnavailable, match="Kubernetes API unreachable"):
+        await k8s.status(new_id("inst"))
+
+
+async def test_an_api_server_that_went_away_is_unavailable(k8s: KubernetesProvider, cluster: Cluster) -> None:
+    spec = web()
+    await k8s.provision(spec)
+    gone = KubernetesProvider(
+        Settings(cluster_name=TEST_CLUSTER), configuration=configuration(f"http://127.0.0.1:{closed_port()}"), kube=KUBE
+    )
+    health = await gone.ping()
+    assert not health.available and "unreachable" in health.message
+    for call in (gone.status, gone.stop, gone.deprovision):
+        with pytest.raises(ProviderUnavailable):
+            await call(spec.instance_id)
+    await gone.close()
+
+
+# -- Kubernetes only: usage, logs, inventory --------------------------------------------------------
+
+
+async def test_usage_comes_from_metrics_k8s_io(cluster: Cluster, k8s: KubernetesProvider) -> None:
+    spec = web(replicas=2)
+    await k8s.provision(spec)
+    usage = await k8s.usage(spec.instance_id)
+    # Each emulated PodMetrics reports 5,000,000n CPU (5 millicores) and 12Mi.
+    assert usage.cpu_percent == pytest.approx(1.0)
+    assert (usage.memory_used_bytes, usage.memory_limit_bytes) == (2 * 12 * MIB, 2 * 64 * MIB)
+
+
+async def test_usage_without_metrics_k8s_io_is_unavailable_not_zero(cluster: Cluster, k8s: KubernetesProvider) -> None:
+    cluster.emulator["get", re.compile(r"/apis/metrics\.k8s\.io/.*")] << kmock.KubernetesError(
+        status=404, reason="NotFound", message="the server could not find the requested resource"
+    )
+    spec = web()
+    await k8s.provision(spec)
+    with pytest.raises(UsageUnavailable, match=r"metrics\.k8s\.io") as raised:
+        await k8s.usage(spec.instance_id)
+    assert (raised.value.status, raised.value.code) == (503, "usage_unavailable")
+
+
+async def test_logs_merge_every_pods_lines_in_time_order(cluster: Cluster, k8s: KubernetesProvider) -> None:
+    spec = web(replicas=2)
+    status = await k8s.provision(spec)
+    first, second = (r.name for r in status.replicas)
+    for pod, message in [(first, "a1"), (second, "b1"), (first, "a2"), (second, "b2")]:
+        cluster.write_log(pod, message)
+        await anyio.sleep(0.002)
+    lines = [(line.replica, line.message) async for line in k8s.logs(spec.instance_id)]
+    assert lines == [(0, "a1"), (1, "b1"), (0, "a2"), (1, "b2")]
+    assert [line.message async for line in k8s.logs(spec.instance_id, tail=1)] == ["b2"]
+    log_requests = [r for r in cluster.emulator if str(r.url.path).endswith("/log")]
+    assert {r.params["container"] for r in log_requests} == {"app"}
+
+
+async def test_inventory_selects_by_label_and_reports_only_this_clusters_objects(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    spec = web(replicas=2)
+    await k8s.provision(spec)
+    namespace = cluster.deployments(spec.instance_id)[0]["metadata"]["namespace"]
+    labels = {"ctrlplane.managed": "true", "ctrlplane.cluster": "other", "ctrlplane.instance": spec.instance_id}
+    cluster.emulator.objects[DEPLOYMENTS, namespace, "not-ours"] = {
+        "metadata": {"name": "not-ours", "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "x", "image": "x"}]}},
+        },
+    }
+    items = await k8s.inventory()
+    mine = sorted((i.kind, i.replica) for i in items if i.instance_id == spec.instance_id)
+    assert mine == [("container", 0), ("container", 1), ("deployment", None), ("secret", None), ("service", None)]
+    assert next(i for i in items if i.kind == "network" and i.tenant_id == spec.tenant_id).name == namespace
+    assert "not-ours" not in {i.name for i in items}
+    lists = [r for r in cluster.emulator if r.method == "GET" and "labelSelector" in r.params]
+    assert lists and all(f"ctrlplane.cluster={TEST_CLUSTER}" in r.params["labelSelector"] for r in lists)

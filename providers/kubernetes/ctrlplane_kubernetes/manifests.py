@@ -5,6 +5,8 @@ schemas without a cluster (``tests/providers/test_kubernetes_manifests.py``)."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from typing import Any
 
 from ctrlplane.provisioning.contract import LABEL_GENERATION, HttpRoute, Probe, Strategy, TenantQuota, WorkloadSpec
@@ -201,7 +203,6 @@ def deployment(
     }
     if spec.command is not None:
         container["command"] = list(spec.command)
-    pod_annotations = {naming.RESTARTED_AT: restarted_at} if restarted_at else {}
     update: Manifest = (
         {"type": "Recreate"}
         if strategy == "recreate"
@@ -221,6 +222,15 @@ def deployment(
         if spec.files
         else []
     )
+    pod_annotations = {naming.RESTARTED_AT: restarted_at} if restarted_at else {}
+    pod_spec: Manifest = {
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "restartPolicy": "Always",
+    }
+    pod_annotations[naming.TEMPLATE_HASH] = template_hash(labels, pod_spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -236,16 +246,17 @@ def deployment(
             "revisionHistoryLimit": 2,
             "template": {
                 "metadata": {"labels": labels, "annotations": pod_annotations},
-                "spec": {
-                    "containers": [container],
-                    "volumes": volumes,
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "restartPolicy": "Always",
-                },
+                "spec": pod_spec,
             },
         },
     }
+
+
+def template_hash(labels: dict[str, str], pod_spec: Manifest) -> str:
+    """A digest of the pod template as rendered (annotations aside, so a restart stamp does not
+    count): every pod carries it, so a rollout is done when all pods carry the Deployment's."""
+    rendered = json.dumps({"labels": labels, "spec": pod_spec}, sort_keys=True)
+    return hashlib.sha256(rendered.encode()).hexdigest()[:16]
 
 
 def service(cluster: str, spec: WorkloadSpec, pinned_slot: str | None = None) -> Manifest:

@@ -90,6 +90,23 @@ def indexed(deployment: Obj, pods: Iterable[Obj]) -> list[tuple[int, Obj]]:
     return list(zip([*free, *extra], mine, strict=False))
 
 
+def template_of(obj: Obj) -> str | None:
+    """The template hash a Deployment wants (from its template) or a pod was made from."""
+    template = (obj.get("spec") or {}).get("template")
+    source = template if template is not None else obj
+    return annotations_of(source).get(naming.TEMPLATE_HASH)
+
+
+def stale(deployments: Iterable[Obj], pods: Iterable[Obj]) -> list[Obj]:
+    """Live pods of a slot whose Deployment now wants another template: a rollout is under way."""
+    wanted = {slot_of(d): template_of(d) for d in deployments}
+    return [
+        pod
+        for pod in live(pods)
+        if slot_of(pod) in wanted and wanted[slot_of(pod)] and template_of(pod) != wanted[slot_of(pod)]
+    ]
+
+
 def container_status(pod: Obj) -> Mapping[str, Any] | None:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for status in statuses:

@@ -31,7 +31,7 @@ import math
 import queue
 import re
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -225,15 +225,14 @@ class KubernetesProvider:
                 return observed, status
             await anyio.sleep(POLL_SECONDS)
 
-    async def _settle(self, instance_id: str, generations: Iterable[int] | None = None) -> WorkloadStatus:
-        """Wait until every wanted replica runs, or one has failed, or the rollout timeout passes;
-        then report what is observed. With ``generations``, only pods of those count."""
-        only = set(generations) if generations is not None else None
+    async def _settle(self, instance_id: str) -> WorkloadStatus:
+        """Wait until every wanted replica runs from its Deployment's current template (no rollout
+        under way), or one has failed, or the rollout timeout passes; then report what is seen."""
 
         def done(observed: Observed, status: WorkloadStatus) -> bool:
-            if status.state in ("running", "failed", "stopped", "missing"):
-                return not _stale_pods(observed, only)
-            return any(observe.failure(r) for r in status.replicas if only is None or r.generation in only)
+            if status.state in ("running", "stopped", "missing"):
+                return not observe.stale(observed.deployments, observed.pods)
+            return any(observe.failure(r) for r in status.replicas)
 
         _, status = await self._wait(instance_id, done, "observe the rollout")
         return status
@@ -378,7 +377,9 @@ class KubernetesProvider:
             pinned = observe.annotations_of(existing or {}).get(naming.PINNED_SLOT) if pin is False else pin
             manifest = manifests.service(self.cluster, spec, pinned if isinstance(pinned, str) and pinned else None)
             if existing is not None and not pinned:
+                # A merge patch merges the selector map: the slot key must be removed explicitly.
                 manifest["metadata"]["annotations"] = {naming.PINNED_SLOT: None}
+                manifest["spec"]["selector"] = {**manifest["spec"]["selector"], naming.LABEL_SLOT: None}
             self._create_or_patch(
                 self.core.create_namespaced_service, self.core.patch_namespaced_service, namespace, manifest
             )
@@ -541,7 +542,7 @@ class KubernetesProvider:
             # In place: the slot's Deployment gets the new template and Kubernetes replaces the pods
             # by its own RollingUpdate (maxSurge 1, maxUnavailable 0) or Recreate strategy.
             await self._run("deploy", partial(self._apply_generation, spec, old_slot, strategy=strategy))
-            status = await self._settle(spec.instance_id, {spec.generation})
+            status = await self._settle(spec.instance_id)
             await self._run("remove the old Secret", self._drop_secret, namespace, spec.instance_id, old_generation)
             return status
         if strategy == "blue_green":
@@ -610,7 +611,7 @@ class KubernetesProvider:
                 namespace,
                 {
                     "metadata": {"annotations": {naming.PINNED_SLOT: None}},
-                    "spec": {"selector": naming.selector(self.cluster, instance_id)},
+                    "spec": {"selector": {**naming.selector(self.cluster, instance_id), naming.LABEL_SLOT: None}},
                 },
             )
         return 0
@@ -909,13 +910,6 @@ def _item(kind: str, obj: Mapping[str, Any], **extra: Any) -> InventoryItem:
         tenant_id=labels.get(LABEL_TENANT),
         **extra,
     )
-
-
-def _stale_pods(observed: Observed, only: set[int] | None) -> bool:
-    """Pods of a generation the instance no longer runs (a rollout still replacing them)."""
-    if only is None:
-        return False
-    return any(observe.generation_of(pod) not in only for pod in observe.live(observed.pods))
 
 
 def _with(spec: WorkloadSpec, **changes: Any) -> WorkloadSpec:
