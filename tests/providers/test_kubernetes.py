@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ import kmock
 import kubernetes_validate
 import msgspec
 import pytest
+import yaml
 from ctrlplane_kubernetes import KubernetesProvider
 from ctrlplane_kubernetes.errors import UsageUnavailable
 from ctrlplane_kubernetes.settings import KubernetesSettings
@@ -591,3 +593,73 @@ async def test_inventory_selects_by_label_and_reports_only_this_clusters_objects
     assert "not-ours" not in {i.name for i in items}
     lists = [r for r in cluster.emulator if r.method == "GET" and "labelSelector" in r.params]
     assert lists and all(f"ctrlplane.cluster={TEST_CLUSTER}" in r.params["labelSelector"] for r in lists)
+
+
+# -- the documented RBAC ---------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md"
+
+
+def documented_rbac() -> list[dict[str, Any]]:
+    text = DOCS.read_text()
+    section = text[text.index("## RBAC") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)]
+    return [doc for doc in yaml.safe_load_all(block) if doc]
+
+
+def verb(request: Any) -> str:
+    method = str(request.method).upper().rsplit(".", 1)[-1]
+    if method == "GET":
+        if request.params.get("watch") == "true":
+            return "watch"
+        return "get" if request.name else "list"
+    return {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}[method]
+
+
+async def test_the_documented_rbac_is_valid_and_allows_every_request_of_a_whole_lifecycle(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    documents = documented_rbac()
+    assert [d["kind"] for d in documents] == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    for document in documents:
+        kubernetes_validate.validate(document, "1.34.0", strict=True)
+    (role,) = [d for d in documents if d["kind"] == "ClusterRole"]
+    allowed = {
+        (group, resource, action)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for action in rule["verbs"]
+    }
+    spec = web(
+        replicas=2,
+        tenant_quota=TenantQuota(max_instances=3, max_cpu_millis=2000, max_memory_mb=1024),
+        routes=(HttpRoute(host="shop.example.com"),),
+        files=(SecretFile("/etc/app/token", b"t0ken"),),
+    )
+    status = await k8s.provision(spec)
+    cluster.write_log(status.replicas[0].name, "hello")
+    assert [line.message async for line in k8s.logs(spec.instance_id)] == ["hello"]
+    await k8s.usage(spec.instance_id)
+    with pytest.raises(ProviderError):
+        await k8s.exec(spec.instance_id, ["true"])
+    await k8s.deploy(again(spec, generation=2), "blue_green")
+    await k8s.deploy(again(spec, generation=3), "rolling")
+    await k8s.stop(spec.instance_id)
+    await k8s.start(spec.instance_id)
+    await k8s.restart(spec.instance_id)
+    await k8s.restart(spec.instance_id, (1,))
+    await k8s.scale(again(spec, generation=3, replicas=1))
+    await k8s.provision(again(spec, generation=4, replicas=1))
+    await k8s.remove_generation(spec.instance_id, 3, (0,))
+    await k8s.inventory()
+    await k8s.deprovision(spec.instance_id)
+    seen = set()
+    for request in cluster.emulator:
+        if request.resource is None or request.resource.plural is None:
+            continue  # discovery and /version: allowed to every authenticated user
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        seen.add((request.resource.group, resource, verb(request)))
+    assert seen - allowed == set()
+    assert ("", "pods/log", "get") in seen and ("metrics.k8s.io", "pods", "list") in seen
+    assert ("", "pods/exec", "get") in seen and ("apps", "deployments", "patch") in seen
