@@ -100,6 +100,8 @@ class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     ``generation`` grows with every deploy; containers of one generation are one "set" (blue/green
     and canary run two sets side by side). ``release_id`` is informational (a label).
+    ``tenant_quota``, ``probes`` and ``routes`` are optional inputs for runtimes that enforce or
+    serve them themselves (Kubernetes: ResourceQuota, probes, Ingress); others ignore them.
     """
 
     instance_id: str

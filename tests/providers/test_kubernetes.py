@@ -37,6 +37,7 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
 )
 from ctrlplane.provisioning.errors import ProviderError, ProviderUnavailable
+from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
 from tests.providers.kube_emulator import (
@@ -663,3 +664,48 @@ async def test_the_documented_rbac_is_valid_and_allows_every_request_of_a_whole_
     assert seen - allowed == set()
     assert ("", "pods/log", "get") in seen and ("metrics.k8s.io", "pods", "list") in seen
     assert ("", "pods/exec", "get") in seen and ("apps", "deployments", "patch") in seen
+
+
+# -- loading: the entry point and KUBECONFIG -------------------------------------------------------
+
+
+async def test_the_entry_point_loads_the_provider_configured_from_kubeconfig(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": cluster.url.rstrip("/")}}],
+                "users": [{"name": "ctrlplane", "user": {"token": "not-checked-by-the-emulator"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "emulator", "user": "ctrlplane"}}],
+                "current-context": "test",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    registry = ProviderRegistry.from_entry_points(Settings(providers=("kubernetes",), cluster_name=TEST_CLUSTER))
+    provider = registry.get("kubernetes")
+    assert isinstance(provider, KubernetesProvider)
+    health = await provider.ping()
+    assert health.available, health.message
+    assert "v1.34.0-kmock" in health.message
+    (request,) = [r for r in cluster.emulator if str(r.url.path).startswith("/version")]
+    assert request.headers["Authorization"] == "Bearer not-checked-by-the-emulator"
+    await registry.close()
+
+
+async def test_without_any_configuration_the_provider_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    provider = KubernetesProvider(Settings(cluster_name=TEST_CLUSTER), kube=KUBE)
+    health = await provider.ping()
+    assert not health.available and "no Kubernetes configuration" in health.message
+    with pytest.raises(ProviderUnavailable):
+        await provider.status(new_id("inst"))

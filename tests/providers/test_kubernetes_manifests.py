@@ -302,7 +302,7 @@ def test_settings_come_from_ctrlplane_k8s_variables() -> None:
     )
     assert (settings.ingress_class, settings.cert_issuer, settings.run_as_non_root) == ("nginx", "letsencrypt", False)
     assert settings.rollout_timeout_seconds == 30.0
-    from ctrlplane.errors import InvalidInput
+    from ctrlplane.provisioning.registry import ProviderLoadError
 
-    with pytest.raises(InvalidInput):
+    with pytest.raises(ProviderLoadError, match="CTRLPLANE_K8S_"):
         KubernetesSettings.from_env({"CTRLPLANE_K8S_REQUEST_TIMEOUT_SECONDS": "soon"})

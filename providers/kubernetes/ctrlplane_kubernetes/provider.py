@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import re
 import threading
@@ -124,7 +125,11 @@ class KubernetesProvider:
                         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
                     except ConfigException:
                         try:
-                            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                            # KUBECONFIG is read now, not when the client was imported.
+                            config.load_kube_config(  # type: ignore[no-untyped-call]
+                                config_file=os.environ.get("KUBECONFIG") or None,
+                                client_configuration=configuration,
+                            )
                         except (ConfigException, OSError) as exc:
                             raise ProviderUnavailable(
                                 f"no Kubernetes configuration (not in a cluster, no usable KUBECONFIG): {exc}",

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ctrlplane.errors import InvalidInput
+from ctrlplane.provisioning.registry import ProviderLoadError
 
 
 def _flag(value: str) -> bool:
@@ -53,4 +53,4 @@ class KubernetesSettings:
                 request_timeout_seconds=float(env.get(prefix + "REQUEST_TIMEOUT_SECONDS", "10")),
             )
         except ValueError as exc:
-            raise InvalidInput(f"invalid CTRLPLANE_K8S_* setting: {exc}") from exc
+            raise ProviderLoadError(f"invalid CTRLPLANE_K8S_* setting: {exc}") from exc
