@@ -36,7 +36,7 @@ from ctrlplane.provisioning.contract import (
     TenantQuota,
     WorkloadSpec,
 )
-from ctrlplane.provisioning.errors import ProviderError, ProviderUnavailable
+from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
@@ -709,3 +709,21 @@ async def test_without_any_configuration_the_provider_is_unavailable(
     assert not health.available and "no Kubernetes configuration" in health.message
     with pytest.raises(ProviderUnavailable):
         await provider.status(new_id("inst"))
+
+
+async def test_a_blue_green_deploy_whose_image_cannot_be_pulled_leaves_the_old_set_serving(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    cluster.missing_images.add("ctrlplane-test/app:404")
+    spec = web(replicas=2)
+    first = await k8s.provision(spec)
+    with pytest.raises(ImageNotFound, match="app:404"):
+        await k8s.deploy(again(spec, generation=2, image="ctrlplane-test/app:404"), "blue_green")
+    (deployment,) = cluster.deployments(spec.instance_id)
+    assert deployment["metadata"]["name"].endswith("-a")
+    namespace = deployment["metadata"]["namespace"]
+    (service,) = of(cluster, "services", namespace).values()
+    assert "ctrlplane.slot" not in service["spec"]["selector"]
+    status = await k8s.status(spec.instance_id)
+    assert [r.name for r in status.replicas] == [r.name for r in first.replicas]
+    assert status.state == "running"

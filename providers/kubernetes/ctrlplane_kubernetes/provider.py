@@ -552,8 +552,12 @@ class KubernetesProvider:
             return status
         if strategy == "blue_green":
             await self._run("pin the Service", partial(self._apply_front, spec, namespace, pin=old_slot))
-            new_slot = await self._run("deploy", partial(self._apply_generation, spec, None, strategy=strategy))
-            await self._settle_generation(spec)
+            try:
+                new_slot = await self._run("deploy", partial(self._apply_generation, spec, None, strategy=strategy))
+                await self._settle_generation(spec)
+            except CtrlplaneError:
+                await self._run("unpin the Service", partial(self._apply_front, spec, namespace, pin=None))
+                raise
             await self._run("switch the Service", partial(self._apply_front, spec, namespace, pin=new_slot))
         else:
             await self._run("deploy the canary", partial(self._apply_generation, spec, None, replicas=1))
