@@ -24,7 +24,7 @@ from ctrlplane.settings import Settings
 from tests.api.test_deployments import finished
 from tests.api.test_instances import state, wait_for
 from tests.conftest import Api, bearer
-from tests.providers.kube_emulator import NAMESPACES, Cluster, configuration, start_cluster
+from tests.providers.kube_emulator import NAMESPACES, Cluster, closed_port, configuration, start_cluster
 
 IMAGE_V1, IMAGE_V2 = "registry.example/web:1", "registry.example/web:2"
 
@@ -63,9 +63,11 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def providers(settings: Settings, cluster: Cluster) -> ProviderRegistry:
+def providers(settings: Settings, cluster: Cluster, request: pytest.FixtureRequest) -> ProviderRegistry:
+    """The provider on the emulator; with the ``api_down`` mark, on a loopback port nothing serves."""
     kube = KubernetesSettings(rollout_timeout_seconds=15, request_timeout_seconds=5)
-    return ProviderRegistry([KubernetesProvider(settings, configuration=configuration(cluster.url), kube=kube)])
+    url = f"http://127.0.0.1:{closed_port()}" if request.node.get_closest_marker("api_down") else cluster.url
+    return ProviderRegistry([KubernetesProvider(settings, configuration=configuration(url), kube=kube)])
 
 
 def objects(
@@ -184,3 +186,20 @@ async def test_a_failed_gate_on_kubernetes_rolls_back_to_the_old_generation(
     assert "could not be pulled" in done["error"]
     assert generations(cluster, instance["id"]) == [("1", IMAGE_V1, 1)]
     assert pod_images(cluster, instance["id"]) == [IMAGE_V1]
+
+
+@pytest.mark.api_down
+async def test_an_unreachable_kubernetes_api_answers_503_and_changes_nothing(api: Api) -> None:
+    tenant = await api.create_tenant("acme", plan="pro")
+    token = bearer(api.tokens.tenant(tenant["id"]))
+    response = await api.client.post(
+        "/v1/instances",
+        json={"name": "web", "image": IMAGE_V1, "provider_name": "kubernetes"},
+        headers=token,
+    )
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["code"] == "provider_unavailable"
+    assert "Kubernetes API unreachable" in body["message"] and body["request_id"]
+    listed = await api.client.get("/v1/instances", headers=token)
+    assert listed.json()["items"] == []
