@@ -413,12 +413,11 @@ class KubernetesProvider:
             self._delete(self.apps.delete_namespaced_deployment, *_key(deployment))
         for pod in observed.pods:
             self._delete(self.core.delete_namespaced_pod, *_key(pod))
-        for kind, lister, deleter in (
-            ("secret", self.core.list_secret_for_all_namespaces, self.core.delete_namespaced_secret),
-            ("service", self.core.list_service_for_all_namespaces, self.core.delete_namespaced_service),
-            ("ingress", self.networking.list_ingress_for_all_namespaces, self.networking.delete_namespaced_ingress),
+        for lister, deleter in (
+            (self.core.list_secret_for_all_namespaces, self.core.delete_namespaced_secret),
+            (self.core.list_service_for_all_namespaces, self.core.delete_namespaced_service),
+            (self.networking.list_ingress_for_all_namespaces, self.networking.delete_namespaced_ingress),
         ):
-            del kind
             for obj in self._items(lister, wanted):
                 namespaces.add(_key(obj)[1])
                 self._delete(deleter, *_key(obj))
