@@ -65,11 +65,46 @@ class SecretFile(msgspec.Struct, frozen=True):
         return f"SecretFile(path={self.path!r}, content=<{len(self.content)} bytes>)"
 
 
+class TenantQuota(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant's limits, for runtimes that enforce them per tenant (Kubernetes' ResourceQuota)."""
+
+    max_instances: int
+    max_cpu_millis: int
+    max_memory_mb: int
+
+
+class Probe(msgspec.Struct, frozen=True, kw_only=True):
+    """A health check the runtime runs itself: ``http`` (GET ``path`` on ``port``), ``tcp`` (connect to
+    ``port``) or ``command`` (exit code 0). ``use`` says whether it gates traffic (readiness), restarts
+    the replica (liveness) or both."""
+
+    kind: Literal["http", "tcp", "command"]
+    port: int | None = None
+    path: str = "/"
+    command: tuple[str, ...] = ()
+    use: Literal["readiness", "liveness", "both"] = "both"
+    initial_delay_seconds: int = 0
+    period_seconds: int = 10
+    timeout_seconds: int = 2
+    failure_threshold: int = 3
+
+
+class HttpRoute(msgspec.Struct, frozen=True, kw_only=True):
+    """A host (and path prefix) routed to one of the instance's ports; ``tls`` asks for HTTPS."""
+
+    host: str
+    path: str = "/"
+    container_port: int | None = None
+    tls: bool = True
+
+
 class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a provider needs to run one instance.
 
     ``generation`` grows with every deploy; containers of one generation are one "set" (blue/green
     and canary run two sets side by side). ``release_id`` is informational (a label).
+    ``tenant_quota``, ``probes`` and ``routes`` are optional inputs for runtimes that enforce or
+    serve them themselves (Kubernetes: ResourceQuota, probes, Ingress); others ignore them.
     """
 
     instance_id: str
@@ -86,6 +121,9 @@ class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
     pull_policy: PullPolicy = "IfNotPresent"
     release_id: str | None = None
     generation: int = 1
+    tenant_quota: TenantQuota | None = None
+    probes: tuple[Probe, ...] = ()
+    routes: tuple[HttpRoute, ...] = ()
 
 
 class Endpoint(msgspec.Struct, frozen=True):
