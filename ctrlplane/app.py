@@ -29,6 +29,7 @@ from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
+from ctrlplane.network.api import DomainController, RouteController
 from ctrlplane.operations.runner import Background
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.releases.api import ReleaseController
@@ -114,6 +115,8 @@ def create_app(
             EventController,
             ReleaseController,
             DeploymentController,
+            RouteController,
+            DomainController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

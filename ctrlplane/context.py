@@ -11,6 +11,7 @@ from ctrlplane.auth.providers import Authenticator, Principal
 from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
+from ctrlplane.network.router import Router
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
@@ -27,6 +28,10 @@ class AppServices:
     version: str
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
+    router: Router = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.router = Router(self.settings, self.db)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from ctrlplane.deployments.models import Deployment
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
+from ctrlplane.network.models import AcmeAccount, Certificate, Domain, Route, Upstream
 from ctrlplane.operations.models import Operation
 from ctrlplane.releases.models import Release
 from ctrlplane.tenants.models import Tenant, TenantQuota
@@ -14,17 +15,22 @@ from ctrlplane.tenants.models import Tenant, TenantQuota
 metadata = Base.metadata
 
 __all__ = [
+    "AcmeAccount",
     "ApiKey",
     "AuditChain",
     "AuditEntry",
+    "Certificate",
     "Deployment",
+    "Domain",
     "Event",
     "EventStream",
     "IdempotencyRecord",
     "Instance",
     "Operation",
     "Release",
+    "Route",
     "Tenant",
     "TenantQuota",
+    "Upstream",
     "metadata",
 ]

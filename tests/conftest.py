@@ -131,6 +131,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         operation_lease_seconds=5,
         workers=2,
         cluster_name=f"test-{uuid.uuid4().hex[:12]}",
+        router="none",
     )
 
 

@@ -14,6 +14,7 @@ from ctrlplane.operations.worker import OperationWorker
 log = structlog.get_logger("ctrlplane.background")
 
 IDLE_POLL_SECONDS = 1.0
+ROUTER_POLL_SECONDS = 1.0
 
 
 class Background:
@@ -51,8 +52,16 @@ class Background:
                 log.error("provider_health_error", exc_info=exc)
             await anyio.sleep(registry.HEALTH_TTL_SECONDS / 2)
 
+    async def router_loop(self) -> None:
+        router = self.services.router
+        while True:
+            await router.sync_quietly()
+            await self.services.work.wait(ROUTER_POLL_SECONDS)
+
     def start(self, group: TaskGroup) -> None:
         for _ in range(self.services.settings.workers):
             group.start_soon(self.worker_loop)
         group.start_soon(self.reconcile_loop)
         group.start_soon(self.health_loop)
+        if self.services.router.enabled:
+            group.start_soon(self.router_loop)

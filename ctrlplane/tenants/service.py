@@ -20,6 +20,7 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import destroy
 from ctrlplane.instances.service import suspend as suspend_instance
 from ctrlplane.instances.service import unsuspend as unsuspend_instance
+from ctrlplane.network.repository import NetworkRepository
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.models import Tenant, TenantQuota
@@ -137,10 +138,14 @@ class TenantService:
         return {"instances": usage.instances}
 
     async def usage(self, tenant_id: str) -> schemas.QuotaUsage:
-        """What the tenant uses now. Domains, routes and secrets count here once their
-        subsystems exist; until then a tenant owns none."""
+        """What the tenant uses now. Secrets count here once their subsystem exists; until then a
+        tenant owns none."""
         count, cpu, memory = await InstanceRepository(self.session, tenant_id).usage(tenant_id)
-        return schemas.QuotaUsage(instances=count, cpu_millis=cpu, memory_mb=memory, domains=0, routes=0, secrets=0)
+        network = NetworkRepository(self.session, tenant_id)
+        domains, routes = await network.domain_count(tenant_id), await network.route_count(tenant_id)
+        return schemas.QuotaUsage(
+            instances=count, cpu_millis=cpu, memory_mb=memory, domains=domains, routes=routes, secrets=0
+        )
 
     async def suspend(self, tenant_id: str, reason: str) -> schemas.Tenant:
         tenant = await self.repo.get(tenant_id, for_update=True)

@@ -48,6 +48,8 @@ class Route:
     """For the authorized control request: the state instance A must be in for it to be allowed."""
     deployment_state: str | None = None
     """For the authorized control request: the state every deployment of instance A must be in."""
+    domain_state: str | None = None
+    """For the authorized control request: the status domain A must have."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -102,6 +104,16 @@ ROUTES: list[Route] = [
         instance_state="running",
         deployment_state="cancelled",
     ),
+    Route("GET", "/v1/instances/{instance_id}/routes"),
+    Route("POST", "/v1/instances/{instance_id}/routes", body={"path": "/matrix", "port": 8080}),
+    Route("PATCH", "/v1/routes/{route_id}", body={"weight": 50}),
+    Route("DELETE", "/v1/routes/{route_id}"),
+    Route("GET", "/v1/instances/{instance_id}/domains"),
+    Route("POST", "/v1/instances/{instance_id}/domains", body={"hostname": "matrix-new.example.com"}),
+    Route("GET", "/v1/domains/{domain_id}"),
+    Route("POST", "/v1/domains/{domain_id}/verify", domain_state="verified"),
+    Route("POST", "/v1/domains/{domain_id}/cert", domain_state="verified"),
+    Route("DELETE", "/v1/domains/{domain_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -135,6 +147,8 @@ class World:
     instance_a: str
     release_a: str
     deployment_a: str
+    route_a: str
+    domain_a: str
     openapi: dict[str, Any]
 
     @property
@@ -166,6 +180,8 @@ class World:
             "instance_id": self.instance_a,
             "release_id": self.release_a,
             "deployment_id": self.deployment_a,
+            "route_id": self.route_a,
+            "domain_id": self.domain_a,
         }
 
     def url(self, route: Route) -> str:
@@ -175,6 +191,8 @@ class World:
             "instance_id": self.instance_a,
             "release_id": self.release_a,
             "deployment_id": self.deployment_a,
+            "route_id": self.route_a,
+            "domain_id": self.domain_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -259,6 +277,18 @@ async def world(api: Api, db: Database) -> World:
         await session.execute(
             text("UPDATE deployments SET state = 'cancelled' WHERE id = :id"), {"id": deployment.json()["id"]}
         )
+    route = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/routes",
+        json={"path": "/api", "port": 8080},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert route.status_code == 201, route.text
+    domain = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/domains",
+        json={"hostname": "matrix.example.com"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert domain.status_code == 201, domain.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -274,6 +304,8 @@ async def world(api: Api, db: Database) -> World:
         instance_a=created.json()["id"],
         release_a=created.json()["current_release_id"],
         deployment_a=deployment.json()["id"],
+        route_a=route.json()["id"],
+        domain_a=domain.json()["id"],
         openapi=document.json(),
     )
 
@@ -460,6 +492,12 @@ async def test_matrix_requests_succeed_for_an_authorized_caller(world: World) ->
                 await session.execute(
                     text("UPDATE deployments SET state = :state WHERE instance_id = :id"),
                     {"state": route.deployment_state, "id": world.instance_a},
+                )
+        if route.domain_state is not None:
+            async with world.db.write() as session, session.begin():
+                await session.execute(
+                    text("UPDATE domains SET status = :state WHERE id = :id"),
+                    {"state": route.domain_state, "id": world.domain_a},
                 )
         if route.instance_state is not None:
             async with world.db.write() as session, session.begin():
