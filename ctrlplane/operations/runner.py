@@ -8,6 +8,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from ctrlplane.context import AppServices
+from ctrlplane.network.certificates import CertificateIssuer
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 
@@ -15,6 +16,7 @@ log = structlog.get_logger("ctrlplane.background")
 
 IDLE_POLL_SECONDS = 1.0
 ROUTER_POLL_SECONDS = 1.0
+CERTIFICATE_POLL_SECONDS = 2.0
 
 
 class Background:
@@ -58,6 +60,17 @@ class Background:
             await router.sync_quietly()
             await self.services.work.wait(ROUTER_POLL_SECONDS)
 
+    async def certificate_loop(self) -> None:
+        services = self.services
+        issuer = CertificateIssuer(services.settings, services.db, services.router)
+        while True:
+            try:
+                if await issuer.run_once():
+                    continue
+            except Exception as exc:
+                log.error("certificate_error", exc_info=exc)
+            await services.work.wait(CERTIFICATE_POLL_SECONDS)
+
     def start(self, group: TaskGroup) -> None:
         for _ in range(self.services.settings.workers):
             group.start_soon(self.worker_loop)
@@ -65,3 +78,4 @@ class Background:
         group.start_soon(self.health_loop)
         if self.services.router.enabled:
             group.start_soon(self.router_loop)
+        group.start_soon(self.certificate_loop)

@@ -37,9 +37,16 @@ def free_port() -> int:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free for both TCP and UDP (a DNS server listens on both)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both TCP and UDP")
 
 
 def require_binary(name: str, package: str) -> str:
@@ -164,8 +171,6 @@ class ChallTestSrv:
                 "-https01",
                 "",
                 "-tlsalpn01",
-                "",
-                "-doh",
                 "",
                 "-defaultIPv4",
                 "127.0.0.1",
