@@ -27,15 +27,17 @@ import anyio
 import structlog
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.db import Database
+from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.network.acme import AcmeFailure, AcmeSession, IssuedCertificate, new_account_key
 from ctrlplane.network.keys import open_private_key, seal_private_key
 from ctrlplane.network.models import AcmeAccount, Certificate, Domain
 from ctrlplane.network.router import Router
 from ctrlplane.settings import Settings
-from ctrlplane.timeutil import utc_now
+from ctrlplane.timeutil import rfc3339, utc_now
 
 log = structlog.get_logger("ctrlplane.certificates")
 
@@ -165,6 +167,7 @@ class CertificateIssuer:
             certificate.not_before, certificate.not_after = issued.not_before, issued.not_after
             certificate.error, certificate.attempts, certificate.next_attempt_at = None, 0, None
             self._release(certificate)
+            await self._event(session, certificate, "certificate.issued", serial=issued.serial)
         log.info(
             "certificate_issued", certificate=certificate_id, serial=issued.serial, not_after=str(issued.not_after)
         )
@@ -176,9 +179,29 @@ class CertificateIssuer:
                 return
             certificate.status = "failed"
             certificate.error = reason
-            certificate.next_attempt_at = utc_now() + retry_delay(self.settings, certificate.attempts)
+            retry_at = utc_now() + retry_delay(self.settings, certificate.attempts)
+            certificate.next_attempt_at = retry_at
             self._release(certificate)
+            await self._event(
+                session,
+                certificate,
+                "certificate.failed",
+                error=reason,
+                next_attempt_at=rfc3339(retry_at),
+            )
         log.warning("certificate_failed", certificate=certificate_id, reason=reason)
+
+    @staticmethod
+    async def _event(session: AsyncSession, certificate: Certificate, type: str, **data: Any) -> None:
+        domain = await session.get(Domain, certificate.domain_id)
+        if domain is not None:
+            await append_event(
+                session,
+                tenant_id=domain.tenant_id,
+                instance_id=domain.instance_id,
+                type=type,
+                data={"certificate_id": certificate.id, "domain_id": domain.id, "hostname": domain.hostname, **data},
+            )
 
     @staticmethod
     def _release(certificate: Certificate) -> None:

@@ -126,6 +126,7 @@ class Router:
             try_duration_seconds=settings.router_try_duration_seconds,
         )
         self._lock = asyncio.Lock()
+        self._failing = False
         self._last: bytes | None = None
         self._pushed_at = 0.0
 
@@ -158,4 +159,10 @@ class Router:
         try:
             await self.sync()
         except Exception as exc:  # noqa: BLE001 - whatever failed, the loop pushes again later
-            log.warning("router_sync_failed", error=str(exc))
+            if not self._failing:
+                log.warning("router_sync_failed", error=str(exc))
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("router_sync_recovered")
+            self._failing = False

@@ -31,6 +31,7 @@ import msgspec
 from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict as ConflictError
 from ctrlplane.errors import InvalidInput, InvalidState, QuotaExceeded
+from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
@@ -278,6 +279,13 @@ class DomainService(_NetworkService):
         domain = await self.repo.domain(domain_id, for_update=True)
         domain.status, domain.verified_at = "verified", utc_now()
         domain.updated_at = utc_now()
+        await append_event(
+            self.session,
+            tenant_id=domain.tenant_id,
+            instance_id=domain.instance_id,
+            type="domain.verified",
+            data={"domain_id": domain.id, "hostname": domain.hostname},
+        )
         return await self._view(domain)
 
     async def request_certificate(self, domain_id: str) -> schemas.Certificate:

@@ -204,6 +204,11 @@ async def test_a_failed_order_reports_the_cas_reason_and_is_retried(
     challtestsrv.clear_a(HOSTNAME)
     issued = await certificate_becomes(live, domain["id"], token, lambda c: c["status"] == "issued")
     assert issued["error"] is None and issued["attempts"] == 0
+    events = (
+        await live.client.get(f"/v1/instances/{instance['id']}/events", params={"limit": 100}, headers=token)
+    ).json()["items"]
+    types = [e["type"] for e in events]
+    assert {"domain.verified", "certificate.failed", "certificate.issued"} <= set(types), types
 
 
 async def test_another_tenant_cannot_claim_a_verified_hostname(
