@@ -14,6 +14,11 @@ Strategies (the new generation runs beside the old one until the old is retired)
 
 Every strategy ends with ``traffic.switched`` when only the new set is left to serve.
 
+The router's rotation follows the gates (``network.traffic.Traffic``): a new replica is admitted
+only after its gate, an old one is withdrawn (and drained) before its container is removed, the
+canary gets ``CTRLPLANE_CANARY_TRAFFIC_PERCENT`` of the requests while it is observed, and going
+back provisions the old set and switches the rotation to it before the new set is removed.
+
 Any failed gate, a provider error (a missing image, say), the progress deadline
 (``CTRLPLANE_DEPLOY_DEADLINE_SECONDS``) passing, or a cancel request ends the deployment by going
 back: the new generation's containers are removed, the old generation is re-provisioned (replicas
