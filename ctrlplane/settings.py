@@ -97,6 +97,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     router_sync_interval_seconds: float = 5.0
     router_drain_seconds: float = 1.0
     router_try_duration_seconds: float = 5.0
+    router_fail_seconds: float = 5.0
     dns_resolver: str | None = None
     dns_timeout_seconds: float = 5.0
     acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
@@ -175,6 +176,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "ROUTER_SYNC_INTERVAL_SECONDS": "router_sync_interval_seconds",
             "ROUTER_DRAIN_SECONDS": "router_drain_seconds",
             "ROUTER_TRY_DURATION_SECONDS": "router_try_duration_seconds",
+            "ROUTER_FAIL_SECONDS": "router_fail_seconds",
             "DNS_RESOLVER": "dns_resolver",
             "DNS_TIMEOUT_SECONDS": "dns_timeout_seconds",
             "ACME_DIRECTORY_URL": "acme_directory_url",
@@ -235,6 +237,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}ROUTER must be caddy or none")
         if not 0 <= self.canary_traffic_percent <= 100:
             raise SettingsError(f"{PREFIX}CANARY_TRAFFIC_PERCENT must be between 0 and 100")
+        if not re.fullmatch(
+            r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", self.router_base_domain
+        ):
+            raise SettingsError(f"{PREFIX}ROUTER_BASE_DOMAIN must be a lowercase domain name such as apps.example.net")
         if self.router_sync_interval_seconds <= 0:
             raise SettingsError(f"{PREFIX}ROUTER_SYNC_INTERVAL_SECONDS must be positive")
         if self.max_body_bytes < 1024:

@@ -16,7 +16,10 @@ Design points:
   entries), interleaved smoothly.
 * **Failures do not reach clients.** ``try_duration`` keeps retrying other upstreams while one
   refuses connections, ``retry_match`` lets GET and HEAD be retried even after the request was sent,
-  and passive health checks take a failing upstream out for a few seconds.
+  and passive health checks take a failing upstream out for ``fail_seconds``. That last one
+  matters beyond saving a retry: a request still in flight in the old configuration while Caddy
+  reloads is not retried at all (the old handler's context is cancelled), so an upstream that died
+  must already be marked down when the reload that drops it comes.
 * The admin endpoint stays where it is (``admin.listen``) and the config is not persisted to
   Caddy's disk (``admin.config.persist: false``), so certificate keys live only in memory there.
 """
@@ -86,6 +89,7 @@ class RouterOptions(msgspec.Struct, frozen=True):
     http_listen: str
     https_listen: str
     try_duration_seconds: float = 5.0
+    fail_seconds: float = 5.0
 
 
 def weighted_sequence(shares: Sequence[tuple[str, Fraction]]) -> list[str]:
@@ -129,7 +133,7 @@ def _proxy(dials: list[str], options: RouterOptions) -> dict[str, Any]:
             "try_interval": "50ms",
             "retry_match": [{"method": ["GET", "HEAD", "OPTIONS"]}],
         },
-        "health_checks": {"passive": {"fail_duration": "2s", "max_fails": 1}},
+        "health_checks": {"passive": {"fail_duration": f"{options.fail_seconds:g}s", "max_fails": 1}},
     }
 
 

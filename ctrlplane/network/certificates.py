@@ -77,14 +77,20 @@ class CertificateIssuer:
             and_(Certificate.status.in_(("pending", "renewing", "failed")), Certificate.next_attempt_at <= now),
             and_(Certificate.status == "issued", Certificate.not_after <= renew_by),
         )
-        statement = (
-            select(Certificate, Domain.hostname)
+        candidates = (
+            select(Certificate.id)
             .join(Domain, Domain.id == Certificate.domain_id)
             .where(
-                Domain.status == "verified",
-                due,
-                or_(Certificate.lease_until.is_(None), Certificate.lease_until < now),
+                Domain.status == "verified", due, or_(Certificate.lease_until.is_(None), Certificate.lease_until < now)
             )
+        )
+        async with self.db.read() as session:
+            if (await session.execute(candidates.limit(1))).first() is None:
+                return None
+        statement = (
+            select(Certificate, Domain.hostname)
+            .where(Certificate.id.in_(candidates.scalar_subquery()))
+            .join(Domain, Domain.id == Certificate.domain_id)
             .order_by(Certificate.next_attempt_at)
             .limit(1)
             .with_for_update(skip_locked=True, of=Certificate)
@@ -98,6 +104,7 @@ class CertificateIssuer:
                 certificate.status = "renewing"
                 certificate.attempts = 0
             certificate.attempts += 1
+            certificate.next_attempt_at = now
             certificate.lease_owner = self.owner
             certificate.lease_until = now + timedelta(seconds=self.settings.acme_timeout_seconds * 2 + 60)
             certificate.updated_at = now

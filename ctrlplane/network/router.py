@@ -15,6 +15,8 @@ import asyncio
 import time
 from collections import defaultdict
 
+import httpx
+import msgspec
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +42,7 @@ from ctrlplane.tenants.models import Tenant
 
 log = structlog.get_logger("ctrlplane.router")
 
+PROBE_TIMEOUT_SECONDS = 2.0
 SERVED_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed")
 
 
@@ -114,6 +117,14 @@ async def load_state(session: AsyncSession, settings: Settings) -> RouterState:
     return RouterState(sites=sites, challenges=tuple(challenges), certificates=tuple(certificates))
 
 
+async def _answers(client: httpx.AsyncClient, dial: str) -> bool:
+    try:
+        await client.get(f"http://{dial}/")
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 class Router:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
@@ -124,9 +135,11 @@ class Router:
             http_listen=settings.router_http_listen,
             https_listen=settings.router_https_listen,
             try_duration_seconds=settings.router_try_duration_seconds,
+            fail_seconds=settings.router_fail_seconds,
         )
         self._lock = asyncio.Lock()
         self._failing = False
+        self._answered: set[tuple[str, str]] = set()
         self._last: bytes | None = None
         self._pushed_at = 0.0
 
@@ -137,7 +150,32 @@ class Router:
     async def desired(self) -> bytes:
         async with self.db.read() as session:
             state = await load_state(session, self.settings)
-        return encode(caddy_config(state, self.options))
+        return encode(caddy_config(await self._answering(state), self.options))
+
+    async def _answering(self, state: RouterState) -> RouterState:
+        """``state`` with only the upstreams that have answered HTTP at least once.
+
+        A replica enters the rotation when the provider reports it running, which can be before
+        its process listens; sending it requests then fails them (and a request that fails while
+        Caddy reloads is not retried). So an upstream the router has not seen answer yet is probed
+        (any HTTP answer counts) and left out until it answers; the next pass tries again."""
+        wanted = {(site.instance_id, u.dial) for site in state.sites for u in site.upstreams}
+        self._answered &= wanted
+        unknown = sorted(wanted - self._answered)
+        if unknown:
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
+                answers = await asyncio.gather(*(_answers(client, dial) for _, dial in unknown))
+            self._answered |= {key for key, answered in zip(unknown, answers, strict=True) if answered}
+        return msgspec.structs.replace(
+            state,
+            sites=tuple(
+                msgspec.structs.replace(
+                    site,
+                    upstreams=tuple(u for u in site.upstreams if (site.instance_id, u.dial) in self._answered),
+                )
+                for site in state.sites
+            ),
+        )
 
     async def sync(self, *, force: bool = False) -> bool:
         """Push the configuration if it changed (or always, with ``force``); True if pushed.

@@ -56,7 +56,7 @@ def test_an_instance_without_routes_gets_its_default_hostname_to_its_first_port_
     assert proxy["handler"] == "reverse_proxy"
     assert sorted(dials(proxy)) == ["127.0.0.1:40001", "127.0.0.1:40002"]
     assert proxy["load_balancing"]["try_duration"] == "5s"
-    assert proxy["health_checks"]["passive"]["max_fails"] == 1
+    assert proxy["health_checks"]["passive"] == {"fail_duration": "5s", "max_fails": 1}
     assert server["routes"][-1]["handle"][0]["status_code"] == 404
     assert config["admin"] == {"listen": "127.0.0.1:2999", "config": {"persist": False}}
     assert config["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False

