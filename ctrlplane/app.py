@@ -32,6 +32,7 @@ from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
+from ctrlplane.network.api import DomainController, RouteController
 from ctrlplane.openapi import StrictStructSchemaPlugin, document_event_streams, headers_are_never_null
 from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
@@ -147,6 +148,8 @@ def create_app(
             TelemetryController,
             export_traces,
             prometheus_metrics,
+            RouteController,
+            DomainController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

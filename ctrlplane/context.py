@@ -13,6 +13,7 @@ from ctrlplane.auth.providers import Authenticator, Principal
 from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
+from ctrlplane.network.router import Router
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.secrets.crypto import Vault
@@ -41,6 +42,10 @@ class AppServices:
     telemetry: Telemetry = field(default_factory=Telemetry)
     replica: str = field(default_factory=default_replica_name)
     rate_limiter: RateLimiter | None = None
+    router: Router = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.router = Router(self.settings, self.db)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from ctrlplane.events.models import Event, EventStream
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
+from ctrlplane.network.models import AcmeAccount, Certificate, Domain, Route, Upstream
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
@@ -18,10 +19,13 @@ from ctrlplane.tenants.models import Tenant, TenantQuota
 metadata = Base.metadata
 
 __all__ = [
+    "AcmeAccount",
     "ApiKey",
     "AuditChain",
     "AuditEntry",
+    "Certificate",
     "Deployment",
+    "Domain",
     "Event",
     "EventStream",
     "HealthCheck",
@@ -32,11 +36,13 @@ __all__ = [
     "Operation",
     "RateBucket",
     "Release",
+    "Route",
     "Secret",
     "SecretVersion",
     "Tenant",
     "TenantDataKey",
     "TenantQuota",
     "TraceSpan",
+    "Upstream",
     "metadata",
 ]

@@ -114,6 +114,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_result_retention_seconds: float = 7 * 86400.0
     health_results_per_check: int = 10_000
     health_prune_interval_seconds: float = 60.0
+    canary_traffic_percent: int = 10
+
+    router: str = "caddy"
+    router_admin_address: str = "localhost:2019"
+    router_base_domain: str = "localhost"
+    router_http_listen: str = ":80"
+    router_https_listen: str = ":443"
+    router_sync_interval_seconds: float = 5.0
+    router_drain_seconds: float = 1.0
+    router_try_duration_seconds: float = 5.0
+    router_fail_seconds: float = 5.0
+    dns_resolver: str | None = None
+    dns_timeout_seconds: float = 5.0
+    acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: str | None = None
+    acme_email: str | None = None
+    acme_renew_before_days: float = 30.0
+    acme_retry_base_seconds: float = 60.0
+    acme_timeout_seconds: float = 120.0
     plans: dict[str, PlanQuota] = msgspec.field(default_factory=lambda: dict(DEFAULT_PLANS))
     default_plan: str = "free"
     rate_limits: dict[str, PlanRateLimit] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
@@ -205,6 +224,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEADER_LEASE_SECONDS": "leader_lease_seconds",
             "REPLICA_NAME": "replica_name",
             "RATE_LIMITS_ENABLED": "rate_limits_enabled",
+            "CANARY_TRAFFIC_PERCENT": "canary_traffic_percent",
+            "ROUTER": "router",
+            "ROUTER_ADMIN_ADDRESS": "router_admin_address",
+            "ROUTER_BASE_DOMAIN": "router_base_domain",
+            "ROUTER_HTTP_LISTEN": "router_http_listen",
+            "ROUTER_HTTPS_LISTEN": "router_https_listen",
+            "ROUTER_SYNC_INTERVAL_SECONDS": "router_sync_interval_seconds",
+            "ROUTER_DRAIN_SECONDS": "router_drain_seconds",
+            "ROUTER_TRY_DURATION_SECONDS": "router_try_duration_seconds",
+            "ROUTER_FAIL_SECONDS": "router_fail_seconds",
+            "DNS_RESOLVER": "dns_resolver",
+            "DNS_TIMEOUT_SECONDS": "dns_timeout_seconds",
+            "ACME_DIRECTORY_URL": "acme_directory_url",
+            "ACME_CA_BUNDLE": "acme_ca_bundle",
+            "ACME_EMAIL": "acme_email",
+            "ACME_RENEW_BEFORE_DAYS": "acme_renew_before_days",
+            "ACME_RETRY_BASE_SECONDS": "acme_retry_base_seconds",
+            "ACME_TIMEOUT_SECONDS": "acme_timeout_seconds",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -293,6 +330,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}LEADER_LEASE_SECONDS must be positive")
         if self.replica_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", self.replica_name):
             raise SettingsError(f"{PREFIX}REPLICA_NAME must be 1-30 letters, digits, dots, hyphens or underscores")
+        if self.router not in ("caddy", "none"):
+            raise SettingsError(f"{PREFIX}ROUTER must be caddy or none")
+        if not 0 <= self.canary_traffic_percent <= 100:
+            raise SettingsError(f"{PREFIX}CANARY_TRAFFIC_PERCENT must be between 0 and 100")
+        if not re.fullmatch(
+            r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", self.router_base_domain
+        ):
+            raise SettingsError(f"{PREFIX}ROUTER_BASE_DOMAIN must be a lowercase domain name such as apps.example.net")
+        if self.router_sync_interval_seconds <= 0:
+            raise SettingsError(f"{PREFIX}ROUTER_SYNC_INTERVAL_SECONDS must be positive")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
         if self.metrics_sample_seconds <= 0:

@@ -132,6 +132,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         workers=2,
         cluster_name=f"test-{uuid.uuid4().hex[:12]}",
         rate_limits_enabled=False,  # tests poll far faster than a plan allows; test_rate_limits.py turns it on
+        router="none",
     )
 
 

@@ -16,6 +16,11 @@ Strategies (the new generation runs beside the old one until the old is retired)
 
 Every strategy ends with ``traffic.switched`` when only the new set is left to serve.
 
+The router's rotation follows the gates (``network.traffic.Traffic``): a new replica is admitted
+only after its gate, an old one is withdrawn (and drained) before its container is removed, the
+canary gets ``CTRLPLANE_CANARY_TRAFFIC_PERCENT`` of the requests while it is observed, and going
+back provisions the old set and switches the rotation to it before the new set is removed.
+
 Any failed gate, a provider error (a missing image, say), the progress deadline
 (``CTRLPLANE_DEPLOY_DEADLINE_SECONDS``) passing, or a cancel request ends the deployment by going
 back: the new generation's containers are removed, the old generation is re-provisioned (replicas
@@ -47,6 +52,7 @@ from ctrlplane.events.service import append as append_event
 from ctrlplane.health.gate import HealthGate
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import spec_for
+from ctrlplane.network.traffic import Traffic
 from ctrlplane.provisioning.contract import Provider, ReplicaStatus, WorkloadSpec, WorkloadStatus
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import restore as restore_release
@@ -74,6 +80,7 @@ class DeployEngine:
         self.services = services
         self.provider = provider
         self.settings = services.settings
+        self.traffic = Traffic(services.settings, services.router, provider)
 
     async def run(self, deployment_id: str) -> WorkloadStatus | None:
         async with self.services.db.read() as session:
@@ -120,27 +127,33 @@ class DeployEngine:
     async def _strategy(self, deployment: Deployment, new: WorkloadSpec, old: WorkloadSpec | None) -> None:
         strategy, replicas = deployment.strategy, new.replicas
         old_generation = deployment.previous_generation
+        instance_id = new.instance_id
         if strategy == "recreate":
             await self._step(deployment, "remove old replicas")
-            await self.provider.remove_generation(new.instance_id, old_generation)
+            await self.traffic.withdraw(instance_id, old_generation)
+            await self.provider.remove_generation(instance_id, old_generation)
             await self._start_replicas(deployment, new, replicas)
             await self._gate(deployment, new, range(replicas))
         elif strategy == "rolling":
             for index in range(replicas):
                 await self._start_replicas(deployment, new, index + 1)
                 await self._gate(deployment, new, [index])
+                await self.traffic.admit(instance_id, new.generation, [index])
                 await self._step(deployment, f"retire old replica {index}")
-                await self.provider.remove_generation(new.instance_id, old_generation, (index,))
+                await self.traffic.withdraw(instance_id, old_generation, [index])
+                await self.provider.remove_generation(instance_id, old_generation, (index,))
         else:
             first = 1 if strategy == "canary" else replicas
             await self._start_replicas(deployment, new, first)
             await self._gate(deployment, new, range(first))
             if strategy == "canary":
+                await self.traffic.canary(instance_id, new.generation, 0, self.settings.canary_traffic_percent)
                 await self._observe_canary(deployment, new)
                 await self._start_replicas(deployment, new, replicas)
                 await self._gate(deployment, new, range(1, replicas))
+        await self.traffic.switch(instance_id, new.generation)
         await self._update(deployment, step="switch traffic", event="traffic.switched")
-        await self.provider.remove_generation(new.instance_id, old_generation)
+        await self.provider.remove_generation(instance_id, old_generation)
 
     async def _start_replicas(self, deployment: Deployment, spec: WorkloadSpec, count: int) -> None:
         await self._check(deployment)
@@ -210,9 +223,12 @@ class DeployEngine:
     async def _go_back(self, deployment: Deployment, old: WorkloadSpec | None, outcome: str, reason: str) -> None:
         log.warning("deploy_going_back", deployment=deployment.id, reason=reason)
         try:
-            await self.provider.remove_generation(deployment.instance_id, deployment.generation)
             if old is not None:
                 await self.provider.provision(old)
+                await self.traffic.switch(deployment.instance_id, old.generation)
+            else:
+                await self.traffic.withdraw(deployment.instance_id, deployment.generation)
+            await self.provider.remove_generation(deployment.instance_id, deployment.generation)
         except CtrlplaneError as exc:
             await self._finish(deployment, "failed", f"{reason}; going back failed too: {exc.message}", restore=True)
             return

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
+from ctrlplane.network.traffic import follow_status
 from ctrlplane.provisioning.contract import PortSpec, Resources, WorkloadSpec, WorkloadStatus
 from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.settings import Settings
@@ -83,4 +84,5 @@ async def record_status(session: AsyncSession, instance: Instance, status: Workl
     if endpoints != instance.endpoints:
         instance.endpoints = endpoints
         instance.updated_at = utc_now()
+    await follow_status(session, instance, status)
     await set_state(session, instance, state, message)

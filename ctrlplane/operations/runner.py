@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup
 from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
 from ctrlplane.health.scheduler import HealthScheduler
+from ctrlplane.network.certificates import CertificateIssuer
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 from ctrlplane.telemetry.sampler import MetricsSampler
@@ -38,6 +39,8 @@ from ctrlplane.telemetry.sampler import MetricsSampler
 log = structlog.get_logger("ctrlplane.background")
 
 IDLE_POLL_SECONDS = 1.0
+ROUTER_POLL_SECONDS = 1.0
+CERTIFICATE_POLL_SECONDS = 2.0
 
 
 def _dsn(services: AppServices) -> str | None:
@@ -115,6 +118,23 @@ class Background:
                 log.error("provider_health_error", exc_info=exc)
             await anyio.sleep(registry.HEALTH_TTL_SECONDS / 2)
 
+    async def router_loop(self) -> None:
+        router = self.services.router
+        while True:
+            await router.sync_quietly()
+            await self.services.work.wait(ROUTER_POLL_SECONDS)
+
+    async def certificate_loop(self) -> None:
+        services = self.services
+        issuer = CertificateIssuer(services.settings, services.db, services.router)
+        while True:
+            try:
+                if await issuer.run_once():
+                    continue
+            except Exception as exc:
+                log.error("certificate_error", exc_info=exc)
+            await services.work.wait(CERTIFICATE_POLL_SECONDS)
+
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)
         for _ in range(self.services.settings.workers):
@@ -123,3 +143,6 @@ class Background:
         group.start_soon(self.leader_only(self.reconcile_loop))
         group.start_soon(HealthScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.metrics_loop))
+        if self.services.router.enabled:
+            group.start_soon(self.router_loop)
+        group.start_soon(self.leader_only(self.certificate_loop))

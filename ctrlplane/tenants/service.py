@@ -20,6 +20,7 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import destroy
 from ctrlplane.instances.service import suspend as suspend_instance
 from ctrlplane.instances.service import unsuspend as unsuspend_instance
+from ctrlplane.network.repository import NetworkRepository
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.preconditions import require_version
 from ctrlplane.secrets.repository import SecretRepository
@@ -145,12 +146,13 @@ class TenantService:
         return {"instances": usage.instances}
 
     async def usage(self, tenant_id: str) -> schemas.QuotaUsage:
-        """What the tenant uses now. Domains and routes count here once their subsystems exist;
-        until then a tenant owns none."""
+        """What the tenant uses now."""
         count, cpu, memory = await InstanceRepository(self.session, tenant_id).usage(tenant_id)
         secrets = await SecretRepository(self.session, tenant_id).count_for_tenant()
+        network = NetworkRepository(self.session, tenant_id)
+        domains, routes = await network.domain_count(tenant_id), await network.route_count(tenant_id)
         return schemas.QuotaUsage(
-            instances=count, cpu_millis=cpu, memory_mb=memory, domains=0, routes=0, secrets=secrets
+            instances=count, cpu_millis=cpu, memory_mb=memory, domains=domains, routes=routes, secrets=secrets
         )
 
     async def suspend(self, tenant_id: str, reason: str) -> schemas.Tenant:

@@ -51,6 +51,8 @@ class Route:
     """For the authorized control request: the state every deployment of instance A must be in."""
     instance_token: bool = False
     """Authenticated by instance A's OTLP token instead of tenant credentials, which it refuses (401)."""
+    domain_state: str | None = None
+    """For the authorized control request: the status domain A must have."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -123,6 +125,16 @@ ROUTES: list[Route] = [
     ),
     Route("POST", "/v1/health/checks/{check_id}/run", instance_state="running"),
     Route("DELETE", "/v1/health/checks/{check_id}"),
+    Route("GET", "/v1/instances/{instance_id}/routes"),
+    Route("POST", "/v1/instances/{instance_id}/routes", body={"path": "/matrix", "port": 8080}),
+    Route("PATCH", "/v1/routes/{route_id}", body={"weight": 50}),
+    Route("DELETE", "/v1/routes/{route_id}"),
+    Route("GET", "/v1/instances/{instance_id}/domains"),
+    Route("POST", "/v1/instances/{instance_id}/domains", body={"hostname": "matrix-new.example.com"}),
+    Route("GET", "/v1/domains/{domain_id}"),
+    Route("POST", "/v1/domains/{domain_id}/verify", domain_state="verified"),
+    Route("POST", "/v1/domains/{domain_id}/cert", domain_state="verified"),
+    Route("DELETE", "/v1/domains/{domain_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -157,6 +169,8 @@ class World:
     release_a: str
     deployment_a: str
     check_a: str
+    route_a: str
+    domain_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
 
@@ -190,6 +204,8 @@ class World:
             "release_id": self.release_a,
             "deployment_id": self.deployment_a,
             "check_id": self.check_a,
+            "route_id": self.route_a,
+            "domain_id": self.domain_a,
         }
 
     def url(self, route: Route) -> str:
@@ -201,6 +217,8 @@ class World:
             "deployment_id": self.deployment_a,
             "key": self.secret_key_a,
             "check_id": self.check_a,
+            "route_id": self.route_a,
+            "domain_id": self.domain_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -297,6 +315,18 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert check.status_code == 201, check.text
+    route = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/routes",
+        json={"path": "/api", "port": 8080},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert route.status_code == 201, route.text
+    domain = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/domains",
+        json={"hostname": "matrix.example.com"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert domain.status_code == 201, domain.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -313,6 +343,8 @@ async def world(api: Api, db: Database) -> World:
         release_a=created.json()["current_release_id"],
         deployment_a=deployment.json()["id"],
         check_a=check.json()["id"],
+        route_a=route.json()["id"],
+        domain_a=domain.json()["id"],
         openapi=document.json(),
     )
 
@@ -502,6 +534,12 @@ async def test_matrix_requests_succeed_for_an_authorized_caller(world: World) ->
                 await session.execute(
                     text("UPDATE deployments SET state = :state WHERE instance_id = :id"),
                     {"state": route.deployment_state, "id": world.instance_a},
+                )
+        if route.domain_state is not None:
+            async with world.db.write() as session, session.begin():
+                await session.execute(
+                    text("UPDATE domains SET status = :state WHERE id = :id"),
+                    {"state": route.domain_state, "id": world.domain_a},
                 )
         if route.instance_state is not None:
             async with world.db.write() as session, session.begin():

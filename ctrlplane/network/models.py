@@ -1,0 +1,101 @@
+"""Routes, domains, certificates, the router's upstreams and the ACME account."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ctrlplane.db import Base, UTCDateTime
+
+
+class Route(Base):
+    """Requests for an instance's hostnames under ``path`` go to its container ``port``."""
+
+    __tablename__ = "routes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(256))
+    port: Mapped[int] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(16))
+    weight: Mapped[int] = mapped_column(Integer)
+    strip_prefix: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Domain(Base):
+    """A hostname a tenant claims for an instance; it routes traffic once its TXT record proved
+    control. Hostnames are unique across all tenants."""
+
+    __tablename__ = "domains"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    hostname: Mapped[str] = mapped_column(String(253), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    verification_token: Mapped[str] = mapped_column(String(128))
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Certificate(Base):
+    """A domain's certificate from an ACME CA. ``chain_pem`` and ``key_sealed`` hold the current
+    certificate (kept while a renewal runs); the challenge fields exist only while an order waits
+    for the CA to validate."""
+
+    __tablename__ = "certificates"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    domain_id: Mapped[str] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    issuer: Mapped[str | None] = mapped_column(Text)
+    serial: Mapped[str | None] = mapped_column(String(128))
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    chain_pem: Mapped[str | None] = mapped_column(Text)
+    key_sealed: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    challenge_token: Mapped[str | None] = mapped_column(String(256))
+    challenge_validation: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Upstream(Base):
+    """One replica's host port in the router's rotation for an instance. Outside a deploy these follow
+    the replicas the provider reports running; during a deploy the deploy engine owns them, adding a
+    new replica only after its gate and removing an old one before its container goes."""
+
+    __tablename__ = "router_upstreams"
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica: Mapped[int] = mapped_column(Integer, primary_key=True)
+    container_port: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    host_port: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class AcmeAccount(Base):
+    """This installation's account at one ACME directory (one per directory URL, reused for every
+    order: CAs limit how many accounts an address may register)."""
+
+    __tablename__ = "acme_accounts"
+
+    directory_url: Mapped[str] = mapped_column(String(512), primary_key=True)
+    key_sealed: Mapped[str] = mapped_column(Text)
+    registration: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,206 @@
+"""The router: the database's view of traffic, pushed to Caddy.
+
+``load_state`` reads every live instance with its hostnames (the default one,
+``<instance>.<tenant-slug>.<CTRLPLANE_ROUTER_BASE_DOMAIN>``, and its verified domains), routes,
+upstreams in rotation, pending ACME challenges and issued certificates. ``Router.sync`` builds the
+Caddy configuration from it (``caddy.caddy_config``) and loads it when it changed, or when
+``CTRLPLANE_ROUTER_SYNC_INTERVAL_SECONDS`` passed since the last push, so a Caddy that restarted
+empty is whole again within one interval. Pushes are serialised and always read the database afresh,
+so a slow push can never overwrite a newer one. With ``CTRLPLANE_ROUTER=none`` nothing is pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import httpx
+import msgspec
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ctrlplane.db import Database
+from ctrlplane.instances.models import Instance
+from ctrlplane.network.caddy import (
+    CaddyAdmin,
+    Challenge,
+    LoadedCertificate,
+    RouterOptions,
+    RouterState,
+    RouteRule,
+    Site,
+    UpstreamTarget,
+    caddy_config,
+    encode,
+)
+from ctrlplane.network.keys import open_private_key
+from ctrlplane.network.models import Certificate, Domain, Route, Upstream
+from ctrlplane.settings import Settings
+from ctrlplane.tenants.models import Tenant
+
+log = structlog.get_logger("ctrlplane.router")
+
+PROBE_TIMEOUT_SECONDS = 2.0
+SERVED_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed")
+
+
+def default_hostname(settings: Settings, instance_name: str, tenant_slug: str) -> str:
+    return f"{instance_name}.{tenant_slug}.{settings.router_base_domain}".lower()
+
+
+async def load_state(session: AsyncSession, settings: Settings) -> RouterState:
+    rows = (
+        await session.execute(
+            select(Instance.id, Instance.name, Instance.ports, Tenant.slug)
+            .join(Tenant, Tenant.id == Instance.tenant_id)
+            .where(Instance.state.in_(SERVED_STATES))
+            .order_by(Instance.id)
+        )
+    ).all()
+    live = {row.id for row in rows}
+    upstreams: dict[str, list[UpstreamTarget]] = defaultdict(list)
+    for upstream in (await session.execute(select(Upstream).order_by(Upstream.generation, Upstream.replica))).scalars():
+        if upstream.instance_id in live:
+            upstreams[upstream.instance_id].append(
+                UpstreamTarget(
+                    container_port=upstream.container_port,
+                    dial=f"{upstream.host}:{upstream.host_port}",
+                    weight=upstream.weight,
+                )
+            )
+    routes: dict[str, list[RouteRule]] = defaultdict(list)
+    for route in (await session.execute(select(Route).order_by(Route.id))).scalars():
+        routes[route.instance_id].append(
+            RouteRule(path=route.path, port=route.port, weight=route.weight, strip_prefix=route.strip_prefix)
+        )
+    domains: dict[str, list[str]] = defaultdict(list)
+    for domain in (
+        await session.execute(select(Domain).where(Domain.status == "verified").order_by(Domain.hostname))
+    ).scalars():
+        if domain.instance_id in live:
+            domains[domain.instance_id].append(domain.hostname)
+    certificates: list[LoadedCertificate] = []
+    challenges: list[Challenge] = []
+    with_tls: set[str] = set()
+    for certificate, hostname, instance_id in (
+        await session.execute(
+            select(Certificate, Domain.hostname, Domain.instance_id)
+            .join(Domain, Domain.id == Certificate.domain_id)
+            .where(Domain.status == "verified")
+        )
+    ).all():
+        if instance_id not in live:
+            continue
+        if certificate.challenge_token and certificate.challenge_validation:
+            challenges.append(
+                Challenge(
+                    hostname=hostname, token=certificate.challenge_token, validation=certificate.challenge_validation
+                )
+            )
+        if certificate.chain_pem and certificate.key_sealed:
+            key = open_private_key(settings, certificate.key_sealed).decode()
+            certificates.append(LoadedCertificate(hostname=hostname, chain_pem=certificate.chain_pem, key_pem=key))
+            with_tls.add(hostname)
+    sites = tuple(
+        Site(
+            instance_id=row.id,
+            hostnames=(default_hostname(settings, row.name, row.slug), *domains[row.id]),
+            https_hostnames=tuple(h for h in domains[row.id] if h in with_tls),
+            ports=tuple(int(p["container_port"]) for p in row.ports if p.get("protocol", "tcp") == "tcp"),
+            routes=tuple(routes[row.id]),
+            upstreams=tuple(upstreams[row.id]),
+        )
+        for row in rows
+    )
+    return RouterState(sites=sites, challenges=tuple(challenges), certificates=tuple(certificates))
+
+
+async def _answers(client: httpx.AsyncClient, dial: str) -> bool:
+    try:
+        await client.get(f"http://{dial}/")
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+class Router:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.admin = CaddyAdmin(settings.router_admin_address)
+        self.options = RouterOptions(
+            admin_address=settings.router_admin_address,
+            http_listen=settings.router_http_listen,
+            https_listen=settings.router_https_listen,
+            try_duration_seconds=settings.router_try_duration_seconds,
+            fail_seconds=settings.router_fail_seconds,
+        )
+        self._lock = asyncio.Lock()
+        self._failing = False
+        self._answered: set[tuple[str, str]] = set()
+        self._last: bytes | None = None
+        self._pushed_at = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.router == "caddy"
+
+    async def desired(self) -> bytes:
+        async with self.db.read() as session:
+            state = await load_state(session, self.settings)
+        return encode(caddy_config(await self._answering(state), self.options))
+
+    async def _answering(self, state: RouterState) -> RouterState:
+        """``state`` with only the upstreams that have answered HTTP at least once.
+
+        A replica enters the rotation when the provider reports it running, which can be before
+        its process listens; sending it requests then fails them (and a request that fails while
+        Caddy reloads is not retried). So an upstream the router has not seen answer yet is probed
+        (any HTTP answer counts) and left out until it answers; the next pass tries again."""
+        wanted = {(site.instance_id, u.dial) for site in state.sites for u in site.upstreams}
+        self._answered &= wanted
+        unknown = sorted(wanted - self._answered)
+        if unknown:
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
+                answers = await asyncio.gather(*(_answers(client, dial) for _, dial in unknown))
+            self._answered |= {key for key, answered in zip(unknown, answers, strict=True) if answered}
+        return msgspec.structs.replace(
+            state,
+            sites=tuple(
+                msgspec.structs.replace(
+                    site,
+                    upstreams=tuple(u for u in site.upstreams if (site.instance_id, u.dial) in self._answered),
+                )
+                for site in state.sites
+            ),
+        )
+
+    async def sync(self, *, force: bool = False) -> bool:
+        """Push the configuration if it changed (or always, with ``force``); True if pushed.
+        Raises ``RouterUnavailable`` when Caddy does not answer or refuses it."""
+        if not self.enabled:
+            return False
+        async with self._lock:
+            body = await self.desired()
+            due = time.monotonic() - self._pushed_at >= self.settings.router_sync_interval_seconds
+            if body == self._last and not force and not due:
+                return False
+            self._last = None
+            await self.admin.load(body)
+            self._last, self._pushed_at = body, time.monotonic()
+            return True
+
+    async def sync_quietly(self) -> None:
+        """Push now; a router that does not answer is logged, and the loop pushes again later."""
+        try:
+            await self.sync()
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the loop pushes again later
+            if not self._failing:
+                log.warning("router_sync_failed", error=str(exc))
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("router_sync_recovered")
+            self._failing = False

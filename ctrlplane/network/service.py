@@ -1,0 +1,328 @@
+"""Routes and domains: the API side.
+
+**Routes** send requests for an instance's hostnames under ``path`` (and everything below it) to
+one of its container ports. Rules (400 unless said otherwise): ``path`` starts with ``/`` and is a
+plain path (no ``*``, ``?``, ``#``, ``//``; a trailing ``/`` is dropped); ``port`` is one of the
+instance's TCP ports; ``weight`` is 0 to 100 and routes of the same path share its traffic in
+proportion to their weights (0 gets none); ``protocol`` is ``http`` (the only one supported);
+routes of the same path must agree on ``strip_prefix``, since a request is rewritten before a
+route is picked. An instance with no route for ``/`` serves ``/`` from its first port.
+
+**Domains** are claimed for an instance with a hostname unique across all tenants (409 if taken;
+the hostname of a destroyed instance is free again; hostnames under the router's base domain are
+reserved). A domain is ``pending`` until ``verify`` finds the TXT record
+``_ctrlplane-challenge.<hostname>`` holding its verification value (409 names what was found
+instead); only verified domains route traffic or get certificates. ``request_certificate`` asks
+the certificate issuer (``certificates.py``) to obtain one; it answers at once with the
+certificate's state.
+
+Quotas ``max_routes`` and ``max_domains`` count the routes and domains of the tenant's live
+instances, checked under the tenant row's lock, so concurrent requests cannot overshoot.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import msgspec
+
+from ctrlplane.context import RequestContext
+from ctrlplane.errors import Conflict as ConflictError
+from ctrlplane.errors import InvalidInput, InvalidState, QuotaExceeded
+from ctrlplane.events.service import append as append_event
+from ctrlplane.ids import new_id
+from ctrlplane.instances.models import Instance
+from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.instances.service import InstanceService
+from ctrlplane.network import schemas
+from ctrlplane.network.dns import txt_values
+from ctrlplane.network.models import Certificate, Domain, Route
+from ctrlplane.network.repository import NetworkRepository
+from ctrlplane.pagination import Page, paginate
+from ctrlplane.tenants.repository import TenantRepository
+from ctrlplane.timeutil import utc_now
+
+SUPPORTED_PROTOCOLS = ("http",)
+CHALLENGE_LABEL = "_ctrlplane-challenge"
+_PATH_SEGMENT = r"[A-Za-z0-9._~!$&'()+,;=:@%-]+"
+_PATH = re.compile(rf"^/(?:{_PATH_SEGMENT}(?:/{_PATH_SEGMENT})*)?$")
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+UNUSABLE = ("destroying", "destroyed")
+
+
+def normalize_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise InvalidInput("path must start with /", details={"path": path})
+    if len(path) > 1 and path.endswith("/"):
+        path = path.rstrip("/") or "/"
+    if not _PATH.match(path):
+        raise InvalidInput(
+            "path must be a plain URL path such as /api (no *, ?, #, spaces or empty segments)", details={"path": path}
+        )
+    return path
+
+
+def normalize_hostname(hostname: str, *, reserved_suffix: str) -> str:
+    name = hostname.strip().lower().removesuffix(".")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise InvalidInput(
+            f"{hostname!r} is not a fully qualified domain name (labels of letters, digits and hyphens, "
+            "at least two of them, at most 253 characters)",
+            details={"hostname": hostname},
+        )
+    if labels[-1].isdigit():
+        raise InvalidInput(
+            f"{hostname!r} is not a domain name (its last label is a number)", details={"hostname": hostname}
+        )
+    reserved = reserved_suffix.lower().strip(".")
+    if name == reserved or name.endswith("." + reserved):
+        raise InvalidInput(
+            f"hostnames under {reserved} are the router's own (every instance has one there already)",
+            details={"hostname": hostname},
+        )
+    return name
+
+
+def to_route(route: Route) -> schemas.Route:
+    return msgspec.convert(route, schemas.Route, from_attributes=True)
+
+
+def to_certificate(certificate: Certificate) -> schemas.Certificate:
+    return msgspec.convert(certificate, schemas.Certificate, from_attributes=True)
+
+
+def to_domain(domain: Domain, certificate: Certificate | None) -> schemas.Domain:
+    return schemas.Domain(
+        id=domain.id,
+        tenant_id=domain.tenant_id,
+        instance_id=domain.instance_id,
+        hostname=domain.hostname,
+        status=domain.status,  # type: ignore[arg-type]
+        verification=schemas.Verification(
+            type="TXT", name=f"{CHALLENGE_LABEL}.{domain.hostname}", value=domain.verification_token
+        ),
+        verified_at=domain.verified_at,
+        certificate=to_certificate(certificate) if certificate is not None else None,
+        created_at=domain.created_at,
+        updated_at=domain.updated_at,
+    )
+
+
+class _NetworkService:
+    def __init__(self, context: RequestContext) -> None:
+        self.context = context
+        self.session = context.session
+        self.settings = context.services.settings
+        self.repo = NetworkRepository(context.session, context.principal.tenant_id)
+        self.instances = InstanceRepository(context.session, context.principal.tenant_id)
+
+    def _audit(self, resource_id: str, tenant_id: str, **details: Any) -> None:
+        self.context.audit.resource_id = resource_id
+        self.context.audit.tenant_id = tenant_id
+        self.context.audit.details.update(details)
+
+    async def _usable_instance(self, instance_id: str) -> Instance:
+        """The instance, locked after its tenant (quota checks need the tenant row locked)."""
+        instance = await InstanceService(self.context).locked(instance_id)
+        if instance.state in UNUSABLE:
+            raise InvalidState(
+                f"instance {instance.id} is {instance.state}",
+                details={"state": instance.state, "instance_id": instance.id},
+            )
+        return instance
+
+    async def _within_quota(self, tenant_id: str, quota_name: str, used: int) -> None:
+        quota = await TenantRepository(self.session).quota(tenant_id)
+        limit = int(getattr(quota, quota_name))
+        if used + 1 > limit:
+            raise QuotaExceeded(quota_name, used=used, limit=limit, requested=1)
+
+
+class RouteService(_NetworkService):
+    def _check(self, instance: Instance, *, path: str, port: int, protocol: str) -> str:
+        if protocol not in SUPPORTED_PROTOCOLS:
+            raise InvalidInput(
+                f"protocol {protocol!r} is not supported; supported: {', '.join(SUPPORTED_PROTOCOLS)}",
+                details={"protocol": protocol, "supported": list(SUPPORTED_PROTOCOLS)},
+            )
+        ports = sorted(int(p["container_port"]) for p in instance.ports if p.get("protocol", "tcp") == "tcp")
+        if port not in ports:
+            raise InvalidInput(
+                f"port {port} is not one of the instance's ports {ports}", details={"port": port, "ports": ports}
+            )
+        return normalize_path(path)
+
+    async def _agrees_on_strip_prefix(self, instance_id: str, path: str, strip_prefix: bool, route_id: str) -> None:
+        others = [r for r in await self.repo.routes_on_path(instance_id, path) if r.id != route_id]
+        if others and any(r.strip_prefix != strip_prefix for r in others):
+            raise InvalidInput(
+                f"routes to path {path} must agree on strip_prefix: the others have "
+                f"strip_prefix={str(others[0].strip_prefix).lower()}",
+                details={"strip_prefix": strip_prefix, "path": path},
+            )
+
+    async def create(self, instance_id: str, data: schemas.RouteCreate) -> schemas.Route:
+        instance = await self._usable_instance(instance_id)
+        path = self._check(instance, path=data.path, port=data.port, protocol=data.protocol)
+        route_id = new_id("rte")
+        await self._agrees_on_strip_prefix(instance.id, path, data.strip_prefix, route_id)
+        await self._within_quota(instance.tenant_id, "max_routes", await self.repo.route_count(instance.tenant_id))
+        now = utc_now()
+        route = Route(
+            id=route_id,
+            tenant_id=instance.tenant_id,
+            instance_id=instance.id,
+            path=path,
+            port=data.port,
+            protocol=data.protocol,
+            weight=data.weight,
+            strip_prefix=data.strip_prefix,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(route)
+        await self.session.flush()
+        self._audit(route.id, route.tenant_id, instance_id=instance.id, path=path, port=data.port)
+        return to_route(route)
+
+    async def list(self, instance_id: str, *, cursor: str | None, limit: int) -> Page[schemas.Route]:
+        instance = await self.instances.get(instance_id)
+        return await paginate(
+            self.session, self.repo.routes_of(instance.id), Route.id, cursor=cursor, limit=limit, convert=to_route
+        )
+
+    async def update(self, route_id: str, data: schemas.RouteUpdate) -> schemas.Route:
+        route = await self.repo.route(route_id)
+        instance = await self._usable_instance(route.instance_id)
+        route = await self.repo.route(route_id, for_update=True)
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+        merged = {**{k: getattr(route, k) for k in ("path", "port", "protocol", "weight", "strip_prefix")}, **changes}
+        path = self._check(instance, path=merged["path"], port=merged["port"], protocol=merged["protocol"])
+        await self._agrees_on_strip_prefix(instance.id, path, merged["strip_prefix"], route.id)
+        route.path, route.port, route.protocol = path, merged["port"], merged["protocol"]
+        route.weight, route.strip_prefix = merged["weight"], merged["strip_prefix"]
+        route.updated_at = utc_now()
+        self._audit(route.id, route.tenant_id, changes=sorted(changes))
+        return to_route(route)
+
+    async def delete(self, route_id: str) -> None:
+        route = await self.repo.route(route_id)
+        await InstanceService(self.context).locked(route.instance_id)
+        route = await self.repo.route(route_id, for_update=True)
+        self._audit(route.id, route.tenant_id, instance_id=route.instance_id, path=route.path)
+        await self.session.delete(route)
+
+
+class DomainService(_NetworkService):
+    async def _view(self, domain: Domain) -> schemas.Domain:
+        return to_domain(domain, await self.repo.certificate(domain.id))
+
+    async def create(self, instance_id: str, data: schemas.DomainCreate) -> schemas.Domain:
+        hostname = normalize_hostname(data.hostname, reserved_suffix=self.settings.router_base_domain)
+        instance = await self._usable_instance(instance_id)
+        await self._within_quota(instance.tenant_id, "max_domains", await self.repo.domain_count(instance.tenant_id))
+        holder = await self.repo.hostname_holder(hostname)
+        if holder is not None:
+            domain, instance_state = holder
+            if instance_state != "destroyed":
+                raise ConflictError(f"hostname {hostname} is already claimed", details={"hostname": hostname})
+            await self.session.delete(domain)
+            await self.session.flush()
+        now = utc_now()
+        domain = Domain(
+            id=new_id("dom"),
+            tenant_id=instance.tenant_id,
+            instance_id=instance.id,
+            hostname=hostname,
+            status="pending",
+            verification_token=f"ctrlplane-verify={secrets.token_urlsafe(24)}",
+            verified_at=None,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(domain)
+        await self.session.flush()
+        self._audit(domain.id, domain.tenant_id, instance_id=instance.id, hostname=hostname)
+        return to_domain(domain, None)
+
+    async def list(self, instance_id: str, *, cursor: str | None, limit: int) -> Page[schemas.Domain]:
+        instance = await self.instances.get(instance_id)
+        page = await paginate(
+            self.session, self.repo.domains_of(instance.id), Domain.id, cursor=cursor, limit=limit, convert=lambda d: d
+        )
+        certificates = await self.repo.certificates([d.id for d in page.items])
+        return Page(
+            items=[to_domain(d, certificates.get(d.id)) for d in page.items],
+            next_cursor=page.next_cursor,
+            total=page.total,
+        )
+
+    async def get(self, domain_id: str) -> schemas.Domain:
+        return await self._view(await self.repo.domain(domain_id))
+
+    async def verify(self, domain_id: str) -> schemas.Domain:
+        domain = await self.repo.domain(domain_id)
+        self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
+        if domain.status == "verified":
+            return await self._view(domain)
+        record = f"{CHALLENGE_LABEL}.{domain.hostname}"
+        found = await txt_values(self.settings, record)
+        if domain.verification_token not in found:
+            raise ConflictError(
+                f"TXT record {record} does not hold the verification value; found "
+                + (", ".join(repr(v) for v in found) if found else "no TXT record"),
+                details={"record": record, "expected": domain.verification_token, "found": found},
+            )
+        domain = await self.repo.domain(domain_id, for_update=True)
+        domain.status, domain.verified_at = "verified", utc_now()
+        domain.updated_at = utc_now()
+        await append_event(
+            self.session,
+            tenant_id=domain.tenant_id,
+            instance_id=domain.instance_id,
+            type="domain.verified",
+            data={"domain_id": domain.id, "hostname": domain.hostname},
+        )
+        return await self._view(domain)
+
+    async def request_certificate(self, domain_id: str) -> schemas.Certificate:
+        domain = await self.repo.domain(domain_id, for_update=True)
+        self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
+        if domain.status != "verified":
+            raise InvalidState(
+                f"domain {domain.hostname} is {domain.status}: verify it before asking for a certificate",
+                details={"state": domain.status},
+            )
+        now = utc_now()
+        certificate = await self.repo.certificate(domain.id, for_update=True)
+        if certificate is None:
+            certificate = Certificate(
+                id=new_id("cert"),
+                tenant_id=domain.tenant_id,
+                domain_id=domain.id,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+            self.session.add(certificate)
+            await self.session.flush()
+        elif certificate.status not in ("pending", "renewing"):
+            certificate.status = "renewing" if certificate.chain_pem else "pending"
+            certificate.attempts, certificate.error = 0, None
+            certificate.next_attempt_at = certificate.updated_at = now
+        return to_certificate(certificate)
+
+    async def delete(self, domain_id: str) -> None:
+        domain = await self.repo.domain(domain_id)
+        await InstanceService(self.context).locked(domain.instance_id)
+        domain = await self.repo.domain(domain_id, for_update=True)
+        self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
+        certificate = await self.repo.certificate(domain.id)
+        if certificate is not None:
+            await self.session.delete(certificate)
+        await self.session.delete(domain)

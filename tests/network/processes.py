@@ -1,0 +1,335 @@
+"""Caddy, Pebble and pebble-challtestsrv for the network tests, each started on random loopback
+ports in a directory of its own and stopped afterwards.
+
+A missing binary skips the tests locally and fails them with ``CI`` set (Debian packages ``caddy``
+and ``pebble``; ``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    """A port free for both TCP and UDP (a DNS server listens on both)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both TCP and UDP")
+
+
+def require_binary(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package {package!r}: apt-get install -y {package})"
+        if IN_CI:
+            pytest.fail("CI requires " + message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _wait_until(check: object, what: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with contextlib.suppress(Exception):
+            if check():  # type: ignore[operator]
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not come up within {timeout}s: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Caddy:
+    directory: Path
+    admin_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        """Start with an empty configuration (only the admin endpoint)."""
+        binary = require_binary("caddy", "caddy")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "empty.json"
+        config.write_text(json.dumps({"admin": {"listen": self.admin_address, "config": {"persist": False}}}))
+        log = self.directory / "caddy.log"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.directory),
+            "XDG_DATA_HOME": str(self.directory / "data"),
+            "XDG_CONFIG_HOME": str(self.directory / "config"),
+        }
+        self.process = subprocess.Popen(
+            [binary, "run", "--config", str(config)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.directory,
+        )
+        _wait_until(
+            lambda: httpx.get(f"http://{self.admin_address}/config/", timeout=1).status_code == 200,
+            "caddy",
+            self.process,
+            log,
+        )
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None
+
+    def restart_empty(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def caddy(tmp_path: Path) -> Iterator[Caddy]:
+    server = Caddy(tmp_path / "caddy")
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class ChallTestSrv:
+    """pebble-challtestsrv: a DNS server answering what its management API is told."""
+
+    directory: Path
+    dns_port: int = field(default_factory=free_udp_port)
+    management_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dns_address(self) -> str:
+        return f"127.0.0.1:{self.dns_port}"
+
+    def start(self) -> None:
+        binary = require_binary("pebble-challtestsrv", "pebble")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = self.directory / "challtestsrv.log"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "-dns01",
+                self.dns_address,
+                "-management",
+                f"127.0.0.1:{self.management_port}",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+        )
+        _wait_until(
+            lambda: httpx.post(self._url("/clear-txt"), json={"host": "probe."}, timeout=1).status_code == 200,
+            "pebble-challtestsrv",
+            self.process,
+            log,
+        )
+
+    def _url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.management_port}{path}"
+
+    def set_txt(self, name: str, value: str) -> None:
+        response = httpx.post(self._url("/set-txt"), json={"host": name.rstrip(".") + ".", "value": value}, timeout=5)
+        assert response.status_code == 200, response.text
+
+    def clear_txt(self, name: str) -> None:
+        response = httpx.post(self._url("/clear-txt"), json={"host": name.rstrip(".") + "."}, timeout=5)
+        assert response.status_code == 200, response.text
+
+    def set_a(self, name: str, address: str) -> None:
+        response = httpx.post(
+            self._url("/add-a"), json={"host": name.rstrip(".") + ".", "addresses": [address]}, timeout=5
+        )
+        assert response.status_code == 200, response.text
+
+    def clear_a(self, name: str) -> None:
+        response = httpx.post(self._url("/clear-a"), json={"host": name.rstrip(".") + "."}, timeout=5)
+        assert response.status_code == 200, response.text
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None
+
+
+@pytest.fixture
+def challtestsrv(tmp_path: Path) -> Iterator[ChallTestSrv]:
+    server = ChallTestSrv(tmp_path / "challtestsrv")
+    server.start()
+    yield server
+    server.stop()
+
+
+def _test_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1/localhost, for Pebble's own HTTPS listeners."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ctrlplane test CA for pebble")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return ca_path, cert_path, key_path
+
+
+@dataclass
+class Pebble:
+    """Pebble, an ACME test CA, validating HTTP-01 challenges on ``http_port`` (Caddy's) and resolving
+    names through pebble-challtestsrv."""
+
+    directory: Path
+    dns_address: str
+    http_port: int
+    port: int = field(default_factory=free_port)
+    management_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    ca_bundle: Path | None = None
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def start(self) -> None:
+        binary = require_binary("pebble", "pebble")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ca_bundle, cert, key = _test_ca(self.directory)
+        config = self.directory / "pebble.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "pebble": {
+                        "listenAddress": f"127.0.0.1:{self.port}",
+                        "managementListenAddress": f"127.0.0.1:{self.management_port}",
+                        "certificate": str(cert),
+                        "privateKey": str(key),
+                        "httpPort": self.http_port,
+                        "tlsPort": free_port(),
+                        "ocspResponderURL": "",
+                        "externalAccountBindingRequired": False,
+                    }
+                }
+            )
+        )
+        log = self.directory / "pebble.log"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+        }
+        self.process = subprocess.Popen(
+            [binary, "-config", str(config), "-dnsserver", self.dns_address],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.directory,
+        )
+        _wait_until(
+            lambda: httpx.get(self.directory_url, verify=self._ssl(), timeout=1).status_code == 200,
+            "pebble",
+            self.process,
+            log,
+        )
+
+    def _ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
+
+    def root_pem(self) -> str:
+        response = httpx.get(f"https://127.0.0.1:{self.management_port}/roots/0", verify=self._ssl(), timeout=5)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None
