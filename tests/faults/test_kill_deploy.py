@@ -15,7 +15,7 @@ from tests.faults.kill import run_kills
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
-RUNS = 5
+RUNS = 4
 
 
 @pytest.mark.parametrize("seed", [2017])
