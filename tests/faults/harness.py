@@ -143,19 +143,51 @@ async def audit_request_ids(http: httpx.AsyncClient, admin: dict[str, str]) -> s
 
 
 class PrivateDockerd:
-    """A second ``dockerd`` of this test alone: its own socket, data root, exec root and pid file;
-    no default bridge and no iptables/masquerading rules (so it cannot clash with the shared
-    engine's), user-defined bridge networks from a private address pool. Stopping it is the real
-    fault ("the engine went away"); starting it again on the same data root brings back its
-    containers (stopped, as a restarted engine leaves them) and networks."""
+    """A second ``dockerd`` of this test alone, in a network namespace of its own (``ip netns``,
+    kept across its restarts): its own socket, data root, exec root and pid file, its own
+    ``docker0``, bridges, veths and port proxies, no iptables rules. Stopping it is the real fault
+    ("the engine went away"); starting it again on the same data root brings back its containers
+    (stopped, as a restarted engine leaves them) and networks.
+
+    The namespace is not optional: a dockerd restarted on a data root deletes the ``docker0``
+    interface of the namespace it runs in (and ``--bridge=none`` deletes it at once, moby's
+    ``removeDefaultBridgeInterface``); in the host's namespace that is the *shared* engine's
+    default bridge. The engine's socket is a file, so ctrlplane reaches it from the host; its
+    published ports (127.0.0.1 in the namespace) are reached through ``http_get``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.socket = root / "d.sock"
         self.data_root = root / "data"
         self.exec_root = root / "x"
-        self.pool = f"10.{random.Random(os.getpid() ^ time.time_ns()).randrange(200, 250)}.0.0/16"
+        rng = random.Random(os.getpid() ^ time.time_ns())
+        self.netns = f"cpdk{rng.getrandbits(32):08x}"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _ensure_netns(self) -> None:
+        if Path(f"/run/netns/{self.netns}").exists():
+            return
+        require("ip", "a network namespace for the private Docker engine")
+        for command in (
+            ["ip", "netns", "add", self.netns],
+            ["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
+        ):
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            assert done.returncode == 0, f"{' '.join(command)}: {done.stderr}"
+
+    def http_get(self, url: str, timeout: int = 3) -> bytes | None:
+        """GET ``url`` from inside the engine's namespace (a Python child there); None on failure."""
+        fetch = (
+            "import sys, urllib.request; "
+            "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read())"
+        )
+        done = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.netns}", sys.executable, "-c", fetch, url, str(timeout)],
+            capture_output=True,
+            timeout=timeout + 20,
+            check=False,
+        )
+        return done.stdout if done.returncode == 0 else None
 
     @property
     def host(self) -> str:
@@ -163,9 +195,13 @@ class PrivateDockerd:
 
     def start(self, timeout: float = 60) -> None:
         binary = require("dockerd", "a private Docker engine for the engine-outage test")
+        self._ensure_netns()
         with (self.root / "dockerd.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [
+                    # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts
+                    "nsenter",
+                    f"--net=/run/netns/{self.netns}",
                     binary,
                     "-H",
                     self.host,
@@ -175,12 +211,9 @@ class PrivateDockerd:
                     str(self.exec_root),
                     "--pidfile",
                     str(self.root / "d.pid"),
-                    "--bridge=none",
                     "--iptables=false",
                     "--ip6tables=false",
                     "--ip-masq=false",
-                    "--default-address-pool",
-                    f"base={self.pool},size=24",
                 ],
                 stdout=log,
                 stderr=log,
@@ -242,6 +275,8 @@ class PrivateDockerd:
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         for mount in sorted((m for m in mounts if m.startswith(str(self.root))), key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+        if Path(f"/run/netns/{self.netns}").exists():
+            subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
 
 
 # --- a private PostgreSQL ----------------------------------------------------------------------
