@@ -263,6 +263,17 @@ def _table(results: dict[str, Any]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
+def _write(results: dict[str, Any]) -> None:
+    report = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "results": results,
+        "table": _table(results).splitlines(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> int:
     only = {s.strip() for s in os.environ.get("CTRLPLANE_BENCH_ONLY", ",".join(SECTIONS)).split(",") if s.strip()}
     unknown = only - set(SECTIONS)
@@ -270,27 +281,22 @@ def main() -> int:
         print(f"unknown CTRLPLANE_BENCH_ONLY sections: {sorted(unknown)}; known: {SECTIONS}", file=sys.stderr)
         return 2
     results: dict[str, Any] = {}
+    runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if "docker" in only:
+        runs.append(("docker", docker_benchmarks))
     if "http" in only:
         from tests import bench_api
 
-        results.update(bench_api.run())
+        runs.append(("http", bench_api.run))
     if "reconcile" in only:
         from tests import bench_reconcile
 
-        results["reconcile"] = bench_reconcile.run()
-    if "docker" in only:
-        results.update(docker_benchmarks())
-    table = _table(results)
+        runs.append(("reconcile", lambda: {"reconcile": bench_reconcile.run()}))
+    for _, run in runs:
+        results.update(run())
+        _write(results)  # after each section: a later failure keeps what was measured
     print()
-    print(table)
-    report = {
-        "generated_at": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
-        "results": results,
-        "table": table.splitlines(),
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(_table(results))
     print(f"\nwrote {RESULTS}")
     return 0
 
