@@ -319,9 +319,24 @@ class UnitOfWork(ASGIMiddleware):
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
             await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
             return
-        async with self.services.db.read() as session:
-            self._context(scope, principal, session)
-            await next_app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with self.services.db.read() as session:
+                self._context(scope, principal, session)
+                await next_app(scope, receive, tracking_send)
+        except (DBAPIError, OSError) as exc:
+            # The database went away while the read session closed (its rollback on a connection
+            # PostgreSQL had just terminated): an answer already sent stands; none sent is a 503.
+            if started:
+                log.warning("read_session_close_failed", request_id=request_id_for(scope), error=str(exc))
+                return
+            await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
 
     async def _write(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         services = self.services

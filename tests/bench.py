@@ -1,12 +1,19 @@
-"""``make bench``: (1) time from ``POST /v1/instances`` to the instance answering HTTP on its
-endpoint, against a bare ``docker run`` of the same image to its first HTTP answer; (2) the wall
-time of a rolling deploy of 3 replicas against the sum of its new replicas' start-to-healthy
-times; both measured in the same run.
+"""``make bench``: what ctrlplane costs, measured against a baseline in the same run.
 
-Prints both medians and their ratio (target: at most 1.3x). Both run on a network that already
-exists (Docker's default bridge; the tenant's network, kept by an idle instance). Needs a Docker engine; it starts its
-own ``ctrlplane serve`` on a loopback port with a throwaway data directory. Not a test: nothing
-here asserts a time.
+1. **docker** — time from ``POST /v1/instances`` to the instance answering HTTP on its endpoint,
+   against a bare ``docker run`` of the same image to its first HTTP answer (target <= 1.3x); the
+   wall time of a rolling deploy of 3 replicas against the sum of its new replicas'
+   start-to-healthy times. Both run on a network that already exists (Docker's default bridge;
+   the tenant's network, kept by an idle instance). Needs a Docker engine; it starts its own
+   ``ctrlplane serve`` on a loopback port with a throwaway data directory.
+2. **http** — request rates of authenticated GETs at 32 connections against a bare handler, and
+   latency at 1,000 vs 100,000 instances on PostgreSQL (tests/bench_api.py).
+3. **reconcile** — one reconciler pass over 10,000 instances: time and peak memory
+   (tests/bench_reconcile.py).
+
+Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
+not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
+Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -137,7 +146,7 @@ def rolling_deploy(api: httpx.Client, client: docker.DockerClient, image: str) -
     return wall, start_to_healthy
 
 
-def main() -> int:
+def docker_benchmarks() -> dict[str, Any]:
     from tests.providers.docker_engine import V2_IMAGE, ensure_image, ensure_variant_images
 
     client = docker.from_env()
@@ -196,6 +205,99 @@ def main() -> int:
     print(f"rolling deploy of 3 replicas: wall {deploy_wall * 1000:8.1f} ms")
     print(f"sum of new replicas' start-to-healthy: {deploy_parts * 1000:8.1f} ms")
     print(f"ratio: {deploy_wall / deploy_parts:.2f}x (the rest is retiring old replicas and bookkeeping)")
+    return {
+        "create": {
+            "rounds": ROUNDS,
+            "docker_run_median_ms": base_median * 1000,
+            "ctrlplane_median_ms": our_median * 1000,
+            "ratio": our_median / base_median,
+            "target": "<= 1.3x",
+        },
+        "deploy": {
+            "wall_ms": deploy_wall * 1000,
+            "start_to_healthy_sum_ms": deploy_parts * 1000,
+            "ratio": deploy_wall / deploy_parts,
+        },
+    }
+
+
+SECTIONS = ("docker", "http", "reconcile")
+"""``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some; ``http`` runs the request-rate and the
+scale benchmarks (they share one bench database and server)."""
+RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
+
+
+def _table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str]] = []
+    if "http" in results:
+        http = results["http"]
+        for name, label in (("get_one", "GET /v1/instances/{id}"), ("list_20", "GET /v1/instances?limit=20")):
+            for key, who in ((name, label), (f"{name}_bare", "  bare handler, same JSON")):
+                r = http[key]
+                rows.append((who, f"{r['requests_per_s']:.0f} req/s", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"))
+            rows.append(("  ratio to bare", f"{http[f'{name}_ratio']:.2f}x", "", ""))
+    if "scale" in results:
+        scale = results["scale"]
+        small, large = scale["small"], scale["large"]
+        for call in ("get_one", "list_page_1", "list_page_500", "create"):
+            rows.append(
+                (f"{call} @ {small['instances']:,}", "", f"{small[call]['p50_ms']:.1f}", f"{small[call]['p99_ms']:.1f}")
+            )
+            rows.append(
+                (f"{call} @ {large['instances']:,}", "", f"{large[call]['p50_ms']:.1f}", f"{large[call]['p99_ms']:.1f}")
+            )
+            ratio = scale["ratio"][call]
+            rows.append(("  ratio", "", f"{ratio['p50_ms']:.2f}x", f"{ratio['p99_ms']:.2f}x"))
+    if "reconcile" in results:
+        rec = results["reconcile"]
+        rows.append((f"reconciler pass, {rec['instances']:,} instances", f"{rec['pass_s']:.1f} s", "", ""))
+        rows.append(
+            ("  peak traced / peak RSS", f"{rec['peak_traced_mib']:.1f} / {rec['peak_rss_mib']:.0f} MiB", "", "")
+        )
+    if "create" in results:
+        rows.append(("create -> first answer vs docker run", f"{results['create']['ratio']:.2f}x", "", ""))
+        rows.append(("rolling deploy vs its replicas' starts", f"{results['deploy']['ratio']:.2f}x", "", ""))
+    head = ("benchmark", "rate / value", "p50 ms", "p99 ms")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def _write(results: dict[str, Any]) -> None:
+    report = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "results": results,
+        "table": _table(results).splitlines(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main() -> int:
+    only = {s.strip() for s in os.environ.get("CTRLPLANE_BENCH_ONLY", ",".join(SECTIONS)).split(",") if s.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        print(f"unknown CTRLPLANE_BENCH_ONLY sections: {sorted(unknown)}; known: {SECTIONS}", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {}
+    runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if "docker" in only:
+        runs.append(("docker", docker_benchmarks))
+    if "http" in only:
+        from tests import bench_api
+
+        runs.append(("http", bench_api.run))
+    if "reconcile" in only:
+        from tests import bench_reconcile
+
+        runs.append(("reconcile", lambda: {"reconcile": bench_reconcile.run()}))
+    for _, run in runs:
+        results.update(run())
+        _write(results)  # after each section: a later failure keeps what was measured
+    print()
+    print(_table(results))
+    print(f"\nwrote {RESULTS}")
     return 0
 
 

@@ -23,6 +23,8 @@ class Instance(Base):
             sqlite_where=text("state != 'destroyed'"),
             postgresql_where=text("state != 'destroyed'"),
         ),
+        # the tenant's list in id order (keyset cursors), whatever other tenants hold (0012)
+        Index("ix_instances_tenant_id_id", "tenant_id", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,7 +1,7 @@
 """network
 
-Revision ID: 0008
-Revises: 0009
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-01 19:08:58.306208
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import ctrlplane.db
 
-revision: str = "0008"
-down_revision: str | None = "0009"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

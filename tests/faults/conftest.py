@@ -1,0 +1,50 @@
+"""Fixtures of the fault suite: the shared Docker engine's objects of this test's cluster are
+removed afterwards, and a ``ctrlplane serve`` process per test (on the test's database)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from docker import DockerClient
+from docker.errors import APIError, NotFound
+
+from ctrlplane.db import Database
+from ctrlplane.settings import Settings
+from tests.faults.harness import Serve
+from tests.providers.docker_engine import docker_engine, ensure_variant_images  # noqa: F401
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, providers=("docker",))
+
+
+def remove_cluster(engine: DockerClient, cluster_name: str) -> None:
+    label = f"ctrlplane.cluster={cluster_name}"
+    for container in engine.containers.list(all=True, filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True, v=True)
+    for volume in engine.volumes.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            volume.remove(force=True)
+    for network in engine.networks.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            network.remove()
+
+
+@pytest.fixture
+def server(
+    database_url: str, db: Database, tmp_path: Path, settings: Settings, docker_engine: DockerClient
+) -> Iterator[Serve]:
+    """``ctrlplane serve`` on this test's database and cluster, on the shared Docker engine."""
+    ensure_variant_images(docker_engine)
+    process = Serve(database_url, tmp_path / "server", settings.cluster_name)
+    try:
+        yield process
+    finally:
+        process.stop()
+        remove_cluster(docker_engine, settings.cluster_name)
