@@ -7,7 +7,6 @@ docker_engine.py). Every container, network and volume a test makes is removed a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -22,13 +21,12 @@ import msgspec
 import pytest
 from ctrlplane_docker import DockerProvider
 from docker import DockerClient
-from docker.errors import APIError, NotFound
 
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from tests.api.test_instances import create, state, wait_for
 from tests.conftest import JWT_SECRET, Api, bearer
-from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, docker_engine  # noqa: F401
+from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, docker_engine, remove_cluster  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -49,16 +47,7 @@ def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegist
 def _remove_what_the_test_made(settings: Settings, docker_engine: DockerClient) -> Iterator[None]:
     """Remove every object of this test's cluster (each test has its own ``cluster_name``)."""
     yield
-    label = f"ctrlplane.cluster={settings.cluster_name}"
-    for container in docker_engine.containers.list(all=True, filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            container.remove(force=True, v=True)
-    for volume in docker_engine.volumes.list(filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            volume.remove(force=True)
-    for network in docker_engine.networks.list(filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            network.remove()
+    remove_cluster(docker_engine, settings.cluster_name)
 
 
 def containers_of(engine: DockerClient, instance_id: str) -> list[Any]:

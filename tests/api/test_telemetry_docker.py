@@ -8,7 +8,6 @@ a JSON, a logfmt, a keyword (stderr) and a plain line, spins one busy loop, then
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,7 @@ import msgspec
 import pytest
 from ctrlplane_docker import DockerProvider
 from docker import DockerClient
-from docker.errors import APIError, ImageNotFound, NotFound
+from docker.errors import ImageNotFound
 
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
@@ -26,7 +25,7 @@ from ctrlplane.telemetry.otlp import instance_token
 from tests.api.test_instances import create, state, wait_for
 from tests.api.test_telemetry import otlp_body, read_log_events
 from tests.conftest import Api, bearer
-from tests.providers.docker_engine import HTTP_PORT, docker_engine, rootfs_tar  # noqa: F401
+from tests.providers.docker_engine import HTTP_PORT, docker_engine, remove_cluster, rootfs_tar  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -82,16 +81,7 @@ def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegist
 @pytest.fixture(autouse=True)
 def _remove_what_the_test_made(settings: Settings, docker_engine: DockerClient) -> Iterator[None]:
     yield
-    label = f"ctrlplane.cluster={settings.cluster_name}"
-    for container in docker_engine.containers.list(all=True, filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            container.remove(force=True, v=True)
-    for volume in docker_engine.volumes.list(filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            volume.remove(force=True)
-    for network in docker_engine.networks.list(filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            network.remove()
+    remove_cluster(docker_engine, settings.cluster_name)
 
 
 async def running_app(

@@ -3,37 +3,22 @@ removed afterwards, and a ``ctrlplane serve`` process per test (on the test's da
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 from docker import DockerClient
-from docker.errors import APIError, NotFound
 
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
 from tests.faults.harness import Serve
-from tests.providers.docker_engine import docker_engine, ensure_variant_images  # noqa: F401
+from tests.providers.docker_engine import docker_engine, ensure_variant_images, remove_cluster  # noqa: F401
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, providers=("docker",))
-
-
-def remove_cluster(engine: DockerClient, cluster_name: str) -> None:
-    label = f"ctrlplane.cluster={cluster_name}"
-    for container in engine.containers.list(all=True, filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            container.remove(force=True, v=True)
-    for volume in engine.volumes.list(filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            volume.remove(force=True)
-    for network in engine.networks.list(filters={"label": label}):
-        with contextlib.suppress(NotFound, APIError):
-            network.remove()
 
 
 @pytest.fixture

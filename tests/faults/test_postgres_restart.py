@@ -25,9 +25,9 @@ from docker import DockerClient
 
 from ctrlplane.settings import Settings
 from tests.conftest import JWT_SECRET, Tokens, bearer
-from tests.faults.conftest import remove_cluster
 from tests.faults.harness import OK_OR_CLIENT_ERROR, PrivatePostgres, Serve, audit_request_ids, private_postgres
 from tests.faults.kill import APP, until_running
+from tests.providers.docker_engine import remove_cluster
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults, pytest.mark.postgres]
 

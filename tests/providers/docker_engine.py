@@ -13,6 +13,7 @@ engine it skips the Docker tests, or fails them when ``CI`` is set: CI must run 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -25,7 +26,7 @@ from pathlib import Path
 import docker
 import pytest
 from docker import DockerClient
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 IMAGE = "ctrlplane-test/busybox:1"
 HTTP_PORT = 8080
@@ -172,6 +173,20 @@ def ensure_health_images(client: DockerClient) -> None:
             tag=tag,
             changes=[command, f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin"],
         )
+
+
+def remove_cluster(engine: DockerClient, cluster_name: str) -> None:
+    """Remove every container, volume and network of one installation (``CTRLPLANE_CLUSTER_NAME``)."""
+    label = f"ctrlplane.cluster={cluster_name}"
+    for container in engine.containers.list(all=True, filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True, v=True)
+    for volume in engine.volumes.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            volume.remove(force=True)
+    for network in engine.networks.list(filters={"label": label}):
+        with contextlib.suppress(NotFound, APIError):
+            network.remove()
 
 
 def connect() -> DockerClient:
