@@ -36,6 +36,17 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
+def require_binary(binary: str, what: str) -> str:
+    """The path of ``binary`` (a name on PATH or an executable path); skips locally, fails in CI."""
+    found = shutil.which(binary) or (binary if os.path.isfile(binary) and os.access(binary, os.X_OK) else None)
+    if found is None:
+        message = f"{what}: {binary} is not installed"
+        if IN_CI:
+            pytest.fail(f"CI requires {message}", pytrace=False)
+        pytest.skip(message)
+    return found
+
+
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 

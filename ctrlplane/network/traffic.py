@@ -99,17 +99,7 @@ class Traffic:
         serving = _serving(status, generation, set(replicas))
         async with self.db.write() as session, session.begin():
             for (gen, replica, port), (host, host_port) in serving.items():
-                await session.merge(
-                    Upstream(
-                        instance_id=instance_id,
-                        generation=gen,
-                        replica=replica,
-                        container_port=port,
-                        host=host,
-                        host_port=host_port,
-                        weight=weight,
-                    )
-                )
+                await session.merge(_upstream(instance_id, gen, replica, port, host, host_port, weight))
         await self._push()
 
     async def withdraw(self, instance_id: str, generation: int, replicas: Iterable[int] | None = None) -> None:
@@ -136,17 +126,7 @@ class Traffic:
             for row in others:
                 row.weight = 100 - percent
             for (gen, replica, port), (host, host_port) in serving.items():
-                await session.merge(
-                    Upstream(
-                        instance_id=instance_id,
-                        generation=gen,
-                        replica=replica,
-                        container_port=port,
-                        host=host,
-                        host_port=host_port,
-                        weight=percent * n,
-                    )
-                )
+                await session.merge(_upstream(instance_id, gen, replica, port, host, host_port, percent * n))
         await self._push()
 
     async def switch(self, instance_id: str, generation: int) -> None:
@@ -159,17 +139,21 @@ class Traffic:
             await session.execute(delete(Upstream).where(Upstream.instance_id == instance_id))
             await session.flush()
             for (gen, replica, port), (host, host_port) in sorted(wanted.items()):
-                session.add(
-                    Upstream(
-                        instance_id=instance_id,
-                        generation=gen,
-                        replica=replica,
-                        container_port=port,
-                        host=host,
-                        host_port=host_port,
-                        weight=1,
-                    )
-                )
+                session.add(_upstream(instance_id, gen, replica, port, host, host_port, 1))
         await self._push()
         if removed:
             await self._drain()
+
+
+def _upstream(
+    instance_id: str, generation: int, replica: int, port: int, host: str, host_port: int, weight: int
+) -> Upstream:
+    return Upstream(
+        instance_id=instance_id,
+        generation=generation,
+        replica=replica,
+        container_port=port,
+        host=host,
+        host_port=host_port,
+        weight=weight,
+    )

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import IN_CI, JWT_SECRET
+from tests.conftest import JWT_SECRET, require_binary
 
 OK_OR_CLIENT_ERROR = range(200, 500)
 
@@ -35,17 +34,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def require(binary: str, what: str) -> str:
-    """The path of ``binary``; skips (locally) or fails (in CI) when it is missing."""
-    found = shutil.which(binary) or (binary if os.path.isfile(binary) and os.access(binary, os.X_OK) else None)
-    if found is None:
-        message = f"{what}: {binary} is not installed"
-        if IN_CI:
-            pytest.fail(f"CI requires {message}", pytrace=False)
-        pytest.skip(message)
-    return found
 
 
 class Serve:
@@ -167,7 +155,7 @@ class PrivateDockerd:
     def _ensure_netns(self) -> None:
         if Path(f"/run/netns/{self.netns}").exists():
             return
-        require("ip", "a network namespace for the private Docker engine")
+        require_binary("ip", "a network namespace for the private Docker engine")
         for command in (
             ["ip", "netns", "add", self.netns],
             ["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
@@ -194,7 +182,7 @@ class PrivateDockerd:
         return f"unix://{self.socket}"
 
     def start(self, timeout: float = 60) -> None:
-        binary = require("dockerd", "a private Docker engine for the engine-outage test")
+        binary = require_binary("dockerd", "a private Docker engine for the engine-outage test")
         self._ensure_netns()
         with (self.root / "dockerd.log").open("ab") as log:
             self.process = subprocess.Popen(
@@ -284,7 +272,7 @@ class PrivateDockerd:
 
 def postgres_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return require(found[-1] if found else name, "a private PostgreSQL for the restart test")
+    return require_binary(found[-1] if found else name, "a private PostgreSQL for the restart test")
 
 
 class PrivatePostgres:

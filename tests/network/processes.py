@@ -11,7 +11,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.conftest import require_binary
 
 
 def free_port() -> int:
@@ -47,16 +46,6 @@ def free_udp_port() -> int:
                 continue
             return port
     raise AssertionError("no port free for both TCP and UDP")
-
-
-def require_binary(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian package {package!r}: apt-get install -y {package})"
-        if IN_CI:
-            pytest.fail("CI requires " + message, pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -100,7 +89,7 @@ class Caddy:
 
     def start(self) -> None:
         """Start with an empty configuration (only the admin endpoint)."""
-        binary = require_binary("caddy", "caddy")
+        binary = require_binary("caddy", "the router (Debian package caddy)")
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "empty.json"
         config.write_text(json.dumps({"admin": {"listen": self.admin_address, "config": {"persist": False}}}))
@@ -156,7 +145,7 @@ class ChallTestSrv:
         return f"127.0.0.1:{self.dns_port}"
 
     def start(self) -> None:
-        binary = require_binary("pebble-challtestsrv", "pebble")
+        binary = require_binary("pebble-challtestsrv", "the test DNS server (Debian package pebble)")
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.directory / "challtestsrv.log"
         self.process = subprocess.Popen(
@@ -282,7 +271,7 @@ class Pebble:
         return f"https://127.0.0.1:{self.port}/dir"
 
     def start(self) -> None:
-        binary = require_binary("pebble", "pebble")
+        binary = require_binary("pebble", "the ACME test CA (Debian package pebble)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ca_bundle, cert, key = _test_ca(self.directory)
         config = self.directory / "pebble.json"
