@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import docker
 import httpx
 import msgspec
 from ctrlplane_docker import DockerProvider
@@ -201,6 +202,25 @@ def _mismatches(instances: list[dict[str, Any]], inventory: list[Any]) -> list[s
     return problems
 
 
+def _engine_view(cluster_name: str) -> str:
+    """What the engine holds of the cluster, for a failure message: each container with its state and
+    the networks it is attached to, and each network."""
+    engine = docker.from_env(timeout=30)
+    label = {"label": f"ctrlplane.cluster={cluster_name}"}
+    try:
+        lines = [
+            f"container {c.name} {c.status} networks="
+            f"{sorted((c.attrs.get('NetworkSettings') or {}).get('Networks') or {})}"
+            for c in engine.containers.list(all=True, filters=label)
+        ]
+        lines += [
+            f"network {n.name} {n.id[:12]} labels={n.attrs.get('Labels')}" for n in engine.networks.list(filters=label)
+        ]
+    finally:
+        engine.close()
+    return "\n".join(lines)
+
+
 async def converged(http: httpx.AsyncClient, db: Database, settings: Settings, ledger: Ledger) -> None:
     """Wait until operations are terminal and the engine matches the database; fail with the diff."""
     provider = DockerProvider(msgspec.structs.replace(settings, providers=("docker",)))
@@ -226,6 +246,16 @@ async def converged(http: httpx.AsyncClient, db: Database, settings: Settings, l
             await asyncio.sleep(0.25)
     finally:
         await provider.close()
+    instances, _, _ = await _database_view(db)
+    async with db.read() as session:
+        messages = dict((await session.execute(text("SELECT id, status_message FROM instances"))).tuples().all())
     raise AssertionError(
-        f"no convergence in {CONVERGE_SECONDS}s: " + "; ".join(problems) + "\n" + "\n".join(ledger.log)
+        f"no convergence in {CONVERGE_SECONDS}s: "
+        + "; ".join(problems)
+        + "\n"
+        + "\n".join(ledger.log)
+        + "\ninstances:\n"
+        + "\n".join(f"{i} message={messages.get(i['id'])!r}" for i in instances)
+        + "\nengine:\n"
+        + _engine_view(settings.cluster_name)
     )

@@ -66,6 +66,7 @@ from ctrlplane_docker import logs as container_logs
 from ctrlplane_docker.commands import run_command
 from ctrlplane_docker.errors import engine_errors, explanation, is_conflict, is_not_found, unreachable
 from ctrlplane_docker.files import load_files
+from ctrlplane_docker.gate import NetworkGate
 from ctrlplane_docker.naming import (
     LABEL_PURPOSE,
     cluster_filter,
@@ -140,7 +141,7 @@ def _each(items: Sequence[T], work: Callable[[T], R]) -> list[R]:
 
 def _network_missing(exc: APIError) -> bool:
     text = explanation(exc).lower()
-    return "network" in text and "not found" in text
+    return ("network" in text and "not found" in text) or "no such network" in text
 
 
 class DockerProvider:
@@ -167,6 +168,7 @@ class DockerProvider:
         self._client: DockerClient | None = None
         self._client_lock = threading.Lock()
         self._network_lock = threading.Lock()
+        self._network_gate = NetworkGate()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -298,10 +300,11 @@ class DockerProvider:
                 raise
 
     def _remove_network_if_unused(self, api: APIClient, tenant_id: str) -> None:
-        if api.containers(all=True, quiet=True, filters=tenant_filter(tenant_id)):
-            return
-        for network_id in self._networks(api, tenant_id):
-            self._remove_network(api, network_id)
+        with self._network_gate.removing(tenant_id):
+            if api.containers(all=True, quiet=True, filters=tenant_filter(tenant_id)):
+                return
+            for network_id in self._networks(api, tenant_id):
+                self._remove_network(api, network_id)
 
     def _sweep_networks(self, api: APIClient) -> None:
         for network in api.networks(filters=cluster_filter(self._cluster)):
@@ -399,22 +402,24 @@ class DockerProvider:
         if state == "paused":
             api.unpause(container_id)
             return
-        try:
-            api.start(container_id)
-        except APIError as exc:
-            if not _network_missing(exc):
-                raise
-            self._reattach(api, container_id, tenant_id)
-            api.start(container_id)
+        with self._network_gate.using(tenant_id):
+            try:
+                api.start(container_id)
+            except APIError as exc:
+                if not _network_missing(exc):
+                    raise
+                self._reattach(api, container_id, tenant_id)
+                api.start(container_id)
 
     def _restart_container(self, api: APIClient, container: _Container) -> None:
-        try:
-            api.restart(container.id, timeout=self._stop_timeout)
-        except APIError as exc:
-            if not _network_missing(exc):
-                raise
-            self._reattach(api, container.id, container.tenant_id or "")
-            api.start(container.id)
+        with self._network_gate.using(container.tenant_id or ""):
+            try:
+                api.restart(container.id, timeout=self._stop_timeout)
+            except APIError as exc:
+                if not _network_missing(exc):
+                    raise
+                self._reattach(api, container.id, container.tenant_id or "")
+                api.start(container.id)
 
     def _reattach(self, api: APIClient, container_id: str, tenant_id: str) -> None:
         """Move a stopped container from a tenant network that was removed under it (a deprovision
@@ -472,21 +477,22 @@ class DockerProvider:
         start them as asked; the containers' IDs, in order."""
         wanted = list(replicas)
         missing = [r for r in wanted if container_name(spec.instance_id, generation, r) not in existing]
-        network_id = self._ensure_network(api, spec.tenant_id) if missing else ""
-        mounts = load_files(api, spec, generation, self._cluster) if missing and spec.files else []
+        with self._network_gate.using(spec.tenant_id):
+            network_id = self._ensure_network(api, spec.tenant_id) if missing else ""
+            mounts = load_files(api, spec, generation, self._cluster) if missing and spec.files else []
 
-        def ensure(replica: int) -> str:
-            found = existing.get(container_name(spec.instance_id, generation, replica))
-            if found is None:
-                container_id, state = self._create_replica(api, spec, generation, replica, network_id, mounts)
-                start = start_new
-            else:
-                container_id, state, start = found.id, found.state, start_existing
-            if start and state != "running":
-                self._start_container(api, container_id, state, spec.tenant_id)
-            return container_id
+            def ensure(replica: int) -> str:
+                found = existing.get(container_name(spec.instance_id, generation, replica))
+                if found is None:
+                    container_id, state = self._create_replica(api, spec, generation, replica, network_id, mounts)
+                    start = start_new
+                else:
+                    container_id, state, start = found.id, found.state, start_existing
+                if start and state != "running":
+                    self._start_container(api, container_id, state, spec.tenant_id)
+                return container_id
 
-        return _each(wanted, ensure)
+            return _each(wanted, ensure)
 
     def _require_running(self, api: APIClient, spec: WorkloadSpec, container_ids: Iterable[str]) -> None:
         for container_id in container_ids:
