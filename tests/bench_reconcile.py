@@ -81,7 +81,7 @@ async def _measure(database_url: str, data_dir: str) -> dict[str, Any]:
             await conn.execute(text("ANALYZE"))
         async with db.read() as session:
             for instance in (await session.execute(select(Instance))).scalars():
-                await fake.provision(spec_for(instance))
+                await fake.provision(spec_for(instance, settings=app.state.services.settings))
         reconciler = Reconciler(app.state.services)
         started = time.perf_counter()
         await reconciler.run_once()  # the first pass also records every instance's endpoints

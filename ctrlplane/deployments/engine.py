@@ -51,7 +51,7 @@ from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.health.gate import HealthGate
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import spec_for
+from ctrlplane.instances.observe import RuntimeConfig, runtime_config, spec_for
 from ctrlplane.network.traffic import Traffic
 from ctrlplane.provisioning.contract import Provider, ReplicaStatus, WorkloadSpec, WorkloadStatus
 from ctrlplane.releases.models import Release
@@ -91,6 +91,7 @@ class DeployEngine:
                 if deployment and deployment.previous_release_id
                 else None
             )
+            config = await runtime_config(session, instance, self.settings) if instance else RuntimeConfig()
         if deployment is None or instance is None or deployment.state not in ("pending", "running"):
             return None
         try:
@@ -100,11 +101,13 @@ class DeployEngine:
             await self._finish(deployment, "failed", exc.message, restore=True)
             return await self.provider.status(instance.id)
         new = msgspec.structs.replace(
-            spec_for(instance, settings=self.settings, generation=deployment.generation, secrets=new_secrets),
+            spec_for(
+                instance, settings=self.settings, generation=deployment.generation, secrets=new_secrets, config=config
+            ),
             release_id=deployment.release_id,
         )
         old = (
-            _spec_of(previous, instance, deployment.previous_generation, old_secrets, self.settings)
+            _spec_of(previous, instance, deployment.previous_generation, old_secrets, self.settings, config)
             if previous
             else None
         )
@@ -319,9 +322,14 @@ async def _answers(client: httpx.AsyncClient, endpoints: Any, spec: WorkloadSpec
 
 
 def _spec_of(
-    release: Release, instance: Instance, generation: int, secrets: WorkloadSecrets, settings: Settings
+    release: Release,
+    instance: Instance,
+    generation: int,
+    secrets: WorkloadSecrets,
+    settings: Settings,
+    config: RuntimeConfig,
 ) -> WorkloadSpec:
     restored = Instance(**{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy")})
     restore_release(restored, release)
     restored.current_release_id = release.id
-    return spec_for(restored, settings=settings, generation=generation, secrets=secrets)
+    return spec_for(restored, settings=settings, generation=generation, secrets=secrets, config=config)

@@ -6,13 +6,19 @@ provider's ``WorkloadStatus`` maps container ports to host ports) and connects t
 127.0.0.1, and only when the provider published it on the loopback (or on every address); any other
 host is refused when the check is created, and a redirect is never followed. A ``command`` runs
 inside the replica through the provider's ``exec``, never on the control-plane host.
+
+``runtime_probes`` turns an instance's checks into the probes a runtime that runs them itself
+(Kubernetes) is given; see its docstring for which check becomes readiness and which liveness.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import shlex
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,7 +26,10 @@ import httpx
 import msgspec
 
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
-from ctrlplane.provisioning.contract import Provider, ReplicaStatus
+from ctrlplane.provisioning.contract import Probe, Provider, ReplicaStatus
+
+if TYPE_CHECKING:
+    from ctrlplane.health.models import HealthCheck
 
 LOOPBACK = "127.0.0.1"
 ALLOWED_HOST = "localhost"
@@ -81,6 +90,50 @@ def parse_target(type: str, target: str) -> Target:
             raise ValueError(f"target host must be localhost (a port of the instance itself), not {host or 'empty'!r}")
         return Target(type=type, port=_port(port))
     raise ValueError("type must be http, tcp or command")
+
+
+READINESS_PREFERENCE = ("http", "command", "tcp")
+LIVENESS_PREFERENCE = ("tcp", "command", "http")
+
+
+def runtime_probes(checks: Sequence[HealthCheck]) -> tuple[Probe, ...]:
+    """The probes for a runtime that runs checks itself, from the instance's enabled checks in the
+    order given (oldest first). A container has one readiness and one liveness probe, so:
+
+    * one check is both;
+    * with several, **readiness** is the first ``http`` check (else ``command``, else ``tcp``): it
+      tests the most of the application before traffic is let in; **liveness** is the first ``tcp``
+      check (else ``command``, else ``http``): a replica is restarted only when it stops answering
+      at all, not when a dependency makes its HTTP endpoint fail for a while.
+
+    Timing follows the check: period = interval, timeout, failure threshold = retries (whole
+    seconds, at least 1). The other checks still run in ctrlplane's scheduler and deploy gate."""
+    usable = [check for check in checks if check.enabled]
+    by_kind = {kind: next((c for c in usable if c.type == kind), None) for kind in READINESS_PREFERENCE}
+    readiness = next((by_kind[k] for k in READINESS_PREFERENCE if by_kind[k] is not None), None)
+    liveness = next((by_kind[k] for k in LIVENESS_PREFERENCE if by_kind[k] is not None), None)
+    if readiness is None or liveness is None:
+        return ()
+    if readiness is liveness:
+        return (_probe(readiness, "both"),)
+    return (_probe(readiness, "readiness"), _probe(liveness, "liveness"))
+
+
+def _probe(check: HealthCheck, use: str) -> Probe:
+    target = parse_target(check.type, check.target)
+    return msgspec.convert(
+        {
+            "kind": check.type,
+            "port": target.port,
+            "path": target.path,
+            "command": target.argv,
+            "use": use,
+            "period_seconds": max(1, math.ceil(check.interval_seconds)),
+            "timeout_seconds": max(1, math.ceil(check.timeout_seconds)),
+            "failure_threshold": max(1, check.retries),
+        },
+        Probe,
+    )
 
 
 def _host_port(replica: ReplicaStatus, port: int) -> int | str:

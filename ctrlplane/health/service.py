@@ -31,6 +31,7 @@ from ctrlplane.health.repository import HealthRepository
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.instances.service import reconfigure
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import parse_duration, utc_now
 
@@ -228,6 +229,7 @@ class HealthService:
         )
         self.session.add(check)
         await self.session.flush()
+        await reconfigure(self.session, self.context.services.providers, [instance])
         self._audit(check, type=data.type, target=data.target)
         return check_schema(check)
 
@@ -241,6 +243,7 @@ class HealthService:
         self._audit(check)
         await self.session.delete(check)
         await self.session.flush()
+        await reconfigure(self.session, self.context.services.providers, [await self.instances.get(check.instance_id)])
 
     async def run(self, check_id: str) -> schemas.CheckRun:
         """Run a check now and record the run like a scheduled one. The check and its instance are

@@ -22,6 +22,7 @@ replicas) are checked under a lock on the tenant row, so concurrent creates cann
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -37,8 +38,11 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import set_state
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.operations import queue
+from ctrlplane.operations.models import Operation
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.preconditions import require_version
+from ctrlplane.provisioning.contract import ConfigurableProvider
+from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
@@ -380,6 +384,37 @@ def _unique_ports(ports: list[schemas.Port]) -> None:
     seen = {(p.container_port, p.protocol) for p in ports}
     if len(seen) != len(ports):
         raise InvalidInput("ports must be unique per container_port and protocol", details={"ports": "duplicate"})
+
+
+async def reconfigure(session: Any, providers: ProviderRegistry, instances: Iterable[Instance]) -> None:
+    """Queue a ``configure`` operation for each of ``instances`` whose runtime enforces quotas, runs
+    probes or serves routes itself (``ConfigurableProvider``: Kubernetes) after a change to one of
+    those (the tenant's quota, the instance's health checks, routes or domains). Instances on other
+    runtimes (Docker), going away, or with a configure still waiting to start get none: that one
+    reads the database when it runs."""
+    wanted = [
+        instance
+        for instance in instances
+        if instance.state not in FINAL
+        and instance.provider_name in providers.names
+        and isinstance(providers.get(instance.provider_name), ConfigurableProvider)
+    ]
+    if not wanted:
+        return
+    waiting = set(
+        (
+            await session.execute(
+                select(Operation.instance_id).where(
+                    Operation.instance_id.in_([i.id for i in wanted]),
+                    Operation.kind == "configure",
+                    Operation.state == "pending",
+                )
+            )
+        ).scalars()
+    )
+    for instance in wanted:
+        if instance.id not in waiting:
+            queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="configure")
 
 
 async def destroy(session: Any, instance: Instance) -> None:

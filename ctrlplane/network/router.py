@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import httpx
 import msgspec
@@ -37,6 +38,7 @@ from ctrlplane.network.caddy import (
 )
 from ctrlplane.network.keys import open_private_key
 from ctrlplane.network.models import Certificate, Domain, Route, Upstream
+from ctrlplane.provisioning.contract import HttpRoute
 from ctrlplane.settings import Settings
 from ctrlplane.tenants.models import Tenant
 
@@ -48,6 +50,26 @@ SERVED_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "
 
 def default_hostname(settings: Settings, instance_name: str, tenant_slug: str) -> str:
     return f"{instance_name}.{tenant_slug}.{settings.router_base_domain}".lower()
+
+
+def http_routes(default_host: str, verified_hosts: Sequence[str], routes: Sequence[Route]) -> tuple[HttpRoute, ...]:
+    """The instance's traffic as host/path rules for a runtime that serves it itself (Kubernetes'
+    Ingress): every path of its routes (for ``/``, its first port when no route names it) on its
+    default hostname and on each *verified* domain, the rule Caddy follows here too. A rule names
+    one port, so of the routes sharing a path the heaviest wins (ties: the oldest) and one of weight
+    0 serves nothing; ``strip_prefix`` is the router's own. TLS is asked for on verified domains
+    only, the ones ctrlplane obtains certificates for."""
+    best: dict[str, Route] = {}
+    for route in sorted(routes, key=lambda r: r.id):
+        if route.weight > 0 and (route.path not in best or route.weight > best[route.path].weight):
+            best[route.path] = route
+    paths: list[tuple[str, int | None]] = [(path, route.port) for path, route in sorted(best.items())]
+    if not any(route.path == "/" for route in routes):
+        paths.insert(0, ("/", None))
+    hosts = [(default_host, False), *((host, True) for host in sorted(set(verified_hosts)))]
+    return tuple(
+        HttpRoute(host=host, path=path, container_port=port, tls=tls) for host, tls in hosts for path, port in paths
+    )
 
 
 async def load_state(session: AsyncSession, settings: Settings) -> RouterState:

@@ -35,7 +35,7 @@ from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.instances.service import InstanceService
+from ctrlplane.instances.service import InstanceService, reconfigure
 from ctrlplane.network import schemas
 from ctrlplane.network.dns import txt_values
 from ctrlplane.network.models import Certificate, Domain, Route
@@ -134,6 +134,11 @@ class _NetworkService:
             )
         return instance
 
+    async def _changed(self, instance: Instance) -> None:
+        """The instance's traffic changed: runtimes that serve it themselves (Kubernetes' Ingress)
+        get the new rules; Caddy reads the database itself."""
+        await reconfigure(self.session, self.context.services.providers, [instance])
+
     async def _within_quota(self, tenant_id: str, quota_name: str, used: int) -> None:
         quota = await TenantRepository(self.session).quota(tenant_id)
         limit = int(getattr(quota, quota_name))
@@ -185,6 +190,7 @@ class RouteService(_NetworkService):
         )
         self.session.add(route)
         await self.session.flush()
+        await self._changed(instance)
         self._audit(route.id, route.tenant_id, instance_id=instance.id, path=path, port=data.port)
         return to_route(route)
 
@@ -205,15 +211,17 @@ class RouteService(_NetworkService):
         route.path, route.port, route.protocol = path, merged["port"], merged["protocol"]
         route.weight, route.strip_prefix = merged["weight"], merged["strip_prefix"]
         route.updated_at = utc_now()
+        await self._changed(instance)
         self._audit(route.id, route.tenant_id, changes=sorted(changes))
         return to_route(route)
 
     async def delete(self, route_id: str) -> None:
         route = await self.repo.route(route_id)
-        await InstanceService(self.context).locked(route.instance_id)
+        instance = await InstanceService(self.context).locked(route.instance_id)
         route = await self.repo.route(route_id, for_update=True)
         self._audit(route.id, route.tenant_id, instance_id=route.instance_id, path=route.path)
         await self.session.delete(route)
+        await self._changed(instance)
 
 
 class DomainService(_NetworkService):
@@ -286,6 +294,7 @@ class DomainService(_NetworkService):
             type="domain.verified",
             data={"domain_id": domain.id, "hostname": domain.hostname},
         )
+        await self._changed(await self.instances.get(domain.instance_id))
         return await self._view(domain)
 
     async def request_certificate(self, domain_id: str) -> schemas.Certificate:
@@ -319,10 +328,12 @@ class DomainService(_NetworkService):
 
     async def delete(self, domain_id: str) -> None:
         domain = await self.repo.domain(domain_id)
-        await InstanceService(self.context).locked(domain.instance_id)
+        instance = await InstanceService(self.context).locked(domain.instance_id)
         domain = await self.repo.domain(domain_id, for_update=True)
         self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
         certificate = await self.repo.certificate(domain.id)
         if certificate is not None:
             await self.session.delete(certificate)
+        if domain.status == "verified":
+            await self._changed(instance)
         await self.session.delete(domain)

@@ -22,10 +22,10 @@ from ctrlplane.deployments.engine import DeployEngine
 from ctrlplane.errors import CtrlplaneError, InvalidInput, ProviderUnavailable
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import record_status, set_state, spec_for
+from ctrlplane.instances.observe import record_status, runtime_config, set_state, spec_for
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
-from ctrlplane.provisioning.contract import Provider, WorkloadStatus
+from ctrlplane.provisioning.contract import ConfigurableProvider, Provider, WorkloadSpec, WorkloadStatus
 from ctrlplane.secrets.service import for_release as secrets_for_release
 
 log = structlog.get_logger("ctrlplane.worker")
@@ -81,25 +81,34 @@ class OperationWorker:
             # stopping, restarting or resizing what the queued deprovision removes anyway is moot
             # (and fails when the skipped provision left nothing to act on)
             return None
-        if kind in ("provision", "repair", "start", "scale", "update"):
-            # the secrets of the release the instance runs, decrypted just for this call
+        if kind == "configure" and not isinstance(provider, ConfigurableProvider):
+            return None
+        if kind in ("provision", "repair", "start", "scale", "update", "configure"):
+            # the secrets of the release the instance runs, decrypted just for this call, and the
+            # tenant's quota, probes and routes as they are now
             secrets = await secrets_for_release(self.services, instance.current_release_id)
+            async with self.services.db.read() as session:
+                config = await runtime_config(session, instance, settings)
+            spec: WorkloadSpec = spec_for(instance, settings=settings, secrets=secrets, config=config)
+        if kind == "configure":
+            assert isinstance(provider, ConfigurableProvider)
+            return await provider.configure(spec)
         if kind in ("provision", "repair", "start"):
             observed = await provider.status(instance.id)
             if any(r.generation != instance.generation for r in observed.replicas):
                 # changed while stopped: the new generation replaces the old containers
-                return await provider.deploy(spec_for(instance, settings=settings, secrets=secrets), "recreate")
+                return await provider.deploy(spec, "recreate")
             # provision creates what is missing and starts what is stopped, so it is also "start"
-            return await provider.provision(spec_for(instance, settings=settings, secrets=secrets))
+            return await provider.provision(spec)
         if kind == "stop":
             return await provider.stop(instance.id)
         if kind == "restart":
             replicas = operation.payload.get("replicas")
             return await provider.restart(instance.id, tuple(replicas) if replicas else None)
         if kind == "scale":
-            return await provider.scale(spec_for(instance, settings=settings, secrets=secrets))
+            return await provider.scale(spec)
         if kind == "update":
-            return await provider.deploy(spec_for(instance, settings=settings, secrets=secrets), "rolling")
+            return await provider.deploy(spec, "rolling")
         if kind == "deploy":
             return await DeployEngine(self.services, provider).run(str(operation.payload["deployment_id"]))
         if kind == "deprovision":

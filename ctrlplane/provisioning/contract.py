@@ -300,3 +300,19 @@ class Provider(Protocol):
     async def close(self) -> None:
         """Release clients and connections."""
         ...
+
+
+@runtime_checkable
+class ConfigurableProvider(Protocol):
+    """A runtime that enforces ``WorkloadSpec.tenant_quota``, runs ``probes`` or serves ``routes``
+    itself (Kubernetes). When a tenant's quota, an instance's health checks, routes or domains
+    change, ctrlplane queues a ``configure`` operation for each affected instance on such a runtime
+    (and on no other: Docker never sees one)."""
+
+    async def configure(self, spec: WorkloadSpec) -> WorkloadStatus:
+        """Apply ``spec``'s tenant quota, probes and routes to what runs for the instance now,
+        idempotently; replicas, image and generation stay as they are (a stopped instance stays
+        stopped). An instance with nothing running is left alone (its next provision carries the
+        spec); one whose replicas are of another generation (changed while stopped) gets all but
+        the replicas' part (the probes), which its next start brings."""
+        ...

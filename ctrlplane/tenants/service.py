@@ -17,7 +17,7 @@ from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.ids import new_id
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.instances.service import destroy
+from ctrlplane.instances.service import destroy, reconfigure
 from ctrlplane.instances.service import suspend as suspend_instance
 from ctrlplane.instances.service import unsuspend as unsuspend_instance
 from ctrlplane.network.repository import NetworkRepository
@@ -109,11 +109,17 @@ class TenantService:
             for field, value in msgspec.structs.asdict(self.plans[tenant.plan]).items():
                 setattr(quota, field, value)
             quota.custom, quota.updated_at = False, utc_now()
+            await self._quota_changed(tenant_id)
         if changed:
             tenant.version += 1
             tenant.updated_at = utc_now()
         self._audit(tenant_id, changed=sorted(changed))
         return to_schema(tenant)
+
+    async def _quota_changed(self, tenant_id: str) -> None:
+        """Runtimes that enforce the quota themselves (Kubernetes' ResourceQuota) get the new one."""
+        instances = await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id)
+        await reconfigure(self.session, self.context.services.providers, instances)
 
     async def delete(self, tenant_id: str, *, force: bool) -> bool:
         """Delete the tenant now (True), or, with ``force`` and live instances, tear them down and
@@ -208,5 +214,6 @@ class TenantService:
         quota.custom, quota.updated_at = True, utc_now()
         tenant.version += 1
         await self.session.flush()
+        await self._quota_changed(tenant_id)
         self._audit(tenant_id, limits=msgspec.structs.asdict(limits))
         return await self.quota(tenant_id)

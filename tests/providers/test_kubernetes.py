@@ -390,6 +390,60 @@ async def test_provision_writes_the_tenant_namespace_its_guards_and_the_instance
             kubernetes_validate.validate(obj, "1.34.0", strict=True)
 
 
+async def test_configure_applies_quota_probes_and_ingress_to_what_runs_and_keeps_it_stopped(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    spec = web(replicas=2)
+    await k8s.provision(spec)
+    namespace = f"{TEST_CLUSTER}-{dash(spec.tenant_id)}"
+    before = sorted(p["metadata"]["name"] for p in cluster.pods(spec.instance_id))
+    unchanged = await k8s.configure(spec)
+    assert unchanged.state == "running"
+    # the same template: nothing rolled
+    assert sorted(p["metadata"]["name"] for p in cluster.pods(spec.instance_id)) == before
+    assert of(cluster, "resourcequotas", namespace) == {}
+
+    await k8s.stop(spec.instance_id)
+    configured = again(
+        spec,
+        tenant_quota=TenantQuota(max_instances=2, max_cpu_millis=1000, max_memory_mb=512),
+        probes=(Probe(kind="http", path="/ready", use="readiness"), Probe(kind="tcp", use="liveness")),
+        routes=(HttpRoute(host="shop.example.com", path="/api"),),
+    )
+    status = await k8s.configure(configured)
+    assert status.state == "stopped"
+    (deployment,) = cluster.deployments(spec.instance_id)
+    assert deployment["spec"]["replicas"] == 0
+    assert deployment["metadata"]["annotations"]["ctrlplane.io/stopped"] == "true"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": 8080}
+    assert of(cluster, "resourcequotas", namespace)["ctrlplane-tenant-quota"]["spec"]["hard"]["limits.cpu"] == "2000m"
+    (ingress,) = of(cluster, "ingresses", namespace, "networking.k8s.io").values()
+    assert [(r["host"], r["http"]["paths"][0]["path"]) for r in ingress["spec"]["rules"]] == [
+        ("shop.example.com", "/api")
+    ]
+    started = await k8s.start(spec.instance_id)
+    assert started.state == "running"
+    assert len(cluster.pods(spec.instance_id)) == 2
+
+    # routes gone: so is the Ingress; probes gone: back to the default readiness probe
+    await k8s.configure(again(configured, routes=(), probes=()))
+    assert of(cluster, "ingresses", namespace, "networking.k8s.io") == {}
+    (container,) = cluster.deployments(spec.instance_id)[0]["spec"]["template"]["spec"]["containers"]
+    assert "livenessProbe" not in container and container["readinessProbe"]["tcpSocket"] == {"port": 8080}
+    for plural, group in [("deployments", "apps"), ("resourcequotas", ""), ("limitranges", "")]:
+        for obj in of(cluster, plural, namespace, group).values():
+            kubernetes_validate.validate(obj, "1.34.0", strict=True)
+
+
+async def test_configure_without_a_deployment_creates_nothing(cluster: Cluster, k8s: KubernetesProvider) -> None:
+    spec = web(tenant_quota=TenantQuota(max_instances=2, max_cpu_millis=1000, max_memory_mb=512))
+    status = await k8s.configure(spec)
+    assert status.state == "missing"
+    assert cluster.objects(NAMESPACES) == {} and cluster.deployments() == []
+
+
 @pytest.mark.parametrize(("strategy", "update"), [("rolling", "RollingUpdate"), ("recreate", "Recreate")])
 async def test_rolling_and_recreate_deploys_patch_the_one_deployment_in_place(
     cluster: Cluster, k8s: KubernetesProvider, strategy: Strategy, update: str
@@ -697,6 +751,7 @@ async def test_the_documented_rbac_is_valid_and_allows_every_request_of_a_whole_
     await k8s.restart(spec.instance_id)
     await k8s.restart(spec.instance_id, (1,))
     await k8s.scale(again(spec, generation=3, replicas=1))
+    await k8s.configure(again(spec, generation=3, replicas=1, routes=(), probes=(Probe(kind="tcp"),)))
     await k8s.provision(again(spec, generation=4, replicas=1))
     await k8s.remove_generation(spec.instance_id, 3, (0,))
     await k8s.inventory()

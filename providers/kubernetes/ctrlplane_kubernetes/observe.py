@@ -65,6 +65,10 @@ def retired(deployment: Obj) -> set[int]:
     return {int(part) for part in raw.split(",") if part.strip().isdigit()}
 
 
+def strategy_of(deployment: Obj) -> str:
+    return str(((deployment.get("spec") or {}).get("strategy") or {}).get("type") or "RollingUpdate")
+
+
 def slot_of(obj: Obj) -> str:
     return labels(obj).get(naming.LABEL_SLOT, "")
 

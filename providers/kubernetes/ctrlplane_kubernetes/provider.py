@@ -528,6 +528,25 @@ class KubernetesProvider:
         )
         return await self._settle(spec.instance_id)
 
+    async def configure(self, spec: WorkloadSpec) -> WorkloadStatus:
+        """Re-apply the tenant's ResourceQuota and LimitRange, the Deployment of the generation that
+        runs (its probes; an unchanged template rolls nothing) and the Service and Ingress, by the
+        same idempotent create-or-patch as a provision. No Deployment: nothing is touched."""
+        observed = await self._run("configure the instance", self._observe, spec.instance_id)
+        if not observed.deployments:
+            return observe.workload_status(spec.instance_id, *observed.status_inputs)
+        namespace = await self._run("apply the tenant's quota", self._ensure_tenant, spec)
+        current = observed.by_generation(spec.generation)
+        if current is None:
+            await self._run("apply the Service and Ingress", partial(self._apply_front, spec, namespace))
+            return await self.status(spec.instance_id)
+        strategy: Strategy = "recreate" if observe.strategy_of(current) == "Recreate" else "rolling"
+        await self._run(
+            "configure the instance",
+            partial(self._apply_generation, spec, observe.slot_of(current), strategy=strategy, keep_stopped=True),
+        )
+        return await self._settle(spec.instance_id)
+
     # -- deploy ----------------------------------------------------------------------------------
 
     async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:

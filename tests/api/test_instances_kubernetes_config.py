@@ -1,0 +1,239 @@
+"""What an instance on Kubernetes gets beyond its release, through the HTTP API against kmock's
+emulator: the tenant's quota as a ResourceQuota and LimitRange, its health checks as readiness and
+liveness probes, its routes and verified domains as Ingress rules; and each of them following a
+change made after the instance runs (a ``configure`` operation re-applies them).
+
+Every object is also checked against the Kubernetes schemas with ``kubernetes-validate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes_validate
+import msgspec
+import pytest
+
+from ctrlplane.settings import Settings
+from tests.api.test_instances import state, wait_for
+from tests.api.test_instances_kubernetes import (  # noqa: F401 - fixtures
+    IMAGE_V1,
+    IMAGE_V2,
+    app_port,
+    cluster,
+    deploy,
+    providers,
+)
+from tests.conftest import Api, bearer
+from tests.network.processes import ChallTestSrv, challtestsrv  # noqa: F401 - fixture
+from tests.providers.kube_emulator import Cluster
+
+K8S_VERSION = "1.34.0"
+QUOTA = {
+    "max_instances": 7,
+    "max_cpu_millis": 3000,
+    "max_memory_mb": 4096,
+    "max_domains": 5,
+    "max_routes": 5,
+    "max_secrets": 9,
+}
+
+
+@pytest.fixture
+def settings(settings: Settings, challtestsrv: ChallTestSrv) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        providers=("kubernetes",),
+        deploy_health_timeout_seconds=20,
+        dns_resolver=challtestsrv.dns_address,
+        dns_timeout_seconds=3,
+    )
+
+
+async def eventually(what: Callable[[], Any], description: str, timeout: float = 30) -> Any:
+    """``what()`` once it is truthy (the configure operation runs in the server's worker)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = what()
+        if found:
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {description}")
+        await asyncio.sleep(0.1)
+
+
+def valid(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The object as the provider wrote it (the emulator's bookkeeping aside) passes the schemas."""
+    metadata = {k: v for k, v in manifest["metadata"].items() if k in ("name", "namespace", "labels", "annotations")}
+    written = {"apiVersion": manifest["apiVersion"], "kind": manifest["kind"], "metadata": metadata}
+    if "spec" in manifest:
+        written["spec"] = manifest["spec"]
+    kubernetes_validate.validate(written, K8S_VERSION, strict=True)
+    return manifest
+
+
+def one(cluster: Cluster, plural: str, namespace: str, group: str = "") -> dict[str, Any] | None:
+    found = [obj for (ns, _), obj in cluster.kinds(plural, group).items() if ns == namespace]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def container(cluster: Cluster, instance_id: str) -> dict[str, Any]:
+    (deployment,) = cluster.deployments(instance_id)
+    valid(deployment)
+    return dict(deployment["spec"]["template"]["spec"]["containers"][0])
+
+
+def ingress_rules(cluster: Cluster, namespace: str) -> set[tuple[str, str, int]] | None:
+    ingress = one(cluster, "ingresses", namespace, "networking.k8s.io")
+    if ingress is None:
+        return None
+    valid(ingress)
+    return {
+        (rule["host"], path["path"], path["backend"]["service"]["port"]["number"])
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+
+
+def quota_numbers(cluster: Cluster, namespace: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    quota, limits = one(cluster, "resourcequotas", namespace), one(cluster, "limitranges", namespace)
+    if quota is None or limits is None:
+        return None
+    valid(quota)
+    valid(limits)
+    return quota["spec"]["hard"], limits["spec"]["limits"][0]["max"]
+
+
+async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_changes(
+    live: Api,
+    cluster: Cluster,
+    app_port: int,
+    challtestsrv: ChallTestSrv,
+    settings: Settings,
+) -> None:
+    tenant = await live.create_tenant("acme", plan="pro")
+    token = bearer(live.tokens.tenant(tenant["id"]))
+    tenant_path = f"/v1/admin/tenants/{tenant['id']}/quota"
+    assert (await live.client.put(tenant_path, json=QUOTA, headers=live.admin_headers)).status_code == 200
+
+    # Created: the namespace carries the tenant's quota (twice the CPU and memory: see
+    # manifests.QUOTA_HEADROOM) and a LimitRange capping one container at the whole quota.
+    created = await live.client.post(
+        "/v1/instances",
+        json={"name": "web", "image": IMAGE_V1, "ports": [{"container_port": app_port}], "provider_name": "kubernetes"},
+        headers=token,
+    )
+    assert created.status_code == 201, created.text
+    instance = await wait_for(live, created.json()["id"], token, state("running"), timeout=30)
+    instance_id = instance["id"]
+    (deployment,) = cluster.deployments(instance_id)
+    namespace = deployment["metadata"]["namespace"]
+    hard, per_container = await eventually(lambda: quota_numbers(cluster, namespace), "the quota objects")
+    assert hard["requests.cpu"] == hard["limits.cpu"] == "6000m"
+    assert hard["requests.memory"] == hard["limits.memory"] == "8192Mi"
+    assert hard["count/services"] == "7" and hard["count/deployments.apps"] == "14"
+    assert per_container == {"cpu": "3000m", "memory": "4096Mi"}
+    # no check yet: readiness is a TCP connect to the first port, and there is no liveness probe
+    assert container(cluster, instance_id)["readinessProbe"]["tcpSocket"] == {"port": app_port}
+    assert "livenessProbe" not in container(cluster, instance_id)
+    # no route yet: the default hostname serves / from the first port, without TLS
+    default_host = f"web.acme.{settings.router_base_domain}"
+    assert await eventually(lambda: ingress_rules(cluster, namespace), "the ingress") == {(default_host, "/", app_port)}
+
+    # Health checks: http becomes readiness, tcp liveness, with the checks' timing.
+    checks = f"/v1/instances/{instance_id}/health/checks"
+    http_check = await live.client.post(
+        checks,
+        json={
+            "name": "ready",
+            "type": "http",
+            "target": f"http://localhost:{app_port}/healthz",
+            "interval": "5s",
+            "timeout": "2s",
+            "retries": 4,
+        },
+        headers=token,
+    )
+    assert http_check.status_code == 201, http_check.text
+    tcp_check = await live.client.post(
+        checks,
+        json={"name": "alive", "type": "tcp", "target": f"localhost:{app_port}", "interval": "20s"},
+        headers=token,
+    )
+    assert tcp_check.status_code == 201, tcp_check.text
+
+    def probed() -> dict[str, Any] | None:
+        found = container(cluster, instance_id)
+        return found if "httpGet" in found["readinessProbe"] and "livenessProbe" in found else None
+
+    probes = await eventually(probed, "the probes")
+    assert probes["readinessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": app_port},
+        "initialDelaySeconds": 0,
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+        "failureThreshold": 4,
+    }
+    assert probes["livenessProbe"]["tcpSocket"] == {"port": app_port}
+    assert probes["livenessProbe"]["periodSeconds"] == 20
+    await wait_for(live, instance_id, token, state("running"), timeout=30)
+
+    # Routes and domains: a route's path on the default host and on the verified domain only.
+    route = await live.client.post(
+        f"/v1/instances/{instance_id}/routes", json={"path": "/api", "port": app_port}, headers=token
+    )
+    assert route.status_code == 201, route.text
+    domains = f"/v1/instances/{instance_id}/domains"
+    shop = (await live.client.post(domains, json={"hostname": "shop.example.com"}, headers=token)).json()
+    pending = await live.client.post(domains, json={"hostname": "pending.example.com"}, headers=token)
+    assert pending.status_code == 201, pending.text
+    challtestsrv.set_txt(shop["verification"]["name"], shop["verification"]["value"])
+    verified = await live.client.post(f"/v1/domains/{shop['id']}/verify", headers=token)
+    assert verified.status_code == 200, verified.text
+    wanted = {
+        (default_host, "/", app_port),
+        (default_host, "/api", app_port),
+        ("shop.example.com", "/", app_port),
+        ("shop.example.com", "/api", app_port),
+    }
+    assert await eventually(lambda: ingress_rules(cluster, namespace) == wanted, "the routes and verified domain")
+    assert all(host != "pending.example.com" for host, _, _ in ingress_rules(cluster, namespace) or ())
+
+    # A deploy carries all of it into the new generation.
+    done = await deploy(live, f"/v1/instances/{instance_id}/deploy", token, image=IMAGE_V2, strategy="rolling")
+    assert done["state"] == "succeeded", done
+    deployed = container(cluster, instance_id)
+    assert deployed["image"] == IMAGE_V2
+    assert deployed["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ingress_rules(cluster, namespace) == wanted
+
+    # Changed: a new quota, a check and a route removed, the domain removed.
+    changed = {**QUOTA, "max_cpu_millis": 1500, "max_memory_mb": 2048, "max_instances": 3}
+    assert (await live.client.put(tenant_path, json=changed, headers=live.admin_headers)).status_code == 200
+    assert (await live.client.delete(f"/v1/health/checks/{tcp_check.json()['id']}", headers=token)).status_code == 204
+    assert (await live.client.delete(f"/v1/routes/{route.json()['id']}", headers=token)).status_code == 204
+    assert (await live.client.delete(f"/v1/domains/{shop['id']}", headers=token)).status_code == 204
+
+    def requoted() -> tuple[dict[str, str], dict[str, str]] | None:
+        numbers = quota_numbers(cluster, namespace)
+        return numbers if numbers and numbers[1]["cpu"] == "1500m" else None
+
+    hard, per_container = await eventually(requoted, "the new quota")
+    assert hard["requests.cpu"] == "3000m" and hard["limits.memory"] == "4096Mi"
+    assert hard["count/services"] == "3"
+    assert per_container == {"cpu": "1500m", "memory": "2048Mi"}
+    # the http check is the only one left: readiness and liveness both
+    live_probe = await eventually(
+        lambda: container(cluster, instance_id).get("livenessProbe", {}).get("httpGet"), "the remaining check"
+    )
+    assert live_probe == {"path": "/healthz", "port": app_port}
+    assert await eventually(lambda: ingress_rules(cluster, namespace) == {(default_host, "/", app_port)}, "the ingress")
+
+    # The last check removed: back to the TCP readiness default, no liveness probe.
+    assert (await live.client.delete(f"/v1/health/checks/{http_check.json()['id']}", headers=token)).status_code == 204
+    assert await eventually(lambda: "livenessProbe" not in container(cluster, instance_id), "no liveness probe")
+    assert container(cluster, instance_id)["readinessProbe"]["tcpSocket"] == {"port": app_port}
+    await wait_for(live, instance_id, token, state("running"), timeout=30)
