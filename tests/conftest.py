@@ -245,7 +245,10 @@ async def live_server(app: Any) -> AsyncIterator[str]:
     """The app served by uvicorn on a loopback port, with its lifespan (workers, reconciler) running."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    # The server keeps idle connections longer than httpx's 5 s keep-alive expiry: with both at 5 s,
+    # a request sent on a connection the server is closing at that moment fails with ReadError.
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_keep_alive=60)
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started:

@@ -167,7 +167,9 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
 
     def probed() -> dict[str, Any] | None:
         found = container(cluster, instance_id)
-        return found if "httpGet" in found["readinessProbe"] and "livenessProbe" in found else None
+        # both checks applied: the http one alone would be readiness and liveness at once
+        ready = "httpGet" in found["readinessProbe"] and "tcpSocket" in found.get("livenessProbe", {})
+        return found if ready else None
 
     probes = await eventually(probed, "the probes")
     assert probes["readinessProbe"] == {
