@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
-from ctrlplane.auth.providers import ANONYMOUS, Principal, TenantStanding, tenant_standing_statement
+from ctrlplane.auth.providers import ANONYMOUS, TENANT_STANDING, Principal, TenantStanding
 from ctrlplane.context import CONTEXT_KEY, AppServices, AuditDraft, RequestContext
 from ctrlplane.errors import (
     HTTP_CODES,
@@ -270,7 +270,7 @@ class UnitOfWork(ASGIMiddleware):
         scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
         standing = authenticated.tenant
         if principal.tenant_id is not None and standing is None:
-            row = (await session.execute(tenant_standing_statement(principal.tenant_id))).one_or_none()
+            row = (await session.execute(TENANT_STANDING, {"tenant_id": principal.tenant_id})).one_or_none()
             standing = TenantStanding(row.status, row.plan) if row is not None else None
         if principal.tenant_id is not None:
             if standing is None or standing.status == "deleting":
