@@ -270,7 +270,8 @@ class UnitOfWork(ASGIMiddleware):
         scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
         standing = authenticated.tenant
         if principal.tenant_id is not None and standing is None:
-            row = (await session.execute(TENANT_STANDING, {"tenant_id": principal.tenant_id})).one_or_none()
+            connection = await session.connection()  # Core: no ORM execution for two columns
+            row = (await connection.execute(TENANT_STANDING, {"tenant_id": principal.tenant_id})).one_or_none()
             standing = TenantStanding(row.status, row.plan) if row is not None else None
         if principal.tenant_id is not None:
             if standing is None or standing.status == "deleting":
