@@ -283,8 +283,10 @@ _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
 def _ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value.strip()).groups()  # type: ignore[union-attr]
-    return float(number) * _UNIT[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value.strip())
+    if match is None:
+        raise RuntimeError(f"wrk printed a latency this bench cannot read: {value!r}")
+    return float(match.group(1)) * _UNIT[match.group(2)]
 
 
 def wrk(url: str, token: str | None) -> dict[str, float]:
