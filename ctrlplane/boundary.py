@@ -9,12 +9,20 @@
 2. authenticates the bearer token (401), loads the caller's tenant (a vanished tenant is 401;
    a suspended one gets 403 on every mutating call) and checks the route's required role (403);
    then takes the caller's rate-limit tokens (429 with ``Retry-After`` when out; ``RateLimit-*``
-   headers on the response: ``ratelimit/service.py``);
+   headers on the response: ``ratelimit/service.py``). That is one statement: the tenant's
+   standing (status and plan), or for an API key the key joined with it; nothing is cached, so a
+   revoked key or a suspended tenant is refused by every replica on its next request;
 3. claims the ``Idempotency-Key`` of a POST, or replays its stored response;
 4. runs the handler inside one database transaction, holding the response back;
 5. on success commits the change, its audit entry and the idempotency record together; on failure
    rolls the change back and commits the audit entry (and a 4xx idempotency record) alone;
 6. sends the response.
+
+A read (GET, HEAD, OPTIONS) runs steps 2 and 4 in one ``Database.query`` session (autocommit,
+read-only: no BEGIN/ROLLBACK round trips), so an authenticated GET costs the standing statement
+plus the handler's own (two round trips), and rate limiting none on most requests (tokens are
+reserved in batches). When the first statement finds its pooled connection dead (the pool has no
+pre-ping), the read is retried once on a fresh one; a write's admission likewise.
 
 Routes declare ``opt={"resource": ..., "action": ..., "role": ..., "system_admin": ...}``. A route
 with ``"own_auth": True`` (the OTLP receiver, which takes instance tokens, not tenant credentials)
@@ -36,12 +44,12 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
-from sqlalchemy import select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
-from ctrlplane.auth.providers import ANONYMOUS, Principal
+from ctrlplane.auth.providers import ANONYMOUS, TENANT_STANDING, Principal, TenantStanding
 from ctrlplane.context import CONTEXT_KEY, AppServices, AuditDraft, RequestContext
 from ctrlplane.errors import (
     HTTP_CODES,
@@ -58,7 +66,6 @@ from ctrlplane.errors import (
 from ctrlplane.idempotency import service as idempotency
 from ctrlplane.ids import new_id
 from ctrlplane.ratelimit.service import BucketState
-from ctrlplane.tenants.models import Tenant
 
 log = structlog.get_logger("ctrlplane.http")
 
@@ -255,20 +262,21 @@ class UnitOfWork(ASGIMiddleware):
         if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"").lower() or b"\\u0000" in body:
             raise InvalidInput("NUL characters are not accepted", details={"input": "contains NUL"})
 
-    async def _authenticate(self, scope: HTTPScope) -> Principal:
-        principal = await self.services.authenticator.authenticate(_header(scope, b"authorization"))
+    async def _admit(self, scope: HTTPScope, session: AsyncSession, *, mutating: bool) -> Principal:
+        """Authenticate, authorize and rate-limit the caller, reading through ``session``: one
+        statement (the tenant's standing; for an API key, the key joined with it)."""
+        authenticated = await self.services.authenticator.authenticate(_header(scope, b"authorization"), session)
+        principal = authenticated.principal
         scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
-        return principal
-
-    async def _authorize(self, scope: HTTPScope, principal: Principal, mutating: bool) -> None:
+        standing = authenticated.tenant
+        if principal.tenant_id is not None and standing is None:
+            connection = await session.connection()  # Core: no ORM execution for two columns
+            row = (await connection.execute(TENANT_STANDING, {"tenant_id": principal.tenant_id})).one_or_none()
+            standing = TenantStanding(row.status, row.plan) if row is not None else None
         if principal.tenant_id is not None:
-            async with self.services.db.read() as session:
-                tenant = (
-                    await session.execute(select(Tenant.status).where(Tenant.id == principal.tenant_id))
-                ).scalar_one_or_none()
-            if tenant is None or tenant == "deleting":
+            if standing is None or standing.status == "deleting":
                 raise Unauthenticated("the tenant of this token no longer exists")
-            if tenant == "suspended" and mutating:
+            if standing.status == "suspended" and mutating:
                 raise TenantSuspended("tenant is suspended; only reads are allowed until it is unsuspended")
         opt = scope["route_handler"].opt
         if opt.get("system_admin") and not principal.is_system_admin:
@@ -276,13 +284,27 @@ class UnitOfWork(ASGIMiddleware):
         required = opt.get("role") or ("deploy" if mutating else "read")
         if required != "any" and not principal.has_role(required):
             raise Forbidden(f"this route needs the {required!r} role")
+        await self._rate_limit(scope, principal, standing.plan if standing else None)
+        return principal
 
-    async def _rate_limit(self, scope: HTTPScope, principal: Principal) -> None:
+    async def _admitted(self, scope: HTTPScope, *, mutating: bool) -> Principal:
+        """``_admit`` in a query session of its own (a write's transaction comes later), once more
+        on a fresh connection when the pooled one turns out dead."""
+        for attempt in (1, 2):
+            try:
+                async with self.services.db.query() as session:
+                    return await self._admit(scope, session, mutating=mutating)
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _rate_limit(self, scope: HTTPScope, principal: Principal, plan: str | None) -> None:
         if self.services.rate_limiter is None:
             return
         state: BucketState | None = None
         try:
-            state = await self.services.rate_limiter.check(principal)
+            state = await self.services.rate_limiter.check(principal, plan)
         except RateLimited as exc:
             state = exc.rate_limit  # type: ignore[attr-defined]
             raise
@@ -311,14 +333,8 @@ class UnitOfWork(ASGIMiddleware):
         return context
 
     async def _read(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        try:
-            self._reject_nul(scope)
-            principal = await self._authenticate(scope)
-            await self._authorize(scope, principal, mutating=False)
-            await self._rate_limit(scope, principal)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
-            await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
-            return
+        """One query session (autocommit, read-only) for the whole read: admission, then the
+        handler. A pooled connection found dead by the first statement is retried once."""
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -326,17 +342,30 @@ class UnitOfWork(ASGIMiddleware):
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            async with self.services.db.read() as session:
-                self._context(scope, principal, session)
-                await next_app(scope, receive, tracking_send)
-        except (DBAPIError, OSError) as exc:
-            # The database went away while the read session closed (its rollback on a connection
-            # PostgreSQL had just terminated): an answer already sent stands; none sent is a 503.
-            if started:
-                log.warning("read_session_close_failed", request_id=request_id_for(scope), error=str(exc))
+        for attempt in (1, 2):
+            try:
+                async with self.services.db.query() as session:
+                    try:
+                        self._reject_nul(scope)
+                        principal = await self._admit(scope, session, mutating=False)
+                    except DBAPIError as exc:
+                        if attempt == 1 and exc.connection_invalidated:
+                            continue
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
+                        await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
+                        return
+                    self._context(scope, principal, session)
+                    await next_app(scope, receive, tracking_send)
+                    return
+            except (DBAPIError, OSError) as exc:
+                # The database went away while the read session closed (or before the handler):
+                # an answer already sent stands; none sent is a 503.
+                if started:
+                    log.warning("read_session_close_failed", request_id=request_id_for(scope), error=str(exc))
+                    return
+                await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
                 return
-            await _Captured.of_error(scope, as_domain_error(exc)).flush(send)
 
     async def _write(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         services = self.services
@@ -349,9 +378,7 @@ class UnitOfWork(ASGIMiddleware):
         try:
             body = await _read_body(receive, services.settings.max_body_bytes)
             self._reject_nul(scope, body)
-            principal = await self._authenticate(scope)
-            await self._authorize(scope, principal, mutating=True)
-            await self._rate_limit(scope, principal)
+            principal = await self._admitted(scope, mutating=True)
             claim = await self._claim(scope, principal, body)
             if claim is not None and claim.replay is not None:
                 replayed = _Captured()
@@ -363,6 +390,7 @@ class UnitOfWork(ASGIMiddleware):
                 return
             captured = await self._run(scope, principal, body, claim, next_app)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, and is audited
+            principal = scope.get(PRINCIPAL_KEY, principal)  # type: ignore[assignment]
             error = as_domain_error(exc)
             captured = _Captured.of_error(scope, error)
             context: RequestContext | None = scope.get(CONTEXT_KEY)  # type: ignore[assignment]

@@ -1,9 +1,22 @@
 """Engine, sessions, the declarative base, and migrations.
 
-Two session factories: ``read`` for GET requests and ``write`` for everything that changes state.
-On SQLite a write transaction starts with ``BEGIN IMMEDIATE``, so concurrent writers queue on the
-database lock at the start instead of failing when a reader upgrades; on PostgreSQL row locks do
-that job. Alembic is the only thing that creates a schema.
+Three session factories:
+
+* ``write`` for everything that changes state. On SQLite a write transaction starts with
+  ``BEGIN IMMEDIATE``, so concurrent writers queue on the database lock at the start instead of
+  failing when a reader upgrades; on PostgreSQL row locks do that job.
+* ``read`` for background readers that want one transaction around several statements.
+* ``query`` for the API's read requests: its own small pool of connections in autocommit that
+  cannot write (PostgreSQL ``default_transaction_read_only``, SQLite ``PRAGMA query_only``). No
+  ``BEGIN``/``ROLLBACK`` round trips: under PostgreSQL's READ COMMITTED every statement takes its
+  own snapshot anyway, so a read transaction bought nothing but two round trips; and a GET that
+  tried to write would fail loudly instead of being silently rolled back.
+
+No pool pre-ping (a round trip per checkout): a pooled asyncpg connection whose server went away
+is noticed by asyncpg itself (the server closes the socket when it stops or restarts) and is
+replaced at checkout at no cost (``_discard_closed``); one cut silently fails its statement, which
+invalidates the pool (every older connection is replaced), and the request boundary retries a
+read once (``boundary.py``). Alembic is the only thing that creates a schema.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -65,36 +79,69 @@ class Database:
     engine: AsyncEngine
     read: async_sessionmaker[AsyncSession]
     write: async_sessionmaker[AsyncSession]
+    query: async_sessionmaker[AsyncSession]
+    query_engine: AsyncEngine
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     async def dispose(self) -> None:
+        await self.query_engine.dispose()
         await self.engine.dispose()
 
 
 def connect(url: str, **engine_args: Any) -> Database:
     is_sqlite = url.startswith("sqlite")
+    memory = False
     if is_sqlite:
         path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
+        memory = not path or path == ":memory:"
+        if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_args.setdefault("connect_args", {"timeout": 30})
-    else:
-        engine_args.setdefault("pool_pre_ping", True)
+    engine_args.setdefault("pool_recycle", 3600)
     engine = create_async_engine(url, **engine_args)
     if is_sqlite:
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, query_only=False)
+    else:
+        _discard_closed(engine)
+    if memory or engine_args.get("isolation_level") == "AUTOCOMMIT":
+        query_engine = engine  # one in-memory database has one pool; an admin engine needs no reader
+    else:
+        query_args = dict(engine_args, isolation_level="AUTOCOMMIT")
+        if not is_sqlite:
+            connect_args = dict(query_args.get("connect_args", {}))
+            settings = dict(connect_args.get("server_settings", {}), default_transaction_read_only="on")
+            query_args["connect_args"] = dict(connect_args, server_settings=settings)
+        query_engine = create_async_engine(url, **query_args)
+        if is_sqlite:
+            _configure_sqlite(query_engine, query_only=True)
+        else:
+            _discard_closed(query_engine)
     write_engine = engine.execution_options(ctrlplane_write=True)
     return Database(
         engine=engine,
         read=async_sessionmaker(engine, expire_on_commit=False),
         write=async_sessionmaker(write_engine, expire_on_commit=False),
+        query=async_sessionmaker(query_engine, expire_on_commit=False),
+        query_engine=query_engine,
     )
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _discard_closed(engine: AsyncEngine) -> None:
+    """Replace, at checkout, a pooled asyncpg connection that asyncpg already knows is closed (the
+    server ended it: a restart, a terminated backend): the pre-ping's job without its round trip."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        is_closed = getattr(driver, "is_closed", None)
+        if is_closed is not None and is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
+
+
+def _configure_sqlite(engine: AsyncEngine, *, query_only: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
@@ -103,10 +150,14 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if query_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT" or query_only:
+            return  # autocommit: each statement is its own (read) transaction
         immediate = conn.get_execution_options().get("ctrlplane_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 

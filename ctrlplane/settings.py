@@ -137,6 +137,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_plan: str = "free"
     rate_limits: dict[str, PlanRateLimit] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     rate_limits_enabled: bool = True
+    rate_limit_batch: int = 100
+    """At most this many tokens a replica reserves from a shared bucket at once (and never more
+    than a tenth of its burst); 1 debits the database on every request (docs/operations.md)."""
+    rate_limit_hold_seconds: float = 1.0
+    """How long a replica may spend the tokens it reserved before unspent ones lapse."""
 
     outbound_allow_cidrs: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
@@ -224,6 +229,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEADER_LEASE_SECONDS": "leader_lease_seconds",
             "REPLICA_NAME": "replica_name",
             "RATE_LIMITS_ENABLED": "rate_limits_enabled",
+            "RATE_LIMIT_BATCH": "rate_limit_batch",
+            "RATE_LIMIT_HOLD_SECONDS": "rate_limit_hold_seconds",
             "CANARY_TRAFFIC_PERCENT": "canary_traffic_percent",
             "ROUTER": "router",
             "ROUTER_ADMIN_ADDRESS": "router_admin_address",
@@ -318,6 +325,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.default_plan not in self.rate_limits:
             raise SettingsError(f"{PREFIX}RATE_LIMITS has no entry for the default plan {self.default_plan!r}")
+        if self.rate_limit_batch < 1 or self.rate_limit_hold_seconds <= 0:
+            raise SettingsError(f"{PREFIX}RATE_LIMIT_BATCH must be at least 1 and RATE_LIMIT_HOLD_SECONDS positive")
         for plan, limit in self.rate_limits.items():
             if min(msgspec.structs.astuple(limit)) < 1:
                 raise SettingsError(f"{PREFIX}RATE_LIMITS[{plan!r}]: every rate and burst must be at least 1")

@@ -6,13 +6,15 @@
    start-to-healthy times. Both run on a network that already exists (Docker's default bridge;
    the tenant's network, kept by an idle instance). Needs a Docker engine; it starts its own
    ``ctrlplane serve`` on a loopback port with a throwaway data directory.
-2. **http** — request rates of authenticated GETs at 32 connections against a bare handler, and
-   latency at 1,000 vs 100,000 instances on PostgreSQL (tests/bench_api.py).
-3. **reconcile** — one reconciler pass over 10,000 instances: time and peak memory
+2. **http** — request rates of authenticated GETs at 32 connections against a bare handler, on
+   PostgreSQL and on SQLite (``CTRLPLANE_BENCH_HTTP_DATABASES``; tests/bench_api.py).
+3. **scale** — latency at 1,000 vs 100,000 instances on PostgreSQL (tests/bench_api.py).
+4. **reconcile** — one reconciler pass over 10,000 instances: time and peak memory
    (tests/bench_reconcile.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
+``python -m tests.profile_request`` shows where one GET's time and database round trips go.
 Not a test: nothing here asserts a time.
 """
 
@@ -221,20 +223,33 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "reconcile")
-"""``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some; ``http`` runs the request-rate and the
-scale benchmarks (they share one bench database and server)."""
+SECTIONS = ("docker", "http", "scale", "reconcile")
+"""``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
 
 def _table(results: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str]] = []
-    if "http" in results:
-        http = results["http"]
-        for name, label in (("get_one", "GET /v1/instances/{id}"), ("list_20", "GET /v1/instances?limit=20")):
-            for key, who in ((name, label), (f"{name}_bare", "  bare handler, same JSON")):
-                r = http[key]
-                rows.append((who, f"{r['requests_per_s']:.0f} req/s", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"))
+    for database, http in results.get("http", {}).items():
+        calls = (
+            ("get_one", "get_one_bare", "GET /v1/instances/{id}"),
+            ("get_one_api_key", "get_one_bare", "  same, with an API key"),
+            ("list_20", "list_20_bare", "GET /v1/instances?limit=20"),
+        )
+        rows.append((f"[{database}]", "", "", ""))
+        for name, bare, label in calls:
+            r = http[name]
+            rows.append((label, f"{r['requests_per_s']:.0f} req/s", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"))
+            if name != "get_one_api_key":
+                b = http[bare]
+                rows.append(
+                    (
+                        "  bare handler, same JSON",
+                        f"{b['requests_per_s']:.0f} req/s",
+                        f"{b['p50_ms']:.1f}",
+                        f"{b['p99_ms']:.1f}",
+                    )
+                )
             rows.append(("  ratio to bare", f"{http[f'{name}_ratio']:.2f}x", "", ""))
     if "scale" in results:
         scale = results["scale"]
@@ -287,7 +302,11 @@ def main() -> int:
     if "http" in only:
         from tests import bench_api
 
-        runs.append(("http", bench_api.run))
+        runs.append(("http", lambda: {"http": {db: bench_api.rates(db) for db in bench_api.HTTP_DATABASES}}))
+    if "scale" in only:
+        from tests import bench_api
+
+        runs.append(("scale", lambda: {"scale": bench_api.scale()}))
     if "reconcile" in only:
         from tests import bench_reconcile
 

@@ -51,7 +51,16 @@ TENANT_INSTANCES = int(os.environ.get("CTRLPLANE_BENCH_TENANT_INSTANCES", "1000"
 SMALL_INSTANCES = int(os.environ.get("CTRLPLANE_BENCH_SMALL_INSTANCES", "1000"))
 SCALE_INSTANCES = int(os.environ.get("CTRLPLANE_BENCH_SCALE_INSTANCES", "100000"))
 SCALE_TENANTS = int(os.environ.get("CTRLPLANE_BENCH_SCALE_TENANTS", "1000"))
+HTTP_DATABASES = tuple(
+    d.strip() for d in os.environ.get("CTRLPLANE_BENCH_HTTP_DATABASES", "postgresql,sqlite").split(",") if d.strip()
+)
 DEEP_PAGE, DEEP_LIMIT = 500, 2
+UNLIMITED = '{"enterprise": {"tenant_per_minute": 1000000000, "tenant_burst": 1000000000, ' + (
+    '"credential_per_minute": 1000000000, "credential_burst": 1000000000}, "free": {"tenant_per_minute": 600, '
+    '"tenant_burst": 300, "credential_per_minute": 300, "credential_burst": 150}}'
+)
+"""The bench tenant's plan: rate limits on (every request pays for its tokens) but too large to
+refuse any of wrk's requests."""
 WEB = {"image": "bench/web:1", "ports": [{"container_port": 8080}], "resources": {"cpu_millis": 100, "memory_mb": 32}}
 
 
@@ -150,6 +159,7 @@ def bench_server(database_url: str, bodies: Path) -> Iterator[str]:
         "CTRLPLANE_BACKGROUND": "false",
         "CTRLPLANE_PROVIDERS": "fake",
         "CTRLPLANE_BENCH_BODIES": str(bodies),
+        "CTRLPLANE_RATE_LIMITS": UNLIMITED,
     }
     process = subprocess.Popen([sys.executable, "-m", "tests.bench_api", "serve"], env=env)
     base = f"http://127.0.0.1:{port}"
@@ -269,23 +279,25 @@ async def _explain(database_url: str, tenant_id: str) -> str:
 
 # --- measuring ---------------------------------------------------------------------------------
 
-_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
 def _ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value.strip()).groups()  # type: ignore[union-attr]
-    return float(number) * _UNIT[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value.strip())
+    if match is None:
+        raise RuntimeError(f"wrk printed a latency this bench cannot read: {value!r}")
+    return float(match.group(1)) * _UNIT[match.group(2)]
 
 
 def wrk(url: str, token: str | None) -> dict[str, float]:
     binary = shutil.which("wrk")
     if binary is None:
         raise SystemExit("make bench needs wrk: apt-get install -y wrk")
-    command = [binary, "-t2", f"-c{CONNECTIONS}", f"-d{HTTP_SECONDS}s", "--latency"]
+    command = [binary, "-t2", f"-c{CONNECTIONS}", f"-d{HTTP_SECONDS}s", "--timeout", "10s", "--latency"]
     if token:
         command += ["-H", f"Authorization: Bearer {token}"]
     out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out:
+    if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors for {url}:\n{out}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -332,73 +344,132 @@ def latencies(api: httpx.Client, instance_id: str, label: str) -> dict[str, dict
     return result
 
 
-def run() -> dict[str, Any]:
-    """Both API benchmarks on one bench database and server; the results as a dict."""
+@contextmanager
+def _bench_tenant(base: str) -> Iterator[tuple[httpx.Client, str, str]]:
+    """A tenant on the enterprise plan with quotas out of the way; its API client, id and token."""
+    admin = {"Authorization": f"Bearer {_token(None)}"}
+    with httpx.Client(base_url=base, headers=admin, timeout=60) as http:
+        tenant = http.post("/v1/admin/tenants", json={"name": "Bench", "slug": "bench", "plan": "enterprise"})
+        tenant.raise_for_status()
+        tenant_id = tenant.json()["id"]
+        big = 10_000_000
+        quota = {k: big for k in ("max_instances", "max_cpu_millis", "max_memory_mb")}
+        quota |= {"max_domains": 10, "max_routes": 10, "max_secrets": 10}
+        http.put(f"/v1/admin/tenants/{tenant_id}/quota", json=quota).raise_for_status()
+    token = _token(tenant_id)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:
+        yield api, tenant_id, token
+
+
+@contextmanager
+def _sqlite_database() -> Iterator[str]:
+    """A fresh, migrated SQLite file of this run (the ``make run`` default), removed afterwards."""
+    directory = tempfile.mkdtemp(prefix="ctrlplane-bench-sqlite-")
+    url = f"sqlite+aiosqlite:///{directory}/ctrlplane.db"
+
+    async def migrated() -> None:
+        database = connect(url)
+        try:
+            await migrate(database)
+        finally:
+            await database.dispose()
+
+    try:
+        asyncio.run(migrated())
+        yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _ratio(results: dict[str, Any], name: str, bare: str) -> None:
+    results[f"{name}_ratio"] = results[name]["requests_per_s"] / results[bare]["requests_per_s"]
+
+
+def rates(database: str) -> dict[str, Any]:
+    """Request rates of the authenticated GETs against the bare handlers, on one database
+    (``postgresql`` or ``sqlite``), each pair measured back to back on the same server."""
+    bodies = Path(tempfile.mkdtemp(prefix="ctrlplane-bench-bodies-"))
+    opened = bench_database() if database == "postgresql" else _sqlite_database()
+    try:
+        with (
+            opened as database_url,
+            bench_server(database_url, bodies) as base,
+            _bench_tenant(base) as (
+                api,
+                _tenant_id,
+                token,
+            ),
+        ):
+            template = api.post("/v1/instances", json={**WEB, "name": "template"})
+            template.raise_for_status()
+            instance_id = template.json()["id"]
+            for index in range(1, 20):
+                api.post("/v1/instances", json={**WEB, "name": f"web{index}"}).raise_for_status()
+            key = api.post("/v1/keys", json={"name": "bench", "roles": ["read"]})
+            key.raise_for_status()
+            (bodies / "one.json").write_bytes(api.get(f"/v1/instances/{instance_id}").content)
+            (bodies / "list.json").write_bytes(api.get("/v1/instances", params={"limit": 20}).content)
+            url = f"{base}/v1/instances/{instance_id}"
+            results: dict[str, Any] = {
+                "database": database,
+                "get_one": wrk(url, token),
+                "get_one_bare": wrk(f"{base}/bench/bare/one", None),
+                "get_one_api_key": wrk(url, key.json()["key"]),
+                "list_20": wrk(f"{base}/v1/instances?limit=20", token),
+                "list_20_bare": wrk(f"{base}/bench/bare/list", None),
+            }
+            _ratio(results, "get_one", "get_one_bare")
+            _ratio(results, "get_one_api_key", "get_one_bare")
+            _ratio(results, "list_20", "list_20_bare")
+            return results
+    finally:
+        shutil.rmtree(bodies, ignore_errors=True)
+
+
+def scale() -> dict[str, Any]:
+    """Latency of GET one, list page 1, list page 500 and create at 1,000 and at 100,000 instances
+    on PostgreSQL; the results as a dict."""
     bodies = Path(tempfile.mkdtemp(prefix="ctrlplane-bench-bodies-"))
     try:
-        with bench_database() as database_url, bench_server(database_url, bodies) as base:
-            admin = {"Authorization": f"Bearer {_token(None)}"}
-            with httpx.Client(base_url=base, headers=admin, timeout=60) as http:
-                tenant = http.post("/v1/admin/tenants", json={"name": "Bench", "slug": "bench", "plan": "enterprise"})
-                tenant.raise_for_status()
-                tenant_id = tenant.json()["id"]
-                big = 10_000_000
-                quota = {k: big for k in ("max_instances", "max_cpu_millis", "max_memory_mb")}
-                quota |= {"max_domains": 10, "max_routes": 10, "max_secrets": 10}
-                http.put(f"/v1/admin/tenants/{tenant_id}/quota", json=quota).raise_for_status()
-            token = _token(tenant_id)
-            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:
-                template = api.post("/v1/instances", json={**WEB, "name": "template"})
-                template.raise_for_status()
-                instance_id = template.json()["id"]
-                asyncio.run(
-                    _fill(database_url, tenant_id, instance_id, tenant_rows=TENANT_INSTANCES - 1, others=0, tenants=1)
-                )
-                filler = max(0, SMALL_INSTANCES - TENANT_INSTANCES)
-                if filler:
-                    asyncio.run(_fill(database_url, tenant_id, instance_id, tenant_rows=0, others=filler, tenants=2))
-                (bodies / "one.json").write_bytes(api.get(f"/v1/instances/{instance_id}").content)
-                (bodies / "list.json").write_bytes(api.get("/v1/instances", params={"limit": 20}).content)
+        with (
+            bench_database() as database_url,
+            bench_server(database_url, bodies) as base,
+            _bench_tenant(base) as (
+                api,
+                tenant_id,
+                _token_value,
+            ),
+        ):
+            template = api.post("/v1/instances", json={**WEB, "name": "template"})
+            template.raise_for_status()
+            instance_id = template.json()["id"]
+            asyncio.run(
+                _fill(database_url, tenant_id, instance_id, tenant_rows=TENANT_INSTANCES - 1, others=0, tenants=1)
+            )
+            filler = max(0, SMALL_INSTANCES - TENANT_INSTANCES)
+            if filler:
+                asyncio.run(_fill(database_url, tenant_id, instance_id, tenant_rows=0, others=filler, tenants=2))
+            small_total = asyncio.run(_count(database_url, "SELECT count(*) FROM instances"))
+            small = latencies(api, instance_id, "s")
+            plan_small = asyncio.run(_explain(database_url, tenant_id))
 
-                url = f"{base}/v1/instances/{instance_id}"
-                http_results = {
-                    "get_one": wrk(url, token),
-                    "get_one_bare": wrk(f"{base}/bench/bare/one", None),
-                    "list_20": wrk(f"{base}/v1/instances?limit=20", token),
-                    "list_20_bare": wrk(f"{base}/bench/bare/list", None),
-                }
-                http_results["get_one_ratio"] = (
-                    http_results["get_one"]["requests_per_s"] / http_results["get_one_bare"]["requests_per_s"]
-                )
-                http_results["list_20_ratio"] = (
-                    http_results["list_20"]["requests_per_s"] / http_results["list_20_bare"]["requests_per_s"]
-                )
-                small_total = asyncio.run(_count(database_url, "SELECT count(*) FROM instances"))
-                small = latencies(api, instance_id, "s")
-                plan_small = asyncio.run(_explain(database_url, tenant_id))
-
-                grow = SCALE_INSTANCES - asyncio.run(_count(database_url, "SELECT count(*) FROM instances"))
-                started = time.perf_counter()
-                asyncio.run(
-                    _fill(database_url, tenant_id, instance_id, tenant_rows=0, others=grow, tenants=SCALE_TENANTS)
-                )
-                insert_s = time.perf_counter() - started
-                large_total = asyncio.run(_count(database_url, "SELECT count(*) FROM instances"))
-                large_tenants = asyncio.run(_count(database_url, "SELECT count(*) FROM tenants"))
-                large = latencies(api, instance_id, "l")
-                plan_large = asyncio.run(_explain(database_url, tenant_id))
+            grow = SCALE_INSTANCES - asyncio.run(_count(database_url, "SELECT count(*) FROM instances"))
+            started = time.perf_counter()
+            asyncio.run(_fill(database_url, tenant_id, instance_id, tenant_rows=0, others=grow, tenants=SCALE_TENANTS))
+            insert_s = time.perf_counter() - started
+            large_total = asyncio.run(_count(database_url, "SELECT count(*) FROM instances"))
+            large_tenants = asyncio.run(_count(database_url, "SELECT count(*) FROM tenants"))
+            large = latencies(api, instance_id, "l")
+            plan_large = asyncio.run(_explain(database_url, tenant_id))
         ratios = {name: {q: large[name][q] / small[name][q] for q in ("p50_ms", "p99_ms")} for name in small}
         return {
-            "http": {"connections": CONNECTIONS, "seconds": HTTP_SECONDS, "auth": "JWT (HS256)", **http_results},
-            "scale": {
-                "database": "postgresql",
-                "tenant_instances": TENANT_INSTANCES,
-                "small": {"instances": small_total, **small},
-                "large": {"instances": large_total, "tenants": large_tenants, "bulk_insert_s": insert_s, **large},
-                "ratio": ratios,
-                "explain_list_small": plan_small,
-                "explain_list_large": plan_large,
-            },
+            "database": "postgresql",
+            "tenant_instances": TENANT_INSTANCES,
+            "small": {"instances": small_total, **small},
+            "large": {"instances": large_total, "tenants": large_tenants, "bulk_insert_s": insert_s, **large},
+            "ratio": ratios,
+            "explain_list_small": plan_small,
+            "explain_list_large": plan_large,
         }
     finally:
         shutil.rmtree(bodies, ignore_errors=True)
@@ -409,4 +480,4 @@ if __name__ == "__main__":
         raise SystemExit(serve())
     import json
 
-    print(json.dumps(run(), indent=2))
+    print(json.dumps({"http": {db: rates(db) for db in HTTP_DATABASES}, "scale": scale()}, indent=2))

@@ -1,14 +1,18 @@
 """Who is calling: the ``AuthProvider`` contract and the two providers that ship (JWT and API keys).
 
-A provider turns a bearer token into a ``Principal`` or raises ``Unauthenticated``. The
-``Authenticator`` asks each configured provider in turn whether the token has its shape
-(``accepts``); the first that does decides. API keys start with ``cpk_``; anything else is a JWT.
+A provider turns a bearer token into an ``Authenticated`` (the ``Principal``, and the tenant's
+standing when the provider read it anyway) or raises ``Unauthenticated``. It is given the request's
+database session, so a key lookup is one statement in the request's own session, not a session of
+its own. The ``Authenticator`` asks each configured provider in turn whether the token has its
+shape (``accepts``); the first that does decides. API keys start with ``cpk_``; anything else is a
+JWT.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -16,7 +20,8 @@ import anyio
 import jwt
 import msgspec
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Database
@@ -24,6 +29,7 @@ from ctrlplane.errors import Unauthenticated
 from ctrlplane.ids import TenantId
 from ctrlplane.outbound import BlockedDestination, OutboundPolicy
 from ctrlplane.settings import Settings
+from ctrlplane.tenants.models import Tenant
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.auth")
@@ -61,18 +67,38 @@ class Principal(msgspec.Struct, frozen=True):
 ANONYMOUS = Principal(subject="anonymous", kind="user", tenant_id=None, roles=frozenset())
 
 
+class TenantStanding(msgspec.Struct, frozen=True):
+    """What the request boundary needs of the caller's tenant: may it act, and its plan's limits."""
+
+    status: str
+    plan: str
+
+
+class Authenticated(msgspec.Struct, frozen=True):
+    principal: Principal
+    tenant: TenantStanding | None = None
+    """The tenant's standing, when the provider read it in the same statement (API keys); None
+    leaves it to the boundary (``tenant_standing``)."""
+
+
+TENANT_STANDING = select(Tenant.status, Tenant.plan).where(Tenant.id == bindparam("tenant_id"))
+"""Built once and executed with ``{"tenant_id": ...}``: building a statement per request cost
+about as much as running it (tests/profile_request.py)."""
+
+
 class AuthProvider(Protocol):
-    """Turns a bearer token into a Principal.
+    """Turns a bearer token into an Authenticated principal.
 
     ``accepts`` looks only at the token's shape and must not raise; ``authenticate`` verifies it
-    completely and raises ``Unauthenticated`` with a reason that never repeats the token.
+    completely (reading, if it must, through the request's ``session``, in autocommit and
+    read-only) and raises ``Unauthenticated`` with a reason that never repeats the token.
     """
 
     name: str
 
     def accepts(self, token: str) -> bool: ...
 
-    async def authenticate(self, token: str) -> Principal: ...
+    async def authenticate(self, token: str, session: AsyncSession) -> Authenticated: ...
 
 
 def hash_api_key(value: str) -> str:
@@ -107,7 +133,17 @@ class JWTProvider:
 
     name = "jwt"
 
-    def __init__(self, settings: Settings, *, secret: str | None) -> None:
+    VERIFIED_CACHE_SIZE = 4096
+    VERIFIED_CACHE_SECONDS = 60.0
+
+    def __init__(self, settings: Settings, *, secret: str | None, clock: Callable[[], float] = time.time) -> None:
+        self._verified: dict[str, tuple[float, Principal]] = {}
+        """Tokens this process verified: token -> (trusted until, principal). Verification is a
+        pure function of the token and the configured keys, so a repeat of a token (a client's
+        every request) skips the signature check until the earlier of its ``exp`` and a minute
+        (a JWKS key withdrawn stops being honoured within that minute, as PyJWKClient's own key
+        cache already allows)."""
+        self._clock = clock
         self._algorithms = list(settings.jwt_algorithms)
         self._secret = secret
         self._public_key = settings.jwt_public_key
@@ -123,7 +159,20 @@ class JWTProvider:
     def accepts(self, token: str) -> bool:
         return token.count(".") == 2
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, session: AsyncSession) -> Authenticated:
+        now = self._clock()
+        cached = self._verified.get(token)
+        if cached is not None and now < cached[0]:
+            return Authenticated(cached[1])
+        principal = await self.verify(token)
+        if principal.expires_at is not None:
+            if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            until = min(principal.expires_at.timestamp(), now + self.VERIFIED_CACHE_SECONDS)
+            self._verified[token] = (until, principal)
+        return Authenticated(principal)
+
+    async def verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -202,7 +251,8 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
 
 
 class APIKeyProvider:
-    """Keys created through ``POST /v1/keys``; revoked or expired keys stop working at once.
+    """Keys created through ``POST /v1/keys``; revoked or expired keys stop working at once: every
+    request reads its key, and its tenant's standing, in one statement (no cache to invalidate).
 
     ``last_used_at`` is written at most once per ``CTRLPLANE_API_KEY_TOUCH_SECONDS`` per key, so a
     busy CI key does not turn every read into a write.
@@ -217,21 +267,26 @@ class APIKeyProvider:
     def accepts(self, token: str) -> bool:
         return token.startswith(API_KEY_PREFIX)
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, session: AsyncSession) -> Authenticated:
         digest = hash_api_key(token)
         now = utc_now()
-        async with self._db.read() as session:
-            key = (await session.execute(select(ApiKey).where(ApiKey.secret_hash == digest))).scalar_one_or_none()
-        if key is None:
+        statement = (
+            select(ApiKey, Tenant.status, Tenant.plan)
+            .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.secret_hash == digest)
+        )
+        row = (await session.execute(statement)).one_or_none()
+        if row is None:
             raise Unauthenticated("unknown API key")
+        key, status, plan = row
         if key.revoked_at is not None:
             raise Unauthenticated("API key revoked")
         if key.expires_at is not None and key.expires_at <= now:
             raise Unauthenticated("API key expired")
         if key.last_used_at is None or now - key.last_used_at >= self._touch_every:
-            async with self._db.write() as session, session.begin():
-                await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-        return Principal(
+            async with self._db.write() as writer, writer.begin():
+                await writer.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        principal = Principal(
             subject=key.id,
             kind="api_key",
             tenant_id=TenantId(key.tenant_id),
@@ -239,13 +294,16 @@ class APIKeyProvider:
             key_id=key.id,
             expires_at=key.expires_at,
         )
+        if status is None:
+            raise Unauthenticated("the tenant of this token no longer exists")
+        return Authenticated(principal, TenantStanding(status, plan))
 
 
 class Authenticator:
     def __init__(self, providers: Sequence[AuthProvider]) -> None:
         self.providers = list(providers)
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, session: AsyncSession) -> Authenticated:
         if not authorization:
             raise Unauthenticated("missing Authorization: Bearer <token> header")
         scheme, _, token = authorization.partition(" ")
@@ -254,5 +312,5 @@ class Authenticator:
             raise Unauthenticated("Authorization header must be 'Bearer <token>'")
         for provider in self.providers:
             if provider.accepts(token):
-                return await provider.authenticate(token)
+                return await provider.authenticate(token, session)
         raise Unauthenticated("token format not recognised")

@@ -232,7 +232,7 @@ class InstanceService:
         return await paginate(self.session, statement, Instance.id, cursor=cursor, limit=limit, convert=to_schema)
 
     async def get(self, instance_id: str) -> schemas.Instance:
-        return to_schema(await self.repo.get(instance_id))
+        return to_schema(await self.repo.view(instance_id))
 
     async def update(self, instance_id: str, data: schemas.InstanceUpdate) -> schemas.Instance:
         instance = await self.locked(instance_id)

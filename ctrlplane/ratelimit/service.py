@@ -7,36 +7,48 @@ is refused with 429 and ``Retry-After``. A bucket holds at most ``burst`` tokens
 (``CTRLPLANE_RATE_LIMITS``; a plan without an entry uses the default plan's). System admins are
 exempt.
 
-A bucket is one row of ``rate_buckets``, refilled and debited by a single
-``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` statement, so concurrent requests on any number
-of replicas never lose an update and never need a lock of their own. A request refused by the
-tenant's bucket has already paid its credential's token: a caller that keeps hammering stays
-limited.
+A bucket is one row of ``rate_buckets``, shared by every replica, refilled and debited by a single
+``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` statement, so concurrent replicas never lose an
+update and never need a lock of their own. A replica does not debit the row once per request: it
+**reserves** tokens in batches and spends them locally. The first request of a bucket reserves
+one token; each later reservation asks for as many tokens as the replica spent from that bucket
+in the current and the previous hold period, up to ``CTRLPLANE_RATE_LIMIT_BATCH`` and a tenth of
+the burst (so a burst under 20 is debited one token at a time, exactly). A reservation the row
+cannot pay in full falls back to a single token, so near the limit every replica takes one token
+at a time. Reserved tokens not spent within ``CTRLPLANE_RATE_LIMIT_HOLD_SECONDS`` lapse (they stay
+spent). Requests of one bucket on one replica wait for its reservation in turn (an
+``asyncio.Lock``), so concurrent requests never spend a token twice.
+
+Accuracy (docs/operations.md): with one replica the result is exactly that of a per-request debit
+(every token a request spends was taken from the row, and only this replica takes them). With R
+replicas a caller can be refused while up to R-1 batches sit reserved, unspent, at the others, and
+can be let through up to R batches beyond the burst (tokens reserved just before the row refilled);
+a batch is at most a tenth of the burst, so the error is at most R/10 of the burst either way.
 
 Responses carry ``RateLimit-Limit`` (the burst), ``RateLimit-Remaining`` (whole tokens left) and
 ``RateLimit-Reset`` (seconds until the bucket is full again) of whichever bucket has fewer tokens
-left.
+left: this replica's reserved tokens plus the row's tokens as of its last reservation, refilled
+to now (exact with one replica; blind to the other replicas' spending since then).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth.providers import Principal
 from ctrlplane.db import Database
 from ctrlplane.errors import RateLimited
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.settings import PlanRateLimit, Settings
-from ctrlplane.tenants.models import Tenant
 
 
 @dataclass(frozen=True)
@@ -58,11 +70,34 @@ class BucketState:
         return headers
 
 
+@dataclass
+class _Reserve:
+    """This replica's share of one shared bucket."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tokens: float = 0.0
+    """Reserved from the row, not yet spent."""
+    lapses_at: float = 0.0
+    shared: float = 0.0
+    """The row's tokens right after this replica's last reservation..."""
+    shared_at: float = 0.0
+    """...and when that was."""
+    period_started: float = 0.0
+    spent: int = 0
+    spent_before: int = 0
+
+
+MAX_RESERVES = 50_000
+"""Past this many buckets in memory, those idle for a hold period are forgotten."""
+
+
 class RateLimiter:
     def __init__(self, settings: Settings, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
+        self.hold = settings.rate_limit_hold_seconds
+        self._reserves: dict[str, _Reserve] = {}
         self._insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
         postgres = db.dialect == "postgresql"
         self._least: Any = func.least if postgres else func.min
@@ -72,28 +107,21 @@ class RateLimiter:
         limits = self.settings.rate_limits
         return limits.get(plan or "", limits[self.settings.default_plan])
 
-    async def check(self, principal: Principal) -> BucketState | None:
+    async def check(self, principal: Principal, plan: str | None) -> BucketState | None:
         """Take this request's tokens; raise RateLimited (its state attached) when out of them.
-        None for callers no limit applies to."""
+        None for callers no limit applies to. ``plan`` is the tenant's, read by the caller."""
         if not self.settings.rate_limits_enabled or principal.tenant_id is None:
             return None
         credential = (
             f"key:{principal.key_id}" if principal.key_id else f"user:{principal.tenant_id}:{principal.subject}"
         )
-        now = self.clock()
-        async with self.db.write() as session, session.begin():
-            plan = (await session.execute(select(Tenant.plan).where(Tenant.id == principal.tenant_id))).scalar()
-            limits = self.limits_for(plan)
-            key_state = await self._take(
-                session, credential, limits.credential_burst, limits.credential_per_minute, now
+        limits = self.limits_for(plan)
+        key_state = await self._take(credential, limits.credential_burst, limits.credential_per_minute)
+        states = [key_state]
+        if key_state.allowed:
+            states.append(
+                await self._take(f"tenant:{principal.tenant_id}", limits.tenant_burst, limits.tenant_per_minute)
             )
-            states = [key_state]
-            if key_state.allowed:
-                states.append(
-                    await self._take(
-                        session, f"tenant:{principal.tenant_id}", limits.tenant_burst, limits.tenant_per_minute, now
-                    )
-                )
         refused = next((s for s in states if not s.allowed), None)
         if refused is not None:
             error = RateLimited(
@@ -104,29 +132,85 @@ class RateLimiter:
             raise error
         return min(states, key=lambda s: (s.remaining, -s.reset_seconds))
 
-    async def _take(self, session: AsyncSession, key: str, burst: int, per_minute: int, now: float) -> BucketState:
+    def _reserve_of(self, key: str, now: float) -> _Reserve:
+        reserve = self._reserves.get(key)
+        if reserve is None:
+            if len(self._reserves) >= MAX_RESERVES:
+                idle = [k for k, r in self._reserves.items() if r.lapses_at + self.hold < now and not r.lock.locked()]
+                for stale in idle:
+                    del self._reserves[stale]
+            reserve = self._reserves[key] = _Reserve(period_started=now)
+        return reserve
+
+    async def _take(self, key: str, burst: int, per_minute: int) -> BucketState:
         rate = per_minute / 60.0
-        elapsed = self._greatest(0.0, now - RateBucket.refilled_at)  # another replica's clock may be ahead
-        refilled = self._least(float(burst), RateBucket.tokens + elapsed * rate)
-        statement = (
-            self._insert(RateBucket)
-            .values(key=key, tokens=float(burst - 1), refilled_at=now, allowed=True)
-            .on_conflict_do_update(
-                index_elements=[RateBucket.key],
-                set_={
-                    "tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
-                    "refilled_at": self._greatest(RateBucket.refilled_at, now),
-                    "allowed": refilled >= 1.0,
-                },
-            )
-            .returning(RateBucket.tokens, RateBucket.allowed)
-        )
-        tokens, allowed = (await session.execute(statement)).one()
-        tokens = max(0.0, float(tokens))
+        reserve = self._reserve_of(key, self.clock())
+        async with reserve.lock:
+            now = self.clock()
+            if now - reserve.period_started >= self.hold:
+                recent = now - reserve.period_started < 2 * self.hold
+                reserve.spent_before = reserve.spent if recent else 0
+                reserve.spent, reserve.period_started = 0, now
+            if now >= reserve.lapses_at:
+                reserve.tokens = 0.0
+            if reserve.tokens < 1.0:
+                cap = max(1, min(self.settings.rate_limit_batch, burst // 10))
+                want = max(1, min(cap, reserve.spent + reserve.spent_before))
+                taken, shared = await self._debit(key, burst, rate, want, now)
+                reserve.tokens += taken
+                reserve.shared, reserve.shared_at, reserve.lapses_at = shared, now, now + self.hold
+            allowed = reserve.tokens >= 1.0
+            if allowed:
+                reserve.tokens -= 1.0
+                reserve.spent += 1
+            shared_now = min(float(burst), reserve.shared + max(0.0, now - reserve.shared_at) * rate)
+            tokens = min(float(burst), reserve.tokens + shared_now)
         return BucketState(
             limit=burst,
             remaining=math.floor(tokens),
             reset_seconds=math.ceil((burst - tokens) / rate),
             retry_after_seconds=max(1, math.ceil((1.0 - tokens) / rate)),
-            allowed=bool(allowed),
+            allowed=allowed,
+        )
+
+    async def _debit(self, key: str, burst: int, rate: float, want: int, now: float) -> tuple[float, float]:
+        """Take ``want`` tokens from the row, or else one, or else none: (taken, the row's tokens left)."""
+        async with self.db.write() as session, session.begin():
+            if self.db.dialect == "postgresql":
+                # a bucket is soft state: losing its last updates in a database crash only refills
+                # it early, so its commit need not wait for the WAL flush (every request of the
+                # bucket on this replica waits for this reservation)
+                await session.execute(text("SET LOCAL synchronous_commit = off"))
+            if want > 1:
+                row = (await session.execute(self._statement(key, burst, rate, now, want))).first()
+                if row is not None:
+                    return float(want), max(0.0, float(row.tokens))
+            tokens, allowed = (await session.execute(self._statement(key, burst, rate, now, 1))).one()
+            return (1.0 if allowed else 0.0), max(0.0, float(tokens))
+
+    def _statement(self, key: str, burst: int, rate: float, now: float, want: int) -> Any:
+        """One upsert that refills the row to ``now`` and takes ``want`` tokens. For one token it
+        always answers (``allowed`` says whether it was taken); for more it updates, and answers,
+        only when the row holds them all."""
+        elapsed = self._greatest(0.0, now - RateBucket.refilled_at)  # another replica's clock may be ahead
+        refilled = self._least(float(burst), RateBucket.tokens + elapsed * rate)
+        if want == 1:
+            set_ = {
+                "tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
+                "refilled_at": self._greatest(RateBucket.refilled_at, now),
+                "allowed": refilled >= 1.0,
+            }
+            where = None
+        else:
+            set_ = {
+                "tokens": refilled - float(want),
+                "refilled_at": self._greatest(RateBucket.refilled_at, now),
+                "allowed": True,
+            }
+            where = refilled >= float(want)
+        return (
+            self._insert(RateBucket)
+            .values(key=key, tokens=float(burst - want), refilled_at=now, allowed=True)
+            .on_conflict_do_update(index_elements=[RateBucket.key], set_=set_, where=where)
+            .returning(RateBucket.tokens, RateBucket.allowed)
         )
