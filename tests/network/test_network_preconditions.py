@@ -86,4 +86,3 @@ async def test_domain_verify_certificate_and_delete_honour_if_match(api: Api, ch
     assert (await api.client.get(path, headers=token)).status_code == 200
     assert (await api.client.delete(path, headers={**token, "If-Match": '"3"'})).status_code == 204
     assert (await api.client.get(path, headers=token)).status_code == 404
-
