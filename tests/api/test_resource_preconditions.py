@@ -4,6 +4,7 @@ nothing, a matching one applies, and no If-Match still applies (last writer wins
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -190,3 +191,30 @@ async def test_the_quota_carries_the_tenant_etag(api: Api) -> None:
     assert put.headers["etag"] == (await api.client.get(path, headers=api.admin_headers)).headers["etag"]
     unconditional = await api.client.put(f"{path}/quota", json={**limits, "max_routes": 4}, headers=api.admin_headers)
     assert unconditional.status_code == 200 and unconditional.json()["limits"]["max_routes"] == 4
+
+
+async def test_a_replayed_action_carries_the_etag_it_first_answered(api: Api) -> None:
+    tenant = await api.create_tenant("initech", plan="free")
+    path = f"/v1/admin/tenants/{tenant['id']}/suspend"
+    headers = {**api.admin_headers, "Idempotency-Key": "suspend-once"}
+    first = await api.client.post(path, json={"reason": "billing"}, headers=headers)
+    assert first.status_code == 200, first.text
+    replayed = await api.client.post(path, json={"reason": "billing"}, headers=headers)
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.headers["etag"] == first.headers["etag"] == f'"{first.json()["version"]}"'
+
+
+async def test_of_concurrent_changes_with_one_etag_exactly_one_applies(api: Api) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    secrets = f"/v1/instances/{instance['id']}/secrets"
+    assert (await api.client.post(secrets, json={"key": "TOKEN", "value": "0"}, headers=token)).status_code == 201
+    _, etag = await _tagged(api, f"{secrets}/TOKEN", token)
+    responses = await asyncio.gather(
+        *(
+            api.client.post(secrets, json={"key": "TOKEN", "value": str(n)}, headers={**token, "If-Match": etag})
+            for n in range(1, 6)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201, 412, 412, 412, 412]
+    assert (await _tagged(api, f"{secrets}/TOKEN", token))[1] == '"2"'
