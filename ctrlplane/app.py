@@ -33,7 +33,12 @@ from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController
-from ctrlplane.openapi import StrictStructSchemaPlugin, document_event_streams, headers_are_never_null
+from ctrlplane.openapi import (
+    StrictStructSchemaPlugin,
+    document_event_streams,
+    etags_are_quoted_versions,
+    headers_are_never_null,
+)
 from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
@@ -176,6 +181,7 @@ def create_app(
     )
     document_event_streams(app)
     headers_are_never_null(app)
+    etags_are_quoted_versions(app)
     allowed = {path: ", ".join(sorted(r.methods)) for r in app.routes for path in (r.path, r.path_format)}
     app.asgi_handler = RequestContextASGI(
         RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__, allowed_methods=allowed

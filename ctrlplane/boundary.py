@@ -206,12 +206,15 @@ class _Captured:
         elif message["type"] == "http.response.body":
             self.body.extend(message.get("body", b""))
 
-    @property
-    def content_type(self) -> str | None:
+    def header(self, name: bytes) -> str | None:
         for key, value in self.headers:
-            if key.lower() == b"content-type":
+            if key.lower() == name:
                 return value.decode("latin-1")
         return None
+
+    @property
+    def content_type(self) -> str | None:
+        return self.header(b"content-type")
 
     async def flush(self, send: Send, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         await send(
@@ -384,6 +387,8 @@ class UnitOfWork(ASGIMiddleware):
                 replayed = _Captured()
                 replayed.status = claim.replay.status
                 replayed.headers = [(b"content-type", (claim.replay.content_type or "application/json").encode())]
+                if claim.replay.etag is not None:
+                    replayed.headers.append((b"etag", claim.replay.etag.encode("latin-1")))
                 replayed.body.extend(claim.replay.body)
                 await self._audit_alone(scope, principal, draft, replayed.status, outcome="replayed")
                 await replayed.flush(send, [(b"idempotent-replayed", b"true")])
@@ -513,7 +518,9 @@ def _stored(captured: _Captured, redact: tuple[str, ...] = ()) -> idempotency.St
                 if field in document:
                     document[field] = REDACTED
             body = msgspec.json.encode(document)
-    return idempotency.StoredResponse(status=captured.status, body=body, content_type=captured.content_type)
+    return idempotency.StoredResponse(
+        status=captured.status, body=body, content_type=captured.content_type, etag=captured.header(b"etag")
+    )
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -15,7 +15,7 @@ import msgspec
 from litestar import Litestar
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.enums import ParamType
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Parameter, Schema
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Parameter, Schema
 from litestar.routes import HTTPRoute
 
 if TYPE_CHECKING:
@@ -76,3 +76,14 @@ def headers_are_never_null(app: Litestar) -> None:
                             max_length=schema.max_length or kept[0].max_length,
                             min_length=schema.min_length or kept[0].min_length,
                         )
+
+
+def etags_are_quoted_versions(app: Litestar) -> None:
+    """Litestar documents a response header without a schema unless it has a fixed value; an
+    ``ETag`` of ctrlplane is always a version as a strong entity tag, so its schema says that."""
+    for item in (app.openapi_schema.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.delete, item.patch):
+            for response in (operation.responses or {}).values() if operation is not None else []:
+                header = (response.headers or {}).get("ETag") if isinstance(response, OpenAPIResponse) else None
+                if isinstance(header, OpenAPIHeader) and header.schema is None:
+                    header.schema = Schema(type=OpenAPIType.STRING, pattern=r'^"[0-9]+"$')

@@ -12,8 +12,10 @@ and so is 412 as well: refusing is the safe reading of a precondition the server
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+from litestar import Response
+from litestar.datastructures import ResponseHeader
 from litestar.params import HeaderParameter
 
 from ctrlplane.errors import PreconditionFailed
@@ -31,11 +33,24 @@ IfMatch = Annotated[
     ),
 ]
 
+ETAG = ResponseHeader(
+    name="ETag",
+    documentation_only=True,
+    description='The version of the resource as a strong entity tag, e.g. "3": send it as If-Match',
+)
+"""For ``response_headers=[ETAG]`` on every route answering with a versioned resource."""
+
 _ONE_TAG = re.compile(rf"\*|{_TAG}")
+T = TypeVar("T")
 
 
 def etag_of(version: int) -> str:
     return f'"{version}"'
+
+
+def tagged(body: T, version: int, status_code: int = 200) -> Response[T]:
+    """``body`` with its ``ETag``."""
+    return Response(body, status_code=status_code, headers={"ETag": etag_of(version)})
 
 
 def _tags(header: str) -> list[str] | None:
@@ -63,3 +78,14 @@ def require_version(if_match: str | None, *, resource: str, resource_id: str, ve
         f"{resource} {resource_id} is at version {version}, not the one If-Match names; read it again",
         details={"etag": current, "if_match": if_match[:200]},
     )
+
+
+def require_existing(if_match: str | None, *, resource: str, resource_id: str) -> None:
+    """Raise ``PreconditionFailed`` if ``if_match`` is given for a resource that does not exist yet:
+    no entity tag (not even ``*``) matches a missing representation (RFC 9110 section 13.1.1)."""
+    if if_match is not None:
+        raise PreconditionFailed(
+            f"{resource} {resource_id} does not exist, so If-Match names no version of it; "
+            "send no If-Match to create it",
+            details={"etag": None, "if_match": if_match[:200]},
+        )

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from ctrlplane.auth import schemas
 from ctrlplane.auth.service import KeyService
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.pagination import Page
+from ctrlplane.preconditions import ETAG, IfMatch, tagged
 
 
 class KeyController(Controller):
@@ -38,12 +39,24 @@ class KeyController(Controller):
         """Who this token is and what it may do."""
         return KeyService(context).whoami()
 
+    @get(
+        "/{key_id:str}",
+        operation_id="getKey",
+        responses=errors(404),
+        opt=route("key", "get", role="admin"),
+        response_headers=[ETAG],
+    )
+    async def get_key(self, key_id: FromPath[str], context: Context) -> Response[schemas.ApiKey]:
+        """An API key (never its value); its ETag is the version If-Match names."""
+        key = await KeyService(context).get(key_id)
+        return tagged(key, key.version)
+
     @delete(
         "/{key_id:str}",
         operation_id="revokeKey",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("key", "revoke", role="admin"),
     )
-    async def revoke(self, key_id: FromPath[str], context: Context) -> None:
+    async def revoke(self, key_id: FromPath[str], context: Context, if_match: IfMatch = None) -> None:
         """Revoke an API key; it stops working at once."""
-        await KeyService(context).revoke(key_id)
+        await KeyService(context).revoke(key_id, if_match=if_match)

@@ -19,6 +19,8 @@ class ApiKey(msgspec.Struct):
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    version: int
+    """Counts the changes clients made; the ETag is this number in quotes."""
 
 
 class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,6 +15,7 @@ from ctrlplane.context import RequestContext
 from ctrlplane.errors import Forbidden, InvalidInput, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.preconditions import require_version
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import as_utc, utc_now
 
@@ -51,6 +52,7 @@ class KeyService:
             expires_at=expires_at,
             last_used_at=None,
             revoked_at=None,
+            version=1,
         )
         self.session.add(key)
         await self.session.flush()
@@ -73,14 +75,23 @@ class KeyService:
             self.session, self._scoped(tenant_id), ApiKey.id, cursor=cursor, limit=limit, convert=to_schema
         )
 
-    async def revoke(self, key_id: str) -> None:
+    async def get(self, key_id: str) -> schemas.ApiKey:
+        key = (await self.session.execute(self._scoped(None).where(ApiKey.id == key_id))).scalar_one_or_none()
+        if key is None:
+            raise NotFound.of("key", key_id)
+        return to_schema(key)
+
+    async def revoke(self, key_id: str, *, if_match: str | None = None) -> None:
+        """Revoke the key (again: nothing changes); ``if_match`` names its ETag, which revoking moves."""
         statement = self._scoped(None).where(ApiKey.id == key_id).with_for_update()
         key = (await self.session.execute(statement)).scalar_one_or_none()
         if key is None:
             raise NotFound.of("key", key_id)
+        require_version(if_match, resource="key", resource_id=key.id, version=key.version)
         self.context.audit.tenant_id = key.tenant_id
         if key.revoked_at is None:
             key.revoked_at = utc_now()
+            key.version += 1
 
     def whoami(self) -> schemas.WhoAmI:
         principal = self.context.principal

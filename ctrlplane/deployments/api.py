@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from ctrlplane.deployments import schemas
 from ctrlplane.deployments.service import DeploymentService
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.pagination import Page
-from ctrlplane.preconditions import IfMatch
+from ctrlplane.preconditions import ETAG, IfMatch, tagged
 
 
 class DeploymentController(Controller):
@@ -62,18 +62,24 @@ class DeploymentController(Controller):
         operation_id="getDeployment",
         responses=errors(404),
         opt=route("deployment", "get"),
+        response_headers=[ETAG],
     )
-    async def get_deployment(self, deployment_id: FromPath[str], context: Context) -> schemas.Deployment:
-        """A deployment: state, strategy, steps with timestamps, error."""
-        return await DeploymentService(context).get(deployment_id)
+    async def get_deployment(self, deployment_id: FromPath[str], context: Context) -> Response[schemas.Deployment]:
+        """A deployment: state, strategy, steps with timestamps, error; its ETag is the version If-Match names."""
+        deployment = await DeploymentService(context).get(deployment_id)
+        return tagged(deployment, deployment.version)
 
     @post(
         "/v1/deployments/{deployment_id:str}/cancel",
         status_code=202,
         operation_id="cancelDeployment",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("deployment", "cancel"),
+        response_headers=[ETAG],
     )
-    async def cancel(self, deployment_id: FromPath[str], context: Context) -> schemas.Deployment:
+    async def cancel(
+        self, deployment_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.Deployment]:
         """Ask a running deployment to stop; the previous release is put back (state cancelled)."""
-        return await DeploymentService(context).cancel(deployment_id)
+        deployment = await DeploymentService(context).cancel(deployment_id, if_match=if_match)
+        return tagged(deployment, deployment.version, 202)

@@ -31,6 +31,8 @@ class Deployment(msgspec.Struct):
     steps: list[Step]
     error: str | None
     cancel_requested: bool
+    version: int
+    """Counts the changes clients made; the ETag is this number in quotes."""
     deadline_at: datetime
     created_by: str
     created_at: datetime

@@ -25,6 +25,7 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.operations import queue
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.preconditions import require_version
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.releases.service import restore
@@ -106,6 +107,7 @@ class DeploymentService:
             steps=[],
             error=None,
             cancel_requested=False,
+            version=1,
             deadline_at=now + timedelta(seconds=settings.deploy_deadline_seconds),
             created_by=self.context.principal.subject,
             created_at=now,
@@ -192,11 +194,16 @@ class DeploymentService:
     async def get(self, deployment_id: str) -> schemas.Deployment:
         return to_schema(await self._scoped(deployment_id))
 
-    async def cancel(self, deployment_id: str) -> schemas.Deployment:
+    async def cancel(self, deployment_id: str, *, if_match: str | None = None) -> schemas.Deployment:
+        """Ask the deployment to stop. ``if_match`` names the deployment's own ETag (not the
+        instance's); asking again is idempotent and leaves the version as it is."""
         deployment = await self._scoped(deployment_id, for_update=True)
+        require_version(if_match, resource="deployment", resource_id=deployment.id, version=deployment.version)
         if deployment.state in schemas.TERMINAL:
             raise InvalidState(f"deployment already ended {deployment.state}", details={"state": deployment.state})
-        deployment.cancel_requested = True
+        if not deployment.cancel_requested:
+            deployment.cancel_requested = True
+            deployment.version += 1
         deployment.updated_at = utc_now()
         self.context.audit.resource_id = deployment.id
         self.context.audit.tenant_id = deployment.tenant_id

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import FromPath, JSONBody
 
 from ctrlplane.health import schemas
 from ctrlplane.health.service import HealthService
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.pagination import Page
+from ctrlplane.preconditions import ETAG, IfMatch, tagged
 
 
 class HealthController(Controller):
@@ -36,26 +37,61 @@ class HealthController(Controller):
         """An instance's health checks, newest first."""
         return await HealthService(context).list(instance_id, cursor=cursor, limit=limit)
 
+    @get(
+        "/v1/health/checks/{check_id:str}",
+        operation_id="getHealthCheck",
+        responses=errors(404),
+        opt=route("health_check", "get"),
+        response_headers=[ETAG],
+    )
+    async def get_check(self, check_id: FromPath[str], context: Context) -> Response[schemas.HealthCheck]:
+        """A health check; its ETag is the version If-Match names."""
+        check = await HealthService(context).get(check_id)
+        return tagged(check, check.version)
+
+    @patch(
+        "/v1/health/checks/{check_id:str}",
+        operation_id="updateHealthCheck",
+        responses=errors(404, 412, mutating=True),
+        opt=route("health_check", "update"),
+        response_headers=[ETAG],
+    )
+    async def update_check(
+        self,
+        check_id: FromPath[str],
+        data: JSONBody[schemas.HealthCheckUpdate],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.HealthCheck]:
+        """Change only the fields present (not the type); a new target makes the status unknown."""
+        check = await HealthService(context, if_match=if_match).update(check_id, data)
+        return tagged(check, check.version)
+
     @delete(
         "/v1/health/checks/{check_id:str}",
         operation_id="deleteHealthCheck",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("health_check", "delete"),
     )
-    async def delete_check(self, check_id: FromPath[str], context: Context) -> None:
+    async def delete_check(self, check_id: FromPath[str], context: Context, if_match: IfMatch = None) -> None:
         """Delete a health check and its results."""
-        await HealthService(context).delete(check_id)
+        await HealthService(context, if_match=if_match).delete(check_id)
 
     @post(
         "/v1/health/checks/{check_id:str}/run",
         status_code=200,
         operation_id="runHealthCheck",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("health_check", "run"),
+        response_headers=[ETAG],
     )
-    async def run(self, check_id: FromPath[str], context: Context) -> schemas.CheckRun:
-        """Run a health check now; answers with its fresh result."""
-        return await HealthService(context).run(check_id)
+    async def run(
+        self, check_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.CheckRun]:
+        """Run a health check now; answers with its fresh result. A run is an observation: it honours
+        If-Match but leaves the check's version (its ETag) as it was."""
+        run = await HealthService(context, if_match=if_match).run(check_id)
+        return tagged(run, run.check.version)
 
     @get(
         "/v1/instances/{instance_id:str}/health",

@@ -37,6 +37,7 @@ class HealthCheck(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     next_run_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     created_by: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -28,6 +28,17 @@ class HealthCheckCreate(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
 
 
+class HealthCheckUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Only the fields present change; the type is fixed (a target's meaning depends on it)."""
+
+    name: CheckName | msgspec.UnsetType = msgspec.UNSET
+    target: Target | msgspec.UnsetType = msgspec.UNSET
+    interval: Duration | msgspec.UnsetType = msgspec.UNSET
+    timeout: Duration | msgspec.UnsetType = msgspec.UNSET
+    retries: Annotated[int, msgspec.Meta(ge=1, le=100)] | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
+
+
 class CheckResult(msgspec.Struct):
     id: str
     check_id: str
@@ -53,6 +64,8 @@ class HealthCheck(msgspec.Struct):
     consecutive_failures: int
     last_checked_at: datetime | None
     last_success_at: datetime | None
+    version: int
+    """Counts the changes clients made; the ETag is this number in quotes."""
     created_by: str
     created_at: datetime
     updated_at: datetime

@@ -21,6 +21,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import msgspec
+
 from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.events.service import append as append_event
@@ -33,6 +35,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import reconfigure
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.preconditions import require_version
 from ctrlplane.timeutil import parse_duration, utc_now
 
 MAX_CHECKS_PER_INSTANCE = 20
@@ -72,6 +75,7 @@ def check_schema(check: HealthCheck) -> schemas.HealthCheck:
         consecutive_failures=check.consecutive_failures,
         last_checked_at=check.last_checked_at,
         last_success_at=check.last_success_at,
+        version=check.version,
         created_by=check.created_by,
         created_at=check.created_at,
         updated_at=check.updated_at,
@@ -178,8 +182,9 @@ def aggregate(instance: Instance, checks: list[HealthCheck]) -> str:
 
 
 class HealthService:
-    def __init__(self, context: RequestContext) -> None:
+    def __init__(self, context: RequestContext, *, if_match: str | None = None) -> None:
         self.context = context
+        self.if_match = if_match
         self.session = context.session
         self.tenant_id = context.principal.tenant_id
         self.repo = HealthRepository(context.session, self.tenant_id)
@@ -223,6 +228,7 @@ class HealthService:
             status="unknown",
             consecutive_failures=0,
             next_run_at=now,
+            version=1,
             created_by=self.context.principal.subject,
             created_at=now,
             updated_at=now,
@@ -238,8 +244,47 @@ class HealthService:
         statement = self.repo.of_instance(instance.id)
         return await paginate(self.session, statement, HealthCheck.id, cursor=cursor, limit=limit, convert=check_schema)
 
-    async def delete(self, check_id: str) -> None:
+    async def _locked(self, check_id: str) -> HealthCheck:
         check = await self.repo.get(check_id, for_update=True)
+        require_version(self.if_match, resource="health check", resource_id=check.id, version=check.version)
+        return check
+
+    async def get(self, check_id: str) -> schemas.HealthCheck:
+        return check_schema(await self.repo.get(check_id))
+
+    async def update(self, check_id: str, data: schemas.HealthCheckUpdate) -> schemas.HealthCheck:
+        """Change the fields present, by the rules of ``create``. A new target starts the check
+        afresh (``unknown``): what was concluded about the old one says nothing about the new."""
+        check = await self._locked(check_id)
+        instance = await self.instances.get(check.instance_id)
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+        changes = {k: v for k, v in changes.items() if getattr(check, k) != v}
+        interval, timeout = changes.get("interval", check.interval), changes.get("timeout", check.timeout)
+        check.interval_seconds, check.timeout_seconds = validate_timing(interval, timeout)
+        if "target" in changes:
+            validate_target(check.type, changes["target"], instance)
+        if "name" in changes and await self.repo.name_taken(check.instance_id, changes["name"]):
+            raise Conflict(
+                f"the instance already has a health check named {changes['name']!r}", details={"name": changes["name"]}
+            )
+        for field, value in changes.items():
+            setattr(check, field, value)
+        if "target" in changes:
+            check.status, check.consecutive_failures = "unknown", 0
+        if changes.keys() & {"target", "interval", "timeout", "enabled"}:
+            check.next_run_at = utc_now()
+        if changes:
+            check.version += 1
+            check.updated_at = utc_now()
+        self._audit(check, changed=sorted(changes))
+        if changes.keys() & {"target", "interval", "timeout", "retries", "enabled"}:
+            # what a runtime's own probes are made of (see health.probes.runtime_probes)
+            await self.session.flush()
+            await reconfigure(self.session, self.context.services.providers, [instance])
+        return check_schema(check)
+
+    async def delete(self, check_id: str) -> None:
+        check = await self._locked(check_id)
         self._audit(check)
         await self.session.delete(check)
         await self.session.flush()
@@ -253,6 +298,7 @@ class HealthService:
         async with services.db.read() as session:
             check = await HealthRepository(session, self.tenant_id).get(check_id)
             instance = await session.get(Instance, check.instance_id)
+        require_version(self.if_match, resource="health check", resource_id=check.id, version=check.version)
         if instance is None or instance.desired_state != "running" or instance.state not in RUNNABLE_STATES:
             state = instance.state if instance is not None else "destroyed"
             raise InvalidState(
@@ -263,7 +309,7 @@ class HealthService:
         outcome = await run_check(
             provider, instance.id, instance.generation, target_of(check), timeout=check.timeout_seconds
         )
-        locked = await self.repo.get(check_id, for_update=True)
+        locked = await self._locked(check_id)
         result = await record_outcome(self.session, locked, outcome, manual=True)
         self._audit(locked, status=result.status)
         return schemas.CheckRun(result=result_schema(result), check=check_schema(locked))

@@ -37,6 +37,8 @@ class StoredResponse(msgspec.Struct, frozen=True):
     status: int
     body: bytes
     content_type: str | None
+    etag: str | None = None
+    """The ETag the response carried: the version it showed, replayed as it was."""
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -101,6 +103,7 @@ async def claim(db: Database, *, scope: str, key: str, fingerprint: str, ttl: ti
                             status=record.response_status,
                             body=record.response_body,
                             content_type=headers.get("content-type"),
+                            etag=headers.get("etag"),
                         ),
                     )
                 if record.locked_until > now:
@@ -120,7 +123,11 @@ async def complete(session: AsyncSession, record_id: str, response: StoredRespon
             state="completed",
             response_status=response.status,
             response_body=response.body,
-            response_headers={"content-type": response.content_type} if response.content_type else {},
+            response_headers={
+                name: value
+                for name, value in (("content-type", response.content_type), ("etag", response.etag))
+                if value is not None
+            },
         )
     )
 

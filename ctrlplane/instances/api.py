@@ -11,7 +11,7 @@ from ctrlplane.instances import schemas
 from ctrlplane.instances.schemas import InstanceState
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.pagination import Page
-from ctrlplane.preconditions import IfMatch, etag_of
+from ctrlplane.preconditions import ETAG, IfMatch, tagged
 
 LabelFilter = Annotated[
     list[str] | None, QueryParameter(description="k=v; repeat to require several labels", max_items=10)
@@ -29,7 +29,7 @@ def _labels(raw: list[str] | None) -> dict[str, str]:
 
 
 def _tagged(instance: schemas.Instance, status_code: int = 200) -> Response[schemas.Instance]:
-    return Response(instance, status_code=status_code, headers={"ETag": etag_of(instance.version)})
+    return tagged(instance, instance.version, status_code)
 
 
 class InstanceController(Controller):
@@ -57,7 +57,13 @@ class InstanceController(Controller):
             state=state_filter, labels=_labels(label), provider=provider, name=name, cursor=cursor, limit=limit
         )
 
-    @get("/{instance_id:str}", operation_id="getInstance", responses=errors(404), opt=route("instance", "get"))
+    @get(
+        "/{instance_id:str}",
+        operation_id="getInstance",
+        responses=errors(404),
+        opt=route("instance", "get"),
+        response_headers=[ETAG],
+    )
     async def get_instance(self, instance_id: FromPath[str], context: Context) -> Response[schemas.Instance]:
         """Get an instance; its ETag is the version If-Match names."""
         return _tagged(await InstanceService(context).get(instance_id))
@@ -66,6 +72,7 @@ class InstanceController(Controller):
         "/{instance_id:str}",
         operation_id="updateInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "update"),
     )
     async def update(
@@ -83,6 +90,7 @@ class InstanceController(Controller):
         status_code=202,
         operation_id="deleteInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "delete"),
     )
     async def delete_instance(
@@ -96,6 +104,7 @@ class InstanceController(Controller):
         status_code=202,
         operation_id="startInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "start"),
     )
     async def start(
@@ -109,6 +118,7 @@ class InstanceController(Controller):
         status_code=202,
         operation_id="stopInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "stop"),
     )
     async def stop(
@@ -122,6 +132,7 @@ class InstanceController(Controller):
         status_code=202,
         operation_id="restartInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "restart"),
     )
     async def restart(
@@ -135,6 +146,7 @@ class InstanceController(Controller):
         status_code=202,
         operation_id="scaleInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "scale"),
     )
     async def scale(
@@ -152,6 +164,7 @@ class InstanceController(Controller):
         status_code=202,
         operation_id="suspendInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "suspend", system_admin=True),
     )
     async def suspend(
@@ -169,6 +182,7 @@ class InstanceController(Controller):
         status_code=202,
         operation_id="unsuspendInstance",
         responses=errors(404, 412, mutating=True),
+        response_headers=[ETAG],
         opt=route("instance", "unsuspend", system_admin=True),
     )
     async def unsuspend(

@@ -7,7 +7,9 @@ would need write access to every tenant's DNS zone on every renewal; it is the o
 certificates, which ctrlplane does not issue.
 
 Everything here blocks (the library uses ``requests``); callers run it in a worker thread. Errors
-come out as ``AcmeFailure`` carrying the CA's own explanation.
+come out as ``AcmeFailure`` carrying the CA's own explanation. Every connection to the CA, to the
+directory and to each URL it hands back, goes through the outbound guard (``ctrlplane.outbound``):
+a CA, or a directory URL, that points at a private or metadata address is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.jwk import JWKRSA
+
+from ctrlplane.outbound import OutboundPolicy, blocked_cause, guard
 
 USER_AGENT = "ctrlplane"
 
@@ -79,6 +83,8 @@ def describe(exc: BaseException) -> str:
         return f"the CA refused: {exc.detail or exc.typ}" + (f" ({exc.typ})" if exc.detail and exc.typ else "")
     if isinstance(exc, errors.TimeoutError):
         return "the CA did not finish the order in time"
+    if (blocked := blocked_cause(exc)) is not None:
+        return f"the ACME CA's address is refused by the outbound policy: {blocked}"
     if isinstance(exc, requests.RequestException):
         return f"cannot reach the ACME CA: {exc}"
     return f"{type(exc).__name__}: {exc}"
@@ -95,11 +101,14 @@ class AcmeSession:
         registration: dict[str, Any] | None,
         ca_bundle: str | None,
         timeout: float,
+        policy: OutboundPolicy,
     ) -> None:
         private = serialization.load_pem_private_key(account_key_pem, password=None)
         self.key = JWKRSA(key=cast(rsa.RSAPrivateKey, private))
         account = messages.RegistrationResource.from_json(registration) if registration else None
         self.net = client.ClientNetwork(self.key, account=account, user_agent=USER_AGENT, timeout=int(timeout))
+        self.net.session.trust_env = False
+        guard(self.net.session, policy)
         if ca_bundle:
             self.net.verify_ssl = cast(Any, ca_bundle)
         self.timeout = timeout

@@ -7,6 +7,7 @@ from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.network import schemas
 from ctrlplane.network.service import DomainService, RouteService
 from ctrlplane.pagination import Page
+from ctrlplane.preconditions import ETAG, IfMatch, tagged
 
 
 class RouteController(Controller):
@@ -36,27 +37,45 @@ class RouteController(Controller):
         """An instance's routes, newest first."""
         return await RouteService(context).list(instance_id, cursor=cursor, limit=limit)
 
+    @get(
+        "/v1/routes/{route_id:str}",
+        operation_id="getRoute",
+        responses=errors(404),
+        opt=route("route", "get"),
+        response_headers=[ETAG],
+    )
+    async def get_route(self, route_id: FromPath[str], context: Context) -> Response[schemas.Route]:
+        """A route; its ETag is the version If-Match names."""
+        found = await RouteService(context).get(route_id)
+        return tagged(found, found.version)
+
     @patch(
         "/v1/routes/{route_id:str}",
         operation_id="updateRoute",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("route", "update"),
+        response_headers=[ETAG],
     )
     async def update(
-        self, route_id: FromPath[str], data: JSONBody[schemas.RouteUpdate], context: Context
-    ) -> schemas.Route:
+        self,
+        route_id: FromPath[str],
+        data: JSONBody[schemas.RouteUpdate],
+        context: Context,
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Route]:
         """Change only the fields present."""
-        return await RouteService(context).update(route_id, data)
+        updated = await RouteService(context, if_match=if_match).update(route_id, data)
+        return tagged(updated, updated.version)
 
     @delete(
         "/v1/routes/{route_id:str}",
         operation_id="deleteRoute",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("route", "delete"),
     )
-    async def delete_route(self, route_id: FromPath[str], context: Context) -> None:
+    async def delete_route(self, route_id: FromPath[str], context: Context, if_match: IfMatch = None) -> None:
         """Delete a route; its traffic stops at the next router push."""
-        await RouteService(context).delete(route_id)
+        await RouteService(context, if_match=if_match).delete(route_id)
 
 
 class DomainController(Controller):
@@ -86,39 +105,55 @@ class DomainController(Controller):
         """An instance's domains with their certificates, newest first."""
         return await DomainService(context).list(instance_id, cursor=cursor, limit=limit)
 
-    @get("/v1/domains/{domain_id:str}", operation_id="getDomain", responses=errors(404), opt=route("domain", "get"))
-    async def get_domain(self, domain_id: FromPath[str], context: Context) -> schemas.Domain:
-        """A domain with its verification record and certificate."""
-        return await DomainService(context).get(domain_id)
+    @get(
+        "/v1/domains/{domain_id:str}",
+        operation_id="getDomain",
+        responses=errors(404),
+        opt=route("domain", "get"),
+        response_headers=[ETAG],
+    )
+    async def get_domain(self, domain_id: FromPath[str], context: Context) -> Response[schemas.Domain]:
+        """A domain with its verification record and certificate; its ETag is the version If-Match names."""
+        found = await DomainService(context).get(domain_id)
+        return tagged(found, found.version)
 
     @post(
         "/v1/domains/{domain_id:str}/verify",
         status_code=200,
         operation_id="verifyDomain",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("domain", "verify"),
+        response_headers=[ETAG],
     )
-    async def verify(self, domain_id: FromPath[str], context: Context) -> schemas.Domain:
+    async def verify(
+        self, domain_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.Domain]:
         """Look the domain's TXT record up: verified, or 409 naming what was found."""
-        return await DomainService(context).verify(domain_id)
+        verified = await DomainService(context, if_match=if_match).verify(domain_id)
+        return tagged(verified, verified.version)
 
     @post(
         "/v1/domains/{domain_id:str}/cert",
         status_code=202,
         operation_id="requestCertificate",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("certificate", "request"),
+        response_headers=[ETAG],
     )
-    async def request_certificate(self, domain_id: FromPath[str], context: Context) -> Response[schemas.Certificate]:
-        """Obtain (or renew now) the domain's certificate from the ACME CA; 202, issued in the background."""
-        return Response(await DomainService(context).request_certificate(domain_id), status_code=202)
+    async def request_certificate(
+        self, domain_id: FromPath[str], context: Context, if_match: IfMatch = None
+    ) -> Response[schemas.Certificate]:
+        """Obtain (or renew now) the domain's certificate from the ACME CA; 202, issued in the background.
+        If-Match and the ETag answered are the domain's."""
+        certificate, version = await DomainService(context, if_match=if_match).request_certificate(domain_id)
+        return tagged(certificate, version, 202)
 
     @delete(
         "/v1/domains/{domain_id:str}",
         operation_id="deleteDomain",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("domain", "delete"),
     )
-    async def delete_domain(self, domain_id: FromPath[str], context: Context) -> None:
+    async def delete_domain(self, domain_id: FromPath[str], context: Context, if_match: IfMatch = None) -> None:
         """Release the hostname; its traffic and certificate stop at the next router push."""
-        await DomainService(context).delete(domain_id)
+        await DomainService(context, if_match=if_match).delete(domain_id)

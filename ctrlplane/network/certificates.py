@@ -36,6 +36,7 @@ from ctrlplane.network.acme import AcmeFailure, AcmeSession, IssuedCertificate, 
 from ctrlplane.network.keys import open_private_key, seal_private_key
 from ctrlplane.network.models import AcmeAccount, Certificate, Domain
 from ctrlplane.network.router import Router
+from ctrlplane.outbound import OutboundPolicy
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import rfc3339, utc_now
 
@@ -143,6 +144,7 @@ class CertificateIssuer:
             registration=registration,
             ca_bundle=self.settings.acme_ca_bundle,
             timeout=self.settings.acme_timeout_seconds,
+            policy=OutboundPolicy(self.settings.outbound_allow_cidrs),
         )
 
     async def _obtain(self, certificate_id: str, hostname: str) -> IssuedCertificate:

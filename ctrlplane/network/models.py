@@ -24,6 +24,7 @@ class Route(Base):
     protocol: Mapped[str] = mapped_column(String(16))
     weight: Mapped[int] = mapped_column(Integer)
     strip_prefix: Mapped[bool] = mapped_column(Boolean)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -41,6 +42,7 @@ class Domain(Base):
     status: Mapped[str] = mapped_column(String(16))
     verification_token: Mapped[str] = mapped_column(String(128))
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

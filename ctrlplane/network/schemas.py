@@ -37,6 +37,8 @@ class Route(msgspec.Struct):
     protocol: str
     weight: int
     strip_prefix: bool
+    version: int
+    """Counts the changes clients made; the ETag is this number in quotes."""
     created_at: datetime
     updated_at: datetime
 
@@ -78,5 +80,7 @@ class Domain(msgspec.Struct):
     verification: Verification
     verified_at: datetime | None
     certificate: Certificate | None
+    version: int
+    """Counts the changes clients made; the ETag is this number in quotes."""
     created_at: datetime
     updated_at: datetime

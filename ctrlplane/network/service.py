@@ -41,6 +41,7 @@ from ctrlplane.network.dns import txt_values
 from ctrlplane.network.models import Certificate, Domain, Route
 from ctrlplane.network.repository import NetworkRepository
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.preconditions import require_version
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 
@@ -106,14 +107,25 @@ def to_domain(domain: Domain, certificate: Certificate | None) -> schemas.Domain
         ),
         verified_at=domain.verified_at,
         certificate=to_certificate(certificate) if certificate is not None else None,
+        version=domain.version,
         created_at=domain.created_at,
         updated_at=domain.updated_at,
     )
 
 
+def _usable(instance: Instance) -> Instance:
+    if instance.state in UNUSABLE:
+        raise InvalidState(
+            f"instance {instance.id} is {instance.state}",
+            details={"state": instance.state, "instance_id": instance.id},
+        )
+    return instance
+
+
 class _NetworkService:
-    def __init__(self, context: RequestContext) -> None:
+    def __init__(self, context: RequestContext, *, if_match: str | None = None) -> None:
         self.context = context
+        self.if_match = if_match
         self.session = context.session
         self.settings = context.services.settings
         self.repo = NetworkRepository(context.session, context.principal.tenant_id)
@@ -126,13 +138,7 @@ class _NetworkService:
 
     async def _usable_instance(self, instance_id: str) -> Instance:
         """The instance, locked after its tenant (quota checks need the tenant row locked)."""
-        instance = await InstanceService(self.context).locked(instance_id)
-        if instance.state in UNUSABLE:
-            raise InvalidState(
-                f"instance {instance.id} is {instance.state}",
-                details={"state": instance.state, "instance_id": instance.id},
-            )
-        return instance
+        return _usable(await InstanceService(self.context).locked(instance_id))
 
     async def _changed(self, instance: Instance) -> None:
         """The instance's traffic changed: runtimes that serve it themselves (Kubernetes' Ingress)
@@ -185,6 +191,7 @@ class RouteService(_NetworkService):
             protocol=data.protocol,
             weight=data.weight,
             strip_prefix=data.strip_prefix,
+            version=1,
             created_at=now,
             updated_at=now,
         )
@@ -200,25 +207,36 @@ class RouteService(_NetworkService):
             self.session, self.repo.routes_of(instance.id), Route.id, cursor=cursor, limit=limit, convert=to_route
         )
 
-    async def update(self, route_id: str, data: schemas.RouteUpdate) -> schemas.Route:
+    async def _locked(self, route_id: str) -> tuple[Route, Instance]:
+        """The route locked after its instance (locked after its tenant), checked against If-Match."""
         route = await self.repo.route(route_id)
-        instance = await self._usable_instance(route.instance_id)
+        instance = await InstanceService(self.context).locked(route.instance_id)
         route = await self.repo.route(route_id, for_update=True)
+        require_version(self.if_match, resource="route", resource_id=route.id, version=route.version)
+        return route, instance
+
+    async def get(self, route_id: str) -> schemas.Route:
+        return to_route(await self.repo.route(route_id))
+
+    async def update(self, route_id: str, data: schemas.RouteUpdate) -> schemas.Route:
+        route, instance = await self._locked(route_id)
+        _usable(instance)
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
-        merged = {**{k: getattr(route, k) for k in ("path", "port", "protocol", "weight", "strip_prefix")}, **changes}
+        current = {k: getattr(route, k) for k in ("path", "port", "protocol", "weight", "strip_prefix")}
+        merged = {**current, **changes}
         path = self._check(instance, path=merged["path"], port=merged["port"], protocol=merged["protocol"])
         await self._agrees_on_strip_prefix(instance.id, path, merged["strip_prefix"], route.id)
         route.path, route.port, route.protocol = path, merged["port"], merged["protocol"]
         route.weight, route.strip_prefix = merged["weight"], merged["strip_prefix"]
+        if {**merged, "path": path} != current:
+            route.version += 1
         route.updated_at = utc_now()
         await self._changed(instance)
         self._audit(route.id, route.tenant_id, changes=sorted(changes))
         return to_route(route)
 
     async def delete(self, route_id: str) -> None:
-        route = await self.repo.route(route_id)
-        instance = await InstanceService(self.context).locked(route.instance_id)
-        route = await self.repo.route(route_id, for_update=True)
+        route, instance = await self._locked(route_id)
         self._audit(route.id, route.tenant_id, instance_id=route.instance_id, path=route.path)
         await self.session.delete(route)
         await self._changed(instance)
@@ -248,6 +266,7 @@ class DomainService(_NetworkService):
             status="pending",
             verification_token=f"ctrlplane-verify={secrets.token_urlsafe(24)}",
             verified_at=None,
+            version=1,
             created_at=now,
             updated_at=now,
         )
@@ -271,8 +290,14 @@ class DomainService(_NetworkService):
     async def get(self, domain_id: str) -> schemas.Domain:
         return await self._view(await self.repo.domain(domain_id))
 
+    def _require_version(self, domain: Domain) -> None:
+        require_version(self.if_match, resource="domain", resource_id=domain.id, version=domain.version)
+
     async def verify(self, domain_id: str) -> schemas.Domain:
+        """Look the TXT record up (outside any lock: DNS may be slow) and mark the domain verified.
+        If-Match is checked before the lookup and again on the locked row."""
         domain = await self.repo.domain(domain_id)
+        self._require_version(domain)
         self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
         if domain.status == "verified":
             return await self._view(domain)
@@ -285,8 +310,12 @@ class DomainService(_NetworkService):
                 details={"record": record, "expected": domain.verification_token, "found": found},
             )
         domain = await self.repo.domain(domain_id, for_update=True)
+        self._require_version(domain)
+        if domain.status == "verified":
+            return await self._view(domain)
         domain.status, domain.verified_at = "verified", utc_now()
         domain.updated_at = utc_now()
+        domain.version += 1
         await append_event(
             self.session,
             tenant_id=domain.tenant_id,
@@ -297,8 +326,11 @@ class DomainService(_NetworkService):
         await self._changed(await self.instances.get(domain.instance_id))
         return await self._view(domain)
 
-    async def request_certificate(self, domain_id: str) -> schemas.Certificate:
+    async def request_certificate(self, domain_id: str) -> tuple[schemas.Certificate, int]:
+        """Ask for a certificate (or a renewal now): the certificate, and the domain's version,
+        which moves when the request changes what the issuer does."""
         domain = await self.repo.domain(domain_id, for_update=True)
+        self._require_version(domain)
         self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
         if domain.status != "verified":
             raise InvalidState(
@@ -320,16 +352,19 @@ class DomainService(_NetworkService):
             )
             self.session.add(certificate)
             await self.session.flush()
+            domain.version += 1
         elif certificate.status not in ("pending", "renewing"):
             certificate.status = "renewing" if certificate.chain_pem else "pending"
             certificate.attempts, certificate.error = 0, None
             certificate.next_attempt_at = certificate.updated_at = now
-        return to_certificate(certificate)
+            domain.version += 1
+        return to_certificate(certificate), domain.version
 
     async def delete(self, domain_id: str) -> None:
         domain = await self.repo.domain(domain_id)
         instance = await InstanceService(self.context).locked(domain.instance_id)
         domain = await self.repo.domain(domain_id, for_update=True)
+        self._require_version(domain)
         self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
         certificate = await self.repo.certificate(domain.id)
         if certificate is not None:

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.pagination import Page
+from ctrlplane.preconditions import ETAG, IfMatch, tagged
 from ctrlplane.secrets import schemas
 from ctrlplane.secrets.service import SecretService
 
@@ -15,21 +16,34 @@ Restart = Annotated[
     QueryParameter(description="Roll the change out now: a rolling deploy of a new release (running or failed only)"),
 ]
 
+KeyType = Annotated[
+    schemas.SecretType | None,
+    QueryParameter(description="file: the key is a path at the root (/NAME), not the env key NAME"),
+]
+
 
 class SecretController(Controller):
     path = "/v1/instances/{instance_id:str}/secrets"
     tags = ["secrets"]
 
-    @post(operation_id="setSecret", responses=errors(404, mutating=True), opt=route("secret", "set", secret_body=True))
+    @post(
+        operation_id="setSecret",
+        responses=errors(404, 412, mutating=True),
+        opt=route("secret", "set", secret_body=True),
+        response_headers=[ETAG],
+    )
     async def set_secret(
         self,
         instance_id: FromPath[str],
         data: JSONBody[schemas.SecretSet],
         context: Context,
         restart: Restart = False,
-    ) -> schemas.Secret:
-        """Set a secret (a new version if the key exists); it takes effect on the next deploy."""
-        return await SecretService(context).set(instance_id, data, restart=restart)
+        if_match: IfMatch = None,
+    ) -> Response[schemas.Secret]:
+        """Set a secret (a new version if the key exists); it takes effect on the next deploy. If-Match
+        names the key's current ETag (a key that does not exist yet matches none)."""
+        secret = await SecretService(context, if_match=if_match).set(instance_id, data, restart=restart)
+        return tagged(secret, secret.version, 201)
 
     @get(operation_id="listSecrets", responses=errors(404), opt=route("secret", "list"))
     async def list_secrets(
@@ -38,11 +52,25 @@ class SecretController(Controller):
         """An instance's secrets, newest first: metadata only, never values."""
         return await SecretService(context).list(instance_id, cursor=cursor, limit=limit)
 
+    @get(
+        "/{key:path}",
+        operation_id="getSecret",
+        responses=errors(404),
+        opt=route("secret", "get"),
+        response_headers=[ETAG],
+    )
+    async def get_secret(
+        self, instance_id: FromPath[str], key: FromPath[str], context: Context, type: KeyType = None
+    ) -> Response[schemas.Secret]:
+        """A secret's metadata, never its value (a file: .../secrets//etc/app/token); its ETag is its version."""
+        secret = await SecretService(context).get(instance_id, key, type=type)
+        return tagged(secret, secret.version)
+
     @delete(
         "/{key:path}",
         status_code=200,
         operation_id="deleteSecret",
-        responses=errors(404, mutating=True),
+        responses=errors(404, 412, mutating=True),
         opt=route("secret", "delete"),
     )
     async def delete_secret(
@@ -51,10 +79,8 @@ class SecretController(Controller):
         key: FromPath[str],
         context: Context,
         restart: Restart = False,
-        type: Annotated[
-            schemas.SecretType | None,
-            QueryParameter(description="file: the key is a path at the root (/NAME), not the env key NAME"),
-        ] = None,
+        type: KeyType = None,
+        if_match: IfMatch = None,
     ) -> schemas.SecretDeleted:
         """Delete a secret (a file: .../secrets//etc/app/token); running containers keep it until the next deploy."""
-        return await SecretService(context).delete(instance_id, key, type=type, restart=restart)
+        return await SecretService(context, if_match=if_match).delete(instance_id, key, type=type, restart=restart)

@@ -37,6 +37,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.pagination import Page, paginate
+from ctrlplane.preconditions import require_existing, require_version
 from ctrlplane.provisioning.contract import SecretFile
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets import schemas
@@ -89,8 +90,12 @@ def validate_key(key: str, type: str) -> None:
 
 
 class SecretService:
-    def __init__(self, context: RequestContext) -> None:
+    """``if_match`` names a secret's ETag: its ``version``, which every set and delete moves and
+    which never repeats for a key (a deleted and re-created key goes on counting)."""
+
+    def __init__(self, context: RequestContext, *, if_match: str | None = None) -> None:
         self.context = context
+        self.if_match = if_match
         self.session = context.session
         self.vault = context.services.vault
 
@@ -148,6 +153,7 @@ class SecretService:
             )
         repo = SecretRepository(self.session, instance.tenant_id)
         current = await repo.current(instance.id, data.key)
+        self._require(current, data.key)
         if current is None:
             limit = (await TenantRepository(self.session).quota(instance.tenant_id)).max_secrets
             used = await repo.count_for_tenant()
@@ -184,19 +190,31 @@ class SecretService:
         statement = SecretRepository(self.session, instance.tenant_id).listing(instance.id)
         return await paginate(self.session, statement, Secret.id, cursor=cursor, limit=limit, convert=to_schema)
 
-    async def delete(self, instance_id: str, key: str, *, type: str | None, restart: bool) -> schemas.SecretDeleted:
-        instance = await self._instance(instance_id)
+    def _require(self, current: Secret | None, key: str) -> None:
+        if current is None:
+            require_existing(self.if_match, resource="secret", resource_id=key)
+        else:
+            require_version(self.if_match, resource="secret", resource_id=current.key, version=current.version)
+
+    async def _named(self, instance: Instance, key: str, type: str | None) -> Secret:
         repo = SecretRepository(self.session, instance.tenant_id)
         # The route's {key:path} always starts with "/": "/DATABASE_URL" is the env key
         # DATABASE_URL unless ?type=file says it is the file /DATABASE_URL.
         bare = key[1:] if key.startswith("/") else key
         candidates = {"env": [bare], "file": ["/" + bare]}.get(type or "", [bare, "/" + bare])
-        current = None
         for candidate in candidates:
             if (current := await repo.current(instance.id, candidate)) is not None:
-                break
-        if current is None:
-            raise NotFound(f"secret {candidates[-1]} not found", details={"resource": "secret", "key": candidates[-1]})
+                return current
+        raise NotFound(f"secret {candidates[-1]} not found", details={"resource": "secret", "key": candidates[-1]})
+
+    async def get(self, instance_id: str, key: str, *, type: str | None) -> schemas.Secret:
+        instance = await InstanceRepository(self.session, self.context.principal.tenant_id).get(instance_id)
+        return to_schema(await self._named(instance, key, type))
+
+    async def delete(self, instance_id: str, key: str, *, type: str | None, restart: bool) -> schemas.SecretDeleted:
+        instance = await self._instance(instance_id)
+        current = await self._named(instance, key, type)
+        self._require(current, current.key)
         row = await self._append(instance, current.key, current.type, None)
         await self.session.delete(current)
         await self.session.flush()

@@ -6,14 +6,14 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.pagination import Page
-from ctrlplane.preconditions import IfMatch, etag_of
+from ctrlplane.preconditions import ETAG, IfMatch, tagged
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.schemas import TenantStatus
 from ctrlplane.tenants.service import TenantService
 
 
 def _tagged(tenant: schemas.Tenant, status_code: int = 200) -> Response[schemas.Tenant]:
-    return Response(tenant, status_code=status_code, headers={"ETag": etag_of(tenant.version)})
+    return tagged(tenant, tenant.version, status_code)
 
 
 class TenantController(Controller):
@@ -43,6 +43,7 @@ class TenantController(Controller):
         operation_id="getTenant",
         responses=errors(404),
         opt=route("tenant", "get", system_admin=True),
+        response_headers=[ETAG],
     )
     async def get_tenant(self, tenant_id: FromPath[str], context: Context) -> Response[schemas.Tenant]:
         """Get a tenant; its ETag is the version If-Match names."""
@@ -53,6 +54,7 @@ class TenantController(Controller):
         operation_id="updateTenant",
         responses=errors(404, 412, mutating=True),
         opt=route("tenant", "update", system_admin=True),
+        response_headers=[ETAG],
     )
     async def update(
         self,
@@ -91,6 +93,7 @@ class TenantController(Controller):
         operation_id="suspendTenant",
         responses=errors(404, 412, mutating=True),
         opt=route("tenant", "suspend", system_admin=True),
+        response_headers=[ETAG],
     )
     async def suspend(
         self,
@@ -108,6 +111,7 @@ class TenantController(Controller):
         operation_id="unsuspendTenant",
         responses=errors(404, 412, mutating=True),
         opt=route("tenant", "unsuspend", system_admin=True),
+        response_headers=[ETAG],
     )
     async def unsuspend(
         self,
@@ -124,16 +128,19 @@ class TenantController(Controller):
         operation_id="getTenantQuota",
         responses=errors(404),
         opt=route("quota", "get", system_admin=True),
+        response_headers=[ETAG],
     )
-    async def get_quota(self, tenant_id: FromPath[str], context: Context) -> schemas.TenantQuota:
-        """A tenant's quota limits and current usage."""
-        return await TenantService(context).quota(tenant_id)
+    async def get_quota(self, tenant_id: FromPath[str], context: Context) -> Response[schemas.TenantQuota]:
+        """A tenant's quota limits and current usage; its ETag is the tenant's."""
+        quota = await TenantService(context).quota(tenant_id)
+        return tagged(quota, quota.version)
 
     @put(
         "/{tenant_id:str}/quota",
         operation_id="setTenantQuota",
         responses=errors(404, 412, mutating=True),
         opt=route("quota", "set", system_admin=True),
+        response_headers=[ETAG],
     )
     async def set_quota(
         self,
@@ -141,6 +148,7 @@ class TenantController(Controller):
         data: JSONBody[schemas.QuotaLimits],
         context: Context,
         if_match: IfMatch = None,
-    ) -> schemas.TenantQuota:
+    ) -> Response[schemas.TenantQuota]:
         """Replace a tenant's quota limits (all fields required); If-Match names the tenant's ETag."""
-        return await TenantService(context, if_match=if_match).set_quota(tenant_id, data)
+        quota = await TenantService(context, if_match=if_match).set_quota(tenant_id, data)
+        return tagged(quota, quota.version)

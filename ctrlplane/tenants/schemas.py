@@ -65,3 +65,5 @@ class TenantQuota(msgspec.Struct):
     limits: QuotaLimits
     usage: QuotaUsage
     updated_at: datetime
+    version: int
+    """The tenant's version: the quota is part of the tenant, so its ETag is the tenant's."""

@@ -203,6 +203,7 @@ class TenantService:
             limits=msgspec.convert(quota, schemas.QuotaLimits, from_attributes=True),
             usage=await self.usage(tenant_id),
             updated_at=quota.updated_at,
+            version=tenant.version,
         )
 
     async def set_quota(self, tenant_id: str, limits: schemas.QuotaLimits) -> schemas.TenantQuota:

@@ -234,6 +234,15 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
     assert live_probe == {"path": "/healthz", "port": app_port}
     assert await eventually(lambda: ingress_rules(cluster, namespace) == {(default_host, "/", app_port)}, "the ingress")
 
+    # A check changed: its probe follows (PATCH with the check's ETag).
+    check_path = f"/v1/health/checks/{http_check.json()['id']}"
+    etag = (await live.client.get(check_path, headers=token)).headers["etag"]
+    patched = await live.client.patch(check_path, json={"interval": "30s"}, headers={**token, "If-Match": etag})
+    assert patched.status_code == 200, patched.text
+    assert await eventually(
+        lambda: container(cluster, instance_id)["readinessProbe"]["periodSeconds"] == 30, "the changed check"
+    )
+
     # The last check removed: back to the TCP readiness default, no liveness probe.
     assert (await live.client.delete(f"/v1/health/checks/{http_check.json()['id']}", headers=token)).status_code == 204
     assert await eventually(lambda: "livenessProbe" not in container(cluster, instance_id), "no liveness probe")

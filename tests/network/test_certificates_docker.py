@@ -56,6 +56,7 @@ def settings(settings: Settings, caddy: Caddy, challtestsrv: ChallTestSrv, pebbl
         acme_email="ops@example.com",
         acme_retry_base_seconds=1.0,
         acme_timeout_seconds=30.0,
+        outbound_allow_cidrs=("127.0.0.1/32",),  # Pebble listens on the loopback
     )
 
 
