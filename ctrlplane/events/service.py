@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,9 +66,14 @@ async def read_after(
     statement = select(Event).where(Event.tenant_id == tenant_id, Event.seq > after)
     if instance_id is not None:
         statement = statement.where(Event.instance_id == instance_id)
-    async with db.read() as session:
-        rows = (await session.execute(statement.order_by(Event.seq).limit(limit))).scalars()
-        return [to_schema(row) for row in rows]
+    # Shielded: a stream's client that goes away cancels the stream, and a cancel landing inside the
+    # query would make the pool terminate the connection, whose graceful close on aiosqlite can then
+    # wait forever (a task left pending that holds up the server's shutdown). The read is short; the
+    # cancel takes effect right after it.
+    with anyio.CancelScope(shield=True):
+        async with db.read() as session:
+            rows = (await session.execute(statement.order_by(Event.seq).limit(limit))).scalars()
+            return [to_schema(row) for row in rows]
 
 
 async def page(
