@@ -118,13 +118,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
+# Emptying the worker's PostgreSQL database before each test: DELETE, children first, in one
+# statement, not TRUNCATE: on these near-empty tables TRUNCATE (new files for every table and
+# index, each fsynced at commit) costs several times as much, and this runs before every
+# ``[postgres]`` test. There are no triggers, and neither resets sequences. The commit need not
+# wait for its WAL flush: the next test reads through the same server.
+_EMPTY_POSTGRES = (
+    "DO $$ BEGIN SET LOCAL synchronous_commit = off; "
+    + " ".join(f'DELETE FROM "{table.name}";' for table in reversed(metadata.sorted_tables))
+    + " END $$"
+)
+
+
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = connect(database_url)
     if database.dialect == "postgresql":
-        tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
         async with database.engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+            await conn.execute(text(_EMPTY_POSTGRES))
     yield database
     await database.dispose()
 
