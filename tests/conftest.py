@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -267,6 +268,12 @@ async def live_server(app: Any) -> AsyncIterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await asyncio.wait_for(task, timeout=15)
+    # What is still running once the server is gone, for the report of a test that then hangs in the
+    # event loop's shutdown (a task that never finishes when cancelled; seen under heavy load).
+    for leftover in asyncio.all_tasks() - {asyncio.current_task()}:
+        if not leftover.done():
+            print(f"task left after live_server: {leftover!r}", file=sys.stderr)
+            leftover.print_stack(limit=8, file=sys.stderr)
 
 
 @pytest.fixture
