@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", help="serve the API (migrates the database first)")
     serve.add_argument("--host", help="address to bind (CTRLPLANE_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (CTRLPLANE_PORT, default 8080)")
+    serve.add_argument("--port", type=int, help="port to bind (CTRLPLANE_PORT, default 8080; 0: a free one)")
     serve.add_argument("--no-migrate", action="store_true", help="do not migrate the database on start")
 
     commands.add_parser("migrate", help="bring the database schema up to date")
@@ -148,7 +148,9 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     from ctrlplane.provisioning.registry import ProviderLoadError
 
     configure_logging(settings)
-    settings = msgspec.structs.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    settings = msgspec.structs.replace(
+        settings, host=args.host or settings.host, port=settings.port if args.port is None else args.port
+    )
     if settings.migrate_on_start and not args.no_migrate:
         asyncio.run(_migrate(settings))
     if any(a.startswith("HS") for a in settings.jwt_algorithms):
@@ -164,12 +166,20 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     except (ProviderLoadError, SettingsError) as exc:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
+    # Bound here, not inside uvicorn.run, so the line below names the real port: with port 0 the
+    # kernel picks a free one and whoever started the server (the test harness) reads it from there,
+    # with no window in which another process could take a port picked in advance.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    sock = config.bind_socket()
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
     print(
-        f"ctrlplane {app.state.services.version} serving on http://{settings.host}:{settings.port}\n"
+        f"ctrlplane {app.state.services.version} serving on http://{shown}:{port}\n"
         f"  admin token: ctrlplane token issue --admin",
         file=sys.stderr,
+        flush=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -118,13 +119,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
+# Emptying the worker's PostgreSQL database before each test: DELETE, children first, in one
+# statement, not TRUNCATE: on these near-empty tables TRUNCATE (new files for every table and
+# index, each fsynced at commit) costs several times as much, and this runs before every
+# ``[postgres]`` test. There are no triggers, and neither resets sequences. The commit need not
+# wait for its WAL flush: the next test reads through the same server.
+_EMPTY_POSTGRES = (
+    "DO $$ BEGIN SET LOCAL synchronous_commit = off; "
+    + " ".join(f'DELETE FROM "{table.name}";' for table in reversed(metadata.sorted_tables))
+    + " END $$"
+)
+
+
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = connect(database_url)
     if database.dialect == "postgresql":
-        tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
         async with database.engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+            await conn.execute(text(_EMPTY_POSTGRES))
     yield database
     await database.dispose()
 
@@ -259,6 +271,12 @@ async def live_server(app: Any) -> AsyncIterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await asyncio.wait_for(task, timeout=15)
+    # What is still running once the server is gone, for the report of a test that then hangs in the
+    # event loop's shutdown (a task that never finishes when cancelled; seen under heavy load).
+    for leftover in asyncio.all_tasks() - {asyncio.current_task()}:
+        if not leftover.done():
+            print(f"task left after live_server: {leftover!r}", file=sys.stderr)
+            leftover.print_stack(limit=8, file=sys.stderr)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +12,7 @@ import jwt
 import pytest
 
 CLI = [sys.executable, "-m", "ctrlplane.cli"]
+SERVING = re.compile(r"serving on (http://\S+)")
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -21,12 +22,6 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=60)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_token_issue_signs_with_the_generated_server_key(tmp_path: Path) -> None:
@@ -70,25 +65,30 @@ def test_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None:
 
 
 def test_serve_migrates_generates_a_key_and_answers(tmp_path: Path) -> None:
-    port = _free_port()
     env = _env(tmp_path, CTRLPLANE_PROVIDERS="docker")
-    server = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        # port 0: the kernel picks a free port and the "serving on" line names it (no pick-then-bind race)
+        server = subprocess.Popen([*CLI, "serve", "--port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
+        url = None
         while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert server.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+            found = SERVING.search(log_path.read_text())
+            if found is not None:
+                url = found.group(1)
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.1)
+        assert url is not None and not url.endswith(":0")
         token = _run(["token", "issue", "--admin"], env).stdout.strip()
         response = httpx.post(
-            f"http://127.0.0.1:{port}/v1/admin/tenants",
+            f"{url}/v1/admin/tenants",
             json={"name": "Acme", "slug": "acme"},
             headers={"Authorization": f"Bearer {token}"},
         )
@@ -96,7 +96,8 @@ def test_serve_migrates_generates_a_key_and_answers(tmp_path: Path) -> None:
         assert (tmp_path / "ctrlplane.db").exists()
     finally:
         server.terminate()
-        output = server.communicate(timeout=30)[0]
+        server.wait(timeout=30)
+    output = log_path.read_text()
     assert "signing_key_generated" in output
     assert "token issue --admin" in output
     assert token not in output
@@ -116,7 +117,7 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
 
 def test_serve_refuses_a_malformed_master_key_ring_without_echoing_it(tmp_path: Path) -> None:
     ring = "1:c2hvcnQ=,2:bm90LWEta2V5LWF0LWFsbA=="
-    result = _run(["serve", "--port", str(_free_port())], _env(tmp_path, CTRLPLANE_SECRETS_MASTER_KEYS=ring))
+    result = _run(["serve", "--port", "0"], _env(tmp_path, CTRLPLANE_SECRETS_MASTER_KEYS=ring))
     assert result.returncode == 2, result.stderr
     assert "CTRLPLANE_SECRETS_MASTER_KEYS" in result.stderr
     assert "c2hvcnQ=" not in result.stderr

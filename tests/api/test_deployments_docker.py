@@ -14,7 +14,6 @@ from tests.api.test_deployments import finished
 from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
     APP,
-    Server,
     _remove_what_the_test_made,
     containers_of,
     providers,
@@ -23,6 +22,7 @@ from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
     tenant,
 )
 from tests.conftest import Api
+from tests.harness import ServeProcess
 from tests.providers.docker_engine import (  # noqa: F401 - docker_engine is a fixture
     BROKEN_IMAGE,
     IMAGE,
@@ -105,7 +105,7 @@ async def test_a_new_image_that_fails_its_gate_rolls_back_and_the_old_keeps_serv
 
 @pytest.mark.parametrize("delay", [0.3, 1.0])
 async def test_killed_mid_deploy_the_deploy_ends_cleanly_with_no_extra_containers(
-    server: Server,
+    server: ServeProcess,
     api: Api,
     docker_engine: DockerClient,
     variant_images: None,
@@ -123,6 +123,7 @@ async def test_killed_mid_deploy_the_deploy_ends_cleanly_with_no_extra_container
         await asyncio.sleep(delay)
         server.kill()
         await server.start()
+        http.base_url = server.url  # a new lifetime, a new port
         done = await finished(remote, response.json()["id"], token, timeout=60)
         assert done["state"] in ("succeeded", "rolled_back"), done
         await wait_for(remote, instance["id"], token, state("running"), timeout=30)

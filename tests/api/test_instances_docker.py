@@ -7,11 +7,6 @@ docker_engine.py). Every container, network and volume a test makes is removed a
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +20,8 @@ from docker import DockerClient
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from tests.api.test_instances import create, state, wait_for
-from tests.conftest import JWT_SECRET, Api, bearer
+from tests.conftest import Api, bearer
+from tests.harness import ServeProcess
 from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, docker_engine, remove_cluster  # noqa: F401
 
 pytestmark = pytest.mark.docker
@@ -215,69 +211,17 @@ async def answers_on_its_endpoint(api: Api, instance_id: str, token: dict[str, s
     return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``ctrlplane serve`` as its own process, so a test can SIGKILL it."""
-
-    def __init__(self, database_url: str, data_dir: Path, cluster_name: str) -> None:
-        self.port = _free_port()
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("CTRLPLANE_")},
-            "CTRLPLANE_DATABASE_URL": database_url,
-            "CTRLPLANE_DATA_DIR": str(data_dir),
-            "CTRLPLANE_JWT_SECRET": JWT_SECRET,
-            "CTRLPLANE_PORT": str(self.port),
-            "CTRLPLANE_RECONCILE_INTERVAL_SECONDS": "0.5",
-            "CTRLPLANE_OPERATION_LEASE_SECONDS": "2",
-            "CTRLPLANE_LOG_LEVEL": "warning",
-            "CTRLPLANE_CLUSTER_NAME": cluster_name,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ctrlplane.cli", "serve"], env=self.env, stderr=subprocess.DEVNULL
-        )
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError("ctrlplane serve did not become ready")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
 @pytest.fixture
-async def server(database_url: str, db: Any, tmp_path: Path, settings: Settings) -> AsyncIterator[Server]:
-    process = Server(database_url, tmp_path / "server", settings.cluster_name)
+async def server(database_url: str, db: Any, tmp_path: Path, settings: Settings) -> AsyncIterator[ServeProcess]:
+    """``ctrlplane serve`` as its own process on this test's database, so a test can SIGKILL it."""
+    process = ServeProcess(database_url, tmp_path / "server", settings.cluster_name, ready_path="/readyz")
     yield process
     process.stop()
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
 async def test_server_killed_mid_provision_ends_with_exactly_one_container(
-    server: Server,
+    server: ServeProcess,
     api: Api,
     docker_engine: DockerClient,
     delay: float,
@@ -290,6 +234,7 @@ async def test_server_killed_mid_provision_ends_with_exactly_one_container(
         await asyncio.sleep(delay)
         server.kill()
         await server.start()
+        http.base_url = server.url  # a new lifetime, a new port
         await wait_for(remote, instance["id"], token, state("running"), timeout=30)
         assert await answers_on_its_endpoint(remote, instance["id"], token)
         await asyncio.sleep(1.5)

@@ -20,7 +20,6 @@ from ctrlplane.settings import Settings
 from tests.api.test_instances import create, state, wait_for
 from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
     APP,
-    Server,
     _remove_what_the_test_made,
     answers_on_its_endpoint,
     containers_of,
@@ -28,6 +27,7 @@ from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
     tenant,
 )
 from tests.conftest import Api, Tokens
+from tests.harness import ServeProcess
 
 pytestmark = pytest.mark.docker
 
@@ -38,12 +38,13 @@ def database_url(postgres_url: str) -> str:
 
 
 @pytest.fixture
-async def two_replicas(db: Database, tmp_path: Path, settings: Settings) -> AsyncIterator[dict[str, Server]]:
+async def two_replicas(db: Database, tmp_path: Path, settings: Settings) -> AsyncIterator[dict[str, ServeProcess]]:
     servers = {}
     for name in ("a", "b"):
-        server = Server(settings.resolved_database_url, tmp_path / name, settings.cluster_name)
-        server.env["CTRLPLANE_REPLICA_NAME"] = name
-        servers[name] = server
+        servers[name] = ServeProcess(
+            settings.resolved_database_url, tmp_path / name, settings.cluster_name,
+            ready_path="/readyz", CTRLPLANE_REPLICA_NAME=name,
+        )  # fmt: skip
     try:
         await asyncio.gather(*(server.start() for server in servers.values()))
         yield servers
@@ -67,7 +68,7 @@ async def _running_operation(db: Database, instance_id: str, timeout: float = 30
 
 
 async def test_replica_killed_mid_operation_is_finished_by_the_other(
-    two_replicas: dict[str, Server], db: Database, tokens: Tokens, docker_engine: DockerClient
+    two_replicas: dict[str, ServeProcess], db: Database, tokens: Tokens, docker_engine: DockerClient
 ) -> None:
     async with httpx.AsyncClient(base_url=two_replicas["a"].url, timeout=10) as http:
         token = await tenant(Api(http, tokens), "acme")

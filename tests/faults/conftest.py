@@ -12,7 +12,7 @@ from docker import DockerClient
 
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
-from tests.faults.harness import Serve
+from tests.harness import ServeProcess
 from tests.providers.docker_engine import docker_engine, ensure_variant_images, remove_cluster  # noqa: F401
 
 
@@ -24,10 +24,10 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def server(
     database_url: str, db: Database, tmp_path: Path, settings: Settings, docker_engine: DockerClient
-) -> Iterator[Serve]:
+) -> Iterator[ServeProcess]:
     """``ctrlplane serve`` on this test's database and cluster, on the shared Docker engine."""
     ensure_variant_images(docker_engine)
-    process = Serve(database_url, tmp_path / "server", settings.cluster_name)
+    process = ServeProcess(database_url, tmp_path / "server", settings.cluster_name)
     try:
         yield process
     finally:

@@ -1,4 +1,4 @@
-"""What the fault suite shares: ``ctrlplane serve`` as a real process (so it can be SIGKILLed), a
+"""What the fault suite shares (besides ``ctrlplane serve`` as a real process, tests/harness.py): a
 private Docker engine (so it can be stopped without touching the shared one) and a private
 PostgreSQL cluster (so it can be restarted without touching the shared one).
 
@@ -8,14 +8,12 @@ Every helper here starts processes of its own and ends exactly those, by their p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,90 +21,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ephemeral_port_reserve
 import httpx
 
-from tests.conftest import JWT_SECRET, require_binary
+from tests.conftest import require_binary
 
 OK_OR_CLIENT_ERROR = range(200, 500)
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Serve:
-    """``ctrlplane serve`` as its own process on a random loopback port, with its own data dir."""
-
-    def __init__(self, database_url: str, data_dir: Path, cluster_name: str, **extra_env: str) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("CTRLPLANE_")},
-            "CTRLPLANE_DATABASE_URL": database_url,
-            "CTRLPLANE_DATA_DIR": str(data_dir),
-            "CTRLPLANE_JWT_SECRET": JWT_SECRET,
-            "CTRLPLANE_PORT": str(self.port),
-            "CTRLPLANE_RECONCILE_INTERVAL_SECONDS": "0.5",
-            "CTRLPLANE_OPERATION_LEASE_SECONDS": "2",
-            "CTRLPLANE_LOG_LEVEL": "warning",
-            "CTRLPLANE_CLUSTER_NAME": cluster_name,
-            **extra_env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.lifetimes = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "serve.log"
-
-    async def start(self, timeout: float = 90) -> None:
-        self.lifetimes += 1
-        with self.log_path.open("ab") as log:
-            log.write(f"--- lifetime {self.lifetimes}\n".encode())
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ctrlplane.cli", "serve"], env=self.env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=5) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"ctrlplane serve exited with {self.process.returncode}: {self.tail()}")
-                try:
-                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"ctrlplane serve did not answer in {timeout}s: {self.tail()}")
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ctrlplane.cli", *args], env=self.env, capture_output=True, text=True, timeout=120
-        )
+    """A loopback port for a server that cannot bind port 0 and report it (PostgreSQL): left in
+    TIME_WAIT, so the kernel hands it to no other bind(0) or outgoing connection until the server,
+    binding with SO_REUSEADDR, takes it."""
+    return int(ephemeral_port_reserve.reserve("127.0.0.1"))
 
 
 async def audit_request_ids(http: httpx.AsyncClient, admin: dict[str, str]) -> set[str]:
@@ -299,14 +226,15 @@ class PrivatePostgres:
         assert done.returncode == 0, done.stderr
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
-                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n"
+                f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
                 "fsync = off\nmax_connections = 50\n"
             )
 
     def start(self) -> None:
         done = self._as_postgres(
-            postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"), "-w", "-t", "60", "start"
-        )
+            postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"),
+            "-o", f"-p {self.port}", "-w", "-t", "60", "start",
+        )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr + self.tail()
 
     def stop(self, mode: str = "fast") -> None:

@@ -37,7 +37,8 @@ from sqlalchemy import text
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens, bearer
-from tests.faults.harness import OK_OR_CLIENT_ERROR, Serve, audit_request_ids
+from tests.faults.harness import OK_OR_CLIENT_ERROR, audit_request_ids
+from tests.harness import ServeProcess
 from tests.providers.docker_engine import HTTP_PORT, IMAGE, V2_IMAGE
 
 APP = {"image": IMAGE, "ports": [{"container_port": HTTP_PORT}], "resources": {"cpu_millis": 100, "memory_mb": 32}}
@@ -92,7 +93,7 @@ async def _deploying(http: httpx.AsyncClient, instance_id: str, token: dict[str,
 
 async def run_kills(
     *,
-    server: Serve,
+    server: ServeProcess,
     db: Database,
     tokens: Tokens,
     settings: Settings,
@@ -152,6 +153,7 @@ async def run_kills(
                 elif action == "delete":
                     ledger.deleted.add(target)
             await server.start()
+            http.base_url = server.url  # a new lifetime, a new port
         await converged(http, db, settings, ledger)
         audited = await audit_request_ids(http, admin)
     missing = {rid: what for rid, what in ledger.accepted.items() if rid not in audited}

@@ -35,8 +35,9 @@ from sqlalchemy import text
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens, bearer
-from tests.faults.harness import OK_OR_CLIENT_ERROR, PrivateDockerd, Serve
+from tests.faults.harness import OK_OR_CLIENT_ERROR, PrivateDockerd
 from tests.faults.kill import APP, _database_view, _mismatches, until_running
+from tests.harness import ServeProcess
 from tests.providers.docker_engine import INDEX_BODY, ensure_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
@@ -65,8 +66,8 @@ def engine() -> Iterator[PrivateDockerd]:
 @pytest.fixture
 def server(
     database_url: str, db: Database, tmp_path: Path, settings: Settings, engine: PrivateDockerd
-) -> Iterator[Serve]:
-    process = Serve(database_url, tmp_path / "server", settings.cluster_name, DOCKER_HOST=engine.host)
+) -> Iterator[ServeProcess]:
+    process = ServeProcess(database_url, tmp_path / "server", settings.cluster_name, DOCKER_HOST=engine.host)
     try:
         yield process
     finally:
@@ -100,7 +101,7 @@ async def _answers(
 
 
 async def test_engine_stopped_mid_operation_callers_get_503_and_work_completes_when_it_is_back(
-    server: Serve, engine: PrivateDockerd, db: Database, tokens: Tokens, settings: Settings
+    server: ServeProcess, engine: PrivateDockerd, db: Database, tokens: Tokens, settings: Settings
 ) -> None:
     await server.start()
     admin = bearer(tokens.admin())

@@ -11,8 +11,8 @@ import pytest
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens
-from tests.faults.harness import Serve
 from tests.faults.kill import run_kills
+from tests.harness import ServeProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -21,7 +21,7 @@ RUNS = 6
 
 @pytest.mark.parametrize("seed", [1009])
 async def test_killed_during_create_and_delete_everything_converges(
-    server: Serve, db: Database, tokens: Tokens, settings: Settings, seed: int
+    server: ServeProcess, db: Database, tokens: Tokens, settings: Settings, seed: int
 ) -> None:
     await run_kills(
         server=server, db=db, tokens=tokens, settings=settings, seed=seed, runs=RUNS, actions=("create", "delete")

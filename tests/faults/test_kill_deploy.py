@@ -10,8 +10,8 @@ import pytest
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens
-from tests.faults.harness import Serve
 from tests.faults.kill import run_kills
+from tests.harness import ServeProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -20,7 +20,7 @@ RUNS = 4
 
 @pytest.mark.parametrize("seed", [2017])
 async def test_killed_during_deploy_everything_converges(
-    server: Serve, db: Database, tokens: Tokens, settings: Settings, seed: int
+    server: ServeProcess, db: Database, tokens: Tokens, settings: Settings, seed: int
 ) -> None:
     await run_kills(
         server=server, db=db, tokens=tokens, settings=settings, seed=seed, runs=RUNS,

@@ -25,8 +25,9 @@ from docker import DockerClient
 
 from ctrlplane.settings import Settings
 from tests.conftest import JWT_SECRET, Tokens, bearer
-from tests.faults.harness import OK_OR_CLIENT_ERROR, PrivatePostgres, Serve, audit_request_ids, private_postgres
+from tests.faults.harness import OK_OR_CLIENT_ERROR, PrivatePostgres, audit_request_ids, private_postgres
 from tests.faults.kill import APP, until_running
+from tests.harness import ServeProcess
 from tests.providers.docker_engine import remove_cluster
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults, pytest.mark.postgres]
@@ -52,8 +53,8 @@ def cluster() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def server(cluster: PrivatePostgres, tmp_path: Path, docker_engine: DockerClient) -> Iterator[Serve]:
-    process = Serve(cluster.url, tmp_path / "server", f"test-{uuid.uuid4().hex[:12]}")
+def server(cluster: PrivatePostgres, tmp_path: Path, docker_engine: DockerClient) -> Iterator[ServeProcess]:
+    process = ServeProcess(cluster.url, tmp_path / "server", f"test-{uuid.uuid4().hex[:12]}")
     try:
         yield process
     finally:
@@ -118,7 +119,7 @@ async def readiness(http: httpx.AsyncClient, want: int, timeout: float = 60) -> 
 
 
 async def test_postgres_restarted_readyz_goes_503_and_back_and_no_request_gets_a_500(
-    cluster: PrivatePostgres, server: Serve, tokens: Tokens
+    cluster: PrivatePostgres, server: ServeProcess, tokens: Tokens
 ) -> None:
     await server.start()
     admin = bearer(tokens.admin())

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ephemeral_port_reserve
 import httpx
 import pytest
 from cryptography import x509
@@ -30,9 +31,10 @@ from tests.conftest import require_binary
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port for a server that cannot bind port 0 and report it (Caddy, Pebble): left in
+    TIME_WAIT, so the kernel hands it to no other bind(0) or outgoing connection until the server,
+    binding with SO_REUSEADDR, takes it."""
+    return int(ephemeral_port_reserve.reserve("127.0.0.1"))
 
 
 def free_udp_port() -> int:
