@@ -73,7 +73,8 @@ async def read_after(
     with anyio.CancelScope(shield=True):
         async with db.read() as session:
             rows = (await session.execute(statement.order_by(Event.seq).limit(limit))).scalars()
-            return [to_schema(row) for row in rows]
+            events = [to_schema(row) for row in rows]
+    return events
 
 
 async def page(
