@@ -248,8 +248,11 @@ class UnitOfWork(ASGIMiddleware):
         self.services = services
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if not scope["path"].startswith("/v1/") or scope["route_handler"].opt.get("own_auth"):
+        if not scope["path"].startswith("/v1/"):
             await next_app(scope, receive, send)
+            return
+        if scope["route_handler"].opt.get("own_auth"):  # its guard authenticates and rate-limits
+            await next_app(scope, receive, _with_rate_limit_headers(scope, send))
             return
         http_scope = cast("HTTPScope", scope)
         send = _with_rate_limit_headers(scope, send)

@@ -115,13 +115,21 @@ class RateLimiter:
         credential = (
             f"key:{principal.key_id}" if principal.key_id else f"user:{principal.tenant_id}:{principal.subject}"
         )
-        limits = self.limits_for(plan)
+        return await self._check(credential, f"tenant:{principal.tenant_id}", self.limits_for(plan))
+
+    async def check_instance(self, instance_id: str, tenant_id: str, plan: str | None) -> BucketState | None:
+        """The same for an instance exporting telemetry with its own token: its own credential bucket
+        and a tenant bucket of telemetry apart from the tenant's API bucket, both sized by the plan,
+        so that a chatty instance is held to its plan without spending its tenant's API calls."""
+        if not self.settings.rate_limits_enabled:
+            return None
+        return await self._check(f"instance:{instance_id}", f"telemetry:{tenant_id}", self.limits_for(plan))
+
+    async def _check(self, credential: str, tenant: str, limits: PlanRateLimit) -> BucketState:
         key_state = await self._take(credential, limits.credential_burst, limits.credential_per_minute)
         states = [key_state]
         if key_state.allowed:
-            states.append(
-                await self._take(f"tenant:{principal.tenant_id}", limits.tenant_burst, limits.tenant_per_minute)
-            )
+            states.append(await self._take(tenant, limits.tenant_burst, limits.tenant_per_minute))
         refused = next((s for s in states if not s.allowed), None)
         if refused is not None:
             error = RateLimited(

@@ -14,10 +14,12 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ctrlplane.boundary import RATE_LIMIT_KEY
 from ctrlplane.context import AppServices
-from ctrlplane.errors import ErrorBody, Unauthenticated
+from ctrlplane.errors import ErrorBody, RateLimited, Unauthenticated
 from ctrlplane.http import Context, Moment, errors, parse_moment, route
 from ctrlplane.openapi import EVENT_STREAM
+from ctrlplane.ratelimit.service import BucketState
 from ctrlplane.telemetry import otlp, schemas
 from ctrlplane.telemetry.logparse import Level
 from ctrlplane.telemetry.service import TelemetryService, authenticate_instance, ingest_spans, scrape
@@ -98,10 +100,21 @@ class TelemetryController(Controller):
 
 
 async def instance_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The instance's own token, then its rate limits (``RateLimiter.check_instance``): 429 with
+    Retry-After past them, and RateLimit-* headers on the answer either way."""
     services: AppServices = connection.app.state.services
-    connection.scope[OTLP_SCOPE_KEY] = await authenticate_instance(  # type: ignore[literal-required]
-        services, connection.headers.get("authorization")
-    )
+    instance_id, tenant_id, plan = await authenticate_instance(services, connection.headers.get("authorization"))
+    connection.scope[OTLP_SCOPE_KEY] = (instance_id, tenant_id)  # type: ignore[literal-required]
+    if services.rate_limiter is None:
+        return
+    state: BucketState | None = None
+    try:
+        state = await services.rate_limiter.check_instance(instance_id, tenant_id, plan)
+    except RateLimited as exc:
+        state = exc.rate_limit  # type: ignore[attr-defined]
+        raise
+    finally:
+        connection.scope[RATE_LIMIT_KEY] = state  # type: ignore[literal-required]
 
 
 @post(
@@ -115,6 +128,7 @@ async def instance_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _
         400: ResponseSpec(data_container=ErrorBody, description="Not an OTLP JSON trace export"),
         401: ResponseSpec(data_container=ErrorBody, description="Missing or invalid instance token"),
         403: ResponseSpec(data_container=ErrorBody, description="The spans name another instance than the token's"),
+        429: ResponseSpec(data_container=ErrorBody, description="The instance's or its tenant's telemetry rate limit"),
         409: ResponseSpec(data_container=ErrorBody, description="The instance was removed while its spans were stored"),
         413: ResponseSpec(data_container=ErrorBody, description="Request body over the size limit"),
         503: ResponseSpec(data_container=ErrorBody, description="Database unavailable"),

@@ -30,6 +30,7 @@ from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.releases.models import Release
 from ctrlplane.telemetry import logparse, otlp, schemas
 from ctrlplane.telemetry.repository import GAUGES, MetricsRepository, SpanRepository, bucket_start
+from ctrlplane.tenants.models import Tenant
 from ctrlplane.timeutil import as_utc, parse_duration, utc_now
 
 DEFAULT_WINDOW = timedelta(hours=1)
@@ -358,9 +359,9 @@ class TelemetryService:
         )
 
 
-async def authenticate_instance(services: AppServices, authorization: str | None) -> tuple[str, str]:
-    """(instance, tenant) of an OTLP request's ``Authorization: Bearer cpt_...``; 401 otherwise.
-    Tenant tokens and API keys are not accepted here: only an instance's own token."""
+async def authenticate_instance(services: AppServices, authorization: str | None) -> tuple[str, str, str]:
+    """(instance, tenant, the tenant's plan) of an OTLP request's ``Authorization: Bearer cpt_...``;
+    401 otherwise. Tenant tokens and API keys are not accepted here: only an instance's own token."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("send the instance's OTLP token: Authorization: Bearer cpt_...")
@@ -369,11 +370,15 @@ async def authenticate_instance(services: AppServices, authorization: str | None
         raise Unauthenticated("not a valid instance OTLP token")
     async with services.db.read() as session:
         row = (
-            await session.execute(select(Instance.tenant_id, Instance.state).where(Instance.id == instance_id))
+            await session.execute(
+                select(Instance.tenant_id, Instance.state, Tenant.plan)
+                .join(Tenant, Tenant.id == Instance.tenant_id)
+                .where(Instance.id == instance_id)
+            )
         ).one_or_none()
     if row is None or row.state in ("destroying", "destroyed"):
         raise Unauthenticated("the instance of this OTLP token no longer exists")
-    return instance_id, str(row.tenant_id)
+    return instance_id, str(row.tenant_id), str(row.plan)
 
 
 async def ingest_spans(

@@ -12,6 +12,8 @@ import pytest
 
 from ctrlplane.db import connect
 from ctrlplane.settings import PlanRateLimit, Settings
+from tests.api.test_instances import create
+from tests.api.test_telemetry import otlp_body, otlp_headers
 from tests.conftest import Api, bearer
 
 LIMITS = {
@@ -178,3 +180,21 @@ async def test_an_unreachable_bucket_table_is_503_not_500(api: Api, app: Any, cl
     finally:
         await limiter.db.dispose()
         limiter.db = working
+
+
+async def test_telemetry_exports_have_buckets_of_their_own(api: Api, clock: Clock, settings: Settings) -> None:
+    """An instance's OTLP exports are limited by its plan per instance token (429, Retry-After and
+    RateLimit-* like the API) and never spend its tenant's API calls."""
+    _, token = await tenant_with_token(api)  # free: credential burst 3
+    instance = await create(api, token)
+    export = {"json": otlp_body(), "headers": otlp_headers(settings, instance["id"])}
+    answers = [await api.client.post("/v1/otlp/v1/traces", **export) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429], [r.text for r in answers]
+    assert [limit_headers(r)[:2] for r in answers] == [(3, 2), (3, 1), (3, 0), (3, 0)]
+    refused = answers[-1]
+    assert int(refused.headers["Retry-After"]) >= 1 and refused.json()["code"] == "rate_limited"
+    # the tenant's own credential spent one token on the create, none on the exports
+    listed = await api.client.get("/v1/instances", headers=token)
+    assert listed.status_code == 200 and limit_headers(listed)[1] == 1
+    clock.advance(1.0)  # one token back at 60 a minute
+    assert (await api.client.post("/v1/otlp/v1/traces", **export)).status_code == 200
