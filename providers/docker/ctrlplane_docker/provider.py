@@ -748,19 +748,9 @@ class DockerProvider:
             lambda api: self._inspect(api, self._required_replicas(api, instance_id)),
         )
         running = [str(attrs["Id"]) for attrs in inspected if attrs["State"].get("Status") == "running"]
-        samples: list[dict[str, Any]] = []
-
-        async def sample(container_id: str) -> None:
-            stats = await self._run(
-                f"read the usage of instance {instance_id}", lambda api: api.stats(container_id, stream=False)
-            )
-            samples.append(dict(stats))
-
-        async with anyio.create_task_group() as group:
-            for container_id in running:
-                group.start_soon(sample, container_id)
+        samples = await self._stats(instance_id, running)
         restarts = sum(int(attrs.get("RestartCount") or 0) for attrs in inspected)
-        return usage_from_samples(samples, restarts=restarts)
+        return usage_from_samples(list(samples.values()), restarts=restarts)
 
     async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
         """One engine stats sample per running replica (taken in parallel), next to its status;
@@ -769,18 +759,8 @@ class DockerProvider:
             f"read the usage of instance {instance_id}",
             lambda api: self._inspect(api, self._required_replicas(api, instance_id)),
         )
-        samples: dict[str, dict[str, Any]] = {}
-
-        async def sample(container_id: str) -> None:
-            stats = await self._run(
-                f"read the usage of instance {instance_id}", lambda api: api.stats(container_id, stream=False)
-            )
-            samples[container_id] = dict(stats)
-
-        async with anyio.create_task_group() as group:
-            for attrs in inspected:
-                if attrs["State"].get("Status") == "running":
-                    group.start_soon(sample, str(attrs["Id"]))
+        running = [str(attrs["Id"]) for attrs in inspected if attrs["State"].get("Status") == "running"]
+        samples = await self._stats(instance_id, running)
         found = [
             replica_usage_from_sample(
                 replica_status(attrs, self._host_address),
@@ -790,6 +770,41 @@ class DockerProvider:
             for attrs in inspected
         ]
         return sorted(found, key=lambda r: (r.generation, r.replica))
+
+    async def _stats(self, instance_id: str, container_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """One engine stats sample per container, taken in parallel. A container that stops or goes
+        while it is sampled (a deploy retiring it) has none: the engine answers 404, 409 or an
+        empty body. Any other failure is raised as itself (the first one), not as a group."""
+        samples: dict[str, dict[str, Any]] = {}
+        failures: list[Exception] = []
+
+        def read(api: APIClient, container_id: str) -> dict[str, Any] | None:
+            try:
+                return dict(api.stats(container_id, stream=False))
+            except APIError as exc:
+                if is_not_found(exc) or is_conflict(exc):
+                    return None
+                raise
+            except ValueError:  # the body of a container stopping under the request is empty
+                return None
+
+        async def sample(container_id: str) -> None:
+            try:
+                stats = await self._run(
+                    f"read the usage of instance {instance_id}", lambda api: read(api, container_id)
+                )
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the others are done
+                failures.append(exc)
+                return
+            if stats is not None:
+                samples[container_id] = stats
+
+        async with anyio.create_task_group() as group:
+            for container_id in container_ids:
+                group.start_soon(sample, container_id)
+        if failures:
+            raise failures[0]
+        return samples
 
     async def exec(
         self,
