@@ -31,6 +31,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Never by rebuilding the table on SQLite: the migrations run with foreign keys on, and dropping
+    # the old copy of domains or health_checks would cascade to certificates and check results.
+    # SQLite drops a plain column in place (ALTER TABLE ... DROP COLUMN, since 3.35).
     for table in reversed(TABLES):
-        with op.batch_alter_table(table, schema=None) as batch_op:
+        with op.batch_alter_table(table, schema=None, recreate="never") as batch_op:
             batch_op.drop_column("version")
