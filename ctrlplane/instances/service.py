@@ -404,11 +404,15 @@ async def reconfigure(session: Any, providers: ProviderRegistry, instances: Iter
     waiting = set(
         (
             await session.execute(
-                select(Operation.instance_id).where(
+                select(Operation.instance_id)
+                .where(
                     Operation.instance_id.in_([i.id for i in wanted]),
                     Operation.kind == "configure",
                     Operation.state == "pending",
                 )
+                # locked: a worker's SKIP LOCKED claim passes it over until this change commits, so
+                # the configure that stands in for it cannot run on the configuration before it
+                .with_for_update()
             )
         ).scalars()
     )

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ctrlplane.context import AppServices
 from ctrlplane.deployments.engine import DeployEngine
 from ctrlplane.errors import CtrlplaneError, InvalidInput, ProviderUnavailable
+from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import record_status, runtime_config, set_state, spec_for
@@ -169,6 +170,18 @@ class OperationWorker:
             return
         queue.finish(operation, error=message)
         log.error("operation_failed", operation=operation.id, kind=operation.kind, error=message)
+        if operation.kind == "configure":
+            # only the runtime's copy of quota, probes or routes is behind; the workload itself was
+            # not touched and still serves, so the instance keeps its state and says what failed
+            instance.status_message = f"configuration not applied: {message}"
+            await append_event(
+                session,
+                tenant_id=instance.tenant_id,
+                instance_id=instance.id,
+                type="instance.configure_failed",
+                data={"operation": operation.id, "error": message},
+            )
+            return
         await set_state(session, instance, "failed", message, data={"operation": operation.kind})
 
 

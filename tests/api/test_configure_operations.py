@@ -4,12 +4,18 @@ is ``test_instances_kubernetes_config.py``."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from sqlalchemy import select
 
 from ctrlplane.db import Database
+from ctrlplane.errors import InvalidInput
 from ctrlplane.operations.models import Operation
-from tests.api.test_instances import create, tenant_token
+from ctrlplane.provisioning.contract import ConfigurableProvider, WorkloadSpec, WorkloadStatus
+from tests.api.test_instances import create, state, tenant_token, wait_for
 from tests.conftest import Api
+from tests.fakes import FakeProvider
 
 QUOTA = {
     "max_instances": 7,
@@ -41,3 +47,35 @@ async def test_changes_on_a_runtime_without_configure_queue_no_operation(api: Ap
     async with db.read() as session:
         kinds = (await session.execute(select(Operation.kind).where(Operation.instance_id == instance["id"]))).scalars()
         assert "configure" not in set(kinds)
+
+
+async def test_a_configure_that_fails_for_good_leaves_the_instance_running(live: Api, fake: FakeProvider) -> None:
+    """On a runtime with ``configure`` (here the fake, given one that refuses), a configure that
+    fails permanently says so on the instance and in an event, and does not mark a workload that
+    it never touched ``failed``."""
+
+    async def refuse(spec: WorkloadSpec) -> WorkloadStatus:
+        raise InvalidInput("the runtime refused the ingress")
+
+    _, token = await tenant_token(live)
+    created = await create(live, token, ports=[{"container_port": 8080}])
+    instance = await wait_for(live, created["id"], token, state("running"))
+    fake.configure = refuse  # type: ignore[attr-defined]
+    assert isinstance(fake, ConfigurableProvider)
+    route = await live.client.post(
+        f"/v1/instances/{instance['id']}/routes", json={"path": "/api", "port": 8080}, headers=token
+    )
+    assert route.status_code == 201, route.text
+
+    events = f"/v1/instances/{instance['id']}/events"
+    deadline = asyncio.get_running_loop().time() + 10
+    failed: list[dict[str, Any]] = []
+    while not failed:
+        assert asyncio.get_running_loop().time() < deadline, "no instance.configure_failed event"
+        await asyncio.sleep(0.05)
+        items = (await live.client.get(events, headers=token)).json()["items"]
+        failed = [e for e in items if e["type"] == "instance.configure_failed"]
+    assert "the runtime refused the ingress" in failed[0]["data"]["error"]
+    after = (await live.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()
+    assert after["state"] == "running"
+    assert not any(e["type"] == "instance.state_changed" and e["data"]["to"] == "failed" for e in items)
