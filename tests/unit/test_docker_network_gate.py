@@ -58,3 +58,24 @@ def test_nested_and_concurrent_users_count() -> None:
         pass
     with gate.removing("t1"):  # nobody left: does not wait
         pass
+
+
+def test_a_removal_in_progress_holds_up_its_tenants_users_only() -> None:
+    gate = NetworkGate()
+    entered: list[str] = []
+
+    def use(tenant_id: str) -> None:
+        with gate.using(tenant_id):
+            entered.append(tenant_id)
+
+    with gate.removing("t1"):
+        other = threading.Thread(target=use, args=("t2",))
+        other.start()
+        other.join(5)
+        assert entered == ["t2"], "another tenant's user waited for t1's removal"
+        same = threading.Thread(target=use, args=("t1",))
+        same.start()
+        same.join(0.2)
+        assert same.is_alive(), "a user of t1 went ahead during t1's removal"
+    same.join(5)
+    assert entered == ["t2", "t1"]

@@ -20,14 +20,21 @@ from contextlib import contextmanager
 
 
 class NetworkGate:
+    """Users of a tenant's network share it; a removal waits until the tenant has none and keeps
+    new ones out until it is done. Other tenants are never held up, and the engine calls of a
+    removal run without the gate's lock. Users are preferred: a removal waits while any come and
+    go (a nested ``using`` on a thread that already uses the network must never wait)."""
+
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._users: Counter[str] = Counter()
+        self._removing: set[str] = set()
 
     @contextmanager
     def using(self, tenant_id: str) -> Iterator[None]:
         """The tenant's network must not be removed until the block ends."""
         with self._condition:
+            self._condition.wait_for(lambda: tenant_id not in self._removing)
             self._users[tenant_id] += 1
         try:
             yield
@@ -41,7 +48,13 @@ class NetworkGate:
     @contextmanager
     def removing(self, tenant_id: str) -> Iterator[None]:
         """Wait until nobody in this process uses the tenant's network; nobody starts to until the
-        block ends. The block should be short (a check and a removal)."""
+        block ends (a check and a removal)."""
         with self._condition:
-            self._condition.wait_for(lambda: tenant_id not in self._users)
+            self._condition.wait_for(lambda: tenant_id not in self._users and tenant_id not in self._removing)
+            self._removing.add(tenant_id)
+        try:
             yield
+        finally:
+            with self._condition:
+                self._removing.discard(tenant_id)
+                self._condition.notify_all()
