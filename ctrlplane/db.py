@@ -21,6 +21,7 @@ read once (``boundary.py``). Alembic is the only thing that creates a schema.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,11 +31,13 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util.concurrency import await_, in_greenlet
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -89,6 +92,27 @@ class Database:
     async def dispose(self) -> None:
         await self.query_engine.dispose()
         await self.engine.dispose()
+
+
+def _terminate_aiosqlite(self: Any) -> None:
+    """SQLAlchemy's ``terminate`` for an invalidated aiosqlite connection, without its force close
+    after a cancelled graceful one. Upstream shields the graceful ``close()`` and, when the caller is
+    cancelled meanwhile, also calls ``stop()``: the worker thread then takes that stop first and
+    exits, and the shielded ``close()`` waits forever for the stop it queues itself (aiosqlite
+    0.22) — a task left pending that holds up the event loop's shutdown. The shielded close goes on
+    by itself and stops the thread, so a cancel is simply passed on."""
+    if not in_greenlet():  # garbage collection: nothing can be awaited
+        self._terminate_force_close()
+        return
+    try:
+        await_(asyncio.shield(self._terminate_graceful_close()))
+    except asyncio.CancelledError:
+        raise
+    except (TimeoutError, OSError):
+        self._terminate_force_close()
+
+
+AsyncAdapt_aiosqlite_connection.terminate = _terminate_aiosqlite  # type: ignore[method-assign]
 
 
 def connect(url: str, **engine_args: Any) -> Database:
