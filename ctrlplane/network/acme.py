@@ -52,6 +52,8 @@ class PendingOrder:
     token: str
     validation: str
     key_pem: bytes
+    authorized: bool = False
+    """the CA reused an authorization that is valid already (a renewal): nothing to answer"""
 
 
 def new_account_key() -> bytes:
@@ -148,6 +150,7 @@ class AcmeSession:
                         token=challenge.chall.encode("token"),
                         validation=validation,
                         key_pem=key_pem,
+                        authorized=authorization.body.status == messages.STATUS_VALID,
                     )
         raise AcmeFailure("the CA offered no http-01 challenge for " + hostname)
 
@@ -155,7 +158,8 @@ class AcmeSession:
         """Tell the CA the challenge is ready, wait for validation and issuance."""
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=self.timeout)
         try:
-            self.client.answer_challenge(pending.challenge, pending.response)
+            if not pending.authorized:  # a valid challenge cannot be answered again
+                self.client.answer_challenge(pending.challenge, pending.response)
             order = self.client.poll_and_finalize(pending.order, deadline=deadline)
         except Exception as exc:
             raise AcmeFailure(describe(exc)) from exc
