@@ -18,7 +18,7 @@ run: install
 	$(BIN)/ctrlplane serve
 
 test: install
-	$(BIN)/pytest -q -n 2 --dist worksteal
+	$(BIN)/pytest -q -n 2 --dist worksteal --durations=30
 
 fuzz: install
 	CTRLPLANE_TEST_FUZZ_EXAMPLES=200 CTRLPLANE_TEST_FUZZ_SECONDS=600 $(BIN)/pytest -q -n 2 tests/api/test_fuzz.py

@@ -89,6 +89,7 @@ async def readyz(state: State) -> Response[Any]:
 
 def build_services(settings: Settings, *, providers: ProviderRegistry | None, db: Database | None) -> AppServices:
     database = db or connect(settings.resolved_database_url)
+    database.rows.enable(settings.read_cache_seconds, needs_listener=database.dialect == "postgresql")
     authenticator = Authenticator(
         [
             APIKeyProvider(settings, database),

@@ -10,8 +10,10 @@
    a suspended one gets 403 on every mutating call) and checks the route's required role (403);
    then takes the caller's rate-limit tokens (429 with ``Retry-After`` when out; ``RateLimit-*``
    headers on the response: ``ratelimit/service.py``). That is one statement: the tenant's
-   standing (status and plan), or for an API key the key joined with it; nothing is cached, so a
-   revoked key or a suspended tenant is refused by every replica on its next request;
+   standing (status and plan), or for an API key the key joined with it. A read takes the
+   standing from the row cache (``rowcache.py``: invalidated by the database on every change,
+   on other replicas within the notification's delivery); a write always reads it, so a
+   suspended tenant's write, or any request with a revoked key, is refused by every replica at once;
 3. claims the ``Idempotency-Key`` of a POST, or replays its stored response;
 4. runs the handler inside one database transaction, holding the response back;
 5. on success commits the change, its audit entry and the idempotency record together; on failure
@@ -20,9 +22,12 @@
 
 A read (GET, HEAD, OPTIONS) runs steps 2 and 4 in one ``Database.query`` session (autocommit,
 read-only: no BEGIN/ROLLBACK round trips), so an authenticated GET costs the standing statement
-plus the handler's own (two round trips), and rate limiting none on most requests (tokens are
-reserved in batches). When the first statement finds its pooled connection dead (the pool has no
-pre-ping), the read is retried once on a fresh one; a write's admission likewise.
+plus the handler's own (two round trips) when neither is cached, and none when both are (a JWT
+caller's standing and an instance's view: ``rowcache.py``), and rate limiting none on most
+requests (tokens are reserved in batches). A write's response waits for the row cache's
+``barrier``, so the caller's next read on this replica sees what it wrote. When the first
+statement finds its pooled connection dead (the pool has no pre-ping), the read is retried once on
+a fresh one; a write's admission likewise.
 
 Routes declare ``opt={"resource": ..., "action": ..., "role": ..., "system_admin": ...}``. A route
 with ``"own_auth": True`` (the OTLP receiver, which takes instance tokens, not tenant credentials)
@@ -95,6 +100,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
             except UnicodeDecodeError:
                 return None
     return None
+
+
+def read_through(scope: Scope) -> bool:
+    """The caller sent ``Cache-Control: no-cache``: its read skips the row cache (``rowcache.py``)."""
+    value = _header(scope, b"cache-control")
+    return value is not None and "no-cache" in value.lower()
 
 
 def error_body(scope: Scope, error: CtrlplaneError) -> bytes:
@@ -276,9 +287,7 @@ class UnitOfWork(ASGIMiddleware):
         scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
         standing = authenticated.tenant
         if principal.tenant_id is not None and standing is None:
-            connection = await session.connection()  # Core: no ORM execution for two columns
-            row = (await connection.execute(TENANT_STANDING, {"tenant_id": principal.tenant_id})).one_or_none()
-            standing = TenantStanding(row.status, row.plan) if row is not None else None
+            standing = await self._standing(scope, session, principal.tenant_id, cached=not mutating)
         if principal.tenant_id is not None:
             if standing is None or standing.status == "deleting":
                 raise Unauthenticated("the tenant of this token no longer exists")
@@ -292,6 +301,25 @@ class UnitOfWork(ASGIMiddleware):
             raise Forbidden(f"this route needs the {required!r} role")
         await self._rate_limit(scope, principal, standing.plan if standing else None)
         return principal
+
+    async def _standing(
+        self, scope: HTTPScope, session: AsyncSession, tenant_id: str, *, cached: bool
+    ) -> TenantStanding | None:
+        """The tenant's status and plan: for a read from the row cache when it has them (unless the
+        caller sent ``Cache-Control: no-cache``), for a write always from the database."""
+        rows = self.services.db.rows
+        if cached and not read_through(scope):
+            standing: TenantStanding | None = rows.get("tenants", tenant_id)
+            if standing is not None:
+                return standing
+        ticket = rows.ticket()
+        connection = await session.connection()  # Core: no ORM execution for two columns
+        row = (await connection.execute(TENANT_STANDING, {"tenant_id": tenant_id})).one_or_none()
+        if row is None:
+            return None
+        standing = TenantStanding(row.status, row.plan)
+        rows.put("tenants", tenant_id, ticket, standing)
+        return standing
 
     async def _admitted(self, scope: HTTPScope, *, mutating: bool) -> Principal:
         """``_admit`` in a query session of its own (a write's transaction comes later), once more
@@ -334,6 +362,7 @@ class UnitOfWork(ASGIMiddleware):
             ),
             services=self.services,
             client_addr=client[0] if client else None,
+            cached_reads=scope["method"] in READ_METHODS and not read_through(scope),
         )
         scope[CONTEXT_KEY] = context  # type: ignore[literal-required]
         return context
@@ -441,6 +470,7 @@ class UnitOfWork(ASGIMiddleware):
             if claim is not None:
                 await idempotency.complete(session, claim.record_id, _stored(captured, _redacted_fields(scope)))
             await session.commit()
+        await self.services.db.rows.barrier()  # this replica's next read sees what was just written
         await self.services.work.notify()
         await self.services.events.notify()
         return captured

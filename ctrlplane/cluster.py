@@ -14,6 +14,12 @@ On PostgreSQL any number of ``ctrlplane serve`` processes share one database:
   lock may already be someone else's. A brief overlap (at most two thirds of a lease, only when
   the leader's connection is cut while the process lives on) is harmless because every singleton
   loop takes its decisions under row locks, as it must anyway.
+* **Row-cache invalidations** (``rowcache.py``) arrive on the same connection: PostgreSQL's row
+  triggers (migration 0012) notify ``ctrlplane_rows`` with ``table:id`` at commit. The cache is
+  live only while this connection listens, and is cleared whenever it (re)connects. A write
+  request's ``barrier`` sends a sync token on ``ctrlplane_rows`` after its commit and waits for
+  it to come back: notifications arrive in commit order, so by then its own invalidations have
+  been applied (concurrent barriers share one token).
 * **Wake-ups** cross replicas with ``LISTEN/NOTIFY``: ``NotifyRelay`` listens on a dedicated
   connection and wakes the local ``events`` and ``work`` signals when another replica notifies
   them; a local ``Signal.notify()`` (called after each commit that appends events or queues work)
@@ -35,6 +41,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import secrets
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -44,12 +51,15 @@ import asyncpg  # type: ignore[import-untyped]
 import structlog
 from sqlalchemy.engine import make_url
 
+from ctrlplane.rowcache import RowCache
 from ctrlplane.signals import Signal
 
 log = structlog.get_logger("ctrlplane.cluster")
 
 LEADER_LOCK_KEY = zlib.crc32(b"ctrlplane:leader")
 NOTIFY_CHANNEL = "ctrlplane_signals"
+ROWS_CHANNEL = "ctrlplane_rows"
+BARRIER_TIMEOUT_SECONDS = 2.0
 RECONNECT_SECONDS = 1.0
 
 
@@ -120,16 +130,65 @@ class LeaderElection:
 class NotifyRelay:
     """Carries ``Signal`` wake-ups between replicas over PostgreSQL ``LISTEN/NOTIFY``."""
 
-    def __init__(self, dsn: str, signals: Mapping[str, Signal], *, replica: str, ping_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        signals: Mapping[str, Signal],
+        *,
+        replica: str,
+        ping_seconds: float = 10.0,
+        rows: RowCache | None = None,
+    ) -> None:
         self.dsn = dsn
         self.signals = dict(signals)
         self.replica = replica
         self.ping_seconds = ping_seconds
+        self.rows = rows
         self.connected = asyncio.Event()
         self._pending: set[str] = set()
         self._send = asyncio.Event()
+        self.backend_pid: int | None = None
+        """The PostgreSQL backend of the LISTEN connection while connected (for diagnostics)."""
+        self._nonce = secrets.token_hex(8)  # this relay's sync tokens, whatever the replica's name
+        self._sync_round = 0
+        self._sync_wanted = False
+        self._sync_done: dict[int, asyncio.Event] = {}
         for name, signal in self.signals.items():
             signal.publish = self._publisher(name)
+
+    async def barrier(self) -> None:
+        """Wait until every row notification committed before this call has been applied here.
+        Gives up after ``BARRIER_TIMEOUT_SECONDS`` by clearing the cache instead."""
+        done = self._sync_done.setdefault(self._sync_round, asyncio.Event())
+        self._sync_wanted = True
+        self._send.set()
+        try:
+            await asyncio.wait_for(done.wait(), BARRIER_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("row_cache_barrier_timeout", replica=self.replica)
+            if self.rows is not None:
+                self.rows.clear()
+
+    def _release_barriers(self, up_to: int | None = None) -> None:
+        for number in [n for n in self._sync_done if up_to is None or n <= up_to]:
+            self._sync_done.pop(number).set()
+
+    def _row_changed(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith("sync:"):
+            nonce, _, number = payload[len("sync:") :].partition(":")
+            if nonce == self._nonce and number.isdigit():
+                self._release_barriers(int(number))
+            return
+        if self.rows is not None:
+            self.rows.invalidate_payload(payload)
+
+    def _rows_connected(self, up: bool) -> None:
+        if self.rows is None:
+            return
+        self.rows.connected(up)
+        self.rows.barrier_hook = self.barrier if up else None
+        if not up:
+            self._release_barriers()  # nothing is served from the cache until it reconnects
 
     def _publisher(self, name: str) -> Callable[[], None]:
         def publish() -> None:
@@ -152,8 +211,10 @@ class NotifyRelay:
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("notify_connection_lost", replica=self.replica, error=f"{type(exc).__name__}: {exc}")
                 self.connected.clear()
+                self._rows_connected(False)
                 await asyncio.sleep(RECONNECT_SECONDS)
         finally:
+            self._rows_connected(False)
             for signal in self.signals.values():
                 signal.publish = None
 
@@ -162,8 +223,12 @@ class NotifyRelay:
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _c: lost.set())
         try:
+            self.backend_pid = connection.get_server_pid()
             await connection.add_listener(NOTIFY_CHANNEL, self._received)
+            if self.rows is not None:
+                await connection.add_listener(ROWS_CHANNEL, self._row_changed)
             self.connected.set()
+            self._rows_connected(True)  # listening now: what was cached before is dropped
             for signal in self.signals.values():
                 signal.wake()
             while not lost.is_set():
@@ -175,7 +240,12 @@ class NotifyRelay:
                     await connection.execute(
                         "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{name}:{self.replica}", timeout=self.ping_seconds
                     )
-                if not pending:
+                if self._sync_wanted:
+                    self._sync_wanted = False
+                    number, self._sync_round = self._sync_round, self._sync_round + 1
+                    token = f"sync:{self._nonce}:{number}"
+                    await connection.execute("SELECT pg_notify($1, $2)", ROWS_CHANNEL, token, timeout=self.ping_seconds)
+                elif not pending:
                     await connection.fetchval("SELECT 1", timeout=self.ping_seconds)
             raise ConnectionError("the LISTEN connection was closed")
         finally:

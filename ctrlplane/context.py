@@ -67,6 +67,10 @@ class RequestContext:
     audit: AuditDraft
     services: AppServices
     client_addr: str | None = None
+    cached_reads: bool = False
+    """A read request that may be answered from the row cache (``rowcache.py``): never a write
+    (its transaction may see its own uncommitted rows), nor a read sent with ``Cache-Control:
+    no-cache``."""
 
     def tenant_scope(self, requested: str | None) -> TenantId:
         """The tenant this request acts in.

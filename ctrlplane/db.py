@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util.concurrency import await_, in_greenlet
+
+from ctrlplane.rowcache import TABLES, RowCache
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -84,6 +86,8 @@ class Database:
     write: async_sessionmaker[AsyncSession]
     query: async_sessionmaker[AsyncSession]
     query_engine: AsyncEngine
+    rows: RowCache = field(default_factory=RowCache)
+    """The hot-read cache over this database (``rowcache.py``); off until the app enables it."""
 
     @property
     def dialect(self) -> str:
@@ -126,8 +130,10 @@ def connect(url: str, **engine_args: Any) -> Database:
         engine_args.setdefault("connect_args", {"timeout": 30})
     engine_args.setdefault("pool_recycle", 3600)
     engine = create_async_engine(url, **engine_args)
+    rows = RowCache()
     if is_sqlite:
         _configure_sqlite(engine, query_only=False)
+        _track_rows(engine, rows)
     else:
         _discard_closed(engine)
     if memory or engine_args.get("isolation_level") == "AUTOCOMMIT":
@@ -150,6 +156,7 @@ def connect(url: str, **engine_args: Any) -> Database:
         write=async_sessionmaker(write_engine, expire_on_commit=False),
         query=async_sessionmaker(query_engine, expire_on_commit=False),
         query_engine=query_engine,
+        rows=rows,
     )
 
 
@@ -184,6 +191,62 @@ def _configure_sqlite(engine: AsyncEngine, *, query_only: bool) -> None:
             return  # autocommit: each statement is its own (read) transaction
         immediate = conn.get_execution_options().get("ctrlplane_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _track_rows(engine: AsyncEngine, rows: RowCache) -> None:
+    """SQLite's half of the row cache's invalidation (``rowcache.py``): every connection of this
+    engine gets ``TEMP`` triggers (its own, invisible to any other process or tool) that call a
+    function noting each updated or deleted cached row on the connection; the notes are applied
+    when the connection returns to the pool, after its transaction ended (committed or not), so a
+    reader can never cache the row the transaction replaced. The triggers are created at the
+    first checkout that finds the tables (a fresh database has them only after its migration);
+    ``serve`` migrates before the app's engine exists."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        changed: list[tuple[str, str]] = []
+        record.info["ctrlplane_rows"] = changed
+
+        def row_changed(table: str, key: str) -> None:  # in aiosqlite's thread, inside the statement
+            changed.append((table, key))
+
+        dbapi_connection.create_function("ctrlplane_row_changed", 2, row_changed)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get("ctrlplane_row_triggers"):
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            names = ", ".join(f"'{table}'" for table in TABLES)
+            cursor.execute(f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({names})")
+            if cursor.fetchone()[0] != len(TABLES):
+                return
+            for table in TABLES:
+                for action in ("UPDATE", "DELETE"):
+                    cursor.execute(
+                        f"CREATE TEMP TRIGGER IF NOT EXISTS ctrlplane_rows_{table}_{action.lower()} "
+                        f"AFTER {action} ON main.{table} "
+                        f"BEGIN SELECT ctrlplane_row_changed('{table}', OLD.id); END"
+                    )
+            record.info["ctrlplane_row_triggers"] = True
+        finally:
+            cursor.close()
+
+    def apply(record: Any) -> None:
+        changed = record.info.get("ctrlplane_rows")
+        if changed:
+            keys = list(changed)
+            changed.clear()
+            rows.invalidate(keys)
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        apply(record)
+
+    @event.listens_for(engine.sync_engine, "invalidate")
+    def on_invalidate(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        apply(record)
 
 
 async def locked_row(session: AsyncSession, model: type[T], key: str, value: str, **initial: Any) -> T:

@@ -142,6 +142,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     than a tenth of its burst); 1 debits the database on every request (docs/operations.md)."""
     rate_limit_hold_seconds: float = 1.0
     """How long a replica may spend the tokens it reserved before unspent ones lapse."""
+    read_cache_seconds: float = 10.0
+    """How long a replica serves a tenant's standing and an instance's view from memory at most
+    (``rowcache.py``; every change invalidates them sooner); 0 turns the cache off."""
 
     outbound_allow_cidrs: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
@@ -231,6 +234,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "RATE_LIMITS_ENABLED": "rate_limits_enabled",
             "RATE_LIMIT_BATCH": "rate_limit_batch",
             "RATE_LIMIT_HOLD_SECONDS": "rate_limit_hold_seconds",
+            "READ_CACHE_SECONDS": "read_cache_seconds",
             "CANARY_TRAFFIC_PERCENT": "canary_traffic_percent",
             "ROUTER": "router",
             "ROUTER_ADMIN_ADDRESS": "router_admin_address",
@@ -325,6 +329,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.default_plan not in self.rate_limits:
             raise SettingsError(f"{PREFIX}RATE_LIMITS has no entry for the default plan {self.default_plan!r}")
+        if self.read_cache_seconds < 0:
+            raise SettingsError(f"{PREFIX}READ_CACHE_SECONDS must be 0 (off) or positive")
         if self.rate_limit_batch < 1 or self.rate_limit_hold_seconds <= 0:
             raise SettingsError(f"{PREFIX}RATE_LIMIT_BATCH must be at least 1 and RATE_LIMIT_HOLD_SECONDS positive")
         for plan, limit in self.rate_limits.items():

@@ -48,11 +48,14 @@ def _dsn(services: AppServices) -> str | None:
 
 
 def start_relay(services: AppServices, group: TaskGroup) -> NotifyRelay | None:
-    """On PostgreSQL, carry the ``events`` and ``work`` wake-ups to and from the other replicas."""
+    """On PostgreSQL, carry the ``events`` and ``work`` wake-ups to and from the other replicas, and
+    the row cache's invalidations to this one."""
     dsn = _dsn(services)
     if dsn is None:
         return None
-    relay = NotifyRelay(dsn, {"events": services.events, "work": services.work}, replica=services.replica)
+    relay = NotifyRelay(
+        dsn, {"events": services.events, "work": services.work}, replica=services.replica, rows=services.db.rows
+    )
     group.start_soon(relay.run)
     return relay
 

@@ -1,0 +1,128 @@
+"""A per-process cache of the hottest reads, invalidated by the database itself.
+
+What it holds: a tenant's standing (status and plan: what the request boundary checks on every
+read) and an instance's API view (``GET /v1/instances/{id}``). With both cached, an authenticated
+GET of an instance with a JWT costs no database round trip at all (docs/benchmarks.md).
+
+How an entry stops being served, in order of how fast:
+
+* **This process's own writes.** Every UPDATE or DELETE of a ``tenants`` or ``instances`` row names
+  the row. On SQLite (one process) a ``TEMP TRIGGER`` on each of this process's connections calls
+  a Python function that notes the row on the connection; the notes are applied when the
+  connection goes back to the pool, after its transaction ended (``db.py``). On PostgreSQL a
+  trigger (migration 0012) sends ``pg_notify('ctrlplane_rows', 'table:id')``, which the server
+  delivers at commit to every replica's listener (``cluster.NotifyRelay``); a write request's
+  response waits until its own notifications are back (a sync token sent after the commit arrives
+  after them: notifications are delivered in commit order), so a client reads its own writes on
+  the replica that took them.
+* **Other replicas' writes** (PostgreSQL): when their notification arrives, normally well under a
+  millisecond after the commit on one host. A read on this replica in between may still be served
+  the previous row; a client that must see another replica's write at once sends
+  ``Cache-Control: no-cache``, which reads through (and refreshes the entry).
+* **Anything else** (a write by a process that is not a ctrlplane server, a notification lost with
+  its connection): every entry expires ``CTRLPLANE_READ_CACHE_SECONDS`` (default 10) after it was
+  read; while the listener is disconnected nothing is served or stored, and the cache is cleared
+  when it connects again.
+
+Writes never use the cache: a mutating request's admission reads the tenant's standing fresh, so
+a suspended tenant's write is refused by every replica at once.
+
+A read that raced a write must never cache the older row: ``ticket()`` is taken before the
+database read and ``put`` refuses the entry when the row was invalidated after that ticket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+TABLES = ("tenants", "instances")
+"""The tables whose rows are cached (and whose UPDATE/DELETE triggers name them)."""
+
+Key = tuple[str, str]
+
+
+class RowCache:
+    """Entries by (table, id), each with its expiry. Off until ``enable``; on PostgreSQL also while
+    its listener is disconnected (``live``)."""
+
+    MAX_ENTRIES = 20_000
+    MAX_INVALIDATIONS = 50_000
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = 0.0
+        self.live = False
+        self.needs_listener = False
+        self.barrier_hook: Callable[[], Any] | None = None
+        """Set by the PostgreSQL listener while connected: awaits the return of a sync token."""
+        self._clock = clock
+        self._entries: dict[Key, tuple[float, Any]] = {}
+        self._invalidated: dict[Key, int] = {}
+        self._counter = 0
+        self._floor = 0
+
+    def enable(self, ttl: float, *, needs_listener: bool) -> None:
+        """Serve entries for ``ttl`` seconds; with ``needs_listener`` (PostgreSQL) only once
+        ``connected`` says the listener hears every replica's invalidations."""
+        self.ttl = ttl
+        self.needs_listener = needs_listener
+        self.live = ttl > 0 and not needs_listener
+
+    def connected(self, up: bool) -> None:
+        """The listener (re)connected or lost its connection: what it may have missed is dropped."""
+        self.clear()
+        self.live = up and self.ttl > 0
+
+    def get(self, table: str, key: str) -> Any:
+        if not self.live:
+            return None
+        entry = self._entries.get((table, key))
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            self._entries.pop((table, key), None)
+            return None
+        return entry[1]
+
+    def ticket(self) -> int:
+        """Take before reading the row that ``put`` will store."""
+        return self._counter
+
+    def put(self, table: str, key: str, ticket: int, value: Any) -> None:
+        if not self.live or ticket < self._floor or self._invalidated.get((table, key), 0) > ticket:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)))  # the oldest stored
+        self._entries[(table, key)] = (self._clock() + self.ttl, value)
+
+    def invalidate(self, keys: Iterable[Key]) -> None:
+        self._counter += 1
+        for key in keys:
+            self._entries.pop(key, None)
+            self._invalidated[key] = self._counter
+        if len(self._invalidated) > self.MAX_INVALIDATIONS:
+            self._invalidated.clear()
+            self._floor = self._counter  # every older ticket is refused instead
+
+    def invalidate_payload(self, payload: str) -> None:
+        """A ``table:id`` notification."""
+        table, _, key = payload.partition(":")
+        if key:
+            self.invalidate([(table, key)])
+
+    def clear(self) -> None:
+        self._counter += 1
+        self._floor = self._counter
+        self._entries.clear()
+        self._invalidated.clear()
+
+    async def barrier(self) -> None:
+        """Return once this process has applied every invalidation committed before the call
+        (a write request awaits it before answering). On SQLite they are applied already."""
+        hook = self.barrier_hook
+        if hook is not None and self.live:
+            await hook()
+
+    def __len__(self) -> int:
+        return len(self._entries)
