@@ -35,9 +35,7 @@ from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController
 from ctrlplane.openapi import (
     StrictStructSchemaPlugin,
-    document_event_streams,
-    etags_are_quoted_versions,
-    headers_are_never_null,
+    fix_openapi,
 )
 from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
@@ -180,9 +178,7 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
-    document_event_streams(app)
-    headers_are_never_null(app)
-    etags_are_quoted_versions(app)
+    fix_openapi(app)
     allowed = {path: ", ".join(sorted(r.methods)) for r in app.routes for path in (r.path, r.path_format)}
     app.asgi_handler = RequestContextASGI(
         RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__, allowed_methods=allowed

@@ -53,3 +53,16 @@ async def test_options_lists_every_method_of_the_path(api: Api) -> None:
         response = await api.client.options(path, headers=api.admin_headers)
         assert response.status_code == 204
         assert {m.strip() for m in response.headers["Allow"].split(",")} == methods
+
+
+async def test_the_document_is_built_with_ctrlplane_s_fixes(api: Api) -> None:
+    """The document is built lazily (ctrlplane/openapi.py): its first build still carries the
+    event-stream media type, header schemas without null, and the ETag's pattern."""
+    document = (await api.client.get("/schema/openapi.json")).json()
+    events = document["paths"]["/v1/events"]["get"]
+    assert set(events["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    for parameter in events["parameters"]:
+        if parameter["in"] == "header":
+            assert "oneOf" not in parameter["schema"], parameter
+    etag = document["paths"]["/v1/instances/{instance_id}"]["get"]["responses"]["200"]["headers"]["ETag"]
+    assert etag["schema"] == {"type": "string", "pattern": '^"[0-9]+"$'}
