@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, cast
 
@@ -379,7 +380,7 @@ class UnitOfWork(ASGIMiddleware):
 
         for attempt in (1, 2):
             try:
-                async with self.services.db.query() as session:
+                async with _query_session(self.services) as session:
                     try:
                         self._reject_nul(scope)
                         principal = await self._admit(scope, session, mutating=False)
@@ -521,6 +522,18 @@ class UnitOfWork(ASGIMiddleware):
             client_addr=client[0] if client else None,
             details=details,
         )
+
+
+@asynccontextmanager
+async def _query_session(services: AppServices) -> AsyncIterator[AsyncSession]:
+    """A query session, closed only if it was used: a read answered from the row cache runs no
+    statement, takes no connection, and need not pay for closing what it never opened."""
+    session = services.db.query()
+    try:
+        yield session
+    finally:
+        if session.sync_session.in_transaction():
+            await session.__aexit__(None, None, None)  # AsyncSession's own close, shielded
 
 
 def _with_rate_limit_headers(scope: Scope, send: Send) -> Send:

@@ -300,8 +300,9 @@ def wrk(url: str, token: str | None) -> dict[str, float]:
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors for {url}:\n{out}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # the latency distribution's own lines: a "+/- Stdev" column can end in "50%" too
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     return {"requests_per_s": rate, "p50_ms": p50, "p99_ms": p99}
 
 
