@@ -21,19 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import ephemeral_port_reserve
 import httpx
 
 from tests.conftest import require_binary
+from tests.ports import free_port
 
 OK_OR_CLIENT_ERROR = range(200, 500)
-
-
-def free_port() -> int:
-    """A loopback port for a server that cannot bind port 0 and report it (PostgreSQL): left in
-    TIME_WAIT, so the kernel hands it to no other bind(0) or outgoing connection until the server,
-    binding with SO_REUSEADDR, takes it."""
-    return int(ephemeral_port_reserve.reserve("127.0.0.1"))
 
 
 async def audit_request_ids(http: httpx.AsyncClient, admin: dict[str, str]) -> set[str]:

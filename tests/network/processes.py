@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import ssl
 import subprocess
 import time
@@ -18,32 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ephemeral_port_reserve
 import httpx
 import pytest
 
 from tests.certs import throwaway_ca
 from tests.conftest import require_binary
-
-
-def free_port() -> int:
-    """A loopback port for a server that cannot bind port 0 and report it (Caddy, Pebble): left in
-    TIME_WAIT, so the kernel hands it to no other bind(0) or outgoing connection until the server,
-    binding with SO_REUSEADDR, takes it."""
-    return int(ephemeral_port_reserve.reserve("127.0.0.1"))
-
-
-def free_udp_port() -> int:
-    """A port free for both TCP and UDP (a DNS server listens on both)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no port free for both TCP and UDP")
+from tests.ports import free_port, free_udp_port
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
