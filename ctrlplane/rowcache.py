@@ -53,7 +53,6 @@ class RowCache:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = 0.0
         self.live = False
-        self.needs_listener = False
         self.barrier_hook: Callable[[], Any] | None = None
         """Set by the PostgreSQL listener while connected: awaits the return of a sync token."""
         self._clock = clock
@@ -66,7 +65,6 @@ class RowCache:
         """Serve entries for ``ttl`` seconds; with ``needs_listener`` (PostgreSQL) only once
         ``connected`` says the listener hears every replica's invalidations."""
         self.ttl = ttl
-        self.needs_listener = needs_listener
         self.live = ttl > 0 and not needs_listener
 
     def connected(self, up: bool) -> None:

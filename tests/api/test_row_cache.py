@@ -195,7 +195,7 @@ async def test_another_tenant_never_gets_a_cached_instance(live: Api, tokens: To
 async def test_with_the_cache_off_every_get_reads_the_database(
     settings: Settings, db: Database, tokens: Tokens, live_server_factory: Any
 ) -> None:
-    url = await live_server_factory(read_cache_seconds=0)
+    url = await live_server_factory(read_cache_seconds=0, background=False)  # only the GET's statements
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         live = Api(http, tokens)
         tenant = await live.create_tenant("acme", plan="pro")
