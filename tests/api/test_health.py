@@ -262,6 +262,7 @@ async def test_run_on_an_instance_that_does_not_run_is_409(api: Api) -> None:
     assert response.json()["code"] == "invalid_state"
 
 
+@pytest.mark.dialects("the scheduler's claims skip a locked check (SKIP LOCKED)")
 async def test_one_slow_check_does_not_delay_the_others(live: Api, fake: FakeProvider, db: Database) -> None:
     released = anyio.Event()
     slow_started: list[str] = []

@@ -25,6 +25,8 @@ from tests.api.test_rate_limits import Clock
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
 
+pytestmark = pytest.mark.dialects("replicas share buckets and rows through the database's locks")
+
 LIMITS = {
     "free": PlanRateLimit(tenant_per_minute=60, tenant_burst=1000, credential_per_minute=60, credential_burst=40),
 }

@@ -26,6 +26,8 @@ from ctrlplane.signals import Signal
 from tests.api.test_events import INSTANCE
 from tests.conftest import Api, Tokens, bearer
 
+pytestmark = pytest.mark.dialects("the cache is fed by triggers and NOTIFY on PostgreSQL, by an update hook on SQLite")
+
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
