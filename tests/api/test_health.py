@@ -25,6 +25,7 @@ from tests.api.test_deployments import finished
 from tests.api.test_instances import create, state, tenant_token, wait_for
 from tests.conftest import Api
 from tests.fakes import FakeProvider, FakeReplica
+from tests.waiting import eventually
 
 CHECK = {"name": "api-health", "type": "http", "target": "http://localhost:8080/healthz", "interval": "30s"}
 
@@ -49,10 +50,11 @@ async def health_of(api: Api, instance_id: str, token: dict[str, str]) -> dict[s
 async def until_health(
     api: Api, instance_id: str, token: dict[str, str], predicate: Any, timeout: float = 30
 ) -> dict[str, Any]:
-    with anyio.fail_after(timeout):
-        while not predicate(body := await health_of(api, instance_id, token)):
-            await asyncio.sleep(0.05)
-    return body
+    async def matched() -> dict[str, Any] | None:
+        body = await health_of(api, instance_id, token)
+        return body if predicate(body) else None
+
+    return await eventually(matched, "the instance's health", timeout=timeout)
 
 
 async def health_events(api: Api, instance_id: str, token: dict[str, str]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import pytest
 from ctrlplane.provisioning.registry import ProviderRegistry
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 WEB = {
     "name": "web",
@@ -28,14 +29,13 @@ WEB = {
 async def wait_for(
     api: Api, instance_id: str, token: dict[str, str], predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
 ) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        body = (await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json()
-        if predicate(body):
-            return dict(body)
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"instance never matched; last seen: {body}")
-        await asyncio.sleep(0.05)
+    seen: list[dict[str, Any]] = [{}]
+
+    async def matched() -> dict[str, Any] | None:
+        seen[0] = dict((await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json())
+        return seen[0] if predicate(seen[0]) else None
+
+    return await eventually(matched, lambda: f"instance never matched; last seen: {seen[0]}", timeout=timeout)
 
 
 def state(name: str) -> Callable[[dict[str, Any]], bool]:
