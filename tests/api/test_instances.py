@@ -14,6 +14,7 @@ import pytest
 from ctrlplane.provisioning.registry import ProviderRegistry
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 WEB = {
     "name": "web",
@@ -28,14 +29,13 @@ WEB = {
 async def wait_for(
     api: Api, instance_id: str, token: dict[str, str], predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
 ) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        body = (await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json()
-        if predicate(body):
-            return dict(body)
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"instance never matched; last seen: {body}")
-        await asyncio.sleep(0.05)
+    seen: list[dict[str, Any]] = [{}]
+
+    async def matched() -> dict[str, Any] | None:
+        seen[0] = dict((await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json())
+        return seen[0] if predicate(seen[0]) else None
+
+    return await eventually(matched, lambda: f"instance never matched; last seen: {seen[0]}", timeout=timeout)
 
 
 def state(name: str) -> Callable[[dict[str, Any]], bool]:
@@ -235,6 +235,7 @@ async def test_quota_refuses_create_and_scale_with_limit_and_usage(api: Api) -> 
     assert usage["usage"]["cpu_millis"] == 600
 
 
+@pytest.mark.dialects("concurrent creates serialise on the tenant row lock")
 async def test_concurrent_creates_never_exceed_the_quota(api: Api) -> None:
     tenant_id, token = await tenant_token(api, plan="enterprise")
     quota = {
@@ -457,6 +458,7 @@ async def test_changes_made_while_stopped_take_effect_on_start(live: Api, fake: 
     assert all(r.app_env == {"A": "2"} for r in replicas)
 
 
+@pytest.mark.dialects("two workers claim one instance's operations (SKIP LOCKED, per-instance order)")
 async def test_quick_successive_changes_each_get_their_own_generation(live: Api, fake: FakeProvider) -> None:
     _, token = await tenant_token(live)
     instance = await create(live, token)
@@ -492,6 +494,7 @@ async def test_no_instance_can_be_created_in_a_suspended_tenant_even_by_an_admin
     assert response.json()["details"]["state"] == "suspended"
 
 
+@pytest.mark.dialects("the queue's claim order (SKIP LOCKED, blocked operations)")
 async def test_delete_queued_behind_a_suspension_ends_destroyed_without_retries(api: Api, app: Any) -> None:
     """Create, suspend and delete before any worker ran: the skipped provision leaves nothing, so
     the queued stop must not fail on missing containers and hold the deprovision up."""

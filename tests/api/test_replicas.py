@@ -28,6 +28,7 @@ from ctrlplane.settings import Settings
 from tests.api.test_events import INSTANCE
 from tests.conftest import Api, Tokens, bearer
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 LEASE = 3.0
 SLACK = 2.0  # a loaded test machine may be slow to schedule the follower's retry
@@ -89,16 +90,8 @@ async def replicas(settings: Settings, db: Database) -> AsyncIterator[Callable[.
         await replica.stop()
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
 async def only_one_reconciles(a: Replica, b: Replica, seconds: float = 2.0) -> Replica:
-    await wait_for(lambda: a.reconciler_passes + b.reconciler_passes > 0)
+    await eventually(lambda: a.reconciler_passes + b.reconciler_passes > 0, timeout=30)
     before = (a.reconciler_passes, b.reconciler_passes)
     await asyncio.sleep(seconds)
     grew = [r for r, old in zip((a, b), before, strict=True) if r.reconciler_passes > old]
@@ -114,7 +107,7 @@ async def test_one_replica_leads_and_the_other_takes_over_within_a_lease_when_it
     passes = follower.reconciler_passes
     stopped = time.monotonic()
     await leader.stop()
-    await wait_for(lambda: follower.reconciler_passes > passes)
+    await eventually(lambda: follower.reconciler_passes > passes, timeout=30)
     assert time.monotonic() - stopped < LEASE + SLACK
 
 
@@ -138,7 +131,7 @@ async def test_leader_that_loses_its_database_connection_steps_down(replicas: An
         ).all()
     assert terminated == [(True,)]
     cut = time.monotonic()
-    await wait_for(lambda: follower.reconciler_passes > passes)
+    await eventually(lambda: follower.reconciler_passes > passes, timeout=30)
     assert time.monotonic() - cut < LEASE + SLACK
     assert await only_one_reconciles(a, b) is follower
 

@@ -136,6 +136,7 @@ async def test_set_list_and_delete_show_metadata_and_never_the_value(api: Api) -
         assert_absent([env_value, file_value, newer], response.content, f"{response.request.url}")
 
 
+@pytest.mark.dialects("reads each dialect's raw storage")
 async def test_no_value_in_the_raw_database_audit_idempotency_or_logs(
     api: Api, db: Database, settings: Settings, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -313,6 +314,7 @@ def app_with(settings: Settings, db: Database, ring: str) -> Any:
     return create_app(configured, providers=ProviderRegistry([FakeProvider()]), db=db)
 
 
+@pytest.mark.dialects("rotation locks data keys (FOR UPDATE) while servers write")
 async def test_master_key_rotation_keeps_every_secret_and_the_old_key_is_no_longer_needed(
     api: Api, app: Any, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -574,6 +576,7 @@ async def test_malformed_bodies_are_400_without_echoing_the_value(api: Api, raw:
     assert value not in response.text
 
 
+@pytest.mark.dialects("concurrent sets serialise on the tenant row lock")
 async def test_concurrent_sets_cannot_overshoot_max_secrets(api: Api) -> None:
     tenant_id, token, instance = await instance_of(api)
     quota = (await api.client.get(f"/v1/admin/tenants/{tenant_id}/quota", headers=api.admin_headers)).json()

@@ -13,9 +13,8 @@ Every test names its instances and tenants afresh (``inst_`` / ``ten_`` + random
 from __future__ import annotations
 
 import abc
-import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,10 +33,10 @@ from ctrlplane.provisioning.contract import (
     WorkloadStatus,
 )
 from ctrlplane.provisioning.errors import ImageNotFound, ProviderUnavailable, WorkloadNotFound
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
-POLL_SECONDS = 0.2
 WAIT_SECONDS = 10.0
 SMALL = Resources(cpu_millis=250, memory_mb=64)
 
@@ -48,17 +47,6 @@ class AppImage:
 
     name: str
     http_port: int
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = WAIT_SECONDS) -> T:
-    """Poll ``check`` until it returns something truthy; fail with its last answer otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() >= deadline:
-            assert result, f"still not true after {timeout}s: {result!r}"
-            return result
-        await anyio.sleep(POLL_SECONDS)
 
 
 SESSION = uuid.uuid4().hex[:6]
