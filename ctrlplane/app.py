@@ -121,11 +121,12 @@ def create_app(
     services = build_services(settings, providers=providers, db=db)
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services: AppServices = app.state.services  # the ones use_services gave it last
         try:
             async with anyio.create_task_group() as group:
                 start_relay(services, group)
-                if settings.background:
+                if services.settings.background:
                     Background(services).start(group)
                 try:
                     yield
@@ -184,3 +185,21 @@ def create_app(
         RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__, allowed_methods=allowed
     )
     return app
+
+
+def use_services(app: Litestar, services: AppServices) -> None:
+    """Serve the already built ``app`` with other ``services`` (database, providers, settings...).
+
+    The test suite builds one app per worker and gives each test its own this way, instead of
+    registering every handler again for each test. Of the settings, only ``max_body_bytes`` is
+    read when the app is built, so it must be the app's.
+    """
+    if services.settings.max_body_bytes != app.request_max_body_size:
+        raise ValueError("use_services: max_body_bytes differs from the app's; build another app")
+    app.state.services = services
+    for middleware in app.middleware:
+        if isinstance(middleware, UnitOfWork):
+            middleware.services = services
+    context = app.asgi_handler
+    assert isinstance(context, RequestContextASGI) and isinstance(context.app, RequestMetricsASGI)
+    context.app.telemetry = services.telemetry

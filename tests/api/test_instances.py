@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from ctrlplane.provisioning.contract import WorkloadStatus
 from ctrlplane.provisioning.registry import ProviderRegistry
 from tests.conftest import Api, bearer
-from tests.fakes import FakeProvider
+from tests.fakes import FakeProvider, FakeReplica
 from tests.waiting import eventually
 
 WEB = {
@@ -303,12 +304,11 @@ async def test_force_deleting_a_tenant_tears_its_instances_down(live: Api, fake:
         f"/v1/admin/tenants/{tenant_id}", params={"force": "true"}, headers=live.admin_headers
     )
     assert accepted.status_code == 202
-    for _ in range(200):
-        gone = await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)
-        if gone.status_code == 404:
-            break
-        await asyncio.sleep(0.05)
-    assert gone.status_code == 404
+
+    async def gone() -> bool:
+        return (await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)).status_code == 404
+
+    await eventually(gone, "the tenant is deleted")
     assert [i for i in await fake.inventory() if i.tenant_id == tenant_id] == []
 
 
@@ -355,18 +355,18 @@ async def test_missing_containers_are_recreated(live: Api, fake: FakeProvider) -
     await wait_for(live, instance["id"], token, state("running"))
     fake.remove_container(instance["id"], replica=0)
     events_path = f"/v1/instances/{instance['id']}/events"
-    for _ in range(200):
+
+    async def repairing() -> bool:
         events = (await live.client.get(events_path, headers=token)).json()["items"]
-        if any(e["type"] == "instance.repairing" for e in events):
-            break
-        await asyncio.sleep(0.05)
-    assert any(e["type"] == "instance.repairing" for e in events)
-    for _ in range(200):
+        return any(e["type"] == "instance.repairing" for e in events)
+
+    await eventually(repairing, "an instance.repairing event")
+
+    async def recreated() -> WorkloadStatus | None:
         status = await fake.status(instance["id"])
-        if [r.state for r in status.replicas] == ["running"]:
-            break
-        await asyncio.sleep(0.05)
-    assert [r.state for r in status.replicas] == ["running"]
+        return status if [r.state for r in status.replicas] == ["running"] else None
+
+    status = await eventually(recreated, "the replica runs again")
     new_port = status.endpoints[0].host_port
     fresh = await wait_for(
         live, instance["id"], token, lambda b: [e["host_port"] for e in b["endpoints"]] == [new_port]
@@ -386,11 +386,11 @@ async def test_orphaned_containers_are_removed(live: Api, fake: FakeProvider) ->
             resources=Resources(cpu_millis=100, memory_mb=64),
         )
     )
-    for _ in range(200):
-        if not await fake.inventory():
-            break
-        await asyncio.sleep(0.05)
-    assert await fake.inventory() == []
+
+    async def removed() -> bool:
+        return await fake.inventory() == []
+
+    await eventually(removed, "the orphan is removed")
 
 
 async def test_unreachable_provider_is_503_for_callers_and_nothing_is_written(
@@ -466,12 +466,12 @@ async def test_quick_successive_changes_each_get_their_own_generation(live: Api,
     await wait_for(live, instance["id"], token, state("running"))
     await live.client.patch(path, json={"env": {"A": "2"}}, headers=token)
     await live.client.patch(path, json={"env": {"A": "3"}}, headers=token)
-    for _ in range(200):
+
+    def of_generation_3() -> list[FakeReplica] | None:
         replicas = fake.replicas(instance["id"])
-        if [r.generation for r in replicas] == [3]:
-            break
-        await asyncio.sleep(0.05)
-    assert [r.generation for r in replicas] == [3]
+        return replicas if [r.generation for r in replicas] == [3] else None
+
+    replicas = await eventually(of_generation_3, lambda: f"generation 3 only: {fake.replicas(instance['id'])}")
     assert replicas[0].app_env == {"A": "3"}
 
 
