@@ -432,13 +432,20 @@ async def reconfigure(session: Any, providers: ProviderRegistry, instances: Iter
             queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="configure")
 
 
-async def destroy(session: Any, instance: Instance) -> None:
-    """Mark the instance for destruction and queue its teardown (also used by tenant deletion)."""
+async def destroy(session: Any, instance: Instance, *, hard: bool = False) -> None:
+    """Mark the instance for destruction and queue its teardown (also used by tenant deletion and
+    environments); ``hard`` kills its processes first instead of stopping them gracefully."""
     previous = instance.state
     instance.state, instance.desired_state = "destroying", "destroyed"
     instance.version += 1
     instance.updated_at = utc_now()
-    queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="deprovision")
+    queue.enqueue(
+        session,
+        tenant_id=instance.tenant_id,
+        instance_id=instance.id,
+        kind="deprovision",
+        payload={"hard": True} if hard else None,
+    )
     await append_event(
         session,
         tenant_id=instance.tenant_id,
