@@ -359,7 +359,10 @@ class EnvironmentService:
         return await self.view(environment)
 
     async def terminate(self, environment_id: str, *, hard: bool, reason: str) -> schemas.Environment:
+        """Terminate now (409 when it is already going); ``delete`` is the idempotent soft form."""
         environment = await self._locked(environment_id)
+        if reason == "deleted" and environment.state != "active":
+            return await self.view(environment)
         if environment.state != "active":
             raise Conflict(f"environment is already {environment.state}", details={"state": environment.state})
         await terminate(self.session, environment, reason=reason, hard=hard)
