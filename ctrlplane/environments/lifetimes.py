@@ -46,7 +46,25 @@ class LifetimeKeeper:
         self.services = services
 
     async def run_once(self) -> int:
-        """One pass; the number of environments it changed."""
+        """One pass; the number of environments it changed. A read comes first, so an idle pass
+        takes no write lock (on SQLite, the whole database's)."""
+        async with self.services.db.read() as session:
+            now = await database_now(session)
+            pending = (
+                await session.execute(
+                    select(Environment.id)
+                    .where(
+                        or_(
+                            Environment.state == "terminating",
+                            (Environment.state == "active")
+                            & or_(Environment.expires_at <= now, Environment.max_lifetime_at <= now),
+                        )
+                    )
+                    .limit(1)
+                )
+            ).first()
+        if pending is None:
+            return 0
         changed = await self._expire() + await self._settle()
         if changed:
             await self.services.events.notify()

@@ -36,9 +36,8 @@ from ctrlplane.ids import new_id
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.instances.service import destroy as destroy_instance
-from ctrlplane.network.router import default_hostname
+from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.pagination import Page, paginate
-from ctrlplane.settings import Settings
 from ctrlplane.templates import service as templates
 from ctrlplane.templates.render import render, resolve
 from ctrlplane.tenants.repository import TenantRepository
@@ -56,13 +55,6 @@ async def database_now(session: AsyncSession) -> datetime:
         return raw  # type: ignore[no-any-return]
     raw = (await session.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))).scalar_one()
     return datetime.fromisoformat(str(raw) + "+00:00")
-
-
-def router_url(settings: Settings, hostname: str) -> str:
-    """The URL a client reaches ``hostname`` at through the router (its HTTP listener's port)."""
-    _, _, raw = settings.router_http_listen.rpartition(":")
-    port = int(raw) if raw.isdigit() else 80
-    return f"http://{hostname}" + ("" if port == 80 else f":{port}")
 
 
 def instance_name(key: str) -> str:

@@ -119,6 +119,10 @@ async def test_parameters_fill_the_image_env_and_labels(api: Api) -> None:
     assert instance["image"] == "ctrlplane-test/app:2.1"
     assert instance["env"] == {"GREETING": "hello", "DEBUG": "true", "WORKERS": "4"}
     assert instance["labels"] == {"flavour": "vanilla"}
+    assert instance["hostnames"] == [environment["hostname"]]
+    assert instance["url"] == environment["url"]
+    listed = (await api.client.get("/v1/instances", headers=token)).json()["items"]
+    assert [i["url"] for i in listed] == [environment["url"]]
 
 
 async def test_system_template_is_visible_to_every_tenant_but_changed_by_admins_only(api: Api) -> None:
