@@ -261,7 +261,9 @@ class EnvironmentService:
         ).scalar_one()
         if used + 1 > limit:
             error = QuotaExceeded("max_environments_per_owner", used=used, limit=limit, requested=1)
-            error.message = f"owner {owner} has {used} of at most {limit} environments"
+            error.message = (
+                f"quota max_environments_per_owner exceeded: owner {owner} has {used} of at most {limit} environments"
+            )
             assert error.details is not None
             error.details["owner"] = owner
             raise error
