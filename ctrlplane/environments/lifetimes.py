@@ -1,7 +1,8 @@
 """The lifetime keeper: a leader-only background loop that terminates environments whose
 ``expires_at`` or ``max_lifetime_at`` passed on the database clock, and marks ``terminated`` those
 whose instance is gone. It keeps no state of its own: after a restart, or on a new leader, the first
-pass finds whatever expired meanwhile, so nothing outlives its time by more than one interval."""
+pass finds whatever expired meanwhile, so nothing outlives its time by more than one interval. It
+also keeps the warm pools (``pools.py``) filled."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import or_, select
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
 from ctrlplane.context import AppServices
+from ctrlplane.environments import pools
 from ctrlplane.environments.models import Environment
 from ctrlplane.environments.service import database_now, record_event, terminate
 from ctrlplane.errors import NotFound
@@ -63,9 +65,12 @@ class LifetimeKeeper:
                     .limit(1)
                 )
             ).first()
-        if pending is None:
+            pool_work = bool(await pools.deficits(session)) or bool(await pools.outdated(session))
+        if pending is None and not pool_work:
             return 0
         changed = await self._expire() + await self._settle()
+        if pool_work:
+            changed += await self._pools()
         if changed:
             await self.services.events.notify()
             await self.services.work.notify()
@@ -105,6 +110,20 @@ class LifetimeKeeper:
                 )
                 log.info("environment_expired", environment=environment.id, tenant=environment.tenant_id)
             return len(due)
+
+    async def _pools(self) -> int:
+        """Retire outdated pool members and refill every pool to ``min_ready``."""
+        async with self.services.db.write() as session, session.begin():
+            retired = await pools.outdated(session, lock=True)
+            for member in retired:
+                await terminate(session, member, reason="pool_retired", hard=False)
+            made = 0
+            wanted = {t.id: t for t in await pools.pooled_templates(session)}
+            for template_id, missing in (await pools.deficits(session)).items():
+                made += await pools.refill(self.services, session, wanted[template_id], missing)
+            if made or retired:
+                log.info("pools_refilled", made=made, retired=len(retired))
+            return made + len(retired)
 
     async def _settle(self) -> int:
         async with self.services.db.write() as session, session.begin():

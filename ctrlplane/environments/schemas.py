@@ -18,7 +18,7 @@ EnvironmentKey = Annotated[
 ]
 Tag = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:=/-]{0,62}$", max_length=63)]
 OnIdle = Literal["destroy", "scale_to_zero"]
-EnvironmentState = Literal["active", "terminating", "terminated"]
+EnvironmentState = Literal["pooled", "active", "terminating", "terminated"]
 TemplateReference = Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="A template's id or name")]
 
 

@@ -28,9 +28,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import RequestContext
-from ctrlplane.environments import schemas
+from ctrlplane.environments import pools, schemas
 from ctrlplane.environments.models import Environment
-from ctrlplane.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from ctrlplane.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances.repository import InstanceRepository
@@ -200,35 +200,61 @@ class EnvironmentService:
         owner = self.owner()
         await self._owner_quota(tenant_id, owner, template.max_environments_per_owner)
         now = await database_now(self.session)
+        claimed = False
         try:
             async with self.session.begin_nested():
-                wanted.tenant_id = data.tenant_id
-                instance = await InstanceService(self.context).create(wanted)
-                environment = Environment(
-                    id=new_id("env"),
-                    tenant_id=tenant_id,
-                    key=data.key,
-                    template_id=template.id,
-                    template_version=template.version,
-                    parameters=values,
-                    owner=owner,
-                    state="active",
-                    instance_id=instance.id,
-                    hostname=default_hostname(self.settings, instance.name, tenant.slug),
-                    ttl_seconds=ttl,
-                    expires_at=now + timedelta(seconds=ttl) if ttl is not None else None,
-                    max_lifetime_at=now + timedelta(seconds=max_lifetime) if max_lifetime is not None else None,
-                    extends_used=0,
-                    idle_timeout_seconds=idle_timeout,
-                    on_idle=data.on_idle,
-                    tags=list(dict.fromkeys(data.tags)),
-                    version=1,
-                    created_at=now,
-                    updated_at=now,
+                environment = await pools.claim(self.session, template, tenant_id, values)
+                if environment is not None:
+                    claimed = True
+                    environment.key = data.key
+                    environment.owner = owner
+                    environment.state = "active"
+                    environment.version += 1
+                    environment.updated_at = now
+                else:
+                    if template.pool_max_ready > 0 and not template.pool_cold_start:
+                        raise Unavailable(
+                            f"no pooled instance of template {template.name} is ready; retry shortly",
+                            details={"template_id": template.id, "pool": "empty"},
+                        )
+                    wanted.tenant_id = data.tenant_id
+                    try:
+                        instance = await InstanceService(self.context).create(wanted)
+                    except QuotaExceeded as exc:
+                        if template.pool_max_ready <= 0:
+                            raise
+                        raise Unavailable(
+                            f"no pooled instance of template {template.name} is ready and the tenant is at "
+                            f"quota {exc.quota}; retry shortly",
+                            details={"template_id": template.id, "pool": "empty", "quota": exc.quota},
+                        ) from None
+                    environment = Environment(
+                        id=new_id("env"),
+                        tenant_id=tenant_id,
+                        key=data.key,
+                        template_id=template.id,
+                        template_version=template.version,
+                        parameters=values,
+                        owner=owner,
+                        state="active",
+                        instance_id=instance.id,
+                        hostname=default_hostname(self.settings, instance.name, tenant.slug),
+                        extends_used=0,
+                        version=1,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    self.session.add(environment)
+                environment.ttl_seconds = ttl
+                environment.expires_at = now + timedelta(seconds=ttl) if ttl is not None else None
+                environment.max_lifetime_at = (
+                    now + timedelta(seconds=max_lifetime) if max_lifetime is not None else None
                 )
                 if environment.max_lifetime_at is not None and environment.expires_at is not None:
                     environment.expires_at = min(environment.expires_at, environment.max_lifetime_at)
-                self.session.add(environment)
+                environment.idle_timeout_seconds = idle_timeout
+                environment.on_idle = data.on_idle
+                environment.tags = list(dict.fromkeys(data.tags))
                 await self.session.flush()
         except IntegrityError:
             # another replica's create of this key committed first: answer that one
@@ -243,9 +269,20 @@ class EnvironmentService:
             self._audit(winner, key=data.key, outcome="existing")
             return await self.view(winner), False
         await record_event(
-            self.session, environment, "environment.created", template_id=template.id, version=template.version
+            self.session,
+            environment,
+            "environment.claimed" if claimed else "environment.created",
+            template_id=template.id,
+            version=template.version,
         )
-        self._audit(environment, key=data.key, template_id=template.id, version=template.version, outcome="created")
+        self._audit(
+            environment,
+            key=data.key,
+            template_id=template.id,
+            version=template.version,
+            outcome="claimed" if claimed else "created",
+        )
+
         return await self.view(environment), True
 
     async def _owner_quota(self, tenant_id: str, owner: str, template_limit: int | None) -> None:
@@ -309,7 +346,7 @@ class EnvironmentService:
         if state is not None:
             statement = statement.where(Environment.state == state)
         else:
-            statement = statement.where(Environment.state != "terminated")
+            statement = statement.where(Environment.state.not_in(("terminated", "pooled")))
         page = await paginate(self.session, statement, Environment.id, cursor=cursor, limit=limit, convert=lambda e: e)
         items = [await self.view(e) for e in page.items if tag is None or tag in e.tags]
         return Page(items=items, next_cursor=page.next_cursor, total=page.total)

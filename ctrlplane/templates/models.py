@@ -37,6 +37,7 @@ class Template(Base):
     max_extends: Mapped[int | None] = mapped_column(Integer)
     pool_min_ready: Mapped[int] = mapped_column(Integer, default=0)
     pool_max_ready: Mapped[int] = mapped_column(Integer, default=0)
+    pool_cold_start: Mapped[bool] = mapped_column(default=True)
     max_environments_per_owner: Mapped[int | None] = mapped_column(Integer)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

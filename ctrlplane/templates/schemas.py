@@ -43,7 +43,11 @@ class TemplateSpec(msgspec.Struct, forbid_unknown_fields=True):
 
 class Pool(msgspec.Struct, forbid_unknown_fields=True):
     min_ready: Annotated[int, msgspec.Meta(ge=0, le=20)] = 0
+    """Ready, unassigned instances kept running (refilled in the background)."""
     max_ready: Annotated[int, msgspec.Meta(ge=0, le=20)] = 0
+    """At most this many; members above it are retired."""
+    cold_start: bool = True
+    """false: an empty pool answers 503 + Retry-After instead of starting an instance."""
 
 
 Parameters = Annotated[list[Parameter], msgspec.Meta(max_length=50)]

@@ -56,7 +56,9 @@ def to_schema(template: Template) -> schemas.Template:
         parameters=[msgspec.convert(p, schemas.Parameter) for p in template.parameters],
         max_ttl=format_seconds(template.max_ttl_seconds),
         max_extends=template.max_extends,
-        pool=schemas.Pool(min_ready=template.pool_min_ready, max_ready=template.pool_max_ready),
+        pool=schemas.Pool(
+            min_ready=template.pool_min_ready, max_ready=template.pool_max_ready, cold_start=template.pool_cold_start
+        ),
         max_environments_per_owner=template.max_environments_per_owner,
         created_at=template.created_at,
         updated_at=template.updated_at,
@@ -141,7 +143,7 @@ class TemplateService:
         else:
             tenant_id = self.context.tenant_scope(data.tenant_id)
         check_declarations(data.parameters, data.spec)
-        _check_pool(data.pool)
+        _check_pool(data.pool, data.parameters, tenant_id)
         max_ttl = duration_seconds(data.max_ttl, "max_ttl") if data.max_ttl is not None else None
         await self._name_taken(tenant_id, data.name)
         now = utc_now()
@@ -157,6 +159,7 @@ class TemplateService:
             max_extends=data.max_extends,
             pool_min_ready=data.pool.min_ready,
             pool_max_ready=data.pool.max_ready,
+            pool_cold_start=data.pool.cold_start,
             max_environments_per_owner=data.max_environments_per_owner,
             created_at=now,
             updated_at=now,
@@ -218,12 +221,14 @@ class TemplateService:
         if data.max_extends is not msgspec.UNSET and data.max_extends != template.max_extends:
             template.max_extends = data.max_extends
             changed.append("max_extends")
-        if data.pool is not msgspec.UNSET and (data.pool.min_ready, data.pool.max_ready) != (
+        if data.pool is not msgspec.UNSET and (data.pool.min_ready, data.pool.max_ready, data.pool.cold_start) != (
             template.pool_min_ready,
             template.pool_max_ready,
+            template.pool_cold_start,
         ):
-            _check_pool(data.pool)
+            _check_pool(data.pool, parameters, template.tenant_id)
             template.pool_min_ready, template.pool_max_ready = data.pool.min_ready, data.pool.max_ready
+            template.pool_cold_start = data.pool.cold_start
             changed.append("pool")
         if (
             data.max_environments_per_owner is not msgspec.UNSET
@@ -245,9 +250,19 @@ class TemplateService:
         self._audit(template, name=template.name)
 
 
-def _check_pool(pool: schemas.Pool) -> None:
+def _check_pool(pool: schemas.Pool, parameters: list[schemas.Parameter], tenant_id: str | None) -> None:
     if pool.max_ready < pool.min_ready:
         raise InvalidInput(
             "pool.max_ready must be at least pool.min_ready",
             details={"pool": {"min_ready": pool.min_ready, "max_ready": pool.max_ready}},
+        )
+    if pool.max_ready == 0:
+        return
+    if tenant_id is None:
+        raise InvalidInput("system templates cannot have pools (pools are per tenant)", details={"pool": "system"})
+    needed = [p.name for p in parameters if p.required and p.default is None]
+    if needed:
+        raise InvalidInput(
+            "a pooled template needs a default for every parameter: pool members are made with the defaults",
+            details={"pool": {name: "required without a default" for name in needed}},
         )

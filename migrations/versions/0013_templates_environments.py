@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("max_extends", sa.Integer(), nullable=True),
         sa.Column("pool_min_ready", sa.Integer(), nullable=False),
         sa.Column("pool_max_ready", sa.Integer(), nullable=False),
+        sa.Column("pool_cold_start", sa.Boolean(), nullable=False),
         sa.Column("max_environments_per_owner", sa.Integer(), nullable=True),
         sa.Column("deleted_at", UTCDateTime(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
