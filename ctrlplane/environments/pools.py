@@ -187,3 +187,11 @@ async def refill(services: AppServices, session: AsyncSession, template: Templat
         made += 1
     await session.flush()
     return made
+
+
+async def environment_counts(session: AsyncSession) -> dict[str, int]:
+    """Environments by state across tenants, for ``/v1/admin/stats`` (``pooled``: the warm pools)."""
+    rows = await session.execute(select(Environment.state, func.count()).group_by(Environment.state))
+    counts = {"pooled": 0, "active": 0, "terminating": 0}
+    counts.update({str(state): int(count) for state, count in rows.all()})
+    return counts

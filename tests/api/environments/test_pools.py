@@ -59,6 +59,9 @@ async def test_claim_takes_a_ready_instance_without_a_container_start_and_the_po
     again = await live.client.post("/v1/environments", json={"key": "user-1", "template": "sandbox"}, headers=token)
     assert again.status_code == 200 and again.json()["id"] == claimed["id"]
     refilled = await ready_members(live, token, 2)
+    stats = (await live.client.get("/v1/admin/stats", headers=live.admin_headers)).json()
+    assert stats["environments"]["pooled"] >= 2
+    assert stats["environments"]["active"] == 1
     assert claimed["id"] not in {m["id"] for m in refilled}
     events = (await live.client.get("/v1/events", params={"limit": 100}, headers=token)).json()["items"]
     assert "environment.claimed" in [e["type"] for e in events if e["data"].get("environment_id") == claimed["id"]]
