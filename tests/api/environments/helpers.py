@@ -58,3 +58,15 @@ async def wait_env(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"environment never matched; last seen: {body}")
         await asyncio.sleep(0.05)
+
+
+async def ready_members(api: Api, token: dict[str, str], count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        items = (await api.client.get("/v1/environments", params={"state": "pooled"}, headers=token)).json()["items"]
+        running = [e for e in items if e["instance_state"] == "running"]
+        if len(running) >= count:
+            return running
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"pool never had {count} ready members: {items}")
+        await asyncio.sleep(0.1)

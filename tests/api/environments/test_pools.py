@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api.environments.helpers import tenant
+from tests.api.environments.helpers import ready_members, tenant
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
 
@@ -21,20 +21,6 @@ async def pooled(api: Api, token: dict[str, str], **pool: Any) -> dict[str, Any]
     response = await api.client.post("/v1/templates", json={**POOLED, "pool": pool}, headers=token)
     assert response.status_code == 201, response.text
     return dict(response.json())
-
-
-async def ready_members(api: Api, token: dict[str, str], count: int, timeout: float = 20) -> list[dict[str, Any]]:
-    import asyncio
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        items = (await api.client.get("/v1/environments", params={"state": "pooled"}, headers=token)).json()["items"]
-        running = [e for e in items if e["instance_state"] == "running"]
-        if len(running) >= count:
-            return running
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"pool never had {count} ready members: {items}")
-        await asyncio.sleep(0.1)
 
 
 async def test_claim_takes_a_ready_instance_without_a_container_start_and_the_pool_refills(
