@@ -12,6 +12,7 @@ from ctrlplane.network.models import AcmeAccount, Certificate, Domain, Route, Up
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
+from ctrlplane.runs.models import Job, Run
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.telemetry.models import MetricSample, TraceSpan
 from ctrlplane.tenants.models import Tenant, TenantQuota
@@ -32,11 +33,13 @@ __all__ = [
     "HealthCheckResult",
     "IdempotencyRecord",
     "Instance",
+    "Job",
     "MetricSample",
     "Operation",
     "RateBucket",
     "Release",
     "Route",
+    "Run",
     "Secret",
     "SecretVersion",
     "Tenant",
