@@ -68,7 +68,9 @@ async def events(live: Api, instance_id: str, token: dict[str, str]) -> list[dic
 
 
 def run_containers(engine: DockerClient, instance_id: str) -> list[Any]:
-    return [c for c in containers_of(engine, instance_id) if "ctrlplane.run" in c.labels]
+    """The instance's run containers as the engine lists them (no inspect, which races a removal)."""
+    listed = engine.api.containers(all=True, filters={"label": f"ctrlplane.instance={instance_id}"})
+    return [c for c in listed if "ctrlplane.run" in c["Labels"]]
 
 
 async def test_a_release_command_that_exits_1_fails_the_deploy_and_the_old_release_keeps_serving(
