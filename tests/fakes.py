@@ -322,6 +322,8 @@ class FakeProvider:
 
     async def deprovision(self, instance_id: str) -> None:
         self._enter("deprovision", instance_id)
+        for run_id in [r for r, run in self.runs.items() if run.spec.workload.instance_id == instance_id]:
+            del self.runs[run_id]
         for replica in self.replicas(instance_id):
             self._remove(replica)
         self._replicas.pop(instance_id, None)

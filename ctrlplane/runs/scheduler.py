@@ -21,7 +21,9 @@ What a due firing becomes:
 * ``concurrency``: ``allow`` starts it whatever runs; ``forbid`` records it ``missed`` (reason
   ``the previous run is still running``) while an earlier run of the job is pending or running;
   ``replace`` asks the running ones to cancel and starts it;
-* an instance that is not running, is suspended or has no release: ``missed`` with that reason.
+* an instance that is not running, is suspended or has no release, or a tenant whose CPU or memory
+  quota has no room for one more run (runs count against it while pending or running): ``missed``
+  with that reason.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
 from ctrlplane.runs import cron
 from ctrlplane.runs.models import Job, Run
-from ctrlplane.runs.service import ACTIVE, new_run, prune
+from ctrlplane.runs.service import ACTIVE, new_run, prune, run_fits_quota
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.jobs")
@@ -117,6 +119,8 @@ class JobScheduler:
                 )
                 if active and job.concurrency == "forbid":
                     missed.append((latest, "the previous run is still running (concurrency forbid)"))
+                elif job.concurrency != "replace" and not await run_fits_quota(session, instance):
+                    missed.append((latest, "the tenant's CPU or memory quota has no room for the run"))
                 else:
                     if active and job.concurrency == "replace":
                         await session.execute(

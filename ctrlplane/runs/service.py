@@ -38,6 +38,7 @@ from ctrlplane.provisioning.contract import RunProvider
 from ctrlplane.releases.models import Release
 from ctrlplane.runs import cron, schemas
 from ctrlplane.runs.models import Job, Run
+from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 
 ACTIVE = ("pending", "running")
@@ -261,21 +262,36 @@ async def runnable(context: RequestContext, instance: Instance) -> RunProvider:
     return provider
 
 
-async def check_run_quota(session: AsyncSession, instances: InstanceService, instance: Instance) -> None:
-    """A run's container counts against the tenant's CPU and memory quota while it is pending or
-    running, on top of the instances' replicas."""
+async def active_run_usage(session: AsyncSession, tenant_id: str) -> tuple[int, int]:
+    """CPU and memory the tenant's pending and running runs reserve."""
     cpu, memory = (
         await session.execute(
             select(func.coalesce(func.sum(Run.cpu_millis), 0), func.coalesce(func.sum(Run.memory_mb), 0)).where(
-                Run.tenant_id == instance.tenant_id, Run.state.in_(ACTIVE)
+                Run.tenant_id == tenant_id, Run.state.in_(ACTIVE)
             )
         )
     ).one()
+    return int(cpu), int(memory)
+
+
+async def run_fits_quota(session: AsyncSession, instance: Instance) -> bool:
+    """Whether one more run of the instance fits the tenant's CPU and memory quota (for a job's
+    firing, which no request admits)."""
+    quota = await TenantRepository(session).quota(instance.tenant_id)
+    _, cpu, memory = await InstanceRepository(session, instance.tenant_id).usage(instance.tenant_id)
+    run_cpu, run_memory = await active_run_usage(session, instance.tenant_id)
+    return (
+        cpu + run_cpu + instance.cpu_millis <= quota.max_cpu_millis
+        and memory + run_memory + instance.memory_mb <= quota.max_memory_mb
+    )
+
+
+async def check_run_quota(session: AsyncSession, instances: InstanceService, instance: Instance) -> None:
+    """A run's container counts against the tenant's CPU and memory quota while it is pending or
+    running, on top of the instances' replicas."""
+    cpu, memory = await active_run_usage(session, instance.tenant_id)
     await instances.check_quota(
-        instance.tenant_id,
-        instances=0,
-        cpu_millis=int(cpu) + instance.cpu_millis,
-        memory_mb=int(memory) + instance.memory_mb,
+        instance.tenant_id, instances=0, cpu_millis=cpu + instance.cpu_millis, memory_mb=memory + instance.memory_mb
     )
 
 

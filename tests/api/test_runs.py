@@ -186,6 +186,20 @@ async def test_running_runs_count_against_the_tenants_quota(api: Api) -> None:
     assert refused.status_code == 403 and refused.json()["code"] == "quota_exceeded", refused.text
 
 
+async def test_a_job_firing_with_no_room_in_the_quota_is_recorded_missed(api: Api, app: Any) -> None:
+    tenant_id, token = await tenant_token(api)
+    admin = bearer(api.tokens.admin())
+    quota = {"max_instances": 5, "max_cpu_millis": 500, "max_memory_mb": 4096,
+             "max_domains": 1, "max_routes": 1, "max_secrets": 1}  # fmt: skip
+    assert (await api.client.put(f"/v1/admin/tenants/{tenant_id}/quota", json=quota, headers=admin)).status_code == 200
+    instance = await create(api, token, resources={"cpu_millis": 400, "memory_mb": 64})
+    created = await job(api, instance["id"], token, concurrency="allow")
+    [first] = firings(await anchor(app, created["id"]), 1)
+    await JobScheduler(app.state.services).run_once(first + timedelta(seconds=1))
+    [run] = await runs_of(api, instance["id"], token)
+    assert run["state"] == "missed" and "quota" in run["error"]
+
+
 async def test_another_tenants_runs_and_jobs_are_not_found(api: Api) -> None:
     _, token = await tenant_token(api)
     _, other = await tenant_token(api, "other")
