@@ -42,6 +42,7 @@ from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.releases.api import ReleaseController
+from ctrlplane.runs.api import JobController, RunController
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
@@ -150,6 +151,8 @@ def create_app(
             EventController,
             ReleaseController,
             DeploymentController,
+            RunController,
+            JobController,
             SecretController,
             HealthController,
             TelemetryController,

@@ -33,6 +33,8 @@ PREFIXES = frozenset(
         "hcr",
         "tpl",
         "env",
+        "run",
+        "job",
     }
 )
 

@@ -13,6 +13,7 @@ from ctrlplane.network.models import AcmeAccount, Certificate, Domain, Route, Up
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
+from ctrlplane.runs.models import Job, Run
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.telemetry.models import MetricSample, TraceSpan
 from ctrlplane.templates.models import Template, TemplateVersion
@@ -35,11 +36,13 @@ __all__ = [
     "HealthCheckResult",
     "IdempotencyRecord",
     "Instance",
+    "Job",
     "MetricSample",
     "Operation",
     "RateBucket",
     "Release",
     "Route",
+    "Run",
     "Secret",
     "SecretVersion",
     "Template",

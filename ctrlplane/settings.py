@@ -115,6 +115,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_results_per_check: int = 10_000
     health_prune_interval_seconds: float = 60.0
     canary_traffic_percent: int = 10
+    run_workers: int = 4
+    """One-off runs and job firings this replica carries at once (ctrlplane.runs)."""
+    run_lease_seconds: float = 30.0
+    run_default_timeout_seconds: float = 3600.0
+    run_history: int = 20
+    """Finished runs kept per instance (one-off) and per job; older ones are deleted."""
+    job_tick_seconds: float = 1.0
+    job_starting_deadline_seconds: float = 300.0
+    """A firing missed while no control plane ran is still run if it is at most this old."""
+    job_allow_seconds: bool = False
+    """Accept six-field schedules (a leading seconds field): tests use them; production keeps cron's minute."""
 
     router: str = "caddy"
     router_admin_address: str = "localhost:2019"
@@ -240,6 +251,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "RATE_LIMIT_HOLD_SECONDS": "rate_limit_hold_seconds",
             "READ_CACHE_SECONDS": "read_cache_seconds",
             "CANARY_TRAFFIC_PERCENT": "canary_traffic_percent",
+            "RUN_WORKERS": "run_workers",
+            "RUN_LEASE_SECONDS": "run_lease_seconds",
+            "RUN_DEFAULT_TIMEOUT_SECONDS": "run_default_timeout_seconds",
+            "RUN_HISTORY": "run_history",
+            "JOB_TICK_SECONDS": "job_tick_seconds",
+            "JOB_STARTING_DEADLINE_SECONDS": "job_starting_deadline_seconds",
+            "JOB_ALLOW_SECONDS": "job_allow_seconds",
             "ROUTER": "router",
             "ROUTER_ADMIN_ADDRESS": "router_admin_address",
             "ROUTER_BASE_DOMAIN": "router_base_domain",

@@ -76,6 +76,8 @@ def to_schema(instance: Instance) -> schemas.Instance:
         version=instance.version,
         created_at=instance.created_at,
         updated_at=instance.updated_at,
+        release_command=instance.release_command,
+        release_timeout=instance.release_timeout_seconds,
     )
 
 
@@ -203,6 +205,8 @@ class InstanceService:
             labels=dict(data.labels),
             restart_policy=data.restart_policy,
             pull_policy=data.pull_policy,
+            release_command=schemas.argv(data.release_command) if data.release_command is not None else None,
+            release_timeout_seconds=data.release_timeout,
             endpoints=[],
             generation=1,
             restart_count=0,

@@ -35,6 +35,8 @@ from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.network.certificates import CertificateIssuer
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
+from ctrlplane.runs.executor import RunExecutor, run_once
+from ctrlplane.runs.scheduler import JobScheduler
 from ctrlplane.telemetry.sampler import MetricsSampler
 
 log = structlog.get_logger("ctrlplane.background")
@@ -149,11 +151,26 @@ class Background:
                 log.error("environment_lifetimes_error", exc_info=exc)
             await self.services.work.wait(self.services.settings.reconcile_interval_seconds)
 
+    async def run_loop(self, number: int) -> None:
+        """One-off runs and job firings (``ctrlplane/runs``): claimed with a lease, like operations."""
+        executor = RunExecutor(self.services)
+        owner = f"{self.services.replica}/run-{number}"
+        while True:
+            try:
+                if await run_once(self.services, executor, owner):
+                    continue
+            except Exception as exc:
+                log.error("run_worker_error", exc_info=exc)
+            await self._idle()
+
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)
         for _ in range(self.services.settings.workers):
             group.start_soon(self.worker_loop)
         group.start_soon(self.health_loop)
+        for number in range(self.services.settings.run_workers):
+            group.start_soon(self.run_loop, number)
+        group.start_soon(JobScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.reconcile_loop))
         group.start_soon(HealthScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.metrics_loop))

@@ -151,6 +151,20 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/environments/{environment_id}/terminate", body={"hard": False}),
     Route("DELETE", "/v1/environments/{environment_id}"),
     Route("DELETE", "/v1/templates/{template_id}"),
+    Route("POST", "/v1/instances/{instance_id}/runs", body={"command": ["echo", "hi"]}, instance_state="running"),
+    Route("GET", "/v1/instances/{instance_id}/runs"),
+    Route("GET", "/v1/runs/{run_id}"),
+    Route("GET", "/v1/runs/{run_id}/logs"),
+    Route("POST", "/v1/runs/{run_id}/cancel"),
+    Route(
+        "POST",
+        "/v1/instances/{instance_id}/jobs",
+        body={"name": "matrix-job", "schedule": "0 3 * * *", "command": "echo hi"},
+    ),
+    Route("GET", "/v1/instances/{instance_id}/jobs"),
+    Route("GET", "/v1/jobs/{job_id}"),
+    Route("PATCH", "/v1/jobs/{job_id}", body={"enabled": False}),
+    Route("DELETE", "/v1/jobs/{job_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -191,6 +205,8 @@ class World:
     secret_key_a: str = "MATRIX_SECRET"
     template_a: str = ""
     environment_a: str = ""
+    run_a: str = ""
+    job_a: str = ""
 
     @property
     def routes(self) -> list[Route]:
@@ -226,6 +242,8 @@ class World:
             "domain_id": self.domain_a,
             "template_id": self.template_a,
             "environment_id": self.environment_a,
+            "run_id": self.run_a,
+            "job_id": self.job_a,
         }
 
     def url(self, route: Route) -> str:
@@ -241,6 +259,8 @@ class World:
             "domain_id": self.domain_a,
             "template_id": self.template_a,
             "environment_id": self.environment_a,
+            "run_id": self.run_a,
+            "job_id": self.job_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -361,9 +381,23 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert environment.status_code == 201, environment.text
+    run = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/runs",
+        json={"command": "echo matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert run.status_code == 201, run.text
+    job = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/jobs",
+        json={"name": "nightly", "schedule": "0 3 * * *", "timezone": "Europe/Paris", "command": ["true"]},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert job.status_code == 201, job.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
+        run_a=run.json()["id"],
+        job_a=job.json()["id"],
         client=api.client,
         tokens=api.tokens,
         db=db,
