@@ -318,7 +318,7 @@ class World:
 
 @pytest.fixture
 async def world(api: Api, db: Database) -> World:
-    tenant_a = (await api.create_tenant("alpha"))["id"]
+    tenant_a = (await api.create_tenant("alpha", plan="pro"))["id"]  # room for the environment and run the world makes
     tenant_b = (await api.create_tenant("bravo"))["id"]
     key_a = (await api.create_key(tenant_a, ["deploy"], name="deployer"))["id"]
     read_key_a = (await api.create_key(tenant_a, ["read"], name="reader"))["key"]
