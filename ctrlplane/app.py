@@ -32,7 +32,7 @@ from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
-from ctrlplane.network.api import DomainController, RouteController
+from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -154,6 +154,7 @@ def create_app(
             prometheus_metrics,
             RouteController,
             DomainController,
+            SleepController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

@@ -25,6 +25,7 @@ from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import CtrlplaneError, Forbidden, InvalidInput, Unauthenticated
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.network import requests
 from ctrlplane.provisioning.contract import LogLine, Provider
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.releases.models import Release
@@ -247,6 +248,7 @@ class TelemetryService:
         since: datetime | None,
         until: datetime | None,
         step: str | None,
+        route: str | None = None,
     ) -> schemas.MetricsResponse:
         instance = await self.instances.get(instance_id)
         until = as_utc(until, "until") if until is not None else utc_now()
@@ -260,6 +262,31 @@ class TelemetryService:
             raise InvalidInput(
                 f"step is too small for this window: at most {MAX_POINTS} points per series",
                 details={"step": step},
+            )
+        if name in requests.REQUEST_METRICS:
+            samples = await requests.samples_between(
+                self.session,
+                tenant_id=instance.tenant_id,
+                instance_id=instance.id,
+                since=since,
+                until=until,
+                route=route,
+            )
+            request_metric = name
+            return schemas.MetricsResponse(
+                instance_id=instance.id,
+                since=since,
+                until=until,
+                step_seconds=step_seconds,
+                series=[
+                    schemas.Series(
+                        name=request_metric,
+                        unit=schemas.UNITS[request_metric],
+                        labels=labels,
+                        points=[schemas.Point(timestamp=at, value=value) for at, value in points],
+                    )
+                    for labels, points in requests.series(samples, request_metric, step_seconds)
+                ],
             )
         rows = await MetricsRepository(self.session).between(
             tenant_id=instance.tenant_id, instance_id=instance.id, since=since, until=until
