@@ -26,7 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.network.access import merge_buckets, quantile
-from ctrlplane.network.models import HttpRequestSample
+from ctrlplane.network.models import HttpRequestSample, InstanceTraffic
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
 
@@ -172,3 +172,24 @@ async def compact(session: AsyncSession, settings: Settings, now: datetime | Non
         )
     )
     return touched + int(expired.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def summary(
+    session: AsyncSession, *, tenant_id: str, instance_id: str, since: datetime, until: datetime
+) -> tuple[int, int, list[int], int, int]:
+    """(requests, 5xx responses, merged latency buckets, request bytes, response bytes) in the window."""
+    rows = await samples_between(session, tenant_id=tenant_id, instance_id=instance_id, since=since, until=until)
+    return (
+        sum(r.requests for r in rows),
+        sum(r.requests for r in rows if r.status_class == "5xx"),
+        merge_buckets(r.duration_buckets for r in rows),
+        sum(r.request_bytes for r in rows),
+        sum(r.response_bytes for r in rows),
+    )
+
+
+async def last_request_at(session: AsyncSession, instance_id: str) -> datetime | None:
+    found: datetime | None = (
+        await session.execute(select(InstanceTraffic.last_request_at).where(InstanceTraffic.instance_id == instance_id))
+    ).scalar_one_or_none()
+    return found

@@ -145,6 +145,19 @@ class ReleaseSummary(msgspec.Struct):
     created_at: datetime
 
 
+class TrafficSummary(msgspec.Struct):
+    """The last hour of requests through the router (``network.requests.summary``)."""
+
+    last_request_at: datetime | None
+    requests: int
+    error_ratio: float | None
+    """5xx responses over all, or null without requests."""
+    p50_seconds: float | None
+    p99_seconds: float | None
+    request_bytes: int
+    response_bytes: int
+
+
 class Dashboard(msgspec.Struct):
     instance_id: str
     name: str
@@ -156,6 +169,7 @@ class Dashboard(msgspec.Struct):
     recent_deployments: list[DeploymentSummary]
     resources: ResourcesResponse
     recent_errors: list[LogEntry]
+    traffic: TrafficSummary | None = None
 
 
 class OtlpPartialSuccess(msgspec.Struct, rename="camel", omit_defaults=True):

@@ -26,6 +26,7 @@ from ctrlplane.errors import CtrlplaneError, Forbidden, InvalidInput, Unauthenti
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.network import requests
+from ctrlplane.network.access import quantile
 from ctrlplane.provisioning.contract import LogLine, Provider
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.releases.models import Release
@@ -337,6 +338,7 @@ class TelemetryService:
     async def dashboard(self, instance_id: str, *, recent: int = 5, errors: int = 10) -> schemas.Dashboard:
         instance = await self.instances.get(instance_id)
         health = await self.services.telemetry.health.instance_health(self.session, instance.id)
+        traffic = await self._traffic(instance)
         release = await self.session.get(Release, instance.current_release_id) if instance.current_release_id else None
         deployments = (
             await self.session.execute(
@@ -383,6 +385,23 @@ class TelemetryService:
             recent_deployments=recent_deployments,
             resources=resources,
             recent_errors=error_lines,
+            traffic=traffic,
+        )
+
+    async def _traffic(self, instance: Instance) -> schemas.TrafficSummary:
+        now = utc_now()
+        total, errors, buckets, received, sent = await requests.summary(
+            self.session, tenant_id=instance.tenant_id, instance_id=instance.id, since=now - DEFAULT_WINDOW, until=now
+        )
+        p50, p99 = quantile(buckets, 0.5), quantile(buckets, 0.99)
+        return schemas.TrafficSummary(
+            last_request_at=await requests.last_request_at(self.session, instance.id),
+            requests=total,
+            error_ratio=round(errors / total, 6) if total else None,
+            p50_seconds=round(p50, 6) if p50 is not None else None,
+            p99_seconds=round(p99, 6) if p99 is not None else None,
+            request_bytes=received,
+            response_bytes=sent,
         )
 
 

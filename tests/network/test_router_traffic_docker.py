@@ -130,6 +130,10 @@ async def test_requests_through_caddy_show_up_as_request_metrics_by_status_class
     traffic = (await live.client.get(f"/v1/instances/{instance['id']}/traffic", headers=token)).json()
     assert traffic["last_request_at"] is not None and traffic["state"] == "running"
 
+    dashboard = (await live.client.get(f"/v1/instances/{instance['id']}/dashboard", headers=token)).json()
+    assert dashboard["traffic"]["requests"] >= 10, dashboard["traffic"]
+    assert dashboard["traffic"]["p50_seconds"] is not None and dashboard["traffic"]["last_request_at"] is not None
+
     scrape = await live.client.get("/metrics")
     assert scrape.status_code == 200, scrape.text
     assert f'instance="{instance["id"]}"' in scrape.text
