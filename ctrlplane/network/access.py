@@ -293,6 +293,7 @@ class AccessSink:
         self.flush_seconds = flush_seconds
         self.server: asyncio.Server | None = None
         self.lines = 0
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def address(self) -> str | None:
@@ -307,6 +308,8 @@ class AccessSink:
         self.server = await asyncio.start_server(self._connection, host, int(port), limit=MAX_LINE_BYTES)
 
     async def close(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):
@@ -314,6 +317,7 @@ class AccessSink:
             self.server = None
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -329,6 +333,7 @@ class AccessSink:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def flush(self) -> int:
