@@ -44,7 +44,7 @@ from ctrlplane.signals import Signal
 
 log = structlog.get_logger("ctrlplane.wake")
 
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.05
 PROBE_TIMEOUT_SECONDS = 1.0
 MAX_BODY_BYTES = 16 * 1024 * 1024
 HOP_BY_HOP = frozenset(

@@ -199,3 +199,34 @@ def test_request_series_sum_per_step_and_label() -> None:
     assert set(latency) == {"0.5", "0.9", "0.99"}
     assert all(0.005 <= value <= 0.01 for _, value in latency["0.99"])
     assert requests.series(rows, "http_response_bytes", None)[0][1][0] == (start + timedelta(seconds=5), 300.0)
+
+
+async def test_the_sink_reads_lines_split_across_writes_and_several_per_write() -> None:
+    import asyncio
+
+    from ctrlplane.network.access import AccessSink
+
+    hosts = HostTable()
+    hosts.replace({"web.acme.localhost": Destination("ins_1", "ten_1", ())})
+    book = RequestBook(hosts)
+    sink = AccessSink("127.0.0.1:0", book, None, 3600)  # type: ignore[arg-type]
+    await sink.start()
+    try:
+        assert sink.address is not None
+        host, port = sink.address.rsplit(":", 1)
+        _, writer = await asyncio.open_connection(host, int(port))
+        data = line() + line(status=404) + b"garbage\n" + line(status=500)
+        writer.write(data[:37])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(data[37:])
+        await writer.drain()
+        for _ in range(100):
+            if sink.lines == 4:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        classes = sorted(key[4] for key in book.drain().tallies)
+        assert sink.lines == 4 and classes == ["2xx", "4xx", "5xx"]
+    finally:
+        await sink.close()
