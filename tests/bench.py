@@ -277,7 +277,7 @@ def _table(results: dict[str, Any]) -> str:
     if "router" in results:
         router = results["router"]
         for upstream in ("busybox", "static"):
-            for name in ("without_reporting", "with_reporting"):
+            for name in ("without_reporting", "log_discarded", "with_reporting"):
                 r = router["reporting"][upstream][name]
                 rows.append(
                     (
