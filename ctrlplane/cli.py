@@ -91,6 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logs_cmd.add_argument("--limit", type=int, default=100, help="how many of the newest lines (1-1000, default 100)")
 
+    metrics_cmd = commands.add_parser(
+        "metrics", parents=[pipeline], help="an instance's usage or request metrics", epilog=epilog
+    )
+    metrics_cmd.add_argument(
+        "--name", default="http_requests_total", help="metric name (default http_requests_total; see docs/api.md)"
+    )
+    metrics_cmd.add_argument("--since", help="RFC 3339 start (default: an hour ago)")
+    metrics_cmd.add_argument("--step", default="60s", help="bucket size such as 60s or 5m (default 60s)")
+    metrics_cmd.add_argument("--route", help="request metrics: one route path only")
+
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
@@ -106,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
-    if args.command in ("deploy", "rollback", "status", "releases", "logs"):
+    if args.command in ("deploy", "rollback", "status", "releases", "logs", "metrics"):
         from ctrlplane import client
 
         return client.run(getattr(client, args.command), args)

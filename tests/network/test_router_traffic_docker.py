@@ -19,6 +19,7 @@ import pytest
 from docker import DockerClient
 
 from ctrlplane.settings import Settings
+from tests.api.test_cli_pipeline import cli
 from tests.api.test_instances import wait_for
 from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
     _remove_what_the_test_made,
@@ -213,3 +214,24 @@ async def test_past_the_wake_timeout_the_router_answers_503_with_retry_after(
     assert late.headers["retry-after"] == "7"
     # the wake it started goes on: a retry is served by the app
     await until_served(caddy, HOST, INDEX_BODY, timeout=60)
+
+
+async def test_the_metrics_command_prints_requests_by_status_class(
+    live: Api, live_server: str, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    token = await tenant(live, "acme")
+    await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    async with httpx.AsyncClient(base_url=caddy.http_url, timeout=10) as client:
+        for _ in range(2):
+            await client.get("/missing", headers={"Host": HOST})
+    tenant_id = (await live.client.get("/v1/instances", headers=token)).json()["items"][0]["tenant_id"]
+    key = (await live.create_key(tenant_id, ["read"]))["key"]
+
+    async def printed() -> str | None:
+        done = await cli(live_server, key, "metrics", "web", "--name", "http_requests_total", "--step", "1h")
+        assert done.returncode == 0, done.stderr
+        return done.stdout if "status_class=4xx" in done.stdout else None
+
+    output = await eventually(printed, "the 404s in the metrics command")
+    assert "http_requests_total{method=GET,status_class=4xx}" in output and " 2 count" in output
