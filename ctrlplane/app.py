@@ -26,6 +26,7 @@ from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_resp
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
+from ctrlplane.environments.api import EnvironmentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
 from ctrlplane.health.api import HealthController
@@ -46,6 +47,7 @@ from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.api import TelemetryController, export_traces, prometheus_metrics
 from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
+from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
 
 log = structlog.get_logger("ctrlplane.app")
@@ -155,6 +157,8 @@ def create_app(
             RouteController,
             DomainController,
             SleepController,
+            TemplateController,
+            EnvironmentController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

@@ -1,5 +1,5 @@
 """The ``ctrlplane`` command: serve, migrate, token issue, audit verify, secrets rotate-master, and
-the API client commands (deploy, rollback, status, releases, logs)."""
+the API client commands (deploy, rollback, status, releases, logs, env)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics_cmd.add_argument("--since", help="RFC 3339 start (default: an hour ago)")
     metrics_cmd.add_argument("--step", default="60s", help="bucket size such as 60s or 5m (default 60s)")
     metrics_cmd.add_argument("--route", help="request metrics: one route path only")
+    _env_commands(commands, epilog)
 
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -120,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ctrlplane import client
 
         return client.run(getattr(client, args.command), args)
+    if args.command == "env":
+        from ctrlplane import client
+        from ctrlplane.environments import commands as env_commands
+
+        return client.run(getattr(env_commands, args.env_command), args)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -134,6 +140,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "secrets":
         return _secrets(settings, args)
     return asyncio.run(_audit_verify(settings))
+
+
+def _env_commands(commands: Any, epilog: str) -> None:
+    env = commands.add_parser("env", help="on-demand environments (get-or-create by key)", epilog=epilog)
+    env_commands = env.add_subparsers(dest="env_command", required=True)
+    up = env_commands.add_parser("up", help="get or create the environment of a key; print its URL", epilog=epilog)
+    up.add_argument("--template", required=True, help="template id or name")
+    up.add_argument("--key", required=True, help="the environment's key, e.g. pr-123")
+    up.add_argument("--param", action="append", metavar="KEY=VALUE", help="a template parameter (repeatable)")
+    up.add_argument("--ttl", help="lifetime such as 2h or 2d (default: the template's max_ttl)")
+    up.add_argument("--idle-timeout", dest="idle_timeout", help="idle time before on_idle applies")
+    up.add_argument("--on-idle", dest="on_idle", choices=["destroy", "scale_to_zero"])
+    up.add_argument("--max-lifetime", dest="max_lifetime", help="hard limit from creation that extend never passes")
+    up.add_argument("--tag", action="append", help="a tag (repeatable)")
+    up.add_argument("--replace", action="store_true", help="replace the key's environment if its parameters differ")
+    up.add_argument("--wait", action="store_true", help="wait until its instance runs")
+    up.add_argument("--timeout", default="10m", help="how long --wait waits (default 10m)")
+    up.add_argument("--json", action="store_true", help="print the environment as JSON instead of its URL")
+    extend = env_commands.add_parser("extend", help="extend an environment's ttl", epilog=epilog)
+    extend.add_argument("environment", help="environment id (env_...) or key")
+    extend.add_argument("--by", help="how long to add (default: its ttl)")
+    extend.add_argument("--json", action="store_true")
+    down = env_commands.add_parser("down", help="terminate an environment", epilog=epilog)
+    down.add_argument("environment", help="environment id (env_...) or key")
+    down.add_argument("--hard", action="store_true", help="kill at once instead of SIGTERM and a grace period")
+    down.add_argument("--json", action="store_true")
+    ls = env_commands.add_parser("ls", help="list environments", epilog=epilog)
+    ls.add_argument("--key")
+    ls.add_argument("--tag")
+    ls.add_argument("--owner")
+    ls.add_argument("--json", action="store_true", help="JSON lines")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

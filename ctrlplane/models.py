@@ -4,6 +4,7 @@ from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
 from ctrlplane.deployments.models import Deployment
+from ctrlplane.environments.models import Environment
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.idempotency.models import IdempotencyRecord
@@ -22,6 +23,7 @@ from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.telemetry.models import MetricSample, TraceSpan
+from ctrlplane.templates.models import Template, TemplateVersion
 from ctrlplane.tenants.models import Tenant, TenantQuota
 
 metadata = Base.metadata
@@ -34,6 +36,7 @@ __all__ = [
     "Certificate",
     "Deployment",
     "Domain",
+    "Environment",
     "Event",
     "EventStream",
     "HealthCheck",
@@ -49,6 +52,8 @@ __all__ = [
     "Route",
     "Secret",
     "SecretVersion",
+    "Template",
+    "TemplateVersion",
     "Tenant",
     "TenantDataKey",
     "TenantQuota",

@@ -173,6 +173,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     otlp_endpoint: str | None = None
     otlp_token_secret: str | None = None
     metrics_token: str | None = None
+    environments_max_per_owner: int | None = None
+    """Active environments one owner (a JWT subject or API key) may hold in a tenant, for templates
+    that set no ``max_environments_per_owner``; None: no limit."""
 
     @property
     def data_path(self) -> Path:
@@ -238,6 +241,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "OTLP_ENDPOINT": "otlp_endpoint",
             "OTLP_TOKEN_SECRET": "otlp_token_secret",
             "METRICS_TOKEN": "metrics_token",
+            "ENVIRONMENTS_MAX_PER_OWNER": "environments_max_per_owner",
             "LEADER_LEASE_SECONDS": "leader_lease_seconds",
             "REPLICA_NAME": "replica_name",
             "RATE_LIMITS_ENABLED": "rate_limits_enabled",

@@ -314,6 +314,9 @@ class FakeProvider:
         self._logs.pop(instance_id, None)
         self._notify()
 
+    async def kill(self, instance_id: str) -> None:
+        self._enter("kill", instance_id)
+
     async def start(self, instance_id: str) -> WorkloadStatus:
         self._enter("start", instance_id)
         for replica in self._required(instance_id):

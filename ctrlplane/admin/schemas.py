@@ -14,6 +14,8 @@ class SystemStats(msgspec.Struct):
     instances: dict[str, int]
     deployments_last_24h: int
     api_keys: ApiKeyStats
+    environments: dict[str, int] = msgspec.field(default_factory=dict)
+    """Environments by state; ``pooled`` are warm-pool members, running and unassigned."""
 
 
 class ProviderStatus(msgspec.Struct):

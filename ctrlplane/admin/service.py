@@ -11,6 +11,7 @@ from ctrlplane.admin import schemas
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.context import RequestContext
 from ctrlplane.deployments.models import Deployment
+from ctrlplane.environments.pools import environment_counts
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.provisioning.contract import ProviderHealth
 from ctrlplane.tenants.models import Tenant
@@ -46,6 +47,7 @@ class AdminService:
                 )
             ).scalar_one(),
             api_keys=keys,
+            environments=await environment_counts(self.session),
         )
 
     async def providers(self) -> list[schemas.ProviderStatus]:

@@ -85,6 +85,10 @@ class Instance(msgspec.Struct):
     version: int
     created_at: datetime
     updated_at: datetime
+    hostnames: list[str] = msgspec.field(default_factory=list)
+    """The router's hostname for it (``<name>.<tenant-slug>.<CTRLPLANE_ROUTER_BASE_DOMAIN>``)."""
+    url: str | None = None
+    """Its URL through the router."""
 
 
 class InstanceCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -37,6 +37,7 @@ from ctrlplane.instances import schemas
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import set_state
 from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
 from ctrlplane.pagination import Page, paginate
@@ -216,7 +217,15 @@ class InstanceService:
         self._enqueue(instance, "provision")
         await self._event(instance, "instance.created", name=instance.name, image=instance.image)
         self._audit(instance, name=data.name, image=data.image, provider=provider_name)
-        return to_schema(instance)
+        return await self._addressed(to_schema(instance), tenant.slug)
+
+    async def _addressed(self, view: schemas.Instance, slug: str | None = None) -> schemas.Instance:
+        """``view`` with its hostname and URL through the router."""
+        if slug is None:
+            slug = (await TenantRepository(self.session).get(view.tenant_id)).slug
+        settings = self.context.services.settings
+        hostname = default_hostname(settings, view.name, slug)
+        return msgspec.structs.replace(view, hostnames=[hostname], url=router_url(settings, hostname))
 
     async def list(
         self,
@@ -229,19 +238,26 @@ class InstanceService:
         limit: int,
     ) -> Page[schemas.Instance]:
         statement = self.repo.listing(state=state, labels=labels, provider=provider, name=name, include_destroyed=False)
-        return await paginate(self.session, statement, Instance.id, cursor=cursor, limit=limit, convert=to_schema)
+        page = await paginate(self.session, statement, Instance.id, cursor=cursor, limit=limit, convert=to_schema)
+        slugs: dict[str, str] = {}
+        items = []
+        for view in page.items:
+            if view.tenant_id not in slugs:
+                slugs[view.tenant_id] = (await TenantRepository(self.session).get(view.tenant_id)).slug
+            items.append(await self._addressed(view, slugs[view.tenant_id]))
+        return msgspec.structs.replace(page, items=items)
 
     async def get(self, instance_id: str) -> schemas.Instance:
         """The instance's view; a tenant's read request takes it from the row cache when it can."""
         tenant_id = self.context.principal.tenant_id
         if tenant_id is None or not self.context.cached_reads:
-            return to_schema(await self.repo.view(instance_id))
+            return await self._addressed(to_schema(await self.repo.view(instance_id)))
         rows = self.context.services.db.rows
         cached: schemas.Instance | None = rows.get("instances", instance_id)
         if cached is not None and cached.tenant_id == tenant_id:
             return cached
         ticket = rows.ticket()
-        view = to_schema(await self.repo.view(instance_id))
+        view = await self._addressed(to_schema(await self.repo.view(instance_id)))
         rows.put("instances", instance_id, ticket, view)
         return view
 
@@ -442,13 +458,20 @@ async def reconfigure(session: Any, providers: ProviderRegistry, instances: Iter
             queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="configure")
 
 
-async def destroy(session: Any, instance: Instance) -> None:
-    """Mark the instance for destruction and queue its teardown (also used by tenant deletion)."""
+async def destroy(session: Any, instance: Instance, *, hard: bool = False) -> None:
+    """Mark the instance for destruction and queue its teardown (also used by tenant deletion and
+    environments); ``hard`` kills its processes first instead of stopping them gracefully."""
     previous = instance.state
     instance.state, instance.desired_state = "destroying", "destroyed"
     instance.version += 1
     instance.updated_at = utc_now()
-    queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="deprovision")
+    queue.enqueue(
+        session,
+        tenant_id=instance.tenant_id,
+        instance_id=instance.id,
+        kind="deprovision",
+        payload={"hard": True} if hard else None,
+    )
     await append_event(
         session,
         tenant_id=instance.tenant_id,

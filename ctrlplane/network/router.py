@@ -56,6 +56,13 @@ def default_hostname(settings: Settings, instance_name: str, tenant_slug: str) -
     return f"{instance_name}.{tenant_slug}.{settings.router_base_domain}".lower()
 
 
+def router_url(settings: Settings, hostname: str) -> str:
+    """The URL a client reaches ``hostname`` at through the router (its HTTP listener's port)."""
+    _, _, raw = settings.router_http_listen.rpartition(":")
+    port = int(raw) if raw.isdigit() else 80
+    return f"http://{hostname}" + ("" if port == 80 else f":{port}")
+
+
 def http_routes(default_host: str, verified_hosts: Sequence[str], routes: Sequence[Route]) -> tuple[HttpRoute, ...]:
     """The instance's traffic as host/path rules for a runtime that serves it itself (Kubernetes'
     Ingress): every path of its routes (for ``/``, its first port when no route names it) on its

@@ -10,8 +10,8 @@ with one line in ``start``::
 
 ``leader_only(loop)`` starts ``loop`` when this replica becomes the leader and cancels it when it
 stops being one (it died, or lost its database connection), so the loop must be safe to cancel at
-any await and to resume from the database on another replica. The reconciler and the metrics
-sampler are such loops.
+any await and to resume from the database on another replica. The reconciler, the metrics
+sampler and the environments' lifetime keeper are such loops.
 
 Not leader-only: ``health_loop`` keeps this process's cache of provider health fresh (each
 replica has its own connection to each runtime, and requests answer 503 from that cache), so every
@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 
 from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
+from ctrlplane.environments.lifetimes import LifetimeKeeper
 from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.network.access import AccessSink, RequestBook
 from ctrlplane.network.certificates import CertificateIssuer
@@ -186,6 +187,16 @@ class Background:
                 log.error("certificate_error", exc_info=exc)
             await services.work.wait(CERTIFICATE_POLL_SECONDS)
 
+    async def lifetimes_loop(self) -> None:
+        keeper = LifetimeKeeper(self.services)
+        while True:
+            try:
+                if await keeper.run_once():
+                    continue
+            except Exception as exc:
+                log.error("environment_lifetimes_error", exc_info=exc)
+            await self.services.work.wait(self.services.settings.reconcile_interval_seconds)
+
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)
         for _ in range(self.services.settings.workers):
@@ -198,3 +209,4 @@ class Background:
             group.start_soon(self.router_edge)
         group.start_soon(self.leader_only(self.idle_loop))
         group.start_soon(self.leader_only(self.certificate_loop))
+        group.start_soon(self.leader_only(self.lifetimes_loop))

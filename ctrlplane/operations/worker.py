@@ -26,7 +26,13 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import record_status, runtime_config, set_state, spec_for
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
-from ctrlplane.provisioning.contract import ConfigurableProvider, Provider, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.contract import (
+    ConfigurableProvider,
+    KillableProvider,
+    Provider,
+    WorkloadSpec,
+    WorkloadStatus,
+)
 from ctrlplane.secrets.service import for_release as secrets_for_release
 
 log = structlog.get_logger("ctrlplane.worker")
@@ -113,6 +119,8 @@ class OperationWorker:
         if kind == "deploy":
             return await DeployEngine(self.services, provider).run(str(operation.payload["deployment_id"]))
         if kind == "deprovision":
+            if operation.payload.get("hard") and isinstance(provider, KillableProvider):
+                await provider.kill(instance.id)
             await provider.deprovision(instance.id)
             return None
         raise InvalidInput(f"unknown operation kind {kind!r}")

@@ -316,3 +316,14 @@ class ConfigurableProvider(Protocol):
         spec); one whose replicas are of another generation (changed while stopped) gets all but
         the replicas' part (the probes), which its next start brings."""
         ...
+
+
+@runtime_checkable
+class KillableProvider(Protocol):
+    """A runtime that can end an instance's processes without a grace period. A hard terminate
+    (``deprovision`` with ``{"hard": true}``) kills first, so the deprovision that follows has
+    nothing left to wait for; on other runtimes it is a plain, graceful ``deprovision``."""
+
+    async def kill(self, instance_id: str) -> None:
+        """Send SIGKILL to every running replica of the instance; no-op when none runs."""
+        ...

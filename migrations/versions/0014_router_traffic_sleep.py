@@ -1,7 +1,7 @@
 """router traffic: instance_traffic (last request, idle policy, sleep and wake) and http_request_samples
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-04 17:00:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import ctrlplane.db
 
 revision: str = "0014"
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

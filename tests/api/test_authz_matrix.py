@@ -143,6 +143,17 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/instances/{instance_id}/traffic"),
     Route("PUT", "/v1/instances/{instance_id}/idle-policy", body={"idle_timeout": "15m"}),
     Route("POST", "/v1/instances/{instance_id}/sleep", instance_state="running", deployment_state="cancelled"),
+    Route("GET", "/v1/templates"),
+    Route("POST", "/v1/templates", body={"name": "matrix-new", "spec": {"image": "ctrlplane-test/busybox:1"}}),
+    Route("GET", "/v1/templates/{template_id}"),
+    Route("PATCH", "/v1/templates/{template_id}", body={"description": "changed"}),
+    Route("GET", "/v1/environments"),
+    Route("POST", "/v1/environments", body={"key": "matrix", "template": "{template_id}"}),
+    Route("GET", "/v1/environments/{environment_id}"),
+    Route("POST", "/v1/environments/{environment_id}/extend", body={"by": "1h"}),
+    Route("POST", "/v1/environments/{environment_id}/terminate", body={"hard": False}),
+    Route("DELETE", "/v1/environments/{environment_id}"),
+    Route("DELETE", "/v1/templates/{template_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -181,6 +192,8 @@ class World:
     domain_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
+    template_a: str = ""
+    environment_a: str = ""
 
     @property
     def routes(self) -> list[Route]:
@@ -214,6 +227,8 @@ class World:
             "check_id": self.check_a,
             "route_id": self.route_a,
             "domain_id": self.domain_a,
+            "template_id": self.template_a,
+            "environment_id": self.environment_a,
         }
 
     def url(self, route: Route) -> str:
@@ -227,6 +242,8 @@ class World:
             "check_id": self.check_a,
             "route_id": self.route_a,
             "domain_id": self.domain_a,
+            "template_id": self.template_a,
+            "environment_id": self.environment_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -335,6 +352,18 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert domain.status_code == 201, domain.text
+    template = await api.client.post(
+        "/v1/templates",
+        json={"name": "matrix", "spec": {"image": "ctrlplane-test/busybox:1"}, "max_ttl": "1d"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert template.status_code == 201, template.text
+    environment = await api.client.post(
+        "/v1/environments",
+        json={"key": "matrix", "template": "matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert environment.status_code == 201, environment.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -354,6 +383,8 @@ async def world(api: Api, db: Database) -> World:
         route_a=route.json()["id"],
         domain_a=domain.json()["id"],
         openapi=document.json(),
+        template_a=template.json()["id"],
+        environment_a=environment.json()["id"],
     )
 
 

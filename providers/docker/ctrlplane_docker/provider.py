@@ -587,6 +587,22 @@ class DockerProvider:
 
         return await self._run(f"stop instance {instance_id}", stop)
 
+    async def kill(self, instance_id: str) -> None:
+        """SIGKILL every running replica at once (a hard terminate: no grace period)."""
+
+        def kill(api: APIClient) -> None:
+            def one(container: _Container) -> None:
+                try:
+                    api.kill(container.id)
+                except APIError as exc:
+                    # 404: gone already; 409: it stopped between the listing and the kill
+                    if not (is_not_found(exc) or is_conflict(exc)):
+                        raise
+
+            _each([c for c in self._objects(api, instance_id) if c.state in LIVE_STATES], one)
+
+        await self._run(f"kill instance {instance_id}", kill)
+
     async def restart(self, instance_id: str, replicas: tuple[int, ...] | None = None) -> WorkloadStatus:
         """Restart all replicas, or those whose index is named (in every generation that has it);
         a replica that was not running is started. Restarting them all clears a stop."""

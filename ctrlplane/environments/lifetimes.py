@@ -1,0 +1,161 @@
+"""The lifetime keeper: a leader-only background loop that terminates environments whose
+``expires_at`` or ``max_lifetime_at`` passed on the database clock, and marks ``terminated`` those
+whose instance is gone. It keeps no state of its own: after a restart, or on a new leader, the first
+pass finds whatever expired meanwhile, so nothing outlives its time by more than one interval. It
+also keeps the warm pools (``pools.py``) filled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy import or_, select
+
+from ctrlplane.audit.service import AuditRecord
+from ctrlplane.audit.service import append as append_audit
+from ctrlplane.context import AppServices
+from ctrlplane.environments import pools
+from ctrlplane.environments.models import Environment
+from ctrlplane.environments.service import database_now, record_event, terminate
+from ctrlplane.errors import NotFound
+from ctrlplane.ids import new_id
+from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.timeutil import utc_now
+
+log = structlog.get_logger("ctrlplane.environments")
+
+BATCH = 100
+
+
+def _system_audit(environment: Environment, action: str, **details: Any) -> AuditRecord:
+    return AuditRecord(
+        tenant_id=environment.tenant_id,
+        actor_kind="system",
+        actor_subject="ctrlplane",
+        action=action,
+        resource="environment",
+        resource_id=environment.id,
+        outcome="success",
+        status_code=200,
+        request_id=new_id("req"),
+        client_addr=None,
+        details=details,
+    )
+
+
+class LifetimeKeeper:
+    def __init__(self, services: AppServices) -> None:
+        self.services = services
+
+    async def run_once(self) -> int:
+        """One pass; the number of environments it changed. A read comes first, so an idle pass
+        takes no write lock (on SQLite, the whole database's)."""
+        async with self.services.db.read() as session:
+            now = await database_now(session)
+            pending = (
+                await session.execute(
+                    select(Environment.id)
+                    .where(
+                        or_(
+                            Environment.state == "terminating",
+                            (Environment.state == "active")
+                            & or_(Environment.expires_at <= now, Environment.max_lifetime_at <= now),
+                        )
+                    )
+                    .limit(1)
+                )
+            ).first()
+            pool_work = bool(await pools.deficits(session)) or bool(await pools.outdated(session))
+        if pending is None and not pool_work:
+            return 0
+        changed = await self._expire() + await self._settle()
+        if pool_work:
+            changed += await self._pools()
+        if changed:
+            await self.services.events.notify()
+            await self.services.work.notify()
+        return changed
+
+    async def _expire(self) -> int:
+        async with self.services.db.write() as session, session.begin():
+            now = await database_now(session)
+            due = (
+                (
+                    await session.execute(
+                        select(Environment)
+                        .where(
+                            Environment.state == "active",
+                            or_(Environment.expires_at <= now, Environment.max_lifetime_at <= now),
+                        )
+                        .order_by(Environment.expires_at)
+                        .limit(BATCH)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for environment in due:
+                await terminate(session, environment, reason="expired", hard=False)
+                await append_audit(
+                    session,
+                    _system_audit(
+                        environment,
+                        "expire",
+                        expires_at=environment.expires_at.isoformat() if environment.expires_at else None,
+                        max_lifetime_at=environment.max_lifetime_at.isoformat()
+                        if environment.max_lifetime_at
+                        else None,
+                    ),
+                )
+                log.info("environment_expired", environment=environment.id, tenant=environment.tenant_id)
+            return len(due)
+
+    async def _pools(self) -> int:
+        """Retire outdated pool members and refill every pool to ``min_ready``."""
+        async with self.services.db.write() as session, session.begin():
+            retired = await pools.outdated(session, lock=True)
+            for member in retired:
+                await terminate(session, member, reason="pool_retired", hard=False)
+            made = 0
+            wanted = {t.id: t for t in await pools.pooled_templates(session)}
+            for template_id, missing in (await pools.deficits(session)).items():
+                made += await pools.refill(self.services, session, wanted[template_id], missing)
+            if made or retired:
+                log.info("pools_refilled", made=made, retired=len(retired))
+            return made + len(retired)
+
+    async def _settle(self) -> int:
+        async with self.services.db.write() as session, session.begin():
+            terminating = (
+                (
+                    await session.execute(
+                        select(Environment)
+                        .where(Environment.state == "terminating")
+                        .limit(BATCH)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            settled = 0
+            for environment in terminating:
+                if environment.instance_id is not None:
+                    try:
+                        instance = await InstanceRepository(session, environment.tenant_id).view(
+                            environment.instance_id
+                        )
+                    except NotFound:
+                        instance = None
+                    if instance is not None and instance.state != "destroyed":
+                        continue
+                environment.state = "terminated"
+                environment.terminated_at = utc_now()
+                environment.version += 1
+                environment.updated_at = environment.terminated_at
+                await record_event(
+                    session, environment, "environment.terminated", reason=environment.termination_reason
+                )
+                settled += 1
+            return settled

@@ -1,0 +1,296 @@
+"""Environments through the HTTP API (fake provider): get-or-create by key, lifetimes, quotas,
+events, audit, scoping. Real-Docker and Caddy behaviour is in test_environments_docker.py."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from sqlalchemy import func, select, text
+
+from ctrlplane.app import create_app
+from ctrlplane.db import Database
+from ctrlplane.environments.models import Environment
+from ctrlplane.instances.models import Instance
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+from tests.api.environments.helpers import template, tenant, up, wait_env
+from tests.conftest import Api, bearer
+from tests.fakes import FakeProvider
+
+
+def moment(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+
+
+async def count(db: Database, model: type, *where: Any) -> int:
+    async with db.read() as session:
+        statement = select(func.count()).select_from(model)
+        for clause in where:
+            statement = statement.where(clause)
+        return int((await session.execute(statement)).scalar_one())
+
+
+async def test_get_or_create_returns_the_same_environment_twice(api: Api, db: Database) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token)
+    first = await up(
+        api, token, key="pr-123", ttl="2h", tags=["pr", "team-a"], idle_timeout="15m", on_idle="scale_to_zero"
+    )
+    assert first["id"].startswith("env_")
+    assert first["key"] == "pr-123"
+    assert first["state"] == "active"
+    assert first["owner"] == "alice"
+    assert first["tenant_id"] == tenant_id
+    assert first["extends_left"] == 2
+    assert first["idle_timeout"] == "15m"
+    assert first["on_idle"] == "scale_to_zero"
+    assert first["hostname"].endswith(".acme.localhost")
+    assert first["hostname"].startswith("pr-123-")
+    assert first["url"] == f"http://{first['hostname']}"
+    lifetime = moment(first["expires_at"]) - moment(first["created_at"])
+    assert timedelta(hours=2) - timedelta(seconds=5) < lifetime <= timedelta(hours=2)
+    second = await up(api, token, key="pr-123", status=200, ttl="2h")
+    assert second["id"] == first["id"]
+    assert second["instance_id"] == first["instance_id"]
+    assert await count(db, Environment) == 1
+    assert await count(db, Instance) == 1
+    listed = (await api.client.get("/v1/environments", params={"key": "pr-123"}, headers=token)).json()
+    assert [e["id"] for e in listed["items"]] == [first["id"]]
+    assert (await api.client.get("/v1/environments", params={"tag": "team-a"}, headers=token)).json()["items"]
+    assert not (await api.client.get("/v1/environments", params={"tag": "nope"}, headers=token)).json()["items"]
+    assert not (await api.client.get("/v1/environments", params={"owner": "bob"}, headers=token)).json()["items"]
+
+
+async def test_mismatched_parameters_are_409_unless_replace(api: Api, db: Database) -> None:
+    _, token = await tenant(api)
+    await template(api, token)
+    first = await up(api, token, key="pr-1")
+    conflict = await api.client.post(
+        "/v1/environments",
+        json={"key": "pr-1", "template": "preview", "parameters": {"greeting": "other"}},
+        headers=token,
+    )
+    assert conflict.status_code == 409, conflict.text
+    assert conflict.json()["details"]["environment_id"] == first["id"]
+    replaced = await up(api, token, key="pr-1", parameters={"greeting": "other"}, replace=True)
+    assert replaced["id"] != first["id"]
+    old = (await api.client.get(f"/v1/environments/{first['id']}", headers=token)).json()
+    assert old["state"] == "terminating"
+    assert old["termination_reason"] == "replaced"
+    old_instance = (await api.client.get(f"/v1/instances/{first['instance_id']}", headers=token)).json()
+    assert old_instance["state"] == "destroying"
+    assert await count(db, Environment, Environment.state == "active") == 1
+
+
+async def _twenty_calls(clients: list[Any], token: dict[str, str]) -> list[Any]:
+    body = {"key": "pr-race", "template": "preview", "parameters": {"greeting": "hi"}}
+    return await asyncio.gather(
+        *(clients[i % len(clients)].post("/v1/environments", json=body, headers=token) for i in range(20))
+    )
+
+
+@pytest.mark.dialects
+async def test_twenty_concurrent_calls_with_one_key_make_one_environment(
+    api: Api, db: Database, settings: Settings, fake: FakeProvider
+) -> None:
+    _, token = await tenant(api)
+    await template(api, token)
+    # a second app instance (its own engine and pool), as another replica would be
+    second = create_app(msgspec.structs.replace(settings, background=False), providers=ProviderRegistry([fake]))
+    import httpx
+
+    transport = httpx.ASGITransport(app=second, client=("127.0.0.1", 50001))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ctrlplane.test") as other:
+        responses = await _twenty_calls([api.client, other], token)
+        await second.state.services.db.dispose()
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 19 + [201], [r.text for r in responses if r.status_code >= 300]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert await count(db, Environment) == 1
+    assert await count(db, Instance) == 1
+    async with db.read() as session:
+        provisions = (
+            await session.execute(text("SELECT count(*) FROM operations WHERE kind = 'provision'"))
+        ).scalar_one()
+    assert provisions == 1
+
+
+@pytest.mark.dialects
+async def test_the_database_refuses_a_second_active_environment_for_a_key(api: Api, db: Database) -> None:
+    _, token = await tenant(api)
+    await template(api, token)
+    environment = await up(api, token, key="pr-1")
+    async with db.write() as session, session.begin():
+        row = await session.get(Environment, environment["id"])
+        assert row is not None
+        clone = Environment(
+            **{c.name: getattr(row, c.name) for c in Environment.__table__.columns if c.name != "id"},
+            id="env_clone",
+        )
+        session.add(clone)
+        with pytest.raises(Exception, match=r"(?i)unique"):
+            await session.flush()
+
+
+async def test_per_owner_quota_is_403_naming_the_owner_and_released_on_terminate(api: Api) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token, max_environments_per_owner=2)
+    await up(api, token, key="a")
+    second = await up(api, token, key="b")
+    refused = await api.client.post(
+        "/v1/environments", json={"key": "c", "template": "preview", "parameters": {"greeting": "x"}}, headers=token
+    )
+    assert refused.status_code == 403, refused.text
+    body = refused.json()
+    assert body["code"] == "quota_exceeded"
+    assert body["details"]["owner"] == "alice"
+    assert body["details"]["limit"] == 2
+    assert "alice" in body["message"]
+    bob = bearer(api.tokens.tenant(tenant_id, subject="bob"))
+    assert (await up(api, bob, key="c"))["owner"] == "bob"
+    terminated = await api.client.post(f"/v1/environments/{second['id']}/terminate", json={}, headers=token)
+    assert terminated.status_code == 202
+    await up(api, token, key="d")
+
+
+async def test_extend_adds_time_and_409_extend_limit_when_spent(api: Api) -> None:
+    _, token = await tenant(api)
+    await template(api, token, max_ttl="3h", max_extends=2)
+    environment = await up(api, token, ttl="1h")
+    expires = moment(environment["expires_at"])
+    extended = await api.client.post(f"/v1/environments/{environment['id']}/extend", json={"by": "30m"}, headers=token)
+    assert extended.status_code == 200, extended.text
+    assert moment(extended.json()["expires_at"]) - expires == timedelta(minutes=30)
+    assert extended.json()["extends_left"] == 1
+    capped = await api.client.post(f"/v1/environments/{environment['id']}/extend", json={"by": "5h"}, headers=token)
+    assert capped.status_code == 200
+    assert moment(capped.json()["expires_at"]) - moment(capped.json()["updated_at"]) <= timedelta(hours=3)
+    assert capped.json()["extends_left"] == 0
+    spent = await api.client.post(f"/v1/environments/{environment['id']}/extend", json={"by": "1m"}, headers=token)
+    assert spent.status_code == 409, spent.text
+    assert spent.json()["code"] == "extend_limit"
+    assert spent.json()["details"] == {"max_extends": 2, "extends_used": 2}
+
+
+async def test_max_lifetime_is_never_passed_by_extends(api: Api) -> None:
+    _, token = await tenant(api)
+    await template(api, token, max_ttl=None, max_extends=None)
+    environment = await up(api, token, ttl="1h", max_lifetime="2h")
+    limit = moment(environment["max_lifetime_at"])
+    assert moment(environment["created_at"]) + timedelta(hours=2) - limit < timedelta(seconds=5)
+    for _ in range(3):
+        response = await api.client.post(
+            f"/v1/environments/{environment['id']}/extend", json={"by": "45m"}, headers=token
+        )
+        if response.status_code != 200:
+            break
+        assert moment(response.json()["expires_at"]) <= limit
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "extend_limit"
+    final = (await api.client.get(f"/v1/environments/{environment['id']}", headers=token)).json()
+    assert moment(final["expires_at"]) == limit
+
+
+async def test_ttl_over_max_ttl_is_400_and_bad_durations_are_named(api: Api) -> None:
+    _, token = await tenant(api)
+    await template(api, token, max_ttl="1d")
+    for body, field in (({"ttl": "2d"}, "ttl"), ({"ttl": "soon"}, "ttl"), ({"idle_timeout": "0s"}, "idle_timeout")):
+        response = await api.client.post(
+            "/v1/environments",
+            json={"key": "k", "template": "preview", "parameters": {"greeting": "x"}, **body},
+            headers=token,
+        )
+        assert response.status_code == 400, response.text
+        assert field in response.json()["details"]
+    bad_on_idle = await api.client.post(
+        "/v1/environments",
+        json={"key": "k", "template": "preview", "parameters": {"greeting": "x"}, "on_idle": "sleep"},
+        headers=token,
+    )
+    assert bad_on_idle.status_code == 400
+
+
+async def test_other_tenant_gets_404_for_environment_and_key(api: Api) -> None:
+    _, token_a = await tenant(api, "acme")
+    _, token_b = await tenant(api, "globex")
+    await template(api, token_a)
+    environment = await up(api, token_a, key="pr-1")
+    eid = environment["id"]
+    for method, path, body in (
+        ("GET", f"/v1/environments/{eid}", None),
+        ("DELETE", f"/v1/environments/{eid}", None),
+        ("POST", f"/v1/environments/{eid}/extend", {"by": "1h"}),
+        ("POST", f"/v1/environments/{eid}/terminate", {"hard": True}),
+    ):
+        response = await api.client.request(method, path, json=body, headers=token_b)
+        assert response.status_code == 404, (method, path, response.text)
+    assert (await api.client.get("/v1/environments", params={"key": "pr-1"}, headers=token_b)).json()["items"] == []
+    await template(api, token_b)
+    theirs = await up(api, token_b, key="pr-1")
+    assert theirs["id"] != eid
+    assert (await api.client.get(f"/v1/environments/{eid}", headers=token_a)).json()["state"] == "active"
+
+
+async def test_terminate_soft_and_hard(api: Api, live: Api, fake: FakeProvider) -> None:
+    _, token = await tenant(live)
+    await template(live, token)
+    soft = await up(live, token, key="soft")
+    hard = await up(live, token, key="hard")
+    for environment in (soft, hard):
+        await wait_env(live, environment["id"], token, lambda e: e["instance_state"] == "running")
+    response = await live.client.post(f"/v1/environments/{hard['id']}/terminate", json={"hard": True}, headers=token)
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "terminating"
+    assert response.json()["url"] is None
+    response = await live.client.delete(f"/v1/environments/{soft['id']}", headers=token)
+    assert response.status_code == 202
+    for environment in (soft, hard):
+        done = await wait_env(live, environment["id"], token, lambda e: e["state"] == "terminated")
+        assert done["instance_state"] == "destroyed"
+        assert done["terminated_at"] is not None
+    assert ("kill", hard["instance_id"]) in fake.calls
+    assert ("kill", soft["instance_id"]) not in fake.calls
+    again = await live.client.post(f"/v1/environments/{soft['id']}/terminate", json={}, headers=token)
+    assert again.status_code == 409
+
+
+async def test_ttl_expiry_terminates_and_frees_quota_and_key(live: Api, db: Database) -> None:
+    _, token = await tenant(live)
+    await template(live, token, max_environments_per_owner=1)
+    environment = await up(live, token, key="pr-1", ttl="1s")
+    expired = await wait_env(live, environment["id"], token, lambda e: e["state"] == "terminated", timeout=20)
+    assert expired["termination_reason"] == "expired"
+    assert expired["instance_state"] == "destroyed"
+    events = (await live.client.get("/v1/events", params={"limit": 100}, headers=token)).json()["items"]
+    mine = [e["type"] for e in events if e["data"].get("environment_id") == environment["id"]]
+    assert mine == ["environment.created", "environment.expired", "environment.terminated"]
+    again = await up(live, token, key="pr-1")
+    assert again["id"] != environment["id"]
+    audit = (
+        await live.client.get("/v1/admin/audit", params={"resource": "environment"}, headers=live.admin_headers)
+    ).json()["items"]
+    actions = {(e["action"], e["actor_kind"]) for e in audit if e["resource_id"] == environment["id"]}
+    assert ("create", "user") in actions
+    assert ("expire", "system") in actions
+
+
+async def test_expiry_while_the_control_plane_was_down_is_done_within_an_interval_of_its_return(
+    settings: Settings, db: Database, fake: FakeProvider, api: Api
+) -> None:
+    _, token = await tenant(api)
+    await template(api, token)
+    environment = await up(api, token, key="pr-1", ttl="1h")
+    # its time passed while no control plane ran (the ASGI client runs no background at all)
+    async with db.write() as session, session.begin():
+        row = await session.get(Environment, environment["id"])
+        assert row is not None
+        row.expires_at = row.created_at - timedelta(minutes=1)
+    restarted = create_app(settings, providers=ProviderRegistry([fake]), db=db)
+    async with restarted.lifespan():
+        seen = await wait_env(api, environment["id"], token, lambda e: e["state"] == "terminated", timeout=10)
+    assert seen["termination_reason"] == "expired"
+    assert ("deprovision", environment["instance_id"]) in fake.calls
