@@ -35,11 +35,15 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import set_state
 from ctrlplane.network.models import InstanceTraffic, Upstream
 from ctrlplane.operations import queue
+from ctrlplane.operations.models import Operation
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.sleep")
 
 SLEEPING = "sleeping"
+DRAIN_SECONDS = 2.0
+"""How long a stop waits after the replicas left the rotation: more than the router loop's poll
+(1 s), so the withdrawal reaches Caddy first."""
 
 
 async def traffic_row(session: AsyncSession, instance: Instance, *, for_update: bool = False) -> InstanceTraffic:
@@ -52,10 +56,16 @@ async def traffic_row(session: AsyncSession, instance: Instance, *, for_update: 
     return row
 
 
-async def put_to_sleep(session: AsyncSession, instance: Instance, *, reason: str) -> bool:
+async def put_to_sleep(
+    session: AsyncSession, instance: Instance, *, reason: str, drain_seconds: float = DRAIN_SECONDS
+) -> bool:
     """Scale a running instance to zero, keeping its hostnames (in the caller's transaction, on an
     instance the caller locked). False if it already sleeps; 409 if it is not running, is
-    suspended, or a deploy runs."""
+    suspended, or a deploy runs.
+
+    Its replicas leave the rotation now, but the ``stop`` waits ``drain_seconds``: the router pushes
+    the withdrawal (sending the hostnames to the wake listener) first, so no request is sent to a
+    container that is stopping. A wake before the stop ran cancels it (``claim_wake``)."""
     if instance.state == SLEEPING:
         return False
     if instance.state != "running" or instance.suspended_at is not None:
@@ -81,15 +91,17 @@ async def put_to_sleep(session: AsyncSession, instance: Instance, *, reason: str
     instance.version += 1
     await set_state(session, instance, SLEEPING, f"asleep: {reason}", data={"reason": reason})
     await session.execute(delete(Upstream).where(Upstream.instance_id == instance.id))
-    queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="stop")
+    stop = queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="stop")
+    stop.not_before = now + timedelta(seconds=drain_seconds)
     traffic = await traffic_row(session, instance)
     traffic.slept_at = now
     log.info("instance_sleeping", instance=instance.id, reason=reason)
     return True
 
 
-async def claim_wake(session: AsyncSession, instance_id: str) -> bool:
-    """Start a sleeping instance (in the caller's transaction); True for the one caller that did."""
+async def claim_wake(session: AsyncSession, instance_id: str, handlers: IdleHandlers | None = None) -> bool:
+    """Start a sleeping instance (in the caller's transaction); True for the one caller that did.
+    ``handlers``' wake listeners hear of it in the same transaction."""
     now = utc_now()
     result = cast(
         CursorResult[Any],
@@ -110,6 +122,13 @@ async def claim_wake(session: AsyncSession, instance_id: str) -> bool:
         return False
     instance = await session.get(Instance, instance_id, populate_existing=True)
     assert instance is not None
+    # a stop still waiting for its drain has nothing left to do: the containers are wanted again
+    await session.execute(
+        update(Operation)
+        .where(Operation.instance_id == instance_id, Operation.kind == "stop", Operation.state == "pending")
+        .values(state="succeeded", error="superseded by a wake", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
     queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="start")
     traffic = await traffic_row(session, instance)
     traffic.woken_at = now
@@ -118,23 +137,40 @@ async def claim_wake(session: AsyncSession, instance_id: str) -> bool:
         ("instance.woken", {"slept_at": traffic.slept_at.isoformat() if traffic.slept_at else None}),
     ):
         await append_event(session, tenant_id=instance.tenant_id, instance_id=instance.id, type=type, data=data)
+    for listener in handlers.wake_listeners if handlers else []:
+        await listener(session, instance)
     log.info("instance_woken", instance=instance.id)
     return True
 
 
+async def set_idle_timeout(session: AsyncSession, instance: Instance, seconds: int | None) -> InstanceTraffic:
+    """Give the instance an idle policy (None: none), in the caller's transaction: the door other
+    rooms (environments) use instead of the API."""
+    traffic = await traffic_row(session, instance, for_update=True)
+    traffic.idle_timeout_seconds = seconds
+    traffic.policy_set_at = utc_now()
+    return traffic
+
+
 IdleHandler = Callable[[AsyncSession, Instance, InstanceTraffic], Awaitable[bool]]
 """Given an idle instance (locked, in a transaction): True if it took care of it."""
+WakeListener = Callable[[AsyncSession, Instance], Awaitable[None]]
+"""Told of a wake (a request claimed it), in the claiming transaction."""
 
 
 @dataclass
 class IdleHandlers:
     """What idleness means for instances another room owns; the first handler that answers True
-    wins, and an instance no handler claims is put to sleep."""
+    wins, and an instance no handler claims is put to sleep. Wake listeners hear of every wake."""
 
     handlers: list[IdleHandler] = field(default_factory=list)
+    wake_listeners: list[WakeListener] = field(default_factory=list)
 
     def register(self, handler: IdleHandler) -> None:
         self.handlers.append(handler)
+
+    def on_wake(self, listener: WakeListener) -> None:
+        self.wake_listeners.append(listener)
 
 
 def idle_since(traffic: InstanceTraffic) -> datetime | None:

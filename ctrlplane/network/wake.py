@@ -38,7 +38,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.network.access import route_of
 from ctrlplane.network.caddy import WAKE_INSTANCE_HEADER, WAKE_TOKEN_HEADER, WAKE_URI_HEADER, wake_token
 from ctrlplane.network.models import Route, Upstream
-from ctrlplane.network.sleep import SLEEPING, claim_wake
+from ctrlplane.network.sleep import SLEEPING, IdleHandlers, claim_wake
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
 
@@ -99,8 +99,11 @@ def _target(uri: str, routes: Sequence[Route], upstreams: Sequence[Upstream], po
 
 
 class WakeServer:
-    def __init__(self, settings: Settings, db: Database, work: Signal, secret: str) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, work: Signal, secret: str, handlers: IdleHandlers | None = None
+    ) -> None:
         self.settings = settings
+        self.handlers = handlers
         self.db = db
         self.work = work
         self.secret = secret
@@ -241,7 +244,7 @@ class WakeServer:
                     )
                 if state == SLEEPING:
                     async with self.db.write() as session, session.begin():
-                        claimed = await claim_wake(session, instance_id)
+                        claimed = await claim_wake(session, instance_id, self.handlers)
                     if claimed:
                         self.woken += 1
                         await self.work.notify()

@@ -147,7 +147,7 @@ class Background:
                 )
                 await sink.start()
             if settings.router_wake_listen != "none":
-                wake = WakeServer(settings, services.db, services.work, router.wake_secret)
+                wake = WakeServer(settings, services.db, services.work, router.wake_secret, services.idle_handlers)
                 await wake.start()
             router.listening(
                 access_log_address=sink.address if sink else None, wake_address=wake.address if wake else None
