@@ -235,3 +235,18 @@ async def test_the_metrics_command_prints_requests_by_status_class(
 
     output = await eventually(printed, "the 404s in the metrics command")
     assert "http_requests_total{method=GET,status_class=4xx}" in output and " 2 count" in output
+
+
+async def test_a_request_right_after_sleep_is_answered_by_the_app(
+    live: Api, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    """The stop waits for the router to withdraw the replicas; a wake meanwhile cancels it."""
+    token = await tenant(live, "acme")
+    instance = await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    assert (await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)).status_code == 202
+    for delay in (0.0, 0.5, 0.5):
+        await asyncio.sleep(delay)
+        answer = await through_router(caddy, HOST, timeout=40)
+        assert answer.status_code == 200 and answer.content == INDEX_BODY, answer.text
+    await wait_for(live, instance["id"], token, lambda b: b["state"] == "running", 30)
