@@ -26,6 +26,7 @@ from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_resp
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
+from ctrlplane.environments import idle as environment_idle
 from ctrlplane.environments.api import EnvironmentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
@@ -33,7 +34,7 @@ from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
-from ctrlplane.network.api import DomainController, RouteController
+from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -122,6 +123,7 @@ def create_app(
     settings: Settings, *, providers: ProviderRegistry | None = None, db: Database | None = None
 ) -> Litestar:
     services = build_services(settings, providers=providers, db=db)
+    environment_idle.register(services.idle_handlers)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -160,6 +162,7 @@ def create_app(
             prometheus_metrics,
             RouteController,
             DomainController,
+            SleepController,
             TemplateController,
             EnvironmentController,
         ],

@@ -109,6 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logs_cmd.add_argument("--limit", type=int, default=100, help="how many of the newest lines (1-1000, default 100)")
 
+    metrics_cmd = commands.add_parser(
+        "metrics", parents=[pipeline], help="an instance's usage or request metrics", epilog=epilog
+    )
+    metrics_cmd.add_argument(
+        "--name", default="http_requests_total", help="metric name (default http_requests_total; see docs/api.md)"
+    )
+    metrics_cmd.add_argument("--since", help="RFC 3339 start (default: an hour ago)")
+    metrics_cmd.add_argument("--step", default="60s", help="bucket size such as 60s or 5m (default 60s)")
+    metrics_cmd.add_argument("--route", help="request metrics: one route path only")
     _env_commands(commands, epilog)
 
     audit = commands.add_parser("audit", help="the audit log")
@@ -134,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(given)
     if args.command == "run":
         args.argv = command_argv
-    if args.command in ("deploy", "rollback", "status", "releases", "logs", "run"):
+    if args.command in ("deploy", "rollback", "status", "releases", "logs", "run", "metrics"):
         from ctrlplane import client
 
         return client.run(getattr(client, "run_command" if args.command == "run" else args.command), args)

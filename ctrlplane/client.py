@@ -379,6 +379,21 @@ def run_command(args: Any) -> int:
     return EXIT_TIMEOUT
 
 
+def metrics(args: Any) -> int:
+    """Print one metric's series: a line per series and point (labels, timestamp, value)."""
+    out, api = Output(args.json), Api()
+    instance = api.instance(args.instance)
+    params = {"name": args.name, "step": args.step}
+    params.update({k: v for k, v in (("since", args.since), ("route", args.route)) if v})
+    found = api.request("GET", f"/v1/instances/{instance['id']}/metrics", params=params)
+    for series in found["series"]:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(series.get("labels", {}).items()))
+        name = f"{series['name']}{{{labels}}}" if labels else series["name"]
+        for point in series["points"]:
+            out.line(f"{point['timestamp']}  {name}  {point['value']:g} {series['unit']}", series=name, **point)
+    return 0
+
+
 def run(command: Any, args: Any) -> int:
     try:
         return int(command(args))

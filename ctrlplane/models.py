@@ -9,7 +9,15 @@ from ctrlplane.events.models import Event, EventStream
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
-from ctrlplane.network.models import AcmeAccount, Certificate, Domain, Route, Upstream
+from ctrlplane.network.models import (
+    AcmeAccount,
+    Certificate,
+    Domain,
+    HttpRequestSample,
+    InstanceTraffic,
+    Route,
+    Upstream,
+)
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
@@ -34,8 +42,10 @@ __all__ = [
     "EventStream",
     "HealthCheck",
     "HealthCheckResult",
+    "HttpRequestSample",
     "IdempotencyRecord",
     "Instance",
+    "InstanceTraffic",
     "Job",
     "MetricSample",
     "Operation",

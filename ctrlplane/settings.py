@@ -136,6 +136,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     router_drain_seconds: float = 1.0
     router_try_duration_seconds: float = 5.0
     router_fail_seconds: float = 5.0
+    router_access_log_listen: str = "127.0.0.1:0"
+    """Where ctrlplane's access-log sink listens for Caddy's JSON access log (``net`` writer);
+    ``none`` turns request reporting off (docs/network.md)."""
+    router_wake_listen: str = "127.0.0.1:0"
+    """Where ctrlplane's wake listener takes the requests of sleeping instances; ``none``: off."""
+    router_report_flush_seconds: float = 2.0
+    wake_timeout_seconds: float = 30.0
+    wake_retry_after_seconds: int = 5
+    idle_check_seconds: float = 10.0
     dns_resolver: str | None = None
     dns_timeout_seconds: float = 5.0
     acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
@@ -267,6 +276,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "ROUTER_DRAIN_SECONDS": "router_drain_seconds",
             "ROUTER_TRY_DURATION_SECONDS": "router_try_duration_seconds",
             "ROUTER_FAIL_SECONDS": "router_fail_seconds",
+            "ROUTER_ACCESS_LOG_LISTEN": "router_access_log_listen",
+            "ROUTER_WAKE_LISTEN": "router_wake_listen",
+            "ROUTER_REPORT_FLUSH_SECONDS": "router_report_flush_seconds",
+            "WAKE_RETRY_AFTER_SECONDS": "wake_retry_after_seconds",
+            "IDLE_CHECK_SECONDS": "idle_check_seconds",
             "DNS_RESOLVER": "dns_resolver",
             "DNS_TIMEOUT_SECONDS": "dns_timeout_seconds",
             "ACME_DIRECTORY_URL": "acme_directory_url",
@@ -290,6 +304,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
         if (raw := get("IDEMPOTENCY_TTL")) is not None:
             values["idempotency_ttl_seconds"] = int(_duration(var="IDEMPOTENCY_TTL", raw=raw))
+        if (raw := get("WAKE_TIMEOUT")) is not None:
+            values["wake_timeout_seconds"] = _duration(var="WAKE_TIMEOUT", raw=raw)
         if (raw := get("HEALTH_RESULT_RETENTION")) is not None:
             values["health_result_retention_seconds"] = _duration(var="HEALTH_RESULT_RETENTION", raw=raw)
         for var, field in {
@@ -377,6 +393,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}ROUTER_BASE_DOMAIN must be a lowercase domain name such as apps.example.net")
         if self.router_sync_interval_seconds <= 0:
             raise SettingsError(f"{PREFIX}ROUTER_SYNC_INTERVAL_SECONDS must be positive")
+        for var, address in (
+            ("ROUTER_ACCESS_LOG_LISTEN", self.router_access_log_listen),
+            ("ROUTER_WAKE_LISTEN", self.router_wake_listen),
+        ):
+            if address != "none" and not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
+                raise SettingsError(f"{PREFIX}{var} must be host:port (port 0: any free one) or none")
+        if min(self.router_report_flush_seconds, self.wake_timeout_seconds, self.idle_check_seconds) <= 0:
+            raise SettingsError(
+                f"{PREFIX}ROUTER_REPORT_FLUSH_SECONDS, WAKE_TIMEOUT and IDLE_CHECK_SECONDS must be positive"
+            )
+        if self.wake_retry_after_seconds < 1:
+            raise SettingsError(f"{PREFIX}WAKE_RETRY_AFTER_SECONDS must be at least 1")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
         if self.metrics_sample_seconds <= 0:

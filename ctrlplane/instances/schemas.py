@@ -8,9 +8,9 @@ import msgspec
 from ctrlplane.provisioning.contract import PullPolicy, RestartPolicy
 
 InstanceState = Literal[
-    "provisioning", "starting", "running", "stopping", "stopped", "failed", "destroying", "destroyed"
+    "provisioning", "starting", "running", "stopping", "stopped", "sleeping", "failed", "destroying", "destroyed"
 ]
-DesiredState = Literal["running", "stopped", "destroyed"]
+DesiredState = Literal["running", "stopped", "sleeping", "destroyed"]
 
 DnsName = Annotated[
     str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", max_length=63, description="DNS label")

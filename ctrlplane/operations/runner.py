@@ -32,7 +32,10 @@ from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
 from ctrlplane.environments.lifetimes import LifetimeKeeper
 from ctrlplane.health.scheduler import HealthScheduler
+from ctrlplane.network.access import AccessSink, RequestBook
 from ctrlplane.network.certificates import CertificateIssuer
+from ctrlplane.network.sleep import enforce_idle
+from ctrlplane.network.wake import WakeServer
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 from ctrlplane.runs.executor import RunExecutor, run_once
@@ -130,6 +133,51 @@ class Background:
             await router.sync_quietly()
             await self.services.work.wait(ROUTER_POLL_SECONDS)
 
+    async def router_edge(self) -> None:
+        """The router's listeners in this process (the access-log sink and the wake listener, on the
+        ports they took), then the push loop; what the sink holds is flushed when it stops."""
+        services = self.services
+        settings, router = services.settings, services.router
+        sink: AccessSink | None = None
+        wake: WakeServer | None = None
+        try:
+            if settings.router_access_log_listen != "none":
+                book = RequestBook(router.hosts)
+                book.listeners.append(services.telemetry.router_request)
+                sink = AccessSink(
+                    settings.router_access_log_listen, book, services.db, settings.router_report_flush_seconds
+                )
+                await sink.start()
+            if settings.router_wake_listen != "none":
+                wake = WakeServer(settings, services.db, services.work, router.wake_secret, services.idle_handlers)
+                await wake.start()
+            router.listening(
+                access_log_address=sink.address if sink else None, wake_address=wake.address if wake else None
+            )
+            async with anyio.create_task_group() as group:
+                if sink is not None:
+                    group.start_soon(sink.run_flushes)
+                group.start_soon(self.router_loop)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if sink is not None:
+                    try:
+                        await sink.flush()
+                    except Exception as exc:  # noqa: BLE001 - shutting down: say so, lose the batch
+                        log.warning("access_flush_failed", error=str(exc))
+                    await sink.close()
+                if wake is not None:
+                    await wake.close()
+
+    async def idle_loop(self) -> None:
+        services = self.services
+        while True:
+            try:
+                await enforce_idle(services.db, services.idle_handlers)
+            except Exception as exc:
+                log.error("idle_check_error", exc_info=exc)
+            await anyio.sleep(services.settings.idle_check_seconds)
+
     async def certificate_loop(self) -> None:
         services = self.services
         issuer = CertificateIssuer(services.settings, services.db, services.router)
@@ -175,6 +223,7 @@ class Background:
         group.start_soon(HealthScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.metrics_loop))
         if self.services.router.enabled:
-            group.start_soon(self.router_loop)
+            group.start_soon(self.router_edge)
+        group.start_soon(self.leader_only(self.idle_loop))
         group.start_soon(self.leader_only(self.certificate_loop))
         group.start_soon(self.leader_only(self.lifetimes_loop))
