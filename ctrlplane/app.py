@@ -47,6 +47,7 @@ from ctrlplane.settings import Settings
 from ctrlplane.telemetry.api import TelemetryController, export_traces, prometheus_metrics
 from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
 from ctrlplane.tenants.api import TenantController
+from ctrlplane.webhooks.api import WebhookController
 
 log = structlog.get_logger("ctrlplane.app")
 
@@ -154,6 +155,7 @@ def create_app(
             prometheus_metrics,
             RouteController,
             DomainController,
+            WebhookController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

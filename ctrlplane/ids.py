@@ -14,7 +14,27 @@ TenantId = NewType("TenantId", str)
 """A tenant ID that the auth layer vouched for; repositories scope every query by one."""
 
 PREFIXES = frozenset(
-    {"ten", "inst", "dep", "rel", "chk", "dom", "rte", "cert", "aud", "key", "evt", "op", "idem", "req", "sec", "hcr"}
+    {
+        "ten",
+        "inst",
+        "dep",
+        "rel",
+        "chk",
+        "dom",
+        "rte",
+        "cert",
+        "aud",
+        "key",
+        "evt",
+        "op",
+        "idem",
+        "req",
+        "sec",
+        "hcr",
+        "whk",
+        "whd",
+        "drn",
+    }
 )
 
 

@@ -4,6 +4,7 @@ from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
 from ctrlplane.deployments.models import Deployment
+from ctrlplane.drains.models import LogDrain
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.idempotency.models import IdempotencyRecord
@@ -15,6 +16,7 @@ from ctrlplane.releases.models import Release
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.telemetry.models import MetricSample, TraceSpan
 from ctrlplane.tenants.models import Tenant, TenantQuota
+from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 metadata = Base.metadata
 
@@ -32,6 +34,7 @@ __all__ = [
     "HealthCheckResult",
     "IdempotencyRecord",
     "Instance",
+    "LogDrain",
     "MetricSample",
     "Operation",
     "RateBucket",
@@ -44,5 +47,7 @@ __all__ = [
     "TenantQuota",
     "TraceSpan",
     "Upstream",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]

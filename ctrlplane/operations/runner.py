@@ -16,7 +16,9 @@ sampler are such loops.
 Not leader-only: ``health_loop`` keeps this process's cache of provider health fresh (each
 replica has its own connection to each runtime, and requests answer 503 from that cache), so every
 replica runs it; the health-check scheduler claims due checks with ``FOR UPDATE SKIP LOCKED``, like
-the operation workers, so every replica runs it too and the probes are shared out.
+the operation workers, so every replica runs it too and the probes are shared out. So do the
+webhook dispatchers (``webhooks/delivery.py``: endpoints and deliveries claimed with SKIP LOCKED
+and leases).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ctrlplane.network.certificates import CertificateIssuer
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 from ctrlplane.telemetry.sampler import MetricsSampler
+from ctrlplane.webhooks.delivery import WebhookDispatcher
 
 log = structlog.get_logger("ctrlplane.background")
 
@@ -149,3 +152,5 @@ class Background:
         if self.services.router.enabled:
             group.start_soon(self.router_loop)
         group.start_soon(self.leader_only(self.certificate_loop))
+        for _ in range(self.services.settings.webhook_workers):
+            group.start_soon(WebhookDispatcher(self.services).run_forever)

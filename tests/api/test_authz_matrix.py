@@ -140,6 +140,16 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/domains/{domain_id}/verify", domain_state="verified"),
     Route("POST", "/v1/domains/{domain_id}/cert", domain_state="verified"),
     Route("DELETE", "/v1/domains/{domain_id}"),
+    Route("GET", "/v1/webhooks"),
+    Route("POST", "/v1/webhooks", body={"url": "https://hooks.example.invalid/new", "event_types": ["deploy.*"]}),
+    Route("GET", "/v1/webhooks/{webhook_id}"),
+    Route("PATCH", "/v1/webhooks/{webhook_id}", body={"enabled": False}),
+    Route("POST", "/v1/webhooks/{webhook_id}/rotate-secret", body={"overlap": "1h"}),
+    Route("POST", "/v1/webhooks/{webhook_id}/test"),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries"),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"),
+    Route("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
+    Route("DELETE", "/v1/webhooks/{webhook_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -176,6 +186,8 @@ class World:
     check_a: str
     route_a: str
     domain_a: str
+    webhook_a: str
+    delivery_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
 
@@ -211,6 +223,8 @@ class World:
             "check_id": self.check_a,
             "route_id": self.route_a,
             "domain_id": self.domain_a,
+            "webhook_id": self.webhook_a,
+            "delivery_id": self.delivery_a,
         }
 
     def url(self, route: Route) -> str:
@@ -224,6 +238,8 @@ class World:
             "check_id": self.check_a,
             "route_id": self.route_a,
             "domain_id": self.domain_a,
+            "webhook_id": self.webhook_a,
+            "delivery_id": self.delivery_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -332,6 +348,16 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert domain.status_code == 201, domain.text
+    webhook = await api.client.post(
+        "/v1/webhooks",
+        json={"url": "https://hooks.example.invalid/matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert webhook.status_code == 201, webhook.text
+    delivery = await api.client.post(
+        f"/v1/webhooks/{webhook.json()['id']}/test", headers=bearer(api.tokens.tenant(tenant_a))
+    )
+    assert delivery.status_code == 201, delivery.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -350,6 +376,8 @@ async def world(api: Api, db: Database) -> World:
         check_a=check.json()["id"],
         route_a=route.json()["id"],
         domain_a=domain.json()["id"],
+        webhook_a=webhook.json()["id"],
+        delivery_a=delivery.json()["id"],
         openapi=document.json(),
     )
 
