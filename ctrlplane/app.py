@@ -26,6 +26,7 @@ from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_resp
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
+from ctrlplane.drains.api import LogDrainController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
 from ctrlplane.health.api import HealthController
@@ -156,6 +157,7 @@ def create_app(
             RouteController,
             DomainController,
             WebhookController,
+            LogDrainController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
+from ctrlplane.drains.shipper import LogShipper
 from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.network.certificates import CertificateIssuer
 from ctrlplane.operations.reconciler import Reconciler
@@ -154,3 +155,4 @@ class Background:
         group.start_soon(self.leader_only(self.certificate_loop))
         for _ in range(self.services.settings.webhook_workers):
             group.start_soon(WebhookDispatcher(self.services).run_forever)
+        group.start_soon(self.leader_only(LogShipper(self.services).run))

@@ -150,6 +150,10 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"),
     Route("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
     Route("DELETE", "/v1/webhooks/{webhook_id}"),
+    Route("GET", "/v1/log-drains"),
+    Route("POST", "/v1/log-drains", body={"url": "https://logs.example.invalid/new", "instance_id": "{instance_id}"}),
+    Route("GET", "/v1/log-drains/{drain_id}"),
+    Route("DELETE", "/v1/log-drains/{drain_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -188,6 +192,7 @@ class World:
     domain_a: str
     webhook_a: str
     delivery_a: str
+    drain_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
 
@@ -225,6 +230,7 @@ class World:
             "domain_id": self.domain_a,
             "webhook_id": self.webhook_a,
             "delivery_id": self.delivery_a,
+            "drain_id": self.drain_a,
         }
 
     def url(self, route: Route) -> str:
@@ -240,6 +246,7 @@ class World:
             "domain_id": self.domain_a,
             "webhook_id": self.webhook_a,
             "delivery_id": self.delivery_a,
+            "drain_id": self.drain_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -358,6 +365,12 @@ async def world(api: Api, db: Database) -> World:
         f"/v1/webhooks/{webhook.json()['id']}/test", headers=bearer(api.tokens.tenant(tenant_a))
     )
     assert delivery.status_code == 201, delivery.text
+    drain = await api.client.post(
+        "/v1/log-drains",
+        json={"url": "https://logs.example.invalid/matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert drain.status_code == 201, drain.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -378,6 +391,7 @@ async def world(api: Api, db: Database) -> World:
         domain_a=domain.json()["id"],
         webhook_a=webhook.json()["id"],
         delivery_a=delivery.json()["id"],
+        drain_a=drain.json()["id"],
         openapi=document.json(),
     )
 
