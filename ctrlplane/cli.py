@@ -91,6 +91,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logs_cmd.add_argument("--limit", type=int, default=100, help="how many of the newest lines (1-1000, default 100)")
 
+    metrics_cmd = commands.add_parser("metrics", parents=[pipeline], help="an instance's metrics", epilog=epilog)
+    metrics_cmd.add_argument("--name", help="one metric, e.g. cpu_percent (default: every metric)")
+    metrics_cmd.add_argument("--since", help="an RFC 3339 time (default: an hour ago)")
+    metrics_cmd.add_argument("--step", help="bucket size such as 60s or 5m (default: as stored)")
+
+    webhooks_cmd = commands.add_parser("webhooks", help="the tenant's webhook endpoints", epilog=epilog)
+    webhook_commands = webhooks_cmd.add_subparsers(dest="webhooks_command", required=True)
+    webhooks_ls = webhook_commands.add_parser("ls", help="list the endpoints")
+    webhooks_ls.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
+    test_send = webhook_commands.add_parser(
+        "test-send",
+        help="queue a webhook.test message to an endpoint",
+        epilog="Exit status with --wait: 0 delivered, 1 the delivery failed, 5 timed out.",
+    )
+    test_send.add_argument("webhook", help="webhook ID (whk_...)")
+    test_send.add_argument("--wait", action="store_true", help="wait until the receiver answered 2xx or it failed")
+    test_send.add_argument("--timeout", default="30s", help="how long --wait waits (default 30s)")
+    test_send.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
+
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
@@ -106,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
-    if args.command in ("deploy", "rollback", "status", "releases", "logs"):
+    if args.command in ("deploy", "rollback", "status", "releases", "logs", "metrics", "webhooks"):
         from ctrlplane import client
 
         return client.run(getattr(client, args.command), args)

@@ -1,4 +1,5 @@
-"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases, logs over the HTTP API.
+"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases, logs, metrics and
+webhooks over the HTTP API.
 
 Configured by ``CTRLPLANE_URL`` (default ``http://127.0.0.1:8080``) and ``CTRLPLANE_TOKEN`` (a JWT
 or an API key). ``deploy`` sends an ``Idempotency-Key`` derived from its inputs, so a CI step that
@@ -287,6 +288,48 @@ def logs(args: Any) -> int:
                 time.sleep(1)
     except KeyboardInterrupt:
         return 130
+
+
+def metrics(args: Any) -> int:
+    """Print an instance's metric series: one line per point, under a header per series."""
+    out, api = Output(args.json), Api()
+    instance = api.instance(args.instance)
+    params = {k: v for k, v in {"name": args.name, "since": args.since, "step": args.step}.items() if v}
+    answer = api.request("GET", f"/v1/instances/{instance['id']}/metrics", params=params)
+    for series in answer["series"]:
+        if not args.json:
+            out.line(f"{series['name']} ({series['unit']}), {len(series['points'])} points")
+        for point in series["points"]:
+            out.line(f"  {point['timestamp']}  {point['value']:g}", name=series["name"], unit=series["unit"], **point)
+    return 0
+
+
+def webhooks(args: Any) -> int:
+    out, api = Output(args.json), Api()
+    if args.webhooks_command == "ls":
+        for hook in api.request("GET", "/v1/webhooks", params={"limit": 100})["items"]:
+            state = hook["status"] if hook["enabled"] else "disabled"
+            out.line(f"{hook['id']}  {state:<8} {hook['url']}  {','.join(hook['event_types'])}", webhook=hook)
+        return 0
+    delivery = api.request("POST", f"/v1/webhooks/{args.webhook}/test")
+    if not args.wait:
+        out.line(f"queued {delivery['id']} to {args.webhook}", delivery=delivery)
+        return 0
+    deadline = _deadline(args.timeout)
+    path = f"/v1/webhooks/{args.webhook}/deliveries/{delivery['id']}"
+    while delivery["state"] not in ("succeeded", "failed"):
+        if time.monotonic() > deadline:
+            out.line(f"{delivery['id']} still {delivery['state']} after {args.timeout}", delivery=delivery)
+            return EXIT_TIMEOUT
+        time.sleep(0.2)
+        delivery = api.request("GET", path)
+    answered = delivery["response_status"] or delivery["error"]
+    out.line(
+        f"{delivery['id']} {delivery['state']} after {delivery['attempts']} attempt(s): {answered}, "
+        f"{delivery['latency_ms']} ms",
+        delivery=delivery,
+    )
+    return 0 if delivery["state"] == "succeeded" else 1
 
 
 def run(command: Any, args: Any) -> int:
