@@ -11,6 +11,7 @@
 3. **scale** — latency at 1,000 vs 100,000 instances on PostgreSQL (tests/bench_api.py).
 4. **reconcile** — one reconciler pass over 10,000 instances: time and peak memory
    (tests/bench_reconcile.py).
+5. **webhooks** — signed deliveries per second to a local receiver (tests/bench_webhooks.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
@@ -223,7 +224,7 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "scale", "reconcile")
+SECTIONS = ("docker", "http", "scale", "reconcile", "webhooks")
 """``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
@@ -251,6 +252,9 @@ def _table(results: dict[str, Any]) -> str:
                     )
                 )
             rows.append(("  ratio to bare", f"{http[f'{name}_ratio']:.2f}x", "", ""))
+    if "webhooks" in results:
+        hooks = results["webhooks"]
+        rows.append(("webhook deliveries, local receiver", f"{hooks['deliveries_per_s']:.0f}/s", "", ""))
     if "scale" in results:
         scale = results["scale"]
         small, large = scale["small"], scale["large"]
@@ -311,6 +315,10 @@ def main() -> int:
         from tests import bench_reconcile
 
         runs.append(("reconcile", lambda: {"reconcile": bench_reconcile.run()}))
+    if "webhooks" in only:
+        from tests import bench_webhooks
+
+        runs.append(("webhooks", bench_webhooks.run))
     for _, run in runs:
         results.update(run())
         _write(results)  # after each section: a later failure keeps what was measured

@@ -37,8 +37,7 @@ import anyio
 import msgspec
 import requests
 import structlog
-from sqlalchemy import and_, exists, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import and_, func, or_, select
 
 from ctrlplane import __version__
 from ctrlplane.context import AppServices
@@ -59,6 +58,7 @@ LEASE_MARGIN_SECONDS = 5.0
 ATTEMPT_LOG = 20
 POLL_SECONDS = 1.0
 ERROR_CHARS = 500
+UNFINISHED = ("pending", "sending")
 
 
 def event_payload(event: Any) -> dict[str, Any]:
@@ -101,8 +101,8 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
-def post(policy: OutboundPolicy, attempt: Attempt, *, timeout: float, max_bytes: int) -> Outcome:
-    """One signed POST (blocking: run it in a worker thread)."""
+def post(session: requests.Session, attempt: Attempt, *, timeout: float, max_bytes: int) -> Outcome:
+    """One signed POST through a guarded session (blocking: run it in a worker thread)."""
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
@@ -112,12 +112,9 @@ def post(policy: OutboundPolicy, attempt: Attempt, *, timeout: float, max_bytes:
     started = time.monotonic()
     deadline = started + timeout
     try:
-        with (
-            policy.session() as session,
-            session.post(
-                attempt.url, data=attempt.body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
-            ) as response,
-        ):
+        with session.post(
+            attempt.url, data=attempt.body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        ) as response:
             read = 0
             for chunk in response.iter_content(8192):
                 read += len(chunk)
@@ -139,6 +136,9 @@ class WebhookDispatcher:
         self.owner = f"{services.replica}:{id(self):x}"[-64:]
         self.rng = rng or random.Random()
         self.policy = OutboundPolicy(self.settings.outbound_allow_cidrs)
+        # One session per loop, which sends one request at a time: connections to a receiver are
+        # kept alive between its deliveries (each new connection is still vetted by the guard).
+        self.session = self.policy.session()
 
     @property
     def lease(self) -> timedelta:
@@ -178,13 +178,13 @@ class WebhookDispatcher:
 
     async def claim(self) -> Attempt | None:
         now = utc_now()
-        older = aliased(WebhookDelivery)
-        blocked = exists(
-            select(older.id).where(
-                older.webhook_id == WebhookDelivery.webhook_id,
-                older.id < WebhookDelivery.id,
-                older.state.in_(("pending", "sending")),
-            )
+        # Each endpoint's head: its oldest unfinished delivery (read through the (state,
+        # webhook_id, id) index, so finished deliveries, however many, are never scanned). Only a
+        # head is claimable, which is what keeps an endpoint's deliveries in order.
+        heads = (
+            select(func.min(WebhookDelivery.id))
+            .where(WebhookDelivery.state.in_(UNFINISHED))
+            .group_by(WebhookDelivery.webhook_id)
         )
         claimable = or_(
             and_(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now),
@@ -193,7 +193,12 @@ class WebhookDispatcher:
         statement = (
             select(WebhookDelivery, WebhookEndpoint)
             .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.webhook_id)
-            .where(claimable, ~blocked, WebhookEndpoint.enabled.is_(True), WebhookEndpoint.status == "active")
+            .where(
+                WebhookDelivery.id.in_(heads),
+                claimable,
+                WebhookEndpoint.enabled.is_(True),
+                WebhookEndpoint.status == "active",
+            )
             .order_by(WebhookDelivery.id)
             .limit(1)
             .with_for_update(skip_locked=True, of=WebhookDelivery)
@@ -231,7 +236,7 @@ class WebhookDispatcher:
     async def send(self, attempt: Attempt) -> Outcome:
         return await anyio.to_thread.run_sync(
             lambda: post(
-                self.policy,
+                self.session,
                 attempt,
                 timeout=self.settings.webhook_timeout_seconds,
                 max_bytes=self.settings.webhook_max_response_bytes,
