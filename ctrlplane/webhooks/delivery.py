@@ -144,19 +144,30 @@ class WebhookDispatcher:
     def lease(self) -> timedelta:
         return timedelta(seconds=self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS)
 
+    async def _any(self, statement: Any) -> bool:
+        """Whether ``statement`` finds a row now, read without a lock: an idle loop (no endpoint
+        behind, no delivery due, the usual case) never opens a write transaction, which on SQLite
+        would take the database's write lock at every wake-up."""
+        async with self.services.db.read() as session:
+            return (await session.execute(statement.limit(1))).first() is not None
+
     async def fan_out(self) -> int:
         """Turn new events into deliveries for the endpoints that want them; how many were recorded."""
         statement = (
             select(WebhookEndpoint)
             .join(EventStream, EventStream.tenant_id == WebhookEndpoint.tenant_id)
             .where(WebhookEndpoint.enabled.is_(True), WebhookEndpoint.cursor < EventStream.last_seq)
-            .order_by(WebhookEndpoint.id)
+        )
+        if not await self._any(statement):
+            return 0
+        locked = (
+            statement.order_by(WebhookEndpoint.id)
             .limit(FAN_OUT_ENDPOINTS)
             .with_for_update(skip_locked=True, of=WebhookEndpoint)
         )
         recorded = 0
         async with self.services.db.write() as session, session.begin():
-            for endpoint in (await session.execute(statement)).scalars().all():
+            for endpoint in (await session.execute(locked)).scalars().all():
                 events = await events_after(
                     session, tenant_id=endpoint.tenant_id, after=endpoint.cursor, limit=FAN_OUT_EVENTS
                 )
@@ -199,12 +210,12 @@ class WebhookDispatcher:
                 WebhookEndpoint.enabled.is_(True),
                 WebhookEndpoint.status == "active",
             )
-            .order_by(WebhookDelivery.id)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=WebhookDelivery)
         )
+        if not await self._any(statement):
+            return None
+        locked = statement.order_by(WebhookDelivery.id).limit(1).with_for_update(skip_locked=True, of=WebhookDelivery)
         async with self.services.db.write() as session, session.begin():
-            row = (await session.execute(statement)).first()
+            row = (await session.execute(locked)).first()
             if row is None:
                 return None
             delivery, endpoint = row
