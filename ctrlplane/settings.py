@@ -174,6 +174,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_retry_period_seconds: float = 24 * 3600.0
     """How long a delivery is retried before it fails and its endpoint is marked failing."""
     webhook_secret_overlap_seconds: float = 24 * 3600.0
+    webhook_delivery_retention_seconds: float = 30 * 86400.0
+    """Finished deliveries older than this are deleted."""
     log_drain_batch_lines: int = 500
     log_drain_buffer_lines: int = 10_000
     """Lines a drain holds while its receiver is slow; past it the oldest are dropped (and counted)."""
@@ -303,6 +305,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "TRACE_RETENTION": "trace_retention_seconds",
             "WEBHOOK_RETRY_PERIOD": "webhook_retry_period_seconds",
             "WEBHOOK_SECRET_OVERLAP": "webhook_secret_overlap_seconds",
+            "WEBHOOK_DELIVERY_RETENTION": "webhook_delivery_retention_seconds",
         }.items():
             if (raw := get(var)) is not None:
                 values[field] = _duration(var=var, raw=raw)
@@ -415,7 +418,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             raise SettingsError(
                 f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS, WEBHOOK_RETRY_BASE_SECONDS, WEBHOOK_RETRY_MAX_SECONDS and "
-                "WEBHOOK_RETRY_PERIOD must be positive, WEBHOOK_SECRET_OVERLAP not negative"
+                "WEBHOOK_RETRY_PERIOD, WEBHOOK_DELIVERY_RETENTION must be positive, WEBHOOK_SECRET_OVERLAP not negative"
             )
         if min(self.log_drain_batch_lines, self.log_drain_buffer_lines) < 1 or self.log_drain_retries < 0:
             raise SettingsError(f"{PREFIX}LOG_DRAIN_BATCH_LINES and LOG_DRAIN_BUFFER_LINES must be at least 1")

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import anyio
 import msgspec
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 
 from ctrlplane.context import RequestContext
 from ctrlplane.drains import schemas
 from ctrlplane.drains.models import LogDrain
-from ctrlplane.errors import InvalidInput, NotFound
+from ctrlplane.errors import Conflict, InvalidInput, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import utc_now
+
+MAX_DRAINS_PER_TENANT = 20
 
 
 def to_drain(drain: LogDrain) -> schemas.LogDrain:
@@ -52,6 +54,14 @@ class LogDrainService:
             await anyio.to_thread.run_sync(check_target, policy, url)
         except BlockedDestination as exc:
             raise InvalidInput(str(exc), details={"url": url[:256]}) from None
+        existing = await self.session.scalar(
+            select(func.count()).select_from(LogDrain).where(LogDrain.tenant_id == tenant_id)
+        )
+        if (existing or 0) >= MAX_DRAINS_PER_TENANT:
+            raise Conflict(
+                f"a tenant has at most {MAX_DRAINS_PER_TENANT} log drains; delete one first",
+                details={"limit": MAX_DRAINS_PER_TENANT},
+            )
         drain = LogDrain(
             id=new_id("drn"),
             tenant_id=tenant_id,

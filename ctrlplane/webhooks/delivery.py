@@ -37,7 +37,7 @@ import anyio
 import msgspec
 import requests
 import structlog
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 
 from ctrlplane import __version__
 from ctrlplane.context import AppServices
@@ -59,6 +59,7 @@ ATTEMPT_LOG = 20
 POLL_SECONDS = 1.0
 ERROR_CHARS = 500
 UNFINISHED = ("pending", "sending")
+PRUNE_INTERVAL_SECONDS = 300.0
 
 
 def event_payload(event: Any) -> dict[str, Any]:
@@ -316,9 +317,27 @@ class WebhookDispatcher:
         await self.record(attempt, outcome, at)
         return True
 
+    async def prune(self) -> int:
+        """Delete finished deliveries older than ``CTRLPLANE_WEBHOOK_DELIVERY_RETENTION``; how many."""
+        cutoff = utc_now() - timedelta(seconds=self.settings.webhook_delivery_retention_seconds)
+        async with self.services.db.write() as session, session.begin():
+            result = await session.execute(
+                delete(WebhookDelivery).where(
+                    WebhookDelivery.state.in_(("succeeded", "failed")), WebhookDelivery.created_at < cutoff
+                )
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
     async def run_forever(self) -> None:
+        next_prune = time.monotonic() + self.rng.uniform(0, PRUNE_INTERVAL_SECONDS)
         while True:
             busy = False
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+                try:
+                    await self.prune()
+                except Exception as exc:
+                    log.error("webhook_prune_error", exc_info=exc)
             try:
                 busy = bool(await self.fan_out())
                 busy = await self.deliver_once() or busy

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
@@ -19,6 +19,10 @@ class WebhookRepository:
         if self.tenant_id is not None:
             statement = statement.where(WebhookEndpoint.tenant_id == self.tenant_id)
         return statement
+
+    async def count(self, tenant_id: str) -> int:
+        statement = select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id)
+        return int((await self.session.execute(statement)).scalar_one())
 
     async def endpoint(self, webhook_id: str, *, for_update: bool = False) -> WebhookEndpoint:
         statement = self.endpoints().where(WebhookEndpoint.id == webhook_id)

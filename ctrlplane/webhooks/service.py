@@ -24,7 +24,7 @@ import anyio
 import msgspec
 
 from ctrlplane.context import RequestContext
-from ctrlplane.errors import InvalidInput, InvalidState
+from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.events.service import last_seq
 from ctrlplane.ids import new_id
 from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target
@@ -35,6 +35,7 @@ from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
 from ctrlplane.webhooks.repository import WebhookRepository
 
 MAX_OVERLAP_SECONDS = 30 * 86400
+MAX_ENDPOINTS_PER_TENANT = 50
 
 
 def secret_aad(webhook_id: str) -> bytes:
@@ -123,6 +124,11 @@ class WebhookService:
         """Register an endpoint; the answer holds its secret, shown only now."""
         tenant_id = self.context.tenant_scope(data.tenant_id)
         url = await self._check_url(data.url)
+        if await self.repo.count(tenant_id) >= MAX_ENDPOINTS_PER_TENANT:
+            raise Conflict(
+                f"a tenant has at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints; delete one first",
+                details={"limit": MAX_ENDPOINTS_PER_TENANT},
+            )
         now = utc_now()
         webhook_id = new_id("whk")
         secret = signing.new_secret()

@@ -7,10 +7,13 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import text
 
+from ctrlplane.webhooks.delivery import WebhookDispatcher
 from tests.api.test_instances import create, tenant_token
 from tests.conftest import Api
 from tests.webhooks.receiver import Receiver, VerificationError, verify
@@ -255,3 +258,29 @@ async def test_a_system_admin_creates_a_webhook_for_a_named_tenant(api: Api) -> 
         "/v1/webhooks", json={"url": "https://h.example.invalid/"}, headers=api.admin_headers
     )
     assert unnamed.status_code == 400
+
+
+async def test_finished_deliveries_past_their_retention_are_pruned(api: Api, app: Any, db: Any) -> None:
+    _, token = await tenant_token(api)
+    hook = await create_webhook(api, token, "https://hooks.example.invalid/x")
+    old, fresh, queued = [
+        (await api.client.post(f"/v1/webhooks/{hook['id']}/test", headers=token)).json()["id"] for _ in range(3)
+    ]
+    async with db.write() as session, session.begin():
+        await session.execute(
+            text("UPDATE webhook_deliveries SET state = 'succeeded', created_at = :at WHERE id IN (:a, :b)"),
+            {"at": datetime.now(UTC) - timedelta(days=31), "a": old, "b": queued},
+        )
+        await session.execute(text("UPDATE webhook_deliveries SET state = 'pending' WHERE id = :b"), {"b": queued})
+        await session.execute(text("UPDATE webhook_deliveries SET state = 'failed' WHERE id = :c"), {"c": fresh})
+    assert await WebhookDispatcher(app.state.services).prune() == 1
+    left = {d["id"] for d in await deliveries(api, token, hook["id"])}
+    assert left == {fresh, queued}, "only finished deliveries past the retention go"
+
+
+async def test_a_tenant_has_at_most_50_webhook_endpoints(api: Api) -> None:
+    _, token = await tenant_token(api)
+    for n in range(50):
+        await create_webhook(api, token, f"https://hooks.example.invalid/{n}")
+    refused = await api.client.post("/v1/webhooks", json={"url": "https://hooks.example.invalid/x"}, headers=token)
+    assert refused.status_code == 409 and "at most 50" in refused.json()["message"]
