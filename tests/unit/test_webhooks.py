@@ -12,7 +12,7 @@ import pytest
 from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target
 from ctrlplane.settings import Settings
 from ctrlplane.webhooks import signing
-from ctrlplane.webhooks.delivery import backoff
+from ctrlplane.webhooks.delivery import Attempt, backoff, post
 from ctrlplane.webhooks.service import matches
 from tests.webhooks.receiver import VerificationError, verify
 
@@ -92,3 +92,12 @@ def test_a_target_allowed_by_cidr_or_not_resolvable_yet_is_accepted() -> None:
 
     check_target(OutboundPolicy(resolver=unresolvable), "https://hooks.example.invalid/x")
     check_target(OutboundPolicy(resolver=lambda host, port: ["93.184.216.34"]), "https://hooks.example.com/x")
+
+
+def test_a_delivery_to_an_address_the_guard_refuses_is_never_connected() -> None:
+    attempt = Attempt(
+        delivery_id="whd_x", url="http://127.0.0.1:9/hook", message_id="m", body=b"{}", secrets=["whsec_AA=="]
+    )
+    outcome = post(OutboundPolicy().session(), attempt, timeout=2, max_bytes=1024)
+    assert outcome.status is None and not outcome.ok
+    assert outcome.error is not None and "refused by the outbound guard" in outcome.error

@@ -55,6 +55,8 @@ class Receiver:
 
     status: int = 200
     delay: float = 0.0
+    endless: bool = False
+    """Answer with a body that does not end (for 10 s): only a reader with a size limit finishes."""
     requests: list[Received] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -72,14 +74,28 @@ def serve(receiver: Receiver) -> ThreadingHTTPServer:
                 receiver.requests.append(
                     Received({k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
                 )
-                status, delay = receiver.status, receiver.delay
+                status, delay, endless = receiver.status, receiver.delay, receiver.endless
             if delay:
                 time.sleep(delay)
+            if endless:
+                self._endless(status)
+                return
             try:
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+            except OSError:
+                pass
+
+        def _endless(self, status: int) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                until = time.monotonic() + 10
+                while time.monotonic() < until:
+                    self.wfile.write(b"x" * 8192)
             except OSError:
                 pass
 

@@ -284,3 +284,38 @@ async def test_a_tenant_has_at_most_50_webhook_endpoints(api: Api) -> None:
         await create_webhook(api, token, f"https://hooks.example.invalid/{n}")
     refused = await api.client.post("/v1/webhooks", json={"url": "https://hooks.example.invalid/x"}, headers=token)
     assert refused.status_code == 409 and "at most 50" in refused.json()["message"]
+
+
+@pytest.mark.dialects  # claims with FOR UPDATE SKIP LOCKED on PostgreSQL
+async def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt(live: Api, receiver: Receiver) -> None:
+    _, token = await tenant_token(live)
+    hook = await create_webhook(live, token, receiver.url)
+    receiver.delay = live.tokens.settings.webhook_timeout_seconds + 1.5
+    sent = (await live.client.post(f"/v1/webhooks/{hook['id']}/test", headers=token)).json()
+    url = f"/v1/webhooks/{hook['id']}/deliveries/{sent['id']}"
+
+    async def failed() -> dict[str, Any] | None:
+        found = (await live.client.get(url, headers=token)).json()
+        return found if found["state"] == "failed" else None
+
+    delivery = await eventually(failed, timeout=30, what="the timed-out delivery to fail")
+    first = delivery["attempt_log"][0]
+    assert first["response_status"] is None and "Timeout" in first["error"]
+    assert first["latency_ms"] >= live.tokens.settings.webhook_timeout_seconds * 1000 - 100
+
+
+@pytest.mark.dialects  # claims with FOR UPDATE SKIP LOCKED on PostgreSQL
+async def test_an_endless_answer_is_read_only_up_to_the_size_limit(live: Api, receiver: Receiver) -> None:
+    _, token = await tenant_token(live)
+    hook = await create_webhook(live, token, receiver.url)
+    receiver.endless = True
+    sent = (await live.client.post(f"/v1/webhooks/{hook['id']}/test", headers=token)).json()
+    url = f"/v1/webhooks/{hook['id']}/deliveries/{sent['id']}"
+
+    async def succeeded() -> dict[str, Any] | None:
+        found = (await live.client.get(url, headers=token)).json()
+        return found if found["state"] == "succeeded" else None
+
+    delivery = await eventually(succeeded, timeout=8, what="the delivery to succeed without reading the whole answer")
+    assert delivery["attempts"] == 1 and delivery["response_status"] == 200
+    assert delivery["latency_ms"] < live.tokens.settings.webhook_timeout_seconds * 1000
