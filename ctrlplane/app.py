@@ -26,6 +26,7 @@ from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_resp
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
+from ctrlplane.drains.api import LogDrainController
 from ctrlplane.environments import idle as environment_idle
 from ctrlplane.environments.api import EnvironmentController
 from ctrlplane.errors import ErrorBody, Unavailable
@@ -51,6 +52,7 @@ from ctrlplane.telemetry.api import TelemetryController, export_traces, promethe
 from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
 from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
+from ctrlplane.webhooks.api import WebhookController
 
 log = structlog.get_logger("ctrlplane.app")
 
@@ -165,6 +167,8 @@ def create_app(
             SleepController,
             TemplateController,
             EnvironmentController,
+            WebhookController,
+            LogDrainController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

@@ -120,6 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics_cmd.add_argument("--route", help="request metrics: one route path only")
     _env_commands(commands, epilog)
 
+    webhooks_cmd = commands.add_parser("webhooks", help="the tenant's webhook endpoints", epilog=epilog)
+    webhook_commands = webhooks_cmd.add_subparsers(dest="webhooks_command", required=True)
+    webhooks_ls = webhook_commands.add_parser("ls", help="list the endpoints")
+    webhooks_ls.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
+    test_send = webhook_commands.add_parser(
+        "test-send",
+        help="queue a webhook.test message to an endpoint",
+        epilog="Exit status with --wait: 0 delivered, 1 the delivery failed, 5 timed out.",
+    )
+    test_send.add_argument("webhook", help="webhook ID (whk_...)")
+    test_send.add_argument("--wait", action="store_true", help="wait until the receiver answered 2xx or it failed")
+    test_send.add_argument("--timeout", default="30s", help="how long --wait waits (default 30s)")
+    test_send.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
+
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
@@ -143,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(given)
     if args.command == "run":
         args.argv = command_argv
-    if args.command in ("deploy", "rollback", "status", "releases", "logs", "run", "metrics"):
+    if args.command in ("deploy", "rollback", "status", "releases", "logs", "run", "metrics", "webhooks"):
         from ctrlplane import client
 
         return client.run(getattr(client, "run_command" if args.command == "run" else args.command), args)

@@ -1,4 +1,5 @@
-"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases, logs over the HTTP API.
+"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases, logs, metrics and
+webhooks over the HTTP API.
 
 Configured by ``CTRLPLANE_URL`` (default ``http://127.0.0.1:8080``) and ``CTRLPLANE_TOKEN`` (a JWT
 or an API key). ``deploy`` sends an ``Idempotency-Key`` derived from its inputs, so a CI step that
@@ -392,6 +393,34 @@ def metrics(args: Any) -> int:
         for point in series["points"]:
             out.line(f"{point['timestamp']}  {name}  {point['value']:g} {series['unit']}", series=name, **point)
     return 0
+
+
+def webhooks(args: Any) -> int:
+    out, api = Output(args.json), Api()
+    if args.webhooks_command == "ls":
+        for hook in api.request("GET", "/v1/webhooks", params={"limit": 100})["items"]:
+            state = hook["status"] if hook["enabled"] else "disabled"
+            out.line(f"{hook['id']}  {state:<8} {hook['url']}  {','.join(hook['event_types'])}", webhook=hook)
+        return 0
+    delivery = api.request("POST", f"/v1/webhooks/{args.webhook}/test")
+    if not args.wait:
+        out.line(f"queued {delivery['id']} to {args.webhook}", delivery=delivery)
+        return 0
+    deadline = _deadline(args.timeout)
+    path = f"/v1/webhooks/{args.webhook}/deliveries/{delivery['id']}"
+    while delivery["state"] not in ("succeeded", "failed"):
+        if time.monotonic() > deadline:
+            out.line(f"{delivery['id']} still {delivery['state']} after {args.timeout}", delivery=delivery)
+            return EXIT_TIMEOUT
+        time.sleep(0.2)
+        delivery = api.request("GET", path)
+    answered = delivery["response_status"] or delivery["error"]
+    out.line(
+        f"{delivery['id']} {delivery['state']} after {delivery['attempts']} attempt(s): {answered}, "
+        f"{delivery['latency_ms']} ms",
+        delivery=delivery,
+    )
+    return 0 if delivery["state"] == "succeeded" else 1
 
 
 def run(command: Any, args: Any) -> int:

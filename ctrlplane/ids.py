@@ -35,6 +35,9 @@ PREFIXES = frozenset(
         "env",
         "run",
         "job",
+        "whk",
+        "whd",
+        "drn",
     }
 )
 

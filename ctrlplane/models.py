@@ -4,6 +4,7 @@ from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
 from ctrlplane.deployments.models import Deployment
+from ctrlplane.drains.models import LogDrain
 from ctrlplane.environments.models import Environment
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
@@ -26,6 +27,7 @@ from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.telemetry.models import MetricSample, TraceSpan
 from ctrlplane.templates.models import Template, TemplateVersion
 from ctrlplane.tenants.models import Tenant, TenantQuota
+from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 metadata = Base.metadata
 
@@ -47,6 +49,7 @@ __all__ = [
     "Instance",
     "InstanceTraffic",
     "Job",
+    "LogDrain",
     "MetricSample",
     "Operation",
     "RateBucket",
@@ -62,5 +65,7 @@ __all__ = [
     "TenantQuota",
     "TraceSpan",
     "Upstream",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]

@@ -188,6 +188,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Active environments one owner (a JWT subject or API key) may hold in a tenant, for templates
     that set no ``max_environments_per_owner``; None: no limit."""
 
+    webhook_workers: int = 2
+    """Delivery loops per replica (deliveries of one endpoint still go one at a time, in order)."""
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_response_bytes: int = 64 * 1024
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_retry_period_seconds: float = 24 * 3600.0
+    """How long a delivery is retried before it fails and its endpoint is marked failing."""
+    webhook_secret_overlap_seconds: float = 24 * 3600.0
+    webhook_delivery_retention_seconds: float = 30 * 86400.0
+    """Finished deliveries older than this are deleted."""
+    log_drain_batch_lines: int = 500
+    log_drain_buffer_lines: int = 10_000
+    """Lines a drain holds while its receiver is slow; past it the oldest are dropped (and counted)."""
+    log_drain_flush_seconds: float = 1.0
+    log_drain_retries: int = 3
+    log_drain_timeout_seconds: float = 5.0
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
@@ -289,6 +307,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "ACME_RENEW_BEFORE_DAYS": "acme_renew_before_days",
             "ACME_RETRY_BASE_SECONDS": "acme_retry_base_seconds",
             "ACME_TIMEOUT_SECONDS": "acme_timeout_seconds",
+            "WEBHOOK_WORKERS": "webhook_workers",
+            "WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",
+            "WEBHOOK_MAX_RESPONSE_BYTES": "webhook_max_response_bytes",
+            "WEBHOOK_RETRY_BASE_SECONDS": "webhook_retry_base_seconds",
+            "WEBHOOK_RETRY_MAX_SECONDS": "webhook_retry_max_seconds",
+            "LOG_DRAIN_BATCH_LINES": "log_drain_batch_lines",
+            "LOG_DRAIN_BUFFER_LINES": "log_drain_buffer_lines",
+            "LOG_DRAIN_FLUSH_SECONDS": "log_drain_flush_seconds",
+            "LOG_DRAIN_RETRIES": "log_drain_retries",
+            "LOG_DRAIN_TIMEOUT_SECONDS": "log_drain_timeout_seconds",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -313,6 +341,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "METRICS_MINUTE_RETENTION": "metrics_minute_retention_seconds",
             "METRICS_RETENTION": "metrics_retention_seconds",
             "TRACE_RETENTION": "trace_retention_seconds",
+            "WEBHOOK_RETRY_PERIOD": "webhook_retry_period_seconds",
+            "WEBHOOK_SECRET_OVERLAP": "webhook_secret_overlap_seconds",
+            "WEBHOOK_DELIVERY_RETENTION": "webhook_delivery_retention_seconds",
         }.items():
             if (raw := get(var)) is not None:
                 values[field] = _duration(var=var, raw=raw)
@@ -423,6 +454,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}TRACE_RETENTION and TRACE_MAX_SPANS_PER_INSTANCE must be positive")
         if self.otlp_endpoint is not None and not re.match(r"^https?://[^/\s]+", self.otlp_endpoint):
             raise SettingsError(f"{PREFIX}OTLP_ENDPOINT must be an http(s) URL such as http://172.17.0.1:8080/v1/otlp")
+        if self.webhook_workers < 0 or self.webhook_max_response_bytes < 0:
+            raise SettingsError(f"{PREFIX}WEBHOOK_WORKERS and WEBHOOK_MAX_RESPONSE_BYTES must not be negative")
+        if (
+            min(
+                self.webhook_timeout_seconds,
+                self.webhook_retry_base_seconds,
+                self.webhook_retry_max_seconds,
+                self.webhook_retry_period_seconds,
+            )
+            <= 0
+            or self.webhook_secret_overlap_seconds < 0
+        ):
+            raise SettingsError(
+                f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS, WEBHOOK_RETRY_BASE_SECONDS, WEBHOOK_RETRY_MAX_SECONDS and "
+                "WEBHOOK_RETRY_PERIOD, WEBHOOK_DELIVERY_RETENTION must be positive, WEBHOOK_SECRET_OVERLAP not negative"
+            )
+        if min(self.log_drain_batch_lines, self.log_drain_buffer_lines) < 1 or self.log_drain_retries < 0:
+            raise SettingsError(f"{PREFIX}LOG_DRAIN_BATCH_LINES and LOG_DRAIN_BUFFER_LINES must be at least 1")
+        if self.log_drain_flush_seconds <= 0 or self.log_drain_timeout_seconds <= 0:
+            raise SettingsError(f"{PREFIX}LOG_DRAIN_FLUSH_SECONDS and LOG_DRAIN_TIMEOUT_SECONDS must be positive")
 
 
 def _pem_or_file(var: str, raw: str) -> str:

@@ -13,6 +13,7 @@
    (tests/bench_reconcile.py).
 5. **router** — requests per second through Caddy with and without the access-log reporting, and
    wake-on-request to first answer against ``docker start`` (tests/bench_router.py).
+6. **webhooks** — signed deliveries per second to a local receiver (tests/bench_webhooks.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
@@ -225,7 +226,7 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "scale", "reconcile", "router")
+SECTIONS = ("docker", "http", "scale", "reconcile", "router", "webhooks")
 """``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
@@ -253,6 +254,9 @@ def _table(results: dict[str, Any]) -> str:
                     )
                 )
             rows.append(("  ratio to bare", f"{http[f'{name}_ratio']:.2f}x", "", ""))
+    if "webhooks" in results:
+        hooks = results["webhooks"]
+        rows.append(("webhook deliveries, local receiver", f"{hooks['deliveries_per_s']:.0f}/s", "", ""))
     if "scale" in results:
         scale = results["scale"]
         small, large = scale["small"], scale["large"]
@@ -335,6 +339,11 @@ def main() -> int:
         from tests import bench_router
 
         runs.append(("router", lambda: {"router": bench_router.run()}))
+
+    if "webhooks" in only:
+        from tests import bench_webhooks
+
+        runs.append(("webhooks", bench_webhooks.run))
     for _, run in runs:
         results.update(run())
         _write(results)  # after each section: a later failure keeps what was measured

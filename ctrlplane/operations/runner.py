@@ -16,7 +16,9 @@ sampler and the environments' lifetime keeper are such loops.
 Not leader-only: ``health_loop`` keeps this process's cache of provider health fresh (each
 replica has its own connection to each runtime, and requests answer 503 from that cache), so every
 replica runs it; the health-check scheduler claims due checks with ``FOR UPDATE SKIP LOCKED``, like
-the operation workers, so every replica runs it too and the probes are shared out.
+the operation workers, so every replica runs it too and the probes are shared out. So do the
+webhook dispatchers (``webhooks/delivery.py``: endpoints and deliveries claimed with SKIP LOCKED
+and leases).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
+from ctrlplane.drains.shipper import LogShipper
 from ctrlplane.environments.lifetimes import LifetimeKeeper
 from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.network.access import AccessSink, RequestBook
@@ -41,6 +44,7 @@ from ctrlplane.operations.worker import OperationWorker
 from ctrlplane.runs.executor import RunExecutor, run_once
 from ctrlplane.runs.scheduler import JobScheduler
 from ctrlplane.telemetry.sampler import MetricsSampler
+from ctrlplane.webhooks.delivery import WebhookDispatcher
 
 log = structlog.get_logger("ctrlplane.background")
 
@@ -227,3 +231,6 @@ class Background:
         group.start_soon(self.leader_only(self.idle_loop))
         group.start_soon(self.leader_only(self.certificate_loop))
         group.start_soon(self.leader_only(self.lifetimes_loop))
+        for _ in range(self.services.settings.webhook_workers):
+            group.start_soon(WebhookDispatcher(self.services).run_forever)
+        group.start_soon(self.leader_only(LogShipper(self.services).run))

@@ -168,6 +168,20 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/jobs/{job_id}"),
     Route("PATCH", "/v1/jobs/{job_id}", body={"enabled": False}),
     Route("DELETE", "/v1/jobs/{job_id}"),
+    Route("GET", "/v1/webhooks"),
+    Route("POST", "/v1/webhooks", body={"url": "https://hooks.example.invalid/new", "event_types": ["deploy.*"]}),
+    Route("GET", "/v1/webhooks/{webhook_id}"),
+    Route("PATCH", "/v1/webhooks/{webhook_id}", body={"enabled": False}),
+    Route("POST", "/v1/webhooks/{webhook_id}/rotate-secret", body={"overlap": "1h"}),
+    Route("POST", "/v1/webhooks/{webhook_id}/test"),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries"),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"),
+    Route("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
+    Route("DELETE", "/v1/webhooks/{webhook_id}"),
+    Route("GET", "/v1/log-drains"),
+    Route("POST", "/v1/log-drains", body={"url": "https://logs.example.invalid/new", "instance_id": "{instance_id}"}),
+    Route("GET", "/v1/log-drains/{drain_id}"),
+    Route("DELETE", "/v1/log-drains/{drain_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -204,6 +218,9 @@ class World:
     check_a: str
     route_a: str
     domain_a: str
+    webhook_a: str
+    delivery_a: str
+    drain_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
     template_a: str = ""
@@ -247,6 +264,9 @@ class World:
             "environment_id": self.environment_a,
             "run_id": self.run_a,
             "job_id": self.job_a,
+            "webhook_id": self.webhook_a,
+            "delivery_id": self.delivery_a,
+            "drain_id": self.drain_a,
         }
 
     def url(self, route: Route) -> str:
@@ -264,6 +284,9 @@ class World:
             "environment_id": self.environment_a,
             "run_id": self.run_a,
             "job_id": self.job_a,
+            "webhook_id": self.webhook_a,
+            "delivery_id": self.delivery_a,
+            "drain_id": self.drain_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -396,6 +419,22 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert job.status_code == 201, job.text
+    webhook = await api.client.post(
+        "/v1/webhooks",
+        json={"url": "https://hooks.example.invalid/matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert webhook.status_code == 201, webhook.text
+    delivery = await api.client.post(
+        f"/v1/webhooks/{webhook.json()['id']}/test", headers=bearer(api.tokens.tenant(tenant_a))
+    )
+    assert delivery.status_code == 201, delivery.text
+    drain = await api.client.post(
+        "/v1/log-drains",
+        json={"url": "https://logs.example.invalid/matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert drain.status_code == 201, drain.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -416,6 +455,9 @@ async def world(api: Api, db: Database) -> World:
         check_a=check.json()["id"],
         route_a=route.json()["id"],
         domain_a=domain.json()["id"],
+        webhook_a=webhook.json()["id"],
+        delivery_a=delivery.json()["id"],
+        drain_a=drain.json()["id"],
         openapi=document.json(),
         template_a=template.json()["id"],
         environment_a=environment.json()["id"],
