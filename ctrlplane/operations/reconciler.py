@@ -4,6 +4,8 @@ For each provider it reads ``inventory`` (everything labelled as ctrlplane's) an
 instance with no operation in flight, ``status``:
 
 * containers whose instance does not exist or is destroyed are removed (orphans);
+* shared objects of this installation that nothing uses any more (Docker's tenant networks) are
+  removed (``CollectingProvider.collect_unused``);
 * an instance that should run but has no or too few replicas gets a ``repair`` operation, which
   re-provisions the missing ones (idempotently);
 * an exited replica is restarted (through a ``restart`` operation) as the instance's
@@ -41,7 +43,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import record_status, set_state
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
-from ctrlplane.provisioning.contract import Provider, ReplicaStatus
+from ctrlplane.provisioning.contract import CollectingProvider, Provider, ReplicaStatus
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
 
@@ -90,6 +92,9 @@ class Reconciler:
         for instance_id in sorted(orphans):
             log.warning("orphan_removed", provider=provider.name, instance=instance_id)
             await provider.deprovision(instance_id)
+        if isinstance(provider, CollectingProvider):
+            for name in await provider.collect_unused():
+                log.info("unused_object_removed", provider=provider.name, name=name)
         for instance in instances.values():
             if instance.id in busy or instance.state in ("destroyed", "destroying", "provisioning"):
                 continue

@@ -316,3 +316,25 @@ class ConfigurableProvider(Protocol):
         spec); one whose replicas are of another generation (changed while stopped) gets all but
         the replicas' part (the probes), which its next start brings."""
         ...
+
+
+@runtime_checkable
+class AdmittingProvider(Protocol):
+    """A runtime with a finite room per tenant that it can check before work is accepted (Docker:
+    a tenant network needs a free block of the subnet pool)."""
+
+    async def admit(self, tenant_id: str) -> None:
+        """Raise ``ProviderUnavailable`` (a subclass with its own ``code``) when a new instance of
+        ``tenant_id`` could not be placed now; return when it could."""
+        ...
+
+
+@runtime_checkable
+class CollectingProvider(Protocol):
+    """A runtime holding shared objects that outlive the instances using them (Docker: tenant
+    networks); the reconciler asks it to remove this installation's unused ones on every pass."""
+
+    async def collect_unused(self) -> list[str]:
+        """Remove this installation's shared objects nothing uses (never another installation's);
+        the names of those removed."""
+        ...

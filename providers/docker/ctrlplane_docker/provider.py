@@ -11,7 +11,9 @@ What an instance is on Docker:
 * **Limits**: ``NanoCpus = cpu_millis * 1_000_000``; ``Memory = MemorySwap = memory_mb MiB`` (no swap).
 * **Network**: one bridge network per tenant, ``cp-tenant-{tenant_id}``. Docker isolates bridge
   networks from each other, so tenants cannot reach one another's containers while replicas of one
-  tenant can. It is created on demand and removed when the tenant's last container goes.
+  tenant can. It is created on demand and removed when the tenant's last container goes; its subnet
+  is a block of ``CTRLPLANE_DOCKER_SUBNET_POOL`` (see ``subnets``), not of dockerd's default pools.
+  ``collect_unused`` (the reconciler) removes this installation's networks that nothing uses.
 * **Ports** are published on ``settings.docker_host_address`` (default 127.0.0.1) on a port the
   engine picks; ``status`` reports them as endpoints.
 * **Restart policy** is Docker's ``no``: ctrlplane's reconciler restarts replicas itself, so that each
@@ -40,7 +42,7 @@ import anyio.to_thread
 import docker  # type: ignore[import-untyped, unused-ignore]
 from docker import APIClient, DockerClient  # type: ignore[import-untyped, unused-ignore]
 from docker.errors import APIError, DockerException  # type: ignore[import-untyped, unused-ignore]
-from docker.types import Mount  # type: ignore[import-untyped, unused-ignore]
+from docker.types import IPAMConfig, IPAMPool, Mount  # type: ignore[import-untyped, unused-ignore]
 from docker.utils import parse_repository_tag  # type: ignore[import-untyped, unused-ignore]
 
 from ctrlplane.provisioning.contract import (
@@ -82,6 +84,7 @@ from ctrlplane_docker.naming import (
 from ctrlplane_docker.observe import inventory_ids, label_int, replica_status, workload_status
 from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
+from ctrlplane_docker.subnets import SubnetPool, SubnetPoolExhausted, network_subnets
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,6 +95,8 @@ ADOPT_POLL_SECONDS = 0.05
 MIB = 1024 * 1024
 MAX_PARALLEL = 8
 LIVE_STATES = frozenset({"running", "restarting", "paused"})
+DEFAULT_SUBNET_POOL = "10.224.0.0/12"
+DEFAULT_SUBNET_SIZE = 24
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,11 @@ class DockerProvider:
         self._client_lock = threading.Lock()
         self._network_lock = threading.Lock()
         self._network_gate = NetworkGate()
+        self._subnets = SubnetPool(
+            str(getattr(settings, "docker_subnet_pool", DEFAULT_SUBNET_POOL)),
+            int(getattr(settings, "docker_subnet_size", DEFAULT_SUBNET_SIZE)),
+        )
+        self._exhausted: str | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -272,16 +282,7 @@ class DockerProvider:
         with self._network_lock:
             if existing := self._networks(api, tenant_id):
                 return existing[0]
-            try:
-                api.create_network(
-                    network_name(tenant_id),
-                    driver="bridge",
-                    check_duplicate=True,
-                    labels=object_labels(cluster=self._cluster, purpose="network", tenant_id=tenant_id),
-                )
-            except APIError as exc:
-                if not is_conflict(exc):
-                    raise
+            self._create_tenant_network(api, tenant_id)
         oldest, *extras = self._networks(api, tenant_id) or [""]
         if not oldest:
             raise ProviderError(f"network {network_name(tenant_id)} vanished as it was created")
@@ -291,6 +292,44 @@ class DockerProvider:
             self._remove_network(api, extra)
         return oldest
 
+    def _create_tenant_network(self, api: APIClient, tenant_id: str) -> None:
+        """Create the tenant's network on a free block of the subnet pool; a block another
+        installation took since the engine's networks were listed is skipped for the next one."""
+        for subnet in self._subnets.free(network_subnets(api.networks()), start_key=tenant_id):
+            try:
+                api.create_network(
+                    network_name(tenant_id),
+                    driver="bridge",
+                    check_duplicate=True,
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]),
+                    labels=object_labels(cluster=self._cluster, purpose="network", tenant_id=tenant_id),
+                )
+            except APIError as exc:
+                if is_conflict(exc):
+                    return
+                if "overlap" not in explanation(exc).lower():
+                    raise
+                continue
+            self._exhausted = None
+            return
+        self._exhausted = f"subnet pool {self._subnets} is exhausted (all {self._subnets.count} blocks are in use)"
+        raise SubnetPoolExhausted(
+            f"cannot create a network for tenant {tenant_id}: {self._exhausted}; "
+            "an administrator must enlarge CTRLPLANE_DOCKER_SUBNET_POOL or remove tenants' instances",
+            details={"provider": "docker", "subnet_pool": str(self._subnets.network), "size": self._subnets.size},
+        )
+
+    def _admit(self, api: APIClient, tenant_id: str) -> None:
+        if self._networks(api, tenant_id):
+            return
+        if next(self._subnets.free(network_subnets(api.networks()), start_key=tenant_id), None) is None:
+            self._exhausted = f"subnet pool {self._subnets} is exhausted (all {self._subnets.count} blocks are in use)"
+            raise SubnetPoolExhausted(
+                f"no network can be created for a new tenant on Docker: {self._exhausted}; "
+                "an administrator must enlarge CTRLPLANE_DOCKER_SUBNET_POOL or remove tenants' instances",
+                details={"provider": "docker", "subnet_pool": str(self._subnets.network), "size": self._subnets.size},
+            )
+
     def _remove_network(self, api: APIClient, network_id: str) -> None:
         try:
             api.remove_network(network_id)
@@ -299,17 +338,28 @@ class DockerProvider:
             if not (is_not_found(exc) or exc.status_code in (403, 409)):
                 raise
 
-    def _remove_network_if_unused(self, api: APIClient, tenant_id: str) -> None:
+    def _remove_network_if_unused(self, api: APIClient, tenant_id: str) -> bool:
         with self._network_gate.removing(tenant_id):
             if api.containers(all=True, quiet=True, filters=tenant_filter(tenant_id)):
-                return
+                return False
             for network_id in self._networks(api, tenant_id):
                 self._remove_network(api, network_id)
+            return True
 
-    def _sweep_networks(self, api: APIClient) -> None:
-        for network in api.networks(filters=cluster_filter(self._cluster)):
-            if tenant_id := (network.get("Labels") or {}).get(LABEL_TENANT):
-                self._remove_network_if_unused(api, tenant_id)
+    def _sweep_networks(self, api: APIClient) -> list[str]:
+        """Remove this installation's tenant networks that no container of their tenant uses (each
+        re-checked under the tenant's gate); the names of those removed."""
+        networks = api.networks(filters=cluster_filter(self._cluster))
+        if not networks:
+            return []
+        containers = api.containers(all=True, filters=cluster_filter(self._cluster))
+        in_use = {_Container.from_summary(c).tenant_id for c in containers}
+        removed: list[str] = []
+        for network in networks:
+            tenant_id = (network.get("Labels") or {}).get(LABEL_TENANT)
+            if tenant_id and tenant_id not in in_use and self._remove_network_if_unused(api, tenant_id):
+                removed.append(str(network.get("Name")))
+        return removed
 
     def _mark_stopped(self, api: APIClient, instance_id: str, tenant_id: str) -> None:
         labels = object_labels(cluster=self._cluster, purpose="stopped", tenant_id=tenant_id, instance_id=instance_id)
@@ -519,10 +569,22 @@ class DockerProvider:
                 with self._client_lock:
                     self._client = None
                 return ProviderHealth(False, f"Docker engine unreachable: {exc}")
+            if self._exhausted:
+                return ProviderHealth(True, f"Docker engine {version}; {self._exhausted}")
             return ProviderHealth(True, f"Docker engine {version}")
 
         # abandon_on_cancel: a caller's timeout must work even while the engine hangs
         return await anyio.to_thread.run_sync(ping_engine, abandon_on_cancel=True)
+
+    async def admit(self, tenant_id: str) -> None:
+        """Refuse a new instance up front (``SubnetPoolExhausted``, a 503) when its tenant has no
+        network yet and the subnet pool has no free block for one."""
+        await self._run(f"check room for tenant {tenant_id}", lambda api: self._admit(api, tenant_id))
+
+    async def collect_unused(self) -> list[str]:
+        """Remove this installation's tenant networks (``ctrlplane.cluster`` label) that no container
+        uses any longer; another installation's are never touched. The names of those removed."""
+        return await self._run("remove unused tenant networks", self._sweep_networks)
 
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
         """Create (or adopt) the tenant's network and replicas ``0..spec.replicas-1`` of
