@@ -24,6 +24,7 @@ from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
     LogLine,
+    Observation,
     ProviderHealth,
     ReplicaState,
     ReplicaStatus,
@@ -500,8 +501,22 @@ class FakeProvider:
             case _:
                 return ExecResult(exit_code=127, output=f"{command[0]}: not found\n")
 
+    async def observe(self) -> Observation:
+        """Every object and every instance's status in one call, exactly what ``status`` answers."""
+        self._enter("observe", None)
+        return Observation(
+            items=tuple(self._inventory()),
+            workloads={
+                instance_id: self._status(instance_id) for instance_id in self._replicas if self._replicas[instance_id]
+            },
+            exact=True,
+        )
+
     async def inventory(self) -> list[InventoryItem]:
         self._enter("inventory", None)
+        return self._inventory()
+
+    def _inventory(self) -> list[InventoryItem]:
         items = [
             InventoryItem(
                 kind="container",

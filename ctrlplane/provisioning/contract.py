@@ -338,3 +338,39 @@ class CollectingProvider(Protocol):
         """Remove this installation's shared objects nothing uses (never another installation's);
         the names of those removed."""
         ...
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything of this installation a runtime runs, read in one listing (``observe``).
+
+    ``workloads`` holds the status of every instance that has objects (an instance absent from it
+    has none: ``missing``). A listing may lack details an instance's own ``status`` reads (Docker's
+    container list has no OOM flag, error text or timestamps), so ``exact`` says whether these
+    statuses are what ``status`` would answer; when it is False, a caller that acts on one reads
+    that instance's ``status`` first."""
+
+    items: tuple[InventoryItem, ...]
+    workloads: dict[str, WorkloadStatus]
+    exact: bool = False
+
+
+@runtime_checkable
+class ObservingProvider(Protocol):
+    """A runtime that lists every instance's state in one call, so the reconciler's pass costs one
+    listing plus work for the instances that changed, not one ``status`` call per instance."""
+
+    async def observe(self) -> Observation:
+        """This installation's objects and every instance's status, from one listing per kind."""
+        ...
+
+
+@runtime_checkable
+class WatchingProvider(Protocol):
+    """A runtime that reports changes as they happen (Docker's event stream), so the reconciler
+    repairs an instance within a second instead of at its next periodic pass."""
+
+    def changes(self) -> AsyncIterator[str]:
+        """IDs of instances whose objects changed (a replica died, was killed, removed, ...), as
+        the runtime reports them; runs until closed. Raises ``ProviderUnavailable`` when the
+        runtime cannot be reached (the caller retries)."""
+        ...

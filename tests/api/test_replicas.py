@@ -71,7 +71,7 @@ class Replica:
 
     @property
     def reconciler_passes(self) -> int:
-        return sum(1 for method, _ in self.fake.calls if method == "inventory")
+        return sum(1 for method, _ in self.fake.calls if method == "observe")
 
 
 @pytest.fixture
