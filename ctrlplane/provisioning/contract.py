@@ -18,7 +18,7 @@ never imports them. A provider is built by ``factory(settings)`` and must honour
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -369,7 +369,7 @@ class WatchingProvider(Protocol):
     """A runtime that reports changes as they happen (Docker's event stream), so the reconciler
     repairs an instance within a second instead of at its next periodic pass."""
 
-    def changes(self) -> AsyncIterator[str]:
+    def changes(self) -> AsyncGenerator[str, None]:
         """IDs of instances whose objects changed (a replica died, was killed, removed, ...), as
         the runtime reports them; runs until closed. Raises ``ProviderUnavailable`` when the
         runtime cannot be reached (the caller retries)."""

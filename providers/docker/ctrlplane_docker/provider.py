@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -46,6 +46,7 @@ from docker.types import IPAMConfig, IPAMPool, Mount  # type: ignore[import-unty
 from docker.utils import parse_repository_tag  # type: ignore[import-untyped, unused-ignore]
 
 from ctrlplane.provisioning.contract import (
+    LABEL_CLUSTER,
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -54,7 +55,9 @@ from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
     LogLine,
+    Observation,
     ProviderHealth,
+    ReplicaStatus,
     ReplicaUsage,
     Resources,
     Strategy,
@@ -81,7 +84,13 @@ from ctrlplane_docker.naming import (
     stopped_marker_name,
     tenant_filter,
 )
-from ctrlplane_docker.observe import inventory_ids, label_int, replica_status, workload_status
+from ctrlplane_docker.observe import (
+    inventory_ids,
+    label_int,
+    listed_replica_status,
+    replica_status,
+    workload_status,
+)
 from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
 from ctrlplane_docker.subnets import SubnetPool, SubnetPoolExhausted, network_subnets
@@ -95,6 +104,8 @@ ADOPT_POLL_SECONDS = 0.05
 MIB = 1024 * 1024
 MAX_PARALLEL = 8
 LIVE_STATES = frozenset({"running", "restarting", "paused"})
+WATCHED_EVENTS = ("die", "oom", "destroy", "start")
+"""Container events that may change what the reconciler should do about an instance."""
 DEFAULT_SUBNET_POOL = "10.224.0.0/12"
 DEFAULT_SUBNET_SIZE = 24
 
@@ -907,44 +918,102 @@ class DockerProvider:
 
         return await self._run(f"run a command in instance {instance_id}", run)
 
+    def _inventory(
+        self, api: APIClient
+    ) -> tuple[list[InventoryItem], list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """This cluster's objects as items, with the container and volume summaries they came from."""
+        containers = list(api.containers(all=True, filters=cluster_filter(self._cluster)))
+        volumes = list(api.volumes(filters=cluster_filter(self._cluster)).get("Volumes") or [])
+        networks = list(api.networks(filters=cluster_filter(self._cluster)))
+        items: list[InventoryItem] = []
+        for summary in containers:
+            container = _Container.from_summary(summary)
+            instance_id, tenant_id, generation, replica = inventory_ids(container.labels)
+            items.append(
+                InventoryItem(
+                    kind="container",
+                    name=container.name,
+                    instance_id=instance_id,
+                    tenant_id=tenant_id,
+                    generation=generation,
+                    replica=replica,
+                    state=container.state,
+                )
+            )
+        for kind, found in [*(("network", n) for n in networks), *(("volume", v) for v in volumes)]:
+            instance_id, tenant_id, generation, replica = inventory_ids(found.get("Labels") or {})
+            items.append(
+                InventoryItem(
+                    kind=kind,
+                    name=str(found["Name"]),
+                    instance_id=instance_id,
+                    tenant_id=tenant_id,
+                    generation=generation,
+                    replica=replica,
+                )
+            )
+        return sorted(items, key=lambda item: (item.kind, item.name)), containers, volumes
+
     async def inventory(self) -> list[InventoryItem]:
         """Every container, network and volume of this cluster (``ctrlplane.managed=true`` and
         ``ctrlplane.cluster=CTRLPLANE_CLUSTER_NAME``; kinds
         ``container``, ``network``, ``volume``), sorted by kind and name."""
+        return await self._run("list ctrlplane's objects", lambda api: self._inventory(api)[0])
 
-        def inventory(api: APIClient) -> list[InventoryItem]:
-            items: list[InventoryItem] = []
-            for summary in api.containers(all=True, filters=cluster_filter(self._cluster)):
+    async def observe(self) -> Observation:
+        """``inventory`` and every instance's status from the same three listings (containers,
+        volumes, networks of this cluster), with no inspect: the container list has no OOM flag,
+        error text or timestamps, so the statuses are not ``exact`` (a failed replica's message
+        may lack its cause until ``status`` reads it)."""
+
+        def observe(api: APIClient) -> Observation:
+            items, containers, volumes = self._inventory(api)
+            stopped = {
+                labels.get(LABEL_INSTANCE)
+                for volume in volumes
+                if (labels := volume.get("Labels") or {}).get(LABEL_PURPOSE) == "stopped"
+            }
+            replicas: dict[str, list[ReplicaStatus]] = {}
+            for summary in containers:
                 container = _Container.from_summary(summary)
-                instance_id, tenant_id, generation, replica = inventory_ids(container.labels)
-                items.append(
-                    InventoryItem(
-                        kind="container",
-                        name=container.name,
-                        instance_id=instance_id,
-                        tenant_id=tenant_id,
-                        generation=generation,
-                        replica=replica,
-                        state=container.state,
-                    )
-                )
-            networks = [("network", n) for n in api.networks(filters=cluster_filter(self._cluster))]
-            volumes = [("volume", v) for v in api.volumes(filters=cluster_filter(self._cluster)).get("Volumes") or []]
-            for kind, found in [*networks, *volumes]:
-                instance_id, tenant_id, generation, replica = inventory_ids(found.get("Labels") or {})
-                items.append(
-                    InventoryItem(
-                        kind=kind,
-                        name=str(found["Name"]),
-                        instance_id=instance_id,
-                        tenant_id=tenant_id,
-                        generation=generation,
-                        replica=replica,
-                    )
-                )
-            return sorted(items, key=lambda item: (item.kind, item.name))
+                instance_id = container.labels.get(LABEL_INSTANCE)
+                if instance_id and container.is_replica:
+                    replicas.setdefault(instance_id, []).append(listed_replica_status(summary, self._host_address))
+            workloads = {
+                instance_id: workload_status(instance_id, found, stopped_by_ctrlplane=instance_id in stopped)
+                for instance_id, found in replicas.items()
+            }
+            return Observation(items=tuple(items), workloads=workloads, exact=False)
 
-        return await self._run("list ctrlplane's objects", inventory)
+        return await self._run("list ctrlplane's objects", observe)
+
+    def changes(self) -> AsyncGenerator[str, None]:
+        """IDs of this cluster's instances as the engine's event stream reports their containers
+        dying, being OOM-killed, started or removed; until closed."""
+        return self._changes()
+
+    async def _changes(self) -> AsyncGenerator[str, None]:
+        filters = {
+            "type": ["container"],
+            "event": list(WATCHED_EVENTS),
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_CLUSTER}={self._cluster}"],
+        }
+        stream = await self._run("watch the engine's events", lambda api: api.events(decode=True, filters=filters))
+
+        def next_event() -> Mapping[str, Any] | None:
+            with engine_errors("watch the engine's events"):
+                return cast("Mapping[str, Any] | None", next(stream, None))
+
+        try:
+            while True:
+                event = await anyio.to_thread.run_sync(next_event, abandon_on_cancel=True)
+                if event is None:
+                    return
+                attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                if instance_id := attributes.get(LABEL_INSTANCE):
+                    yield str(instance_id)
+        finally:
+            stream.close()
 
     async def close(self) -> None:
         """Close the engine client (its connection pool); a later call opens a new one."""
