@@ -320,3 +320,15 @@ async def test_every_template_and_environment_change_is_audited(api: Api) -> Non
         assert any(s[:3] == (resource, action, resource_id) and s[3] == "success" for s in seen), (resource, action)
     creates = [e for e in entries if e["resource"] == "environment" and e["action"] == "create"]
     assert sorted(e["details"]["outcome"] for e in creates) == ["created", "existing"]
+
+
+async def test_deleting_the_instance_ends_its_environment_and_frees_the_key(live: Api) -> None:
+    _, token = await tenant(live)
+    await template(live, token)
+    environment = await up(live, token, key="pr-1")
+    deleted = await live.client.delete(f"/v1/instances/{environment['instance_id']}", headers=token)
+    assert deleted.status_code == 202
+    ended = await wait_env(live, environment["id"], token, lambda e: e["state"] == "terminated")
+    assert ended["termination_reason"] == "instance_deleted"
+    again = await up(live, token, key="pr-1")
+    assert again["id"] != environment["id"]
