@@ -11,9 +11,11 @@
 3. **scale** — latency at 1,000 vs 100,000 instances on PostgreSQL (tests/bench_api.py).
 4. **reconcile** — reconciler passes over 10,000 instances (unchanged; 1% drifted): time and peak memory
    (tests/bench_reconcile.py).
-5. **router** — requests per second through Caddy with and without the access-log reporting, and
+5. **environments** — a get-or-create claiming from a warm pool against a cold create, to the
+   first answer through a real Caddy (tests/bench_environments.py).
+6. **router** — requests per second through Caddy with and without the access-log reporting, and
    wake-on-request to first answer against ``docker start`` (tests/bench_router.py).
-6. **webhooks** — signed deliveries per second to a local receiver (tests/bench_webhooks.py).
+7. **webhooks** — signed deliveries per second to a local receiver (tests/bench_webhooks.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
@@ -226,7 +228,7 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "scale", "reconcile", "router", "webhooks")
+SECTIONS = ("docker", "http", "scale", "reconcile", "environments", "router", "webhooks")
 """``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
@@ -295,6 +297,15 @@ def _table(results: dict[str, Any]) -> str:
     if "create" in results:
         rows.append(("create -> first answer vs docker run", f"{results['create']['ratio']:.2f}x", "", ""))
         rows.append(("rolling deploy vs its replicas' starts", f"{results['deploy']['ratio']:.2f}x", "", ""))
+    for name, label in (
+        ("pool_claim_answer", "environment: pool claim, answer"),
+        ("pool_claim_first_answer", "environment: pool claim -> first 200 via router"),
+        ("cold_create_answer", "environment: cold create, answer"),
+        ("cold_create_first_answer", "environment: cold create -> first 200 via router"),
+    ):
+        if name in results.get("environments", {}):
+            figures = results["environments"][name]
+            rows.append((label, "", f"{figures['p50_ms']:.1f}", f"{figures['p99_ms']:.1f}"))
     if "router" in results:
         router = results["router"]
         for upstream in ("busybox", "static"):
@@ -352,6 +363,10 @@ def main() -> int:
         from tests import bench_reconcile
 
         runs.append(("reconcile", lambda: {"reconcile": bench_reconcile.run()}))
+    if "environments" in only:
+        from tests import bench_environments
+
+        runs.append(("environments", lambda: {"environments": bench_environments.run()}))
     if "router" in only:
         from tests import bench_router
 

@@ -174,10 +174,19 @@ class Background:
                 sink = AccessSink(
                     settings.router_access_log_listen, book, services.db, settings.router_report_flush_seconds
                 )
-                await sink.start()
+                try:
+                    await sink.start()
+                except OSError as exc:
+                    # the router still serves; only this server's reporting is off
+                    log.error("access_log_sink_unavailable", listen=settings.router_access_log_listen, error=str(exc))
+                    sink = None
             if settings.router_wake_listen != "none":
                 wake = WakeServer(settings, services.db, services.work, router.wake_secret, services.idle_handlers)
-                await wake.start()
+                try:
+                    await wake.start()
+                except OSError as exc:
+                    log.error("wake_listener_unavailable", listen=settings.router_wake_listen, error=str(exc))
+                    wake = None
             router.listening(
                 access_log_address=sink.address if sink else None, wake_address=wake.address if wake else None
             )
