@@ -36,6 +36,7 @@ import ast
 import inspect
 import json
 import os
+import re
 import textwrap
 from collections.abc import Iterator
 from functools import cache
@@ -66,6 +67,11 @@ _NAMES = {
 
 
 _SQL_WORDS = ("pg_", "sqlite_", "PRAGMA", "FOR UPDATE", "SKIP LOCKED", "ON CONFLICT", "RETURNING", "LISTEN", "NOTIFY")
+# Whole words only (any case), so a setting such as ``router_access_log_listen`` is not SQL.
+_SQL_PATTERNS = tuple(
+    (word, re.compile(r"\b" + re.escape(word) + (r"\b" if word[-1].isalpha() else ""), re.IGNORECASE))
+    for word in _SQL_WORDS
+)
 
 
 def _referenced(node: ast.AST) -> Iterator[tuple[str, str]]:
@@ -73,7 +79,7 @@ def _referenced(node: ast.AST) -> Iterator[tuple[str, str]]:
     for child in ast.walk(node):
         if isinstance(child, ast.Constant) and isinstance(child.value, str):
             upper = child.value.upper()
-            yield from ((word, "sql") for word in _SQL_WORDS if word.upper() in upper)
+            yield from ((word, "sql") for word, pattern in _SQL_PATTERNS if pattern.search(child.value))
             if "ADVISORY" in upper:
                 yield "advisory", "sql"
         elif isinstance(child, ast.Name):

@@ -33,10 +33,9 @@ def test_the_rule_finds_concurrency_dialect_branches_claims_migrations_and_diale
     assert _reasons_of("async def test_it(db):\n    if db.dialect == 'sqlite':\n        pass\n") == ["dialect"]
     assert _reasons_of("async def test_it(db):\n    await idempotency.claim(db)\n") == ["claim"]
     assert _reasons_of("async def test_it(db):\n    await migrate(db)\n") == ["migrate"]
-    assert _reasons_of("async def test_it(db):\n    await s.execute(text('SELECT pg_notify(1)'))\n") == [
-        "NOTIFY",
-        "pg_",
-    ]
+    assert _reasons_of("async def test_it(db):\n    await s.execute(text('SELECT pg_notify(1)'))\n") == ["pg_"]
+    assert _reasons_of("async def test_it(db):\n    await s.execute(text('LISTEN rows'))\n") == ["LISTEN"]
+    assert _reasons_of("async def test_it(db):\n    use({'router_access_log_listen': 'taken'})\n") == []
     assert _reasons_of("async def test_it(db):\n    relay = NotifyRelay(dsn)\n") == ["NotifyRelay"]
 
 
