@@ -5,7 +5,8 @@
 
 ``UnitOfWork`` runs after routing for every ``/v1`` route, in this order:
 
-1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``);
+1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``; 400 past ``inputs.MAX_JSON_DEPTH`` levels
+   of nesting, for the OTLP receiver too; every request's headers are checked by ``RequestContextASGI``: 431);
 2. authenticates the bearer token (401), loads the caller's tenant (a vanished tenant is 401;
    a suspended one gets 403 on every mutating call) and checks the route's required role (403);
    then takes the caller's rate-limit tokens (429 with ``Retry-After`` when out; ``RateLimit-*``
@@ -62,6 +63,7 @@ from ctrlplane.errors import (
     CtrlplaneError,
     ErrorBody,
     Forbidden,
+    HeaderTooLarge,
     InvalidInput,
     PayloadTooLarge,
     RateLimited,
@@ -71,6 +73,7 @@ from ctrlplane.errors import (
 )
 from ctrlplane.idempotency import service as idempotency
 from ctrlplane.ids import new_id
+from ctrlplane.inputs import check_headers, check_json_depth
 from ctrlplane.ratelimit.service import BucketState
 
 log = structlog.get_logger("ctrlplane.http")
@@ -190,6 +193,11 @@ class RequestContextASGI:
             await send(message)
 
         try:
+            try:
+                check_headers(scope.get("headers", ()))
+            except HeaderTooLarge as exc:
+                await _Captured.of_error(scope, exc).flush(send_with_headers)
+                return
             await self.app(scope, receive, send_with_headers)
         finally:
             principal: Principal | None = scope.get(PRINCIPAL_KEY)  # type: ignore[assignment]
@@ -264,7 +272,13 @@ class UnitOfWork(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         if scope["route_handler"].opt.get("own_auth"):  # its guard authenticates and rate-limits
-            await next_app(scope, receive, _with_rate_limit_headers(scope, send))
+            try:
+                body = await _read_body(receive, self.services.settings.max_body_bytes)
+                check_json_depth(body)
+            except CtrlplaneError as exc:
+                await _Captured.of_error(scope, exc).flush(send)
+                return
+            await next_app(scope, _replay(body), _with_rate_limit_headers(scope, send))
             return
         http_scope = cast("HTTPScope", scope)
         send = _with_rate_limit_headers(scope, send)
@@ -414,6 +428,7 @@ class UnitOfWork(ASGIMiddleware):
         try:
             body = await _read_body(receive, services.settings.max_body_bytes)
             self._reject_nul(scope, body)
+            check_json_depth(body)
             principal = await self._admitted(scope, mutating=True)
             claim = await self._claim(scope, principal, body)
             if claim is not None and claim.replay is not None:

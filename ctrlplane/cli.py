@@ -146,6 +146,7 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     from ctrlplane.app import create_app
     from ctrlplane.logs import configure_logging
     from ctrlplane.provisioning.registry import ProviderLoadError
+    from ctrlplane.serving import server_config
 
     configure_logging(settings)
     settings = msgspec.structs.replace(
@@ -169,7 +170,7 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     # Bound here, not inside uvicorn.run, so the line below names the real port: with port 0 the
     # kernel picks a free one and whoever started the server (the test harness) reads it from there,
     # with no window in which another process could take a port picked in advance.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    config = server_config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

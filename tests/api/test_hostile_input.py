@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import jwt
+import msgspec
+import pytest
+import uvicorn
 
+from ctrlplane.serving import server_config
+from ctrlplane.settings import Settings
+from tests.api.test_instances import WEB, create, tenant_token
+from tests.api.test_telemetry import otlp_headers
 from tests.conftest import JWT_SECRET, Api, bearer
 
 
@@ -55,3 +65,116 @@ async def test_token_with_absurd_expiry_is_401(api: Api) -> None:
 async def test_short_ttl_token_is_accepted(api: Api) -> None:
     token = api.tokens.admin(ttl=timedelta(seconds=30))
     assert (await api.client.get("/v1/keys/self", headers=bearer(token))).status_code == 200
+
+
+DEEP_BODIES = ("[" * 1000 + "]" * 1000, '{"a":' * 1000 + "1" + "}" * 1000, '{"name": ' + "[" * 65 + "]" * 65 + "}")
+
+
+async def test_deeply_nested_json_is_400_on_every_writing_route(api: Api, settings: Settings) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    targets = [
+        ("POST", "/v1/instances", token),
+        ("PATCH", f"/v1/instances/{instance['id']}", token),
+        ("POST", "/v1/keys", token),
+        ("POST", "/v1/admin/tenants", api.admin_headers),
+        ("POST", "/v1/otlp/v1/traces", otlp_headers(settings, instance["id"])),
+    ]
+    for method, path, headers in targets:
+        for body in DEEP_BODIES:
+            response = await api.client.request(
+                method, path, content=body, headers={**headers, "Content-Type": "application/json"}
+            )
+            assert response.status_code == 400, (path, body[:20], response.text)
+            assert response.json()["code"] == "invalid_input"
+            assert "nests deeper" in response.json()["message"]
+
+
+async def test_brackets_inside_strings_do_not_count_as_nesting(api: Api) -> None:
+    _, token = await tenant_token(api)
+    response = await api.client.post(
+        "/v1/instances", json={**WEB, "env": {"BRACKETS": "[" * 500 + "{" * 500}}, headers=token
+    )
+    assert response.status_code == 201, response.text
+
+
+OUT_OF_RANGE = ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z")
+
+
+async def test_out_of_range_times_are_400_in_every_time_parameter(api: Api) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    reads = [
+        (f"/v1/instances/{instance['id']}/metrics", "since", token),
+        (f"/v1/instances/{instance['id']}/metrics", "until", token),
+        (f"/v1/instances/{instance['id']}/logs", "since", token),
+        ("/v1/admin/audit", "since", api.admin_headers),
+        ("/v1/admin/audit", "until", api.admin_headers),
+    ]
+    for path, name, headers in reads:
+        for moment in OUT_OF_RANGE:
+            response = await api.client.get(path, params={name: moment}, headers=headers)
+            assert response.status_code == 400, (path, name, moment, response.text)
+            assert name in response.json()["message"]
+
+
+async def test_absurd_metric_steps_are_400(api: Api) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    path = f"/v1/instances/{instance['id']}/metrics"
+    for step in ("9" * 30 + "s", "99999999999d", "401d", "0s", "1e5s"):
+        response = await api.client.get(path, params={"step": step}, headers=token)
+        assert response.status_code == 400, (step, response.text)
+    assert (await api.client.get(path, params={"step": "5m"}, headers=token)).status_code == 200
+
+
+async def test_oversized_header_is_a_json_431(api: Api) -> None:
+    _, token = await tenant_token(api)
+    for headers in ({**token, "X-Padding": "a" * 20_000}, {"Authorization": "Bearer " + "a" * 20_000}):
+        response = await api.client.get("/v1/instances", headers=headers)
+        assert response.status_code == 431, response.text
+        assert response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert body["code"] == "header_too_large" and body["request_id"]
+        assert "aaaa" not in response.text
+
+
+@pytest.fixture
+async def served(app: Any) -> AsyncIterator[tuple[str, int]]:
+    """The app behind the same uvicorn configuration ``ctrlplane serve`` uses."""
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield server.servers[0].sockets[0].getsockname()[:2]
+    server.should_exit = True
+    await asyncio.wait_for(task, timeout=15)
+
+
+async def _raw_request(address: tuple[str, int], request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """The answer to ``request`` sent as HTTP/1.0 (no chunked answer to decode); a request left
+    unterminated (no blank line) is a head still arriving, which the server must bound."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_header_block_past_the_server_buffer_is_a_json_431(served: tuple[str, int]) -> None:
+    request = b"GET /v1/instances HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer " + b"a" * 70_000
+    status, headers, body = await _raw_request(served, request)
+    assert status == 431
+    assert headers["content-type"] == "application/json"
+    assert msgspec.json.decode(body)["code"] == "header_too_large"
+
+
+async def test_malformed_request_line_is_a_json_400(served: tuple[str, int]) -> None:
+    status, headers, body = await _raw_request(served, b"GET /v1 /x HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert msgspec.json.decode(body)["code"] == "invalid_input"
