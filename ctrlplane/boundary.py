@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
@@ -54,6 +55,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage,
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane import strict
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
 from ctrlplane.auth.providers import ANONYMOUS, TENANT_STANDING, Principal, TenantStanding
@@ -138,7 +140,7 @@ def as_domain_error(exc: Exception) -> CtrlplaneError:
     if isinstance(exc, CtrlplaneError):
         return exc
     if isinstance(exc, ValidationException):
-        fields = exc.extra if isinstance(exc.extra, list) else None
+        fields = [_plain_field(e) for e in exc.extra] if isinstance(exc.extra, list) else None
         message = (
             "invalid request: "
             + "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in fields or [] if isinstance(e, dict))
@@ -160,6 +162,18 @@ def as_domain_error(exc: Exception) -> CtrlplaneError:
     if isinstance(exc, DBAPIError | OSError | TimeoutError):
         return Unavailable("the database is unavailable; retry shortly")
     return CtrlplaneError("internal error; the request ID identifies it in the server log")
+
+
+def _plain_field(field: Any) -> Any:
+    """A framework validation entry with the body called ``body`` (not ``data``) and patterns in words."""
+    if not isinstance(field, dict):
+        return field
+    shown = dict(field)
+    if shown.get("key") == "data":
+        shown["key"] = "body"
+    if isinstance(shown.get("message"), str):
+        shown["message"] = strict.in_words(shown["message"])
+    return shown
 
 
 class RequestContextASGI:
@@ -398,6 +412,7 @@ class UnitOfWork(ASGIMiddleware):
                     try:
                         self._reject_nul(scope)
                         principal = await self._admit(scope, session, mutating=False)
+                        _check_query(scope)
                     except DBAPIError as exc:
                         if attempt == 1 and exc.connection_invalidated:
                             continue
@@ -430,6 +445,9 @@ class UnitOfWork(ASGIMiddleware):
             self._reject_nul(scope, body)
             check_json_depth(body)
             principal = await self._admitted(scope, mutating=True)
+            body_type = strict.body_type_of(scope["route_handler"])
+            if body_type is not None:
+                strict.check_body(body, body_type)
             claim = await self._claim(scope, principal, body)
             if claim is not None and claim.replay is not None:
                 replayed = _Captured()
@@ -562,6 +580,13 @@ def _with_rate_limit_headers(scope: Scope, send: Send) -> Send:
         await send(message)
 
     return sending
+
+
+def _check_query(scope: HTTPScope) -> None:
+    raw = scope.get("query_string", b"")
+    if raw:
+        names = [name for name, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
+        strict.check_query(scope["route_handler"], names, scope.get("path_params", {}))
 
 
 def _redacted_fields(scope: HTTPScope) -> tuple[str, ...]:

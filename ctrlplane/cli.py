@@ -212,7 +212,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     subject = args.sub or ("admin" if args.admin else "tenant-user")
     try:
         print(issue_token(settings, subject=subject, tenant_id=args.tenant, roles=roles, ttl=ttl))
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -91,10 +91,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = 30
+    jwt_max_ttl_seconds: float = 86400.0
 
     providers: tuple[str, ...] = ("docker",)
     cluster_name: str = "ctrlplane"
     docker_host_address: str = "127.0.0.1"
+    docker_pids_limit: int = 512
     workers: int = 4
     background: bool = True
     reconcile_interval_seconds: float = 10.0
@@ -206,6 +208,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "IDEMPOTENCY_LEASE_SECONDS": "idempotency_lease_seconds",
             "API_KEY_TOUCH_SECONDS": "api_key_touch_seconds",
             "DOCKER_HOST_ADDRESS": "docker_host_address",
+            "DOCKER_PIDS_LIMIT": "docker_pids_limit",
             "CLUSTER_NAME": "cluster_name",
             "WORKERS": "workers",
             "BACKGROUND": "background",
@@ -275,6 +278,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "METRICS_MINUTE_RETENTION": "metrics_minute_retention_seconds",
             "METRICS_RETENTION": "metrics_retention_seconds",
             "TRACE_RETENTION": "trace_retention_seconds",
+            "JWT_MAX_TTL": "jwt_max_ttl_seconds",
         }.items():
             if (raw := get(var)) is not None:
                 values[field] = _duration(var=var, raw=raw)
@@ -316,6 +320,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}CLUSTER_NAME must be a DNS label (lowercase letters, digits, hyphens)")
         if self.workers < 1:
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
+        if self.docker_pids_limit < 16 or self.jwt_max_ttl_seconds <= 0:
+            raise SettingsError(f"{PREFIX}DOCKER_PIDS_LIMIT must be at least 16 and JWT_MAX_TTL positive")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
         if self.health_concurrency < 1 or self.health_results_per_check < 1:

@@ -49,20 +49,47 @@ SUPPORTED_PROTOCOLS = ("http",)
 CHALLENGE_LABEL = "_ctrlplane-challenge"
 _PATH_SEGMENT = r"[A-Za-z0-9._~!$&'()+,;=:@%-]+"
 _PATH = re.compile(rf"^/(?:{_PATH_SEGMENT}(?:/{_PATH_SEGMENT})*)?$")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_FORBIDDEN_ESCAPE = re.compile(r"%(?:2F|5C|00)")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 UNUSABLE = ("destroying", "destroyed")
 
 
 def normalize_path(path: str) -> str:
+    """A route path in one canonical form, or 400. Percent-encoded unreserved characters are decoded
+    (``%7E`` is ``~``, ``%2e`` is ``.``) and other escapes upper-cased, so one path has one spelling
+    when stored and compared; then ``.``/``..`` segments, empty segments (``//``), backslashes and
+    encoded ``/``, ``\\`` or NUL are refused: a proxy or an application that normalizes them
+    differently would route a request somewhere the route's owner never named."""
+    shown = {"path": path[:256]}
     if not path.startswith("/"):
-        raise InvalidInput("path must start with /", details={"path": path})
+        raise InvalidInput("path must start with /", details=shown)
+    if "//" in path or "\\" in path:
+        raise InvalidInput("path must be a plain URL path: no empty segments (//) or backslashes", details=shown)
+    if "%" in path:
+        if _BAD_ESCAPE.search(path):
+            raise InvalidInput(
+                "path has a malformed percent-encoding (% must be followed by two hex digits)", details=shown
+            )
+        path = _ESCAPE.sub(_canonical_escape, path)
+        if _FORBIDDEN_ESCAPE.search(path):
+            raise InvalidInput("path must not contain an encoded /, \\ or NUL (%2F, %5C, %00)", details=shown)
     if len(path) > 1 and path.endswith("/"):
-        path = path.rstrip("/") or "/"
-    if not _PATH.match(path):
+        path = path[:-1]
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidInput("path must not contain . or .. segments (also percent-encoded)", details=shown)
+    if "//" in path or not _PATH.match(path):
         raise InvalidInput(
-            "path must be a plain URL path such as /api (no *, ?, #, spaces or empty segments)", details={"path": path}
+            "path must be a plain URL path such as /api (no *, ?, #, spaces or empty segments)", details=shown
         )
     return path
+
+
+def _canonical_escape(match: re.Match[str]) -> str:
+    character = chr(int(match.group(1), 16))
+    return character if character in _UNRESERVED else "%" + match.group(1).upper()
 
 
 def normalize_hostname(hostname: str, *, reserved_suffix: str) -> str:

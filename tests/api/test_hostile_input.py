@@ -178,3 +178,95 @@ async def test_malformed_request_line_is_a_json_400(served: tuple[str, int]) -> 
     assert status == 400
     assert headers["content-type"] == "application/json"
     assert msgspec.json.decode(body)["code"] == "invalid_input"
+
+
+async def test_strings_for_integers_booleans_or_times_are_400_naming_the_field(api: Api) -> None:
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    cases = [
+        ("POST", "/v1/instances", {**WEB, "name": "two", "replicas": "2"}, "replicas"),
+        ("POST", "/v1/instances", {**WEB, "name": "two", "resources": {"cpu_millis": "500"}}, "resources.cpu_millis"),
+        ("POST", f"/v1/instances/{instance['id']}/scale", {"replicas": "2"}, "replicas"),
+        ("POST", "/v1/keys", {"name": "k", "roles": ["read"], "expires_at": "1e10"}, "expires_at"),
+        ("POST", "/v1/keys", {"name": "k", "roles": ["read"], "expires_at": 10000000000}, "expires_at"),
+        ("PUT", f"/v1/admin/tenants/{tenant_id}/quota", {"max_instances": "5"}, "max_instances"),
+    ]
+    for method, path, body, field in cases:
+        headers = api.admin_headers if "/admin/" in path else token
+        response = await api.client.request(method, path, json=body, headers=headers)
+        assert response.status_code == 400, (path, body, response.text)
+        keys = [f["key"] for f in response.json()["details"]["fields"]]
+        assert field in keys, (path, response.text)
+    listed = (await api.client.get("/v1/instances", headers=token)).json()
+    assert [i["name"] for i in listed["items"]] == [instance["name"]]
+    assert (await api.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()["replicas"] == 1
+
+
+async def test_health_check_enabled_as_a_string_is_400(api: Api) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    response = await api.client.post(
+        f"/v1/instances/{instance['id']}/health/checks",
+        json={"name": "up", "type": "tcp", "target": "80", "enabled": "false"},
+        headers=token,
+    )
+    assert response.status_code == 400, response.text
+    assert "enabled" in [f["key"] for f in response.json()["details"]["fields"]]
+
+
+async def test_every_missing_field_is_listed_with_its_real_path(api: Api) -> None:
+    _, token = await tenant_token(api)
+    response = await api.client.post("/v1/instances", json={"ports": [{}]}, headers=token)
+    assert response.status_code == 400
+    keys = {f["key"] for f in response.json()["details"]["fields"]}
+    assert keys == {"name", "image", "ports[0].container_port"}
+    assert "data" not in response.text
+
+
+async def test_patterns_are_described_in_words(api: Api) -> None:
+    _, token = await tenant_token(api)
+    for body in ({**WEB, "name": "Not A Label"}, {**WEB, "env": {"1BAD": "x"}}, {**WEB, "image": "UPPER CASE"}):
+        response = await api.client.post("/v1/instances", json=body, headers=token)
+        assert response.status_code == 400, response.text
+        assert "regex" not in response.text and "^" not in response.text, response.text
+
+
+async def test_a_body_of_the_wrong_shape_names_the_body(api: Api) -> None:
+    _, token = await tenant_token(api)
+    response = await api.client.post(
+        "/v1/instances", content=b"[1]", headers={**token, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert [f["key"] for f in response.json()["details"]["fields"]] == ["body"]
+
+
+async def test_suspend_and_unsuspend_accept_an_absent_body(api: Api) -> None:
+    tenant = await api.create_tenant("acme")
+    suspended = await api.client.post(f"/v1/admin/tenants/{tenant['id']}/suspend", headers=api.admin_headers)
+    assert suspended.status_code == 200, suspended.text
+    assert suspended.json()["status"] == "suspended"
+    resumed = await api.client.post(f"/v1/admin/tenants/{tenant['id']}/unsuspend", headers=api.admin_headers)
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["status"] == "active"
+    token = bearer(api.tokens.tenant(tenant["id"]))
+    instance = await create(api, token)
+    stopped = await api.client.post(f"/v1/instances/{instance['id']}/suspend", headers=api.admin_headers)
+    assert stopped.status_code == 202, stopped.text
+    assert stopped.json()["suspended_at"] is not None
+
+
+async def test_unknown_query_parameters_on_reads_are_400(api: Api) -> None:
+    tenant_id, token = await tenant_token(api)
+    _other_id, other_token = await tenant_token(api, "other")
+    await create(api, other_token)
+    for path, headers in (
+        (f"/v1/instances?tenant_id={tenant_id}", api.admin_headers),
+        ("/v1/instances?stat=running", token),
+        ("/v1/admin/tenants?plan=pro", api.admin_headers),
+        ("/v1/keys?bogus=1", token),
+    ):
+        response = await api.client.get(path, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["details"]["fields"][0]["source"] == "query"
+    declared = await api.client.get("/v1/instances?state=running&limit=5", headers=token)
+    assert declared.status_code == 200, declared.text

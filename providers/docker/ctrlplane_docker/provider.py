@@ -22,6 +22,8 @@ What an instance is on Docker:
   period), exactly like a crash; the marker is how ``status`` tells "stopped" from "failed" by
   observation alone, with no memory in this process.
 * **Files** are mounted read-only with mode 0400 from a per-generation volume (see ``files``).
+* **Confinement**: no new privileges, capabilities dropped but a documented few, a pids limit,
+  ulimits, Docker's default seccomp profile, never privileged or host resources (see ``isolation``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from ctrlplane_docker.commands import run_command
 from ctrlplane_docker.errors import engine_errors, explanation, is_conflict, is_not_found, unreachable
 from ctrlplane_docker.files import load_files
 from ctrlplane_docker.gate import NetworkGate
+from ctrlplane_docker.isolation import DEFAULT_PIDS_LIMIT, hardened
 from ctrlplane_docker.naming import (
     LABEL_PURPOSE,
     cluster_filter,
@@ -163,6 +166,7 @@ class DockerProvider:
         self._settings = settings
         self._cluster = settings.cluster_name
         self._host_address = str(getattr(settings, "docker_host_address", "127.0.0.1"))
+        self._pids_limit = int(getattr(settings, "docker_pids_limit", DEFAULT_PIDS_LIMIT))
         self._base_url = base_url
         self._stop_timeout = stop_timeout
         self._client: DockerClient | None = None
@@ -363,6 +367,7 @@ class DockerProvider:
             network_mode=network_id,
             init=True,
             mounts=mounts or None,
+            **hardened(pids_limit=self._pids_limit),
         )
         deadline = time.monotonic() + ADOPT_WAIT_SECONDS
         while True:
