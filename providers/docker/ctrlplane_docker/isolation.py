@@ -11,8 +11,9 @@
 * **Seccomp**: Docker's default profile stays on (no ``seccomp=unconfined`` is ever passed).
 * **Pids limit** (``CTRLPLANE_DOCKER_PIDS_LIMIT``, default 512): a fork bomb exhausts its own
   container's limit, not the host's process table.
-* **Ulimits**: open files 16 384 (soft and hard: below the hard limit of any engine seen, far above what one replica needs), no core dumps (a core holds the process's
-  secrets and fills the disk).
+* **Ulimits**: open files 16 384 (soft and hard: under the hard limit of any engine seen, far
+  above what one replica needs), no core dumps (a core holds the process's secrets and fills the
+  disk).
 * **Never from a spec**: privileged mode, host mounts (only ctrlplane's own named volumes are
   mounted), the host's network, PID or IPC namespace, devices, or the Docker socket. A spec has
   no field that could ask for them, and ``hardened`` sets the safe value of each explicitly.
