@@ -282,8 +282,10 @@ class KubernetesProvider:
             self.core.create_namespace,
             self.core.patch_namespace,
             None,
-            manifests.namespace(self.cluster, spec.tenant_id),
-            lambda existing: {"metadata": {"labels": naming.tenant_labels(self.cluster, spec.tenant_id)}},
+            manifests.namespace(self.cluster, spec.tenant_id, self.kube),
+            lambda existing: {
+                "metadata": {"labels": manifests.namespace_labels(self.cluster, spec.tenant_id, self.kube)}
+            },
         )
         self._create_or_patch(
             self.networking.create_namespaced_network_policy,
