@@ -16,6 +16,7 @@ from ctrlplane.ids import TenantId
 from ctrlplane.network.router import Router
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
+from ctrlplane.registries import RegistryPolicy
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
@@ -43,9 +44,13 @@ class AppServices:
     replica: str = field(default_factory=default_replica_name)
     rate_limiter: RateLimiter | None = None
     router: Router = field(init=False)
+    registries: RegistryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
         self.router = Router(self.settings, self.db)
+        self.registries = RegistryPolicy(
+            allowed_cidrs=self.settings.outbound_allow_cidrs, allowed_registries=self.settings.registry_allow
+        )
 
 
 @dataclass

@@ -149,6 +149,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     (``rowcache.py``; every change invalidates them sooner); 0 turns the cache off."""
 
     outbound_allow_cidrs: tuple[str, ...] = ()
+    registry_allow: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
     idempotency_lease_seconds: int = 300
@@ -267,6 +268,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["jwt_algorithms"] = tuple(a.strip() for a in raw.split(",") if a.strip())
         if (raw := get("OUTBOUND_ALLOW_CIDRS")) is not None:
             values["outbound_allow_cidrs"] = tuple(c.strip() for c in raw.split(",") if c.strip())
+        if (raw := get("REGISTRY_ALLOW")) is not None:
+            values["registry_allow"] = tuple(r.strip() for r in raw.split(",") if r.strip())
         if (raw := get("PROVIDERS")) is not None:
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
         if (raw := get("IDEMPOTENCY_TTL")) is not None:

@@ -184,6 +184,7 @@ class InstanceService:
         if await self.repo.name_taken(tenant_id, data.name):
             raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
         _unique_ports(data.ports)
+        await self.context.services.registries.admit(data.image)
         now = utc_now()
         instance = Instance(
             id=new_id("inst"),

@@ -21,7 +21,7 @@ from ctrlplane_docker.logs import THREAD_PREFIX
 from docker import DockerClient
 
 from ctrlplane.provisioning.contract import PortSpec, Provider, Resources, SecretFile
-from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable
+from ctrlplane.provisioning.errors import PULL_FAILURES, ImageNotFound, ProviderError, ProviderUnavailable
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SESSION, AppImage, ProviderConformance, Workloads, eventually, new_id
 from tests.providers.docker_engine import (
@@ -301,15 +301,18 @@ class TestDockerProvider(ProviderConformance):
         with anyio.fail_after(5), pytest.raises(ProviderError, match="did not finish within"):
             await provider.exec(spec.instance_id, ["sleep", "30"], timeout=0.5)
 
-    async def test_a_failed_pull_is_image_not_found_naming_the_image_and_the_error(
+    async def test_a_failed_pull_is_image_not_found_with_a_classified_message_not_the_engines_text(
         self, provider: Provider, workloads: Workloads
     ) -> None:
         # A registry on a closed loopback port: the pull fails at once and sends nothing off this host.
+        # The engine's own text ("dial tcp ... connection refused") would tell a port's state.
         image = f"127.0.0.1:9/ctrlplane-test/{new_id('absent')}:1"
         spec = workloads.spec(image=image, pull_policy="IfNotPresent")
         with pytest.raises(ImageNotFound) as raised:
             await provider.provision(spec)
-        assert image in raised.value.message and "pulling it failed" in raised.value.message
+        assert raised.value.message == f"image {image!r} could not be pulled: {PULL_FAILURES['unreachable']}"
+        assert raised.value.details == {"image": image, "reason": "unreachable"}
+        assert "refused" not in raised.value.message and "dial" not in raised.value.message
 
     async def test_start_reattaches_a_replica_whose_tenant_network_was_removed(
         self, provider: Provider, workloads: Workloads

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 import docker  # type: ignore[import-untyped, unused-ignore]
+import structlog
 from docker import APIClient, DockerClient  # type: ignore[import-untyped, unused-ignore]
 from docker.errors import APIError, DockerException  # type: ignore[import-untyped, unused-ignore]
 from docker.types import Mount  # type: ignore[import-untyped, unused-ignore]
@@ -62,7 +63,7 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
-from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, WorkloadNotFound
+from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, WorkloadNotFound, pull_failed
 from ctrlplane.settings import Settings
 from ctrlplane_docker import logs as container_logs
 from ctrlplane_docker.commands import run_command
@@ -86,6 +87,7 @@ from ctrlplane_docker.observe import inventory_ids, label_int, replica_status, w
 from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
 
+log = structlog.get_logger("ctrlplane.docker")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -256,10 +258,8 @@ class DockerProvider:
                     raise ProviderError(str(event["error"]))
         except (APIError, ProviderError) as exc:
             reason = explanation(exc) if isinstance(exc, APIError) else exc.message
-            raise ImageNotFound(
-                f"image {image!r} is not on the Docker engine and pulling it failed: {reason}",
-                details={"image": image, "pull_policy": spec.pull_policy},
-            ) from exc
+            log.warning("image_pull_failed", image=image, instance=spec.instance_id, engine=reason)
+            raise pull_failed(image, reason) from exc
 
     def _networks(self, api: APIClient, tenant_id: str) -> list[str]:
         """IDs of the tenant's networks, oldest first. Docker tolerates two networks of one name (two

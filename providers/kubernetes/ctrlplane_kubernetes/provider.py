@@ -61,7 +61,12 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
-from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable, WorkloadNotFound
+from ctrlplane.provisioning.errors import (
+    ProviderError,
+    ProviderUnavailable,
+    WorkloadNotFound,
+    pull_failed,
+)
 from ctrlplane.settings import Settings
 from ctrlplane_kubernetes import manifests, naming, observe
 from ctrlplane_kubernetes.errors import UsageUnavailable, api_errors
@@ -273,7 +278,7 @@ class KubernetesProvider:
         )
         if image_failure:
             await self.remove_generation(spec.instance_id, spec.generation)
-            raise ImageNotFound(f"image {spec.image!r} could not be pulled: {image_failure}")
+            raise pull_failed(spec.image, image_failure)
         return status
 
     def _ensure_tenant(self, spec: WorkloadSpec) -> str:
