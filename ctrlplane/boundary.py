@@ -500,7 +500,11 @@ class UnitOfWork(ASGIMiddleware):
                 await session.rollback()
                 await self._settle_failure(scope, principal, context.audit, captured, claim)
                 return captured
-            await append_audit(session, self._record(scope, principal, context.audit, captured.status, None))
+            await append_audit(
+                session,
+                self._record(scope, principal, context.audit, captured.status, None),
+                keys=self.services.audit_keys,
+            )
             if claim is not None:
                 await idempotency.complete(session, claim.record_id, _stored(captured, _redacted_fields(scope)))
             await session.commit()
@@ -519,7 +523,9 @@ class UnitOfWork(ASGIMiddleware):
     ) -> None:
         try:
             async with self.services.db.write() as session, session.begin():
-                await append_audit(session, self._record(scope, principal, draft, captured.status, None))
+                await append_audit(
+                    session, self._record(scope, principal, draft, captured.status, None), keys=self.services.audit_keys
+                )
                 if claim is not None and captured.status < 500:
                     await idempotency.complete(session, claim.record_id, _stored(captured))
             if claim is not None and captured.status >= 500:
@@ -531,7 +537,9 @@ class UnitOfWork(ASGIMiddleware):
         self, scope: HTTPScope, principal: Principal, draft: AuditDraft, status: int, *, outcome: str
     ) -> None:
         async with self.services.db.write() as session, session.begin():
-            await append_audit(session, self._record(scope, principal, draft, status, outcome))
+            await append_audit(
+                session, self._record(scope, principal, draft, status, outcome), keys=self.services.audit_keys
+            )
 
     def _record(
         self, scope: HTTPScope, principal: Principal, draft: AuditDraft, status: int, outcome: str | None

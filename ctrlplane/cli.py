@@ -93,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
+    verify = audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
+    verify.add_argument(
+        "--allow-unkeyed-prefix",
+        action="store_true",
+        help="accept unkeyed entries at the start of a chain (written before the chain was keyed)",
+    )
 
     secrets_cmd = commands.add_parser("secrets", help="the secrets master key ring")
     secrets_commands = secrets_cmd.add_subparsers(dest="secrets_command", required=True)
@@ -123,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(settings, args)
     if args.command == "secrets":
         return _secrets(settings, args)
-    return asyncio.run(_audit_verify(settings))
+    return asyncio.run(_audit_verify(settings, allow_unkeyed_prefix=args.allow_unkeyed_prefix))
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -255,14 +260,20 @@ async def _rotate_master(settings: Settings, ring: MasterKeyRing) -> RotationRep
         await database.dispose()
 
 
-async def _audit_verify(settings: Settings) -> int:
-    from ctrlplane.audit.service import verify
+async def _audit_verify(settings: Settings, *, allow_unkeyed_prefix: bool) -> int:
+    from ctrlplane.audit.service import AuditKeys, verify
     from ctrlplane.db import connect
+    from ctrlplane.secrets.crypto import RING_FILE, MasterKeyRing
 
+    keys: AuditKeys | None = None
+    if settings.secrets_master_keys is not None or (settings.data_path / RING_FILE).exists():
+        keys = AuditKeys(MasterKeyRing.from_settings(settings)[0].keys)
+    else:
+        print("no secrets master key ring here: only unkeyed entries can be checked", file=sys.stderr)
     database = connect(settings.resolved_database_url)
     try:
         async with database.read() as session:
-            report = await verify(session)
+            report = await verify(session, keys, allow_unkeyed_prefix=allow_unkeyed_prefix)
     finally:
         await database.dispose()
     if report.broken is None:

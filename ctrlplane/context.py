@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.audit.service import AuditKeys
 from ctrlplane.auth.providers import Authenticator, Principal
 from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
@@ -45,9 +46,11 @@ class AppServices:
     rate_limiter: RateLimiter | None = None
     router: Router = field(init=False)
     registries: RegistryPolicy = field(init=False)
+    audit_keys: AuditKeys = field(init=False)
 
     def __post_init__(self) -> None:
         self.router = Router(self.settings, self.db)
+        self.audit_keys = AuditKeys(self.vault.ring.keys)
         self.registries = RegistryPolicy(
             allowed_cidrs=self.settings.outbound_allow_cidrs, allowed_registries=self.settings.registry_allow
         )

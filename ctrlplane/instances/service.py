@@ -112,6 +112,9 @@ class InstanceService:
         """The instance, locked after its tenant: every path that locks both takes the tenant first
         (quota checks, tenant suspension), so two of them can never deadlock."""
         instance = await self.repo.get(instance_id)
+        # From here on the request is about this tenant's instance: refused or not, its audit
+        # entry goes to the tenant's chain (a system admin's too, whose token names no tenant).
+        self.context.audit.tenant_id, self.context.audit.resource_id = instance.tenant_id, instance.id
         await TenantRepository(self.session).get(instance.tenant_id, for_update=True)
         instance = await self.repo.get(instance_id, for_update=True)
         require_version(self.if_match, resource="instance", resource_id=instance.id, version=instance.version)
