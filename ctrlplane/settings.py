@@ -121,6 +121,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     router: str = "caddy"
     router_admin_address: str = "localhost:2019"
     router_base_domain: str = "localhost"
+    domain_claim_ttl_seconds: float = 7 * 86400.0
     router_http_listen: str = ":80"
     router_https_listen: str = ":443"
     router_sync_interval_seconds: float = 5.0
@@ -282,6 +283,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "METRICS_RETENTION": "metrics_retention_seconds",
             "TRACE_RETENTION": "trace_retention_seconds",
             "JWT_MAX_TTL": "jwt_max_ttl_seconds",
+            "DOMAIN_CLAIM_TTL": "domain_claim_ttl_seconds",
         }.items():
             if (raw := get(var)) is not None:
                 values[field] = _duration(var=var, raw=raw)

@@ -232,6 +232,8 @@ class JWTProvider:
             jwks = self._jwks
             try:
                 signing_key = await anyio.to_thread.run_sync(jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWKClientConnectionError as exc:  # the server's own words about its JWKS URL
+                raise Unauthenticated(f"no JWKS key for this token: {exc}") from exc
             except jwt.PyJWKClientError as exc:  # its message repeats the token's kid: attacker input
                 raise Unauthenticated("no JWKS key matches this token") from exc
             return signing_key.key

@@ -51,10 +51,19 @@ class InstanceController(Controller):
         label: LabelFilter = None,
         provider: FromQuery[str | None] = None,
         name: FromQuery[str | None] = None,
+        tenant_id: Annotated[
+            str | None, QueryParameter(description="System admins: only this tenant's instances")
+        ] = None,
     ) -> Page[schemas.Instance]:
         """List instances, newest first; destroyed ones only when asked for by state."""
         return await InstanceService(context).list(
-            state=state_filter, labels=_labels(label), provider=provider, name=name, cursor=cursor, limit=limit
+            state=state_filter,
+            labels=_labels(label),
+            provider=provider,
+            name=name,
+            tenant_id=tenant_id,
+            cursor=cursor,
+            limit=limit,
         )
 
     @get(

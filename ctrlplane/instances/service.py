@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from ctrlplane.context import RequestContext
 from ctrlplane.deployments.models import Deployment
-from ctrlplane.errors import Conflict, InvalidInput, InvalidState, QuotaExceeded
+from ctrlplane.errors import Conflict, Forbidden, InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances import schemas
@@ -231,8 +231,16 @@ class InstanceService:
         name: str | None,
         cursor: str | None,
         limit: int,
+        tenant_id: str | None = None,
     ) -> Page[schemas.Instance]:
+        """The caller's instances; ``tenant_id`` narrows a system admin's list to one tenant (for a
+        tenant's own token it must name that tenant: 403 otherwise, as for API keys)."""
+        own = self.context.principal.tenant_id
+        if tenant_id is not None and own is not None and tenant_id != own:
+            raise Forbidden("tenant_id differs from the tenant of your token")
         statement = self.repo.listing(state=state, labels=labels, provider=provider, name=name, include_destroyed=False)
+        if tenant_id is not None:
+            statement = statement.where(Instance.tenant_id == tenant_id)
         return await paginate(self.session, statement, Instance.id, cursor=cursor, limit=limit, convert=to_schema)
 
     async def get(self, instance_id: str) -> schemas.Instance:

@@ -281,8 +281,19 @@ class DomainService(_NetworkService):
         if holder is not None:
             domain, instance_state = holder
             if instance_state != "destroyed":
-                raise ConflictError(f"hostname {hostname} is already claimed", details={"hostname": hostname})
+                raise ConflictError(
+                    f"hostname {hostname} is already verified by a claim", details={"hostname": hostname}
+                )
             await self.session.delete(domain)
+            await self.session.flush()
+        own = await self.repo.own_claim(instance.tenant_id, hostname)
+        if own is not None:
+            if own.status == "pending" and not self._expired(own):
+                raise ConflictError(
+                    f"your tenant already claims {hostname} (domain {own.id})",
+                    details={"hostname": hostname, "domain_id": own.id},
+                )
+            await self.session.delete(own)  # an expired or superseded claim is replaced by a new one
             await self.session.flush()
         now = utc_now()
         domain = Domain(
@@ -320,14 +331,34 @@ class DomainService(_NetworkService):
     def _require_version(self, domain: Domain) -> None:
         require_version(self.if_match, resource="domain", resource_id=domain.id, version=domain.version)
 
+    def _expired(self, domain: Domain) -> bool:
+        age = utc_now() - domain.created_at
+        return domain.status == "pending" and age.total_seconds() > self.settings.domain_claim_ttl_seconds
+
+    def _claim_usable(self, domain: Domain) -> None:
+        if domain.status == "superseded":
+            raise ConflictError(
+                f"another claim of {domain.hostname} was verified first; this claim can no longer be verified",
+                details={"hostname": domain.hostname, "status": domain.status},
+            )
+        if self._expired(domain):
+            raise ConflictError(
+                f"this claim of {domain.hostname} expired (pending claims last "
+                f"{self.settings.domain_claim_ttl_seconds / 86400:g} days); delete it and claim the hostname again",
+                details={"hostname": domain.hostname, "status": "expired"},
+            )
+
     async def verify(self, domain_id: str) -> schemas.Domain:
         """Look the TXT record up (outside any lock: DNS may be slow) and mark the domain verified.
-        If-Match is checked before the lookup and again on the locked row."""
+        If-Match is checked before the lookup and again on the locked row. Several tenants may
+        hold pending claims of one hostname: the first to verify wins (a partial unique index
+        holds even against a race), and the others' claims become ``superseded``."""
         domain = await self.repo.domain(domain_id)
         self._require_version(domain)
         self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
         if domain.status == "verified":
             return await self._view(domain)
+        self._claim_usable(domain)
         record = f"{CHALLENGE_LABEL}.{domain.hostname}"
         found = await txt_values(self.settings, record)
         if domain.verification_token not in found:
@@ -340,9 +371,19 @@ class DomainService(_NetworkService):
         self._require_version(domain)
         if domain.status == "verified":
             return await self._view(domain)
+        self._claim_usable(domain)
+        winner = await self.repo.hostname_holder(domain.hostname)
+        if winner is not None and winner[1] != "destroyed":
+            domain.status = "superseded"
+            self._claim_usable(domain)
+        elif winner is not None:  # verified once for an instance since destroyed: it holds nothing
+            await self.session.delete(winner[0])
+            await self.session.flush()
         domain.status, domain.verified_at = "verified", utc_now()
         domain.updated_at = utc_now()
         domain.version += 1
+        await self.session.flush()  # the partial unique index refuses a second verified claim: 409
+        await self.repo.supersede_claims(domain.hostname, domain.id)
         await append_event(
             self.session,
             tenant_id=domain.tenant_id,

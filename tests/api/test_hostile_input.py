@@ -257,10 +257,16 @@ async def test_suspend_and_unsuspend_accept_an_absent_body(api: Api) -> None:
 
 async def test_unknown_query_parameters_on_reads_are_400(api: Api) -> None:
     tenant_id, token = await tenant_token(api)
-    _other_id, other_token = await tenant_token(api, "other")
+    other_id, other_token = await tenant_token(api, "other")
     await create(api, other_token)
+    mine = await create(api, token)
+    filtered = await api.client.get(f"/v1/instances?tenant_id={tenant_id}", headers=api.admin_headers)
+    assert filtered.status_code == 200, "an admin's tenant_id filters, never lists everything"
+    assert [i["id"] for i in filtered.json()["items"]] == [mine["id"]]
+    foreign = await api.client.get(f"/v1/instances?tenant_id={other_id}", headers=token)
+    assert foreign.status_code == 403
     for path, headers in (
-        (f"/v1/instances?tenant_id={tenant_id}", api.admin_headers),
+        ("/v1/instances?tenant=x", api.admin_headers),
         ("/v1/instances?stat=running", token),
         ("/v1/admin/tenants?plan=pro", api.admin_headers),
         ("/v1/keys?bogus=1", token),
