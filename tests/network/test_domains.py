@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 from ctrlplane.db import Database
 from ctrlplane.network.models import Domain as DomainRow
@@ -194,3 +195,16 @@ async def test_max_domains_quota_is_enforced(api: Api) -> None:
     assert third.status_code == 403 and third.json()["code"] == "quota_exceeded"
     assert third.json()["details"]["quota"] == "max_domains"
     assert (await api.client.get(url, headers=token)).json()["total"] == 2
+
+
+@pytest.mark.dialects
+async def test_the_database_holds_one_verified_claim_per_hostname_on_both_dialects(api: Api, db: Database) -> None:
+    _, token = await tenant_token(api, "acme")
+    _, other = await tenant_token(api, "globex")
+    first = await domain_for(api, token)
+    second = await domain_for(api, other)
+    async with db.write() as session, session.begin():
+        await session.execute(update(DomainRow).where(DomainRow.id == first["id"]).values(status="verified"))
+    with pytest.raises(IntegrityError):
+        async with db.write() as session, session.begin():
+            await session.execute(update(DomainRow).where(DomainRow.id == second["id"]).values(status="verified"))
