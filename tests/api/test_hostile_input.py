@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -276,3 +277,40 @@ async def test_unknown_query_parameters_on_reads_are_400(api: Api) -> None:
         assert response.json()["details"]["fields"][0]["source"] == "query"
     declared = await api.client.get("/v1/instances?state=running&limit=5", headers=token)
     assert declared.status_code == 200, declared.text
+
+
+async def _operations(api: Api) -> list[tuple[str, str, bool]]:
+    """Every (method, path with dummy IDs, has a JSON body) of the OpenAPI document under /v1."""
+    document = (await api.client.get("/schema/openapi.json")).json()
+    found = []
+    for path, item in document["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        concrete = re.sub(r"\{[^}]+\}", "x_missing", path)
+        for method, operation in item.items():
+            if method in ("get", "post", "put", "patch", "delete"):
+                found.append((method.upper(), concrete, "requestBody" in operation))
+    return found
+
+
+async def test_every_route_refuses_deep_json_and_oversized_headers_without_a_5xx(api: Api) -> None:
+    operations = await _operations(api)
+    assert len(operations) > 50
+    for method, path, has_body in operations:
+        if has_body:
+            deep = await api.client.request(
+                method, path, content=DEEP_BODIES[1], headers={**api.admin_headers, "Content-Type": "application/json"}
+            )
+            assert deep.status_code == 400, (method, path, deep.text)
+        padded = await api.client.request(method, path, headers={**api.admin_headers, "X-Padding": "p" * 9000})
+        assert padded.status_code == 431, (method, path, padded.text)
+        assert padded.json()["code"] == "header_too_large"
+
+
+async def test_every_read_route_refuses_an_unknown_query_parameter(api: Api) -> None:
+    for method, path, _ in await _operations(api):
+        if method != "GET":
+            continue
+        response = await api.client.get(path, params={"no_such_parameter": "1"}, headers=api.admin_headers)
+        assert response.status_code == 400, (path, response.text)
+        assert "no_such_parameter" in response.json()["message"]
