@@ -5,7 +5,8 @@
 
 ``UnitOfWork`` runs after routing for every ``/v1`` route, in this order:
 
-1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``);
+1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``; 400 past ``inputs.MAX_JSON_DEPTH`` levels
+   of nesting, for the OTLP receiver too; every request's headers are checked by ``RequestContextASGI``: 431);
 2. authenticates the bearer token (401), loads the caller's tenant (a vanished tenant is 401;
    a suspended one gets 403 on every mutating call) and checks the route's required role (403);
    then takes the caller's rate-limit tokens (429 with ``Retry-After`` when out; ``RateLimit-*``
@@ -42,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
@@ -53,6 +55,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage,
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane import strict
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
 from ctrlplane.auth.providers import ANONYMOUS, TENANT_STANDING, Principal, TenantStanding
@@ -62,6 +65,7 @@ from ctrlplane.errors import (
     CtrlplaneError,
     ErrorBody,
     Forbidden,
+    HeaderTooLarge,
     InvalidInput,
     PayloadTooLarge,
     RateLimited,
@@ -71,6 +75,7 @@ from ctrlplane.errors import (
 )
 from ctrlplane.idempotency import service as idempotency
 from ctrlplane.ids import new_id
+from ctrlplane.inputs import check_headers, check_json_depth
 from ctrlplane.ratelimit.service import BucketState
 
 log = structlog.get_logger("ctrlplane.http")
@@ -135,7 +140,7 @@ def as_domain_error(exc: Exception) -> CtrlplaneError:
     if isinstance(exc, CtrlplaneError):
         return exc
     if isinstance(exc, ValidationException):
-        fields = exc.extra if isinstance(exc.extra, list) else None
+        fields = [_plain_field(e) for e in exc.extra] if isinstance(exc.extra, list) else None
         message = (
             "invalid request: "
             + "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in fields or [] if isinstance(e, dict))
@@ -157,6 +162,18 @@ def as_domain_error(exc: Exception) -> CtrlplaneError:
     if isinstance(exc, DBAPIError | OSError | TimeoutError):
         return Unavailable("the database is unavailable; retry shortly")
     return CtrlplaneError("internal error; the request ID identifies it in the server log")
+
+
+def _plain_field(field: Any) -> Any:
+    """A framework validation entry with the body called ``body`` (not ``data``) and patterns in words."""
+    if not isinstance(field, dict):
+        return field
+    shown = dict(field)
+    if shown.get("key") == "data":
+        shown["key"] = "body"
+    if isinstance(shown.get("message"), str):
+        shown["message"] = strict.in_words(shown["message"])
+    return shown
 
 
 class RequestContextASGI:
@@ -190,6 +207,11 @@ class RequestContextASGI:
             await send(message)
 
         try:
+            try:
+                check_headers(scope.get("headers", ()))
+            except HeaderTooLarge as exc:
+                await _Captured.of_error(scope, exc).flush(send_with_headers)
+                return
             await self.app(scope, receive, send_with_headers)
         finally:
             principal: Principal | None = scope.get(PRINCIPAL_KEY)  # type: ignore[assignment]
@@ -264,7 +286,13 @@ class UnitOfWork(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         if scope["route_handler"].opt.get("own_auth"):  # its guard authenticates and rate-limits
-            await next_app(scope, receive, _with_rate_limit_headers(scope, send))
+            try:
+                body = await _read_body(receive, self.services.settings.max_body_bytes)
+                check_json_depth(body)
+            except CtrlplaneError as exc:
+                await _Captured.of_error(scope, exc).flush(send)
+                return
+            await next_app(scope, _replay(body), _with_rate_limit_headers(scope, send))
             return
         http_scope = cast("HTTPScope", scope)
         send = _with_rate_limit_headers(scope, send)
@@ -384,6 +412,7 @@ class UnitOfWork(ASGIMiddleware):
                     try:
                         self._reject_nul(scope)
                         principal = await self._admit(scope, session, mutating=False)
+                        _check_query(scope)
                     except DBAPIError as exc:
                         if attempt == 1 and exc.connection_invalidated:
                             continue
@@ -414,7 +443,11 @@ class UnitOfWork(ASGIMiddleware):
         try:
             body = await _read_body(receive, services.settings.max_body_bytes)
             self._reject_nul(scope, body)
+            check_json_depth(body)
             principal = await self._admitted(scope, mutating=True)
+            body_type = strict.body_type_of(scope["route_handler"])
+            if body_type is not None:
+                strict.check_body(body, body_type)
             claim = await self._claim(scope, principal, body)
             if claim is not None and claim.replay is not None:
                 replayed = _Captured()
@@ -467,7 +500,11 @@ class UnitOfWork(ASGIMiddleware):
                 await session.rollback()
                 await self._settle_failure(scope, principal, context.audit, captured, claim)
                 return captured
-            await append_audit(session, self._record(scope, principal, context.audit, captured.status, None))
+            await append_audit(
+                session,
+                self._record(scope, principal, context.audit, captured.status, None),
+                keys=self.services.audit_keys,
+            )
             if claim is not None:
                 await idempotency.complete(session, claim.record_id, _stored(captured, _redacted_fields(scope)))
             await session.commit()
@@ -486,7 +523,9 @@ class UnitOfWork(ASGIMiddleware):
     ) -> None:
         try:
             async with self.services.db.write() as session, session.begin():
-                await append_audit(session, self._record(scope, principal, draft, captured.status, None))
+                await append_audit(
+                    session, self._record(scope, principal, draft, captured.status, None), keys=self.services.audit_keys
+                )
                 if claim is not None and captured.status < 500:
                     await idempotency.complete(session, claim.record_id, _stored(captured))
             if claim is not None and captured.status >= 500:
@@ -498,7 +537,9 @@ class UnitOfWork(ASGIMiddleware):
         self, scope: HTTPScope, principal: Principal, draft: AuditDraft, status: int, *, outcome: str
     ) -> None:
         async with self.services.db.write() as session, session.begin():
-            await append_audit(session, self._record(scope, principal, draft, status, outcome))
+            await append_audit(
+                session, self._record(scope, principal, draft, status, outcome), keys=self.services.audit_keys
+            )
 
     def _record(
         self, scope: HTTPScope, principal: Principal, draft: AuditDraft, status: int, outcome: str | None
@@ -547,6 +588,13 @@ def _with_rate_limit_headers(scope: Scope, send: Send) -> Send:
         await send(message)
 
     return sending
+
+
+def _check_query(scope: HTTPScope) -> None:
+    raw = scope.get("query_string", b"")
+    if raw:
+        names = [name for name, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
+        strict.check_query(scope["route_handler"], names, scope.get("path_params", {}))
 
 
 def _redacted_fields(scope: HTTPScope) -> tuple[str, ...]:

@@ -137,7 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
+    verify = audit_commands.add_parser("verify", help="check every hash chain; exit 1 at the first broken link")
+    verify.add_argument(
+        "--allow-unkeyed-prefix",
+        action="store_true",
+        help="accept unkeyed entries at the start of a chain (written before the chain was keyed)",
+    )
 
     secrets_cmd = commands.add_parser("secrets", help="the secrets master key ring")
     secrets_commands = secrets_cmd.add_subparsers(dest="secrets_command", required=True)
@@ -180,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(settings, args)
     if args.command == "secrets":
         return _secrets(settings, args)
-    return asyncio.run(_audit_verify(settings))
+    return asyncio.run(_audit_verify(settings, allow_unkeyed_prefix=args.allow_unkeyed_prefix))
 
 
 def _env_commands(commands: Any, epilog: str) -> None:
@@ -239,6 +244,7 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     from ctrlplane.app import create_app
     from ctrlplane.logs import configure_logging
     from ctrlplane.provisioning.registry import ProviderLoadError
+    from ctrlplane.serving import server_config
 
     configure_logging(settings)
     settings = msgspec.structs.replace(
@@ -262,14 +268,12 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     # Bound here, not inside uvicorn.run, so the line below names the real port: with port 0 the
     # kernel picks a free one and whoever started the server (the test harness) reads it from there,
     # with no window in which another process could take a port picked in advance.
-    config = uvicorn.Config(
+    config = server_config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
         access_log=False,
-        loop="uvloop",
-        http="httptools",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     sock = config.bind_socket()
@@ -320,7 +324,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     subject = args.sub or ("admin" if args.admin else "tenant-user")
     try:
         print(issue_token(settings, subject=subject, tenant_id=args.tenant, roles=roles, ttl=ttl))
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -363,14 +367,20 @@ async def _rotate_master(settings: Settings, ring: MasterKeyRing) -> RotationRep
         await database.dispose()
 
 
-async def _audit_verify(settings: Settings) -> int:
-    from ctrlplane.audit.service import verify
+async def _audit_verify(settings: Settings, *, allow_unkeyed_prefix: bool) -> int:
+    from ctrlplane.audit.service import AuditKeys, verify
     from ctrlplane.db import connect
+    from ctrlplane.secrets.crypto import RING_FILE, MasterKeyRing
 
+    keys: AuditKeys | None = None
+    if settings.secrets_master_keys is not None or (settings.data_path / RING_FILE).exists():
+        keys = AuditKeys(MasterKeyRing.from_settings(settings)[0].keys)
+    else:
+        print("no secrets master key ring here: only unkeyed entries can be checked", file=sys.stderr)
     database = connect(settings.resolved_database_url)
     try:
         async with database.read() as session:
-            report = await verify(session)
+            report = await verify(session, keys, allow_unkeyed_prefix=allow_unkeyed_prefix)
     finally:
         await database.dispose()
     if report.broken is None:

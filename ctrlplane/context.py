@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.audit.service import AuditKeys
 from ctrlplane.auth.providers import Authenticator, Principal
 from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
@@ -17,6 +18,7 @@ from ctrlplane.network.router import Router
 from ctrlplane.network.sleep import IdleHandlers
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
+from ctrlplane.registries import RegistryPolicy
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Signal
@@ -46,9 +48,15 @@ class AppServices:
     idle_handlers: IdleHandlers = field(default_factory=IdleHandlers)
     """What idleness means for instances other rooms own (``network.sleep``)."""
     router: Router = field(init=False)
+    registries: RegistryPolicy = field(init=False)
+    audit_keys: AuditKeys = field(init=False)
 
     def __post_init__(self) -> None:
         self.router = Router(self.settings, self.db)
+        self.audit_keys = AuditKeys(self.vault.ring.keys)
+        self.registries = RegistryPolicy(
+            allowed_cidrs=self.settings.outbound_allow_cidrs, allowed_registries=self.settings.registry_allow
+        )
 
 
 @dataclass

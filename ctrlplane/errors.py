@@ -14,6 +14,7 @@ Services raise these; nothing else picks status codes. Every error response has 
         InvalidState        409 invalid_state      the object's state does not allow the action
       PreconditionFailed    412 precondition_failed  If-Match names an older version
       PayloadTooLarge       413 payload_too_large
+      HeaderTooLarge        431 header_too_large   a request header (or all of them) over the size limit
       IdempotencyMismatch   422 idempotency_key_reused  same Idempotency-Key, different request
       RateLimited           429 rate_limited
       Unavailable           503 unavailable        the database or a provider cannot be reached
@@ -96,6 +97,10 @@ class PayloadTooLarge(CtrlplaneError):
     status, code = 413, "payload_too_large"
 
 
+class HeaderTooLarge(CtrlplaneError):
+    status, code = 431, "header_too_large"
+
+
 class IdempotencyMismatch(CtrlplaneError):
     status, code = 422, "idempotency_key_reused"
 
@@ -124,6 +129,7 @@ HTTP_CODES: dict[int, str] = {
     415: "unsupported_media_type",
     422: "idempotency_key_reused",
     429: "rate_limited",
+    431: "header_too_large",
     500: "internal_error",
     502: "provider_error",
     503: "unavailable",

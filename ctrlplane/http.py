@@ -3,7 +3,7 @@ and the error statuses each route documents in the OpenAPI document."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Request
@@ -13,6 +13,7 @@ from litestar.params import QueryParameter, SkipValidation
 from ctrlplane.context import CONTEXT_KEY, RequestContext
 from ctrlplane.errors import ErrorBody, InvalidInput
 from ctrlplane.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from ctrlplane.timeutil import as_utc
 
 Moment = Annotated[
     str | None,
@@ -37,7 +38,7 @@ def parse_moment(raw: str | None, field: str) -> datetime | None:
         ) from exc
     if moment.tzinfo is None:
         raise InvalidInput(f"{field} needs a time zone (Z or +hh:mm)", details={field: raw[:64]})
-    return moment.astimezone(UTC)
+    return as_utc(moment, field)
 
 
 Cursor = Annotated[str | None, QueryParameter(description="Opaque cursor from the previous page's next_cursor")]

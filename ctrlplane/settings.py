@@ -91,12 +91,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = 30
+    jwt_max_ttl_seconds: float = 86400.0
 
     providers: tuple[str, ...] = ("docker",)
     cluster_name: str = "ctrlplane"
     docker_host_address: str = "127.0.0.1"
     docker_subnet_pool: str = "10.224.0.0/12"
     docker_subnet_size: int = 24
+    docker_pids_limit: int = 512
     workers: int = 4
     background: bool = True
     reconcile_interval_seconds: float = 10.0
@@ -132,6 +134,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     router: str = "caddy"
     router_admin_address: str = "localhost:2019"
     router_base_domain: str = "localhost"
+    domain_claim_ttl_seconds: float = 7 * 86400.0
     router_http_listen: str = ":80"
     router_https_listen: str = ":443"
     router_sync_interval_seconds: float = 5.0
@@ -169,6 +172,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     (``rowcache.py``; every change invalidates them sooner); 0 turns the cache off."""
 
     outbound_allow_cidrs: tuple[str, ...] = ()
+    registry_allow: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
     idempotency_lease_seconds: int = 300
@@ -251,6 +255,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "DOCKER_HOST_ADDRESS": "docker_host_address",
             "DOCKER_SUBNET_POOL": "docker_subnet_pool",
             "DOCKER_SUBNET_SIZE": "docker_subnet_size",
+            "DOCKER_PIDS_LIMIT": "docker_pids_limit",
             "CLUSTER_NAME": "cluster_name",
             "WORKERS": "workers",
             "BACKGROUND": "background",
@@ -332,6 +337,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["jwt_algorithms"] = tuple(a.strip() for a in raw.split(",") if a.strip())
         if (raw := get("OUTBOUND_ALLOW_CIDRS")) is not None:
             values["outbound_allow_cidrs"] = tuple(c.strip() for c in raw.split(",") if c.strip())
+        if (raw := get("REGISTRY_ALLOW")) is not None:
+            values["registry_allow"] = tuple(r.strip() for r in raw.split(",") if r.strip())
         if (raw := get("PROVIDERS")) is not None:
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
         if (raw := get("IDEMPOTENCY_TTL")) is not None:
@@ -348,6 +355,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "WEBHOOK_RETRY_PERIOD": "webhook_retry_period_seconds",
             "WEBHOOK_SECRET_OVERLAP": "webhook_secret_overlap_seconds",
             "WEBHOOK_DELIVERY_RETENTION": "webhook_delivery_retention_seconds",
+            "JWT_MAX_TTL": "jwt_max_ttl_seconds",
+            "DOMAIN_CLAIM_TTL": "domain_claim_ttl_seconds",
         }.items():
             if (raw := get(var)) is not None:
                 values[field] = _duration(var=var, raw=raw)
@@ -395,6 +404,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}DOCKER_SUBNET_POOL must be an IPv4 network (10.224.0.0/12): {exc}") from exc
         if not pool.prefixlen <= self.docker_subnet_size <= 30:
             raise SettingsError(f"{PREFIX}DOCKER_SUBNET_SIZE must be from {pool.prefixlen} (the pool's prefix) to 30")
+        if self.docker_pids_limit < 16 or self.jwt_max_ttl_seconds <= 0:
+            raise SettingsError(f"{PREFIX}DOCKER_PIDS_LIMIT must be at least 16 and JWT_MAX_TTL positive")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
         if self.health_concurrency < 1 or self.health_results_per_check < 1:

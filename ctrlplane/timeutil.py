@@ -5,7 +5,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+"""Input times outside these bounds are refused: windows, defaults and retention are computed by
+adding to and subtracting from them, which near ``datetime``'s own limits would overflow (a 500)."""
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -24,9 +30,15 @@ def as_utc(moment: datetime, field: str) -> datetime:
     if moment.tzinfo is None:
         raise InvalidInput(f"{field} must be RFC 3339 with a timezone", details={field: "no timezone"})
     try:
-        return moment.astimezone(UTC)
+        utc = moment.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput(f"{field} is out of range", details={field: "out of range"}) from None
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise InvalidInput(
+            f"{field} is out of range: times from {EARLIEST.year} to {LATEST.year - 1} are accepted",
+            details={field: "out of range"},
+        )
+    return utc
 
 
 def parse_duration(text: str) -> float:
@@ -39,5 +51,7 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
     if not text or position != len(text):
-        raise ValueError(f"{text!r} is not a duration like 30s, 1m30s, 1h or 7d")
+        raise ValueError(f"{text[:64]!r} is not a duration like 30s, 1m30s, 1h or 7d")
+    if not total <= MAX_DURATION_SECONDS:  # also false for inf and nan: "9" * 400 + "s" parses as inf
+        raise ValueError(f"a duration is at most {MAX_DURATION_SECONDS // 86400:.0f}d")
     return total

@@ -42,6 +42,7 @@ def test_admin_token_has_no_tenant(tmp_path: Path) -> None:
     claims = jwt.decode(result.stdout.strip(), options={"verify_signature": False})
     assert "tenant_id" not in claims
     assert claims["roles"] == ["admin"]
+    assert claims["system_admin"] is True
 
 
 @pytest.mark.parametrize(
@@ -50,6 +51,7 @@ def test_admin_token_has_no_tenant(tmp_path: Path) -> None:
         ["token", "issue", "--admin", "--ttl", "soon"],
         ["token", "issue", "--tenant", "ten_x", "--roles", "root"],
         ["token", "issue", "--admin", "--roles", "read"],
+        ["token", "issue", "--admin", "--ttl", "25h"],
     ],
 )
 def test_bad_token_arguments_exit_2_with_a_message(tmp_path: Path, args: list[str]) -> None:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
-
 from litestar import Controller, get
 from litestar.params import FromQuery
 
@@ -9,7 +7,7 @@ from ctrlplane.admin import schemas
 from ctrlplane.admin.service import AdminService
 from ctrlplane.audit import schemas as audit_schemas
 from ctrlplane.audit import service as audit_service
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, Moment, errors, parse_moment, route
 from ctrlplane.pagination import Page
 
 
@@ -40,8 +38,8 @@ class AdminController(Controller):
         resource: FromQuery[str | None] = None,
         action: FromQuery[str | None] = None,
         actor: FromQuery[str | None] = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
+        since: Moment = None,
+        until: Moment = None,
     ) -> Page[audit_schemas.AuditEntry]:
         """Query the audit log, newest first."""
         return await audit_service.query(
@@ -52,6 +50,6 @@ class AdminController(Controller):
             resource=resource,
             action=action,
             actor=actor,
-            since=since,
-            until=until,
+            since=parse_moment(since, "since"),
+            until=parse_moment(until, "until"),
         )

@@ -50,10 +50,12 @@ class Principal(msgspec.Struct, frozen=True):
     roles: frozenset[str]
     key_id: str | None = None
     expires_at: datetime | None = None
+    system_admin: bool = False
+    """Only a JWT with the explicit claim ``"system_admin": true`` (and no ``tenant_id``) sets it."""
 
     @property
     def is_system_admin(self) -> bool:
-        return self.tenant_id is None and "admin" in self.roles
+        return self.system_admin and self.tenant_id is None and "admin" in self.roles
 
     def has_role(self, required: str) -> bool:
         if self.is_system_admin:
@@ -158,6 +160,7 @@ class JWTProvider:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._leeway = settings.jwt_leeway_seconds
+        self._max_ttl = settings.jwt_max_ttl_seconds
         self._jwks = (
             GuardedJWKClient(settings.jwt_jwks_url, OutboundPolicy(settings.outbound_allow_cidrs))
             if settings.jwt_jwks_url
@@ -186,8 +189,8 @@ class JWTProvider:
         except jwt.PyJWTError as exc:
             raise Unauthenticated("malformed token") from exc
         algorithm = header.get("alg")
-        if algorithm not in self._algorithms:
-            raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
+        if algorithm not in self._algorithms:  # the message never repeats header values: attacker input
+            raise Unauthenticated("token algorithm is not accepted")
         key = await self._key_for(str(algorithm), token)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -211,6 +214,11 @@ class JWTProvider:
             raise Unauthenticated(f"token lacks the {exc.claim!r} claim") from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated("token signature or claims are invalid") from exc
+        lifetime = claims["exp"] - claims["iat"]
+        if not isinstance(lifetime, int | float) or lifetime > self._max_ttl:
+            raise Unauthenticated(
+                f"token lifetime (exp - iat) is longer than this server accepts ({self._max_ttl:.0f} s)"
+            )
         return _principal_from_claims(claims)
 
     async def _key_for(self, algorithm: str, token: str) -> Any:
@@ -224,8 +232,10 @@ class JWTProvider:
             jwks = self._jwks
             try:
                 signing_key = await anyio.to_thread.run_sync(jwks.get_signing_key_from_jwt, token)
-            except jwt.PyJWKClientError as exc:
+            except jwt.PyJWKClientConnectionError as exc:  # the server's own words about its JWKS URL
                 raise Unauthenticated(f"no JWKS key for this token: {exc}") from exc
+            except jwt.PyJWKClientError as exc:  # its message repeats the token's kid: attacker input
+                raise Unauthenticated("no JWKS key matches this token") from exc
             return signing_key.key
         raise Unauthenticated("asymmetric tokens are not accepted by this server")
 
@@ -243,8 +253,13 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
         raise Unauthenticated("token tenant_id must be a string")
     roles = frozenset(raw_roles)
-    if tenant_id is None and "admin" not in roles:
-        raise Unauthenticated("a token without tenant_id must carry the admin role")
+    system_admin = claims.get("system_admin", False)
+    if not isinstance(system_admin, bool):
+        raise Unauthenticated("token system_admin must be true or false")
+    if system_admin and (tenant_id is not None or "admin" not in roles):
+        raise Unauthenticated("a system_admin token carries the admin role and no tenant_id")
+    if tenant_id is None and not system_admin:
+        raise Unauthenticated("a token names a tenant_id, or is a system-admin token (system_admin: true)")
     try:
         expires_at = datetime.fromtimestamp(claims["exp"], tz=UTC)
     except (OverflowError, OSError, ValueError, TypeError):
@@ -255,6 +270,7 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
         tenant_id=TenantId(tenant_id) if tenant_id else None,
         roles=roles,
         expires_at=expires_at,
+        system_admin=system_admin,
     )
 
 

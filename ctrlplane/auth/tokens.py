@@ -45,10 +45,16 @@ def issue_token(
     roles: Sequence[str],
     ttl: timedelta,
 ) -> str:
+    """A signed token; without ``tenant_id`` a system-admin token (the explicit ``system_admin``
+    claim). Longer than ``CTRLPLANE_JWT_MAX_TTL`` is refused here, as the server would refuse it."""
+    if ttl.total_seconds() > settings.jwt_max_ttl_seconds:
+        raise ValueError(f"a token lives at most {settings.jwt_max_ttl_seconds:.0f} s (CTRLPLANE_JWT_MAX_TTL)")
     now = utc_now()
     claims: dict[str, object] = {"sub": subject, "iat": now, "nbf": now, "exp": now + ttl, "roles": list(roles)}
     if tenant_id is not None:
         claims["tenant_id"] = tenant_id
+    else:
+        claims["system_admin"] = True
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:

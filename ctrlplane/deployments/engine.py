@@ -25,10 +25,10 @@ Any failed gate, a provider error (a missing image, say), the progress deadline
 (``CTRLPLANE_DEPLOY_DEADLINE_SECONDS``) passing, or a cancel request ends the deployment by going
 back: the new generation's containers are removed, the old generation is re-provisioned (replicas
 a rolling deploy had retired come back) and the instance's configuration is restored from the
-previous release. The outcome is ``rolled_back`` (a gate, a provider call or the deadline failed)
-or ``cancelled``; ``failed`` only if going back failed too. A deployment found
-``running`` when its operation starts was interrupted by a control-plane crash: it is rolled back
-the same way, so none stays half-done.
+previous release, except its resources and replicas (a scale accepted before the deploy stays).
+The outcome is ``rolled_back`` (a gate, a provider call or the deadline failed) or ``cancelled``;
+``failed`` only if going back failed too. A deployment found ``running`` when its operation starts
+was interrupted by a control-plane crash: it is rolled back the same way, so none stays half-done.
 
 Each step is written as it happens (the deployment's ``steps``) and as events: ``deploy.started``,
 ``replica.started``, ``health.passed``, ``health.failed``, ``traffic.switched`` and
@@ -270,7 +270,7 @@ class DeployEngine:
             if restore:
                 previous = await session.get(Release, row.previous_release_id) if row.previous_release_id else None
                 if previous is not None:
-                    restore_release(instance, previous)
+                    _restore_keeping_scale(instance, previous)
                 instance.generation = row.previous_generation
             instance.updated_at = utc_now()
             await append_event(
@@ -333,6 +333,15 @@ async def _answers(client: httpx.AsyncClient, endpoints: Any, spec: WorkloadSpec
     return True
 
 
+def _restore_keeping_scale(instance: Instance, release: Release) -> None:
+    """Going back after a deploy puts the previous release's image, env, labels and ports back but
+    keeps the instance's resources and replicas: a scale accepted before the deploy (scales are
+    refused while one runs) was not part of the deploy and is not undone with it."""
+    scale = (instance.cpu_millis, instance.memory_mb, instance.replicas)
+    restore_release(instance, release)
+    instance.cpu_millis, instance.memory_mb, instance.replicas = scale
+
+
 def _spec_of(
     release: Release,
     instance: Instance,
@@ -341,7 +350,12 @@ def _spec_of(
     settings: Settings,
     config: RuntimeConfig,
 ) -> WorkloadSpec:
-    restored = Instance(**{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy")})
-    restore_release(restored, release)
+    restored = Instance(
+        **{
+            c: getattr(instance, c)
+            for c in ("id", "tenant_id", "name", "pull_policy", "cpu_millis", "memory_mb", "replicas")
+        }
+    )
+    _restore_keeping_scale(restored, release)
     restored.current_release_id = release.id
     return spec_for(restored, settings=settings, generation=generation, secrets=secrets, config=config)

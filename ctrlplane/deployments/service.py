@@ -155,6 +155,7 @@ class DeploymentService:
         return instance
 
     async def deploy(self, instance_id: str, data: schemas.DeployRequest) -> schemas.Deployment:
+        await self.context.services.registries.admit(data.image)
         instance = await self._deployable(instance_id)
         instance.image = data.image
         instance.env = {**instance.env, **data.env}

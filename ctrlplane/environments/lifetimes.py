@@ -119,6 +119,7 @@ class LifetimeKeeper:
                         if environment.max_lifetime_at
                         else None,
                     ),
+                    keys=self.services.audit_keys,
                 )
                 log.info("environment_expired", environment=environment.id, tenant=environment.tenant_id)
             return len(due)

@@ -27,6 +27,7 @@ import msgspec
 
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
 from ctrlplane.provisioning.contract import Probe, Provider, ReplicaStatus
+from ctrlplane.redaction import redact
 
 if TYPE_CHECKING:
     from ctrlplane.health.models import HealthCheck
@@ -167,31 +168,45 @@ async def _http(target: Target, host_port: int, timeout: float) -> tuple[bool, s
 
 
 async def _command(
-    provider: Provider, instance_id: str, target: Target, replica: ReplicaStatus, timeout: float
+    provider: Provider,
+    instance_id: str,
+    target: Target,
+    replica: ReplicaStatus,
+    timeout: float,
+    secrets: Sequence[str],
 ) -> tuple[bool, str]:
     result = await provider.exec(
         instance_id, list(target.argv), timeout=timeout, generation=replica.generation, replica=replica.replica
     )
-    output = _clip(result.output)
+    output = _clip(redact(result.output, secrets))
     return result.exit_code == 0, f"exit {result.exit_code}" + (f": {output}" if output else "")
 
 
 async def probe(
-    provider: Provider, instance_id: str, target: Target, replica: ReplicaStatus, *, timeout: float
+    provider: Provider,
+    instance_id: str,
+    target: Target,
+    replica: ReplicaStatus,
+    *,
+    timeout: float,
+    secrets: Sequence[str] = (),
 ) -> Outcome:
     """Run the check once against ``replica``. ``ProviderUnavailable`` propagates: an unreachable
-    runtime says nothing about the application's health."""
+    runtime says nothing about the application's health. Every message is redacted of ``secrets``
+    (``redaction.py``) before it is clipped, so no prefix of a secret survives the cut."""
     started = time.monotonic()
 
     def outcome(ok: bool, message: str) -> Outcome:
-        return Outcome(ok=ok, latency_ms=round((time.monotonic() - started) * 1000, 3), message=_clip(message))
+        return Outcome(
+            ok=ok, latency_ms=round((time.monotonic() - started) * 1000, 3), message=_clip(redact(message, secrets))
+        )
 
     if replica.state != "running":
         return outcome(False, f"replica {replica.replica} is {replica.state}")
     try:
         with anyio.fail_after(timeout):
             if target.type == "command":
-                ok, message = await _command(provider, instance_id, target, replica, timeout)
+                ok, message = await _command(provider, instance_id, target, replica, timeout, secrets)
                 return outcome(ok, message)
             host_port = _host_port(replica, target.port or 0)
             if isinstance(host_port, str):
@@ -226,16 +241,24 @@ async def _tcp(host_port: int, timeout: float, started: float) -> Outcome:
 
 
 async def run_check(
-    provider: Provider, instance_id: str, generation: int, target: Target, *, timeout: float
+    provider: Provider,
+    instance_id: str,
+    generation: int,
+    target: Target,
+    *,
+    timeout: float,
+    secrets: Sequence[str] = (),
 ) -> Outcome:
     """Run the check against every replica of the instance's ``generation`` at once: it passes
-    when each of them passes. Latency is the slowest replica's."""
+    when each of them passes. Latency is the slowest replica's. ``secrets`` (the instance's secret
+    values and OTLP token) never appear in a message."""
     try:
         status = await provider.status(instance_id)
     except ProviderUnavailable:
         raise
     except CtrlplaneError as exc:
-        return Outcome(ok=False, latency_ms=0.0, message=_clip(f"the provider could not observe the instance: {exc}"))
+        message = redact(f"the provider could not observe the instance: {exc}", secrets)
+        return Outcome(ok=False, latency_ms=0.0, message=_clip(message))
     replicas = [r for r in status.replicas if r.generation == generation]
     if not replicas:
         return Outcome(ok=False, latency_ms=0.0, message=f"no replica of generation {generation} exists")
@@ -244,7 +267,9 @@ async def run_check(
 
     async def one(replica: ReplicaStatus) -> None:
         try:
-            outcomes[replica.replica] = await probe(provider, instance_id, target, replica, timeout=timeout)
+            outcomes[replica.replica] = await probe(
+                provider, instance_id, target, replica, timeout=timeout, secrets=secrets
+            )
         except ProviderUnavailable as exc:
             unavailable.append(exc)
 

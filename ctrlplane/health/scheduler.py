@@ -36,7 +36,7 @@ from ctrlplane.db import Database
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.health.probes import Outcome, Target, parse_target, run_check
-from ctrlplane.health.service import RUNNABLE_STATES, record_outcome
+from ctrlplane.health.service import RUNNABLE_STATES, record_outcome, secrets_to_redact
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
@@ -49,6 +49,7 @@ log = structlog.get_logger("ctrlplane.health")
 class Claimed:
     check_id: str
     instance_id: str
+    tenant_id: str
     provider_name: str
     generation: int
     target: Target
@@ -125,7 +126,15 @@ class HealthScheduler:
                     log.warning("health_check_target_invalid", check=check.id, target=check.target)
                     continue
                 claimed.append(
-                    Claimed(check.id, check.instance_id, provider_name, generation, target, check.timeout_seconds)
+                    Claimed(
+                        check.id,
+                        check.instance_id,
+                        check.tenant_id,
+                        provider_name,
+                        generation,
+                        target,
+                        check.timeout_seconds,
+                    )
                 )
         return claimed
 
@@ -143,8 +152,18 @@ class HealthScheduler:
     async def probe(self, claimed: Claimed) -> Outcome | None:
         try:
             provider = self.services.providers.get(claimed.provider_name)
+            secrets = (
+                await secrets_to_redact(self.services, tenant_id=claimed.tenant_id, instance_id=claimed.instance_id)
+                if claimed.target.type == "command"
+                else []
+            )
             return await run_check(
-                provider, claimed.instance_id, claimed.generation, claimed.target, timeout=claimed.timeout_seconds
+                provider,
+                claimed.instance_id,
+                claimed.generation,
+                claimed.target,
+                timeout=claimed.timeout_seconds,
+                secrets=secrets,
             )
         except ProviderUnavailable as exc:
             log.info("health_check_skipped", check=claimed.check_id, reason=exc.message)

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ctrlplane.context import RequestContext
+from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.events.service import append as append_event
 from ctrlplane.health import schemas
@@ -36,6 +36,8 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import reconfigure
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.preconditions import require_version
+from ctrlplane.secrets.service import values_of as secret_values
+from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import parse_duration, utc_now
 
 MAX_CHECKS_PER_INSTANCE = 20
@@ -47,13 +49,26 @@ RUNNABLE_STATES = ("running", "failed")
 """Instance states in which checks run (a failed instance's checks say what answers)."""
 
 
-def result_schema(result: HealthCheckResult) -> schemas.CheckResult:
+HIDDEN_OUTPUT = "(shown to the deploy role only)"
+
+
+async def secrets_to_redact(services: AppServices, *, tenant_id: str, instance_id: str) -> list[str]:
+    """The instance's secret values and its OTLP token: removed from a command check's messages
+    (the only checks that show what a container printed)."""
+    async with services.db.read() as session:
+        values = await secret_values(session, services.vault, tenant_id=tenant_id, instance_id=instance_id)
+    return [*values, instance_token(services.settings, instance_id)]
+
+
+def result_schema(result: HealthCheckResult, *, show_output: bool = True) -> schemas.CheckResult:
+    """A result; ``show_output`` false (a caller without the deploy role) hides its message, which
+    may hold what the container printed."""
     return schemas.CheckResult(
         id=result.id,
         check_id=result.check_id,
         status=result.status,  # type: ignore[arg-type]
         latency_ms=result.latency_ms,
-        message=result.message,
+        message=result.message if show_output else HIDDEN_OUTPUT,
         manual=result.manual,
         checked_at=result.checked_at,
     )
@@ -161,7 +176,8 @@ async def record_outcome(session: Any, check: HealthCheck, outcome: Outcome, *, 
                 "from": previous,
                 "to": check.status,
                 "consecutive_failures": check.consecutive_failures,
-                "message": outcome.message,
+                # events are read by the read role: a command's output stays in the results
+                "message": outcome.message.split(":", 1)[0] if check.type == "command" else outcome.message,
             },
         )
     await session.flush()
@@ -189,6 +205,7 @@ class HealthService:
         self.tenant_id = context.principal.tenant_id
         self.repo = HealthRepository(context.session, self.tenant_id)
         self.instances = InstanceRepository(context.session, self.tenant_id)
+        self._show_output = context.principal.has_role("deploy")
 
     def _audit(self, check: HealthCheck, **details: Any) -> None:
         self.context.audit.resource_id = check.id
@@ -306,13 +323,19 @@ class HealthService:
                 details={"state": state, "allowed": list(RUNNABLE_STATES)},
             )
         provider = services.providers.get(instance.provider_name)
+        target = target_of(check)
+        secrets = (
+            await secrets_to_redact(services, tenant_id=instance.tenant_id, instance_id=instance.id)
+            if target.type == "command"
+            else []
+        )
         outcome = await run_check(
-            provider, instance.id, instance.generation, target_of(check), timeout=check.timeout_seconds
+            provider, instance.id, instance.generation, target, timeout=check.timeout_seconds, secrets=secrets
         )
         locked = await self._locked(check_id)
         result = await record_outcome(self.session, locked, outcome, manual=True)
         self._audit(locked, status=result.status)
-        return schemas.CheckRun(result=result_schema(result), check=check_schema(locked))
+        return schemas.CheckRun(result=result_schema(result, show_output=self._show_output), check=check_schema(locked))
 
     async def health(self, instance_id: str) -> schemas.InstanceHealth:
         instance = await self.instances.get(instance_id)
@@ -330,7 +353,7 @@ class HealthService:
                     target=check.target,
                     enabled=check.enabled,
                     status=check.status,  # type: ignore[arg-type]
-                    latest=result_schema(latest) if latest is not None else None,
+                    latest=result_schema(latest, show_output=self._show_output) if latest is not None else None,
                     latency_ms=latest.latency_ms if latest is not None else None,
                     consecutive_failures=check.consecutive_failures,
                     last_success_at=check.last_success_at,

@@ -51,10 +51,19 @@ class InstanceController(Controller):
         label: LabelFilter = None,
         provider: FromQuery[str | None] = None,
         name: FromQuery[str | None] = None,
+        tenant_id: Annotated[
+            str | None, QueryParameter(description="System admins: only this tenant's instances")
+        ] = None,
     ) -> Page[schemas.Instance]:
         """List instances, newest first; destroyed ones only when asked for by state."""
         return await InstanceService(context).list(
-            state=state_filter, labels=_labels(label), provider=provider, name=name, cursor=cursor, limit=limit
+            state=state_filter,
+            labels=_labels(label),
+            provider=provider,
+            name=name,
+            tenant_id=tenant_id,
+            cursor=cursor,
+            limit=limit,
         )
 
     @get(
@@ -170,12 +179,14 @@ class InstanceController(Controller):
     async def suspend(
         self,
         instance_id: FromPath[str],
-        data: JSONBody[schemas.SuspendRequest],
         context: Context,
+        data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Instance]:
         """Suspend an instance (system admins): it stops and refuses start until unsuspended."""
-        return _tagged(await InstanceService(context, if_match=if_match).suspend(instance_id, data.reason), 202)
+        return _tagged(
+            await InstanceService(context, if_match=if_match).suspend(instance_id, schemas.reason_of(data)), 202
+        )
 
     @post(
         "/{instance_id:str}/unsuspend",
@@ -188,9 +199,11 @@ class InstanceController(Controller):
     async def unsuspend(
         self,
         instance_id: FromPath[str],
-        data: JSONBody[schemas.SuspendRequest],
         context: Context,
+        data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Instance]:
         """Lift an instance's suspension; it starts again if it was running."""
-        return _tagged(await InstanceService(context, if_match=if_match).unsuspend(instance_id, data.reason), 202)
+        return _tagged(
+            await InstanceService(context, if_match=if_match).unsuspend(instance_id, schemas.reason_of(data)), 202
+        )

@@ -134,3 +134,11 @@ class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class SuspendRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason
+
+
+NO_REASON = "no reason given"
+
+
+def reason_of(request: SuspendRequest | None) -> str:
+    """The reason of a suspend/unsuspend; the body is optional (seed 001 sends none)."""
+    return request.reason if request is not None else NO_REASON

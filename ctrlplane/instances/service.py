@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from ctrlplane.context import RequestContext
 from ctrlplane.deployments.models import Deployment
-from ctrlplane.errors import Conflict, InvalidInput, InvalidState, QuotaExceeded
+from ctrlplane.errors import Conflict, Forbidden, InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances import schemas
@@ -115,6 +115,9 @@ class InstanceService:
         """The instance, locked after its tenant: every path that locks both takes the tenant first
         (quota checks, tenant suspension), so two of them can never deadlock."""
         instance = await self.repo.get(instance_id)
+        # From here on the request is about this tenant's instance: refused or not, its audit
+        # entry goes to the tenant's chain (a system admin's too, whose token names no tenant).
+        self.context.audit.tenant_id, self.context.audit.resource_id = instance.tenant_id, instance.id
         await TenantRepository(self.session).get(instance.tenant_id, for_update=True)
         instance = await self.repo.get(instance_id, for_update=True)
         require_version(self.if_match, resource="instance", resource_id=instance.id, version=instance.version)
@@ -188,6 +191,7 @@ class InstanceService:
         if await self.repo.name_taken(tenant_id, data.name):
             raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
         _unique_ports(data.ports)
+        await self.context.services.registries.admit(data.image)
         now = utc_now()
         instance = Instance(
             id=new_id("inst"),
@@ -241,8 +245,16 @@ class InstanceService:
         name: str | None,
         cursor: str | None,
         limit: int,
+        tenant_id: str | None = None,
     ) -> Page[schemas.Instance]:
+        """The caller's instances; ``tenant_id`` narrows a system admin's list to one tenant (for a
+        tenant's own token it must name that tenant: 403 otherwise, as for API keys)."""
+        own = self.context.principal.tenant_id
+        if tenant_id is not None and own is not None and tenant_id != own:
+            raise Forbidden("tenant_id differs from the tenant of your token")
         statement = self.repo.listing(state=state, labels=labels, provider=provider, name=name, include_destroyed=False)
+        if tenant_id is not None:
+            statement = statement.where(Instance.tenant_id == tenant_id)
         page = await paginate(self.session, statement, Instance.id, cursor=cursor, limit=limit, convert=to_schema)
         slugs: dict[str, str] = {}
         items = []

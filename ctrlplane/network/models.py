@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ctrlplane.db import Base, UTCDateTime
@@ -32,14 +32,24 @@ class Route(Base):
 
 class Domain(Base):
     """A hostname a tenant claims for an instance; it routes traffic once its TXT record proved
-    control. Hostnames are unique across all tenants."""
+    control. Several tenants may hold pending claims of one hostname; only one claim of a hostname
+    can be verified (a partial unique index), the first to prove control wins."""
 
     __tablename__ = "domains"
+    __table_args__ = (
+        Index(
+            "uq_domains_verified_hostname",
+            "hostname",
+            unique=True,
+            sqlite_where=text("status = 'verified'"),
+            postgresql_where=text("status = 'verified'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
-    hostname: Mapped[str] = mapped_column(String(253), unique=True)
+    hostname: Mapped[str] = mapped_column(String(253), index=True)
     status: Mapped[str] = mapped_column(String(16))
     verification_token: Mapped[str] = mapped_column(String(128))
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
 from ctrlplane.instances.models import Instance
 from ctrlplane.network.models import Certificate, Domain, Route
+from ctrlplane.timeutil import utc_now
 
 LIVE_INSTANCE = Instance.state != "destroyed"
 
@@ -76,14 +77,31 @@ class NetworkRepository:
         return int((await self.session.execute(statement)).scalar_one())
 
     async def hostname_holder(self, hostname: str) -> tuple[Domain, str] | None:
-        """The domain holding ``hostname`` in any tenant, with its instance's state."""
+        """The verified domain holding ``hostname`` in any tenant, with its instance's state.
+        Pending claims hold nothing: several tenants may have one for the same hostname."""
         statement = (
             select(Domain, Instance.state)
             .join(Instance, Instance.id == Domain.instance_id)
-            .where(Domain.hostname == hostname)
+            .where(Domain.hostname == hostname, Domain.status == "verified")
         )
         row = (await self.session.execute(statement)).first()
         return (row[0], row[1]) if row is not None else None
+
+    async def own_claim(self, tenant_id: str, hostname: str) -> Domain | None:
+        """The tenant's unverified claim of ``hostname``, if any."""
+        statement = select(Domain).where(
+            Domain.tenant_id == tenant_id, Domain.hostname == hostname, Domain.status != "verified"
+        )
+        return (await self.session.execute(statement.limit(1))).scalars().first()
+
+    async def supersede_claims(self, hostname: str, winner_id: str) -> int:
+        """Every other unverified claim of ``hostname`` (any tenant's) lost to ``winner_id``."""
+        outcome = await self.session.execute(
+            update(Domain)
+            .where(Domain.hostname == hostname, Domain.id != winner_id, Domain.status == "pending")
+            .values(status="superseded", version=Domain.version + 1, updated_at=utc_now())
+        )
+        return int(outcome.rowcount or 0)  # type: ignore[attr-defined]
 
     async def certificates(self, domain_ids: list[str]) -> dict[str, Certificate]:
         if not domain_ids:

@@ -76,7 +76,8 @@ class Domain(msgspec.Struct):
     tenant_id: str
     instance_id: str
     hostname: str
-    status: Literal["pending", "verified"]
+    status: Literal["pending", "verified", "superseded"]
+    """``superseded``: another claim of the hostname (any tenant's) was verified first."""
     verification: Verification
     verified_at: datetime | None
     certificate: Certificate | None

@@ -50,20 +50,47 @@ SUPPORTED_PROTOCOLS = ("http",)
 CHALLENGE_LABEL = "_ctrlplane-challenge"
 _PATH_SEGMENT = r"[A-Za-z0-9._~!$&'()+,;=:@%-]+"
 _PATH = re.compile(rf"^/(?:{_PATH_SEGMENT}(?:/{_PATH_SEGMENT})*)?$")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_FORBIDDEN_ESCAPE = re.compile(r"%(?:2F|5C|00)")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 UNUSABLE = ("destroying", "destroyed")
 
 
 def normalize_path(path: str) -> str:
+    """A route path in one canonical form, or 400. Percent-encoded unreserved characters are decoded
+    (``%7E`` is ``~``, ``%2e`` is ``.``) and other escapes upper-cased, so one path has one spelling
+    when stored and compared; then ``.``/``..`` segments, empty segments (``//``), backslashes and
+    encoded ``/``, ``\\`` or NUL are refused: a proxy or an application that normalizes them
+    differently would route a request somewhere the route's owner never named."""
+    shown = {"path": path[:256]}
     if not path.startswith("/"):
-        raise InvalidInput("path must start with /", details={"path": path})
+        raise InvalidInput("path must start with /", details=shown)
+    if "//" in path or "\\" in path:
+        raise InvalidInput("path must be a plain URL path: no empty segments (//) or backslashes", details=shown)
+    if "%" in path:
+        if _BAD_ESCAPE.search(path):
+            raise InvalidInput(
+                "path has a malformed percent-encoding (% must be followed by two hex digits)", details=shown
+            )
+        path = _ESCAPE.sub(_canonical_escape, path)
+        if _FORBIDDEN_ESCAPE.search(path):
+            raise InvalidInput("path must not contain an encoded /, \\ or NUL (%2F, %5C, %00)", details=shown)
     if len(path) > 1 and path.endswith("/"):
-        path = path.rstrip("/") or "/"
-    if not _PATH.match(path):
+        path = path[:-1]
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidInput("path must not contain . or .. segments (also percent-encoded)", details=shown)
+    if "//" in path or not _PATH.match(path):
         raise InvalidInput(
-            "path must be a plain URL path such as /api (no *, ?, #, spaces or empty segments)", details={"path": path}
+            "path must be a plain URL path such as /api (no *, ?, #, spaces or empty segments)", details=shown
         )
     return path
+
+
+def _canonical_escape(match: re.Match[str]) -> str:
+    character = chr(int(match.group(1), 16))
+    return character if character in _UNRESERVED else "%" + match.group(1).upper()
 
 
 def normalize_hostname(hostname: str, *, reserved_suffix: str) -> str:
@@ -255,8 +282,19 @@ class DomainService(_NetworkService):
         if holder is not None:
             domain, instance_state = holder
             if instance_state != "destroyed":
-                raise ConflictError(f"hostname {hostname} is already claimed", details={"hostname": hostname})
+                raise ConflictError(
+                    f"hostname {hostname} is already verified by a claim", details={"hostname": hostname}
+                )
             await self.session.delete(domain)
+            await self.session.flush()
+        own = await self.repo.own_claim(instance.tenant_id, hostname)
+        if own is not None:
+            if own.status == "pending" and not self._expired(own):
+                raise ConflictError(
+                    f"your tenant already claims {hostname} (domain {own.id})",
+                    details={"hostname": hostname, "domain_id": own.id},
+                )
+            await self.session.delete(own)  # an expired or superseded claim is replaced by a new one
             await self.session.flush()
         now = utc_now()
         domain = Domain(
@@ -294,14 +332,34 @@ class DomainService(_NetworkService):
     def _require_version(self, domain: Domain) -> None:
         require_version(self.if_match, resource="domain", resource_id=domain.id, version=domain.version)
 
+    def _expired(self, domain: Domain) -> bool:
+        age = utc_now() - domain.created_at
+        return domain.status == "pending" and age.total_seconds() > self.settings.domain_claim_ttl_seconds
+
+    def _claim_usable(self, domain: Domain) -> None:
+        if domain.status == "superseded":
+            raise ConflictError(
+                f"another claim of {domain.hostname} was verified first; this claim can no longer be verified",
+                details={"hostname": domain.hostname, "status": domain.status},
+            )
+        if self._expired(domain):
+            raise ConflictError(
+                f"this claim of {domain.hostname} expired (pending claims last "
+                f"{self.settings.domain_claim_ttl_seconds / 86400:g} days); delete it and claim the hostname again",
+                details={"hostname": domain.hostname, "status": "expired"},
+            )
+
     async def verify(self, domain_id: str) -> schemas.Domain:
         """Look the TXT record up (outside any lock: DNS may be slow) and mark the domain verified.
-        If-Match is checked before the lookup and again on the locked row."""
+        If-Match is checked before the lookup and again on the locked row. Several tenants may
+        hold pending claims of one hostname: the first to verify wins (a partial unique index
+        holds even against a race), and the others' claims become ``superseded``."""
         domain = await self.repo.domain(domain_id)
         self._require_version(domain)
         self._audit(domain.id, domain.tenant_id, hostname=domain.hostname)
         if domain.status == "verified":
             return await self._view(domain)
+        self._claim_usable(domain)
         record = f"{CHALLENGE_LABEL}.{domain.hostname}"
         found = await txt_values(self.settings, record)
         if domain.verification_token not in found:
@@ -314,9 +372,19 @@ class DomainService(_NetworkService):
         self._require_version(domain)
         if domain.status == "verified":
             return await self._view(domain)
+        self._claim_usable(domain)
+        winner = await self.repo.hostname_holder(domain.hostname)
+        if winner is not None and winner[1] != "destroyed":
+            domain.status = "superseded"
+            self._claim_usable(domain)
+        elif winner is not None:  # verified once for an instance since destroyed: it holds nothing
+            await self.session.delete(winner[0])
+            await self.session.flush()
         domain.status, domain.verified_at = "verified", utc_now()
         domain.updated_at = utc_now()
         domain.version += 1
+        await self.session.flush()  # the partial unique index refuses a second verified claim: 409
+        await self.repo.supersede_claims(domain.hostname, domain.id)
         await append_event(
             self.session,
             tenant_id=domain.tenant_id,

@@ -261,6 +261,14 @@ async def workload_secrets(
     return schemas.WorkloadSecrets(env=env, files=tuple(files))
 
 
+async def values_of(session: AsyncSession, vault: Vault, *, tenant_id: str, instance_id: str) -> list[str]:
+    """Every current secret value of an instance as text (env values, file contents), decrypted
+    in memory: what must never come back out of its containers (``redaction.py``)."""
+    revision = await SecretRepository(session, tenant_id).latest_revision(instance_id)
+    current = await workload_secrets(session, vault, tenant_id=tenant_id, instance_id=instance_id, revision=revision)
+    return [*current.env.values(), *(f.content.decode("utf-8", "replace") for f in current.files)]
+
+
 async def for_release(services: AppServices, release_id: str | None) -> schemas.WorkloadSecrets:
     """The secrets a release pinned, decrypted (none for no release)."""
     if release_id is None:

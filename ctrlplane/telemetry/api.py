@@ -41,7 +41,9 @@ class TelemetryController(Controller):
         name: FromQuery[schemas.MetricName | None] = None,
         since: Moment = None,
         until: Moment = None,
-        step: Annotated[str | None, QueryParameter(description="Bucket size such as 60s or 5m")] = None,
+        step: Annotated[
+            str | None, QueryParameter(description="Bucket size such as 60s or 5m, at most 400d", max_length=32)
+        ] = None,
         route: Annotated[
             str | None, QueryParameter(max_length=256, description="Request metrics: one route path only")
         ] = None,

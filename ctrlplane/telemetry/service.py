@@ -74,9 +74,11 @@ def _step_seconds(step: str | None) -> int | None:
     try:
         seconds = parse_duration(step)
     except ValueError as exc:
-        raise InvalidInput(f"step: {exc}", details={"step": step}) from None
-    if seconds < 1 or seconds != int(seconds):
-        raise InvalidInput("step must be a whole number of seconds, at least 1s", details={"step": step})
+        raise InvalidInput(f"step: {exc}", details={"step": step[:64]}) from None
+    if seconds < 1 or seconds != int(seconds) or seconds > MAX_WINDOW.total_seconds():
+        raise InvalidInput(
+            f"step must be a whole number of seconds from 1s to {MAX_WINDOW.days}d", details={"step": step[:64]}
+        )
     return int(seconds)
 
 

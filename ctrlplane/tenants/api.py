@@ -98,12 +98,12 @@ class TenantController(Controller):
     async def suspend(
         self,
         tenant_id: FromPath[str],
-        data: JSONBody[schemas.SuspendRequest],
         context: Context,
+        data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Tenant]:
         """Suspend a tenant: its tokens may still read, but every mutating call gets 403."""
-        return _tagged(await TenantService(context, if_match=if_match).suspend(tenant_id, data.reason))
+        return _tagged(await TenantService(context, if_match=if_match).suspend(tenant_id, schemas.reason_of(data)))
 
     @post(
         "/{tenant_id:str}/unsuspend",
@@ -116,12 +116,12 @@ class TenantController(Controller):
     async def unsuspend(
         self,
         tenant_id: FromPath[str],
-        data: JSONBody[schemas.SuspendRequest],
         context: Context,
+        data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Tenant]:
         """Lift a tenant's suspension."""
-        return _tagged(await TenantService(context, if_match=if_match).unsuspend(tenant_id, data.reason))
+        return _tagged(await TenantService(context, if_match=if_match).unsuspend(tenant_id, schemas.reason_of(data)))
 
     @get(
         "/{tenant_id:str}/quota",

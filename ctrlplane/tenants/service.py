@@ -49,6 +49,8 @@ class TenantService:
 
     async def _locked(self, tenant_id: str) -> Tenant:
         tenant = await self.repo.get(tenant_id, for_update=True)
+        # Refused or not, an action on an existing tenant is recorded in that tenant's audit chain.
+        self.context.audit.tenant_id, self.context.audit.resource_id = tenant.id, tenant.id
         require_version(self.if_match, resource="tenant", resource_id=tenant.id, version=tenant.version)
         return tenant
 

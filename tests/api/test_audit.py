@@ -8,9 +8,11 @@ import sys
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from ctrlplane.audit.models import AuditEntry
-from ctrlplane.audit.service import verify
+from ctrlplane.audit.models import AuditChain, AuditEntry
+from ctrlplane.audit.service import GENESIS, AuditKeys, entry_hash, verify
 from ctrlplane.db import Database
+from ctrlplane.secrets.crypto import MasterKeyRing
+from ctrlplane.settings import Settings
 from tests.conftest import Api, bearer
 
 
@@ -19,9 +21,14 @@ async def _entries(db: Database) -> list[AuditEntry]:
         return list((await session.execute(select(AuditEntry).order_by(AuditEntry.chain, AuditEntry.seq))).scalars())
 
 
-async def _verify(db: Database) -> str | None:
+def audit_keys(settings: Settings) -> AuditKeys:
+    """The keys the app under test signs with: derived from its secrets master key ring."""
+    return AuditKeys(MasterKeyRing.from_settings(settings)[0].keys)
+
+
+async def _verify(db: Database, settings: Settings, **options: bool) -> str | None:
     async with db.read() as session:
-        report = await verify(session)
+        report = await verify(session, audit_keys(settings), **options)
     return None if report.broken is None else report.broken.reason
 
 
@@ -67,15 +74,15 @@ async def test_no_token_or_key_value_reaches_the_audit_log(api: Api, db: Databas
     assert token not in dump
 
 
-async def test_chain_of_untouched_log_verifies(api: Api, db: Database) -> None:
+async def test_chain_of_untouched_log_verifies(api: Api, db: Database, settings: Settings) -> None:
     tenant = await api.create_tenant("acme")
     for i in range(3):
         await api.create_key(tenant["id"], ["read"], name=f"k{i}")
-    assert await _verify(db) is None
+    assert await _verify(db, settings) is None
 
 
 @pytest.mark.dialects("concurrent writes serialise on the chain head's row lock")
-async def test_concurrent_writes_in_one_tenant_keep_the_chain_whole(api: Api, db: Database) -> None:
+async def test_concurrent_writes_in_one_tenant_keep_the_chain_whole(api: Api, db: Database, settings: Settings) -> None:
     tenant = await api.create_tenant("acme")
     token = bearer(api.tokens.tenant(tenant["id"]))
     responses = await asyncio.gather(
@@ -84,31 +91,31 @@ async def test_concurrent_writes_in_one_tenant_keep_the_chain_whole(api: Api, db
     assert all(r.status_code == 201 for r in responses)
     seqs = [e.seq for e in await _entries(db) if e.chain == tenant["id"]]
     assert seqs == list(range(1, 12))
-    assert await _verify(db) is None
+    assert await _verify(db, settings) is None
 
 
-async def test_altered_row_is_detected(api: Api, db: Database) -> None:
+async def test_altered_row_is_detected(api: Api, db: Database, settings: Settings) -> None:
     tenant = await api.create_tenant("acme")
     await api.create_key(tenant["id"], ["read"])
     target = (await _entries(db))[0]
     async with db.write() as session, session.begin():
         await session.execute(update(AuditEntry).where(AuditEntry.id == target.id).values(actor_subject="mallory"))
-    reason = await _verify(db)
+    reason = await _verify(db, settings)
     assert reason is not None and "altered" in reason
 
 
-async def test_removed_row_is_detected(api: Api, db: Database) -> None:
+async def test_removed_row_is_detected(api: Api, db: Database, settings: Settings) -> None:
     tenant = await api.create_tenant("acme")
     for i in range(3):
         await api.create_key(tenant["id"], ["read"], name=f"k{i}")
     middle = [e for e in await _entries(db) if e.chain == tenant["id"]][1]
     async with db.write() as session, session.begin():
         await session.execute(delete(AuditEntry).where(AuditEntry.id == middle.id))
-    reason = await _verify(db)
+    reason = await _verify(db, settings)
     assert reason is not None and "missing" in reason
 
 
-async def test_rows_cut_from_the_end_are_detected(api: Api, db: Database) -> None:
+async def test_rows_cut_from_the_end_are_detected(api: Api, db: Database, settings: Settings) -> None:
     tenant = await api.create_tenant("acme")
     await api.create_key(tenant["id"], ["read"])
     async with db.write() as session, session.begin():
@@ -116,14 +123,16 @@ async def test_rows_cut_from_the_end_are_detected(api: Api, db: Database) -> Non
             await session.execute(select(func.max(AuditEntry.seq)).where(AuditEntry.chain == tenant["id"]))
         ).scalar()
         await session.execute(delete(AuditEntry).where(AuditEntry.chain == tenant["id"], AuditEntry.seq == last))
-    reason = await _verify(db)
+    reason = await _verify(db, settings)
     assert reason is not None and "removed" in reason
 
 
-async def test_audit_verify_command_reports_first_broken_link(api: Api, db: Database, database_url: str) -> None:
+async def test_audit_verify_command_reports_first_broken_link(
+    api: Api, db: Database, database_url: str, settings: Settings
+) -> None:
     tenant = await api.create_tenant("acme")
     await api.create_key(tenant["id"], ["read"])
-    env = {**os.environ, "CTRLPLANE_DATABASE_URL": database_url}
+    env = {**os.environ, "CTRLPLANE_DATABASE_URL": database_url, "CTRLPLANE_DATA_DIR": settings.data_dir}
     command = [sys.executable, "-m", "ctrlplane.cli", "audit", "verify"]
     intact = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert intact.returncode == 0, intact.stderr
@@ -156,3 +165,45 @@ async def test_audit_query_filters(api: Api) -> None:
     assert future["total"] == 0
     naive = await api.client.get("/v1/admin/audit", params={"since": "2024-01-01T00:00:00"}, headers=api.admin_headers)
     assert naive.status_code == 400
+
+
+async def test_a_database_writer_who_recomputes_the_chain_without_the_key_is_detected(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    tenant = await api.create_tenant("acme")
+    for i in range(3):
+        await api.create_key(tenant["id"], ["read"], name=f"k{i}")
+    async with db.write() as session, session.begin():
+        rows = list(
+            (
+                await session.execute(
+                    select(AuditEntry).where(AuditEntry.chain == tenant["id"]).order_by(AuditEntry.seq)
+                )
+            ).scalars()
+        )
+        rows[1].actor_subject = "mallory"
+        previous = GENESIS
+        for row in rows:  # the whole chain re-linked with plain SHA-256, the head too
+            row.prev_hash = previous
+            row.hash = previous = entry_hash(previous, row)
+        head = await session.get(AuditChain, tenant["id"])
+        assert head is not None
+        head.last_hash = previous
+    reason = await _verify(db, settings)
+    assert reason is not None and "not signed with the audit key" in reason
+    assert await _verify(db, settings, allow_unkeyed_prefix=True) is None, "a legacy prefix is accepted on request"
+    async with db.read() as session:
+        unkeyed = await verify(session, None)
+    assert unkeyed.broken is None, "such a chain is internally consistent: only the key tells the rewrite"
+
+
+async def test_entries_signed_by_an_older_master_key_verify_after_rotation(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    tenant = await api.create_tenant("acme")
+    await api.create_key(tenant["id"], ["read"])
+    old = audit_keys(settings)
+    newer = AuditKeys({**MasterKeyRing.from_settings(settings)[0].keys, old.newest + 1: os.urandom(32)})
+    async with db.read() as session:
+        assert (await verify(session, newer)).broken is None
+        assert (await verify(session, AuditKeys({old.newest + 1: os.urandom(32)}))).broken is not None

@@ -192,3 +192,30 @@ async def test_configuration_changes_wait_for_a_running_deploy(live: Api) -> Non
     assert (await live.client.post(f"{path}/scale", json={"replicas": 3}, headers=token)).status_code == 409
     assert (await finished(live, response.json()["id"], token))["state"] == "succeeded"
     assert (await live.client.patch(path, json={"env": {"A": "9"}}, headers=token)).status_code == 200
+
+
+@pytest.mark.parametrize("how", ["scale", "patch"])
+async def test_a_scale_before_a_deploy_is_not_undone_when_the_deploy_rolls_back(
+    live: Api, fake: FakeProvider, how: str
+) -> None:
+    _, token = await tenant_token(live)
+    instance = await running_instance(live, token)
+    path = f"/v1/instances/{instance['id']}"
+    resources = {"cpu_millis": 250, "memory_mb": 128}
+    if how == "scale":
+        changed = await live.client.post(f"{path}/scale", json={"replicas": 3, "resources": resources}, headers=token)
+    else:
+        changed = await live.client.patch(path, json={"resources": resources}, headers=token)
+    assert changed.status_code in (200, 202), changed.text
+    replicas = 3 if how == "scale" else 2
+    await wait_for(live, instance["id"], token, lambda b: b["state"] == "running" and b["replicas"] == replicas)
+    fake.missing_images.add("ghcr.io/nobody/broken:1")
+    response = await live.client.post(f"{path}/deploy", json={"image": "ghcr.io/nobody/broken:1"}, headers=token)
+    done = await finished(live, response.json()["id"], token)
+    assert done["state"] == "rolled_back", done
+    after = await wait_for(live, instance["id"], token, state("running"))
+    assert after["image"] == "ctrlplane-test/busybox:1"
+    assert (after["replicas"], after["resources"]) == (replicas, resources)
+    running = [r for r in fake.replicas(instance["id"]) if r.state == "running"]
+    assert len(running) == replicas
+    assert {(r.resources.cpu_millis, r.resources.memory_mb) for r in running} == {(250, 128)}

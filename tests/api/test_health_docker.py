@@ -4,6 +4,7 @@ commands inside the container, and checks as deploy gates against the new replic
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from docker import DockerClient
 
 from ctrlplane.settings import Settings
+from ctrlplane.telemetry.otlp import instance_token
 from tests.api.test_deployments import finished
 from tests.api.test_health import add_check, health_events, health_of, until_health
 from tests.api.test_instances import state, wait_for
@@ -197,3 +199,39 @@ async def test_a_deploy_whose_new_release_fails_its_health_check_gate_rolls_back
     passed = await finished(live, good.json()["id"], token, timeout=90)
     assert passed["state"] == "succeeded", passed
     assert (await health_of(live, instance["id"], token))["instance_state"] == "running"
+
+
+async def test_command_output_is_redacted_of_secrets_and_the_otlp_token_and_shown_to_deploy_only(
+    live: Api, docker_engine: DockerClient, health_images: None, settings: Settings
+) -> None:
+    token = await tenant(live, "acme")
+    instance = await running(live, token)
+    value = "hunter2-s3cret-value"
+    stored = await live.client.post(
+        f"/v1/instances/{instance['id']}/secrets", json={"key": "DB_PASSWORD", "value": value}, headers=token
+    )
+    assert stored.status_code in (200, 201), stored.text
+    encoded = base64.b64encode(value.encode()).decode()
+    otlp = instance_token(settings, instance["id"])
+    check = await add_check(
+        live,
+        instance["id"],
+        token,
+        name="leaky",
+        type="command",
+        target=f"sh -c 'echo plain={value} b64={encoded}; env; exit 1'",
+        enabled=False,
+    )
+    result = (await run(live, check["id"], token))["result"]
+    assert result["status"] == "fail"
+    message = result["message"]
+    assert value not in message and encoded not in message and encoded.rstrip("=") not in message
+    assert otlp not in message and "OTEL_EXPORTER_OTLP_HEADERS" in message, message
+    assert "plain=[redacted] b64=[redacted]" in message
+    reader = await live.create_key(instance["tenant_id"], ["read"])
+    as_reader = {"Authorization": f"Bearer {reader['key']}"}
+    health = (await live.client.get(f"/v1/instances/{instance['id']}/health", headers=as_reader)).json()
+    latest = next(c for c in health["checks"] if c["check_id"] == check["id"])["latest"]
+    assert latest["message"] == "(shown to the deploy role only)"
+    events = (await live.client.get("/v1/events", params={"limit": 100}, headers=as_reader)).json()
+    assert value not in str(events) and otlp not in str(events)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ctrlplane.app import create_app
+from ctrlplane.auth.tokens import issue_token
 from ctrlplane.db import Database
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
@@ -56,7 +58,14 @@ def encode_segment(value: dict[str, Any]) -> str:
 def claims(**overrides: Any) -> dict[str, Any]:
     """Valid system-admin claims (no tenant, so no tenant row is needed), with overrides applied."""
     now = int(time.time())
-    values: dict[str, Any] = {"sub": "root", "roles": ["admin"], "iat": now, "nbf": now, "exp": now + 3600}
+    values: dict[str, Any] = {
+        "sub": "root",
+        "roles": ["admin"],
+        "system_admin": True,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    }
     for name, value in overrides.items():
         if value is DROP:
             values.pop(name, None)
@@ -277,6 +286,55 @@ async def test_token_without_tenant_and_without_admin_role_is_rejected(
     assert_unauthenticated(await whoami(client, jwt.encode(claims(roles=roles), JWT_SECRET, algorithm="HS256")))
 
 
+async def test_admin_role_without_tenant_and_without_the_system_admin_claim_is_rejected(
+    client: httpx.AsyncClient,
+) -> None:
+    refused = await whoami(client, jwt.encode(claims(system_admin=DROP), JWT_SECRET, algorithm="HS256"))
+    assert_unauthenticated(refused)
+    assert "system_admin" in refused.json()["message"]
+    for value in ("true", 1, False):
+        assert_unauthenticated(await whoami(client, jwt.encode(claims(system_admin=value), JWT_SECRET, "HS256")))
+
+
+async def test_system_admin_claim_with_a_tenant_is_rejected(client: httpx.AsyncClient) -> None:
+    token = jwt.encode(claims(tenant_id="ten_x"), JWT_SECRET, algorithm="HS256")
+    assert_unauthenticated(await whoami(client, token))
+
+
+async def test_token_living_longer_than_the_maximum_ttl_is_rejected(client: httpx.AsyncClient) -> None:
+    now = int(time.time())
+    day_and_a_minute = jwt.encode(claims(iat=now, nbf=now, exp=now + 86400 + 60), JWT_SECRET, algorithm="HS256")
+    refused = await whoami(client, day_and_a_minute)
+    assert_unauthenticated(refused)
+    assert "lifetime" in refused.json()["message"]
+    backdated = jwt.encode(claims(iat=now - 86400 * 30, nbf=now - 60, exp=now + 60), JWT_SECRET, algorithm="HS256")
+    assert_unauthenticated(await whoami(client, backdated))
+    assert_accepted(await whoami(client, jwt.encode(claims(exp=now + 86000), JWT_SECRET, algorithm="HS256")))
+
+
+async def test_maximum_ttl_is_configurable(settings: Settings, db: Database) -> None:
+    now = int(time.time())
+    token = jwt.encode(claims(iat=now, nbf=now, exp=now + 1800), JWT_SECRET, algorithm="HS256")
+    async with client_for(msgspec.structs.replace(settings, jwt_max_ttl_seconds=600.0), db) as client:
+        assert_unauthenticated(await whoami(client, token))
+
+
+def test_issuing_a_token_longer_than_the_maximum_ttl_is_refused(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="at most"):
+        issue_token(settings, subject="root", tenant_id=None, roles=["admin"], ttl=timedelta(days=2))
+
+
+async def test_unauthenticated_message_never_repeats_header_values(client: httpx.AsyncClient) -> None:
+    marker = "<script>kid-echo</script>"
+    token = jwt.encode(claims(), JWT_SECRET, algorithm="HS256", headers={"alg": "HS256", "kid": marker})
+    header, payload, _ = token.split(".")
+    forged_alg = json.loads(b64url_decode(header))
+    forged_alg["alg"] = marker
+    response = await whoami(client, f"{encode_segment(forged_alg)}.{payload}.sig")
+    assert_unauthenticated(response)
+    assert "kid-echo" not in response.text
+
+
 async def test_token_for_a_tenant_that_does_not_exist_is_rejected(client: httpx.AsyncClient) -> None:
     token = jwt.encode(claims(sub="alice", tenant_id="ten_doesnotexist"), JWT_SECRET, algorithm="HS256")
     assert_unauthenticated(await whoami(client, token))
@@ -406,9 +464,11 @@ async def test_jwks_token_with_matching_kid_is_accepted(
 async def test_jwks_token_with_unknown_kid_is_rejected(
     jwks_settings: Settings, jwks_server: JWKSServer, db: Database
 ) -> None:
-    token = jwt.encode(claims(), rsa_key(), algorithm="RS256", headers={"kid": "key-unknown"})
+    token = jwt.encode(claims(), rsa_key(), algorithm="RS256", headers={"kid": "key-unknown<echo>"})
     async with client_for(jwks_settings, db) as client:
-        assert_unauthenticated(await whoami(client, token))
+        refused = await whoami(client, token)
+    assert_unauthenticated(refused)
+    assert "key-unknown" not in refused.text and "echo" not in refused.text, "the 401 must not repeat the kid"
     assert jwks_server.requests >= 1
 
 

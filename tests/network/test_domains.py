@@ -1,14 +1,21 @@
-"""Domains through the API: claiming a hostname (unique across tenants), DNS verification against a
-real DNS server (pebble-challtestsrv), tenant isolation, quotas, deletion."""
+"""Domains through the API: claiming a hostname (pending claims of several tenants; one verified),
+DNS verification against a real DNS server (pebble-challtestsrv), tenant isolation, quotas,
+deletion, expiry of pending claims."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
+from ctrlplane.db import Database
+from ctrlplane.network.models import Domain as DomainRow
 from ctrlplane.settings import Settings
+from ctrlplane.timeutil import utc_now
 from tests.api.test_instances import create, tenant_token
 from tests.conftest import Api
 from tests.network.processes import ChallTestSrv, challtestsrv  # noqa: F401 - fixture
@@ -98,7 +105,7 @@ async def test_a_hostname_that_is_not_a_usable_fqdn_is_400(api: Api, hostname: s
     assert (await api.client.get(f"/v1/instances/{instance['id']}/domains", headers=token)).json()["total"] == 0
 
 
-async def test_another_tenant_cannot_claim_the_hostname_or_see_the_domain(api: Api) -> None:
+async def test_another_tenant_cannot_see_the_domain_and_a_pending_claim_blocks_nobody(api: Api) -> None:
     _, token = await tenant_token(api, "acme")
     _, other = await tenant_token(api, "globex")
     domain = await domain_for(api, token)
@@ -106,8 +113,8 @@ async def test_another_tenant_cannot_claim_the_hostname_or_see_the_domain(api: A
     claim = await api.client.post(
         f"/v1/instances/{theirs['id']}/domains", json={"hostname": "APP.example.com"}, headers=other
     )
-    assert claim.status_code == 409, claim.text
-    assert claim.json()["message"] == "hostname app.example.com is already claimed"
+    assert claim.status_code == 201, claim.text
+    assert claim.json()["status"] == "pending"
     assert "acme" not in claim.text and domain["tenant_id"] not in claim.text
     for method, path in [
         ("GET", f"/v1/domains/{domain['id']}"),
@@ -118,8 +125,51 @@ async def test_another_tenant_cannot_claim_the_hostname_or_see_the_domain(api: A
     ]:
         response = await api.client.request(method, path, headers=other)
         assert response.status_code == 404, f"{method} {path}: {response.text}"
-    assert (await api.client.get(f"/v1/instances/{theirs['id']}/domains", headers=other)).json()["total"] == 0
+    assert [
+        d["id"] for d in (await api.client.get(f"/v1/instances/{theirs['id']}/domains", headers=other)).json()["items"]
+    ] == [claim.json()["id"]]
     assert (await api.client.get(f"/v1/domains/{domain['id']}", headers=token)).status_code == 200
+
+
+async def test_the_first_claim_to_verify_wins_and_the_others_are_superseded(
+    api: Api, challtestsrv: ChallTestSrv
+) -> None:
+    _, token = await tenant_token(api, "acme")
+    _, other = await tenant_token(api, "globex")
+    mine = await domain_for(api, token)
+    theirs = await domain_for(api, other)
+    assert theirs["status"] == "pending"
+    challtestsrv.set_txt(theirs["verification"]["name"], theirs["verification"]["value"])
+    won = await api.client.post(f"/v1/domains/{theirs['id']}/verify", headers=other)
+    assert won.status_code == 200 and won.json()["status"] == "verified", won.text
+    lost = await api.client.get(f"/v1/domains/{mine['id']}", headers=token)
+    assert lost.json()["status"] == "superseded"
+    challtestsrv.set_txt(mine["verification"]["name"], mine["verification"]["value"])
+    refused = await api.client.post(f"/v1/domains/{mine['id']}/verify", headers=token)
+    assert refused.status_code == 409
+    assert "verified first" in refused.json()["message"]
+    again = await api.client.post(
+        f"/v1/instances/{mine['instance_id']}/domains", json={"hostname": "app.example.com"}, headers=token
+    )
+    assert again.status_code == 409 and "already verified" in again.json()["message"]
+    challtestsrv.clear_txt(mine["verification"]["name"])
+
+
+async def test_pending_claims_expire(api: Api, db: Database) -> None:
+    _, token = await tenant_token(api)
+    domain = await domain_for(api, token)
+    async with db.write() as session, session.begin():
+        await session.execute(
+            update(DomainRow).where(DomainRow.id == domain["id"]).values(created_at=utc_now() - timedelta(days=8))
+        )
+    expired = await api.client.post(f"/v1/domains/{domain['id']}/verify", headers=token)
+    assert expired.status_code == 409
+    assert expired.json()["details"]["status"] == "expired"
+    renewed = await api.client.post(
+        f"/v1/instances/{domain['instance_id']}/domains", json={"hostname": "app.example.com"}, headers=token
+    )
+    assert renewed.status_code == 201, renewed.text
+    assert (await api.client.get(f"/v1/domains/{domain['id']}", headers=token)).status_code == 404
 
 
 async def test_deleting_a_domain_frees_its_hostname(api: Api) -> None:
@@ -145,3 +195,16 @@ async def test_max_domains_quota_is_enforced(api: Api) -> None:
     assert third.status_code == 403 and third.json()["code"] == "quota_exceeded"
     assert third.json()["details"]["quota"] == "max_domains"
     assert (await api.client.get(url, headers=token)).json()["total"] == 2
+
+
+@pytest.mark.dialects
+async def test_the_database_holds_one_verified_claim_per_hostname_on_both_dialects(api: Api, db: Database) -> None:
+    _, token = await tenant_token(api, "acme")
+    _, other = await tenant_token(api, "globex")
+    first = await domain_for(api, token)
+    second = await domain_for(api, other)
+    async with db.write() as session, session.begin():
+        await session.execute(update(DomainRow).where(DomainRow.id == first["id"]).values(status="verified"))
+    with pytest.raises(IntegrityError):
+        async with db.write() as session, session.begin():
+            await session.execute(update(DomainRow).where(DomainRow.id == second["id"]).values(status="verified"))

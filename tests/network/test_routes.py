@@ -65,6 +65,56 @@ async def test_invalid_routes_are_400_saying_why_and_change_nothing(
     assert (await api.client.get(url, headers=token)).json()["total"] == 0
 
 
+HOSTILE_PATHS = [
+    "/a/../b",
+    "/..",
+    "/a/.",
+    "/a/./b",
+    "/%2e%2e/admin",
+    "/a/%2E%2e",
+    "/%2e",
+    "//",
+    "//evil",
+    "/api//",
+    "/a\\b",
+    "/a%5cb",
+    "/a%2Fb",
+    "/a%00b",
+    "/a%zz",
+    "/a%",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+async def test_dot_segments_empty_segments_backslashes_and_their_encodings_are_400(api: Api, path: str) -> None:
+    _, token = await tenant_token(api)
+    _, url = await routes_url(api, token)
+    created = await api.client.post(url, json={"path": path, "port": 8080}, headers=token)
+    assert created.status_code == 400, (path, created.text)
+    assert created.json()["code"] == "invalid_input"
+    assert (await api.client.get(url, headers=token)).json()["total"] == 0
+
+
+async def test_paths_are_normalized_before_they_are_stored_and_compared(api: Api) -> None:
+    _, token = await tenant_token(api)
+    _, url = await routes_url(api, token)
+    created = await api.client.post(url, json={"path": "/%7euser/%2e%2ewell%5fknown/", "port": 8080}, headers=token)
+    assert created.status_code == 201, created.text
+    route = created.json()
+    assert route["path"] == "/~user/..well_known"
+    same = await api.client.post(
+        url, json={"path": "/~user/..well_known", "port": 8081, "strip_prefix": True}, headers=token
+    )
+    assert same.status_code == 400, "one path in two spellings is one path: strip_prefix must agree"
+    escaped = await api.client.post(url, json={"path": "/a%2a%20b", "port": 8080}, headers=token)
+    assert escaped.status_code == 201, escaped.text
+    assert escaped.json()["path"] == "/a%2A%20b"
+    refused = await api.client.patch(f"/v1/routes/{route['id']}", json={"path": "/x/../admin"}, headers=token)
+    assert refused.status_code == 400
+    kept = await api.client.get(f"/v1/routes/{route['id']}", headers=token)
+    assert kept.json()["path"] == "/~user/..well_known"
+
+
 async def test_routes_of_one_path_must_agree_on_strip_prefix(api: Api) -> None:
     _, token = await tenant_token(api)
     _, url = await routes_url(api, token)

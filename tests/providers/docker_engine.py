@@ -227,3 +227,23 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+ISOLATION_IMAGE = "ctrlplane-test/busybox:isolation"
+
+
+def ensure_isolation_image(client: DockerClient) -> str:
+    """The test app plus ``ping`` (a raw ICMP socket: refused without ``NET_RAW``), for the tests
+    that prove a replica's confinement from inside it."""
+    repository, tag = ISOLATION_IMAGE.rsplit(":", 1)
+    client.api.import_image_from_data(
+        rootfs_tar(None, ("ping",)),
+        repository=repository,
+        tag=tag,
+        changes=[
+            f'CMD ["/bin/httpd", "-f", "-p", "{HTTP_PORT}", "-h", "/www"]',
+            f"EXPOSE {HTTP_PORT}/tcp",
+            "ENV PATH=/bin",
+        ],
+    )
+    return ISOLATION_IMAGE

@@ -16,14 +16,22 @@ import anyio.to_thread
 import httpx
 import pytest
 from ctrlplane_docker import DockerProvider
+from ctrlplane_docker.isolation import CAPABILITIES, DEFAULT_PIDS_LIMIT, NOFILE_LIMIT
 from ctrlplane_docker.logs import THREAD_PREFIX
 from docker import DockerClient
 
 from ctrlplane.provisioning.contract import PortSpec, Provider, Resources, SecretFile
-from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable
+from ctrlplane.provisioning.errors import PULL_FAILURES, ImageNotFound, ProviderError, ProviderUnavailable
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SESSION, AppImage, ProviderConformance, Workloads, new_id
-from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, connect, docker_engine
+from tests.providers.docker_engine import (
+    HTTP_PORT,
+    IMAGE,
+    INDEX_BODY,
+    connect,
+    docker_engine,
+    ensure_isolation_image,
+)
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -31,6 +39,8 @@ pytestmark = pytest.mark.docker
 __all__ = ["docker_engine"]
 
 MIB = 1024 * 1024
+CAP_NET_RAW = 13
+CAP_SYS_ADMIN = 21
 STOP_TIMEOUT = 2
 TEST_CLUSTER = f"test-providers-{uuid.uuid4().hex[:8]}"
 """This session's cluster: no reconciler of a parallel API test lists (or reaps) these objects."""
@@ -101,6 +111,54 @@ class TestDockerProvider(ProviderConformance):
         assert result.exit_code == 0, result.output
 
     # -- Docker only -----------------------------------------------------------------------------
+
+    async def test_a_replica_is_confined_as_seen_from_inside_it(self, provider: Provider, workloads: Workloads) -> None:
+        image = await anyio.to_thread.run_sync(ensure_isolation_image, engine())
+        spec = workloads.spec(image=image)
+        status = await provider.provision(spec)
+        host = (await inspect(status.replicas[0].name))["HostConfig"]
+        assert host["CapDrop"] == ["ALL"]
+        assert set(host["CapAdd"]) == set(CAPABILITIES) and "NET_RAW" not in host["CapAdd"]
+        assert host["Privileged"] is False and host["NetworkMode"] != "host" and host["PidMode"] == ""
+        assert host["PidsLimit"] == DEFAULT_PIDS_LIMIT
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert not any("unconfined" in option for option in host["SecurityOpt"])
+        assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"nofile": NOFILE_LIMIT, "core": 0}
+        assert not host["Binds"] and not host["Devices"]
+        seen = await provider.exec(spec.instance_id, ["cat", "/proc/self/status"])
+        fields = {k: v.strip() for k, _, v in (line.partition(":") for line in seen.output.splitlines())}
+        assert fields["NoNewPrivs"] == "1"
+        assert fields["Seccomp"] == "2", "Docker's default seccomp profile filters system calls"
+        assert not int(fields["CapEff"], 16) & (1 << CAP_NET_RAW)
+        assert not int(fields["CapBnd"], 16) & (1 << CAP_SYS_ADMIN)
+        ping = await provider.exec(spec.instance_id, ["ping", "-c", "1", "-W", "1", "127.0.0.1"])
+        assert ping.exit_code != 0 and "permission denied" in ping.output, ping.output
+        socket = await provider.exec(spec.instance_id, ["ls", "/var/run/docker.sock", "/run/docker.sock"])
+        assert socket.exit_code != 0, "the Docker socket is never inside a replica"
+
+    async def test_a_fork_bomb_stops_at_the_pids_limit_while_neighbours_keep_serving(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        limited = DockerProvider(Settings(cluster_name=TEST_CLUSTER, docker_pids_limit=64), stop_timeout=STOP_TIMEOUT)
+        try:
+            neighbour = await provider.provision(workloads.spec())
+            bomb = workloads.spec()
+            await limited.provision(bomb)
+            forked = await limited.exec(
+                bomb.instance_id,
+                ["sh", "-c", "i=0; while [ $i -lt 300 ]; do sleep 120 & i=$((i+1)); done; echo done"],
+                timeout=60,
+            )
+            assert "can't fork" in forked.output, forked.output[-500:]
+            name = await replica_name(limited, bomb.instance_id, 0)
+            processes = await anyio.to_thread.run_sync(lambda: engine().api.top(name)["Processes"])
+            assert 32 < len(processes) <= 64
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(neighbour.endpoints[0].url)
+            assert response.status_code == 200 and response.content == INDEX_BODY
+            assert (await provider.ping()).available, "the engine keeps answering"
+        finally:
+            await limited.close()
 
     async def test_limits_show_in_docker_inspect_after_provision_and_scale(
         self, provider: Provider, workloads: Workloads
@@ -244,15 +302,18 @@ class TestDockerProvider(ProviderConformance):
         with anyio.fail_after(5), pytest.raises(ProviderError, match="did not finish within"):
             await provider.exec(spec.instance_id, ["sleep", "30"], timeout=0.5)
 
-    async def test_a_failed_pull_is_image_not_found_naming_the_image_and_the_error(
+    async def test_a_failed_pull_is_image_not_found_with_a_classified_message_not_the_engines_text(
         self, provider: Provider, workloads: Workloads
     ) -> None:
         # A registry on a closed loopback port: the pull fails at once and sends nothing off this host.
+        # The engine's own text ("dial tcp ... connection refused") would tell a port's state.
         image = f"127.0.0.1:9/ctrlplane-test/{new_id('absent')}:1"
         spec = workloads.spec(image=image, pull_policy="IfNotPresent")
         with pytest.raises(ImageNotFound) as raised:
             await provider.provision(spec)
-        assert image in raised.value.message and "pulling it failed" in raised.value.message
+        assert raised.value.message == f"image {image!r} could not be pulled: {PULL_FAILURES['unreachable']}"
+        assert raised.value.details == {"image": image, "reason": "unreachable"}
+        assert "refused" not in raised.value.message and "dial" not in raised.value.message
 
     async def test_start_reattaches_a_replica_whose_tenant_network_was_removed(
         self, provider: Provider, workloads: Workloads

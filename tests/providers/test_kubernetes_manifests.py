@@ -196,6 +196,32 @@ def test_run_as_non_root_can_be_turned_off_for_images_that_need_root() -> None:
     assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
 
 
+def test_tenant_namespaces_enforce_the_restricted_pod_security_standard() -> None:
+    labels = manifests.namespace(CLUSTER, "ten_a", DEFAULT)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+    assert labels["ctrlplane.tenant"] == "ten_a"
+    rooted = manifests.namespace(CLUSTER, "ten_a", KubernetesSettings(run_as_non_root=False))["metadata"]["labels"]
+    assert rooted["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert rooted["pod-security.kubernetes.io/warn"] == "restricted"
+
+
+def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
+    pod = manifests.deployment(CLUSTER, spec(), "b", DEFAULT, replicas=1)["spec"]["template"]["spec"]
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(field)
+    assert all("hostPath" not in volume for volume in pod["volumes"])
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["privileged"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert context["runAsNonRoot"] is True
+        assert not any("hostPort" in port for port in container["ports"])
+
+
 def test_the_secret_holds_every_env_value_and_file_base64_encoded() -> None:
     secret = manifests.secret(CLUSTER, spec())
     decoded = {key: base64.b64decode(value) for key, value in secret["data"].items()}

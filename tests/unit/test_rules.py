@@ -43,8 +43,10 @@ def test_roles_include_the_ones_below() -> None:
     deploy = Principal(subject="s", kind="api_key", tenant_id=TenantId("ten_a"), roles=frozenset({"deploy"}))
     assert deploy.has_role("read") and deploy.has_role("deploy") and not deploy.has_role("admin")
     assert not deploy.is_system_admin
-    admin = Principal(subject="root", kind="user", tenant_id=None, roles=frozenset({"admin"}))
+    admin = Principal(subject="root", kind="user", tenant_id=None, roles=frozenset({"admin"}), system_admin=True)
     assert admin.is_system_admin and admin.has_role("admin")
+    tenantless = Principal(subject="root", kind="user", tenant_id=None, roles=frozenset({"admin"}))
+    assert not tenantless.is_system_admin
     tenant_admin = Principal(subject="a", kind="user", tenant_id=TenantId("ten_a"), roles=frozenset({"admin"}))
     assert not tenant_admin.is_system_admin
     assert not deploy.grantable(["admin"]) and deploy.grantable(["read", "deploy"])

@@ -48,7 +48,7 @@ def engine_errors(action: str) -> Iterator[None]:
     try:
         yield
     except DockerImageNotFound as exc:
-        raise ImageNotFound(f"image not found while trying to {action}: {explanation(exc)}") from exc
+        raise ImageNotFound(f"image not found while trying to {action}", details={"reason": "not_found"}) from exc
     except APIError as exc:
         if exc.status_code in GATEWAY_STATUSES:
             raise unreachable(exc) from exc

@@ -24,6 +24,8 @@ What an instance is on Docker:
   period), exactly like a crash; the marker is how ``status`` tells "stopped" from "failed" by
   observation alone, with no memory in this process.
 * **Files** are mounted read-only with mode 0400 from a per-generation volume (see ``files``).
+* **Confinement**: no new privileges, capabilities dropped but a documented few, a pids limit,
+  ulimits, Docker's default seccomp profile, never privileged or host resources (see ``isolation``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any, TypeVar, cast
 import anyio
 import anyio.to_thread
 import docker  # type: ignore[import-untyped, unused-ignore]
+import structlog
 from docker import APIClient, DockerClient  # type: ignore[import-untyped, unused-ignore]
 from docker.errors import APIError, DockerException  # type: ignore[import-untyped, unused-ignore]
 from docker.types import IPAMConfig, IPAMPool, Mount  # type: ignore[import-untyped, unused-ignore]
@@ -69,13 +72,14 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
-from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, WorkloadNotFound
+from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, WorkloadNotFound, pull_failed
 from ctrlplane.settings import Settings
 from ctrlplane_docker import logs as container_logs
 from ctrlplane_docker.commands import run_command
 from ctrlplane_docker.errors import engine_errors, explanation, is_conflict, is_not_found, unreachable
 from ctrlplane_docker.files import load_files
 from ctrlplane_docker.gate import NetworkGate
+from ctrlplane_docker.isolation import DEFAULT_PIDS_LIMIT, hardened
 from ctrlplane_docker.naming import (
     LABEL_PURPOSE,
     cluster_filter,
@@ -102,6 +106,7 @@ from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
 from ctrlplane_docker.subnets import SubnetPool, SubnetPoolExhausted, network_subnets
 
+log = structlog.get_logger("ctrlplane.docker")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -186,6 +191,7 @@ class DockerProvider:
         self._settings = settings
         self._cluster = settings.cluster_name
         self._host_address = str(getattr(settings, "docker_host_address", "127.0.0.1"))
+        self._pids_limit = int(getattr(settings, "docker_pids_limit", DEFAULT_PIDS_LIMIT))
         self._base_url = base_url
         self._stop_timeout = stop_timeout
         self._client: DockerClient | None = None
@@ -280,10 +286,8 @@ class DockerProvider:
                     raise ProviderError(str(event["error"]))
         except (APIError, ProviderError) as exc:
             reason = explanation(exc) if isinstance(exc, APIError) else exc.message
-            raise ImageNotFound(
-                f"image {image!r} is not on the Docker engine and pulling it failed: {reason}",
-                details={"image": image, "pull_policy": spec.pull_policy},
-            ) from exc
+            log.warning("image_pull_failed", image=image, instance=spec.instance_id, engine=reason)
+            raise pull_failed(image, reason) from exc
 
     def _networks(self, api: APIClient, tenant_id: str) -> list[str]:
         """IDs of the tenant's networks, oldest first. Docker tolerates two networks of one name (two
@@ -431,6 +435,7 @@ class DockerProvider:
             network_mode=network_id,
             init=True,
             mounts=mounts or None,
+            **hardened(pids_limit=self._pids_limit),
         )
         deadline = time.monotonic() + ADOPT_WAIT_SECONDS
         while True:

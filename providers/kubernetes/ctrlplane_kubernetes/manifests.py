@@ -36,13 +36,32 @@ def memory(megabytes: int) -> str:
     return f"{megabytes}Mi"
 
 
-def namespace(cluster: str, tenant_id: str) -> Manifest:
+def pod_security_labels(settings: KubernetesSettings) -> dict[str, str]:
+    """Pod Security admission on a tenant namespace: the "restricted" standard is enforced (the API
+    server refuses a pod that asks for privileges, host namespaces, host paths, added capabilities
+    or root), warned and audited. With ``run_as_non_root`` off (images that need root) "baseline" is
+    enforced instead, since "restricted" requires non-root, and "restricted" is still warned and
+    audited."""
+    enforced = "restricted" if settings.run_as_non_root else "baseline"
+    return {
+        "pod-security.kubernetes.io/enforce": enforced,
+        "pod-security.kubernetes.io/enforce-version": "latest",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted",
+    }
+
+
+def namespace_labels(cluster: str, tenant_id: str, settings: KubernetesSettings) -> dict[str, str]:
+    return {**naming.tenant_labels(cluster, tenant_id), **pod_security_labels(settings)}
+
+
+def namespace(cluster: str, tenant_id: str, settings: KubernetesSettings | None = None) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
             "name": naming.namespace_name(cluster, tenant_id),
-            "labels": naming.tenant_labels(cluster, tenant_id),
+            "labels": namespace_labels(cluster, tenant_id, settings or KubernetesSettings()),
         },
     }
 

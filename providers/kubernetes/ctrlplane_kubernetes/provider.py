@@ -65,7 +65,13 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
-from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable, WorkloadNotFound
+from ctrlplane.provisioning.errors import (
+    ImageNotFound,
+    ProviderError,
+    ProviderUnavailable,
+    WorkloadNotFound,
+    pull_failed,
+)
 from ctrlplane.settings import Settings
 from ctrlplane_kubernetes import manifests, naming, observe
 from ctrlplane_kubernetes.errors import UsageUnavailable, api_errors
@@ -281,7 +287,7 @@ class KubernetesProvider:
         )
         if image_failure:
             await self.remove_generation(spec.instance_id, spec.generation)
-            raise ImageNotFound(f"image {spec.image!r} could not be pulled: {image_failure}")
+            raise pull_failed(spec.image, image_failure)
         return status
 
     def _ensure_tenant(self, spec: WorkloadSpec) -> str:
@@ -290,8 +296,10 @@ class KubernetesProvider:
             self.core.create_namespace,
             self.core.patch_namespace,
             None,
-            manifests.namespace(self.cluster, spec.tenant_id),
-            lambda existing: {"metadata": {"labels": naming.tenant_labels(self.cluster, spec.tenant_id)}},
+            manifests.namespace(self.cluster, spec.tenant_id, self.kube),
+            lambda existing: {
+                "metadata": {"labels": manifests.namespace_labels(self.cluster, spec.tenant_id, self.kube)}
+            },
         )
         self._create_or_patch(
             self.networking.create_namespaced_network_policy,

@@ -1,0 +1,32 @@
+"""Secret values removed from text that came out of a container before ctrlplane stores or shows it.
+
+A command health check's output, or an error a runtime reports, is whatever the container printed:
+``env`` would print every secret. ``redact`` replaces each secret value, and its base64 forms
+(standard and URL-safe, padded or not), with ``[redacted]``. Values shorter than
+``MIN_SECRET_LENGTH`` are left alone: redacting ``1`` or ``on`` would garble every message and
+protect nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 4
+
+
+def forms(value: str) -> set[str]:
+    """The spellings of ``value`` that are replaced: itself and its base64 encodings."""
+    if len(value) < MIN_SECRET_LENGTH:
+        return set()
+    raw = value.encode()
+    encoded = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    return {value} | encoded | {e.rstrip("=") for e in encoded}
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    spellings = sorted({form for secret in secrets for form in forms(secret)}, key=len, reverse=True)
+    for spelling in spellings:
+        text = text.replace(spelling, REDACTED)
+    return text

@@ -1,0 +1,86 @@
+"""The HTTP server's configuration, and its own answers in ctrlplane's error shape.
+
+``ctrlplane serve`` runs uvicorn on uvloop with the httptools parser (docs/benchmarks.md says
+why). Requests the HTTP parser refuses before the app sees them (a request head past
+``MAX_HEADER_BLOCK_BYTES``, a malformed request line) get uvicorn's ``text/plain`` "Invalid HTTP
+request received." by default; ``JsonErrorHttpToolsProtocol`` answers them as every other error:
+JSON ``{message, code, request_id}``, 431 when the head was too large, 400 otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ctrlplane.errors import ErrorBody
+from ctrlplane.ids import new_id
+
+MAX_HEADER_BLOCK_BYTES = 64 * 1024
+"""h11's buffer for a request's head; past it the server answers 431 itself. Below it the app's
+own limits (``inputs.MAX_HEADER_BYTES``) answer."""
+
+
+def _refusal(status: int) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """The reason phrase, headers and JSON body of the server's own 400 or 431."""
+    code, message = (
+        ("header_too_large", f"the request headers are larger than {MAX_HEADER_BLOCK_BYTES} bytes")
+        if status == 431
+        else ("invalid_input", "not a valid HTTP/1.1 request")
+    )
+    body = msgspec.json.encode(ErrorBody(message=message, code=code, request_id=new_id("req")))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    return (b"Request Header Fields Too Large" if status == 431 else b"Bad Request"), headers, body
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback: httptools turns it into a parse error, refused with a 431."""
+
+
+class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+    """httptools has no limit of its own on a request's head: this one counts the URL and the
+    headers as they are parsed and refuses past ``MAX_HEADER_BLOCK_BYTES``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused_status = 400
+        self._head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._refused_status = 400
+        self._head_bytes = 0
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEADER_BLOCK_BYTES:
+            self._refused_status = 431
+            raise HeadTooLarge
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        status = self._refused_status
+        reason, headers, body = _refusal(status)
+        head = [f"HTTP/1.1 {status} ".encode() + reason + b"\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in headers]
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        self.transport.close()
+
+
+def server_config(app: Any, *, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ctrlplane: uvloop and httptools, with JSON errors and a bounded
+    request head."""
+    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http=JsonErrorHttpToolsProtocol, **options)
