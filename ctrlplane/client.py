@@ -381,7 +381,8 @@ def run_command(args: Any) -> int:
 
 
 def metrics(args: Any) -> int:
-    """Print one metric's series: a line per series and point (labels, timestamp, value)."""
+    """Print metric series: a header line per series (name, labels, unit, point count), then a line
+    per point (timestamp, series, value)."""
     out, api = Output(args.json), Api()
     instance = api.instance(args.instance)
     params = {"name": args.name, "step": args.step}
@@ -390,6 +391,8 @@ def metrics(args: Any) -> int:
     for series in found["series"]:
         labels = ",".join(f"{k}={v}" for k, v in sorted(series.get("labels", {}).items()))
         name = f"{series['name']}{{{labels}}}" if labels else series["name"]
+        if not args.json:
+            out.line(f"{name} ({series['unit']}), {len(series['points'])} points")
         for point in series["points"]:
             out.line(f"{point['timestamp']}  {name}  {point['value']:g} {series['unit']}", series=name, **point)
     return 0

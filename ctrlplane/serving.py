@@ -39,37 +39,37 @@ def _refusal(status: int) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
     return (b"Request Header Fields Too Large" if status == 431 else b"Bad Request"), headers, body
 
 
-class HeadTooLarge(Exception):
-    """Raised from a parser callback: httptools turns it into a parse error, refused with a 431."""
-
-
 class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
-    """httptools has no limit of its own on a request's head: this one counts the URL and the
-    headers as they are parsed and refuses past ``MAX_HEADER_BLOCK_BYTES``."""
+    """httptools has no limit of its own on a request's head (a header still arriving is buffered
+    without end): this one counts the bytes received while a head is open and refuses past
+    ``MAX_HEADER_BLOCK_BYTES``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refused_status = 400
+        self._head_open = True
         self._head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_open:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER_BLOCK_BYTES:
+                self._refused_status = 431
+                self.send_400_response("request head too large")
+                return
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._refused_status = 400
-        self._head_bytes = 0
 
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEADER_BLOCK_BYTES:
-            self._refused_status = 431
-            raise HeadTooLarge
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
 
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_open, self._head_bytes = True, 0
 
     def send_400_response(self, msg: str) -> None:
         status = self._refused_status
