@@ -26,6 +26,8 @@ from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_resp
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
+from ctrlplane.drains.api import LogDrainController
+from ctrlplane.environments import idle as environment_idle
 from ctrlplane.environments.api import EnvironmentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
@@ -33,7 +35,7 @@ from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
-from ctrlplane.network.api import DomainController, RouteController
+from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -42,6 +44,7 @@ from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.releases.api import ReleaseController
+from ctrlplane.runs.api import JobController, RunController
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
@@ -49,6 +52,7 @@ from ctrlplane.telemetry.api import TelemetryController, export_traces, promethe
 from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
 from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
+from ctrlplane.webhooks.api import WebhookController
 
 log = structlog.get_logger("ctrlplane.app")
 
@@ -121,6 +125,7 @@ def create_app(
     settings: Settings, *, providers: ProviderRegistry | None = None, db: Database | None = None
 ) -> Litestar:
     services = build_services(settings, providers=providers, db=db)
+    environment_idle.register(services.idle_handlers)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -150,6 +155,8 @@ def create_app(
             EventController,
             ReleaseController,
             DeploymentController,
+            RunController,
+            JobController,
             SecretController,
             HealthController,
             TelemetryController,
@@ -157,8 +164,11 @@ def create_app(
             prometheus_metrics,
             RouteController,
             DomainController,
+            SleepController,
             TemplateController,
             EnvironmentController,
+            WebhookController,
+            LogDrainController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

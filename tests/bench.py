@@ -11,6 +11,9 @@
 3. **scale** — latency at 1,000 vs 100,000 instances on PostgreSQL (tests/bench_api.py).
 4. **reconcile** — one reconciler pass over 10,000 instances: time and peak memory
    (tests/bench_reconcile.py).
+5. **router** — requests per second through Caddy with and without the access-log reporting, and
+   wake-on-request to first answer against ``docker start`` (tests/bench_router.py).
+6. **webhooks** — signed deliveries per second to a local receiver (tests/bench_webhooks.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
@@ -223,7 +226,7 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "scale", "reconcile")
+SECTIONS = ("docker", "http", "scale", "reconcile", "router", "webhooks")
 """``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
@@ -251,6 +254,9 @@ def _table(results: dict[str, Any]) -> str:
                     )
                 )
             rows.append(("  ratio to bare", f"{http[f'{name}_ratio']:.2f}x", "", ""))
+    if "webhooks" in results:
+        hooks = results["webhooks"]
+        rows.append(("webhook deliveries, local receiver", f"{hooks['deliveries_per_s']:.0f}/s", "", ""))
     if "scale" in results:
         scale = results["scale"]
         small, large = scale["small"], scale["large"]
@@ -272,6 +278,24 @@ def _table(results: dict[str, Any]) -> str:
     if "create" in results:
         rows.append(("create -> first answer vs docker run", f"{results['create']['ratio']:.2f}x", "", ""))
         rows.append(("rolling deploy vs its replicas' starts", f"{results['deploy']['ratio']:.2f}x", "", ""))
+    if "router" in results:
+        router = results["router"]
+        for upstream in ("busybox", "static"):
+            for name in ("without_reporting", "log_discarded", "with_reporting"):
+                r = router["reporting"][upstream][name]
+                rows.append(
+                    (
+                        f"Caddy -> {upstream}, {name.replace('_', ' ')}",
+                        f"{r['requests_per_s']:.0f} req/s",
+                        f"{r['p50_ms']:.2f}",
+                        f"{r['p99_ms']:.2f}",
+                    )
+                )
+            rows.append(("  rate ratio with / without", f"{router['reporting'][upstream]['rate_ratio']:.2f}", "", ""))
+        wake = router["wake"]
+        rows.append(("wake -> first answer", f"{wake['wake_median_ms']:.0f} ms", "", ""))
+        rows.append(("docker start -> first answer", f"{wake['docker_start_median_ms']:.0f} ms", "", ""))
+        rows.append(("  ratio (target <= 1.5x)", f"{wake['ratio']:.2f}x", "", ""))
     head = ("benchmark", "rate / value", "p50 ms", "p99 ms")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
@@ -311,6 +335,15 @@ def main() -> int:
         from tests import bench_reconcile
 
         runs.append(("reconcile", lambda: {"reconcile": bench_reconcile.run()}))
+    if "router" in only:
+        from tests import bench_router
+
+        runs.append(("router", lambda: {"router": bench_router.run()}))
+
+    if "webhooks" in only:
+        from tests import bench_webhooks
+
+        runs.append(("webhooks", bench_webhooks.run))
     for _, run in runs:
         results.update(run())
         _write(results)  # after each section: a later failure keeps what was measured

@@ -12,7 +12,7 @@ instance with no operation in flight, ``status``:
   code; more than ``CTRLPLANE_CRASHLOOP_RESTARTS`` within ``CTRLPLANE_CRASHLOOP_WINDOW_SECONDS``
   marks the instance ``failed`` (crash loop) and stops restarting it (a ``failed`` instance is left
   alone until a start or restart, so its reason stays readable);
-* an instance that should be stopped but runs gets a ``stop`` operation;
+* an instance that should be stopped (or sleep, ``network.sleep``) but runs gets a ``stop`` operation;
 * every decision is taken under the instance's row lock and dropped if the instance changed since
   it was observed (its version moved) or an operation is in flight, so the reconciler never undoes
   what the API asked for a moment ago; it changes no instance's workload itself, it queues
@@ -97,7 +97,7 @@ class Reconciler:
 
     async def _reconcile_instance(self, provider: Provider, instance: Instance) -> None:
         status = await provider.status(instance.id)
-        if instance.desired_state == "stopped":
+        if instance.desired_state in ("stopped", "sleeping"):
             if any(r.state == "running" for r in status.replicas):
                 await self._decide(instance, lambda session, row: self._enqueue(session, row, "stop"))
             else:

@@ -38,6 +38,8 @@ LABEL_TENANT = "ctrlplane.tenant"
 LABEL_RELEASE = "ctrlplane.release"
 LABEL_GENERATION = "ctrlplane.generation"
 LABEL_REPLICA = "ctrlplane.replica"
+LABEL_RUN = "ctrlplane.run"
+RunState = Literal["created", "running", "exited", "missing"]
 
 
 class ProviderHealth(msgspec.Struct, frozen=True):
@@ -299,6 +301,56 @@ class Provider(Protocol):
 
     async def close(self) -> None:
         """Release clients and connections."""
+        ...
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A one-shot container of a release (a release phase, a one-off run, a job's firing): the
+    release's image, env, files, limits and tenant network from ``workload`` (its ``replicas``,
+    ``ports`` and ``probes`` are ignored), running ``command`` instead of the image's own."""
+
+    run_id: str
+    workload: WorkloadSpec
+    command: tuple[str, ...]
+
+
+class RunStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A one-shot container now: ``missing`` once it is gone (never created, or removed)."""
+
+    run_id: str
+    state: RunState
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@runtime_checkable
+class RunProvider(Protocol):
+    """A runtime that runs one-shot containers of a release beside (never inside) the serving
+    replicas (Docker: a container; Kubernetes: a ``Job``). Keyed by the run's ID like everything
+    else: ``start_run`` of a run that exists adopts it, so a worker resuming after a crash never
+    starts the command twice. The objects carry ``ctrlplane.run`` and the instance's labels (so
+    ``deprovision`` removes them with the instance) but no generation, so retiring a generation in
+    a deploy never kills a run."""
+
+    async def start_run(self, spec: RunSpec) -> RunStatus:
+        """Create (or adopt) the run's container and start it; one that already exited stays so."""
+        ...
+
+    async def run_status(self, instance_id: str, run_id: str) -> RunStatus:
+        """Observe the run's container now."""
+        ...
+
+    def run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        """The run's output lines (stdout and stderr, ``replica`` 0), oldest first; with ``follow`` it
+        keeps yielding until the container exits. Nothing (no error) once the run is gone."""
+        ...
+
+    async def remove_run(self, instance_id: str, run_id: str) -> None:
+        """Kill and remove the run's container and what it alone used; no-op when gone."""
         ...
 
 

@@ -47,7 +47,9 @@ from ctrlplane.provisioning.contract import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
+    LABEL_RELEASE,
     LABEL_REPLICA,
+    LABEL_RUN,
     LABEL_TENANT,
     ExecResult,
     InventoryItem,
@@ -55,6 +57,8 @@ from ctrlplane.provisioning.contract import (
     ProviderHealth,
     ReplicaUsage,
     Resources,
+    RunSpec,
+    RunStatus,
     Strategy,
     Usage,
     WorkloadSpec,
@@ -76,10 +80,12 @@ from ctrlplane_docker.naming import (
     network_name,
     object_labels,
     replica_labels,
+    run_container_name,
+    run_files_volume_name,
     stopped_marker_name,
     tenant_filter,
 )
-from ctrlplane_docker.observe import inventory_ids, label_int, replica_status, workload_status
+from ctrlplane_docker.observe import inventory_ids, label_int, parse_time, replica_status, workload_status
 from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
 
@@ -860,6 +866,152 @@ class DockerProvider:
             return run_command(api, target.id, list(command), timeout=timeout)
 
         return await self._run(f"run a command in instance {instance_id}", run)
+
+    # -- one-shot runs (RunProvider) ------------------------------------------------------------
+
+    def _run_labels(self, spec: RunSpec, purpose: str) -> dict[str, str]:
+        workload = spec.workload
+        labels = {key: value for key, value in workload.labels.items() if not key.startswith("ctrlplane.")}
+        labels.update(
+            object_labels(
+                cluster=self._cluster, purpose=purpose, tenant_id=workload.tenant_id, instance_id=workload.instance_id
+            )
+        )
+        labels[LABEL_RUN] = spec.run_id
+        labels[LABEL_RELEASE] = workload.release_id or ""
+        return labels
+
+    def _run_status(self, api: APIClient, instance_id: str, run_id: str) -> RunStatus:
+        try:
+            attrs = api.inspect_container(run_container_name(instance_id, run_id))
+        except APIError as exc:
+            if is_not_found(exc):
+                return RunStatus(run_id=run_id, state="missing")
+            raise
+        state: Mapping[str, Any] = attrs.get("State") or {}
+        status = str(state.get("Status", "dead"))
+        exited = status in ("exited", "dead")
+        return RunStatus(
+            run_id=run_id,
+            state="exited" if exited else "created" if status == "created" else "running",
+            exit_code=int(state.get("ExitCode") or 0) if exited else None,
+            oom_killed=bool(state.get("OOMKilled", False)),
+            started_at=parse_time(state.get("StartedAt")),
+            finished_at=parse_time(state.get("FinishedAt")) if exited else None,
+        )
+
+    async def start_run(self, spec: RunSpec) -> RunStatus:
+        """Create the container ``cp-{instance_id}-{run_id}`` from the release's image, env, files (in
+        a volume of the run's own) and limits, on the tenant's network with no published port, under
+        Docker's init (so a cancel's SIGTERM reaches the command), and start it. An existing one is
+        adopted; one that already ran is not started again."""
+        workload = spec.workload
+        name = run_container_name(workload.instance_id, spec.run_id)
+        if not spec.command:
+            raise ProviderError("a run needs a command")
+
+        def start(api: APIClient) -> RunStatus:
+            found = self._run_status(api, workload.instance_id, spec.run_id)
+            if found.state == "missing":
+                self._ensure_image(api, workload)
+                with self._network_gate.using(workload.tenant_id):
+                    network_id = self._ensure_network(api, workload.tenant_id)
+                    volume = run_files_volume_name(workload.instance_id, spec.run_id)
+                    mounts = load_files(
+                        api,
+                        workload,
+                        workload.generation,
+                        self._cluster,
+                        own=(volume, f"{volume}-loader", self._run_labels(spec, "run-files")),
+                    )
+                    memory = workload.resources.memory_mb * MIB
+                    host_config = api.create_host_config(
+                        nano_cpus=workload.resources.cpu_millis * 1_000_000,
+                        mem_limit=memory,
+                        memswap_limit=memory,
+                        restart_policy={"Name": "no"},
+                        network_mode=network_id,
+                        init=True,
+                        mounts=mounts or None,
+                    )
+                    try:
+                        created = api.create_container(
+                            workload.image,
+                            command=list(spec.command),
+                            name=name,
+                            labels=self._run_labels(spec, "run"),
+                            environment=dict(workload.env),
+                            host_config=host_config,
+                            networking_config={"EndpointsConfig": {network_id: {}}},
+                            detach=True,
+                        )
+                        container_id, state = str(created["Id"]), "created"
+                    except APIError as exc:
+                        if not is_conflict(exc):
+                            raise
+                        container_id, state = self._adopt(api, name, workload.instance_id)
+                    if state == "created":
+                        self._start_container(api, container_id, state, workload.tenant_id)
+            elif found.state == "created":
+                with self._network_gate.using(workload.tenant_id):
+                    self._start_container(api, name, "created", workload.tenant_id)
+            return self._run_status(api, workload.instance_id, spec.run_id)
+
+        return await self._run(f"start run {spec.run_id} of instance {workload.instance_id}", start)
+
+    async def run_status(self, instance_id: str, run_id: str) -> RunStatus:
+        """The run's container now (``missing`` when there is none)."""
+        return await self._run(f"read run {run_id}", lambda api: self._run_status(api, instance_id, run_id))
+
+    def run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        """The run container's lines (stdout and stderr); with ``follow``, until it exits."""
+        return self._run_logs(instance_id, run_id, tail=tail, follow=follow)
+
+    async def _run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None, follow: bool
+    ) -> AsyncIterator[LogLine]:
+        name = run_container_name(instance_id, run_id)
+
+        def sources(api: APIClient) -> list[container_logs.Source]:
+            return [
+                container_logs.Source(str(s["Id"]), name, 0)
+                for s in api.containers(all=True, filters={"name": [f"^/{name}$"], **instance_filter(instance_id)})
+            ]
+
+        found = await self._run(f"read the output of run {run_id}", sources)
+        if not found:
+            return
+        if not follow:
+            lines = await self._run(
+                f"read the output of run {run_id}",
+                lambda api: container_logs.read_logs(api, found, tail=tail, since=None),
+            )
+            for line in lines:
+                yield line
+            return
+        opened = await self._run(
+            f"follow the output of run {run_id}",
+            lambda api: container_logs.open_streams(api, found, tail=tail, since=None),
+        )
+        async with aclosing(container_logs.follow(opened, since=None)) as followed:
+            async for line in followed:
+                yield line
+
+    async def remove_run(self, instance_id: str, run_id: str) -> None:
+        """Kill (no grace period: a cancel or a timeout ends the command now) and remove the run's
+        container and its files volume; no-op when gone."""
+
+        def remove(api: APIClient) -> None:
+            try:
+                api.remove_container(run_container_name(instance_id, run_id), v=True, force=True)
+            except APIError as exc:
+                if not (is_not_found(exc) or is_conflict(exc)):
+                    raise
+            self._remove_volume(api, run_files_volume_name(instance_id, run_id))
+
+        await self._run(f"remove run {run_id}", remove)
 
     async def inventory(self) -> list[InventoryItem]:
         """Every container, network and volume of this cluster (``ctrlplane.managed=true`` and
