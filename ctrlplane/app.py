@@ -108,7 +108,7 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
             path=ring.source,
             hint="back this file up: without it no secret can be decrypted (docs/secrets.md)",
         )
-    return AppServices(
+    services = AppServices(
         settings=settings,
         db=database,
         authenticator=authenticator,
@@ -119,13 +119,14 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         replica=settings.replica_name or default_replica_name(),
         rate_limiter=RateLimiter(settings, database),
     )
+    environment_idle.register(services.idle_handlers)
+    return services
 
 
 def create_app(
     settings: Settings, *, providers: ProviderRegistry | None = None, db: Database | None = None
 ) -> Litestar:
     services = build_services(settings, providers=providers, db=db)
-    environment_idle.register(services.idle_handlers)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
