@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -227,6 +228,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         return _serve_alone(settings, args)
 
 
+SHUTDOWN_GRACE_SECONDS = 30
+"""On SIGTERM or SIGINT the server stops accepting connections, lets requests in flight finish for
+up to this long (docs/operations.md), then stops its background tasks."""
+
+
 def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -256,7 +262,16 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     # Bound here, not inside uvicorn.run, so the line below names the real port: with port 0 the
     # kernel picks a free one and whoever started the server (the test harness) reads it from there,
     # with no window in which another process could take a port picked in advance.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -266,8 +281,15 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    # uvicorn drains, then re-raises the signal it caught to the handler it found: a drained SIGTERM
+    # is a clean stop, so the process exits 0 (not killed-by-signal).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _migrate(settings: Settings) -> int:

@@ -95,6 +95,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     providers: tuple[str, ...] = ("docker",)
     cluster_name: str = "ctrlplane"
     docker_host_address: str = "127.0.0.1"
+    docker_subnet_pool: str = "10.224.0.0/12"
+    docker_subnet_size: int = 24
     workers: int = 4
     background: bool = True
     reconcile_interval_seconds: float = 10.0
@@ -247,6 +249,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "IDEMPOTENCY_LEASE_SECONDS": "idempotency_lease_seconds",
             "API_KEY_TOUCH_SECONDS": "api_key_touch_seconds",
             "DOCKER_HOST_ADDRESS": "docker_host_address",
+            "DOCKER_SUBNET_POOL": "docker_subnet_pool",
+            "DOCKER_SUBNET_SIZE": "docker_subnet_size",
             "CLUSTER_NAME": "cluster_name",
             "WORKERS": "workers",
             "BACKGROUND": "background",
@@ -385,6 +389,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}CLUSTER_NAME must be a DNS label (lowercase letters, digits, hyphens)")
         if self.workers < 1:
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
+        try:
+            pool = ipaddress.IPv4Network(self.docker_subnet_pool, strict=True)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}DOCKER_SUBNET_POOL must be an IPv4 network (10.224.0.0/12): {exc}") from exc
+        if not pool.prefixlen <= self.docker_subnet_size <= 30:
+            raise SettingsError(f"{PREFIX}DOCKER_SUBNET_SIZE must be from {pool.prefixlen} (the pool's prefix) to 30")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
         if self.health_concurrency < 1 or self.health_results_per_check < 1:

@@ -24,6 +24,7 @@ from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
     LogLine,
+    Observation,
     ProviderHealth,
     ReplicaState,
     ReplicaStatus,
@@ -597,8 +598,22 @@ class FakeProvider:
         if self.runs.pop(run_id, None) is not None:
             self._notify()
 
+    async def observe(self) -> Observation:
+        """Every object and every instance's status in one call, exactly what ``status`` answers."""
+        self._enter("observe", None)
+        return Observation(
+            items=tuple(self._inventory()),
+            workloads={
+                instance_id: self._status(instance_id) for instance_id in self._replicas if self._replicas[instance_id]
+            },
+            exact=True,
+        )
+
     async def inventory(self) -> list[InventoryItem]:
         self._enter("inventory", None)
+        return self._inventory()
+
+    def _inventory(self) -> list[InventoryItem]:
         items = [
             InventoryItem(
                 kind="container",

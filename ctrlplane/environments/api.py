@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ctrlplane.environments import schemas
@@ -18,7 +19,14 @@ class EnvironmentController(Controller):
 
     @post(
         operation_id="getOrCreateEnvironment",
-        responses=errors(404, mutating=True),
+        responses={
+            **errors(404, mutating=True),
+            200: ResponseSpec(
+                data_container=schemas.Environment,
+                description="The key's active environment, made earlier from the same template and parameters",
+                generate_examples=False,
+            ),
+        },
         opt=route("environment", "create"),
     )
     async def create(

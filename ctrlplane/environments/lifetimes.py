@@ -19,10 +19,19 @@ from ctrlplane.environments.models import Environment
 from ctrlplane.environments.service import database_now, record_event, terminate
 from ctrlplane.errors import NotFound
 from ctrlplane.ids import new_id
+from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.environments")
+
+_ORPHANED = (
+    select(Environment.id)
+    .join(Instance, Instance.id == Environment.instance_id)
+    .where(Environment.state.in_(("active", "pooled")), Instance.state.in_(("destroying", "destroyed")))
+)
+"""Environments whose instance is going or gone while they are not: the router's SQL reads
+instances the same way (``network/router.py``)."""
 
 BATCH = 100
 
@@ -65,10 +74,13 @@ class LifetimeKeeper:
                     .limit(1)
                 )
             ).first()
+            orphaned = (await session.execute(_ORPHANED.limit(1))).first() is not None
             pool_work = bool(await pools.deficits(session)) or bool(await pools.outdated(session))
-        if pending is None and not pool_work:
+        if pending is None and not pool_work and not orphaned:
             return 0
         changed = await self._expire() + await self._settle()
+        if orphaned:
+            changed += await self._orphaned()
         if pool_work:
             changed += await self._pools()
         if changed:
@@ -124,6 +136,25 @@ class LifetimeKeeper:
             if made or retired:
                 log.info("pools_refilled", made=made, retired=len(retired))
             return made + len(retired)
+
+    async def _orphaned(self) -> int:
+        """Active (or pooled) environments whose instance was deleted directly (``DELETE
+        /v1/instances/{id}``): they end too, with reason ``instance_deleted``, freeing their key."""
+        async with self.services.db.write() as session, session.begin():
+            rows = (
+                (
+                    await session.execute(
+                        select(Environment)
+                        .where(Environment.id.in_(_ORPHANED.with_only_columns(Environment.id).limit(BATCH)))
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for environment in rows:
+                await terminate(session, environment, reason="instance_deleted", hard=False)
+            return len(rows)
 
     async def _settle(self) -> int:
         async with self.services.db.write() as session, session.begin():

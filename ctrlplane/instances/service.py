@@ -173,6 +173,7 @@ class InstanceService:
         tenant_id = self.context.tenant_scope(data.tenant_id)
         provider_name = data.provider_name or self.context.services.settings.providers[0]
         await self._provider_answers(provider_name)
+        await self.context.services.providers.admit(provider_name, tenant_id)
         tenant = await TenantRepository(self.session).get(tenant_id, for_update=True)
         if tenant.status != "active":
             raise InvalidState(

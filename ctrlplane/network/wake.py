@@ -142,7 +142,8 @@ class WakeServer:
                     answer = _text(502, "ctrlplane could not wake this instance")
                 headers = [*answer.headers, ("content-length", str(len(answer.body)))]
                 writer.write(connection.send(h11.Response(status_code=answer.status, headers=headers)) or b"")
-                writer.write(connection.send(h11.Data(data=answer.body)) or b"")
+                if request.method != b"HEAD" and answer.body:
+                    writer.write(connection.send(h11.Data(data=answer.body)) or b"")
                 writer.write(connection.send(h11.EndOfMessage()) or b"")
                 await writer.drain()
                 if connection.our_state is h11.MUST_CLOSE or connection.their_state is h11.MUST_CLOSE:

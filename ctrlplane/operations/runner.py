@@ -10,7 +10,8 @@ with one line in ``start``::
 
 ``leader_only(loop)`` starts ``loop`` when this replica becomes the leader and cancels it when it
 stops being one (it died, or lost its database connection), so the loop must be safe to cancel at
-any await and to resume from the database on another replica. The reconciler, the metrics
+any await and to resume from the database on another replica. The reconciler, its provider
+watches (``watch_loop``: a targeted reconcile per change a provider reports), the metrics
 sampler and the environments' lifetime keeper are such loops.
 
 Not leader-only: ``health_loop`` keeps this process's cache of provider health fresh (each
@@ -24,6 +25,7 @@ and leases).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -41,6 +43,7 @@ from ctrlplane.network.sleep import enforce_idle
 from ctrlplane.network.wake import WakeServer
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
+from ctrlplane.provisioning.contract import Provider, WatchingProvider
 from ctrlplane.runs.executor import RunExecutor, run_once
 from ctrlplane.runs.scheduler import JobScheduler
 from ctrlplane.telemetry.sampler import MetricsSampler
@@ -51,6 +54,7 @@ log = structlog.get_logger("ctrlplane.background")
 IDLE_POLL_SECONDS = 1.0
 ROUTER_POLL_SECONDS = 1.0
 CERTIFICATE_POLL_SECONDS = 2.0
+WATCH_RETRY_SECONDS = 1.0
 
 
 def _dsn(services: AppServices) -> str | None:
@@ -113,6 +117,25 @@ class Background:
                 log.error("reconcile_error", exc_info=exc)
             await anyio.sleep(self.services.settings.reconcile_interval_seconds)
 
+    async def watch_loop(self) -> None:
+        """Reconcile an instance as soon as a provider reports a change to it (between passes)."""
+        reconciler = Reconciler(self.services)
+        async with anyio.create_task_group() as group:
+            for provider in self.services.providers:
+                if isinstance(provider, WatchingProvider):
+                    group.start_soon(self._watch, reconciler, provider)
+
+    async def _watch(self, reconciler: Reconciler, provider: WatchingProvider) -> None:
+        assert isinstance(provider, Provider)
+        while True:
+            try:
+                async with aclosing(provider.changes()) as changes:
+                    async for instance_id in changes:
+                        await reconciler.reconcile(provider, instance_id)
+            except Exception as exc:
+                log.warning("provider_watch_error", provider=provider.name, exc_info=exc)
+            await anyio.sleep(WATCH_RETRY_SECONDS)
+
     async def metrics_loop(self) -> None:
         sampler = MetricsSampler(self.services)
         while True:
@@ -151,10 +174,19 @@ class Background:
                 sink = AccessSink(
                     settings.router_access_log_listen, book, services.db, settings.router_report_flush_seconds
                 )
-                await sink.start()
+                try:
+                    await sink.start()
+                except OSError as exc:
+                    # the router still serves; only this server's reporting is off
+                    log.error("access_log_sink_unavailable", listen=settings.router_access_log_listen, error=str(exc))
+                    sink = None
             if settings.router_wake_listen != "none":
                 wake = WakeServer(settings, services.db, services.work, router.wake_secret, services.idle_handlers)
-                await wake.start()
+                try:
+                    await wake.start()
+                except OSError as exc:
+                    log.error("wake_listener_unavailable", listen=settings.router_wake_listen, error=str(exc))
+                    wake = None
             router.listening(
                 access_log_address=sink.address if sink else None, wake_address=wake.address if wake else None
             )
@@ -224,6 +256,7 @@ class Background:
             group.start_soon(self.run_loop, number)
         group.start_soon(JobScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.reconcile_loop))
+        group.start_soon(self.leader_only(self.watch_loop))
         group.start_soon(HealthScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.metrics_loop))
         if self.services.router.enabled:

@@ -18,7 +18,7 @@ never imports them. A provider is built by ``factory(settings)`` and must honour
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -378,4 +378,62 @@ class KillableProvider(Protocol):
 
     async def kill(self, instance_id: str) -> None:
         """Send SIGKILL to every running replica of the instance; no-op when none runs."""
+        ...
+
+
+@runtime_checkable
+class AdmittingProvider(Protocol):
+    """A runtime with a finite room per tenant that it can check before work is accepted (Docker:
+    a tenant network needs a free block of the subnet pool)."""
+
+    async def admit(self, tenant_id: str) -> None:
+        """Raise ``ProviderUnavailable`` (a subclass with its own ``code``) when a new instance of
+        ``tenant_id`` could not be placed now; return when it could."""
+        ...
+
+
+@runtime_checkable
+class CollectingProvider(Protocol):
+    """A runtime holding shared objects that outlive the instances using them (Docker: tenant
+    networks); the reconciler asks it to remove this installation's unused ones on every pass."""
+
+    async def collect_unused(self) -> list[str]:
+        """Remove this installation's shared objects nothing uses (never another installation's);
+        the names of those removed."""
+        ...
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything of this installation a runtime runs, read in one listing (``observe``).
+
+    ``workloads`` holds the status of every instance that has objects (an instance absent from it
+    has none: ``missing``). A listing may lack details an instance's own ``status`` reads (Docker's
+    container list has no OOM flag, error text or timestamps), so ``exact`` says whether these
+    statuses are what ``status`` would answer; when it is False, a caller that acts on one reads
+    that instance's ``status`` first."""
+
+    items: tuple[InventoryItem, ...]
+    workloads: dict[str, WorkloadStatus]
+    exact: bool = False
+
+
+@runtime_checkable
+class ObservingProvider(Protocol):
+    """A runtime that lists every instance's state in one call, so the reconciler's pass costs one
+    listing plus work for the instances that changed, not one ``status`` call per instance."""
+
+    async def observe(self) -> Observation:
+        """This installation's objects and every instance's status, from one listing per kind."""
+        ...
+
+
+@runtime_checkable
+class WatchingProvider(Protocol):
+    """A runtime that reports changes as they happen (Docker's event stream), so the reconciler
+    repairs an instance within a second instead of at its next periodic pass."""
+
+    def changes(self) -> AsyncGenerator[str, None]:
+        """IDs of instances whose objects changed (a replica died, was killed, removed, ...), as
+        the runtime reports them; runs until closed. Raises ``ProviderUnavailable`` when the
+        runtime cannot be reached (the caller retries)."""
         ...

@@ -72,7 +72,7 @@ class Replica:
 
     @property
     def reconciler_passes(self) -> int:
-        return sum(1 for method, _ in self.fake.calls if method == "inventory")
+        return sum(1 for method, _ in self.fake.calls if method == "observe")
 
 
 @pytest.fixture
@@ -175,3 +175,26 @@ async def test_event_committed_on_one_replica_reaches_an_sse_client_of_another_a
             assert event["instance_id"] == created.json()["id"]
         finally:
             reader.cancel()
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_by_another_on_its_next_request(
+    replicas: Any, tokens: Tokens
+) -> None:
+    a = await replicas("a", api_key_touch_seconds=3600)
+    b = await replicas("b", api_key_touch_seconds=3600, background=False)
+    async with httpx.AsyncClient(timeout=30) as http:
+        on_a = Api(http, tokens)
+        http.base_url = httpx.URL(a.url)
+        tenant = await on_a.create_tenant("acme", plan="pro")
+        admin = bearer(tokens.tenant(tenant["id"]))
+        created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
+        assert created.status_code == 201, created.text
+        key_id, key = created.json()["id"], bearer(created.json()["key"])
+        for _ in range(3):
+            assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
+        assert b.db is not None and b.db.rows.get("api_keys", key_id) is not None, "b does not serve it from memory"
+        revoked = await http.delete(f"{a.url}/v1/keys/{key_id}", headers=admin)
+        assert revoked.status_code in (200, 204), revoked.text
+        refused = await http.get(f"{b.url}/v1/instances", headers=key)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "unauthenticated"

@@ -8,10 +8,14 @@ import json
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select, update
 
 from ctrlplane.db import Database
+from ctrlplane.instances.models import Instance
 from ctrlplane.network import requests
 from ctrlplane.network.access import Destination, HostTable, RequestBook, parse_line, store
+from ctrlplane.network.sleep import claim_wake
+from ctrlplane.operations.models import Operation
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
 from tests.api.test_instances import create, state, tenant_token, wait_for
@@ -135,3 +139,30 @@ async def test_router_reports_are_stored_batched_and_rolled_up_without_losing_re
     assert {row.step_seconds for row in rows} == {60}
     assert sum(row.requests for row in rows) == 3
     assert sum(sum(row.duration_buckets) for row in rows) == 3
+
+
+@pytest.mark.dialects
+async def test_concurrent_wakes_of_one_sleeping_instance_claim_it_once(api: Api, db: Database) -> None:
+    """The guard is the database's: one conditional UPDATE, whoever and wherever the callers are."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    async with db.write() as session, session.begin():
+        await session.execute(
+            update(Instance).where(Instance.id == instance["id"]).values(state="sleeping", desired_state="sleeping")
+        )
+
+    async def wake() -> bool:
+        async with db.write() as session, session.begin():
+            return await claim_wake(session, instance["id"])
+
+    claimed = await asyncio.gather(*(wake() for _ in range(10)))
+    assert claimed.count(True) == 1
+    async with db.read() as session:
+        starts = (
+            await session.execute(
+                select(func.count()).where(Operation.instance_id == instance["id"], Operation.kind == "start")
+            )
+        ).scalar_one()
+    assert starts == 1
+    body = (await api.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()
+    assert body["state"] == "starting" and body["desired_state"] == "running"

@@ -55,6 +55,7 @@ from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
     LogLine,
+    Observation,
     ProviderHealth,
     ReplicaUsage,
     RunSpec,
@@ -668,13 +669,38 @@ class KubernetesProvider:
     async def inventory(self) -> list[InventoryItem]:
         return await self._run("list ctrlplane's objects", self._inventory)
 
-    def _inventory(self) -> list[InventoryItem]:
+    async def observe(self) -> Observation:
+        """``inventory`` and every instance's status from one list per kind (Deployments and Pods
+        across namespaces, by this cluster's labels); the same lists ``status`` reads, so exact."""
+        return await self._run("list ctrlplane's objects", self._observation)
+
+    def _observation(self) -> Observation:
+        managed = {LABEL_MANAGED: "true", LABEL_CLUSTER: self.cluster}
+        deployments = self._items(self.apps.list_deployment_for_all_namespaces, managed)
+        pods = self._items(self.core.list_pod_for_all_namespaces, managed)
+        items = self._inventory(deployments, pods)
+        by_instance: dict[str, tuple[list[Obj], list[Obj]]] = {}
+        for deployment in deployments:
+            if instance_id := _instance(deployment):
+                by_instance.setdefault(instance_id, ([], []))[0].append(deployment)
+        for pod in pods:
+            if (instance_id := _instance(pod)) in by_instance:
+                by_instance[str(instance_id)][1].append(pod)
+        workloads = {
+            instance_id: observe.workload_status(instance_id, found, instance_pods)
+            for instance_id, (found, instance_pods) in by_instance.items()
+        }
+        return Observation(items=tuple(items), workloads=workloads, exact=True)
+
+    def _inventory(self, deployments: list[Obj] | None = None, pods: list[Obj] | None = None) -> list[InventoryItem]:
         managed = {LABEL_MANAGED: "true", LABEL_CLUSTER: self.cluster}
         items: list[InventoryItem] = []
         for namespace in self._items(self.core.list_namespace, managed):
             items.append(_item("network", namespace))
-        deployments = self._items(self.apps.list_deployment_for_all_namespaces, managed)
-        pods = self._items(self.core.list_pod_for_all_namespaces, managed)
+        if deployments is None:
+            deployments = self._items(self.apps.list_deployment_for_all_namespaces, managed)
+        if pods is None:
+            pods = self._items(self.core.list_pod_for_all_namespaces, managed)
         for deployment in deployments:
             items.append(_item("deployment", deployment, generation=observe.generation_of(deployment)))
             instance_pods = [p for p in pods if observe.labels(p).get(LABEL_INSTANCE) == _instance(deployment)]

@@ -294,3 +294,41 @@ async def test_expiry_while_the_control_plane_was_down_is_done_within_an_interva
         seen = await wait_env(api, environment["id"], token, lambda e: e["state"] == "terminated", timeout=10)
     assert seen["termination_reason"] == "expired"
     assert ("deprovision", environment["instance_id"]) in fake.calls
+
+
+async def test_every_template_and_environment_change_is_audited(api: Api) -> None:
+    _, token = await tenant(api)
+    created = await template(api, token)
+    await api.client.patch(f"/v1/templates/{created['id']}", json={"description": "d"}, headers=token)
+    environment = await up(api, token, ttl="1h")
+    await up(api, token, status=200)
+    await api.client.post(f"/v1/environments/{environment['id']}/extend", json={"by": "1h"}, headers=token)
+    await api.client.post(f"/v1/environments/{environment['id']}/terminate", json={"hard": True}, headers=token)
+    await api.client.delete(f"/v1/templates/{created['id']}", headers=token)
+    entries = (await api.client.get("/v1/admin/audit", params={"limit": 100}, headers=api.admin_headers)).json()[
+        "items"
+    ]
+    seen = {(e["resource"], e["action"], e["resource_id"], e["outcome"]) for e in entries}
+    for resource, action, resource_id in (
+        ("template", "create", created["id"]),
+        ("template", "update", created["id"]),
+        ("template", "delete", created["id"]),
+        ("environment", "create", environment["id"]),
+        ("environment", "extend", environment["id"]),
+        ("environment", "terminate", environment["id"]),
+    ):
+        assert any(s[:3] == (resource, action, resource_id) and s[3] == "success" for s in seen), (resource, action)
+    creates = [e for e in entries if e["resource"] == "environment" and e["action"] == "create"]
+    assert sorted(e["details"]["outcome"] for e in creates) == ["created", "existing"]
+
+
+async def test_deleting_the_instance_ends_its_environment_and_frees_the_key(live: Api) -> None:
+    _, token = await tenant(live)
+    await template(live, token)
+    environment = await up(live, token, key="pr-1")
+    deleted = await live.client.delete(f"/v1/instances/{environment['instance_id']}", headers=token)
+    assert deleted.status_code == 202
+    ended = await wait_env(live, environment["id"], token, lambda e: e["state"] == "terminated")
+    assert ended["termination_reason"] == "instance_deleted"
+    again = await up(live, token, key="pr-1")
+    assert again["id"] != environment["id"]

@@ -17,7 +17,7 @@ from docker import DockerClient
 
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
-from tests.api.environments.helpers import tenant, up, wait_env
+from tests.api.environments.helpers import ready_members, tenant, up, wait_env
 from tests.api.test_instances_docker import _remove_what_the_test_made, containers_of  # noqa: F401 - fixture
 from tests.conftest import Api
 from tests.network.processes import Caddy, caddy  # noqa: F401 - fixture
@@ -133,7 +133,7 @@ async def test_environment_is_served_through_the_router_and_expiry_frees_its_hos
     await up(live, token, key="pr-8", parameters={"pr": 8})
 
 
-@pytest.mark.dialects("parallel get-or-creates race on the active-key unique index and row locks")
+@pytest.mark.dialects("the unique index on live keys under concurrent requests")
 async def test_twenty_parallel_get_or_creates_start_one_set_of_containers(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:
@@ -185,3 +185,35 @@ async def test_soft_terminate_sends_sigterm_first_and_hard_does_not_wait(
     # the app's own SIGTERM handler ended it (exit 0), not the SIGKILL after the grace period
     assert [e["exit"] for e in soft_exits if e["action"] == "die"] == ["0"], soft_exits
     assert hard_seconds < GRACE_SECONDS
+
+
+async def test_a_pool_claim_starts_no_container_and_the_pool_refills(
+    live: Api, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    _, token = await tenant(live)
+    body = {"name": "sandbox", "spec": {**spec(IMAGE), "env": {}}, "pool": {"min_ready": 1, "max_ready": 1}}
+    assert (await live.client.post("/v1/templates", json=body, headers=token)).status_code == 201
+    [member] = await ready_members(live, token, 1, timeout=60)
+    await until_served(caddy, member["hostname"], INDEX_BODY)
+    cluster = live.tokens.settings.cluster_name
+    before = time.time()
+    response = await live.client.post("/v1/environments", json={"key": "u-1", "template": "sandbox"}, headers=token)
+    answered = time.time()
+    assert response.status_code == 201, response.text
+    claimed = response.json()
+    assert claimed["id"] == member["id"] and claimed["instance_state"] == "running"
+
+    def starts(since: float, until: float) -> list[str]:
+        filters = {"type": "container", "event": "start", "label": f"ctrlplane.cluster={cluster}"}
+        events = docker_engine.events(since=since, until=until, decode=True, filters=filters)
+        return [event["Actor"]["Attributes"]["ctrlplane.instance"] for event in events]
+
+    assert starts(before, answered + 0.01) == []
+    # served at once on the member's hostname, which the router already had
+    assert (await through_router(caddy, claimed["hostname"])).status_code == 200
+    [refilled] = await ready_members(live, token, 1, timeout=60)
+    assert refilled["id"] != claimed["id"]
+    assert len(containers_of(docker_engine, refilled["instance_id"])) == 1
+    await until_served(caddy, refilled["hostname"], INDEX_BODY)
+    # the refill did start one (so the look-up above can see a start)
+    assert refilled["instance_id"] in starts(answered, time.time() + 0.5)
