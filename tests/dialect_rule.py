@@ -16,8 +16,9 @@ transitively) does one of these:
 * **claims or locks rows itself**: ``claim_next_operation``, ``.claim(...)``, ``with_for_update``,
   ``skip_locked``;
 * **writes dialect-specific SQL**: a string holding ``pg_``, ``sqlite_``, ``PRAGMA``, ``FOR UPDATE``,
-  ``SKIP LOCKED``, ``ON CONFLICT``, ``RETURNING``, ``LISTEN``/``NOTIFY`` or ``advisory``. Portable
-  SQL used to arrange a test (``UPDATE instances SET state = ...``) does not count.
+  ``SKIP LOCKED``, ``ON CONFLICT``, ``RETURNING``, ``LISTEN``/``NOTIFY`` (in capitals, as SQL is
+  written here) or ``advisory``. Portable SQL used to arrange a test (``UPDATE instances SET
+  state = ...``) does not count, nor prose ("a sink that cannot listen").
 
 Tests that pin their database (an indirect ``database_url`` parameter, a module fixture
 ``database_url`` overriding the shared one, or ``postgres_url`` instead of ``db``) have chosen it
@@ -72,9 +73,9 @@ def _referenced(node: ast.AST) -> Iterator[tuple[str, str]]:
     """(name, kind) of every name, attribute and SQL word in ``node``; kind is "name", "attr" or "sql"."""
     for child in ast.walk(node):
         if isinstance(child, ast.Constant) and isinstance(child.value, str):
-            upper = child.value.upper()
-            yield from ((word, "sql") for word in _SQL_WORDS if word.upper() in upper)
-            if "ADVISORY" in upper:
+            # case-sensitive: SQL keywords are written in capitals here, and "cannot listen" is prose
+            yield from ((word, "sql") for word in _SQL_WORDS if word in child.value)
+            if "advisory" in child.value:
                 yield "advisory", "sql"
         elif isinstance(child, ast.Name):
             yield child.id, "name"
