@@ -16,8 +16,9 @@ transitively) does one of these:
 * **claims or locks rows itself**: ``claim_next_operation``, ``.claim(...)``, ``with_for_update``,
   ``skip_locked``;
 * **writes dialect-specific SQL**: a string holding ``pg_``, ``sqlite_``, ``PRAGMA``, ``FOR UPDATE``,
-  ``SKIP LOCKED``, ``ON CONFLICT``, ``RETURNING``, ``LISTEN``/``NOTIFY`` or ``advisory``. Portable
-  SQL used to arrange a test (``UPDATE instances SET state = ...``) does not count.
+  ``SKIP LOCKED``, ``ON CONFLICT``, ``RETURNING``, ``LISTEN``/``NOTIFY`` (in capitals, as SQL is
+  written here) or ``advisory``. Portable SQL used to arrange a test (``UPDATE instances SET
+  state = ...``) does not count, nor prose ("a sink that cannot listen").
 
 Tests that pin their database (an indirect ``database_url`` parameter, a module fixture
 ``database_url`` overriding the shared one, or ``postgres_url`` instead of ``db``) have chosen it
@@ -36,7 +37,6 @@ import ast
 import inspect
 import json
 import os
-import re
 import textwrap
 from collections.abc import Iterator
 from functools import cache
@@ -67,20 +67,15 @@ _NAMES = {
 
 
 _SQL_WORDS = ("pg_", "sqlite_", "PRAGMA", "FOR UPDATE", "SKIP LOCKED", "ON CONFLICT", "RETURNING", "LISTEN", "NOTIFY")
-# Whole words only (any case), so a setting such as ``router_access_log_listen`` is not SQL.
-_SQL_PATTERNS = tuple(
-    (word, re.compile(r"\b" + re.escape(word) + (r"\b" if word[-1].isalpha() else ""), re.IGNORECASE))
-    for word in _SQL_WORDS
-)
 
 
 def _referenced(node: ast.AST) -> Iterator[tuple[str, str]]:
     """(name, kind) of every name, attribute and SQL word in ``node``; kind is "name", "attr" or "sql"."""
     for child in ast.walk(node):
         if isinstance(child, ast.Constant) and isinstance(child.value, str):
-            upper = child.value.upper()
-            yield from ((word, "sql") for word, pattern in _SQL_PATTERNS if pattern.search(child.value))
-            if "ADVISORY" in upper:
+            # case-sensitive: SQL keywords are written in capitals here, and "cannot listen" is prose
+            yield from ((word, "sql") for word in _SQL_WORDS if word in child.value)
+            if "advisory" in child.value:
                 yield "advisory", "sql"
         elif isinstance(child, ast.Name):
             yield child.id, "name"

@@ -40,6 +40,7 @@ from tests.conftest import Tokens, bearer
 from tests.faults.harness import OK_OR_CLIENT_ERROR, audit_request_ids
 from tests.harness import ServeProcess
 from tests.providers.docker_engine import HTTP_PORT, IMAGE, V2_IMAGE
+from tests.waiting import eventually
 
 APP = {"image": IMAGE, "ports": [{"container_port": HTTP_PORT}], "resources": {"cpu_millis": 100, "memory_mb": 32}}
 MAX_KILL_DELAY = 1.5
@@ -75,15 +76,13 @@ async def send(
 
 
 async def until_running(http: httpx.AsyncClient, instance_id: str, token: dict[str, str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        response = await http.get(f"/v1/instances/{instance_id}", headers=token)
-        body = response.json()
-        if body.get("state") == "running" and not await _deploying(http, instance_id, token):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"instance {instance_id} did not run in {timeout}s: {body}")
+    seen: list[dict[str, Any]] = [{}]
+
+    async def running() -> bool:
+        seen[0] = (await http.get(f"/v1/instances/{instance_id}", headers=token)).json()
+        return seen[0].get("state") == "running" and not await _deploying(http, instance_id, token)
+
+    await eventually(running, lambda: f"instance {instance_id} runs (last seen: {seen[0]})", timeout=timeout)
 
 
 async def _deploying(http: httpx.AsyncClient, instance_id: str, token: dict[str, str]) -> bool:

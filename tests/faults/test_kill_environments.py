@@ -22,7 +22,11 @@ from tests.faults.kill import APP, Ledger, converged
 from tests.harness import ServeProcess
 from tests.providers.docker_engine import ensure_variant_images, remove_cluster
 
-pytestmark = [pytest.mark.docker, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.faults,
+    pytest.mark.dialects("crash recovery and parallel get-or-creates: locks, leases and the active-key unique index"),
+]
 
 TEMPLATE = {"name": "preview", "spec": APP, "max_ttl": "1d"}
 RUNS = 4

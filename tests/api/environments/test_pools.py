@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.api.environments.helpers import ready_members, tenant
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
@@ -23,6 +25,7 @@ async def pooled(api: Api, token: dict[str, str], **pool: Any) -> dict[str, Any]
     return dict(response.json())
 
 
+@pytest.mark.dialects("the pool claim takes a row with SKIP LOCKED")
 async def test_claim_takes_a_ready_instance_without_a_container_start_and_the_pool_refills(
     live: Api, fake: FakeProvider
 ) -> None:
