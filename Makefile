@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test fuzz lint typecheck bench clean
+.PHONY: install run test test-dialects fuzz lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ run: install
 
 test: install
 	$(BIN)/pytest -q -n 2 --dist worksteal --durations=30
+
+test-dialects: install
+	$(BIN)/pytest -q -n 2 --dist worksteal -m dialects
 
 fuzz: install
 	CTRLPLANE_TEST_FUZZ_EXAMPLES=200 CTRLPLANE_TEST_FUZZ_SECONDS=600 $(BIN)/pytest -q -n 2 tests/api/test_fuzz.py

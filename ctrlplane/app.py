@@ -26,6 +26,8 @@ from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_resp
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
+from ctrlplane.drains.api import LogDrainController
+from ctrlplane.environments import idle as environment_idle
 from ctrlplane.environments.api import EnvironmentController
 from ctrlplane.errors import ErrorBody, Unavailable
 from ctrlplane.events.api import EventController
@@ -33,7 +35,7 @@ from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
-from ctrlplane.network.api import DomainController, RouteController
+from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -42,6 +44,7 @@ from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.releases.api import ReleaseController
+from ctrlplane.runs.api import JobController, RunController
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
@@ -49,6 +52,7 @@ from ctrlplane.telemetry.api import TelemetryController, export_traces, promethe
 from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
 from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
+from ctrlplane.webhooks.api import WebhookController
 
 log = structlog.get_logger("ctrlplane.app")
 
@@ -104,7 +108,7 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
             path=ring.source,
             hint="back this file up: without it no secret can be decrypted (docs/secrets.md)",
         )
-    return AppServices(
+    services = AppServices(
         settings=settings,
         db=database,
         authenticator=authenticator,
@@ -115,6 +119,9 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         replica=settings.replica_name or default_replica_name(),
         rate_limiter=RateLimiter(settings, database),
     )
+    # here, not in create_app: services given to a built app (use_services) need the handler too
+    environment_idle.register(services.idle_handlers)
+    return services
 
 
 def create_app(
@@ -123,11 +130,12 @@ def create_app(
     services = build_services(settings, providers=providers, db=db)
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services: AppServices = app.state.services  # the ones use_services gave it last
         try:
             async with anyio.create_task_group() as group:
                 start_relay(services, group)
-                if settings.background:
+                if services.settings.background:
                     Background(services).start(group)
                 try:
                     yield
@@ -149,6 +157,8 @@ def create_app(
             EventController,
             ReleaseController,
             DeploymentController,
+            RunController,
+            JobController,
             SecretController,
             HealthController,
             TelemetryController,
@@ -156,8 +166,11 @@ def create_app(
             prometheus_metrics,
             RouteController,
             DomainController,
+            SleepController,
             TemplateController,
             EnvironmentController,
+            WebhookController,
+            LogDrainController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
@@ -188,3 +201,21 @@ def create_app(
         RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__, allowed_methods=allowed
     )
     return app
+
+
+def use_services(app: Litestar, services: AppServices) -> None:
+    """Serve the already built ``app`` with other ``services`` (database, providers, settings...).
+
+    The test suite builds one app per worker and gives each test its own this way, instead of
+    registering every handler again for each test. Of the settings, only ``max_body_bytes`` is
+    read when the app is built, so it must be the app's.
+    """
+    if services.settings.max_body_bytes != app.request_max_body_size:
+        raise ValueError("use_services: max_body_bytes differs from the app's; build another app")
+    app.state.services = services
+    for middleware in app.middleware:
+        if isinstance(middleware, UnitOfWork):
+            middleware.services = services
+    context = app.asgi_handler
+    assert isinstance(context, RequestContextASGI) and isinstance(context.app, RequestMetricsASGI)
+    context.app.telemetry = services.telemetry

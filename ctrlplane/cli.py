@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -68,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     deploy_cmd.add_argument("--notes", help="release notes")
     deploy_cmd.add_argument("--commit-sha", help="the commit this image was built from")
     deploy_cmd.add_argument(
+        "--release-command",
+        metavar="SHELL",
+        help="run once in the new release before any replica is replaced (e.g. a migration); with --wait its "
+        "output is streamed and a failed release phase exits with the command's own exit code",
+    )
+    deploy_cmd.add_argument("--release-timeout", type=int, metavar="SECONDS", help="kill the release command after")
+    deploy_cmd.add_argument(
         "--idempotency-key",
         help="override the key derived from the inputs (the same inputs within 24 h replay the first deploy)",
     )
@@ -78,6 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     target.add_argument("--to", metavar="RELEASE_ID", help="the release to go back to")
     target.add_argument("--previous", action="store_true", help="the newest earlier release that ran (default)")
     rollback_cmd.add_argument("--idempotency-key", help="override the key derived from the instance and release")
+    rollback_cmd.add_argument("--run-release", action="store_true", help="run the release's release command again")
+    run_cmd = commands.add_parser(
+        "run",
+        parents=[pipeline],
+        help="run a command once in a new container of the instance's release; exits with its exit code",
+        epilog="Usage: ctrlplane run INSTANCE [--env K=V] [--timeout SECONDS] -- COMMAND [ARG...]",
+    )
+    run_cmd.add_argument("--env", action="append", metavar="KEY=VALUE", help="set an env variable (repeatable)")
+    run_cmd.add_argument("--timeout", type=int, metavar="SECONDS", help="kill the command after (server default 1h)")
+    run_cmd.add_argument("--detach", action="store_true", help="print the run and exit 0 without waiting")
+    run_cmd.set_defaults(argv=[])
     commands.add_parser("status", parents=[pipeline], help="an instance's state, image, release and endpoints")
     commands.add_parser("releases", parents=[pipeline], help="an instance's releases, newest first")
     logs_cmd = commands.add_parser(
@@ -91,7 +110,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logs_cmd.add_argument("--limit", type=int, default=100, help="how many of the newest lines (1-1000, default 100)")
 
+    metrics_cmd = commands.add_parser(
+        "metrics", parents=[pipeline], help="an instance's usage or request metrics", epilog=epilog
+    )
+    metrics_cmd.add_argument(
+        "--name", default="http_requests_total", help="metric name (default http_requests_total; see docs/api.md)"
+    )
+    metrics_cmd.add_argument("--since", help="RFC 3339 start (default: an hour ago)")
+    metrics_cmd.add_argument("--step", default="60s", help="bucket size such as 60s or 5m (default 60s)")
+    metrics_cmd.add_argument("--route", help="request metrics: one route path only")
     _env_commands(commands, epilog)
+
+    webhooks_cmd = commands.add_parser("webhooks", help="the tenant's webhook endpoints", epilog=epilog)
+    webhook_commands = webhooks_cmd.add_subparsers(dest="webhooks_command", required=True)
+    webhooks_ls = webhook_commands.add_parser("ls", help="list the endpoints")
+    webhooks_ls.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
+    test_send = webhook_commands.add_parser(
+        "test-send",
+        help="queue a webhook.test message to an endpoint",
+        epilog="Exit status with --wait: 0 delivered, 1 the delivery failed, 5 timed out.",
+    )
+    test_send.add_argument("webhook", help="webhook ID (whk_...)")
+    test_send.add_argument("--wait", action="store_true", help="wait until the receiver answered 2xx or it failed")
+    test_send.add_argument("--timeout", default="30s", help="how long --wait waits (default 30s)")
+    test_send.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
 
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -107,11 +149,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "new-master-key", help="print a new ring entry VERSION:BASE64KEY (the next version) to add to the ring"
     )
 
-    args = parser.parse_args(argv)
-    if args.command in ("deploy", "rollback", "status", "releases", "logs"):
+    given = list(sys.argv[1:] if argv is None else argv)
+    # ``run``'s command follows ``--`` verbatim: its own flags are never ctrlplane's.
+    command_argv: list[str] = []
+    if given[:1] == ["run"] and "--" in given:
+        cut = given.index("--")
+        given, command_argv = given[:cut], given[cut + 1 :]
+    args = parser.parse_args(given)
+    if args.command == "run":
+        args.argv = command_argv
+    if args.command in ("deploy", "rollback", "status", "releases", "logs", "run", "metrics", "webhooks"):
         from ctrlplane import client
 
-        return client.run(getattr(client, args.command), args)
+        return client.run(getattr(client, "run_command" if args.command == "run" else args.command), args)
     if args.command == "env":
         from ctrlplane import client
         from ctrlplane.environments import commands as env_commands
@@ -178,6 +228,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         return _serve_alone(settings, args)
 
 
+SHUTDOWN_GRACE_SECONDS = 30
+"""On SIGTERM or SIGINT the server stops accepting connections, lets requests in flight finish for
+up to this long (docs/operations.md), then stops its background tasks."""
+
+
 def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -207,7 +262,16 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     # Bound here, not inside uvicorn.run, so the line below names the real port: with port 0 the
     # kernel picks a free one and whoever started the server (the test harness) reads it from there,
     # with no window in which another process could take a port picked in advance.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -217,8 +281,15 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    # uvicorn drains, then re-raises the signal it caught to the handler it found: a drained SIGTERM
+    # is a clean stop, so the process exits 0 (not killed-by-signal).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _migrate(settings: Settings) -> int:

@@ -1,4 +1,5 @@
-"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases, logs over the HTTP API.
+"""The CI side of the ``ctrlplane`` command: deploy, rollback, status, releases, logs, metrics and
+webhooks over the HTTP API.
 
 Configured by ``CTRLPLANE_URL`` (default ``http://127.0.0.1:8080``) and ``CTRLPLANE_TOKEN`` (a JWT
 or an API key). ``deploy`` sends an ``Idempotency-Key`` derived from its inputs, so a CI step that
@@ -8,6 +9,11 @@ event stream, prints the deploy's progress and exits with its outcome:
 
     0 succeeded   1 failed   2 bad usage or configuration   3 rolled back   4 cancelled
     5 timed out (--timeout)  6 authentication or permission refused  7 any other API error
+
+A deploy with a release phase streams the release command's output (``release | ...`` lines) and,
+when the release phase fails, exits with the command's own exit code (1 if it had none: a crash or
+a provider error; 137 after a timeout's kill). ``run INSTANCE -- CMD...`` starts a one-off run,
+streams its output as it is written and exits with the command's exit code (130 if cancelled).
 """
 
 from __future__ import annotations
@@ -126,13 +132,61 @@ def _deadline(timeout: str) -> float:
         raise CliError(f"--timeout: {exc}", EXIT_USAGE) from exc
 
 
+def _run_output(api: Api, run_id: str, deadline: float) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A run's ("line", line) as they are written, then ("end", run); resumes a dropped stream
+    (lines already printed may repeat then)."""
+    path = f"/v1/runs/{run_id}/logs"
+    while time.monotonic() < deadline:
+        try:
+            with api.http.stream(
+                "GET",
+                path,
+                params={"follow": "true"},
+                headers={"Accept": "text/event-stream"},
+                timeout=httpx.Timeout(10, read=max(1.0, deadline - time.monotonic())),
+            ) as stream:
+                if stream.status_code >= 400:
+                    stream.read()
+                    api.send("GET", path)  # raises the API's error
+                kind = "line"
+                for raw in stream.iter_lines():
+                    if raw.startswith("event:"):
+                        kind = raw[6:].strip()
+                    elif raw.startswith("data:") and raw[5:].strip():
+                        item = json.loads(raw[5:])
+                        yield kind, dict(item)
+                        if kind == "end":
+                            return
+        except httpx.ReadTimeout:
+            return
+        except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError):
+            time.sleep(1)
+
+
+def _exit_code(run: dict[str, Any]) -> int:
+    if run["state"] == "succeeded":
+        return 0
+    if run["state"] == "cancelled":
+        return 130
+    return int(run["exit_code"]) if run.get("exit_code") else 1
+
+
 def _follow(api: Api, out: Output, deployment: dict[str, Any], deadline: float) -> int:
+    release_code: int | None = None
     for event in api.events(deployment["instance_id"], deadline):
         data = event.get("data") or {}
         if data.get("deployment_id") != deployment["id"]:
             continue
         detail = data.get("error") or data.get("step") or ""
         out.line(f"  {event['type']:<20} {detail}", event=event["type"], deployment_id=deployment["id"], data=data)
+        if event["type"] == "deploy.release_started" and data.get("run_id"):
+            for kind, item in _run_output(api, data["run_id"], deadline):
+                if kind == "line":
+                    out.line(f"  release | {item['message']}", release_output=item["message"], run_id=data["run_id"])
+                elif kind == "end":
+                    release_code = _exit_code(item)
+        if event["type"] == "deploy.release_failed" and release_code is None and data.get("run_id"):
+            release_code = _exit_code(api.request("GET", f"/v1/runs/{data['run_id']}"))
         if event["type"] in TERMINAL_EVENTS:
             final = api.request("GET", f"/v1/deployments/{deployment['id']}")
             state = final["state"]
@@ -141,6 +195,8 @@ def _follow(api: Api, out: Output, deployment: dict[str, Any], deadline: float) 
                 result=state,
                 deployment=final,
             )
+            if state == "failed" and release_code not in (None, 0):
+                return int(release_code)
             return EXIT[state]
     out.line(f"timed out waiting for deployment {deployment['id']}", result="timeout", deployment_id=deployment["id"])
     return EXIT_TIMEOUT
@@ -163,6 +219,10 @@ def deploy(args: Any) -> int:
     body: dict[str, Any] = {"image": args.image, "strategy": args.strategy, "env": env, "notes": args.notes or ""}
     if args.commit_sha:
         body["commit_sha"] = args.commit_sha
+    if args.release_command is not None:
+        body["release_command"] = args.release_command
+    if args.release_timeout is not None:
+        body["release_timeout"] = args.release_timeout
     key = (
         args.idempotency_key
         or "cli-deploy-" + hashlib.sha256(json.dumps([instance["id"], body], sort_keys=True).encode()).hexdigest()[:40]
@@ -184,7 +244,7 @@ def rollback(args: Any) -> int:
     response = api.send(
         "POST",
         f"/v1/instances/{instance['id']}/rollback",
-        json={"release_id": target, "strategy": args.strategy},
+        json={"release_id": target, "strategy": args.strategy, "run_release": bool(args.run_release)},
         headers={"Idempotency-Key": key},
     )
     deployment = dict(response.json())
@@ -287,6 +347,80 @@ def logs(args: Any) -> int:
                 time.sleep(1)
     except KeyboardInterrupt:
         return 130
+
+
+def run_command(args: Any) -> int:
+    """``ctrlplane run INSTANCE -- CMD...``: a one-off run; its output to stdout as written, its
+    exit code as ours. Ctrl-C cancels the run."""
+    out, api = Output(args.json), Api()
+    argv = list(args.argv)
+    if not argv:
+        raise CliError("run needs a command: ctrlplane run INSTANCE -- COMMAND [ARG...]", EXIT_USAGE)
+    instance = api.instance(args.instance)
+    body: dict[str, Any] = {"command": argv, "env": _env_pairs(args.env or [])}
+    if args.timeout is not None:
+        body["timeout"] = args.timeout
+    created = dict(api.request("POST", f"/v1/instances/{instance['id']}/runs", json=body))
+    if args.detach:
+        out.line(f"run {created['id']} {created['state']}", run=created)
+        return 0
+    deadline = time.monotonic() + (args.timeout or 3600) + 120
+    try:
+        for kind, item in _run_output(api, created["id"], deadline):
+            if kind == "line":
+                out.line(item["message"], **item)
+            elif kind == "end":
+                if item.get("error") and item["state"] != "succeeded":
+                    print(f"ctrlplane: run {item['id']} {item['state']}: {item['error']}", file=sys.stderr)
+                return _exit_code(item)
+    except KeyboardInterrupt:
+        api.send("POST", f"/v1/runs/{created['id']}/cancel")
+        return 130
+    print(f"ctrlplane: gave up waiting for run {created['id']}", file=sys.stderr)
+    return EXIT_TIMEOUT
+
+
+def metrics(args: Any) -> int:
+    """Print one metric's series: a line per series and point (labels, timestamp, value)."""
+    out, api = Output(args.json), Api()
+    instance = api.instance(args.instance)
+    params = {"name": args.name, "step": args.step}
+    params.update({k: v for k, v in (("since", args.since), ("route", args.route)) if v})
+    found = api.request("GET", f"/v1/instances/{instance['id']}/metrics", params=params)
+    for series in found["series"]:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(series.get("labels", {}).items()))
+        name = f"{series['name']}{{{labels}}}" if labels else series["name"]
+        for point in series["points"]:
+            out.line(f"{point['timestamp']}  {name}  {point['value']:g} {series['unit']}", series=name, **point)
+    return 0
+
+
+def webhooks(args: Any) -> int:
+    out, api = Output(args.json), Api()
+    if args.webhooks_command == "ls":
+        for hook in api.request("GET", "/v1/webhooks", params={"limit": 100})["items"]:
+            state = hook["status"] if hook["enabled"] else "disabled"
+            out.line(f"{hook['id']}  {state:<8} {hook['url']}  {','.join(hook['event_types'])}", webhook=hook)
+        return 0
+    delivery = api.request("POST", f"/v1/webhooks/{args.webhook}/test")
+    if not args.wait:
+        out.line(f"queued {delivery['id']} to {args.webhook}", delivery=delivery)
+        return 0
+    deadline = _deadline(args.timeout)
+    path = f"/v1/webhooks/{args.webhook}/deliveries/{delivery['id']}"
+    while delivery["state"] not in ("succeeded", "failed"):
+        if time.monotonic() > deadline:
+            out.line(f"{delivery['id']} still {delivery['state']} after {args.timeout}", delivery=delivery)
+            return EXIT_TIMEOUT
+        time.sleep(0.2)
+        delivery = api.request("GET", path)
+    answered = delivery["response_status"] or delivery["error"]
+    out.line(
+        f"{delivery['id']} {delivery['state']} after {delivery['attempts']} attempt(s): {answered}, "
+        f"{delivery['latency_ms']} ms",
+        delivery=delivery,
+    )
+    return 0 if delivery["state"] == "succeeded" else 1
 
 
 def run(command: Any, args: Any) -> int:

@@ -14,6 +14,7 @@ from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
 from ctrlplane.network.router import Router
+from ctrlplane.network.sleep import IdleHandlers
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.secrets.crypto import Vault
@@ -42,6 +43,8 @@ class AppServices:
     telemetry: Telemetry = field(default_factory=Telemetry)
     replica: str = field(default_factory=default_replica_name)
     rate_limiter: RateLimiter | None = None
+    idle_handlers: IdleHandlers = field(default_factory=IdleHandlers)
+    """What idleness means for instances other rooms own (``network.sleep``)."""
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:

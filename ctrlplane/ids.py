@@ -33,6 +33,11 @@ PREFIXES = frozenset(
         "hcr",
         "tpl",
         "env",
+        "run",
+        "job",
+        "whk",
+        "whd",
+        "drn",
     }
 )
 

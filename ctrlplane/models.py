@@ -4,19 +4,30 @@ from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
 from ctrlplane.deployments.models import Deployment
+from ctrlplane.drains.models import LogDrain
 from ctrlplane.environments.models import Environment
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.idempotency.models import IdempotencyRecord
 from ctrlplane.instances.models import Instance
-from ctrlplane.network.models import AcmeAccount, Certificate, Domain, Route, Upstream
+from ctrlplane.network.models import (
+    AcmeAccount,
+    Certificate,
+    Domain,
+    HttpRequestSample,
+    InstanceTraffic,
+    Route,
+    Upstream,
+)
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.releases.models import Release
+from ctrlplane.runs.models import Job, Run
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
 from ctrlplane.telemetry.models import MetricSample, TraceSpan
 from ctrlplane.templates.models import Template, TemplateVersion
 from ctrlplane.tenants.models import Tenant, TenantQuota
+from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 metadata = Base.metadata
 
@@ -33,13 +44,18 @@ __all__ = [
     "EventStream",
     "HealthCheck",
     "HealthCheckResult",
+    "HttpRequestSample",
     "IdempotencyRecord",
     "Instance",
+    "InstanceTraffic",
+    "Job",
+    "LogDrain",
     "MetricSample",
     "Operation",
     "RateBucket",
     "Release",
     "Route",
+    "Run",
     "Secret",
     "SecretVersion",
     "Template",
@@ -49,5 +65,7 @@ __all__ = [
     "TenantQuota",
     "TraceSpan",
     "Upstream",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]

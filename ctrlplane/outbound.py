@@ -207,3 +207,30 @@ def fetch_json(policy: OutboundPolicy, url: str, *, headers: dict[str, str], tim
             raise requests.HTTPError(f"{url} answered a redirect, which is not followed", response=response)
         response.raise_for_status()
         return response.json()
+
+
+def check_target(policy: OutboundPolicy, url: str) -> None:
+    """Refuse (BlockedDestination) a URL a tenant registers to be called later (a webhook, a log
+    drain) if it is not http(s) with a host, carries credentials, or names or resolves to an address
+    the policy refuses now. A name that does not resolve yet is accepted: every connection is
+    vetted again when it is made."""
+    parts = urlsplit(url)
+    host, port = destination(url)
+    if parts.username is not None or parts.password is not None:
+        raise BlockedDestination("a URL with user:password@ is not accepted; put a token in the path or query")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            resolved = policy.resolver(host, port)
+        except OSError:
+            return
+        literal = None
+    if literal is not None:
+        resolved = [str(literal)]
+    refused = sorted(a for a in resolved if not policy.permits(ipaddress.ip_address(a)))
+    if refused:
+        raise BlockedDestination(
+            f"{host!r} is or resolves to {', '.join(refused)}, which ctrlplane does not send to "
+            "(loopback, private, link-local, metadata or reserved); allow it with CTRLPLANE_OUTBOUND_ALLOW_CIDRS"
+        )

@@ -1,7 +1,9 @@
 """A per-process cache of the hottest reads, invalidated by the database itself.
 
 What it holds: a tenant's standing (status and plan: what the request boundary checks on every
-read) and an instance's API view (``GET /v1/instances/{id}``). With both cached, an authenticated
+read), an instance's API view (``GET /v1/instances/{id}``) and an API key (``auth.providers``:
+looked up by its digest; a key is trusted from here only after ``barrier``, so a revocation
+committed anywhere before the request began is always seen). With both cached, an authenticated
 GET of an instance with a JWT costs no database round trip at all (docs/benchmarks.md).
 
 How an entry stops being served, in order of how fast:
@@ -37,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-TABLES = ("tenants", "instances")
+TABLES = ("tenants", "instances", "api_keys")
 """The tables whose rows are cached (and whose UPDATE/DELETE triggers name them)."""
 
 Key = tuple[str, str]

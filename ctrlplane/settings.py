@@ -95,6 +95,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     providers: tuple[str, ...] = ("docker",)
     cluster_name: str = "ctrlplane"
     docker_host_address: str = "127.0.0.1"
+    docker_subnet_pool: str = "10.224.0.0/12"
+    docker_subnet_size: int = 24
     workers: int = 4
     background: bool = True
     reconcile_interval_seconds: float = 10.0
@@ -115,6 +117,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_results_per_check: int = 10_000
     health_prune_interval_seconds: float = 60.0
     canary_traffic_percent: int = 10
+    run_workers: int = 4
+    """One-off runs and job firings this replica carries at once (ctrlplane.runs)."""
+    run_lease_seconds: float = 30.0
+    run_default_timeout_seconds: float = 3600.0
+    run_history: int = 20
+    """Finished runs kept per instance (one-off) and per job; older ones are deleted."""
+    job_tick_seconds: float = 1.0
+    job_starting_deadline_seconds: float = 300.0
+    """A firing missed while no control plane ran is still run if it is at most this old."""
+    job_allow_seconds: bool = False
+    """Accept six-field schedules (a leading seconds field): tests use them; production keeps cron's minute."""
 
     router: str = "caddy"
     router_admin_address: str = "localhost:2019"
@@ -125,6 +138,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     router_drain_seconds: float = 1.0
     router_try_duration_seconds: float = 5.0
     router_fail_seconds: float = 5.0
+    router_access_log_listen: str = "127.0.0.1:0"
+    """Where ctrlplane's access-log sink listens for Caddy's JSON access log (``net`` writer);
+    ``none`` turns request reporting off (docs/network.md)."""
+    router_wake_listen: str = "127.0.0.1:0"
+    """Where ctrlplane's wake listener takes the requests of sleeping instances; ``none``: off."""
+    router_report_flush_seconds: float = 2.0
+    wake_timeout_seconds: float = 30.0
+    wake_retry_after_seconds: int = 5
+    idle_check_seconds: float = 10.0
     dns_resolver: str | None = None
     dns_timeout_seconds: float = 5.0
     acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
@@ -168,6 +190,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Active environments one owner (a JWT subject or API key) may hold in a tenant, for templates
     that set no ``max_environments_per_owner``; None: no limit."""
 
+    webhook_workers: int = 2
+    """Delivery loops per replica (deliveries of one endpoint still go one at a time, in order)."""
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_response_bytes: int = 64 * 1024
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_retry_period_seconds: float = 24 * 3600.0
+    """How long a delivery is retried before it fails and its endpoint is marked failing."""
+    webhook_secret_overlap_seconds: float = 24 * 3600.0
+    webhook_delivery_retention_seconds: float = 30 * 86400.0
+    """Finished deliveries older than this are deleted."""
+    log_drain_batch_lines: int = 500
+    log_drain_buffer_lines: int = 10_000
+    """Lines a drain holds while its receiver is slow; past it the oldest are dropped (and counted)."""
+    log_drain_flush_seconds: float = 1.0
+    log_drain_retries: int = 3
+    log_drain_timeout_seconds: float = 5.0
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
@@ -209,6 +249,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "IDEMPOTENCY_LEASE_SECONDS": "idempotency_lease_seconds",
             "API_KEY_TOUCH_SECONDS": "api_key_touch_seconds",
             "DOCKER_HOST_ADDRESS": "docker_host_address",
+            "DOCKER_SUBNET_POOL": "docker_subnet_pool",
+            "DOCKER_SUBNET_SIZE": "docker_subnet_size",
             "CLUSTER_NAME": "cluster_name",
             "WORKERS": "workers",
             "BACKGROUND": "background",
@@ -240,6 +282,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "RATE_LIMIT_HOLD_SECONDS": "rate_limit_hold_seconds",
             "READ_CACHE_SECONDS": "read_cache_seconds",
             "CANARY_TRAFFIC_PERCENT": "canary_traffic_percent",
+            "RUN_WORKERS": "run_workers",
+            "RUN_LEASE_SECONDS": "run_lease_seconds",
+            "RUN_DEFAULT_TIMEOUT_SECONDS": "run_default_timeout_seconds",
+            "RUN_HISTORY": "run_history",
+            "JOB_TICK_SECONDS": "job_tick_seconds",
+            "JOB_STARTING_DEADLINE_SECONDS": "job_starting_deadline_seconds",
+            "JOB_ALLOW_SECONDS": "job_allow_seconds",
             "ROUTER": "router",
             "ROUTER_ADMIN_ADDRESS": "router_admin_address",
             "ROUTER_BASE_DOMAIN": "router_base_domain",
@@ -249,6 +298,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "ROUTER_DRAIN_SECONDS": "router_drain_seconds",
             "ROUTER_TRY_DURATION_SECONDS": "router_try_duration_seconds",
             "ROUTER_FAIL_SECONDS": "router_fail_seconds",
+            "ROUTER_ACCESS_LOG_LISTEN": "router_access_log_listen",
+            "ROUTER_WAKE_LISTEN": "router_wake_listen",
+            "ROUTER_REPORT_FLUSH_SECONDS": "router_report_flush_seconds",
+            "WAKE_RETRY_AFTER_SECONDS": "wake_retry_after_seconds",
+            "IDLE_CHECK_SECONDS": "idle_check_seconds",
             "DNS_RESOLVER": "dns_resolver",
             "DNS_TIMEOUT_SECONDS": "dns_timeout_seconds",
             "ACME_DIRECTORY_URL": "acme_directory_url",
@@ -257,6 +311,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "ACME_RENEW_BEFORE_DAYS": "acme_renew_before_days",
             "ACME_RETRY_BASE_SECONDS": "acme_retry_base_seconds",
             "ACME_TIMEOUT_SECONDS": "acme_timeout_seconds",
+            "WEBHOOK_WORKERS": "webhook_workers",
+            "WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",
+            "WEBHOOK_MAX_RESPONSE_BYTES": "webhook_max_response_bytes",
+            "WEBHOOK_RETRY_BASE_SECONDS": "webhook_retry_base_seconds",
+            "WEBHOOK_RETRY_MAX_SECONDS": "webhook_retry_max_seconds",
+            "LOG_DRAIN_BATCH_LINES": "log_drain_batch_lines",
+            "LOG_DRAIN_BUFFER_LINES": "log_drain_buffer_lines",
+            "LOG_DRAIN_FLUSH_SECONDS": "log_drain_flush_seconds",
+            "LOG_DRAIN_RETRIES": "log_drain_retries",
+            "LOG_DRAIN_TIMEOUT_SECONDS": "log_drain_timeout_seconds",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -272,6 +336,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
         if (raw := get("IDEMPOTENCY_TTL")) is not None:
             values["idempotency_ttl_seconds"] = int(_duration(var="IDEMPOTENCY_TTL", raw=raw))
+        if (raw := get("WAKE_TIMEOUT")) is not None:
+            values["wake_timeout_seconds"] = _duration(var="WAKE_TIMEOUT", raw=raw)
         if (raw := get("HEALTH_RESULT_RETENTION")) is not None:
             values["health_result_retention_seconds"] = _duration(var="HEALTH_RESULT_RETENTION", raw=raw)
         for var, field in {
@@ -279,6 +345,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "METRICS_MINUTE_RETENTION": "metrics_minute_retention_seconds",
             "METRICS_RETENTION": "metrics_retention_seconds",
             "TRACE_RETENTION": "trace_retention_seconds",
+            "WEBHOOK_RETRY_PERIOD": "webhook_retry_period_seconds",
+            "WEBHOOK_SECRET_OVERLAP": "webhook_secret_overlap_seconds",
+            "WEBHOOK_DELIVERY_RETENTION": "webhook_delivery_retention_seconds",
         }.items():
             if (raw := get(var)) is not None:
                 values[field] = _duration(var=var, raw=raw)
@@ -320,6 +389,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}CLUSTER_NAME must be a DNS label (lowercase letters, digits, hyphens)")
         if self.workers < 1:
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
+        try:
+            pool = ipaddress.IPv4Network(self.docker_subnet_pool, strict=True)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}DOCKER_SUBNET_POOL must be an IPv4 network (10.224.0.0/12): {exc}") from exc
+        if not pool.prefixlen <= self.docker_subnet_size <= 30:
+            raise SettingsError(f"{PREFIX}DOCKER_SUBNET_SIZE must be from {pool.prefixlen} (the pool's prefix) to 30")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
         if self.health_concurrency < 1 or self.health_results_per_check < 1:
@@ -359,6 +434,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}ROUTER_BASE_DOMAIN must be a lowercase domain name such as apps.example.net")
         if self.router_sync_interval_seconds <= 0:
             raise SettingsError(f"{PREFIX}ROUTER_SYNC_INTERVAL_SECONDS must be positive")
+        for var, address in (
+            ("ROUTER_ACCESS_LOG_LISTEN", self.router_access_log_listen),
+            ("ROUTER_WAKE_LISTEN", self.router_wake_listen),
+        ):
+            if address != "none" and not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
+                raise SettingsError(f"{PREFIX}{var} must be host:port (port 0: any free one) or none")
+        if min(self.router_report_flush_seconds, self.wake_timeout_seconds, self.idle_check_seconds) <= 0:
+            raise SettingsError(
+                f"{PREFIX}ROUTER_REPORT_FLUSH_SECONDS, WAKE_TIMEOUT and IDLE_CHECK_SECONDS must be positive"
+            )
+        if self.wake_retry_after_seconds < 1:
+            raise SettingsError(f"{PREFIX}WAKE_RETRY_AFTER_SECONDS must be at least 1")
         if self.max_body_bytes < 1024:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
         if self.metrics_sample_seconds <= 0:
@@ -377,6 +464,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}TRACE_RETENTION and TRACE_MAX_SPANS_PER_INSTANCE must be positive")
         if self.otlp_endpoint is not None and not re.match(r"^https?://[^/\s]+", self.otlp_endpoint):
             raise SettingsError(f"{PREFIX}OTLP_ENDPOINT must be an http(s) URL such as http://172.17.0.1:8080/v1/otlp")
+        if self.webhook_workers < 0 or self.webhook_max_response_bytes < 0:
+            raise SettingsError(f"{PREFIX}WEBHOOK_WORKERS and WEBHOOK_MAX_RESPONSE_BYTES must not be negative")
+        if (
+            min(
+                self.webhook_timeout_seconds,
+                self.webhook_retry_base_seconds,
+                self.webhook_retry_max_seconds,
+                self.webhook_retry_period_seconds,
+            )
+            <= 0
+            or self.webhook_secret_overlap_seconds < 0
+        ):
+            raise SettingsError(
+                f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS, WEBHOOK_RETRY_BASE_SECONDS, WEBHOOK_RETRY_MAX_SECONDS and "
+                "WEBHOOK_RETRY_PERIOD, WEBHOOK_DELIVERY_RETENTION must be positive, WEBHOOK_SECRET_OVERLAP not negative"
+            )
+        if min(self.log_drain_batch_lines, self.log_drain_buffer_lines) < 1 or self.log_drain_retries < 0:
+            raise SettingsError(f"{PREFIX}LOG_DRAIN_BATCH_LINES and LOG_DRAIN_BUFFER_LINES must be at least 1")
+        if self.log_drain_flush_seconds <= 0 or self.log_drain_timeout_seconds <= 0:
+            raise SettingsError(f"{PREFIX}LOG_DRAIN_FLUSH_SECONDS and LOG_DRAIN_TIMEOUT_SECONDS must be positive")
 
 
 def _pem_or_file(var: str, raw: str) -> str:

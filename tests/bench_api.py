@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 from litestar import Response, get
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -88,9 +89,54 @@ def bare_list() -> Response[bytes]:
     return Response(_body("list"), media_type="application/json")
 
 
+@get("/bench/bare/one", include_in_schema=False, sync_to_thread=False)
+def separate_one() -> Any:
+    """An instance-shaped document (the JSON of ``GET /v1/instances/{id}``, decoded once), encoded
+    by the framework on every request: the separate bare app's single GET."""
+    return _decoded("one")
+
+
+@get("/bench/bare/list", include_in_schema=False, sync_to_thread=False)
+def separate_list() -> Any:
+    """The page of 20 (``GET /v1/instances?limit=20``), decoded once, encoded per request."""
+    return _decoded("list")
+
+
+_DECODED: dict[str, Any] = {}
+
+
+def _decoded(name: str) -> Any:
+    if name not in _DECODED:
+        _DECODED[name] = msgspec.json.decode(_body(name))
+    return _DECODED[name]
+
+
+def _run_server(app: Any, port: int) -> None:
+    """Under the server and options ``ctrlplane serve`` uses (ctrlplane/cli.py)."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def serve_bare() -> int:
+    """The separate bare app: Litestar with the two handlers above and nothing of ctrlplane (no
+    middleware, no database), served like the product; the baseline of the http section."""
+    from litestar import Litestar
+
+    _run_server(Litestar([separate_one, separate_list], openapi_config=None), int(os.environ["CTRLPLANE_PORT"]))
+    return 0
+
+
 def serve() -> int:
     """The bench server: the product's app, plus the bare handlers under /bench/bare/ (bench only)."""
-    import uvicorn
 
     from ctrlplane.app import create_app
     from ctrlplane.logs import configure_logging
@@ -103,7 +149,7 @@ def serve() -> int:
     app = create_app(settings, providers=ProviderRegistry([FakeProvider()]))
     app.register(bare_one)
     app.register(bare_list)
-    uvicorn.run(app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False)
+    _run_server(app, settings.port)
     return 0
 
 
@@ -143,6 +189,30 @@ def bench_database() -> Iterator[str]:
         yield url
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def bare_server(bodies: Path) -> Iterator[str]:
+    """The separate bare app as its own process (``serve-bare``)."""
+    port = _free_port()
+    env = {**os.environ, "CTRLPLANE_PORT": str(port), "CTRLPLANE_BENCH_BODIES": str(bodies)}
+    process = subprocess.Popen([sys.executable, "-m", "tests.bench_api", "serve-bare"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{base}/bench/bare/one", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the bare bench server did not become ready")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @contextmanager
@@ -411,17 +481,27 @@ def rates(database: str) -> dict[str, Any]:
             (bodies / "one.json").write_bytes(api.get(f"/v1/instances/{instance_id}").content)
             (bodies / "list.json").write_bytes(api.get("/v1/instances", params={"limit": 20}).content)
             url = f"{base}/v1/instances/{instance_id}"
-            results: dict[str, Any] = {
-                "database": database,
-                "get_one": wrk(url, token),
-                "get_one_bare": wrk(f"{base}/bench/bare/one", None),
-                "get_one_api_key": wrk(url, key.json()["key"]),
-                "list_20": wrk(f"{base}/v1/instances?limit=20", token),
-                "list_20_bare": wrk(f"{base}/bench/bare/list", None),
-            }
-            _ratio(results, "get_one", "get_one_bare")
-            _ratio(results, "get_one_api_key", "get_one_bare")
-            _ratio(results, "list_20", "list_20_bare")
+            with bare_server(bodies) as bare:
+                results: dict[str, Any] = {
+                    "database": database,
+                    "get_one": wrk(url, token),
+                    "get_one_bare": wrk(f"{bare}/bench/bare/one", None),
+                    "get_one_bare_in_app": wrk(f"{base}/bench/bare/one", None),
+                    "get_one_api_key": wrk(url, key.json()["key"]),
+                    "list_20": wrk(f"{base}/v1/instances?limit=20", token),
+                    "list_20_bare": wrk(f"{bare}/bench/bare/list", None),
+                    "list_20_bare_in_app": wrk(f"{base}/bench/bare/list", None),
+                }
+            for name, bare_name in (
+                ("get_one", "get_one_bare"),
+                ("get_one_api_key", "get_one_bare"),
+                ("list_20", "list_20_bare"),
+            ):
+                _ratio(results, name, bare_name)
+                results[f"{name}_in_app_ratio"] = (
+                    results[name]["requests_per_s"] / results[f"{bare_name}_in_app"]["requests_per_s"]
+                )
+            results["targets"] = {"get_one": 0.5, "get_one_api_key": 0.5, "list_20": 0.35}
             return results
     finally:
         shutil.rmtree(bodies, ignore_errors=True)
@@ -479,6 +559,8 @@ def scale() -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1:] == ["serve"]:
         raise SystemExit(serve())
+    if sys.argv[1:] == ["serve-bare"]:
+        raise SystemExit(serve_bare())
     import json
 
     print(json.dumps({"http": {db: rates(db) for db in HTTP_DATABASES}, "scale": scale()}, indent=2))

@@ -1,9 +1,22 @@
-"""Fixtures: an app per test, built from a Settings object, on SQLite and on PostgreSQL.
+"""Fixtures: one app per worker, serving each test's own Settings, database and providers; on
+SQLite, and on PostgreSQL too where the dialect matters.
 
-Every test that takes ``db`` (directly or through ``app``/``api``) runs twice: ``[sqlite]`` on a
-fresh file and ``[postgres]`` on a database of its own. PostgreSQL is found through
-``CTRLPLANE_TEST_POSTGRES_URL`` (default: the local server). Locally, a missing server skips the
-PostgreSQL half with a message saying how to enable it; with ``CI`` set it fails the run.
+The app is built once per xdist worker (``app``: building one registers every handler) and each test
+gives it fresh services through ``ctrlplane.app.use_services``: its settings, its database, its
+provider registry, a new authenticator, vault, rate limiter and telemetry hub.
+
+The database is an explicit axis. A test that takes ``db`` (directly or through ``settings``,
+``app``, ``api``...) runs once, on a fresh SQLite file. A test marked ``@pytest.mark.dialects``
+(its behaviour depends on the SQL dialect: locks and ``SKIP LOCKED``, claims, triggers and
+``NOTIFY``, advisory locks, migrations, dialect-specific SQL, races on unique constraints) runs
+twice: ``[sqlite]`` and ``[postgres]`` on a database of its own. A test may also pin its
+database: ``@pytest.mark.parametrize("database_url", [...], indirect=True)`` or a module fixture
+``database_url`` that overrides this one (PostgreSQL-only modules). ``tests/dialect_rule.py``
+says which tests must carry the mark and ``tests/unit/test_dialect_marks.py`` enforces it.
+
+PostgreSQL is found through ``CTRLPLANE_TEST_POSTGRES_URL`` (default: the local server). Locally,
+a missing server skips the PostgreSQL half with a message saying how to enable it; with ``CI``
+set it fails the run.
 """
 
 from __future__ import annotations
@@ -21,10 +34,11 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from ctrlplane.app import create_app
+from ctrlplane.app import build_services, create_app, use_services
 from ctrlplane.auth.tokens import issue_token
 from ctrlplane.db import Database, connect, migrate
 from ctrlplane.models import metadata
@@ -109,9 +123,33 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+DIALECTS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Put a ``dialects``-marked test on both databases (unless it pins ``database_url`` itself)."""
+    if "database_url" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("dialects") is None:
+        return
+    if any("database_url" in _argnames(mark) for mark in metafunc.definition.iter_markers("parametrize")):
+        return
+    definitions = metafunc._arg2fixturedefs.get("database_url", ())
+    if definitions and definitions[-1].func.__module__ != __name__:
+        return  # the module chose its database (a PostgreSQL-only module)
+    metafunc.parametrize("database_url", DIALECTS, indirect=True)
+
+
+def _argnames(mark: pytest.Mark) -> list[str]:
+    names = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
+    return [name.strip() for name in names.split(",")] if isinstance(names, str) else list(names)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+    """SQLite unless the test is parametrized (``dialects`` mark or an explicit indirect parameter)."""
+    dialect = getattr(request, "param", "sqlite")
+    if dialect not in DIALECTS:
+        raise ValueError(f"database_url: unknown dialect {dialect!r}; one of {DIALECTS}")
+    if dialect == "sqlite":
         target = tmp_path / "data" / "ctrlplane.db"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(request.getfixturevalue("sqlite_template"), target)
@@ -169,9 +207,25 @@ def providers(fake: FakeProvider) -> ProviderRegistry:
     return ProviderRegistry([fake])
 
 
+_WORKER_APPS: dict[int, Litestar] = {}
+"""This worker's app, built by the first test that asks for one (keyed by the one setting read when
+an app is built, ``max_body_bytes``). Each test then gets it with services of its own."""
+
+
 @pytest.fixture
-def app(settings: Settings, db: Database, providers: ProviderRegistry) -> Any:
-    return create_app(settings, providers=providers, db=db)
+def app(settings: Settings, db: Database, providers: ProviderRegistry) -> Litestar:
+    """The worker's app, serving this test's settings, database and providers (``use_services``).
+
+    Building an app registers every handler (about 0.27 s of CPU), which used to be most of a small
+    test's time; services (authenticator, vault, rate limiter, telemetry) are cheap and per test.
+    A test that needs an app of its own calls ``create_app`` itself.
+    """
+    shared = _WORKER_APPS.get(settings.max_body_bytes)
+    if shared is None:
+        shared = _WORKER_APPS[settings.max_body_bytes] = create_app(settings, providers=providers, db=db)
+    else:
+        use_services(shared, build_services(settings, providers=providers, db=db))
+    return shared
 
 
 @pytest.fixture

@@ -24,11 +24,14 @@ from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
     LogLine,
+    Observation,
     ProviderHealth,
     ReplicaState,
     ReplicaStatus,
     ReplicaUsage,
     Resources,
+    RunSpec,
+    RunStatus,
     Strategy,
     Usage,
     WorkloadSpec,
@@ -84,6 +87,16 @@ class FakeReplica:
         return {k: v for k, v in self.spec.env.items() if not k.startswith("OTEL_")}
 
 
+@dataclass
+class FakeRun:
+    spec: RunSpec
+    started_at: datetime
+    state: Literal["running", "exited"] = "running"
+    exit_code: int | None = None
+    finished_at: datetime | None = None
+    output: str = ""
+
+
 class FakeProvider:
     name = "fake"
 
@@ -105,6 +118,9 @@ class FakeProvider:
         self._failures: dict[str, list[Exception]] = {}
         self._log_changed: anyio.Event | None = None
         self._next_port = FIRST_HOST_PORT
+        self.runs: dict[str, FakeRun] = {}
+        """One-shot runs by run ID: ``echo``/``true``/``false``/``env``/``sh -c 'exit N'`` exit at once,
+        anything else (``sleep 60``) runs until ``finish_run`` or ``remove_run``."""
 
     # -- simulation helpers ----------------------------------------------------------------------
 
@@ -307,6 +323,8 @@ class FakeProvider:
 
     async def deprovision(self, instance_id: str) -> None:
         self._enter("deprovision", instance_id)
+        for run_id in [r for r, run in self.runs.items() if run.spec.workload.instance_id == instance_id]:
+            del self.runs[run_id]
         for replica in self.replicas(instance_id):
             self._remove(replica)
         self._replicas.pop(instance_id, None)
@@ -503,8 +521,99 @@ class FakeProvider:
             case _:
                 return ExecResult(exit_code=127, output=f"{command[0]}: not found\n")
 
+    # -- one-shot runs ---------------------------------------------------------------------------
+
+    def finish_run(self, run_id: str, exit_code: int, output: str = "") -> None:
+        """The run's command ends by itself with ``exit_code`` after writing ``output``."""
+        run = self.runs[run_id]
+        run.output += output
+        run.state, run.exit_code, run.finished_at = "exited", exit_code, self.clock()
+        self._notify()
+
+    async def start_run(self, spec: RunSpec) -> RunStatus:
+        self._enter("start_run", spec.workload.instance_id)
+        self._ensure_image(spec.workload)
+        if not spec.command:
+            raise ProviderError("a run needs a command")
+        run = self.runs.get(spec.run_id)
+        if run is None:
+            run = self.runs[spec.run_id] = FakeRun(spec=spec, started_at=self.clock())
+            self._networks.add(spec.workload.tenant_id)
+            match list(spec.command):
+                case ["echo", *words]:
+                    self.finish_run(spec.run_id, 0, " ".join(words) + "\n")
+                case ["env"]:
+                    self.finish_run(spec.run_id, 0, "".join(f"{k}={v}\n" for k, v in spec.workload.env.items()))
+                case ["true"]:
+                    self.finish_run(spec.run_id, 0)
+                case ["false"]:
+                    self.finish_run(spec.run_id, 1)
+                case ["sh", "-c", script] if exit_match := re.fullmatch(r"exit (\d+)", script.strip()):
+                    self.finish_run(spec.run_id, int(exit_match[1]))
+        return self._run_status(spec.run_id)
+
+    def _run_status(self, run_id: str) -> RunStatus:
+        run = self.runs.get(run_id)
+        if run is None:
+            return RunStatus(run_id=run_id, state="missing")
+        return RunStatus(
+            run_id=run_id,
+            state=run.state,
+            exit_code=run.exit_code,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )
+
+    async def run_status(self, instance_id: str, run_id: str) -> RunStatus:
+        self._enter("run_status", instance_id)
+        return self._run_status(run_id)
+
+    def run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        return self._run_lines(instance_id, run_id, tail=tail, follow=follow)
+
+    async def _run_lines(
+        self, instance_id: str, run_id: str, *, tail: int | None, follow: bool
+    ) -> AsyncIterator[LogLine]:
+        self._enter("run_logs", instance_id)
+        seen = 0
+        while True:
+            run = self.runs.get(run_id)
+            if run is None:
+                return
+            lines = run.output.splitlines()
+            fresh = lines[seen:] if seen or tail is None else lines[-tail:] if tail > 0 else []
+            for message in fresh:
+                yield LogLine(timestamp=self.clock(), replica=0, stream="stdout", message=message)
+            seen = len(lines)
+            if not follow or run.state == "exited":
+                return
+            if self._log_changed is None:
+                self._log_changed = anyio.Event()
+            await self._log_changed.wait()
+
+    async def remove_run(self, instance_id: str, run_id: str) -> None:
+        self._enter("remove_run", instance_id)
+        if self.runs.pop(run_id, None) is not None:
+            self._notify()
+
+    async def observe(self) -> Observation:
+        """Every object and every instance's status in one call, exactly what ``status`` answers."""
+        self._enter("observe", None)
+        return Observation(
+            items=tuple(self._inventory()),
+            workloads={
+                instance_id: self._status(instance_id) for instance_id in self._replicas if self._replicas[instance_id]
+            },
+            exact=True,
+        )
+
     async def inventory(self) -> list[InventoryItem]:
         self._enter("inventory", None)
+        return self._inventory()
+
+    def _inventory(self) -> list[InventoryItem]:
         items = [
             InventoryItem(
                 kind="container",

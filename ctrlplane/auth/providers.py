@@ -258,12 +258,28 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     )
 
 
+class CachedKey(msgspec.Struct, frozen=True):
+    """What authentication needs of an API key, as the row cache keeps it."""
+
+    id: str
+    tenant_id: str
+    roles: frozenset[str]
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked: bool
+
+
 class APIKeyProvider:
-    """Keys created through ``POST /v1/keys``; revoked or expired keys stop working at once: every
-    request reads its key, and its tenant's standing, in one statement (no cache to invalidate).
+    """Keys created through ``POST /v1/keys``; revoked or expired keys stop working at once.
+
+    A key is read from the row cache when it holds it (``rowcache.py``; the digest names the key,
+    the key's row is invalidated by the database on every change, revocation included), but only
+    after ``barrier``: the cache has then applied every change committed anywhere before this
+    request began, so a key revoked on another replica is refused here on the next request. On a
+    miss, the key and its tenant's standing are read in one statement and cached.
 
     ``last_used_at`` is written at most once per ``CTRLPLANE_API_KEY_TOUCH_SECONDS`` per key, so a
-    busy CI key does not turn every read into a write.
+    busy CI key does not turn every read into a write (each write invalidates the cached key).
     """
 
     name = "api_key"
@@ -275,19 +291,45 @@ class APIKeyProvider:
     def accepts(self, token: str) -> bool:
         return token.startswith(API_KEY_PREFIX)
 
+    async def _cached(self, digest: str) -> CachedKey | None:
+        rows = self._db.rows
+        if not rows.live:
+            return None
+        await rows.barrier()
+        key_id = rows.get("api_key_digests", digest)
+        return rows.get("api_keys", key_id) if key_id is not None else None
+
     async def authenticate(self, token: str, session: AsyncSession) -> Authenticated:
         digest = hash_api_key(token)
         now = utc_now()
-        statement = (
-            select(ApiKey, Tenant.status, Tenant.plan)
-            .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
-            .where(ApiKey.secret_hash == digest)
-        )
-        row = (await session.execute(statement)).one_or_none()
-        if row is None:
-            raise Unauthenticated("unknown API key")
-        key, status, plan = row
-        if key.revoked_at is not None:
+        standing: TenantStanding | None = None
+        key = await self._cached(digest)
+        if key is None:
+            rows = self._db.rows
+            ticket = rows.ticket()
+            statement = (
+                select(ApiKey, Tenant.status, Tenant.plan)
+                .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
+                .where(ApiKey.secret_hash == digest)
+            )
+            row = (await session.execute(statement)).one_or_none()
+            if row is None:
+                raise Unauthenticated("unknown API key")
+            found, status, plan = row
+            if status is None:
+                raise Unauthenticated("the tenant of this token no longer exists")
+            key = CachedKey(
+                id=found.id,
+                tenant_id=found.tenant_id,
+                roles=frozenset(found.roles),
+                expires_at=found.expires_at,
+                last_used_at=found.last_used_at,
+                revoked=found.revoked_at is not None,
+            )
+            standing = TenantStanding(status, plan)
+            rows.put("api_key_digests", digest, ticket, key.id)
+            rows.put("api_keys", key.id, ticket, key)
+        if key.revoked:
             raise Unauthenticated("API key revoked")
         if key.expires_at is not None and key.expires_at <= now:
             raise Unauthenticated("API key expired")
@@ -298,13 +340,11 @@ class APIKeyProvider:
             subject=key.id,
             kind="api_key",
             tenant_id=TenantId(key.tenant_id),
-            roles=frozenset(key.roles),
+            roles=key.roles,
             key_id=key.id,
             expires_at=key.expires_at,
         )
-        if status is None:
-            raise Unauthenticated("the tenant of this token no longer exists")
-        return Authenticated(principal, TenantStanding(status, plan))
+        return Authenticated(principal, standing)
 
 
 class Authenticator:

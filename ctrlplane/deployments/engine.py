@@ -56,6 +56,7 @@ from ctrlplane.network.traffic import Traffic
 from ctrlplane.provisioning.contract import Provider, ReplicaStatus, WorkloadSpec, WorkloadStatus
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import restore as restore_release
+from ctrlplane.runs.release import abandon_release_phase, run_release_phase
 from ctrlplane.secrets.crypto import DecryptionFailed
 from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.secrets.service import for_release as secrets_for_release
@@ -112,9 +113,20 @@ class DeployEngine:
             else None
         )
         if deployment.state == "running":
-            await self._go_back(deployment, old, "rolled_back", "the control plane restarted during the deploy")
+            if abandoned := await abandon_release_phase(self.services, self.provider, deployment):
+                await self._update(
+                    deployment, step="release phase failed", event="deploy.release_failed", error=abandoned
+                )
+                await self._go_back(deployment, old, "failed", abandoned)
+            else:
+                await self._go_back(deployment, old, "rolled_back", "the control plane restarted during the deploy")
             return await self.provider.status(instance.id)
         await self._update(deployment, state="running", step="deploy", event="deploy.started")
+        # The release phase (ctrlplane/runs/release.py) runs before any replica is touched; when it
+        # fails nothing was replaced, so there is nothing to go back from.
+        if ended := await run_release_phase(self.services, self.provider, deployment, new, step=self._update):
+            await self._finish(deployment, ended.state, ended.reason, restore=True)
+            return await self.provider.status(instance.id)
         try:
             await self._strategy(deployment, new, old)
         except GateFailed as exc:

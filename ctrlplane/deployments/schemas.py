@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ctrlplane.instances.schemas import Env, ImageRef
+from ctrlplane.instances.schemas import Command, Env, ImageRef, Timeout
 
 Strategy = Literal["rolling", "blue_green", "canary", "recreate"]
 DeploymentState = Literal["pending", "running", "succeeded", "failed", "rolled_back", "cancelled"]
@@ -46,8 +46,13 @@ class DeployRequest(msgspec.Struct, forbid_unknown_fields=True):
     env: Env = msgspec.field(default_factory=dict)
     notes: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     commit_sha: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{4,64}$")] | None = None
+    release_command: Command | msgspec.UnsetType | None = msgspec.UNSET
+    """Replaces the instance's release command from this release on (null: none); absent: kept."""
+    release_timeout: Timeout | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
     release_id: str
     strategy: Strategy = "rolling"
+    run_release: bool = False
+    """Run the target release's release command again before its replicas start."""

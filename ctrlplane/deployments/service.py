@@ -22,6 +22,7 @@ from ctrlplane.errors import Conflict, InvalidInput, InvalidState, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.instances.schemas import argv
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.operations import queue
 from ctrlplane.pagination import Page, paginate
@@ -29,6 +30,7 @@ from ctrlplane.preconditions import require_version
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.releases.service import restore
+from ctrlplane.runs.service import plan_release
 from ctrlplane.timeutil import utc_now
 
 DEPLOYABLE = ("running", "failed")
@@ -65,6 +67,7 @@ class DeploymentService:
         notes: str,
         commit_sha: str | None,
         secrets_revision: int | None = None,
+        run_release: bool = True,
     ) -> schemas.Deployment:
         unfinished = (
             await self.session.execute(
@@ -115,6 +118,16 @@ class DeploymentService:
         )
         self.session.add(deployment)
         await self.session.flush()
+        if run_release:
+            plan_release(
+                self.session,
+                instance,
+                deployment_id=deployment.id,
+                release=release,
+                generation=instance.generation,
+                created_by=self.context.principal.subject,
+                default_timeout=settings.run_default_timeout_seconds,
+            )
         queue.enqueue(
             self.session,
             tenant_id=instance.tenant_id,
@@ -145,6 +158,10 @@ class DeploymentService:
         instance = await self._deployable(instance_id)
         instance.image = data.image
         instance.env = {**instance.env, **data.env}
+        if not isinstance(data.release_command, msgspec.UnsetType):
+            instance.release_command = argv(data.release_command) if data.release_command is not None else None
+        if not isinstance(data.release_timeout, msgspec.UnsetType):
+            instance.release_timeout_seconds = data.release_timeout
         return await self._start(
             instance, strategy=data.strategy, reason="deploy", notes=data.notes, commit_sha=data.commit_sha
         )
@@ -171,6 +188,7 @@ class DeploymentService:
             notes=f"rollback to v{target.version}",
             commit_sha=target.commit_sha,
             secrets_revision=target.secrets_revision,
+            run_release=data.run_release,
         )
 
     async def redeploy(self, instance_id: str, *, notes: str, strategy: str = "rolling") -> schemas.Deployment:

@@ -33,10 +33,12 @@ from ctrlplane.environments.models import Environment
 from ctrlplane.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
+from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.instances.service import destroy as destroy_instance
 from ctrlplane.network.router import default_hostname, router_url
+from ctrlplane.network.sleep import set_idle_timeout
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.templates import service as templates
 from ctrlplane.templates.render import render, resolve
@@ -256,6 +258,11 @@ class EnvironmentService:
                 environment.on_idle = data.on_idle
                 environment.tags = list(dict.fromkeys(data.tags))
                 await self.session.flush()
+                if idle_timeout is not None:
+                    # the router's request reporting then drives it (environments/idle.py)
+                    row = await self.session.get(Instance, environment.instance_id)
+                    assert row is not None
+                    await set_idle_timeout(self.session, row, idle_timeout)
         except IntegrityError:
             # another replica's create of this key committed first: answer that one
             winner = await self._active(tenant_id, data.key)

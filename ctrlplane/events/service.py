@@ -123,3 +123,15 @@ async def stream(
 
 def encode(event: schemas.Event) -> str:
     return msgspec.json.encode(event).decode()
+
+
+async def last_seq(session: AsyncSession, tenant_id: str) -> int:
+    """The number of the tenant's newest committed event (0 for none)."""
+    found = await session.get(EventStream, tenant_id)
+    return found.last_seq if found is not None else 0
+
+
+async def events_after(session: AsyncSession, *, tenant_id: str, after: int, limit: int) -> list[schemas.Event]:
+    """The tenant's events numbered after ``after``, oldest first, in the caller's transaction."""
+    statement = select(Event).where(Event.tenant_id == tenant_id, Event.seq > after).order_by(Event.seq).limit(limit)
+    return [to_schema(row) for row in (await session.execute(statement)).scalars()]

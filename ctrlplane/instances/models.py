@@ -52,6 +52,9 @@ class Instance(Base):
     suspended_by: Mapped[str | None] = mapped_column(String(16))
     resume_state: Mapped[str | None] = mapped_column(String(16))
     current_release_id: Mapped[str | None] = mapped_column(String(64))
+    release_command: Mapped[list[str] | None] = mapped_column(JSON)
+    """The release phase's argv (``ctrlplane.runs``): run once per deploy before any new replica."""
+    release_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -155,6 +155,9 @@ async def set_state(
 
 async def record_status(session: AsyncSession, instance: Instance, status: WorkloadStatus) -> None:
     state, message = observed_state(status)
+    if state == "stopped" and instance.desired_state == "sleeping":
+        # scaled to zero by network.sleep: stopped, with its hostnames still routed (to wake it)
+        state, message = "sleeping", instance.status_message
     endpoints = [msgspec.to_builtins(endpoint) for endpoint in status.endpoints]
     if endpoints != instance.endpoints:
         instance.endpoints = endpoints

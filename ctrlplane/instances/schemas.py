@@ -8,9 +8,9 @@ import msgspec
 from ctrlplane.provisioning.contract import PullPolicy, RestartPolicy
 
 InstanceState = Literal[
-    "provisioning", "starting", "running", "stopping", "stopped", "failed", "destroying", "destroyed"
+    "provisioning", "starting", "running", "stopping", "stopped", "sleeping", "failed", "destroying", "destroyed"
 ]
-DesiredState = Literal["running", "stopped", "destroyed"]
+DesiredState = Literal["running", "stopped", "sleeping", "destroyed"]
 
 DnsName = Annotated[
     str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", max_length=63, description="DNS label")
@@ -37,6 +37,15 @@ Env = Annotated[dict[EnvKey, EnvValue], msgspec.Meta(max_length=200)]
 Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=64)]
 Replicas = Annotated[int, msgspec.Meta(ge=1, le=20)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+Argv = Annotated[list[Annotated[str, msgspec.Meta(max_length=8192)]], msgspec.Meta(min_length=1, max_length=256)]
+Shell = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+Command = Argv | Shell
+"""An argv (run as is) or a shell string (run as ``/bin/sh -c STRING``)."""
+Timeout = Annotated[int, msgspec.Meta(ge=1, le=7 * 86400, description="Seconds")]
+
+
+def argv(command: Command) -> list[str]:
+    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
 
 
 class Resources(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,6 +98,9 @@ class Instance(msgspec.Struct):
     """The router's hostname for it (``<name>.<tenant-slug>.<CTRLPLANE_ROUTER_BASE_DOMAIN>``)."""
     url: str | None = None
     """Its URL through the router."""
+    release_command: list[str] | None = None
+    """Run once per deploy before any new replica starts (the release phase)."""
+    release_timeout: int | None = None
 
 
 class InstanceCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -103,6 +115,8 @@ class InstanceCreate(msgspec.Struct, forbid_unknown_fields=True):
     labels: Labels = msgspec.field(default_factory=dict)
     restart_policy: RestartPolicy = "always"
     pull_policy: PullPolicy = "IfNotPresent"
+    release_command: Command | None = None
+    release_timeout: Timeout | None = None
 
 
 class InstanceUpdate(msgspec.Struct, forbid_unknown_fields=True):

@@ -4,8 +4,8 @@ workers apply it (no request waits on a provider).
 Lifecycle rules (an action the state does not allow is 409 ``invalid_state`` naming the state):
 
     action     allowed in                                   state after   desired
-    start      stopped, failed                              starting      running
-    stop       provisioning, starting, running, failed      stopping      stopped
+    start      stopped, sleeping, failed                    starting      running
+    stop       provisioning, starting, running, sleeping, failed  stopping  stopped
     restart    running, failed                              starting      running
     scale      provisioning, starting, running, stopped, failed  (unchanged)
     update     any but destroying/destroyed (env, ports, labels → rolling replacement; resources → scale)
@@ -76,6 +76,8 @@ def to_schema(instance: Instance) -> schemas.Instance:
         version=instance.version,
         created_at=instance.created_at,
         updated_at=instance.updated_at,
+        release_command=instance.release_command,
+        release_timeout=instance.release_timeout_seconds,
     )
 
 
@@ -142,7 +144,7 @@ class InstanceService:
         """Apply a configuration change: ``update`` rolls a new generation out now; ``scale`` changes
         the running replicas in place. A stopped instance gets a new generation instead, which its
         next start puts in place of the old containers, so nothing asked for while stopped is lost."""
-        if instance.desired_state == "stopped":
+        if instance.desired_state in ("stopped", "sleeping"):
             instance.generation += 1
             return
         if kind == "update":
@@ -171,6 +173,7 @@ class InstanceService:
         tenant_id = self.context.tenant_scope(data.tenant_id)
         provider_name = data.provider_name or self.context.services.settings.providers[0]
         await self._provider_answers(provider_name)
+        await self.context.services.providers.admit(provider_name, tenant_id)
         tenant = await TenantRepository(self.session).get(tenant_id, for_update=True)
         if tenant.status != "active":
             raise InvalidState(
@@ -203,6 +206,8 @@ class InstanceService:
             labels=dict(data.labels),
             restart_policy=data.restart_policy,
             pull_policy=data.pull_policy,
+            release_command=schemas.argv(data.release_command) if data.release_command is not None else None,
+            release_timeout_seconds=data.release_timeout,
             endpoints=[],
             generation=1,
             restart_count=0,
@@ -326,7 +331,7 @@ class InstanceService:
 
     async def scale(self, instance_id: str, data: schemas.ScaleRequest) -> schemas.Instance:
         instance = await self.locked(instance_id)
-        _require(instance, "scale", ("provisioning", "starting", "running", "stopped", "failed"))
+        _require(instance, "scale", ("provisioning", "starting", "running", "stopped", "sleeping", "failed"))
         if data.resources is msgspec.UNSET and data.replicas is msgspec.UNSET:
             raise InvalidInput("scale needs resources, replicas or both", details={"body": "empty"})
         resources = (
@@ -399,12 +404,22 @@ class InstanceService:
 
 _ACTIONS: dict[str, tuple[tuple[str, ...], str, str, bool]] = {
     # action: (allowed in, state after, desired state, refused while suspended)
-    "start": (("stopped", "failed"), "starting", "running", True),
-    "stop": (("provisioning", "starting", "running", "failed"), "stopping", "stopped", False),
+    "start": (("stopped", "sleeping", "failed"), "starting", "running", True),
+    "stop": (("provisioning", "starting", "running", "sleeping", "failed"), "stopping", "stopped", False),
     "restart": (("running", "failed"), "starting", "running", True),
 }
 
-_ALL_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed", "destroying", "destroyed")
+_ALL_STATES = (
+    "provisioning",
+    "starting",
+    "running",
+    "stopping",
+    "stopped",
+    "sleeping",
+    "failed",
+    "destroying",
+    "destroyed",
+)
 
 
 def _unique_ports(ports: list[schemas.Port]) -> None:

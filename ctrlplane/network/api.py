@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.params import FromPath, JSONBody
 
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.network import schemas
-from ctrlplane.network.service import DomainService, RouteService
+from ctrlplane.network.service import DomainService, RouteService, SleepService
 from ctrlplane.pagination import Page
 from ctrlplane.preconditions import ETAG, IfMatch, tagged
 
@@ -157,3 +157,36 @@ class DomainController(Controller):
     async def delete_domain(self, domain_id: FromPath[str], context: Context, if_match: IfMatch = None) -> None:
         """Release the hostname; its traffic and certificate stop at the next router push."""
         await DomainService(context, if_match=if_match).delete(domain_id)
+
+
+class SleepController(Controller):
+    path = "/v1/instances/{instance_id:str}"
+    tags = ["network"]
+
+    @get("/traffic", operation_id="instanceTraffic", responses=errors(404), opt=route("traffic", "get"))
+    async def traffic(self, instance_id: FromPath[str], context: Context) -> schemas.InstanceTraffic:
+        """The instance's last request through the router, its idle policy and its sleep and wake times."""
+        return await SleepService(context).traffic(instance_id)
+
+    @put(
+        "/idle-policy",
+        operation_id="setIdlePolicy",
+        responses=errors(404, mutating=True),
+        opt=route("idle_policy", "update"),
+    )
+    async def set_idle_policy(
+        self, instance_id: FromPath[str], data: JSONBody[schemas.IdlePolicy], context: Context
+    ) -> schemas.InstanceTraffic:
+        """Put the instance to sleep after idle_timeout without a request (null: never); a request wakes it."""
+        return await SleepService(context).set_idle_policy(instance_id, data)
+
+    @post(
+        "/sleep",
+        status_code=202,
+        operation_id="sleepInstance",
+        responses=errors(404, mutating=True),
+        opt=route("instance", "sleep"),
+    )
+    async def sleep(self, instance_id: FromPath[str], context: Context) -> schemas.InstanceTraffic:
+        """Scale the running instance to zero, keeping its hostnames; the next request through the router wakes it."""
+        return await SleepService(context).sleep(instance_id)

@@ -20,12 +20,22 @@ Design points:
   matters beyond saving a retry: a request still in flight in the old configuration while Caddy
   reloads is not retried at all (the old handler's context is cancelled), so an upstream that died
   must already be marked down when the reload that drops it comes.
+* **Request reporting.** With an access-log sink (``RouterOptions.access_log_address``), both
+  servers log every request as JSON to it through Caddy's ``net`` log writer (``access.py``), and
+  Caddy's default log leaves those lines out.
+* **Wake on request.** A site marked ``wake`` (a sleeping instance, or one that slept before) with
+  no replica in rotation sends every request to ctrlplane's wake listener instead of answering 503:
+  the instance's id, an HMAC of it under the router's wake secret and the original URI travel in
+  ``X-Ctrlplane-Wake-*`` request headers (set by Caddy, so a client cannot forge them), and the
+  listener starts the instance and answers with the app's own response (``wake.py``).
 * The admin endpoint stays where it is (``admin.listen``) and the config is not persisted to
   Caddy's disk (``admin.config.persist: false``), so certificate keys live only in memory there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from fractions import Fraction
@@ -64,6 +74,9 @@ class Site(msgspec.Struct, frozen=True):
     ports: tuple[int, ...]
     routes: tuple[RouteRule, ...]
     upstreams: tuple[UpstreamTarget, ...]
+    tenant_id: str = ""
+    wake: bool = False
+    """With no replica in rotation, send requests to the wake listener (the instance sleeps)."""
 
 
 class Challenge(msgspec.Struct, frozen=True):
@@ -90,6 +103,39 @@ class RouterOptions(msgspec.Struct, frozen=True):
     https_listen: str
     try_duration_seconds: float = 5.0
     fail_seconds: float = 5.0
+    access_log_address: str | None = None
+    wake_address: str | None = None
+    wake_secret: str = ""
+
+
+WAKE_INSTANCE_HEADER = "X-Ctrlplane-Wake-Instance"
+WAKE_TOKEN_HEADER = "X-Ctrlplane-Wake-Token"
+WAKE_URI_HEADER = "X-Ctrlplane-Wake-Uri"
+ACCESS_LOGGER = "ctrlplane_access"
+
+
+def wake_token(secret: str, instance_id: str) -> str:
+    return hmac.new(secret.encode(), instance_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _wake(site: Site, options: RouterOptions) -> dict[str, Any]:
+    assert options.wake_address is not None
+    return {
+        "handle": [
+            {
+                "handler": "headers",
+                "request": {
+                    "set": {
+                        WAKE_INSTANCE_HEADER: [site.instance_id],
+                        WAKE_TOKEN_HEADER: [wake_token(options.wake_secret, site.instance_id)],
+                        WAKE_URI_HEADER: ["{http.request.uri}"],
+                    }
+                },
+            },
+            {"handler": "reverse_proxy", "upstreams": [{"dial": options.wake_address}]},
+        ],
+        "terminal": True,
+    }
 
 
 def weighted_sequence(shares: Sequence[tuple[str, Fraction]]) -> list[str]:
@@ -147,6 +193,8 @@ def _unavailable(message: str) -> dict[str, Any]:
 
 
 def _site_routes(site: Site, options: RouterOptions) -> list[dict[str, Any]]:
+    if site.wake and options.wake_address and not any(u.weight > 0 for u in site.upstreams):
+        return [_wake(site, options)]
     by_port: dict[int, list[UpstreamTarget]] = {}
     for upstream in site.upstreams:
         by_port.setdefault(upstream.container_port, []).append(upstream)
@@ -225,12 +273,14 @@ def caddy_config(state: RouterState, options: RouterOptions) -> dict[str, Any]:
         if site.https_hostnames:
             https_routes.append(_host_route(site.https_hostnames, routes))
     http_routes.append(_not_found())
+    logs = {"logs": {"default_logger_name": ACCESS_LOGGER}} if options.access_log_address else {}
     servers: dict[str, Any] = {
         "ctrlplane_http": {
             "listen": [options.http_listen],
             "automatic_https": {"disable": True},
             "protocols": ["h1", "h2"],
             "routes": http_routes,
+            **logs,
         }
     }
     apps: dict[str, Any] = {
@@ -245,6 +295,7 @@ def caddy_config(state: RouterState, options: RouterOptions) -> dict[str, Any]:
             "protocols": ["h1", "h2"],
             "tls_connection_policies": [{}],
             "routes": https_routes,
+            **logs,
         }
         apps["tls"] = {
             "certificates": {
@@ -254,7 +305,20 @@ def caddy_config(state: RouterState, options: RouterOptions) -> dict[str, Any]:
                 ]
             }
         }
-    return {"admin": {"listen": options.admin_address, "config": {"persist": False}}, "apps": apps}
+    config: dict[str, Any] = {"admin": {"listen": options.admin_address, "config": {"persist": False}}, "apps": apps}
+    if options.access_log_address:
+        access = f"http.log.access.{ACCESS_LOGGER}"
+        config["logging"] = {
+            "logs": {
+                ACCESS_LOGGER: {
+                    "writer": {"output": "net", "address": f"tcp/{options.access_log_address}", "dial_timeout": "2s"},
+                    "encoder": {"format": "json"},
+                    "include": [access],
+                },
+                "default": {"exclude": [access]},
+            }
+        }
+    return config
 
 
 def encode(config: dict[str, Any]) -> bytes:

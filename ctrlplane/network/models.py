@@ -1,11 +1,12 @@
-"""Routes, domains, certificates, the router's upstreams and the ACME account."""
+"""Routes, domains, certificates, the router's upstreams, the ACME account, and what the router
+reports of each instance's requests (``InstanceTraffic``, ``HttpRequestSample``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ctrlplane.db import Base, UTCDateTime
@@ -101,3 +102,45 @@ class AcmeAccount(Base):
     key_sealed: Mapped[str] = mapped_column(Text)
     registration: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class InstanceTraffic(Base):
+    """What the router last saw of an instance, and its idle policy: one row per instance that was
+    requested through the router or has a policy. ``last_request_at`` is written in batches by the
+    access-log sink (``access.py``); ``slept_at``/``woken_at`` by ``sleep.py``."""
+
+    __tablename__ = "instance_traffic"
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    idle_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    policy_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    slept_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    woken_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class HttpRequestSample(Base):
+    """Requests the router served for one instance, route, method and status class in one flush of
+    the access-log sink (``step_seconds`` 0), or a rollup of such rows (60, 300), kept and rolled up
+    like ``telemetry.models.MetricSample``. ``duration_buckets`` counts the requests per latency
+    bucket of ``access.DURATION_BUCKETS`` (not cumulative), so quantiles survive rollups."""
+
+    __tablename__ = "http_request_samples"
+    __table_args__ = (
+        Index("ix_http_request_samples_step_taken_at", "step_seconds", "taken_at"),
+        Index("ix_http_request_samples_instance_taken_at", "instance_id", "taken_at"),
+    )
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    step_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    route: Mapped[str] = mapped_column(String(256), primary_key=True)
+    method: Mapped[str] = mapped_column(String(8), primary_key=True)
+    status_class: Mapped[str] = mapped_column(String(3), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    requests: Mapped[int] = mapped_column(BigInteger)
+    duration_seconds_sum: Mapped[float] = mapped_column(Float)
+    duration_buckets: Mapped[list[int]] = mapped_column(JSON)
+    request_bytes: Mapped[int] = mapped_column(BigInteger)
+    response_bytes: Mapped[int] = mapped_column(BigInteger)

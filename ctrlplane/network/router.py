@@ -7,11 +7,14 @@ Caddy configuration from it (``caddy.caddy_config``) and loads it when it change
 ``CTRLPLANE_ROUTER_SYNC_INTERVAL_SECONDS`` passed since the last push, so a Caddy that restarted
 empty is whole again within one interval. Pushes are serialised and always read the database afresh,
 so a slow push can never overwrite a newer one. With ``CTRLPLANE_ROUTER=none`` nothing is pushed.
+Each read also refreshes ``hosts`` (hostname → instance), which the access-log sink attributes
+requests with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.db import Database
 from ctrlplane.instances.models import Instance
+from ctrlplane.network.access import Destination, HostTable
 from ctrlplane.network.caddy import (
     CaddyAdmin,
     Challenge,
@@ -37,7 +41,7 @@ from ctrlplane.network.caddy import (
     encode,
 )
 from ctrlplane.network.keys import open_private_key
-from ctrlplane.network.models import Certificate, Domain, Route, Upstream
+from ctrlplane.network.models import Certificate, Domain, InstanceTraffic, Route, Upstream
 from ctrlplane.provisioning.contract import HttpRoute
 from ctrlplane.settings import Settings
 from ctrlplane.tenants.models import Tenant
@@ -45,7 +49,7 @@ from ctrlplane.tenants.models import Tenant
 log = structlog.get_logger("ctrlplane.router")
 
 PROBE_TIMEOUT_SECONDS = 2.0
-SERVED_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed")
+SERVED_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed", "sleeping")
 
 
 def default_hostname(settings: Settings, instance_name: str, tenant_slug: str) -> str:
@@ -82,8 +86,18 @@ def http_routes(default_host: str, verified_hosts: Sequence[str], routes: Sequen
 async def load_state(session: AsyncSession, settings: Settings) -> RouterState:
     rows = (
         await session.execute(
-            select(Instance.id, Instance.name, Instance.ports, Tenant.slug)
+            select(
+                Instance.id,
+                Instance.tenant_id,
+                Instance.name,
+                Instance.ports,
+                Instance.state,
+                Tenant.slug,
+                InstanceTraffic.slept_at,
+                InstanceTraffic.idle_timeout_seconds,
+            )
             .join(Tenant, Tenant.id == Instance.tenant_id)
+            .outerjoin(InstanceTraffic, InstanceTraffic.instance_id == Instance.id)
             .where(Instance.state.in_(SERVED_STATES))
             .order_by(Instance.id)
         )
@@ -140,6 +154,8 @@ async def load_state(session: AsyncSession, settings: Settings) -> RouterState:
             ports=tuple(int(p["container_port"]) for p in row.ports if p.get("protocol", "tcp") == "tcp"),
             routes=tuple(routes[row.id]),
             upstreams=tuple(upstreams[row.id]),
+            tenant_id=row.tenant_id,
+            wake=row.state == "sleeping" or row.slept_at is not None or row.idle_timeout_seconds is not None,
         )
         for row in rows
     )
@@ -166,6 +182,8 @@ class Router:
             try_duration_seconds=settings.router_try_duration_seconds,
             fail_seconds=settings.router_fail_seconds,
         )
+        self.hosts = HostTable()
+        self.wake_secret = secrets.token_urlsafe(32)
         self._lock = asyncio.Lock()
         self._failing = False
         self._answered: set[tuple[str, str]] = set()
@@ -176,9 +194,29 @@ class Router:
     def enabled(self) -> bool:
         return self.settings.router == "caddy"
 
+    def listening(self, *, access_log_address: str | None, wake_address: str | None) -> None:
+        """Where this process's access-log sink and wake listener took their ports."""
+        self.options = msgspec.structs.replace(
+            self.options,
+            access_log_address=access_log_address,
+            wake_address=wake_address,
+            wake_secret=self.wake_secret,
+        )
+
     async def desired(self) -> bytes:
         async with self.db.read() as session:
             state = await load_state(session, self.settings)
+        self.hosts.replace(
+            {
+                host: Destination(
+                    instance_id=site.instance_id,
+                    tenant_id=site.tenant_id,
+                    routes=tuple(sorted({rule.path for rule in site.routes})),
+                )
+                for site in state.sites
+                for host in site.hostnames
+            }
+        )
         return encode(caddy_config(await self._answering(state), self.options))
 
     async def _answering(self, state: RouterState) -> RouterState:

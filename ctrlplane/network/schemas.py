@@ -84,3 +84,23 @@ class Domain(msgspec.Struct):
     """Counts the changes clients made; the ETag is this number in quotes."""
     created_at: datetime
     updated_at: datetime
+
+
+Duration = Annotated[str, msgspec.Meta(max_length=32, description="A duration such as 90s, 15m or 2h")]
+
+
+class InstanceTraffic(msgspec.Struct):
+    """What the router saw of an instance, and its sleep state and idle policy."""
+
+    instance_id: str
+    state: str
+    last_request_at: datetime | None
+    idle_timeout_seconds: int | None
+    slept_at: datetime | None
+    woken_at: datetime | None
+
+
+class IdlePolicy(msgspec.Struct, forbid_unknown_fields=True):
+    """``idle_timeout``: put the instance to sleep after this long without a request; null: never."""
+
+    idle_timeout: Duration | None

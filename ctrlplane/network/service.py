@@ -38,12 +38,13 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService, reconfigure
 from ctrlplane.network import schemas
 from ctrlplane.network.dns import txt_values
-from ctrlplane.network.models import Certificate, Domain, Route
+from ctrlplane.network.models import Certificate, Domain, InstanceTraffic, Route
 from ctrlplane.network.repository import NetworkRepository
+from ctrlplane.network.sleep import put_to_sleep, traffic_row
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.preconditions import require_version
 from ctrlplane.tenants.repository import TenantRepository
-from ctrlplane.timeutil import utc_now
+from ctrlplane.timeutil import parse_duration, utc_now
 
 SUPPORTED_PROTOCOLS = ("http",)
 CHALLENGE_LABEL = "_ctrlplane-challenge"
@@ -372,3 +373,58 @@ class DomainService(_NetworkService):
         if domain.status == "verified":
             await self._changed(instance)
         await self.session.delete(domain)
+
+
+MIN_IDLE_TIMEOUT_SECONDS = 10
+MAX_IDLE_TIMEOUT_SECONDS = 30 * 86400
+
+
+def to_traffic(instance: Instance, traffic: InstanceTraffic | None) -> schemas.InstanceTraffic:
+    return schemas.InstanceTraffic(
+        instance_id=instance.id,
+        state=instance.state,
+        last_request_at=traffic.last_request_at if traffic else None,
+        idle_timeout_seconds=traffic.idle_timeout_seconds if traffic else None,
+        slept_at=traffic.slept_at if traffic else None,
+        woken_at=traffic.woken_at if traffic else None,
+    )
+
+
+class SleepService(_NetworkService):
+    """An instance's traffic as the router reports it, its idle policy, and putting it to sleep
+    (``network.sleep``); a request through the router wakes it."""
+
+    async def traffic(self, instance_id: str) -> schemas.InstanceTraffic:
+        instance = await self.instances.get(instance_id)
+        return to_traffic(instance, await self.session.get(InstanceTraffic, instance.id))
+
+    async def set_idle_policy(self, instance_id: str, data: schemas.IdlePolicy) -> schemas.InstanceTraffic:
+        seconds: int | None = None
+        if data.idle_timeout is not None:
+            try:
+                parsed = parse_duration(data.idle_timeout)
+            except ValueError as exc:
+                raise InvalidInput(f"idle_timeout: {exc}", details={"idle_timeout": data.idle_timeout}) from None
+            if not MIN_IDLE_TIMEOUT_SECONDS <= parsed <= MAX_IDLE_TIMEOUT_SECONDS:
+                raise InvalidInput(
+                    f"idle_timeout must be from {MIN_IDLE_TIMEOUT_SECONDS}s to 30d",
+                    details={"idle_timeout": data.idle_timeout},
+                )
+            seconds = int(parsed)
+        instance = await InstanceService(self.context).locked(instance_id)
+        if instance.state in ("destroying", "destroyed"):
+            raise InvalidState(
+                f"cannot set the idle policy of an instance that is {instance.state}",
+                details={"state": instance.state},
+            )
+        traffic = await traffic_row(self.session, instance, for_update=True)
+        traffic.idle_timeout_seconds = seconds
+        traffic.policy_set_at = utc_now()
+        self._audit(instance.id, instance.tenant_id, idle_timeout_seconds=seconds)
+        return to_traffic(instance, traffic)
+
+    async def sleep(self, instance_id: str) -> schemas.InstanceTraffic:
+        instance = await InstanceService(self.context).locked(instance_id)
+        await put_to_sleep(self.session, instance, reason="asked through the API")
+        self._audit(instance.id, instance.tenant_id)
+        return to_traffic(instance, await traffic_row(self.session, instance))

@@ -1,9 +1,16 @@
 """The reconciler: on an interval, make what runs match what is wanted.
 
-For each provider it reads ``inventory`` (everything labelled as ctrlplane's) and, for each live
-instance with no operation in flight, ``status``:
+A pass costs one listing per provider plus work for what changed: for each provider it reads
+``observe`` (everything labelled as this installation's, with every instance's status, in one
+listing; a provider without it is asked ``inventory`` and each instance's ``status``) and one
+read of the live instances, compares them in memory (``plan``), and writes only for the instances
+whose observed state differs from what is recorded, in batched transactions. Between passes, a
+provider that reports changes (``WatchingProvider``: Docker's event stream) triggers ``reconcile``
+of the one instance that changed. For each live instance with no operation in flight:
 
 * containers whose instance does not exist or is destroyed are removed (orphans);
+* shared objects of this installation that nothing uses any more (Docker's tenant networks) are
+  removed (``CollectingProvider.collect_unused``);
 * an instance that should run but has no or too few replicas gets a ``repair`` operation, which
   re-provisions the missing ones (idempotently);
 * an exited replica is restarted (through a ``restart`` operation) as the instance's
@@ -12,12 +19,14 @@ instance with no operation in flight, ``status``:
   code; more than ``CTRLPLANE_CRASHLOOP_RESTARTS`` within ``CTRLPLANE_CRASHLOOP_WINDOW_SECONDS``
   marks the instance ``failed`` (crash loop) and stops restarting it (a ``failed`` instance is left
   alone until a start or restart, so its reason stays readable);
-* an instance that should be stopped but runs gets a ``stop`` operation;
-* every decision is taken under the instance's row lock and dropped if the instance changed since
-  it was observed (its version moved) or an operation is in flight, so the reconciler never undoes
-  what the API asked for a moment ago; it changes no instance's workload itself, it queues
-  operations (only orphans, which have no instance, are removed directly);
-* what was observed (state, endpoints, the reason of a failure) is recorded.
+* an instance that should be stopped (or sleep, ``network.sleep``) but runs gets a ``stop`` operation;
+* every decision is applied under the instance's row lock (many rows locked in one transaction)
+  and dropped if the instance changed since it was observed (its version moved) or an operation is
+  in flight, so the reconciler never undoes what the API asked for a moment ago; it changes no
+  instance's workload itself, it queues operations (only orphans, which have no instance, are
+  removed directly);
+* what was observed (state, endpoints, the reason of a failure) is recorded when it differs from
+  what is recorded; an instance whose observation matches its row costs no write and no lock.
 
 It also finishes tenant deletions whose instances are all gone, and purges expired idempotency
 records.
@@ -26,9 +35,11 @@ records.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,14 +49,114 @@ from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.idempotency.service import purge_expired
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import record_status, set_state
+from ctrlplane.instances.observe import observed_state, record_status, set_state
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
-from ctrlplane.provisioning.contract import Provider, ReplicaStatus
+from ctrlplane.provisioning.contract import (
+    CollectingProvider,
+    Observation,
+    ObservingProvider,
+    Provider,
+    ReplicaStatus,
+    WorkloadStatus,
+)
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
 
 log = structlog.get_logger("ctrlplane.reconciler")
+
+
+BATCH = 500
+"""Decisions applied per write transaction (rows locked at once)."""
+
+SKIPPED_STATES = ("destroyed", "destroying", "provisioning")
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the reconciler reads of an instance to compare it with what runs."""
+
+    id: str
+    version: int
+    state: str
+    desired_state: str
+    status_message: str
+    endpoints: list[dict[str, Any]]
+    generation: int
+    replicas: int
+    restart_policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do about one instance: ``stop``, ``repair`` (``reason``), ``restart`` (``replicas``)
+    or ``record`` (``status``)."""
+
+    instance_id: str
+    version: int
+    action: str
+    status: WorkloadStatus
+    reason: str = ""
+    replicas: tuple[ReplicaStatus, ...] = ()
+
+
+SEEN_COLUMNS = (
+    Instance.id,
+    Instance.version,
+    Instance.state,
+    Instance.desired_state,
+    Instance.status_message,
+    Instance.endpoints,
+    Instance.generation,
+    Instance.replicas,
+    Instance.restart_policy,
+)
+
+
+def missing(instance_id: str) -> WorkloadStatus:
+    return WorkloadStatus(instance_id=instance_id, state="missing", message="no containers")
+
+
+def _recorded(seen: Seen, status: WorkloadStatus) -> bool:
+    state, message = observed_state(status)
+    if (seen.state, seen.status_message) != (state, message):
+        return False
+    return [msgspec.to_builtins(endpoint) for endpoint in status.endpoints] == seen.endpoints
+
+
+def plan(seen: Seen, status: WorkloadStatus) -> Decision | None:
+    """What the reconciler does about an instance given what runs for it; None when nothing (what
+    runs is what is wanted and is what the row records). Pure: the diff logic of a pass."""
+    if seen.state in SKIPPED_STATES:
+        return None
+
+    def decision(action: str, **extra: Any) -> Decision:
+        return Decision(seen.id, seen.version, action, status, **extra)
+
+    if seen.desired_state in ("stopped", "sleeping"):
+        if any(r.state == "running" for r in status.replicas):
+            return decision("stop")
+        return None if _recorded(seen, status) else decision("record")
+    if seen.desired_state != "running" or seen.state == "failed":
+        return None
+    current = [r for r in status.replicas if r.generation == seen.generation]
+    if len(current) < seen.replicas:
+        return decision("repair", reason=f"{len(current)} of {seen.replicas} replicas exist")
+    exited = [r for r in current if r.state in ("exited", "dead", "created")]
+    to_restart = tuple(r for r in exited if _should_restart(seen.restart_policy, r))
+    if to_restart:
+        return decision("restart", replicas=to_restart)
+    return None if _recorded(seen, status) else decision("record")
+
+
+async def observe(provider: Provider, instance_ids: Iterable[str]) -> Observation:
+    """The provider's ``observe``, or (a provider without it) its inventory and the status of each
+    of ``instance_ids``: the old per-instance cost, kept for such providers."""
+    if isinstance(provider, ObservingProvider):
+        return await provider.observe()
+    items = tuple(await provider.inventory())
+    workloads = {instance_id: await provider.status(instance_id) for instance_id in instance_ids}
+    return Observation(items=items, workloads=workloads, exact=True)
 
 
 class Reconciler:
@@ -66,68 +177,112 @@ class Reconciler:
         if self.enqueued:
             await self.services.work.notify()
 
-    async def _reconcile_provider(self, provider: Provider) -> None:
-        inventory = await provider.inventory()
+    async def reconcile(self, provider: Provider, instance_id: str) -> None:
+        """Reconcile one instance now (a provider reported a change to it): its ``status``, the
+        same plan and the same guarded write as a pass."""
+        self.enqueued = False
         async with self.services.db.read() as session:
-            instances = {
-                row.id: row
-                for row in (
-                    await session.execute(select(Instance).where(Instance.provider_name == provider.name))
-                ).scalars()
-            }
+            row = (
+                await session.execute(
+                    select(*SEEN_COLUMNS).where(Instance.id == instance_id, Instance.provider_name == provider.name)
+                )
+            ).first()
+            if row is None:
+                return
+            if await queue.unfinished_for(session, instance_id):
+                return
+        seen = Seen(*row)
+        if seen.state in SKIPPED_STATES:
+            return
+        decision = plan(seen, await provider.status(instance_id))
+        if decision is not None:
+            await self._apply([decision])
+            await self.services.events.notify()
+        if self.enqueued:
+            await self.services.work.notify()
+
+    async def _reconcile_provider(self, provider: Provider) -> None:
+        async with self.services.db.read() as session:
+            rows = (
+                await session.execute(
+                    select(*SEEN_COLUMNS).where(Instance.provider_name == provider.name, Instance.state != "destroyed")
+                )
+            ).all()
             busy = set(
                 (
                     await session.execute(select(Operation.instance_id).where(Operation.state.in_(queue.UNFINISHED)))
                 ).scalars()
             )
+        instances = {row[0]: Seen(*row) for row in rows}
+        live = [seen for seen in instances.values() if seen.id not in busy and seen.state not in SKIPPED_STATES]
+        observation = await observe(provider, [seen.id for seen in live])
         orphans = {
             item.instance_id
-            for item in inventory
-            if item.instance_id
-            and item.instance_id not in busy
-            and (item.instance_id not in instances or instances[item.instance_id].state == "destroyed")
+            for item in observation.items
+            if item.instance_id and item.instance_id not in busy and item.instance_id not in instances
         }
         for instance_id in sorted(orphans):
             log.warning("orphan_removed", provider=provider.name, instance=instance_id)
             await provider.deprovision(instance_id)
-        for instance in instances.values():
-            if instance.id in busy or instance.state in ("destroyed", "destroying", "provisioning"):
-                continue
-            await self._reconcile_instance(provider, instance)
+        if isinstance(provider, CollectingProvider):
+            for name in await provider.collect_unused():
+                log.info("unused_object_removed", provider=provider.name, name=name)
+        decisions: list[Decision] = []
+        for seen in live:
+            decision = plan(seen, observation.workloads.get(seen.id) or missing(seen.id))
+            if decision is not None and not observation.exact:
+                # the listing said something changed; act on the instance's full status
+                decision = plan(seen, await provider.status(seen.id))
+            if decision is not None:
+                decisions.append(decision)
+        await self._apply(decisions)
 
-    async def _reconcile_instance(self, provider: Provider, instance: Instance) -> None:
-        status = await provider.status(instance.id)
-        if instance.desired_state == "stopped":
-            if any(r.state == "running" for r in status.replicas):
-                await self._decide(instance, lambda session, row: self._enqueue(session, row, "stop"))
-            else:
-                await self._decide(instance, lambda session, row: record_status(session, row, status))
-            return
-        if instance.desired_state != "running" or instance.state == "failed":
-            return
-        current = [r for r in status.replicas if r.generation == instance.generation]
-        if len(current) < instance.replicas:
-            reason = f"{len(current)} of {instance.replicas} replicas exist"
-            await self._decide(instance, lambda session, row: self._repair(session, row, reason))
-            return
-        exited = [r for r in current if r.state in ("exited", "dead", "created")]
-        to_restart = [r for r in exited if _should_restart(instance.restart_policy, r)]
-        if to_restart:
-            await self._decide(instance, lambda session, row: self._restart(session, row, to_restart))
-            return
-        await self._decide(instance, lambda session, row: record_status(session, row, status))
+    async def _apply(self, decisions: Sequence[Decision]) -> None:
+        """Apply decisions in batches, each under its rows' locks; one is dropped when its instance
+        changed since it was read (its version moved) or an operation is in flight for it. Changes
+        go through the operation queue, so they run in order with the API's."""
+        for start in range(0, len(decisions), BATCH):
+            batch = decisions[start : start + BATCH]
+            ids = [d.instance_id for d in batch]
+            async with self.services.db.write() as session, session.begin():
+                rows = {
+                    row.id: row
+                    for row in (
+                        await session.execute(
+                            select(Instance)
+                            .where(Instance.id.in_(ids))
+                            .order_by(Instance.id)
+                            .with_for_update()
+                            .execution_options(populate_existing=True)
+                        )
+                    ).scalars()
+                }
+                busy = set(
+                    (
+                        await session.execute(
+                            select(Operation.instance_id).where(
+                                Operation.instance_id.in_(ids), Operation.state.in_(queue.UNFINISHED)
+                            )
+                        )
+                    ).scalars()
+                )
+                for decision in batch:
+                    row = rows.get(decision.instance_id)
+                    if row is None or row.version != decision.version or row.state in ("destroying", "destroyed"):
+                        continue
+                    if row.id in busy:
+                        continue
+                    await self._act(session, row, decision)
 
-    async def _decide(self, seen: Instance, act: Callable[[AsyncSession, Instance], Awaitable[None]]) -> None:
-        """Act on what was observed only if nothing changed since: the row is locked, and an act is
-        skipped when the instance's version moved (the API changed what is wanted) or an operation
-        is in flight. Changes go through the operation queue, so they run in order with the API's."""
-        async with self.services.db.write() as session, session.begin():
-            row = await session.get(Instance, seen.id, with_for_update=True, populate_existing=True)
-            if row is None or row.version != seen.version or row.state in ("destroying", "destroyed"):
-                return
-            if await queue.unfinished_for(session, row.id):
-                return
-            await act(session, row)
+    async def _act(self, session: AsyncSession, row: Instance, decision: Decision) -> None:
+        if decision.action == "stop":
+            await self._enqueue(session, row, "stop")
+        elif decision.action == "repair":
+            await self._repair(session, row, decision.reason)
+        elif decision.action == "restart":
+            await self._restart(session, row, list(decision.replicas))
+        else:
+            await record_status(session, row, decision.status)
 
     async def _enqueue(self, session: AsyncSession, row: Instance, kind: str, **payload: Any) -> None:
         queue.enqueue(session, tenant_id=row.tenant_id, instance_id=row.id, kind=kind, payload=payload)

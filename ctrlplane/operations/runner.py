@@ -10,18 +10,22 @@ with one line in ``start``::
 
 ``leader_only(loop)`` starts ``loop`` when this replica becomes the leader and cancels it when it
 stops being one (it died, or lost its database connection), so the loop must be safe to cancel at
-any await and to resume from the database on another replica. The reconciler, the metrics
+any await and to resume from the database on another replica. The reconciler, its provider
+watches (``watch_loop``: a targeted reconcile per change a provider reports), the metrics
 sampler and the environments' lifetime keeper are such loops.
 
 Not leader-only: ``health_loop`` keeps this process's cache of provider health fresh (each
 replica has its own connection to each runtime, and requests answer 503 from that cache), so every
 replica runs it; the health-check scheduler claims due checks with ``FOR UPDATE SKIP LOCKED``, like
-the operation workers, so every replica runs it too and the probes are shared out.
+the operation workers, so every replica runs it too and the probes are shared out. So do the
+webhook dispatchers (``webhooks/delivery.py``: endpoints and deliveries claimed with SKIP LOCKED
+and leases).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -30,18 +34,27 @@ from anyio.abc import TaskGroup
 
 from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
+from ctrlplane.drains.shipper import LogShipper
 from ctrlplane.environments.lifetimes import LifetimeKeeper
 from ctrlplane.health.scheduler import HealthScheduler
+from ctrlplane.network.access import AccessSink, RequestBook
 from ctrlplane.network.certificates import CertificateIssuer
+from ctrlplane.network.sleep import enforce_idle
+from ctrlplane.network.wake import WakeServer
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
+from ctrlplane.provisioning.contract import Provider, WatchingProvider
+from ctrlplane.runs.executor import RunExecutor, run_once
+from ctrlplane.runs.scheduler import JobScheduler
 from ctrlplane.telemetry.sampler import MetricsSampler
+from ctrlplane.webhooks.delivery import WebhookDispatcher
 
 log = structlog.get_logger("ctrlplane.background")
 
 IDLE_POLL_SECONDS = 1.0
 ROUTER_POLL_SECONDS = 1.0
 CERTIFICATE_POLL_SECONDS = 2.0
+WATCH_RETRY_SECONDS = 1.0
 
 
 def _dsn(services: AppServices) -> str | None:
@@ -104,6 +117,25 @@ class Background:
                 log.error("reconcile_error", exc_info=exc)
             await anyio.sleep(self.services.settings.reconcile_interval_seconds)
 
+    async def watch_loop(self) -> None:
+        """Reconcile an instance as soon as a provider reports a change to it (between passes)."""
+        reconciler = Reconciler(self.services)
+        async with anyio.create_task_group() as group:
+            for provider in self.services.providers:
+                if isinstance(provider, WatchingProvider):
+                    group.start_soon(self._watch, reconciler, provider)
+
+    async def _watch(self, reconciler: Reconciler, provider: WatchingProvider) -> None:
+        assert isinstance(provider, Provider)
+        while True:
+            try:
+                async with aclosing(provider.changes()) as changes:
+                    async for instance_id in changes:
+                        await reconciler.reconcile(provider, instance_id)
+            except Exception as exc:
+                log.warning("provider_watch_error", provider=provider.name, exc_info=exc)
+            await anyio.sleep(WATCH_RETRY_SECONDS)
+
     async def metrics_loop(self) -> None:
         sampler = MetricsSampler(self.services)
         while True:
@@ -128,6 +160,51 @@ class Background:
             await router.sync_quietly()
             await self.services.work.wait(ROUTER_POLL_SECONDS)
 
+    async def router_edge(self) -> None:
+        """The router's listeners in this process (the access-log sink and the wake listener, on the
+        ports they took), then the push loop; what the sink holds is flushed when it stops."""
+        services = self.services
+        settings, router = services.settings, services.router
+        sink: AccessSink | None = None
+        wake: WakeServer | None = None
+        try:
+            if settings.router_access_log_listen != "none":
+                book = RequestBook(router.hosts)
+                book.listeners.append(services.telemetry.router_request)
+                sink = AccessSink(
+                    settings.router_access_log_listen, book, services.db, settings.router_report_flush_seconds
+                )
+                await sink.start()
+            if settings.router_wake_listen != "none":
+                wake = WakeServer(settings, services.db, services.work, router.wake_secret, services.idle_handlers)
+                await wake.start()
+            router.listening(
+                access_log_address=sink.address if sink else None, wake_address=wake.address if wake else None
+            )
+            async with anyio.create_task_group() as group:
+                if sink is not None:
+                    group.start_soon(sink.run_flushes)
+                group.start_soon(self.router_loop)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if sink is not None:
+                    try:
+                        await sink.flush()
+                    except Exception as exc:  # noqa: BLE001 - shutting down: say so, lose the batch
+                        log.warning("access_flush_failed", error=str(exc))
+                    await sink.close()
+                if wake is not None:
+                    await wake.close()
+
+    async def idle_loop(self) -> None:
+        services = self.services
+        while True:
+            try:
+                await enforce_idle(services.db, services.idle_handlers)
+            except Exception as exc:
+                log.error("idle_check_error", exc_info=exc)
+            await anyio.sleep(services.settings.idle_check_seconds)
+
     async def certificate_loop(self) -> None:
         services = self.services
         issuer = CertificateIssuer(services.settings, services.db, services.router)
@@ -149,15 +226,35 @@ class Background:
                 log.error("environment_lifetimes_error", exc_info=exc)
             await self.services.work.wait(self.services.settings.reconcile_interval_seconds)
 
+    async def run_loop(self, number: int) -> None:
+        """One-off runs and job firings (``ctrlplane/runs``): claimed with a lease, like operations."""
+        executor = RunExecutor(self.services)
+        owner = f"{self.services.replica}/run-{number}"
+        while True:
+            try:
+                if await run_once(self.services, executor, owner):
+                    continue
+            except Exception as exc:
+                log.error("run_worker_error", exc_info=exc)
+            await self._idle()
+
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)
         for _ in range(self.services.settings.workers):
             group.start_soon(self.worker_loop)
         group.start_soon(self.health_loop)
+        for number in range(self.services.settings.run_workers):
+            group.start_soon(self.run_loop, number)
+        group.start_soon(JobScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.reconcile_loop))
+        group.start_soon(self.leader_only(self.watch_loop))
         group.start_soon(HealthScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.metrics_loop))
         if self.services.router.enabled:
-            group.start_soon(self.router_loop)
+            group.start_soon(self.router_edge)
+        group.start_soon(self.leader_only(self.idle_loop))
         group.start_soon(self.leader_only(self.certificate_loop))
         group.start_soon(self.leader_only(self.lifetimes_loop))
+        for _ in range(self.services.settings.webhook_workers):
+            group.start_soon(WebhookDispatcher(self.services).run_forever)
+        group.start_soon(self.leader_only(LogShipper(self.services).run))

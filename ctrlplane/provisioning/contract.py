@@ -18,7 +18,7 @@ never imports them. A provider is built by ``factory(settings)`` and must honour
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -38,6 +38,8 @@ LABEL_TENANT = "ctrlplane.tenant"
 LABEL_RELEASE = "ctrlplane.release"
 LABEL_GENERATION = "ctrlplane.generation"
 LABEL_REPLICA = "ctrlplane.replica"
+LABEL_RUN = "ctrlplane.run"
+RunState = Literal["created", "running", "exited", "missing"]
 
 
 class ProviderHealth(msgspec.Struct, frozen=True):
@@ -302,6 +304,56 @@ class Provider(Protocol):
         ...
 
 
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A one-shot container of a release (a release phase, a one-off run, a job's firing): the
+    release's image, env, files, limits and tenant network from ``workload`` (its ``replicas``,
+    ``ports`` and ``probes`` are ignored), running ``command`` instead of the image's own."""
+
+    run_id: str
+    workload: WorkloadSpec
+    command: tuple[str, ...]
+
+
+class RunStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A one-shot container now: ``missing`` once it is gone (never created, or removed)."""
+
+    run_id: str
+    state: RunState
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@runtime_checkable
+class RunProvider(Protocol):
+    """A runtime that runs one-shot containers of a release beside (never inside) the serving
+    replicas (Docker: a container; Kubernetes: a ``Job``). Keyed by the run's ID like everything
+    else: ``start_run`` of a run that exists adopts it, so a worker resuming after a crash never
+    starts the command twice. The objects carry ``ctrlplane.run`` and the instance's labels (so
+    ``deprovision`` removes them with the instance) but no generation, so retiring a generation in
+    a deploy never kills a run."""
+
+    async def start_run(self, spec: RunSpec) -> RunStatus:
+        """Create (or adopt) the run's container and start it; one that already exited stays so."""
+        ...
+
+    async def run_status(self, instance_id: str, run_id: str) -> RunStatus:
+        """Observe the run's container now."""
+        ...
+
+    def run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        """The run's output lines (stdout and stderr, ``replica`` 0), oldest first; with ``follow`` it
+        keeps yielding until the container exits. Nothing (no error) once the run is gone."""
+        ...
+
+    async def remove_run(self, instance_id: str, run_id: str) -> None:
+        """Kill and remove the run's container and what it alone used; no-op when gone."""
+        ...
+
+
 @runtime_checkable
 class ConfigurableProvider(Protocol):
     """A runtime that enforces ``WorkloadSpec.tenant_quota``, runs ``probes`` or serves ``routes``
@@ -326,4 +378,62 @@ class KillableProvider(Protocol):
 
     async def kill(self, instance_id: str) -> None:
         """Send SIGKILL to every running replica of the instance; no-op when none runs."""
+        ...
+
+
+@runtime_checkable
+class AdmittingProvider(Protocol):
+    """A runtime with a finite room per tenant that it can check before work is accepted (Docker:
+    a tenant network needs a free block of the subnet pool)."""
+
+    async def admit(self, tenant_id: str) -> None:
+        """Raise ``ProviderUnavailable`` (a subclass with its own ``code``) when a new instance of
+        ``tenant_id`` could not be placed now; return when it could."""
+        ...
+
+
+@runtime_checkable
+class CollectingProvider(Protocol):
+    """A runtime holding shared objects that outlive the instances using them (Docker: tenant
+    networks); the reconciler asks it to remove this installation's unused ones on every pass."""
+
+    async def collect_unused(self) -> list[str]:
+        """Remove this installation's shared objects nothing uses (never another installation's);
+        the names of those removed."""
+        ...
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything of this installation a runtime runs, read in one listing (``observe``).
+
+    ``workloads`` holds the status of every instance that has objects (an instance absent from it
+    has none: ``missing``). A listing may lack details an instance's own ``status`` reads (Docker's
+    container list has no OOM flag, error text or timestamps), so ``exact`` says whether these
+    statuses are what ``status`` would answer; when it is False, a caller that acts on one reads
+    that instance's ``status`` first."""
+
+    items: tuple[InventoryItem, ...]
+    workloads: dict[str, WorkloadStatus]
+    exact: bool = False
+
+
+@runtime_checkable
+class ObservingProvider(Protocol):
+    """A runtime that lists every instance's state in one call, so the reconciler's pass costs one
+    listing plus work for the instances that changed, not one ``status`` call per instance."""
+
+    async def observe(self) -> Observation:
+        """This installation's objects and every instance's status, from one listing per kind."""
+        ...
+
+
+@runtime_checkable
+class WatchingProvider(Protocol):
+    """A runtime that reports changes as they happen (Docker's event stream), so the reconciler
+    repairs an instance within a second instead of at its next periodic pass."""
+
+    def changes(self) -> AsyncGenerator[str, None]:
+        """IDs of instances whose objects changed (a replica died, was killed, removed, ...), as
+        the runtime reports them; runs until closed. Raises ``ProviderUnavailable`` when the
+        runtime cannot be reached (the caller retries)."""
         ...

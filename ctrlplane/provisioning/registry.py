@@ -15,7 +15,7 @@ import anyio
 import structlog
 
 from ctrlplane.errors import InvalidInput, ProviderUnavailable
-from ctrlplane.provisioning.contract import Provider, ProviderHealth
+from ctrlplane.provisioning.contract import AdmittingProvider, Provider, ProviderHealth
 from ctrlplane.settings import Settings
 
 log = structlog.get_logger("ctrlplane.providers")
@@ -88,6 +88,12 @@ class ProviderRegistry:
         if not health.available:
             raise ProviderUnavailable(f"provider {name!r} is unavailable: {health.message}", details={"provider": name})
         return self.get(name)
+
+    async def admit(self, name: str, tenant_id: str) -> None:
+        """Refuse (503 with the provider's ``code``) a new instance the provider has no room for."""
+        provider = self.get(name)
+        if isinstance(provider, AdmittingProvider):
+            await provider.admit(tenant_id)
 
     async def close(self) -> None:
         for provider in self._providers.values():

@@ -29,6 +29,9 @@ class Release(Base):
     secrets_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """The instance's secrets as of this revision of them (``ctrlplane.secrets``); 0: none."""
     commit_sha: Mapped[str | None] = mapped_column(String(64))
+    release_command: Mapped[list[str] | None] = mapped_column(JSON)
+    """The release phase's argv (``ctrlplane.runs``): run once per deploy before any new replica."""
+    release_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
     notes: Mapped[str] = mapped_column(Text, default="")
     reason: Mapped[str] = mapped_column(String(32))
     created_by: Mapped[str] = mapped_column(String(255))

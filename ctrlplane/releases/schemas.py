@@ -28,3 +28,5 @@ class Release(msgspec.Struct):
     reason: ReleaseReason
     created_by: str
     created_at: datetime
+    release_command: list[str] | None = None
+    release_timeout: int | None = None

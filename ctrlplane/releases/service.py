@@ -42,6 +42,8 @@ def to_schema(release: Release) -> schemas.Release:
         reason=release.reason,  # type: ignore[arg-type]
         created_by=release.created_by,
         created_at=release.created_at,
+        release_command=release.release_command,
+        release_timeout=release.release_timeout_seconds,
     )
 
 
@@ -80,6 +82,8 @@ async def cut(
             else await SecretRepository(session, instance.tenant_id).latest_revision(instance.id)
         ),
         commit_sha=commit_sha,
+        release_command=list(instance.release_command) if instance.release_command else None,
+        release_timeout_seconds=instance.release_timeout_seconds,
         notes=notes,
         reason=reason,
         created_by=created_by,
@@ -98,6 +102,8 @@ def restore(instance: Instance, release: Release) -> None:
     instance.ports = list(release.ports)
     instance.cpu_millis, instance.memory_mb = release.cpu_millis, release.memory_mb
     instance.replicas = release.replicas
+    instance.release_command = list(release.release_command) if release.release_command else None
+    instance.release_timeout_seconds = release.release_timeout_seconds
 
 
 class ReleaseService:

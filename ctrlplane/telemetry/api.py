@@ -42,14 +42,18 @@ class TelemetryController(Controller):
         since: Moment = None,
         until: Moment = None,
         step: Annotated[str | None, QueryParameter(description="Bucket size such as 60s or 5m")] = None,
+        route: Annotated[
+            str | None, QueryParameter(max_length=256, description="Request metrics: one route path only")
+        ] = None,
     ) -> schemas.MetricsResponse:
-        """Usage time series (default: the last hour, every metric, as stored)."""
+        """Usage and request time series (default: the last hour, every usage metric, as stored)."""
         return await TelemetryService(context).metrics(
             instance_id,
             name=name,
             since=parse_moment(since, "since"),
             until=parse_moment(until, "until"),
             step=step,
+            route=route,
         )
 
     @get(

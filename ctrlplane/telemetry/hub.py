@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -90,7 +91,40 @@ class Telemetry:
             ["method", "route"],
             registry=self.registry,
         )
+        self.instance_requests = Counter(
+            "ctrlplane_instance_http_requests",
+            "Requests the router served per instance, by method and status class (access-log sink)",
+            ["tenant", "instance", "method", "status_class"],
+            registry=self.registry,
+        )
+        self.instance_latency = Histogram(
+            "ctrlplane_instance_http_request_duration_seconds",
+            "Router-measured request latency per instance",
+            ["tenant", "instance"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.instance_request_bytes = Counter(
+            "ctrlplane_instance_http_request_bytes",
+            "Request body bytes (Content-Length) per instance",
+            ["tenant", "instance"],
+            registry=self.registry,
+        )
+        self.instance_response_bytes = Counter(
+            "ctrlplane_instance_http_response_bytes",
+            "Response body bytes per instance",
+            ["tenant", "instance"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(self))
+
+    def router_request(self, destination: Any, key: tuple[str, ...], record: Any) -> None:
+        """One request the router reported (``network.access.RequestBook`` listener)."""
+        tenant, instance = destination.tenant_id, destination.instance_id
+        self.instance_requests.labels(tenant, instance, key[3], key[4]).inc()
+        self.instance_latency.labels(tenant, instance).observe(record.duration_seconds)
+        self.instance_request_bytes.labels(tenant, instance).inc(record.request_bytes)
+        self.instance_response_bytes.labels(tenant, instance).inc(record.response_bytes)
 
     def reconciled(self) -> None:
         """The reconciler finished a pass now."""

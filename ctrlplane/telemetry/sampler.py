@@ -8,6 +8,7 @@ import structlog
 
 from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError
+from ctrlplane.network.requests import compact as compact_requests
 from ctrlplane.provisioning.contract import Usage
 from ctrlplane.telemetry.repository import ControlPlaneCounts, MetricsRepository, SpanRepository
 from ctrlplane.timeutil import utc_now
@@ -57,3 +58,4 @@ class MetricsSampler:
         async with self.services.db.write() as session, session.begin():
             await MetricsRepository(session).compact(settings)
             await SpanRepository(session).prune(settings)
+            await compact_requests(session, settings)

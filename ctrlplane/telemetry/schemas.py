@@ -12,7 +12,11 @@ UsageMetric = Literal[
     "cpu_percent", "memory_used_bytes", "memory_limit_bytes", "network_rx_bytes", "network_tx_bytes", "restarts"
 ]
 HEALTH_LATENCY: Literal["health_check_latency_ms"] = "health_check_latency_ms"
-MetricName = UsageMetric | Literal["health_check_latency_ms"]
+RequestMetric = Literal[
+    "http_requests_total", "http_request_duration_seconds", "http_request_bytes", "http_response_bytes"
+]
+"""Reported by the router (``network.requests``)."""
+MetricName = UsageMetric | Literal["health_check_latency_ms"] | RequestMetric
 USAGE_METRICS: tuple[UsageMetric, ...] = (
     "cpu_percent",
     "memory_used_bytes",
@@ -29,6 +33,10 @@ UNITS: dict[str, str] = {
     "network_tx_bytes": "bytes",
     "restarts": "count",
     HEALTH_LATENCY: "milliseconds",
+    "http_requests_total": "count",
+    "http_request_duration_seconds": "seconds",
+    "http_request_bytes": "bytes",
+    "http_response_bytes": "bytes",
 }
 
 
@@ -37,10 +45,12 @@ class Point(msgspec.Struct):
     value: float
 
 
-class Series(msgspec.Struct):
+class Series(msgspec.Struct, omit_defaults=True):
     name: MetricName
     unit: str
     points: list[Point]
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    """Request metrics only: ``status_class`` and ``method``, or ``quantile``."""
 
 
 class MetricsResponse(msgspec.Struct):
@@ -135,6 +145,19 @@ class ReleaseSummary(msgspec.Struct):
     created_at: datetime
 
 
+class TrafficSummary(msgspec.Struct):
+    """The last hour of requests through the router (``network.requests.summary``)."""
+
+    last_request_at: datetime | None
+    requests: int
+    error_ratio: float | None
+    """5xx responses over all, or null without requests."""
+    p50_seconds: float | None
+    p99_seconds: float | None
+    request_bytes: int
+    response_bytes: int
+
+
 class Dashboard(msgspec.Struct):
     instance_id: str
     name: str
@@ -146,6 +169,7 @@ class Dashboard(msgspec.Struct):
     recent_deployments: list[DeploymentSummary]
     resources: ResourcesResponse
     recent_errors: list[LogEntry]
+    traffic: TrafficSummary | None = None
 
 
 class OtlpPartialSuccess(msgspec.Struct, rename="camel", omit_defaults=True):

@@ -25,6 +25,8 @@ from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import CtrlplaneError, Forbidden, InvalidInput, Unauthenticated
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.network import requests
+from ctrlplane.network.access import quantile
 from ctrlplane.provisioning.contract import LogLine, Provider
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.releases.models import Release
@@ -247,6 +249,7 @@ class TelemetryService:
         since: datetime | None,
         until: datetime | None,
         step: str | None,
+        route: str | None = None,
     ) -> schemas.MetricsResponse:
         instance = await self.instances.get(instance_id)
         until = as_utc(until, "until") if until is not None else utc_now()
@@ -260,6 +263,31 @@ class TelemetryService:
             raise InvalidInput(
                 f"step is too small for this window: at most {MAX_POINTS} points per series",
                 details={"step": step},
+            )
+        if name in requests.REQUEST_METRICS:
+            samples = await requests.samples_between(
+                self.session,
+                tenant_id=instance.tenant_id,
+                instance_id=instance.id,
+                since=since,
+                until=until,
+                route=route,
+            )
+            request_metric = name
+            return schemas.MetricsResponse(
+                instance_id=instance.id,
+                since=since,
+                until=until,
+                step_seconds=step_seconds,
+                series=[
+                    schemas.Series(
+                        name=request_metric,
+                        unit=schemas.UNITS[request_metric],
+                        labels=labels,
+                        points=[schemas.Point(timestamp=at, value=value) for at, value in points],
+                    )
+                    for labels, points in requests.series(samples, request_metric, step_seconds)
+                ],
             )
         rows = await MetricsRepository(self.session).between(
             tenant_id=instance.tenant_id, instance_id=instance.id, since=since, until=until
@@ -310,6 +338,7 @@ class TelemetryService:
     async def dashboard(self, instance_id: str, *, recent: int = 5, errors: int = 10) -> schemas.Dashboard:
         instance = await self.instances.get(instance_id)
         health = await self.services.telemetry.health.instance_health(self.session, instance.id)
+        traffic = await self._traffic(instance)
         release = await self.session.get(Release, instance.current_release_id) if instance.current_release_id else None
         deployments = (
             await self.session.execute(
@@ -356,6 +385,23 @@ class TelemetryService:
             recent_deployments=recent_deployments,
             resources=resources,
             recent_errors=error_lines,
+            traffic=traffic,
+        )
+
+    async def _traffic(self, instance: Instance) -> schemas.TrafficSummary:
+        now = utc_now()
+        total, errors, buckets, received, sent = await requests.summary(
+            self.session, tenant_id=instance.tenant_id, instance_id=instance.id, since=now - DEFAULT_WINDOW, until=now
+        )
+        p50, p99 = quantile(buckets, 0.5), quantile(buckets, 0.99)
+        return schemas.TrafficSummary(
+            last_request_at=await requests.last_request_at(self.session, instance.id),
+            requests=total,
+            error_ratio=round(errors / total, 6) if total else None,
+            p50_seconds=round(p50, 6) if p50 is not None else None,
+            p99_seconds=round(p99, 6) if p99 is not None else None,
+            request_bytes=received,
+            response_bytes=sent,
         )
 
 

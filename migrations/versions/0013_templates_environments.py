@@ -54,9 +54,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "template_versions",
-        sa.Column(
-            "template_id", sa.String(64), sa.ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True
-        ),
+        sa.Column("template_id", sa.String(64), sa.ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("version", sa.Integer(), primary_key=True),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("parameters", sa.JSON(), nullable=False),

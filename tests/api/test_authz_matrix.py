@@ -140,6 +140,9 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/domains/{domain_id}/verify", domain_state="verified"),
     Route("POST", "/v1/domains/{domain_id}/cert", domain_state="verified"),
     Route("DELETE", "/v1/domains/{domain_id}"),
+    Route("GET", "/v1/instances/{instance_id}/traffic"),
+    Route("PUT", "/v1/instances/{instance_id}/idle-policy", body={"idle_timeout": "15m"}),
+    Route("POST", "/v1/instances/{instance_id}/sleep", instance_state="running", deployment_state="cancelled"),
     Route("GET", "/v1/templates"),
     Route("POST", "/v1/templates", body={"name": "matrix-new", "spec": {"image": "ctrlplane-test/busybox:1"}}),
     Route("GET", "/v1/templates/{template_id}"),
@@ -151,6 +154,34 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/environments/{environment_id}/terminate", body={"hard": False}),
     Route("DELETE", "/v1/environments/{environment_id}"),
     Route("DELETE", "/v1/templates/{template_id}"),
+    Route("POST", "/v1/instances/{instance_id}/runs", body={"command": ["echo", "hi"]}, instance_state="running"),
+    Route("GET", "/v1/instances/{instance_id}/runs"),
+    Route("GET", "/v1/runs/{run_id}"),
+    Route("GET", "/v1/runs/{run_id}/logs"),
+    Route("POST", "/v1/runs/{run_id}/cancel"),
+    Route(
+        "POST",
+        "/v1/instances/{instance_id}/jobs",
+        body={"name": "matrix-job", "schedule": "0 3 * * *", "command": "echo hi"},
+    ),
+    Route("GET", "/v1/instances/{instance_id}/jobs"),
+    Route("GET", "/v1/jobs/{job_id}"),
+    Route("PATCH", "/v1/jobs/{job_id}", body={"enabled": False}),
+    Route("DELETE", "/v1/jobs/{job_id}"),
+    Route("GET", "/v1/webhooks"),
+    Route("POST", "/v1/webhooks", body={"url": "https://hooks.example.invalid/new", "event_types": ["deploy.*"]}),
+    Route("GET", "/v1/webhooks/{webhook_id}"),
+    Route("PATCH", "/v1/webhooks/{webhook_id}", body={"enabled": False}),
+    Route("POST", "/v1/webhooks/{webhook_id}/rotate-secret", body={"overlap": "1h"}),
+    Route("POST", "/v1/webhooks/{webhook_id}/test"),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries"),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"),
+    Route("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
+    Route("DELETE", "/v1/webhooks/{webhook_id}"),
+    Route("GET", "/v1/log-drains"),
+    Route("POST", "/v1/log-drains", body={"url": "https://logs.example.invalid/new", "instance_id": "{instance_id}"}),
+    Route("GET", "/v1/log-drains/{drain_id}"),
+    Route("DELETE", "/v1/log-drains/{drain_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -187,10 +218,15 @@ class World:
     check_a: str
     route_a: str
     domain_a: str
+    webhook_a: str
+    delivery_a: str
+    drain_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
     template_a: str = ""
     environment_a: str = ""
+    run_a: str = ""
+    job_a: str = ""
 
     @property
     def routes(self) -> list[Route]:
@@ -226,6 +262,11 @@ class World:
             "domain_id": self.domain_a,
             "template_id": self.template_a,
             "environment_id": self.environment_a,
+            "run_id": self.run_a,
+            "job_id": self.job_a,
+            "webhook_id": self.webhook_a,
+            "delivery_id": self.delivery_a,
+            "drain_id": self.drain_a,
         }
 
     def url(self, route: Route) -> str:
@@ -241,6 +282,11 @@ class World:
             "domain_id": self.domain_a,
             "template_id": self.template_a,
             "environment_id": self.environment_a,
+            "run_id": self.run_a,
+            "job_id": self.job_a,
+            "webhook_id": self.webhook_a,
+            "delivery_id": self.delivery_a,
+            "drain_id": self.drain_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -298,7 +344,7 @@ class World:
 
 @pytest.fixture
 async def world(api: Api, db: Database) -> World:
-    tenant_a = (await api.create_tenant("alpha"))["id"]
+    tenant_a = (await api.create_tenant("alpha", plan="pro"))["id"]  # room for the environment and run the world makes
     tenant_b = (await api.create_tenant("bravo"))["id"]
     key_a = (await api.create_key(tenant_a, ["deploy"], name="deployer"))["id"]
     read_key_a = (await api.create_key(tenant_a, ["read"], name="reader"))["key"]
@@ -361,9 +407,39 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert environment.status_code == 201, environment.text
+    run = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/runs",
+        json={"command": "echo matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert run.status_code == 201, run.text
+    job = await api.client.post(
+        f"/v1/instances/{created.json()['id']}/jobs",
+        json={"name": "nightly", "schedule": "0 3 * * *", "timezone": "Europe/Paris", "command": ["true"]},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert job.status_code == 201, job.text
+    webhook = await api.client.post(
+        "/v1/webhooks",
+        json={"url": "https://hooks.example.invalid/matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert webhook.status_code == 201, webhook.text
+    delivery = await api.client.post(
+        f"/v1/webhooks/{webhook.json()['id']}/test", headers=bearer(api.tokens.tenant(tenant_a))
+    )
+    assert delivery.status_code == 201, delivery.text
+    drain = await api.client.post(
+        "/v1/log-drains",
+        json={"url": "https://logs.example.invalid/matrix"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert drain.status_code == 201, drain.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
+        run_a=run.json()["id"],
+        job_a=job.json()["id"],
         client=api.client,
         tokens=api.tokens,
         db=db,
@@ -379,6 +455,9 @@ async def world(api: Api, db: Database) -> World:
         check_a=check.json()["id"],
         route_a=route.json()["id"],
         domain_a=domain.json()["id"],
+        webhook_a=webhook.json()["id"],
+        delivery_a=delivery.json()["id"],
+        drain_a=drain.json()["id"],
         openapi=document.json(),
         template_a=template.json()["id"],
         environment_a=environment.json()["id"],

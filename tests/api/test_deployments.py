@@ -3,7 +3,6 @@ gate passes when the new replicas run). Real HTTP gates run in test_deployments_
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgspec
@@ -13,6 +12,7 @@ from ctrlplane.settings import Settings
 from tests.api.test_instances import state, tenant_token, wait_for
 from tests.conftest import Api
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 APP = {"name": "web", "image": "ctrlplane-test/busybox:1", "env": {"A": "1"}, "replicas": 2}
 
@@ -29,12 +29,11 @@ async def running_instance(api: Api, token: dict[str, str]) -> dict[str, Any]:
 
 
 async def finished(api: Api, deployment_id: str, token: dict[str, str], timeout: float = 20) -> dict[str, Any]:
-    for _ in range(int(timeout / 0.05)):
-        body = (await api.client.get(f"/v1/deployments/{deployment_id}", headers=token)).json()
-        if body["state"] in ("succeeded", "failed", "rolled_back", "cancelled"):
-            return dict(body)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"deployment never ended: {body}")
+    async def ended() -> dict[str, Any] | None:
+        body = dict((await api.client.get(f"/v1/deployments/{deployment_id}", headers=token)).json())
+        return body if body["state"] in ("succeeded", "failed", "rolled_back", "cancelled") else None
+
+    return await eventually(ended, f"deployment {deployment_id} ends", timeout=timeout)
 
 
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green", "canary", "recreate"])
@@ -109,11 +108,12 @@ async def test_cancel_during_a_canary_puts_the_old_release_back(live: Api, fake:
         headers=token,
     )
     deployment_id = response.json()["id"]
-    for _ in range(200):
+
+    async def observing() -> bool:
         body = (await live.client.get(f"/v1/deployments/{deployment_id}", headers=token)).json()
-        if any("observe canary" in s["name"] for s in body["steps"]):
-            break
-        await asyncio.sleep(0.02)
+        return any("observe canary" in s["name"] for s in body["steps"])
+
+    await eventually(observing, "the canary is observed")
     cancelled = await live.client.post(f"/v1/deployments/{deployment_id}/cancel", headers=token)
     assert cancelled.status_code == 202
     done = await finished(live, deployment_id, token)

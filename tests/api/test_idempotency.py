@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 
 from ctrlplane.db import Database
@@ -40,6 +41,7 @@ async def test_same_key_different_body_is_422(api: Api, db: Database) -> None:
     assert await _tenant_count(db) == 1
 
 
+@pytest.mark.dialects("the claim is a unique-constraint insert and a locked row")
 async def test_same_key_while_first_still_runs_is_409(api: Api, db: Database) -> None:
     await idempotency.claim(
         db,
@@ -59,6 +61,7 @@ async def test_same_key_while_first_still_runs_is_409(api: Api, db: Database) ->
     assert await _tenant_count(db) == 0
 
 
+@pytest.mark.dialects("concurrent claims race on the key's unique constraint")
 async def test_concurrent_requests_with_one_key_create_one_tenant(api: Api, db: Database) -> None:
     headers = {**api.admin_headers, "Idempotency-Key": "race"}
     responses = await asyncio.gather(
@@ -71,6 +74,7 @@ async def test_concurrent_requests_with_one_key_create_one_tenant(api: Api, db: 
     assert await _tenant_count(db) == 1
 
 
+@pytest.mark.dialects("taking a claim over locks its row (FOR UPDATE)")
 async def test_abandoned_claim_is_taken_over_after_its_lease(api: Api, db: Database) -> None:
     body = b'{"name":"Acme","slug":"acme"}'
     claim = await idempotency.claim(

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from ctrlplane.provisioning.contract import WorkloadStatus
 from ctrlplane.provisioning.registry import ProviderRegistry
 from tests.conftest import Api, bearer
-from tests.fakes import FakeProvider
+from tests.fakes import FakeProvider, FakeReplica
+from tests.waiting import eventually
 
 WEB = {
     "name": "web",
@@ -28,14 +30,13 @@ WEB = {
 async def wait_for(
     api: Api, instance_id: str, token: dict[str, str], predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
 ) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        body = (await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json()
-        if predicate(body):
-            return dict(body)
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"instance never matched; last seen: {body}")
-        await asyncio.sleep(0.05)
+    seen: list[dict[str, Any]] = [{}]
+
+    async def matched() -> dict[str, Any] | None:
+        seen[0] = dict((await api.client.get(f"/v1/instances/{instance_id}", headers=token)).json())
+        return seen[0] if predicate(seen[0]) else None
+
+    return await eventually(matched, lambda: f"instance never matched; last seen: {seen[0]}", timeout=timeout)
 
 
 def state(name: str) -> Callable[[dict[str, Any]], bool]:
@@ -235,6 +236,7 @@ async def test_quota_refuses_create_and_scale_with_limit_and_usage(api: Api) -> 
     assert usage["usage"]["cpu_millis"] == 600
 
 
+@pytest.mark.dialects("concurrent creates serialise on the tenant row lock")
 async def test_concurrent_creates_never_exceed_the_quota(api: Api) -> None:
     tenant_id, token = await tenant_token(api, plan="enterprise")
     quota = {
@@ -302,12 +304,11 @@ async def test_force_deleting_a_tenant_tears_its_instances_down(live: Api, fake:
         f"/v1/admin/tenants/{tenant_id}", params={"force": "true"}, headers=live.admin_headers
     )
     assert accepted.status_code == 202
-    for _ in range(200):
-        gone = await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)
-        if gone.status_code == 404:
-            break
-        await asyncio.sleep(0.05)
-    assert gone.status_code == 404
+
+    async def gone() -> bool:
+        return (await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)).status_code == 404
+
+    await eventually(gone, "the tenant is deleted")
     assert [i for i in await fake.inventory() if i.tenant_id == tenant_id] == []
 
 
@@ -354,18 +355,18 @@ async def test_missing_containers_are_recreated(live: Api, fake: FakeProvider) -
     await wait_for(live, instance["id"], token, state("running"))
     fake.remove_container(instance["id"], replica=0)
     events_path = f"/v1/instances/{instance['id']}/events"
-    for _ in range(200):
+
+    async def repairing() -> bool:
         events = (await live.client.get(events_path, headers=token)).json()["items"]
-        if any(e["type"] == "instance.repairing" for e in events):
-            break
-        await asyncio.sleep(0.05)
-    assert any(e["type"] == "instance.repairing" for e in events)
-    for _ in range(200):
+        return any(e["type"] == "instance.repairing" for e in events)
+
+    await eventually(repairing, "an instance.repairing event")
+
+    async def recreated() -> WorkloadStatus | None:
         status = await fake.status(instance["id"])
-        if [r.state for r in status.replicas] == ["running"]:
-            break
-        await asyncio.sleep(0.05)
-    assert [r.state for r in status.replicas] == ["running"]
+        return status if [r.state for r in status.replicas] == ["running"] else None
+
+    status = await eventually(recreated, "the replica runs again")
     new_port = status.endpoints[0].host_port
     fresh = await wait_for(
         live, instance["id"], token, lambda b: [e["host_port"] for e in b["endpoints"]] == [new_port]
@@ -385,11 +386,11 @@ async def test_orphaned_containers_are_removed(live: Api, fake: FakeProvider) ->
             resources=Resources(cpu_millis=100, memory_mb=64),
         )
     )
-    for _ in range(200):
-        if not await fake.inventory():
-            break
-        await asyncio.sleep(0.05)
-    assert await fake.inventory() == []
+
+    async def removed() -> bool:
+        return await fake.inventory() == []
+
+    await eventually(removed, "the orphan is removed")
 
 
 async def test_unreachable_provider_is_503_for_callers_and_nothing_is_written(
@@ -457,6 +458,7 @@ async def test_changes_made_while_stopped_take_effect_on_start(live: Api, fake: 
     assert all(r.app_env == {"A": "2"} for r in replicas)
 
 
+@pytest.mark.dialects("two workers claim one instance's operations (SKIP LOCKED, per-instance order)")
 async def test_quick_successive_changes_each_get_their_own_generation(live: Api, fake: FakeProvider) -> None:
     _, token = await tenant_token(live)
     instance = await create(live, token)
@@ -464,12 +466,12 @@ async def test_quick_successive_changes_each_get_their_own_generation(live: Api,
     await wait_for(live, instance["id"], token, state("running"))
     await live.client.patch(path, json={"env": {"A": "2"}}, headers=token)
     await live.client.patch(path, json={"env": {"A": "3"}}, headers=token)
-    for _ in range(200):
+
+    def of_generation_3() -> list[FakeReplica] | None:
         replicas = fake.replicas(instance["id"])
-        if [r.generation for r in replicas] == [3]:
-            break
-        await asyncio.sleep(0.05)
-    assert [r.generation for r in replicas] == [3]
+        return replicas if [r.generation for r in replicas] == [3] else None
+
+    replicas = await eventually(of_generation_3, lambda: f"generation 3 only: {fake.replicas(instance['id'])}")
     assert replicas[0].app_env == {"A": "3"}
 
 
@@ -492,6 +494,7 @@ async def test_no_instance_can_be_created_in_a_suspended_tenant_even_by_an_admin
     assert response.json()["details"]["state"] == "suspended"
 
 
+@pytest.mark.dialects("the queue's claim order (SKIP LOCKED, blocked operations)")
 async def test_delete_queued_behind_a_suspension_ends_destroyed_without_retries(api: Api, app: Any) -> None:
     """Create, suspend and delete before any worker ran: the skipped provision leaves nothing, so
     the queued stop must not fail on missing containers and hold the deprovision up."""

@@ -175,6 +175,7 @@ async def test_container_killed_from_outside_is_restarted_and_the_stream_shows_i
     assert '"exit_code":137' in restart["data"]
 
 
+@pytest.mark.dialects("concurrent creates serialise on the tenant row lock")
 async def test_quota_holds_under_concurrent_creates(api: Api) -> None:
     created = await api.create_tenant("acme", plan="pro")
     token = bearer(api.tokens.tenant(created["id"]))
@@ -219,6 +220,7 @@ async def server(database_url: str, db: Any, tmp_path: Path, settings: Settings)
     process.stop()
 
 
+@pytest.mark.dialects("crash recovery: a killed server's transaction, lock and lease")
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
 async def test_server_killed_mid_provision_ends_with_exactly_one_container(
     server: ServeProcess,

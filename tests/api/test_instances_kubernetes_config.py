@@ -8,8 +8,6 @@ Every object is also checked against the Kubernetes schemas with ``kubernetes-va
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import kubernetes_validate
@@ -29,6 +27,7 @@ from tests.api.test_instances_kubernetes import (  # noqa: F401 - fixtures
 from tests.conftest import Api, bearer
 from tests.network.processes import ChallTestSrv, challtestsrv  # noqa: F401 - fixture
 from tests.providers.kube_emulator import Cluster
+from tests.waiting import eventually
 
 K8S_VERSION = "1.34.0"
 QUOTA = {
@@ -50,18 +49,6 @@ def settings(settings: Settings, challtestsrv: ChallTestSrv) -> Settings:
         dns_resolver=challtestsrv.dns_address,
         dns_timeout_seconds=3,
     )
-
-
-async def eventually(what: Callable[[], Any], description: str, timeout: float = 30) -> Any:
-    """``what()`` once it is truthy (the configure operation runs in the server's worker)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = what()
-        if found:
-            return found
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {description}")
-        await asyncio.sleep(0.1)
 
 
 def valid(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +118,7 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
     instance_id = instance["id"]
     (deployment,) = cluster.deployments(instance_id)
     namespace = deployment["metadata"]["namespace"]
-    hard, per_container = await eventually(lambda: quota_numbers(cluster, namespace), "the quota objects")
+    hard, per_container = await eventually(lambda: quota_numbers(cluster, namespace), "the quota objects", timeout=30)
     assert hard["requests.cpu"] == hard["limits.cpu"] == "6000m"
     assert hard["requests.memory"] == hard["limits.memory"] == "8192Mi"
     assert hard["count/services"] == "7" and hard["count/deployments.apps"] == "14"
@@ -141,7 +128,9 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
     assert "livenessProbe" not in container(cluster, instance_id)
     # no route yet: the default hostname serves / from the first port, without TLS
     default_host = f"web.acme.{settings.router_base_domain}"
-    assert await eventually(lambda: ingress_rules(cluster, namespace), "the ingress") == {(default_host, "/", app_port)}
+    assert await eventually(lambda: ingress_rules(cluster, namespace), "the ingress", timeout=30) == {
+        (default_host, "/", app_port)
+    }
 
     # Health checks: http becomes readiness, tcp liveness, with the checks' timing.
     checks = f"/v1/instances/{instance_id}/health/checks"
@@ -171,7 +160,7 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
         ready = "httpGet" in found["readinessProbe"] and "tcpSocket" in found.get("livenessProbe", {})
         return found if ready else None
 
-    probes = await eventually(probed, "the probes")
+    probes = await eventually(probed, "the probes", timeout=30)
     assert probes["readinessProbe"] == {
         "httpGet": {"path": "/healthz", "port": app_port},
         "initialDelaySeconds": 0,
@@ -201,7 +190,9 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
         ("shop.example.com", "/", app_port),
         ("shop.example.com", "/api", app_port),
     }
-    assert await eventually(lambda: ingress_rules(cluster, namespace) == wanted, "the routes and verified domain")
+    assert await eventually(
+        lambda: ingress_rules(cluster, namespace) == wanted, "the routes and verified domain", timeout=30
+    )
     assert all(host != "pending.example.com" for host, _, _ in ingress_rules(cluster, namespace) or ())
 
     # A deploy carries all of it into the new generation.
@@ -223,16 +214,20 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
         numbers = quota_numbers(cluster, namespace)
         return numbers if numbers and numbers[1]["cpu"] == "1500m" else None
 
-    hard, per_container = await eventually(requoted, "the new quota")
+    hard, per_container = await eventually(requoted, "the new quota", timeout=30)
     assert hard["requests.cpu"] == "3000m" and hard["limits.memory"] == "4096Mi"
     assert hard["count/services"] == "3"
     assert per_container == {"cpu": "1500m", "memory": "2048Mi"}
     # the http check is the only one left: readiness and liveness both
     live_probe = await eventually(
-        lambda: container(cluster, instance_id).get("livenessProbe", {}).get("httpGet"), "the remaining check"
+        lambda: container(cluster, instance_id).get("livenessProbe", {}).get("httpGet"),
+        "the remaining check",
+        timeout=30,
     )
     assert live_probe == {"path": "/healthz", "port": app_port}
-    assert await eventually(lambda: ingress_rules(cluster, namespace) == {(default_host, "/", app_port)}, "the ingress")
+    assert await eventually(
+        lambda: ingress_rules(cluster, namespace) == {(default_host, "/", app_port)}, "the ingress", timeout=30
+    )
 
     # A check changed: its probe follows (PATCH with the check's ETag).
     check_path = f"/v1/health/checks/{http_check.json()['id']}"
@@ -240,11 +235,15 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
     patched = await live.client.patch(check_path, json={"interval": "30s"}, headers={**token, "If-Match": etag})
     assert patched.status_code == 200, patched.text
     assert await eventually(
-        lambda: container(cluster, instance_id)["readinessProbe"]["periodSeconds"] == 30, "the changed check"
+        lambda: container(cluster, instance_id)["readinessProbe"]["periodSeconds"] == 30,
+        "the changed check",
+        timeout=30,
     )
 
     # The last check removed: back to the TCP readiness default, no liveness probe.
     assert (await live.client.delete(f"/v1/health/checks/{http_check.json()['id']}", headers=token)).status_code == 204
-    assert await eventually(lambda: "livenessProbe" not in container(cluster, instance_id), "no liveness probe")
+    assert await eventually(
+        lambda: "livenessProbe" not in container(cluster, instance_id), "no liveness probe", timeout=30
+    )
     assert container(cluster, instance_id)["readinessProbe"]["tcpSocket"] == {"port": app_port}
     await wait_for(live, instance_id, token, state("running"), timeout=30)

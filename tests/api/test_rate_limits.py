@@ -16,6 +16,8 @@ from tests.api.test_instances import create
 from tests.api.test_telemetry import otlp_body, otlp_headers
 from tests.conftest import Api, bearer
 
+pytestmark = pytest.mark.dialects("buckets are taken with the dialect's INSERT ... ON CONFLICT and row locks")
+
 LIMITS = {
     "free": PlanRateLimit(tenant_per_minute=60, tenant_burst=5, credential_per_minute=60, credential_burst=3),
     "pro": PlanRateLimit(tenant_per_minute=600, tenant_burst=50, credential_per_minute=600, credential_burst=20),

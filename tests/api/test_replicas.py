@@ -28,6 +28,7 @@ from ctrlplane.settings import Settings
 from tests.api.test_events import INSTANCE
 from tests.conftest import Api, Tokens, bearer
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 LEASE = 3.0
 SLACK = 2.0  # a loaded test machine may be slow to schedule the follower's retry
@@ -71,7 +72,7 @@ class Replica:
 
     @property
     def reconciler_passes(self) -> int:
-        return sum(1 for method, _ in self.fake.calls if method == "inventory")
+        return sum(1 for method, _ in self.fake.calls if method == "observe")
 
 
 @pytest.fixture
@@ -89,16 +90,8 @@ async def replicas(settings: Settings, db: Database) -> AsyncIterator[Callable[.
         await replica.stop()
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
 async def only_one_reconciles(a: Replica, b: Replica, seconds: float = 2.0) -> Replica:
-    await wait_for(lambda: a.reconciler_passes + b.reconciler_passes > 0)
+    await eventually(lambda: a.reconciler_passes + b.reconciler_passes > 0, timeout=30)
     before = (a.reconciler_passes, b.reconciler_passes)
     await asyncio.sleep(seconds)
     grew = [r for r, old in zip((a, b), before, strict=True) if r.reconciler_passes > old]
@@ -114,7 +107,7 @@ async def test_one_replica_leads_and_the_other_takes_over_within_a_lease_when_it
     passes = follower.reconciler_passes
     stopped = time.monotonic()
     await leader.stop()
-    await wait_for(lambda: follower.reconciler_passes > passes)
+    await eventually(lambda: follower.reconciler_passes > passes, timeout=30)
     assert time.monotonic() - stopped < LEASE + SLACK
 
 
@@ -138,7 +131,7 @@ async def test_leader_that_loses_its_database_connection_steps_down(replicas: An
         ).all()
     assert terminated == [(True,)]
     cut = time.monotonic()
-    await wait_for(lambda: follower.reconciler_passes > passes)
+    await eventually(lambda: follower.reconciler_passes > passes, timeout=30)
     assert time.monotonic() - cut < LEASE + SLACK
     assert await only_one_reconciles(a, b) is follower
 
@@ -182,3 +175,26 @@ async def test_event_committed_on_one_replica_reaches_an_sse_client_of_another_a
             assert event["instance_id"] == created.json()["id"]
         finally:
             reader.cancel()
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_by_another_on_its_next_request(
+    replicas: Any, tokens: Tokens
+) -> None:
+    a = await replicas("a", api_key_touch_seconds=3600)
+    b = await replicas("b", api_key_touch_seconds=3600, background=False)
+    async with httpx.AsyncClient(timeout=30) as http:
+        on_a = Api(http, tokens)
+        http.base_url = httpx.URL(a.url)
+        tenant = await on_a.create_tenant("acme", plan="pro")
+        admin = bearer(tokens.tenant(tenant["id"]))
+        created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
+        assert created.status_code == 201, created.text
+        key_id, key = created.json()["id"], bearer(created.json()["key"])
+        for _ in range(3):
+            assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
+        assert b.db is not None and b.db.rows.get("api_keys", key_id) is not None, "b does not serve it from memory"
+        revoked = await http.delete(f"{a.url}/v1/keys/{key_id}", headers=admin)
+        assert revoked.status_code in (200, 204), revoked.text
+        refused = await http.get(f"{b.url}/v1/instances", headers=key)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "unauthenticated"

@@ -31,6 +31,7 @@ from tests.api.test_deployments import finished
 from tests.api.test_instances import create, state, tenant_token, wait_for
 from tests.conftest import Api
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 
 def marker() -> str:
@@ -136,6 +137,7 @@ async def test_set_list_and_delete_show_metadata_and_never_the_value(api: Api) -
         assert_absent([env_value, file_value, newer], response.content, f"{response.request.url}")
 
 
+@pytest.mark.dialects("reads each dialect's raw storage")
 async def test_no_value_in_the_raw_database_audit_idempotency_or_logs(
     api: Api, db: Database, settings: Settings, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -313,6 +315,7 @@ def app_with(settings: Settings, db: Database, ring: str) -> Any:
     return create_app(configured, providers=ProviderRegistry([FakeProvider()]), db=db)
 
 
+@pytest.mark.dialects("rotation locks data keys (FOR UPDATE) while servers write")
 async def test_master_key_rotation_keeps_every_secret_and_the_old_key_is_no_longer_needed(
     api: Api, app: Any, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -443,11 +446,7 @@ async def test_a_change_waits_for_the_next_deploy_and_repairs_keep_the_pinned_ve
     await put_secret(live, token, instance["id"], "API_KEY", "v2")
     generation = max(r.generation for r in fake.replicas(instance["id"]))
     fake.remove_container(instance["id"], 0, generation=generation)
-    for _ in range(400):
-        replicas = [r for r in fake.replicas(instance["id"]) if r.state == "running"]
-        if replicas:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: [r for r in fake.replicas(instance["id"]) if r.state == "running"], "a repaired replica")
     assert current_spec(fake, instance["id"]).env["API_KEY"] == "v1", "a repair must run the pinned version"
     deployed = await live.client.post(
         f"/v1/instances/{instance['id']}/deploy", json={"image": "ctrlplane-test/busybox:2"}, headers=token
@@ -538,12 +537,11 @@ async def test_deleting_a_tenant_removes_its_data_key_and_secrets(live: Api, db:
         f"/v1/admin/tenants/{tenant_id}", params={"force": "true"}, headers=live.admin_headers
     )
     assert accepted.status_code == 202, accepted.text
-    for _ in range(400):
-        gone = await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)
-        if gone.status_code == 404:
-            break
-        await asyncio.sleep(0.05)
-    assert gone.status_code == 404
+
+    async def gone() -> bool:
+        return (await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)).status_code == 404
+
+    await eventually(gone, "the tenant is deleted", timeout=20)
     async with db.read() as session:
         for table in ("tenant_data_keys", "secrets", "secret_versions"):
             tenants = (await session.execute(text(f"SELECT tenant_id FROM {table}"))).scalars().all()
@@ -574,6 +572,7 @@ async def test_malformed_bodies_are_400_without_echoing_the_value(api: Api, raw:
     assert value not in response.text
 
 
+@pytest.mark.dialects("concurrent sets serialise on the tenant row lock")
 async def test_concurrent_sets_cannot_overshoot_max_secrets(api: Api) -> None:
     tenant_id, token, instance = await instance_of(api)
     quota = (await api.client.get(f"/v1/admin/tenants/{tenant_id}/quota", headers=api.admin_headers)).json()

@@ -72,6 +72,7 @@ async def running(api: Api, token: dict[str, str], **overrides: Any) -> dict[str
     return await wait_for(api, instance["id"], token, state("running"))
 
 
+@pytest.mark.dialects("samples are written with the dialect's INSERT ... ON CONFLICT")
 async def test_sampler_stores_usage_and_metrics_returns_time_series(live: Api) -> None:
     _, token = await tenant_token(live)
     instance = await running(live, token, replicas=2)
@@ -122,6 +123,7 @@ async def test_bad_metrics_queries_are_400(api: Api, query: dict[str, str]) -> N
     assert response.json()["code"] == "invalid_input"
 
 
+@pytest.mark.dialects("roll-ups are written with the dialect's INSERT ... ON CONFLICT")
 async def test_retention_rolls_raw_samples_up_and_prunes_the_oldest(api: Api, db: Database, settings: Settings) -> None:
     tenant_id, token = await tenant_token(api)
     instance = await create(api, token)
@@ -179,6 +181,7 @@ async def test_retention_rolls_raw_samples_up_and_prunes_the_oldest(api: Api, db
     assert [p["value"] for p in response.json()["series"][0]["points"]] == [20.0, 20.0, 10.0, 30.0]
 
 
+@pytest.mark.dialects("spans are written with the dialect's INSERT ... ON CONFLICT")
 async def test_span_retention_drops_old_spans_and_caps_each_instance(
     api: Api, db: Database, settings: Settings
 ) -> None:
@@ -260,6 +263,7 @@ async def test_follow_streams_new_lines_as_server_sent_events(live: Api, fake: F
     assert (second["message"], second["level"]) == ("ERROR after following began", "error")
 
 
+@pytest.mark.dialects("spans are written with the dialect's INSERT ... ON CONFLICT")
 async def test_otlp_span_with_the_instances_token_is_listed(api: Api, settings: Settings) -> None:
     _, token = await tenant_token(api)
     instance = await create(api, token)

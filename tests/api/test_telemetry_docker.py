@@ -26,6 +26,7 @@ from tests.api.test_instances import create, state, wait_for
 from tests.api.test_telemetry import otlp_body, read_log_events
 from tests.conftest import Api, bearer
 from tests.providers.docker_engine import HTTP_PORT, docker_engine, remove_cluster, rootfs_tar  # noqa: F401
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -98,16 +99,6 @@ def container_of(engine: DockerClient, instance_id: str) -> Any:
     return container
 
 
-async def poll(check: Any, timeout: float = 60, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(every)
-
-
 async def test_busy_container_shows_non_zero_cpu_in_its_metrics(live: Api, telemetry_image: str) -> None:
     instance, token = await running_app(live, telemetry_image)
     path = f"/v1/instances/{instance['id']}/metrics"
@@ -116,7 +107,7 @@ async def test_busy_container_shows_non_zero_cpu_in_its_metrics(live: Api, telem
         body = (await live.client.get(path, params={"name": "cpu_percent"}, headers=token)).json()
         return [p for p in body["series"][0]["points"] if p["value"] > 0]
 
-    points = await poll(busy_points)
+    points = await eventually(busy_points, timeout=60)
     assert all(0 < p["value"] <= 100 for p in points)
     memory = (await live.client.get(path, params={"name": "memory_limit_bytes"}, headers=token)).json()
     assert memory["series"][0]["points"][-1]["value"] == 32 * 1024 * 1024
@@ -130,7 +121,7 @@ async def test_logs_contain_the_containers_lines_with_parsed_levels(live: Api, t
         items = (await live.client.get(path, headers=token)).json()["items"]
         return items if any(e["message"] == "plain hello from the app" for e in items) else []
 
-    items = {e["message"]: e for e in await poll(lines)}
+    items = {e["message"]: e for e in await eventually(lines, timeout=60)}
     assert items["json failure from the app"]["level"] == "error"
     assert items["logfmt warning from the app"]["level"] == "warn"
     keyword = items["ERROR keyword failure from the app"]
@@ -189,7 +180,7 @@ async def test_dashboard_of_a_real_instance(live: Api, telemetry_image: str) -> 
         body = dict((await live.client.get(path, headers=token)).json())
         return body if len(body["recent_errors"]) >= 2 else None
 
-    body = await poll(dashboard)
+    body = await eventually(dashboard, timeout=60)
     assert body["state"] == "running" and body["health"] == "unknown"
     assert body["current_release"]["image"] == IMAGE
     assert body["resources"]["replicas"][0]["running"] is True

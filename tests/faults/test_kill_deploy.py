@@ -13,7 +13,11 @@ from tests.conftest import Tokens
 from tests.faults.kill import run_kills
 from tests.harness import ServeProcess
 
-pytestmark = [pytest.mark.docker, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.faults,
+    pytest.mark.dialects("crash recovery: a killed server's transaction, locks and leases; flock or advisory lock"),
+]
 
 RUNS = 4
 

@@ -68,6 +68,7 @@ async def _environments(db: Database) -> list[dict[str, object]]:
         return [dict(row._mapping) for row in rows]
 
 
+@pytest.mark.dialects("crash recovery under concurrent get-or-creates: the unique index and the killed transaction")
 async def test_killed_during_get_or_create_leaves_one_environment_per_key_and_no_orphans(
     server: ServeProcess, db: Database, tokens: Tokens, settings: Settings
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -15,6 +16,8 @@ from ctrlplane.db import Database, downgrade, migrate
 from ctrlplane.models import metadata
 from tests.api.test_instances import create, tenant_token
 from tests.conftest import Api
+
+pytestmark = pytest.mark.dialects("migrations and the drift check are per dialect")
 
 
 def _diff(connection: Connection) -> list[Any]:

@@ -13,9 +13,8 @@ Every test names its instances and tenants afresh (``inst_`` / ``ten_`` + random
 from __future__ import annotations
 
 import abc
-import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ import pytest
 from ctrlplane.provisioning.contract import (
     InventoryItem,
     LogLine,
+    ObservingProvider,
     PortSpec,
     Provider,
     Resources,
@@ -34,10 +34,10 @@ from ctrlplane.provisioning.contract import (
     WorkloadStatus,
 )
 from ctrlplane.provisioning.errors import ImageNotFound, ProviderUnavailable, WorkloadNotFound
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
-POLL_SECONDS = 0.2
 WAIT_SECONDS = 10.0
 SMALL = Resources(cpu_millis=250, memory_mb=64)
 
@@ -48,17 +48,6 @@ class AppImage:
 
     name: str
     http_port: int
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = WAIT_SECONDS) -> T:
-    """Poll ``check`` until it returns something truthy; fail with its last answer otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() >= deadline:
-            assert result, f"still not true after {timeout}s: {result!r}"
-            return result
-        await anyio.sleep(POLL_SECONDS)
 
 
 SESSION = uuid.uuid4().hex[:6]
@@ -475,6 +464,37 @@ class ProviderConformance(abc.ABC):
             (spec.tenant_id, 1, 1, "running"),
         ]
         assert not containers_of(await provider.inventory(), "someone-else")
+
+    async def test_observe_lists_every_instance_as_status_and_inventory_see_it(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        assert isinstance(provider, ObservingProvider)
+        spec, stopped = workloads.spec(replicas=2), workloads.spec()
+        await provider.provision(spec)
+        await provider.provision(stopped)
+        await provider.stop(stopped.instance_id)
+
+        def summary(status: WorkloadStatus) -> tuple[Any, ...]:
+            replicas = [(r.generation, r.replica, r.state) for r in status.replicas]
+            return status.state, replicas, status.endpoints
+
+        observation = await provider.observe()
+        for instance_id in (spec.instance_id, stopped.instance_id):
+            assert summary(observation.workloads[instance_id]) == summary(await provider.status(instance_id))
+        assert "nobody" not in observation.workloads
+        names = {(i.kind, i.name) for i in observation.items}
+        assert {(i.kind, i.name) for i in await provider.inventory() if i.instance_id == spec.instance_id} <= names
+        assert {i.instance_id for i in observation.items} >= {spec.instance_id, stopped.instance_id}
+        exit_code = await self.crash(provider, spec.instance_id, 1)
+
+        async def partial() -> WorkloadStatus | None:
+            status = (await provider.observe()).workloads[spec.instance_id]
+            return status if status.state == "partial" else None
+
+        crashed = await eventually(partial)
+        assert [(r.state, r.exit_code) for r in crashed.replicas] == [("running", None), ("exited", exit_code)]
+        await provider.deprovision(spec.instance_id)
+        assert spec.instance_id not in (await provider.observe()).workloads
 
     # -- exec, logs, usage -----------------------------------------------------------------------
 

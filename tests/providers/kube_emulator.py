@@ -7,6 +7,8 @@ kmock stores, lists, patches (JSON merge) and deletes objects; nothing else happ
 * the **Deployment controller**: pods for each Deployment's replicas from its template (Recreate
   and RollingUpdate with maxSurge 1 / maxUnavailable 0), scale-down by ``pod-deletion-cost`` then
   newest first, and the Deployment's status;
+* the **Job controller**: one pod per Job from its template (``restartPolicy: Never``, no retry),
+  removed with its Job; a test ends the run with ``crash(pod, exit_code)`` (0 for success);
 * the **kubelet**: a pending pod starts running (``podIP`` = ``pod_ip``) unless its image is in
   ``missing_images`` (then it waits with ``ErrImageNeverPull`` / ``ImagePullBackOff``); pod logs
   are served from ``logs`` through ``pods/{name}/log`` (tail, since, timestamps, follow);
@@ -41,6 +43,7 @@ PODS = kmock.resource(group="", version="v1", plural="pods")
 NAMESPACES = kmock.resource(group="", version="v1", plural="namespaces")
 SECRETS = kmock.resource(group="", version="v1", plural="secrets")
 SERVICES = kmock.resource(group="", version="v1", plural="services")
+JOBS = kmock.resource(group="batch", version="v1", plural="jobs")
 POD_METRICS = kmock.resource(group="metrics.k8s.io", version="v1beta1", plural="pods")
 RESOURCES = {
     "v1/namespaces": False,
@@ -50,6 +53,7 @@ RESOURCES = {
     "v1/resourcequotas": True,
     "v1/limitranges": True,
     "apps/v1/deployments": True,
+    "batch/v1/jobs": True,
     "networking.k8s.io/v1/ingresses": True,
     "networking.k8s.io/v1/networkpolicies": True,
 }
@@ -209,6 +213,18 @@ class Cluster:
                 self._delete_pod(ns, name)
         for (ns, name), deployment in deployments.items():
             self._reconcile(str(ns), name, deployment)
+        jobs = self.objects(JOBS)
+        job_pods = {
+            (ns, pod["metadata"]["annotations"]["emulator/job"]): name
+            for (ns, name), pod in self.objects(PODS).items()
+            if "emulator/job" in pod["metadata"].get("annotations", {})
+        }
+        for (ns, job), name in job_pods.items():
+            if (ns, job) not in jobs:
+                self._delete_pod(ns, name)
+        for (ns, name), job in jobs.items():
+            if (ns, name) not in job_pods:
+                self._create_job_pod(str(ns), name, job["spec"]["template"])
         for (ns, name), pod in self.objects(PODS).items():
             if not pod.get("status", {}).get("containerStatuses"):
                 self._start(str(ns), name, pod)
@@ -299,6 +315,27 @@ class Cluster:
             "spec": template["spec"],
             "status": {"phase": "Pending"},
         }
+
+    def _create_job_pod(self, namespace: str, job: str, template: dict[str, Any]) -> None:
+        self._counter += 1
+        name = f"{job}-{self._counter:05d}"
+        meta = template.get("metadata", {})
+        self.emulator.objects[PODS, namespace, name] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": dict(meta.get("labels", {})),
+                "annotations": {"emulator/job": job},
+                "creationTimestamp": now_iso(),
+            },
+            "spec": template["spec"],
+            "status": {"phase": "Pending"},
+        }
+
+    def job_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.objects(PODS).values() if "emulator/job" in p["metadata"].get("annotations", {})]
 
     def _start(self, namespace: str, name: str, pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]

@@ -22,8 +22,9 @@ from docker import DockerClient
 from ctrlplane.provisioning.contract import PortSpec, Provider, Resources, SecretFile
 from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable
 from ctrlplane.settings import Settings
-from tests.providers.conformance import SESSION, AppImage, ProviderConformance, Workloads, eventually, new_id
+from tests.providers.conformance import SESSION, AppImage, ProviderConformance, Workloads, new_id
 from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, connect, docker_engine
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 

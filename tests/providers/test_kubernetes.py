@@ -31,6 +31,7 @@ from ctrlplane.provisioning.contract import (
     Probe,
     Provider,
     Resources,
+    RunSpec,
     SecretFile,
     Strategy,
     TenantQuota,
@@ -755,6 +756,11 @@ async def test_the_documented_rbac_is_valid_and_allows_every_request_of_a_whole_
     await k8s.provision(again(spec, generation=4, replicas=1))
     await k8s.remove_generation(spec.instance_id, 3, (0,))
     await k8s.inventory()
+    run = RunSpec(run_id="run_rbac", workload=again(spec, generation=4, replicas=1), command=("true",))
+    await k8s.start_run(run)
+    await k8s.run_status(spec.instance_id, run.run_id)
+    assert [line async for line in k8s.run_logs(spec.instance_id, run.run_id)] == []
+    await k8s.remove_run(spec.instance_id, run.run_id)
     await k8s.deprovision(spec.instance_id)
     seen = set()
     for request in cluster.emulator:

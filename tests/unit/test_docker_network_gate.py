@@ -52,12 +52,53 @@ def test_other_tenants_are_not_held_up() -> None:
         thread.join(5)
 
 
+def _removal_waits(gate: NetworkGate, tenant_id: str) -> threading.Thread:
+    """A removal started on another thread; alive while it waits for the tenant's users."""
+
+    def remove() -> None:
+        with gate.removing(tenant_id):
+            pass
+
+    removal = threading.Thread(target=remove)
+    removal.start()
+    removal.join(0.2)
+    return removal
+
+
 def test_nested_and_concurrent_users_count() -> None:
     gate = NetworkGate()
-    with gate.using("t1"), gate.using("t1"):
-        pass
-    with gate.removing("t1"):  # nobody left: does not wait
-        pass
+    # nested: leaving the inner block leaves one user, so a removal still waits
+    with gate.using("t1"):
+        with gate.using("t1"):
+            pass
+        removal = _removal_waits(gate, "t1")
+        assert removal.is_alive(), "a removal went ahead while the outer user was still inside"
+    removal.join(5)
+    assert not removal.is_alive(), "the removal did not go ahead once the last user left"
+
+    # concurrent: two threads use the network; the removal waits for the second to leave too
+    gate = NetworkGate()
+    inside = threading.Barrier(3)
+    leave = [threading.Event(), threading.Event()]
+
+    def user(index: int) -> None:
+        with gate.using("t1"):
+            inside.wait(5)
+            leave[index].wait(5)
+
+    users = [threading.Thread(target=user, args=(index,)) for index in range(2)]
+    for thread in users:
+        thread.start()
+    inside.wait(5)
+    removal = _removal_waits(gate, "t1")
+    leave[0].set()
+    users[0].join(5)
+    removal.join(0.2)
+    assert removal.is_alive(), "a removal went ahead while one of two users was still inside"
+    leave[1].set()
+    users[1].join(5)
+    removal.join(5)
+    assert not removal.is_alive(), "the removal did not go ahead once both users left"
 
 
 def test_a_removal_in_progress_holds_up_its_tenants_users_only() -> None:

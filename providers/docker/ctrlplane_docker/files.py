@@ -77,8 +77,10 @@ def files_tar(files: Sequence[SecretFile]) -> bytes:
     return buffer.getvalue()
 
 
-def _create_loader(api: APIClient, spec: WorkloadSpec, generation: int, volume: str, cluster: str) -> str:
-    name = files_loader_name(spec.instance_id, generation)
+def _create_loader(
+    api: APIClient, spec: WorkloadSpec, generation: int, volume: str, cluster: str, name: str | None = None
+) -> str:
+    name = name or files_loader_name(spec.instance_id, generation)
     deadline = time.monotonic() + LOADER_WAIT_SECONDS
     cleared = False
     while True:
@@ -106,16 +108,27 @@ def _create_loader(api: APIClient, spec: WorkloadSpec, generation: int, volume: 
         time.sleep(0.05)
 
 
-def load_files(api: APIClient, spec: WorkloadSpec, generation: int, cluster: str) -> list[Mount]:
-    """Write the spec's files into the generation's volume; return the mounts every replica gets."""
+def load_files(
+    api: APIClient,
+    spec: WorkloadSpec,
+    generation: int,
+    cluster: str,
+    *,
+    own: tuple[str, str, dict[str, str]] | None = None,
+) -> list[Mount]:
+    """Write the spec's files into the generation's volume (or, with ``own``, into a volume of its
+    own: its name, its loader's name and its labels, as a one-shot run has); return the mounts."""
     if not spec.files:
         return []
     paths = checked_paths(spec.files)
-    volume = files_volume_name(spec.instance_id, generation)
-    labels = generation_labels(spec, generation, cluster=cluster, purpose="files")
+    if own is None:
+        volume, loader = files_volume_name(spec.instance_id, generation), None
+        labels = generation_labels(spec, generation, cluster=cluster, purpose="files")
+    else:
+        volume, loader, labels = own
     # Creating a volume that exists returns it: a retried call adopts the earlier one.
     mountpoint = str(api.create_volume(name=volume, driver="local", labels=labels)["Mountpoint"])
-    loader_id = _create_loader(api, spec, generation, volume, cluster)
+    loader_id = _create_loader(api, spec, generation, volume, cluster, loader)
     try:
         api.put_archive(loader_id, LOADER_DIR, files_tar(spec.files))
     finally:

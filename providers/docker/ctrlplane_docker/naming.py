@@ -18,7 +18,8 @@ from ctrlplane.provisioning.contract import (
 )
 
 LABEL_PURPOSE = "ctrlplane.purpose"
-"""What a labelled object is for: ``replica``, ``files``, ``files-loader`` or ``stopped``."""
+"""What a labelled object is for: ``replica``, ``files``, ``files-loader``, ``stopped`` or ``run`` (a
+one-shot container, with ``run-files`` and ``run-files-loader`` for its files)."""
 
 RESERVED_PREFIX = "ctrlplane."
 FILES_DIR = "/run/ctrlplane/files"
@@ -27,6 +28,14 @@ FILES_DIR = "/run/ctrlplane/files"
 
 def container_name(instance_id: str, generation: int, replica: int) -> str:
     return f"cp-{instance_id}-g{generation}-r{replica}"
+
+
+def run_container_name(instance_id: str, run_id: str) -> str:
+    return f"cp-{instance_id}-{run_id}"
+
+
+def run_files_volume_name(instance_id: str, run_id: str) -> str:
+    return f"cp-{instance_id}-{run_id}-files"
 
 
 def network_name(tenant_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -100,6 +101,54 @@ def replica_status(attrs: Mapping[str, Any], host_address: str) -> ReplicaStatus
         started_at=parse_time(state.get("StartedAt")),
         finished_at=None if running else parse_time(state.get("FinishedAt")),
         endpoints=endpoints(attrs, replica, host_address) if running else (),
+    )
+
+
+EXIT_CODE = re.compile(r"^Exited \((-?\d+)\)")
+
+
+def listed_endpoints(summary: Mapping[str, Any], replica: int, host_address: str) -> tuple[Endpoint, ...]:
+    """The published ports of a running container as the container list shows them (the first
+    binding of each container port, as ``endpoints`` takes from inspect)."""
+    found: dict[tuple[int, str], Endpoint] = {}
+    for port in summary.get("Ports") or []:
+        if not port.get("PublicPort"):
+            continue
+        protocol = str(port.get("Type") or "tcp")
+        key = (int(port["PrivatePort"]), protocol)
+        if key in found:
+            continue
+        host = str(port.get("IP") or "")
+        if host in UNSPECIFIED_HOSTS:
+            host = host_address if host_address not in UNSPECIFIED_HOSTS else "127.0.0.1"
+        host_port = int(port["PublicPort"])
+        found[key] = Endpoint(
+            container_port=key[0],
+            protocol=cast(Protocol_, protocol if protocol in ("tcp", "udp") else "tcp"),
+            host=host,
+            host_port=host_port,
+            url=_url(protocol, host, host_port),
+            replica=replica,
+        )
+    return tuple(sorted(found.values(), key=lambda endpoint: (endpoint.container_port, endpoint.protocol)))
+
+
+def listed_replica_status(summary: Mapping[str, Any], host_address: str) -> ReplicaStatus:
+    """One replica from the container list (no inspect): state, exit code (parsed from the list's
+    status text), endpoints; no OOM flag, error or timestamps."""
+    labels: Mapping[str, str] = summary.get("Labels") or {}
+    status = str(summary.get("State", "dead"))
+    replica = label_int(labels, LABEL_REPLICA) or 0
+    running = status == "running"
+    exited = None if running or status == "created" else EXIT_CODE.match(str(summary.get("Status") or ""))
+    names = summary.get("Names") or [summary.get("Id", "")]
+    return ReplicaStatus(
+        replica=replica,
+        generation=label_int(labels, LABEL_GENERATION) or 0,
+        name=str(names[0]).lstrip("/"),
+        state=cast(ReplicaState, status if status in REPLICA_STATES else "dead"),
+        exit_code=int(exited[1]) if exited else None,
+        endpoints=listed_endpoints(summary, replica, host_address) if running else (),
     )
 
 

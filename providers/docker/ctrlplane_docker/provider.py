@@ -11,7 +11,9 @@ What an instance is on Docker:
 * **Limits**: ``NanoCpus = cpu_millis * 1_000_000``; ``Memory = MemorySwap = memory_mb MiB`` (no swap).
 * **Network**: one bridge network per tenant, ``cp-tenant-{tenant_id}``. Docker isolates bridge
   networks from each other, so tenants cannot reach one another's containers while replicas of one
-  tenant can. It is created on demand and removed when the tenant's last container goes.
+  tenant can. It is created on demand and removed when the tenant's last container goes; its subnet
+  is a block of ``CTRLPLANE_DOCKER_SUBNET_POOL`` (see ``subnets``), not of dockerd's default pools.
+  ``collect_unused`` (the reconciler) removes this installation's networks that nothing uses.
 * **Ports** are published on ``settings.docker_host_address`` (default 127.0.0.1) on a port the
   engine picks; ``status`` reports them as endpoints.
 * **Restart policy** is Docker's ``no``: ctrlplane's reconciler restarts replicas itself, so that each
@@ -28,33 +30,40 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 import docker  # type: ignore[import-untyped, unused-ignore]
 from docker import APIClient, DockerClient  # type: ignore[import-untyped, unused-ignore]
 from docker.errors import APIError, DockerException  # type: ignore[import-untyped, unused-ignore]
-from docker.types import Mount  # type: ignore[import-untyped, unused-ignore]
+from docker.types import IPAMConfig, IPAMPool, Mount  # type: ignore[import-untyped, unused-ignore]
 from docker.utils import parse_repository_tag  # type: ignore[import-untyped, unused-ignore]
 
 from ctrlplane.provisioning.contract import (
+    LABEL_CLUSTER,
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
+    LABEL_RELEASE,
     LABEL_REPLICA,
+    LABEL_RUN,
     LABEL_TENANT,
     ExecResult,
     InventoryItem,
     LogLine,
+    Observation,
     ProviderHealth,
+    ReplicaStatus,
     ReplicaUsage,
     Resources,
+    RunSpec,
+    RunStatus,
     Strategy,
     Usage,
     WorkloadSpec,
@@ -76,12 +85,22 @@ from ctrlplane_docker.naming import (
     network_name,
     object_labels,
     replica_labels,
+    run_container_name,
+    run_files_volume_name,
     stopped_marker_name,
     tenant_filter,
 )
-from ctrlplane_docker.observe import inventory_ids, label_int, replica_status, workload_status
+from ctrlplane_docker.observe import (
+    inventory_ids,
+    label_int,
+    listed_replica_status,
+    parse_time,
+    replica_status,
+    workload_status,
+)
 from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
+from ctrlplane_docker.subnets import SubnetPool, SubnetPoolExhausted, network_subnets
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,6 +111,10 @@ ADOPT_POLL_SECONDS = 0.05
 MIB = 1024 * 1024
 MAX_PARALLEL = 8
 LIVE_STATES = frozenset({"running", "restarting", "paused"})
+WATCHED_EVENTS = ("die", "oom", "destroy", "start")
+"""Container events that may change what the reconciler should do about an instance."""
+DEFAULT_SUBNET_POOL = "10.224.0.0/12"
+DEFAULT_SUBNET_SIZE = 24
 
 
 @dataclass(frozen=True)
@@ -169,6 +192,11 @@ class DockerProvider:
         self._client_lock = threading.Lock()
         self._network_lock = threading.Lock()
         self._network_gate = NetworkGate()
+        self._subnets = SubnetPool(
+            str(getattr(settings, "docker_subnet_pool", DEFAULT_SUBNET_POOL)),
+            int(getattr(settings, "docker_subnet_size", DEFAULT_SUBNET_SIZE)),
+        )
+        self._exhausted: str | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -272,16 +300,7 @@ class DockerProvider:
         with self._network_lock:
             if existing := self._networks(api, tenant_id):
                 return existing[0]
-            try:
-                api.create_network(
-                    network_name(tenant_id),
-                    driver="bridge",
-                    check_duplicate=True,
-                    labels=object_labels(cluster=self._cluster, purpose="network", tenant_id=tenant_id),
-                )
-            except APIError as exc:
-                if not is_conflict(exc):
-                    raise
+            self._create_tenant_network(api, tenant_id)
         oldest, *extras = self._networks(api, tenant_id) or [""]
         if not oldest:
             raise ProviderError(f"network {network_name(tenant_id)} vanished as it was created")
@@ -291,6 +310,44 @@ class DockerProvider:
             self._remove_network(api, extra)
         return oldest
 
+    def _create_tenant_network(self, api: APIClient, tenant_id: str) -> None:
+        """Create the tenant's network on a free block of the subnet pool; a block another
+        installation took since the engine's networks were listed is skipped for the next one."""
+        for subnet in self._subnets.free(network_subnets(api.networks()), start_key=tenant_id):
+            try:
+                api.create_network(
+                    network_name(tenant_id),
+                    driver="bridge",
+                    check_duplicate=True,
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]),
+                    labels=object_labels(cluster=self._cluster, purpose="network", tenant_id=tenant_id),
+                )
+            except APIError as exc:
+                if is_conflict(exc):
+                    return
+                if "overlap" not in explanation(exc).lower():
+                    raise
+                continue
+            self._exhausted = None
+            return
+        self._exhausted = f"subnet pool {self._subnets} is exhausted (all {self._subnets.count} blocks are in use)"
+        raise SubnetPoolExhausted(
+            f"cannot create a network for tenant {tenant_id}: {self._exhausted}; "
+            "an administrator must enlarge CTRLPLANE_DOCKER_SUBNET_POOL or remove tenants' instances",
+            details={"provider": "docker", "subnet_pool": str(self._subnets.network), "size": self._subnets.size},
+        )
+
+    def _admit(self, api: APIClient, tenant_id: str) -> None:
+        if self._networks(api, tenant_id):
+            return
+        if next(self._subnets.free(network_subnets(api.networks()), start_key=tenant_id), None) is None:
+            self._exhausted = f"subnet pool {self._subnets} is exhausted (all {self._subnets.count} blocks are in use)"
+            raise SubnetPoolExhausted(
+                f"no network can be created for a new tenant on Docker: {self._exhausted}; "
+                "an administrator must enlarge CTRLPLANE_DOCKER_SUBNET_POOL or remove tenants' instances",
+                details={"provider": "docker", "subnet_pool": str(self._subnets.network), "size": self._subnets.size},
+            )
+
     def _remove_network(self, api: APIClient, network_id: str) -> None:
         try:
             api.remove_network(network_id)
@@ -299,17 +356,28 @@ class DockerProvider:
             if not (is_not_found(exc) or exc.status_code in (403, 409)):
                 raise
 
-    def _remove_network_if_unused(self, api: APIClient, tenant_id: str) -> None:
+    def _remove_network_if_unused(self, api: APIClient, tenant_id: str) -> bool:
         with self._network_gate.removing(tenant_id):
             if api.containers(all=True, quiet=True, filters=tenant_filter(tenant_id)):
-                return
+                return False
             for network_id in self._networks(api, tenant_id):
                 self._remove_network(api, network_id)
+            return True
 
-    def _sweep_networks(self, api: APIClient) -> None:
-        for network in api.networks(filters=cluster_filter(self._cluster)):
-            if tenant_id := (network.get("Labels") or {}).get(LABEL_TENANT):
-                self._remove_network_if_unused(api, tenant_id)
+    def _sweep_networks(self, api: APIClient) -> list[str]:
+        """Remove this installation's tenant networks that no container of their tenant uses (each
+        re-checked under the tenant's gate); the names of those removed."""
+        networks = api.networks(filters=cluster_filter(self._cluster))
+        if not networks:
+            return []
+        containers = api.containers(all=True, filters=cluster_filter(self._cluster))
+        in_use = {_Container.from_summary(c).tenant_id for c in containers}
+        removed: list[str] = []
+        for network in networks:
+            tenant_id = (network.get("Labels") or {}).get(LABEL_TENANT)
+            if tenant_id and tenant_id not in in_use and self._remove_network_if_unused(api, tenant_id):
+                removed.append(str(network.get("Name")))
+        return removed
 
     def _mark_stopped(self, api: APIClient, instance_id: str, tenant_id: str) -> None:
         labels = object_labels(cluster=self._cluster, purpose="stopped", tenant_id=tenant_id, instance_id=instance_id)
@@ -519,10 +587,22 @@ class DockerProvider:
                 with self._client_lock:
                     self._client = None
                 return ProviderHealth(False, f"Docker engine unreachable: {exc}")
+            if self._exhausted:
+                return ProviderHealth(True, f"Docker engine {version}; {self._exhausted}")
             return ProviderHealth(True, f"Docker engine {version}")
 
         # abandon_on_cancel: a caller's timeout must work even while the engine hangs
         return await anyio.to_thread.run_sync(ping_engine, abandon_on_cancel=True)
+
+    async def admit(self, tenant_id: str) -> None:
+        """Refuse a new instance up front (``SubnetPoolExhausted``, a 503) when its tenant has no
+        network yet and the subnet pool has no free block for one."""
+        await self._run(f"check room for tenant {tenant_id}", lambda api: self._admit(api, tenant_id))
+
+    async def collect_unused(self) -> list[str]:
+        """Remove this installation's tenant networks (``ctrlplane.cluster`` label) that no container
+        uses any longer; another installation's are never touched. The names of those removed."""
+        return await self._run("remove unused tenant networks", self._sweep_networks)
 
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
         """Create (or adopt) the tenant's network and replicas ``0..spec.replicas-1`` of
@@ -861,44 +941,248 @@ class DockerProvider:
 
         return await self._run(f"run a command in instance {instance_id}", run)
 
+    # -- one-shot runs (RunProvider) ------------------------------------------------------------
+
+    def _run_labels(self, spec: RunSpec, purpose: str) -> dict[str, str]:
+        workload = spec.workload
+        labels = {key: value for key, value in workload.labels.items() if not key.startswith("ctrlplane.")}
+        labels.update(
+            object_labels(
+                cluster=self._cluster, purpose=purpose, tenant_id=workload.tenant_id, instance_id=workload.instance_id
+            )
+        )
+        labels[LABEL_RUN] = spec.run_id
+        labels[LABEL_RELEASE] = workload.release_id or ""
+        return labels
+
+    def _run_status(self, api: APIClient, instance_id: str, run_id: str) -> RunStatus:
+        try:
+            attrs = api.inspect_container(run_container_name(instance_id, run_id))
+        except APIError as exc:
+            if is_not_found(exc):
+                return RunStatus(run_id=run_id, state="missing")
+            raise
+        state: Mapping[str, Any] = attrs.get("State") or {}
+        status = str(state.get("Status", "dead"))
+        exited = status in ("exited", "dead")
+        return RunStatus(
+            run_id=run_id,
+            state="exited" if exited else "created" if status == "created" else "running",
+            exit_code=int(state.get("ExitCode") or 0) if exited else None,
+            oom_killed=bool(state.get("OOMKilled", False)),
+            started_at=parse_time(state.get("StartedAt")),
+            finished_at=parse_time(state.get("FinishedAt")) if exited else None,
+        )
+
+    async def start_run(self, spec: RunSpec) -> RunStatus:
+        """Create the container ``cp-{instance_id}-{run_id}`` from the release's image, env, files (in
+        a volume of the run's own) and limits, on the tenant's network with no published port, under
+        Docker's init (so a cancel's SIGTERM reaches the command), and start it. An existing one is
+        adopted; one that already ran is not started again."""
+        workload = spec.workload
+        name = run_container_name(workload.instance_id, spec.run_id)
+        if not spec.command:
+            raise ProviderError("a run needs a command")
+
+        def start(api: APIClient) -> RunStatus:
+            found = self._run_status(api, workload.instance_id, spec.run_id)
+            if found.state == "missing":
+                self._ensure_image(api, workload)
+                with self._network_gate.using(workload.tenant_id):
+                    network_id = self._ensure_network(api, workload.tenant_id)
+                    volume = run_files_volume_name(workload.instance_id, spec.run_id)
+                    mounts = load_files(
+                        api,
+                        workload,
+                        workload.generation,
+                        self._cluster,
+                        own=(volume, f"{volume}-loader", self._run_labels(spec, "run-files")),
+                    )
+                    memory = workload.resources.memory_mb * MIB
+                    host_config = api.create_host_config(
+                        nano_cpus=workload.resources.cpu_millis * 1_000_000,
+                        mem_limit=memory,
+                        memswap_limit=memory,
+                        restart_policy={"Name": "no"},
+                        network_mode=network_id,
+                        init=True,
+                        mounts=mounts or None,
+                    )
+                    try:
+                        created = api.create_container(
+                            workload.image,
+                            command=list(spec.command),
+                            name=name,
+                            labels=self._run_labels(spec, "run"),
+                            environment=dict(workload.env),
+                            host_config=host_config,
+                            networking_config={"EndpointsConfig": {network_id: {}}},
+                            detach=True,
+                        )
+                        container_id, state = str(created["Id"]), "created"
+                    except APIError as exc:
+                        if not is_conflict(exc):
+                            raise
+                        container_id, state = self._adopt(api, name, workload.instance_id)
+                    if state == "created":
+                        self._start_container(api, container_id, state, workload.tenant_id)
+            elif found.state == "created":
+                with self._network_gate.using(workload.tenant_id):
+                    self._start_container(api, name, "created", workload.tenant_id)
+            return self._run_status(api, workload.instance_id, spec.run_id)
+
+        return await self._run(f"start run {spec.run_id} of instance {workload.instance_id}", start)
+
+    async def run_status(self, instance_id: str, run_id: str) -> RunStatus:
+        """The run's container now (``missing`` when there is none)."""
+        return await self._run(f"read run {run_id}", lambda api: self._run_status(api, instance_id, run_id))
+
+    def run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        """The run container's lines (stdout and stderr); with ``follow``, until it exits."""
+        return self._run_logs(instance_id, run_id, tail=tail, follow=follow)
+
+    async def _run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None, follow: bool
+    ) -> AsyncIterator[LogLine]:
+        name = run_container_name(instance_id, run_id)
+
+        def sources(api: APIClient) -> list[container_logs.Source]:
+            return [
+                container_logs.Source(str(s["Id"]), name, 0)
+                for s in api.containers(all=True, filters={"name": [f"^/{name}$"], **instance_filter(instance_id)})
+            ]
+
+        found = await self._run(f"read the output of run {run_id}", sources)
+        if not found:
+            return
+        if not follow:
+            lines = await self._run(
+                f"read the output of run {run_id}",
+                lambda api: container_logs.read_logs(api, found, tail=tail, since=None),
+            )
+            for line in lines:
+                yield line
+            return
+        opened = await self._run(
+            f"follow the output of run {run_id}",
+            lambda api: container_logs.open_streams(api, found, tail=tail, since=None),
+        )
+        async with aclosing(container_logs.follow(opened, since=None)) as followed:
+            async for line in followed:
+                yield line
+
+    async def remove_run(self, instance_id: str, run_id: str) -> None:
+        """Kill (no grace period: a cancel or a timeout ends the command now) and remove the run's
+        container and its files volume; no-op when gone."""
+
+        def remove(api: APIClient) -> None:
+            try:
+                api.remove_container(run_container_name(instance_id, run_id), v=True, force=True)
+            except APIError as exc:
+                if not (is_not_found(exc) or is_conflict(exc)):
+                    raise
+            self._remove_volume(api, run_files_volume_name(instance_id, run_id))
+
+        await self._run(f"remove run {run_id}", remove)
+
+    def _inventory(
+        self, api: APIClient
+    ) -> tuple[list[InventoryItem], list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """This cluster's objects as items, with the container and volume summaries they came from."""
+        containers = list(api.containers(all=True, filters=cluster_filter(self._cluster)))
+        volumes = list(api.volumes(filters=cluster_filter(self._cluster)).get("Volumes") or [])
+        networks = list(api.networks(filters=cluster_filter(self._cluster)))
+        items: list[InventoryItem] = []
+        for summary in containers:
+            container = _Container.from_summary(summary)
+            instance_id, tenant_id, generation, replica = inventory_ids(container.labels)
+            items.append(
+                InventoryItem(
+                    kind="container",
+                    name=container.name,
+                    instance_id=instance_id,
+                    tenant_id=tenant_id,
+                    generation=generation,
+                    replica=replica,
+                    state=container.state,
+                )
+            )
+        for kind, found in [*(("network", n) for n in networks), *(("volume", v) for v in volumes)]:
+            instance_id, tenant_id, generation, replica = inventory_ids(found.get("Labels") or {})
+            items.append(
+                InventoryItem(
+                    kind=kind,
+                    name=str(found["Name"]),
+                    instance_id=instance_id,
+                    tenant_id=tenant_id,
+                    generation=generation,
+                    replica=replica,
+                )
+            )
+        return sorted(items, key=lambda item: (item.kind, item.name)), containers, volumes
+
     async def inventory(self) -> list[InventoryItem]:
         """Every container, network and volume of this cluster (``ctrlplane.managed=true`` and
         ``ctrlplane.cluster=CTRLPLANE_CLUSTER_NAME``; kinds
         ``container``, ``network``, ``volume``), sorted by kind and name."""
+        return await self._run("list ctrlplane's objects", lambda api: self._inventory(api)[0])
 
-        def inventory(api: APIClient) -> list[InventoryItem]:
-            items: list[InventoryItem] = []
-            for summary in api.containers(all=True, filters=cluster_filter(self._cluster)):
+    async def observe(self) -> Observation:
+        """``inventory`` and every instance's status from the same three listings (containers,
+        volumes, networks of this cluster), with no inspect: the container list has no OOM flag,
+        error text or timestamps, so the statuses are not ``exact`` (a failed replica's message
+        may lack its cause until ``status`` reads it)."""
+
+        def observe(api: APIClient) -> Observation:
+            items, containers, volumes = self._inventory(api)
+            stopped = {
+                labels.get(LABEL_INSTANCE)
+                for volume in volumes
+                if (labels := volume.get("Labels") or {}).get(LABEL_PURPOSE) == "stopped"
+            }
+            replicas: dict[str, list[ReplicaStatus]] = {}
+            for summary in containers:
                 container = _Container.from_summary(summary)
-                instance_id, tenant_id, generation, replica = inventory_ids(container.labels)
-                items.append(
-                    InventoryItem(
-                        kind="container",
-                        name=container.name,
-                        instance_id=instance_id,
-                        tenant_id=tenant_id,
-                        generation=generation,
-                        replica=replica,
-                        state=container.state,
-                    )
-                )
-            networks = [("network", n) for n in api.networks(filters=cluster_filter(self._cluster))]
-            volumes = [("volume", v) for v in api.volumes(filters=cluster_filter(self._cluster)).get("Volumes") or []]
-            for kind, found in [*networks, *volumes]:
-                instance_id, tenant_id, generation, replica = inventory_ids(found.get("Labels") or {})
-                items.append(
-                    InventoryItem(
-                        kind=kind,
-                        name=str(found["Name"]),
-                        instance_id=instance_id,
-                        tenant_id=tenant_id,
-                        generation=generation,
-                        replica=replica,
-                    )
-                )
-            return sorted(items, key=lambda item: (item.kind, item.name))
+                instance_id = container.labels.get(LABEL_INSTANCE)
+                if instance_id and container.is_replica:
+                    replicas.setdefault(instance_id, []).append(listed_replica_status(summary, self._host_address))
+            workloads = {
+                instance_id: workload_status(instance_id, found, stopped_by_ctrlplane=instance_id in stopped)
+                for instance_id, found in replicas.items()
+            }
+            return Observation(items=tuple(items), workloads=workloads, exact=False)
 
-        return await self._run("list ctrlplane's objects", inventory)
+        return await self._run("list ctrlplane's objects", observe)
+
+    def changes(self) -> AsyncGenerator[str, None]:
+        """IDs of this cluster's instances as the engine's event stream reports their containers
+        dying, being OOM-killed, started or removed; until closed."""
+        return self._changes()
+
+    async def _changes(self) -> AsyncGenerator[str, None]:
+        filters = {
+            "type": ["container"],
+            "event": list(WATCHED_EVENTS),
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_CLUSTER}={self._cluster}"],
+        }
+        stream = await self._run("watch the engine's events", lambda api: api.events(decode=True, filters=filters))
+
+        def next_event() -> Mapping[str, Any] | None:
+            with engine_errors("watch the engine's events"):
+                return cast("Mapping[str, Any] | None", next(stream, None))
+
+        try:
+            while True:
+                event = await anyio.to_thread.run_sync(next_event, abandon_on_cancel=True)
+                if event is None:
+                    return
+                attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                if instance_id := attributes.get(LABEL_INSTANCE):
+                    yield str(instance_id)
+        finally:
+            stream.close()
 
     async def close(self) -> None:
         """Close the engine client (its connection pool); a later call opens a new one."""

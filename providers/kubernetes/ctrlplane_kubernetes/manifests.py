@@ -9,7 +9,15 @@ import hashlib
 import json
 from typing import Any
 
-from ctrlplane.provisioning.contract import LABEL_GENERATION, HttpRoute, Probe, Strategy, TenantQuota, WorkloadSpec
+from ctrlplane.provisioning.contract import (
+    LABEL_GENERATION,
+    HttpRoute,
+    Probe,
+    RunSpec,
+    Strategy,
+    TenantQuota,
+    WorkloadSpec,
+)
 from ctrlplane_kubernetes import naming
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
@@ -116,6 +124,74 @@ def secret(cluster: str, spec: WorkloadSpec) -> Manifest:
             "labels": {**naming.instance_labels(cluster, spec), LABEL_GENERATION: str(spec.generation)},
         },
         "data": data,
+    }
+
+
+def run_secret(cluster: str, run: RunSpec) -> Manifest:
+    """The run's env and files, in a Secret of its own (named like its Job)."""
+    manifest = secret(cluster, run.workload)
+    workload = run.workload
+    manifest["metadata"] = {
+        "name": naming.run_name(run.run_id),
+        "labels": naming.run_labels(cluster, workload.tenant_id, workload.instance_id, run.run_id),
+    }
+    return manifest
+
+
+def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifest:
+    """A Job of one pod that never restarts or retries (``backoffLimit: 0``): ctrlplane, not the Job
+    controller, decides what a failure means. No probes, no ports: a run serves nothing."""
+    workload = run.workload
+    name = naming.run_name(run.run_id)
+    labels = naming.run_labels(cluster, workload.tenant_id, workload.instance_id, run.run_id)
+    resources = {"cpu": cpu(workload.resources.cpu_millis), "memory": memory(workload.resources.memory_mb)}
+    container: Manifest = {
+        "name": naming.CONTAINER,
+        "image": workload.image,
+        "imagePullPolicy": workload.pull_policy,
+        "command": list(run.command),
+        "env": [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": name, "key": env_key(key)}}}
+            for key in sorted(workload.env)
+        ],
+        "resources": {"requests": resources, "limits": dict(resources)},
+        "securityContext": container_security(settings),
+        "volumeMounts": [
+            {"name": "files", "mountPath": file.path, "subPath": file_key(index), "readOnly": True}
+            for index, file in enumerate(workload.files)
+        ],
+    }
+    volumes = (
+        [
+            {
+                "name": "files",
+                "secret": {
+                    "secretName": name,
+                    "defaultMode": 0o400,
+                    "items": [{"key": file_key(i), "path": file_key(i)} for i in range(len(workload.files))],
+                },
+            }
+        ]
+        if workload.files
+        else []
+    )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [container],
+                    "volumes": volumes,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "restartPolicy": "Never",
+                },
+            },
+        },
     }
 
 

@@ -13,11 +13,15 @@ from ctrlplane.provisioning.contract import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_RELEASE,
+    LABEL_RUN,
     LABEL_TENANT,
     WorkloadSpec,
 )
 
 LABEL_SLOT = "ctrlplane.slot"
+LABEL_RUN_INSTANCE = "ctrlplane.run-instance"
+"""On a one-shot run's Job, Secret and pod: the instance it belongs to. Not ``ctrlplane.instance``,
+so the instance's own observation (its Deployments' pods) never counts a run's pod as a replica."""
 SLOTS = ("a", "b")
 """Each instance has at most two Deployments, one per slot: two generations run side by side only
 during a deploy (blue/green, canary, or the deploy engine's replica-by-replica rolling)."""
@@ -55,6 +59,18 @@ def deployment_name(instance_id: str, slot: str) -> str:
 
 def secret_name(instance_id: str, generation: int) -> str:
     return dns_label(instance_id, f"g{generation}")
+
+
+def run_name(run_id: str) -> str:
+    return dns_label(run_id)
+
+
+def run_labels(cluster: str, tenant_id: str, instance_id: str, run_id: str) -> dict[str, str]:
+    return {
+        **tenant_labels(cluster, tenant_id),
+        LABEL_RUN_INSTANCE: label_value(instance_id),
+        LABEL_RUN: label_value(run_id),
+    }
 
 
 def service_name(instance_id: str) -> str:

@@ -50,12 +50,16 @@ from ctrlplane.provisioning.contract import (
     LABEL_CLUSTER,
     LABEL_INSTANCE,
     LABEL_MANAGED,
+    LABEL_RUN,
     LABEL_TENANT,
     ExecResult,
     InventoryItem,
     LogLine,
+    Observation,
     ProviderHealth,
     ReplicaUsage,
+    RunSpec,
+    RunStatus,
     Strategy,
     Usage,
     WorkloadSpec,
@@ -151,6 +155,10 @@ class KubernetesProvider:
     @property
     def networking(self) -> client.NetworkingV1Api:
         return client.NetworkingV1Api(self._client())
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self._client())
 
     async def _run(self, action: str, fn: Callable[..., T], *args: Any) -> T:
         def call() -> T:
@@ -422,6 +430,12 @@ class KubernetesProvider:
             for obj in self._items(lister, wanted):
                 namespaces.add(_key(obj)[1])
                 self._delete(deleter, *_key(obj))
+        runs = {
+            LABEL_MANAGED: "true",
+            LABEL_CLUSTER: self.cluster,
+            naming.LABEL_RUN_INSTANCE: naming.label_value(instance_id),
+        }
+        self._remove_runs(runs)
         for namespace in namespaces:
             self._drop_namespace_if_empty(namespace)
 
@@ -655,13 +669,38 @@ class KubernetesProvider:
     async def inventory(self) -> list[InventoryItem]:
         return await self._run("list ctrlplane's objects", self._inventory)
 
-    def _inventory(self) -> list[InventoryItem]:
+    async def observe(self) -> Observation:
+        """``inventory`` and every instance's status from one list per kind (Deployments and Pods
+        across namespaces, by this cluster's labels); the same lists ``status`` reads, so exact."""
+        return await self._run("list ctrlplane's objects", self._observation)
+
+    def _observation(self) -> Observation:
+        managed = {LABEL_MANAGED: "true", LABEL_CLUSTER: self.cluster}
+        deployments = self._items(self.apps.list_deployment_for_all_namespaces, managed)
+        pods = self._items(self.core.list_pod_for_all_namespaces, managed)
+        items = self._inventory(deployments, pods)
+        by_instance: dict[str, tuple[list[Obj], list[Obj]]] = {}
+        for deployment in deployments:
+            if instance_id := _instance(deployment):
+                by_instance.setdefault(instance_id, ([], []))[0].append(deployment)
+        for pod in pods:
+            if (instance_id := _instance(pod)) in by_instance:
+                by_instance[str(instance_id)][1].append(pod)
+        workloads = {
+            instance_id: observe.workload_status(instance_id, found, instance_pods)
+            for instance_id, (found, instance_pods) in by_instance.items()
+        }
+        return Observation(items=tuple(items), workloads=workloads, exact=True)
+
+    def _inventory(self, deployments: list[Obj] | None = None, pods: list[Obj] | None = None) -> list[InventoryItem]:
         managed = {LABEL_MANAGED: "true", LABEL_CLUSTER: self.cluster}
         items: list[InventoryItem] = []
         for namespace in self._items(self.core.list_namespace, managed):
             items.append(_item("network", namespace))
-        deployments = self._items(self.apps.list_deployment_for_all_namespaces, managed)
-        pods = self._items(self.core.list_pod_for_all_namespaces, managed)
+        if deployments is None:
+            deployments = self._items(self.apps.list_deployment_for_all_namespaces, managed)
+        if pods is None:
+            pods = self._items(self.core.list_pod_for_all_namespaces, managed)
         for deployment in deployments:
             items.append(_item("deployment", deployment, generation=observe.generation_of(deployment)))
             instance_pods = [p for p in pods if observe.labels(p).get(LABEL_INSTANCE) == _instance(deployment)]
@@ -922,6 +961,122 @@ class KubernetesProvider:
             )
         return ExecResult(exit_code=int(code), output=output)
 
+    # -- one-shot runs (RunProvider) --------------------------------------------------------------
+
+    def _remove_runs(self, wanted: Mapping[str, str]) -> None:
+        listers: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
+            (self.batch.list_job_for_all_namespaces, self.batch.delete_namespaced_job),
+            (self.core.list_pod_for_all_namespaces, self.core.delete_namespaced_pod),
+            (self.core.list_secret_for_all_namespaces, self.core.delete_namespaced_secret),
+        ]
+        for lister, deleter in listers:
+            for obj in self._items(lister, wanted):
+                self._delete(deleter, *_key(obj))
+
+    def _run_selector(self, run_id: str) -> dict[str, str]:
+        return {LABEL_MANAGED: "true", LABEL_CLUSTER: self.cluster, LABEL_RUN: naming.label_value(run_id)}
+
+    def _run_pod(self, run_id: str) -> Obj | None:
+        pods = self._items(self.core.list_pod_for_all_namespaces, self._run_selector(run_id))
+        return max(pods, key=lambda p: observe.meta(p).get("creationTimestamp", ""), default=None)
+
+    def _run_status(self, run_id: str) -> RunStatus:
+        jobs = self._items(self.batch.list_job_for_all_namespaces, self._run_selector(run_id))
+        if not jobs:
+            return RunStatus(run_id=run_id, state="missing")
+        pod = self._run_pod(run_id)
+        container = observe.container_status(pod) if pod is not None else None
+        state = (container or {}).get("state") or {}
+        if "terminated" in state:
+            done = state["terminated"]
+            return RunStatus(
+                run_id=run_id,
+                state="exited",
+                exit_code=int(done.get("exitCode", 1)),
+                oom_killed=done.get("reason") == "OOMKilled",
+                started_at=_time(done.get("startedAt")),
+                finished_at=_time(done.get("finishedAt")) or datetime.now(UTC),
+            )
+        if "running" in state:
+            return RunStatus(run_id=run_id, state="running", started_at=_time(state["running"].get("startedAt")))
+        waiting = (state.get("waiting") or {}).get("reason", "")
+        if waiting in ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+            raise ImageNotFound(f"the run's image cannot be pulled ({waiting})", details={"run_id": run_id})
+        return RunStatus(run_id=run_id, state="created")
+
+    async def start_run(self, spec: RunSpec) -> RunStatus:
+        """A Secret (the env and files) and a ``Job`` of one pod that never restarts, both named
+        after the run, in the tenant's namespace (so its network policy and quota apply); an existing
+        Job is adopted, never created twice."""
+        if not spec.command:
+            raise ProviderError("a run needs a command")
+
+        def start() -> RunStatus:
+            namespace = self._ensure_tenant(spec.workload)
+            self._create_or_patch(
+                self.core.create_namespaced_secret,
+                self.core.patch_namespaced_secret,
+                namespace,
+                manifests.run_secret(self.cluster, spec),
+            )
+            job = manifests.run_job(self.cluster, spec, self.kube)
+            job["metadata"]["namespace"] = namespace
+            try:
+                self._raw(self.batch.create_namespaced_job, namespace, _without_nulls(job))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            return self._run_status(spec.run_id)
+
+        return await self._run(f"start run {spec.run_id}", start)
+
+    async def run_status(self, instance_id: str, run_id: str) -> RunStatus:
+        """The run's Job and its pod now."""
+        return await self._run(f"read run {run_id}", self._run_status, run_id)
+
+    def run_logs(
+        self, instance_id: str, run_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        """The run pod's log; with ``follow``, new lines every poll until the container ends."""
+        return self._run_logs(run_id, tail=tail, follow=follow)
+
+    async def _run_logs(self, run_id: str, *, tail: int | None, follow: bool) -> AsyncIterator[LogLine]:
+        def read() -> list[LogLine]:
+            pod = self._run_pod(run_id)
+            if pod is None or observe.container_status(pod) is None:
+                return []
+            name, namespace = _key(pod)
+            return self._read_log((0, name, namespace), None, None)
+
+        seen = 0
+        first = True
+        while True:
+            lines = await self._run(f"read the output of run {run_id}", read)
+            fresh = lines[seen:]
+            if first and tail is not None:
+                fresh = fresh[-tail:] if tail > 0 else []
+            first = False
+            for line in fresh:
+                yield line
+            seen = len(lines)
+            if not follow:
+                return
+            status = await self.run_status("", run_id)
+            if status.state in ("exited", "missing"):
+                lines = await self._run(f"read the output of run {run_id}", read)
+                for line in lines[seen:]:
+                    yield line
+                return
+            await anyio.sleep(POLL_SECONDS)
+
+    async def remove_run(self, instance_id: str, run_id: str) -> None:
+        """Delete the run's Job (its pod with it) and Secret; no-op when gone."""
+
+        def remove() -> None:
+            self._remove_runs(self._run_selector(run_id))
+
+        await self._run(f"remove run {run_id}", remove)
+
     async def close(self) -> None:
         with self._lock:
             api, self._api = self._api, None
@@ -980,6 +1135,15 @@ def _with(spec: WorkloadSpec, **changes: Any) -> WorkloadSpec:
 
 
 LOG_LINE = re.compile(r"^(\S+) ?(.*)$")
+
+
+def _time(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _log_line(index: int, raw: str) -> LogLine | None:

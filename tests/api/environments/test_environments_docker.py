@@ -133,6 +133,7 @@ async def test_environment_is_served_through_the_router_and_expiry_frees_its_hos
     await up(live, token, key="pr-8", parameters={"pr": 8})
 
 
+@pytest.mark.dialects("the unique index on live keys under concurrent requests")
 async def test_twenty_parallel_get_or_creates_start_one_set_of_containers(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:

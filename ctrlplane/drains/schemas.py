@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, description="The receiver's http(s) URL")]
+DrainFormat = Literal["ndjson", "otlp"]
+
+
+class LogDrainCreate(msgspec.Struct, forbid_unknown_fields=True):
+    url: Url
+    format: DrainFormat = "ndjson"
+    """``ndjson``: gzip'd JSON lines POSTed to ``url``; ``otlp``: OTLP/HTTP JSON logs (``url`` is
+    the full logs endpoint, e.g. https://collector.example.com/v1/logs)."""
+    instance_id: str | None = None
+    """Only this instance's lines; none: every instance of the tenant."""
+    tenant_id: str | None = None
+    """Only system admins name it."""
+
+
+class LogDrain(msgspec.Struct):
+    id: str
+    tenant_id: str
+    instance_id: str | None
+    url: str
+    format: DrainFormat
+    sent_lines: int
+    """Lines the receiver accepted (2xx)."""
+    dropped_lines: int
+    """Lines dropped: the buffer was full (the receiver is slower than the instance), or a batch
+    failed every retry."""
+    last_error: str | None
+    last_sent_at: datetime | None
+    created_at: datetime

@@ -1,0 +1,264 @@
+"""The wake listener: where the router sends the requests of a sleeping instance.
+
+A small HTTP/1.1 server (h11 over asyncio streams) on ``CTRLPLANE_ROUTER_WAKE_LISTEN``, loopback by
+default. Caddy proxies a request here when the instance's site is marked ``wake`` and no replica is
+in rotation (``caddy.py``), with the instance's id, an HMAC of it under this process's wake secret
+and the original URI in ``X-Ctrlplane-Wake-*`` headers; a request without a valid HMAC is 403.
+
+For each request the listener
+
+1. claims the wake (``sleep.claim_wake``: one conditional UPDATE, so concurrent first requests,
+   here or on another replica, start the instance once) and wakes the workers;
+2. holds the request (its body read whole) until the instance runs and one of its replicas for
+   the request's route answers HTTP, polling the database every ``POLL_SECONDS``;
+3. sends it to that replica and answers with the app's own response: status, headers and body.
+
+Past ``CTRLPLANE_WAKE_TIMEOUT`` from its arrival the request is answered ``503`` with
+``Retry-After: CTRLPLANE_WAKE_RETRY_AFTER_SECONDS``; an instance that is gone, failed or stopped
+(by the API) answers 503 at once. Meanwhile the router's next push puts the woken replicas in
+rotation, so later requests go straight to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h11
+import httpx
+import structlog
+from sqlalchemy import select
+
+from ctrlplane.db import Database
+from ctrlplane.instances.models import Instance
+from ctrlplane.network.access import route_of
+from ctrlplane.network.caddy import WAKE_INSTANCE_HEADER, WAKE_TOKEN_HEADER, WAKE_URI_HEADER, wake_token
+from ctrlplane.network.models import Route, Upstream
+from ctrlplane.network.sleep import SLEEPING, IdleHandlers, claim_wake
+from ctrlplane.settings import Settings
+from ctrlplane.signals import Signal
+
+log = structlog.get_logger("ctrlplane.wake")
+
+POLL_SECONDS = 0.05
+PROBE_TIMEOUT_SECONDS = 1.0
+MAX_BODY_BYTES = 16 * 1024 * 1024
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+GIVE_UP_STATES = ("failed", "stopped", "stopping", "destroying", "destroyed")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Target:
+    dial: str
+    path: str
+
+
+def _text(status: int, message: str, *extra: tuple[str, str]) -> Answer:
+    return Answer(status, [("content-type", "text/plain; charset=utf-8"), *extra], message.encode() + b"\n")
+
+
+def _target(uri: str, routes: Sequence[Route], upstreams: Sequence[Upstream], ports: Sequence[int]) -> Target | None:
+    """Where Caddy would have sent ``uri``: the longest route path it falls under (the heaviest route
+    of that path), else the instance's first port; ``strip_prefix`` applied."""
+    path, _, query = uri.partition("?")
+    serving = [r for r in routes if r.weight > 0]
+    chosen = route_of(path or "/", sorted({r.path for r in serving}))
+    candidates = sorted((r for r in serving if r.path == chosen), key=lambda r: (-r.weight, r.id))
+    port = candidates[0].port if candidates else (ports[0] if ports else None)
+    if port is None:
+        return None
+    dials = [f"{u.host}:{u.host_port}" for u in upstreams if u.container_port == port and u.weight > 0]
+    if not dials:
+        return None
+    if candidates and candidates[0].strip_prefix and chosen != "/":
+        path = path[len(chosen.rstrip("/")) :] or "/"
+    return Target(dial=dials[0], path=path + (f"?{query}" if query else ""))
+
+
+class WakeServer:
+    def __init__(
+        self, settings: Settings, db: Database, work: Signal, secret: str, handlers: IdleHandlers | None = None
+    ) -> None:
+        self.settings = settings
+        self.handlers = handlers
+        self.db = db
+        self.work = work
+        self.secret = secret
+        self.server: asyncio.Server | None = None
+        self.woken = 0
+
+    @property
+    def address(self) -> str | None:
+        if self.server is None or not self.server.sockets:
+            return None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def start(self) -> None:
+        host, _, port = self.settings.router_wake_listen.rpartition(":")
+        self.server = await asyncio.start_server(self._connection, host, int(port))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+            self.server = None
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request, body = await self._read(connection, reader)
+                if request is None:
+                    return
+                try:
+                    answer = await self.handle(request, body)
+                except Exception as exc:
+                    log.error("wake_failed", exc_info=exc)
+                    answer = _text(502, "ctrlplane could not wake this instance")
+                headers = [*answer.headers, ("content-length", str(len(answer.body)))]
+                writer.write(connection.send(h11.Response(status_code=answer.status, headers=headers)) or b"")
+                writer.write(connection.send(h11.Data(data=answer.body)) or b"")
+                writer.write(connection.send(h11.EndOfMessage()) or b"")
+                await writer.drain()
+                if connection.our_state is h11.MUST_CLOSE or connection.their_state is h11.MUST_CLOSE:
+                    return
+                connection.start_next_cycle()
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _read(self, connection: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                connection.receive_data(data)
+                if not data and connection.their_state is h11.IDLE:
+                    return None, b""
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY_BYTES:
+                    raise h11.LocalProtocolError("request body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                return request, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None, b""
+
+    async def handle(self, request: h11.Request, body: bytes) -> Answer:
+        arrived = time.monotonic()
+        headers = {name.decode().lower(): value.decode("latin-1") for name, value in request.headers}
+        instance_id = headers.get(WAKE_INSTANCE_HEADER.lower(), "")
+        token = headers.get(WAKE_TOKEN_HEADER.lower(), "")
+        if not instance_id or not hmac.compare_digest(token, wake_token(self.secret, instance_id)):
+            return _text(403, "not a request from ctrlplane's router")
+        uri = headers.get(WAKE_URI_HEADER.lower()) or request.target.decode("latin-1")
+        deadline = arrived + self.settings.wake_timeout_seconds
+        target = await self.wait_until_serving(instance_id, uri, deadline)
+        if target is None:
+            return _text(
+                503,
+                "this instance is waking up; try again shortly",
+                ("retry-after", str(self.settings.wake_retry_after_seconds)),
+            )
+        forwarded = [
+            (name, value)
+            for name, value in headers.items()
+            if name not in HOP_BY_HOP and not name.startswith("x-ctrlplane-wake-")
+        ]
+        remaining = max(1.0, deadline - time.monotonic())
+        async with httpx.AsyncClient(timeout=httpx.Timeout(remaining, connect=PROBE_TIMEOUT_SECONDS)) as client:
+            try:
+                response = await client.request(
+                    request.method.decode(),
+                    f"http://{target.dial}{target.path}",
+                    headers=forwarded,
+                    content=body,
+                )
+            except httpx.HTTPError as exc:
+                log.warning("wake_proxy_failed", instance=instance_id, error=str(exc))
+                return _text(502, "the woken instance did not answer")
+        # httpx hands the body over decoded, so its encoding header no longer applies
+        return Answer(
+            response.status_code,
+            [
+                (name, value)
+                for name, value in response.headers.multi_items()
+                if name.lower() not in HOP_BY_HOP and name.lower() != "content-encoding"
+            ],
+            response.content,
+        )
+
+    async def wait_until_serving(self, instance_id: str, uri: str, deadline: float) -> Target | None:
+        """Wake the instance if it sleeps, then wait for a replica of the request's route that answers
+        HTTP; None past ``deadline`` or when it will not come up (gone, failed, stopped)."""
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as probe:
+            while time.monotonic() < deadline:
+                async with self.db.read() as session:
+                    instance = await session.get(Instance, instance_id)
+                    if instance is None or instance.state in GIVE_UP_STATES:
+                        return None
+                    state = instance.state
+                    ports = [int(p["container_port"]) for p in instance.ports if p.get("protocol", "tcp") == "tcp"]
+                    routes = list(
+                        (await session.execute(select(Route).where(Route.instance_id == instance_id))).scalars()
+                    )
+                    upstreams = list(
+                        (
+                            await session.execute(
+                                select(Upstream)
+                                .where(Upstream.instance_id == instance_id)
+                                .order_by(Upstream.generation.desc(), Upstream.replica)
+                            )
+                        ).scalars()
+                    )
+                if state == SLEEPING:
+                    async with self.db.write() as session, session.begin():
+                        claimed = await claim_wake(session, instance_id, self.handlers)
+                    if claimed:
+                        self.woken += 1
+                        await self.work.notify()
+                elif state == "running":
+                    target = _target(uri, routes, upstreams, ports)
+                    if target is not None and await _answers(probe, target.dial):
+                        return target
+                await asyncio.sleep(POLL_SECONDS)
+        return None
+
+
+async def _answers(client: httpx.AsyncClient, dial: str) -> bool:
+    try:
+        await client.get(f"http://{dial}/")
+    except httpx.HTTPError:
+        return False
+    return True

@@ -1,0 +1,252 @@
+"""Router request reporting, sleep and wake, against a real Caddy in front of real containers.
+
+Requests sent through Caddy reach ctrlplane's access-log sink and show up as request metrics and
+``last_request_at``; an idle instance goes to sleep (containers stopped, hostname kept) and the next
+request through the router is answered by the app itself, however many arrive at once, with one
+start; past the wake budget the router answers 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from docker import DockerClient
+
+from ctrlplane.settings import Settings
+from tests.api.test_cli_pipeline import cli
+from tests.api.test_instances import wait_for
+from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
+    _remove_what_the_test_made,
+    containers_of,
+    providers,
+    tenant,
+)
+from tests.conftest import Api
+from tests.network.processes import Caddy, caddy  # noqa: F401 - fixture
+from tests.network.test_router_docker import running_instance, through_router, until_served
+from tests.providers.docker_engine import INDEX_BODY, docker_engine  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.docker
+
+HOST = "web.acme.localhost"
+
+
+@pytest.fixture
+def settings(settings: Settings, caddy: Caddy, request: pytest.FixtureRequest) -> Settings:
+    """Parametrize indirectly with a number to set the wake timeout."""
+    return msgspec.structs.replace(
+        settings,
+        providers=("docker",),
+        router="caddy",
+        router_admin_address=caddy.admin_address,
+        router_http_listen=f"127.0.0.1:{caddy.http_port}",
+        router_https_listen=f"127.0.0.1:{caddy.https_port}",
+        router_sync_interval_seconds=1.0,
+        router_drain_seconds=0.2,
+        router_report_flush_seconds=0.3,
+        idle_check_seconds=0.3,
+        wake_timeout_seconds=float(getattr(request, "param", 30.0)),
+        wake_retry_after_seconds=7,
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout}s; last: {last!r}")
+
+
+async def metric(live: Api, token: dict[str, str], instance_id: str, name: str, **query: str) -> list[dict[str, Any]]:
+    response = await live.client.get(
+        f"/v1/instances/{instance_id}/metrics", params={"name": name, **query}, headers=token
+    )
+    assert response.status_code == 200, response.text
+    return list(response.json()["series"])
+
+
+def total(series: list[dict[str, Any]], **labels: str) -> float:
+    return sum(
+        point["value"]
+        for s in series
+        if all(s["labels"].get(k) == v for k, v in labels.items())
+        for point in s["points"]
+    )
+
+
+async def event_types(live: Api, token: dict[str, str], instance_id: str) -> list[str]:
+    response = await live.client.get(f"/v1/instances/{instance_id}/events", params={"limit": "100"}, headers=token)
+    assert response.status_code == 200, response.text
+    return [e["type"] for e in response.json()["items"]]
+
+
+async def asleep(live: Api, token: dict[str, str], instance_id: str, timeout: float = 60) -> dict[str, Any]:
+    return await wait_for(live, instance_id, token, lambda b: b["state"] == "sleeping", timeout)
+
+
+async def test_requests_through_caddy_show_up_as_request_metrics_by_status_class_and_latency(
+    live: Api, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    token = await tenant(live, "acme")
+    instance = await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    async with httpx.AsyncClient(base_url=caddy.http_url, timeout=10) as client:
+        for _ in range(6):
+            assert (await client.get("/", headers={"Host": HOST})).status_code == 200
+        for _ in range(3):
+            assert (await client.get("/missing", headers={"Host": HOST})).status_code == 404
+        posted = await client.post("/", headers={"Host": HOST}, content=b"x" * 100)
+        assert posted.status_code >= 400
+
+    async def counted() -> list[dict[str, Any]] | None:
+        series = await metric(live, token, instance["id"], "http_requests_total", step="60s")
+        return series if total(series, status_class="4xx", method="GET") >= 3 else None
+
+    series = await eventually(counted, "the router's report of the requests")
+    # until_served's own GETs count too: at least the 6 sent here
+    assert total(series, status_class="2xx", method="GET") >= 6
+    assert total(series, status_class="4xx", method="GET") == 3
+    assert total(series, method="POST") == 1
+    assert {s["labels"]["status_class"] for s in series} <= {"2xx", "4xx", "5xx"}
+
+    latency = await metric(live, token, instance["id"], "http_request_duration_seconds", step="60s")
+    assert {s["labels"]["quantile"] for s in latency} == {"0.5", "0.9", "0.99"}
+    p50 = next(s for s in latency if s["labels"]["quantile"] == "0.5")
+    assert p50["points"] and all(0 < p["value"] < 5 for p in p50["points"])
+    received = await metric(live, token, instance["id"], "http_request_bytes", step="60s")
+    assert total(received) >= 100
+    sent = await metric(live, token, instance["id"], "http_response_bytes", step="60s")
+    assert total(sent) >= 6 * len(INDEX_BODY)
+
+    traffic = (await live.client.get(f"/v1/instances/{instance['id']}/traffic", headers=token)).json()
+    assert traffic["last_request_at"] is not None and traffic["state"] == "running"
+
+    dashboard = (await live.client.get(f"/v1/instances/{instance['id']}/dashboard", headers=token)).json()
+    assert dashboard["traffic"]["requests"] >= 10, dashboard["traffic"]
+    assert dashboard["traffic"]["p50_seconds"] is not None and dashboard["traffic"]["last_request_at"] is not None
+
+    scrape = await live.client.get("/metrics")
+    assert scrape.status_code == 200, scrape.text
+    assert f'instance="{instance["id"]}"' in scrape.text
+    assert "ctrlplane_instance_http_requests_total{" in scrape.text
+
+
+async def test_an_idle_instance_sleeps_and_the_next_request_gets_the_apps_own_answer(
+    live: Api, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    token = await tenant(live, "acme")
+    instance = await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    policy = await live.client.put(
+        f"/v1/instances/{instance['id']}/idle-policy", json={"idle_timeout": "10s"}, headers=token
+    )
+    assert policy.status_code == 200, policy.text
+    assert policy.json()["idle_timeout_seconds"] == 10
+    slept = await asleep(live, token, instance["id"], timeout=60)
+    assert slept["desired_state"] == "sleeping"
+
+    async def stopped() -> bool:
+        found = containers_of(docker_engine, instance["id"])
+        return len(found) == 1 and all(c.status == "exited" for c in found)
+
+    await eventually(stopped, "the container stopping", timeout=30)
+    await asyncio.sleep(1.5)  # the router's push of the wake route
+
+    started = time.monotonic()
+    woken = await through_router(caddy, HOST, timeout=40)
+    elapsed = time.monotonic() - started
+    assert woken.status_code == 200, woken.text
+    assert woken.content == INDEX_BODY
+    assert elapsed < 30
+    assert len(containers_of(docker_engine, instance["id"])) == 1
+    running = await wait_for(live, instance["id"], token, lambda b: b["state"] == "running", 30)
+    assert running["desired_state"] == "running"
+    traffic = (await live.client.get(f"/v1/instances/{instance['id']}/traffic", headers=token)).json()
+    assert traffic["slept_at"] is not None and traffic["woken_at"] is not None
+    types = await event_types(live, token, instance["id"])
+    assert "instance.idle" in types and "instance.woken" in types
+
+
+@pytest.mark.dialects
+async def test_ten_concurrent_first_requests_start_the_sleeping_instance_once(
+    live: Api, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    token = await tenant(live, "acme")
+    instance = await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    [before] = containers_of(docker_engine, instance["id"])
+    slept = await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)
+    assert slept.status_code == 202, slept.text
+    await asleep(live, token, instance["id"])
+    await asyncio.sleep(1.5)
+
+    async with httpx.AsyncClient(base_url=caddy.http_url, timeout=40) as client:
+        answers = await asyncio.gather(*(client.get("/", headers={"Host": HOST}) for _ in range(10)))
+    assert [a.status_code for a in answers] == [200] * 10, [a.text[:80] for a in answers]
+    assert all(a.content == INDEX_BODY for a in answers)
+    [after] = containers_of(docker_engine, instance["id"])
+    assert after.id == before.id  # started again, not re-created
+    assert (await event_types(live, token, instance["id"])).count("instance.woken") == 1
+
+
+@pytest.mark.parametrize("settings", [0.05], indirect=True)
+async def test_past_the_wake_timeout_the_router_answers_503_with_retry_after(
+    live: Api, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    token = await tenant(live, "acme")
+    instance = await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    assert (await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)).status_code == 202
+    await asleep(live, token, instance["id"])
+    await asyncio.sleep(1.5)
+    late = await through_router(caddy, HOST, timeout=20)
+    assert late.status_code == 503, late.text
+    assert late.headers["retry-after"] == "7"
+    # the wake it started goes on: a retry is served by the app
+    await until_served(caddy, HOST, INDEX_BODY, timeout=60)
+
+
+async def test_the_metrics_command_prints_requests_by_status_class(
+    live: Api, live_server: str, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    token = await tenant(live, "acme")
+    await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    async with httpx.AsyncClient(base_url=caddy.http_url, timeout=10) as client:
+        for _ in range(2):
+            await client.get("/missing", headers={"Host": HOST})
+    tenant_id = (await live.client.get("/v1/instances", headers=token)).json()["items"][0]["tenant_id"]
+    key = (await live.create_key(tenant_id, ["read"]))["key"]
+
+    async def printed() -> str | None:
+        done = await cli(live_server, key, "metrics", "web", "--name", "http_requests_total", "--step", "1h")
+        assert done.returncode == 0, done.stderr
+        return done.stdout if "status_class=4xx" in done.stdout else None
+
+    output = await eventually(printed, "the 404s in the metrics command")
+    assert "http_requests_total{method=GET,status_class=4xx}" in output and " 2 count" in output
+
+
+async def test_a_request_right_after_sleep_is_answered_by_the_app(
+    live: Api, caddy: Caddy, docker_engine: DockerClient
+) -> None:
+    """The stop waits for the router to withdraw the replicas; a wake meanwhile cancels it."""
+    token = await tenant(live, "acme")
+    instance = await running_instance(live, token, replicas=1)
+    await until_served(caddy, HOST, INDEX_BODY)
+    assert (await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)).status_code == 202
+    for delay in (0.0, 0.5, 0.5):
+        await asyncio.sleep(delay)
+        answer = await through_router(caddy, HOST, timeout=40)
+        assert answer.status_code == 200 and answer.content == INDEX_BODY, answer.text
+    await wait_for(live, instance["id"], token, lambda b: b["state"] == "running", 30)

@@ -1,0 +1,137 @@
+"""Sleep, the idle policy and the traffic view through the API (the fake provider): validation,
+tenant isolation, the state machine around ``sleeping``, and request metric names."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+
+from ctrlplane.db import Database
+from ctrlplane.network import requests
+from ctrlplane.network.access import Destination, HostTable, RequestBook, parse_line, store
+from ctrlplane.settings import Settings
+from ctrlplane.timeutil import utc_now
+from tests.api.test_instances import create, state, tenant_token, wait_for
+from tests.conftest import Api
+
+
+async def test_other_tenant_gets_404_for_traffic_idle_policy_and_sleep(api: Api) -> None:
+    _, owner = await tenant_token(api, "acme")
+    _, other = await tenant_token(api, "other")
+    instance = await create(api, owner)
+    base = f"/v1/instances/{instance['id']}"
+    assert (await api.client.get(f"{base}/traffic", headers=other)).status_code == 404
+    refused = await api.client.put(f"{base}/idle-policy", json={"idle_timeout": "5m"}, headers=other)
+    assert refused.status_code == 404
+    assert (await api.client.post(f"{base}/sleep", headers=other)).status_code == 404
+    mine = (await api.client.get(f"{base}/traffic", headers=owner)).json()
+    assert mine["idle_timeout_seconds"] is None and mine["last_request_at"] is None
+
+
+@pytest.mark.parametrize("value", ["soon", "1s", "90d", ""])
+async def test_an_invalid_idle_timeout_is_400_and_changes_nothing(api: Api, value: str) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    url = f"/v1/instances/{instance['id']}/idle-policy"
+    response = await api.client.put(url, json={"idle_timeout": value}, headers=token)
+    assert response.status_code == 400, response.text
+    assert {"message", "code", "request_id"} <= set(response.json())
+    traffic = (await api.client.get(f"/v1/instances/{instance['id']}/traffic", headers=token)).json()
+    assert traffic["idle_timeout_seconds"] is None
+
+
+async def test_the_idle_policy_is_set_and_cleared(api: Api) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    url = f"/v1/instances/{instance['id']}/idle-policy"
+    set_ = await api.client.put(url, json={"idle_timeout": "15m"}, headers=token)
+    assert set_.status_code == 200, set_.text
+    assert set_.json()["idle_timeout_seconds"] == 900
+    cleared = await api.client.put(url, json={"idle_timeout": None}, headers=token)
+    assert cleared.json()["idle_timeout_seconds"] is None
+
+
+async def test_a_slept_instance_stays_sleeping_and_start_wakes_it(live: Api) -> None:
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    await wait_for(live, instance["id"], token, state("running"))
+    slept = await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)
+    assert slept.status_code == 202, slept.text
+    assert slept.json()["state"] == "sleeping" and slept.json()["slept_at"] is not None
+    # the stop runs and the reconciler looks again: it stays sleeping, not stopped
+    await wait_for(live, instance["id"], token, lambda b: b["state"] == "sleeping" and b["desired_state"] == "sleeping")
+    await asyncio.sleep(1.0)
+    body = (await live.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()
+    assert body["state"] == "sleeping", body
+    again = await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)
+    assert again.status_code == 202 and again.json()["state"] == "sleeping"
+    started = await live.client.post(f"/v1/instances/{instance['id']}/start", headers=token)
+    assert started.status_code in (200, 202), started.text
+    await wait_for(live, instance["id"], token, state("running"))
+
+
+async def test_only_a_running_instance_can_be_put_to_sleep(live: Api) -> None:
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    await wait_for(live, instance["id"], token, state("running"))
+    await live.client.post(f"/v1/instances/{instance['id']}/stop", headers=token)
+    await wait_for(live, instance["id"], token, state("stopped"))
+    refused = await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["code"] == "invalid_state"
+    body = (await live.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()
+    assert body["state"] == "stopped"
+
+
+async def test_request_metrics_are_answered_empty_before_any_request(api: Api) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    url = f"/v1/instances/{instance['id']}/metrics"
+    for name in ("http_requests_total", "http_request_duration_seconds", "http_request_bytes"):
+        response = await api.client.get(url, params={"name": name, "step": "60s"}, headers=token)
+        assert response.status_code == 200, response.text
+        assert all(series["points"] == [] for series in response.json()["series"])
+    unknown = await api.client.get(url, params={"name": "http_nonsense"}, headers=token)
+    assert unknown.status_code == 400
+
+
+async def test_router_reports_are_stored_batched_and_rolled_up_without_losing_requests(api: Api, db: Database) -> None:
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    hosts = HostTable()
+    hosts.replace({"web.acme.localhost": Destination(instance["id"], tenant_id, ())})
+    book = RequestBook(hosts)
+    now = utc_now()
+    for status in (200, 200, 503):
+        record = parse_line(
+            json.dumps(
+                {
+                    "ts": now.timestamp(),
+                    "logger": "http.log.access.ctrlplane_access",
+                    "request": {"method": "GET", "host": "web.acme.localhost", "uri": "/"},
+                    "duration": 0.02,
+                    "size": 10,
+                    "status": status,
+                }
+            ).encode()
+        )
+        assert record is not None
+        book.add(record)
+    old = now - timedelta(hours=7)
+    async with db.write() as session, session.begin():
+        assert await store(session, book.drain(), old) == 2
+    traffic = (await api.client.get(f"/v1/instances/{instance['id']}/traffic", headers=token)).json()
+    assert traffic["last_request_at"] is not None
+    settings = Settings(metrics_raw_retention_seconds=3600, metrics_minute_retention_seconds=48 * 3600)
+    async with db.write() as session, session.begin():
+        await requests.compact(session, settings, now)
+    async with db.read() as session:
+        rows = await requests.samples_between(
+            session, tenant_id=tenant_id, instance_id=instance["id"], since=old - timedelta(minutes=2), until=now
+        )
+    assert {row.step_seconds for row in rows} == {60}
+    assert sum(row.requests for row in rows) == 3
+    assert sum(sum(row.duration_buckets) for row in rows) == 3
