@@ -119,6 +119,7 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         replica=settings.replica_name or default_replica_name(),
         rate_limiter=RateLimiter(settings, database),
     )
+    # here, not in create_app: services given to a built app (use_services) need the handler too
     environment_idle.register(services.idle_handlers)
     return services
 

@@ -3,8 +3,8 @@ cold create, each measured from ``POST /v1/environments`` to the first 200 from 
 the router (a real Caddy on loopback ports, a real Docker engine), p50 and p99 over
 ``CTRLPLANE_BENCH_ROUNDS`` rounds; and the claim's answer alone (target: p50 <= 50 ms).
 
-Wake-on-request against ``docker start`` is not measured here: waking is built on the router
-branch (docs/environments.md). Not a test: nothing here asserts a time.
+Wake-on-request against ``docker start`` is the ``router`` section's (tests/bench_router.py).
+Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
