@@ -234,3 +234,15 @@ def check_target(policy: OutboundPolicy, url: str) -> None:
             f"{host!r} is or resolves to {', '.join(refused)}, which ctrlplane does not send to "
             "(loopback, private, link-local, metadata or reserved); allow it with CTRLPLANE_OUTBOUND_ALLOW_CIDRS"
         )
+
+
+def redacted(url: str) -> str:
+    """``url`` without its query and fragment (where receivers' tokens usually are), for logs and audit."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

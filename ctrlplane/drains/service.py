@@ -14,7 +14,7 @@ from ctrlplane.drains.models import LogDrain
 from ctrlplane.errors import Conflict, InvalidInput, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target
+from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target, redacted
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import utc_now
 
@@ -75,7 +75,7 @@ class LogDrainService:
         self.session.add(drain)
         await self.session.flush()
         self.context.audit.resource_id, self.context.audit.tenant_id = drain.id, tenant_id
-        self.context.audit.details.update(url=url, format=data.format, instance_id=data.instance_id)
+        self.context.audit.details.update(url=redacted(url), format=data.format, instance_id=data.instance_id)
         return to_drain(drain)
 
     async def list(self, *, cursor: str | None, limit: int) -> Page[schemas.LogDrain]:

@@ -54,6 +54,7 @@ log = structlog.get_logger("ctrlplane.drains")
 REFRESH_SECONDS = 2.0
 REPLAY_SECONDS = 30.0
 RETRY_BASE_SECONDS = 0.5
+MAX_FOLLOW_PAUSE_SECONDS = 30.0
 ERROR_CHARS = 500
 SEVERITY = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21}
 
@@ -238,7 +239,9 @@ class LogShipper:
         with anyio.CancelScope() as scope:
             task_status.started(scope)
             mark = self.watermarks.setdefault(instance_id, Watermark(since))
+            pause = 1.0
             while True:
+                seen_before = mark.at
                 try:
                     provider = self.services.providers.get(provider_name)
                     lines = provider.logs(instance_id, since=mark.at, follow=True)
@@ -265,7 +268,10 @@ class LogShipper:
                     pass
                 except Exception as exc:
                     log.error("log_drain_follow_error", instance_id=instance_id, exc_info=exc)
-                await anyio.sleep(1.0)
+                # The stream ended (no replica runs, e.g. a stopped instance): look again soon
+                # after a stream that carried lines, less and less often after empty ones.
+                pause = 1.0 if mark.at != seen_before else min(pause * 2, MAX_FOLLOW_PAUSE_SECONDS)
+                await anyio.sleep(pause)
 
     async def _sender(
         self, buffer: DrainBuffer, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED

@@ -44,7 +44,7 @@ from ctrlplane.context import AppServices
 from ctrlplane.events.models import EventStream
 from ctrlplane.events.service import append as append_event
 from ctrlplane.events.service import events_after
-from ctrlplane.outbound import OutboundPolicy, blocked_cause
+from ctrlplane.outbound import OutboundPolicy, blocked_cause, redacted
 from ctrlplane.timeutil import utc_now
 from ctrlplane.webhooks import signing
 from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -299,7 +299,7 @@ class WebhookDispatcher:
                     type="webhook.failing",
                     data={
                         "webhook_id": endpoint.id,
-                        "url": endpoint.url,
+                        "url": redacted(endpoint.url),
                         "delivery_id": delivery.id,
                         "attempts": delivery.attempts,
                         "error": outcome.error,

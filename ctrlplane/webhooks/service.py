@@ -27,7 +27,7 @@ from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.events.service import last_seq
 from ctrlplane.ids import new_id
-from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target
+from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target, redacted
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import parse_duration, utc_now
 from ctrlplane.webhooks import schemas, signing
@@ -147,7 +147,7 @@ class WebhookService:
         )
         self.session.add(endpoint)
         await self.session.flush()
-        self._audit(endpoint, url=url, event_types=endpoint.event_types)
+        self._audit(endpoint, url=redacted(url), event_types=endpoint.event_types)
         view = to_webhook(endpoint)
         return schemas.WebhookCreated(**msgspec.structs.asdict(view), secret=secret)
 
@@ -165,7 +165,8 @@ class WebhookService:
         endpoint = await self.repo.endpoint(webhook_id, for_update=True)
         changed: dict[str, Any] = {}
         if not isinstance(data.url, msgspec.UnsetType):
-            endpoint.url = changed["url"] = await self._check_url(data.url)
+            endpoint.url = await self._check_url(data.url)
+            changed["url"] = redacted(endpoint.url)
         if not isinstance(data.event_types, msgspec.UnsetType):
             endpoint.event_types = changed["event_types"] = sorted(set(data.event_types))
         if not isinstance(data.description, msgspec.UnsetType):
@@ -183,7 +184,7 @@ class WebhookService:
     async def delete(self, webhook_id: str) -> None:
         """Delete the endpoint and its deliveries; one being sent right now may still arrive."""
         endpoint = await self.repo.endpoint(webhook_id, for_update=True)
-        self._audit(endpoint, url=endpoint.url)
+        self._audit(endpoint, url=redacted(endpoint.url))
         await self.session.delete(endpoint)
 
     async def rotate_secret(self, webhook_id: str, data: schemas.SecretRotate) -> schemas.WebhookSecret:

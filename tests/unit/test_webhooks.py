@@ -9,7 +9,7 @@ import time
 import msgspec
 import pytest
 
-from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target
+from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target, redacted
 from ctrlplane.settings import Settings
 from ctrlplane.webhooks import signing
 from ctrlplane.webhooks.delivery import Attempt, backoff, post
@@ -101,3 +101,8 @@ def test_a_delivery_to_an_address_the_guard_refuses_is_never_connected() -> None
     outcome = post(OutboundPolicy().session(), attempt, timeout=2, max_bytes=1024)
     assert outcome.status is None and not outcome.ok
     assert outcome.error is not None and "refused by the outbound guard" in outcome.error
+
+
+def test_urls_are_recorded_without_query_or_fragment() -> None:
+    assert redacted("https://h.example.com:8443/in?token=s3cret#x") == "https://h.example.com:8443/in"
+    assert redacted("http://[::1]:9/hooks?k=1") == "http://[::1]:9/hooks"
