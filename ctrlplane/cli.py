@@ -197,7 +197,7 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="warning",
         access_log=False,
-        loop="uvloop",
+        loop="asyncio",
         http="httptools",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
