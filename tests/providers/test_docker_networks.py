@@ -42,9 +42,7 @@ def cluster(docker_engine: DockerClient) -> Iterator[str]:
 
 
 def make_provider(cluster: str, pool: str, size: int) -> DockerProvider:
-    settings = msgspec.structs.replace(
-        Settings(cluster_name=cluster), docker_subnet_pool=pool, docker_subnet_size=size
-    )
+    settings = msgspec.structs.replace(Settings(cluster_name=cluster), docker_subnet_pool=pool, docker_subnet_size=size)
     return DockerProvider(settings, stop_timeout=1)
 
 
