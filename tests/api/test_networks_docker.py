@@ -61,7 +61,10 @@ async def test_sixty_tenants_each_run_an_instance_on_one_engine(
     tokens = [await tenant(live, f"t{n:02d}") for n in range(TENANTS)]
     created = [await create(live, token, name="web", **APP) for token in tokens]
     running = await asyncio.gather(
-        *(wait_for(live, c["id"], token, state("running"), timeout=240) for c, token in zip(created, tokens))
+        *(
+            wait_for(live, c["id"], token, state("running"), timeout=240)
+            for c, token in zip(created, tokens, strict=True)
+        )
     )
     assert len({r["tenant_id"] for r in running}) == TENANTS
     networks = await anyio.to_thread.run_sync(
@@ -72,9 +75,9 @@ async def test_sixty_tenants_each_run_an_instance_on_one_engine(
     subnets = [ipaddress.IPv4Network(n["IPAM"]["Config"][0]["Subnet"]) for n in networks]
     assert all(s.subnet_of(pool) for s in subnets)
     assert len(set(subnets)) == TENANTS
-    for c, token in zip(created, tokens):
+    for c, token in zip(created, tokens, strict=True):
         assert (await live.client.delete(f"/v1/instances/{c['id']}", headers=token)).status_code == 202
-    for c, token in zip(created, tokens):
+    for c, token in zip(created, tokens, strict=True):
         await wait_for(live, c["id"], token, state("destroyed"), timeout=120)
     assert await anyio.to_thread.run_sync(networks_of, docker_engine, settings.cluster_name) == []
 
