@@ -1,4 +1,4 @@
-"""``ctrlplane serve`` under its ASGI server (uvicorn with uvloop and httptools): SIGTERM stops
+"""``ctrlplane serve`` under its ASGI server (uvicorn with httptools): SIGTERM stops
 new connections, lets a request in flight finish, and the process exits 0."""
 
 from __future__ import annotations
