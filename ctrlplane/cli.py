@@ -34,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="address to bind (CTRLPLANE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (CTRLPLANE_PORT, default 8080; 0: a free one)")
     serve.add_argument("--no-migrate", action="store_true", help="do not migrate the database on start")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (PostgreSQL only: SQLite takes one process; default 1)",
+    )
 
     commands.add_parser("migrate", help="bring the database schema up to date")
 
@@ -223,6 +229,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from ctrlplane.cluster import AnotherServerRunning, SingleProcessLock, sqlite_path
 
     database_file = sqlite_path(settings.resolved_database_url)
+    if args.workers < 1 or (database_file is not None and args.workers > 1):
+        print(
+            "ctrlplane: --workers must be at least 1, and more than 1 needs PostgreSQL "
+            "(CTRLPLANE_DATABASE_URL): a SQLite database is served by one process",
+            file=sys.stderr,
+        )
+        return 2
     with contextlib.ExitStack() as held:
         if database_file is not None:
             try:
@@ -268,8 +281,11 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     # Bound here, not inside uvicorn.run, so the line below names the real port: with port 0 the
     # kernel picks a free one and whoever started the server (the test harness) reads it from there,
     # with no window in which another process could take a port picked in advance.
+    workers = int(getattr(args, "workers", 1) or 1)
     config = server_config(
-        app,
+        "ctrlplane.cli:worker_app" if workers > 1 else app,
+        factory=workers > 1,
+        workers=workers,
         host=settings.host,
         port=settings.port,
         log_level="warning",
@@ -288,8 +304,24 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     # uvicorn drains, then re-raises the signal it caught to the handler it found: a drained SIGTERM
     # is a clean stop, so the process exits 0 (not killed-by-signal).
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        # Each process builds its own app (worker_app) and joins the others as a replica: they share
+        # the operation queue, and one of them leads the singleton loops (docs/operations.md).
+        Multiprocess(config, sockets=[sock]).run()
+        return 0
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def worker_app() -> Any:
+    """The app of one ``serve --workers`` process, from the environment the parent was started with
+    (the parent has migrated the database and checked the configuration)."""
+    from ctrlplane.app import create_app
+
+    settings = Settings.from_env()
+    return create_app(msgspec.structs.replace(settings, migrate_on_start=False))
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -1,6 +1,6 @@
 """The HTTP server's configuration, and its own answers in ctrlplane's error shape.
 
-``ctrlplane serve`` runs uvicorn on uvloop with the httptools parser (docs/benchmarks.md says
+``ctrlplane serve`` runs uvicorn on asyncio's loop with the httptools parser (docs/benchmarks.md says
 why). Requests the HTTP parser refuses before the app sees them (a request head past
 ``MAX_HEADER_BLOCK_BYTES``, a malformed request line) get uvicorn's ``text/plain`` "Invalid HTTP
 request received." by default; ``JsonErrorHttpToolsProtocol`` answers them as every other error:
@@ -81,6 +81,6 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
 
 
 def server_config(app: Any, *, host: str, port: int, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration for ctrlplane: uvloop and httptools, with JSON errors and a bounded
-    request head."""
-    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http=JsonErrorHttpToolsProtocol, **options)
+    """uvicorn's configuration for ctrlplane: asyncio's loop and httptools, with JSON errors and a
+    bounded request head."""
+    return uvicorn.Config(app, host=host, port=port, loop="asyncio", http=JsonErrorHttpToolsProtocol, **options)

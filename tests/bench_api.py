@@ -121,7 +121,7 @@ def _run_server(app: Any, port: int) -> None:
         port=port,
         log_level="warning",
         access_log=False,
-        loop="uvloop",
+        loop="asyncio",
         http="httptools",
     )
 

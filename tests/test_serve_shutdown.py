@@ -1,10 +1,12 @@
-"""``ctrlplane serve`` under its ASGI server (uvicorn with uvloop and httptools): SIGTERM stops
+"""``ctrlplane serve`` under its ASGI server (uvicorn with httptools): SIGTERM stops
 new connections, lets a request in flight finish, and the process exits 0."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,7 +15,7 @@ import msgspec
 
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens, bearer
-from tests.harness import ServeProcess
+from tests.harness import SERVING, ServeProcess
 
 
 async def test_sigterm_lets_a_request_in_flight_finish_then_exits_cleanly(
@@ -61,3 +63,47 @@ async def test_sigterm_lets_a_request_in_flight_finish_then_exits_cleanly(
         assert "drain" in [t["slug"] for t in tenants.json()["items"]]
     finally:
         server.stop()
+
+
+async def test_workers_serve_one_port_on_postgresql_and_are_refused_on_sqlite(
+    database_url: str, tmp_path: Path, settings: Settings, tokens: Tokens
+) -> None:
+    server = ServeProcess(
+        database_url, tmp_path / "server", settings.cluster_name, ready_path="/readyz", CTRLPLANE_PROVIDERS="docker"
+    )
+    command = [sys.executable, "-m", "ctrlplane.cli", "serve", "--workers", "2"]
+    if database_url.startswith("sqlite"):
+        refused = subprocess.run(command, env=server.env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2
+        assert "needs PostgreSQL" in refused.stderr
+        return
+    log = tmp_path / "workers.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=server.env, stdout=out, stderr=out)
+    try:
+        url = None
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(600):
+                if url is None and (found := SERVING.search(log.read_bytes())):
+                    url = found.group(1).decode()
+                if url is not None:
+                    try:
+                        if (await client.get(f"{url}/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                await asyncio.sleep(0.1)
+            assert url is not None, log.read_text()
+            admin = bearer(tokens.admin())
+            created = await client.post(
+                f"{url}/v1/admin/tenants", json={"name": "W", "slug": "workers", "plan": "free"}, headers=admin
+            )
+            assert created.status_code == 201, created.text
+            answers = await asyncio.gather(*(client.get(f"{url}/v1/admin/tenants", headers=admin) for _ in range(10)))
+            assert all(a.status_code == 200 and "workers" in a.text for a in answers)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 60) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
