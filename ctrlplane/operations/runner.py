@@ -43,6 +43,7 @@ log = structlog.get_logger("ctrlplane.background")
 IDLE_POLL_SECONDS = 1.0
 ROUTER_POLL_SECONDS = 1.0
 CERTIFICATE_POLL_SECONDS = 2.0
+RUN_POLL_SECONDS = 1.0
 
 
 def _dsn(services: AppServices) -> str | None:
@@ -150,7 +151,9 @@ class Background:
                     continue
             except Exception as exc:
                 log.error("run_worker_error", exc_info=exc)
-            await self._idle()
+            # A poll of its own, not the ``work`` signal: waking every run worker on every commit
+            # slowed the operation workers measurably on PostgreSQL (the crash-loop test).
+            await anyio.sleep(RUN_POLL_SECONDS)
 
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)
