@@ -119,7 +119,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_results_per_check: int = 10_000
     health_prune_interval_seconds: float = 60.0
     canary_traffic_percent: int = 10
-    run_workers: int = 4
+    run_workers: int = 2
     """One-off runs and job firings this replica carries at once (ctrlplane.runs)."""
     run_lease_seconds: float = 30.0
     run_default_timeout_seconds: float = 3600.0

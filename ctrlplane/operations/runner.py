@@ -55,6 +55,7 @@ IDLE_POLL_SECONDS = 1.0
 ROUTER_POLL_SECONDS = 1.0
 CERTIFICATE_POLL_SECONDS = 2.0
 WATCH_RETRY_SECONDS = 1.0
+RUN_POLL_SECONDS = 1.0
 
 
 def _dsn(services: AppServices) -> str | None:
@@ -245,7 +246,9 @@ class Background:
                     continue
             except Exception as exc:
                 log.error("run_worker_error", exc_info=exc)
-            await self._idle()
+            # A poll of its own, not the ``work`` signal: waking every run worker on every commit
+            # slowed the operation workers measurably on PostgreSQL (the crash-loop test).
+            await anyio.sleep(RUN_POLL_SECONDS)
 
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)

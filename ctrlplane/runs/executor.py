@@ -283,6 +283,12 @@ async def claim(services: AppServices, *, owner: str) -> Run | None:
     statement = (
         select(Run).where(claimable, Run.kind != "release").order_by(Run.id).limit(1).with_for_update(skip_locked=True)
     )
+    # An idle worker looks with a read first: no write transaction (SQLite's BEGIN IMMEDIATE takes
+    # the database's write lock) unless there is something to claim.
+    async with services.db.read() as session:
+        waiting = (await session.execute(select(Run.id).where(claimable, Run.kind != "release").limit(1))).first()
+    if waiting is None:
+        return None
     async with services.db.write() as session, session.begin():
         run = (await session.execute(statement)).scalar_one_or_none()
         if run is None:
