@@ -87,7 +87,15 @@ class Domain(msgspec.Struct):
     updated_at: datetime
 
 
-Duration = Annotated[str, msgspec.Meta(max_length=32, description="A duration such as 90s, 15m or 2h")]
+Duration = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=2,
+        max_length=32,
+        pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$",
+        description="A duration such as 90s, 15m or 2h",
+    ),
+]
 
 
 class InstanceTraffic(msgspec.Struct):

@@ -467,6 +467,7 @@ class SleepService(_NetworkService):
         return to_traffic(instance, await self.session.get(InstanceTraffic, instance.id))
 
     async def set_idle_policy(self, instance_id: str, data: schemas.IdlePolicy) -> schemas.InstanceTraffic:
+        instance = await InstanceService(self.context).locked(instance_id)
         seconds: int | None = None
         if data.idle_timeout is not None:
             try:
@@ -479,7 +480,6 @@ class SleepService(_NetworkService):
                     details={"idle_timeout": data.idle_timeout},
                 )
             seconds = int(parsed)
-        instance = await InstanceService(self.context).locked(instance_id)
         if instance.state in ("destroying", "destroyed"):
             raise InvalidState(
                 f"cannot set the idle policy of an instance that is {instance.state}",

@@ -45,6 +45,8 @@ from ctrlplane.signals import Signal
 log = structlog.get_logger("ctrlplane.wake")
 
 POLL_SECONDS = 0.05
+PROXY_ATTEMPTS = 5
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 PROBE_TIMEOUT_SECONDS = 1.0
 MAX_BODY_BYTES = 16 * 1024 * 1024
 HOP_BY_HOP = frozenset(
@@ -198,17 +200,22 @@ class WakeServer:
             if name not in HOP_BY_HOP and not name.startswith("x-ctrlplane-wake-")
         ]
         remaining = max(1.0, deadline - time.monotonic())
+        method = request.method.decode()
         async with httpx.AsyncClient(timeout=httpx.Timeout(remaining, connect=PROBE_TIMEOUT_SECONDS)) as client:
-            try:
-                response = await client.request(
-                    request.method.decode(),
-                    f"http://{target.dial}{target.path}",
-                    headers=forwarded,
-                    content=body,
-                )
-            except httpx.HTTPError as exc:
-                log.warning("wake_proxy_failed", instance=instance_id, error=str(exc))
-                return _text(502, "the woken instance did not answer")
+            for attempt in range(PROXY_ATTEMPTS):
+                try:
+                    response = await client.request(
+                        method, f"http://{target.dial}{target.path}", headers=forwarded, content=body
+                    )
+                    break
+                except httpx.HTTPError as exc:
+                    # a just-started app may drop a connection or two: retry what was not sent, and
+                    # idempotent requests (as the router itself does), while the budget lasts
+                    retryable = isinstance(exc, httpx.ConnectError) or method in IDEMPOTENT
+                    if not retryable or attempt + 1 == PROXY_ATTEMPTS or time.monotonic() >= deadline:
+                        log.warning("wake_proxy_failed", instance=instance_id, error=str(exc))
+                        return _text(502, "the woken instance did not answer")
+                    await asyncio.sleep(POLL_SECONDS)
         # httpx hands the body over decoded, so its encoding header no longer applies
         return Answer(
             response.status_code,
