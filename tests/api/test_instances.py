@@ -328,12 +328,23 @@ async def test_crash_loop_marks_the_instance_failed_with_the_reason(live: Api, f
     _, token = await tenant_token(live)
     instance = await create(live, token)
     await wait_for(live, instance["id"], token, state("running"))
+    path = f"/v1/instances/{instance['id']}"
     for _ in range(10):
-        fake.crash(instance["id"], replica=0, exit_code=3)
-        await asyncio.sleep(0.3)
-        body = (await live.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()
-        if body["state"] == "failed":
+        # Each crash is counted and its replica running again before the next one (however slow the
+        # machine is), so every crash counts toward the loop instead of landing on an exited replica.
+        before = (await live.client.get(path, headers=token)).json()
+        if before["state"] == "failed":
             break
+        fake.crash(instance["id"], replica=0, exit_code=3)
+
+        async def restarted(count: int = before["restart_count"]) -> dict[str, Any] | None:
+            body: dict[str, Any] = (await live.client.get(path, headers=token)).json()
+            if body["state"] == "failed":
+                return body
+            running = [r.state for r in (await fake.status(instance["id"])).replicas] == ["running"]
+            return body if body["restart_count"] > count and running else None
+
+        await eventually(restarted, "the crash seen and the replica restarted")
     failed = await wait_for(live, instance["id"], token, state("failed"))
     assert "crash loop" in failed["status_message"]
     assert "exit code 3" in failed["status_message"]
