@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from ctrlplane.health.schemas import Duration
-from ctrlplane.instances.schemas import DnsName, EnvKey, LabelKey, Ports, Replicas, Resources
+from ctrlplane.instances.schemas import Command, DnsName, EnvKey, LabelKey, Ports, Replicas, Resources, Timeout
 from ctrlplane.provisioning.contract import PullPolicy, RestartPolicy
 
 ParameterName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="lower_snake_case")]
@@ -39,6 +39,9 @@ class TemplateSpec(msgspec.Struct, forbid_unknown_fields=True):
     )
     restart_policy: RestartPolicy = "always"
     pull_policy: PullPolicy = "IfNotPresent"
+    release_command: Command | None = None
+    """The release phase of the environments' instances: run before each deploy's new replicas."""
+    release_timeout: Timeout | None = None
 
 
 class Pool(msgspec.Struct, forbid_unknown_fields=True):

@@ -187,3 +187,14 @@ async def test_duplicate_template_name_is_409(api: Api) -> None:
     await template(api, token)
     response = await api.client.post("/v1/templates", json=TEMPLATE, headers=token)
     assert response.status_code == 409
+
+
+async def test_a_templates_release_command_is_its_environments_release_phase(api: Api) -> None:
+    _, token = await tenant(api)
+    spec = {**SPEC, "release_command": ["sh", "-c", "migrate up"], "release_timeout": 120}
+    created = await template(api, token, spec=spec)
+    assert created["spec"]["release_command"] == ["sh", "-c", "migrate up"]
+    environment = await up(api, token, key="pr-1")
+    instance = (await api.client.get(f"/v1/instances/{environment['instance_id']}", headers=token)).json()
+    assert instance["release_command"] == ["sh", "-c", "migrate up"]
+    assert instance["release_timeout"] == 120
