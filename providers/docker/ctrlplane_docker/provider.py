@@ -824,17 +824,31 @@ class DockerProvider:
             return [container_logs.Source(c.id, c.name, c.replica) for c in found]
 
         found = await self._run(f"read the logs of instance {instance_id}", sources)
+        async with aclosing(
+            self._lines(found, f"the logs of instance {instance_id}", tail=tail, since=since, follow=follow)
+        ) as lines:
+            async for line in lines:
+                yield line
+
+    async def _lines(
+        self,
+        found: list[container_logs.Source],
+        what: str,
+        *,
+        tail: int | None,
+        since: datetime | None,
+        follow: bool,
+    ) -> AsyncGenerator[LogLine, None]:
+        """The lines of ``found``'s containers: what they wrote so far, or followed as they write."""
         if not follow:
             lines = await self._run(
-                f"read the logs of instance {instance_id}",
-                lambda api: container_logs.read_logs(api, found, tail=tail, since=since),
+                f"read {what}", lambda api: container_logs.read_logs(api, found, tail=tail, since=since)
             )
             for line in lines:
                 yield line
             return
         opened = await self._run(
-            f"follow the logs of instance {instance_id}",
-            lambda api: container_logs.open_streams(api, found, tail=tail, since=since),
+            f"follow {what}", lambda api: container_logs.open_streams(api, found, tail=tail, since=since)
         )
         async with aclosing(container_logs.follow(opened, since=since)) as followed:
             async for line in followed:
@@ -1062,20 +1076,10 @@ class DockerProvider:
         found = await self._run(f"read the output of run {run_id}", sources)
         if not found:
             return
-        if not follow:
-            lines = await self._run(
-                f"read the output of run {run_id}",
-                lambda api: container_logs.read_logs(api, found, tail=tail, since=None),
-            )
-            for line in lines:
-                yield line
-            return
-        opened = await self._run(
-            f"follow the output of run {run_id}",
-            lambda api: container_logs.open_streams(api, found, tail=tail, since=None),
-        )
-        async with aclosing(container_logs.follow(opened, since=None)) as followed:
-            async for line in followed:
+        async with aclosing(
+            self._lines(found, f"the output of run {run_id}", tail=tail, since=None, follow=follow)
+        ) as lines:
+            async for line in lines:
                 yield line
 
     async def remove_run(self, instance_id: str, run_id: str) -> None:
