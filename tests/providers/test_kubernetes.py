@@ -358,6 +358,9 @@ async def test_provision_writes_the_tenant_namespace_its_guards_and_the_instance
         "ctrlplane.managed": "true",
         "ctrlplane.cluster": TEST_CLUSTER,
         "ctrlplane.tenant": spec.tenant_id,
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted",
+        "pod-security.kubernetes.io/warn": "restricted",
     }
     assert of(cluster, "resourcequotas", namespace)["ctrlplane-tenant-quota"]["spec"]["hard"]["limits.cpu"] == "4000m"
     assert of(cluster, "limitranges", namespace)["ctrlplane-tenant-limits"]["spec"]["limits"][0]["max"] == {

@@ -28,13 +28,20 @@ def memory(megabytes: int) -> str:
     return f"{megabytes}Mi"
 
 
-def namespace(cluster: str, tenant_id: str) -> Manifest:
+def pod_security_labels(kube: KubernetesSettings) -> dict[str, str]:
+    """Pod Security admission for the tenant namespace: ``restricted`` (what every pod template here
+    satisfies) enforced; ``baseline`` when ``run_as_non_root`` is off, since ``restricted`` requires it."""
+    level = "restricted" if kube.run_as_non_root else "baseline"
+    return {f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "audit", "warn")}
+
+
+def namespace(cluster: str, tenant_id: str, kube: KubernetesSettings | None = None) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
             "name": naming.namespace_name(cluster, tenant_id),
-            "labels": naming.tenant_labels(cluster, tenant_id),
+            "labels": {**naming.tenant_labels(cluster, tenant_id), **pod_security_labels(kube or KubernetesSettings())},
         },
     }
 
