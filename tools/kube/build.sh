@@ -21,13 +21,21 @@ mkdir -p "$cache"
 start=$(date +%s)
 export CGO_ENABLED=0 GOFLAGS="-buildvcs=false -trimpath"
 # nice: the machine's cores are shared; a build must not starve the test runs of others.
-build() { # build <module dir> <package> <binary name>
-  (cd "$here/$1" && nice -n 15 "$go" build -o "$cache/$3.tmp" "$2") && mv -f "$cache/$3.tmp" "$cache/$3"
+build() { # build <module dir> <package> <binary name> [go build flags...]
+  local dir=$1 package=$2 binary=$3
+  shift 3
+  (cd "$here/$dir" && nice -n 15 "$go" build "$@" -o "$cache/$binary.tmp" "$package") \
+    && mv -f "$cache/$binary.tmp" "$cache/$binary"
 }
+# What /version reports (Kubernetes' own build sets it from git; a module build has no git).
+minor="${kube_version#v1.}"; minor="${minor%%.*}"
+version_flags="-X k8s.io/component-base/version.gitVersion=$kube_version"
+version_flags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+version_flags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 build kubernetes go.etcd.io/etcd/server/v3 etcd
-build kubernetes k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver
-build kubernetes k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager
-build kubernetes k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler
+for component in kube-apiserver kube-controller-manager kube-scheduler; do
+  build kubernetes "k8s.io/kubernetes/cmd/$component" "$component" -ldflags "$version_flags"
+done
 build kwok sigs.k8s.io/kwok/cmd/kwok kwok
 echo "$stamp" > "$cache/.complete"
 echo "built $stamp into $cache in $(( $(date +%s) - start ))s"
