@@ -400,7 +400,14 @@ class ControlPlane:
             self.start(name)
         self.create_node()
         self.wait("node (kwok)", self.node_ready)
+        self.untaint_node()
         self.wait("default service account (controller manager)", self.default_service_account)
+
+    def untaint_node(self) -> None:
+        """Node admission taints a new node ``not-ready``; the node-lifecycle controller (not run
+        here) would lift it once kwok reports the node Ready."""
+        with self.api() as api:
+            client.CoreV1Api(api).patch_node(NODE, {"spec": {"taints": None}})
 
     def create_node(self) -> None:
         with self.api() as api:

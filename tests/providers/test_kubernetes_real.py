@@ -12,6 +12,7 @@ runs, so what needs a kubelet (``pods/log``, ``pods/exec``, metrics) stays on th
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -205,13 +206,34 @@ class TestKubernetesProviderOnARealApiServer(ProviderConformance):
         assert up.replicas[0].name == down.replicas[0].name
         assert await self.limits(provider, spec.instance_id) == [bigger, bigger, bigger]
 
+    async def test_restart_restarts_all_replicas_or_only_those_named(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        """Differs: the kubelet (kwok) reports start times to the second, so a restart within the
+        second of the provision cannot show a later time; a restarted replica is a new pod (the
+        Deployment's rollout replaces all; a named replica's pod is deleted and replaced)."""
+        spec = workloads.spec(replicas=2)
+        first = await provider.provision(spec)
+        everything = await provider.restart(spec.instance_id)
+        assert everything.state == "running", everything.message
+        assert not {r.name for r in everything.replicas} & {r.name for r in first.replicas}
+        only_one = await provider.restart(spec.instance_id, replicas=(1,))
+        assert only_one.state == "running", only_one.message
+        assert only_one.replicas[0].name == everything.replicas[0].name
+        assert only_one.replicas[1].name != everything.replicas[1].name
+
     async def test_provision_recreates_a_replica_removed_from_outside(
         self, provider: Provider, workloads: Workloads
     ) -> None:
         """Differs: the real ReplicaSet replaces a deleted pod by itself, at once; the replacement
-        takes the free index and the other replica keeps its own. A provision then changes nothing."""
+        takes the free index and the other replica keeps its own. A provision then changes nothing.
+
+        Replica indices follow the pods' creation times, which the API server records to the
+        second: the removal waits for the next second, as any removal that is not within the second
+        of the provision does (one within it could give the replacement the lower index)."""
         spec = workloads.spec(replicas=2)
         first = await provider.provision(spec)
+        await anyio.sleep(1.05 - time.time() % 1)
         removed = first.replicas[1].name
         await self.remove_replica(provider, spec.instance_id, 1)
 
@@ -282,7 +304,7 @@ async def test_the_tenant_namespace_and_its_guards_pass_the_real_admission_chain
 ) -> None:
     """Namespace (with Pod Security labels), NetworkPolicy, ResourceQuota and LimitRange are
     accepted as written; the quota controller counts the pods; Pod Security admission enforces
-    ``restricted`` there (a privileged pod is refused), and ctrlplane's own pods pass it."""
+    ``restricted`` there (a pod without a security context is refused), and ctrlplane's own pods pass it."""
     plane = kube_control_plane
     quota = TenantQuota(max_instances=2, max_cpu_millis=1000, max_memory_mb=512)
     spec = track(k8s, web(replicas=2, tenant_quota=quota))
@@ -305,15 +327,15 @@ async def test_the_tenant_namespace_and_its_guards_pass_the_real_admission_chain
         return rq["status"]["hard"]["limits.cpu"] == "2" and used.get("limits.cpu") == "500m"
 
     await eventually_true(counted)
-    privileged = {
+    unconfined = {  # no securityContext: may run as root, keeps its capabilities, may escalate
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "privileged"},
-        "spec": {"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]},
+        "metadata": {"name": "unconfined"},
+        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"cpu": "10m", "memory": "8Mi"}}}]},
     }
     with plane.api() as api, pytest.raises(client.ApiException) as refused:
-        client.CoreV1Api(api).create_namespaced_pod(namespace, privileged)
-    assert refused.value.status == 403 and "PodSecurity" in str(refused.value.body)
+        client.CoreV1Api(api).create_namespaced_pod(namespace, unconfined)
+    assert refused.value.status == 403 and "PodSecurity" in str(refused.value.body), refused.value.body
 
 
 async def test_pods_beyond_the_real_resource_quota_are_a_clear_quota_error(
@@ -346,8 +368,10 @@ async def test_a_deployment_beyond_the_real_object_count_quota_is_a_clear_quota_
     first = track(k8s, web(tenant_id=tenant, tenant_quota=quota))
     await k8s.provision(first)
     await k8s.provision(track(k8s, msgspec.structs.replace(first, generation=2)))
-    with pytest.raises(ClusterQuotaExceeded, match=r"count/deployments\.apps"):
-        await k8s.provision(track(k8s, web(tenant_id=tenant, tenant_quota=quota)))
+    second = track(k8s, web(tenant_id=tenant, tenant_quota=quota))
+    with pytest.raises(ClusterQuotaExceeded, match=r"count/(deployments\.apps|services)"):
+        await k8s.provision(second)
+    assert (await k8s.status(second.instance_id)).state == "missing"
 
 
 async def test_each_installation_lists_only_its_own_objects_by_the_servers_label_selector(

@@ -7,8 +7,15 @@
 # Usage: tools/kube/build.sh [--print-dir]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-kube_version="$(awk '/^require k8s.io\/kubernetes /{print $3}' "$here/kubernetes/go.mod")"
-kwok_version="$(awk '/^require sigs.k8s.io\/kwok /{print $3}' "$here/kwok/go.mod")"
+required() { # required <go.mod> <module>: the version the module requires
+  awk -v m="$2" '($1 == m && $2 ~ /^v/) {print $2} ($1 == "require" && $2 == m) {print $3}' "$1" | head -n1
+}
+kube_version="$(required "$here/kubernetes/go.mod" k8s.io/kubernetes)"
+kwok_version="$(required "$here/kwok/go.mod" sigs.k8s.io/kwok)"
+if [[ -z "$kube_version" || -z "$kwok_version" ]]; then
+  echo "tools/kube/build.sh: cannot read the versions from the go.mod files" >&2
+  exit 1
+fi
 cache="${CTRLPLANE_KUBE_CACHE:-/var/cache/ctrlplane/kube}/$kube_version"
 if [[ "${1:-}" == "--print-dir" ]]; then echo "$cache"; exit 0; fi
 stamp="kubernetes $kube_version kwok $kwok_version"

@@ -65,7 +65,7 @@ from ctrlplane.provisioning.contract import (
 from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable, WorkloadNotFound
 from ctrlplane.settings import Settings
 from ctrlplane_kubernetes import manifests, naming, observe
-from ctrlplane_kubernetes.errors import UsageUnavailable, api_errors, quota_exceeded
+from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable, api_errors, quota_exceeded
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
 T = TypeVar("T")
@@ -304,7 +304,12 @@ class KubernetesProvider:
 
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
         await self._run("create the tenant namespace", self._ensure_tenant, spec)
-        await self._run("apply the instance", self._apply_generation, spec, None)
+        try:
+            await self._run("apply the instance", self._apply_generation, spec, None)
+        except ClusterQuotaExceeded:
+            # Nothing half-made keeps using the quota: the generation goes (as for ImageNotFound).
+            await self.remove_generation(spec.instance_id, spec.generation)
+            raise
         return await self._settle_generation(spec)
 
     async def _settle_generation(self, spec: WorkloadSpec) -> WorkloadStatus:
@@ -455,6 +460,10 @@ class KubernetesProvider:
             annotations.update({naming.STOPPED: "true" if is_stopped else None, naming.RETIRED: None})
             if existing is None:
                 manifest["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
+            elif strategy == "recreate":
+                # A merge patch keeps what it does not name, and the API server refuses a Recreate
+                # Deployment that still has the RollingUpdate parameters.
+                manifest["spec"]["strategy"]["rollingUpdate"] = None
             return manifest
 
         manifest = desired(current)
