@@ -669,13 +669,26 @@ class KubernetesProvider:
     async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:
         observed = await self._run("deploy", self._observe, spec.instance_id)
         current = observed.latest()
+        namespace = naming.namespace_name(self.cluster, spec.tenant_id)
         if current is None or observe.generation_of(current) == spec.generation:
             await self._run("create the tenant namespace", self._ensure_tenant, spec)
             await self._run("deploy", partial(self._apply_generation, spec, None, strategy=strategy))
-            return await self._settle_generation(spec)
+            status = await self._settle_generation(spec)
+            if current is None:
+                return status
+            # The new generation is there already: a deploy that was interrupted (the API server
+            # went away, the worker died) is retried. Finish its hand-over instead of starting anew:
+            # the older generations go, the Service is unpinned, only the new Secret is kept.
+            for other in observed.deployments:
+                if other is not current:
+                    await self.remove_generation(spec.instance_id, observe.generation_of(other) or 0)
+            await self._run("unpin the Service", partial(self._apply_front, spec, namespace, pin=None))
+            await self._run(
+                "remove the old Secrets", self._drop_other_secrets, namespace, spec.instance_id, spec.generation
+            )
+            return await self._settle(spec.instance_id)
         old_generation = observe.generation_of(current) or 0
         old_slot = observe.slot_of(current)
-        namespace = naming.namespace_name(self.cluster, spec.tenant_id)
         for other in observed.deployments:
             if other is not current:
                 await self.remove_generation(spec.instance_id, observe.generation_of(other) or 0)
@@ -763,6 +776,13 @@ class KubernetesProvider:
                 },
             )
         return 0
+
+    def _drop_other_secrets(self, namespace: str, instance_id: str, generation: int) -> None:
+        wanted = {LABEL_MANAGED: "true", **naming.selector(self.cluster, instance_id)}
+        keep = naming.secret_name(instance_id, generation)
+        for secret in self._items(self.core.list_namespaced_secret, wanted, namespace):
+            if observe.meta(secret).get("name") != keep:
+                self._delete(self.core.delete_namespaced_secret, *_key(secret))
 
     def _drop_secret(self, namespace: str, instance_id: str, generation: int) -> None:
         self._delete(self.core.delete_namespaced_secret, naming.secret_name(instance_id, generation), namespace)
