@@ -11,6 +11,8 @@
 3. **scale** — latency at 1,000 vs 100,000 instances on PostgreSQL (tests/bench_api.py).
 4. **reconcile** — one reconciler pass over 10,000 instances: time and peak memory
    (tests/bench_reconcile.py).
+5. **kube** — on the real Kubernetes control plane (``make kube``): create -> Deployment available,
+   and the provider side of a reconciler pass over 1,000 instances (tests/bench_kube.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
@@ -223,7 +225,7 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "scale", "reconcile")
+SECTIONS = ("docker", "http", "scale", "reconcile", "kube")
 """``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
@@ -269,6 +271,19 @@ def _table(results: dict[str, Any]) -> str:
         rows.append(
             ("  peak traced / peak RSS", f"{rec['peak_traced_mib']:.1f} / {rec['peak_rss_mib']:.0f} MiB", "", "")
         )
+    if "kube" in results:
+        kube = results["kube"]
+        rows.append(
+            ("kubernetes create -> Deployment available", f"{kube['create_to_available_s']['p50']:.2f} s", "", "")
+        )
+        rows.append(
+            (
+                f"kubernetes reconciler pass (provider), {kube['instances']:,} instances",
+                f"{kube['pass_s']:.1f} s",
+                "",
+                "",
+            )
+        )
     if "create" in results:
         rows.append(("create -> first answer vs docker run", f"{results['create']['ratio']:.2f}x", "", ""))
         rows.append(("rolling deploy vs its replicas' starts", f"{results['deploy']['ratio']:.2f}x", "", ""))
@@ -311,6 +326,10 @@ def main() -> int:
         from tests import bench_reconcile
 
         runs.append(("reconcile", lambda: {"reconcile": bench_reconcile.run()}))
+    if "kube" in only:
+        from tests import bench_kube
+
+        runs.append(("kube", lambda: {"kube": bench_kube.run()}))
     for _, run in runs:
         results.update(run())
         _write(results)  # after each section: a later failure keeps what was measured
