@@ -65,7 +65,7 @@ from ctrlplane.provisioning.contract import (
 from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, ProviderUnavailable, WorkloadNotFound
 from ctrlplane.settings import Settings
 from ctrlplane_kubernetes import manifests, naming, observe
-from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable, api_errors, quota_exceeded
+from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable, api_errors, api_message, quota_exceeded
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
 T = TypeVar("T")
@@ -207,7 +207,10 @@ class KubernetesProvider:
             try:
                 return self._raw(create, *args, _without_nulls(manifest))
             except ApiException as exc:
-                if exc.status != 409:
+                # Quota admission runs before the API server looks for an existing object: with
+                # the quota used up, creating one that exists is refused (403), not a 409.
+                refused = exc.status == 403 and quota_exceeded(api_message(exc), "create") is not None
+                if exc.status != 409 and not (refused and self._get(_reader(create), name, *args) is not None):
                     raise
             updated = self._update(_reader(create), patch, name, args, changes or (lambda _existing: manifest))
             if updated is not None:
