@@ -217,6 +217,8 @@ class TestKubernetesProviderOnARealApiServer(ProviderConformance):
         everything = await provider.restart(spec.instance_id)
         assert everything.state == "running", everything.message
         assert not {r.name for r in everything.replicas} & {r.name for r in first.replicas}
+        # Indices follow creation times, recorded to the second (see the next test).
+        await anyio.sleep(1.05 - time.time() % 1)
         only_one = await provider.restart(spec.instance_id, replicas=(1,))
         assert only_one.state == "running", only_one.message
         assert only_one.replicas[0].name == everything.replicas[0].name
