@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -107,6 +108,7 @@ def run() -> dict[str, Any]:
         return asyncio.run(_measure(plane))
     finally:
         plane.stop_all()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
