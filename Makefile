@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-dialects fuzz lint typecheck bench clean
+.PHONY: install kube run test test-dialects fuzz lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml providers/docker/pyproject.toml providers/kubernetes/py
 	$(BIN)/pip install --quiet -e '.[test,dev]' -e providers/docker -e providers/kubernetes
 	touch $(STAMP)
 
+# The real Kubernetes control plane of the Kubernetes tests: built once per machine (outside the
+# clone), reused after; see docs/kubernetes.md.
+kube:
+	bash tools/kube/build.sh
+
 run: install
 	$(BIN)/ctrlplane serve
 
-test: install
+test: install kube
 	$(BIN)/pytest -q -n 2 --dist worksteal --durations=30
 
 test-dialects: install

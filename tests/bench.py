@@ -16,6 +16,8 @@
 6. **router** — requests per second through Caddy with and without the access-log reporting, and
    wake-on-request to first answer against ``docker start`` (tests/bench_router.py).
 7. **webhooks** — signed deliveries per second to a local receiver (tests/bench_webhooks.py).
+8. **kube** — on the real Kubernetes control plane (``make kube``): create -> Deployment available,
+   and the provider side of a reconciler pass over 1,000 instances (tests/bench_kube.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
@@ -228,7 +230,7 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "scale", "reconcile", "environments", "router", "webhooks")
+SECTIONS = ("docker", "http", "scale", "reconcile", "environments", "router", "webhooks", "kube")
 """``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
@@ -293,6 +295,19 @@ def _table(results: dict[str, Any]) -> str:
         rows.append((f"  first pass, {rec['instances']:,} all recorded", f"{rec['first_pass_s']:.1f} s", "", ""))
         rows.append(
             ("  peak traced / peak RSS", f"{rec['peak_traced_mib']:.1f} / {rec['peak_rss_mib']:.0f} MiB", "", "")
+        )
+    if "kube" in results:
+        kube = results["kube"]
+        rows.append(
+            ("kubernetes create -> Deployment available", f"{kube['create_to_available_s']['p50']:.2f} s", "", "")
+        )
+        rows.append(
+            (
+                f"kubernetes reconciler pass (provider), {kube['instances']:,} instances",
+                f"{kube['pass_s']:.1f} s",
+                "",
+                "",
+            )
         )
     if "create" in results:
         rows.append(("create -> first answer vs docker run", f"{results['create']['ratio']:.2f}x", "", ""))
@@ -376,6 +391,11 @@ def main() -> int:
         from tests import bench_webhooks
 
         runs.append(("webhooks", bench_webhooks.run))
+
+    if "kube" in only:
+        from tests import bench_kube
+
+        runs.append(("kube", lambda: {"kube": bench_kube.run()}))
     for _, run in runs:
         results.update(run())
         _write(results)  # after each section: a later failure keeps what was measured

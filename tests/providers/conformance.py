@@ -224,7 +224,7 @@ class ProviderConformance(abc.ABC):
         async with anyio.create_task_group() as group:
             for _ in range(3):
                 group.start_soon(provision)
-        assert [status.state for status in results] == ["running"] * 3
+        assert [status.state for status in results] == ["running"] * 3, [s.message for s in results]
         inventory = await provider.inventory()
         assert sorted(item.replica or 0 for item in containers_of(inventory, spec.instance_id)) == [0, 1]
         assert len([i for i in inventory if i.kind == "network" and i.tenant_id == spec.tenant_id]) == 1

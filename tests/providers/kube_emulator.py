@@ -13,6 +13,7 @@ kmock stores, lists, patches (JSON merge) and deletes objects; nothing else happ
   ``missing_images`` (then it waits with ``ErrImageNeverPull`` / ``ImagePullBackOff``); pod logs
   are served from ``logs`` through ``pods/{name}/log`` (tail, since, timestamps, follow);
 * **garbage collection**: pods of a deleted Deployment and objects of a deleted namespace go;
+* the **quota controller**: a ResourceQuota's ``status.hard`` follows its ``spec.hard``;
 * **metrics-server**, when ``metrics`` is on: a ``metrics.k8s.io`` PodMetrics per running pod.
 
 Tests drive failures by patching pod status (``crash``, ``set_waiting``, ``oom``) as a kubelet would.
@@ -44,6 +45,7 @@ NAMESPACES = kmock.resource(group="", version="v1", plural="namespaces")
 SECRETS = kmock.resource(group="", version="v1", plural="secrets")
 SERVICES = kmock.resource(group="", version="v1", plural="services")
 JOBS = kmock.resource(group="batch", version="v1", plural="jobs")
+RESOURCE_QUOTAS = kmock.resource(group="", version="v1", plural="resourcequotas")
 POD_METRICS = kmock.resource(group="metrics.k8s.io", version="v1beta1", plural="pods")
 RESOURCES = {
     "v1/namespaces": False,
@@ -206,6 +208,10 @@ class Cluster:
         for (_res, ns, _name), obj in list(self.emulator.objects.items()):
             if ns is not None and not obj.deleted and ns not in namespaces:
                 obj.delete()
+        for (ns, name), quota in self.objects(RESOURCE_QUOTAS).items():
+            hard = quota.get("spec", {}).get("hard", {})
+            if quota.get("status", {}).get("hard") != hard:
+                self.patch(RESOURCE_QUOTAS, ns, name, {"status": {"hard": hard}})
         deployments = self.objects(DEPLOYMENTS)
         for (ns, name), pod in self.objects(PODS).items():
             owner = pod["metadata"].get("annotations", {}).get("emulator/owner")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,30 @@ class UsageUnavailable(ProviderError):
     report; never reported as zeros."""
 
     status, code = 503, "usage_unavailable"
+
+
+class ClusterQuotaExceeded(ProviderError):
+    """The tenant namespace's ResourceQuota (admission, at the API server) refused an object: the
+    tenant's cluster quota is used up. Details name the quota and the resources it refused."""
+
+    status, code = 403, "quota_exceeded"
+
+
+QUOTA_REFUSAL = re.compile(r"exceeded quota: ([^,]+), requested: (.*?), used: (.*?), limited: (.*)$")
+
+
+def quota_exceeded(message: str, action: str) -> ClusterQuotaExceeded | None:
+    """The error for an API server message that is a ResourceQuota refusal (``exceeded quota: NAME,
+    requested: ..., used: ..., limited: ...``), else ``None``."""
+    match = QUOTA_REFUSAL.search(message)
+    if match is None:
+        return None
+    quota, requested, used, limited = (part.strip() for part in match.groups())
+    return ClusterQuotaExceeded(
+        f"the tenant's Kubernetes quota {quota} refused to {action}: requested {requested}, used {used}, "
+        f"limit {limited}",
+        details={"provider": "kubernetes", "quota": quota, "requested": requested, "used": used, "limit": limited},
+    )
 
 
 def api_message(exc: ApiException) -> str:
@@ -60,6 +85,9 @@ def api_errors(action: str) -> Iterator[None]:
         if not exc.status or exc.status in GATEWAY_STATUSES:
             raise unreachable(exc) from exc
         if exc.status == 403:
+            refused = quota_exceeded(api_message(exc), action)
+            if refused is not None:
+                raise refused from exc
             raise ProviderError(
                 f"Kubernetes refused to {action}: forbidden ({api_message(exc)}); the control plane's "
                 "service account needs the RBAC in docs/kubernetes.md",

@@ -215,6 +215,20 @@ def failure(replica: ReplicaStatus) -> str | None:
     return None
 
 
+def quota_refusal(deployment: Obj) -> str | None:
+    """The ReplicaSet's refusal to create pods because the namespace's ResourceQuota is used up, as
+    the Deployment controller reports it (condition ``ReplicaFailure``), else ``None``."""
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        message = str(condition.get("message") or "")
+        if (
+            condition.get("type") == "ReplicaFailure"
+            and condition.get("status") == "True"
+            and "exceeded quota" in message
+        ):
+            return message
+    return None
+
+
 def workload_status(instance_id: str, deployments: Sequence[Obj], pods: Sequence[Obj]) -> WorkloadStatus:
     if not deployments:
         return WorkloadStatus(instance_id=instance_id, state="missing", message="no Deployment for this instance")
@@ -226,6 +240,8 @@ def workload_status(instance_id: str, deployments: Sequence[Obj], pods: Sequence
     expected = sum(wanted(d) - len(retired(d) & set(range(wanted(d)))) for d in ordered if not stopped(d))
     running = [r for r in replicas if r.state == "running"]
     failures = [reason for reason in map(failure, replicas) if reason]
+    if len(running) < expected:
+        failures += [f"pods refused: {refusal}" for refusal in map(quota_refusal, ordered) if refusal]
     message = "; ".join(failures)
     state: WorkloadState
     if len(running) == len(replicas) and len(running) >= expected:

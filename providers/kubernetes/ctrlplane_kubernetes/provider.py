@@ -32,6 +32,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,7 +75,7 @@ from ctrlplane.provisioning.errors import (
 )
 from ctrlplane.settings import Settings
 from ctrlplane_kubernetes import manifests, naming, observe
-from ctrlplane_kubernetes.errors import UsageUnavailable, api_errors
+from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable, api_errors, api_message, quota_exceeded
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
 T = TypeVar("T")
@@ -83,6 +84,7 @@ Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 POLL_SECONDS = 0.2
 RETIRE_COST = "-1000"
+CONFLICT_ATTEMPTS = 8
 
 
 @dataclass
@@ -209,19 +211,65 @@ class KubernetesProvider:
         changes: Callable[[Obj], Obj] | None = None,
     ) -> Obj:
         """Create ``manifest``; when it exists (409), patch it to match (``changes`` computes the
-        patch from the existing object; the default is the manifest itself)."""
+        patch from the existing object; the default is the manifest itself), as an update of the
+        version read (see ``_update``)."""
         name = manifest["metadata"]["name"]
         args = (namespace,) if namespace is not None else ()
         if namespace is not None:
             manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
-        try:
-            return self._raw(create, *args, _without_nulls(manifest))
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        existing = self._get(_reader(create), name, *args)
-        body = changes(existing or {}) if changes else manifest
-        return self._patch(patch, name, *args, body)
+        for _ in range(CONFLICT_ATTEMPTS):
+            try:
+                return self._raw(create, *args, _without_nulls(manifest))
+            except ApiException as exc:
+                # Quota admission runs before the API server looks for an existing object: with
+                # the quota used up, creating one that exists is refused (403), not a 409.
+                refused = exc.status == 403 and quota_exceeded(api_message(exc), "create") is not None
+                if exc.status != 409 and not (refused and self._get(_reader(create), name, *args) is not None):
+                    raise
+            updated = self._update(_reader(create), patch, name, args, changes or (lambda _existing: manifest))
+            if updated is not None:
+                return updated
+            # Deleted between the create and the read: create it again.
+        raise self._conflict(name)
+
+    def _update(
+        self,
+        read: Callable[..., Any],
+        patch: Callable[..., Any],
+        name: str,
+        args: tuple[str, ...],
+        changes: Callable[[Obj], Obj],
+        current: Obj | None = None,
+    ) -> Obj | None:
+        """Patch object ``name`` with ``changes(current)``, carrying ``current``'s resourceVersion, so
+        the API server refuses it (409) when someone else changed the object since it was read; then
+        the object is read again and the patch computed again from what is there now, never written
+        over it blindly. ``None``: the object is gone."""
+        for _ in range(CONFLICT_ATTEMPTS):
+            if current is None:
+                current = self._get(read, name, *args)
+                if current is None:
+                    return None
+            body = dict(changes(current))
+            version = observe.meta(current).get("resourceVersion")
+            if version:
+                body["metadata"] = {**(body.get("metadata") or {}), "resourceVersion": version}
+            try:
+                return self._patch(patch, name, *args, body)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                if exc.status != 409:
+                    raise
+            current = None
+        raise self._conflict(name)
+
+    @staticmethod
+    def _conflict(name: str) -> ProviderError:
+        return ProviderError(
+            f"{name} kept changing under ctrlplane ({CONFLICT_ATTEMPTS} conflicting writes in a row); try again",
+            details={"provider": "kubernetes", "status": 409},
+        )
 
     # -- observation -----------------------------------------------------------------------------
 
@@ -252,7 +300,8 @@ class KubernetesProvider:
         def done(observed: Observed, status: WorkloadStatus) -> bool:
             if status.state in ("running", "stopped", "missing"):
                 return not observe.stale(observed.deployments, observed.pods)
-            return any(observe.failure(r) for r in status.replicas)
+            refused = any(observe.quota_refusal(d) for d in observed.deployments)
+            return refused or any(observe.failure(r) for r in status.replicas)
 
         _, status = await self._wait(instance_id, done, "observe the rollout")
         return status
@@ -272,7 +321,12 @@ class KubernetesProvider:
 
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
         await self._run("create the tenant namespace", self._ensure_tenant, spec)
-        await self._run("apply the instance", self._apply_generation, spec, None)
+        try:
+            await self._run("apply the instance", self._apply_generation, spec, None)
+        except ClusterQuotaExceeded:
+            # Nothing half-made keeps using the quota: the generation goes (as for ImageNotFound).
+            await self.remove_generation(spec.instance_id, spec.generation)
+            raise
         return await self._settle_generation(spec)
 
     async def _settle_generation(self, spec: WorkloadSpec) -> WorkloadStatus:
@@ -288,18 +342,26 @@ class KubernetesProvider:
         if image_failure:
             await self.remove_generation(spec.instance_id, spec.generation)
             raise pull_failed(spec.image, image_failure)
+        if status.state != "running":
+            observed = await self._run("observe the rollout", self._observe, spec.instance_id)
+            deployment = observed.by_generation(spec.generation)
+            refusal = observe.quota_refusal(deployment) if deployment is not None else None
+            refused = quota_exceeded(refusal, "run the replicas") if refusal else None
+            if refused is not None:
+                await self.remove_generation(spec.instance_id, spec.generation)
+                raise refused
         return status
 
     def _ensure_tenant(self, spec: WorkloadSpec) -> str:
         namespace = naming.namespace_name(self.cluster, spec.tenant_id)
+        self._await_namespace_deletion(namespace)
+        manifest = manifests.namespace(self.cluster, spec.tenant_id, self.kube)
         self._create_or_patch(
             self.core.create_namespace,
             self.core.patch_namespace,
             None,
-            manifests.namespace(self.cluster, spec.tenant_id, self.kube),
-            lambda existing: {
-                "metadata": {"labels": manifests.namespace_labels(self.cluster, spec.tenant_id, self.kube)}
-            },
+            manifest,
+            lambda existing: {"metadata": {"labels": manifest["metadata"]["labels"]}},
         )
         self._create_or_patch(
             self.networking.create_namespaced_network_policy,
@@ -308,12 +370,13 @@ class KubernetesProvider:
             manifests.network_policy(self.cluster, spec.tenant_id, self.kube),
         )
         if spec.tenant_quota is not None:
-            self._create_or_patch(
+            quota = self._create_or_patch(
                 self.core.create_namespaced_resource_quota,
                 self.core.patch_namespaced_resource_quota,
                 namespace,
                 manifests.resource_quota(self.cluster, spec.tenant_id, spec.tenant_quota),
             )
+            self._await_quota_status(namespace, quota)
             self._create_or_patch(
                 self.core.create_namespaced_limit_range,
                 self.core.patch_namespaced_limit_range,
@@ -321,6 +384,39 @@ class KubernetesProvider:
                 manifests.limit_range(self.cluster, spec.tenant_id, spec.tenant_quota),
             )
         return namespace
+
+    def _await_namespace_deletion(self, namespace: str) -> None:
+        """A namespace being deleted (its last instance went) accepts no new object until the
+        namespace controller has emptied and removed it: wait for that, then it is created anew."""
+        deadline = time.monotonic() + self.kube.rollout_timeout_seconds
+        while True:
+            existing = self._get(self.core.read_namespace, namespace)
+            if existing is None or not observe.meta(existing).get("deletionTimestamp"):
+                return
+            if time.monotonic() >= deadline:
+                raise ProviderUnavailable(
+                    f"namespace {namespace} is still being deleted; try again",
+                    details={"provider": "kubernetes", "namespace": namespace},
+                )
+            time.sleep(POLL_SECONDS)
+
+    def _await_quota_status(self, namespace: str, quota: Obj) -> None:
+        """Until the quota controller has recorded a new or changed ResourceQuota's limits in its
+        status, quota admission refuses every object it covers ("status unknown for quota"): wait
+        for that (quickly done) before the objects are created."""
+        name = str(observe.meta(quota).get("name"))
+        deadline = time.monotonic() + self.kube.rollout_timeout_seconds
+        while True:
+            hard = (quota.get("spec") or {}).get("hard") or {}
+            if _same_quantities(hard, (quota.get("status") or {}).get("hard") or {}):
+                return
+            if time.monotonic() >= deadline:
+                raise ProviderUnavailable(
+                    f"the quota controller has not counted ResourceQuota {name} in {namespace} yet; try again",
+                    details={"provider": "kubernetes", "namespace": namespace},
+                )
+            time.sleep(POLL_SECONDS / 4)
+            quota = self._get(self.core.read_namespaced_resource_quota, name, namespace) or quota
 
     def _slot_for(self, observed: Observed, spec: WorkloadSpec) -> str:
         existing = observed.by_generation(spec.generation)
@@ -366,23 +462,34 @@ class KubernetesProvider:
                 },
             },
         )
-        is_stopped = keep_stopped and current is not None and observe.stopped(current)
-        running = 0 if is_stopped else (spec.replicas if replicas is None else replicas)
-        restarted_at = observe.annotations_of(((current or {}).get("spec") or {}).get("template") or {}).get(
-            naming.RESTARTED_AT
-        )
-        manifest = manifests.deployment(
-            self.cluster, spec, slot, self.kube, replicas=running, strategy=strategy, restarted_at=restarted_at
-        )
-        manifest["metadata"]["annotations"].update(
-            {naming.STOPPED: "true" if is_stopped else None, naming.RETIRED: None}
-        )
-        if current is None:
-            manifest["metadata"]["annotations"] = {
-                k: v for k, v in manifest["metadata"]["annotations"].items() if v is not None
-            }
+
+        def desired(existing: Obj | None) -> Obj:
+            """The Deployment, keeping the stop mark and restart stamp of ``existing`` (the version a
+            patch is computed from: a conflict computes it again from the newer one)."""
+            is_stopped = keep_stopped and existing is not None and observe.stopped(existing)
+            running = 0 if is_stopped else (spec.replicas if replicas is None else replicas)
+            template = ((existing or {}).get("spec") or {}).get("template") or {}
+            restarted_at = observe.annotations_of(template).get(naming.RESTARTED_AT)
+            manifest = manifests.deployment(
+                self.cluster, spec, slot, self.kube, replicas=running, strategy=strategy, restarted_at=restarted_at
+            )
+            annotations = manifest["metadata"]["annotations"]
+            annotations.update({naming.STOPPED: "true" if is_stopped else None, naming.RETIRED: None})
+            if existing is None:
+                manifest["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
+            elif strategy == "recreate":
+                # A merge patch keeps what it does not name, and the API server refuses a Recreate
+                # Deployment that still has the RollingUpdate parameters.
+                manifest["spec"]["strategy"]["rollingUpdate"] = None
+            return manifest
+
+        manifest = desired(current)
         self._create_or_patch(
-            self.apps.create_namespaced_deployment, self.apps.patch_namespaced_deployment, namespace, manifest
+            self.apps.create_namespaced_deployment,
+            self.apps.patch_namespaced_deployment,
+            namespace,
+            manifest,
+            lambda existing: desired(existing or None),
         )
         self._apply_front(spec, namespace)
         return slot
@@ -461,11 +568,21 @@ class KubernetesProvider:
             raise WorkloadNotFound(f"instance {instance_id} has no Deployment", details={"instance_id": instance_id})
         return observed
 
-    def _scale(self, deployment: Obj, replicas: int, annotations: Mapping[str, str | None]) -> None:
-        self._patch(
+    def _scale(self, deployment: Obj, changes: Callable[[Obj], tuple[int, Mapping[str, str | None]]]) -> None:
+        """Set replicas and annotations computed from the Deployment as it is (a conflict recomputes)."""
+
+        def body(current: Obj) -> Obj:
+            replicas, annotations = changes(current)
+            return {"metadata": {"annotations": dict(annotations)}, "spec": {"replicas": replicas}}
+
+        name, namespace = _key(deployment)
+        self._update(
+            self.apps.read_namespaced_deployment,
             self.apps.patch_namespaced_deployment,
-            *_key(deployment),
-            {"metadata": {"annotations": dict(annotations)}, "spec": {"replicas": replicas}},
+            name,
+            (namespace,),
+            body,
+            deployment,
         )
 
     async def start(self, instance_id: str) -> WorkloadStatus:
@@ -473,8 +590,9 @@ class KubernetesProvider:
 
         def start() -> None:
             for deployment in observed.deployments:
-                count = observe.wanted(deployment) - len(observe.retired(deployment))
-                self._scale(deployment, count, {naming.STOPPED: None})
+                self._scale(
+                    deployment, lambda now: (observe.wanted(now) - len(observe.retired(now)), {naming.STOPPED: None})
+                )
 
         await self._run("start the instance", start)
         return await self._settle(instance_id)
@@ -484,7 +602,7 @@ class KubernetesProvider:
 
         def stop() -> None:
             for deployment in observed.deployments:
-                self._scale(deployment, 0, {naming.STOPPED: "true"})
+                self._scale(deployment, lambda _now: (0, {naming.STOPPED: "true"}))
 
         await self._run("stop the instance", stop)
         _, status = await self._wait(instance_id, lambda seen, _: not observe.live(seen.pods), "stop the instance")
@@ -574,13 +692,26 @@ class KubernetesProvider:
     async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:
         observed = await self._run("deploy", self._observe, spec.instance_id)
         current = observed.latest()
+        namespace = naming.namespace_name(self.cluster, spec.tenant_id)
         if current is None or observe.generation_of(current) == spec.generation:
             await self._run("create the tenant namespace", self._ensure_tenant, spec)
             await self._run("deploy", partial(self._apply_generation, spec, None, strategy=strategy))
-            return await self._settle_generation(spec)
+            status = await self._settle_generation(spec)
+            if current is None:
+                return status
+            # The new generation is there already: a deploy that was interrupted (the API server
+            # went away, the worker died) is retried. Finish its hand-over instead of starting anew:
+            # the older generations go, the Service is unpinned, only the new Secret is kept.
+            for other in observed.deployments:
+                if other is not current:
+                    await self.remove_generation(spec.instance_id, observe.generation_of(other) or 0)
+            await self._run("unpin the Service", partial(self._apply_front, spec, namespace, pin=None))
+            await self._run(
+                "remove the old Secrets", self._drop_other_secrets, namespace, spec.instance_id, spec.generation
+            )
+            return await self._settle(spec.instance_id)
         old_generation = observe.generation_of(current) or 0
         old_slot = observe.slot_of(current)
-        namespace = naming.namespace_name(self.cluster, spec.tenant_id)
         for other in observed.deployments:
             if other is not current:
                 await self.remove_generation(spec.instance_id, observe.generation_of(other) or 0)
@@ -639,13 +770,16 @@ class KubernetesProvider:
                         *_key(index_of[index]),
                         {"metadata": {"annotations": {naming.DELETION_COST: RETIRE_COST}}},
                     )
-            retired |= newly
-            left = observe.wanted(deployment) - len(retired)
+            left = observe.wanted(deployment) - len(retired | newly)
             if left > 0:
-                if not observe.stopped(deployment):
-                    self._scale(deployment, left, {naming.RETIRED: ",".join(map(str, sorted(retired)))})
-                else:
-                    self._scale(deployment, 0, {naming.RETIRED: ",".join(map(str, sorted(retired)))})
+
+                def retire(now: Obj) -> tuple[int, Mapping[str, str | None]]:
+                    # Recomputed from the Deployment as it is now: a concurrent retirement is kept.
+                    merged = observe.retired(now) | {i for i in replicas if i < observe.wanted(now)}
+                    count = max(observe.wanted(now) - len(merged), 0)
+                    return (0 if observe.stopped(now) else count), {naming.RETIRED: ",".join(map(str, sorted(merged)))}
+
+                self._scale(deployment, retire)
                 return left
         self._delete(self.apps.delete_namespaced_deployment, *_key(deployment))
         for pod in observed.pods:
@@ -665,6 +799,13 @@ class KubernetesProvider:
                 },
             )
         return 0
+
+    def _drop_other_secrets(self, namespace: str, instance_id: str, generation: int) -> None:
+        wanted = {LABEL_MANAGED: "true", **naming.selector(self.cluster, instance_id)}
+        keep = naming.secret_name(instance_id, generation)
+        for secret in self._items(self.core.list_namespaced_secret, wanted, namespace):
+            if observe.meta(secret).get("name") != keep:
+                self._delete(self.core.delete_namespaced_secret, *_key(secret))
 
     def _drop_secret(self, namespace: str, instance_id: str, generation: int) -> None:
         self._delete(self.core.delete_namespaced_secret, naming.secret_name(instance_id, generation), namespace)
@@ -704,7 +845,8 @@ class KubernetesProvider:
         managed = {LABEL_MANAGED: "true", LABEL_CLUSTER: self.cluster}
         items: list[InventoryItem] = []
         for namespace in self._items(self.core.list_namespace, managed):
-            items.append(_item("network", namespace))
+            if not observe.meta(namespace).get("deletionTimestamp"):  # being deleted: already gone for ctrlplane
+                items.append(_item("network", namespace))
         if deployments is None:
             deployments = self._items(self.apps.list_deployment_for_all_namespaces, managed)
         if pods is None:
@@ -1100,6 +1242,13 @@ def _next_line(lines: queue.Queue[LogLine | None]) -> object:
         return lines.get(timeout=0.5)
     except queue.Empty:
         return _IDLE
+
+
+def _same_quantities(wanted: Mapping[str, Any], recorded: Mapping[str, Any]) -> bool:
+    """The same resource limits, as quantities (the API server writes ``2`` for ``2000m``)."""
+    if set(wanted) != set(recorded):
+        return False
+    return all(math.isclose(_quantity(str(wanted[key])), _quantity(str(recorded[key]))) for key in wanted)
 
 
 def _without_nulls(value: Any) -> Any:
