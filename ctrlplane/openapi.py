@@ -66,8 +66,21 @@ def document_event_streams(app: Litestar, openapi: OpenAPI) -> None:
             if isinstance(success, OpenAPIResponse):
                 success.content = {
                     **(success.content or {}),
-                    "text/event-stream": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
+                    "text/event-stream": OpenAPIMediaType(schema=SSE_EVENT),
                 }
+
+
+SSE_EVENT = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["data"],
+    properties={
+        "data": Schema(type=OpenAPIType.STRING, description="The event's JSON, as one line"),
+        "event": Schema(type=OpenAPIType.STRING, description="Its type (``message`` when absent)"),
+        "id": Schema(type=OpenAPIType.STRING, description="What ``Last-Event-ID`` resumes after"),
+        "retry": Schema(type=OpenAPIType.INTEGER),
+    },
+    description="One Server-Sent Event (OpenAPI 3.1: the schema of a text/event-stream is per event)",
+)
 
 
 def headers_are_never_null(_app: Litestar, openapi: OpenAPI) -> None:
@@ -102,7 +115,59 @@ def etags_are_quoted_versions(_app: Litestar, openapi: OpenAPI) -> None:
                     header.schema = Schema(type=OpenAPIType.STRING, pattern=r'^"[0-9]+"$')
 
 
-FIXES = (document_event_streams, headers_are_never_null, etags_are_quoted_versions)
+_STRING_CONSTRAINTS = ("pattern", "max_length", "min_length", "format")
+
+
+def _constraints_on_the_string_branch(schema: Schema) -> None:
+    if schema.one_of and any(getattr(schema, name) is not None for name in _STRING_CONSTRAINTS):
+        strings = [s for s in schema.one_of if isinstance(s, Schema) and s.type == OpenAPIType.STRING]
+        if len(strings) == 1:
+            moved = {name: getattr(schema, name) for name in _STRING_CONSTRAINTS if getattr(schema, name) is not None}
+            schema.one_of = [dataclasses.replace(s, **moved) if s is strings[0] else s for s in schema.one_of]
+            for name in moved:
+                setattr(schema, name, None)
+    children = [*(schema.properties or {}).values(), *(schema.one_of or []), *(schema.any_of or [])]
+    children += [*(schema.all_of or []), *([schema.items] if schema.items is not None else [])]
+    for child in children:
+        if isinstance(child, Schema):
+            _constraints_on_the_string_branch(child)
+
+
+def nullable_strings_keep_their_constraints(_app: Litestar, openapi: OpenAPI) -> None:
+    """Litestar documents ``str (with a pattern or lengths) | None`` as ``oneOf: [string, null]``
+    with the constraints beside the ``oneOf``; generators that pick the string branch (schemathesis)
+    then make strings the API refuses. The constraints go into the string branch, where they mean
+    what the Struct says."""
+    for schema in ((openapi.components.schemas or {}) if openapi.components else {}).values():
+        _constraints_on_the_string_branch(schema)
+
+
+def optional_bodies_are_optional(app: Litestar, openapi: OpenAPI) -> None:
+    """A handler whose ``data`` has a default (suspend and unsuspend: seed 001 sends no body) takes
+    a request without a body; Litestar documents every body as required, so the document says
+    otherwise where it is not."""
+    optional = {
+        (route.path_format, method.lower())
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if (data := handler.parsed_fn_signature.parameters.get("data")) is not None and data.has_default
+        for method in handler.http_methods
+    }
+    for path, item in (openapi.paths or {}).items():
+        for method in ("post", "put", "patch"):
+            operation = getattr(item, method)
+            if operation is not None and operation.request_body is not None and (path, method) in optional:
+                operation.request_body.required = False
+
+
+FIXES = (
+    document_event_streams,
+    optional_bodies_are_optional,
+    headers_are_never_null,
+    etags_are_quoted_versions,
+    nullable_strings_keep_their_constraints,
+)
 
 
 class _FixedOpenAPIPlugin(OpenAPIPlugin):

@@ -57,10 +57,16 @@ async def test_options_lists_every_method_of_the_path(api: Api) -> None:
 
 async def test_the_document_is_built_with_ctrlplane_s_fixes(api: Api) -> None:
     """The document is built lazily (ctrlplane/openapi.py): its first build still carries the
-    event-stream media type, header schemas without null, and the ETag's pattern."""
+    event-stream media type (a schema per event), header schemas without null, the ETag's pattern,
+    and a nullable string's constraints on its string branch."""
     document = (await api.client.get("/schema/openapi.json")).json()
     events = document["paths"]["/v1/events"]["get"]
     assert set(events["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    event = events["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert event["type"] == "object" and event["required"] == ["data"]
+    idle = document["components"]["schemas"]["IdlePolicy"]["properties"]["idle_timeout"]
+    assert "pattern" not in idle
+    assert [branch.get("pattern") is not None for branch in idle["oneOf"]] == [True, False]
     for parameter in events["parameters"]:
         if parameter["in"] == "header":
             assert "oneOf" not in parameter["schema"], parameter
