@@ -92,8 +92,14 @@ class ProviderRegistry:
     async def admit(self, name: str, tenant_id: str) -> None:
         """Refuse (503 with the provider's ``code``) a new instance the provider has no room for."""
         provider = self.get(name)
-        if isinstance(provider, AdmittingProvider):
+        if not isinstance(provider, AdmittingProvider):
+            return
+        try:
             await provider.admit(tenant_id)
+        except ProviderUnavailable as exc:
+            if type(exc) is ProviderUnavailable:  # the runtime did not answer (not a refusal with a code of its own)
+                self._health[name] = (time.monotonic(), ProviderHealth(False, str(exc)))
+            raise
 
     async def close(self) -> None:
         for provider in self._providers.values():
