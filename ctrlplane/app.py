@@ -45,6 +45,7 @@ from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.releases.api import ReleaseController
 from ctrlplane.runs.api import JobController, RunController
+from ctrlplane.runs.service import active_run_usage
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
@@ -119,8 +120,9 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         replica=settings.replica_name or default_replica_name(),
         rate_limiter=RateLimiter(settings, database),
     )
-    # here, not in create_app: services given to a built app (use_services) need the handler too
+    # here, not in create_app: services given to a built app (use_services) need these too
     environment_idle.register(services.idle_handlers)
+    services.reserved_usage.append(active_run_usage)
     return services
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,10 @@ def default_replica_name() -> str:
     return f"{socket.gethostname()[:20]}-{os.getpid()}"[-30:]
 
 
+ReservedUsage = Callable[[AsyncSession, str], Awaitable[tuple[int, int]]]
+"""CPU millis and memory MB a tenant holds outside its instances' replicas (one-off runs)."""
+
+
 @dataclass
 class AppServices:
     settings: Settings
@@ -47,6 +52,8 @@ class AppServices:
     rate_limiter: RateLimiter | None = None
     idle_handlers: IdleHandlers = field(default_factory=IdleHandlers)
     """What idleness means for instances other rooms own (``network.sleep``)."""
+    reserved_usage: list[ReservedUsage] = field(default_factory=list)
+    """Counted by every quota check of CPU and memory, beside the instances' own (``runs``)."""
     router: Router = field(init=False)
     registries: RegistryPolicy = field(init=False)
     audit_keys: AuditKeys = field(init=False)

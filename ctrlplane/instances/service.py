@@ -164,6 +164,9 @@ class InstanceService:
         await tenants.get(tenant_id, for_update=True)
         quota = await tenants.quota(tenant_id)
         count, cpu, memory = await self.repo.usage(tenant_id, except_id=except_id)
+        for reserved in self.context.services.reserved_usage:
+            reserved_cpu, reserved_memory = await reserved(self.session, tenant_id)
+            cpu, memory = cpu + reserved_cpu, memory + reserved_memory
         for name, used, requested, limit in (
             ("max_instances", count, instances, quota.max_instances),
             ("max_cpu_millis", cpu, cpu_millis, quota.max_cpu_millis),

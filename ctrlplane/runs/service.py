@@ -288,10 +288,10 @@ async def run_fits_quota(session: AsyncSession, instance: Instance) -> bool:
 
 async def check_run_quota(session: AsyncSession, instances: InstanceService, instance: Instance) -> None:
     """A run's container counts against the tenant's CPU and memory quota while it is pending or
-    running, on top of the instances' replicas."""
-    cpu, memory = await active_run_usage(session, instance.tenant_id)
+    running, on top of the instances' replicas (``check_quota`` counts the active runs through
+    ``AppServices.reserved_usage``)."""
     await instances.check_quota(
-        instance.tenant_id, instances=0, cpu_millis=cpu + instance.cpu_millis, memory_mb=memory + instance.memory_mb
+        instance.tenant_id, instances=0, cpu_millis=instance.cpu_millis, memory_mb=instance.memory_mb
     )
 
 

@@ -184,6 +184,13 @@ async def test_running_runs_count_against_the_tenants_quota(api: Api) -> None:
     assert (await api.client.post(path, json={"command": "sleep 60"}, headers=token)).status_code == 201
     refused = await api.client.post(path, json={"command": "sleep 60"}, headers=token)
     assert refused.status_code == 403 and refused.json()["code"] == "quota_exceeded", refused.text
+    # the running run holds its 400 millis against new instances too
+    crowded = await api.client.post(
+        "/v1/instances",
+        json={"name": "second", "image": "ctrlplane-test/busybox:1", "resources": {"cpu_millis": 300, "memory_mb": 64}},
+        headers=token,
+    )
+    assert crowded.status_code == 403 and crowded.json()["details"]["used"] == 800, crowded.text
 
 
 async def test_a_job_firing_with_no_room_in_the_quota_is_recorded_missed(api: Api, app: Any) -> None:
