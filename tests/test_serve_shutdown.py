@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+import pytest
 
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens, bearer
@@ -65,6 +66,7 @@ async def test_sigterm_lets_a_request_in_flight_finish_then_exits_cleanly(
         server.stop()
 
 
+@pytest.mark.dialects("--workers needs PostgreSQL (processes share the database); SQLite refuses it")
 async def test_workers_serve_one_port_on_postgresql_and_are_refused_on_sqlite(
     database_url: str, tmp_path: Path, settings: Settings, tokens: Tokens
 ) -> None:

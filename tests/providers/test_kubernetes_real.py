@@ -200,6 +200,9 @@ class TestKubernetesProviderOnARealApiServer(ProviderConformance):
         down = await provider.scale(workloads.again(spec, replicas=1, resources=bigger))
         assert [(r.replica, r.state) for r in down.replicas] == [(0, "running")], down.message
         assert await self.limits(provider, spec.instance_id) == [bigger]
+        # Indices follow creation times, recorded to the second: new pods in a later second than
+        # the survivor's (see test_provision_recreates_a_replica_removed_from_outside).
+        await anyio.sleep(1.05 - time.time() % 1)
         up = await provider.scale(workloads.again(spec, replicas=3, resources=bigger))
         assert up.state == "running", up.message
         assert [r.replica for r in up.replicas] == [0, 1, 2]
