@@ -19,8 +19,8 @@ from ctrlplane.errors import ErrorBody
 from ctrlplane.ids import new_id
 
 MAX_HEADER_BLOCK_BYTES = 64 * 1024
-"""h11's buffer for a request's head; past it the server answers 431 itself. Below it the app's
-own limits (``inputs.MAX_HEADER_BYTES``) answer."""
+"""The most a request's head (request line and headers) may take; past it the server answers 431
+itself. Below it the app's own limits (``inputs.MAX_HEADER_BYTES``) answer."""
 
 
 def _refusal(status: int) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 from docker import DockerClient
 
 from ctrlplane.settings import Settings
+from tests import waiting
 from tests.api.test_cli_pipeline import cli
 from tests.api.test_instances import wait_for
 from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
@@ -61,15 +63,8 @@ def settings(settings: Settings, caddy: Caddy, request: pytest.FixtureRequest) -
     return msgspec.structs.replace(configured, **overrides)
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout}s; last: {last!r}")
+# The suite's one polling helper, with this module's longer wait (real engines, real HTTP).
+eventually = partial(waiting.eventually, timeout=30)
 
 
 async def metric(live: Api, token: dict[str, str], instance_id: str, name: str, **query: str) -> list[dict[str, Any]]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import text
 
 from ctrlplane.webhooks.delivery import WebhookDispatcher
+from tests import waiting
 from tests.api.test_instances import create, tenant_token
 from tests.conftest import Api
 from tests.webhooks.receiver import Receiver, VerificationError, verify
@@ -21,14 +21,8 @@ from tests.webhooks.receiver import Receiver, VerificationError, verify
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 20, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = await probe()
-        if found:
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
+# The suite's one polling helper, with this module's longer wait (real engines, real HTTP).
+eventually = partial(waiting.eventually, timeout=20)
 
 
 async def create_webhook(api: Api, token: dict[str, str], url: str, **body: Any) -> dict[str, Any]:
