@@ -23,6 +23,7 @@ from ctrlplane.provisioning.contract import WorkloadSpec
 from ctrlplane.provisioning.errors import ProviderUnavailable
 from tests.providers.kube_cluster import ControlPlane, kube_control_plane  # noqa: F401
 from tests.providers.test_kubernetes_real import k8s, listed, track, web  # noqa: F401
+from tests.waiting import eventually
 
 
 @contextmanager
@@ -93,8 +94,12 @@ async def test_api_server_killed_mid_create_then_the_retry_converges_without_dup
     assert status.state == "running", status.message
     objects = objects_of(plane, spec)
     assert objects["deployments"] == [f"{spec.instance_id.replace('_', '-')}-a"]
-    assert len(objects["pods"]) == 2
     assert len(objects["secrets"]) == 1 and len(objects["services"]) == 1
+    # The pods are the ReplicaSet controller's, not ctrlplane's: a pod create whose answer the
+    # killed API server lost makes the controller create one more, and it deletes the surplus
+    # once it sees it (seen in CI: 3 pods just after the retry). What must hold is that it
+    # settles on the wanted 2, from the one Deployment.
+    await eventually(lambda: len(objects_of(plane, spec)["pods"]) == 2, "2 pods", timeout=60)
 
 
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green"])
