@@ -123,6 +123,11 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
     # here, not in create_app: services given to a built app (use_services) need these too
     environment_idle.register(services.idle_handlers)
     services.reserved_usage.append(active_run_usage)
+    for provider in registry:
+        # the nodes provider plugin places instances through the control plane's desired state
+        bind = getattr(provider, "bind_node_assignments", None)
+        if bind is not None:
+            bind(services.nodes)
     return services
 
 
