@@ -30,6 +30,7 @@ from ctrlplane.nodes import contract, keys, schemas, service
 from ctrlplane.nodes.events import envelope_of, events_after
 from ctrlplane.nodes.models import Node
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
+from ctrlplane.openapi import EVENT_STREAM
 from ctrlplane.pagination import Page
 
 MAX_EVENT_ID = 2**63 - 1
@@ -202,19 +203,25 @@ class NodeController(Controller):
         "/events",
         operation_id="nodeEvents",
         responses=_node_responses(400),
-        media_type="text/event-stream",
-        opt=node_route("events"),
+        opt={**node_route("events"), EVENT_STREAM: True},
     )
     async def events(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State, last_event_id: LastEventId = None
-    ) -> ServerSentEvent:
-        """The node's signed events (SSE), after ``Last-Event-ID`` when given: replay, then live."""
+    ) -> Response[contract.EventPage]:
+        """The node's signed events after ``Last-Event-ID``: SSE (replay, then live) with
+        ``Accept: text/event-stream``, else one JSON page."""
         services = _services(state)
         after = int(last_event_id) if last_event_id is not None else 0
         if after > MAX_EVENT_ID:
             raise InvalidInput("Last-Event-ID is out of range", details={"Last-Event-ID": last_event_id})
         async with node_transaction(request, services, node_id, "events") as call:
             call.details = {"after": after}
+            if "text/event-stream" not in request.headers.get("accept", ""):
+                session = call.calls.session
+                batch = await events_after(session, node_id, after)
+                signing = await keys.current_signing_key(session, services.vault.ring)
+                items = [envelope_of(event, signing) for event in batch]
+                return Response(contract.EventPage(items=items, last_event_id=batch[-1].seq if batch else after))
         poll = services.settings.event_poll_seconds
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
@@ -244,7 +251,8 @@ class NodeController(Controller):
                     await services.node_events.wait(poll)
                 quiet += poll
 
-        return ServerSentEvent(messages(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return ServerSentEvent(messages(), headers=headers)  # type: ignore[return-value]
 
     @post(
         "/heartbeat",

@@ -376,6 +376,14 @@ class Envelope(msgspec.Struct, kw_only=True):
     signature: str = ""
 
 
+class EventPage(msgspec.Struct, kw_only=True):
+    """``GET .../events`` without ``Accept: text/event-stream``: the signed events after
+    ``Last-Event-ID`` (at most 200), for a node that polls instead of streaming."""
+
+    items: list[Envelope]
+    last_event_id: int
+
+
 class WorkloadAssigned(msgspec.Struct, kw_only=True):
     """``workload_assigned`` and ``workload_updated``."""
 
