@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
@@ -26,9 +25,8 @@ from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound
 from ctrlplane.http import Context, errors, route
 from ctrlplane.inputs import check_json_depth
-from ctrlplane.nodes import contract, keys, schemas, service
-from ctrlplane.nodes.events import envelope_of, events_after
-from ctrlplane.nodes.models import Node
+from ctrlplane.nodes import contract, schemas, service
+from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
 from ctrlplane.openapi import EVENT_STREAM
 from ctrlplane.pagination import Page
@@ -217,39 +215,16 @@ class NodeController(Controller):
         async with node_transaction(request, services, node_id, "events") as call:
             call.details = {"after": after}
             if "text/event-stream" not in request.headers.get("accept", ""):
-                session = call.calls.session
-                batch = await events_after(session, node_id, after)
-                signing = await keys.current_signing_key(session, services.vault.ring)
-                items = [envelope_of(event, signing) for event in batch]
-                return Response(contract.EventPage(items=items, last_event_id=batch[-1].seq if batch else after))
-        poll = services.settings.event_poll_seconds
+                return Response(await page(call.calls.session, services.vault.ring, node_id, after))
+        ring, wake, poll = services.vault.ring, services.node_events, services.settings.event_poll_seconds
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
-            cursor = after
-            quiet = 0.0
-            while True:
-                async with services.db.read() as session:
-                    node = await session.get(Node, node_id)
-                    if node is None or node.status != "active":
-                        return
-                    batch = await events_after(session, node_id, cursor)
-                    signing = await keys.current_signing_key(session, services.vault.ring) if batch else None
-                for event in batch:
-                    assert signing is not None
-                    envelope = envelope_of(event, signing)
-                    cursor = event.seq
-                    yield ServerSentEventMessage(
-                        data=msgspec.json.encode(envelope).decode(), event=event.type, id=str(event.seq)
-                    )
-                if batch:
-                    quiet = 0.0
-                    continue
-                if quiet >= 15.0:
-                    quiet = 0.0
+            async for envelope in follow(services.db, ring, wake, node_id, after, poll_seconds=poll):
+                if envelope is None:
                     yield ServerSentEventMessage(comment="keepalive")
-                with anyio.move_on_after(poll):
-                    await services.node_events.wait(poll)
-                quiet += poll
+                else:
+                    data = msgspec.json.encode(envelope).decode()
+                    yield ServerSentEventMessage(data=data, event=envelope.type, id=str(envelope.event_id))
 
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return ServerSentEvent(messages(), headers=headers)  # type: ignore[return-value]

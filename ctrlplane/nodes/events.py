@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.nodes.contract import Envelope, EventType, sign_envelope
-from ctrlplane.nodes.keys import SigningKeyPair
+from ctrlplane.db import Database
+from ctrlplane.nodes.contract import Envelope, EventPage, EventType, sign_envelope
+from ctrlplane.nodes.keys import SigningKeyPair, current_signing_key
 from ctrlplane.nodes.models import Node, NodeEvent
+from ctrlplane.secrets.crypto import MasterKeyRing
+from ctrlplane.signals import Signal
 from ctrlplane.timeutil import rfc3339, utc_now
 
 
@@ -46,3 +50,38 @@ def envelope_of(event: NodeEvent, key: SigningKeyPair) -> Envelope:
         key_id="",
     )
     return sign_envelope(envelope, key.private)
+
+
+async def page(session: AsyncSession, ring: MasterKeyRing, node_id: str, after: int) -> EventPage:
+    batch = await events_after(session, node_id, after)
+    signing = await current_signing_key(session, ring)
+    items = [envelope_of(event, signing) for event in batch]
+    return EventPage(items=items, last_event_id=batch[-1].seq if batch else after)
+
+
+async def follow(
+    db: Database, ring: MasterKeyRing, wake: Signal, node_id: str, after: int, *, poll_seconds: float
+) -> AsyncIterator[Envelope | None]:
+    """The node's events after ``after``, signed, then live; ``None`` after each quiet 15 s (a
+    keep-alive). Ends when the node is deregistered. Each read is a short session of its own."""
+    cursor = after
+    quiet = 0.0
+    while True:
+        async with db.read() as session:
+            node = await session.get(Node, node_id)
+            if node is None or node.status != "active":
+                return
+            batch = await events_after(session, node_id, cursor)
+            signing = await current_signing_key(session, ring) if batch else None
+        if signing is not None:
+            for event in batch:
+                cursor = event.seq
+                yield envelope_of(event, signing)
+            quiet = 0.0
+            continue
+        if quiet >= 15.0:
+            quiet = 0.0
+            yield None
+        with anyio.move_on_after(poll_seconds):
+            await wake.wait(poll_seconds)
+        quiet += poll_seconds
