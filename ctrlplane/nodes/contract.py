@@ -209,7 +209,8 @@ class NodeWorkload(msgspec.Struct, kw_only=True):
 
     instance_id: str
     revision: int
-    """Grows with every assign/update of this instance on this node."""
+    """The number of the event that announced this version of the workload: grows with every
+    change on this node (a removal and a new assignment too). ``secret.version`` equals it."""
     spec: WorkloadSpec
     secret: SecretRef
 
@@ -416,6 +417,10 @@ class SigningKeyRotated(msgspec.Struct, kw_only=True):
 
 
 class NodeSecretsUpdated(msgspec.Struct, kw_only=True):
+    """A workload's secrets (env or files) changed while its spec did not: fetch ``secrets`` (the
+    new ``{instance_id}.r{revision}`` keys) and roll the instance's containers onto them; the
+    state's workload now has that revision."""
+
     secrets: list[SecretRef]
 
 

@@ -19,15 +19,24 @@ from ctrlplane.signals import Signal
 from ctrlplane.timeutil import rfc3339, utc_now
 
 
-async def append_event(session: AsyncSession, node_id: str, kind: EventType, payload: msgspec.Struct) -> int:
-    """Numbers the event (the node row's counter, bumped atomically) and stores it; commits with the
-    caller's transaction, so an event exists exactly when the change it announces does."""
+async def reserve_seq(session: AsyncSession, node_id: str) -> int:
+    """The node's next event number, taken now (the node row's counter, bumped atomically: it also
+    serialises this node's writers until the transaction ends)."""
     statement = update(Node).where(Node.id == node_id).values(event_seq=Node.event_seq + 1).returning(Node.event_seq)
-    seq = (await session.execute(statement)).scalar_one()
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def append_event(
+    session: AsyncSession, node_id: str, kind: EventType, payload: msgspec.Struct, *, seq: int | None = None
+) -> int:
+    """Stores the event under ``seq`` (from ``reserve_seq``) or a new number; commits with the
+    caller's transaction, so an event exists exactly when the change it announces does."""
+    if seq is None:
+        seq = await reserve_seq(session, node_id)
     body: dict[str, Any] = msgspec.to_builtins(payload)
     session.add(NodeEvent(node_id=node_id, seq=seq, type=kind, payload=body, issued_at=utc_now()))
     await session.flush()
-    return int(seq)
+    return seq
 
 
 async def events_after(session: AsyncSession, node_id: str, after: int, limit: int = 200) -> Sequence[NodeEvent]:
