@@ -6,7 +6,8 @@ contract expects of provider calls. Writes record the desired state and the node
 (``workload_assigned``/``workload_updated``/``workload_removed``) in one transaction, then wake the
 node's event stream; retried calls with the same spec change nothing and emit nothing, so a worker
 resuming after a crash never duplicates an event. A change of the secrets alone (env or files; the
-secret-free spec unchanged) is announced as ``node_secrets_updated`` naming the new secret.
+secret-free spec unchanged) is a ``workload_updated`` (the new revision names the new secret)
+followed by ``node_secrets_updated`` naming that secret.
 
 A workload's ``revision`` is the number of the event that announced it, so it only grows on a
 node, across a removal and a new assignment too.
@@ -221,13 +222,8 @@ class NodeAssignments:
                 raise Conflict(f"node {node_id} runs only tenant {node.tenant_id}'s instances")
             if row is None and node.cordoned:
                 raise Conflict(f"node {node_id} is cordoned: no new placements")
-            kind: EventType
-            if row is None:
-                kind = "workload_assigned"
-            elif row.spec == stripped:
-                kind = "node_secrets_updated"
-            else:
-                kind = "workload_updated"
+            kind: EventType = "workload_assigned" if row is None else "workload_updated"
+            secrets_only = row is not None and row.spec == stripped
             now = utc_now()
             revision = await reserve_seq(session, node_id)  # the announcing event's number: only grows
             aad = secrets_aad(spec.instance_id, revision)
@@ -244,12 +240,11 @@ class NodeAssignments:
             row.updated_at = now
             await session.flush()
             workload = workload_of(row)
-            payload: msgspec.Struct = (
-                NodeSecretsUpdated(secrets=[workload.secret])
-                if kind == "node_secrets_updated"
-                else WorkloadAssigned(workload=workload)
-            )
-            await append_event(session, node_id, kind, payload, seq=revision)
+            await append_event(session, node_id, kind, WorkloadAssigned(workload=workload), seq=revision)
+            if secrets_only:
+                await append_event(
+                    session, node_id, "node_secrets_updated", NodeSecretsUpdated(secrets=[workload.secret])
+                )
         await self.node_events.notify()
         return revision
 

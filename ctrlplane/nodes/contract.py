@@ -417,9 +417,9 @@ class SigningKeyRotated(msgspec.Struct, kw_only=True):
 
 
 class NodeSecretsUpdated(msgspec.Struct, kw_only=True):
-    """A workload's secrets (env or files) changed while its spec did not: fetch ``secrets`` (the
-    new ``{instance_id}.r{revision}`` keys) and roll the instance's containers onto them; the
-    state's workload now has that revision."""
+    """A workload's secrets (env or files) changed while its spec did not. It follows the
+    ``workload_updated`` that carries the new revision (whose ``secret`` is the one named here):
+    drop any cached copy and roll the instance's containers onto the new secret."""
 
     secrets: list[SecretRef]
 

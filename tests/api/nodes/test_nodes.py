@@ -261,19 +261,20 @@ async def test_assignment_revisions_only_grow_and_a_secret_change_is_announced_a
     nodes = services_of(app).nodes
     assert await nodes.assign(node.node_id, spec("inst_a", tenant["id"], env={"K": "1"})) == 1
     assert await nodes.assign(node.node_id, spec("inst_a", tenant["id"], env={"K": "2"})) == 2
-    assert await nodes.update(node.node_id, spec("inst_a", tenant["id"], env={"K": "2"}, replicas=2)) == 3
+    assert await nodes.update(node.node_id, spec("inst_a", tenant["id"], env={"K": "2"}, replicas=2)) == 4
     await nodes.remove(node.node_id, "inst_a")
-    assert await nodes.assign(node.node_id, spec("inst_a", tenant["id"])) == 5
+    assert await nodes.assign(node.node_id, spec("inst_a", tenant["id"])) == 6
     page = (await api.client.get(f"/v1/nodes/{node.node_id}/events", headers=node.headers)).json()
     kinds = [(item["event_id"], item["type"]) for item in page["items"]]
     assert kinds == [
         (1, "workload_assigned"),
-        (2, "node_secrets_updated"),
-        (3, "workload_updated"),
-        (4, "workload_removed"),
-        (5, "workload_assigned"),
+        (2, "workload_updated"),
+        (3, "node_secrets_updated"),
+        (4, "workload_updated"),
+        (5, "workload_removed"),
+        (6, "workload_assigned"),
     ]
-    assert page["items"][1]["payload"] == {"secrets": [{"key": "inst_a.r2", "version": 2}]}
+    assert page["items"][2]["payload"] == {"secrets": [{"key": "inst_a.r2", "version": 2}]}
     with pytest.raises(Conflict):
         await nodes.assign(mine.node_id, spec("inst_b", other["id"]))  # a tenant's node runs only its own
     response = await api.client.post(f"/v1/admin/nodes/{mine.node_id}/cordon", headers=api.admin_headers)
