@@ -28,7 +28,7 @@ from ctrlplane.inputs import check_json_depth
 from ctrlplane.nodes import contract, schemas, service
 from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
-from ctrlplane.openapi import EVENT_STREAM
+from ctrlplane.openapi import EVENT_STREAM, RECORD_BATCH
 from ctrlplane.pagination import Page
 
 MAX_EVENT_ID = 2**63 - 1
@@ -394,9 +394,8 @@ class NodeController(Controller):
         "/metrics",
         operation_id="nodeMetrics",
         status_code=202,
-        request_body=None,
         responses=_node_responses(400, 413),
-        opt=node_route("metrics"),
+        opt={**node_route("metrics"), RECORD_BATCH: "Metric records (group, timestamp, data, instance_id)"},
     )
     async def metrics(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State
@@ -405,7 +404,11 @@ class NodeController(Controller):
         return await self._batch(request, node_id, state, "metrics", contract.MetricRecord)
 
     @post(
-        "/logs", operation_id="nodeLogs", status_code=202, responses=_node_responses(400, 413), opt=node_route("logs")
+        "/logs",
+        operation_id="nodeLogs",
+        status_code=202,
+        responses=_node_responses(400, 413),
+        opt={**node_route("logs"), RECORD_BATCH: "Log records (timestamp, message, source, instance_id)"},
     )
     async def logs(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State
@@ -418,7 +421,7 @@ class NodeController(Controller):
         operation_id="nodeAudit",
         status_code=202,
         responses=_node_responses(400, 413),
-        opt=node_route("audit"),
+        opt={**node_route("audit"), RECORD_BATCH: "Host audit records (timestamp, source, event_type, action, result)"},
     )
     async def audit(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State

@@ -48,7 +48,8 @@ QUOTA = {
 class Route:
     method: str
     path: str
-    body: dict[str, Any] | None = None
+    body: Any = None
+    """The JSON body: an object (``"{name}"`` values are filled in), or a list sent as it is."""
     query: dict[str, str] = field(default_factory=dict)
     system_admin: bool = False
     instance_state: str | None = None
@@ -233,9 +234,14 @@ ROUTES: list[Route] = [
         body={"execution_id": "{execution_id}", "status": "success", "finished_at": NOW},
         node_auth="credential",
     ),
-    Route("POST", "/v1/nodes/{node_id}/metrics", node_auth="credential"),
-    Route("POST", "/v1/nodes/{node_id}/logs", node_auth="credential"),
-    Route("POST", "/v1/nodes/{node_id}/audit", node_auth="credential"),
+    Route(
+        "POST",
+        "/v1/nodes/{node_id}/metrics",
+        body=[{"timestamp": NOW, "group": "node_resources", "data": {"cpu_percent": 1.5}}],
+        node_auth="credential",
+    ),
+    Route("POST", "/v1/nodes/{node_id}/logs", body=[{"timestamp": NOW, "message": "m"}], node_auth="credential"),
+    Route("POST", "/v1/nodes/{node_id}/audit", body=[{"timestamp": NOW, "action": "open"}], node_auth="credential"),
     Route(
         "POST",
         "/v1/keys/rotate",
@@ -308,10 +314,10 @@ class World:
                 found.append(ROUTE_TABLE.get(key, Route(*key)))
         return found
 
-    def body(self, body: dict[str, Any] | None) -> dict[str, Any] | None:
+    def body(self, body: Any) -> Any:
         """A request body with ``"{name}"`` values filled like path parameters."""
-        if body is None:
-            return None
+        if not isinstance(body, dict):
+            return body
         values = self.values
         return {k: values[v[1:-1]] if isinstance(v, str) and v[1:-1] in values else v for k, v in body.items()}
 
