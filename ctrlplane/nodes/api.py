@@ -21,8 +21,9 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
+from ctrlplane.boundary import RATE_LIMIT_KEY, request_id_for
 from ctrlplane.context import AppServices
-from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound
+from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound, RateLimited
 from ctrlplane.http import Context, errors, route
 from ctrlplane.inputs import check_json_depth
 from ctrlplane.nodes import contract, schemas, service
@@ -30,6 +31,7 @@ from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
 from ctrlplane.openapi import EVENT_STREAM, RECORD_BATCH
 from ctrlplane.pagination import Page
+from ctrlplane.ratelimit.service import BucketState
 
 MAX_EVENT_ID = 2**63 - 1
 LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False, pattern=r"^[0-9]{1,19}$")]
@@ -37,8 +39,6 @@ NODE_SECURITY: list[dict[str, list[str]]] = [{"nodeCredential": []}]
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:
-    from ctrlplane.boundary import request_id_for
-
     return request_id_for(request.scope)
 
 
@@ -79,6 +79,21 @@ async def _audit_alone(services: AppServices, request: Request[Any, Any, Any], *
         await _audit(session, services, request, **fields)
 
 
+async def _rate_limit(request: Request[Any, Any, Any], services: AppServices, key: str) -> None:
+    """429 past the caller's bucket, before any transaction (the limiter may write its own rows);
+    RateLimit-* headers on the answer either way."""
+    if services.rate_limiter is None:
+        return
+    state: BucketState | None = None
+    try:
+        state = await services.rate_limiter.check_node(key)
+    except RateLimited as exc:
+        state = exc.rate_limit  # type: ignore[attr-defined]
+        raise
+    finally:
+        request.scope[RATE_LIMIT_KEY] = state  # type: ignore[literal-required]
+
+
 class Call:
     """What the handler of a node call fills in for its audit entry."""
 
@@ -95,9 +110,11 @@ async def node_transaction(
     """Authenticate the node (401), check it is the path's node (another node's ID: 404), run the
     call in one transaction with its audit entry."""
     authenticated: str | None = None
+    authorization = request.headers.get("authorization") or ""
+    await _rate_limit(request, services, "node:" + service.digest(authorization)[:32])
     try:
         async with services.db.write() as session, session.begin():
-            node = await service.authenticate_node(session, request.headers.get("authorization"))
+            node = await service.authenticate_node(session, authorization)
             authenticated = node.id
             if node.id != node_id:
                 raise NotFound.of("node", node_id)
@@ -125,11 +142,12 @@ def _node_responses(*statuses: int) -> dict[int, ResponseSpec]:
         404: "Unknown node (or another node's), or no such object",
         409: "Conflict",
         413: "Batch over the size limit",
+        429: "Rate limited; retry after Retry-After seconds",
         503: "Database unavailable",
     }
     return {
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code], generate_examples=False)
-        for code in sorted({401, 404, 503, *statuses})
+        for code in sorted({401, 404, 429, 503, *statuses})
     }
 
 
@@ -157,6 +175,7 @@ async def register_node(
 ) -> contract.RegisterResponse:
     """Register a node with a one-time bootstrap token (401 if invalid, expired, used or revoked)."""
     services = _services(state)
+    await _rate_limit(request, services, f"register:{_client(request)}")
     try:
         async with services.db.write() as session, session.begin():
             answer = await service.register(session, services, data)
