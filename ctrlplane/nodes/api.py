@@ -138,16 +138,16 @@ def _node_responses(*statuses: int) -> dict[int, ResponseSpec]:
     descriptions = {
         400: "Invalid payload",
         401: "Missing, invalid or expired node credential (register again)",
-        403: "The node may not read this",
+        403: "The node may not read this (a secret of an instance placed elsewhere)",
         404: "Unknown node (or another node's), or no such object",
-        409: "Conflict",
+        409: "Conflict (a hostname taken, an older report version, a concurrent change)",
         413: "Batch over the size limit",
         429: "Rate limited; retry after Retry-After seconds",
         503: "Database unavailable",
     }
     return {
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code], generate_examples=False)
-        for code in sorted({401, 404, 429, 503, *statuses})
+        for code in sorted({400, 401, 403, 404, 429, 503, *statuses})
     }
 
 
@@ -167,7 +167,7 @@ def node_route(action: str) -> dict[str, Any]:
     tags=["nodes"],
     status_code=201,
     security=[{}],
-    responses=_node_responses(400, 409),
+    responses=_node_responses(409, 413),
     opt={**route("node", "register"), **NODE_OPT},
 )
 async def register_node(
@@ -197,7 +197,7 @@ async def register_node(
     tags=["nodes"],
     status_code=200,
     security=NODE_SECURITY,
-    responses=_node_responses(400),
+    responses=_node_responses(409, 413),
     opt={**route("node", "rotate_keys"), **NODE_OPT},
 )
 async def rotate_node_keys(
@@ -219,7 +219,7 @@ class NodeController(Controller):
     @get(
         "/events",
         operation_id="nodeEvents",
-        responses=_node_responses(400),
+        responses=_node_responses(),
         opt={**node_route("events"), EVENT_STREAM: True},
     )
     async def events(
@@ -252,7 +252,7 @@ class NodeController(Controller):
         "/heartbeat",
         operation_id="nodeHeartbeat",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("heartbeat"),
     )
     async def heartbeat(
@@ -270,7 +270,7 @@ class NodeController(Controller):
         "/deregister",
         operation_id="deregisterNode",
         status_code=200,
-        responses=_node_responses(),
+        responses=_node_responses(409, 413),
         opt=node_route("deregister"),
     )
     async def deregister(
@@ -283,7 +283,7 @@ class NodeController(Controller):
     @put(
         "/capabilities",
         operation_id="updateNodeCapabilities",
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("capabilities"),
     )
     async def capabilities(
@@ -307,7 +307,7 @@ class NodeController(Controller):
         "/drift",
         operation_id="reportNodeDrift",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("drift"),
     )
     async def drift(
@@ -322,7 +322,7 @@ class NodeController(Controller):
             call.details = {"corrections": msgspec.to_builtins(data.corrections[:50])}
             return await call.calls.drift(data)
 
-    @get("/secrets/{key:str}", operation_id="nodeSecret", responses=_node_responses(403), opt=node_route("secret"))
+    @get("/secrets/{key:str}", operation_id="nodeSecret", responses=_node_responses(), opt=node_route("secret"))
     async def secret(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], key: FromPath[str], state: State
     ) -> contract.EncryptedSecret:
@@ -335,7 +335,7 @@ class NodeController(Controller):
         "/report",
         operation_id="nodeReport",
         status_code=200,
-        responses=_node_responses(400, 409),
+        responses=_node_responses(409, 413),
         opt=node_route("report"),
     )
     async def report(
@@ -353,7 +353,7 @@ class NodeController(Controller):
         "/executions/{execution_id:str}/ack",
         operation_id="ackNodeExecution",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("execution_ack"),
     )
     async def ack(
@@ -372,7 +372,7 @@ class NodeController(Controller):
         "/executions/{execution_id:str}/result",
         operation_id="nodeExecutionResult",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("execution_result"),
     )
     async def result(
@@ -413,7 +413,7 @@ class NodeController(Controller):
         "/metrics",
         operation_id="nodeMetrics",
         status_code=202,
-        responses=_node_responses(400, 413),
+        responses=_node_responses(409, 413),
         opt={**node_route("metrics"), RECORD_BATCH: "Metric records (group, timestamp, data, instance_id)"},
     )
     async def metrics(
@@ -426,7 +426,7 @@ class NodeController(Controller):
         "/logs",
         operation_id="nodeLogs",
         status_code=202,
-        responses=_node_responses(400, 413),
+        responses=_node_responses(409, 413),
         opt={**node_route("logs"), RECORD_BATCH: "Log records (timestamp, message, source, instance_id)"},
     )
     async def logs(
@@ -439,7 +439,7 @@ class NodeController(Controller):
         "/audit",
         operation_id="nodeAudit",
         status_code=202,
-        responses=_node_responses(400, 413),
+        responses=_node_responses(409, 413),
         opt={**node_route("audit"), RECORD_BATCH: "Host audit records (timestamp, source, event_type, action, result)"},
     )
     async def audit(
