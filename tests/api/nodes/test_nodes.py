@@ -501,3 +501,20 @@ async def test_actions_round_trip_and_every_node_call_is_audited(api: Api) -> No
     actions = {(e["action"], e["actor_subject"], e["tenant_id"]) for e in audit.json()["items"]}
     assert {("register", node.node_id, None), ("execution_ack", node.node_id, None)} <= actions
     assert ("execution_result", node.node_id, None) in actions
+
+
+async def test_capabilities_update_the_capacity_and_drift_is_kept_in_the_audit_log(api: Api) -> None:
+    node = await enrolled(api, "one")
+    body = {"binary": {"version": "2"}, "capacity": {"cpu_millis": 1000, "memory_mb": 512}}
+    response = await api.client.put(f"/v1/nodes/{node.node_id}/capabilities", json=body, headers=node.headers)
+    assert response.status_code == 200, response.text
+    view = (await api.client.get(f"/v1/admin/nodes/{node.node_id}", headers=api.admin_headers)).json()
+    assert view["capacity"]["cpu_millis"] == 1000 and view["capacity"]["memory_mb"] == 512
+    drift = {"timestamp": NOW, "corrections": [{"type": "container_restarted", "detail": "web-0 was gone"}]}
+    response = await api.client.post(f"/v1/nodes/{node.node_id}/drift", json=drift, headers=node.headers)
+    assert response.status_code == 200, response.text
+    audit = await api.client.get(
+        "/v1/admin/audit", params={"resource": "node", "action": "drift"}, headers=api.admin_headers
+    )
+    (entry,) = audit.json()["items"]
+    assert entry["details"]["corrections"][0]["detail"] == "web-0 was gone" and entry["tenant_id"] is None
