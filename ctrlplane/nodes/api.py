@@ -392,12 +392,12 @@ class NodeController(Controller):
     ) -> Response[contract.BatchAccepted]:
         services = _services(state)
         settings = services.settings
-        raw = service.decompress(
-            await request.body(), request.headers.get("content-encoding"), settings.node_batch_max_bytes
-        )
-        check_json_depth(raw)
-        records = service.parse_records(raw, kind, max_records=settings.node_batch_max_records)
-        async with node_transaction(request, services, node_id, action) as call:
+        async with node_transaction(request, services, node_id, action) as call:  # authenticated first
+            raw = service.decompress(
+                await request.body(), request.headers.get("content-encoding"), settings.node_batch_max_bytes
+            )
+            check_json_depth(raw)
+            records = service.parse_records(raw, kind, max_records=settings.node_batch_max_records)
             call.status = 202
             calls = call.calls
             if kind is contract.MetricRecord:

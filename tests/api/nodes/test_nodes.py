@@ -436,6 +436,8 @@ async def test_oversized_or_malformed_batches_are_refused(api: Api) -> None:
     assert (await api.client.post(url, content=many, headers=gz)).status_code == 413
     assert (await api.client.post(url, content=b"not gzip", headers=gz)).status_code == 400
     assert (await api.client.post(url, content=gzipped([{"message": 1}]), headers=gz)).status_code == 400
+    anonymous = await api.client.post(url, json=[{}])  # the credential is checked before the body
+    assert anonymous.status_code == 401
 
 
 # --- admin ---------------------------------------------------------------------------------------
