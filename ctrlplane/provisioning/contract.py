@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -29,7 +29,7 @@ PullPolicy = Literal["IfNotPresent", "Always", "Never"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 Strategy = Literal["rolling", "blue_green", "canary", "recreate"]
 ReplicaState = Literal["created", "running", "restarting", "exited", "paused", "dead", "removing"]
-WorkloadState = Literal["running", "partial", "stopped", "failed", "missing"]
+WorkloadState = Literal["running", "partial", "stopped", "failed", "missing", "unknown"]
 
 LABEL_MANAGED = "ctrlplane.managed"
 LABEL_CLUSTER = "ctrlplane.cluster"
@@ -153,7 +153,9 @@ class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 class WorkloadStatus(msgspec.Struct, frozen=True, kw_only=True):
     """What runs for one instance. ``state``: all wanted replicas running → running; some → partial;
-    containers exist but none run → stopped (or failed when one exited non-zero / OOM); none → missing."""
+    containers exist but none run → stopped (or failed when one exited non-zero / OOM); none → missing;
+    unknown when the runtime cannot tell now (a node that missed its heartbeats): ``replicas`` are
+    then the last ones seen, and nothing is repaired or restarted on the strength of it."""
 
     instance_id: str
     state: WorkloadState
@@ -390,6 +392,15 @@ class AdmittingProvider(Protocol):
         """Raise ``ProviderUnavailable`` (a subclass with its own ``code``) when a new instance of
         ``tenant_id`` could not be placed now; return when it could."""
         ...
+
+
+@runtime_checkable
+class AttachedProvider(Protocol):
+    """A runtime that works through the control plane's own services rather than an engine of its
+    own (the ``nodes`` provider: through ``AppServices.nodes``). ``build_services`` calls ``attach``
+    once the services exist; until then the provider answers ``ProviderUnavailable``."""
+
+    def attach(self, services: Any) -> None: ...
 
 
 @runtime_checkable
