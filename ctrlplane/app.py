@@ -127,6 +127,11 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
             provider.attach(services)
     environment_idle.register(services.idle_handlers)
     services.reserved_usage.append(active_run_usage)
+    for provider in registry:
+        # the nodes provider plugin places instances through the control plane's desired state
+        bind = getattr(provider, "bind_node_assignments", None)
+        if bind is not None:
+            bind(services.nodes)
     return services
 
 

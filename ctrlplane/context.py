@@ -17,6 +17,7 @@ from ctrlplane.errors import Forbidden, InvalidInput
 from ctrlplane.ids import TenantId
 from ctrlplane.network.router import Router
 from ctrlplane.network.sleep import IdleHandlers
+from ctrlplane.nodes.assignments import NodeAssignments
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.registries import RegistryPolicy
@@ -57,9 +58,14 @@ class AppServices:
     router: Router = field(init=False)
     registries: RegistryPolicy = field(init=False)
     audit_keys: AuditKeys = field(init=False)
+    node_events: Signal = field(default_factory=Signal)
+    """Wakes the nodes' event streams after a node event commits (they poll too)."""
+    nodes: NodeAssignments = field(init=False)
+    """The desired state of instances on nodes (``ctrlplane.nodes.assignments``)."""
 
     def __post_init__(self) -> None:
         self.router = Router(self.settings, self.db)
+        self.nodes = NodeAssignments(self.db, self.vault, self.node_events)
         self.audit_keys = AuditKeys(self.vault.ring.keys)
         self.registries = RegistryPolicy(
             allowed_cidrs=self.settings.outbound_allow_cidrs, allowed_registries=self.settings.registry_allow

@@ -38,6 +38,9 @@ PREFIXES = frozenset(
         "whk",
         "whd",
         "drn",
+        "node",
+        "enr",
+        "exec",
     }
 )
 
