@@ -41,7 +41,6 @@ from ctrlplane.openapi import (
     fix_openapi,
 )
 from ctrlplane.operations.runner import Background, start_relay
-from ctrlplane.provisioning.contract import AttachedProvider
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.releases.api import ReleaseController
@@ -122,9 +121,6 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         rate_limiter=RateLimiter(settings, database),
     )
     # here, not in create_app: services given to a built app (use_services) need these too
-    for provider in registry:
-        if isinstance(provider, AttachedProvider):
-            provider.attach(services)
     environment_idle.register(services.idle_handlers)
     services.reserved_usage.append(active_run_usage)
     for provider in registry:

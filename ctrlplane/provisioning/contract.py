@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -392,15 +392,6 @@ class AdmittingProvider(Protocol):
         """Raise ``ProviderUnavailable`` (a subclass with its own ``code``) when a new instance of
         ``tenant_id`` could not be placed now; return when it could."""
         ...
-
-
-@runtime_checkable
-class AttachedProvider(Protocol):
-    """A runtime that works through the control plane's own services rather than an engine of its
-    own (the ``nodes`` provider: through ``AppServices.nodes``). ``build_services`` calls ``attach``
-    once the services exist; until then the provider answers ``ProviderUnavailable``."""
-
-    def attach(self, services: Any) -> None: ...
 
 
 @runtime_checkable

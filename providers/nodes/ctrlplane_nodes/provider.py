@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
@@ -89,9 +89,9 @@ class NodesProvider:
         self._wait_seconds = wait_seconds
         self._door: NodeDoor | None = None
 
-    def attach(self, services: Any) -> None:
-        """Take the node assignments from the app's services (``build_services`` calls this)."""
-        self._door = getattr(services, "nodes", None)
+    def bind_node_assignments(self, nodes: NodeDoor) -> None:
+        """Take the control plane's node assignments (``build_services`` calls this)."""
+        self._door = nodes
 
     def _nodes(self) -> NodeDoor:
         if self._door is None:
