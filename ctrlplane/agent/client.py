@@ -145,7 +145,7 @@ class NodeClient:
                 "GET",
                 f"/v1/nodes/{node_id}/events",
                 headers=headers,
-                timeout=httpx.Timeout(15.0, read=None),
+                timeout=httpx.Timeout(15.0, read=60.0),  # the server sends a keepalive every 15 s
             ) as source:
                 if source.response.status_code >= 400:
                     await source.response.aread()

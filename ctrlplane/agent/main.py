@@ -526,3 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ctrlplane-agent", description="ctrlplane's node agent")
     add_arguments(parser)
     return run_agent(options_from_args(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
