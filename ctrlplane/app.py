@@ -36,6 +36,7 @@ from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController, SleepController
+from ctrlplane.nodes.api import ROUTE_HANDLERS as NODE_ROUTE_HANDLERS
 from ctrlplane.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -178,6 +179,7 @@ def create_app(
             EnvironmentController,
             WebhookController,
             LogDrainController,
+            *NODE_ROUTE_HANDLERS,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
@@ -195,6 +197,9 @@ def create_app(
                     "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key"),
                     "instanceToken": SecurityScheme(type="http", scheme="bearer", bearer_format="cpt_ instance token"),
                     "metricsToken": SecurityScheme(type="http", scheme="bearer", bearer_format="metrics token"),
+                    "nodeCredential": SecurityScheme(
+                        type="http", scheme="bearer", bearer_format="cpx_node_ node credential"
+                    ),
                 }
             ),
             security=[{"bearer": []}],

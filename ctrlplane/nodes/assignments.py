@@ -193,7 +193,10 @@ class NodeAssignments:
         return sorted(views, key=lambda view: (-view.free_memory_mb, -view.free_cpu_millis, view.node_id))
 
     async def _write(self, node_id: str, spec: WorkloadSpec, *, must_exist: bool) -> int:
-        stripped: dict[str, object] = msgspec.to_builtins(msgspec.structs.replace(spec, env={}, files=()))
+        # through JSON, so it compares equal to what the JSON column gives back (lists, not tuples)
+        stripped: dict[str, object] = msgspec.json.decode(
+            msgspec.json.encode(msgspec.structs.replace(spec, env={}, files=()))
+        )
         secrets = msgspec.json.encode(WorkloadSecrets(env=dict(spec.env), files=list(spec.files)))
         async with self.db.write() as session, session.begin():
             node = await session.get(Node, node_id)

@@ -355,6 +355,8 @@ class AuditRecord(msgspec.Struct, kw_only=True):
 
 class BatchAccepted(msgspec.Struct, kw_only=True):
     accepted: int
+    rejected: int = 0
+    """Records about instances not placed on this node: dropped."""
 
 
 # --- the event stream --------------------------------------------------------------------
@@ -464,7 +466,13 @@ def signing_key_id(public_key: str) -> str:
 
 
 def load_x25519_public(text: str) -> X25519PublicKey:
-    return X25519PublicKey.from_public_bytes(b64decode(text, length=32, what="X25519 public key"))
+    """The key, refusing (``ContractError``) one that no key agreement works with (a low-order point)."""
+    key = X25519PublicKey.from_public_bytes(b64decode(text, length=32, what="X25519 public key"))
+    try:
+        X25519PrivateKey.generate().exchange(key)
+    except ValueError:
+        raise ContractError("X25519 public key is unusable (low order)") from None
+    return key
 
 
 def load_ed25519_public(text: str) -> Ed25519PublicKey:
