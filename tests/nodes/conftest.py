@@ -45,7 +45,7 @@ def server(
         tmp_path / "server",
         settings.cluster_name,
         CTRLPLANE_PROVIDERS="docker,nodes",
-        CTRLPLANE_NODE_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT_SECONDS),
+        CTRLPLANE_NODE_HEARTBEAT_TIMEOUT=f"{HEARTBEAT_TIMEOUT_SECONDS}s",
         CTRLPLANE_EVENT_POLL_SECONDS="0.2",
     )
     try:
