@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ctrlplane.nodes.contract import EncryptedSecret, decrypt_secret, open_node_secret_key
 from tests.conftest import Tokens, bearer
 from tests.nodes.conftest import Fleet
-from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY
+from tests.providers.docker_engine import HTTP_PORT, IMAGE, INDEX_BODY, V2_IMAGE
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -175,7 +175,8 @@ async def test_node_that_stops_heartbeating_shows_unknown_then_running_again(fle
 async def test_agent_refuses_a_tampered_event_end_to_end(fleet: Fleet) -> None:
     """Between the agent and the control plane a proxy alters the events' payloads in flight
     (``"replicas":1`` becomes ``"replicas":3``); the agent refuses each such event, so it never
-    runs three replicas, and the instance still converges from the state it pulls."""
+    runs three replicas, and the instance still converges from the state it pulls (the state is
+    not an event: the proxy leaves it alone)."""
     from tests.nodes.tamper import TamperingProxy
 
     async with (
@@ -187,7 +188,22 @@ async def test_agent_refuses_a_tampered_event_end_to_end(fleet: Fleet) -> None:
         created = await http.post("/v1/instances", json={**APP, "name": "guarded"}, headers=token)
         assert created.status_code == 201, created.text
         instance_id = created.json()["id"]
-        await eventually(lambda: "event_refused" in agent.log(), "the agent refuses the tampered event", timeout=60)
-        assert proxy.tampered >= 1
         await until_state(http, instance_id, token, "running")
-        assert len(fleet.containers(agent, instance_id)) == 1
+        # the assignment may have reached the agent in its first state pull; a deploy now is an
+        # event on the stream it follows
+        deploy = await http.post(f"/v1/instances/{instance_id}/deploy", json={"image": V2_IMAGE}, headers=token)
+        assert deploy.status_code in (201, 202), deploy.text
+        await eventually(
+            lambda: "event_refused" in agent.log(),
+            lambda: f"the agent refuses the tampered event ({proxy.tampered} altered): {agent.log()[-3000:]}",
+            timeout=60,
+        )
+        assert proxy.tampered >= 1
+
+        def deployed() -> bool:
+            containers = fleet.containers(agent, instance_id)  # every replica, running or not
+            return len(containers) == 1 and containers[0].status == "running" and containers[0].image.tags == [V2_IMAGE]
+
+        await eventually(deployed, "the deploy converges from the pulled state", timeout=CONVERGE)
+        await until_state(http, instance_id, token, "running")
+        assert len(fleet.containers(agent)) == 1
