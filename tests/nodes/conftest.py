@@ -159,8 +159,12 @@ class Fleet:
     def cleanup(self) -> None:
         for agent in self.agents:
             agent.stop()
-            if (agent.state_dir / "identity.json").exists():
-                remove_cluster(self.engine, agent.cluster)
+        joined = [agent.cluster for agent in self.agents if (agent.state_dir / "identity.json").exists()]
+        # two agents on one engine share a tenant's network (one name per engine), labelled with the
+        # cluster of the agent that made it: it can go only once every agent's containers are gone
+        for _ in range(2):
+            for cluster in joined:
+                remove_cluster(self.engine, cluster)
 
 
 @pytest.fixture
