@@ -19,7 +19,13 @@ log = structlog.get_logger("ctrlplane.agent")
 
 
 class RefusedEvent(Exception):
-    """An event the agent does not act on; the message says why (never any key material)."""
+    """An event the agent does not act on; the message says why (never any key material).
+    ``unknown_key``: signed by a key the agent does not know (yet): a rotated signing key is
+    learnt from the next ``GET .../state``, which the agent pulls at once."""
+
+    def __init__(self, message: str, *, unknown_key: bool = False) -> None:
+        super().__init__(message)
+        self.unknown_key = unknown_key
 
 
 def trusted_keys(keys: SigningKeys, now: datetime | None = None) -> list[str]:
@@ -41,7 +47,7 @@ def open_event(data: str, *, node_id: str, keys: SigningKeys) -> tuple[Envelope,
     try:
         verify_envelope(envelope, trusted_keys(keys))
     except ContractError as exc:
-        raise RefusedEvent(str(exc)) from None
+        raise RefusedEvent(str(exc), unknown_key="unknown key" in str(exc)) from None
     if envelope.node_id != node_id:
         raise RefusedEvent(f"addressed to node {envelope.node_id}, not to this node")
     try:

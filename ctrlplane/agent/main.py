@@ -75,6 +75,7 @@ AGENT_VERSION = "0.1.0"
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 LOG_BATCH_LINES = 1000
+ROTATION_QUIET_SECONDS = 10.0
 
 
 class AgentOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +117,8 @@ class Agent:
         self._reported: dict[str, bytes] = {}
         self._log_cursor: dict[str, datetime] = {}
         self._started = time.monotonic()
+        self._rotation_lock = anyio.Lock()
+        self._rotated_at = -ROTATION_QUIET_SECONDS
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -163,6 +166,15 @@ class Agent:
         self.identity = identity
 
     async def rotate_keys(self) -> None:
+        """Move to a new X25519 key and credential; a rotation asked for twice at once (event and
+        heartbeat) runs once."""
+        async with self._rotation_lock:
+            if time.monotonic() - self._rotated_at < ROTATION_QUIET_SECONDS:
+                return
+            await self._rotate_keys()
+            self._rotated_at = time.monotonic()
+
+    async def _rotate_keys(self) -> None:
         identity = self._require_identity()
         new_key = self.state.next_key()
         answer = await self.client.rotate_keys(
@@ -245,6 +257,8 @@ class Agent:
             envelope, payload = open_event(data, node_id=identity.node_id, keys=identity.signing_keys)
         except RefusedEvent as exc:
             log.error("event_refused", reason=str(exc))
+            if exc.unknown_key:
+                self._request(full=True)
             return
         if envelope.event_id <= self.last_event_id:
             return

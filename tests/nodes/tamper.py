@@ -1,6 +1,7 @@
-"""A man in the middle for the tampered-event test: a TCP proxy on 127.0.0.1 that forwards every
-byte to the control plane, except that in the answers to an event-stream request it replaces
-``old`` by ``new`` (of the same length, so HTTP framing stays intact)."""
+"""A TCP proxy on 127.0.0.1 between agents and the control plane: a fixed address for agents while
+the control plane restarts on another port (``point_at``), and a man in the middle for the
+tampered-event test: in the answers to an event-stream request it replaces ``old`` by ``new`` (of
+the same length, so HTTP framing stays intact)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ from urllib.parse import urlsplit
 
 
 class TamperingProxy:
-    def __init__(self, upstream_url: str, old: bytes, new: bytes) -> None:
+    def __init__(self, upstream_url: str, old: bytes = b"", new: bytes = b"") -> None:
         assert len(old) == len(new)
-        parts = urlsplit(upstream_url)
-        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.point_at(upstream_url)
         self._old, self._new = old, new
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.tampered = 0
         self.url = ""
+
+    def point_at(self, upstream_url: str) -> None:
+        """New connections go to ``upstream_url`` (open ones stay where they are)."""
+        parts = urlsplit(upstream_url)
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
 
     async def __aenter__(self) -> TamperingProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -39,7 +44,11 @@ class TamperingProxy:
                 await task
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(self._host, self._port)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(self._host, self._port)
+        except OSError:
+            client_writer.close()
+            return
         streaming = asyncio.Event()
 
         async def requests() -> None:
@@ -52,7 +61,7 @@ class TamperingProxy:
 
         async def answers() -> None:
             while chunk := await upstream_reader.read(65536):
-                if streaming.is_set() and self._old in chunk:
+                if self._old and streaming.is_set() and self._old in chunk:
                     chunk = chunk.replace(self._old, self._new)
                     self.tampered += 1
                 client_writer.write(chunk)

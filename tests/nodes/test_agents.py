@@ -207,3 +207,61 @@ async def test_agent_refuses_a_tampered_event_end_to_end(fleet: Fleet) -> None:
         await eventually(deployed, "the deploy converges from the pulled state", timeout=CONVERGE)
         await until_state(http, instance_id, token, "running")
         assert len(fleet.containers(agent)) == 1
+
+
+async def test_control_plane_sigkilled_mid_assignment_converges(fleet: Fleet) -> None:
+    """The control plane dies right after accepting an instance for a node, and comes back on
+    another port behind the same address (a proxy): the agent reconnects and the instance runs once."""
+    from tests.nodes.tamper import TamperingProxy
+
+    async with (
+        httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http,
+        TamperingProxy(fleet.server.url) as proxy,
+    ):
+        token = await tenant_token(http, fleet.tokens, "restarts")
+        agent = await fleet.join(http, "node-r", url=proxy.url)
+        created = await http.post("/v1/instances", json={**APP, "name": "survivor"}, headers=token)
+        assert created.status_code == 201, created.text
+        instance_id = created.json()["id"]
+        fleet.server.kill()
+        await fleet.server.start()
+        proxy.point_at(fleet.server.url)
+        http.base_url = httpx.URL(fleet.server.url)
+        instance = await until_state(http, instance_id, token, "running")
+        await eventually(lambda: serves(instance["endpoints"][0]["url"]), "it serves", timeout=30)
+        assert len(fleet.containers(agent, instance_id)) == 1
+        assert len(fleet.containers(agent)) == 1
+
+
+async def test_agent_rotates_its_keys_and_follows_a_rotated_signing_key(fleet: Fleet) -> None:
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http:
+        admin = bearer(fleet.tokens.admin())
+        token = await tenant_token(http, fleet.tokens, "rotation")
+        agent = await fleet.join(http, "node-o")
+        before = agent.identity()
+        key_before = (agent.state_dir / "node.key").read_bytes()
+        asked = await http.post(f"/v1/admin/nodes/{agent.node_id}/rotate-keys", headers=admin)
+        assert asked.status_code == 200, asked.text
+        await eventually(
+            lambda: agent.identity()["credential"] != before["credential"],
+            lambda: f"a new credential: {agent.log()[-2000:]}",
+            timeout=30,
+        )
+        assert (agent.state_dir / "node.key").read_bytes() != key_before
+        rotated = await http.post("/v1/admin/nodes/signing-keys/rotate", headers=admin)
+        assert rotated.status_code in (200, 201), rotated.text
+        current = rotated.json()["keys"]["current"]
+        await eventually(
+            lambda: agent.identity()["signing_keys"]["current"] == current,
+            lambda: f"the agent knows the new signing key: {agent.log()[-2000:]}",
+            timeout=30,
+        )
+        # events signed with the new key are verified and acted on
+        mark = len(agent.log())
+        created = await http.post("/v1/instances", json={**APP, "name": "after"}, headers=token)
+        assert created.status_code == 201, created.text
+        await until_state(http, created.json()["id"], token, "running")
+        assert len(fleet.containers(agent, created.json()["id"])) == 1
+        since = agent.log()[mark:]
+        assert "event_received" in since and "workload_assigned" in since, since
+        assert "event_refused" not in since, since
