@@ -265,3 +265,29 @@ async def test_agent_rotates_its_keys_and_follows_a_rotated_signing_key(fleet: F
         since = agent.log()[mark:]
         assert "event_received" in since and "workload_assigned" in since, since
         assert "event_refused" not in since, since
+
+
+async def test_telemetry_batches_show_in_the_instances_logs_and_metrics(fleet: Fleet) -> None:
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http:
+        token = await tenant_token(http, fleet.tokens, "telemetry")
+        await fleet.join(http, "node-m")
+        created = await http.post("/v1/instances", json={**APP, "name": "chatty"}, headers=token)
+        assert created.status_code == 201, created.text
+        instance = await until_state(http, created.json()["id"], token, "running")
+        url = instance["endpoints"][0]["url"]
+
+        async def logged() -> list[dict[str, Any]]:
+            await serves(url)  # busybox httpd -v writes a line per request to stderr
+            answer = (await http.get(f"/v1/instances/{instance['id']}/logs", headers=token)).json()
+            return list(answer["items"])
+
+        lines = await eventually(logged, "the node's log batches reach the instance's logs", timeout=60)
+        assert all(line["replica"] == 0 for line in lines), lines
+
+        async def sampled() -> list[Any]:
+            path = f"/v1/instances/{instance['id']}/metrics?name=memory_used_bytes"
+            answer = (await http.get(path, headers=token)).json()
+            return [point for series in answer["series"] for point in series["points"]]
+
+        points = await eventually(sampled, "the node's metric batches reach the instance's metrics", timeout=60)
+        assert any(point["value"] > 0 for point in points), points
