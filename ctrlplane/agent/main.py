@@ -244,8 +244,8 @@ class Agent:
                     delay = BACKOFF_FIRST
                     if event.data:
                         await self._on_event(event.data)
-            except NodeApiError as exc:
-                log.warning("event_stream_lost", error=str(exc), retry_in=delay)
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever broke the stream
+                log.warning("event_stream_lost", error=str(exc), kind=type(exc).__name__, retry_in=delay)
             else:
                 log.info("event_stream_ended", retry_in=delay)
             await anyio.sleep(delay)
@@ -342,8 +342,8 @@ class Agent:
             try:
                 await self.converge(full=full)
                 delay = BACKOFF_FIRST
-            except (NodeApiError, ProviderError) as exc:
-                log.warning("converge_failed", error=str(exc), retry_in=delay)
+            except Exception as exc:  # noqa: BLE001 - the agent outlives any one failed pass
+                log.warning("converge_failed", error=str(exc), kind=type(exc).__name__, retry_in=delay)
                 self._full = True
                 await anyio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -407,8 +407,8 @@ class Agent:
                         uptime=f"{int(time.monotonic() - self._started)}s",
                     ),
                 )
-            except NodeApiError as exc:
-                log.warning("heartbeat_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat retries
+                log.warning("heartbeat_failed", error=str(exc), kind=type(exc).__name__)
             else:
                 if answer.reconcile:
                     self._request(full=True)
@@ -421,8 +421,8 @@ class Agent:
             await anyio.sleep(self.options.telemetry_interval)
             try:
                 await self.ship_telemetry()
-            except (NodeApiError, ProviderError) as exc:
-                log.warning("telemetry_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - telemetry is best effort; the next batch retries
+                log.warning("telemetry_failed", error=str(exc), kind=type(exc).__name__)
 
     async def ship_telemetry(self) -> None:
         runtime = self.runtime

@@ -19,9 +19,9 @@ from importlib.metadata import entry_points
 
 import structlog
 
-from ctrlplane.nodes.contract import DriftCorrection, NodeWorkload
+from ctrlplane.errors import CtrlplaneError
+from ctrlplane.nodes.contract import ContractError, DriftCorrection, NodeWorkload
 from ctrlplane.provisioning.contract import Provider, WorkloadSpec, WorkloadStatus
-from ctrlplane.provisioning.errors import ProviderError
 from ctrlplane.provisioning.registry import ENTRY_POINT_GROUP
 from ctrlplane.settings import Settings
 
@@ -68,9 +68,13 @@ class Runtime:
         for instance_id, workload in sorted(desired.items()):
             try:
                 corrected, status = await self._converge_one(workload, spec_for)
-            except ProviderError as exc:
-                log.warning("workload_not_converged", instance=instance_id, error=exc.message)
-                corrections.append(DriftCorrection(type="workload_failed", detail=exc.message, instance_id=instance_id))
+            except (CtrlplaneError, ContractError) as exc:
+                # one workload that cannot run (image missing, engine refusal, a secret that does
+                # not open) never stops the others; its report says why
+                message = exc.message if isinstance(exc, CtrlplaneError) else str(exc)
+                log.warning("workload_not_converged", instance=instance_id, error=message)
+                corrections.append(DriftCorrection(type="workload_failed", detail=message, instance_id=instance_id))
+                statuses[instance_id] = WorkloadStatus(instance_id=instance_id, state="failed", message=message)
                 continue
             corrections.extend(corrected)
             statuses[instance_id] = status

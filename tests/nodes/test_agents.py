@@ -291,3 +291,16 @@ async def test_telemetry_batches_show_in_the_instances_logs_and_metrics(fleet: F
 
         points = await eventually(sampled, "the node's metric batches reach the instance's metrics", timeout=60)
         assert any(point["value"] > 0 for point in points), points
+
+
+async def test_an_instance_its_node_cannot_run_fails_with_the_nodes_reason(fleet: Fleet) -> None:
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http:
+        token = await tenant_token(http, fleet.tokens, "missing")
+        agent = await fleet.join(http, "node-x")
+        body = {**APP, "name": "absent", "image": "ctrlplane-test/absent:none", "pull_policy": "Never"}
+        created = await http.post("/v1/instances", json=body, headers=token)
+        assert created.status_code == 201, created.text
+        failed = await until_state(http, created.json()["id"], token, "failed")
+        assert agent.node_id in failed["status_message"] and "absent" in failed["status_message"], failed
+        assert fleet.containers(agent) == []
+        assert agent.process is not None and agent.process.poll() is None  # the agent runs on

@@ -130,6 +130,9 @@ class NodesProvider:
             status = await self._nodes().reported_status(spec.instance_id)
             if status is not None:
                 current = [r for r in status.replicas if r.generation == spec.generation]
+                if status.state == "failed" and not status.replicas and status.message:
+                    # the node could not run it at all (an image it cannot pull, the engine refused)
+                    raise ProviderError(f"node {node_id}: {status.message}", details={"node_id": node_id})
                 running = sum(r.state == "running" for r in current)
                 others = any(r.generation != spec.generation for r in status.replicas)
                 if running >= spec.replicas and len(current) == spec.replicas and not (only and others):
