@@ -109,6 +109,8 @@ class Agent:
         self.runtime: Runtime | None = None
         self.desired: dict[str, NodeWorkload] = {}
         self.removed: set[str] = set()
+        self.rerolled: set[str] = set()
+        """Instances whose secrets changed under an unchanged spec: their containers are recreated."""
         self.last_event_id = 0
         self._wake = anyio.Event()
         self._full = True
@@ -288,8 +290,9 @@ class Agent:
             self._save(msgspec.structs.replace(identity, signing_keys=keys))
             log.info("signing_key_rotated", key_id=payload.key_id)
         elif isinstance(payload, NodeSecretsUpdated):
-            for ref in payload.secrets:
-                self._secrets = {k: v for k, v in self._secrets.items() if k[0] != ref.key}
+            changed = {ref.key for ref in payload.secrets}
+            self._secrets = {k: v for k, v in self._secrets.items() if k[0] not in changed}
+            self.rerolled.update(i for i, w in self.desired.items() if w.secret.key in changed)
             self._request()
         elif isinstance(payload, ActionRequest):
             await self._quietly(
@@ -360,6 +363,9 @@ class Agent:
         for instance_id in sorted(self.removed):
             await runtime.remove(instance_id)
         removed, self.removed = set(self.removed), set()
+        for instance_id in sorted(self.rerolled & set(self.desired)):
+            await runtime.recreate(self.desired[instance_id])
+        self.rerolled = set()
         corrections, statuses = await runtime.converge(dict(self.desired), self._spec_for, remove_unknown=applied)
         if corrections:
             log.info("drift_corrected", corrections=[c.type for c in corrections])

@@ -90,6 +90,11 @@ class Runtime:
                 )
         return corrections, statuses
 
+    async def recreate(self, workload: NodeWorkload) -> None:
+        """Remove the workload's current containers so that the converge that follows creates them
+        with its new secrets (same generation, so same names: they cannot run side by side)."""
+        await self.provider.remove_generation(workload.instance_id, workload.spec.generation)
+
     async def remove(self, instance_id: str) -> None:
         await self.provider.deprovision(instance_id)
         self._applied.pop(instance_id, None)

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
@@ -26,10 +25,10 @@ from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound
 from ctrlplane.http import Context, errors, route
 from ctrlplane.inputs import check_json_depth
-from ctrlplane.nodes import contract, keys, schemas, service
-from ctrlplane.nodes.events import envelope_of, events_after
-from ctrlplane.nodes.models import Node
+from ctrlplane.nodes import contract, schemas, service
+from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
+from ctrlplane.openapi import EVENT_STREAM, RECORD_BATCH
 from ctrlplane.pagination import Page
 
 MAX_EVENT_ID = 2**63 - 1
@@ -202,49 +201,33 @@ class NodeController(Controller):
         "/events",
         operation_id="nodeEvents",
         responses=_node_responses(400),
-        media_type="text/event-stream",
-        opt=node_route("events"),
+        opt={**node_route("events"), EVENT_STREAM: True},
     )
     async def events(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State, last_event_id: LastEventId = None
-    ) -> ServerSentEvent:
-        """The node's signed events (SSE), after ``Last-Event-ID`` when given: replay, then live."""
+    ) -> Response[contract.EventPage]:
+        """The node's signed events after ``Last-Event-ID``: SSE (replay, then live) with
+        ``Accept: text/event-stream``, else one JSON page."""
         services = _services(state)
         after = int(last_event_id) if last_event_id is not None else 0
         if after > MAX_EVENT_ID:
             raise InvalidInput("Last-Event-ID is out of range", details={"Last-Event-ID": last_event_id})
         async with node_transaction(request, services, node_id, "events") as call:
             call.details = {"after": after}
-        poll = services.settings.event_poll_seconds
+            if "text/event-stream" not in request.headers.get("accept", ""):
+                return Response(await page(call.calls.session, services.vault.ring, node_id, after))
+        ring, wake, poll = services.vault.ring, services.node_events, services.settings.event_poll_seconds
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
-            cursor = after
-            quiet = 0.0
-            while True:
-                async with services.db.read() as session:
-                    node = await session.get(Node, node_id)
-                    if node is None or node.status != "active":
-                        return
-                    batch = await events_after(session, node_id, cursor)
-                    signing = await keys.current_signing_key(session, services.vault.ring) if batch else None
-                for event in batch:
-                    assert signing is not None
-                    envelope = envelope_of(event, signing)
-                    cursor = event.seq
-                    yield ServerSentEventMessage(
-                        data=msgspec.json.encode(envelope).decode(), event=event.type, id=str(event.seq)
-                    )
-                if batch:
-                    quiet = 0.0
-                    continue
-                if quiet >= 15.0:
-                    quiet = 0.0
+            async for envelope in follow(services.db, ring, wake, node_id, after, poll_seconds=poll):
+                if envelope is None:
                     yield ServerSentEventMessage(comment="keepalive")
-                with anyio.move_on_after(poll):
-                    await services.node_events.wait(poll)
-                quiet += poll
+                else:
+                    data = msgspec.json.encode(envelope).decode()
+                    yield ServerSentEventMessage(data=data, event=envelope.type, id=str(envelope.event_id))
 
-        return ServerSentEvent(messages(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return ServerSentEvent(messages(), headers=headers)  # type: ignore[return-value]
 
     @post(
         "/heartbeat",
@@ -411,9 +394,8 @@ class NodeController(Controller):
         "/metrics",
         operation_id="nodeMetrics",
         status_code=202,
-        request_body=None,
         responses=_node_responses(400, 413),
-        opt=node_route("metrics"),
+        opt={**node_route("metrics"), RECORD_BATCH: "Metric records (group, timestamp, data, instance_id)"},
     )
     async def metrics(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State
@@ -422,7 +404,11 @@ class NodeController(Controller):
         return await self._batch(request, node_id, state, "metrics", contract.MetricRecord)
 
     @post(
-        "/logs", operation_id="nodeLogs", status_code=202, responses=_node_responses(400, 413), opt=node_route("logs")
+        "/logs",
+        operation_id="nodeLogs",
+        status_code=202,
+        responses=_node_responses(400, 413),
+        opt={**node_route("logs"), RECORD_BATCH: "Log records (timestamp, message, source, instance_id)"},
     )
     async def logs(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State
@@ -435,7 +421,7 @@ class NodeController(Controller):
         operation_id="nodeAudit",
         status_code=202,
         responses=_node_responses(400, 413),
-        opt=node_route("audit"),
+        opt={**node_route("audit"), RECORD_BATCH: "Host audit records (timestamp, source, event_type, action, result)"},
     )
     async def audit(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], state: State

@@ -5,7 +5,12 @@ its own short transaction, so call it from a worker *outside* any transaction, a
 contract expects of provider calls. Writes record the desired state and the node's durable event
 (``workload_assigned``/``workload_updated``/``workload_removed``) in one transaction, then wake the
 node's event stream; retried calls with the same spec change nothing and emit nothing, so a worker
-resuming after a crash never duplicates an event.
+resuming after a crash never duplicates an event. A change of the secrets alone (env or files; the
+secret-free spec unchanged) is a ``workload_updated`` (the new revision names the new secret)
+followed by ``node_secrets_updated`` naming that secret.
+
+A workload's ``revision`` is the number of the event that announced it, so it only grows on a
+node, across a removal and a new assignment too.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from ctrlplane.errors import Conflict, NotFound
 from ctrlplane.nodes.contract import (
     INSTANCE_REPORT_PREFIX,
     EventType,
+    NodeSecretsUpdated,
     NodeWorkload,
     SecretRef,
     WorkloadAssigned,
     WorkloadRemoved,
     WorkloadSecrets,
 )
-from ctrlplane.nodes.events import append_event
+from ctrlplane.nodes.events import append_event, reserve_seq
 from ctrlplane.nodes.models import Node, NodeAssignment, NodeLogLine, NodeReport
 from ctrlplane.provisioning.contract import LogLine, WorkloadSpec, WorkloadStatus
 from ctrlplane.secrets.crypto import Vault
@@ -103,16 +109,15 @@ class NodeAssignments:
             row = await session.get(NodeAssignment, instance_id, with_for_update=True)
             if row is None or row.node_id != node_id:
                 return
-            revision = row.revision + 1
             await session.execute(delete(NodeAssignment).where(NodeAssignment.instance_id == instance_id))
             await session.execute(
                 delete(NodeReport).where(
                     NodeReport.node_id == node_id, NodeReport.key == INSTANCE_REPORT_PREFIX + instance_id
                 )
             )
-            await append_event(
-                session, node_id, "workload_removed", WorkloadRemoved(instance_id=instance_id, revision=revision)
-            )
+            revision = await reserve_seq(session, node_id)
+            removed = WorkloadRemoved(instance_id=instance_id, revision=revision)
+            await append_event(session, node_id, "workload_removed", removed, seq=revision)
         await self.node_events.notify()
 
     async def placement(self, instance_id: str) -> Placement | None:
@@ -213,8 +218,14 @@ class NodeAssignments:
                 )
                 if current == secrets:
                     return row.revision
+            if node.tenant_id is not None and node.tenant_id != spec.tenant_id:
+                raise Conflict(f"node {node_id} runs only tenant {node.tenant_id}'s instances")
+            if row is None and node.cordoned:
+                raise Conflict(f"node {node_id} is cordoned: no new placements")
+            kind: EventType = "workload_assigned" if row is None else "workload_updated"
+            secrets_only = row is not None and row.spec == stripped
             now = utc_now()
-            revision = 1 if row is None else row.revision + 1
+            revision = await reserve_seq(session, node_id)  # the announcing event's number: only grows
             aad = secrets_aad(spec.instance_id, revision)
             sealed = await self.vault.seal(session, spec.tenant_id, secrets, aad=aad)
             if row is None:
@@ -228,8 +239,12 @@ class NodeAssignments:
             row.memory_mb = spec.resources.memory_mb * spec.replicas
             row.updated_at = now
             await session.flush()
-            kind: EventType = "workload_assigned" if revision == 1 else "workload_updated"
-            await append_event(session, node_id, kind, WorkloadAssigned(workload=workload_of(row)))
+            workload = workload_of(row)
+            await append_event(session, node_id, kind, WorkloadAssigned(workload=workload), seq=revision)
+            if secrets_only:
+                await append_event(
+                    session, node_id, "node_secrets_updated", NodeSecretsUpdated(secrets=[workload.secret])
+                )
         await self.node_events.notify()
         return revision
 

@@ -209,7 +209,8 @@ class NodeWorkload(msgspec.Struct, kw_only=True):
 
     instance_id: str
     revision: int
-    """Grows with every assign/update of this instance on this node."""
+    """The number of the event that announced this version of the workload: grows with every
+    change on this node (a removal and a new assignment too). ``secret.version`` equals it."""
     spec: WorkloadSpec
     secret: SecretRef
 
@@ -376,6 +377,14 @@ class Envelope(msgspec.Struct, kw_only=True):
     signature: str = ""
 
 
+class EventPage(msgspec.Struct, kw_only=True):
+    """``GET .../events`` without ``Accept: text/event-stream``: the signed events after
+    ``Last-Event-ID`` (at most 200), for a node that polls instead of streaming."""
+
+    items: list[Envelope]
+    last_event_id: int
+
+
 class WorkloadAssigned(msgspec.Struct, kw_only=True):
     """``workload_assigned`` and ``workload_updated``."""
 
@@ -408,6 +417,10 @@ class SigningKeyRotated(msgspec.Struct, kw_only=True):
 
 
 class NodeSecretsUpdated(msgspec.Struct, kw_only=True):
+    """A workload's secrets (env or files) changed while its spec did not. It follows the
+    ``workload_updated`` that carries the new revision (whose ``secret`` is the one named here):
+    drop any cached copy and roll the instance's containers onto the new secret."""
+
     secrets: list[SecretRef]
 
 

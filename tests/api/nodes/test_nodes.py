@@ -19,6 +19,7 @@ from sqlalchemy import update
 
 from ctrlplane.context import AppServices
 from ctrlplane.db import Database
+from ctrlplane.errors import Conflict
 from ctrlplane.nodes import contract
 from ctrlplane.nodes.models import EnrollmentToken, Node
 from ctrlplane.nodes.monitor import NodeMonitor
@@ -251,6 +252,35 @@ async def test_state_is_secret_free_and_the_secret_opens_only_with_the_nodes_key
         contract.open_node_secret_key(node.answer["node_secret_key"], X25519PrivateKey.generate())
     missing = await api.client.get(f"/v1/nodes/{node.node_id}/secrets/inst_a.r9", headers=node.headers)
     assert missing.status_code == 404
+
+
+async def test_assignment_revisions_only_grow_and_a_secret_change_is_announced_alone(api: Api, app: Litestar) -> None:
+    tenant, other = await api.create_tenant("acme"), await api.create_tenant("other")
+    node = await enrolled(api, "one")
+    mine = await enrolled(api, "mine", tenant_id=tenant["id"])
+    nodes = services_of(app).nodes
+    assert await nodes.assign(node.node_id, spec("inst_a", tenant["id"], env={"K": "1"})) == 1
+    assert await nodes.assign(node.node_id, spec("inst_a", tenant["id"], env={"K": "2"})) == 2
+    assert await nodes.update(node.node_id, spec("inst_a", tenant["id"], env={"K": "2"}, replicas=2)) == 4
+    await nodes.remove(node.node_id, "inst_a")
+    assert await nodes.assign(node.node_id, spec("inst_a", tenant["id"])) == 6
+    page = (await api.client.get(f"/v1/nodes/{node.node_id}/events", headers=node.headers)).json()
+    kinds = [(item["event_id"], item["type"]) for item in page["items"]]
+    assert kinds == [
+        (1, "workload_assigned"),
+        (2, "workload_updated"),
+        (3, "node_secrets_updated"),
+        (4, "workload_updated"),
+        (5, "workload_removed"),
+        (6, "workload_assigned"),
+    ]
+    assert page["items"][2]["payload"] == {"secrets": [{"key": "inst_a.r2", "version": 2}]}
+    with pytest.raises(Conflict):
+        await nodes.assign(mine.node_id, spec("inst_b", other["id"]))  # a tenant's node runs only its own
+    response = await api.client.post(f"/v1/admin/nodes/{mine.node_id}/cordon", headers=api.admin_headers)
+    assert response.status_code == 200
+    with pytest.raises(Conflict):
+        await nodes.assign(mine.node_id, spec("inst_b", tenant["id"]))
 
 
 async def test_report_feeds_reported_status_and_an_older_version_is_409(api: Api, app: Litestar) -> None:
