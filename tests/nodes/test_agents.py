@@ -304,3 +304,24 @@ async def test_an_instance_its_node_cannot_run_fails_with_the_nodes_reason(fleet
         assert agent.node_id in failed["status_message"] and "absent" in failed["status_message"], failed
         assert fleet.containers(agent) == []
         assert agent.process is not None and agent.process.poll() is None  # the agent runs on
+
+
+async def test_stop_releases_the_node_and_start_places_the_instance_again(fleet: Fleet) -> None:
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http:
+        token = await tenant_token(http, fleet.tokens, "stopstart")
+        agent = await fleet.join(http, "node-p")
+        created = await http.post("/v1/instances", json={**APP, "name": "pausable"}, headers=token)
+        assert created.status_code == 201, created.text
+        instance_id = created.json()["id"]
+        await until_state(http, instance_id, token, "running")
+        stopped = await http.post(f"/v1/instances/{instance_id}/stop", headers=token)
+        assert stopped.status_code in (200, 202), stopped.text
+        await until_state(http, instance_id, token, "stopped")
+        await eventually(
+            lambda: fleet.containers(agent, instance_id) == [], "the node removed its containers", timeout=60
+        )
+        started = await http.post(f"/v1/instances/{instance_id}/start", headers=token)
+        assert started.status_code in (200, 202), started.text
+        instance = await until_state(http, instance_id, token, "running")
+        await eventually(lambda: serves(instance["endpoints"][0]["url"]), "it serves again", timeout=30)
+        assert len(fleet.containers(agent, instance_id)) == 1

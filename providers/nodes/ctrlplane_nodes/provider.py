@@ -17,8 +17,9 @@ agent on the node does the Docker work with the Docker provider's own code. So:
 * ``logs`` are the lines the node shipped; usage is stored from the node's metric batches by the
   control plane itself, so ``usage`` has none to give (``WorkloadNotFound``).
 
-Stop, start of a stopped instance, restart and exec are not carried to nodes yet: they raise
-``ProviderError`` naming the operation (docs/nodes.md).
+A stop takes the instance off its node (its room is freed; a start places it again). A restart
+waits for the agent, which restarts exited replicas itself; running replicas are not restarted,
+and exec is not carried to nodes yet (``ProviderError``; docs/nodes.md).
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ class NodesProvider:
         nodes = self._nodes()
         placed = await nodes.placement(instance_id)
         if placed is None:
-            return WorkloadStatus(instance_id=instance_id, state="missing", message="not placed on any node")
+            # nothing runs: stopped (a stop releases the node); one that should run is repaired,
+            # which places it again
+            return WorkloadStatus(instance_id=instance_id, state="stopped", message="not placed on any node")
         reported = await nodes.reported_status(instance_id)
         if placed.node_state == "unreachable":
             seen = placed.last_heartbeat_at.isoformat() if placed.last_heartbeat_at else "never"
@@ -225,13 +228,29 @@ class NodesProvider:
         )
 
     async def start(self, instance_id: str) -> WorkloadStatus:
-        raise _unsupported("start")
+        """Never called by ctrlplane for this provider: a start is a ``provision`` (it places again)."""
+        raise _unsupported("start without a spec")
 
     async def stop(self, instance_id: str) -> WorkloadStatus:
-        raise _unsupported("stop")
+        """Take the instance off its node: its containers go and its room on the node is freed; the
+        next start places it again (on any ready node of its pool with room)."""
+        await self.deprovision(instance_id)
+        return WorkloadStatus(instance_id=instance_id, state="stopped", message="stopped; released by its node")
 
     async def restart(self, instance_id: str, replicas: tuple[int, ...] | None = None) -> WorkloadStatus:
-        raise _unsupported("restart")
+        """The agent restarts exited replicas itself at its next converge: wait until the node
+        reports every replica running. Running replicas are not restarted (not carried to nodes yet)."""
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            status = await self.status(instance_id)
+            if status.replicas and all(r.state == "running" for r in status.replicas):
+                return status
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    f"the node of instance {instance_id} has not reported it running again yet",
+                    details={"provider": "nodes"},
+                )
+            await anyio.sleep(POLL_SECONDS)
 
     async def exec(
         self,
