@@ -110,6 +110,7 @@ class Agent:
         self.desired: dict[str, NodeWorkload] = {}
         self.removed: set[str] = set()
         self.rerolled: set[str] = set()
+        self._fresh_state = False
         """Instances whose secrets changed under an unchanged spec: their containers are recreated."""
         self.last_event_id = 0
         self._wake = anyio.Event()
@@ -240,7 +241,8 @@ class Agent:
         while True:
             node_id = self._require_identity().node_id
             try:
-                self._apply_state(await self.client.state(node_id))
+                if self._apply_state(await self.client.state(node_id)):
+                    self._fresh_state = True  # the converge it wakes also removes what is not assigned
                 self._request(full=False)
                 async for event in self.client.events(node_id, self.last_event_id):
                     delay = BACKOFF_FIRST
@@ -366,7 +368,10 @@ class Agent:
         for instance_id in sorted(self.rerolled & set(self.desired)):
             await runtime.recreate(self.desired[instance_id])
         self.rerolled = set()
-        corrections, statuses = await runtime.converge(dict(self.desired), self._spec_for, remove_unknown=applied)
+        remove_unknown, self._fresh_state = applied or self._fresh_state, False
+        corrections, statuses = await runtime.converge(
+            dict(self.desired), self._spec_for, remove_unknown=remove_unknown
+        )
         if corrections:
             log.info("drift_corrected", corrections=[c.type for c in corrections])
             await self.client.drift(identity.node_id, DriftReport(timestamp=datetime.now(UTC), corrections=corrections))
