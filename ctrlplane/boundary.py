@@ -287,6 +287,11 @@ class UnitOfWork(ASGIMiddleware):
             return
         if scope["route_handler"].opt.get("own_auth"):  # its guard authenticates and rate-limits
             if scope.get("method") in READ_METHODS:  # no body; a stream (a node's events) must hear the client leave
+                try:
+                    _check_query(cast("HTTPScope", scope))
+                except CtrlplaneError as exc:
+                    await _Captured.of_error(scope, exc).flush(send)
+                    return
                 await next_app(scope, receive, _with_rate_limit_headers(scope, send))
                 return
             try:

@@ -21,8 +21,9 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
+from ctrlplane.boundary import RATE_LIMIT_KEY, request_id_for
 from ctrlplane.context import AppServices
-from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound
+from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound, RateLimited
 from ctrlplane.http import Context, errors, route
 from ctrlplane.inputs import check_json_depth
 from ctrlplane.nodes import contract, schemas, service
@@ -30,6 +31,7 @@ from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
 from ctrlplane.openapi import EVENT_STREAM, RECORD_BATCH
 from ctrlplane.pagination import Page
+from ctrlplane.ratelimit.service import BucketState
 
 MAX_EVENT_ID = 2**63 - 1
 LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False, pattern=r"^[0-9]{1,19}$")]
@@ -37,8 +39,6 @@ NODE_SECURITY: list[dict[str, list[str]]] = [{"nodeCredential": []}]
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:
-    from ctrlplane.boundary import request_id_for
-
     return request_id_for(request.scope)
 
 
@@ -79,6 +79,21 @@ async def _audit_alone(services: AppServices, request: Request[Any, Any, Any], *
         await _audit(session, services, request, **fields)
 
 
+async def _rate_limit(request: Request[Any, Any, Any], services: AppServices, key: str) -> None:
+    """429 past the caller's bucket, before any transaction (the limiter may write its own rows);
+    RateLimit-* headers on the answer either way."""
+    if services.rate_limiter is None:
+        return
+    state: BucketState | None = None
+    try:
+        state = await services.rate_limiter.check_node(key)
+    except RateLimited as exc:
+        state = exc.rate_limit  # type: ignore[attr-defined]
+        raise
+    finally:
+        request.scope[RATE_LIMIT_KEY] = state  # type: ignore[literal-required]
+
+
 class Call:
     """What the handler of a node call fills in for its audit entry."""
 
@@ -95,9 +110,11 @@ async def node_transaction(
     """Authenticate the node (401), check it is the path's node (another node's ID: 404), run the
     call in one transaction with its audit entry."""
     authenticated: str | None = None
+    authorization = request.headers.get("authorization") or ""
+    await _rate_limit(request, services, "node:" + service.digest(authorization)[:32])
     try:
         async with services.db.write() as session, session.begin():
-            node = await service.authenticate_node(session, request.headers.get("authorization"))
+            node = await service.authenticate_node(session, authorization)
             authenticated = node.id
             if node.id != node_id:
                 raise NotFound.of("node", node_id)
@@ -121,15 +138,16 @@ def _node_responses(*statuses: int) -> dict[int, ResponseSpec]:
     descriptions = {
         400: "Invalid payload",
         401: "Missing, invalid or expired node credential (register again)",
-        403: "The node may not read this",
+        403: "The node may not read this (a secret of an instance placed elsewhere)",
         404: "Unknown node (or another node's), or no such object",
-        409: "Conflict",
+        409: "Conflict (a hostname taken, an older report version, a concurrent change)",
         413: "Batch over the size limit",
+        429: "Rate limited; retry after Retry-After seconds",
         503: "Database unavailable",
     }
     return {
         code: ResponseSpec(data_container=ErrorBody, description=descriptions[code], generate_examples=False)
-        for code in sorted({401, 404, 503, *statuses})
+        for code in sorted({400, 401, 403, 404, 429, 503, *statuses})
     }
 
 
@@ -149,7 +167,7 @@ def node_route(action: str) -> dict[str, Any]:
     tags=["nodes"],
     status_code=201,
     security=[{}],
-    responses=_node_responses(400, 409),
+    responses=_node_responses(409, 413),
     opt={**route("node", "register"), **NODE_OPT},
 )
 async def register_node(
@@ -157,6 +175,7 @@ async def register_node(
 ) -> contract.RegisterResponse:
     """Register a node with a one-time bootstrap token (401 if invalid, expired, used or revoked)."""
     services = _services(state)
+    await _rate_limit(request, services, f"register:{_client(request)}")
     try:
         async with services.db.write() as session, session.begin():
             answer = await service.register(session, services, data)
@@ -178,7 +197,7 @@ async def register_node(
     tags=["nodes"],
     status_code=200,
     security=NODE_SECURITY,
-    responses=_node_responses(400),
+    responses=_node_responses(409, 413),
     opt={**route("node", "rotate_keys"), **NODE_OPT},
 )
 async def rotate_node_keys(
@@ -200,7 +219,7 @@ class NodeController(Controller):
     @get(
         "/events",
         operation_id="nodeEvents",
-        responses=_node_responses(400),
+        responses=_node_responses(),
         opt={**node_route("events"), EVENT_STREAM: True},
     )
     async def events(
@@ -233,7 +252,7 @@ class NodeController(Controller):
         "/heartbeat",
         operation_id="nodeHeartbeat",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("heartbeat"),
     )
     async def heartbeat(
@@ -251,7 +270,7 @@ class NodeController(Controller):
         "/deregister",
         operation_id="deregisterNode",
         status_code=200,
-        responses=_node_responses(),
+        responses=_node_responses(409, 413),
         opt=node_route("deregister"),
     )
     async def deregister(
@@ -264,7 +283,7 @@ class NodeController(Controller):
     @put(
         "/capabilities",
         operation_id="updateNodeCapabilities",
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("capabilities"),
     )
     async def capabilities(
@@ -288,7 +307,7 @@ class NodeController(Controller):
         "/drift",
         operation_id="reportNodeDrift",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("drift"),
     )
     async def drift(
@@ -303,7 +322,7 @@ class NodeController(Controller):
             call.details = {"corrections": msgspec.to_builtins(data.corrections[:50])}
             return await call.calls.drift(data)
 
-    @get("/secrets/{key:str}", operation_id="nodeSecret", responses=_node_responses(403), opt=node_route("secret"))
+    @get("/secrets/{key:str}", operation_id="nodeSecret", responses=_node_responses(), opt=node_route("secret"))
     async def secret(
         self, request: Request[Any, Any, Any], node_id: FromPath[str], key: FromPath[str], state: State
     ) -> contract.EncryptedSecret:
@@ -316,7 +335,7 @@ class NodeController(Controller):
         "/report",
         operation_id="nodeReport",
         status_code=200,
-        responses=_node_responses(400, 409),
+        responses=_node_responses(409, 413),
         opt=node_route("report"),
     )
     async def report(
@@ -334,7 +353,7 @@ class NodeController(Controller):
         "/executions/{execution_id:str}/ack",
         operation_id="ackNodeExecution",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("execution_ack"),
     )
     async def ack(
@@ -353,7 +372,7 @@ class NodeController(Controller):
         "/executions/{execution_id:str}/result",
         operation_id="nodeExecutionResult",
         status_code=200,
-        responses=_node_responses(400),
+        responses=_node_responses(409, 413),
         opt=node_route("execution_result"),
     )
     async def result(
@@ -394,7 +413,7 @@ class NodeController(Controller):
         "/metrics",
         operation_id="nodeMetrics",
         status_code=202,
-        responses=_node_responses(400, 413),
+        responses=_node_responses(409, 413),
         opt={**node_route("metrics"), RECORD_BATCH: "Metric records (group, timestamp, data, instance_id)"},
     )
     async def metrics(
@@ -407,7 +426,7 @@ class NodeController(Controller):
         "/logs",
         operation_id="nodeLogs",
         status_code=202,
-        responses=_node_responses(400, 413),
+        responses=_node_responses(409, 413),
         opt={**node_route("logs"), RECORD_BATCH: "Log records (timestamp, message, source, instance_id)"},
     )
     async def logs(
@@ -420,7 +439,7 @@ class NodeController(Controller):
         "/audit",
         operation_id="nodeAudit",
         status_code=202,
-        responses=_node_responses(400, 413),
+        responses=_node_responses(409, 413),
         opt={**node_route("audit"), RECORD_BATCH: "Host audit records (timestamp, source, event_type, action, result)"},
     )
     async def audit(
