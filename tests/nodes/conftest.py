@@ -76,7 +76,7 @@ class AgentProcess:
         self.starts += 1
         command = [
             sys.executable, "-m", "ctrlplane.agent.main", "--url", self.url, "--state-dir", str(self.state_dir),
-            "--hostname", self.name, "--heartbeat-interval", "0.5", "--reconcile-interval", "2",
+            "--hostname", self.name, "--heartbeat-interval", "1", "--reconcile-interval", "2",
             "--telemetry-interval", "1", "--cpu-millis", "2000", "--memory-mb", "1024", *self.extra,
         ]  # fmt: skip
         if self.token:
