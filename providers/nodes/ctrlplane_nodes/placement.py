@@ -1,8 +1,8 @@
 """Which node an instance goes to: a ready node of its pool, matching its selector, with room.
 
 An instance chooses with two labels (``docs/nodes.md``, "Placement"): ``node-pool`` (default
-``CTRLPLANE_NODES_DEFAULT_POOL``, ``default``) and any number of ``node-selector/KEY: VALUE``, each of
-which the node's registration metadata must carry. Of the candidates the control plane offers
+``default``, the enrolment tokens' default pool) and any number of ``node-selector/KEY: VALUE``,
+each of which the node's registration metadata must carry. Of the candidates the control plane offers
 (ready: neither cordoned, draining nor unreachable; the pool's, or the tenant's own), the first
 with room for ``cpu_millis * replicas`` and ``memory_mb * replicas`` wins; the candidates come
 freest first, so instances spread. That is all: ctrlplane places an instance and keeps it there;

@@ -45,7 +45,7 @@ from ctrlplane.provisioning.contract import (
 )
 from ctrlplane.provisioning.errors import ProviderError, WorkloadNotFound
 from ctrlplane.settings import Settings
-from ctrlplane_nodes.placement import Candidate, choose, pool_of
+from ctrlplane_nodes.placement import DEFAULT_POOL, Candidate, choose, pool_of
 
 WAIT_SECONDS = 120.0
 POLL_SECONDS = 0.25
@@ -86,7 +86,7 @@ class NodesProvider:
     name = "nodes"
 
     def __init__(self, settings: Settings, *, wait_seconds: float = WAIT_SECONDS) -> None:
-        self._default_pool = str(getattr(settings, "nodes_default_pool", "default"))
+        self._default_pool = DEFAULT_POOL
         self._wait_seconds = wait_seconds
         self._door: NodeDoor | None = None
 
