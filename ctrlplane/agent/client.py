@@ -37,9 +37,18 @@ T = TypeVar("T")
 class NodeApiError(Exception):
     """The control plane answered with an error status (``status``) or could not be reached (0)."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+        """Seconds the control plane asked to wait (``Retry-After`` of a 429 or 503)."""
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "0")))
+    except ValueError:
+        return 0.0
 
 
 def _message(response: httpx.Response) -> str:
@@ -79,7 +88,11 @@ class NodeClient:
         except httpx.HTTPError as exc:
             raise NodeApiError(f"{method} {path}: {exc!r}") from exc
         if response.status_code >= 400:
-            raise NodeApiError(f"{method} {path}: {response.status_code} {_message(response)}", response.status_code)
+            raise NodeApiError(
+                f"{method} {path}: {response.status_code} {_message(response)}",
+                response.status_code,
+                _retry_after(response),
+            )
         if answer is None or not response.content:
             return None
         return msgspec.json.decode(response.content, type=answer)

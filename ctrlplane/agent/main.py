@@ -249,6 +249,7 @@ class Agent:
                     if event.data:
                         await self._on_event(event.data)
             except Exception as exc:  # noqa: BLE001 - reconnect whatever broke the stream
+                delay = max(delay, getattr(exc, "retry_after", 0.0))
                 log.warning("event_stream_lost", error=str(exc), kind=type(exc).__name__, retry_in=delay)
             else:
                 log.info("event_stream_ended", retry_in=delay)
@@ -348,6 +349,7 @@ class Agent:
                 await self.converge(full=full)
                 delay = BACKOFF_FIRST
             except Exception as exc:  # noqa: BLE001 - the agent outlives any one failed pass
+                delay = max(delay, getattr(exc, "retry_after", 0.0))
                 log.warning("converge_failed", error=str(exc), kind=type(exc).__name__, retry_in=delay)
                 self._full = True
                 await anyio.sleep(delay)
