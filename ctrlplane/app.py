@@ -23,6 +23,7 @@ from ctrlplane.auth.api import KeyController
 from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
 from ctrlplane.auth.tokens import load_signing_secret
 from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_response
+from ctrlplane.console import console_router
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
@@ -173,6 +174,7 @@ def create_app(
             EnvironmentController,
             WebhookController,
             LogDrainController,
+            console_router(),
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

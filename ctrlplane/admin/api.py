@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, get
 from litestar.params import FromQuery
 
@@ -27,6 +28,26 @@ class AdminController(Controller):
         """Registered providers and whether each answers right now."""
         items = await AdminService(context).providers()
         return Page(items=items, next_cursor=None, total=len(items))
+
+    @get(
+        "/audit/verify",
+        operation_id="verifyAudit",
+        responses=errors(),
+        opt=route("audit", "verify", system_admin=True),
+    )
+    async def verify_audit(
+        self, context: Context, allow_unkeyed_prefix: FromQuery[bool] = False
+    ) -> audit_schemas.AuditVerification:
+        """Walk every audit chain with the server's audit keys: intact, or the first broken link."""
+        report = await audit_service.verify(
+            context.session, context.services.audit_keys, allow_unkeyed_prefix=allow_unkeyed_prefix
+        )
+        broken = (
+            msgspec.convert(report.broken, audit_schemas.BrokenLink, from_attributes=True) if report.broken else None
+        )
+        return audit_schemas.AuditVerification(
+            intact=broken is None, chains=report.chains, entries=report.entries, broken=broken
+        )
 
     @get("/audit", operation_id="queryAudit", responses=errors(), opt=route("audit", "list", system_admin=True))
     async def audit(
