@@ -69,6 +69,24 @@ def test_tenant_creates_deploys_rolls_back_and_reads_logs(console: Console) -> N
     expect(page.locator("#deployment-state")).to_have_attribute("data-state", "succeeded", timeout=LONG)
     assert console.call("GET", f"/v1/instances/{instance['id']}", key).json()["image"] == IMAGE
 
+    page.get_by_role("link", name="Secrets").click()
+    page.get_by_label("Name").fill("DATABASE_PASSWORD")
+    page.get_by_label("Value").fill("hunter2-never-shown")
+    page.get_by_role("button", name="Set secret").click()
+    expect(page.locator("main table")).to_contain_text("DATABASE_PASSWORD")
+    assert "hunter2-never-shown" not in page.content()
+    page.get_by_role("button", name="Delete secret DATABASE_PASSWORD").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("main table")).not_to_contain_text("DATABASE_PASSWORD")
+
+    page.get_by_role("link", name="Health").click()
+    page.get_by_label("Name").fill("home")
+    page.get_by_label("Target").fill(f"http://localhost:{HTTP_PORT}/")
+    page.get_by_role("button", name="Add check").click()
+    page.get_by_role("button", name="Run check home now").click()
+    expect(page.locator("main table")).to_contain_text("pass")
+    screenshot(page, "instance-health")
+
     page.get_by_role("link", name="Events").click()
     expect(page.locator("#events")).to_contain_text("deployment")
     page.get_by_role("link", name="Metrics").click()
