@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from ctrlplane import __version__
 from ctrlplane.admin.api import AdminController
+from ctrlplane.apidocs import SCHEMA_PATH, docs_redirect, render_plugins, schema_router
 from ctrlplane.auth.api import KeyController
 from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
 from ctrlplane.auth.tokens import load_signing_secret
@@ -152,6 +153,7 @@ def create_app(
         route_handlers=[
             healthz,
             readyz,
+            docs_redirect,
             TenantController,
             KeyController,
             AdminController,
@@ -184,7 +186,9 @@ def create_app(
             title="ctrlplane",
             version=__version__,
             description="Multi-tenant PaaS control plane. Errors: {message, code, request_id}.",
-            path="/schema",
+            path=SCHEMA_PATH,
+            render_plugins=render_plugins(),
+            openapi_router=schema_router(),
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key"),
