@@ -35,6 +35,7 @@ from ctrlplane.events.api import EventController
 from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
+from ctrlplane.installation import warn_if_shared
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.openapi import (
@@ -140,6 +141,7 @@ def create_app(
                 start_relay(services, group)
                 if services.settings.background:
                     Background(services).start(group)
+                    group.start_soon(warn_if_shared, services.settings, services.providers)
                 try:
                     yield
                 finally:

@@ -186,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        from ctrlplane.installation import resolve
+
+        try:
+            settings = resolve(settings)
+        except SettingsError as exc:
+            print(f"ctrlplane: {exc}", file=sys.stderr)
+            return 2
         return _serve(settings, args)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
@@ -355,8 +362,9 @@ def worker_app() -> Any:
     """The app of one ``serve --workers`` process, from the environment the parent was started with
     (the parent has migrated the database and checked the configuration)."""
     from ctrlplane.app import create_app
+    from ctrlplane.installation import resolve
 
-    settings = Settings.from_env()
+    settings = resolve(Settings.from_env())
     return create_app(msgspec.structs.replace(settings, migrate_on_start=False))
 
 

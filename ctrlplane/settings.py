@@ -95,6 +95,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     providers: tuple[str, ...] = ("docker",)
     cluster_name: str = "ctrlplane"
+    installation_id: str = ""
+    """Set by ``ctrlplane.installation.resolve`` (``serve``), never from the environment: providers
+    label what they create with it (``ctrlplane.installation``)."""
     docker_host_address: str = "127.0.0.1"
     docker_subnet_pool: str = "10.224.0.0/12"
     docker_subnet_size: int = 24
