@@ -35,7 +35,7 @@ from ctrlplane.events.api import EventController
 from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
-from ctrlplane.installation import warn_if_shared
+from ctrlplane.installation import SHARED_CHECK_SECONDS, warn_if_shared
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.openapi import (
@@ -140,8 +140,10 @@ def create_app(
             async with anyio.create_task_group() as group:
                 start_relay(services, group)
                 if services.settings.background:
+                    # before the reconciler's first pass, which would take the other's objects for orphans
+                    with anyio.move_on_after(SHARED_CHECK_SECONDS):
+                        await warn_if_shared(services.settings, services.providers)
                     Background(services).start(group)
-                    group.start_soon(warn_if_shared, services.settings, services.providers)
                 try:
                     yield
                 finally:

@@ -36,6 +36,8 @@ from ctrlplane.settings import PREFIX, Settings, SettingsError
 log = structlog.get_logger("ctrlplane.installation")
 
 INSTALLATION_FILE = "installation"
+SHARED_CHECK_SECONDS = 5.0
+"""How long the start waits for ``warn_if_shared`` (an engine that hangs does not hold the server)."""
 LEGACY_CLUSTER_NAME = "ctrlplane"
 
 
@@ -78,7 +80,7 @@ def resolve(settings: Settings, environ: Mapping[str, str] | None = None) -> Set
 
 async def warn_if_shared(settings: Settings, providers: ProviderRegistry) -> None:
     """Log ``cluster_name_shared`` when a provider sees this cluster name used by another
-    installation (once, at start: the background runs it)."""
+    installation (once, at start, before the background's first reconcile pass)."""
     for provider in providers:
         name = str(provider.name)
         if not isinstance(provider, SharedEngineProvider):

@@ -16,6 +16,7 @@ from docker import DockerClient
 from ctrlplane.installation import INSTALLATION_FILE, resolve, warn_if_shared
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings, SettingsError
+from tests.harness import ServeProcess
 from tests.providers.docker_engine import docker_engine, remove_cluster
 
 __all__ = ["docker_engine"]
@@ -78,4 +79,22 @@ async def test_another_installation_with_the_same_cluster_name_is_warned_about(d
     finally:
         await ours.close()
         await theirs.close()
+        await anyio.to_thread.run_sync(remove_cluster, docker_engine, cluster)
+
+
+@pytest.mark.docker
+async def test_serve_warns_at_start_when_its_cluster_name_is_taken(docker_engine: DockerClient, tmp_path: Path) -> None:
+    cluster = f"test-shared-{uuid.uuid4().hex[:8]}"
+    labels = object_labels(cluster=cluster, purpose="network", tenant_id="ten_x", installation="another-checkout")
+    await anyio.to_thread.run_sync(lambda: docker_engine.networks.create(f"cp-{cluster}", labels=labels))
+    server = ServeProcess(
+        f"sqlite+aiosqlite:///{tmp_path / 'ctrlplane.db'}", tmp_path, cluster, CTRLPLANE_LOG_LEVEL="info"
+    )
+    try:
+        await server.start()
+        log = server.log_path.read_text()
+        [line] = [line for line in log.splitlines() if "cluster_name_shared" in line]
+        assert '"level": "warning"' in line and "another-checkout" in line and cluster in line
+    finally:
+        server.stop()
         await anyio.to_thread.run_sync(remove_cluster, docker_engine, cluster)
