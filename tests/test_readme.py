@@ -95,7 +95,8 @@ def test_the_walkthrough_is_found_with_its_outputs() -> None:
 
 
 async def test_the_readme_walkthrough_runs_verbatim(docker_engine: DockerClient, tmp_path: Path) -> None:
-    require_binary("bash", "the README test")
+    for binary in ("bash", "curl", "docker", "python3"):
+        require_binary(binary, "the README walkthrough")
     blocks, files = walkthrough()
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # the README's .venv/bin/...: this test's own venv
     (tmp_path / "tests").symlink_to(REPO / "tests")
