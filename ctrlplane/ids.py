@@ -17,6 +17,7 @@ PREFIXES = frozenset(
     {
         "ten",
         "inst",
+        "rcr",
         "dep",
         "rel",
         "chk",

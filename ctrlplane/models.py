@@ -21,6 +21,7 @@ from ctrlplane.network.models import (
 )
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
+from ctrlplane.registry_credentials.models import RegistryCredential
 from ctrlplane.releases.models import Release
 from ctrlplane.runs.models import Job, Run
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
@@ -53,6 +54,7 @@ __all__ = [
     "MetricSample",
     "Operation",
     "RateBucket",
+    "RegistryCredential",
     "Release",
     "Route",
     "Run",

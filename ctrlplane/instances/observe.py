@@ -24,6 +24,7 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
+from ctrlplane.registries import registry_key
 from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.otlp import otlp_env
@@ -96,6 +97,9 @@ def spec_for(
     routes; a route to a port the instance does not have (any more) is left out."""
     secrets = secrets or WorkloadSecrets()
     config = config or RuntimeConfig()
+    auth = secrets.registry_auth
+    if auth is not None and auth.registry != registry_key(instance.image):
+        auth = None  # the credential of another image's registry (the release's, not this spec's)
     tcp_ports = {int(port["container_port"]) for port in instance.ports if port.get("protocol", "tcp") == "tcp"}
     return WorkloadSpec(
         instance_id=instance.id,
@@ -108,6 +112,9 @@ def spec_for(
         env={**otlp_env(settings, instance_id=instance.id, name=instance.name), **instance.env, **secrets.env},
         labels=dict(instance.labels),
         files=secrets.files,
+        registry_auth=secrets.registry_auth
+        if secrets.registry_auth and registry_key(instance.image) == secrets.registry_auth.registry
+        else None,
         pull_policy=instance.pull_policy,  # type: ignore[arg-type]
         release_id=instance.current_release_id,
         generation=generation or instance.generation,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from posixpath import normpath
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import AppServices, RequestContext
@@ -39,6 +40,7 @@ from ctrlplane.instances.service import InstanceService
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.preconditions import require_existing, require_version
 from ctrlplane.provisioning.contract import SecretFile
+from ctrlplane.registry_credentials.service import credential_for as registry_credential_for
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets import schemas
 from ctrlplane.secrets.crypto import DecryptionFailed, Vault
@@ -270,17 +272,25 @@ async def values_of(session: AsyncSession, vault: Vault, *, tenant_id: str, inst
 
 
 async def for_release(services: AppServices, release_id: str | None) -> schemas.WorkloadSecrets:
-    """The secrets a release pinned, decrypted (none for no release)."""
+    """The secrets a release pinned, decrypted (none for no release), with the tenant's credential
+    for the registry of the release's image, if it has one."""
     if release_id is None:
         return schemas.WorkloadSecrets()
     async with services.db.read() as session:
         release = await session.get(Release, release_id)
         if release is None:
             return schemas.WorkloadSecrets()
-        return await workload_secrets(
+        pinned = await workload_secrets(
             session,
             services.vault,
             tenant_id=release.tenant_id,
             instance_id=release.instance_id,
             revision=release.secrets_revision,
         )
+        try:
+            auth = await registry_credential_for(
+                session, services.vault, tenant_id=release.tenant_id, image=release.image
+            )
+        except DecryptionFailed as exc:
+            raise DecryptionFailed(f"registry credential: {exc.message}") from None
+        return msgspec.structs.replace(pinned, registry_auth=auth)

@@ -17,6 +17,7 @@ from ctrlplane.provisioning.contract import (
     HttpRoute,
     PortSpec,
     Probe,
+    RegistryAuth,
     Resources,
     SecretFile,
     TenantQuota,
@@ -52,6 +53,7 @@ def spec(**overrides: Any) -> WorkloadSpec:
             HttpRoute(host="shop.example.com", path="/api", container_port=8080),
             HttpRoute(host="internal.example.com", tls=False),
         ),
+        "registry_auth": RegistryAuth(registry="registry.example", username="robot", password="pull-s3cret"),
     }
     values.update(overrides)
     return WorkloadSpec(**values)
@@ -62,6 +64,7 @@ def every_manifest(workload: WorkloadSpec, settings: KubernetesSettings = DEFAUL
         manifests.namespace(CLUSTER, workload.tenant_id),
         manifests.network_policy(CLUSTER, workload.tenant_id, settings),
         manifests.secret(CLUSTER, workload),
+        *([pull] if (pull := manifests.pull_secret(CLUSTER, workload)) is not None else []),
         manifests.service(CLUSTER, workload),
         manifests.service(CLUSTER, workload, pinned_slot="b"),
     ]
@@ -95,6 +98,7 @@ SPEC_VARIANTS = {
         labels={},
         probes=(),
         routes=(),
+        registry_auth=None,
         tenant_quota=None,
         release_id=None,
         command=None,

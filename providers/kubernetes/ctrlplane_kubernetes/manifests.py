@@ -13,6 +13,7 @@ from ctrlplane.provisioning.contract import (
     LABEL_GENERATION,
     HttpRoute,
     Probe,
+    RegistryAuth,
     RunSpec,
     Strategy,
     TenantQuota,
@@ -146,6 +147,44 @@ def secret(cluster: str, spec: WorkloadSpec) -> Manifest:
     }
 
 
+DOCKER_HUB_ADDRESS = "https://index.docker.io/v1/"
+
+
+def docker_config(auth: RegistryAuth) -> bytes:
+    """``.dockerconfigjson``: the credential under its registry (Docker Hub's under its index URL)."""
+    server = DOCKER_HUB_ADDRESS if auth.registry == "docker.io" else auth.registry
+    login = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+    entry = {"username": auth.username, "password": auth.password, "auth": login}
+    return json.dumps({"auths": {server: entry}}, sort_keys=True).encode()
+
+
+def pull_secret(cluster: str, spec: WorkloadSpec, name: str | None = None) -> Manifest | None:
+    """The ``kubernetes.io/dockerconfigjson`` Secret the kubelet pulls ``spec.image`` with (named in
+    the pods' ``imagePullSecrets``); none without registry credentials."""
+    if spec.registry_auth is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {
+            "name": name or naming.pull_secret_name(spec.instance_id, spec.generation),
+            "labels": {**naming.instance_labels(cluster, spec), LABEL_GENERATION: str(spec.generation)},
+        },
+        "data": {".dockerconfigjson": _b64(docker_config(spec.registry_auth))},
+    }
+
+
+def run_pull_secret(cluster: str, run: RunSpec) -> Manifest | None:
+    manifest = pull_secret(cluster, run.workload, naming.run_pull_secret_name(run.run_id))
+    if manifest is not None:
+        workload = run.workload
+        manifest["metadata"]["labels"] = naming.run_labels(
+            cluster, workload.tenant_id, workload.instance_id, run.run_id
+        )
+    return manifest
+
+
 def run_secret(cluster: str, run: RunSpec) -> Manifest:
     """The run's env and files, in a Secret of its own (named like its Job)."""
     manifest = secret(cluster, run.workload)
@@ -208,6 +247,11 @@ def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifes
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "restartPolicy": "Never",
+                    **(
+                        {"imagePullSecrets": [{"name": naming.run_pull_secret_name(run.run_id)}]}
+                        if workload.registry_auth is not None
+                        else {}
+                    ),
                 },
             },
         },
@@ -325,6 +369,8 @@ def deployment(
         "enableServiceLinks": False,
         "restartPolicy": "Always",
     }
+    if spec.registry_auth is not None:
+        pod_spec["imagePullSecrets"] = [{"name": naming.pull_secret_name(spec.instance_id, spec.generation)}]
     pod_annotations[naming.TEMPLATE_HASH] = template_hash(labels, pod_spec)
     return {
         "apiVersion": "apps/v1",
