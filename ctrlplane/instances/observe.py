@@ -112,9 +112,8 @@ def spec_for(
         env={**otlp_env(settings, instance_id=instance.id, name=instance.name), **instance.env, **secrets.env},
         labels=dict(instance.labels),
         files=secrets.files,
-        registry_auth=secrets.registry_auth
-        if secrets.registry_auth and registry_key(instance.image) == secrets.registry_auth.registry
-        else None,
+        registry_auth=auth,
+        read_only_root_fs=bool(instance.read_only_root_fs),
         pull_policy=instance.pull_policy,  # type: ignore[arg-type]
         release_id=instance.current_release_id,
         generation=generation or instance.generation,

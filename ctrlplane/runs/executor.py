@@ -91,7 +91,9 @@ async def run_context(services: AppServices, run: Run) -> tuple[WorkloadSpec, Wo
     secrets = await secrets_for_release(services, run.release_id)
     source = instance
     if release is not None and run.kind != "release":
-        source = Instance(**{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy")})
+        source = Instance(
+            **{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy", "read_only_root_fs")}
+        )
         restore_release(source, release)
         source.current_release_id = release.id
     spec = spec_for(source, settings=services.settings, generation=run.generation, secrets=secrets)

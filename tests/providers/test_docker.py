@@ -138,6 +138,22 @@ class TestDockerProvider(ProviderConformance):
         socket = await provider.exec(spec.instance_id, ["ls", "/var/run/docker.sock", "/run/docker.sock"])
         assert socket.exit_code != 0, "the Docker socket is never inside a replica"
 
+    async def test_a_read_only_root_filesystem_refuses_writes_but_tmp_is_writable(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        spec = workloads.spec(read_only_root_fs=True)
+        status = await provider.provision(spec)
+        host = (await inspect(status.replicas[0].name))["HostConfig"]
+        assert host["ReadonlyRootfs"] is True
+        root = await provider.exec(spec.instance_id, ["sh", "-c", "echo x > /written && echo wrote"])
+        assert root.exit_code != 0 and "Read-only file system" in root.output, root.output
+        tmp = await provider.exec(spec.instance_id, ["sh", "-c", "echo x > /tmp/written && cat /tmp/written"])
+        assert (tmp.exit_code, tmp.output.strip()) == (0, "x"), tmp.output
+        writable = workloads.spec()
+        await provider.provision(writable)
+        default = await provider.exec(writable.instance_id, ["sh", "-c", "echo x > /written && echo wrote"])
+        assert (default.exit_code, default.output.strip()) == (0, "wrote"), "the default stays writable"
+
     async def test_a_fork_bomb_stops_at_the_pids_limit_while_neighbours_keep_serving(
         self, provider: Provider, workloads: Workloads
     ) -> None:

@@ -449,7 +449,7 @@ class DockerProvider:
             network_mode=network_id,
             init=True,
             mounts=mounts or None,
-            **hardened(pids_limit=self._pids_limit),
+            **hardened(pids_limit=self._pids_limit, read_only=spec.read_only_root_fs),
         )
         deadline = time.monotonic() + ADOPT_WAIT_SECONDS
         while True:
@@ -1040,6 +1040,7 @@ class DockerProvider:
                         network_mode=network_id,
                         init=True,
                         mounts=mounts or None,
+                        **hardened(pids_limit=self._pids_limit, read_only=workload.read_only_root_fs),
                     )
                     try:
                         created = api.create_container(

@@ -213,7 +213,7 @@ def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifes
             for key in sorted(workload.env)
         ],
         "resources": {"requests": resources, "limits": dict(resources)},
-        "securityContext": container_security(settings),
+        "securityContext": container_security(settings, read_only_root_fs=workload.read_only_root_fs),
         "volumeMounts": [
             {"name": "files", "mountPath": file.path, "subPath": file_key(index), "readOnly": True}
             for index, file in enumerate(workload.files)
@@ -233,6 +233,10 @@ def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifes
         if workload.files
         else []
     )
+    if workload.read_only_root_fs:
+        tmp, tmp_mount = tmp_volume()
+        volumes.append(tmp)
+        container["volumeMounts"].append(tmp_mount)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -296,7 +300,12 @@ def probes(spec: WorkloadSpec) -> Manifest:
     return result
 
 
-def container_security(settings: KubernetesSettings) -> Manifest:
+TMP_VOLUME = "tmp"
+TMP_SIZE = "64Mi"
+"""The writable ``/tmp`` of a read-only root filesystem: memory-backed, as Docker's tmpfs."""
+
+
+def container_security(settings: KubernetesSettings, *, read_only_root_fs: bool = False) -> Manifest:
     context: Manifest = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -305,7 +314,17 @@ def container_security(settings: KubernetesSettings) -> Manifest:
     }
     if settings.run_as_non_root:
         context["runAsNonRoot"] = True
+    if read_only_root_fs:
+        context["readOnlyRootFilesystem"] = True
     return context
+
+
+def tmp_volume() -> tuple[Manifest, Manifest]:
+    """The volume and mount of a writable ``/tmp`` for a read-only root filesystem."""
+    return (
+        {"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": TMP_SIZE}},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    )
 
 
 def deployment(
@@ -336,7 +355,7 @@ def deployment(
         "env": env,
         "ports": [{"containerPort": port.container_port, "protocol": port.protocol.upper()} for port in spec.ports],
         "resources": {"requests": resources, "limits": dict(resources)},
-        "securityContext": container_security(settings),
+        "securityContext": container_security(settings, read_only_root_fs=spec.read_only_root_fs),
         "volumeMounts": mounts,
         **probes(spec),
     }
@@ -361,6 +380,10 @@ def deployment(
         if spec.files
         else []
     )
+    if spec.read_only_root_fs:
+        tmp, tmp_mount = tmp_volume()
+        volumes.append(tmp)
+        mounts.append(tmp_mount)
     pod_annotations = {naming.RESTARTED_AT: restarted_at} if restarted_at else {}
     pod_spec: Manifest = {
         "containers": [container],
