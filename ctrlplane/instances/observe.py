@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -139,10 +140,25 @@ def observed_state(status: WorkloadStatus) -> tuple[str, str]:
     return "failed", status.message or "no containers found for this instance"
 
 
+TextRedactor = Callable[[AsyncSession, Instance, str], Awaitable[str]]
+"""Removes an instance's secret values and OTLP token from text a runtime reported
+(``secrets.service.container_text_redactor``)."""
+
+
 async def set_state(
-    session: AsyncSession, instance: Instance, state: str, message: str, *, data: dict[str, Any] | None = None
+    session: AsyncSession,
+    instance: Instance,
+    state: str,
+    message: str,
+    *,
+    data: dict[str, Any] | None = None,
+    redact: TextRedactor | None = None,
 ) -> None:
-    """Record a state; a change is appended to the event log in the same transaction."""
+    """Record a state; a change is appended to the event log in the same transaction. ``redact``
+    (for messages a runtime reported, which may echo what a container printed) cleans a new
+    message before it is stored or put in an event."""
+    if redact is not None and message and message != instance.status_message:
+        message = await redact(session, instance, message)
     previous = instance.state
     changed = previous != state or instance.status_message != message
     instance.state = state
@@ -159,7 +175,9 @@ async def set_state(
         )
 
 
-async def record_status(session: AsyncSession, instance: Instance, status: WorkloadStatus) -> None:
+async def record_status(
+    session: AsyncSession, instance: Instance, status: WorkloadStatus, *, redact: TextRedactor | None = None
+) -> None:
     state, message = observed_state(status)
     if state == "stopped" and instance.desired_state == "sleeping":
         # scaled to zero by network.sleep: stopped, with its hostnames still routed (to wake it)
@@ -169,4 +187,4 @@ async def record_status(session: AsyncSession, instance: Instance, status: Workl
         instance.endpoints = endpoints
         instance.updated_at = utc_now()
     await follow_status(session, instance, status)
-    await set_state(session, instance, state, message)
+    await set_state(session, instance, state, message, redact=redact)
