@@ -18,6 +18,7 @@ PREFIXES = frozenset(
         "ten",
         "inst",
         "rcr",
+        "ckp",
         "dep",
         "rel",
         "chk",

@@ -1,6 +1,6 @@
 """Every model, imported once so that ``metadata`` is complete for Alembic and the drift test."""
 
-from ctrlplane.audit.models import AuditChain, AuditEntry
+from ctrlplane.audit.models import AuditChain, AuditCheckpoint, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
 from ctrlplane.deployments.models import Deployment
@@ -36,6 +36,7 @@ __all__ = [
     "AcmeAccount",
     "ApiKey",
     "AuditChain",
+    "AuditCheckpoint",
     "AuditEntry",
     "Certificate",
     "Deployment",

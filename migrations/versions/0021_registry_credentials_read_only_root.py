@@ -1,4 +1,4 @@
-"""registry credentials; instances' read-only root filesystem
+"""registry credentials; instances' read-only root filesystem; signed audit checkpoints
 
 Revision ID: 0021
 Revises: 0017
@@ -7,7 +7,8 @@ Create Date: 2026-12-05 05:40:00
 ``registry_credentials``: a tenant's login to a private image registry, one per registry, its
 password sealed with the tenant's data key. ``instances.read_only_root_fs``: run the containers
 with a read-only root filesystem (a tmpfs at /tmp stays writable); existing instances keep a
-writable one.
+writable one. ``audit_checkpoints``: every audit chain's head at a moment, signed with a key
+derived from the secrets master ring.
 """
 
 from __future__ import annotations
@@ -44,11 +45,21 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("registry_credentials", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_registry_credentials_tenant_id"), ["tenant_id"], unique=False)
+    op.create_table(
+        "audit_checkpoints",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("at", ctrlplane.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("heads", sa.JSON(), nullable=False),
+        sa.Column("key_version", sa.Integer(), nullable=False),
+        sa.Column("signature", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_checkpoints")),
+    )
     with op.batch_alter_table("instances", recreate="never") as batch_op:
         batch_op.add_column(sa.Column("read_only_root_fs", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    op.drop_table("audit_checkpoints")
     # Never by rebuilding the table on SQLite (see 0011): dropping the old copy of instances would
     # cascade to everything that hangs off it. SQLite drops a plain column in place.
     with op.batch_alter_table("instances", recreate="never") as batch_op:
