@@ -15,7 +15,7 @@ class RegistryCredentialController(Controller):
 
     @post(
         operation_id="setRegistryCredential",
-        responses=errors(mutating=True),
+        responses=errors(409, mutating=True),
         opt=route("registry_credential", "set", secret_body=True),
     )
     async def set_credential(

@@ -14,11 +14,11 @@ only; a change takes effect at the next pull.
 
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import AppServices, RequestContext
-from ctrlplane.errors import InvalidInput, NotFound
+from ctrlplane.errors import Conflict, InvalidInput, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.provisioning.contract import RegistryAuth
@@ -27,6 +27,8 @@ from ctrlplane.registry_credentials import schemas
 from ctrlplane.registry_credentials.models import RegistryCredential
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.timeutil import utc_now
+
+MAX_CREDENTIALS_PER_TENANT = 50
 
 
 def _aad(credential_id: str, registry: str) -> bytes:
@@ -82,6 +84,14 @@ class RegistryCredentialService:
         now = utc_now()
         replaced = row is not None
         if row is None:
+            held = await self.session.scalar(
+                select(func.count()).select_from(RegistryCredential).where(RegistryCredential.tenant_id == tenant_id)
+            )
+            if (held or 0) >= MAX_CREDENTIALS_PER_TENANT:
+                raise Conflict(
+                    f"a tenant has at most {MAX_CREDENTIALS_PER_TENANT} registry credentials; delete one first",
+                    details={"limit": MAX_CREDENTIALS_PER_TENANT},
+                )
             row = RegistryCredential(
                 id=new_id("rcr"), tenant_id=tenant_id, host=registry, created_at=now, sealed_password=b""
             )

@@ -135,3 +135,20 @@ async def test_a_workers_spec_carries_the_credential_of_its_images_registry_only
         auth = spec_for(instance, settings=settings, secrets=secrets).registry_auth
         assert (auth and (auth.registry, auth.username, auth.password)) == expected
         assert password not in repr(secrets)
+
+
+async def test_a_tenant_holds_at_most_the_limit_of_credentials_and_replacing_one_is_not_a_new_one(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctrlplane.registry_credentials import service
+
+    monkeypatch.setattr(service, "MAX_CREDENTIALS_PER_TENANT", 2)
+    _, token = await tenant_token(api)
+    for registry in ("one.example.com", "two.example.com"):
+        await put(api, token, registry=registry, username="u", password="p")
+    refused = await api.client.post(
+        PATH, json={"registry": "three.example.com", "username": "u", "password": "p"}, headers=token
+    )
+    assert refused.status_code == 409 and refused.json()["details"]["limit"] == 2, refused.text
+    await put(api, token, registry="two.example.com", username="u2", password="p2")
+    assert (await api.client.get(PATH, headers=token)).json()["total"] == 2
