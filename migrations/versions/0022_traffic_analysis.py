@@ -1,4 +1,5 @@
-"""deploys judged by traffic: deployments.analysis and canary_steps, upstream_request_samples
+"""deploys judged by traffic (deployments.analysis and canary_steps, upstream_request_samples) and
+log drains' own delivery headers (log_drains.header_names, headers_sealed)
 
 Revision ID: 0022
 Revises: 0017
@@ -6,7 +7,8 @@ Create Date: 2026-12-05 05:30:00
 
 A deploy may carry a traffic analysis (thresholds on the new replicas' own requests) and canary
 weight steps; the router's sink stores each replica's round trips per flush so the deploy engine,
-on any server, can judge them.
+on any server, can judge them. A log drain may send its own headers (an ``Authorization``, say),
+sealed like secrets; only their names are readable.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def upgrade() -> None:
     with op.batch_alter_table("deployments", schema=None) as batch_op:
         batch_op.add_column(sa.Column("analysis", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("canary_steps", sa.JSON(), nullable=True))
+    with op.batch_alter_table("log_drains", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("header_names", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("headers_sealed", sa.LargeBinary(), nullable=True))
     op.create_table(
         "upstream_request_samples",
         sa.Column("instance_id", sa.String(length=64), nullable=False),
@@ -56,6 +61,9 @@ def downgrade() -> None:
     with op.batch_alter_table("upstream_request_samples", schema=None) as batch_op:
         batch_op.drop_index("ix_upstream_request_samples_taken_at")
     op.drop_table("upstream_request_samples")
+    with op.batch_alter_table("log_drains", schema=None) as batch_op:
+        batch_op.drop_column("headers_sealed")
+        batch_op.drop_column("header_names")
     with op.batch_alter_table("deployments", schema=None) as batch_op:
         batch_op.drop_column("canary_steps")
         batch_op.drop_column("analysis")
