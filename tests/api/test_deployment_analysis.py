@@ -144,3 +144,31 @@ async def test_a_healthy_canary_passes_every_step_and_reaches_100(live: Api, app
     assert [(j["outcome"], j.get("weight")) for j in judged] == [("passed", 25), ("passed", 100)]
     assert all(j["measured"]["error_ratio"] == 0 for j in judged)
     assert (await finished(live, done["id"], token))["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(("strategy", "errors", "judgements"), [("rolling", 0, 2), ("blue_green", 5, 1)])
+async def test_rolling_and_blue_green_deploys_are_judged_too(
+    live: Api, app: Litestar, fake: FakeProvider, strategy: str, errors: int, judgements: int
+) -> None:
+    """Rolling: after each new replica joins; blue-green: after the switch, before the old set goes."""
+    _, token = await tenant_token(live)
+    instance = await running_instance(live, token)
+    analysis = {"max_error_ratio": 0.1, "min_requests": 10, "window": "1s"}
+    response = await live.client.post(
+        f"/v1/instances/{instance['id']}/deploy",
+        json={"image": "a:2", "strategy": strategy, "analysis": analysis},
+        headers=token,
+    )
+    assert response.status_code == 201, response.text
+    done = await feed_until_finished(live, app, token, errors=errors)
+    results = judged(done)
+    assert len(results) == judgements and all("weight" not in r for r in results), done["steps"]
+    if errors:
+        assert done["state"] == "rolled_back" and results[-1]["measured"]["error_ratio"] == 0.25
+        assert (await live.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()["image"] == APP["image"]
+    else:
+        assert done["state"] == "succeeded" and all(r["outcome"] == "passed" for r in results)
+
+
+def judged(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return [step["analysis"] for step in deployment["steps"] if step.get("analysis")]
