@@ -22,7 +22,7 @@ import anyio.to_thread
 import msgspec
 import pytest
 from ctrlplane_kubernetes import KubernetesProvider
-from ctrlplane_kubernetes.errors import ClusterQuotaExceeded
+from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable
 from ctrlplane_kubernetes.settings import KubernetesSettings
 from kubernetes import client
 
@@ -515,3 +515,13 @@ async def test_every_deploy_strategy_ends_in_the_state_it_promises_with_the_real
     assert "ctrlplane.slot" not in service["spec"]["selector"]
     secrets = listed(plane, "list_namespaced_secret", namespace, label_selector=selector)
     assert [s["metadata"]["name"] for s in secrets] == [f"{spec.instance_id.replace('_', '-')}-g2"]
+
+
+async def test_usage_without_a_metrics_server_is_unavailable_not_zero(k8s: KubernetesProvider) -> None:
+    """This control plane serves no ``metrics.k8s.io`` (no metrics-server): the API server's own
+    404 for the group is reported as unavailable usage, never as zeros."""
+    spec = track(k8s, web())
+    await k8s.provision(spec)
+    with pytest.raises(UsageUnavailable, match=r"metrics\.k8s\.io") as raised:
+        await k8s.usage(spec.instance_id)
+    assert (raised.value.status, raised.value.code) == (503, "usage_unavailable")
