@@ -17,11 +17,17 @@ from ctrlplane.settings import Settings
 from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_kubernetes_real import of_instance
 from tests.conftest import Api, bearer
-from tests.providers.kube_cluster import ControlPlane, kube_control_plane  # noqa: F401
+from tests.providers.kube_cluster import ControlPlane, kube_private_control_plane  # noqa: F401
 from tests.waiting import eventually
 
 PERIODIC_PASS_SECONDS = 600.0
 """Far beyond the test: only the first pass (at startup) runs; a repair must come from the watch."""
+
+
+@pytest.fixture
+def kube_control_plane(kube_private_control_plane: ControlPlane) -> ControlPlane:
+    """This module kills and restarts the API server: its own control plane, not the shared one."""
+    return kube_private_control_plane
 
 
 @pytest.fixture

@@ -8,14 +8,21 @@ from __future__ import annotations
 from contextlib import aclosing
 
 import anyio
+import pytest
 from ctrlplane_kubernetes import KubernetesProvider
 from kubernetes import client
 
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.provisioning.errors import ProviderUnavailable
-from tests.providers.kube_cluster import ControlPlane, kube_control_plane  # noqa: F401
+from tests.providers.kube_cluster import ControlPlane, kube_private_control_plane  # noqa: F401
 from tests.providers.test_kubernetes_real import k8s, namespace_of, track, web  # noqa: F401
 from tests.waiting import eventually
+
+
+@pytest.fixture
+def kube_control_plane(kube_private_control_plane: ControlPlane) -> ControlPlane:
+    """This module kills and restarts the API server: its own control plane, not the shared one."""
+    return kube_private_control_plane
 
 
 class Changes:
