@@ -558,6 +558,7 @@ def shared_control_plane(config: pytest.Config) -> ControlPlane:
                 plane.stop_all()
             _terminate(current["pids"])
             shutil.rmtree(current["directory"], ignore_errors=True)
+            # The directory and its lock stay: a worker may be taking the lock to start a new one.
             state_file.unlink()
 
     config.add_cleanup(leave)
