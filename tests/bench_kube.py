@@ -62,14 +62,23 @@ def _spec(tenant_id: str) -> WorkloadSpec:
     )
 
 
-async def _creates(provider: KubernetesProvider) -> list[float]:
+async def _creates(plane: ControlPlane) -> list[float]:
+    """Create -> available, on an installation of its own (the reconciler's would remove them as orphans)."""
+    provider = KubernetesProvider(
+        Settings(cluster_name=f"bench-{uuid.uuid4().hex[:6]}"),
+        configuration=plane.configuration(),
+        kube=KubernetesSettings(rollout_timeout_seconds=120, request_timeout_seconds=30),
+    )
     creates = []
-    for _ in range(CREATES):
-        started = time.perf_counter()
-        status = await provider.provision(_spec("ten_bench_create"))
-        creates.append(time.perf_counter() - started)
-        if status.state != "running":
-            raise RuntimeError(f"bench kube: an instance did not run: {status.message}")
+    try:
+        for _ in range(CREATES):
+            started = time.perf_counter()
+            status = await provider.provision(_spec("ten_bench_create"))
+            creates.append(time.perf_counter() - started)
+            if status.state != "running":
+                raise RuntimeError(f"bench kube: an instance did not run: {status.message}")
+    finally:
+        await provider.close()
     return creates
 
 
@@ -93,7 +102,7 @@ async def _reconcile(plane: ControlPlane, database_url: str, data_dir: str) -> d
     db = connect(database_url)
     app = create_app(settings, providers=ProviderRegistry([provider]), db=db)
     try:
-        creates = await _creates(provider)
+        creates = await _creates(plane)
         admin = issue_token(settings, subject="bench", tenant_id=None, roles=["admin"], ttl=timedelta(hours=1))
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
