@@ -5,8 +5,9 @@ collection, ResourceQuota admission, the controllers' rollouts).
 
 Pods run on kwok's simulated node: they are scheduled, created by the real ReplicaSets and reported
 running (or waiting with ``ErrImagePull`` for an image under ``missing.invalid/``), but no container
-runs, so what needs a kubelet (``pods/log``, ``pods/exec``, metrics) stays on the emulator
-(``test_kubernetes.py``); the tests below say where a conformance test differs and why.
+runs, so what needs a kubelet (``pods/log``, ``pods/exec``, metrics figures) stays on the emulator
+(``test_kubernetes.py``; the absence of metrics is tested here); the tests below say where a
+conformance test differs and why.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ctrlplane_kubernetes.settings import KubernetesSettings
 from kubernetes import client
 
 from ctrlplane.provisioning.contract import PortSpec, Provider, Resources, Strategy, TenantQuota, WorkloadSpec
+from ctrlplane.provisioning.errors import ProviderError
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
 from tests.providers.kube_cluster import ControlPlane, free_port, kube_control_plane  # noqa: F401
@@ -525,3 +527,16 @@ async def test_usage_without_a_metrics_server_is_unavailable_not_zero(k8s: Kuber
     with pytest.raises(UsageUnavailable, match=r"metrics\.k8s\.io") as raised:
         await k8s.usage(spec.instance_id)
     assert (raised.value.status, raised.value.code) == (503, "usage_unavailable")
+
+
+async def test_logs_and_exec_where_no_kubelet_answers_are_a_provider_error_not_a_crash(k8s: KubernetesProvider) -> None:
+    """kwok's node runs no kubelet: the API server cannot proxy ``pods/log`` or ``pods/exec`` to it.
+    Both are reported as the provider's error (502 to API callers), naming what failed."""
+    spec = track(k8s, web())
+    await k8s.provision(spec)
+    with pytest.raises(ProviderError, match="read logs") as logs:
+        [line async for line in k8s.logs(spec.instance_id)]
+    assert logs.value.status == 502
+    with pytest.raises(ProviderError, match="exec") as executed:
+        await k8s.exec(spec.instance_id, ["true"])
+    assert executed.value.status == 502

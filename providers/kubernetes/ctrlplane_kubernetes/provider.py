@@ -1149,7 +1149,15 @@ class KubernetesProvider:
         try:
             session.run_forever(timeout=timeout)
             output = session.read_all()
-            code = session.returncode
+            try:
+                code = session.returncode
+            except (TypeError, KeyError, ValueError) as exc:
+                # The API server closed the stream without the exit status on the error channel:
+                # it could not reach the node's kubelet (seen with kwok's node, which runs none).
+                raise ProviderError(
+                    f"pods/exec on {name} ended without an exit status: the node's kubelet did not run it",
+                    details={"provider": "kubernetes"},
+                ) from exc
         finally:
             session.close()
         if code is None:
