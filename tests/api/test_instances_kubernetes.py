@@ -69,13 +69,6 @@ def providers(settings: Settings, cluster: Cluster, request: pytest.FixtureReque
     return ProviderRegistry([KubernetesProvider(settings, configuration=configuration(url), kube=kube)])
 
 
-def objects(
-    cluster: Cluster, plural: str, instance_id: str, group: str = "", version: str = "v1"
-) -> list[dict[str, Any]]:
-    found = cluster.kinds(plural, group, version).values()
-    return [o for o in found if o["metadata"].get("labels", {}).get("ctrlplane.instance") == instance_id]
-
-
 def generations(cluster: Cluster, instance_id: str) -> list[tuple[str, str, int]]:
     """(generation, image, replicas) of each Deployment of the instance."""
     return sorted(
