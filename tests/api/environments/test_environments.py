@@ -157,6 +157,84 @@ async def test_per_owner_quota_is_403_naming_the_owner_and_released_on_terminate
     await up(api, token, key="d")
 
 
+async def _set_tenant_per_owner(api: Api, tenant_id: str, limit: int | None) -> None:
+    path = f"/v1/admin/tenants/{tenant_id}/quota"
+    limits = (await api.client.get(path, headers=api.admin_headers)).json()["limits"]
+    put = await api.client.put(path, json={**limits, "max_environments_per_owner": limit}, headers=api.admin_headers)
+    assert put.status_code == 200, put.text
+    assert put.json()["limits"]["max_environments_per_owner"] == limit
+
+
+async def test_tenant_per_owner_quota_is_403_naming_the_owner_and_the_tenants_limit(api: Api) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token)
+    await _set_tenant_per_owner(api, tenant_id, 1)
+    await up(api, token, key="a")
+    refused = await api.client.post(
+        "/v1/environments", json={"key": "b", "template": "preview", "parameters": {"greeting": "x"}}, headers=token
+    )
+    assert refused.status_code == 403, refused.text
+    body = refused.json()
+    assert body["code"] == "quota_exceeded"
+    assert body["details"] == {
+        "quota": "max_environments_per_owner",
+        "used": 1,
+        "limit": 1,
+        "requested": 1,
+        "owner": "alice",
+        "source": "tenant",
+    }
+    assert "alice" in body["message"] and "tenant" in body["message"]
+    bob = bearer(api.tokens.tenant(tenant_id, subject="bob"))
+    await up(api, bob, key="b")
+    await _set_tenant_per_owner(api, tenant_id, None)
+    await up(api, token, key="c")
+
+
+async def test_the_tighter_of_template_and_tenant_per_owner_limits_applies(api: Api) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token, max_environments_per_owner=1)
+    await _set_tenant_per_owner(api, tenant_id, 3)
+    await up(api, token, key="a")
+    refused = await api.client.post(
+        "/v1/environments", json={"key": "b", "template": "preview", "parameters": {"greeting": "x"}}, headers=token
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["details"]["source"] == "template"
+    assert refused.json()["details"]["limit"] == 1
+
+
+@pytest.mark.dialects("the tenant row lock must serialize concurrent quota counts on both databases")
+async def test_concurrent_get_or_creates_by_one_owner_never_pass_the_tenant_limit(
+    api: Api, db: Database, settings: Settings, fake: FakeProvider
+) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token)
+    await _set_tenant_per_owner(api, tenant_id, 3)
+    second = create_app(msgspec.structs.replace(settings, background=False), providers=ProviderRegistry([fake]))
+    import httpx
+
+    transport = httpx.ASGITransport(app=second, client=("127.0.0.1", 50001))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ctrlplane.test") as other:
+        clients = [api.client, other]
+        responses = await asyncio.gather(
+            *(
+                clients[i % 2].post(
+                    "/v1/environments",
+                    json={"key": f"k-{i}", "template": "preview", "parameters": {"greeting": "hi"}},
+                    headers=token,
+                )
+                for i in range(10)
+            )
+        )
+        await second.state.services.db.dispose()
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] * 3 + [403] * 7, [r.text for r in responses]
+    assert all(r.json()["code"] == "quota_exceeded" for r in responses if r.status_code == 403)
+    assert await count(db, Environment, Environment.state == "active", Environment.owner == "alice") == 3
+    assert await count(db, Instance) == 3
+
+
 async def test_extend_adds_time_and_409_extend_limit_when_spent(api: Api) -> None:
     _, token = await tenant(api)
     await template(api, token, max_ttl="3h", max_extends=2)
