@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth.providers import Principal
 from ctrlplane.context import AppServices, AuditDraft, RequestContext
+from ctrlplane.environments.furnish import furnish
 from ctrlplane.environments.models import Environment
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.ids import TenantId, new_id
@@ -155,6 +156,7 @@ async def refill(services: AppServices, session: AsyncSession, template: Templat
         try:
             async with session.begin_nested():
                 instance = await InstanceService(context).create(wanted)
+                await furnish(context, instance.id, spec, values)
         except CtrlplaneError as exc:
             log.warning("pool_refill_stopped", template=template.id, reason=exc.message)
             break

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import RequestContext
 from ctrlplane.environments import pools, schemas
+from ctrlplane.environments.furnish import furnish
 from ctrlplane.environments.models import Environment
 from ctrlplane.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from ctrlplane.events.service import append as append_event
@@ -203,6 +204,7 @@ class EnvironmentService:
         await self._owner_quota(tenant_id, owner, template.max_environments_per_owner)
         now = await database_now(self.session)
         claimed = False
+        furnished: dict[str, Any] = {}
         try:
             async with self.session.begin_nested():
                 environment = await pools.claim(self.session, template, tenant_id, values)
@@ -230,6 +232,7 @@ class EnvironmentService:
                             f"quota {exc.quota}; retry shortly",
                             details={"template_id": template.id, "pool": "empty", "quota": exc.quota},
                         ) from None
+                    furnished = await furnish(self.context, instance.id, spec, values)
                     environment = Environment(
                         id=new_id("env"),
                         tenant_id=tenant_id,
@@ -288,6 +291,7 @@ class EnvironmentService:
             template_id=template.id,
             version=template.version,
             outcome="claimed" if claimed else "created",
+            **furnished,
         )
 
         return await self.view(environment), True

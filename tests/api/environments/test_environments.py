@@ -410,3 +410,82 @@ async def test_deleting_the_instance_ends_its_environment_and_frees_the_key(live
     assert ended["termination_reason"] == "instance_deleted"
     again = await up(live, token, key="pr-1")
     assert again["id"] != environment["id"]
+
+
+FURNISHED_SPEC = {
+    "image": "ctrlplane-test/app:1",
+    "ports": [{"container_port": 8080}, {"container_port": 9090}],
+    "health_checks": [
+        {"name": "ready", "type": "http", "target": "http://localhost:8080/{{probe}}", "interval": "10s"},
+        {"name": "alive", "type": "tcp", "target": "localhost:9090"},
+    ],
+    "routes": [
+        {"path": "/{{prefix}}", "port": 8080, "strip_prefix": True},
+        {"path": "/metrics", "port": 9090},
+    ],
+}
+FURNISHED_PARAMETERS = [
+    {"name": "probe", "type": "string", "default": "healthz", "pattern": "[a-z]+"},
+    {"name": "prefix", "type": "string", "required": True},
+]
+
+
+async def test_environments_get_the_templates_health_checks_and_routes_with_parameters_in_place(api: Api) -> None:
+    _, token = await tenant(api)
+    made = await template(api, token, spec=FURNISHED_SPEC, parameters=FURNISHED_PARAMETERS)
+    assert [c["target"] for c in made["spec"]["health_checks"]] == ["http://localhost:8080/{{probe}}", "localhost:9090"]
+    environment = await up(api, token, key="pr-7", parameters={"prefix": "pr-7", "probe": "ready"})
+    instance_id = environment["instance_id"]
+    checks = (await api.client.get(f"/v1/instances/{instance_id}/health/checks", headers=token)).json()["items"]
+    assert {(c["name"], c["type"], c["target"]) for c in checks} == {
+        ("ready", "http", "http://localhost:8080/ready"),
+        ("alive", "tcp", "localhost:9090"),
+    }
+    assert {c["interval"] for c in checks if c["name"] == "ready"} == {"10s"}
+    routes = (await api.client.get(f"/v1/instances/{instance_id}/routes", headers=token)).json()["items"]
+    assert {(r["path"], r["port"], r["strip_prefix"]) for r in routes} == {
+        ("/pr-7", 8080, True),
+        ("/metrics", 9090, False),
+    }
+    other = await up(api, token, key="pr-8", parameters={"prefix": "pr-8"})
+    other_checks = (await api.client.get(f"/v1/instances/{other['instance_id']}/health/checks", headers=token)).json()[
+        "items"
+    ]
+    assert "http://localhost:8080/healthz" in {c["target"] for c in other_checks}
+    entries = (
+        await api.client.get(
+            "/v1/admin/audit", params={"resource": "environment", "limit": 100}, headers=api.admin_headers
+        )
+    ).json()["items"]
+    created = next(e for e in entries if e["resource_id"] == environment["id"] and e["action"] == "create")
+    assert len(created["details"]["health_checks"]) == 2
+    assert len(created["details"]["routes"]) == 2
+
+
+async def test_a_template_whose_checks_or_routes_cannot_work_is_400_and_a_bad_value_writes_nothing(
+    api: Api, db: Database
+) -> None:
+    _, token = await tenant(api)
+    for spec, named in (
+        ({**FURNISHED_SPEC, "routes": [{"path": "/", "port": 7000}]}, "port 7000"),
+        ({**FURNISHED_SPEC, "health_checks": [{"name": "x", "type": "tcp", "target": "localhost:7000"}]}, "7000"),
+        ({**FURNISHED_SPEC, "health_checks": [{"name": "x", "type": "http", "target": "http://e.com/"}]}, "host"),
+        ({**FURNISHED_SPEC, "routes": [{"path": "/{{nope}}", "port": 8080}]}, "nope"),
+        ({**FURNISHED_SPEC, "routes": [{"path": "no-slash", "port": 8080}]}, "path"),
+    ):
+        refused = await api.client.post(
+            "/v1/templates",
+            json={"name": "preview", "spec": spec, "parameters": FURNISHED_PARAMETERS},
+            headers=token,
+        )
+        assert refused.status_code == 400, (spec, refused.text)
+        assert named in refused.text, (named, refused.text)
+    await template(api, token, spec=FURNISHED_SPEC, parameters=FURNISHED_PARAMETERS)
+    refused = await api.client.post(
+        "/v1/environments",
+        json={"key": "pr-1", "template": "preview", "parameters": {"prefix": "a//b"}},
+        headers=token,
+    )
+    assert refused.status_code == 400, refused.text
+    assert await count(db, Environment) == 0
+    assert await count(db, Instance) == 0

@@ -97,3 +97,25 @@ async def test_pooled_template_needs_defaults_and_a_tenant(api: Api) -> None:
         "/v1/templates", json={**POOLED, "pool": {"max_ready": 1}}, headers=api.admin_headers
     )
     assert system.status_code == 400
+
+
+async def test_pool_members_carry_the_templates_health_checks_and_routes(live: Api) -> None:
+    _, token = await tenant(live)
+    spec = {
+        **POOLED["spec"],
+        "health_checks": [{"name": "ready", "type": "http", "target": "http://localhost:8080/{{size}}"}],
+        "routes": [{"path": "/size-{{size}}", "port": 8080}],
+    }
+    response = await live.client.post(
+        "/v1/templates", json={**POOLED, "spec": spec, "pool": {"min_ready": 1, "max_ready": 1}}, headers=token
+    )
+    assert response.status_code == 201, response.text
+    (member,) = await ready_members(live, token, 1)
+    instance_id = member["instance_id"]
+    checks = (await live.client.get(f"/v1/instances/{instance_id}/health/checks", headers=token)).json()["items"]
+    assert [c["target"] for c in checks] == ["http://localhost:8080/s"]
+    routes = (await live.client.get(f"/v1/instances/{instance_id}/routes", headers=token)).json()["items"]
+    assert [r["path"] for r in routes] == ["/size-s"]
+    claimed = await live.client.post("/v1/environments", json={"key": "user-1", "template": "sandbox"}, headers=token)
+    assert claimed.status_code == 201, claimed.text
+    assert claimed.json()["instance_id"] == instance_id
