@@ -13,11 +13,13 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.context import AppServices
+from ctrlplane.environments.audit import system_change
 from ctrlplane.environments.models import Environment
 from ctrlplane.environments.service import record_event, terminate
 from ctrlplane.instances.models import Instance
 from ctrlplane.network.models import InstanceTraffic
-from ctrlplane.network.sleep import IdleHandlers, put_to_sleep
+from ctrlplane.network.sleep import put_to_sleep
 
 
 async def _environment_of(session: AsyncSession, instance: Instance) -> Environment | None:
@@ -31,26 +33,30 @@ async def _environment_of(session: AsyncSession, instance: Instance) -> Environm
     return found
 
 
-async def handle_idle(session: AsyncSession, instance: Instance, traffic: InstanceTraffic) -> bool:
-    environment = await _environment_of(session, instance)
-    if environment is None:
-        return False
-    last = traffic.last_request_at.isoformat() if traffic.last_request_at else None
-    if environment.on_idle == "destroy":
-        await record_event(session, environment, "environment.idle", on_idle="destroy", last_request_at=last)
-        await terminate(session, environment, reason="idle", hard=False)
+def register(services: AppServices) -> None:
+    """Plug environments into the app's idle handlers; their changes are audited as the system's."""
+
+    async def handle_idle(session: AsyncSession, instance: Instance, traffic: InstanceTraffic) -> bool:
+        environment = await _environment_of(session, instance)
+        if environment is None:
+            return False
+        last = traffic.last_request_at.isoformat() if traffic.last_request_at else None
+        if environment.on_idle == "destroy":
+            await record_event(session, environment, "environment.idle", on_idle="destroy", last_request_at=last)
+            await terminate(session, environment, reason="idle", hard=False)
+        else:
+            await put_to_sleep(session, instance, reason=f"environment {environment.key} idle")
+            await record_event(session, environment, "environment.idle", on_idle="scale_to_zero", last_request_at=last)
+        await system_change(
+            session, services.audit_keys, environment, "idle", on_idle=environment.on_idle, last_request_at=last
+        )
         return True
-    await put_to_sleep(session, instance, reason=f"environment {environment.key} idle")
-    await record_event(session, environment, "environment.idle", on_idle="scale_to_zero", last_request_at=last)
-    return True
 
+    async def woken(session: AsyncSession, instance: Instance) -> None:
+        environment = await _environment_of(session, instance)
+        if environment is not None:
+            await record_event(session, environment, "environment.woken")
+            await system_change(session, services.audit_keys, environment, "wake")
 
-async def woken(session: AsyncSession, instance: Instance) -> None:
-    environment = await _environment_of(session, instance)
-    if environment is not None:
-        await record_event(session, environment, "environment.woken")
-
-
-def register(handlers: IdleHandlers) -> None:
-    handlers.register(handle_idle)
-    handlers.on_wake(woken)
+    services.idle_handlers.register(handle_idle)
+    services.idle_handlers.on_wake(woken)
