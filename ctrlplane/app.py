@@ -144,6 +144,7 @@ def create_app(
                 finally:
                     group.cancel_scope.cancel()
         finally:
+            services.feeds.close()
             await services.providers.close()
             if db is None:
                 await services.db.dispose()
