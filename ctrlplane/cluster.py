@@ -61,6 +61,10 @@ NOTIFY_CHANNEL = "ctrlplane_signals"
 ROWS_CHANNEL = "ctrlplane_rows"
 BARRIER_TIMEOUT_SECONDS = 2.0
 RECONNECT_SECONDS = 1.0
+# What a lost or crashed PostgreSQL raises on a long-lived connection; the loops reconnect on them.
+# InternalClientError: asyncpg's protocol caught mid-operation by the server's crash ("cannot switch
+# to state 12; another operation is in progress").
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -101,7 +105,7 @@ class LeaderElection:
             while dsn is not None:
                 try:
                     await self._campaign(dsn)
-                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except CONNECTION_ERRORS as exc:
                     log.warning("leader_connection_lost", replica=self.replica, error=f"{type(exc).__name__}: {exc}")
                 self._set(False)
                 await asyncio.sleep(RECONNECT_SECONDS)
@@ -208,7 +212,7 @@ class NotifyRelay:
             while True:
                 try:
                     await self._relay()
-                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except CONNECTION_ERRORS as exc:
                     log.warning("notify_connection_lost", replica=self.replica, error=f"{type(exc).__name__}: {exc}")
                 self.connected.clear()
                 self._rows_connected(False)

@@ -12,7 +12,7 @@ from ctrlplane.auth import schemas
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.auth.providers import API_KEY_PREFIX, hash_api_key
 from ctrlplane.context import RequestContext
-from ctrlplane.errors import Forbidden, InvalidInput, NotFound
+from ctrlplane.errors import Forbidden, InvalidInput, InvalidState, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.preconditions import require_version
@@ -31,7 +31,9 @@ class KeyService:
 
     async def create(self, data: schemas.ApiKeyCreate) -> schemas.ApiKeyCreated:
         tenant_id = self.context.tenant_scope(data.tenant_id)
-        await TenantRepository(self.session).get(tenant_id)
+        tenant = await TenantRepository(self.session).get(tenant_id)
+        if tenant.status == "deleting":  # the key would vanish with the tenant right after it is shown
+            raise InvalidState("tenant is being deleted", details={"state": tenant.status})
         roles = sorted(set(data.roles))
         if not self.context.principal.grantable(roles):
             raise Forbidden("a key cannot have roles its creator lacks", details={"roles": roles})

@@ -300,10 +300,17 @@ async def test_force_deleting_a_tenant_tears_its_instances_down(live: Api, fake:
     refused = await live.client.delete(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)
     assert refused.status_code == 409
     assert refused.json()["details"]["live"] == {"instances": 1}
+    fake.set_available(False)  # the teardown waits, so the tenant stays `deleting` for a while
     accepted = await live.client.delete(
         f"/v1/admin/tenants/{tenant_id}", params={"force": "true"}, headers=live.admin_headers
     )
     assert accepted.status_code == 202
+    # A key made now would vanish with the tenant right after it was shown: refused instead.
+    key = {"name": "late", "roles": ["read"], "tenant_id": tenant_id}
+    late = await live.client.post("/v1/keys", json=key, headers=live.admin_headers)
+    assert late.status_code == 409, late.text
+    assert late.json()["details"] == {"state": "deleting"}
+    fake.set_available(True)
 
     async def gone() -> bool:
         return (await live.client.get(f"/v1/admin/tenants/{tenant_id}", headers=live.admin_headers)).status_code == 404

@@ -159,7 +159,10 @@ async def test_postgres_restarted_readyz_goes_503_and_back_and_no_request_gets_a
         for tenant_id in traffic.tenants:
             assert (await http.get(f"/v1/admin/tenants/{tenant_id}", headers=admin)).status_code == 200
         for instance_id in traffic.instances:
-            await until_running(http, instance_id, tenant, timeout=90)
+            try:
+                await until_running(http, instance_id, tenant, timeout=90)
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n--- server log:\n{server.log_path.read_text()[-20000:]}") from None
         audited = await audit_request_ids(http, admin)
         missing = {rid: kind for rid, kind in traffic.accepted.items() if rid not in audited}
         assert not missing, f"accepted writes missing from the audit log: {missing}"
