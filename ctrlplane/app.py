@@ -121,7 +121,7 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
         rate_limiter=RateLimiter(settings, database),
     )
     # here, not in create_app: services given to a built app (use_services) need these too
-    environment_idle.register(services.idle_handlers)
+    environment_idle.register(services)
     services.reserved_usage.append(active_run_usage)
     return services
 
@@ -144,6 +144,7 @@ def create_app(
                 finally:
                     group.cancel_scope.cancel()
         finally:
+            services.feeds.close()
             await services.providers.close()
             if db is None:
                 await services.db.dispose()

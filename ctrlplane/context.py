@@ -14,6 +14,7 @@ from ctrlplane.audit.service import AuditKeys
 from ctrlplane.auth.providers import Authenticator, Principal
 from ctrlplane.db import Database
 from ctrlplane.errors import Forbidden, InvalidInput
+from ctrlplane.events.fanout import EventFeeds
 from ctrlplane.ids import TenantId
 from ctrlplane.network.router import Router
 from ctrlplane.network.sleep import IdleHandlers
@@ -55,11 +56,14 @@ class AppServices:
     reserved_usage: list[ReservedUsage] = field(default_factory=list)
     """Counted by every quota check of CPU and memory, beside the instances' own (``runs``)."""
     router: Router = field(init=False)
+    feeds: EventFeeds = field(init=False)
+    """One reader of each followed tenant's events for all its streams (``events/fanout.py``)."""
     registries: RegistryPolicy = field(init=False)
     audit_keys: AuditKeys = field(init=False)
 
     def __post_init__(self) -> None:
         self.router = Router(self.settings, self.db)
+        self.feeds = EventFeeds(self.db, self.events, self.settings.event_poll_seconds)
         self.audit_keys = AuditKeys(self.vault.ring.keys)
         self.registries = RegistryPolicy(
             allowed_cidrs=self.settings.outbound_allow_cidrs, allowed_registries=self.settings.registry_allow

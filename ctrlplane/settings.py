@@ -27,6 +27,7 @@ class PlanQuota(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_domains: int
     max_routes: int
     max_secrets: int
+    max_environments_per_owner: int | None = None
 
 
 DEFAULT_PLANS: dict[str, PlanQuota] = {
@@ -191,8 +192,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     otlp_token_secret: str | None = None
     metrics_token: str | None = None
     environments_max_per_owner: int | None = None
-    """Active environments one owner (a JWT subject or API key) may hold in a tenant, for templates
-    that set no ``max_environments_per_owner``; None: no limit."""
+    """Active environments one owner (a JWT subject or API key) may hold in a tenant, when neither
+    the template nor the tenant quota sets ``max_environments_per_owner``; None: no limit."""
 
     webhook_workers: int = 2
     """Delivery loops per replica (deliveries of one endpoint still go one at a time, in order)."""

@@ -230,7 +230,7 @@ def docker_benchmarks() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("docker", "http", "scale", "reconcile", "environments", "router", "webhooks", "kube")
+SECTIONS = ("docker", "http", "scale", "reconcile", "environments", "router", "webhooks", "events", "kube")
 """``CTRLPLANE_BENCH_ONLY`` (comma-separated) picks some."""
 RESULTS = Path(os.environ.get("CTRLPLANE_BENCH_RESULTS", "bench/results.json"))
 
@@ -260,6 +260,18 @@ def _table(results: dict[str, Any]) -> str:
     if "webhooks" in results:
         hooks = results["webhooks"]
         rows.append(("webhook deliveries, local receiver", f"{hooks['deliveries_per_s']:.0f}/s", "", ""))
+    if "events" in results:
+        fan = results["events"]
+        held = "holds" if fan["delivery_p99_ms"] is not None and fan["delivery_p99_ms"] <= 1000 else "MISSED"
+        rows.append(
+            (
+                f"SSE event to {fan['subscribers']:,} subscribers (p99 <= 1000 ms: {held})",
+                f"{fan['missing']} missing",
+                f"{fan['delivery_p50_ms']:.0f}",
+                f"{fan['delivery_p99_ms']:.0f}",
+            )
+        )
+        rows.append(("  memory per idle subscriber", f"{fan['kib_per_idle_subscriber']:.1f} KiB", "", ""))
     if "scale" in results:
         scale = results["scale"]
         small, large = scale["small"], scale["large"]
@@ -391,6 +403,11 @@ def main() -> int:
         from tests import bench_webhooks
 
         runs.append(("webhooks", bench_webhooks.run))
+
+    if "events" in only:
+        from tests import bench_events
+
+        runs.append(("events", lambda: {"events": bench_events.run()}))
 
     if "kube" in only:
         from tests import bench_kube

@@ -6,19 +6,15 @@ also keeps the warm pools (``pools.py``) filled."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from sqlalchemy import or_, select
 
-from ctrlplane.audit.service import AuditRecord
-from ctrlplane.audit.service import append as append_audit
 from ctrlplane.context import AppServices
 from ctrlplane.environments import pools
+from ctrlplane.environments.audit import system_change
 from ctrlplane.environments.models import Environment
 from ctrlplane.environments.service import database_now, record_event, terminate
 from ctrlplane.errors import NotFound
-from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.timeutil import utc_now
@@ -34,22 +30,6 @@ _ORPHANED = (
 instances the same way (``network/router.py``)."""
 
 BATCH = 100
-
-
-def _system_audit(environment: Environment, action: str, **details: Any) -> AuditRecord:
-    return AuditRecord(
-        tenant_id=environment.tenant_id,
-        actor_kind="system",
-        actor_subject="ctrlplane",
-        action=action,
-        resource="environment",
-        resource_id=environment.id,
-        outcome="success",
-        status_code=200,
-        request_id=new_id("req"),
-        client_addr=None,
-        details=details,
-    )
 
 
 class LifetimeKeeper:
@@ -109,17 +89,13 @@ class LifetimeKeeper:
             )
             for environment in due:
                 await terminate(session, environment, reason="expired", hard=False)
-                await append_audit(
+                await system_change(
                     session,
-                    _system_audit(
-                        environment,
-                        "expire",
-                        expires_at=environment.expires_at.isoformat() if environment.expires_at else None,
-                        max_lifetime_at=environment.max_lifetime_at.isoformat()
-                        if environment.max_lifetime_at
-                        else None,
-                    ),
-                    keys=self.services.audit_keys,
+                    self.services.audit_keys,
+                    environment,
+                    "expire",
+                    expires_at=environment.expires_at.isoformat() if environment.expires_at else None,
+                    max_lifetime_at=environment.max_lifetime_at.isoformat() if environment.max_lifetime_at else None,
                 )
                 log.info("environment_expired", environment=environment.id, tenant=environment.tenant_id)
             return len(due)
@@ -130,6 +106,14 @@ class LifetimeKeeper:
             retired = await pools.outdated(session, lock=True)
             for member in retired:
                 await terminate(session, member, reason="pool_retired", hard=False)
+                await system_change(
+                    session,
+                    self.services.audit_keys,
+                    member,
+                    "pool_retire",
+                    template_id=member.template_id,
+                    template_version=member.template_version,
+                )
             made = 0
             wanted = {t.id: t for t in await pools.pooled_templates(session)}
             for template_id, missing in (await pools.deficits(session)).items():
@@ -155,6 +139,9 @@ class LifetimeKeeper:
             )
             for environment in rows:
                 await terminate(session, environment, reason="instance_deleted", hard=False)
+                await system_change(
+                    session, self.services.audit_keys, environment, "terminate", reason="instance_deleted"
+                )
             return len(rows)
 
     async def _settle(self) -> int:
@@ -188,6 +175,9 @@ class LifetimeKeeper:
                 environment.updated_at = environment.terminated_at
                 await record_event(
                     session, environment, "environment.terminated", reason=environment.termination_reason
+                )
+                await system_change(
+                    session, self.services.audit_keys, environment, "settle", reason=environment.termination_reason
                 )
                 settled += 1
             return settled

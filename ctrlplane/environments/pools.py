@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth.providers import Principal
 from ctrlplane.context import AppServices, AuditDraft, RequestContext
+from ctrlplane.environments.audit import system_change
+from ctrlplane.environments.furnish import furnish
 from ctrlplane.environments.models import Environment
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.ids import TenantId, new_id
@@ -155,37 +157,46 @@ async def refill(services: AppServices, session: AsyncSession, template: Templat
         try:
             async with session.begin_nested():
                 instance = await InstanceService(context).create(wanted)
+                furnished = await furnish(context, instance.id, spec, values)
         except CtrlplaneError as exc:
             log.warning("pool_refill_stopped", template=template.id, reason=exc.message)
             break
         now = utc_now()
         member_id = new_id("env")
-        session.add(
-            Environment(
-                id=member_id,
-                tenant_id=template.tenant_id,
-                key=f"pool:{member_id}",
-                template_id=template.id,
-                template_version=template.version,
-                parameters=values,
-                owner=POOL_OWNER,
-                state="pooled",
-                instance_id=instance.id,
-                hostname=default_hostname(services.settings, instance.name, tenant.slug),
-                ttl_seconds=None,
-                expires_at=None,
-                max_lifetime_at=None,
-                extends_used=0,
-                idle_timeout_seconds=None,
-                on_idle="destroy",
-                tags=[],
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
+        member = Environment(
+            id=member_id,
+            tenant_id=template.tenant_id,
+            key=f"pool:{member_id}",
+            template_id=template.id,
+            template_version=template.version,
+            parameters=values,
+            owner=POOL_OWNER,
+            state="pooled",
+            instance_id=instance.id,
+            hostname=default_hostname(services.settings, instance.name, tenant.slug),
+            ttl_seconds=None,
+            expires_at=None,
+            max_lifetime_at=None,
+            extends_used=0,
+            idle_timeout_seconds=None,
+            on_idle="destroy",
+            tags=[],
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(member)
+        await session.flush()
+        await system_change(
+            session,
+            services.audit_keys,
+            member,
+            "pool_refill",
+            template_id=template.id,
+            template_version=template.version,
+            **furnished,
         )
         made += 1
-    await session.flush()
     return made
 
 

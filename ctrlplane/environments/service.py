@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import RequestContext
 from ctrlplane.environments import pools, schemas
+from ctrlplane.environments.furnish import furnish
 from ctrlplane.environments.models import Environment
 from ctrlplane.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from ctrlplane.events.service import append as append_event
@@ -203,6 +204,7 @@ class EnvironmentService:
         await self._owner_quota(tenant_id, owner, template.max_environments_per_owner)
         now = await database_now(self.session)
         claimed = False
+        furnished: dict[str, Any] = {}
         try:
             async with self.session.begin_nested():
                 environment = await pools.claim(self.session, template, tenant_id, values)
@@ -230,6 +232,7 @@ class EnvironmentService:
                             f"quota {exc.quota}; retry shortly",
                             details={"template_id": template.id, "pool": "empty", "quota": exc.quota},
                         ) from None
+                    furnished = await furnish(self.context, instance.id, spec, values)
                     environment = Environment(
                         id=new_id("env"),
                         tenant_id=tenant_id,
@@ -288,14 +291,26 @@ class EnvironmentService:
             template_id=template.id,
             version=template.version,
             outcome="claimed" if claimed else "created",
+            **furnished,
         )
 
         return await self.view(environment), True
 
     async def _owner_quota(self, tenant_id: str, owner: str, template_limit: int | None) -> None:
-        limit = template_limit if template_limit is not None else self.settings.environments_max_per_owner
-        if limit is None:
+        """The owner's active environments against the tighter of the template's and the tenant's
+        ``max_environments_per_owner``; the server's setting when neither sets one. The caller holds
+        the tenant's row, so concurrent creates by one owner are counted one after the other."""
+        tenant_limit = (await TenantRepository(self.session).quota(tenant_id)).max_environments_per_owner
+        limits = {
+            source: limit
+            for source, limit in (("template", template_limit), ("tenant", tenant_limit))
+            if limit is not None
+        }
+        if not limits and self.settings.environments_max_per_owner is not None:
+            limits["server"] = self.settings.environments_max_per_owner
+        if not limits:
             return
+        source, limit = min(limits.items(), key=lambda item: item[1])
         used = (
             await self.session.execute(
                 select(func.count(Environment.id)).where(
@@ -306,10 +321,12 @@ class EnvironmentService:
         if used + 1 > limit:
             error = QuotaExceeded("max_environments_per_owner", used=used, limit=limit, requested=1)
             error.message = (
-                f"quota max_environments_per_owner exceeded: owner {owner} has {used} of at most {limit} environments"
+                f"quota max_environments_per_owner exceeded: owner {owner} has {used} of at most {limit} "
+                f"environments (the {source}'s limit)"
             )
             assert error.details is not None
             error.details["owner"] = owner
+            error.details["source"] = source
             raise error
 
     async def _get(self, environment_id: str, *, for_update: bool = False) -> Environment:

@@ -18,7 +18,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from ctrlplane.context import RequestContext
 from ctrlplane.errors import InvalidInput
 from ctrlplane.events import schemas
-from ctrlplane.events.service import encode, page, stream
+from ctrlplane.events.service import encode, page
 from ctrlplane.http import DEFAULT_PAGE, Context, Limit, errors, route
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.openapi import EVENT_STREAM
@@ -57,14 +57,7 @@ async def _respond(
     services = context.services
 
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
-        async for event in stream(
-            services.db,
-            services.events,
-            tenant_id=tenant_id,
-            instance_id=instance_id,
-            after=after,
-            poll_seconds=services.settings.event_poll_seconds,
-        ):
+        async for event in services.feeds.stream(tenant_id=tenant_id, instance_id=instance_id, after=after):
             if event is None:
                 yield ServerSentEventMessage(comment="heartbeat")
             else:

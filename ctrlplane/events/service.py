@@ -5,25 +5,26 @@
 will never later find an uncommitted N-1 appear. That is what lets a reconnect with
 ``Last-Event-ID: N`` resume exactly after N, with no gap and no duplicate.
 
-Stream readers wait on the ``events`` signal, which is notified after commits in this process, and
-poll, so an event committed by another process is seen within ``CTRLPLANE_EVENT_POLL_SECONDS``.
+Streams are served by ``fanout.py``: one reader per replica and tenant waits on the ``events``
+signal, which is notified after commits in this process, and polls, so an event committed by
+another process is seen within ``CTRLPLANE_EVENT_POLL_SECONDS``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import msgspec
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.db import Database, locked_row
+from ctrlplane.db import Database
 from ctrlplane.events import schemas
 from ctrlplane.events.models import Event, EventStream
 from ctrlplane.ids import new_id
-from ctrlplane.signals import Signal
 from ctrlplane.timeutil import utc_now
 
 REPLAY_BATCH = 500
@@ -32,12 +33,11 @@ REPLAY_BATCH = 500
 async def append(
     session: AsyncSession, *, tenant_id: str, instance_id: str | None, type: str, data: dict[str, Any]
 ) -> Event:
-    stream = await locked_row(session, EventStream, "tenant_id", tenant_id, last_seq=0)
-    stream.last_seq += 1
+    seq = await _next_seq(session, tenant_id)
     event = Event(
         id=new_id("evt"),
         tenant_id=tenant_id,
-        seq=stream.last_seq,
+        seq=seq,
         instance_id=instance_id,
         type=type,
         data=data,
@@ -46,6 +46,24 @@ async def append(
     session.add(event)
     await session.flush()
     return event
+
+
+async def _next_seq(session: AsyncSession, tenant_id: str) -> int:
+    """The tenant's next event number, in one round trip: an upsert that creates the stream's row
+    or increments it, and (PostgreSQL) keeps it locked until the transaction ends, so numbers
+    commit in order; SQLite's write transactions are serial anyway."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(EventStream)
+        .values(tenant_id=tenant_id, last_seq=1)
+        .on_conflict_do_update(index_elements=[EventStream.tenant_id], set_={"last_seq": EventStream.last_seq + 1})
+        .returning(EventStream.last_seq)
+    )
+    seq = (await session.execute(statement)).scalar_one()
+    stream = session.identity_map.get(session.sync_session.identity_key(EventStream, tenant_id))
+    if stream is not None:
+        session.expire(stream)
+    return int(seq)
 
 
 def to_schema(event: Event) -> schemas.Event:
@@ -90,35 +108,6 @@ async def page(
     more = len(rows) > limit
     items = [to_schema(row) for row in rows[:limit]]
     return schemas.EventPage(items=items, next_cursor=str(items[-1].id) if more and items else None, total=total)
-
-
-async def stream(
-    db: Database,
-    broker: Signal,
-    *,
-    tenant_id: str,
-    instance_id: str | None,
-    after: int,
-    poll_seconds: float,
-    heartbeat_seconds: float = 15.0,
-) -> AsyncIterator[schemas.Event | None]:
-    """Past events after ``after``, then live ones, forever. Yields None as a heartbeat."""
-    cursor = after
-    idle = 0.0
-    while True:
-        batch = await read_after(db, tenant_id=tenant_id, instance_id=instance_id, after=cursor, limit=REPLAY_BATCH)
-        for event in batch:
-            cursor = event.id
-            yield event
-        if len(batch) == REPLAY_BATCH:
-            continue
-        if batch:
-            idle = 0.0
-        await broker.wait(poll_seconds)
-        idle += poll_seconds
-        if idle >= heartbeat_seconds:
-            idle = 0.0
-            yield None
 
 
 def encode(event: schemas.Event) -> str:

@@ -123,12 +123,18 @@ def validate_timing(interval: str, timeout: str) -> tuple[float, float]:
 
 
 def validate_target(type: str, target: str, instance: Instance) -> Target:
+    return validate_target_ports(type, target, instance.ports)
+
+
+def validate_target_ports(type: str, target: str, ports: list[dict[str, Any]]) -> Target:
+    """The parsed target, or 400 when it is malformed or names a port not among ``ports`` (an
+    instance's, or a template's before any instance exists)."""
     try:
         parsed = parse_target(type, target)
     except ValueError as exc:
         raise InvalidInput(f"target: {exc}", details={"target": str(exc)}) from None
     if parsed.port is not None:
-        tcp_ports = sorted(p["container_port"] for p in instance.ports if p.get("protocol", "tcp") == "tcp")
+        tcp_ports = sorted(p["container_port"] for p in ports if p.get("protocol", "tcp") == "tcp")
         if parsed.port not in tcp_ports:
             raise InvalidInput(
                 f"target: port {parsed.port} is not one of the instance's TCP ports {tcp_ports}",

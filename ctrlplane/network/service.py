@@ -150,6 +150,22 @@ def _usable(instance: Instance) -> Instance:
     return instance
 
 
+def check_route(instance_ports: list[dict[str, Any]], *, path: str, port: int, protocol: str) -> str:
+    """The route's canonical path, or 400 for a protocol not served or a port not among
+    ``instance_ports`` (an instance's, or a template's before any instance exists)."""
+    if protocol not in SUPPORTED_PROTOCOLS:
+        raise InvalidInput(
+            f"protocol {protocol!r} is not supported; supported: {', '.join(SUPPORTED_PROTOCOLS)}",
+            details={"protocol": protocol, "supported": list(SUPPORTED_PROTOCOLS)},
+        )
+    ports = sorted(int(p["container_port"]) for p in instance_ports if p.get("protocol", "tcp") == "tcp")
+    if port not in ports:
+        raise InvalidInput(
+            f"port {port} is not one of the instance's ports {ports}", details={"port": port, "ports": ports}
+        )
+    return normalize_path(path)
+
+
 class _NetworkService:
     def __init__(self, context: RequestContext, *, if_match: str | None = None) -> None:
         self.context = context
@@ -182,17 +198,7 @@ class _NetworkService:
 
 class RouteService(_NetworkService):
     def _check(self, instance: Instance, *, path: str, port: int, protocol: str) -> str:
-        if protocol not in SUPPORTED_PROTOCOLS:
-            raise InvalidInput(
-                f"protocol {protocol!r} is not supported; supported: {', '.join(SUPPORTED_PROTOCOLS)}",
-                details={"protocol": protocol, "supported": list(SUPPORTED_PROTOCOLS)},
-            )
-        ports = sorted(int(p["container_port"]) for p in instance.ports if p.get("protocol", "tcp") == "tcp")
-        if port not in ports:
-            raise InvalidInput(
-                f"port {port} is not one of the instance's ports {ports}", details={"port": port, "ports": ports}
-            )
-        return normalize_path(path)
+        return check_route(instance.ports, path=path, port=port, protocol=protocol)
 
     async def _agrees_on_strip_prefix(self, instance_id: str, path: str, strip_prefix: bool, route_id: str) -> None:
         others = [r for r in await self.repo.routes_on_path(instance_id, path) if r.id != route_id]

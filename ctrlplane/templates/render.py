@@ -1,5 +1,6 @@
 """Template parameters: checking the values an environment is asked for against a template's
-declarations, and putting them in place of ``{{name}}`` in the image, env values and label values.
+declarations, and putting them in place of ``{{name}}`` in the image, env values, label values,
+health checks' targets and routes' paths.
 
 Every offending parameter is named at once (``details`` maps each to what is wrong), so a caller
 fixes them in one round, and nothing is written before the check passes.
@@ -13,7 +14,11 @@ from typing import Any
 import msgspec
 
 from ctrlplane.errors import InvalidInput
+from ctrlplane.health.schemas import HealthCheckCreate
+from ctrlplane.health.service import validate_target_ports, validate_timing
 from ctrlplane.instances.schemas import InstanceCreate
+from ctrlplane.network.schemas import RouteCreate
+from ctrlplane.network.service import check_route
 from ctrlplane.templates.schemas import Parameter, ParameterValue, TemplateSpec
 
 REFERENCE = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
@@ -84,7 +89,23 @@ def check_declarations(parameters: list[Parameter], spec: TemplateSpec) -> None:
             "invalid template parameters: " + ", ".join(sorted(problems)), details={"parameters": problems}
         )
     samples = {p.name: _sample(p) for p in parameters}
-    render(spec, samples, name="template-check")
+    instance = render(spec, samples, name="template-check")
+    checks, routes = render_extras(spec, samples)
+    check_extras(instance, checks, routes)
+
+
+def check_extras(instance: InstanceCreate, checks: list[HealthCheckCreate], routes: list[RouteCreate]) -> None:
+    """400 for a health check or route the instance's API would refuse for what it is (timing,
+    target, path, a port the instance does not have); per-instance limits are checked on create."""
+    ports = [{"container_port": p.container_port, "protocol": p.protocol} for p in instance.ports]
+    names = [c.name for c in checks]
+    for duplicate in sorted({n for n in names if names.count(n) > 1}):
+        raise InvalidInput(f"health check {duplicate!r} is declared more than once", details={"name": duplicate})
+    for check in checks:
+        validate_timing(check.interval, check.timeout)
+        validate_target_ports(check.type, check.target, ports)
+    for route in routes:
+        check_route(ports, path=route.path, port=route.port, protocol=route.protocol)
 
 
 def _sample(parameter: Parameter) -> ParameterValue:
@@ -100,7 +121,13 @@ def _sample(parameter: Parameter) -> ParameterValue:
 
 
 def references(spec: TemplateSpec) -> list[str]:
-    texts = [spec.image, *spec.env.values(), *spec.labels.values()]
+    texts = [
+        spec.image,
+        *spec.env.values(),
+        *spec.labels.values(),
+        *(c.target for c in spec.health_checks),
+        *(r.path for r in spec.routes),
+    ]
     return [match.group(1) for text in texts for match in REFERENCE.finditer(text)]
 
 
@@ -146,6 +173,7 @@ def render(spec: TemplateSpec, values: dict[str, ParameterValue], *, name: str) 
     """The instance the spec describes with ``values`` in place; 400 when the result is not a valid
     instance (an image reference a value made malformed, say)."""
     body = msgspec.to_builtins(spec)
+    del body["health_checks"], body["routes"]
     body["image"] = _fill(spec.image, values)
     body["env"] = {k: _fill(v, values) for k, v in spec.env.items()}
     body["labels"] = {k: _fill(v, values) for k, v in spec.labels.items()}
@@ -155,4 +183,22 @@ def render(spec: TemplateSpec, values: dict[str, ParameterValue], *, name: str) 
     except msgspec.ValidationError as exc:
         raise InvalidInput(
             f"the template does not render into a valid instance: {exc}", details={"spec": str(exc)}
+        ) from None
+
+
+def render_extras(
+    spec: TemplateSpec, values: dict[str, ParameterValue]
+) -> tuple[list[HealthCheckCreate], list[RouteCreate]]:
+    """The spec's health checks and routes with ``values`` in place of ``{{name}}`` in targets and
+    paths; 400 when a value made one invalid."""
+    checks = [msgspec.structs.replace(c, target=_fill(c.target, values)) for c in spec.health_checks]
+    routes = [msgspec.structs.replace(r, path=_fill(r.path, values)) for r in spec.routes]
+    try:
+        return (
+            msgspec.convert(msgspec.to_builtins(checks), list[HealthCheckCreate]),
+            msgspec.convert(msgspec.to_builtins(routes), list[RouteCreate]),
+        )
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(
+            f"the template's health checks or routes do not render: {exc}", details={"spec": str(exc)}
         ) from None

@@ -5,8 +5,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ctrlplane.health.schemas import Duration
+from ctrlplane.health.schemas import Duration, HealthCheckCreate
 from ctrlplane.instances.schemas import Command, DnsName, EnvKey, LabelKey, Ports, Replicas, Resources, Timeout
+from ctrlplane.network.schemas import RouteCreate
 from ctrlplane.provisioning.contract import PullPolicy, RestartPolicy
 
 ParameterName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="lower_snake_case")]
@@ -26,8 +27,9 @@ class Parameter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class TemplateSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """The instance-create body without ``name``; ``{{parameter}}`` may appear in the image, env
-    values and label values."""
+    """The instance-create body without ``name``, plus the health checks and routes each
+    environment's instance gets; ``{{parameter}}`` may appear in the image, env values, label
+    values, health checks' targets and routes' paths."""
 
     image: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
     resources: Resources = msgspec.field(default_factory=Resources)
@@ -42,6 +44,10 @@ class TemplateSpec(msgspec.Struct, forbid_unknown_fields=True):
     release_command: Command | None = None
     """The release phase of the environments' instances: run before each deploy's new replicas."""
     release_timeout: Timeout | None = None
+    health_checks: Annotated[list[HealthCheckCreate], msgspec.Meta(max_length=20)] = msgspec.field(default_factory=list)
+    """Made on every environment's instance as ``POST /v1/instances/{id}/health/checks`` would."""
+    routes: Annotated[list[RouteCreate], msgspec.Meta(max_length=20)] = msgspec.field(default_factory=list)
+    """Made on every environment's instance as ``POST /v1/instances/{id}/routes`` would."""
 
 
 class Pool(msgspec.Struct, forbid_unknown_fields=True):

@@ -207,7 +207,7 @@ class TemplateService:
         if data.description is not msgspec.UNSET and data.description != template.description:
             template.description = data.description
             changed.append("description")
-        if msgspec.to_builtins(spec) != template.spec:
+        if msgspec.to_builtins(spec) != msgspec.to_builtins(msgspec.convert(template.spec, schemas.TemplateSpec)):
             template.spec = msgspec.to_builtins(spec)
             changed.append("spec")
         if msgspec.to_builtins(parameters) != template.parameters:

@@ -36,4 +36,5 @@ class TenantQuota(Base):
     max_domains: Mapped[int] = mapped_column(Integer)
     max_routes: Mapped[int] = mapped_column(Integer)
     max_secrets: Mapped[int] = mapped_column(Integer)
+    max_environments_per_owner: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

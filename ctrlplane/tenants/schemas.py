@@ -55,6 +55,8 @@ class QuotaLimits(msgspec.Struct, forbid_unknown_fields=True):
     max_domains: Limit
     max_routes: Limit
     max_secrets: Limit
+    max_environments_per_owner: Limit | None = None
+    """Active environments one owner may hold in the tenant (docs/environments.md); null: none."""
 
 
 class QuotaUsage(msgspec.Struct):

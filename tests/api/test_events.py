@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Api, bearer
+from tests.waiting import eventually
 
 INSTANCE = {"name": "web", "image": "ctrlplane-test/busybox:1", "ports": [{"container_port": 8080}]}
 
@@ -113,3 +115,58 @@ async def test_instance_stream_carries_only_that_instance(live: Api) -> None:
     )
     assert second["id"] in events[0]["data"]
     assert first["id"] not in events[0]["data"]
+
+
+@pytest.mark.dialects("the feed relies on events committing in number order on both databases")
+async def test_two_hundred_subscribers_of_a_tenant_all_receive_a_new_event_through_one_feed(
+    live: Api, app: Any
+) -> None:
+    tenant = await live.create_tenant("acme", plan="pro")
+    token = bearer(live.tokens.tenant(tenant["id"]))
+    await _create_instances(live, token, 1)
+    subscribers = 200
+    replayed = 0
+    all_replayed = asyncio.Event()
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+
+    async def follow(client: httpx.AsyncClient, wanted: asyncio.Future[str]) -> str:
+        """The id of the first event of the instance ``wanted`` names, after the replay of event 1."""
+        nonlocal replayed
+        headers = {**token, "Accept": "text/event-stream"}
+        async with client.stream("GET", "/v1/events", headers=headers) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line.removeprefix("data:"))
+                if event["id"] == 1:
+                    replayed += 1
+                    if replayed == subscribers:
+                        all_replayed.set()
+                elif wanted.done() and event["instance_id"] == wanted.result():
+                    return str(event["event_id"])
+        raise AssertionError("the stream ended")
+
+    async with httpx.AsyncClient(base_url=str(live.client.base_url), limits=limits, timeout=60) as client:
+        wanted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        followers = [asyncio.create_task(follow(client, wanted)) for _ in range(subscribers)]
+        try:
+            await asyncio.wait_for(all_replayed.wait(), 60)
+            feeds = app.state.services.feeds.feeds
+            assert list(feeds) == [tenant["id"]]
+            assert feeds[tenant["id"]].subscribers == subscribers
+            [second] = await _create_instances_named(live, token, "late")
+            wanted.set_result(second["id"])
+            received = await asyncio.wait_for(asyncio.gather(*followers), 60)
+        finally:
+            for follower in followers:
+                follower.cancel()
+    assert len(received) == subscribers
+    assert len(set(received)) == 1
+    await eventually(lambda: not app.state.services.feeds.feeds, "the feed stopping with its last stream")
+
+
+async def _create_instances_named(api: Api, token: dict[str, str], name: str) -> list[dict[str, Any]]:
+    response = await api.client.post("/v1/instances", json={**INSTANCE, "name": name}, headers=token)
+    assert response.status_code == 201, response.text
+    return [response.json()]

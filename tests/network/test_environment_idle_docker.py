@@ -67,6 +67,7 @@ async def test_an_idle_environment_scaled_to_zero_wakes_on_the_next_request(
     types = await event_types(live, token, instance_id)
     assert "environment.woken" in types and "instance.woken" in types
     assert len(containers_of(docker_engine, instance_id)) == 1
+    assert {"idle", "wake"} <= await system_actions(live, environment["id"])
 
 
 async def test_an_idle_environment_with_on_idle_destroy_is_terminated(
@@ -82,3 +83,14 @@ async def test_an_idle_environment_with_on_idle_destroy_is_terminated(
     assert "environment.idle" in await event_types(live, token, environment["instance_id"])
     gone = await through_router(caddy, environment["hostname"])
     assert gone.status_code == 404
+    assert {"idle", "settle"} <= await system_actions(live, environment["id"])
+
+
+async def system_actions(api: Api, environment_id: str) -> set[str]:
+    """The audit actions the system (not a caller) recorded on the environment."""
+    entries = (
+        await api.client.get(
+            "/v1/admin/audit", params={"resource": "environment", "limit": 100}, headers=api.admin_headers
+        )
+    ).json()["items"]
+    return {e["action"] for e in entries if e["resource_id"] == environment_id and e["actor_kind"] == "system"}

@@ -157,6 +157,84 @@ async def test_per_owner_quota_is_403_naming_the_owner_and_released_on_terminate
     await up(api, token, key="d")
 
 
+async def _set_tenant_per_owner(api: Api, tenant_id: str, limit: int | None) -> None:
+    path = f"/v1/admin/tenants/{tenant_id}/quota"
+    limits = (await api.client.get(path, headers=api.admin_headers)).json()["limits"]
+    put = await api.client.put(path, json={**limits, "max_environments_per_owner": limit}, headers=api.admin_headers)
+    assert put.status_code == 200, put.text
+    assert put.json()["limits"]["max_environments_per_owner"] == limit
+
+
+async def test_tenant_per_owner_quota_is_403_naming_the_owner_and_the_tenants_limit(api: Api) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token)
+    await _set_tenant_per_owner(api, tenant_id, 1)
+    await up(api, token, key="a")
+    refused = await api.client.post(
+        "/v1/environments", json={"key": "b", "template": "preview", "parameters": {"greeting": "x"}}, headers=token
+    )
+    assert refused.status_code == 403, refused.text
+    body = refused.json()
+    assert body["code"] == "quota_exceeded"
+    assert body["details"] == {
+        "quota": "max_environments_per_owner",
+        "used": 1,
+        "limit": 1,
+        "requested": 1,
+        "owner": "alice",
+        "source": "tenant",
+    }
+    assert "alice" in body["message"] and "tenant" in body["message"]
+    bob = bearer(api.tokens.tenant(tenant_id, subject="bob"))
+    await up(api, bob, key="b")
+    await _set_tenant_per_owner(api, tenant_id, None)
+    await up(api, token, key="c")
+
+
+async def test_the_tighter_of_template_and_tenant_per_owner_limits_applies(api: Api) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token, max_environments_per_owner=1)
+    await _set_tenant_per_owner(api, tenant_id, 3)
+    await up(api, token, key="a")
+    refused = await api.client.post(
+        "/v1/environments", json={"key": "b", "template": "preview", "parameters": {"greeting": "x"}}, headers=token
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["details"]["source"] == "template"
+    assert refused.json()["details"]["limit"] == 1
+
+
+@pytest.mark.dialects("the tenant row lock must serialize concurrent quota counts on both databases")
+async def test_concurrent_get_or_creates_by_one_owner_never_pass_the_tenant_limit(
+    api: Api, db: Database, settings: Settings, fake: FakeProvider
+) -> None:
+    tenant_id, token = await tenant(api)
+    await template(api, token)
+    await _set_tenant_per_owner(api, tenant_id, 3)
+    second = create_app(msgspec.structs.replace(settings, background=False), providers=ProviderRegistry([fake]))
+    import httpx
+
+    transport = httpx.ASGITransport(app=second, client=("127.0.0.1", 50001))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ctrlplane.test") as other:
+        clients = [api.client, other]
+        responses = await asyncio.gather(
+            *(
+                clients[i % 2].post(
+                    "/v1/environments",
+                    json={"key": f"k-{i}", "template": "preview", "parameters": {"greeting": "hi"}},
+                    headers=token,
+                )
+                for i in range(10)
+            )
+        )
+        await second.state.services.db.dispose()
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] * 3 + [403] * 7, [r.text for r in responses]
+    assert all(r.json()["code"] == "quota_exceeded" for r in responses if r.status_code == 403)
+    assert await count(db, Environment, Environment.state == "active", Environment.owner == "alice") == 3
+    assert await count(db, Instance) == 3
+
+
 async def test_extend_adds_time_and_409_extend_limit_when_spent(api: Api) -> None:
     _, token = await tenant(api)
     await template(api, token, max_ttl="3h", max_extends=2)
@@ -332,3 +410,82 @@ async def test_deleting_the_instance_ends_its_environment_and_frees_the_key(live
     assert ended["termination_reason"] == "instance_deleted"
     again = await up(live, token, key="pr-1")
     assert again["id"] != environment["id"]
+
+
+FURNISHED_SPEC = {
+    "image": "ctrlplane-test/app:1",
+    "ports": [{"container_port": 8080}, {"container_port": 9090}],
+    "health_checks": [
+        {"name": "ready", "type": "http", "target": "http://localhost:8080/{{probe}}", "interval": "10s"},
+        {"name": "alive", "type": "tcp", "target": "localhost:9090"},
+    ],
+    "routes": [
+        {"path": "/{{prefix}}", "port": 8080, "strip_prefix": True},
+        {"path": "/metrics", "port": 9090},
+    ],
+}
+FURNISHED_PARAMETERS = [
+    {"name": "probe", "type": "string", "default": "healthz", "pattern": "[a-z]+"},
+    {"name": "prefix", "type": "string", "required": True},
+]
+
+
+async def test_environments_get_the_templates_health_checks_and_routes_with_parameters_in_place(api: Api) -> None:
+    _, token = await tenant(api)
+    made = await template(api, token, spec=FURNISHED_SPEC, parameters=FURNISHED_PARAMETERS)
+    assert [c["target"] for c in made["spec"]["health_checks"]] == ["http://localhost:8080/{{probe}}", "localhost:9090"]
+    environment = await up(api, token, key="pr-7", parameters={"prefix": "pr-7", "probe": "ready"})
+    instance_id = environment["instance_id"]
+    checks = (await api.client.get(f"/v1/instances/{instance_id}/health/checks", headers=token)).json()["items"]
+    assert {(c["name"], c["type"], c["target"]) for c in checks} == {
+        ("ready", "http", "http://localhost:8080/ready"),
+        ("alive", "tcp", "localhost:9090"),
+    }
+    assert {c["interval"] for c in checks if c["name"] == "ready"} == {"10s"}
+    routes = (await api.client.get(f"/v1/instances/{instance_id}/routes", headers=token)).json()["items"]
+    assert {(r["path"], r["port"], r["strip_prefix"]) for r in routes} == {
+        ("/pr-7", 8080, True),
+        ("/metrics", 9090, False),
+    }
+    other = await up(api, token, key="pr-8", parameters={"prefix": "pr-8"})
+    other_checks = (await api.client.get(f"/v1/instances/{other['instance_id']}/health/checks", headers=token)).json()[
+        "items"
+    ]
+    assert "http://localhost:8080/healthz" in {c["target"] for c in other_checks}
+    entries = (
+        await api.client.get(
+            "/v1/admin/audit", params={"resource": "environment", "limit": 100}, headers=api.admin_headers
+        )
+    ).json()["items"]
+    created = next(e for e in entries if e["resource_id"] == environment["id"] and e["action"] == "create")
+    assert len(created["details"]["health_checks"]) == 2
+    assert len(created["details"]["routes"]) == 2
+
+
+async def test_a_template_whose_checks_or_routes_cannot_work_is_400_and_a_bad_value_writes_nothing(
+    api: Api, db: Database
+) -> None:
+    _, token = await tenant(api)
+    for spec, named in (
+        ({**FURNISHED_SPEC, "routes": [{"path": "/", "port": 7000}]}, "port 7000"),
+        ({**FURNISHED_SPEC, "health_checks": [{"name": "x", "type": "tcp", "target": "localhost:7000"}]}, "7000"),
+        ({**FURNISHED_SPEC, "health_checks": [{"name": "x", "type": "http", "target": "http://e.com/"}]}, "host"),
+        ({**FURNISHED_SPEC, "routes": [{"path": "/{{nope}}", "port": 8080}]}, "nope"),
+        ({**FURNISHED_SPEC, "routes": [{"path": "no-slash", "port": 8080}]}, "path"),
+    ):
+        refused = await api.client.post(
+            "/v1/templates",
+            json={"name": "preview", "spec": spec, "parameters": FURNISHED_PARAMETERS},
+            headers=token,
+        )
+        assert refused.status_code == 400, (spec, refused.text)
+        assert named in refused.text, (named, refused.text)
+    await template(api, token, spec=FURNISHED_SPEC, parameters=FURNISHED_PARAMETERS)
+    refused = await api.client.post(
+        "/v1/environments",
+        json={"key": "pr-1", "template": "preview", "parameters": {"prefix": "a//b"}},
+        headers=token,
+    )
+    assert refused.status_code == 400, refused.text
+    assert await count(db, Environment) == 0
+    assert await count(db, Instance) == 0

@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 
+from ctrlplane.audit.service import verify
+from ctrlplane.db import Database
+from ctrlplane.settings import Settings
 from tests.api.environments.helpers import ready_members, tenant
+from tests.api.test_audit import audit_keys
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 POOLED = {
     "name": "sandbox",
@@ -97,3 +102,62 @@ async def test_pooled_template_needs_defaults_and_a_tenant(api: Api) -> None:
         "/v1/templates", json={**POOLED, "pool": {"max_ready": 1}}, headers=api.admin_headers
     )
     assert system.status_code == 400
+
+
+async def test_pool_members_carry_the_templates_health_checks_and_routes(live: Api) -> None:
+    _, token = await tenant(live)
+    spec = {
+        **POOLED["spec"],
+        "health_checks": [{"name": "ready", "type": "http", "target": "http://localhost:8080/{{size}}"}],
+        "routes": [{"path": "/size-{{size}}", "port": 8080}],
+    }
+    response = await live.client.post(
+        "/v1/templates", json={**POOLED, "spec": spec, "pool": {"min_ready": 1, "max_ready": 1}}, headers=token
+    )
+    assert response.status_code == 201, response.text
+    (member,) = await ready_members(live, token, 1)
+    instance_id = member["instance_id"]
+    checks = (await live.client.get(f"/v1/instances/{instance_id}/health/checks", headers=token)).json()["items"]
+    assert [c["target"] for c in checks] == ["http://localhost:8080/s"]
+    routes = (await live.client.get(f"/v1/instances/{instance_id}/routes", headers=token)).json()["items"]
+    assert [r["path"] for r in routes] == ["/size-s"]
+    claimed = await live.client.post("/v1/environments", json={"key": "user-1", "template": "sandbox"}, headers=token)
+    assert claimed.status_code == 201, claimed.text
+    assert claimed.json()["instance_id"] == instance_id
+
+
+@pytest.mark.dialects("the keeper's pool pass locks rows with SKIP LOCKED and appends to the chain under its lock")
+async def test_pool_refills_retires_and_settles_are_audited_as_the_system_and_the_chain_verifies(
+    live: Api, db: Database, settings: Settings
+) -> None:
+    _, token = await tenant(live)
+    made = await pooled(live, token, min_ready=1, max_ready=1)
+    (first,) = await ready_members(live, token, 1)
+    patched = await live.client.patch(f"/v1/templates/{made['id']}", json={"description": "v2"}, headers=token)
+    assert patched.status_code == 200, patched.text
+
+    async def system_entries() -> list[dict[str, Any]]:
+        entries = (
+            await live.client.get(
+                "/v1/admin/audit", params={"resource": "environment", "limit": 100}, headers=live.admin_headers
+            )
+        ).json()["items"]
+        return [e for e in entries if e["actor_kind"] == "system"]
+
+    def actions_for(entries: list[dict[str, Any]], environment_id: str) -> set[str]:
+        return {e["action"] for e in entries if e["resource_id"] == environment_id}
+
+    async def retired_and_settled() -> bool:
+        return {"pool_refill", "pool_retire", "settle"} <= actions_for(await system_entries(), first["id"])
+
+    await eventually(retired_and_settled, "the first member's refill, retire and settle entries", timeout=30)
+    entries = await system_entries()
+    refill = next(e for e in entries if e["resource_id"] == first["id"] and e["action"] == "pool_refill")
+    assert refill["actor_subject"] == "ctrlplane"
+    assert refill["details"]["template_id"] == made["id"] and refill["details"]["template_version"] == 1
+    assert refill["details"]["instance_id"] == first["instance_id"]
+    (second,) = await ready_members(live, token, 1)
+    assert "pool_refill" in actions_for(await system_entries(), second["id"])
+    async with db.read() as session:
+        report = await verify(session, audit_keys(settings))
+    assert report.broken is None, report.broken
