@@ -43,6 +43,7 @@ from ctrlplane.openapi import (
 from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
+from ctrlplane.registry_credentials.api import RegistryCredentialController
 from ctrlplane.releases.api import ReleaseController
 from ctrlplane.runs.api import JobController, RunController
 from ctrlplane.runs.service import active_run_usage
@@ -174,6 +175,7 @@ def create_app(
             EnvironmentController,
             WebhookController,
             LogDrainController,
+            RegistryCredentialController,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

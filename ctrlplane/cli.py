@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -149,6 +150,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="accept unkeyed entries at the start of a chain (written before the chain was keyed)",
     )
+    verify.add_argument(
+        "--checkpoints",
+        metavar="FILE",
+        help="also check the chains against checkpoints exported earlier (JSON lines of `audit export`)",
+    )
+    audit_commands.add_parser(
+        "checkpoint", help="sign a checkpoint of every chain's head now and print it (one JSON line)"
+    )
+    export = audit_commands.add_parser(
+        "export", help="print every signed checkpoint, oldest first, as JSON lines, to keep outside the database"
+    )
+    export.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
 
     secrets_cmd = commands.add_parser("secrets", help="the secrets master key ring")
     secrets_commands = secrets_cmd.add_subparsers(dest="secrets_command", required=True)
@@ -191,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(settings, args)
     if args.command == "secrets":
         return _secrets(settings, args)
-    return asyncio.run(_audit_verify(settings, allow_unkeyed_prefix=args.allow_unkeyed_prefix))
+    if args.audit_command == "checkpoint":
+        return asyncio.run(_audit_checkpoint(settings))
+    if args.audit_command == "export":
+        return asyncio.run(_audit_export(settings, args.output))
+    return asyncio.run(
+        _audit_verify(settings, allow_unkeyed_prefix=args.allow_unkeyed_prefix, checkpoints_file=args.checkpoints)
+    )
 
 
 def _env_commands(commands: Any, epilog: str) -> None:
@@ -399,25 +418,81 @@ async def _rotate_master(settings: Settings, ring: MasterKeyRing) -> RotationRep
         await database.dispose()
 
 
-async def _audit_verify(settings: Settings, *, allow_unkeyed_prefix: bool) -> int:
-    from ctrlplane.audit.service import AuditKeys, verify
-    from ctrlplane.db import connect
+def _master_keys(settings: Settings) -> dict[int, bytes] | None:
     from ctrlplane.secrets.crypto import RING_FILE, MasterKeyRing
 
-    keys: AuditKeys | None = None
     if settings.secrets_master_keys is not None or (settings.data_path / RING_FILE).exists():
-        keys = AuditKeys(MasterKeyRing.from_settings(settings)[0].keys)
+        return dict(MasterKeyRing.from_settings(settings)[0].keys)
+    return None
+
+
+async def _audit_checkpoint(settings: Settings) -> int:
+    from ctrlplane.audit import checkpoints
+    from ctrlplane.db import connect
+
+    master = _master_keys(settings)
+    if master is None:
+        print("no secrets master key ring here: checkpoints are signed with it", file=sys.stderr)
+        return 2
+    database = connect(settings.resolved_database_url)
+    try:
+        async with database.write() as session, session.begin():
+            taken = await checkpoints.take(session, checkpoints.checkpoint_keys(master))
+    finally:
+        await database.dispose()
+    assert taken is not None
+    print(checkpoints.export_line(taken))
+    return 0
+
+
+async def _audit_export(settings: Settings, output: str | None) -> int:
+    from ctrlplane.audit import checkpoints
+    from ctrlplane.db import connect
+
+    database = connect(settings.resolved_database_url)
+    try:
+        async with database.read() as session:
+            lines = [checkpoints.export_line(c) for c in await checkpoints.stored(session)]
+    finally:
+        await database.dispose()
+    text = "".join(line + "\n" for line in lines)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text)
+        print(f"exported {len(lines)} checkpoints to {output}", file=sys.stderr)
+    return 0
+
+
+async def _audit_verify(settings: Settings, *, allow_unkeyed_prefix: bool, checkpoints_file: str | None = None) -> int:
+    from ctrlplane.audit import checkpoints
+    from ctrlplane.audit.service import AuditKeys, verify
+    from ctrlplane.db import connect
+
+    keys: AuditKeys | None = None
+    master = _master_keys(settings)
+    if master is not None:
+        keys = AuditKeys(master)
     else:
         print("no secrets master key ring here: only unkeyed entries can be checked", file=sys.stderr)
+    exported = checkpoints.parse_export(Path(checkpoints_file).read_text().splitlines()) if checkpoints_file else []
     database = connect(settings.resolved_database_url)
     try:
         async with database.read() as session:
             report = await verify(session, keys, allow_unkeyed_prefix=allow_unkeyed_prefix)
+            problem = None
+            if report.broken is None and master is not None:
+                held = [*await checkpoints.stored(session), *exported]
+                problem = await checkpoints.check(session, checkpoints.checkpoint_keys(master), held)
     finally:
         await database.dispose()
+    if problem is not None:
+        print(f"audit log does not match a checkpoint: {problem}")
+        return 1
     if report.broken is None:
         chains = "chain" if report.chains == 1 else "chains"
-        print(f"audit log intact: {report.entries} entries in {report.chains} {chains}")
+        noted = f"; {len(held)} checkpoints match" if master is not None else ""
+        print(f"audit log intact: {report.entries} entries in {report.chains} {chains}{noted}")
         return 0
     broken = report.broken
     print(

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.audit.checkpoints import CHECKPOINT_INFO
 from ctrlplane.audit.service import AuditKeys
 from ctrlplane.auth.providers import Authenticator, Principal
 from ctrlplane.db import Database
@@ -60,11 +61,13 @@ class AppServices:
     """One reader of each followed tenant's events for all its streams (``events/fanout.py``)."""
     registries: RegistryPolicy = field(init=False)
     audit_keys: AuditKeys = field(init=False)
+    checkpoint_keys: AuditKeys = field(init=False)
 
     def __post_init__(self) -> None:
         self.router = Router(self.settings, self.db)
         self.feeds = EventFeeds(self.db, self.events, self.settings.event_poll_seconds)
         self.audit_keys = AuditKeys(self.vault.ring.keys)
+        self.checkpoint_keys = AuditKeys(self.vault.ring.keys, info=CHECKPOINT_INFO)
         self.registries = RegistryPolicy(
             allowed_cidrs=self.settings.outbound_allow_cidrs, allowed_registries=self.settings.registry_allow
         )

@@ -17,6 +17,8 @@ PREFIXES = frozenset(
     {
         "ten",
         "inst",
+        "rcr",
+        "ckp",
         "dep",
         "rel",
         "chk",

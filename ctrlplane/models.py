@@ -1,6 +1,6 @@
 """Every model, imported once so that ``metadata`` is complete for Alembic and the drift test."""
 
-from ctrlplane.audit.models import AuditChain, AuditEntry
+from ctrlplane.audit.models import AuditChain, AuditCheckpoint, AuditEntry
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.db import Base
 from ctrlplane.deployments.models import Deployment
@@ -21,6 +21,7 @@ from ctrlplane.network.models import (
 )
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
+from ctrlplane.registry_credentials.models import RegistryCredential
 from ctrlplane.releases.models import Release
 from ctrlplane.runs.models import Job, Run
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
@@ -35,6 +36,7 @@ __all__ = [
     "AcmeAccount",
     "ApiKey",
     "AuditChain",
+    "AuditCheckpoint",
     "AuditEntry",
     "Certificate",
     "Deployment",
@@ -53,6 +55,7 @@ __all__ = [
     "MetricSample",
     "Operation",
     "RateBucket",
+    "RegistryCredential",
     "Release",
     "Route",
     "Run",

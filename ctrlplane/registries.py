@@ -99,12 +99,19 @@ class RegistryPolicy:
     def check(self, image: str, field: str = "image") -> None:
         """Raise unless ``image`` may be pulled (blocking: resolves the registry's name)."""
         registry = registry_of(image)
-        if registry is None:
-            return
-        host, port = registry
+        if registry is not None:
+            self._check(*registry, field=field, shown=image)
+
+    def check_registry(self, registry: str, field: str = "registry") -> None:
+        """``check`` for a bare registry (``host[:port]``), as registry credentials name it."""
+        named = registry_of(registry + "/image")
+        if named is not None:
+            self._check(*named, field=field, shown=registry)
+
+    def _check(self, host: str, port: int | None, *, field: str, shown: str) -> None:
         if self._listed(host, port):
             return
-        shown = {field: image[:256]}
+        shown_details = {field: shown[:256]}
         try:
             literal: IPAddress | None = ipaddress.ip_address(host)
         except ValueError:
@@ -115,7 +122,7 @@ class RegistryPolicy:
             raise RegistryIpLiteral(
                 f"{field}: the registry is an IP address; name it by a hostname, or an operator lists it in "
                 "CTRLPLANE_REGISTRY_ALLOW",
-                details={**shown, "rule": "registry_ip_literal"},
+                details={**shown_details, "rule": "registry_ip_literal"},
             )
         try:
             resolved = self.outbound.resolver(host, port or 443)
@@ -128,7 +135,7 @@ class RegistryPolicy:
                 f"{field}: the registry {host!r} resolves to a loopback, private, link-local or the control "
                 "plane's own address, from which images are not pulled; an operator can allow it with "
                 "CTRLPLANE_REGISTRY_ALLOW",
-                details={**shown, "rule": "registry_address_refused"},
+                details={**shown_details, "rule": "registry_address_refused"},
             )
 
     def _allowed_cidr(self, address: IPAddress) -> bool:
@@ -137,3 +144,31 @@ class RegistryPolicy:
     async def admit(self, image: str, field: str = "image") -> None:
         """``check`` in a worker thread: a name lookup blocks."""
         await anyio.to_thread.run_sync(self.check, image, field)
+
+    async def admit_registry(self, registry: str, field: str = "registry") -> None:
+        await anyio.to_thread.run_sync(self.check_registry, registry, field)
+
+
+DOCKER_HUB = "docker.io"
+_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+
+
+def registry_key(image: str) -> str:
+    """The registry an image reference names, as credentials are keyed: lowercase ``host`` or
+    ``host:port``, and ``docker.io`` for Docker Hub under any of its names."""
+    return _key(registry_of(image))
+
+
+def normalized_registry(registry: str) -> str:
+    """A bare ``host[:port]`` (as a credential names it) keyed like ``registry_key``."""
+    return _key(registry_of(registry + "/image"))
+
+
+def _key(named: tuple[str, int | None] | None) -> str:
+    if named is None:
+        return DOCKER_HUB
+    host, port = named
+    if host in _HUB_ALIASES and port is None:
+        return DOCKER_HUB
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port is not None else shown

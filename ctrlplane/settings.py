@@ -182,6 +182,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The secrets master key ring (``1:<base64>,2:<base64>``) or a file holding it; None: the data
     directory's ``secrets-master-keys``, generated on first start (see ``ctrlplane.secrets.crypto``)."""
 
+    audit_checkpoint_seconds: float = 3600.0
+    """How often the leader signs a checkpoint of the audit chains' heads (``audit/checkpoints.py``)."""
     metrics_sample_seconds: float = 15.0
     metrics_raw_retention_seconds: float = 6 * 3600.0
     metrics_minute_retention_seconds: float = 48 * 3600.0
@@ -276,6 +278,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "HEALTH_RESULTS_PER_CHECK": "health_results_per_check",
             "HEALTH_PRUNE_INTERVAL_SECONDS": "health_prune_interval_seconds",
             "METRICS_SAMPLE_SECONDS": "metrics_sample_seconds",
+            "AUDIT_CHECKPOINT_SECONDS": "audit_checkpoint_seconds",
             "TRACE_MAX_SPANS_PER_INSTANCE": "trace_max_spans_per_instance",
             "OTLP_ENDPOINT": "otlp_endpoint",
             "OTLP_TOKEN_SECRET": "otlp_token_secret",
@@ -462,6 +465,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
         if self.metrics_sample_seconds <= 0:
             raise SettingsError(f"{PREFIX}METRICS_SAMPLE_SECONDS must be positive")
+        if self.audit_checkpoint_seconds < 1:
+            raise SettingsError(f"{PREFIX}AUDIT_CHECKPOINT_SECONDS must be at least 1")
         if not (
             0
             < self.metrics_raw_retention_seconds

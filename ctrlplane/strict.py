@@ -48,6 +48,9 @@ PATTERN_WORDS: dict[str, str] = {
         "or digit, not starting with ctrlplane."
     ),
     r"^[0-9a-fA-F]{4,64}$": "4 to 64 hexadecimal digits",
+    r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?$": (
+        "a registry host as image references name it: letters, digits, dots and hyphens, optionally :port"
+    ),
     r"^[0-9]{1,19}$": "1 to 19 decimal digits",
 }
 _IMAGE_WORDS = "an image reference: [registry[:port]/]name[:tag][@sha256:digest], name in lowercase"

@@ -5,6 +5,7 @@ from litestar.params import FromQuery
 
 from ctrlplane.admin import schemas
 from ctrlplane.admin.service import AdminService
+from ctrlplane.audit import checkpoints
 from ctrlplane.audit import schemas as audit_schemas
 from ctrlplane.audit import service as audit_service
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, Moment, errors, parse_moment, route
@@ -27,6 +28,18 @@ class AdminController(Controller):
         """Registered providers and whether each answers right now."""
         items = await AdminService(context).providers()
         return Page(items=items, next_cursor=None, total=len(items))
+
+    @get(
+        "/audit/checkpoints",
+        operation_id="listAuditCheckpoints",
+        responses=errors(),
+        opt=route("audit_checkpoint", "list", system_admin=True),
+    )
+    async def audit_checkpoints(
+        self, context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+    ) -> Page[checkpoints.Checkpoint]:
+        """Signed checkpoints of the audit chains' heads, newest first: export them, keep them elsewhere."""
+        return await checkpoints.page(context.session, cursor=cursor, limit=limit)
 
     @get("/audit", operation_id="queryAudit", responses=errors(), opt=route("audit", "list", system_admin=True))
     async def audit(

@@ -42,3 +42,15 @@ class AuditChain(Base):
     chain: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """Every chain's head at one moment, signed outside the database's reach (``checkpoints.py``)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heads: Mapped[dict[str, Any]] = mapped_column(JSON)
+    key_version: Mapped[int] = mapped_column(Integer)
+    signature: Mapped[str] = mapped_column(String(64))

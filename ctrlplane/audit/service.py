@@ -69,14 +69,14 @@ class AuditKeys:
 
     INFO = b"ctrlplane audit chain"
 
-    def __init__(self, master_keys: Mapping[int, bytes]) -> None:
+    def __init__(self, master_keys: Mapping[int, bytes], *, info: bytes = INFO) -> None:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
         if not master_keys:
             raise ValueError("the audit chain needs at least one key")
         self.keys = {
-            version: HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=self.INFO).derive(key)
+            version: HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
             for version, key in master_keys.items()
         }
         self.newest = max(self.keys)

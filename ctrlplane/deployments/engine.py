@@ -353,7 +353,16 @@ def _spec_of(
     restored = Instance(
         **{
             c: getattr(instance, c)
-            for c in ("id", "tenant_id", "name", "pull_policy", "cpu_millis", "memory_mb", "replicas")
+            for c in (
+                "id",
+                "tenant_id",
+                "name",
+                "pull_policy",
+                "cpu_millis",
+                "memory_mb",
+                "replicas",
+                "read_only_root_fs",
+            )
         }
     )
     _restore_keeping_scale(restored, release)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ctrlplane.db import Base, UTCDateTime
@@ -43,6 +43,8 @@ class Instance(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     restart_policy: Mapped[str] = mapped_column(String(16))
     pull_policy: Mapped[str] = mapped_column(String(16))
+    read_only_root_fs: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Containers get a read-only root filesystem (a tmpfs at /tmp stays writable)."""
     endpoints: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     restart_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -24,6 +25,7 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
+from ctrlplane.registries import registry_key
 from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.otlp import otlp_env
@@ -96,6 +98,9 @@ def spec_for(
     routes; a route to a port the instance does not have (any more) is left out."""
     secrets = secrets or WorkloadSecrets()
     config = config or RuntimeConfig()
+    auth = secrets.registry_auth
+    if auth is not None and auth.registry != registry_key(instance.image):
+        auth = None  # the credential of another image's registry (the release's, not this spec's)
     tcp_ports = {int(port["container_port"]) for port in instance.ports if port.get("protocol", "tcp") == "tcp"}
     return WorkloadSpec(
         instance_id=instance.id,
@@ -108,6 +113,8 @@ def spec_for(
         env={**otlp_env(settings, instance_id=instance.id, name=instance.name), **instance.env, **secrets.env},
         labels=dict(instance.labels),
         files=secrets.files,
+        registry_auth=auth,
+        read_only_root_fs=bool(instance.read_only_root_fs),
         pull_policy=instance.pull_policy,  # type: ignore[arg-type]
         release_id=instance.current_release_id,
         generation=generation or instance.generation,
@@ -133,10 +140,25 @@ def observed_state(status: WorkloadStatus) -> tuple[str, str]:
     return "failed", status.message or "no containers found for this instance"
 
 
+TextRedactor = Callable[[AsyncSession, Instance, str], Awaitable[str]]
+"""Removes an instance's secret values and OTLP token from text a runtime reported
+(``secrets.service.container_text_redactor``)."""
+
+
 async def set_state(
-    session: AsyncSession, instance: Instance, state: str, message: str, *, data: dict[str, Any] | None = None
+    session: AsyncSession,
+    instance: Instance,
+    state: str,
+    message: str,
+    *,
+    data: dict[str, Any] | None = None,
+    redact: TextRedactor | None = None,
 ) -> None:
-    """Record a state; a change is appended to the event log in the same transaction."""
+    """Record a state; a change is appended to the event log in the same transaction. ``redact``
+    (for messages a runtime reported, which may echo what a container printed) cleans a new
+    message before it is stored or put in an event."""
+    if redact is not None and message and message != instance.status_message:
+        message = await redact(session, instance, message)
     previous = instance.state
     changed = previous != state or instance.status_message != message
     instance.state = state
@@ -153,7 +175,9 @@ async def set_state(
         )
 
 
-async def record_status(session: AsyncSession, instance: Instance, status: WorkloadStatus) -> None:
+async def record_status(
+    session: AsyncSession, instance: Instance, status: WorkloadStatus, *, redact: TextRedactor | None = None
+) -> None:
     state, message = observed_state(status)
     if state == "stopped" and instance.desired_state == "sleeping":
         # scaled to zero by network.sleep: stopped, with its hostnames still routed (to wake it)
@@ -163,4 +187,4 @@ async def record_status(session: AsyncSession, instance: Instance, status: Workl
         instance.endpoints = endpoints
         instance.updated_at = utc_now()
     await follow_status(session, instance, status)
-    await set_state(session, instance, state, message)
+    await set_state(session, instance, state, message, redact=redact)

@@ -101,6 +101,8 @@ class Instance(msgspec.Struct):
     release_command: list[str] | None = None
     """Run once per deploy before any new replica starts (the release phase)."""
     release_timeout: int | None = None
+    read_only_root_fs: bool = False
+    """Containers run with a read-only root filesystem and a writable tmpfs at /tmp."""
 
 
 class InstanceCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -117,6 +119,8 @@ class InstanceCreate(msgspec.Struct, forbid_unknown_fields=True):
     pull_policy: PullPolicy = "IfNotPresent"
     release_command: Command | None = None
     release_timeout: Timeout | None = None
+    read_only_root_fs: bool = False
+    """Run the containers with a read-only root filesystem (a writable tmpfs at /tmp, 64 MiB)."""
 
 
 class InstanceUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -125,6 +129,8 @@ class InstanceUpdate(msgspec.Struct, forbid_unknown_fields=True):
     env: Env | msgspec.UnsetType = msgspec.UNSET
     ports: Ports | msgspec.UnsetType = msgspec.UNSET
     resources: Resources | msgspec.UnsetType = msgspec.UNSET
+    read_only_root_fs: bool | msgspec.UnsetType = msgspec.UNSET
+    """A change rolls out new containers, like env."""
 
 
 class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -78,6 +78,7 @@ def to_schema(instance: Instance) -> schemas.Instance:
         updated_at=instance.updated_at,
         release_command=instance.release_command,
         release_timeout=instance.release_timeout_seconds,
+        read_only_root_fs=instance.read_only_root_fs,
     )
 
 
@@ -213,6 +214,7 @@ class InstanceService:
             labels=dict(data.labels),
             restart_policy=data.restart_policy,
             pull_policy=data.pull_policy,
+            read_only_root_fs=data.read_only_root_fs,
             release_command=schemas.argv(data.release_command) if data.release_command is not None else None,
             release_timeout_seconds=data.release_timeout,
             endpoints=[],
@@ -306,6 +308,10 @@ class InstanceService:
                 instance.ports = ports
                 changed.append("ports")
                 needs_new_containers = True
+        if data.read_only_root_fs is not msgspec.UNSET and data.read_only_root_fs != instance.read_only_root_fs:
+            instance.read_only_root_fs = data.read_only_root_fs
+            changed.append("read_only_root_fs")
+            needs_new_containers = True
         if data.resources is not msgspec.UNSET and (
             data.resources.cpu_millis != instance.cpu_millis or data.resources.memory_mb != instance.memory_mb
         ):

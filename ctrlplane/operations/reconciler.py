@@ -60,6 +60,8 @@ from ctrlplane.provisioning.contract import (
     ReplicaStatus,
     WorkloadStatus,
 )
+from ctrlplane.redaction import REDACTED
+from ctrlplane.secrets.service import container_text_redactor
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
 
@@ -119,7 +121,10 @@ def missing(instance_id: str) -> WorkloadStatus:
 
 def _recorded(seen: Seen, status: WorkloadStatus) -> bool:
     state, message = observed_state(status)
-    if (seen.state, seen.status_message) != (state, message):
+    # A stored message that was redacted (record_status) never equals the runtime's raw one; the
+    # same state is then taken as recorded, rather than decrypting and rewriting it every pass.
+    same_message = seen.status_message == message or REDACTED in seen.status_message
+    if seen.state != state or not same_message:
         return False
     return [msgspec.to_builtins(endpoint) for endpoint in status.endpoints] == seen.endpoints
 
@@ -163,6 +168,7 @@ class Reconciler:
     def __init__(self, services: AppServices) -> None:
         self.services = services
         self.enqueued = False
+        self.redact_text = container_text_redactor(services)
 
     async def run_once(self) -> None:
         self.enqueued = False
@@ -282,7 +288,7 @@ class Reconciler:
         elif decision.action == "restart":
             await self._restart(session, row, list(decision.replicas))
         else:
-            await record_status(session, row, decision.status)
+            await record_status(session, row, decision.status, redact=self.redact_text)
 
     async def _enqueue(self, session: AsyncSession, row: Instance, kind: str, **payload: Any) -> None:
         queue.enqueue(session, tenant_id=row.tenant_id, instance_id=row.id, kind=kind, payload=payload)

@@ -32,6 +32,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from ctrlplane.audit import checkpoints
 from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
 from ctrlplane.context import AppServices
 from ctrlplane.drains.shipper import LogShipper
@@ -145,6 +146,16 @@ class Background:
             except Exception as exc:
                 log.error("metrics_sample_error", exc_info=exc)
             await anyio.sleep(self.services.settings.metrics_sample_seconds)
+
+    async def audit_checkpoint_loop(self) -> None:
+        """A signed checkpoint of the audit chains' heads, when one moved (``audit/checkpoints.py``)."""
+        while True:
+            await anyio.sleep(self.services.settings.audit_checkpoint_seconds)
+            try:
+                async with self.services.db.write() as session, session.begin():
+                    await checkpoints.take(session, self.services.checkpoint_keys, only_if_moved=True)
+            except Exception as exc:
+                log.error("audit_checkpoint_error", exc_info=exc)
 
     async def health_loop(self) -> None:
         registry = self.services.providers
@@ -262,6 +273,7 @@ class Background:
         group.start_soon(self.leader_only(self.watch_loop))
         group.start_soon(HealthScheduler(self.services).run_forever)
         group.start_soon(self.leader_only(self.metrics_loop))
+        group.start_soon(self.leader_only(self.audit_checkpoint_loop))
         if self.services.router.enabled:
             group.start_soon(self.router_edge)
         group.start_soon(self.leader_only(self.idle_loop))

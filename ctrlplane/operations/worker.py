@@ -33,6 +33,7 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
+from ctrlplane.secrets.service import container_text_redactor
 from ctrlplane.secrets.service import for_release as secrets_for_release
 
 log = structlog.get_logger("ctrlplane.worker")
@@ -49,6 +50,7 @@ class OperationWorker:
         self.services = services
         self.owner = f"{services.replica}/" + new_id("op").replace("op_", "worker_")
         self.lease = timedelta(seconds=services.settings.operation_lease_seconds)
+        self.redact_text = container_text_redactor(services)
 
     async def run_once(self) -> bool:
         """Claim and run one operation; False when there was nothing to do."""
@@ -160,10 +162,11 @@ class OperationWorker:
                 instance.endpoints = []
                 await set_state(session, instance, "destroyed", "")
             if status is not None and not await _superseded(session, operation):
-                await record_status(session, instance, status)
+                await record_status(session, instance, status, redact=self.redact_text)
             log.info("operation_succeeded", operation=operation.id, kind=operation.kind, instance=instance.id)
             return
-        message = _describe(error)
+        # a runtime's error may echo what a container printed: cleaned before it is stored anywhere
+        message = await self.redact_text(session, instance, _describe(error))
         if isinstance(error, ProviderUnavailable):
             queue.retry_later(operation, error=message, delay=backoff(operation.attempts))
             instance.status_message = f"waiting for the provider: {message}"

@@ -67,6 +67,18 @@ class SecretFile(msgspec.Struct, frozen=True):
         return f"SecretFile(path={self.path!r}, content=<{len(self.content)} bytes>)"
 
 
+class RegistryAuth(msgspec.Struct, frozen=True, kw_only=True):
+    """The tenant's credentials for the registry its image is pulled from (``registry`` as the image
+    names it: ``ghcr.io``, ``localhost:5000``; ``docker.io`` for Docker Hub); plaintext here only."""
+
+    registry: str
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"RegistryAuth(registry={self.registry!r}, username={self.username!r}, password=<hidden>)"
+
+
 class TenantQuota(msgspec.Struct, frozen=True, kw_only=True):
     """The tenant's limits, for runtimes that enforce them per tenant (Kubernetes' ResourceQuota)."""
 
@@ -126,6 +138,11 @@ class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
     tenant_quota: TenantQuota | None = None
     probes: tuple[Probe, ...] = ()
     routes: tuple[HttpRoute, ...] = ()
+    registry_auth: RegistryAuth | None = None
+    """Credentials for pulling ``image`` from its registry (Docker: the pull's auth config;
+    Kubernetes: a ``kubernetes.io/dockerconfigjson`` Secret named in ``imagePullSecrets``)."""
+    read_only_root_fs: bool = False
+    """Mount the container's root filesystem read-only, with a writable tmpfs at ``/tmp``."""
 
 
 class Endpoint(msgspec.Struct, frozen=True):

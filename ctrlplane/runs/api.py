@@ -8,6 +8,7 @@ from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from ctrlplane.errors import Forbidden
 from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.openapi import EVENT_STREAM
 from ctrlplane.pagination import Page
@@ -58,8 +59,11 @@ class RunController(Controller):
     async def run_logs(
         self, run_id: FromPath[str], context: Context, follow: FromQuery[bool] = False, tail: Tail = 1000
     ) -> Response[Any]:
-        """A run's output; follow=true streams it as Server-Sent Events (line events, then one end event)."""
+        """A run's output (deploy role: what a container prints may hold secrets); follow=true streams it as
+        Server-Sent Events (line events, then one end event)."""
         run = await RunService(context).row(run_id)
+        if not context.principal.has_role("deploy"):
+            raise Forbidden("a run's output is shown to the deploy role only", details={"required_role": "deploy"})
         services = context.services
         await context.session.close()
         if not follow:

@@ -37,12 +37,14 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import spec_for
 from ctrlplane.provisioning.contract import LogLine, Provider, RunProvider, RunSpec, RunStatus, WorkloadSpec
 from ctrlplane.provisioning.errors import ProviderUnavailable
+from ctrlplane.redaction import redact as redact_values
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import restore as restore_release
 from ctrlplane.runs import service
 from ctrlplane.runs.models import Run
 from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.secrets.service import for_release as secrets_for_release
+from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.runs")
@@ -50,27 +52,25 @@ log = structlog.get_logger("ctrlplane.runs")
 POLL_SECONDS = 0.25
 OUTPUT_LINES = 100
 OUTPUT_BYTES = 16 * 1024
-REDACTED = "[redacted]"
 KILLED_EXIT_CODE = 137
 
 
-def redactor(secrets: WorkloadSecrets) -> Callable[[str], str]:
-    """Replace every secret value (env values, and file contents that are text) in a text; values
-    shorter than 4 characters are left alone (redacting "1" would mangle every number)."""
-    values = [v for v in secrets.env.values() if len(v) >= 4]
+def redactor(secrets: WorkloadSecrets, *, token: str | None = None) -> Callable[[str], str]:
+    """Replace every secret value (env values, and file contents that are text) and the instance's
+    OTLP ``token``, exactly and in base64 (``redaction.redact``), in a text; values shorter than 4
+    characters are left alone (redacting "1" would mangle every number)."""
+    values = list(secrets.env.values())
     for secret in secrets.files:
         try:
-            text = secret.content.decode("utf-8").strip()
+            text = secret.content.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        if len(text) >= 4:
-            values.append(text)
-    values.sort(key=len, reverse=True)
+        values.extend((text, text.strip()))
+    if token is not None:
+        values.append(token)
 
     def redact(text: str) -> str:
-        for value in values:
-            text = text.replace(value, REDACTED)
-        return text
+        return redact_values(text, values)
 
     return redact
 
@@ -91,7 +91,9 @@ async def run_context(services: AppServices, run: Run) -> tuple[WorkloadSpec, Wo
     secrets = await secrets_for_release(services, run.release_id)
     source = instance
     if release is not None and run.kind != "release":
-        source = Instance(**{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy")})
+        source = Instance(
+            **{c: getattr(instance, c) for c in ("id", "tenant_id", "name", "pull_policy", "read_only_root_fs")}
+        )
         restore_release(source, release)
         source.current_release_id = release.id
     spec = spec_for(source, settings=services.settings, generation=run.generation, secrets=secrets)
@@ -132,7 +134,7 @@ class RunExecutor:
         if built is None:
             return await self._finish(run, "failed", None, "the instance no longer exists")
         spec, secrets = built
-        redact = redactor(secrets)
+        redact = redactor(secrets, token=instance_token(self.settings, run.instance_id))
         runs: RunProvider = provider
         try:
             status = await runs.start_run(RunSpec(run_id=run.id, workload=spec, command=tuple(run.command)))

@@ -45,7 +45,12 @@ ACTIVE = ("pending", "running")
 RUNNABLE = ("running",)
 
 
-def to_schema(run: Run) -> schemas.Run:
+HIDDEN_OUTPUT = "(shown to the deploy role only)"
+
+
+def to_schema(run: Run, *, show_output: bool = True) -> schemas.Run:
+    """A run; ``show_output`` false (a caller without the deploy role) hides what its container
+    printed, as for a command health check's message."""
     return schemas.Run(
         id=run.id,
         tenant_id=run.tenant_id,
@@ -57,7 +62,7 @@ def to_schema(run: Run) -> schemas.Run:
         command=list(run.command),
         state=run.state,  # type: ignore[arg-type]
         exit_code=run.exit_code,
-        output=run.output,
+        output=run.output if show_output else HIDDEN_OUTPUT,
         error=run.error,
         timeout=run.timeout_seconds,
         cancel_requested=run.cancel_requested,
@@ -69,7 +74,7 @@ def to_schema(run: Run) -> schemas.Run:
     )
 
 
-def job_schema(job: Job, recent: list[Run] | None = None) -> schemas.Job:
+def job_schema(job: Job, recent: list[Run] | None = None, *, show_output: bool = True) -> schemas.Job:
     return schemas.Job(
         id=job.id,
         tenant_id=job.tenant_id,
@@ -87,7 +92,7 @@ def job_schema(job: Job, recent: list[Run] | None = None) -> schemas.Job:
         created_by=job.created_by,
         created_at=job.created_at,
         updated_at=job.updated_at,
-        recent_runs=[to_schema(run) for run in recent or []],
+        recent_runs=[to_schema(run, show_output=show_output) for run in recent or []],
     )
 
 
@@ -178,6 +183,7 @@ async def prune(session: AsyncSession, *, instance_id: str, job_id: str | None, 
 class RunService:
     def __init__(self, context: RequestContext) -> None:
         self.context = context
+        self._show_output = context.principal.has_role("deploy")
         self.session = context.session
         self.tenant_id = context.principal.tenant_id
         self.settings = context.services.settings
@@ -213,10 +219,10 @@ class RunService:
         self.context.audit.resource_id = run.id
         self.context.audit.tenant_id = instance.tenant_id
         self.context.audit.details.update(instance_id=instance.id, command=run.command[:8])
-        return to_schema(run)
+        return to_schema(run, show_output=self._show_output)
 
     async def get(self, run_id: str) -> schemas.Run:
-        return to_schema(await self._scoped(run_id))
+        return to_schema(await self._scoped(run_id), show_output=self._show_output)
 
     async def row(self, run_id: str) -> Run:
         return await self._scoped(run_id)
@@ -224,7 +230,14 @@ class RunService:
     async def list(self, instance_id: str, *, cursor: str | None, limit: int) -> Page[schemas.Run]:
         instance = await InstanceRepository(self.session, self.tenant_id).get(instance_id)
         statement = select(Run).where(Run.instance_id == instance.id)
-        return await paginate(self.session, statement, Run.id, cursor=cursor, limit=limit, convert=to_schema)
+        return await paginate(
+            self.session,
+            statement,
+            Run.id,
+            cursor=cursor,
+            limit=limit,
+            convert=lambda run: to_schema(run, show_output=self._show_output),
+        )
 
     async def cancel(self, run_id: str) -> schemas.Run:
         """Ask the run to stop (202): a pending run ends ``cancelled`` at once, a running one when its
@@ -243,7 +256,7 @@ class RunService:
             run.state, run.finished_at, run.error = "cancelled", utc_now(), "cancelled before it started"
         self.context.audit.resource_id = run.id
         self.context.audit.tenant_id = run.tenant_id
-        return to_schema(run)
+        return to_schema(run, show_output=self._show_output)
 
 
 async def runnable(context: RequestContext, instance: Instance) -> RunProvider:
@@ -298,6 +311,7 @@ async def check_run_quota(session: AsyncSession, instances: InstanceService, ins
 class JobService:
     def __init__(self, context: RequestContext) -> None:
         self.context = context
+        self._show_output = context.principal.has_role("deploy")
         self.session = context.session
         self.tenant_id = context.principal.tenant_id
         self.settings = context.services.settings
@@ -360,7 +374,7 @@ class JobService:
     async def get(self, job_id: str) -> schemas.Job:
         """The job with its recent runs (the last ``CTRLPLANE_RUN_HISTORY``), newest first."""
         job = await self._scoped(job_id)
-        return job_schema(job, await self._recent(job))
+        return job_schema(job, await self._recent(job), show_output=self._show_output)
 
     async def list(self, instance_id: str, *, cursor: str | None, limit: int) -> Page[schemas.Job]:
         instance = await InstanceRepository(self.session, self.tenant_id).get(instance_id)
@@ -391,7 +405,7 @@ class JobService:
         job.version += 1
         job.updated_at = now
         self._audit(job)
-        return job_schema(job, await self._recent(job))
+        return job_schema(job, await self._recent(job), show_output=self._show_output)
 
     async def delete(self, job_id: str) -> None:
         """Delete the job; its past runs stay (``job_id`` cleared), a running firing runs to its end."""

@@ -19,6 +19,7 @@ from ctrlplane.runs.executor import redactor
 from ctrlplane.runs.models import Run
 from ctrlplane.runs.service import ACTIVE, to_schema
 from ctrlplane.secrets.service import for_release as secrets_for_release
+from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import utc_now
 
 WAIT_SECONDS = 0.25
@@ -61,7 +62,10 @@ async def read(services: AppServices, run: Run, *, tail: int) -> schemas.RunLogs
     run, provider_name = loaded
     provider = _provider(services, provider_name)
     if run.state in ACTIVE and provider is not None:
-        redact = redactor(await secrets_for_release(services, run.release_id))
+        redact = redactor(
+            await secrets_for_release(services, run.release_id),
+            token=instance_token(services.settings, run.instance_id),
+        )
         try:
             lines = [line async for line in provider.run_logs(run.instance_id, run.id, tail=tail)]
         except CtrlplaneError:
@@ -95,7 +99,10 @@ async def follow(services: AppServices, run_id: str) -> AsyncIterator[tuple[str,
         provider = _provider(services, provider_name)
         if run.state == "running" and run.started_at is not None and provider is not None and not followed:
             followed = True
-            redact = redactor(await secrets_for_release(services, run.release_id))
+            redact = redactor(
+                await secrets_for_release(services, run.release_id),
+                token=instance_token(services.settings, run.instance_id),
+            )
             lines = provider.run_logs(run.instance_id, run.id, follow=True)
             try:
                 async for written in lines:

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ctrlplane.provisioning.contract import SecretFile
+from ctrlplane.provisioning.contract import RegistryAuth, SecretFile
 
 SecretType = Literal["env", "file"]
 MAX_VALUE_BYTES = 64 * 1024
@@ -55,6 +55,9 @@ class WorkloadSecrets(msgspec.Struct, frozen=True):
 
     env: dict[str, str] = msgspec.field(default_factory=dict)
     files: tuple[SecretFile, ...] = ()
+    registry_auth: RegistryAuth | None = None
+    """The tenant's credential for the registry of the release's image (``registry_credentials``)."""
 
     def __repr__(self) -> str:
-        return f"WorkloadSecrets(env={sorted(self.env)}, files={[f.path for f in self.files]})"
+        files = [f.path for f in self.files]
+        return f"WorkloadSecrets(env={sorted(self.env)}, files={files}, registry_auth={self.registry_auth!r})"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from posixpath import normpath
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.context import AppServices, RequestContext
@@ -34,16 +35,20 @@ from ctrlplane.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
+from ctrlplane.instances.observe import TextRedactor
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.pagination import Page, paginate
 from ctrlplane.preconditions import require_existing, require_version
 from ctrlplane.provisioning.contract import SecretFile
+from ctrlplane.redaction import redact
+from ctrlplane.registry_credentials.service import credential_for as registry_credential_for
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets import schemas
 from ctrlplane.secrets.crypto import DecryptionFailed, Vault
 from ctrlplane.secrets.models import Secret, SecretVersion
 from ctrlplane.secrets.repository import SecretRepository
+from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 
@@ -269,18 +274,44 @@ async def values_of(session: AsyncSession, vault: Vault, *, tenant_id: str, inst
     return [*current.env.values(), *(f.content.decode("utf-8", "replace") for f in current.files)]
 
 
+WITHHELD = "(withheld: the instance's secrets could not be read to redact it)"
+
+
+def container_text_redactor(services: AppServices) -> TextRedactor:
+    """A ``TextRedactor`` for text a runtime reported about an instance (status messages, replica
+    errors: they may echo what a container printed): its current secret values and its OTLP token,
+    exactly and in base64, become ``[redacted]`` (``redaction.py``)."""
+
+    async def redact_text(session: AsyncSession, instance: Instance, text: str) -> str:
+        try:
+            values = await values_of(session, services.vault, tenant_id=instance.tenant_id, instance_id=instance.id)
+        except DecryptionFailed:
+            return WITHHELD
+        return redact(text, [*values, instance_token(services.settings, instance.id)])
+
+    return redact_text
+
+
 async def for_release(services: AppServices, release_id: str | None) -> schemas.WorkloadSecrets:
-    """The secrets a release pinned, decrypted (none for no release)."""
+    """The secrets a release pinned, decrypted (none for no release), with the tenant's credential
+    for the registry of the release's image, if it has one."""
     if release_id is None:
         return schemas.WorkloadSecrets()
     async with services.db.read() as session:
         release = await session.get(Release, release_id)
         if release is None:
             return schemas.WorkloadSecrets()
-        return await workload_secrets(
+        pinned = await workload_secrets(
             session,
             services.vault,
             tenant_id=release.tenant_id,
             instance_id=release.instance_id,
             revision=release.secrets_revision,
         )
+        try:
+            auth = await registry_credential_for(
+                session, services.vault, tenant_id=release.tenant_id, image=release.image
+            )
+        except DecryptionFailed as exc:
+            raise DecryptionFailed(f"registry credential: {exc.message}") from None
+        return msgspec.structs.replace(pinned, registry_auth=auth)

@@ -182,10 +182,15 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/log-drains", body={"url": "https://logs.example.invalid/new", "instance_id": "{instance_id}"}),
     Route("GET", "/v1/log-drains/{drain_id}"),
     Route("DELETE", "/v1/log-drains/{drain_id}"),
+    Route("GET", "/v1/registry-credentials"),
+    Route("POST", "/v1/registry-credentials", body={"registry": "ghcr.io", "username": "u", "password": "p"}),
+    Route("GET", "/v1/registry-credentials/{credential_id}"),
+    Route("DELETE", "/v1/registry-credentials/{credential_id}"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
     Route("GET", "/v1/admin/audit"),
+    Route("GET", "/v1/admin/audit/checkpoints"),
     Route("GET", "/v1/admin/tenants"),
     Route("POST", "/v1/admin/tenants", body={"name": "Matrix", "slug": "matrix-new", "plan": "pro"}),
     Route("GET", "/v1/admin/tenants/{tenant_id}"),
@@ -221,6 +226,7 @@ class World:
     webhook_a: str
     delivery_a: str
     drain_a: str
+    credential_a: str
     openapi: dict[str, Any]
     secret_key_a: str = "MATRIX_SECRET"
     template_a: str = ""
@@ -267,6 +273,7 @@ class World:
             "webhook_id": self.webhook_a,
             "delivery_id": self.delivery_a,
             "drain_id": self.drain_a,
+            "credential_id": self.credential_a,
         }
 
     def url(self, route: Route) -> str:
@@ -287,6 +294,7 @@ class World:
             "webhook_id": self.webhook_a,
             "delivery_id": self.delivery_a,
             "drain_id": self.drain_a,
+            "credential_id": self.credential_a,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -435,6 +443,12 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert drain.status_code == 201, drain.text
+    credential = await api.client.post(
+        "/v1/registry-credentials",
+        json={"registry": "registry.example.com", "username": "robot", "password": "matrix-pull"},
+        headers=bearer(api.tokens.tenant(tenant_a)),
+    )
+    assert credential.status_code == 201, credential.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
@@ -458,6 +472,7 @@ async def world(api: Api, db: Database) -> World:
         webhook_a=webhook.json()["id"],
         delivery_a=delivery.json()["id"],
         drain_a=drain.json()["id"],
+        credential_a=credential.json()["id"],
         openapi=document.json(),
         template_a=template.json()["id"],
         environment_a=environment.json()["id"],

@@ -3,8 +3,9 @@
 Every phase the installed Schemathesis offers runs (examples, coverage, fuzzing, and stateful:
 sequences of calls that feed one response's ids into the next request, inferred by Schemathesis
 from the schema's parameters and ``Location`` headers), with every default check, once with a
-tenant token and once with a system-admin token. A server error (500) or a response that does
-not match the document fails the test.
+tenant token and once with a system-admin token; then a stateful run as one tenant with the other
+tenant as a peer (``object_level_authorization``). A server error (500), a response that does
+not match the document, or a read of one tenant's object by the other fails the test.
 
 ``make test`` runs a bounded pass (``CTRLPLANE_TEST_FUZZ_EXAMPLES``, default 5 examples per
 operation, within ``CTRLPLANE_TEST_FUZZ_SECONDS``, default 20, per caller: the tenant's
@@ -16,13 +17,14 @@ NUL characters are not generated because the API refuses them everywhere by desi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, bearer
 
 EXAMPLES = os.environ.get("CTRLPLANE_TEST_FUZZ_EXAMPLES", "5")
 SECONDS = float(os.environ.get("CTRLPLANE_TEST_FUZZ_SECONDS", "20"))
@@ -33,16 +35,18 @@ SCHEMATHESIS = Path(sys.executable).with_name("st")
 CONFIG = Path(__file__).resolve().parent.parent / "schemathesis.toml"
 
 
-async def schemathesis(base_url: str, token: str, report: Path, phases: str, seconds: float) -> tuple[int, str]:
+async def schemathesis(
+    base_url: str, token: str | None, report: Path, phases: str, seconds: float, config: Path = CONFIG
+) -> tuple[int, str]:
+    """``token``: every request's bearer token; None when the configuration names the credentials."""
     report.mkdir(parents=True, exist_ok=True)
     arguments = [
         str(SCHEMATHESIS),
         "--config-file",
-        str(CONFIG),
+        str(config),
         "run",
         f"{base_url}/schema/openapi.json",
-        "--header",
-        f"Authorization: Bearer {token}",
+        *(["--header", f"Authorization: Bearer {token}"] if token is not None else []),
         "--checks",
         "all",
         "--max-examples",
@@ -98,3 +102,47 @@ async def test_schemathesis_as_a_system_admin_finds_no_server_error_and_no_schem
     live: Api, live_server: str, tmp_path: Path
 ) -> None:
     await _run(live, live_server, "admin", tmp_path)
+
+
+@pytest.mark.dialects("hostile values (NUL, huge integers) each dialect refuses differently")
+async def test_schemathesis_stateful_with_both_tenants_finds_no_server_error_schema_violation_or_cross_tenant_read(
+    live: Api, live_server: str, tmp_path: Path
+) -> None:
+    """The stateful phase as tenant A (creating, then reading, changing and deleting what it made),
+    with tenant B's credentials as a peer: Schemathesis replays A's successful reads of its own
+    objects as B (``object_level_authorization``), which must not get them; beside every default
+    check. The two tenants' credentials reach Schemathesis as a Web Fuzzing Commons document. B's
+    probes happen only for reads of A's objects the phase makes within its budget: seeded objects
+    make that likely, not certain, so the test does not require one."""
+    peers = {}
+    for name in ("tenant-a", "tenant-b"):
+        tenant = await live.create_tenant(f"fuzz-{name.removeprefix('tenant-')}", plan="enterprise")
+        peers[name] = live.tokens.tenant(tenant["id"])
+    # objects of tenant A from the start, so the stateful phase reads some early and B's probes run
+    owner = bearer(peers["tenant-a"])
+    for path, body in (
+        ("/v1/instances", {"name": "seeded", "image": "ctrlplane-test/busybox:1"}),
+        ("/v1/webhooks", {"url": "https://hooks.example.invalid/seeded"}),
+        ("/v1/log-drains", {"url": "https://logs.example.invalid/seeded"}),
+    ):
+        seeded = await live.client.post(path, json=body, headers=owner)
+        assert seeded.status_code == 201, seeded.text
+    credentials = tmp_path / "wfc-auth.json"
+    credentials.write_text(
+        json.dumps(
+            {
+                "auth": [
+                    {"name": name, "fixedHeaders": [{"name": "Authorization", "value": f"Bearer {token}"}]}
+                    for name, token in peers.items()
+                ]
+            }
+        )
+    )
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        CONFIG.read_text()
+        + f'\n[auth.wfc]\npath = "{credentials}"\nuser = "tenant-a"\npeers = ["tenant-a", "tenant-b"]\n'
+    )
+    code, output = await schemathesis(live_server, None, tmp_path / "report", "stateful", SECONDS, config=config)
+    assert code == 0, f"full output in {tmp_path / 'report'}\n" + output[-20000:]
+    assert "✅ Stateful" in output, f"the Stateful phase did not run:\n{output[-5000:]}"

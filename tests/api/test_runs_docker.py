@@ -6,11 +6,13 @@ they never run inside a serving replica."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import pytest
 from docker import DockerClient
 
+from ctrlplane.telemetry.otlp import instance_token
 from tests.api.test_deployments import finished
 from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
@@ -21,7 +23,7 @@ from tests.api.test_instances_docker import (  # noqa: F401 - fixtures
     settings,
     tenant,
 )
-from tests.conftest import Api
+from tests.conftest import Api, bearer
 from tests.providers.docker_engine import (  # noqa: F401 - docker_engine is a fixture
     IMAGE,
     V2_IMAGE,
@@ -216,3 +218,39 @@ async def test_cancel_stops_a_running_one_off_run(live: Api, docker_engine: Dock
     assert run_containers(docker_engine, instance["id"]) == []
     again = await live.client.post(f"/v1/runs/{run_id}/cancel", headers=token)
     assert again.status_code == 409
+
+
+async def test_a_runs_output_printing_its_secret_and_otlp_token_is_redacted_and_shown_to_deploy_only(
+    live: Api, docker_engine: DockerClient
+) -> None:
+    created = await live.create_tenant("acme", plan="pro")
+    token = bearer(live.tokens.tenant(created["id"]))
+    instance = await running(live, token)
+    response = await live.client.post(
+        f"/v1/instances/{instance['id']}/secrets",
+        json={"key": "DB_PASSWORD", "value": SECRET},
+        params={"restart": "true"},
+        headers=token,
+    )
+    assert response.status_code == 201, response.text
+    rolled = await finished(live, response.json()["deployment_id"], token, timeout=90)
+    assert rolled["state"] == "succeeded", rolled
+    command = 'echo "plain=$DB_PASSWORD"; printf %s "$DB_PASSWORD" | base64; echo "otlp=$OTEL_EXPORTER_OTLP_HEADERS"'
+    started = await live.client.post(f"/v1/instances/{instance['id']}/runs", json={"command": command}, headers=token)
+    assert started.status_code == 201, started.text
+    run = await run_ended(live, started.json()["id"], token)
+    assert run["state"] == "succeeded", run
+    encoded = base64.b64encode(SECRET.encode()).decode()
+    otlp = instance_token(live.tokens.settings, instance["id"])
+    lines = run["output"].splitlines()
+    assert lines[:3] == ["plain=[redacted]", "[redacted]", "otlp=authorization=Bearer%20[redacted]"], lines
+    logs = await live.client.get(f"/v1/runs/{run['id']}/logs", headers=token)
+    for shown in (run["output"], logs.text):
+        assert SECRET not in shown and encoded not in shown and otlp not in shown
+    reader = bearer(live.tokens.tenant(created["id"], roles=["read"]))
+    as_reader = await live.client.get(f"/v1/runs/{run['id']}", headers=reader)
+    assert as_reader.status_code == 200 and as_reader.json()["output"] == "(shown to the deploy role only)"
+    listed = await live.client.get(f"/v1/instances/{instance['id']}/runs", headers=reader)
+    assert {item["output"] for item in listed.json()["items"]} == {"(shown to the deploy role only)"}
+    refused = await live.client.get(f"/v1/runs/{run['id']}/logs", headers=reader)
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden", refused.text

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import shlex
 import threading
 import uuid
@@ -20,7 +21,7 @@ from ctrlplane_docker.isolation import CAPABILITIES, DEFAULT_PIDS_LIMIT, NOFILE_
 from ctrlplane_docker.logs import THREAD_PREFIX
 from docker import DockerClient
 
-from ctrlplane.provisioning.contract import PortSpec, Provider, Resources, SecretFile
+from ctrlplane.provisioning.contract import PortSpec, Provider, RegistryAuth, Resources, SecretFile
 from ctrlplane.provisioning.errors import PULL_FAILURES, ImageNotFound, ProviderError, ProviderUnavailable
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SESSION, AppImage, ProviderConformance, Workloads, new_id
@@ -32,6 +33,7 @@ from tests.providers.docker_engine import (
     docker_engine,
     ensure_isolation_image,
 )
+from tests.providers.fake_registry import BasicAuthRegistry
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -135,6 +137,22 @@ class TestDockerProvider(ProviderConformance):
         assert ping.exit_code != 0 and "permission denied" in ping.output, ping.output
         socket = await provider.exec(spec.instance_id, ["ls", "/var/run/docker.sock", "/run/docker.sock"])
         assert socket.exit_code != 0, "the Docker socket is never inside a replica"
+
+    async def test_a_read_only_root_filesystem_refuses_writes_but_tmp_is_writable(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        spec = workloads.spec(read_only_root_fs=True)
+        status = await provider.provision(spec)
+        host = (await inspect(status.replicas[0].name))["HostConfig"]
+        assert host["ReadonlyRootfs"] is True
+        root = await provider.exec(spec.instance_id, ["sh", "-c", "echo x > /written && echo wrote"])
+        assert root.exit_code != 0 and "Read-only file system" in root.output, root.output
+        tmp = await provider.exec(spec.instance_id, ["sh", "-c", "echo x > /tmp/written && cat /tmp/written"])
+        assert (tmp.exit_code, tmp.output.strip()) == (0, "x"), tmp.output
+        writable = workloads.spec()
+        await provider.provision(writable)
+        default = await provider.exec(writable.instance_id, ["sh", "-c", "echo x > /written && echo wrote"])
+        assert (default.exit_code, default.output.strip()) == (0, "wrote"), "the default stays writable"
 
     async def test_a_fork_bomb_stops_at_the_pids_limit_while_neighbours_keep_serving(
         self, provider: Provider, workloads: Workloads
@@ -314,6 +332,25 @@ class TestDockerProvider(ProviderConformance):
         assert raised.value.message == f"image {image!r} could not be pulled: {PULL_FAILURES['unreachable']}"
         assert raised.value.details == {"image": image, "reason": "unreachable"}
         assert "refused" not in raised.value.message and "dial" not in raised.value.message
+
+    async def test_a_pull_sends_the_tenants_registry_credentials_and_reports_no_engine_text(
+        self, provider: Provider, workloads: Workloads
+    ) -> None:
+        # A registry on loopback (the engine treats 127.0.0.0/8 as an insecure, plain-HTTP registry)
+        # that demands Basic auth, records what arrives and then has no such image.
+        with BasicAuthRegistry() as registry:
+            image = f"127.0.0.1:{registry.port}/private/{new_id('app')}:1"
+            auth = RegistryAuth(registry=f"127.0.0.1:{registry.port}", username="robot", password="pull-s3cret-9x")
+            spec = workloads.spec(image=image, pull_policy="Always", registry_auth=auth)
+            with pytest.raises(ImageNotFound) as raised:
+                await provider.provision(spec)
+        expected = "Basic " + base64.b64encode(b"robot:pull-s3cret-9x").decode()
+        assert expected in registry.authorizations, registry.authorizations
+        assert any(path.startswith("/v2/private/") for path in registry.authorized_paths), registry.authorized_paths
+        shown = raised.value.message + repr(raised.value.details)
+        assert "pull-s3cret-9x" not in shown and "robot" not in shown
+        assert raised.value.message.startswith(f"image {image!r} could not be pulled: ")
+        assert "pull-s3cret-9x" not in repr(spec)
 
     async def test_start_reattaches_a_replica_whose_tenant_network_was_removed(
         self, provider: Provider, workloads: Workloads

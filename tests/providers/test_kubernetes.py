@@ -9,6 +9,8 @@ only a container runtime does, the test is overridden below and says which assum
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -30,6 +32,7 @@ from ctrlplane.provisioning.contract import (
     PortSpec,
     Probe,
     Provider,
+    RegistryAuth,
     Resources,
     RunSpec,
     SecretFile,
@@ -591,6 +594,32 @@ async def test_a_retried_create_adopts_objects_an_earlier_attempt_left(
     assert set(of(cluster, "secrets", namespace)[secret["metadata"]["name"]]["data"]) == {"env.GREETING"}
     conflicts = [r for r in cluster.emulator if r.method == "POST" and "/deployments" in str(r.url.path)]
     assert len(conflicts) == 1  # one create answered 409, then a patch
+
+
+async def test_registry_credentials_become_a_dockerconfigjson_secret_named_in_image_pull_secrets(
+    cluster: Cluster, k8s: KubernetesProvider
+) -> None:
+    auth = RegistryAuth(registry="registry.example.com:5000", username="robot", password="pull-s3cret")
+    spec = web(image="registry.example.com:5000/team/web:1", registry_auth=auth)
+    await k8s.provision(spec)
+    namespace = f"{TEST_CLUSTER}-{dash(spec.tenant_id)}"
+    secrets = of(cluster, "secrets", namespace)
+    pull_name = f"{dash(spec.instance_id)}-g1-pull"
+    pull = secrets[pull_name]
+    assert pull["type"] == "kubernetes.io/dockerconfigjson"
+    config = json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))
+    login = base64.b64encode(b"robot:pull-s3cret").decode()
+    assert config == {
+        "auths": {"registry.example.com:5000": {"username": "robot", "password": "pull-s3cret", "auth": login}}
+    }
+    (deployment,) = cluster.deployments(spec.instance_id)
+    assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": pull_name}]
+    # the next generation without credentials pulls without them, and the old pull Secret goes with
+    # its generation
+    await k8s.deploy(again(spec, image="ctrlplane-test/app:2", registry_auth=None, generation=2), "recreate")
+    (deployment,) = cluster.deployments(spec.instance_id)
+    assert "imagePullSecrets" not in deployment["spec"]["template"]["spec"]
+    assert pull_name not in of(cluster, "secrets", namespace)
 
 
 async def test_removing_what_is_already_gone_is_not_an_error(cluster: Cluster, k8s: KubernetesProvider) -> None:

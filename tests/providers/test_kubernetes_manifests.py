@@ -17,7 +17,9 @@ from ctrlplane.provisioning.contract import (
     HttpRoute,
     PortSpec,
     Probe,
+    RegistryAuth,
     Resources,
+    RunSpec,
     SecretFile,
     TenantQuota,
     WorkloadSpec,
@@ -52,6 +54,7 @@ def spec(**overrides: Any) -> WorkloadSpec:
             HttpRoute(host="shop.example.com", path="/api", container_port=8080),
             HttpRoute(host="internal.example.com", tls=False),
         ),
+        "registry_auth": RegistryAuth(registry="registry.example", username="robot", password="pull-s3cret"),
     }
     values.update(overrides)
     return WorkloadSpec(**values)
@@ -62,6 +65,7 @@ def every_manifest(workload: WorkloadSpec, settings: KubernetesSettings = DEFAUL
         manifests.namespace(CLUSTER, workload.tenant_id),
         manifests.network_policy(CLUSTER, workload.tenant_id, settings),
         manifests.secret(CLUSTER, workload),
+        *([pull] if (pull := manifests.pull_secret(CLUSTER, workload)) is not None else []),
         manifests.service(CLUSTER, workload),
         manifests.service(CLUSTER, workload, pinned_slot="b"),
     ]
@@ -95,6 +99,7 @@ SPEC_VARIANTS = {
         labels={},
         probes=(),
         routes=(),
+        registry_auth=None,
         tenant_quota=None,
         release_id=None,
         command=None,
@@ -102,6 +107,7 @@ SPEC_VARIANTS = {
     ),
     "command-probe": spec(probes=(Probe(kind="command", command=("/bin/check", "--quick")),), command=("serve", "-v")),
     "long-ids": spec(instance_id="inst_" + "x" * 80, tenant_id="ten_" + "Y" * 80),
+    "read-only-root": spec(read_only_root_fs=True),
 }
 
 
@@ -172,6 +178,30 @@ def test_the_deployment_carries_labels_limits_secret_refs_probes_and_a_restricti
     }
     recreate = manifests.deployment(CLUSTER, workload, "a", DEFAULT, replicas=2, strategy="recreate")
     assert recreate["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_a_read_only_root_filesystem_keeps_the_whole_security_context_and_a_memory_tmp() -> None:
+    workload = spec(read_only_root_fs=True)
+    deployment = manifests.deployment(CLUSTER, workload, "a", DEFAULT, replicas=1)
+    run = manifests.run_job(
+        CLUSTER, RunSpec(run_id="run_01jz8x3k4m5n6p7q8r9s0t1v2z", workload=workload, command=("true",)), DEFAULT
+    )
+    for pod in (deployment["spec"]["template"]["spec"], run["spec"]["template"]["spec"]):
+        (container,) = pod["containers"]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        assert {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}} in pod["volumes"]
+    writable = manifests.deployment(CLUSTER, spec(), "a", DEFAULT, replicas=1)
+    (container,) = writable["spec"]["template"]["spec"]["containers"]
+    assert "readOnlyRootFilesystem" not in container["securityContext"]
+    assert all(v["name"] != "tmp" for v in writable["spec"]["template"]["spec"]["volumes"])
 
 
 def test_without_health_checks_readiness_is_a_tcp_connect_and_there_is_no_liveness_probe() -> None:

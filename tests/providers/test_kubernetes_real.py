@@ -11,6 +11,7 @@ runs, so what needs a kubelet (``pods/log``, ``pods/exec``, metrics) stays on th
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -26,7 +27,15 @@ from ctrlplane_kubernetes.errors import ClusterQuotaExceeded
 from ctrlplane_kubernetes.settings import KubernetesSettings
 from kubernetes import client
 
-from ctrlplane.provisioning.contract import PortSpec, Provider, Resources, Strategy, TenantQuota, WorkloadSpec
+from ctrlplane.provisioning.contract import (
+    PortSpec,
+    Provider,
+    RegistryAuth,
+    Resources,
+    Strategy,
+    TenantQuota,
+    WorkloadSpec,
+)
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
 from tests.providers.kube_cluster import ControlPlane, free_port, kube_control_plane  # noqa: F401
@@ -341,6 +350,31 @@ async def test_the_tenant_namespace_and_its_guards_pass_the_real_admission_chain
     with plane.api() as api, pytest.raises(client.ApiException) as refused:
         client.CoreV1Api(api).create_namespaced_pod(namespace, unconfined)
     assert refused.value.status == 403 and "PodSecurity" in str(refused.value.body), refused.value.body
+
+
+async def test_registry_credentials_and_a_read_only_root_pass_the_real_admission_chain(
+    kube_control_plane: ControlPlane, k8s: KubernetesProvider
+) -> None:
+    """A pull Secret of type ``kubernetes.io/dockerconfigjson`` named in ``imagePullSecrets``, and a
+    read-only root filesystem with a memory ``/tmp``, are accepted by a real API server under the
+    ``restricted`` Pod Security standard, and the pods run."""
+    auth = RegistryAuth(registry="registry.example.com", username="robot", password="pull-s3cret")
+    spec = track(k8s, web(registry_auth=auth, read_only_root_fs=True))
+    status = await k8s.provision(spec)
+    assert status.state == "running", status.message
+    namespace = namespace_of(spec)
+    pull = next(
+        s
+        for s in listed(kube_control_plane, "list_namespaced_secret", namespace)
+        if s["metadata"]["name"].endswith("-pull")
+    )
+    assert pull["type"] == "kubernetes.io/dockerconfigjson"
+    assert "registry.example.com" in json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))["auths"]
+    (pod, *_) = pods_of(kube_control_plane, spec.instance_id)
+    assert pod["spec"]["imagePullSecrets"] == [{"name": pull["metadata"]["name"]}]
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
 async def test_pods_beyond_the_real_resource_quota_are_a_clear_quota_error(

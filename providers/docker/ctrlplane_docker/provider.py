@@ -106,6 +106,8 @@ from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
 from ctrlplane_docker.subnets import SubnetPool, SubnetPoolExhausted, network_subnets
 
+DOCKER_HUB_ADDRESS = "https://index.docker.io/v1/"
+"""The server address Docker Hub's credentials are filed under (what ``docker login`` uses)."""
 log = structlog.get_logger("ctrlplane.docker")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -265,6 +267,8 @@ class DockerProvider:
     # -- images, networks, markers --------------------------------------------------------------
 
     def _ensure_image(self, api: APIClient, spec: WorkloadSpec) -> None:
+        """Make ``spec.image`` present, pulling it with the tenant's credentials for its registry
+        (``spec.registry_auth``) when there are some."""
         image = spec.image
         if spec.pull_policy != "Always":
             try:
@@ -280,8 +284,18 @@ class DockerProvider:
                     details={"image": image, "pull_policy": spec.pull_policy},
                 )
         repository, tag = parse_repository_tag(image)
+        auth = spec.registry_auth
+        auth_config = (
+            {
+                "username": auth.username,
+                "password": auth.password,
+                "serveraddress": DOCKER_HUB_ADDRESS if auth.registry == "docker.io" else auth.registry,
+            }
+            if auth is not None
+            else None
+        )
         try:
-            for event in api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            for event in api.pull(repository, tag=tag or "latest", stream=True, decode=True, auth_config=auth_config):
                 if isinstance(event, dict) and event.get("error"):
                     raise ProviderError(str(event["error"]))
         except (APIError, ProviderError) as exc:
@@ -435,7 +449,7 @@ class DockerProvider:
             network_mode=network_id,
             init=True,
             mounts=mounts or None,
-            **hardened(pids_limit=self._pids_limit),
+            **hardened(pids_limit=self._pids_limit, read_only=spec.read_only_root_fs),
         )
         deadline = time.monotonic() + ADOPT_WAIT_SECONDS
         while True:
@@ -1026,6 +1040,7 @@ class DockerProvider:
                         network_mode=network_id,
                         init=True,
                         mounts=mounts or None,
+                        **hardened(pids_limit=self._pids_limit, read_only=workload.read_only_root_fs),
                     )
                     try:
                         created = api.create_container(

@@ -13,6 +13,7 @@ from ctrlplane.provisioning.contract import (
     LABEL_GENERATION,
     HttpRoute,
     Probe,
+    RegistryAuth,
     RunSpec,
     Strategy,
     TenantQuota,
@@ -146,6 +147,44 @@ def secret(cluster: str, spec: WorkloadSpec) -> Manifest:
     }
 
 
+DOCKER_HUB_ADDRESS = "https://index.docker.io/v1/"
+
+
+def docker_config(auth: RegistryAuth) -> bytes:
+    """``.dockerconfigjson``: the credential under its registry (Docker Hub's under its index URL)."""
+    server = DOCKER_HUB_ADDRESS if auth.registry == "docker.io" else auth.registry
+    login = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+    entry = {"username": auth.username, "password": auth.password, "auth": login}
+    return json.dumps({"auths": {server: entry}}, sort_keys=True).encode()
+
+
+def pull_secret(cluster: str, spec: WorkloadSpec, name: str | None = None) -> Manifest | None:
+    """The ``kubernetes.io/dockerconfigjson`` Secret the kubelet pulls ``spec.image`` with (named in
+    the pods' ``imagePullSecrets``); none without registry credentials."""
+    if spec.registry_auth is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {
+            "name": name or naming.pull_secret_name(spec.instance_id, spec.generation),
+            "labels": {**naming.instance_labels(cluster, spec), LABEL_GENERATION: str(spec.generation)},
+        },
+        "data": {".dockerconfigjson": _b64(docker_config(spec.registry_auth))},
+    }
+
+
+def run_pull_secret(cluster: str, run: RunSpec) -> Manifest | None:
+    manifest = pull_secret(cluster, run.workload, naming.run_pull_secret_name(run.run_id))
+    if manifest is not None:
+        workload = run.workload
+        manifest["metadata"]["labels"] = naming.run_labels(
+            cluster, workload.tenant_id, workload.instance_id, run.run_id
+        )
+    return manifest
+
+
 def run_secret(cluster: str, run: RunSpec) -> Manifest:
     """The run's env and files, in a Secret of its own (named like its Job)."""
     manifest = secret(cluster, run.workload)
@@ -174,7 +213,7 @@ def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifes
             for key in sorted(workload.env)
         ],
         "resources": {"requests": resources, "limits": dict(resources)},
-        "securityContext": container_security(settings),
+        "securityContext": container_security(settings, read_only_root_fs=workload.read_only_root_fs),
         "volumeMounts": [
             {"name": "files", "mountPath": file.path, "subPath": file_key(index), "readOnly": True}
             for index, file in enumerate(workload.files)
@@ -194,6 +233,10 @@ def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifes
         if workload.files
         else []
     )
+    if workload.read_only_root_fs:
+        tmp, tmp_mount = tmp_volume()
+        volumes.append(tmp)
+        container["volumeMounts"].append(tmp_mount)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -208,6 +251,11 @@ def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifes
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "restartPolicy": "Never",
+                    **(
+                        {"imagePullSecrets": [{"name": naming.run_pull_secret_name(run.run_id)}]}
+                        if workload.registry_auth is not None
+                        else {}
+                    ),
                 },
             },
         },
@@ -252,7 +300,12 @@ def probes(spec: WorkloadSpec) -> Manifest:
     return result
 
 
-def container_security(settings: KubernetesSettings) -> Manifest:
+TMP_VOLUME = "tmp"
+TMP_SIZE = "64Mi"
+"""The writable ``/tmp`` of a read-only root filesystem: memory-backed, as Docker's tmpfs."""
+
+
+def container_security(settings: KubernetesSettings, *, read_only_root_fs: bool = False) -> Manifest:
     context: Manifest = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -261,7 +314,17 @@ def container_security(settings: KubernetesSettings) -> Manifest:
     }
     if settings.run_as_non_root:
         context["runAsNonRoot"] = True
+    if read_only_root_fs:
+        context["readOnlyRootFilesystem"] = True
     return context
+
+
+def tmp_volume() -> tuple[Manifest, Manifest]:
+    """The volume and mount of a writable ``/tmp`` for a read-only root filesystem."""
+    return (
+        {"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": TMP_SIZE}},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    )
 
 
 def deployment(
@@ -292,7 +355,7 @@ def deployment(
         "env": env,
         "ports": [{"containerPort": port.container_port, "protocol": port.protocol.upper()} for port in spec.ports],
         "resources": {"requests": resources, "limits": dict(resources)},
-        "securityContext": container_security(settings),
+        "securityContext": container_security(settings, read_only_root_fs=spec.read_only_root_fs),
         "volumeMounts": mounts,
         **probes(spec),
     }
@@ -317,6 +380,10 @@ def deployment(
         if spec.files
         else []
     )
+    if spec.read_only_root_fs:
+        tmp, tmp_mount = tmp_volume()
+        volumes.append(tmp)
+        mounts.append(tmp_mount)
     pod_annotations = {naming.RESTARTED_AT: restarted_at} if restarted_at else {}
     pod_spec: Manifest = {
         "containers": [container],
@@ -325,6 +392,8 @@ def deployment(
         "enableServiceLinks": False,
         "restartPolicy": "Always",
     }
+    if spec.registry_auth is not None:
+        pod_spec["imagePullSecrets"] = [{"name": naming.pull_secret_name(spec.instance_id, spec.generation)}]
     pod_annotations[naming.TEMPLATE_HASH] = template_hash(labels, pod_spec)
     return {
         "apiVersion": "apps/v1",

@@ -61,6 +61,14 @@ def secret_name(instance_id: str, generation: int) -> str:
     return dns_label(instance_id, f"g{generation}")
 
 
+def pull_secret_name(instance_id: str, generation: int) -> str:
+    return dns_label(instance_id, f"g{generation}", "pull")
+
+
+def run_pull_secret_name(run_id: str) -> str:
+    return dns_label(run_id, "pull")
+
+
 def run_name(run_id: str) -> str:
     return dns_label(run_id)
 

@@ -462,6 +462,16 @@ class KubernetesProvider:
                 },
             },
         )
+        if (pull := manifests.pull_secret(self.cluster, spec)) is not None:
+            self._create_or_patch(
+                self.core.create_namespaced_secret, self.core.patch_namespaced_secret, namespace, pull
+            )
+        else:
+            self._delete(
+                self.core.delete_namespaced_secret,
+                naming.pull_secret_name(spec.instance_id, spec.generation),
+                namespace,
+            )
 
         def desired(existing: Obj | None) -> Obj:
             """The Deployment, keeping the stop mark and restart stamp of ``existing`` (the version a
@@ -477,7 +487,10 @@ class KubernetesProvider:
             annotations.update({naming.STOPPED: "true" if is_stopped else None, naming.RETIRED: None})
             if existing is None:
                 manifest["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
-            elif strategy == "recreate":
+            else:
+                # a merge patch keeps what it does not name: a spec without credentials drops them
+                manifest["spec"]["template"]["spec"].setdefault("imagePullSecrets", None)
+            if existing is not None and strategy == "recreate":
                 # A merge patch keeps what it does not name, and the API server refuses a Recreate
                 # Deployment that still has the RollingUpdate parameters.
                 manifest["spec"]["strategy"]["rollingUpdate"] = None
@@ -802,13 +815,14 @@ class KubernetesProvider:
 
     def _drop_other_secrets(self, namespace: str, instance_id: str, generation: int) -> None:
         wanted = {LABEL_MANAGED: "true", **naming.selector(self.cluster, instance_id)}
-        keep = naming.secret_name(instance_id, generation)
+        keep = {naming.secret_name(instance_id, generation), naming.pull_secret_name(instance_id, generation)}
         for secret in self._items(self.core.list_namespaced_secret, wanted, namespace):
-            if observe.meta(secret).get("name") != keep:
+            if observe.meta(secret).get("name") not in keep:
                 self._delete(self.core.delete_namespaced_secret, *_key(secret))
 
     def _drop_secret(self, namespace: str, instance_id: str, generation: int) -> None:
         self._delete(self.core.delete_namespaced_secret, naming.secret_name(instance_id, generation), namespace)
+        self._delete(self.core.delete_namespaced_secret, naming.pull_secret_name(instance_id, generation), namespace)
 
     # -- observation calls -----------------------------------------------------------------------
 
@@ -1169,6 +1183,10 @@ class KubernetesProvider:
                 namespace,
                 manifests.run_secret(self.cluster, spec),
             )
+            if (pull := manifests.run_pull_secret(self.cluster, spec)) is not None:
+                self._create_or_patch(
+                    self.core.create_namespaced_secret, self.core.patch_namespaced_secret, namespace, pull
+                )
             job = manifests.run_job(self.cluster, spec, self.kube)
             job["metadata"]["namespace"] = namespace
             try:
