@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     epilog = (
         "CTRLPLANE_URL (default http://127.0.0.1:8080) and CTRLPLANE_TOKEN (a JWT or API key) configure it. "
         "Exit status: 0 succeeded, 1 failed, 2 bad usage or configuration, 3 rolled back, 4 cancelled, "
-        "5 timed out, 6 authentication or permission refused, 7 other API error."
+        "5 timed out, 6 authentication or permission refused, 7 other API error, "
+        "8 rolled back by its traffic analysis."
     )
     deploy_cmd = commands.add_parser(
         "deploy", parents=[pipeline, waiting], help="deploy an image to an instance", epilog=epilog
@@ -82,6 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "output is streamed and a failed release phase exits with the command's own exit code",
     )
     deploy_cmd.add_argument("--release-timeout", type=int, metavar="SECONDS", help="kill the release command after")
+    deploy_cmd.add_argument(
+        "--max-error-ratio", type=float, metavar="RATIO", help="analysis: roll back past this 5xx ratio (0 to 1)"
+    )
+    deploy_cmd.add_argument("--max-p99-ms", type=float, metavar="MS", help="analysis: roll back past this p99 latency")
+    deploy_cmd.add_argument("--min-requests", type=int, metavar="N", help="analysis: requests needed to judge")
+    deploy_cmd.add_argument("--analysis-window", metavar="DURATION", help="analysis: observe each step this long")
+    deploy_cmd.add_argument(
+        "--steps", metavar="W1,W2,...", help="canary traffic weights in percent, ending at 100 (e.g. 10,50,100)"
+    )
     deploy_cmd.add_argument(
         "--idempotency-key",
         help="override the key derived from the inputs (the same inputs within 24 h replay the first deploy)",

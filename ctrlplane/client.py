@@ -9,6 +9,7 @@ event stream, prints the deploy's progress and exits with its outcome:
 
     0 succeeded   1 failed   2 bad usage or configuration   3 rolled back   4 cancelled
     5 timed out (--timeout)  6 authentication or permission refused  7 any other API error
+    8 rolled back by its traffic analysis (``--max-error-ratio``, ``--max-p99-ms``, ...)
 
 A deploy with a release phase streams the release command's output (``release | ...`` lines) and,
 when the release phase fails, exits with the command's own exit code (1 if it had none: a crash or
@@ -31,7 +32,7 @@ import httpx
 from ctrlplane.timeutil import parse_duration
 
 EXIT = {"succeeded": 0, "failed": 1, "rolled_back": 3, "cancelled": 4}
-EXIT_USAGE, EXIT_TIMEOUT, EXIT_AUTH, EXIT_API = 2, 5, 6, 7
+EXIT_USAGE, EXIT_TIMEOUT, EXIT_AUTH, EXIT_API, EXIT_ANALYSIS = 2, 5, 6, 7, 8
 TERMINAL_EVENTS = {"deploy.succeeded", "deploy.failed", "deploy.rolled_back", "deploy.cancelled"}
 
 
@@ -173,6 +174,7 @@ def _exit_code(run: dict[str, Any]) -> int:
 
 def _follow(api: Api, out: Output, deployment: dict[str, Any], deadline: float) -> int:
     release_code: int | None = None
+    analysis_failed = False
     for event in api.events(deployment["instance_id"], deadline):
         data = event.get("data") or {}
         if data.get("deployment_id") != deployment["id"]:
@@ -187,6 +189,7 @@ def _follow(api: Api, out: Output, deployment: dict[str, Any], deadline: float) 
                     release_code = _exit_code(item)
         if event["type"] == "deploy.release_failed" and release_code is None and data.get("run_id"):
             release_code = _exit_code(api.request("GET", f"/v1/runs/{data['run_id']}"))
+        analysis_failed = analysis_failed or event["type"] == "deploy.analysis_failed"
         if event["type"] in TERMINAL_EVENTS:
             final = api.request("GET", f"/v1/deployments/{deployment['id']}")
             state = final["state"]
@@ -197,6 +200,8 @@ def _follow(api: Api, out: Output, deployment: dict[str, Any], deadline: float) 
             )
             if state == "failed" and release_code not in (None, 0):
                 return int(release_code)
+            if state == "rolled_back" and analysis_failed:
+                return EXIT_ANALYSIS
             return EXIT[state]
     out.line(f"timed out waiting for deployment {deployment['id']}", result="timeout", deployment_id=deployment["id"])
     return EXIT_TIMEOUT
@@ -223,6 +228,23 @@ def deploy(args: Any) -> int:
         body["release_command"] = args.release_command
     if args.release_timeout is not None:
         body["release_timeout"] = args.release_timeout
+    analysis = {
+        name: value
+        for name, value in (
+            ("max_error_ratio", args.max_error_ratio),
+            ("max_p99_ms", args.max_p99_ms),
+            ("min_requests", args.min_requests),
+            ("window", args.analysis_window),
+        )
+        if value is not None
+    }
+    if analysis:
+        body["analysis"] = analysis
+    if args.steps:
+        try:
+            body["steps"] = [int(part) for part in args.steps.split(",")]
+        except ValueError as exc:
+            raise CliError(f"--steps takes weights like 10,50,100, not {args.steps!r}", EXIT_USAGE) from exc
     key = (
         args.idempotency_key
         or "cli-deploy-" + hashlib.sha256(json.dumps([instance["id"], body], sort_keys=True).encode()).hexdigest()[:40]

@@ -46,6 +46,16 @@ import msgspec
 import structlog
 
 from ctrlplane.context import AppServices
+from ctrlplane.deployments.analysis import (
+    Analysis,
+    AnalysisResult,
+    as_record,
+    describe,
+    judge,
+    measure,
+    replica_rows,
+    window_seconds,
+)
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
@@ -66,6 +76,7 @@ from ctrlplane.timeutil import utc_now
 log = structlog.get_logger("ctrlplane.deploy")
 
 POLL_SECONDS = 0.2
+ANALYSIS_POLL_SECONDS = 1.0
 
 
 class GateFailed(Exception):
@@ -143,6 +154,7 @@ class DeployEngine:
         strategy, replicas = deployment.strategy, new.replicas
         old_generation = deployment.previous_generation
         instance_id = new.instance_id
+        analysis = msgspec.convert(deployment.analysis, Analysis) if deployment.analysis else None
         if strategy == "recreate":
             await self._step(deployment, "remove old replicas")
             await self.traffic.withdraw(instance_id, old_generation)
@@ -154,6 +166,8 @@ class DeployEngine:
                 await self._start_replicas(deployment, new, index + 1)
                 await self._gate(deployment, new, [index])
                 await self.traffic.admit(instance_id, new.generation, [index])
+                if analysis is not None:
+                    await self._analyse(deployment, new, analysis, label=f"replica {index}")
                 await self._step(deployment, f"retire old replica {index}")
                 await self.traffic.withdraw(instance_id, old_generation, [index])
                 await self.provider.remove_generation(instance_id, old_generation, (index,))
@@ -162,12 +176,17 @@ class DeployEngine:
             await self._start_replicas(deployment, new, first)
             await self._gate(deployment, new, range(first))
             if strategy == "canary":
-                await self.traffic.canary(instance_id, new.generation, 0, self.settings.canary_traffic_percent)
-                await self._observe_canary(deployment, new)
+                weights = deployment.canary_steps or [self.settings.canary_traffic_percent]
+                for weight in (w for w in weights if w < 100):
+                    await self.traffic.canary(instance_id, new.generation, 0, weight)
+                    await self._observe_canary(deployment, new, weight, analysis)
                 await self._start_replicas(deployment, new, replicas)
                 await self._gate(deployment, new, range(1, replicas))
         await self.traffic.switch(instance_id, new.generation)
         await self._update(deployment, step="switch traffic", event="traffic.switched")
+        judged_at_full = strategy in ("blue_green", "recreate") or (strategy == "canary" and deployment.canary_steps)
+        if analysis is not None and judged_at_full:
+            await self._analyse(deployment, new, analysis, label="100%", weight=100 if strategy == "canary" else None)
         await self.provider.remove_generation(instance_id, old_generation)
 
     async def _start_replicas(self, deployment: Deployment, spec: WorkloadSpec, count: int) -> None:
@@ -216,16 +235,69 @@ class DeployEngine:
                     )
                 await anyio.sleep(POLL_SECONDS)
 
-    async def _observe_canary(self, deployment: Deployment, spec: WorkloadSpec) -> None:
+    async def _observe_canary(
+        self, deployment: Deployment, spec: WorkloadSpec, weight: int, analysis: Analysis | None
+    ) -> None:
+        if analysis is not None:
+            await self._analyse(deployment, spec, analysis, label=f"{weight}%", weight=weight, canary=True)
+            return
         await self._step(deployment, f"observe canary for {self.settings.canary_observation_seconds:g}s")
         until = time.monotonic() + self.settings.canary_observation_seconds
         while time.monotonic() < until:
             await self._check(deployment)
-            status = await self.provider.status(spec.instance_id)
-            canary = [r for r in status.replicas if r.generation == spec.generation and r.replica == 0]
-            if not canary or canary[0].state != "running":
-                raise GateFailed("the canary stopped running during its observation period")
+            await self._canary_running(spec)
             await anyio.sleep(POLL_SECONDS)
+
+    async def _canary_running(self, spec: WorkloadSpec) -> None:
+        status = await self.provider.status(spec.instance_id)
+        canary = [r for r in status.replicas if r.generation == spec.generation and r.replica == 0]
+        if not canary or canary[0].state != "running":
+            raise GateFailed("the canary stopped running during its observation period")
+
+    async def _analyse(
+        self,
+        deployment: Deployment,
+        spec: WorkloadSpec,
+        analysis: Analysis,
+        *,
+        label: str,
+        weight: int | None = None,
+        canary: bool = False,
+    ) -> None:
+        """Observe the new generation's own traffic for the analysis window (then, while fewer than
+        ``min_requests`` arrived, until they do or the progress deadline passes) and judge it; a
+        failed judgement raises ``GateFailed`` after recording the measurement."""
+        window = window_seconds(analysis, self.settings.canary_observation_seconds)
+        await self._step(deployment, f"analyse {label} for {window:g}s")
+        since = utc_now()
+        # the sink stores what it heard every flush: wait one more so the window's end is counted
+        until = time.monotonic() + window + self.settings.router_report_flush_seconds
+        while True:
+            if canary:
+                await self._canary_running(spec)
+            if time.monotonic() >= until:
+                async with self.services.db.read() as session:
+                    rows = await replica_rows(
+                        session, instance_id=spec.instance_id, generation=spec.generation, since=since, until=utc_now()
+                    )
+                result = judge(analysis, measure(rows), weight=weight)
+                out_of_time = utc_now() > deployment.deadline_at
+                if result.outcome == "passed":
+                    await self._update(
+                        deployment,
+                        step=describe(analysis, result),
+                        event="deploy.analysis_passed",
+                        result=result,
+                    )
+                    return
+                if result.outcome == "failed" or out_of_time:
+                    why = describe(analysis, result)
+                    await self._update(
+                        deployment, step=f"analysis {label}", event="deploy.analysis_failed", error=why, result=result
+                    )
+                    raise GateFailed(why)
+            await self._check(deployment)
+            await anyio.sleep(POLL_SECONDS if time.monotonic() < until else ANALYSIS_POLL_SECONDS)
 
     async def _check(self, deployment: Deployment) -> None:
         async with self.services.db.read() as session:
@@ -294,15 +366,21 @@ class DeployEngine:
         state: str | None = None,
         event: str | None = None,
         error: str | None = None,
+        result: AnalysisResult | None = None,
         **data: Any,
     ) -> None:
+        if result is not None:
+            data["analysis"] = as_record(result)
         async with self.services.db.write() as session, session.begin():
             row = await session.get(Deployment, deployment.id, with_for_update=True, populate_existing=True)
             if row is None:
                 return
             if state is not None:
                 row.state = deployment.state = state
-            row.steps = [*row.steps, _step_record(step, error or "")]
+            record = _step_record(step, error or "")
+            if result is not None:
+                record["analysis"] = data["analysis"]
+            row.steps = [*row.steps, record]
             row.updated_at = utc_now()
             if event is not None:
                 await append_event(

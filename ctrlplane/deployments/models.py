@@ -36,3 +36,7 @@ class Deployment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The traffic analysis the new replicas are judged by (``analysis.Analysis``), or none."""
+    canary_steps: Mapped[list[int] | None] = mapped_column(JSON)
+    """A canary's traffic weights in percent, ending at 100; none: the configured single share."""

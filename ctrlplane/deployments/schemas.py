@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ctrlplane.deployments.analysis import Analysis, AnalysisResult
 from ctrlplane.instances.schemas import Command, Env, ImageRef, Timeout
 
 Strategy = Literal["rolling", "blue_green", "canary", "recreate"]
@@ -18,6 +19,8 @@ class Step(msgspec.Struct):
     started_at: datetime
     finished_at: datetime | None = None
     message: str = ""
+    analysis: AnalysisResult | None = None
+    """A traffic analysis judged at this step: the measured values and the outcome."""
 
 
 class Deployment(msgspec.Struct):
@@ -38,6 +41,9 @@ class Deployment(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    analysis: Analysis | None = None
+    canary_steps: list[int] | None = None
+    """The canary's traffic weights in percent (the request's ``steps``)."""
 
 
 class DeployRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -49,6 +55,10 @@ class DeployRequest(msgspec.Struct, forbid_unknown_fields=True):
     release_command: Command | msgspec.UnsetType | None = msgspec.UNSET
     """Replaces the instance's release command from this release on (null: none); absent: kept."""
     release_timeout: Timeout | msgspec.UnsetType | None = msgspec.UNSET
+    analysis: Analysis | None = None
+    """Thresholds on the new replicas' own traffic; exceeding one rolls the deploy back."""
+    steps: Annotated[list[int], msgspec.Meta(max_length=10)] | None = None
+    """Canary only: the new generation's traffic share at each step, in percent, ending at 100."""
 
 
 class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):

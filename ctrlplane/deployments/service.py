@@ -17,6 +17,8 @@ from sqlalchemy import select
 
 from ctrlplane.context import RequestContext
 from ctrlplane.deployments import schemas
+from ctrlplane.deployments.analysis import Analysis
+from ctrlplane.deployments.analysis import check as check_analysis
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState, NotFound
 from ctrlplane.ids import new_id
@@ -68,6 +70,8 @@ class DeploymentService:
         commit_sha: str | None,
         secrets_revision: int | None = None,
         run_release: bool = True,
+        analysis: Analysis | None = None,
+        canary_steps: list[int] | None = None,
     ) -> schemas.Deployment:
         unfinished = (
             await self.session.execute(
@@ -115,6 +119,8 @@ class DeploymentService:
             created_by=self.context.principal.subject,
             created_at=now,
             updated_at=now,
+            analysis=msgspec.to_builtins(analysis) if analysis is not None else None,
+            canary_steps=canary_steps,
         )
         self.session.add(deployment)
         await self.session.flush()
@@ -155,6 +161,7 @@ class DeploymentService:
         return instance
 
     async def deploy(self, instance_id: str, data: schemas.DeployRequest) -> schemas.Deployment:
+        check_analysis(data.analysis, data.steps, data.strategy)
         await self.context.services.registries.admit(data.image)
         instance = await self._deployable(instance_id)
         instance.image = data.image
@@ -164,7 +171,13 @@ class DeploymentService:
         if not isinstance(data.release_timeout, msgspec.UnsetType):
             instance.release_timeout_seconds = data.release_timeout
         return await self._start(
-            instance, strategy=data.strategy, reason="deploy", notes=data.notes, commit_sha=data.commit_sha
+            instance,
+            strategy=data.strategy,
+            reason="deploy",
+            notes=data.notes,
+            commit_sha=data.commit_sha,
+            analysis=data.analysis,
+            canary_steps=data.steps,
         )
 
     async def rollback(self, instance_id: str, data: schemas.RollbackRequest) -> schemas.Deployment:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ctrlplane.db import Base, UTCDateTime
@@ -28,3 +28,6 @@ class LogDrain(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    header_names: Mapped[list[str] | None] = mapped_column(JSON)
+    headers_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The delivery headers as JSON, sealed with the tenant's data key (``headers_aad``)."""

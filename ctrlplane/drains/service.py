@@ -22,7 +22,12 @@ MAX_DRAINS_PER_TENANT = 20
 
 
 def to_drain(drain: LogDrain) -> schemas.LogDrain:
-    return msgspec.convert(drain, schemas.LogDrain, from_attributes=True)
+    fields = {name: getattr(drain, name) for name in schemas.LogDrain.__struct_fields__ if name != "header_names"}
+    return msgspec.convert({**fields, "header_names": list(drain.header_names or [])}, schemas.LogDrain)
+
+
+def headers_aad(drain_id: str) -> bytes:
+    return f"log-drain-headers:{drain_id}".encode()
 
 
 class LogDrainService:
@@ -48,6 +53,11 @@ class LogDrainService:
         tenant_id = self.context.tenant_scope(data.tenant_id)
         if data.instance_id is not None:
             await InstanceRepository(self.session, tenant_id).get(data.instance_id)
+        reserved = sorted(name for name in data.headers if name.lower() in schemas.RESERVED_HEADERS)
+        if reserved:
+            raise InvalidInput(
+                f"headers may not set {', '.join(reserved)}: the shipper sets them", details={"headers": reserved}
+            )
         url = data.url.strip()
         policy = OutboundPolicy(self.context.services.settings.outbound_allow_cidrs)
         try:
@@ -62,8 +72,16 @@ class LogDrainService:
                 f"a tenant has at most {MAX_DRAINS_PER_TENANT} log drains; delete one first",
                 details={"limit": MAX_DRAINS_PER_TENANT},
             )
+        drain_id = new_id("drn")
+        sealed = (
+            await self.context.services.vault.seal(
+                self.session, tenant_id, msgspec.json.encode(data.headers), aad=headers_aad(drain_id)
+            )
+            if data.headers
+            else None
+        )
         drain = LogDrain(
-            id=new_id("drn"),
+            id=drain_id,
             tenant_id=tenant_id,
             instance_id=data.instance_id,
             url=url,
@@ -71,11 +89,15 @@ class LogDrainService:
             sent_lines=0,
             dropped_lines=0,
             created_at=utc_now(),
+            header_names=sorted(data.headers),
+            headers_sealed=sealed,
         )
         self.session.add(drain)
         await self.session.flush()
         self.context.audit.resource_id, self.context.audit.tenant_id = drain.id, tenant_id
-        self.context.audit.details.update(url=redacted(url), format=data.format, instance_id=data.instance_id)
+        self.context.audit.details.update(
+            url=redacted(url), format=data.format, instance_id=data.instance_id, header_names=sorted(data.headers)
+        )
         return to_drain(drain)
 
     async def list(self, *, cursor: str | None, limit: int) -> Page[schemas.LogDrain]:

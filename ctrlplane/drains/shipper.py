@@ -43,9 +43,11 @@ from sqlalchemy import select, update
 
 from ctrlplane.context import AppServices
 from ctrlplane.drains.models import LogDrain
+from ctrlplane.drains.service import headers_aad
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.outbound import OutboundPolicy, blocked_cause
 from ctrlplane.provisioning.errors import WorkloadNotFound
+from ctrlplane.secrets.crypto import DecryptionFailed
 from ctrlplane.telemetry import logparse
 from ctrlplane.timeutil import utc_now
 
@@ -126,6 +128,8 @@ class DrainBuffer:
     url: str
     format: str
     capacity: int
+    headers: dict[str, str] = field(default_factory=dict)
+    """The drain's own headers (opened from ``headers_sealed``), sent with every delivery."""
     lines: deque[Record] = field(default_factory=deque)
     dropped: int = 0
     """Dropped since the counters were last written."""
@@ -191,8 +195,20 @@ class LogShipper:
         routes: dict[str, list[str]] = {}
         instances: dict[str, Any] = {}
         since: dict[str, datetime] = {}
+        opened: dict[str, dict[str, str]] = {}
         async with self.services.db.read() as session:
             drains = list((await session.execute(select(LogDrain).order_by(LogDrain.id))).scalars())
+            for drain in drains:
+                if drain.headers_sealed is not None and drain.id not in self.buffers:
+                    try:
+                        plain = await self.services.vault.open(
+                            session, drain.tenant_id, drain.headers_sealed, aad=headers_aad(drain.id)
+                        )
+                    except DecryptionFailed as exc:
+                        # never ship without the receiver's credentials: leave the drain idle
+                        log.error("log_drain_headers_unreadable", drain_id=drain.id, error=exc.message)
+                        continue
+                    opened[drain.id] = msgspec.json.decode(plain, type=dict[str, str])
             for tenant_id in sorted({d.tenant_id for d in drains}):
                 live = await InstanceRepository(session, tenant_id).live_for_tenant(tenant_id)
                 for drain in (d for d in drains if d.tenant_id == tenant_id):
@@ -207,8 +223,12 @@ class LogShipper:
             self.senders.pop(drain_id).cancel()
             del self.buffers[drain_id]
         for drain in drains:
+            if drain.headers_sealed is not None and drain.id not in self.buffers and drain.id not in opened:
+                continue
             if drain.id not in self.buffers:
-                buffer = DrainBuffer(drain.id, drain.url, drain.format, self.settings.log_drain_buffer_lines)
+                buffer = DrainBuffer(
+                    drain.id, drain.url, drain.format, self.settings.log_drain_buffer_lines, opened.get(drain.id, {})
+                )
                 self.buffers[drain.id] = buffer
                 self.senders[drain.id] = await group.start(self._sender, buffer)
         self.routes = routes
@@ -301,7 +321,7 @@ class LogShipper:
         """POST one batch with its retries; None when the receiver took it, else the last error."""
         body = gzip.compress(otlp_logs(batch) if buffer.format == "otlp" else ndjson(batch))
         content_type = "application/json" if buffer.format == "otlp" else "application/x-ndjson"
-        headers = {"Content-Type": content_type, "Content-Encoding": "gzip"}
+        headers = {**buffer.headers, "Content-Type": content_type, "Content-Encoding": "gzip"}
         timeout = self.settings.log_drain_timeout_seconds
         error: str | None = None
         for attempt in range(self.settings.log_drain_retries + 1):

@@ -9,6 +9,13 @@ the database in one transaction (``store``): one ``http_request_samples`` row pe
 method and status class that had requests, and each instance's ``last_request_at`` moved forward,
 so the cost per request is a dictionary update, never a write.
 
+Per replica: the reverse proxy's ``upstream roundtrip`` lines (Caddy 2.6 logs them at DEBUG on
+``http.handlers.reverse_proxy``, with the dial address, the upstream's status and its time to
+response headers; its access log names no upstream) go to the same sink, are parsed by
+``parse_roundtrip`` and attributed through the hostname and the dial address to one replica of one
+generation (``Destination.upstreams``), and are stored per flush in ``upstream_request_samples``:
+what the deploy engine's traffic analysis reads (``deployments/analysis.py``).
+
 Labels stay bounded: ``method`` is one of ``METHODS`` or ``OTHER``, ``status_class`` one of
 ``1xx`` to ``5xx``, ``route`` one of the instance's route paths (``/`` included); requests to a
 hostname no instance serves are counted (``unattributed``) and dropped.
@@ -32,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.db import Database
 from ctrlplane.instances.models import Instance
-from ctrlplane.network.models import HttpRequestSample, InstanceTraffic
+from ctrlplane.network.models import HttpRequestSample, InstanceTraffic, UpstreamRequestSample
 
 log = structlog.get_logger("ctrlplane.router.access")
 
@@ -76,6 +83,53 @@ class AccessRecord(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(_Entry)
 
 
+class _Roundtrip(msgspec.Struct):
+    msg: str = ""
+    upstream: str = ""
+    duration: float = 0.0
+    status: int = 0
+    request: _Request | None = None
+
+
+class RoundtripRecord(msgspec.Struct, frozen=True):
+    """One round trip of the reverse proxy to one upstream (a retried request has several)."""
+
+    host: str
+    upstream: str
+    status: int
+    duration_seconds: float
+
+
+_roundtrip_decoder = msgspec.json.Decoder(_Roundtrip)
+ROUNDTRIP_MARK = b'"upstream roundtrip"'
+PROXY_LOGGER_MARK = b'"logger":"http.handlers.reverse_proxy"'
+
+
+def _hostname(raw: str) -> str:
+    host = raw.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def parse_roundtrip(line: bytes) -> RoundtripRecord | None:
+    """The reverse proxy's ``upstream roundtrip`` debug line; None for anything else."""
+    if ROUNDTRIP_MARK not in line:
+        return None
+    try:
+        entry = _roundtrip_decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if entry.msg != "upstream roundtrip" or entry.request is None or not entry.upstream or entry.status <= 0:
+        return None
+    return RoundtripRecord(
+        host=_hostname(entry.request.host),
+        upstream=entry.upstream,
+        status=entry.status,
+        duration_seconds=max(0.0, entry.duration),
+    )
+
+
 def parse_line(line: bytes) -> AccessRecord | None:
     """The request of one access-log line; None for anything else (other loggers, garbage)."""
     try:
@@ -85,11 +139,7 @@ def parse_line(line: bytes) -> AccessRecord | None:
     request = entry.request
     if request is None or not entry.logger.startswith("http.log.access") or entry.status <= 0:
         return None
-    host = request.host.strip().lower()
-    if host.startswith("["):
-        host = host.split("]", 1)[0] + "]"
-    else:
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    host = _hostname(request.host)
     length = 0
     for name, values in request.headers.items():
         if name.lower() == "content-length" and values:
@@ -134,6 +184,8 @@ class Destination:
     instance_id: str
     tenant_id: str
     routes: tuple[str, ...]
+    upstreams: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """dial address → (generation, replica) of the instance's upstreams in rotation"""
 
 
 @dataclass
@@ -172,13 +224,36 @@ Listener = Callable[[Destination, Key, AccessRecord], None]
 
 
 @dataclass
+class ReplicaTally:
+    requests: int = 0
+    errors: int = 0
+    """5xx answers"""
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+
+    def add(self, record: RoundtripRecord) -> None:
+        self.requests += 1
+        self.errors += record.status >= 500
+        self.buckets[bucket_index(record.duration_seconds)] += 1
+
+    def merge(self, other: ReplicaTally) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+
+
+ReplicaKey = tuple[str, str, int, int]
+"""(instance, tenant, generation, replica)"""
+
+
+@dataclass
 class Batch:
     tallies: dict[Key, Tally]
     last_request: dict[str, tuple[str, float]]
     """instance → (tenant, epoch seconds of its newest request)"""
+    replicas: dict[ReplicaKey, ReplicaTally] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.tallies or self.last_request)
+        return bool(self.tallies or self.last_request or self.replicas)
 
 
 class RequestBook:
@@ -188,6 +263,7 @@ class RequestBook:
         self.hosts = hosts
         self.tallies: dict[Key, Tally] = {}
         self.last_request: dict[str, tuple[str, float]] = {}
+        self.replicas: dict[ReplicaKey, ReplicaTally] = {}
         self.unattributed = 0
         self.listeners: list[Listener] = []
 
@@ -214,9 +290,20 @@ class RequestBook:
             listener(destination, key, record)
         return destination
 
+    def add_roundtrip(self, record: RoundtripRecord) -> None:
+        destination = self.hosts.find(record.host)
+        owner = destination.upstreams.get(record.upstream) if destination is not None else None
+        if destination is None or owner is None:
+            return
+        key = (destination.instance_id, destination.tenant_id, owner[0], owner[1])
+        tally = self.replicas.get(key)
+        if tally is None:
+            tally = self.replicas[key] = ReplicaTally()
+        tally.add(record)
+
     def drain(self) -> Batch:
-        batch = Batch(self.tallies, self.last_request)
-        self.tallies, self.last_request = {}, {}
+        batch = Batch(self.tallies, self.last_request, self.replicas)
+        self.tallies, self.last_request, self.replicas = {}, {}, {}
         return batch
 
     def restore(self, batch: Batch) -> None:
@@ -232,6 +319,8 @@ class RequestBook:
             previous = self.last_request.get(instance_id)
             if previous is None or previous[1] < at:
                 self.last_request[instance_id] = (tenant_id, at)
+        for replica_key, replica_tally in batch.replicas.items():
+            self.replicas.setdefault(replica_key, ReplicaTally()).merge(replica_tally)
 
 
 def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
@@ -241,7 +330,7 @@ def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
 async def store(session: AsyncSession, batch: Batch, taken_at: datetime) -> int:
     """Write a drained batch (in the caller's transaction): its sample rows and each instance's
     newer ``last_request_at``. Instances deleted meanwhile are skipped. Returns the rows written."""
-    instance_ids = {key[0] for key in batch.tallies} | set(batch.last_request)
+    instance_ids = {key[0] for key in batch.tallies} | set(batch.last_request) | {key[0] for key in batch.replicas}
     if not instance_ids:
         return 0
     existing = set((await session.execute(select(Instance.id).where(Instance.id.in_(sorted(instance_ids))))).scalars())
@@ -266,6 +355,22 @@ async def store(session: AsyncSession, batch: Batch, taken_at: datetime) -> int:
     insert = _insert(session)
     if rows:
         await session.execute(insert(HttpRequestSample).values(rows).on_conflict_do_nothing())
+    replica_rows = [
+        {
+            "instance_id": instance_id,
+            "generation": generation,
+            "replica": replica,
+            "taken_at": taken_at,
+            "tenant_id": tenant_id,
+            "requests": tally.requests,
+            "errors": tally.errors,
+            "duration_buckets": tally.buckets,
+        }
+        for (instance_id, tenant_id, generation, replica), tally in sorted(batch.replicas.items())
+        if instance_id in existing
+    ]
+    if replica_rows:
+        await session.execute(insert(UpstreamRequestSample).values(replica_rows).on_conflict_do_nothing())
     for instance_id, (tenant_id, at) in sorted(batch.last_request.items()):
         if instance_id not in existing:
             continue
@@ -330,9 +435,16 @@ class AccessSink:
                 pending = lines.pop()
                 if len(pending) > MAX_LINE_BYTES:
                     pending = b""
-                add = self.book.add
+                add, add_roundtrip = self.book.add, self.book.add_roundtrip
                 for line in lines:
                     self.lines += 1
+                    if ROUNDTRIP_MARK in line:
+                        roundtrip = parse_roundtrip(line)
+                        if roundtrip is not None:
+                            add_roundtrip(roundtrip)
+                        continue
+                    if PROXY_LOGGER_MARK in line:
+                        continue  # the proxy's other debug lines ("selected upstream", ...)
                     record = parse_line(line)
                     if record is not None:
                         add(record)

@@ -22,7 +22,9 @@ Design points:
   must already be marked down when the reload that drops it comes.
 * **Request reporting.** With an access-log sink (``RouterOptions.access_log_address``), both
   servers log every request as JSON to it through Caddy's ``net`` log writer (``access.py``), and
-  Caddy's default log leaves those lines out.
+  Caddy's default log leaves those lines out. A second logger sends the reverse proxy's DEBUG
+  lines there too (its ``upstream roundtrip`` line names the upstream, which the access log does
+  not), so each replica's own answers are counted; Caddy's default log stays at INFO for them.
 * **Wake on request.** A site marked ``wake`` (a sleeping instance, or one that slept before) with
   no replica in rotation sends every request to ctrlplane's wake listener instead of answering 503:
   the instance's id, an HMAC of it under the router's wake secret and the original URI travel in
@@ -63,6 +65,8 @@ class UpstreamTarget(msgspec.Struct, frozen=True):
     container_port: int
     dial: str
     weight: int = 1
+    generation: int = 0
+    replica: int = 0
 
 
 class Site(msgspec.Struct, frozen=True):
@@ -112,6 +116,8 @@ WAKE_INSTANCE_HEADER = "X-Ctrlplane-Wake-Instance"
 WAKE_TOKEN_HEADER = "X-Ctrlplane-Wake-Token"
 WAKE_URI_HEADER = "X-Ctrlplane-Wake-Uri"
 ACCESS_LOGGER = "ctrlplane_access"
+UPSTREAM_LOGGER = "ctrlplane_upstreams"
+PROXY_LOGGER = "http.handlers.reverse_proxy"
 
 
 def wake_token(secret: str, instance_id: str) -> str:
@@ -308,12 +314,15 @@ def caddy_config(state: RouterState, options: RouterOptions) -> dict[str, Any]:
     config: dict[str, Any] = {"admin": {"listen": options.admin_address, "config": {"persist": False}}, "apps": apps}
     if options.access_log_address:
         access = f"http.log.access.{ACCESS_LOGGER}"
+        writer = {"output": "net", "address": f"tcp/{options.access_log_address}", "dial_timeout": "2s"}
         config["logging"] = {
             "logs": {
-                ACCESS_LOGGER: {
-                    "writer": {"output": "net", "address": f"tcp/{options.access_log_address}", "dial_timeout": "2s"},
+                ACCESS_LOGGER: {"writer": writer, "encoder": {"format": "json"}, "include": [access]},
+                UPSTREAM_LOGGER: {
+                    "writer": writer,
                     "encoder": {"format": "json"},
-                    "include": [access],
+                    "level": "DEBUG",
+                    "include": [PROXY_LOGGER],
                 },
                 "default": {"exclude": [access]},
             }

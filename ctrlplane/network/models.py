@@ -154,3 +154,23 @@ class HttpRequestSample(Base):
     duration_buckets: Mapped[list[int]] = mapped_column(JSON)
     request_bytes: Mapped[int] = mapped_column(BigInteger)
     response_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class UpstreamRequestSample(Base):
+    """Round trips the router made to one replica of one generation of an instance in one flush of
+    the access-log sink: how many, how many answered 5xx, and their latency buckets (time to the
+    upstream's response headers, ``access.DURATION_BUCKETS``, not cumulative). What a deploy's
+    traffic analysis judges the new replicas by; kept ``CTRLPLANE_METRICS_RAW_RETENTION``, never
+    rolled up."""
+
+    __tablename__ = "upstream_request_samples"
+    __table_args__ = (Index("ix_upstream_request_samples_taken_at", "taken_at"),)
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica: Mapped[int] = mapped_column(Integer, primary_key=True)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    duration_buckets: Mapped[list[int]] = mapped_column(JSON)

@@ -26,7 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.network.access import merge_buckets, quantile
-from ctrlplane.network.models import HttpRequestSample, InstanceTraffic
+from ctrlplane.network.models import HttpRequestSample, InstanceTraffic, UpstreamRequestSample
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
 
@@ -171,7 +171,13 @@ async def compact(session: AsyncSession, settings: Settings, now: datetime | Non
             HttpRequestSample.taken_at < now - timedelta(seconds=settings.metrics_retention_seconds)
         )
     )
-    return touched + int(expired.rowcount or 0)  # type: ignore[attr-defined]
+    # per-replica round trips serve deploy analyses only: kept as long as the flush rows, never rolled up
+    replicas = await session.execute(
+        delete(UpstreamRequestSample).where(
+            UpstreamRequestSample.taken_at < now - timedelta(seconds=settings.metrics_raw_retention_seconds)
+        )
+    )
+    return touched + int(expired.rowcount or 0) + int(replicas.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def summary(

@@ -111,6 +111,8 @@ async def load_state(session: AsyncSession, settings: Settings) -> RouterState:
                     container_port=upstream.container_port,
                     dial=f"{upstream.host}:{upstream.host_port}",
                     weight=upstream.weight,
+                    generation=upstream.generation,
+                    replica=upstream.replica,
                 )
             )
     routes: dict[str, list[RouteRule]] = defaultdict(list)
@@ -212,6 +214,7 @@ class Router:
                     instance_id=site.instance_id,
                     tenant_id=site.tenant_id,
                     routes=tuple(sorted({rule.path for rule in site.routes})),
+                    upstreams={u.dial: (u.generation, u.replica) for u in site.upstreams},
                 )
                 for site in state.sites
                 for host in site.hostnames

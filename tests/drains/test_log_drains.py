@@ -154,3 +154,47 @@ async def test_other_tenant_gets_404_for_drains_and_instances(api: Api) -> None:
     assert (await api.client.get(f"/v1/log-drains/{drain['id']}", headers=token)).status_code == 200
     assert (await api.client.delete(f"/v1/log-drains/{drain['id']}", headers=token)).status_code == 204
     assert (await api.client.get("/v1/log-drains", headers=token)).json()["total"] == 0
+
+
+async def test_a_drains_own_headers_go_with_every_delivery_and_are_never_shown(
+    live: Api, fake: FakeProvider, receiver: Receiver
+) -> None:
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    await wait_for(live, instance["id"], token, state("running"))
+    secret = "Bearer drain-credential-7f3a"
+    drain = await create_drain(
+        live, token, url=receiver.url, instance_id=instance["id"], headers={"Authorization": secret, "X-Team": "pay"}
+    )
+    assert drain["header_names"] == ["Authorization", "X-Team"]
+    await eventually(lambda: _followed(fake, instance["id"]), what="the shipper following the instance")
+    fake.emit_log(instance["id"], "first")
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        return ndjson_lines(receiver) or None
+
+    await eventually(delivered, timeout=5, what="a delivery")
+    fake.emit_log(instance["id"], "second")
+
+    async def both() -> list[dict[str, Any]] | None:
+        return ndjson_lines(receiver) if len(ndjson_lines(receiver)) >= 2 else None
+
+    await eventually(both, timeout=5, what="the second line")
+    assert all(r.headers["authorization"] == secret and r.headers["x-team"] == "pay" for r in receiver.received())
+    shown = await live.client.get(f"/v1/log-drains/{drain['id']}", headers=token)
+    listed = await live.client.get("/v1/log-drains", headers=token)
+    assert secret not in shown.text and secret not in listed.text
+    assert shown.json()["header_names"] == ["Authorization", "X-Team"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Content-Type": "text/plain"}, {"Bad Name": "x"}, {"X-A": "one\r\nInjected: yes"}, {"X-A": ""}],
+)
+async def test_bad_or_reserved_drain_headers_are_400(api: Api, headers: dict[str, str]) -> None:
+    _, token = await tenant_token(api)
+    refused = await api.client.post(
+        "/v1/log-drains", json={"url": "https://logs.example.com/in", "headers": headers}, headers=token
+    )
+    assert refused.status_code == 400, refused.text
+    assert (await api.client.get("/v1/log-drains", headers=token)).json()["total"] == 0
