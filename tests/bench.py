@@ -17,7 +17,7 @@
    wake-on-request to first answer against ``docker start`` (tests/bench_router.py).
 7. **webhooks** — signed deliveries per second to a local receiver (tests/bench_webhooks.py).
 8. **kube** — on the real Kubernetes control plane (``make kube``): create -> Deployment available,
-   and the provider side of a reconciler pass over 1,000 instances (tests/bench_kube.py).
+   and a reconciler pass over 1,000 instances with the database (tests/bench_kube.py).
 
 Prints a table and writes everything as JSON to ``bench/results.json`` (``CTRLPLANE_BENCH_RESULTS``;
 not committed: each machine writes its own). ``CTRLPLANE_BENCH_ONLY=http,reconcile`` runs some.
@@ -315,7 +315,7 @@ def _table(results: dict[str, Any]) -> str:
         )
         rows.append(
             (
-                f"kubernetes reconciler pass (provider), {kube['instances']:,} instances",
+                f"kubernetes reconciler pass (with the database), {kube['instances']:,} unchanged",
                 f"{kube['pass_s']:.1f} s",
                 "",
                 "",

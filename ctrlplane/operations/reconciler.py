@@ -5,7 +5,7 @@ A pass costs one listing per provider plus work for what changed: for each provi
 listing; a provider without it is asked ``inventory`` and each instance's ``status``) and one
 read of the live instances, compares them in memory (``plan``), and writes only for the instances
 whose observed state differs from what is recorded, in batched transactions. Between passes, a
-provider that reports changes (``WatchingProvider``: Docker's event stream) triggers ``reconcile``
+provider that reports changes (``WatchingProvider``: Docker's event stream, Kubernetes' watches) triggers ``reconcile``
 of the one instance that changed. For each live instance with no operation in flight:
 
 * containers whose instance does not exist or is destroyed are removed (orphans);

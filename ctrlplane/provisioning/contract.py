@@ -446,8 +446,9 @@ class ObservingProvider(Protocol):
 
 @runtime_checkable
 class WatchingProvider(Protocol):
-    """A runtime that reports changes as they happen (Docker's event stream), so the reconciler
-    repairs an instance within a second instead of at its next periodic pass."""
+    """A runtime that reports changes as they happen (Docker's event stream, Kubernetes' list-then-
+    watch of Deployments and Pods), so the reconciler repairs an instance within a second instead of
+    at its next periodic pass."""
 
     def changes(self) -> AsyncGenerator[str, None]:
         """IDs of instances whose objects changed (a replica died, was killed, removed, ...), as

@@ -1,35 +1,38 @@
-"""What an instance on Kubernetes gets beyond its release, through the HTTP API against kmock's
-emulator: the tenant's quota as a ResourceQuota and LimitRange, its health checks as readiness and
-liveness probes, its routes and verified domains as Ingress rules; and each of them following a
-change made after the instance runs (a ``configure`` operation re-applies them).
+"""What an instance on Kubernetes gets beyond its release, through the HTTP API against the real
+control plane (``tests/providers/kube_cluster.py``): the tenant's quota as a ResourceQuota and
+LimitRange, its health checks as readiness and liveness probes, its routes and verified domains as
+Ingress rules, all accepted by the real API server's validation and admission; and each of them
+following a change made after the instance runs (a ``configure`` operation re-applies them).
 
-Every object is also checked against the Kubernetes schemas with ``kubernetes-validate``.
+The instance's pods carry ``ctrlplane-test.pod-ip: 127.0.0.1`` (kwok gives them that IP) and its
+port is a loopback HTTP server of this test, so the deploy gate's HTTP check gets a real answer.
+The API server writes quantities in canonical form (``6`` for ``6000m``) and fills probe defaults,
+so quantities are compared as quantities and probes by the fields ctrlplane sets.
 """
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from typing import Any
 
-import kubernetes_validate
 import msgspec
 import pytest
+from ctrlplane_kubernetes import KubernetesProvider
+from ctrlplane_kubernetes.settings import KubernetesSettings
+from kubernetes import client
+from kubernetes.utils import parse_quantity
 
+from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from tests.api.test_instances import state, wait_for
-from tests.api.test_instances_kubernetes import (  # noqa: F401 - fixtures
-    IMAGE_V1,
-    IMAGE_V2,
-    app_port,
-    cluster,
-    deploy,
-    providers,
-)
+from tests.api.test_instances_kubernetes import IMAGE_V1, IMAGE_V2, app_port, deploy  # noqa: F401 - fixtures
+from tests.api.test_instances_kubernetes_real import of_instance
 from tests.conftest import Api, bearer
 from tests.network.processes import ChallTestSrv, challtestsrv  # noqa: F401 - fixture
-from tests.providers.kube_emulator import Cluster
+from tests.providers.kube_cluster import ControlPlane, kube_control_plane  # noqa: F401 - fixture
 from tests.waiting import eventually
 
-K8S_VERSION = "1.34.0"
 QUOTA = {
     "max_instances": 7,
     "max_cpu_millis": 3000,
@@ -38,6 +41,7 @@ QUOTA = {
     "max_routes": 5,
     "max_secrets": 9,
 }
+POD_IP_LABEL = {"ctrlplane-test.pod-ip": "127.0.0.1"}
 
 
 @pytest.fixture
@@ -51,33 +55,62 @@ def settings(settings: Settings, challtestsrv: ChallTestSrv) -> Settings:
     )
 
 
-def valid(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The object as the provider wrote it (the emulator's bookkeeping aside) passes the schemas."""
-    metadata = {k: v for k, v in manifest["metadata"].items() if k in ("name", "namespace", "labels", "annotations")}
-    written = {"apiVersion": manifest["apiVersion"], "kind": manifest["kind"], "metadata": metadata}
-    if "spec" in manifest:
-        written["spec"] = manifest["spec"]
-    kubernetes_validate.validate(written, K8S_VERSION, strict=True)
-    return manifest
+@pytest.fixture
+def providers(settings: Settings, kube_control_plane: ControlPlane) -> ProviderRegistry:
+    kube = KubernetesSettings(rollout_timeout_seconds=30, request_timeout_seconds=5)
+    return ProviderRegistry([KubernetesProvider(settings, configuration=kube_control_plane.configuration(), kube=kube)])
 
 
-def one(cluster: Cluster, plural: str, namespace: str, group: str = "") -> dict[str, Any] | None:
-    found = [obj for (ns, _), obj in cluster.kinds(plural, group).items() if ns == namespace]
-    assert len(found) <= 1, found
-    return found[0] if found else None
+class Objects:
+    """What the API server holds for one instance and its namespace, read with the admin client."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def deployments(self, instance_id: str) -> list[dict[str, Any]]:
+        return of_instance(self.plane, "list_deployment_for_all_namespaces", instance_id)
+
+    def one(self, plural: str, namespace: str) -> dict[str, Any] | None:
+        with self.plane.api() as api:
+            owner: Any = client.NetworkingV1Api(api) if plural == "ingress" else client.CoreV1Api(api)
+            response = getattr(owner, f"list_namespaced_{plural}")(namespace, _preload_content=False)
+        found = [i for i in json.loads(response.data)["items"] if not i["metadata"].get("deletionTimestamp")]
+        assert len(found) <= 1, found
+        return found[0] if found else None
 
 
-def container(cluster: Cluster, instance_id: str) -> dict[str, Any]:
+@pytest.fixture
+def cluster(kube_control_plane: ControlPlane) -> Objects:
+    return Objects(kube_control_plane)
+
+
+def quantities(values: dict[str, str]) -> dict[str, Decimal]:
+    return {key: parse_quantity(value) for key, value in values.items()}
+
+
+def q(value: str) -> Decimal:
+    return Decimal(parse_quantity(value))
+
+
+def probe(found: dict[str, Any]) -> dict[str, Any]:
+    """A probe without the fields the API server fills by default (and with the zero it omits)."""
+    found = {"initialDelaySeconds": 0, **found}
+    handler = {k: v for k, v in found.items() if k in ("httpGet", "tcpSocket", "exec")}
+    for action in handler.values():
+        action.pop("scheme", None)
+    timing = ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")
+    return {**handler, **{k: found[k] for k in timing if k in found}}
+
+
+def container(cluster: Objects, instance_id: str) -> dict[str, Any]:
     (deployment,) = cluster.deployments(instance_id)
-    valid(deployment)
     return dict(deployment["spec"]["template"]["spec"]["containers"][0])
 
 
-def ingress_rules(cluster: Cluster, namespace: str) -> set[tuple[str, str, int]] | None:
-    ingress = one(cluster, "ingresses", namespace, "networking.k8s.io")
+def ingress_rules(cluster: Objects, namespace: str) -> set[tuple[str, str, int]] | None:
+    ingress = cluster.one("ingress", namespace)
     if ingress is None:
         return None
-    valid(ingress)
     return {
         (rule["host"], path["path"], path["backend"]["service"]["port"]["number"])
         for rule in ingress["spec"]["rules"]
@@ -85,18 +118,16 @@ def ingress_rules(cluster: Cluster, namespace: str) -> set[tuple[str, str, int]]
     }
 
 
-def quota_numbers(cluster: Cluster, namespace: str) -> tuple[dict[str, str], dict[str, str]] | None:
-    quota, limits = one(cluster, "resourcequotas", namespace), one(cluster, "limitranges", namespace)
+def quota_numbers(cluster: Objects, namespace: str) -> tuple[dict[str, Decimal], dict[str, Decimal]] | None:
+    quota, limits = cluster.one("resource_quota", namespace), cluster.one("limit_range", namespace)
     if quota is None or limits is None:
         return None
-    valid(quota)
-    valid(limits)
-    return quota["spec"]["hard"], limits["spec"]["limits"][0]["max"]
+    return quantities(quota["spec"]["hard"]), quantities(limits["spec"]["limits"][0]["max"])
 
 
 async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_changes(
     live: Api,
-    cluster: Cluster,
+    cluster: Objects,
     app_port: int,
     challtestsrv: ChallTestSrv,
     settings: Settings,
@@ -110,7 +141,13 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
     # manifests.QUOTA_HEADROOM) and a LimitRange capping one container at the whole quota.
     created = await live.client.post(
         "/v1/instances",
-        json={"name": "web", "image": IMAGE_V1, "ports": [{"container_port": app_port}], "provider_name": "kubernetes"},
+        json={
+            "name": "web",
+            "image": IMAGE_V1,
+            "ports": [{"container_port": app_port}],
+            "labels": POD_IP_LABEL,
+            "provider_name": "kubernetes",
+        },
         headers=token,
     )
     assert created.status_code == 201, created.text
@@ -119,10 +156,10 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
     (deployment,) = cluster.deployments(instance_id)
     namespace = deployment["metadata"]["namespace"]
     hard, per_container = await eventually(lambda: quota_numbers(cluster, namespace), "the quota objects", timeout=30)
-    assert hard["requests.cpu"] == hard["limits.cpu"] == "6000m"
-    assert hard["requests.memory"] == hard["limits.memory"] == "8192Mi"
-    assert hard["count/services"] == "7" and hard["count/deployments.apps"] == "14"
-    assert per_container == {"cpu": "3000m", "memory": "4096Mi"}
+    assert hard["requests.cpu"] == hard["limits.cpu"] == q("6000m")
+    assert hard["requests.memory"] == hard["limits.memory"] == q("8192Mi")
+    assert hard["count/services"] == 7 and hard["count/deployments.apps"] == 14
+    assert per_container == {"cpu": q("3000m"), "memory": q("4096Mi")}
     # no check yet: readiness is a TCP connect to the first port, and there is no liveness probe
     assert container(cluster, instance_id)["readinessProbe"]["tcpSocket"] == {"port": app_port}
     assert "livenessProbe" not in container(cluster, instance_id)
@@ -161,7 +198,7 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
         return found if ready else None
 
     probes = await eventually(probed, "the probes", timeout=30)
-    assert probes["readinessProbe"] == {
+    assert probe(probes["readinessProbe"]) == {
         "httpGet": {"path": "/healthz", "port": app_port},
         "initialDelaySeconds": 0,
         "periodSeconds": 5,
@@ -212,15 +249,15 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
 
     def requoted() -> tuple[dict[str, str], dict[str, str]] | None:
         numbers = quota_numbers(cluster, namespace)
-        return numbers if numbers and numbers[1]["cpu"] == "1500m" else None
+        return numbers if numbers and numbers[1]["cpu"] == q("1500m") else None
 
     hard, per_container = await eventually(requoted, "the new quota", timeout=30)
-    assert hard["requests.cpu"] == "3000m" and hard["limits.memory"] == "4096Mi"
-    assert hard["count/services"] == "3"
-    assert per_container == {"cpu": "1500m", "memory": "2048Mi"}
+    assert hard["requests.cpu"] == q("3000m") and hard["limits.memory"] == q("4096Mi")
+    assert hard["count/services"] == 3
+    assert per_container == {"cpu": q("1500m"), "memory": q("2048Mi")}
     # the http check is the only one left: readiness and liveness both
     live_probe = await eventually(
-        lambda: container(cluster, instance_id).get("livenessProbe", {}).get("httpGet"),
+        lambda: probe(container(cluster, instance_id).get("livenessProbe", {})).get("httpGet"),
         "the remaining check",
         timeout=30,
     )

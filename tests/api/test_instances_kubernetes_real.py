@@ -97,6 +97,14 @@ async def test_an_instance_on_a_real_api_server_is_created_deployed_rolled_back_
     (secret,) = of_instance(plane, "list_secret_for_all_namespaces", instance_id)
     namespace = secret["metadata"]["namespace"]
     assert namespace.endswith(tenant["id"].replace("_", "-"))
+    # the instance's env and the OTLP variables ctrlplane adds, its token among them, never plain env
+    assert {k for k in secret["data"] if not k.startswith("env.OTEL_")} == {"env.GREETING"}
+    assert "env.OTEL_EXPORTER_OTLP_HEADERS" in secret["data"]
+    (service,) = of_instance(plane, "list_service_for_all_namespaces", instance_id)
+    assert service["spec"]["ports"][0]["port"] == app_port
+    with plane.api() as api:
+        policies = client.NetworkingV1Api(api).list_namespaced_network_policy(namespace).items
+    assert [p.metadata.name for p in policies] == ["ctrlplane-tenant-isolation"]
     v1_release = instance["current_release_id"]
 
     done = await deploy(live, f"/v1/instances/{instance_id}/deploy", token, image=IMAGE_V2, strategy=strategy)
@@ -122,3 +130,32 @@ async def test_an_instance_on_a_real_api_server_is_created_deployed_rolled_back_
     assert all(ns.metadata.name != namespace or ns.metadata.deletion_timestamp is not None for ns in namespaces), (
         "the tenant's namespace goes with its last instance"
     )
+
+
+async def test_a_failed_gate_on_a_real_api_server_rolls_back_to_the_old_generation(
+    live: Api, kube_control_plane: ControlPlane, app_port: int
+) -> None:
+    """The new image cannot be pulled (kwok's stages: ``ErrImagePull`` under ``missing.invalid/``):
+    the gate fails and only generation 1 is left."""
+    plane = kube_control_plane
+    tenant = await live.create_tenant("acme", plan="pro")
+    token = bearer(live.tokens.tenant(tenant["id"]))
+    created = await live.client.post(
+        "/v1/instances",
+        json={
+            "name": "web",
+            "image": IMAGE_V1,
+            "ports": [{"container_port": app_port}],
+            "labels": {"ctrlplane-test.pod-ip": "127.0.0.1"},
+            "provider_name": "kubernetes",
+        },
+        headers=token,
+    )
+    assert created.status_code == 201, created.text
+    instance = await wait_for(live, created.json()["id"], token, state("running"), timeout=60)
+    missing = "missing.invalid/web:2"
+    done = await deploy(live, f"/v1/instances/{instance['id']}/deploy", token, image=missing, strategy="rolling")
+    assert done["state"] == "rolled_back", done
+    assert "could not be pulled" in done["error"]
+    assert generations(plane, instance["id"]) == [("1", IMAGE_V1, 1)]
+    assert pod_images(plane, instance["id"]) == [IMAGE_V1]

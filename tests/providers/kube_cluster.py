@@ -1,8 +1,10 @@
 """A real Kubernetes control plane for the tests: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok (the node simulator), all on loopback, built by ``tools/kube/build.sh``.
 
-One control plane per test process (``kube_control_plane``, session-scoped; tests share it and
-take a namespace each through the provider's own tenant names). Each start generates its own CA,
+One control plane per test run (``kube_control_plane``, session-scoped: under xdist the first worker
+that needs it starts it and the others attach; tests share it and take a namespace each through the
+provider's own tenant names), and one per process for tests that kill or restart its components
+(``kube_private_control_plane``). Each start generates its own CA,
 serving and client certificates and service-account key in a temporary directory, writes an admin
 kubeconfig there, and stops every process at the end of the session.
 
@@ -16,6 +18,7 @@ Locally, a missing build skips with the command that builds it; under ``CI=true`
 from __future__ import annotations
 
 import datetime
+import fcntl
 import http.client
 import ipaddress
 import json
@@ -28,6 +31,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -437,7 +441,7 @@ _running: ControlPlane | None = None
 
 
 def control_plane(config: pytest.Config) -> ControlPlane:
-    """This process's control plane, started on first use and stopped when the session ends."""
+    """This process's own control plane, started on first use and stopped when the session ends."""
     global _running
     if _running is None:
         binaries = require_build()
@@ -458,6 +462,117 @@ def control_plane(config: pytest.Config) -> ControlPlane:
     return _running
 
 
+# -- one control plane for every xdist worker of a run ----------------------------------------------
+
+_shared: ControlPlane | None = None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _terminate(pids: dict[str, int]) -> None:
+    """Stop processes another worker may have started (so no ``Popen`` here): SIGTERM, then SIGKILL."""
+    for name in reversed(COMPONENTS):
+        pid = pids.get(name)
+        if pid is None or not _alive(pid):
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def shared_control_plane(config: pytest.Config) -> ControlPlane:
+    """One control plane for every xdist worker of this run: the first worker that needs it starts it
+    (under a file lock) and records it in a directory named by the run's ``testrunuid``; the others
+    attach to it; the last worker to end its session stops it. Without xdist, this process's own.
+
+    Tests on it must leave its processes alone (another worker's test is using it): a test that
+    stops or restarts a component takes ``kube_private_control_plane``."""
+    global _shared
+    worker = getattr(config, "workerinput", None)
+    if worker is None:
+        return control_plane(config)
+    if _shared is not None:
+        return _shared
+    binaries = require_build()
+    root = Path(tempfile.gettempdir()) / f"ctrlplane-kube-run-{worker['testrunuid']}"
+    root.mkdir(exist_ok=True)
+    state_file, lock = root / "state.json", root / "lock"
+    with _locked(lock):
+        state = json.loads(state_file.read_text()) if state_file.exists() else None
+        if state is not None:
+            plane = ControlPlane(
+                Path(state["directory"]),
+                binaries,
+                etcd_port=state["etcd_port"],
+                etcd_peer_port=state["etcd_peer_port"],
+                api_port=state["api_port"],
+            )
+            if not all(_alive(pid) for pid in state["pids"].values()) or not plane.api_ready():
+                state = None
+        if state is None:
+            plane = ControlPlane(Path(tempfile.mkdtemp(prefix="ctrlplane-kube-shared-")), binaries)
+            try:
+                plane.boot()
+            except BaseException:
+                plane.stop_all()
+                shutil.rmtree(plane.directory, ignore_errors=True)
+                raise
+            state = {
+                "directory": str(plane.directory),
+                "etcd_port": plane.etcd_port,
+                "etcd_peer_port": plane.etcd_peer_port,
+                "api_port": plane.api_port,
+                "pids": {name: process.pid for name, process in plane.processes.items()},
+                "users": 0,
+            }
+        state["users"] += 1
+        state_file.write_text(json.dumps(state))
+
+    def leave() -> None:
+        with _locked(lock):
+            current = json.loads(state_file.read_text())
+            current["users"] -= 1
+            if current["users"] > 0:
+                state_file.write_text(json.dumps(current))
+                return
+            if plane.processes:
+                plane.stop_all()
+            _terminate(current["pids"])
+            shutil.rmtree(current["directory"], ignore_errors=True)
+            # The directory and its lock stay: a worker may be taking the lock to start a new one.
+            state_file.unlink()
+
+    config.add_cleanup(leave)
+    _shared = plane
+    return plane
+
+
 @pytest.fixture(scope="session")
 def kube_control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """The control plane the Kubernetes tests share (across xdist workers); never stopped by a test."""
+    yield shared_control_plane(request.config)
+
+
+@pytest.fixture(scope="session")
+def kube_private_control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """This process's own control plane, for tests that kill or restart its components."""
     yield control_plane(request.config)

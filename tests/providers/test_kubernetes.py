@@ -24,7 +24,6 @@ import msgspec
 import pytest
 import yaml
 from ctrlplane_kubernetes import KubernetesProvider
-from ctrlplane_kubernetes.errors import UsageUnavailable
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
 from ctrlplane.provisioning.contract import (
@@ -679,17 +678,6 @@ async def test_usage_comes_from_metrics_k8s_io(cluster: Cluster, k8s: Kubernetes
     # Each emulated PodMetrics reports 5,000,000n CPU (5 millicores) and 12Mi.
     assert usage.cpu_percent == pytest.approx(1.0)
     assert (usage.memory_used_bytes, usage.memory_limit_bytes) == (2 * 12 * MIB, 2 * 64 * MIB)
-
-
-async def test_usage_without_metrics_k8s_io_is_unavailable_not_zero(cluster: Cluster, k8s: KubernetesProvider) -> None:
-    cluster.emulator["get", re.compile(r"/apis/metrics\.k8s\.io/.*")] << kmock.KubernetesError(
-        status=404, reason="NotFound", message="the server could not find the requested resource"
-    )
-    spec = web()
-    await k8s.provision(spec)
-    with pytest.raises(UsageUnavailable, match=r"metrics\.k8s\.io") as raised:
-        await k8s.usage(spec.instance_id)
-    assert (raised.value.status, raised.value.code) == (503, "usage_unavailable")
 
 
 async def test_logs_merge_every_pods_lines_in_time_order(cluster: Cluster, k8s: KubernetesProvider) -> None:

@@ -5,8 +5,9 @@ collection, ResourceQuota admission, the controllers' rollouts).
 
 Pods run on kwok's simulated node: they are scheduled, created by the real ReplicaSets and reported
 running (or waiting with ``ErrImagePull`` for an image under ``missing.invalid/``), but no container
-runs, so what needs a kubelet (``pods/log``, ``pods/exec``, metrics) stays on the emulator
-(``test_kubernetes.py``); the tests below say where a conformance test differs and why.
+runs, so what needs a kubelet (``pods/log``, ``pods/exec``, metrics figures) stays on the emulator
+(``test_kubernetes.py``; the absence of metrics is tested here); the tests below say where a
+conformance test differs and why.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import anyio.to_thread
 import msgspec
 import pytest
 from ctrlplane_kubernetes import KubernetesProvider
-from ctrlplane_kubernetes.errors import ClusterQuotaExceeded
+from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable
 from ctrlplane_kubernetes.settings import KubernetesSettings
 from kubernetes import client
 
@@ -36,6 +37,7 @@ from ctrlplane.provisioning.contract import (
     TenantQuota,
     WorkloadSpec,
 )
+from ctrlplane.provisioning.errors import ProviderError
 from ctrlplane.settings import Settings
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
 from tests.providers.kube_cluster import ControlPlane, free_port, kube_control_plane  # noqa: F401
@@ -549,3 +551,26 @@ async def test_every_deploy_strategy_ends_in_the_state_it_promises_with_the_real
     assert "ctrlplane.slot" not in service["spec"]["selector"]
     secrets = listed(plane, "list_namespaced_secret", namespace, label_selector=selector)
     assert [s["metadata"]["name"] for s in secrets] == [f"{spec.instance_id.replace('_', '-')}-g2"]
+
+
+async def test_usage_without_a_metrics_server_is_unavailable_not_zero(k8s: KubernetesProvider) -> None:
+    """This control plane serves no ``metrics.k8s.io`` (no metrics-server): the API server's own
+    404 for the group is reported as unavailable usage, never as zeros."""
+    spec = track(k8s, web())
+    await k8s.provision(spec)
+    with pytest.raises(UsageUnavailable, match=r"metrics\.k8s\.io") as raised:
+        await k8s.usage(spec.instance_id)
+    assert (raised.value.status, raised.value.code) == (503, "usage_unavailable")
+
+
+async def test_logs_and_exec_where_no_kubelet_answers_are_a_provider_error_not_a_crash(k8s: KubernetesProvider) -> None:
+    """kwok's node runs no kubelet: the API server cannot proxy ``pods/log`` or ``pods/exec`` to it.
+    Both are reported as the provider's error (502 to API callers), naming what failed."""
+    spec = track(k8s, web())
+    await k8s.provision(spec)
+    with pytest.raises(ProviderError, match="read logs") as logs:
+        [line async for line in k8s.logs(spec.instance_id)]
+    assert logs.value.status == 502
+    with pytest.raises(ProviderError, match="exec") as executed:
+        await k8s.exec(spec.instance_id, ["true"])
+    assert executed.value.status == 502

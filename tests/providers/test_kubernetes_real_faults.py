@@ -21,9 +21,15 @@ from kubernetes import client
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.provisioning.contract import WorkloadSpec
 from ctrlplane.provisioning.errors import ProviderUnavailable
-from tests.providers.kube_cluster import ControlPlane, kube_control_plane  # noqa: F401
+from tests.providers.kube_cluster import ControlPlane, kube_private_control_plane  # noqa: F401
 from tests.providers.test_kubernetes_real import k8s, listed, track, web  # noqa: F401
 from tests.waiting import eventually
+
+
+@pytest.fixture
+def kube_control_plane(kube_private_control_plane: ControlPlane) -> ControlPlane:
+    """This module kills and restarts the API server: its own control plane, not the shared one."""
+    return kube_private_control_plane
 
 
 @contextmanager

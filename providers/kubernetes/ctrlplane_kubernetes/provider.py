@@ -77,6 +77,7 @@ from ctrlplane.settings import Settings
 from ctrlplane_kubernetes import manifests, naming, observe
 from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable, api_errors, api_message, quota_exceeded
 from ctrlplane_kubernetes.settings import KubernetesSettings
+from ctrlplane_kubernetes.watch import Reflector
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -125,6 +126,9 @@ class KubernetesProvider:
         self._configuration = configuration
         self._api: client.ApiClient | None = None
         self._lock = threading.Lock()
+        managed = {LABEL_MANAGED: "true", LABEL_CLUSTER: self.cluster}
+        self.reflectors = {"deployments": Reflector("deployments", managed), "pods": Reflector("pods", managed)}
+        self._watching = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -879,6 +883,49 @@ class KubernetesProvider:
             items.extend(_item(kind, obj) for obj in self._items(lister, managed))
         return items
 
+    # -- changes ---------------------------------------------------------------------------------
+
+    def changes(self) -> AsyncGenerator[str, None]:
+        """IDs of this cluster's instances whose Deployments or Pods change, from a list-then-watch
+        of each kind (``watch.py``: resumed from the last resourceVersion, listed again after a
+        410), until closed. Raises ``ProviderUnavailable`` when the API server cannot be reached;
+        a later call resumes where this one stopped."""
+        return self._changes()
+
+    async def _changes(self) -> AsyncGenerator[str, None]:
+        if not self._watching.acquire(blocking=False):
+            raise ProviderError("the Kubernetes changes are already being watched", details={"provider": "kubernetes"})
+        found: queue.Queue[str | BaseException] = queue.Queue()
+        stop = threading.Event()
+        listers: dict[str, Callable[[], Callable[..., Any]]] = {
+            "deployments": lambda: self.apps.list_deployment_for_all_namespaces,
+            "pods": lambda: self.core.list_pod_for_all_namespaces,
+        }
+
+        def follow(reflector: Reflector) -> None:
+            try:
+                reflector.follow(listers[reflector.kind], self.kube.request_timeout_seconds, found.put, stop)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                found.put(exc)
+
+        threads = [threading.Thread(target=follow, args=(r,), daemon=True) for r in self.reflectors.values()]
+        for thread in threads:
+            thread.start()
+        try:
+            while True:
+                item = await anyio.to_thread.run_sync(_next_change, found, abandon_on_cancel=True)
+                if isinstance(item, BaseException):
+                    with api_errors("watch the instances' Deployments and Pods"):
+                        raise item
+                elif isinstance(item, str):
+                    yield item
+        finally:
+            stop.set()
+            for reflector in self.reflectors.values():
+                reflector.interrupt()
+            await anyio.to_thread.run_sync(_join, threads)
+            self._watching.release()
+
     # -- logs ------------------------------------------------------------------------------------
 
     def logs(
@@ -1116,7 +1163,15 @@ class KubernetesProvider:
         try:
             session.run_forever(timeout=timeout)
             output = session.read_all()
-            code = session.returncode
+            try:
+                code = session.returncode
+            except (TypeError, KeyError, ValueError) as exc:
+                # The API server closed the stream without the exit status on the error channel:
+                # it could not reach the node's kubelet (seen with kwok's node, which runs none).
+                raise ProviderError(
+                    f"pods/exec on {name} ended without an exit status: the node's kubelet did not run it",
+                    details={"provider": "kubernetes"},
+                ) from exc
         finally:
             session.close()
         if code is None:
@@ -1260,6 +1315,18 @@ def _next_line(lines: queue.Queue[LogLine | None]) -> object:
         return lines.get(timeout=0.5)
     except queue.Empty:
         return _IDLE
+
+
+def _next_change(found: queue.Queue[str | BaseException]) -> object:
+    try:
+        return found.get(timeout=0.5)
+    except queue.Empty:
+        return _IDLE
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(timeout=5)
 
 
 def _same_quantities(wanted: Mapping[str, Any], recorded: Mapping[str, Any]) -> bool:
