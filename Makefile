@@ -5,12 +5,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install kube run test test-dialects fuzz lint typecheck bench clean
 
+SERVE_STAMP := $(VENV)/.installed-serve
+
 install: $(STAMP)
 
-$(STAMP): pyproject.toml providers/docker/pyproject.toml providers/kubernetes/pyproject.toml
+# What serving needs (make run): ctrlplane and its provider plugins, without the test and
+# development tools, which make install (and so make test) adds.
+$(SERVE_STAMP): pyproject.toml providers/docker/pyproject.toml providers/kubernetes/pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "ctrlplane needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e . -e providers/docker -e providers/kubernetes
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
 	$(BIN)/pip install --quiet -e '.[test,dev]' -e providers/docker -e providers/kubernetes
 	touch $(STAMP)
 
@@ -19,7 +27,7 @@ $(STAMP): pyproject.toml providers/docker/pyproject.toml providers/kubernetes/py
 kube:
 	bash tools/kube/build.sh
 
-run: install
+run: $(SERVE_STAMP)
 	$(BIN)/ctrlplane serve
 
 test: install kube

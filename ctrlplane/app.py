@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from ctrlplane import __version__
 from ctrlplane.admin.api import AdminController
+from ctrlplane.apidocs import SCHEMA_PATH, docs_redirect, render_plugins, schema_router
 from ctrlplane.auth.api import KeyController
 from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
 from ctrlplane.auth.tokens import load_signing_secret
@@ -34,6 +35,7 @@ from ctrlplane.events.api import EventController
 from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
 from ctrlplane.http import provide_context
+from ctrlplane.installation import SHARED_CHECK_SECONDS, warn_if_shared
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.openapi import (
@@ -139,6 +141,9 @@ def create_app(
             async with anyio.create_task_group() as group:
                 start_relay(services, group)
                 if services.settings.background:
+                    # before the reconciler's first pass, which would take the other's objects for orphans
+                    with anyio.move_on_after(SHARED_CHECK_SECONDS):
+                        await warn_if_shared(services.settings, services.providers)
                     Background(services).start(group)
                 try:
                     yield
@@ -154,6 +159,7 @@ def create_app(
         route_handlers=[
             healthz,
             readyz,
+            docs_redirect,
             TenantController,
             KeyController,
             AdminController,
@@ -187,7 +193,9 @@ def create_app(
             title="ctrlplane",
             version=__version__,
             description="Multi-tenant PaaS control plane. Errors: {message, code, request_id}.",
-            path="/schema",
+            path=SCHEMA_PATH,
+            render_plugins=render_plugins(),
+            openapi_router=schema_router(),
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key"),

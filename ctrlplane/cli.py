@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -207,6 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ctrlplane: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        from ctrlplane.installation import resolve
+
+        try:
+            settings = resolve(settings)
+        except SettingsError as exc:
+            print(f"ctrlplane: {exc}", file=sys.stderr)
+            return 2
         return _serve(settings, args)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
@@ -292,6 +301,11 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     settings = msgspec.structs.replace(
         settings, host=args.host or settings.host, port=settings.port if args.port is None else args.port
     )
+    try:
+        sock = _listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(f"ctrlplane: {_cannot_listen(settings.host, settings.port, exc)}", file=sys.stderr)
+        return 2
     if settings.migrate_on_start and not args.no_migrate:
         asyncio.run(_migrate(settings))
     if any(a.startswith("HS") for a in settings.jwt_algorithms):
@@ -321,11 +335,12 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
-    sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
         f"ctrlplane {app.state.services.version} serving on http://{shown}:{port}\n"
+        f"  console:     http://{shown}:{port}/console\n"
+        f"  API docs:    http://{shown}:{port}/docs\n"
         f"  admin token: ctrlplane token issue --admin",
         file=sys.stderr,
         flush=True,
@@ -344,12 +359,41 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn's ``Config.bind_socket`` binds it, but raising instead of
+    logging the bare OSError and exiting: ``serve`` turns it into one line that says what to change."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {shown} is already in use (another ctrlplane, or another program); "
+            f"pick another with CTRLPLANE_PORT={port + 1} or --port {port + 1}"
+        )
+    return (
+        f"cannot listen on {shown}:{port} ({exc.strerror or exc}); "
+        "choose the address with CTRLPLANE_HOST or --host and the port with CTRLPLANE_PORT or --port"
+    )
+
+
 def worker_app() -> Any:
     """The app of one ``serve --workers`` process, from the environment the parent was started with
     (the parent has migrated the database and checked the configuration)."""
     from ctrlplane.app import create_app
+    from ctrlplane.installation import resolve
 
-    settings = Settings.from_env()
+    settings = resolve(Settings.from_env())
     return create_app(msgspec.structs.replace(settings, migrate_on_start=False))
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,8 +59,12 @@ class Api:
         token = os.environ.get("CTRLPLANE_TOKEN")
         if not token:
             raise CliError("CTRLPLANE_TOKEN is not set (a JWT or an API key)", EXIT_USAGE)
+        base_url = os.environ.get("CTRLPLANE_URL") or "http://127.0.0.1:8080"
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise CliError(f"CTRLPLANE_URL must be an http:// or https:// URL, not {base_url!r}", EXIT_USAGE)
         self.http = httpx.Client(
-            base_url=os.environ.get("CTRLPLANE_URL", "http://127.0.0.1:8080"),
+            base_url=base_url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=30,
         )
@@ -295,9 +300,11 @@ def status(args: Any) -> int:
     out, api = Output(args.json), Api()
     instance = api.instance(args.instance)
     endpoints = ", ".join(e["url"] for e in instance["endpoints"]) or "none"
+    hostnames = ", ".join(instance.get("hostnames") or []) or "none"
     out.line(
         f"{instance['name']} ({instance['id']}): {instance['state']} (wants {instance['desired_state']}), "
-        f"image {instance['image']}, release {instance['current_release_id']}, endpoints {endpoints}"
+        f"image {instance['image']}, release {instance['current_release_id']}, "
+        f"url {instance.get('url') or 'none'} (hostnames {hostnames}), endpoints {endpoints}"
         + (f"\n  {instance['status_message']}" if instance["status_message"] else ""),
         instance=instance,
     )
@@ -308,14 +315,14 @@ def releases(args: Any) -> int:
     out, api = Output(args.json), Api()
     instance = api.instance(args.instance)
     items = api.request("GET", f"/v1/instances/{instance['id']}/releases", params={"limit": 100})["items"]
-    for release in items:
+    rows = [[f"v{r['version']}", r["id"], r["reason"], r["image"], r["created_at"], r["notes"] or ""] for r in items]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(len(rows[0]) if rows else 0)]
+    for release, row in zip(items, rows, strict=True):
         marker = "*" if release["id"] == instance["current_release_id"] else " "
-        out.line(
-            f"{marker} v{release['version']:<4} {release['id']}  {release['reason']:<8} {release['image']}  "
-            f"{release['created_at']}  {release['notes']}",
-            release=release,
-            current=marker == "*",
-        )
+        columns = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        out.line(f"{marker} " + "  ".join(columns).rstrip(), release=release, current=marker == "*")
+    if not items and not out.as_json:
+        print(f"no releases for {instance['name']}", file=sys.stderr)
     return 0
 
 
@@ -339,8 +346,12 @@ def logs(args: Any) -> int:
     if args.level:
         params["level"] = args.level
     if not args.follow:
-        for entry in api.request("GET", path, params=params)["items"]:
+        entries = api.request("GET", path, params=params)["items"]
+        for entry in entries:
             _log_line(out, entry)
+        if not entries and not out.as_json:
+            level = f" at level {args.level} or above" if args.level else ""
+            print(f"no log lines for {instance['name']}{level}", file=sys.stderr)
         return 0
     seen: set[tuple[str, int, str, str]] = set()
     last: str | None = None

@@ -96,6 +96,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     providers: tuple[str, ...] = ("docker",)
     cluster_name: str = "ctrlplane"
+    installation_id: str = ""
+    """Set by ``ctrlplane.installation.resolve`` (``serve``), never from the environment: providers
+    label what they create with it (``ctrlplane.installation``)."""
     docker_host_address: str = "127.0.0.1"
     docker_subnet_pool: str = "10.224.0.0/12"
     docker_subnet_size: int = 24
@@ -379,7 +382,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise SettingsError(f"invalid configuration: {exc}") from exc
+            raise SettingsError(_naming_the_variable(str(exc), simple, values)) from exc
         settings.validate()
         return settings
 
@@ -518,3 +521,18 @@ def _duration(*, var: str, raw: str) -> float:
         return parse_duration(raw)
     except ValueError as exc:
         raise SettingsError(f"{PREFIX}{var}: {exc}") from exc
+
+
+def _naming_the_variable(error: str, variables: Mapping[str, str], values: Mapping[str, Any]) -> str:
+    """msgspec's ``Expected `int`, got `str` - at `$.workers``` as the variable a user set:
+    ``CTRLPLANE_WORKERS='abc': expected `int`, got `str```."""
+    found = re.fullmatch(r"(?s)(.*) - at `\$\.(\w+)(.*)`", error)
+    if found is None:
+        return f"invalid configuration: {error}"
+    reason, field, rest = found.groups()
+    names = {f: PREFIX + var for var, f in variables.items()}
+    name = names.get(field, PREFIX + field.upper())
+    secret = any(word in field for word in ("secret", "key", "token", "password"))
+    shown = f"={values[field]!r}" if isinstance(values.get(field), str) and not rest and not secret else ""
+    where = f" (at {rest.lstrip('.')})" if rest else ""
+    return f"{name}{shown}{where}: {reason[:1].lower()}{reason[1:]}"

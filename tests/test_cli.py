@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -102,6 +103,7 @@ def test_serve_migrates_generates_a_key_and_answers(tmp_path: Path) -> None:
     output = log_path.read_text()
     assert "signing_key_generated" in output
     assert "token issue --admin" in output
+    assert f"console:     {url}/console" in output and f"API docs:    {url}/docs" in output
     assert token not in output
     assert "secrets_master_key_generated" in output and "back this file up" in output
     ring = (tmp_path / "secrets-master-keys").read_text()
@@ -123,3 +125,24 @@ def test_serve_refuses_a_malformed_master_key_ring_without_echoing_it(tmp_path: 
     assert result.returncode == 2, result.stderr
     assert "CTRLPLANE_SECRETS_MASTER_KEYS" in result.stderr
     assert "c2hvcnQ=" not in result.stderr
+
+
+def test_a_configuration_error_names_the_environment_variable(tmp_path: Path) -> None:
+    result = _run(["migrate"], _env(tmp_path, CTRLPLANE_WORKERS="many"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ctrlplane: CTRLPLANE_WORKERS='many': expected `int`, got `str`"
+    hidden = _run(["migrate"], _env(tmp_path, CTRLPLANE_JWT_LEEWAY_SECONDS="lots"))
+    assert hidden.returncode == 2 and "CTRLPLANE_JWT_LEEWAY_SECONDS" in hidden.stderr and "$." not in hidden.stderr
+
+
+def test_a_busy_port_is_one_line_naming_ctrlplane_port_and_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(["serve", "--port", str(port)], _env(tmp_path, CTRLPLANE_ROUTER="none"))
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON lines: the log
+    assert line.startswith(f"ctrlplane: port {port} on 127.0.0.1 is already in use"), result.stderr
+    assert f"CTRLPLANE_PORT={port + 1}" in line and f"--port {port + 1}" in line
+    assert "Traceback" not in result.stderr and "Errno" not in result.stderr

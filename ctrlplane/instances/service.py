@@ -334,7 +334,7 @@ class InstanceService:
             instance.updated_at = utc_now()
             await self._event(instance, "instance.updated", fields=changed)
         self._audit(instance, changed=changed)
-        return to_schema(instance)
+        return await self._addressed(to_schema(instance))
 
     async def _apply_scale(self, instance: Instance, resources: schemas.Resources, replicas: int) -> None:
         _not_suspended(instance, "scale")
@@ -372,7 +372,7 @@ class InstanceService:
             replicas=replicas,
         )
         self._audit(instance, cpu_millis=resources.cpu_millis, memory_mb=resources.memory_mb, replicas=replicas)
-        return to_schema(instance)
+        return await self._addressed(to_schema(instance))
 
     async def delete(self, instance_id: str) -> schemas.Instance:
         instance = await self.locked(instance_id)
@@ -380,7 +380,7 @@ class InstanceService:
         await self._provider_answers(instance.provider_name)
         await destroy(self.session, instance)
         self._audit(instance)
-        return to_schema(instance)
+        return await self._addressed(to_schema(instance))
 
     async def act(self, instance_id: str, action: str) -> schemas.Instance:
         """``start``, ``stop`` or ``restart``: check the state allows it, record what is wanted, queue it."""
@@ -391,7 +391,7 @@ class InstanceService:
             _not_suspended(instance, action)
         await self._provider_answers(instance.provider_name)
         await self._transition(instance, action, state=state, desired=desired)
-        return to_schema(instance)
+        return await self._addressed(to_schema(instance))
 
     async def _transition(self, instance: Instance, kind: str, *, state: str, desired: str) -> None:
         previous = instance.state
@@ -411,7 +411,7 @@ class InstanceService:
             raise InvalidState("instance is already suspended", details={"state": "suspended"})
         await suspend(self.session, instance, reason=reason, by="instance")
         self._audit(instance, reason=reason)
-        return to_schema(instance)
+        return await self._addressed(to_schema(instance))
 
     async def unsuspend(self, instance_id: str, reason: str) -> schemas.Instance:
         instance = await self.locked(instance_id)
@@ -420,7 +420,7 @@ class InstanceService:
             raise InvalidState("instance is not suspended", details={"state": instance.state})
         await unsuspend(self.session, instance, reason=reason)
         self._audit(instance, reason=reason)
-        return to_schema(instance)
+        return await self._addressed(to_schema(instance))
 
 
 _ACTIONS: dict[str, tuple[tuple[str, ...], str, str, bool]] = {

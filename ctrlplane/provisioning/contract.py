@@ -39,6 +39,9 @@ LABEL_RELEASE = "ctrlplane.release"
 LABEL_GENERATION = "ctrlplane.generation"
 LABEL_REPLICA = "ctrlplane.replica"
 LABEL_RUN = "ctrlplane.run"
+LABEL_INSTALLATION = "ctrlplane.installation"
+"""The installation (``Settings.installation_id``) that created an object: two installations with one
+cluster name on one engine show up as objects of that cluster with another installation's ID."""
 RunState = Literal["created", "running", "exited", "missing"]
 
 
@@ -395,6 +398,18 @@ class KillableProvider(Protocol):
 
     async def kill(self, instance_id: str) -> None:
         """Send SIGKILL to every running replica of the instance; no-op when none runs."""
+        ...
+
+
+@runtime_checkable
+class SharedEngineProvider(Protocol):
+    """A runtime that other installations may use too (a Docker engine), and that can tell whether
+    one of them uses this installation's cluster name: each would remove the other's objects as
+    orphans."""
+
+    async def other_installations(self) -> list[str]:
+        """The IDs of other installations that labelled objects with this cluster name; empty when
+        none did (or the runtime cannot be reached)."""
         ...
 
 

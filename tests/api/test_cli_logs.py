@@ -73,3 +73,16 @@ async def test_logs_follow_prints_new_lines_as_they_are_written(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_logs_says_so_when_there_are_no_lines(live: Api, live_server: str) -> None:
+    tenant_id, token = await tenant_token(live)
+    instance = await create(live, token)
+    await wait_for(live, instance["id"], token, state("running"))
+    key = (await live.create_key(tenant_id, ["read"]))["key"]
+    result = await cli(live_server, key, "logs", "web", "--level", "error")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.strip() == "no log lines for web at level error or above"
+    as_json = await cli(live_server, key, "logs", "web", "--json")
+    assert (as_json.stdout, as_json.stderr) == ("", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -88,14 +89,25 @@ async def test_rollback_previous_and_releases(live: Api, live_server: str) -> No
     back = await cli(live_server, key, "rollback", "web", "--previous", "--wait")
     assert back.returncode == 0, back.stdout + back.stderr
     listed = await cli(live_server, key, "releases", "web")
-    assert listed.stdout.splitlines()[0].startswith("* v3")
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith("* v3")
     assert "rollback to v1" in listed.stdout
+    # aligned: every column starts at the same offset on every line (reasons and images differ in length)
+    for column in ("rel_", "ctrlplane-test/busybox"):
+        assert len({line.index(column) for line in lines}) == 1, listed.stdout
+    assert len({re.search(r"\d{4}-\d\d-\d\dT", line).start() for line in lines}) == 1, listed.stdout  # type: ignore[union-attr]
+    status = await cli(live_server, key, "status", "web")
+    assert "url http://web.acme.localhost (hostnames web.acme.localhost)" in status.stdout, status.stdout
 
 
 async def test_credentials_problems_have_their_own_exit_codes(live: Api, live_server: str) -> None:
     missing = await cli(live_server, None, "status", "web")
     assert missing.returncode == 2
     assert "CTRLPLANE_TOKEN" in missing.stderr
+    for bad_url in ("127.0.0.1:8080", "ftp://127.0.0.1"):
+        misconfigured = await cli(bad_url, "cpk_anything", "status", "web")
+        assert misconfigured.returncode == 2, misconfigured.stderr
+        assert misconfigured.stderr.startswith("ctrlplane: CTRLPLANE_URL must be"), misconfigured.stderr
     refused = await cli(live_server, "cpk_not-a-key", "status", "web")
     assert refused.returncode == 6
     tenant_id, token = await tenant_token(live, "other")

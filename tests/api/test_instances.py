@@ -532,3 +532,35 @@ async def test_delete_queued_behind_a_suspension_ends_destroyed_without_retries(
     body = (await api.client.get(path, headers=token)).json()
     assert body["state"] == "destroyed", body
     assert ran == 3  # provision, stop and deprovision, each once
+
+
+async def test_every_answer_that_returns_an_instance_carries_its_router_hostname_and_url(live: Api) -> None:
+    _, token = await tenant_token(live)
+    created = await create(live, token)
+    path = f"/v1/instances/{created['id']}"
+    answers: dict[str, Any] = {"create": created}
+
+    async def call(action: str, method: str, url: str, settles_in: str | None = None, **kwargs: Any) -> None:
+        response = await live.client.request(method, url, **{"headers": token, **kwargs})
+        assert response.status_code < 300, (action, response.text)
+        answers[action] = response.json()
+        if settles_in is not None:
+            await wait_for(live, created["id"], token, state(settles_in))
+
+    await wait_for(live, created["id"], token, state("running"))
+    await call("get", "GET", path)
+    await call("list", "GET", "/v1/instances")
+    answers["list"] = answers["list"]["items"][0]
+    await call("scale", "POST", f"{path}/scale", "running", json={"replicas": 2})
+    await call("stop", "POST", f"{path}/stop", "stopped")
+    await call("start", "POST", f"{path}/start", "running")
+    await call("restart", "POST", f"{path}/restart", "running")
+    await call("suspend", "POST", f"{path}/suspend", "stopped", json={"reason": "x"}, headers=live.admin_headers)
+    await call("unsuspend", "POST", f"{path}/unsuspend", "running", json={"reason": "y"}, headers=live.admin_headers)
+    for action, body in answers.items():
+        assert (body.get("hostnames"), body.get("url")) == (["web.acme.localhost"], "http://web.acme.localhost"), action
+    await call("update", "PATCH", path, json={"name": "api"})
+    await call("delete", "DELETE", path)
+    for action in ("update", "delete"):
+        body = answers[action]
+        assert (body.get("hostnames"), body.get("url")) == (["api.acme.localhost"], "http://api.acme.localhost"), action

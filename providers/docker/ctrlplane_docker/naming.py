@@ -9,6 +9,7 @@ from __future__ import annotations
 from ctrlplane.provisioning.contract import (
     LABEL_CLUSTER,
     LABEL_GENERATION,
+    LABEL_INSTALLATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_RELEASE,
@@ -72,23 +73,39 @@ def tenant_filter(tenant_id: str) -> dict[str, list[str]]:
     return managed_filter(**{LABEL_TENANT: tenant_id})
 
 
-def object_labels(*, cluster: str, purpose: str, tenant_id: str, instance_id: str | None = None) -> dict[str, str]:
+def object_labels(
+    *, cluster: str, purpose: str, tenant_id: str, instance_id: str | None = None, installation: str = ""
+) -> dict[str, str]:
+    """``installation`` (``ctrlplane.installation``) is on replicas, runs, networks and stopped
+    markers, so another installation using the same cluster name shows (``other_installations``)."""
     labels = {LABEL_MANAGED: "true", LABEL_CLUSTER: cluster, LABEL_TENANT: tenant_id, LABEL_PURPOSE: purpose}
     if instance_id is not None:
         labels[LABEL_INSTANCE] = instance_id
+    if installation:
+        labels[LABEL_INSTALLATION] = installation
     return labels
 
 
-def generation_labels(spec: WorkloadSpec, generation: int, *, cluster: str, purpose: str) -> dict[str, str]:
-    labels = object_labels(cluster=cluster, purpose=purpose, tenant_id=spec.tenant_id, instance_id=spec.instance_id)
+def generation_labels(
+    spec: WorkloadSpec, generation: int, *, cluster: str, purpose: str, installation: str = ""
+) -> dict[str, str]:
+    labels = object_labels(
+        cluster=cluster,
+        purpose=purpose,
+        tenant_id=spec.tenant_id,
+        instance_id=spec.instance_id,
+        installation=installation,
+    )
     labels[LABEL_RELEASE] = spec.release_id or ""
     labels[LABEL_GENERATION] = str(generation)
     return labels
 
 
-def replica_labels(spec: WorkloadSpec, generation: int, replica: int, *, cluster: str) -> dict[str, str]:
+def replica_labels(
+    spec: WorkloadSpec, generation: int, replica: int, *, cluster: str, installation: str = ""
+) -> dict[str, str]:
     """The user's labels, then ctrlplane's: a user label can never pose as (or hide) a ctrlplane one."""
     labels = {key: value for key, value in spec.labels.items() if not key.startswith(RESERVED_PREFIX)}
-    labels.update(generation_labels(spec, generation, cluster=cluster, purpose="replica"))
+    labels.update(generation_labels(spec, generation, cluster=cluster, purpose="replica", installation=installation))
     labels[LABEL_REPLICA] = str(replica)
     return labels

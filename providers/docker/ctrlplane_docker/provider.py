@@ -48,9 +48,11 @@ from docker.errors import APIError, DockerException  # type: ignore[import-untyp
 from docker.types import IPAMConfig, IPAMPool, Mount  # type: ignore[import-untyped, unused-ignore]
 from docker.utils import parse_repository_tag  # type: ignore[import-untyped, unused-ignore]
 
+from ctrlplane.errors import ProviderUnavailable
 from ctrlplane.provisioning.contract import (
     LABEL_CLUSTER,
     LABEL_GENERATION,
+    LABEL_INSTALLATION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_RELEASE,
@@ -192,6 +194,7 @@ class DockerProvider:
     def __init__(self, settings: Settings, *, base_url: str | None = None, stop_timeout: int = 10) -> None:
         self._settings = settings
         self._cluster = settings.cluster_name
+        self._installation = str(getattr(settings, "installation_id", ""))
         self._host_address = str(getattr(settings, "docker_host_address", "127.0.0.1"))
         self._pids_limit = int(getattr(settings, "docker_pids_limit", DEFAULT_PIDS_LIMIT))
         self._base_url = base_url
@@ -338,7 +341,12 @@ class DockerProvider:
                     driver="bridge",
                     check_duplicate=True,
                     ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]),
-                    labels=object_labels(cluster=self._cluster, purpose="network", tenant_id=tenant_id),
+                    labels=object_labels(
+                        cluster=self._cluster,
+                        purpose="network",
+                        tenant_id=tenant_id,
+                        installation=self._installation,
+                    ),
                 )
             except APIError as exc:
                 if is_conflict(exc):
@@ -398,7 +406,13 @@ class DockerProvider:
         return removed
 
     def _mark_stopped(self, api: APIClient, instance_id: str, tenant_id: str) -> None:
-        labels = object_labels(cluster=self._cluster, purpose="stopped", tenant_id=tenant_id, instance_id=instance_id)
+        labels = object_labels(
+            cluster=self._cluster,
+            purpose="stopped",
+            tenant_id=tenant_id,
+            instance_id=instance_id,
+            installation=self._installation,
+        )
         api.create_volume(name=stopped_marker_name(instance_id), driver="local", labels=labels)
 
     def _clear_stopped(self, api: APIClient, instance_id: str) -> None:
@@ -458,7 +472,9 @@ class DockerProvider:
                     spec.image,
                     command=list(spec.command) if spec.command else None,
                     name=name,
-                    labels=replica_labels(spec, generation, replica, cluster=self._cluster),
+                    labels=replica_labels(
+                        spec, generation, replica, cluster=self._cluster, installation=self._installation
+                    ),
                     environment=dict(spec.env),
                     ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
                     host_config=host_config,
@@ -981,7 +997,11 @@ class DockerProvider:
         labels = {key: value for key, value in workload.labels.items() if not key.startswith("ctrlplane.")}
         labels.update(
             object_labels(
-                cluster=self._cluster, purpose=purpose, tenant_id=workload.tenant_id, instance_id=workload.instance_id
+                cluster=self._cluster,
+                purpose=purpose,
+                tenant_id=workload.tenant_id,
+                instance_id=workload.instance_id,
+                installation=self._installation,
             )
         )
         labels[LABEL_RUN] = spec.run_id
@@ -1152,6 +1172,23 @@ class DockerProvider:
         ``ctrlplane.cluster=CTRLPLANE_CLUSTER_NAME``; kinds
         ``container``, ``network``, ``volume``), sorted by kind and name."""
         return await self._run("list ctrlplane's objects", lambda api: self._inventory(api)[0])
+
+    async def other_installations(self) -> list[str]:
+        """The ``ctrlplane.installation`` labels, other than this installation's, on containers and
+        networks of this cluster name: another installation uses the same engine and name."""
+        if not self._installation:
+            return []
+
+        def find(api: APIClient) -> list[str]:
+            found = [c.get("Labels") or {} for c in api.containers(all=True, filters=cluster_filter(self._cluster))]
+            found += [n.get("Labels") or {} for n in api.networks(filters=cluster_filter(self._cluster))]
+            others = {labels.get(LABEL_INSTALLATION, "") for labels in found} - {"", self._installation}
+            return sorted(others)
+
+        try:
+            return await self._run("list other installations' objects", find)
+        except (ProviderError, ProviderUnavailable):
+            return []  # no engine: nothing shares it now; the provider's health says the rest
 
     async def observe(self) -> Observation:
         """``inventory`` and every instance's status from the same three listings (containers,
