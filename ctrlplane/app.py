@@ -24,6 +24,7 @@ from ctrlplane.auth.api import KeyController
 from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
 from ctrlplane.auth.tokens import load_signing_secret
 from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_response
+from ctrlplane.console import console_router
 from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
@@ -182,6 +183,7 @@ def create_app(
             WebhookController,
             LogDrainController,
             RegistryCredentialController,
+            console_router(),
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],

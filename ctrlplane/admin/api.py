@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, get
 from litestar.params import FromQuery
 
@@ -40,6 +41,26 @@ class AdminController(Controller):
     ) -> Page[checkpoints.Checkpoint]:
         """Signed checkpoints of the audit chains' heads, newest first: export them, keep them elsewhere."""
         return await checkpoints.page(context.session, cursor=cursor, limit=limit)
+
+    @get(
+        "/audit/verify",
+        operation_id="verifyAudit",
+        responses=errors(),
+        opt=route("audit", "verify", system_admin=True),
+    )
+    async def verify_audit(
+        self, context: Context, allow_unkeyed_prefix: FromQuery[bool] = False
+    ) -> audit_schemas.AuditVerification:
+        """Walk every audit chain with the server's audit keys: intact, or the first broken link."""
+        report = await audit_service.verify(
+            context.session, context.services.audit_keys, allow_unkeyed_prefix=allow_unkeyed_prefix
+        )
+        broken = (
+            msgspec.convert(report.broken, audit_schemas.BrokenLink, from_attributes=True) if report.broken else None
+        )
+        return audit_schemas.AuditVerification(
+            intact=broken is None, chains=report.chains, entries=report.entries, broken=broken
+        )
 
     @get("/audit", operation_id="queryAudit", responses=errors(), opt=route("audit", "list", system_admin=True))
     async def audit(

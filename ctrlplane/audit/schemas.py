@@ -23,3 +23,17 @@ class AuditEntry(msgspec.Struct):
     seq: int
     prev_hash: str
     hash: str
+
+
+class BrokenLink(msgspec.Struct):
+    chain: str
+    seq: int
+    entry_id: str | None
+    reason: str
+
+
+class AuditVerification(msgspec.Struct):
+    intact: bool
+    chains: int
+    entries: int
+    broken: BrokenLink | None

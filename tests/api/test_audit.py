@@ -207,3 +207,21 @@ async def test_entries_signed_by_an_older_master_key_verify_after_rotation(
     async with db.read() as session:
         assert (await verify(session, newer)).broken is None
         assert (await verify(session, AuditKeys({old.newest + 1: os.urandom(32)}))).broken is not None
+
+
+async def test_verify_route_reports_intact_chains_then_the_altered_entry(api: Api, db: Database) -> None:
+    tenant = await api.create_tenant("acme")
+    await api.create_key(tenant["id"], ["read"])
+    intact = await api.client.get("/v1/admin/audit/verify", headers=api.admin_headers)
+    assert intact.status_code == 200, intact.text
+    assert intact.json()["intact"] is True and intact.json()["entries"] >= 2 and intact.json()["broken"] is None
+    async with db.write() as session, session.begin():
+        entries = await session.execute(select(AuditEntry).where(AuditEntry.tenant_id == tenant["id"]))
+        victim = entries.scalars().first()
+        assert victim is not None
+        await session.execute(update(AuditEntry).where(AuditEntry.id == victim.id).values(actor_subject="mallory"))
+    broken = (await api.client.get("/v1/admin/audit/verify", headers=api.admin_headers)).json()
+    assert broken["intact"] is False
+    assert broken["broken"]["entry_id"] == victim.id and "altered" in broken["broken"]["reason"]
+    refused = await api.client.get("/v1/admin/audit/verify", headers=bearer(api.tokens.tenant(tenant["id"])))
+    assert refused.status_code == 403

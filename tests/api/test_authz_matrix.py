@@ -191,6 +191,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/admin/providers"),
     Route("GET", "/v1/admin/audit"),
     Route("GET", "/v1/admin/audit/checkpoints"),
+    Route("GET", "/v1/admin/audit/verify"),
     Route("GET", "/v1/admin/tenants"),
     Route("POST", "/v1/admin/tenants", body={"name": "Matrix", "slug": "matrix-new", "plan": "pro"}),
     Route("GET", "/v1/admin/tenants/{tenant_id}"),
