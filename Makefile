@@ -11,15 +11,15 @@ install: $(STAMP)
 
 # What serving needs (make run): ctrlplane and its provider plugins, without the test and
 # development tools, which make install (and so make test) adds.
-$(SERVE_STAMP): pyproject.toml providers/docker/pyproject.toml providers/kubernetes/pyproject.toml
+$(SERVE_STAMP): pyproject.toml providers/docker/pyproject.toml providers/kubernetes/pyproject.toml providers/nodes/pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "ctrlplane needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e . -e providers/docker -e providers/kubernetes
+	$(BIN)/pip install --quiet -e . -e providers/docker -e providers/kubernetes -e providers/nodes
 	touch $(SERVE_STAMP)
 
 $(STAMP): $(SERVE_STAMP)
-	$(BIN)/pip install --quiet -e '.[test,dev]' -e providers/docker -e providers/kubernetes
+	$(BIN)/pip install --quiet -e '.[test,dev]' -e providers/docker -e providers/kubernetes -e providers/nodes
 	touch $(STAMP)
 
 # The real Kubernetes control plane of the Kubernetes tests: built once per machine (outside the

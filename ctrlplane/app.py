@@ -39,6 +39,7 @@ from ctrlplane.http import provide_context
 from ctrlplane.installation import SHARED_CHECK_SECONDS, warn_if_shared
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController, SleepController
+from ctrlplane.nodes.api import ROUTE_HANDLERS as NODE_ROUTE_HANDLERS
 from ctrlplane.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -127,6 +128,11 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
     # here, not in create_app: services given to a built app (use_services) need these too
     environment_idle.register(services)
     services.reserved_usage.append(active_run_usage)
+    for provider in registry:
+        # the nodes provider plugin places instances through the control plane's desired state
+        bind = getattr(provider, "bind_node_assignments", None)
+        if bind is not None:
+            bind(services.nodes)
     return services
 
 
@@ -184,6 +190,7 @@ def create_app(
             LogDrainController,
             RegistryCredentialController,
             console_router(),
+            *NODE_ROUTE_HANDLERS,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork(services)],
@@ -203,6 +210,9 @@ def create_app(
                     "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or cpk_ API key"),
                     "instanceToken": SecurityScheme(type="http", scheme="bearer", bearer_format="cpt_ instance token"),
                     "metricsToken": SecurityScheme(type="http", scheme="bearer", bearer_format="metrics token"),
+                    "nodeCredential": SecurityScheme(
+                        type="http", scheme="bearer", bearer_format="cpx_node_ node credential"
+                    ),
                 }
             ),
             security=[{"bearer": []}],

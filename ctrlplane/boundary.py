@@ -286,9 +286,18 @@ class UnitOfWork(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         if scope["route_handler"].opt.get("own_auth"):  # its guard authenticates and rate-limits
+            if scope.get("method") in READ_METHODS:  # no body; a stream (a node's events) must hear the client leave
+                try:
+                    _check_query(cast("HTTPScope", scope))
+                except CtrlplaneError as exc:
+                    await _Captured.of_error(scope, exc).flush(send)
+                    return
+                await next_app(scope, receive, _with_rate_limit_headers(scope, send))
+                return
             try:
                 body = await _read_body(receive, self.services.settings.max_body_bytes)
-                check_json_depth(body)
+                if _header(scope, b"content-encoding") in (None, "identity"):  # a gzip'd node batch is not JSON
+                    check_json_depth(body)
             except CtrlplaneError as exc:
                 await _Captured.of_error(scope, exc).flush(send)
                 return

@@ -1,4 +1,4 @@
-"""The ``ctrlplane`` command: serve, migrate, token issue, audit verify, secrets rotate-master, and
+"""The ``ctrlplane`` command: serve, migrate, token issue, audit verify, secrets rotate-master, agent, and
 the API client commands (deploy, rollback, status, releases, logs, env)."""
 
 from __future__ import annotations
@@ -185,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "new-master-key", help="print a new ring entry VERSION:BASE64KEY (the next version) to add to the ring"
     )
 
+    from ctrlplane.agent.main import add_arguments as add_agent_arguments
+
+    add_agent_arguments(commands.add_parser("agent", help="run this host as a node of a control plane (docs/nodes.md)"))
+
     given = list(sys.argv[1:] if argv is None else argv)
     # ``run``'s command follows ``--`` verbatim: its own flags are never ctrlplane's.
     command_argv: list[str] = []
@@ -198,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ctrlplane import client
 
         return client.run(getattr(client, "run_command" if args.command == "run" else args.command), args)
+    if args.command == "agent":
+        from ctrlplane.agent.main import options_from_args, run_agent
+
+        return run_agent(options_from_args(args))
     if args.command == "env":
         from ctrlplane import client
         from ctrlplane.environments import commands as env_commands

@@ -19,6 +19,7 @@ from ctrlplane.events.fanout import EventFeeds
 from ctrlplane.ids import TenantId
 from ctrlplane.network.router import Router
 from ctrlplane.network.sleep import IdleHandlers
+from ctrlplane.nodes.assignments import NodeAssignments
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.registries import RegistryPolicy
@@ -62,10 +63,15 @@ class AppServices:
     registries: RegistryPolicy = field(init=False)
     audit_keys: AuditKeys = field(init=False)
     checkpoint_keys: AuditKeys = field(init=False)
+    node_events: Signal = field(default_factory=Signal)
+    """Wakes the nodes' event streams after a node event commits (they poll too)."""
+    nodes: NodeAssignments = field(init=False)
+    """The desired state of instances on nodes (``ctrlplane.nodes.assignments``)."""
 
     def __post_init__(self) -> None:
         self.router = Router(self.settings, self.db)
         self.feeds = EventFeeds(self.db, self.events, self.settings.event_poll_seconds)
+        self.nodes = NodeAssignments(self.db, self.vault, self.node_events)
         self.audit_keys = AuditKeys(self.vault.ring.keys)
         self.checkpoint_keys = AuditKeys(self.vault.ring.keys, info=CHECKPOINT_INFO)
         self.registries = RegistryPolicy(

@@ -40,6 +40,9 @@ PREFIXES = frozenset(
         "whk",
         "whd",
         "drn",
+        "node",
+        "enr",
+        "exec",
     }
 )
 

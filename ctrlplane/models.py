@@ -19,6 +19,16 @@ from ctrlplane.network.models import (
     Route,
     Upstream,
 )
+from ctrlplane.nodes.models import (
+    EnrollmentToken,
+    Node,
+    NodeAssignment,
+    NodeEvent,
+    NodeExecution,
+    NodeLogLine,
+    NodeReport,
+    NodeSigningKey,
+)
 from ctrlplane.operations.models import Operation
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.registry_credentials.models import RegistryCredential
@@ -41,6 +51,7 @@ __all__ = [
     "Certificate",
     "Deployment",
     "Domain",
+    "EnrollmentToken",
     "Environment",
     "Event",
     "EventStream",
@@ -53,6 +64,13 @@ __all__ = [
     "Job",
     "LogDrain",
     "MetricSample",
+    "Node",
+    "NodeAssignment",
+    "NodeEvent",
+    "NodeExecution",
+    "NodeLogLine",
+    "NodeReport",
+    "NodeSigningKey",
     "Operation",
     "RateBucket",
     "RegistryCredential",

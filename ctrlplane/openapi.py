@@ -27,6 +27,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Parameter,
+    RequestBody,
     Schema,
 )
 from litestar.routes import HTTPRoute
@@ -46,6 +47,7 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
 
 
 EVENT_STREAM = "event_stream"
+RECORD_BATCH = "record_batch"
 
 
 def document_event_streams(app: Litestar, openapi: OpenAPI) -> None:
@@ -161,8 +163,34 @@ def optional_bodies_are_optional(app: Litestar, openapi: OpenAPI) -> None:
                 operation.request_body.required = False
 
 
+def document_record_batches(app: Litestar, openapi: OpenAPI) -> None:
+    """POST routes marked ``record_batch`` (a node's metrics, logs and audit batches) read their
+    body themselves, because it may be gzip'd (``Content-Encoding: gzip``) and NDJSON; Litestar
+    sees no body parameter. This documents the body: a JSON array of records, or the same records
+    as NDJSON (``application/x-ndjson``), either optionally gzip'd."""
+    paths = {
+        route.path_format: handler.opt[RECORD_BATCH]
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if handler.opt.get(RECORD_BATCH)
+    }
+    record = Schema(type=OpenAPIType.OBJECT, additional_properties=True)
+    for path, item in (openapi.paths or {}).items():
+        if path in paths and item.post is not None:
+            item.post.request_body = RequestBody(
+                required=False,
+                description=f"{paths[path]}: a JSON array of records, or NDJSON; Content-Encoding: gzip or identity",
+                content={
+                    "application/json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.ARRAY, items=record)),
+                    "application/x-ndjson": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
+                },
+            )
+
+
 FIXES = (
     document_event_streams,
+    document_record_batches,
     optional_bodies_are_optional,
     headers_are_never_null,
     etags_are_quoted_versions,

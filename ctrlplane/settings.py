@@ -217,6 +217,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_drain_flush_seconds: float = 1.0
     log_drain_retries: int = 3
     log_drain_timeout_seconds: float = 5.0
+    node_heartbeat_timeout_seconds: float = 90.0
+    """A node without a heartbeat for this long is ``unreachable`` (docs/nodes.md)."""
+    node_credential_ttl_seconds: float = 30 * 86400.0
+    """How long a node identity credential lives; heartbeats ask for a rotation in its last third."""
+    node_enroll_token_max_ttl_seconds: float = 7 * 86400.0
+    node_signing_transition_seconds: float = 86400.0
+    """How long the previous event-signing key still verifies after a rotation."""
+    node_batch_max_bytes: int = 4 * 1024 * 1024
+    """The largest telemetry batch a node may send, decompressed; past it 413."""
+    node_batch_max_records: int = 5000
+    node_log_retention_seconds: float = 7 * 86400.0
 
     @property
     def data_path(self) -> Path:
@@ -333,6 +344,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LOG_DRAIN_FLUSH_SECONDS": "log_drain_flush_seconds",
             "LOG_DRAIN_RETRIES": "log_drain_retries",
             "LOG_DRAIN_TIMEOUT_SECONDS": "log_drain_timeout_seconds",
+            "NODE_BATCH_MAX_BYTES": "node_batch_max_bytes",
+            "NODE_BATCH_MAX_RECORDS": "node_batch_max_records",
         }
         for var, field in simple.items():
             if (raw := get(var)) is not None:
@@ -348,6 +361,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["registry_allow"] = tuple(r.strip() for r in raw.split(",") if r.strip())
         if (raw := get("PROVIDERS")) is not None:
             values["providers"] = tuple(p.strip() for p in raw.split(",") if p.strip())
+        for var, field in {
+            "NODE_HEARTBEAT_TIMEOUT": "node_heartbeat_timeout_seconds",
+            "NODE_CREDENTIAL_TTL": "node_credential_ttl_seconds",
+            "NODE_ENROLL_TOKEN_MAX_TTL": "node_enroll_token_max_ttl_seconds",
+            "NODE_SIGNING_TRANSITION": "node_signing_transition_seconds",
+            "NODE_LOG_RETENTION": "node_log_retention_seconds",
+        }.items():
+            if (raw := get(var)) is not None:
+                values[field] = _duration(var=var, raw=raw)
         if (raw := get("IDEMPOTENCY_TTL")) is not None:
             values["idempotency_ttl_seconds"] = int(_duration(var="IDEMPOTENCY_TTL", raw=raw))
         if (raw := get("WAKE_TIMEOUT")) is not None:

@@ -135,6 +135,8 @@ def observed_state(status: WorkloadStatus) -> tuple[str, str]:
         return "running", status.message or "some replicas are not running"
     if status.state == "stopped":
         return "stopped", status.message
+    if status.state == "unknown":
+        return "unknown", status.message or "the runtime cannot tell now"
     if status.state == "failed":
         return "failed", status.message or "a replica failed"
     return "failed", status.message or "no containers found for this instance"

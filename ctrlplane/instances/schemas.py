@@ -8,7 +8,16 @@ import msgspec
 from ctrlplane.provisioning.contract import PullPolicy, RestartPolicy
 
 InstanceState = Literal[
-    "provisioning", "starting", "running", "stopping", "stopped", "sleeping", "failed", "destroying", "destroyed"
+    "provisioning",
+    "starting",
+    "running",
+    "stopping",
+    "stopped",
+    "sleeping",
+    "failed",
+    "destroying",
+    "destroyed",
+    "unknown",
 ]
 DesiredState = Literal["running", "stopped", "sleeping", "destroyed"]
 

@@ -14,6 +14,8 @@ Lifecycle rules (an action the state does not allow is 409 ``invalid_state`` nam
     unsuspend  suspended                                    starting if it ran before
 
 A suspended instance refuses start, restart, scale and changes that need new containers.
+``unknown`` is observed, never asked for: the instance's runtime cannot tell now (its node missed
+its heartbeats, ``nodes`` provider); it allows update, delete and suspension only.
 Actions that queue work for the provider answer 503 ``provider_unavailable`` (and write nothing)
 while the provider's runtime does not answer; work accepted before an outage waits and resumes.
 Quotas (``max_instances``, ``max_cpu_millis``, ``max_memory_mb``, counting CPU and memory times
@@ -440,6 +442,7 @@ _ALL_STATES = (
     "failed",
     "destroying",
     "destroyed",
+    "unknown",
 )
 
 

@@ -138,6 +138,9 @@ def plan(seen: Seen, status: WorkloadStatus) -> Decision | None:
     def decision(action: str, **extra: Any) -> Decision:
         return Decision(seen.id, seen.version, action, status, **extra)
 
+    if status.state == "unknown":
+        # the runtime cannot see the replicas now (a node out of touch): acting would duplicate them
+        return None if _recorded(seen, status) else decision("record")
     if seen.desired_state in ("stopped", "sleeping"):
         if any(r.state == "running" for r in status.replicas):
             return decision("stop")

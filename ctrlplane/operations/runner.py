@@ -42,6 +42,7 @@ from ctrlplane.network.access import AccessSink, RequestBook
 from ctrlplane.network.certificates import CertificateIssuer
 from ctrlplane.network.sleep import enforce_idle
 from ctrlplane.network.wake import WakeServer
+from ctrlplane.nodes.monitor import NodeMonitor
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 from ctrlplane.provisioning.contract import Provider, WatchingProvider
@@ -282,3 +283,4 @@ class Background:
         for _ in range(self.services.settings.webhook_workers):
             group.start_soon(WebhookDispatcher(self.services).run_forever)
         group.start_soon(self.leader_only(LogShipper(self.services).run))
+        group.start_soon(self.leader_only(NodeMonitor(self.services).run_forever))

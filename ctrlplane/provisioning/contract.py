@@ -29,7 +29,7 @@ PullPolicy = Literal["IfNotPresent", "Always", "Never"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 Strategy = Literal["rolling", "blue_green", "canary", "recreate"]
 ReplicaState = Literal["created", "running", "restarting", "exited", "paused", "dead", "removing"]
-WorkloadState = Literal["running", "partial", "stopped", "failed", "missing"]
+WorkloadState = Literal["running", "partial", "stopped", "failed", "missing", "unknown"]
 
 LABEL_MANAGED = "ctrlplane.managed"
 LABEL_CLUSTER = "ctrlplane.cluster"
@@ -173,7 +173,9 @@ class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 class WorkloadStatus(msgspec.Struct, frozen=True, kw_only=True):
     """What runs for one instance. ``state``: all wanted replicas running → running; some → partial;
-    containers exist but none run → stopped (or failed when one exited non-zero / OOM); none → missing."""
+    containers exist but none run → stopped (or failed when one exited non-zero / OOM); none → missing;
+    unknown when the runtime cannot tell now (a node that missed its heartbeats): ``replicas`` are
+    then the last ones seen, and nothing is repaired or restarted on the strength of it."""
 
     instance_id: str
     state: WorkloadState

@@ -125,6 +125,22 @@ class RateLimiter:
             return None
         return await self._check(f"instance:{instance_id}", f"telemetry:{tenant_id}", self.limits_for(plan))
 
+    async def check_node(self, key: str) -> BucketState | None:
+        """The same for a node's calls (keyed by its credential) or a registration (keyed by the
+        client's address): one bucket the size of the default plan's credential bucket."""
+        if not self.settings.rate_limits_enabled:
+            return None
+        limits = self.limits_for(None)
+        state = await self._take(key, limits.credential_burst, limits.credential_per_minute)
+        if not state.allowed:
+            error = RateLimited(
+                f"rate limit exceeded; retry in {state.retry_after_seconds} s",
+                details={"limit": state.limit, "retry_after_seconds": state.retry_after_seconds},
+            )
+            error.rate_limit = state  # type: ignore[attr-defined]
+            raise error
+        return state
+
     async def _check(self, credential: str, tenant: str, limits: PlanRateLimit) -> BucketState:
         key_state = await self._take(credential, limits.credential_burst, limits.credential_per_minute)
         states = [key_state]

@@ -16,10 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import text
 
 from ctrlplane.db import Database
 from ctrlplane.models import metadata
+from ctrlplane.nodes.contract import public_key_text
+from ctrlplane.provisioning.contract import Resources, WorkloadSpec
 from ctrlplane.telemetry.otlp import instance_token
 from tests.conftest import Api, Tokens, bearer
 
@@ -27,6 +30,9 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UNSNAPSHOTTED_TABLES = frozenset({"audit_entries", "audit_chains", "idempotency_records"})
 VOLATILE_COLUMNS = {"api_keys": frozenset({"last_used_at"})}
 """Columns a refused request may still change: a key that authenticates records its last use."""
+
+NOW = "2026-12-05T10:00:00Z"
+MATRIX_NODE_KEY = public_key_text(X25519PrivateKey.generate())
 
 QUOTA = {
     "max_instances": 7,
@@ -42,7 +48,8 @@ QUOTA = {
 class Route:
     method: str
     path: str
-    body: dict[str, Any] | None = None
+    body: Any = None
+    """The JSON body: an object (``"{name}"`` values are filled in), or a list sent as it is."""
     query: dict[str, str] = field(default_factory=dict)
     system_admin: bool = False
     instance_state: str | None = None
@@ -53,6 +60,12 @@ class Route:
     """Authenticated by instance A's OTLP token instead of tenant credentials, which it refuses (401)."""
     domain_state: str | None = None
     """For the authorized control request: the status domain A must have."""
+    node_auth: str | None = None
+    """``credential``: a node route (node A's credential; tenant and admin credentials get 401, as
+    there is no tenant object to hide). ``bootstrap``: authenticated by the bootstrap token in the
+    body (the matrix's is never issued; the control sends a fresh one)."""
+    path_values: dict[str, str] = field(default_factory=dict)
+    """Path parameters named otherwise than the World's defaults (``{key}`` of a node's secret)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -186,6 +199,60 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/registry-credentials", body={"registry": "ghcr.io", "username": "u", "password": "p"}),
     Route("GET", "/v1/registry-credentials/{credential_id}"),
     Route("DELETE", "/v1/registry-credentials/{credential_id}"),
+    Route("GET", "/v1/admin/nodes"),
+    Route("GET", "/v1/admin/nodes/{node_id}"),
+    Route("GET", "/v1/admin/nodes/enrollment-tokens"),
+    Route("POST", "/v1/admin/nodes/enrollment-tokens", body={"pool": "matrix", "ttl": "1h"}),
+    Route("DELETE", "/v1/admin/nodes/enrollment-tokens/{token_id}"),
+    Route("POST", "/v1/admin/nodes/signing-keys/rotate"),
+    Route("POST", "/v1/admin/nodes/{node_id}/actions", body={"action": "matrix"}),
+    Route("GET", "/v1/admin/nodes/{node_id}/executions/{execution_id}"),
+    Route("POST", "/v1/admin/nodes/{node_id}/rotate-keys"),
+    Route("POST", "/v1/admin/nodes/{node_id}/cordon"),
+    Route("POST", "/v1/admin/nodes/{node_id}/drain"),
+    Route("POST", "/v1/admin/nodes/{node_id}/uncordon"),
+    Route(
+        "POST",
+        "/v1/register",
+        body={"token": "cpx_enroll_matrix-never-issued", "public_key": MATRIX_NODE_KEY, "hostname": "matrix-new"},
+        node_auth="bootstrap",
+    ),
+    Route("GET", "/v1/nodes/{node_id}/state", node_auth="credential"),
+    Route("GET", "/v1/nodes/{node_id}/events", node_auth="credential"),
+    Route("GET", "/v1/nodes/{node_id}/secrets/{key}", node_auth="credential", path_values={"key": "node_secret_key"}),
+    Route(
+        "POST", "/v1/nodes/{node_id}/heartbeat", body={"node_id": "{node_id}", "timestamp": NOW}, node_auth="credential"
+    ),
+    Route("PUT", "/v1/nodes/{node_id}/capabilities", body={"binary": {"version": "1"}}, node_auth="credential"),
+    Route("POST", "/v1/nodes/{node_id}/drift", body={"timestamp": NOW, "corrections": []}, node_auth="credential"),
+    Route("POST", "/v1/nodes/{node_id}/report", body={"entries": [], "deleted": []}, node_auth="credential"),
+    Route(
+        "POST",
+        "/v1/nodes/{node_id}/executions/{execution_id}/ack",
+        body={"execution_id": "{execution_id}", "status": "accepted"},
+        node_auth="credential",
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{node_id}/executions/{execution_id}/result",
+        body={"execution_id": "{execution_id}", "status": "success", "finished_at": NOW},
+        node_auth="credential",
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{node_id}/metrics",
+        body=[{"timestamp": NOW, "group": "node_resources", "data": {"cpu_percent": 1.5}}],
+        node_auth="credential",
+    ),
+    Route("POST", "/v1/nodes/{node_id}/logs", body=[{"timestamp": NOW, "message": "m"}], node_auth="credential"),
+    Route("POST", "/v1/nodes/{node_id}/audit", body=[{"timestamp": NOW, "action": "open"}], node_auth="credential"),
+    Route(
+        "POST",
+        "/v1/keys/rotate",
+        body={"node_id": "{node_id}", "new_public_key": MATRIX_NODE_KEY},
+        node_auth="credential",
+    ),
+    Route("POST", "/v1/nodes/{node_id}/deregister", node_auth="credential"),
     Route("DELETE", "/v1/instances/{instance_id}"),
     Route("GET", "/v1/admin/stats"),
     Route("GET", "/v1/admin/providers"),
@@ -234,6 +301,11 @@ class World:
     environment_a: str = ""
     run_a: str = ""
     job_a: str = ""
+    node_a: str = ""
+    node_credential: str = ""
+    execution_a: str = ""
+    enroll_token_a: str = ""
+    node_secret_key: str = ""
 
     @property
     def routes(self) -> list[Route]:
@@ -249,10 +321,10 @@ class World:
                 found.append(ROUTE_TABLE.get(key, Route(*key)))
         return found
 
-    def body(self, body: dict[str, Any] | None) -> dict[str, Any] | None:
+    def body(self, body: Any) -> Any:
         """A request body with ``"{name}"`` values filled like path parameters."""
-        if body is None:
-            return None
+        if not isinstance(body, dict):
+            return body
         values = self.values
         return {k: values[v[1:-1]] if isinstance(v, str) and v[1:-1] in values else v for k, v in body.items()}
 
@@ -275,6 +347,8 @@ class World:
             "delivery_id": self.delivery_a,
             "drain_id": self.drain_a,
             "credential_id": self.credential_a,
+            "node_id": self.node_a,
+            "execution_id": self.execution_a,
         }
 
     def url(self, route: Route) -> str:
@@ -296,7 +370,11 @@ class World:
             "delivery_id": self.delivery_a,
             "drain_id": self.drain_a,
             "credential_id": self.credential_a,
+            "node_id": self.node_a,
+            "execution_id": self.execution_a,
+            "token_id": self.enroll_token_a,
         }
+        values.update({name: getattr(self, attribute) for name, attribute in route.path_values.items()})
 
         def fill(match: re.Match[str]) -> str:
             name = match.group(1)
@@ -352,7 +430,7 @@ class World:
 
 
 @pytest.fixture
-async def world(api: Api, db: Database) -> World:
+async def world(api: Api, db: Database, app: Any) -> World:
     tenant_a = (await api.create_tenant("alpha", plan="pro"))["id"]  # room for the environment and run the world makes
     tenant_b = (await api.create_tenant("bravo"))["id"]
     key_a = (await api.create_key(tenant_a, ["deploy"], name="deployer"))["id"]
@@ -450,9 +528,33 @@ async def world(api: Api, db: Database) -> World:
         headers=bearer(api.tokens.tenant(tenant_a)),
     )
     assert credential.status_code == 201, credential.text
+    admin = api.admin_headers
+    revocable = await api.client.post("/v1/admin/nodes/enrollment-tokens", json={}, headers=admin)
+    assert revocable.status_code == 201, revocable.text
+    enroll = await api.client.post("/v1/admin/nodes/enrollment-tokens", json={}, headers=admin)
+    registered = await api.client.post(
+        "/v1/register", json={"token": enroll.json()["token"], "public_key": MATRIX_NODE_KEY, "hostname": "matrix"}
+    )
+    assert registered.status_code == 201, registered.text
+    node_a = registered.json()["node_id"]
+    workload = WorkloadSpec(
+        instance_id=created.json()["id"],
+        tenant_id=tenant_a,
+        name="web",
+        image="ctrlplane-test/busybox:1",
+        resources=Resources(cpu_millis=100, memory_mb=64),
+    )
+    revision = await app.state.services.nodes.assign(node_a, workload)
+    execution = await api.client.post(f"/v1/admin/nodes/{node_a}/actions", json={"action": "x"}, headers=admin)
+    assert execution.status_code == 201, execution.text
     document = await api.client.get("/schema/openapi.json")
     assert document.status_code == 200, document.text
     return World(
+        node_a=node_a,
+        node_credential=registered.json()["credential"],
+        execution_a=execution.json()["id"],
+        enroll_token_a=revocable.json()["id"],
+        node_secret_key=f"{created.json()['id']}.r{revision}",
         run_a=run.json()["id"],
         job_a=job.json()["id"],
         client=api.client,
@@ -593,7 +695,8 @@ async def test_read_role_credentials_are_forbidden_on_every_mutating_route(world
     leaks: list[str] = []
     for route in mutating:
         for case, token in callers.items():
-            if ROUTE_TABLE.get(route.key, route).instance_token:
+            known = ROUTE_TABLE.get(route.key, route)
+            if known.instance_token or known.node_auth:
                 check(leaks, route, case, await world.send(route, token), 401, "unauthenticated")
             else:
                 check(leaks, route, case, await world.send(route, token), 403, "forbidden")
@@ -615,7 +718,10 @@ async def test_another_tenants_objects_are_not_found(world: World) -> None:
     leaks: list[str] = []
     for route in object_routes:
         for case, token in callers.items():
-            check(leaks, route, case, await world.send(route, token), 404, "not_found")
+            if ROUTE_TABLE.get(route.key, route).node_auth:  # node routes take node credentials only
+                check(leaks, route, case, await world.send(route, token), 401, "unauthenticated")
+            else:
+                check(leaks, route, case, await world.send(route, token), 404, "not_found")
     listed = await world.client.get("/v1/keys", headers=bearer(callers["tenant B admin token"]))
     assert listed.status_code == 200, listed.text
     foreign = [item["id"] for item in listed.json()["items"] if item["tenant_id"] != world.tenant_b]
@@ -680,6 +786,13 @@ async def test_matrix_requests_succeed_for_an_authorized_caller(world: World) ->
                 )
         if route.instance_token:
             response = await world.send(route, instance_token(world.tokens.settings, world.instance_a))
+        elif route.node_auth == "bootstrap":
+            fresh = await world.client.post("/v1/admin/nodes/enrollment-tokens", json={}, headers=bearer(system_admin))
+            response = await world.send(route, None, body={**(route.body or {}), "token": fresh.json()["token"]})
+        elif route.node_auth == "credential":
+            response = await world.send(route, world.node_credential)
+            if route.key == ("POST", "/v1/keys/rotate") and response.status_code == 200:
+                world.node_credential = response.json()["credential"]  # the old one stopped working
         else:
             response = await world.send(route, system_admin if route.is_admin else tenant_admin)
         if not 200 <= response.status_code < 300:

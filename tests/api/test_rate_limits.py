@@ -200,3 +200,18 @@ async def test_telemetry_exports_have_buckets_of_their_own(api: Api, clock: Cloc
     assert listed.status_code == 200 and limit_headers(listed)[1] == 1
     clock.advance(1.0)  # one token back at 60 a minute
     assert (await api.client.post("/v1/otlp/v1/traces", **export)).status_code == 200
+
+
+async def test_node_calls_have_buckets_of_their_own(api: Api, clock: Clock) -> None:
+    """A node's calls are limited per credential (the default plan's credential bucket: free, 3),
+    429 with Retry-After like the API."""
+    from tests.api.nodes.test_nodes import NOW, enrolled
+
+    node = await enrolled(api, "web-01")
+    beat = {"node_id": node.node_id, "timestamp": NOW}
+    url = f"/v1/nodes/{node.node_id}/heartbeat"
+    answers = [await api.client.post(url, json=beat, headers=node.headers) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429], [r.text for r in answers]
+    assert int(answers[-1].headers["Retry-After"]) >= 1 and answers[-1].json()["code"] == "rate_limited"
+    clock.advance(1.0)
+    assert (await api.client.post(url, json=beat, headers=node.headers)).status_code == 200

@@ -80,6 +80,8 @@ def test_tenant_creates_deploys_rolls_back_and_reads_logs(console: Console) -> N
     expect(page.locator("main table")).not_to_contain_text("DATABASE_PASSWORD")
 
     page.get_by_role("link", name="Health").click()
+    # the secrets form had a "Name" field too: fill the health check's once its form is shown
+    expect(page.get_by_role("heading", name="New health check")).to_be_visible()
     page.get_by_label("Name").fill("home")
     page.get_by_label("Target").fill(f"http://localhost:{HTTP_PORT}/")
     page.get_by_role("button", name="Add check").click()

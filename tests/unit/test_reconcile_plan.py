@@ -101,3 +101,16 @@ def test_a_stopped_instance_that_runs_is_stopped_and_one_that_does_not_is_left_a
 def test_failed_or_transitional_instances_are_left_alone() -> None:
     for state in ("failed", "provisioning", "destroying", "destroyed"):
         assert plan(seen(state=state), missing("inst_1")) is None
+
+
+def test_an_unknown_status_is_recorded_but_never_repaired_or_restarted() -> None:
+    out_of_touch = WorkloadStatus(
+        instance_id="inst_1", state="unknown", message="node node_1 is unreachable", replicas=(replica(0, "exited"),)
+    )
+    decision = plan(seen(replicas=2), out_of_touch)
+    assert decision is not None
+    assert decision.action == "record"
+    recorded = seen(out_of_touch, state="unknown", replicas=2)
+    assert plan(recorded, out_of_touch) is None
+    back = plan(recorded, running(replica(0), replica(1)))
+    assert back is not None and back.action == "record"

@@ -1,0 +1,134 @@
+"""Desired against actual on the node's Docker engine, through the Docker provider's own code.
+
+The agent loads the ``docker`` provider from the ``ctrlplane.providers`` entry points (ctrlplane
+never imports a provider) with ``CTRLPLANE_CLUSTER_NAME`` set to the node's cluster name
+(``node-`` and the node ID), so every object the agent makes carries ``ctrlplane.cluster=node-...``:
+two agents on one engine, or an agent beside a control plane's own Docker provider, never see or
+reap each other's containers, and an administrator tells them apart by that label.
+
+``converge`` is the only place that changes the engine, and the agent runs it from one task at a
+time, so a timer, an event and a reconnect can never race into creating one replica twice. Every
+provider call is idempotent and keyed by ctrlplane IDs; a converge cut short by a SIGKILL is
+finished by the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
+
+import structlog
+
+from ctrlplane.errors import CtrlplaneError
+from ctrlplane.nodes.contract import ContractError, DriftCorrection, NodeWorkload
+from ctrlplane.provisioning.contract import Provider, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.registry import ENTRY_POINT_GROUP
+from ctrlplane.settings import Settings
+
+log = structlog.get_logger("ctrlplane.agent")
+
+SpecFor = Callable[[NodeWorkload], Awaitable[WorkloadSpec]]
+"""The workload's spec with its secrets merged in (fetched and decrypted on demand)."""
+
+
+def node_cluster_name(node_id: str) -> str:
+    """A valid ``CTRLPLANE_CLUSTER_NAME`` that names the node (its ID, lowercased, ``_`` as ``-``)."""
+    return ("node-" + node_id.lower().replace("_", "-"))[:63].rstrip("-")
+
+
+def load_docker_provider(node_id: str, *, host_address: str = "127.0.0.1") -> Provider:
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if "docker" not in found:
+        raise RuntimeError("the agent needs the ctrlplane-docker provider installed (entry point 'docker')")
+    settings = Settings(
+        providers=("docker",), cluster_name=node_cluster_name(node_id), docker_host_address=host_address
+    )
+    provider: Provider = found["docker"].load()(settings)
+    return provider
+
+
+class Runtime:
+    """What runs on this node for its assigned workloads."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self._applied: dict[str, int] = {}
+        """Revision last applied per instance (memory only: after a restart every workload is
+        compared with the engine from scratch)."""
+
+    async def converge(
+        self, desired: dict[str, NodeWorkload], spec_for: SpecFor, *, remove_unknown: bool
+    ) -> tuple[list[DriftCorrection], dict[str, WorkloadStatus]]:
+        """Make the engine run ``desired``: create what is missing, replace other generations, start
+        stopped replicas, apply a changed revision's resources and replica count; with
+        ``remove_unknown`` (only after a full state pull) remove this node's instances that are not
+        desired. Returns what was corrected and each desired instance's status."""
+        corrections: list[DriftCorrection] = []
+        statuses: dict[str, WorkloadStatus] = {}
+        for instance_id, workload in sorted(desired.items()):
+            try:
+                corrected, status = await self._converge_one(workload, spec_for)
+            except (CtrlplaneError, ContractError) as exc:
+                # one workload that cannot run (image missing, engine refusal, a secret that does
+                # not open) never stops the others; its report says why
+                message = exc.message if isinstance(exc, CtrlplaneError) else str(exc)
+                log.warning("workload_not_converged", instance=instance_id, error=message)
+                corrections.append(DriftCorrection(type="workload_failed", detail=message, instance_id=instance_id))
+                statuses[instance_id] = WorkloadStatus(instance_id=instance_id, state="failed", message=message)
+                continue
+            corrections.extend(corrected)
+            statuses[instance_id] = status
+        if remove_unknown:
+            running = {item.instance_id for item in await self.provider.inventory() if item.instance_id}
+            for instance_id in sorted(running - set(desired)):
+                await self.provider.deprovision(instance_id)
+                self._applied.pop(instance_id, None)
+                corrections.append(
+                    DriftCorrection(
+                        type="workload_removed", detail="not assigned to this node", instance_id=instance_id
+                    )
+                )
+        return corrections, statuses
+
+    async def recreate(self, workload: NodeWorkload) -> None:
+        """Remove the workload's current containers so that the converge that follows creates them
+        with its new secrets (same generation, so same names: they cannot run side by side)."""
+        await self.provider.remove_generation(workload.instance_id, workload.spec.generation)
+
+    async def remove(self, instance_id: str) -> None:
+        await self.provider.deprovision(instance_id)
+        self._applied.pop(instance_id, None)
+
+    async def _converge_one(
+        self, workload: NodeWorkload, spec_for: SpecFor
+    ) -> tuple[list[DriftCorrection], WorkloadStatus]:
+        instance_id = workload.instance_id
+        wanted = workload.spec
+        status = await self.provider.status(instance_id)
+        generations = {replica.generation for replica in status.replicas}
+        current = [r for r in status.replicas if r.generation == wanted.generation]
+        corrections: list[DriftCorrection] = []
+
+        def corrected(kind: str, detail: str) -> None:
+            corrections.append(DriftCorrection(type=kind, detail=detail, instance_id=instance_id))
+
+        if not status.replicas:
+            if instance_id in self._applied:
+                corrected("workload_created", "its containers were missing")
+            status = await self.provider.provision(await spec_for(workload))
+        elif wanted.generation not in generations:
+            status = await self.provider.deploy(await spec_for(workload), "rolling")
+        else:
+            for generation in sorted(generations - {wanted.generation}):
+                await self.provider.remove_generation(instance_id, generation)
+            resized = self._applied.get(instance_id) not in (None, workload.revision)
+            if resized or len(current) > wanted.replicas:
+                status = await self.provider.scale(await spec_for(workload))
+            missing = len(current) < wanted.replicas or any(r.state != "running" for r in current)
+            if missing:
+                if instance_id in self._applied:
+                    running = sum(r.state == "running" for r in current)
+                    corrected("replicas_started", f"{wanted.replicas - running} of {wanted.replicas} were not running")
+                status = await self.provider.provision(await spec_for(workload))
+        self._applied[instance_id] = workload.revision
+        return corrections, status

@@ -1,0 +1,267 @@
+"""The ``nodes`` provider: instances on Docker hosts that run ``ctrlplane agent``.
+
+It never talks to a node. It writes the desired state through the control plane's node
+assignments (``AppServices.nodes``, the door of ``ctrlplane.nodes``: one short transaction per
+call, plus the node's signed event), and reads what the node reported (``POST .../report``). The
+agent on the node does the Docker work with the Docker provider's own code. So:
+
+* ``provision`` places a new instance (``placement.choose``) or re-sends its spec to the node it is
+  on, then waits until the node reports the spec's generation running; ``deploy`` and ``scale``
+  send the new spec and wait likewise. A node that has not reported within
+  ``WAIT_SECONDS`` raises ``ProviderUnavailable``, so the worker retries later instead of failing
+  the instance. ``deprovision`` takes the instance off its node.
+* ``status`` is the node's last report. While the node is ``unreachable`` (it missed its
+  heartbeats) the status is ``unknown`` with the reason, keeping the replicas last reported, so
+  the reconciler neither repairs nor restarts anything (that would duplicate containers when the
+  node returns); when it reports again the instance is ``running`` again.
+* ``logs`` are the lines the node shipped; usage is stored from the node's metric batches by the
+  control plane itself, so ``usage`` has none to give (``WorkloadNotFound``).
+
+A stop takes the instance off its node (its room is freed; a start places it again). A restart
+waits for the agent, which restarts exited replicas itself; running replicas are not restarted,
+and exec is not carried to nodes yet (``ProviderError``; docs/nodes.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+import anyio
+
+from ctrlplane.errors import ProviderUnavailable
+from ctrlplane.provisioning.contract import (
+    ExecResult,
+    InventoryItem,
+    LogLine,
+    ProviderHealth,
+    ReplicaUsage,
+    Strategy,
+    Usage,
+    WorkloadSpec,
+    WorkloadStatus,
+)
+from ctrlplane.provisioning.errors import ProviderError, WorkloadNotFound
+from ctrlplane.settings import Settings
+from ctrlplane_nodes.placement import DEFAULT_POOL, Candidate, choose, pool_of
+
+WAIT_SECONDS = 120.0
+POLL_SECONDS = 0.25
+
+
+class NoNodeAvailable(ProviderUnavailable):
+    code = "no_node_available"
+
+
+class Placement(Protocol):
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def node_state(self) -> str: ...
+    @property
+    def last_heartbeat_at(self) -> datetime | None: ...
+
+
+class NodeDoor(Protocol):
+    """What the provider needs of ``ctrlplane.nodes.assignments.NodeAssignments``."""
+
+    async def assign(self, node_id: str, spec: WorkloadSpec) -> int: ...
+    async def update(self, node_id: str, spec: WorkloadSpec) -> int: ...
+    async def remove(self, node_id: str, instance_id: str) -> None: ...
+    async def placement(self, instance_id: str) -> Placement | None: ...
+    async def reported_status(self, instance_id: str) -> WorkloadStatus | None: ...
+    async def logs(
+        self, instance_id: str, *, tail: int | None = None, since: datetime | None = None
+    ) -> Sequence[LogLine]: ...
+    async def candidates(self, pool: str, tenant_id: str) -> Sequence[Candidate]: ...
+
+
+def _unsupported(what: str) -> ProviderError:
+    return ProviderError(f"{what} is not available for instances on nodes yet", details={"provider": "nodes"})
+
+
+class NodesProvider:
+    name = "nodes"
+
+    def __init__(self, settings: Settings, *, wait_seconds: float = WAIT_SECONDS) -> None:
+        self._default_pool = DEFAULT_POOL
+        self._wait_seconds = wait_seconds
+        self._door: NodeDoor | None = None
+
+    def bind_node_assignments(self, nodes: NodeDoor) -> None:
+        """Take the control plane's node assignments (``build_services`` calls this)."""
+        self._door = nodes
+
+    def _nodes(self) -> NodeDoor:
+        if self._door is None:
+            raise ProviderUnavailable("the nodes provider is not attached to the control plane's node assignments")
+        return self._door
+
+    async def ping(self) -> ProviderHealth:
+        if self._door is None:
+            return ProviderHealth(False, "not attached to the control plane's node assignments")
+        return ProviderHealth(True, "nodes: placement through the node assignments")
+
+    async def _place(self, spec: WorkloadSpec) -> str:
+        nodes = self._nodes()
+        placed = await nodes.placement(spec.instance_id)
+        if placed is not None and placed.node_state != "deregistered":
+            await nodes.update(placed.node_id, spec)
+            return placed.node_id
+        if placed is not None:
+            await nodes.remove(placed.node_id, spec.instance_id)
+        pool = pool_of(spec, self._default_pool)
+        chosen = choose(spec, await nodes.candidates(pool, spec.tenant_id))
+        if chosen is None:
+            raise NoNodeAvailable(
+                f"no ready node of pool {pool!r} has room for instance {spec.instance_id} "
+                f"({spec.replicas} x {spec.resources.cpu_millis}m CPU, {spec.resources.memory_mb} MB)",
+                details={"provider": "nodes", "pool": pool},
+            )
+        await nodes.assign(chosen.node_id, spec)
+        return chosen.node_id
+
+    async def _wait(self, spec: WorkloadSpec, node_id: str, *, only: bool) -> WorkloadStatus:
+        """The node's report once it runs ``spec.replicas`` replicas of ``spec.generation`` (and, with
+        ``only``, no other generation)."""
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            status = await self._nodes().reported_status(spec.instance_id)
+            if status is not None:
+                current = [r for r in status.replicas if r.generation == spec.generation]
+                if status.state == "failed" and not status.replicas and status.message:
+                    # the node could not run it at all (an image it cannot pull, the engine refused)
+                    raise ProviderError(f"node {node_id}: {status.message}", details={"node_id": node_id})
+                running = sum(r.state == "running" for r in current)
+                others = any(r.generation != spec.generation for r in status.replicas)
+                if running >= spec.replicas and len(current) == spec.replicas and not (only and others):
+                    return status
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    f"node {node_id} has not reported instance {spec.instance_id} running yet",
+                    details={"provider": "nodes", "node_id": node_id},
+                )
+            await anyio.sleep(POLL_SECONDS)
+
+    async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
+        return await self._wait(spec, await self._place(spec), only=False)
+
+    async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:
+        """The agent replaces the running generation with ``spec.generation`` (start the new set,
+        then remove the old one) whatever the strategy; health gating stays the caller's."""
+        return await self._wait(spec, await self._place(spec), only=True)
+
+    async def scale(self, spec: WorkloadSpec) -> WorkloadStatus:
+        return await self._wait(spec, await self._place(spec), only=False)
+
+    async def deprovision(self, instance_id: str) -> None:
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is not None:
+            await nodes.remove(placed.node_id, instance_id)
+
+    async def remove_generation(
+        self, instance_id: str, generation: int, replicas: tuple[int, ...] | None = None
+    ) -> None:
+        """The agent removes every generation but the desired one itself; nothing to send."""
+
+    async def status(self, instance_id: str) -> WorkloadStatus:
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is None:
+            # nothing runs: stopped (a stop releases the node); one that should run is repaired,
+            # which places it again
+            return WorkloadStatus(instance_id=instance_id, state="stopped", message="not placed on any node")
+        reported = await nodes.reported_status(instance_id)
+        if placed.node_state == "unreachable":
+            seen = placed.last_heartbeat_at.isoformat() if placed.last_heartbeat_at else "never"
+            return WorkloadStatus(
+                instance_id=instance_id,
+                state="unknown",
+                message=f"node {placed.node_id} is unreachable (last heartbeat: {seen})",
+                replicas=reported.replicas if reported else (),
+            )
+        if placed.node_state == "deregistered":
+            return WorkloadStatus(instance_id=instance_id, state="missing", message=f"node {placed.node_id} left")
+        if reported is None:
+            return WorkloadStatus(
+                instance_id=instance_id, state="missing", message=f"node {placed.node_id} has not reported it yet"
+            )
+        return reported
+
+    async def inventory(self) -> list[InventoryItem]:
+        return []
+
+    def logs(
+        self, instance_id: str, *, tail: int | None = None, since: datetime | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        return self._logs(instance_id, tail=tail, since=since, follow=follow)
+
+    async def _logs(
+        self, instance_id: str, *, tail: int | None, since: datetime | None, follow: bool
+    ) -> AsyncIterator[LogLine]:
+        nodes = self._nodes()
+        if await nodes.placement(instance_id) is None:
+            raise WorkloadNotFound(f"instance {instance_id} is not on any node", details={"instance_id": instance_id})
+        last = since
+        for line in await nodes.logs(instance_id, tail=tail, since=since):
+            last = line.timestamp
+            yield line
+        while follow:
+            await anyio.sleep(1.0)
+            for line in await nodes.logs(instance_id, since=last):
+                if last is not None and line.timestamp <= last:
+                    continue
+                last = line.timestamp
+                yield line
+
+    async def usage(self, instance_id: str) -> Usage:
+        raise WorkloadNotFound(
+            f"instance {instance_id}'s usage comes from its node's metric batches", details={"instance_id": instance_id}
+        )
+
+    async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
+        raise WorkloadNotFound(
+            f"instance {instance_id}'s usage comes from its node's metric batches", details={"instance_id": instance_id}
+        )
+
+    async def start(self, instance_id: str) -> WorkloadStatus:
+        """Never called by ctrlplane for this provider: a start is a ``provision`` (it places again)."""
+        raise _unsupported("start without a spec")
+
+    async def stop(self, instance_id: str) -> WorkloadStatus:
+        """Take the instance off its node: its containers go and its room on the node is freed; the
+        next start places it again (on any ready node of its pool with room)."""
+        await self.deprovision(instance_id)
+        return WorkloadStatus(instance_id=instance_id, state="stopped", message="stopped; released by its node")
+
+    async def restart(self, instance_id: str, replicas: tuple[int, ...] | None = None) -> WorkloadStatus:
+        """The agent restarts exited replicas itself at its next converge: wait until the node
+        reports every replica running. Running replicas are not restarted (not carried to nodes yet)."""
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            status = await self.status(instance_id)
+            if status.replicas and all(r.state == "running" for r in status.replicas):
+                return status
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    f"the node of instance {instance_id} has not reported it running again yet",
+                    details={"provider": "nodes"},
+                )
+            await anyio.sleep(POLL_SECONDS)
+
+    async def exec(
+        self,
+        instance_id: str,
+        command: list[str],
+        *,
+        timeout: float = 10.0,
+        generation: int | None = None,
+        replica: int | None = None,
+    ) -> ExecResult:
+        raise _unsupported("exec")
+
+    async def close(self) -> None:
+        self._door = None
