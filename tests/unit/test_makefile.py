@@ -3,6 +3,7 @@ development tools. Read from what make would run (`make -n`) for a venv that doe
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 def planned(target: str, tmp_path: Path) -> str:
     make = require_binary("make", "the Makefile test")
     venv = f"VENV={tmp_path / 'venv'}"
-    return subprocess.run([make, "-n", venv, target], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    # Called from `make test` (as CI does), the parent's MAKELEVEL and MAKEFLAGS would make this make
+    # print "Entering/Leaving directory" lines and inherit its flags: plan as a top-level make would.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
+    command = [make, "--no-print-directory", "-n", venv, target]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
 
 
 def test_make_run_installs_no_test_or_development_tools(tmp_path: Path) -> None:
