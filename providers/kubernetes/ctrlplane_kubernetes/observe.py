@@ -94,6 +94,18 @@ def indexed(deployment: Obj, pods: Iterable[Obj]) -> list[tuple[int, Obj]]:
     return list(zip([*free, *extra], mine, strict=False))
 
 
+def surplus(deployments: Iterable[Obj], pods: Iterable[Obj]) -> bool:
+    """A Deployment has more live pods of its own than it wants: its ReplicaSet is still scaling one
+    down (as after an API server restart, when the controller re-counts and removes the extra)."""
+    kept = live(pods)
+    for deployment in deployments:
+        generation, slot = generation_of(deployment), slot_of(deployment)
+        mine = sum(1 for pod in kept if generation_of(pod) == generation and slot_of(pod) == slot)
+        if mine > len([index for index in range(wanted(deployment)) if index not in retired(deployment)]):
+            return True
+    return False
+
+
 def template_of(obj: Obj) -> str | None:
     """The template hash a Deployment wants (from its template) or a pod was made from."""
     template = (obj.get("spec") or {}).get("template")

@@ -299,11 +299,15 @@ class KubernetesProvider:
 
     async def _settle(self, instance_id: str) -> WorkloadStatus:
         """Wait until every wanted replica runs from its Deployment's current template (no rollout
-        under way), or one has failed, or the rollout timeout passes; then report what is seen."""
+        under way, no extra pod being scaled down), or one has failed, or the rollout timeout passes;
+        then report what is seen."""
 
         def done(observed: Observed, status: WorkloadStatus) -> bool:
             if status.state in ("running", "stopped", "missing"):
-                return not observe.stale(observed.deployments, observed.pods)
+                return not (
+                    observe.stale(observed.deployments, observed.pods)
+                    or observe.surplus(observed.deployments, observed.pods)
+                )
             refused = any(observe.quota_refusal(d) for d in observed.deployments)
             return refused or any(observe.failure(r) for r in status.replicas)
 
