@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ctrlplane.provisioning.registry import ProviderLoadError
+from ctrlplane.provisioning.errors import ProviderLoadError
 
 
 def _flag(value: str) -> bool:
