@@ -113,11 +113,11 @@ class ProviderRegistry:
             await provider.close()
 
     @classmethod
-    def from_entry_points(cls, settings: Settings, *, environ: Mapping[str, str] | None = None) -> ProviderRegistry:
+    def from_entry_points(cls, settings: Settings) -> ProviderRegistry:
         """The providers ``settings.providers`` names, each built by its factory; ``ProviderLoadError``
         when one is not installed or its factory refuses its settings."""
         available = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-        handed = provider_settings(settings, environ=environ)
+        handed = provider_settings(settings)
         registry = cls()
         for name in settings.providers:
             if name not in available:

@@ -252,8 +252,9 @@ class TestKubernetesProvider(ProviderConformance):
         upgrade is a ProviderError, not an unreachable API."""
         spec = workloads.spec()
         status = await provider.provision(spec)
-        with pytest.raises(ProviderError, match="pods/exec"):
+        with pytest.raises(ProviderError, match="pods/exec") as refused:
             await provider.exec(spec.instance_id, ["echo", "hello", "world"])
+        assert not isinstance(refused.value, ProviderUnavailable)
         (request,) = [r for r in cluster.emulator if str(r.url.path).endswith("/exec")]
         assert str(request.url.path).endswith(f"/pods/{status.replicas[0].name}/exec")
         assert request.url.query.getall("command") == ["echo", "hello", "world"]

@@ -74,12 +74,7 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
     WorkloadStatus,
 )
-from ctrlplane.provisioning.errors import (
-    ImageNotFound,
-    ProviderError,
-    WorkloadNotFound,
-    pull_failed,
-)
+from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, WorkloadNotFound, pull_failed
 from ctrlplane_docker import logs as container_logs
 from ctrlplane_docker.commands import run_command
 from ctrlplane_docker.errors import engine_errors, explanation, is_conflict, is_not_found, unreachable

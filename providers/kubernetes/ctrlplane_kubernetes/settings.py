@@ -1,4 +1,5 @@
-"""The Kubernetes provider's own settings, read by its factory (never at import time)."""
+"""The Kubernetes provider's own settings, ``CTRLPLANE_K8S_*``, read by its factory (never at import
+time) from ``ProviderSettings.environ``."""
 
 from __future__ import annotations
 
