@@ -18,8 +18,13 @@ Services raise these; nothing else picks status codes. Every error response has 
       IdempotencyMismatch   422 idempotency_key_reused  same Idempotency-Key, different request
       RateLimited           429 rate_limited
       Unavailable           503 unavailable        the database or a provider cannot be reached
-        ProviderUnavailable 503 provider_unavailable
-    provisioning.errors.ProviderError  502 provider_error  the runtime refused or failed a request
+        ProviderUnavailable 503 provider_unavailable   (also a ProviderError)
+      ProviderError         502 provider_error     the runtime refused or failed a request
+
+``ProviderError`` is the root of what a provider raises (``ctrlplane.provisioning.errors``: it,
+``ProviderUnavailable``, ``ImageNotFound`` and ``WorkloadNotFound``), so a provider, which sees only
+the provisioning contract, catches every provisioning error with it; each of these keeps the
+status and code of its first base (``ProviderUnavailable`` is 503, not 502).
 """
 
 from __future__ import annotations
@@ -113,7 +118,13 @@ class Unavailable(CtrlplaneError):
     status, code = 503, "unavailable"
 
 
-class ProviderUnavailable(Unavailable):
+class ProviderError(CtrlplaneError):
+    """The runtime refused or failed a request; the root of every provisioning error."""
+
+    status, code = 502, "provider_error"
+
+
+class ProviderUnavailable(Unavailable, ProviderError):
     code = "provider_unavailable"
 
 

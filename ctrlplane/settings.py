@@ -98,11 +98,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cluster_name: str = "ctrlplane"
     installation_id: str = ""
     """Set by ``ctrlplane.installation.resolve`` (``serve``), never from the environment: providers
-    label what they create with it (``ctrlplane.installation``)."""
-    docker_host_address: str = "127.0.0.1"
-    docker_subnet_pool: str = "10.224.0.0/12"
-    docker_subnet_size: int = 24
-    docker_pids_limit: int = 512
+    label what they create with it (``ctrlplane.installation``). Providers get it, and the cluster
+    name, as ``ProviderSettings`` (``provisioning.registry.provider_settings``); a provider's own
+    variables (``CTRLPLANE_DOCKER_*``, ``CTRLPLANE_K8S_*``) are not here: it reads them itself."""
     workers: int = 4
     background: bool = True
     reconcile_interval_seconds: float = 10.0
@@ -269,10 +267,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "MAX_BODY_BYTES": "max_body_bytes",
             "IDEMPOTENCY_LEASE_SECONDS": "idempotency_lease_seconds",
             "API_KEY_TOUCH_SECONDS": "api_key_touch_seconds",
-            "DOCKER_HOST_ADDRESS": "docker_host_address",
-            "DOCKER_SUBNET_POOL": "docker_subnet_pool",
-            "DOCKER_SUBNET_SIZE": "docker_subnet_size",
-            "DOCKER_PIDS_LIMIT": "docker_pids_limit",
             "CLUSTER_NAME": "cluster_name",
             "WORKERS": "workers",
             "BACKGROUND": "background",
@@ -427,14 +421,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}CLUSTER_NAME must be a DNS label (lowercase letters, digits, hyphens)")
         if self.workers < 1:
             raise SettingsError(f"{PREFIX}WORKERS must be at least 1")
-        try:
-            pool = ipaddress.IPv4Network(self.docker_subnet_pool, strict=True)
-        except ValueError as exc:
-            raise SettingsError(f"{PREFIX}DOCKER_SUBNET_POOL must be an IPv4 network (10.224.0.0/12): {exc}") from exc
-        if not pool.prefixlen <= self.docker_subnet_size <= 30:
-            raise SettingsError(f"{PREFIX}DOCKER_SUBNET_SIZE must be from {pool.prefixlen} (the pool's prefix) to 30")
-        if self.docker_pids_limit < 16 or self.jwt_max_ttl_seconds <= 0:
-            raise SettingsError(f"{PREFIX}DOCKER_PIDS_LIMIT must be at least 16 and JWT_MAX_TTL positive")
+        if self.jwt_max_ttl_seconds <= 0:
+            raise SettingsError(f"{PREFIX}JWT_MAX_TTL must be positive")
         if self.reconcile_interval_seconds <= 0 or self.operation_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}RECONCILE_INTERVAL_SECONDS and OPERATION_LEASE_SECONDS must be positive")
         if self.health_concurrency < 1 or self.health_results_per_check < 1:

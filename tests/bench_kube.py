@@ -40,8 +40,8 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import spec_for
 from ctrlplane.logs import configure_logging
 from ctrlplane.operations.reconciler import Reconciler
-from ctrlplane.provisioning.contract import PortSpec, Resources, WorkloadSpec
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.contract import PortSpec, ProviderSettings, Resources, WorkloadSpec
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.bench_api import JWT_SECRET, WEB, _clone, _pad, bench_database
 from tests.providers.kube_cluster import ControlPlane, binaries_dir
@@ -65,7 +65,7 @@ def _spec(tenant_id: str) -> WorkloadSpec:
 async def _creates(plane: ControlPlane) -> list[float]:
     """Create -> available, on an installation of its own (the reconciler's would remove them as orphans)."""
     provider = KubernetesProvider(
-        Settings(cluster_name=f"bench-{uuid.uuid4().hex[:6]}"),
+        ProviderSettings(cluster_name=f"bench-{uuid.uuid4().hex[:6]}"),
         configuration=plane.configuration(),
         kube=KubernetesSettings(rollout_timeout_seconds=120, request_timeout_seconds=30),
     )
@@ -95,7 +95,7 @@ async def _reconcile(plane: ControlPlane, database_url: str, data_dir: str) -> d
     configure_logging(settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     provider = KubernetesProvider(
-        settings,
+        provider_settings(settings),
         configuration=plane.configuration(),
         kube=KubernetesSettings(rollout_timeout_seconds=120, request_timeout_seconds=30),
     )

@@ -127,6 +127,14 @@ def test_serve_refuses_a_malformed_master_key_ring_without_echoing_it(tmp_path: 
     assert "c2hvcnQ=" not in result.stderr
 
 
+def test_serve_refuses_an_unusable_docker_setting_naming_it(tmp_path: Path) -> None:
+    env = _env(tmp_path, CTRLPLANE_PROVIDERS="docker", CTRLPLANE_ROUTER="none", CTRLPLANE_DOCKER_SUBNET_POOL="docker0")
+    result = _run(["serve", "--port", "0"], env)
+    assert result.returncode == 2, result.stderr
+    assert "ctrlplane: CTRLPLANE_DOCKER_SUBNET_POOL must be an IPv4 network" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_configuration_error_names_the_environment_variable(tmp_path: Path) -> None:
     result = _run(["migrate"], _env(tmp_path, CTRLPLANE_WORKERS="many"))
     assert result.returncode == 2

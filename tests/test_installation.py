@@ -14,6 +14,7 @@ from ctrlplane_docker.naming import object_labels
 from docker import DockerClient
 
 from ctrlplane.installation import INSTALLATION_FILE, resolve, warn_if_shared
+from ctrlplane.provisioning.contract import ProviderSettings
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings, SettingsError
 from tests.harness import ServeProcess
@@ -63,8 +64,8 @@ async def test_another_installation_with_the_same_cluster_name_is_warned_about(d
     cluster = f"test-shared-{uuid.uuid4().hex[:8]}"
     labels = object_labels(cluster=cluster, purpose="network", tenant_id="ten_x", installation="theirs")
     await anyio.to_thread.run_sync(lambda: docker_engine.networks.create(f"cp-{cluster}", labels=labels))
-    ours = DockerProvider(Settings(cluster_name=cluster, installation_id="ours"))
-    theirs = DockerProvider(Settings(cluster_name=cluster, installation_id="theirs"))
+    ours = DockerProvider(ProviderSettings(cluster_name=cluster, installation_id="ours"))
+    theirs = DockerProvider(ProviderSettings(cluster_name=cluster, installation_id="theirs"))
     try:
         assert await ours.other_installations() == ["theirs"]
         assert await theirs.other_installations() == []

@@ -1,7 +1,7 @@
 """Desired against actual on the node's Docker engine, through the Docker provider's own code.
 
 The agent loads the ``docker`` provider from the ``ctrlplane.providers`` entry points (ctrlplane
-never imports a provider) with ``CTRLPLANE_CLUSTER_NAME`` set to the node's cluster name
+never imports a provider) with ``ProviderSettings.cluster_name`` set to the node's cluster name
 (``node-`` and the node ID), so every object the agent makes carries ``ctrlplane.cluster=node-...``:
 two agents on one engine, or an agent beside a control plane's own Docker provider, never see or
 reap each other's containers, and an administrator tells them apart by that label.
@@ -21,9 +21,8 @@ import structlog
 
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.nodes.contract import ContractError, DriftCorrection, NodeWorkload
-from ctrlplane.provisioning.contract import Provider, WorkloadSpec, WorkloadStatus
-from ctrlplane.provisioning.registry import ENTRY_POINT_GROUP
-from ctrlplane.settings import Settings
+from ctrlplane.provisioning.contract import Provider, ProviderSettings, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.registry import ENTRY_POINT_GROUP, ProviderFactory
 
 log = structlog.get_logger("ctrlplane.agent")
 
@@ -37,14 +36,16 @@ def node_cluster_name(node_id: str) -> str:
 
 
 def load_docker_provider(node_id: str, *, host_address: str = "127.0.0.1") -> Provider:
+    """The Docker provider under the node's cluster name, publishing ports on ``host_address``
+    (its ``CTRLPLANE_DOCKER_HOST_ADDRESS``; the other ``CTRLPLANE_DOCKER_*`` keep their defaults)."""
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if "docker" not in found:
         raise RuntimeError("the agent needs the ctrlplane-docker provider installed (entry point 'docker')")
-    settings = Settings(
-        providers=("docker",), cluster_name=node_cluster_name(node_id), docker_host_address=host_address
+    settings = ProviderSettings(
+        cluster_name=node_cluster_name(node_id), environ={"CTRLPLANE_DOCKER_HOST_ADDRESS": host_address}
     )
-    provider: Provider = found["docker"].load()(settings)
-    return provider
+    factory: ProviderFactory = found["docker"].load()
+    return factory(settings)
 
 
 class Runtime:

@@ -1,7 +1,12 @@
 """The provider contract: what ctrlplane asks of a runtime (Docker, Kubernetes, ...).
 
 Providers are plugins registered under the ``ctrlplane.providers`` entry-point group; ctrlplane
-never imports them. A provider is built by ``factory(settings)`` and must honour these rules:
+never imports them, and they import nothing of ctrlplane but ``ctrlplane.provisioning`` (this
+contract, ``errors`` and ``registry.ProviderFactory``). A provider is built by
+``factory(ProviderSettings)``: the few values of the core's configuration every provider needs. Its
+own variables (``CTRLPLANE_DOCKER_*``, ``CTRLPLANE_K8S_*``) it reads itself, in its factory, from
+``ProviderSettings.environ``, into a settings Struct of its own; a value it cannot use raises
+``errors.ProviderLoadError`` naming the variable. A provider must honour these rules:
 
 * **Idempotent and keyed by ctrlplane IDs.** Everything a provider creates carries the labels
   ``ctrlplane.managed=true``, ``ctrlplane.cluster`` (``CTRLPLANE_CLUSTER_NAME``), ``ctrlplane.instance``,
@@ -18,7 +23,8 @@ never imports them. A provider is built by ``factory(settings)`` and must honour
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -40,9 +46,30 @@ LABEL_GENERATION = "ctrlplane.generation"
 LABEL_REPLICA = "ctrlplane.replica"
 LABEL_RUN = "ctrlplane.run"
 LABEL_INSTALLATION = "ctrlplane.installation"
-"""The installation (``Settings.installation_id``) that created an object: two installations with one
-cluster name on one engine show up as objects of that cluster with another installation's ID."""
+"""The installation (``ProviderSettings.installation_id``) that created an object: two installations
+with one cluster name on one engine show up as objects of that cluster with another installation's
+ID."""
 RunState = Literal["created", "running", "exited", "missing"]
+
+
+class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the core hands a provider's factory, built from its ``Settings`` at startup.
+
+    * ``cluster_name``: ``CTRLPLANE_CLUSTER_NAME``, the ``ctrlplane.cluster`` label of everything the
+      provider creates and the only objects its ``inventory`` lists.
+    * ``installation_id``: this installation's ID (``ctrlplane.installation``; empty: none known),
+      so two installations using one cluster name on one engine can tell each other apart.
+    * ``environ``: where the provider reads its own ``CTRLPLANE_<PROVIDER>_*`` variables; None: the
+      process environment. The node agent passes only the variables it sets itself.
+    """
+
+    cluster_name: str = "ctrlplane"
+    installation_id: str = ""
+    environ: Mapping[str, str] | None = None
+
+    def variables(self) -> Mapping[str, str]:
+        """``environ``, or the process environment when it is None."""
+        return os.environ if self.environ is None else self.environ
 
 
 class ProviderHealth(msgspec.Struct, frozen=True):

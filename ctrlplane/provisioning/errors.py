@@ -1,22 +1,33 @@
 """Errors a provider raises; providers translate their SDK's exceptions into these at the boundary.
 
-They are domain errors, so an API call that reaches a provider directly maps them to HTTP in the
-one place (``ProviderUnavailable`` → 503); workers record them on the operation and the instance.
+    ProviderError           502 provider_error        the runtime refused or failed a request
+      ProviderUnavailable   503 provider_unavailable  the runtime cannot be reached
+      ImageNotFound         400 image_not_found       no such image, or it may not be pulled
+      WorkloadNotFound      404 workload_not_found    the instance has no objects where some are needed
+
+``ProviderError`` is their root: a provider catches what it raised itself with
+``except ProviderError``, never with the core's ``CtrlplaneError``. They are domain errors too
+(``ProviderUnavailable`` is an ``Unavailable``, ``ImageNotFound`` an ``InvalidInput``,
+``WorkloadNotFound`` a ``NotFound``), so an API call that reaches a provider directly maps them to
+HTTP in the one place; workers record them on the operation and the instance.
+
+``ProviderLoadError`` is not a domain error: a provider's factory raises it for settings it cannot
+use, and ``ctrlplane serve`` stops (exit 2) with its message.
 """
 
 from __future__ import annotations
 
-from ctrlplane.errors import CtrlplaneError, InvalidInput, NotFound
+from ctrlplane.errors import InvalidInput, NotFound
+from ctrlplane.errors import ProviderError as ProviderError
 from ctrlplane.errors import ProviderUnavailable as ProviderUnavailable
 
 
-class ProviderError(CtrlplaneError):
-    """The runtime refused or failed a request (not a connectivity problem)."""
+class ProviderLoadError(RuntimeError):
+    """A provider cannot be loaded: not installed, or its settings are unusable (the message names
+    the variable)."""
 
-    status, code = 502, "provider_error"
 
-
-class ImageNotFound(InvalidInput):
+class ImageNotFound(InvalidInput, ProviderError):
     code = "image_not_found"
 
 
@@ -51,8 +62,16 @@ def pull_failed(image: str, engine_text: str) -> ImageNotFound:
     )
 
 
-class WorkloadNotFound(NotFound):
+class WorkloadNotFound(NotFound, ProviderError):
     code = "workload_not_found"
 
 
-__all__ = ["PULL_FAILURES", "ImageNotFound", "ProviderError", "ProviderUnavailable", "WorkloadNotFound", "pull_failed"]
+__all__ = [
+    "PULL_FAILURES",
+    "ImageNotFound",
+    "ProviderError",
+    "ProviderLoadError",
+    "ProviderUnavailable",
+    "WorkloadNotFound",
+    "pull_failed",
+]

@@ -1,13 +1,15 @@
 """Provider plugins by name, loaded from the ``ctrlplane.providers`` entry-point group.
 
 The registry lives on the app (``AppServices.providers``), never in a module global, so each app
-built in a test has its own.
+built in a test has its own. An entry point names a ``ProviderFactory``: it is called with the
+``ProviderSettings`` that ``provider_settings`` builds from the core's ``Settings``, never with
+those ``Settings`` themselves.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -15,18 +17,23 @@ import anyio
 import structlog
 
 from ctrlplane.errors import InvalidInput, ProviderUnavailable
-from ctrlplane.provisioning.contract import AdmittingProvider, Provider, ProviderHealth
+from ctrlplane.provisioning.contract import AdmittingProvider, Provider, ProviderHealth, ProviderSettings
+from ctrlplane.provisioning.errors import ProviderLoadError as ProviderLoadError
 from ctrlplane.settings import Settings
 
 log = structlog.get_logger("ctrlplane.providers")
 
 ENTRY_POINT_GROUP = "ctrlplane.providers"
 
-ProviderFactory = Callable[[Settings], Provider]
+ProviderFactory = Callable[[ProviderSettings], Provider]
 
 
-class ProviderLoadError(RuntimeError):
-    pass
+def provider_settings(settings: Settings, *, environ: Mapping[str, str] | None = None) -> ProviderSettings:
+    """What of ``settings`` a provider gets; ``environ`` (None: the process environment) is where
+    it reads its own variables."""
+    return ProviderSettings(
+        cluster_name=settings.cluster_name, installation_id=settings.installation_id, environ=environ
+    )
 
 
 class ProviderRegistry:
@@ -107,7 +114,10 @@ class ProviderRegistry:
 
     @classmethod
     def from_entry_points(cls, settings: Settings) -> ProviderRegistry:
+        """The providers ``settings.providers`` names, each built by its factory; ``ProviderLoadError``
+        when one is not installed or its factory refuses its settings."""
         available = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        handed = provider_settings(settings)
         registry = cls()
         for name in settings.providers:
             if name not in available:
@@ -116,6 +126,6 @@ class ProviderRegistry:
                     f"{', '.join(sorted(available)) or 'none'}"
                 )
             factory: ProviderFactory = available[name].load()
-            registry.add(factory(settings))
+            registry.add(factory(handed))
             log.info("provider_loaded", provider=name)
         return registry

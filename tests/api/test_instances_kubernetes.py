@@ -19,7 +19,7 @@ import pytest
 from ctrlplane_kubernetes import KubernetesProvider
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.test_deployments import finished
 from tests.conftest import Api, bearer
@@ -66,7 +66,9 @@ def providers(settings: Settings, cluster: Cluster, request: pytest.FixtureReque
     """The provider on the emulator; with the ``api_down`` mark, on a loopback port nothing serves."""
     kube = KubernetesSettings(rollout_timeout_seconds=15, request_timeout_seconds=5)
     url = f"http://127.0.0.1:{closed_port()}" if request.node.get_closest_marker("api_down") else cluster.url
-    return ProviderRegistry([KubernetesProvider(settings, configuration=configuration(url), kube=kube)])
+    return ProviderRegistry(
+        [KubernetesProvider(provider_settings(settings), configuration=configuration(url), kube=kube)]
+    )
 
 
 def generations(cluster: Cluster, instance_id: str) -> list[tuple[str, str, int]]:

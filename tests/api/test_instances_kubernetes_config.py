@@ -23,7 +23,7 @@ from ctrlplane_kubernetes.settings import KubernetesSettings
 from kubernetes import client
 from kubernetes.utils import parse_quantity
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_kubernetes import IMAGE_V1, IMAGE_V2, app_port, deploy  # noqa: F401 - fixtures
@@ -58,7 +58,9 @@ def settings(settings: Settings, challtestsrv: ChallTestSrv) -> Settings:
 @pytest.fixture
 def providers(settings: Settings, kube_control_plane: ControlPlane) -> ProviderRegistry:
     kube = KubernetesSettings(rollout_timeout_seconds=30, request_timeout_seconds=5)
-    return ProviderRegistry([KubernetesProvider(settings, configuration=kube_control_plane.configuration(), kube=kube)])
+    return ProviderRegistry(
+        [KubernetesProvider(provider_settings(settings), configuration=kube_control_plane.configuration(), kube=kube)]
+    )
 
 
 class Objects:

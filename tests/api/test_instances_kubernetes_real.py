@@ -19,7 +19,7 @@ from ctrlplane_kubernetes import KubernetesProvider
 from ctrlplane_kubernetes.settings import KubernetesSettings
 from kubernetes import client
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_kubernetes import app_port, deploy  # noqa: F401
@@ -39,7 +39,9 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def providers(settings: Settings, kube_control_plane: ControlPlane) -> ProviderRegistry:
     kube = KubernetesSettings(rollout_timeout_seconds=30, request_timeout_seconds=10)
-    return ProviderRegistry([KubernetesProvider(settings, configuration=kube_control_plane.configuration(), kube=kube)])
+    return ProviderRegistry(
+        [KubernetesProvider(provider_settings(settings), configuration=kube_control_plane.configuration(), kube=kube)]
+    )
 
 
 def of_instance(plane: ControlPlane, method: str, instance_id: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from ctrlplane.app import create_app
 from ctrlplane.db import Database, connect
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.runs import cron
 from ctrlplane.runs.models import Job, Run
 from ctrlplane.settings import Settings
@@ -46,7 +46,9 @@ def settings(settings: Settings) -> Settings:
 async def serve(settings: Settings, name: str) -> tuple[uvicorn.Server, asyncio.Task[None], Database, str]:
     replica_settings = msgspec.structs.replace(settings, replica_name=name)
     db = connect(replica_settings.resolved_database_url)
-    app = create_app(replica_settings, providers=ProviderRegistry([DockerProvider(replica_settings)]), db=db)
+    app = create_app(
+        replica_settings, providers=ProviderRegistry([DockerProvider(provider_settings(replica_settings))]), db=db
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     task = asyncio.create_task(server.serve())
     for _ in range(1000):

@@ -15,9 +15,10 @@ import anyio.to_thread
 import msgspec
 import pytest
 from ctrlplane_docker import DockerProvider
+from ctrlplane_docker.settings import DockerSettings
 from docker import DockerClient
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.test_instances import create, state, wait_for
 from tests.api.test_instances_docker import APP, tenant
@@ -33,16 +34,19 @@ TENANTS = 60
 
 
 @pytest.fixture
-def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    pool = getattr(request, "param", (settings.docker_subnet_pool, settings.docker_subnet_size))
-    return msgspec.structs.replace(
-        settings, providers=("docker",), workers=4, docker_subnet_pool=pool[0], docker_subnet_size=pool[1]
-    )
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, providers=("docker",), workers=4)
 
 
 @pytest.fixture
-def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:
-    return ProviderRegistry([DockerProvider(settings, stop_timeout=1)])
+def docker_settings(request: pytest.FixtureRequest) -> DockerSettings:
+    pool, size = getattr(request, "param", (DockerSettings().subnet_pool, DockerSettings().subnet_size))
+    return DockerSettings(subnet_pool=pool, subnet_size=size)
+
+
+@pytest.fixture
+def providers(settings: Settings, docker_settings: DockerSettings, docker_engine: DockerClient) -> ProviderRegistry:
+    return ProviderRegistry([DockerProvider(provider_settings(settings), docker=docker_settings, stop_timeout=1)])
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +60,7 @@ def networks_of(engine: DockerClient, cluster: str) -> list[str]:
 
 
 async def test_sixty_tenants_each_run_an_instance_on_one_engine(
-    live: Api, settings: Settings, docker_engine: DockerClient
+    live: Api, settings: Settings, docker_settings: DockerSettings, docker_engine: DockerClient
 ) -> None:
     tokens = [await tenant(live, f"t{n:02d}") for n in range(TENANTS)]
     created = [await create(live, token, name="web", **APP) for token in tokens]
@@ -70,7 +74,7 @@ async def test_sixty_tenants_each_run_an_instance_on_one_engine(
         lambda: docker_engine.api.networks(filters={"label": f"ctrlplane.cluster={settings.cluster_name}"})
     )
     assert len(networks) == TENANTS
-    pool = ipaddress.IPv4Network(settings.docker_subnet_pool)
+    pool = ipaddress.IPv4Network(docker_settings.subnet_pool)
     subnets = [ipaddress.IPv4Network(n["IPAM"]["Config"][0]["Subnet"]) for n in networks]
     assert all(s.subnet_of(pool) for s in subnets)
     assert len(set(subnets)) == TENANTS
@@ -111,7 +115,7 @@ async def test_the_reconciler_removes_this_installations_leaked_network_and_not_
         remove_cluster(docker_engine, other_cluster)
 
 
-@pytest.mark.parametrize("settings", [(f"10.251.{random.randrange(256)}.0/29", 29)], indirect=True)
+@pytest.mark.parametrize("docker_settings", [(f"10.251.{random.randrange(256)}.0/29", 29)], indirect=True)
 async def test_an_exhausted_subnet_pool_refuses_a_new_tenants_instance_with_503(
     live: Api, docker_engine: DockerClient
 ) -> None:

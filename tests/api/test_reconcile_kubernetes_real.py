@@ -15,7 +15,7 @@ from ctrlplane_kubernetes.settings import KubernetesSettings
 from kubernetes import client
 
 from ctrlplane.operations import queue
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_kubernetes_real import of_instance
@@ -43,7 +43,9 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def providers(settings: Settings, kube_control_plane: ControlPlane) -> ProviderRegistry:
     kube = KubernetesSettings(rollout_timeout_seconds=30, request_timeout_seconds=5)
-    return ProviderRegistry([KubernetesProvider(settings, configuration=kube_control_plane.configuration(), kube=kube)])
+    return ProviderRegistry(
+        [KubernetesProvider(provider_settings(settings), configuration=kube_control_plane.configuration(), kube=kube)]
+    )
 
 
 def deployments(plane: ControlPlane, instance_id: str) -> list[str]:

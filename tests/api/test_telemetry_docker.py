@@ -19,7 +19,7 @@ from ctrlplane_docker import DockerProvider
 from docker import DockerClient
 from docker.errors import ImageNotFound
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.otlp import instance_token
 from tests.api.test_instances import create, state, wait_for
@@ -76,7 +76,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:
-    return ProviderRegistry([DockerProvider(settings)])
+    return ProviderRegistry([DockerProvider(provider_settings(settings))])
 
 
 @pytest.fixture(autouse=True)

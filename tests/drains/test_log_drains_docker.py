@@ -12,7 +12,7 @@ import pytest
 from ctrlplane_docker import DockerProvider
 from docker import DockerClient
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.test_instances import create, state, wait_for
 from tests.api.test_instances_docker import APP, answer, tenant
@@ -32,7 +32,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:
-    return ProviderRegistry([DockerProvider(settings)])
+    return ProviderRegistry([DockerProvider(provider_settings(settings))])
 
 
 @pytest.fixture(autouse=True)

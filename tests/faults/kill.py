@@ -30,11 +30,11 @@ from typing import Any
 
 import docker
 import httpx
-import msgspec
 from ctrlplane_docker import DockerProvider
 from sqlalchemy import text
 
 from ctrlplane.db import Database
+from ctrlplane.provisioning.registry import provider_settings
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens, bearer
 from tests.faults.harness import OK_OR_CLIENT_ERROR, audit_request_ids
@@ -224,7 +224,7 @@ def _engine_view(cluster_name: str) -> str:
 
 async def converged(http: httpx.AsyncClient, db: Database, settings: Settings, ledger: Ledger) -> None:
     """Wait until operations are terminal and the engine matches the database; fail with the diff."""
-    provider = DockerProvider(msgspec.structs.replace(settings, providers=("docker",)))
+    provider = DockerProvider(provider_settings(settings))
     deadline = time.monotonic() + CONVERGE_SECONDS
     problems: list[str] = ["not checked yet"]
     try:

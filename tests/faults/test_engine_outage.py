@@ -27,12 +27,12 @@ from typing import Any
 
 import docker
 import httpx
-import msgspec
 import pytest
 from ctrlplane_docker import DockerProvider
 from sqlalchemy import text
 
 from ctrlplane.db import Database
+from ctrlplane.provisioning.registry import provider_settings
 from ctrlplane.settings import Settings
 from tests.conftest import Tokens, bearer
 from tests.faults.harness import OK_OR_CLIENT_ERROR, PrivateDockerd
@@ -164,7 +164,7 @@ async def test_engine_stopped_mid_operation_callers_get_503_and_work_completes_w
         statuses = [r.status_code for r in (refused, stop, after)]
         assert all(s in OK_OR_CLIENT_ERROR or s == 503 for s in statuses)
 
-    provider = DockerProvider(msgspec.structs.replace(settings, providers=("docker",)), base_url=engine.host)
+    provider = DockerProvider(provider_settings(settings), base_url=engine.host)
     try:
         deadline, problems = time.monotonic() + 60, ["not checked"]
         while time.monotonic() < deadline and problems:

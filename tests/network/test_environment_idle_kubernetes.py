@@ -17,7 +17,7 @@ import pytest
 from ctrlplane_kubernetes import KubernetesProvider
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.environments.helpers import tenant, up
 from tests.api.test_instances import wait_for
@@ -51,7 +51,9 @@ def settings(settings: Settings, caddy: Caddy) -> Settings:
 @pytest.fixture
 def providers(settings: Settings, kube_control_plane: ControlPlane) -> ProviderRegistry:
     kube = KubernetesSettings(rollout_timeout_seconds=30, request_timeout_seconds=5)
-    return ProviderRegistry([KubernetesProvider(settings, configuration=kube_control_plane.configuration(), kube=kube)])
+    return ProviderRegistry(
+        [KubernetesProvider(provider_settings(settings), configuration=kube_control_plane.configuration(), kube=kube)]
+    )
 
 
 def deployment_of(plane: ControlPlane, instance_id: str) -> dict[str, Any]:

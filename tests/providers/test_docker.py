@@ -19,11 +19,11 @@ import pytest
 from ctrlplane_docker import DockerProvider
 from ctrlplane_docker.isolation import CAPABILITIES, DEFAULT_PIDS_LIMIT, NOFILE_LIMIT
 from ctrlplane_docker.logs import THREAD_PREFIX
+from ctrlplane_docker.settings import DockerSettings
 from docker import DockerClient
 
-from ctrlplane.provisioning.contract import PortSpec, Provider, RegistryAuth, Resources, SecretFile
+from ctrlplane.provisioning.contract import PortSpec, Provider, ProviderSettings, RegistryAuth, Resources, SecretFile
 from ctrlplane.provisioning.errors import PULL_FAILURES, ImageNotFound, ProviderError, ProviderUnavailable
-from ctrlplane.settings import Settings
 from tests.providers.conformance import SESSION, AppImage, ProviderConformance, Workloads, new_id
 from tests.providers.docker_engine import (
     HTTP_PORT,
@@ -70,14 +70,14 @@ async def ip_address(provider: Provider, instance_id: str, tenant_id: str, repli
 class TestDockerProvider(ProviderConformance):
     @pytest.fixture
     async def provider(self, docker_engine: DockerClient) -> AsyncIterator[Provider]:
-        provider = DockerProvider(Settings(cluster_name=TEST_CLUSTER), stop_timeout=STOP_TIMEOUT)
+        provider = DockerProvider(ProviderSettings(cluster_name=TEST_CLUSTER), stop_timeout=STOP_TIMEOUT)
         yield provider
         await provider.close()
 
     @pytest.fixture
     async def unavailable_provider(self, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Provider]:
         monkeypatch.setenv("DOCKER_HOST", f"unix:///tmp/ctrlplane-no-engine-{uuid.uuid4().hex[:8]}.sock")
-        provider = DockerProvider(Settings(cluster_name=TEST_CLUSTER))
+        provider = DockerProvider(ProviderSettings(cluster_name=TEST_CLUSTER))
         yield provider
         await provider.close()
 
@@ -157,7 +157,9 @@ class TestDockerProvider(ProviderConformance):
     async def test_a_fork_bomb_stops_at_the_pids_limit_while_neighbours_keep_serving(
         self, provider: Provider, workloads: Workloads
     ) -> None:
-        limited = DockerProvider(Settings(cluster_name=TEST_CLUSTER, docker_pids_limit=64), stop_timeout=STOP_TIMEOUT)
+        limited = DockerProvider(
+            ProviderSettings(cluster_name=TEST_CLUSTER), docker=DockerSettings(pids_limit=64), stop_timeout=STOP_TIMEOUT
+        )
         try:
             neighbour = await provider.provision(workloads.spec())
             bomb = workloads.spec()

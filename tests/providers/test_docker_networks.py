@@ -12,15 +12,21 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio.to_thread
-import msgspec
 import pytest
 from ctrlplane_docker import DockerProvider
 from ctrlplane_docker import provider as docker_provider
+from ctrlplane_docker.settings import DockerSettings
 from ctrlplane_docker.subnets import SubnetPoolExhausted
 from docker import DockerClient
 
-from ctrlplane.provisioning.contract import AdmittingProvider, CollectingProvider, PortSpec, Resources, WorkloadSpec
-from ctrlplane.settings import Settings
+from ctrlplane.provisioning.contract import (
+    AdmittingProvider,
+    CollectingProvider,
+    PortSpec,
+    ProviderSettings,
+    Resources,
+    WorkloadSpec,
+)
 from tests.providers.docker_engine import HTTP_PORT, IMAGE, docker_engine, remove_cluster
 
 pytestmark = pytest.mark.docker
@@ -42,8 +48,8 @@ def cluster(docker_engine: DockerClient) -> Iterator[str]:
 
 
 def make_provider(cluster: str, pool: str, size: int) -> DockerProvider:
-    settings = msgspec.structs.replace(Settings(cluster_name=cluster), docker_subnet_pool=pool, docker_subnet_size=size)
-    return DockerProvider(settings, stop_timeout=1)
+    docker = DockerSettings(subnet_pool=pool, subnet_size=size)
+    return DockerProvider(ProviderSettings(cluster_name=cluster), docker=docker, stop_timeout=1)
 
 
 @pytest.fixture

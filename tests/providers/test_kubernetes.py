@@ -31,6 +31,7 @@ from ctrlplane.provisioning.contract import (
     PortSpec,
     Probe,
     Provider,
+    ProviderSettings,
     RegistryAuth,
     Resources,
     RunSpec,
@@ -75,7 +76,7 @@ async def cluster() -> AsyncIterator[Cluster]:
 def make_provider(cluster: Cluster, **kube: Any) -> KubernetesProvider:
     settings = KubernetesSettings(**{**KUBE.__dict__, **kube})
     return KubernetesProvider(
-        Settings(cluster_name=TEST_CLUSTER), configuration=configuration(cluster.url), kube=settings
+        ProviderSettings(cluster_name=TEST_CLUSTER), configuration=configuration(cluster.url), kube=settings
     )
 
 
@@ -95,7 +96,7 @@ class TestKubernetesProvider(ProviderConformance):
     @pytest.fixture
     async def unavailable_provider(self) -> AsyncIterator[Provider]:
         provider = KubernetesProvider(
-            Settings(cluster_name=TEST_CLUSTER),
+            ProviderSettings(cluster_name=TEST_CLUSTER),
             configuration=configuration(f"http://127.0.0.1:{closed_port()}"),
             kube=KUBE,
         )
@@ -251,8 +252,9 @@ class TestKubernetesProvider(ProviderConformance):
         upgrade is a ProviderError, not an unreachable API."""
         spec = workloads.spec()
         status = await provider.provision(spec)
-        with pytest.raises(ProviderError, match="pods/exec"):
+        with pytest.raises(ProviderError, match="pods/exec") as refused:
             await provider.exec(spec.instance_id, ["echo", "hello", "world"])
+        assert not isinstance(refused.value, ProviderUnavailable)
         (request,) = [r for r in cluster.emulator if str(r.url.path).endswith("/exec")]
         assert str(request.url.path).endswith(f"/pods/{status.replicas[0].name}/exec")
         assert request.url.query.getall("command") == ["echo", "hello", "world"]
@@ -658,7 +660,9 @@ async def test_an_api_server_that_went_away_is_unavailable(k8s: KubernetesProvid
     spec = web()
     await k8s.provision(spec)
     gone = KubernetesProvider(
-        Settings(cluster_name=TEST_CLUSTER), configuration=configuration(f"http://127.0.0.1:{closed_port()}"), kube=KUBE
+        ProviderSettings(cluster_name=TEST_CLUSTER),
+        configuration=configuration(f"http://127.0.0.1:{closed_port()}"),
+        kube=KUBE,
     )
     health = await gone.ping()
     assert not health.available and "unreachable" in health.message
@@ -832,7 +836,7 @@ async def test_without_any_configuration_the_provider_is_unavailable(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    provider = KubernetesProvider(Settings(cluster_name=TEST_CLUSTER), kube=KUBE)
+    provider = KubernetesProvider(ProviderSettings(cluster_name=TEST_CLUSTER), kube=KUBE)
     health = await provider.ping()
     assert not health.available and "no Kubernetes configuration" in health.message
     with pytest.raises(ProviderUnavailable):

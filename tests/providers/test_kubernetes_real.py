@@ -31,6 +31,7 @@ from kubernetes import client
 from ctrlplane.provisioning.contract import (
     PortSpec,
     Provider,
+    ProviderSettings,
     RegistryAuth,
     Resources,
     Strategy,
@@ -38,7 +39,6 @@ from ctrlplane.provisioning.contract import (
     WorkloadSpec,
 )
 from ctrlplane.provisioning.errors import ProviderError
-from ctrlplane.settings import Settings
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
 from tests.providers.kube_cluster import ControlPlane, free_port, kube_control_plane  # noqa: F401
 
@@ -52,7 +52,9 @@ def quantity(raw: str) -> int:
 
 def real_provider(plane: ControlPlane, cluster: str = REAL_CLUSTER, **kube: Any) -> KubernetesProvider:
     settings = KubernetesSettings(**{**KUBE.__dict__, **kube})
-    return KubernetesProvider(Settings(cluster_name=cluster), configuration=plane.configuration(), kube=settings)
+    return KubernetesProvider(
+        ProviderSettings(cluster_name=cluster), configuration=plane.configuration(), kube=settings
+    )
 
 
 def pods_of(plane: ControlPlane, instance_id: str) -> list[dict[str, Any]]:
@@ -88,7 +90,9 @@ class TestKubernetesProviderOnARealApiServer(ProviderConformance):
     async def unavailable_provider(self, kube_control_plane: ControlPlane) -> AsyncIterator[Provider]:
         configuration = kube_control_plane.configuration()
         configuration.host = f"https://127.0.0.1:{free_port()}"
-        provider = KubernetesProvider(Settings(cluster_name=REAL_CLUSTER), configuration=configuration, kube=KUBE)
+        provider = KubernetesProvider(
+            ProviderSettings(cluster_name=REAL_CLUSTER), configuration=configuration, kube=KUBE
+        )
         yield provider
         await provider.close()
 

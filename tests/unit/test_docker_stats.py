@@ -10,8 +10,8 @@ import requests
 from ctrlplane_docker import DockerProvider
 from docker.errors import APIError
 
+from ctrlplane.provisioning.contract import ProviderSettings
 from ctrlplane.provisioning.errors import ProviderError
-from ctrlplane.settings import Settings
 
 
 class FakeStatsApi:
@@ -28,7 +28,7 @@ class FakeStatsApi:
 
 
 def provider_with(answers: dict[str, Any]) -> DockerProvider:
-    provider = DockerProvider(Settings())
+    provider = DockerProvider(ProviderSettings())
     provider._api = lambda: FakeStatsApi(answers)  # type: ignore[method-assign]
     return provider
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from ctrlplane_docker.settings import DockerSettings
 from ctrlplane_docker.subnets import SubnetPool, network_subnets
 
-from ctrlplane.settings import Settings, SettingsError
+from ctrlplane.provisioning.errors import ProviderLoadError
 
 
 def net(text: str) -> ipaddress.IPv4Network:
@@ -15,8 +16,8 @@ def net(text: str) -> ipaddress.IPv4Network:
 
 
 def test_the_default_pool_holds_4096_tenant_networks_clear_of_dockers_own_pools() -> None:
-    settings = Settings()
-    pool = SubnetPool(settings.docker_subnet_pool, settings.docker_subnet_size)
+    settings = DockerSettings()
+    pool = SubnetPool(settings.subnet_pool, settings.subnet_size)
     assert pool.count == 4096
     docker_defaults = [net(f"172.{n}.0.0/16") for n in range(17, 32)] + [net("192.168.0.0/16")]
     assert not any(pool.network.overlaps(default) for default in docker_defaults)
@@ -62,10 +63,12 @@ def test_network_subnets_reads_the_engines_network_list() -> None:
     ("pool", "size"), [("10.224.0.1/12", 24), ("not-a-network", 24), ("10.224.0.0/12", 8), ("10.0.0.0/24", 31)]
 )
 def test_an_unusable_pool_is_refused_at_startup(pool: str, size: int) -> None:
-    with pytest.raises(SettingsError):
-        Settings.from_env({"CTRLPLANE_DOCKER_SUBNET_POOL": pool, "CTRLPLANE_DOCKER_SUBNET_SIZE": str(size)})
+    with pytest.raises(ProviderLoadError, match="CTRLPLANE_DOCKER_SUBNET_"):
+        DockerSettings.from_env({"CTRLPLANE_DOCKER_SUBNET_POOL": pool, "CTRLPLANE_DOCKER_SUBNET_SIZE": str(size)})
 
 
 def test_the_pool_is_read_from_the_environment() -> None:
-    settings = Settings.from_env({"CTRLPLANE_DOCKER_SUBNET_POOL": "10.64.0.0/16", "CTRLPLANE_DOCKER_SUBNET_SIZE": "26"})
-    assert SubnetPool(settings.docker_subnet_pool, settings.docker_subnet_size).count == 1024
+    settings = DockerSettings.from_env(
+        {"CTRLPLANE_DOCKER_SUBNET_POOL": "10.64.0.0/16", "CTRLPLANE_DOCKER_SUBNET_SIZE": "26"}
+    )
+    assert SubnetPool(settings.subnet_pool, settings.subnet_size).count == 1024

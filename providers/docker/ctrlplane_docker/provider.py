@@ -14,7 +14,7 @@ What an instance is on Docker:
   tenant can. It is created on demand and removed when the tenant's last container goes; its subnet
   is a block of ``CTRLPLANE_DOCKER_SUBNET_POOL`` (see ``subnets``), not of dockerd's default pools.
   ``collect_unused`` (the reconciler) removes this installation's networks that nothing uses.
-* **Ports** are published on ``settings.docker_host_address`` (default 127.0.0.1) on a port the
+* **Ports** are published on ``CTRLPLANE_DOCKER_HOST_ADDRESS`` (default 127.0.0.1) on a port the
   engine picks; ``status`` reports them as endpoints.
 * **Restart policy** is Docker's ``no``: ctrlplane's reconciler restarts replicas itself, so that each
   restart is observed and recorded as an event. Replicas run under Docker's init (tini) so that a
@@ -48,7 +48,6 @@ from docker.errors import APIError, DockerException  # type: ignore[import-untyp
 from docker.types import IPAMConfig, IPAMPool, Mount  # type: ignore[import-untyped, unused-ignore]
 from docker.utils import parse_repository_tag  # type: ignore[import-untyped, unused-ignore]
 
-from ctrlplane.errors import ProviderUnavailable
 from ctrlplane.provisioning.contract import (
     LABEL_CLUSTER,
     LABEL_GENERATION,
@@ -64,6 +63,7 @@ from ctrlplane.provisioning.contract import (
     LogLine,
     Observation,
     ProviderHealth,
+    ProviderSettings,
     ReplicaStatus,
     ReplicaUsage,
     Resources,
@@ -75,13 +75,12 @@ from ctrlplane.provisioning.contract import (
     WorkloadStatus,
 )
 from ctrlplane.provisioning.errors import ImageNotFound, ProviderError, WorkloadNotFound, pull_failed
-from ctrlplane.settings import Settings
 from ctrlplane_docker import logs as container_logs
 from ctrlplane_docker.commands import run_command
 from ctrlplane_docker.errors import engine_errors, explanation, is_conflict, is_not_found, unreachable
 from ctrlplane_docker.files import load_files
 from ctrlplane_docker.gate import NetworkGate
-from ctrlplane_docker.isolation import DEFAULT_PIDS_LIMIT, hardened
+from ctrlplane_docker.isolation import hardened
 from ctrlplane_docker.naming import (
     LABEL_PURPOSE,
     cluster_filter,
@@ -106,6 +105,7 @@ from ctrlplane_docker.observe import (
 )
 from ctrlplane_docker.observe import replica_usage as replica_usage_from_sample
 from ctrlplane_docker.observe import usage as usage_from_samples
+from ctrlplane_docker.settings import DockerSettings
 from ctrlplane_docker.subnets import SubnetPool, SubnetPoolExhausted, network_subnets
 
 DOCKER_HUB_ADDRESS = "https://index.docker.io/v1/"
@@ -122,8 +122,6 @@ MAX_PARALLEL = 8
 LIVE_STATES = frozenset({"running", "restarting", "paused"})
 WATCHED_EVENTS = ("die", "oom", "destroy", "start")
 """Container events that may change what the reconciler should do about an instance."""
-DEFAULT_SUBNET_POOL = "10.224.0.0/12"
-DEFAULT_SUBNET_SIZE = 24
 
 
 @dataclass(frozen=True)
@@ -185,28 +183,34 @@ class DockerProvider:
     is missing and may not (or could not) be pulled, ``WorkloadNotFound`` when an instance has no
     container where one is needed, and ``ProviderError`` with the engine's explanation otherwise.
 
-    ``base_url`` overrides ``DOCKER_HOST``; ``stop_timeout`` is the grace period, in seconds, between
-    SIGTERM and SIGKILL when a replica is stopped, restarted or removed.
+    ``docker`` defaults to the ``CTRLPLANE_DOCKER_*`` variables of ``settings.environ``
+    (``ProviderLoadError`` for one that cannot be used); ``base_url`` overrides ``DOCKER_HOST``;
+    ``stop_timeout`` is the grace period, in seconds, between SIGTERM and SIGKILL when a replica is
+    stopped, restarted or removed.
     """
 
     name = "docker"
 
-    def __init__(self, settings: Settings, *, base_url: str | None = None, stop_timeout: int = 10) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        docker: DockerSettings | None = None,
+        base_url: str | None = None,
+        stop_timeout: int = 10,
+    ) -> None:
+        docker = docker or DockerSettings.from_env(settings.variables())
         self._cluster = settings.cluster_name
-        self._installation = str(getattr(settings, "installation_id", ""))
-        self._host_address = str(getattr(settings, "docker_host_address", "127.0.0.1"))
-        self._pids_limit = int(getattr(settings, "docker_pids_limit", DEFAULT_PIDS_LIMIT))
+        self._installation = settings.installation_id
+        self._host_address = docker.host_address
+        self._pids_limit = docker.pids_limit
         self._base_url = base_url
         self._stop_timeout = stop_timeout
         self._client: DockerClient | None = None
         self._client_lock = threading.Lock()
         self._network_lock = threading.Lock()
         self._network_gate = NetworkGate()
-        self._subnets = SubnetPool(
-            str(getattr(settings, "docker_subnet_pool", DEFAULT_SUBNET_POOL)),
-            int(getattr(settings, "docker_subnet_size", DEFAULT_SUBNET_SIZE)),
-        )
+        self._subnets = SubnetPool(docker.subnet_pool, docker.subnet_size)
         self._exhausted: str | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -1187,7 +1191,7 @@ class DockerProvider:
 
         try:
             return await self._run("list other installations' objects", find)
-        except (ProviderError, ProviderUnavailable):
+        except ProviderError:
             return []  # no engine: nothing shares it now; the provider's health says the rest
 
     async def observe(self) -> Observation:

@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ctrlplane.errors import ProviderUnavailable
+from ctrlplane.provisioning.errors import ProviderUnavailable
 
 
 class SubnetPoolExhausted(ProviderUnavailable):

@@ -7,6 +7,7 @@
 * Anything else refused → ``ProviderError`` with the API server's own message.
 
 404 and 409 are not errors at this boundary: callers check ``status_of`` and adopt or skip.
+Provisioning errors raised inside the block pass through untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from contextlib import contextmanager
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException, OpenApiException
 
-from ctrlplane.errors import CtrlplaneError
 from ctrlplane.provisioning.errors import ProviderError, ProviderUnavailable
 
 GATEWAY_STATUSES = frozenset({502, 503, 504})
@@ -79,8 +79,6 @@ def api_errors(action: str) -> Iterator[None]:
     """Run a block of client calls, re-raising what escapes as a ctrlplane provisioning error."""
     try:
         yield
-    except CtrlplaneError:
-        raise
     except ApiException as exc:
         if not exc.status or exc.status in GATEWAY_STATUSES:
             raise unreachable(exc) from exc

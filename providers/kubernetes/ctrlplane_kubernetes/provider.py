@@ -46,7 +46,6 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from ctrlplane.errors import CtrlplaneError
 from ctrlplane.provisioning.contract import (
     LABEL_CLUSTER,
     LABEL_INSTANCE,
@@ -58,6 +57,7 @@ from ctrlplane.provisioning.contract import (
     LogLine,
     Observation,
     ProviderHealth,
+    ProviderSettings,
     ReplicaUsage,
     RunSpec,
     RunStatus,
@@ -73,7 +73,6 @@ from ctrlplane.provisioning.errors import (
     WorkloadNotFound,
     pull_failed,
 )
-from ctrlplane.settings import Settings
 from ctrlplane_kubernetes import manifests, naming, observe
 from ctrlplane_kubernetes.errors import ClusterQuotaExceeded, UsageUnavailable, api_errors, api_message, quota_exceeded
 from ctrlplane_kubernetes.settings import KubernetesSettings
@@ -116,13 +115,13 @@ class KubernetesProvider:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ProviderSettings,
         *,
         configuration: client.Configuration | None = None,
         kube: KubernetesSettings | None = None,
     ) -> None:
         self.cluster = settings.cluster_name
-        self.kube = kube or KubernetesSettings.from_env()
+        self.kube = kube or KubernetesSettings.from_env(settings.variables())
         self._configuration = configuration
         self._api: client.ApiClient | None = None
         self._lock = threading.Lock()
@@ -321,7 +320,7 @@ class KubernetesProvider:
             version = await self._run(
                 "read the server version", lambda: self._raw(client.VersionApi(self._client()).get_code)
             )
-        except CtrlplaneError as exc:
+        except ProviderError as exc:
             return ProviderHealth(False, exc.message)
         return ProviderHealth(True, f"Kubernetes {version.get('gitVersion', 'unknown version')} answers")
 
@@ -748,7 +747,7 @@ class KubernetesProvider:
             try:
                 new_slot = await self._run("deploy", partial(self._apply_generation, spec, None, strategy=strategy))
                 await self._settle_generation(spec)
-            except CtrlplaneError:
+            except ProviderError:
                 await self._run("unpin the Service", partial(self._apply_front, spec, namespace, pin=None))
                 raise
             await self._run("switch the Service", partial(self._apply_front, spec, namespace, pin=new_slot))

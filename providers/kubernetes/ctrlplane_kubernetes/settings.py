@@ -1,4 +1,5 @@
-"""The Kubernetes provider's own settings, read by its factory (never at import time)."""
+"""The Kubernetes provider's own settings, ``CTRLPLANE_K8S_*``, read by its factory (never at import
+time) from ``ProviderSettings.environ``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ctrlplane.provisioning.registry import ProviderLoadError
+from ctrlplane.provisioning.errors import ProviderLoadError
 
 
 def _flag(value: str) -> bool:

@@ -31,20 +31,19 @@ from typing import Protocol
 
 import anyio
 
-from ctrlplane.errors import ProviderUnavailable
 from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
     LogLine,
     ProviderHealth,
+    ProviderSettings,
     ReplicaUsage,
     Strategy,
     Usage,
     WorkloadSpec,
     WorkloadStatus,
 )
-from ctrlplane.provisioning.errors import ProviderError, WorkloadNotFound
-from ctrlplane.settings import Settings
+from ctrlplane.provisioning.errors import ProviderError, ProviderUnavailable, WorkloadNotFound
 from ctrlplane_nodes.placement import DEFAULT_POOL, Candidate, choose, pool_of
 
 WAIT_SECONDS = 120.0
@@ -85,7 +84,7 @@ def _unsupported(what: str) -> ProviderError:
 class NodesProvider:
     name = "nodes"
 
-    def __init__(self, settings: Settings, *, wait_seconds: float = WAIT_SECONDS) -> None:
+    def __init__(self, settings: ProviderSettings, *, wait_seconds: float = WAIT_SECONDS) -> None:
         self._default_pool = DEFAULT_POOL
         self._wait_seconds = wait_seconds
         self._door: NodeDoor | None = None

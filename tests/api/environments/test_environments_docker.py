@@ -15,7 +15,7 @@ import pytest
 from ctrlplane_docker import DockerProvider
 from docker import DockerClient
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.environments.helpers import ready_members, tenant, up, wait_env
 from tests.api.test_instances_docker import _remove_what_the_test_made, containers_of  # noqa: F401 - fixture
@@ -53,7 +53,7 @@ def settings(settings: Settings, caddy: Caddy) -> Settings:
 
 @pytest.fixture
 def providers(settings: Settings, docker_engine: DockerClient) -> ProviderRegistry:
-    return ProviderRegistry([DockerProvider(settings, stop_timeout=GRACE_SECONDS)])
+    return ProviderRegistry([DockerProvider(provider_settings(settings), stop_timeout=GRACE_SECONDS)])
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from ctrlplane_kubernetes import KubernetesProvider
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
-from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from tests.api.environments.helpers import ready_members, tenant, up, wait_env
 from tests.api.test_instances_kubernetes import app_port  # noqa: F401 - fixture
@@ -30,7 +30,9 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def providers(settings: Settings, kube_control_plane: ControlPlane) -> ProviderRegistry:
     kube = KubernetesSettings(rollout_timeout_seconds=30, request_timeout_seconds=5)
-    return ProviderRegistry([KubernetesProvider(settings, configuration=kube_control_plane.configuration(), kube=kube)])
+    return ProviderRegistry(
+        [KubernetesProvider(provider_settings(settings), configuration=kube_control_plane.configuration(), kube=kube)]
+    )
 
 
 def objects(plane: ControlPlane, kind: str, instance_id: str) -> list[dict[str, Any]]:
