@@ -8,7 +8,10 @@ counted, at module level or inside a function, including those under TYPE_CHECKI
 - coupled pairs: unordered room pairs where either room imports the other;
 - mutual pairs: unordered room pairs where each room imports the other (a cycle of two).
 
-Usage: python tools/arch_imports.py [--detail] [path to the ctrlplane package]
+Usage: python tools/arch_imports.py [--detail] [--room NAME=module,module] [path to the ctrlplane package]
+
+``--room web=boundary,context,http`` counts top-level modules (``ctrlplane/boundary.py``, ...) as
+one room, to measure a tree from before they were gathered into a package on the same terms.
 Standard library only, so it runs without the project installed.
 """
 
@@ -44,14 +47,16 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[str]:
     return found
 
 
-def room_of(module: str, rooms: set[str]) -> str | None:
+def room_of(module: str, rooms: set[str], grouped: dict[str, str]) -> str | None:
     parts = module.split(".")
     if len(parts) >= 2 and parts[0] == PACKAGE and parts[1] in rooms:
         return parts[1]
+    if len(parts) == 2 and parts[0] == PACKAGE:
+        return grouped.get(parts[1])
     return None
 
 
-def measure(root: Path) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
+def measure(root: Path, grouped: dict[str, str]) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
     """The cross-room models imports (importing file, models module) and the directed room edges."""
     rooms = rooms_of(root)
     models_imports: list[tuple[str, str]] = []
@@ -62,12 +67,12 @@ def measure(root: Path) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
         module = ".".join(relative.with_suffix("").parts)
         if is_package:
             module = module.removesuffix(".__init__")
-        source = room_of(module, rooms)
+        source = room_of(module, rooms, grouped)
         if source is None:
             continue
         seen_models: set[str] = set()
         for target_module in imported_modules(ast.parse(path.read_text()), module, is_package):
-            target = room_of(target_module, rooms)
+            target = room_of(target_module, rooms, grouped)
             if target is None or target == source:
                 continue
             edges.add((source, target))
@@ -80,12 +85,20 @@ def measure(root: Path) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
 
 def main(argv: list[str]) -> int:
     detail = "--detail" in argv
-    paths = [a for a in argv if not a.startswith("--")]
+    grouped: dict[str, str] = {}
+    paths: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--room":
+            name, _, modules = next(arguments).partition("=")
+            grouped.update(dict.fromkeys(modules.split(","), name))
+        elif not argument.startswith("--"):
+            paths.append(argument)
     root = Path(paths[0]) if paths else Path(__file__).resolve().parent.parent / PACKAGE
-    models_imports, edges = measure(root)
+    models_imports, edges = measure(root, grouped)
     coupled = {tuple(sorted(edge)) for edge in edges}
     mutual = {tuple(sorted(edge)) for edge in edges if (edge[1], edge[0]) in edges}
-    print(f"rooms: {len(rooms_of(root))}")
+    print(f"rooms: {len(rooms_of(root) | set(grouped.values()))}")
     print(f"cross-room models imports (file, models module): {len(models_imports)}")
     print(f"coupled room pairs (either direction): {len(coupled)}")
     print(f"mutual room pairs (both directions): {len(mutual)}")

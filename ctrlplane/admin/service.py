@@ -9,13 +9,13 @@ from sqlalchemy import case, func, select
 
 from ctrlplane.admin import schemas
 from ctrlplane.auth.models import ApiKey
-from ctrlplane.context import RequestContext
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.environments.pools import environment_counts
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.provisioning.contract import ProviderHealth
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
 
 
 class AdminService:

@@ -11,13 +11,13 @@ from sqlalchemy import Select, select
 from ctrlplane.auth import schemas
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.auth.providers import API_KEY_PREFIX, hash_api_key
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Forbidden, InvalidInput, InvalidState, NotFound
 from ctrlplane.ids import new_id
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import as_utc, utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 
 def to_schema(key: ApiKey) -> schemas.ApiKey:

@@ -15,7 +15,6 @@ from datetime import timedelta
 import msgspec
 from sqlalchemy import select
 
-from ctrlplane.context import RequestContext
 from ctrlplane.deployments import schemas
 from ctrlplane.deployments.analysis import Analysis
 from ctrlplane.deployments.analysis import check as check_analysis
@@ -27,13 +26,14 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.schemas import argv
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.operations import queue
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.releases.service import restore
 from ctrlplane.runs.service import plan_release
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 DEPLOYABLE = ("running", "failed")
 

@@ -41,7 +41,6 @@ import structlog
 from anyio.abc import TaskGroup
 from sqlalchemy import select, update
 
-from ctrlplane.context import AppServices
 from ctrlplane.drains.models import LogDrain
 from ctrlplane.drains.service import headers_aad
 from ctrlplane.instances.repository import InstanceRepository
@@ -50,6 +49,7 @@ from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.secrets.crypto import DecryptionFailed
 from ctrlplane.telemetry import logparse
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.drains")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import structlog
 from sqlalchemy import or_, select
 
-from ctrlplane.context import AppServices
 from ctrlplane.environments import pools
 from ctrlplane.environments.audit import system_change
 from ctrlplane.environments.models import Environment
@@ -18,6 +17,7 @@ from ctrlplane.errors import NotFound
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.environments")
 

@@ -27,7 +27,6 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import RequestContext
 from ctrlplane.environments import pools, schemas
 from ctrlplane.environments.furnish import furnish
 from ctrlplane.environments.models import Environment
@@ -40,11 +39,12 @@ from ctrlplane.instances.service import InstanceService
 from ctrlplane.instances.service import destroy as destroy_instance
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.network.sleep import set_idle_timeout
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.templates import service as templates
 from ctrlplane.templates.render import render, resolve
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 
 class ExtendLimit(Conflict):

@@ -31,7 +31,6 @@ import structlog
 from anyio.abc import TaskGroup
 from sqlalchemy import delete, func, select
 
-from ctrlplane.context import AppServices
 from ctrlplane.db import Database
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
@@ -41,6 +40,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.health")
 

@@ -30,7 +30,6 @@ from typing import Any
 import msgspec
 from sqlalchemy import select
 
-from ctrlplane.context import RequestContext
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import Conflict, Forbidden, InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
@@ -42,13 +41,14 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.provisioning.contract import ConfigurableProvider
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 FINAL = ("destroying", "destroyed")
 

@@ -33,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.audit.service import AuditRecord as AuditEntryRecord
 from ctrlplane.audit.service import append as append_audit
-from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 from ctrlplane.ids import new_id
 from ctrlplane.nodes import contract, keys, schemas
@@ -54,11 +53,12 @@ from ctrlplane.nodes.models import (
     NodeReport,
     NodeSigningKey,
 )
-from ctrlplane.pagination import Page
 from ctrlplane.provisioning.contract import Usage
 from ctrlplane.telemetry.repository import MetricsRepository
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.web.context import AppServices, RequestContext
+from ctrlplane.web.pagination import Page
 
 
 def digest(value: str) -> str:

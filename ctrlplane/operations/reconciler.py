@@ -44,7 +44,6 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.idempotency.service import purge_expired
@@ -64,6 +63,7 @@ from ctrlplane.redaction import REDACTED
 from ctrlplane.secrets.service import container_text_redactor
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.reconciler")
 

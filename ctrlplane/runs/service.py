@@ -27,19 +27,19 @@ import msgspec
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.provisioning.contract import RunProvider
 from ctrlplane.releases.models import Release
 from ctrlplane.runs import cron, schemas
 from ctrlplane.runs.models import Job, Run
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 ACTIVE = ("pending", "running")
 RUNNABLE = ("running",)

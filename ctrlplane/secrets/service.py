@@ -29,7 +29,6 @@ from posixpath import normpath
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.deployments.service import DeploymentService
 from ctrlplane.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
 from ctrlplane.events.service import append as append_event
@@ -38,8 +37,6 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import TextRedactor
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_existing, require_version
 from ctrlplane.provisioning.contract import SecretFile
 from ctrlplane.redaction import redact
 from ctrlplane.registry_credentials.service import credential_for as registry_credential_for
@@ -51,6 +48,9 @@ from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices, RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_existing, require_version
 
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_ENV_KEY = 255

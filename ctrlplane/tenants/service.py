@@ -13,7 +13,6 @@ import msgspec
 from sqlalchemy import delete
 
 from ctrlplane.auth.models import ApiKey
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.ids import new_id
 from ctrlplane.instances.repository import InstanceRepository
@@ -21,13 +20,14 @@ from ctrlplane.instances.service import destroy, reconfigure
 from ctrlplane.instances.service import suspend as suspend_instance
 from ctrlplane.instances.service import unsuspend as unsuspend_instance
 from ctrlplane.network.repository import NetworkRepository
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.models import Tenant, TenantQuota
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 
 def to_schema(tenant: Tenant) -> schemas.Tenant:
