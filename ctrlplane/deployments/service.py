@@ -10,10 +10,11 @@ rollback does the same with the whole configuration of an earlier release of the
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.deployments import schemas
 from ctrlplane.deployments.analysis import Analysis
@@ -240,3 +241,9 @@ class DeploymentService:
         self.context.audit.resource_id = deployment.id
         self.context.audit.tenant_id = deployment.tenant_id
         return to_schema(deployment)
+
+
+async def count_since(session: AsyncSession, since: datetime) -> int:
+    """Deployments of every tenant created since ``since``, for the system stats."""
+    statement = select(func.count(Deployment.id)).where(Deployment.created_at >= since)
+    return int((await session.execute(statement)).scalar_one())

@@ -14,6 +14,7 @@ from ctrlplane.environments.audit import system_change
 from ctrlplane.environments.models import Environment
 from ctrlplane.environments.service import database_now, record_event, terminate
 from ctrlplane.errors import NotFound
+from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.timeutil import utc_now
@@ -162,7 +163,7 @@ class LifetimeKeeper:
             for environment in terminating:
                 if environment.instance_id is not None:
                     try:
-                        instance = await InstanceRepository(session, environment.tenant_id).view(
+                        instance = await InstanceRepository(session, TenantId(environment.tenant_id)).view(
                             environment.instance_id
                         )
                     except NotFound:

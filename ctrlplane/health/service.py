@@ -30,9 +30,9 @@ from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.health.probes import Outcome, Target, parse_target, run_check
 from ctrlplane.health.repository import HealthRepository
 from ctrlplane.ids import new_id
+from ctrlplane.instances.lifecycle import reconfigure
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.instances.service import reconfigure
 from ctrlplane.secrets.service import values_of as secret_values
 from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import parse_duration, utc_now

@@ -32,9 +32,10 @@ from ctrlplane.errors import Conflict as ConflictError
 from ctrlplane.errors import InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
+from ctrlplane.instances.lifecycle import reconfigure
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.instances.service import InstanceService, reconfigure
+from ctrlplane.instances.service import InstanceService
 from ctrlplane.network import schemas
 from ctrlplane.network.dns import txt_values
 from ctrlplane.network.models import Certificate, Domain, InstanceTraffic, Route

@@ -47,6 +47,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.idempotency.service import purge_expired
+from ctrlplane.ids import TenantId
+from ctrlplane.instances.lifecycle import forget_tenant
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import observed_state, record_status, set_state
 from ctrlplane.operations import queue
@@ -347,6 +349,7 @@ class Reconciler:
                     )
                 ).scalar_one()
                 if live == 0:
+                    await forget_tenant(session, TenantId(tenant.id))
                     await TenantRepository(session).remove(tenant)
                     log.info("tenant_deleted", tenant=tenant.id)
 

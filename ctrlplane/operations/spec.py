@@ -5,21 +5,17 @@ probes, HTTP routes)."""
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.health.models import HealthCheck
-from ctrlplane.health.probes import runtime_probes
+from ctrlplane.health.probes import runtime_probes_of
 from ctrlplane.instances.models import Instance
-from ctrlplane.network.models import Domain, Route
-from ctrlplane.network.router import default_hostname, http_routes
+from ctrlplane.network.router import http_routes_of
 from ctrlplane.provisioning.contract import HttpRoute, PortSpec, Probe, Resources, TenantQuota, WorkloadSpec
 from ctrlplane.registries import registry_key
 from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.otlp import otlp_env
-from ctrlplane.tenants.models import Tenant
-from ctrlplane.tenants.models import TenantQuota as TenantQuotaRow
+from ctrlplane.tenants.repository import TenantRepository
 
 
 class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,42 +29,23 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def runtime_config(session: AsyncSession, instance: Instance, settings: Settings) -> RuntimeConfig:
-    """The tenant's quota, the instance's probes (``health.probes.runtime_probes``) and its HTTP
-    routes on its default hostname and verified domains (``network.router.http_routes``), read now
-    in four queries."""
-    tenant = (
-        await session.execute(
-            select(
-                Tenant.slug, TenantQuotaRow.max_instances, TenantQuotaRow.max_cpu_millis, TenantQuotaRow.max_memory_mb
-            )
-            .outerjoin(TenantQuotaRow, TenantQuotaRow.tenant_id == Tenant.id)
-            .where(Tenant.id == instance.tenant_id)
-        )
-    ).first()
-    checks = (
-        await session.execute(
-            select(HealthCheck)
-            .where(HealthCheck.instance_id == instance.id)
-            .order_by(HealthCheck.created_at, HealthCheck.id)
-        )
-    ).scalars()
-    routes = (await session.execute(select(Route).where(Route.instance_id == instance.id))).scalars()
-    verified = (
-        await session.execute(
-            select(Domain.hostname).where(Domain.instance_id == instance.id, Domain.status == "verified")
-        )
-    ).scalars()
+    """The tenant's quota (``TenantRepository.runtime``), the instance's probes
+    (``health.probes.runtime_probes_of``) and its HTTP routes on its default hostname and verified
+    domains (``network.router.http_routes_of``), read now, each from the room that owns it."""
+    tenant = await TenantRepository(session).runtime(instance.tenant_id)
+    probes = await runtime_probes_of(session, instance.id)
+    if tenant is None:
+        return RuntimeConfig(probes=probes)
+    slug, limits = tenant
     quota = (
-        TenantQuota(max_instances=tenant[1], max_cpu_millis=tenant[2], max_memory_mb=tenant[3])
-        if tenant is not None and tenant[1] is not None
+        TenantQuota(max_instances=limits[0], max_cpu_millis=limits[1], max_memory_mb=limits[2])
+        if limits is not None
         else None
     )
-    host = default_hostname(settings, instance.name, tenant[0]) if tenant is not None else None
-    return RuntimeConfig(
-        tenant_quota=quota,
-        probes=runtime_probes(list(checks)),
-        routes=http_routes(host, list(verified), list(routes)) if host is not None else (),
+    routes = await http_routes_of(
+        session, settings, instance_id=instance.id, instance_name=instance.name, tenant_slug=slug
     )
+    return RuntimeConfig(tenant_quota=quota, probes=probes, routes=routes)
 
 
 def spec_for(

@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState, NotFound
-from ctrlplane.ids import new_id
+from ctrlplane.ids import TenantId, new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
@@ -291,7 +291,7 @@ async def run_fits_quota(session: AsyncSession, instance: Instance) -> bool:
     """Whether one more run of the instance fits the tenant's CPU and memory quota (for a job's
     firing, which no request admits)."""
     quota = await TenantRepository(session).quota(instance.tenant_id)
-    _, cpu, memory = await InstanceRepository(session, instance.tenant_id).usage(instance.tenant_id)
+    _, cpu, memory = await InstanceRepository(session, TenantId(instance.tenant_id)).usage(instance.tenant_id)
     run_cpu, run_memory = await active_run_usage(session, instance.tenant_id)
     return (
         cpu + run_cpu + instance.cpu_millis <= quota.max_cpu_millis
