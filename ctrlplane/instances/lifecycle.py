@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import TenantId
@@ -22,7 +22,6 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import set_state
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.operations import queue
-from ctrlplane.operations.models import Operation
 from ctrlplane.provisioning.contract import ConfigurableProvider
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.timeutil import utc_now
@@ -45,21 +44,9 @@ async def reconfigure(session: Any, providers: ProviderRegistry, instances: Iter
     ]
     if not wanted:
         return
-    waiting = set(
-        (
-            await session.execute(
-                select(Operation.instance_id)
-                .where(
-                    Operation.instance_id.in_([i.id for i in wanted]),
-                    Operation.kind == "configure",
-                    Operation.state == "pending",
-                )
-                # locked: a worker's SKIP LOCKED claim passes it over until this change commits, so
-                # the configure that stands in for it cannot run on the configuration before it
-                .with_for_update()
-            )
-        ).scalars()
-    )
+    # locked: a worker's SKIP LOCKED claim passes it over until this change commits, so the
+    # configure that stands in for it cannot run on the configuration before it
+    waiting = await queue.pending_of_kind(session, [i.id for i in wanted], "configure")
     for instance in wanted:
         if instance.id not in waiting:
             queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="configure")

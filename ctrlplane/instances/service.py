@@ -27,9 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
 
-from ctrlplane.deployments.models import Deployment
+from ctrlplane.deployments.repository import deployment_running
 from ctrlplane.errors import Conflict, Forbidden, InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
@@ -123,17 +122,11 @@ class InstanceService:
     async def _no_deploy_running(self, instance: Instance, action: str) -> None:
         """A deploy owns the instance's configuration until it ends: changing it meanwhile would be
         lost (or half-applied) when the deploy goes back."""
-        running = (
-            await self.session.execute(
-                select(Deployment.id).where(
-                    Deployment.instance_id == instance.id, Deployment.state.in_(("pending", "running"))
-                )
-            )
-        ).first()
+        running = await deployment_running(self.session, instance.id)
         if running is not None:
             raise Conflict(
-                f"cannot {action} while deployment {running[0]} runs; wait for it or cancel it",
-                details={"deployment_id": running[0]},
+                f"cannot {action} while deployment {running} runs; wait for it or cancel it",
+                details={"deployment_id": running},
             )
 
     async def _provider_answers(self, provider_name: str) -> None:

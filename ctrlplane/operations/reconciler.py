@@ -63,7 +63,6 @@ from ctrlplane.provisioning.contract import (
 )
 from ctrlplane.redaction import REDACTED
 from ctrlplane.secrets.service import container_text_redactor
-from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.web.context import AppServices
 
@@ -339,8 +338,7 @@ class Reconciler:
 
     async def _finish_tenant_deletions(self) -> None:
         async with self.services.db.write() as session, session.begin():
-            deleting = list((await session.execute(select(Tenant).where(Tenant.status == "deleting"))).scalars())
-            for tenant in deleting:
+            for tenant in await TenantRepository(session).deleting():
                 live = (
                     await session.execute(
                         select(func.count())

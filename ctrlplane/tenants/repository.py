@@ -36,6 +36,10 @@ class TenantRepository:
         forget_tenant``); its audit chain and events stay: they are history."""
         await self.session.delete(tenant)
 
+    async def deleting(self) -> list[Tenant]:
+        """Tenants being deleted: the reconciler removes each once its instances are destroyed."""
+        return list((await self.session.execute(select(Tenant).where(Tenant.status == "deleting"))).scalars())
+
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))
         return {status: int(count) for status, count in rows.all()}
