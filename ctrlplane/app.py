@@ -23,28 +23,21 @@ from ctrlplane.apidocs import SCHEMA_PATH, docs_redirect, render_plugins, schema
 from ctrlplane.auth.api import KeyController
 from ctrlplane.auth.providers import APIKeyProvider, Authenticator, JWTProvider
 from ctrlplane.auth.tokens import load_signing_secret
-from ctrlplane.boundary import RequestContextASGI, UnitOfWork, exception_to_response
+from ctrlplane.background import Background, start_relay
 from ctrlplane.console import console_router
-from ctrlplane.context import AppServices, default_replica_name
 from ctrlplane.db import Database, connect
 from ctrlplane.deployments.api import DeploymentController
 from ctrlplane.drains.api import LogDrainController
 from ctrlplane.environments import idle as environment_idle
 from ctrlplane.environments.api import EnvironmentController
-from ctrlplane.errors import ErrorBody, Unavailable
+from ctrlplane.errors import ErrorBody, Unavailable, exception_to_response
 from ctrlplane.events.api import EventController
 from ctrlplane.health.api import HealthController
 from ctrlplane.health.view import HealthChecksView
-from ctrlplane.http import provide_context
 from ctrlplane.installation import SHARED_CHECK_SECONDS, warn_if_shared
 from ctrlplane.instances.api import InstanceController
 from ctrlplane.network.api import DomainController, RouteController, SleepController
 from ctrlplane.nodes.api import ROUTE_HANDLERS as NODE_ROUTE_HANDLERS
-from ctrlplane.openapi import (
-    StrictStructSchemaPlugin,
-    fix_openapi,
-)
-from ctrlplane.operations.runner import Background, start_relay
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.registry_credentials.api import RegistryCredentialController
@@ -58,6 +51,14 @@ from ctrlplane.telemetry.api import TelemetryController, export_traces, promethe
 from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
 from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
+from ctrlplane.web.access_log import RequestContextASGI
+from ctrlplane.web.context import AppServices, default_replica_name
+from ctrlplane.web.http import provide_context
+from ctrlplane.web.openapi import (
+    StrictStructSchemaPlugin,
+    fix_openapi,
+)
+from ctrlplane.web.unit_of_work import UnitOfWork
 from ctrlplane.webhooks.api import WebhookController
 
 log = structlog.get_logger("ctrlplane.app")

@@ -2,6 +2,9 @@
 
 Services raise these; nothing else picks status codes. Every error response has the body
 ``{"message", "code", "request_id"}`` plus ``details`` when there is more to say.
+``as_domain_error`` maps every other exception onto the tree (framework validation errors, a lost
+unique constraint, the database gone, a bug), and ``exception_to_response`` is the one exception
+handler; the request pipeline (``ctrlplane/web/``) renders its own refusals with ``error_body``.
 
     CtrlplaneError
       InvalidInput          400 invalid_input      a body, query or path value is malformed (per-field details)
@@ -32,6 +35,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from ctrlplane.web.scope import request_id_for
+
+log = structlog.get_logger("ctrlplane.http")
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
@@ -145,3 +156,67 @@ HTTP_CODES: dict[int, str] = {
     502: "provider_error",
     503: "unavailable",
 }
+
+
+def error_body(error: CtrlplaneError, request_id: str) -> bytes:
+    return msgspec.json.encode(
+        ErrorBody(message=error.message, code=error.code, request_id=request_id, details=error.details)
+    )
+
+
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The one exception handler: domain errors, framework errors, database failures, bugs."""
+    error = as_domain_error(exc)
+    if error.status >= 500 and not isinstance(error, Unavailable):
+        log.error("unhandled_error", exc_info=exc, request_id=request_id_for(request.scope))
+    headers = {"Retry-After": "5"} if error.status == 503 else {}
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)  # the Allow header of a 405, above all
+    return Response(
+        content=error_body(error, request_id_for(request.scope)),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def as_domain_error(exc: Exception) -> CtrlplaneError:
+    if isinstance(exc, CtrlplaneError):
+        return exc
+    if isinstance(exc, ValidationException):
+        fields = [_plain_field(e) for e in exc.extra] if isinstance(exc.extra, list) else None
+        message = (
+            "invalid request: "
+            + "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in fields or [] if isinstance(e, dict))
+            if fields
+            else f"invalid request: {exc.detail}"
+        )
+        return InvalidInput(message, details={"fields": fields} if fields else None)
+    if isinstance(exc, HTTPException):
+        error = CtrlplaneError(str(exc.detail))
+        error.status = exc.status_code  # type: ignore[misc]
+        error.code = HTTP_CODES.get(exc.status_code, "error")  # type: ignore[misc]
+        return error
+    if isinstance(exc, IntegrityError):
+        conflict = CtrlplaneError("the change conflicts with existing data")
+        conflict.status, conflict.code = 409, "conflict"  # type: ignore[misc]
+        return conflict
+    if isinstance(exc, DataError):
+        return InvalidInput("a value cannot be stored as given (out of range or a NUL character)")
+    if isinstance(exc, DBAPIError | OSError | TimeoutError):
+        return Unavailable("the database is unavailable; retry shortly")
+    return CtrlplaneError("internal error; the request ID identifies it in the server log")
+
+
+def _plain_field(field: Any) -> Any:
+    """A framework validation entry with the body called ``body`` (not ``data``) and patterns in words."""
+    from ctrlplane.strict import in_words  # strict raises this module's InvalidInput
+
+    if not isinstance(field, dict):
+        return field
+    shown = dict(field)
+    if shown.get("key") == "data":
+        shown["key"] = "body"
+    if isinstance(shown.get("message"), str):
+        shown["message"] = in_words(shown["message"])
+    return shown

@@ -37,9 +37,9 @@ from ctrlplane.app import create_app
 from ctrlplane.auth.tokens import issue_token
 from ctrlplane.db import connect
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import spec_for
 from ctrlplane.logs import configure_logging
 from ctrlplane.operations.reconciler import Reconciler
+from ctrlplane.operations.spec import spec_for
 from ctrlplane.provisioning.contract import PortSpec, ProviderSettings, Resources, WorkloadSpec
 from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings

@@ -9,12 +9,13 @@ import msgspec
 import pytest
 
 from ctrlplane.app import build_services, create_app, use_services
-from ctrlplane.boundary import RequestContextASGI, UnitOfWork
-from ctrlplane.context import AppServices
 from ctrlplane.db import Database
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.hub import RequestMetricsASGI
+from ctrlplane.web.access_log import RequestContextASGI
+from ctrlplane.web.context import AppServices
+from ctrlplane.web.unit_of_work import UnitOfWork
 
 
 def _registrations(services: AppServices) -> dict[str, list[object]]:

@@ -9,8 +9,8 @@ from ctrlplane.admin.service import AdminService
 from ctrlplane.audit import checkpoints
 from ctrlplane.audit import schemas as audit_schemas
 from ctrlplane.audit import service as audit_service
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, Moment, errors, parse_moment, route
-from ctrlplane.pagination import Page
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, Moment, errors, parse_moment, route
+from ctrlplane.web.pagination import Page
 
 
 class AdminController(Controller):

@@ -5,17 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import anyio
-from sqlalchemy import case, func, select
 
 from ctrlplane.admin import schemas
-from ctrlplane.auth.models import ApiKey
-from ctrlplane.context import RequestContext
-from ctrlplane.deployments.models import Deployment
+from ctrlplane.auth.service import key_counts
+from ctrlplane.deployments.service import count_since
 from ctrlplane.environments.pools import environment_counts
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.provisioning.contract import ProviderHealth
-from ctrlplane.tenants.models import Tenant
+from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
 
 
 class AdminService:
@@ -24,28 +23,14 @@ class AdminService:
         self.session = context.session
 
     async def stats(self) -> schemas.SystemStats:
-        tenants = dict((await self.session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))).all())
+        tenants = await TenantRepository(self.session).count_by_status()
         now = utc_now()
-        revoked = ApiKey.revoked_at.is_not(None)
-        expired = ApiKey.revoked_at.is_(None) & ApiKey.expires_at.is_not(None) & (ApiKey.expires_at <= now)
-        row = (
-            await self.session.execute(
-                select(
-                    func.count(case((revoked, 1))),
-                    func.count(case((expired, 1))),
-                    func.count(ApiKey.id),
-                )
-            )
-        ).one()
-        keys = schemas.ApiKeyStats(revoked=row[0], expired=row[1], active=row[2] - row[0] - row[1])
+        revoked, expired, total = await key_counts(self.session, now)
+        keys = schemas.ApiKeyStats(revoked=revoked, expired=expired, active=total - revoked - expired)
         return schemas.SystemStats(
             tenants={"active": 0, "suspended": 0, **tenants},
             instances=await InstanceRepository(self.session, None).count_by_state(),
-            deployments_last_24h=(
-                await self.session.execute(
-                    select(func.count(Deployment.id)).where(Deployment.created_at >= now - timedelta(hours=24))
-                )
-            ).scalar_one(),
+            deployments_last_24h=await count_since(self.session, now - timedelta(hours=24)),
             api_keys=keys,
             environments=await environment_counts(self.session),
         )

@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ctrlplane.audit.models import AuditChain, AuditCheckpoint, AuditEntry
 from ctrlplane.audit.service import AuditKeys
 from ctrlplane.ids import new_id
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import rfc3339, utc_now
+from ctrlplane.web.pagination import Page, paginate
 
 CHECKPOINT_INFO = b"ctrlplane audit checkpoint"
 

@@ -30,8 +30,8 @@ from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.audit.repository import audit_query
 from ctrlplane.db import locked_row
 from ctrlplane.ids import new_id
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import as_utc, rfc3339, utc_now
+from ctrlplane.web.pagination import Page, paginate
 
 GENESIS = "0" * 64
 SYSTEM_CHAIN = "system"

@@ -5,9 +5,9 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from ctrlplane.auth import schemas
 from ctrlplane.auth.service import KeyService
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
-from ctrlplane.preconditions import ETAG, IfMatch, tagged
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
+from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
 
 class KeyController(Controller):

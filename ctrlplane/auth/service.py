@@ -4,20 +4,22 @@ stored as a SHA-256 hash, revoked at once. A key's roles never exceed its creato
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 
 import msgspec
-from sqlalchemy import Select, select
+from sqlalchemy import Select, case, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth import schemas
 from ctrlplane.auth.models import ApiKey
 from ctrlplane.auth.providers import API_KEY_PREFIX, hash_api_key
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Forbidden, InvalidInput, InvalidState, NotFound
 from ctrlplane.ids import new_id
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import as_utc, utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 
 def to_schema(key: ApiKey) -> schemas.ApiKey:
@@ -109,3 +111,24 @@ class KeyService:
             can_deploy=principal.has_role("deploy"),
             can_admin=principal.has_role("admin"),
         )
+
+
+async def key_counts(session: AsyncSession, now: datetime) -> tuple[int, int, int]:
+    """Every tenant's API keys: revoked, expired (not revoked) and all, for the system stats."""
+    revoked = ApiKey.revoked_at.is_not(None)
+    expired = ApiKey.revoked_at.is_(None) & ApiKey.expires_at.is_not(None) & (ApiKey.expires_at <= now)
+    row = (
+        await session.execute(
+            select(
+                func.count(case((revoked, 1))),
+                func.count(case((expired, 1))),
+                func.count(ApiKey.id),
+            )
+        )
+    ).one()
+    return row[0], row[1], row[2]
+
+
+async def delete_keys_of(session: AsyncSession, tenant_id: str) -> None:
+    """Delete the tenant's API keys (it is being deleted: its keys stop working at once)."""
+    await session.execute(delete(ApiKey).where(ApiKey.tenant_id == tenant_id))

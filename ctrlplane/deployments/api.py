@@ -5,9 +5,9 @@ from litestar.params import FromPath, JSONBody
 
 from ctrlplane.deployments import schemas
 from ctrlplane.deployments.service import DeploymentService
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
-from ctrlplane.preconditions import ETAG, IfMatch, tagged
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
+from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
 
 class DeploymentController(Controller):

@@ -45,7 +45,6 @@ import httpx
 import msgspec
 import structlog
 
-from ctrlplane.context import AppServices
 from ctrlplane.deployments.analysis import (
     Analysis,
     AnalysisResult,
@@ -61,8 +60,8 @@ from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.health.gate import HealthGate
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import RuntimeConfig, runtime_config, spec_for
 from ctrlplane.network.traffic import Traffic
+from ctrlplane.operations.spec import RuntimeConfig, runtime_config, spec_for
 from ctrlplane.provisioning.contract import Provider, ReplicaStatus, WorkloadSpec, WorkloadStatus
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import restore as restore_release
@@ -72,6 +71,7 @@ from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.secrets.service import for_release as secrets_for_release
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.deploy")
 

@@ -10,12 +10,12 @@ rollback does the same with the whole configuration of an earlier release of the
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import RequestContext
 from ctrlplane.deployments import schemas
 from ctrlplane.deployments.analysis import Analysis
 from ctrlplane.deployments.analysis import check as check_analysis
@@ -27,13 +27,14 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.schemas import argv
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.operations import queue
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.releases.models import Release
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.releases.service import restore
 from ctrlplane.runs.service import plan_release
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 DEPLOYABLE = ("running", "failed")
 
@@ -240,3 +241,9 @@ class DeploymentService:
         self.context.audit.resource_id = deployment.id
         self.context.audit.tenant_id = deployment.tenant_id
         return to_schema(deployment)
+
+
+async def count_since(session: AsyncSession, since: datetime) -> int:
+    """Deployments of every tenant created since ``since``, for the system stats."""
+    statement = select(func.count(Deployment.id)).where(Deployment.created_at >= since)
+    return int((await session.execute(statement)).scalar_one())

@@ -5,8 +5,8 @@ from litestar.params import FromPath, JSONBody
 
 from ctrlplane.drains import schemas
 from ctrlplane.drains.service import LogDrainService
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
 
 
 class LogDrainController(Controller):

@@ -8,15 +8,15 @@ import anyio
 import msgspec
 from sqlalchemy import Select, func, select
 
-from ctrlplane.context import RequestContext
 from ctrlplane.drains import schemas
 from ctrlplane.drains.models import LogDrain
 from ctrlplane.errors import Conflict, InvalidInput, NotFound
 from ctrlplane.ids import new_id
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target, redacted
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 MAX_DRAINS_PER_TENANT = 20
 

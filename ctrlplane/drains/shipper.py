@@ -41,15 +41,16 @@ import structlog
 from anyio.abc import TaskGroup
 from sqlalchemy import select, update
 
-from ctrlplane.context import AppServices
 from ctrlplane.drains.models import LogDrain
 from ctrlplane.drains.service import headers_aad
+from ctrlplane.ids import TenantId
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.outbound import OutboundPolicy, blocked_cause
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.secrets.crypto import DecryptionFailed
 from ctrlplane.telemetry import logparse
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.drains")
 
@@ -210,7 +211,7 @@ class LogShipper:
                         continue
                     opened[drain.id] = msgspec.json.decode(plain, type=dict[str, str])
             for tenant_id in sorted({d.tenant_id for d in drains}):
-                live = await InstanceRepository(session, tenant_id).live_for_tenant(tenant_id)
+                live = await InstanceRepository(session, TenantId(tenant_id)).live_for_tenant(tenant_id)
                 for drain in (d for d in drains if d.tenant_id == tenant_id):
                     for instance in live:
                         if drain.instance_id in (None, instance.id):

@@ -9,8 +9,8 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from ctrlplane.environments import schemas
 from ctrlplane.environments.schemas import EnvironmentState
 from ctrlplane.environments.service import EnvironmentService
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
 
 
 class EnvironmentController(Controller):

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ctrlplane.context import AuditDraft, RequestContext
 from ctrlplane.health.service import HealthService
 from ctrlplane.network.service import RouteService
 from ctrlplane.templates.render import render_extras
 from ctrlplane.templates.schemas import ParameterValue, TemplateSpec
+from ctrlplane.web.context import AuditDraft, RequestContext
 
 
 async def furnish(

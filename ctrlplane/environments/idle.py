@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices
 from ctrlplane.environments.audit import system_change
 from ctrlplane.environments.models import Environment
 from ctrlplane.environments.service import record_event, terminate
 from ctrlplane.instances.models import Instance
 from ctrlplane.network.models import InstanceTraffic
 from ctrlplane.network.sleep import put_to_sleep
+from ctrlplane.web.context import AppServices
 
 
 async def _environment_of(session: AsyncSession, instance: Instance) -> Environment | None:

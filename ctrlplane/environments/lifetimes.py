@@ -9,15 +9,16 @@ from __future__ import annotations
 import structlog
 from sqlalchemy import or_, select
 
-from ctrlplane.context import AppServices
 from ctrlplane.environments import pools
 from ctrlplane.environments.audit import system_change
 from ctrlplane.environments.models import Environment
 from ctrlplane.environments.service import database_now, record_event, terminate
 from ctrlplane.errors import NotFound
+from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.environments")
 
@@ -162,7 +163,7 @@ class LifetimeKeeper:
             for environment in terminating:
                 if environment.instance_id is not None:
                     try:
-                        instance = await InstanceRepository(session, environment.tenant_id).view(
+                        instance = await InstanceRepository(session, TenantId(environment.tenant_id)).view(
                             environment.instance_id
                         )
                     except NotFound:

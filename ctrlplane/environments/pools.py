@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth.providers import Principal
-from ctrlplane.context import AppServices, AuditDraft, RequestContext
 from ctrlplane.environments.audit import system_change
 from ctrlplane.environments.furnish import furnish
 from ctrlplane.environments.models import Environment
@@ -31,6 +30,7 @@ from ctrlplane.templates.render import render, resolve
 from ctrlplane.templates.schemas import Parameter, ParameterValue
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices, AuditDraft, RequestContext
 
 log = structlog.get_logger("ctrlplane.pools")
 

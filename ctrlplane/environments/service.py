@@ -27,24 +27,24 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import RequestContext
 from ctrlplane.environments import pools, schemas
 from ctrlplane.environments.furnish import furnish
 from ctrlplane.environments.models import Environment
 from ctrlplane.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from ctrlplane.events.service import append as append_event
-from ctrlplane.ids import new_id
+from ctrlplane.ids import TenantId, new_id
+from ctrlplane.instances.lifecycle import destroy_by_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
-from ctrlplane.instances.service import destroy as destroy_instance
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.network.sleep import set_idle_timeout
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.templates import service as templates
 from ctrlplane.templates.render import render, resolve
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 
 class ExtendLimit(Conflict):
@@ -91,11 +91,7 @@ async def terminate(session: AsyncSession, environment: Environment, *, reason: 
     environment.version += 1
     environment.updated_at = utc_now()
     if environment.instance_id is not None:
-        instance = await InstanceRepository(session, environment.tenant_id).get(
-            environment.instance_id, for_update=True
-        )
-        if instance.state not in ("destroying", "destroyed"):
-            await destroy_instance(session, instance, hard=hard)
+        await destroy_by_id(session, TenantId(environment.tenant_id), environment.instance_id, hard=hard)
     if reason == "expired":
         await record_event(session, environment, "environment.expired", hard=hard)
 
@@ -115,7 +111,9 @@ class EnvironmentService:
         instance_state = hostname_url = None
         if environment.instance_id is not None:
             try:
-                row = await InstanceRepository(self.session, environment.tenant_id).view(environment.instance_id)
+                row = await InstanceRepository(self.session, TenantId(environment.tenant_id)).view(
+                    environment.instance_id
+                )
                 instance_state = row.state
             except NotFound:
                 instance_state = None

@@ -15,13 +15,13 @@ from litestar import Controller, Request, Response, get
 from litestar.params import FromPath, FromQuery, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import InvalidInput
 from ctrlplane.events import schemas
 from ctrlplane.events.service import encode, page
-from ctrlplane.http import DEFAULT_PAGE, Context, Limit, errors, route
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.openapi import EVENT_STREAM
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Limit, errors, route
+from ctrlplane.web.openapi import EVENT_STREAM
 
 MAX_EVENT_ID = 2**63 - 1
 LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False, pattern=r"^[0-9]{1,19}$")]

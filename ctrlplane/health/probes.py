@@ -24,8 +24,10 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
+from ctrlplane.health.repository import HealthRepository
 from ctrlplane.provisioning.contract import Probe, Provider, ReplicaStatus
 from ctrlplane.redaction import redact
 
@@ -118,6 +120,11 @@ def runtime_probes(checks: Sequence[HealthCheck]) -> tuple[Probe, ...]:
     if readiness is liveness:
         return (_probe(readiness, "both"),)
     return (_probe(readiness, "readiness"), _probe(liveness, "liveness"))
+
+
+async def runtime_probes_of(session: AsyncSession, instance_id: str) -> tuple[Probe, ...]:
+    """``runtime_probes`` of the instance's checks, read now (for its workload spec: ``operations/spec.py``)."""
+    return runtime_probes(await HealthRepository(session, None).oldest_first(instance_id))
 
 
 def _probe(check: HealthCheck, use: str) -> Probe:

@@ -7,12 +7,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
+from ctrlplane.ids import TenantId
 
 
 class HealthRepository:
     """Every health-check query, scoped to one tenant; ``tenant_id=None`` only for system admins."""
 
-    def __init__(self, session: AsyncSession, tenant_id: str | None) -> None:
+    def __init__(self, session: AsyncSession, tenant_id: TenantId | None) -> None:
         self.session = session
         self.tenant_id = tenant_id
 
@@ -36,6 +37,10 @@ class HealthRepository:
 
     async def all_of_instance(self, instance_id: str) -> list[HealthCheck]:
         statement = self.of_instance(instance_id).order_by(HealthCheck.id)
+        return list((await self.session.execute(statement)).scalars())
+
+    async def oldest_first(self, instance_id: str) -> list[HealthCheck]:
+        statement = self.of_instance(instance_id).order_by(HealthCheck.created_at, HealthCheck.id)
         return list((await self.session.execute(statement)).scalars())
 
     async def name_taken(self, instance_id: str, name: str) -> bool:

@@ -31,7 +31,6 @@ import structlog
 from anyio.abc import TaskGroup
 from sqlalchemy import delete, func, select
 
-from ctrlplane.context import AppServices
 from ctrlplane.db import Database
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
@@ -39,8 +38,8 @@ from ctrlplane.health.probes import Outcome, Target, parse_target, run_check
 from ctrlplane.health.service import RUNNABLE_STATES, record_outcome, secrets_to_redact
 from ctrlplane.instances.models import Instance
 from ctrlplane.operations import queue
-from ctrlplane.operations.models import Operation
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.health")
 
@@ -93,7 +92,7 @@ class HealthScheduler:
 
     async def claim_due(self, limit: int) -> list[Claimed]:
         now = utc_now()
-        busy = select(Operation.instance_id).where(Operation.state.in_(queue.UNFINISHED))
+        busy = queue.busy_instances()
         due = (
             HealthCheck.enabled.is_(True),
             HealthCheck.next_run_at <= now,

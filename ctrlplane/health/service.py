@@ -23,7 +23,6 @@ from typing import Any
 
 import msgspec
 
-from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.events.service import append as append_event
 from ctrlplane.health import schemas
@@ -31,14 +30,15 @@ from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.health.probes import Outcome, Target, parse_target, run_check
 from ctrlplane.health.repository import HealthRepository
 from ctrlplane.ids import new_id
+from ctrlplane.instances.lifecycle import reconfigure
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.instances.service import reconfigure
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.secrets.service import values_of as secret_values
 from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.web.context import AppServices, RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 MAX_CHECKS_PER_INSTANCE = 20
 MIN_INTERVAL_SECONDS = 1.0

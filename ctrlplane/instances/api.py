@@ -6,12 +6,12 @@ from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ctrlplane.errors import InvalidInput
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.instances import schemas
 from ctrlplane.instances.schemas import InstanceState
 from ctrlplane.instances.service import InstanceService
-from ctrlplane.pagination import Page
-from ctrlplane.preconditions import ETAG, IfMatch, tagged
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
+from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
 LabelFilter = Annotated[
     list[str] | None, QueryParameter(description="k=v; repeat to require several labels", max_items=10)

@@ -6,6 +6,7 @@ from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
+from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
 
 LIVE = Instance.state != "destroyed"
@@ -19,7 +20,7 @@ per request, and loading an ORM object to convert it, cost about as much as the 
 class InstanceRepository:
     """Every instance query, scoped to one tenant; ``tenant_id=None`` only for system admins."""
 
-    def __init__(self, session: AsyncSession, tenant_id: str | None) -> None:
+    def __init__(self, session: AsyncSession, tenant_id: TenantId | None) -> None:
         self.session = session
         self.tenant_id = tenant_id
 

@@ -24,33 +24,26 @@ replicas) are checked under a lock on the tenant row, so concurrent creates cann
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
 
-from ctrlplane.context import RequestContext
-from ctrlplane.deployments.models import Deployment
+from ctrlplane.deployments.repository import deployment_running
 from ctrlplane.errors import Conflict, Forbidden, InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances import schemas
+from ctrlplane.instances.lifecycle import FINAL, destroy, suspend, unsuspend
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import set_state
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.operations import queue
-from ctrlplane.operations.models import Operation
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
-from ctrlplane.provisioning.contract import ConfigurableProvider
-from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
-
-FINAL = ("destroying", "destroyed")
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 
 def to_schema(instance: Instance) -> schemas.Instance:
@@ -129,17 +122,11 @@ class InstanceService:
     async def _no_deploy_running(self, instance: Instance, action: str) -> None:
         """A deploy owns the instance's configuration until it ends: changing it meanwhile would be
         lost (or half-applied) when the deploy goes back."""
-        running = (
-            await self.session.execute(
-                select(Deployment.id).where(
-                    Deployment.instance_id == instance.id, Deployment.state.in_(("pending", "running"))
-                )
-            )
-        ).first()
+        running = await deployment_running(self.session, instance.id)
         if running is not None:
             raise Conflict(
-                f"cannot {action} while deployment {running[0]} runs; wait for it or cancel it",
-                details={"deployment_id": running[0]},
+                f"cannot {action} while deployment {running} runs; wait for it or cancel it",
+                details={"deployment_id": running},
             )
 
     async def _provider_answers(self, provider_name: str) -> None:
@@ -450,104 +437,3 @@ def _unique_ports(ports: list[schemas.Port]) -> None:
     seen = {(p.container_port, p.protocol) for p in ports}
     if len(seen) != len(ports):
         raise InvalidInput("ports must be unique per container_port and protocol", details={"ports": "duplicate"})
-
-
-async def reconfigure(session: Any, providers: ProviderRegistry, instances: Iterable[Instance]) -> None:
-    """Queue a ``configure`` operation for each of ``instances`` whose runtime enforces quotas, runs
-    probes or serves routes itself (``ConfigurableProvider``: Kubernetes) after a change to one of
-    those (the tenant's quota, the instance's health checks, routes or domains). Instances on other
-    runtimes (Docker), going away, or with a configure still waiting to start get none: that one
-    reads the database when it runs."""
-    wanted = [
-        instance
-        for instance in instances
-        if instance.state not in FINAL
-        and instance.provider_name in providers.names
-        and isinstance(providers.get(instance.provider_name), ConfigurableProvider)
-    ]
-    if not wanted:
-        return
-    waiting = set(
-        (
-            await session.execute(
-                select(Operation.instance_id)
-                .where(
-                    Operation.instance_id.in_([i.id for i in wanted]),
-                    Operation.kind == "configure",
-                    Operation.state == "pending",
-                )
-                # locked: a worker's SKIP LOCKED claim passes it over until this change commits, so
-                # the configure that stands in for it cannot run on the configuration before it
-                .with_for_update()
-            )
-        ).scalars()
-    )
-    for instance in wanted:
-        if instance.id not in waiting:
-            queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="configure")
-
-
-async def destroy(session: Any, instance: Instance, *, hard: bool = False) -> None:
-    """Mark the instance for destruction and queue its teardown (also used by tenant deletion and
-    environments); ``hard`` kills its processes first instead of stopping them gracefully."""
-    previous = instance.state
-    instance.state, instance.desired_state = "destroying", "destroyed"
-    instance.version += 1
-    instance.updated_at = utc_now()
-    queue.enqueue(
-        session,
-        tenant_id=instance.tenant_id,
-        instance_id=instance.id,
-        kind="deprovision",
-        payload={"hard": True} if hard else None,
-    )
-    await append_event(
-        session,
-        tenant_id=instance.tenant_id,
-        instance_id=instance.id,
-        type="instance.state_changed",
-        data={"from": previous, "to": "destroying", "action": "delete"},
-    )
-
-
-async def suspend(session: Any, instance: Instance, *, reason: str, by: str) -> None:
-    """Stop the instance and remember whether it should run again when unsuspended."""
-    instance.suspended_at = utc_now()
-    instance.suspension_reason = reason
-    instance.suspended_by = by
-    instance.resume_state = instance.desired_state
-    if instance.desired_state == "running":
-        instance.desired_state = "stopped"
-        await set_state(session, instance, "stopping", f"suspended: {reason}")
-        queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="stop")
-    instance.version += 1
-    instance.updated_at = utc_now()
-    await append_event(
-        session,
-        tenant_id=instance.tenant_id,
-        instance_id=instance.id,
-        type="instance.suspended",
-        data={"reason": reason, "by": by},
-    )
-
-
-async def unsuspend(session: Any, instance: Instance, *, reason: str) -> None:
-    resume = instance.resume_state
-    instance.suspended_at = None
-    instance.suspension_reason = None
-    instance.suspended_by = None
-    instance.resume_state = None
-    if resume == "running":
-        instance.desired_state = "running"
-        await set_state(session, instance, "starting", "")
-        instance.recent_restarts = []
-        queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="start")
-    instance.version += 1
-    instance.updated_at = utc_now()
-    await append_event(
-        session,
-        tenant_id=instance.tenant_id,
-        instance_id=instance.id,
-        type="instance.unsuspended",
-        data={"reason": reason},
-    )

@@ -3,11 +3,11 @@ from __future__ import annotations
 from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.params import FromPath, JSONBody
 
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
 from ctrlplane.network import schemas
 from ctrlplane.network.service import DomainService, RouteService, SleepService
-from ctrlplane.pagination import Page
-from ctrlplane.preconditions import ETAG, IfMatch, tagged
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
+from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
 
 class RouteController(Controller):

@@ -4,6 +4,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
+from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
 from ctrlplane.network.models import Certificate, Domain, Route
 from ctrlplane.timeutil import utc_now
@@ -16,7 +17,7 @@ class NetworkRepository:
     admins). The one unscoped query, ``hostname_holder``, answers whether a hostname is taken anywhere,
     because hostnames are unique across tenants; it never returns another tenant's domain to a caller."""
 
-    def __init__(self, session: AsyncSession, tenant_id: str | None) -> None:
+    def __init__(self, session: AsyncSession, tenant_id: TenantId | None) -> None:
         self.session = session
         self.tenant_id = tenant_id
 

@@ -83,6 +83,21 @@ def http_routes(default_host: str, verified_hosts: Sequence[str], routes: Sequen
     )
 
 
+async def http_routes_of(
+    session: AsyncSession, settings: Settings, *, instance_id: str, instance_name: str, tenant_slug: str
+) -> tuple[HttpRoute, ...]:
+    """``http_routes`` of the instance on its default hostname and verified domains, read now (for
+    its workload spec: ``operations/spec.py``)."""
+    routes = (await session.execute(select(Route).where(Route.instance_id == instance_id))).scalars()
+    verified = (
+        await session.execute(
+            select(Domain.hostname).where(Domain.instance_id == instance_id, Domain.status == "verified")
+        )
+    ).scalars()
+    host = default_hostname(settings, instance_name, tenant_slug)
+    return http_routes(host, list(verified), list(routes))
+
+
 async def load_state(session: AsyncSession, settings: Settings) -> RouterState:
     rows = (
         await session.execute(

@@ -28,23 +28,24 @@ from typing import Any
 
 import msgspec
 
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict as ConflictError
 from ctrlplane.errors import InvalidInput, InvalidState, QuotaExceeded
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
+from ctrlplane.instances.lifecycle import reconfigure
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.instances.service import InstanceService, reconfigure
+from ctrlplane.instances.service import InstanceService
 from ctrlplane.network import schemas
 from ctrlplane.network.dns import txt_values
 from ctrlplane.network.models import Certificate, Domain, InstanceTraffic, Route
 from ctrlplane.network.repository import NetworkRepository
 from ctrlplane.network.sleep import put_to_sleep, traffic_row
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 SUPPORTED_PROTOCOLS = ("http",)
 CHALLENGE_LABEL = "_ctrlplane-challenge"

@@ -28,14 +28,13 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.db import Database
-from ctrlplane.deployments.models import Deployment
+from ctrlplane.deployments.repository import deployment_running
 from ctrlplane.errors import Conflict, InvalidState
 from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import set_state
 from ctrlplane.network.models import InstanceTraffic, Upstream
 from ctrlplane.operations import queue
-from ctrlplane.operations.models import Operation
 from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.sleep")
@@ -74,17 +73,11 @@ async def put_to_sleep(
             f"only a running instance can go to sleep; this one is {state}",
             details={"state": state, "allowed": ["running"]},
         )
-    deploying = (
-        await session.execute(
-            select(Deployment.id).where(
-                Deployment.instance_id == instance.id, Deployment.state.in_(("pending", "running"))
-            )
-        )
-    ).first()
+    deploying = await deployment_running(session, instance.id)
     if deploying is not None:
         raise Conflict(
-            f"cannot put the instance to sleep while deployment {deploying[0]} runs",
-            details={"deployment_id": deploying[0]},
+            f"cannot put the instance to sleep while deployment {deploying} runs",
+            details={"deployment_id": deploying},
         )
     now = utc_now()
     instance.desired_state = SLEEPING
@@ -123,12 +116,7 @@ async def claim_wake(session: AsyncSession, instance_id: str, handlers: IdleHand
     instance = await session.get(Instance, instance_id, populate_existing=True)
     assert instance is not None
     # a stop still waiting for its drain has nothing left to do: the containers are wanted again
-    await session.execute(
-        update(Operation)
-        .where(Operation.instance_id == instance_id, Operation.kind == "stop", Operation.state == "pending")
-        .values(state="succeeded", error="superseded by a wake", finished_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    await queue.supersede_pending(session, instance_id, "stop", error="superseded by a wake", now=now)
     queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="start")
     traffic = await traffic_row(session, instance)
     traffic.woken_at = now

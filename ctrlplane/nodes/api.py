@@ -21,17 +21,17 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
-from ctrlplane.boundary import RATE_LIMIT_KEY, request_id_for
-from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound, RateLimited
-from ctrlplane.http import Context, errors, route
 from ctrlplane.inputs import check_json_depth
 from ctrlplane.nodes import contract, schemas, service
 from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
-from ctrlplane.openapi import EVENT_STREAM, RECORD_BATCH
-from ctrlplane.pagination import Page
 from ctrlplane.ratelimit.service import BucketState
+from ctrlplane.web.context import AppServices
+from ctrlplane.web.http import Context, errors, route
+from ctrlplane.web.openapi import EVENT_STREAM, RECORD_BATCH
+from ctrlplane.web.pagination import Page
+from ctrlplane.web.scope import RATE_LIMIT_KEY, request_id_for
 
 MAX_EVENT_ID = 2**63 - 1
 LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False, pattern=r"^[0-9]{1,19}$")]

@@ -12,8 +12,8 @@ from datetime import timedelta
 import anyio
 import structlog
 
-from ctrlplane.context import AppServices
 from ctrlplane.nodes.service import mark_unreachable, prune_logs
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger(__name__)
 

@@ -33,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.audit.service import AuditRecord as AuditEntryRecord
 from ctrlplane.audit.service import append as append_audit
-from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 from ctrlplane.ids import new_id
 from ctrlplane.nodes import contract, keys, schemas
@@ -54,11 +53,12 @@ from ctrlplane.nodes.models import (
     NodeReport,
     NodeSigningKey,
 )
-from ctrlplane.pagination import Page
 from ctrlplane.provisioning.contract import Usage
 from ctrlplane.telemetry.repository import MetricsRepository
-from ctrlplane.tenants.models import Tenant
+from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.web.context import AppServices, RequestContext
+from ctrlplane.web.pagination import Page
 
 
 def digest(value: str) -> str:
@@ -166,8 +166,8 @@ class AdminNodes:
         limit = self.services.settings.node_enroll_token_max_ttl_seconds
         if not 0 < ttl <= limit:
             raise InvalidInput(f"ttl must be positive and at most {int(limit)}s", details={"ttl": data.ttl})
-        if data.tenant_id is not None and await self.session.get(Tenant, data.tenant_id) is None:
-            raise NotFound.of("tenant", data.tenant_id)
+        if data.tenant_id is not None:
+            await TenantRepository(self.session).get(data.tenant_id)  # NotFound when it does not exist
         token = _new_secret(ENROLL_TOKEN_PREFIX)
         now = utc_now()
         row = EnrollmentToken(

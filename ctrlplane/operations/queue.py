@@ -12,10 +12,11 @@ no older unfinished operation of its instance exists.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Select, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -119,3 +120,29 @@ def retry_later(operation: Operation, *, error: str, delay: timedelta) -> None:
 async def unfinished_for(session: AsyncSession, instance_id: str) -> list[Operation]:
     statement = select(Operation).where(Operation.instance_id == instance_id, Operation.state.in_(UNFINISHED))
     return list((await session.execute(statement.order_by(Operation.id))).scalars())
+
+
+def busy_instances() -> Select[str]:
+    """The IDs of instances with an unfinished operation, as a subquery."""
+    return select(Operation.instance_id).where(Operation.state.in_(UNFINISHED))
+
+
+async def pending_of_kind(session: AsyncSession, instance_ids: Sequence[str], kind: str) -> set[str]:
+    """Which of the instances have a pending ``kind`` operation, locking those operations: a
+    worker's SKIP LOCKED claim passes them over until the caller's transaction commits."""
+    statement = (
+        select(Operation.instance_id)
+        .where(Operation.instance_id.in_(instance_ids), Operation.kind == kind, Operation.state == "pending")
+        .with_for_update()
+    )
+    return {instance_id for instance_id in (await session.execute(statement)).scalars() if instance_id is not None}
+
+
+async def supersede_pending(session: AsyncSession, instance_id: str, kind: str, *, error: str, now: datetime) -> None:
+    """Mark the instance's pending ``kind`` operations done without running them: ``error`` says why."""
+    await session.execute(
+        update(Operation)
+        .where(Operation.instance_id == instance_id, Operation.kind == kind, Operation.state == "pending")
+        .values(state="succeeded", error=error, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )

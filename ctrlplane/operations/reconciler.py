@@ -44,10 +44,11 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.idempotency.service import purge_expired
+from ctrlplane.ids import TenantId
+from ctrlplane.instances.lifecycle import forget_tenant
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import observed_state, record_status, set_state
 from ctrlplane.operations import queue
@@ -62,8 +63,8 @@ from ctrlplane.provisioning.contract import (
 )
 from ctrlplane.redaction import REDACTED
 from ctrlplane.secrets.service import container_text_redactor
-from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.reconciler")
 
@@ -337,8 +338,7 @@ class Reconciler:
 
     async def _finish_tenant_deletions(self) -> None:
         async with self.services.db.write() as session, session.begin():
-            deleting = list((await session.execute(select(Tenant).where(Tenant.status == "deleting"))).scalars())
-            for tenant in deleting:
+            for tenant in await TenantRepository(session).deleting():
                 live = (
                     await session.execute(
                         select(func.count())
@@ -347,6 +347,7 @@ class Reconciler:
                     )
                 ).scalar_one()
                 if live == 0:
+                    await forget_tenant(session, TenantId(tenant.id))
                     await TenantRepository(session).remove(tenant)
                     log.info("tenant_deleted", tenant=tenant.id)
 

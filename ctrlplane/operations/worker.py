@@ -17,15 +17,15 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices
 from ctrlplane.deployments.engine import DeployEngine
 from ctrlplane.errors import CtrlplaneError, InvalidInput, ProviderUnavailable
 from ctrlplane.events.service import append as append_event
 from ctrlplane.ids import new_id
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import record_status, runtime_config, set_state, spec_for
+from ctrlplane.instances.observe import record_status, set_state
 from ctrlplane.operations import queue
 from ctrlplane.operations.models import Operation
+from ctrlplane.operations.spec import runtime_config, spec_for
 from ctrlplane.provisioning.contract import (
     ConfigurableProvider,
     KillableProvider,
@@ -35,6 +35,7 @@ from ctrlplane.provisioning.contract import (
 )
 from ctrlplane.secrets.service import container_text_redactor
 from ctrlplane.secrets.service import for_release as secrets_for_release
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.worker")
 

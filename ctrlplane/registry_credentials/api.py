@@ -3,10 +3,10 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post
 from litestar.params import FromPath, JSONBody
 
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
 from ctrlplane.registry_credentials import schemas
 from ctrlplane.registry_credentials.service import RegistryCredentialService
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
 
 
 class RegistryCredentialController(Controller):

@@ -17,16 +17,16 @@ from __future__ import annotations
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, NotFound
 from ctrlplane.ids import new_id
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.provisioning.contract import RegistryAuth
 from ctrlplane.registries import normalized_registry, registry_key
 from ctrlplane.registry_credentials import schemas
 from ctrlplane.registry_credentials.models import RegistryCredential
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices, RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 MAX_CREDENTIALS_PER_TENANT = 50
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from litestar import Controller, get
 from litestar.params import FromPath
 
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
 from ctrlplane.releases import schemas
 from ctrlplane.releases.service import ReleaseService
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
 
 
 class ReleaseController(Controller):

@@ -11,17 +11,17 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import NotFound
-from ctrlplane.ids import new_id
+from ctrlplane.ids import TenantId, new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.schemas import Port, Resources
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.releases import schemas
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 
 def to_schema(release: Release) -> schemas.Release:
@@ -79,7 +79,7 @@ async def cut(
         secrets_revision=(
             secrets_revision
             if secrets_revision is not None
-            else await SecretRepository(session, instance.tenant_id).latest_revision(instance.id)
+            else await SecretRepository(session, TenantId(instance.tenant_id)).latest_revision(instance.id)
         ),
         commit_sha=commit_sha,
         release_command=list(instance.release_command) if instance.release_command else None,

@@ -9,11 +9,11 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ctrlplane.errors import Forbidden
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.openapi import EVENT_STREAM
-from ctrlplane.pagination import Page
 from ctrlplane.runs import schemas, stream
 from ctrlplane.runs.service import JobService, RunService
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.openapi import EVENT_STREAM
+from ctrlplane.web.pagination import Page
 
 Tail = Annotated[int, QueryParameter(ge=1, le=10_000, description="At most this many last lines")]
 

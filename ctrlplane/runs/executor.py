@@ -30,11 +30,10 @@ import msgspec
 import structlog
 from sqlalchemy import and_, or_, select, update
 
-from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import spec_for
+from ctrlplane.operations.spec import spec_for
 from ctrlplane.provisioning.contract import LogLine, Provider, RunProvider, RunSpec, RunStatus, WorkloadSpec
 from ctrlplane.provisioning.errors import ProviderUnavailable
 from ctrlplane.redaction import redact as redact_values
@@ -46,6 +45,7 @@ from ctrlplane.secrets.schemas import WorkloadSecrets
 from ctrlplane.secrets.service import for_release as secrets_for_release
 from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.runs")
 

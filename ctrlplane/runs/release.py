@@ -25,12 +25,12 @@ from typing import Any
 import msgspec
 from sqlalchemy import select
 
-from ctrlplane.context import AppServices
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.provisioning.contract import Provider, RunProvider, WorkloadSpec
 from ctrlplane.runs.executor import RunExecutor
 from ctrlplane.runs.models import Run
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 Step = Callable[..., Awaitable[None]]
 

@@ -35,13 +35,13 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from ctrlplane.context import AppServices
 from ctrlplane.events.service import append as append_event
 from ctrlplane.instances.models import Instance
 from ctrlplane.runs import cron
 from ctrlplane.runs.models import Job, Run
 from ctrlplane.runs.service import ACTIVE, new_run, prune, run_fits_quota
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.jobs")
 

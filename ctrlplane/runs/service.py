@@ -27,19 +27,19 @@ import msgspec
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState, NotFound
-from ctrlplane.ids import new_id
+from ctrlplane.ids import TenantId, new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.provisioning.contract import RunProvider
 from ctrlplane.releases.models import Release
 from ctrlplane.runs import cron, schemas
 from ctrlplane.runs.models import Job, Run
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 ACTIVE = ("pending", "running")
 RUNNABLE = ("running",)
@@ -291,7 +291,7 @@ async def run_fits_quota(session: AsyncSession, instance: Instance) -> bool:
     """Whether one more run of the instance fits the tenant's CPU and memory quota (for a job's
     firing, which no request admits)."""
     quota = await TenantRepository(session).quota(instance.tenant_id)
-    _, cpu, memory = await InstanceRepository(session, instance.tenant_id).usage(instance.tenant_id)
+    _, cpu, memory = await InstanceRepository(session, TenantId(instance.tenant_id)).usage(instance.tenant_id)
     run_cpu, run_memory = await active_run_usage(session, instance.tenant_id)
     return (
         cpu + run_cpu + instance.cpu_millis <= quota.max_cpu_millis

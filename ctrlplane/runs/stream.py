@@ -10,7 +10,6 @@ from typing import Any
 import anyio
 from sqlalchemy import select
 
-from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.instances.models import Instance
 from ctrlplane.provisioning.contract import RunProvider
@@ -21,6 +20,7 @@ from ctrlplane.runs.service import ACTIVE, to_schema
 from ctrlplane.secrets.service import for_release as secrets_for_release
 from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 WAIT_SECONDS = 0.25
 HEARTBEAT_SECONDS = 10.0

@@ -5,11 +5,11 @@ from typing import Annotated
 from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
-from ctrlplane.preconditions import ETAG, IfMatch, tagged
 from ctrlplane.secrets import schemas
 from ctrlplane.secrets.service import SecretService
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
+from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
 Restart = Annotated[
     bool,

@@ -3,6 +3,7 @@ from __future__ import annotations
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
 from ctrlplane.secrets.models import Secret, SecretVersion
 
@@ -12,7 +13,7 @@ class SecretRepository:
     from the tenant-scoped ``InstanceRepository``; queries here are scoped by that instance and its
     tenant both."""
 
-    def __init__(self, session: AsyncSession, tenant_id: str) -> None:
+    def __init__(self, session: AsyncSession, tenant_id: TenantId) -> None:
         self.session = session
         self.tenant_id = tenant_id
 

@@ -29,17 +29,14 @@ from posixpath import normpath
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.deployments.service import DeploymentService
 from ctrlplane.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
 from ctrlplane.events.service import append as append_event
-from ctrlplane.ids import new_id
+from ctrlplane.ids import TenantId, new_id
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.observe import TextRedactor
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_existing, require_version
 from ctrlplane.provisioning.contract import SecretFile
 from ctrlplane.redaction import redact
 from ctrlplane.registry_credentials.service import credential_for as registry_credential_for
@@ -51,6 +48,9 @@ from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices, RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_existing, require_version
 
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_ENV_KEY = 255
@@ -122,7 +122,7 @@ class SecretService:
         audit.details.update(details)
 
     async def _append(self, instance: Instance, key: str, type: str, value: str | None) -> SecretVersion:
-        repo = SecretRepository(self.session, instance.tenant_id)
+        repo = SecretRepository(self.session, TenantId(instance.tenant_id))
         version = await repo.latest_version(instance.id, key) + 1
         sealed = None
         if value is not None:
@@ -156,7 +156,7 @@ class SecretService:
                 f"a secret's value may be at most {schemas.MAX_VALUE_BYTES} bytes (UTF-8)",
                 details={"value": "too long"},
             )
-        repo = SecretRepository(self.session, instance.tenant_id)
+        repo = SecretRepository(self.session, TenantId(instance.tenant_id))
         current = await repo.current(instance.id, data.key)
         self._require(current, data.key)
         if current is None:
@@ -192,7 +192,7 @@ class SecretService:
 
     async def list(self, instance_id: str, *, cursor: str | None, limit: int) -> Page[schemas.Secret]:
         instance = await InstanceRepository(self.session, self.context.principal.tenant_id).get(instance_id)
-        statement = SecretRepository(self.session, instance.tenant_id).listing(instance.id)
+        statement = SecretRepository(self.session, TenantId(instance.tenant_id)).listing(instance.id)
         return await paginate(self.session, statement, Secret.id, cursor=cursor, limit=limit, convert=to_schema)
 
     def _require(self, current: Secret | None, key: str) -> None:
@@ -202,7 +202,7 @@ class SecretService:
             require_version(self.if_match, resource="secret", resource_id=current.key, version=current.version)
 
     async def _named(self, instance: Instance, key: str, type: str | None) -> Secret:
-        repo = SecretRepository(self.session, instance.tenant_id)
+        repo = SecretRepository(self.session, TenantId(instance.tenant_id))
         # The route's {key:path} always starts with "/": "/DATABASE_URL" is the env key
         # DATABASE_URL unless ?type=file says it is the file /DATABASE_URL.
         bare = key[1:] if key.startswith("/") else key
@@ -251,7 +251,7 @@ async def workload_secrets(
         return schemas.WorkloadSecrets()
     env: dict[str, str] = {}
     files: list[SecretFile] = []
-    for row in await SecretRepository(session, tenant_id).as_of(instance_id, revision):
+    for row in await SecretRepository(session, TenantId(tenant_id)).as_of(instance_id, revision):
         assert row.sealed_value is not None
         try:
             plaintext = await vault.open(
@@ -269,7 +269,7 @@ async def workload_secrets(
 async def values_of(session: AsyncSession, vault: Vault, *, tenant_id: str, instance_id: str) -> list[str]:
     """Every current secret value of an instance as text (env values, file contents), decrypted
     in memory: what must never come back out of its containers (``redaction.py``)."""
-    revision = await SecretRepository(session, tenant_id).latest_revision(instance_id)
+    revision = await SecretRepository(session, TenantId(tenant_id)).latest_revision(instance_id)
     current = await workload_secrets(session, vault, tenant_id=tenant_id, instance_id=instance_id, revision=revision)
     return [*current.env.values(), *(f.content.decode("utf-8", "replace") for f in current.files)]
 

@@ -14,15 +14,15 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ctrlplane.boundary import RATE_LIMIT_KEY
-from ctrlplane.context import AppServices
 from ctrlplane.errors import ErrorBody, RateLimited, Unauthenticated
-from ctrlplane.http import Context, Moment, errors, parse_moment, route
-from ctrlplane.openapi import EVENT_STREAM
 from ctrlplane.ratelimit.service import BucketState
 from ctrlplane.telemetry import otlp, schemas
 from ctrlplane.telemetry.logparse import Level
 from ctrlplane.telemetry.service import TelemetryService, authenticate_instance, ingest_spans, scrape
+from ctrlplane.web.context import AppServices
+from ctrlplane.web.http import Context, Moment, errors, parse_moment, route
+from ctrlplane.web.openapi import EVENT_STREAM
+from ctrlplane.web.scope import RATE_LIMIT_KEY
 
 OTLP_SCOPE_KEY = "ctrlplane.otlp_instance"
 LogLimit = Annotated[int, QueryParameter(ge=1, le=1000, description="Lines, 1 to 1000 (newest)")]

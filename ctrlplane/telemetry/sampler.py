@@ -6,12 +6,12 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from ctrlplane.context import AppServices
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.network.requests import compact as compact_requests
 from ctrlplane.provisioning.contract import Usage
 from ctrlplane.telemetry.repository import ControlPlaneCounts, MetricsRepository, SpanRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger("ctrlplane.telemetry")
 

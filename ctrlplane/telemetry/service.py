@@ -20,7 +20,6 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import AppServices, RequestContext
 from ctrlplane.deployments.models import Deployment
 from ctrlplane.errors import CtrlplaneError, Forbidden, InvalidInput, Unauthenticated
 from ctrlplane.instances.models import Instance
@@ -34,6 +33,7 @@ from ctrlplane.telemetry import logparse, otlp, schemas
 from ctrlplane.telemetry.repository import GAUGES, MetricsRepository, SpanRepository, bucket_start
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.timeutil import as_utc, parse_duration, utc_now
+from ctrlplane.web.context import AppServices, RequestContext
 
 DEFAULT_WINDOW = timedelta(hours=1)
 MAX_WINDOW = timedelta(days=400)

@@ -15,14 +15,14 @@ import msgspec
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, Forbidden, InvalidInput, NotFound
 from ctrlplane.ids import new_id
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.templates import schemas
 from ctrlplane.templates.models import Template, TemplateVersion
 from ctrlplane.templates.render import check_declarations
 from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 
 
 def format_seconds(seconds: int | None) -> str | None:

@@ -4,12 +4,12 @@ from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from ctrlplane.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
-from ctrlplane.pagination import Page
-from ctrlplane.preconditions import ETAG, IfMatch, tagged
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.schemas import TenantStatus
 from ctrlplane.tenants.service import TenantService
+from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.pagination import Page
+from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
 
 def _tagged(tenant: schemas.Tenant, status_code: int = 200) -> Response[schemas.Tenant]:

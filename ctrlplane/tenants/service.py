@@ -10,24 +10,21 @@ Suspending a tenant suspends (stops) its instances; unsuspending starts those th
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy import delete
 
-from ctrlplane.auth.models import ApiKey
-from ctrlplane.context import RequestContext
+from ctrlplane.auth.service import delete_keys_of
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
-from ctrlplane.ids import new_id
+from ctrlplane.ids import TenantId, new_id
+from ctrlplane.instances import lifecycle
 from ctrlplane.instances.repository import InstanceRepository
-from ctrlplane.instances.service import destroy, reconfigure
-from ctrlplane.instances.service import suspend as suspend_instance
-from ctrlplane.instances.service import unsuspend as unsuspend_instance
 from ctrlplane.network.repository import NetworkRepository
-from ctrlplane.pagination import Page, paginate
-from ctrlplane.preconditions import require_version
 from ctrlplane.secrets.repository import SecretRepository
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.models import Tenant, TenantQuota
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.preconditions import require_version
 
 
 def to_schema(tenant: Tenant) -> schemas.Tenant:
@@ -120,8 +117,7 @@ class TenantService:
 
     async def _quota_changed(self, tenant_id: str) -> None:
         """Runtimes that enforce the quota themselves (Kubernetes' ResourceQuota) get the new one."""
-        instances = await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id)
-        await reconfigure(self.session, self.context.services.providers, instances)
+        await lifecycle.reconfigure_tenant(self.session, self.context.services.providers, TenantId(tenant_id))
 
     async def delete(self, tenant_id: str, *, force: bool) -> bool:
         """Delete the tenant now (True), or, with ``force`` and live instances, tear them down and
@@ -135,15 +131,12 @@ class TenantService:
                 "tenant still owns live resources; delete them first or pass ?force=true",
                 details={"live": live},
             )
-        await self.session.execute(delete(ApiKey).where(ApiKey.tenant_id == tenant_id))
+        await delete_keys_of(self.session, tenant_id)
         self._audit(tenant_id, force=force, live=live)
-        instances = await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id, for_update=True)
-        if not instances:
+        if not await lifecycle.destroy_tenant(self.session, TenantId(tenant_id)):
+            await lifecycle.forget_tenant(self.session, TenantId(tenant_id))
             await self.repo.remove(tenant)
             return True
-        for instance in instances:
-            if instance.state != "destroying":
-                await destroy(self.session, instance)
         tenant.status = "deleting"
         tenant.version += 1
         tenant.updated_at = utc_now()
@@ -155,9 +148,10 @@ class TenantService:
 
     async def usage(self, tenant_id: str) -> schemas.QuotaUsage:
         """What the tenant uses now."""
-        count, cpu, memory = await InstanceRepository(self.session, tenant_id).usage(tenant_id)
-        secrets = await SecretRepository(self.session, tenant_id).count_for_tenant()
-        network = NetworkRepository(self.session, tenant_id)
+        scope = TenantId(tenant_id)  # a system admin's: every tenant is in scope
+        count, cpu, memory = await InstanceRepository(self.session, scope).usage(tenant_id)
+        secrets = await SecretRepository(self.session, scope).count_for_tenant()
+        network = NetworkRepository(self.session, scope)
         domains, routes = await network.domain_count(tenant_id), await network.route_count(tenant_id)
         return schemas.QuotaUsage(
             instances=count, cpu_millis=cpu, memory_mb=memory, domains=domains, routes=routes, secrets=secrets
@@ -172,11 +166,7 @@ class TenantService:
         tenant.status, tenant.suspended_at, tenant.suspension_reason = "suspended", now, reason
         tenant.version += 1
         tenant.updated_at = now
-        stopped = []
-        for instance in await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id, for_update=True):
-            if instance.suspended_at is None and instance.state != "destroying":
-                await suspend_instance(self.session, instance, reason=reason, by="tenant")
-                stopped.append(instance.id)
+        stopped = await lifecycle.suspend_tenant(self.session, TenantId(tenant_id), reason=reason)
         self._audit(tenant_id, reason=reason, instances=stopped)
         return to_schema(tenant)
 
@@ -187,11 +177,7 @@ class TenantService:
         tenant.status, tenant.suspended_at, tenant.suspension_reason = "active", None, None
         tenant.version += 1
         tenant.updated_at = utc_now()
-        resumed = []
-        for instance in await InstanceRepository(self.session, tenant_id).live_for_tenant(tenant_id, for_update=True):
-            if instance.suspended_by == "tenant":
-                await unsuspend_instance(self.session, instance, reason=reason)
-                resumed.append(instance.id)
+        resumed = await lifecycle.unsuspend_tenant(self.session, TenantId(tenant_id), reason=reason)
         self._audit(tenant_id, reason=reason, instances=resumed)
         return to_schema(tenant)
 

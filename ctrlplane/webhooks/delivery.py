@@ -40,12 +40,12 @@ import structlog
 from sqlalchemy import and_, delete, func, or_, select
 
 from ctrlplane import __version__
-from ctrlplane.context import AppServices
 from ctrlplane.events.models import EventStream
 from ctrlplane.events.service import append as append_event
 from ctrlplane.events.service import events_after
 from ctrlplane.outbound import OutboundPolicy, blocked_cause, redacted
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 from ctrlplane.webhooks import signing
 from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
 from ctrlplane.webhooks.service import matches, new_delivery, secret_aad

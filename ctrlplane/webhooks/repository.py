@@ -4,13 +4,14 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
+from ctrlplane.ids import TenantId
 from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 
 class WebhookRepository:
     """Every webhook and delivery query of the API, scoped to one tenant (``None`` only for system admins)."""
 
-    def __init__(self, session: AsyncSession, tenant_id: str | None) -> None:
+    def __init__(self, session: AsyncSession, tenant_id: TenantId | None) -> None:
         self.session = session
         self.tenant_id = tenant_id
 

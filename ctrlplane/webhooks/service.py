@@ -23,13 +23,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from ctrlplane.context import RequestContext
 from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.events.service import last_seq
 from ctrlplane.ids import new_id
 from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target, redacted
-from ctrlplane.pagination import Page, paginate
 from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.web.context import RequestContext
+from ctrlplane.web.pagination import Page, paginate
 from ctrlplane.webhooks import schemas, signing
 from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
 from ctrlplane.webhooks.repository import WebhookRepository

@@ -18,11 +18,11 @@ from sqlalchemy import delete, select
 from ctrlplane.audit import checkpoints
 from ctrlplane.audit.models import AuditChain, AuditEntry
 from ctrlplane.audit.service import entry_hash, verify
-from ctrlplane.context import AppServices
+from ctrlplane.background import Background
 from ctrlplane.db import Database
-from ctrlplane.operations.runner import Background
 from ctrlplane.secrets.crypto import MasterKeyRing
 from ctrlplane.settings import Settings
+from ctrlplane.web.context import AppServices
 from tests.api.test_audit import audit_keys
 from tests.conftest import Api, bearer
 from tests.waiting import eventually

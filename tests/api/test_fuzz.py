@@ -11,7 +11,7 @@ not match the document, or a read of one tenant's object by the other fails the 
 operation, within ``CTRLPLANE_TEST_FUZZ_SECONDS``, default 20, per caller: the tenant's
 on SQLite and PostgreSQL, the admin's on SQLite); ``make fuzz`` a long one. The
 Schemathesis configuration (what 400s are right for schema-valid data) is tests/schemathesis.toml;
-NUL characters are not generated because the API refuses them everywhere by design (boundary.py).
+NUL characters are not generated because the API refuses them everywhere by design (web/unit_of_work.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 
 from ctrlplane.db import Database
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import spec_for
+from ctrlplane.operations.spec import spec_for
 from ctrlplane.settings import Settings
 from tests.api.test_instances import create, tenant_token
 from tests.conftest import Api

@@ -10,12 +10,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from ctrlplane.context import AppServices
 from ctrlplane.db import Database
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.observe import spec_for
+from ctrlplane.operations.spec import spec_for
 from ctrlplane.secrets.service import for_release
 from ctrlplane.settings import Settings
+from ctrlplane.web.context import AppServices
 from tests.api.test_instances import create, tenant_token
 from tests.api.test_secrets import assert_absent, marker, raw_storage
 from tests.conftest import Api

@@ -6,9 +6,9 @@ from typeid import TypeID
 from ctrlplane.auth.providers import Principal
 from ctrlplane.errors import InvalidInput
 from ctrlplane.ids import TenantId, new_id
-from ctrlplane.pagination import decode_cursor, encode_cursor
 from ctrlplane.settings import DEFAULT_PLANS, Settings, SettingsError
 from ctrlplane.timeutil import parse_duration
+from ctrlplane.web.pagination import decode_cursor, encode_cursor
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from litestar import Litestar
 from sqlalchemy import update
 
-from ctrlplane.context import AppServices
 from ctrlplane.db import Database
 from ctrlplane.errors import Conflict
 from ctrlplane.nodes import contract
@@ -26,6 +25,7 @@ from ctrlplane.nodes.monitor import NodeMonitor
 from ctrlplane.provisioning.contract import Resources, SecretFile, WorkloadSpec
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
+from ctrlplane.web.context import AppServices
 from tests.conftest import Api, bearer
 
 NOW = "2026-12-05T10:00:00Z"

@@ -10,10 +10,10 @@ from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter, SkipValidation
 
-from ctrlplane.context import CONTEXT_KEY, RequestContext
 from ctrlplane.errors import ErrorBody, InvalidInput
-from ctrlplane.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from ctrlplane.timeutil import as_utc
+from ctrlplane.web.context import CONTEXT_KEY, RequestContext
+from ctrlplane.web.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 Moment = Annotated[
     str | None,

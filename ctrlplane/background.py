@@ -1,5 +1,6 @@
-"""The background: operation workers, the reconciler, provider health checks, the health-check
-scheduler and the metrics sampler, started with the app and stopped with it.
+"""The background's composition root, beside ``app.py`` (the app's): ``Background`` builds and runs
+the operation workers, the reconciler, provider health checks, the health-check scheduler, the
+metrics sampler and every other loop, started with the app's lifespan and stopped with it.
 
 Every replica runs operation workers (the queue's row locks and leases share the work out). Loops
 that must run once per cluster run only on the elected leader (``cluster.LeaderElection``: a
@@ -34,7 +35,6 @@ from anyio.abc import TaskGroup
 
 from ctrlplane.audit import checkpoints
 from ctrlplane.cluster import LeaderElection, NotifyRelay, asyncpg_dsn
-from ctrlplane.context import AppServices
 from ctrlplane.drains.shipper import LogShipper
 from ctrlplane.environments.lifetimes import LifetimeKeeper
 from ctrlplane.health.scheduler import HealthScheduler
@@ -49,6 +49,7 @@ from ctrlplane.provisioning.contract import Provider, WatchingProvider
 from ctrlplane.runs.executor import RunExecutor, run_once
 from ctrlplane.runs.scheduler import JobScheduler
 from ctrlplane.telemetry.sampler import MetricsSampler
+from ctrlplane.web.context import AppServices
 from ctrlplane.webhooks.delivery import WebhookDispatcher
 
 log = structlog.get_logger("ctrlplane.background")

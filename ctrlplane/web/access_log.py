@@ -1,0 +1,75 @@
+"""Around the whole app: each request's ID, the headers every response carries, one log line.
+
+``RequestContextASGI`` settles the request ID (an incoming ``X-Request-ID`` when valid, else a new
+one), adds ``X-Request-ID`` and ``X-Ctrlplane-Version`` to every response, refuses oversized
+headers (431) before anything else runs, and writes one ``request`` log line: never a header or a
+body, so no token reaches the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from ctrlplane.auth.providers import Principal
+from ctrlplane.errors import HeaderTooLarge
+from ctrlplane.inputs import check_headers
+from ctrlplane.web.responses import Captured
+from ctrlplane.web.scope import PRINCIPAL_KEY, request_id_for
+
+log = structlog.get_logger("ctrlplane.http")
+
+
+class RequestContextASGI:
+    def __init__(self, app: ASGIApp, *, version: str, allowed_methods: Mapping[str, str] | None = None) -> None:
+        self.app = app
+        self.version = version.encode()
+        self.allowed_methods = {k: v.encode() for k, v in (allowed_methods or {}).items()}
+        """Path template -> the Allow header of OPTIONS: Litestar's own OPTIONS handler can list only
+        the methods of the first handlers registered on a path."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        http_scope = scope
+        request_id = request_id_for(scope)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-ctrlplane-version", self.version))
+                allow = self.allowed_methods.get(str(scope.get("path_template")))
+                if http_scope["method"] == "OPTIONS" and allow is not None and status < 300:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"allow"] + [(b"allow", allow)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            try:
+                check_headers(scope.get("headers", ()))
+            except HeaderTooLarge as exc:
+                await Captured.of_error(scope, exc).flush(send_with_headers)
+                return
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            principal: Principal | None = scope.get(PRINCIPAL_KEY)  # type: ignore[assignment]
+            log.info(
+                "request",
+                method=http_scope["method"],
+                route=scope.get("path_template") or scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                request_id=request_id,
+                tenant=principal.tenant_id if principal else None,
+                subject=principal.subject if principal else None,
+            )
