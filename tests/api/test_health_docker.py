@@ -157,6 +157,7 @@ async def test_a_tcp_check_tells_a_listening_port_from_one_nobody_listens_on(
     assert result["status"] == "fail", result
 
 
+# Slow by design: the failing gate waits out deploy_health_timeout_seconds (8 s, enough for a healthy start under load).
 @pytest.mark.parametrize(
     "check",
     [
