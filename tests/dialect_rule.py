@@ -153,9 +153,27 @@ def finding(item: pytest.Item) -> dict[str, Any] | None:
     return {"nodeid": item.nodeid, "marked": marked, "pinned": pinned, "database": database, "reasons": found}
 
 
+def findings(items: list[pytest.Item]) -> list[dict[str, Any]]:
+    """What the rule says about each of ``items`` that uses the shared database."""
+    return [found for item in items if (found := finding(item)) is not None]
+
+
+# Options that collect or keep fewer tests than the whole suite.
+_NARROWING_OPTIONS = ("keyword", "markexpr", "deselect", "ignore", "ignore_glob", "lf", "stepwise", "sw_skip")
+
+
+def collects_the_whole_suite(config: pytest.Config) -> bool:
+    """Whether this session's items are every test of the suite (a plain ``pytest``, as ``make test``
+    runs it, in each xdist worker too), so the rule can judge them without collecting again."""
+    if any(getattr(config.option, option, None) for option in _NARROWING_OPTIONS):
+        return False
+    base = config.rootpath if config.args_source == pytest.Config.ArgsSource.TESTPATHS else config.invocation_params.dir
+    suite = {config.rootpath, config.rootpath / "tests"}
+    return bool(config.args) and all("::" not in arg and (base / arg).resolve() in suite for arg in config.args)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     target = os.environ.get(REPORT_ENV)
     if not target:
         return
-    findings = [found for item in session.items if (found := finding(item)) is not None]
-    Path(target).write_text(json.dumps(findings))
+    Path(target).write_text(json.dumps(findings(session.items)))

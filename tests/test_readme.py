@@ -94,6 +94,7 @@ def test_the_walkthrough_is_found_with_its_outputs() -> None:
     assert matches("a ...\nz", "a b\nc d\nz") and not matches("a\nz", "a\nb\nz")
 
 
+# Slow by design: every command of the README in a shell, against a real server and real containers.
 async def test_the_readme_walkthrough_runs_verbatim(docker_engine: DockerClient, tmp_path: Path) -> None:
     for binary in ("bash", "curl", "docker", "python3"):
         require_binary(binary, "the README walkthrough")

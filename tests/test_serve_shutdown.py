@@ -19,6 +19,7 @@ from tests.conftest import Tokens, bearer
 from tests.harness import SERVING, ServeProcess
 
 
+# Slow by design: two lifetimes of a real `ctrlplane serve` around a SIGTERM with a request in flight.
 async def test_sigterm_lets_a_request_in_flight_finish_then_exits_cleanly(
     database_url: str, tmp_path: Path, settings: Settings, tokens: Tokens
 ) -> None:

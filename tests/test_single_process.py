@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import JWT_SECRET
+from tests.waiting import eventually_sync
 
 
 def _free_port() -> int:
@@ -42,18 +42,16 @@ def _serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         assert process.poll() is None, (
             f"ctrlplane serve exited: {process.stderr.read().decode() if process.stderr else ''}"
         )
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("ctrlplane serve did not become ready")
+            return False
+
+    eventually_sync(ready, "ctrlplane serve becoming ready", timeout=60)
 
 
 @pytest.fixture
@@ -66,6 +64,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
         process.wait(timeout=30)
 
 
+# Slow by design: three lifetimes of a real `ctrlplane serve` (one refused, one SIGKILLed).
 def test_second_server_on_the_same_sqlite_file_is_refused(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -90,6 +89,7 @@ def test_second_server_on_the_same_sqlite_file_is_refused(
     _wait_ready(third_url, third)
 
 
+# Slow by design: two real `ctrlplane serve` processes started side by side.
 def test_servers_on_different_sqlite_files_run_side_by_side(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -23,6 +23,7 @@ from tests.api.test_deployments import APP, finished, running_instance
 from tests.api.test_instances import tenant_token
 from tests.conftest import Api
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -81,14 +82,12 @@ async def store_round_trips(app: Litestar, deployment_id: str, requests: int, er
 async def feed_until_finished(live: Api, app: Litestar, token: dict[str, str], errors: int) -> dict[str, Any]:
     """Find the instance's deployment, then keep storing round trips for it until it ends."""
     instance_id = (await live.client.get("/v1/instances", headers=token)).json()["items"][0]["id"]
-    deployment: dict[str, Any] | None = None
-    for _ in range(200):
+
+    async def first_deployment() -> dict[str, Any] | None:
         items = (await live.client.get(f"/v1/instances/{instance_id}/deployments", headers=token)).json()["items"]
-        if items:
-            deployment = items[0]
-            break
-        await asyncio.sleep(0.05)
-    assert deployment is not None
+        return dict(items[0]) if items else None
+
+    deployment = await eventually(first_deployment, "the instance's deployment")
     while True:
         current = (await live.client.get(f"/v1/deployments/{deployment['id']}", headers=token)).json()
         if current["state"] in ("succeeded", "failed", "rolled_back", "cancelled"):

@@ -103,6 +103,7 @@ async def test_a_new_image_that_fails_its_gate_rolls_back_and_the_old_keeps_serv
     assert b"hello from busybox httpd" in next(iter(await bodies(live, instance["id"], token)))
 
 
+# Slow by design: two server lifetimes around a SIGKILL mid deploy, then the deploy's recovery on real containers.
 @pytest.mark.dialects("crash recovery: a killed server's transaction, lock and lease")
 @pytest.mark.parametrize("delay", [0.3, 1.0])
 async def test_killed_mid_deploy_the_deploy_ends_cleanly_with_no_extra_containers(

@@ -90,6 +90,7 @@ async def _run(live: Api, live_server: str, caller: str, tmp_path: Path) -> None
         assert f"✅ {must_run}" in output, f"the {must_run} phase did not run:\n{output[-5000:]}"
 
 
+# Slow by design: Schemathesis' budget of generated requests (--max-examples, --max-time in _run).
 @pytest.mark.dialects("hostile values (NUL, huge integers) each dialect refuses differently")
 async def test_schemathesis_as_a_tenant_finds_no_server_error_and_no_schema_violation(
     live: Api, live_server: str, tmp_path: Path
@@ -97,6 +98,7 @@ async def test_schemathesis_as_a_tenant_finds_no_server_error_and_no_schema_viol
     await _run(live, live_server, "tenant", tmp_path)
 
 
+# Slow by design: Schemathesis' budget of generated requests (--max-examples, --max-time in _run).
 @pytest.mark.parametrize("database_url", ADMIN_DATABASES, indirect=True)
 async def test_schemathesis_as_a_system_admin_finds_no_server_error_and_no_schema_violation(
     live: Api, live_server: str, tmp_path: Path
@@ -104,6 +106,7 @@ async def test_schemathesis_as_a_system_admin_finds_no_server_error_and_no_schem
     await _run(live, live_server, "admin", tmp_path)
 
 
+# Slow by design: Schemathesis' budget of generated requests (--max-examples, --max-time in _run).
 @pytest.mark.dialects("hostile values (NUL, huge integers) each dialect refuses differently")
 async def test_schemathesis_stateful_with_both_tenants_finds_no_server_error_schema_violation_or_cross_tenant_read(
     live: Api, live_server: str, tmp_path: Path

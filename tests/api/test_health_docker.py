@@ -157,6 +157,7 @@ async def test_a_tcp_check_tells_a_listening_port_from_one_nobody_listens_on(
     assert result["status"] == "fail", result
 
 
+# Slow by design: the failing gate waits out deploy_health_timeout_seconds (8 s, enough for a healthy start under load).
 @pytest.mark.parametrize(
     "check",
     [
@@ -210,7 +211,7 @@ async def test_command_output_is_redacted_of_secrets_and_the_otlp_token_and_show
     stored = await live.client.post(
         f"/v1/instances/{instance['id']}/secrets", json={"key": "DB_PASSWORD", "value": value}, headers=token
     )
-    assert stored.status_code in (200, 201), stored.text
+    assert stored.status_code == 201, stored.text
     encoded = base64.b64encode(value.encode()).decode()
     otlp = instance_token(settings, instance["id"])
     check = await add_check(

@@ -18,6 +18,7 @@ from ctrlplane.settings import Settings
 from tests.api.test_instances import WEB, create, tenant_token
 from tests.api.test_telemetry import otlp_headers
 from tests.conftest import JWT_SECRET, Api, bearer
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.dialects("each dialect refuses NUL, 64-bit overflows and out-of-range times its own way")
 
@@ -147,8 +148,7 @@ async def served(app: Any) -> AsyncIterator[tuple[str, int]]:
     """The app behind the same uvicorn configuration ``ctrlplane serve`` uses."""
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started, "uvicorn serving")
     yield server.servers[0].sockets[0].getsockname()[:2]
     server.should_exit = True
     await asyncio.wait_for(task, timeout=15)

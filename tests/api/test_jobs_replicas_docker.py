@@ -22,11 +22,13 @@ from ctrlplane.db import Database, connect
 from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.runs import cron
 from ctrlplane.runs.models import Job, Run
+from ctrlplane.runs.schemas import TERMINAL
 from ctrlplane.settings import Settings
 from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_docker import APP, _remove_what_the_test_made  # noqa: F401 - fixture
 from tests.conftest import Api, bearer
 from tests.providers.docker_engine import docker_engine  # noqa: F401 - fixture
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.docker, pytest.mark.dialects]
 
@@ -51,11 +53,7 @@ async def serve(settings: Settings, name: str) -> tuple[uvicorn.Server, asyncio.
     )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     task = asyncio.create_task(server.serve())
-    for _ in range(1000):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
+    await eventually(lambda: server.started, f"replica {name} serving")
     return server, task, db, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
@@ -69,6 +67,19 @@ async def two_replicas(settings: Settings, db: Database) -> AsyncIterator[list[s
         await replica_db.dispose()
 
 
+async def firings(db: Database, job_id: str, count: int) -> bool:
+    async with db.read() as session:
+        moments = set((await session.execute(select(Run.scheduled_at).where(Run.job_id == job_id))).scalars())
+    return len(moments) >= count
+
+
+async def runs_ended(db: Database, job_id: str) -> bool:
+    async with db.read() as session:
+        states = list((await session.execute(select(Run.state).where(Run.job_id == job_id))).scalars())
+    return all(state in TERMINAL for state in states)
+
+
+# Slow by design: five two-second periods of the job on two replicas, and a container run per firing.
 async def test_a_per_two_seconds_job_fires_exactly_once_per_period_across_two_replicas(
     two_replicas: list[str], tokens: Any, db: Database, docker_engine: DockerClient
 ) -> None:
@@ -85,10 +96,14 @@ async def test_a_per_two_seconds_job_fires_exactly_once_per_period_across_two_re
             headers=token,
         )
         assert job.status_code == 201, job.text
-        await asyncio.sleep(11)
+        job_id = job.json()["id"]
+        # five periods of firing by either replica
+        await eventually(lambda: firings(db, job_id, 5), "five firings of the job", timeout=30)
         disabled = await a.patch(f"/v1/jobs/{job.json()['id']}", json={"enabled": False}, headers=token)
         assert disabled.status_code == 200, disabled.text
-        await asyncio.sleep(3)  # let the last firings' runs end
+        # the job's row lock orders a firing before the disable or shows it disabled: no firing comes
+        # after this answer, and the last firings' runs end
+        await eventually(lambda: runs_ended(db, job_id), "the last firings' runs ending", timeout=30)
     async with db.read() as session:
         row = await session.get(Job, job.json()["id"])
         assert row is not None

@@ -59,6 +59,7 @@ def networks_of(engine: DockerClient, cluster: str) -> list[str]:
     return sorted(n.name for n in engine.networks.list(filters={"label": f"ctrlplane.cluster={cluster}"}))
 
 
+# Slow by design: sixty real containers and tenant networks on one engine is the scale it claims.
 async def test_sixty_tenants_each_run_an_instance_on_one_engine(
     live: Api, settings: Settings, docker_settings: DockerSettings, docker_engine: DockerClient
 ) -> None:

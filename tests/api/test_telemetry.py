@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -22,6 +23,7 @@ from tests.api.test_deployments import finished
 from tests.api.test_instances import create, state, tenant_token, wait_for
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider
+from tests.waiting import eventually
 
 TRACE_ID = "5b8efff798038103d269b633813fc60c"
 
@@ -77,14 +79,14 @@ async def test_sampler_stores_usage_and_metrics_returns_time_series(live: Api) -
     _, token = await tenant_token(live)
     instance = await running(live, token, replicas=2)
     path = f"/v1/instances/{instance['id']}/metrics"
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        body = (await live.client.get(path, headers=token)).json()
+
+    async def three_samples() -> dict[str, Any] | None:
+        body = dict((await live.client.get(path, headers=token)).json())
         cpu = next(s for s in body["series"] if s["name"] == "cpu_percent")
-        if len(cpu["points"]) >= 3:
-            break
-        assert asyncio.get_running_loop().time() < deadline, body
-        await asyncio.sleep(0.2)
+        return body if len(cpu["points"]) >= 3 else None
+
+    body = await eventually(three_samples, "three CPU samples", timeout=30)
+    cpu = next(s for s in body["series"] if s["name"] == "cpu_percent")
     assert {s["name"] for s in body["series"]} == {
         "cpu_percent", "memory_used_bytes", "memory_limit_bytes", "network_rx_bytes", "network_tx_bytes", "restarts",
         "health_check_latency_ms",
@@ -410,15 +412,16 @@ async def test_prometheus_endpoint_exposes_the_control_planes_metrics(live: Api)
     await live.client.post(
         f"/v1/instances/{instance['id']}/deploy", json={"image": "ctrlplane-test/busybox:2"}, headers=token
     )
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
+
+    async def scraped() -> httpx.Response | None:
         response = await live.client.get("/metrics")
         assert response.status_code == 200
         text = response.text
-        if 'ctrlplane_deploys_total{outcome="succeeded"} 1.0' in text and "ctrlplane_reconciler_lag_seconds " in text:
-            break
-        assert asyncio.get_running_loop().time() < deadline, text
-        await asyncio.sleep(0.2)
+        deployed = 'ctrlplane_deploys_total{outcome="succeeded"} 1.0' in text
+        return response if deployed and "ctrlplane_reconciler_lag_seconds " in text else None
+
+    response = await eventually(scraped, "the deploy and the reconciler lag in /metrics", timeout=30)
+    text = response.text
     assert response.headers["content-type"].startswith("text/plain")
     assert 'ctrlplane_http_requests_total{method="GET",route="/v1/instances",status="200"} 1.0' in text
     assert 'route="/v1/instances/{instance_id}",status="404"' in text

@@ -24,6 +24,7 @@ def instance_named(console: Console, credential: str, name: str) -> dict[str, An
     return dict(items[0]) if items else {}
 
 
+# Slow by design: a real browser drives a served ctrlplane through create, deploy, rollback and logs.
 def test_tenant_creates_deploys_rolls_back_and_reads_logs(console: Console) -> None:
     tenant = console.create_tenant("acme")
     key = console.create_key(tenant["id"], ["admin"], "console")

@@ -23,6 +23,7 @@ pytestmark = [
 RUNS = 6
 
 
+# Slow by design: RUNS server lifetimes, each SIGKILLed and restarted, then convergence on the real engine.
 @pytest.mark.parametrize("seed", [1009])
 async def test_killed_during_create_and_delete_everything_converges(
     server: ServeProcess, db: Database, tokens: Tokens, settings: Settings, seed: int

@@ -22,6 +22,7 @@ pytestmark = [
 RUNS = 4
 
 
+# Slow by design: RUNS server lifetimes killed mid deploy, then convergence on the real engine.
 @pytest.mark.parametrize("seed", [2017])
 async def test_killed_during_deploy_everything_converges(
     server: ServeProcess, db: Database, tokens: Tokens, settings: Settings, seed: int

@@ -72,6 +72,7 @@ async def _environments(db: Database) -> list[dict[str, object]]:
         return [dict(row._mapping) for row in rows]
 
 
+# Slow by design: RUNS server lifetimes killed during get-or-creates, then convergence on the real engine.
 @pytest.mark.dialects("crash recovery under concurrent get-or-creates: the unique index and the killed transaction")
 async def test_killed_during_get_or_create_leaves_one_environment_per_key_and_no_orphans(
     server: ServeProcess, db: Database, tokens: Tokens, settings: Settings
@@ -102,6 +103,7 @@ async def test_killed_during_get_or_create_leaves_one_environment_per_key_and_no
         await converged(http, db, settings, ledger)
 
 
+# Slow by design: the environment's TTL runs out across a SIGKILL and a restart of the server.
 async def test_killed_during_expiry_terminates_it_after_the_restart_with_no_orphans(
     server: ServeProcess, db: Database, tokens: Tokens, settings: Settings
 ) -> None:

@@ -118,6 +118,7 @@ async def readiness(http: httpx.AsyncClient, want: int, timeout: float = 60) -> 
     raise AssertionError(f"/readyz never said {want} in {timeout}s (last {seen})")
 
 
+# Slow by design: a private PostgreSQL cluster is stopped and started under a running server.
 async def test_postgres_restarted_readyz_goes_503_and_back_and_no_request_gets_a_500(
     cluster: PrivatePostgres, server: ServeProcess, tokens: Tokens
 ) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from tests.certs import throwaway_ca
 from tests.conftest import require_binary
 from tests.ports import free_port, free_udp_port
+from tests.waiting import eventually_sync
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -37,15 +37,14 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
 
 
 def _wait_until(check: object, what: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
         with contextlib.suppress(Exception):
-            if check():  # type: ignore[operator]
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not come up within {timeout}s: {log.read_text()[-2000:]}")
+            return bool(check())  # type: ignore[operator]
+        return False
+
+    eventually_sync(up, lambda: f"{what} did not come up: {log.read_text()[-2000:]}", timeout=timeout)
 
 
 @dataclass

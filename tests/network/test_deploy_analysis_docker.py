@@ -154,6 +154,7 @@ async def test_a_canary_answering_500_to_a_tenth_of_requests_is_rolled_back_at_t
     await until_served(caddy, HOST, INDEX_BODY)
 
 
+# Slow by design: three canary steps, each analysed over its 2 s window of real traffic through Caddy.
 async def test_a_healthy_canary_passes_each_step_and_reaches_100_percent(
     live: Api, caddy: Caddy, docker_engine: DockerClient, analysis_images: None
 ) -> None:

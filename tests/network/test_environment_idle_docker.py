@@ -43,6 +43,7 @@ def settings(settings: Settings, caddy: Caddy) -> Settings:
     )
 
 
+# Slow by design: 10 s is the shortest idle timeout the API accepts (MIN_IDLE_TIMEOUT_SECONDS).
 async def test_an_idle_environment_scaled_to_zero_wakes_on_the_next_request(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:
@@ -70,6 +71,7 @@ async def test_an_idle_environment_scaled_to_zero_wakes_on_the_next_request(
     assert {"idle", "wake"} <= await system_actions(live, environment["id"])
 
 
+# Slow by design: 10 s is the shortest idle timeout the API accepts (MIN_IDLE_TIMEOUT_SECONDS).
 async def test_an_idle_environment_with_on_idle_destroy_is_terminated(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:

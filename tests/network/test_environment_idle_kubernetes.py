@@ -61,6 +61,7 @@ def deployment_of(plane: ControlPlane, instance_id: str) -> dict[str, Any]:
     return deployment
 
 
+# Slow by design: 10 s is the shortest idle timeout the API accepts (MIN_IDLE_TIMEOUT_SECONDS).
 async def test_an_idle_environment_scales_its_deployment_to_zero_and_wakes_on_the_next_request(
     live: Api, caddy: Caddy, kube_control_plane: ControlPlane, app_port: int
 ) -> None:

@@ -34,6 +34,7 @@ from tests.providers.docker_engine import (  # noqa: F401 - docker_engine is a f
     docker_engine,
     ensure_variant_images,
 )
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -66,18 +67,22 @@ async def through_router(caddy: Caddy, hostname: str, path: str = "/", timeout: 
 
 
 async def until_served(caddy: Caddy, hostname: str, body: bytes, path: str = "/", timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    last: list[Any] = [None]
+
+    async def served() -> bool:
         try:
             response = await through_router(caddy, hostname, path)
-            last = (response.status_code, response.content)
-            if response.status_code == 200 and response.content == body:
-                return
         except httpx.TransportError as exc:
-            last = exc
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"http://{hostname}{path} never served {body!r} through Caddy; last: {last!r}")
+            last[0] = exc
+            return False
+        last[0] = (response.status_code, response.content)
+        return response.status_code == 200 and response.content == body
+
+    await eventually(
+        served,
+        lambda: f"http://{hostname}{path} never served {body!r} through Caddy; last: {last[0]!r}",
+        timeout=timeout,
+    )
 
 
 @dataclass
@@ -170,6 +175,7 @@ async def test_a_replica_removed_from_outside_is_routed_around(
     assert client.bodies[INDEX_BODY] > 10
 
 
+# Slow by design: a whole deploy of real containers under continuous traffic through Caddy.
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green"])
 async def test_a_continuous_client_sees_no_failed_request_during_a_deploy(
     live: Api, caddy: Caddy, docker_engine: DockerClient, variant_images: None, strategy: str
@@ -206,13 +212,13 @@ async def test_the_canary_gets_its_share_of_traffic_during_observation(
         f"/v1/instances/{instance['id']}/deploy", json={"image": V2_IMAGE, "strategy": "canary"}, headers=token
     )
     deployment_id = response.json()["id"]
-    for _ in range(600):
-        steps = (await live.client.get(f"/v1/deployments/{deployment_id}", headers=token)).json()["steps"]
-        if any(s["name"].startswith("observe canary") for s in steps):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError(f"the canary never reached its observation: {steps}")
+    steps: list[dict[str, Any]] = []
+
+    async def observing() -> bool:
+        steps[:] = (await live.client.get(f"/v1/deployments/{deployment_id}", headers=token)).json()["steps"]
+        return any(s["name"].startswith("observe canary") for s in steps)
+
+    await eventually(observing, lambda: f"the canary never reached its observation: {steps}", timeout=30)
     await asyncio.sleep(0.5)
     seen: Counter[bytes] = Counter()
     async with httpx.AsyncClient(base_url=caddy.http_url, timeout=10) as http:

@@ -20,6 +20,7 @@ import msgspec
 import pytest
 from docker import DockerClient
 
+from ctrlplane.network.caddy import WAKE_TOKEN_HEADER
 from ctrlplane.settings import Settings
 from tests import waiting
 from tests.api.test_cli_pipeline import cli
@@ -94,6 +95,16 @@ async def asleep(live: Api, token: dict[str, str], instance_id: str, timeout: fl
     return await wait_for(live, instance_id, token, lambda b: b["state"] == "sleeping", timeout)
 
 
+async def wake_route_pushed(caddy: Caddy) -> None:
+    """Wait until the router has pushed the sleeping instance's wake route (the only site here)."""
+
+    async def pushed() -> bool:
+        async with httpx.AsyncClient(timeout=5) as admin:
+            return WAKE_TOKEN_HEADER in (await admin.get(f"http://{caddy.admin_address}/config/")).text
+
+    await eventually(pushed, "the router's push of the wake route")
+
+
 async def test_requests_through_caddy_show_up_as_request_metrics_by_status_class_and_latency(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:
@@ -142,6 +153,7 @@ async def test_requests_through_caddy_show_up_as_request_metrics_by_status_class
     assert "ctrlplane_instance_http_requests_total{" in scrape.text
 
 
+# Slow by design: 10 s is the shortest idle timeout the API accepts (MIN_IDLE_TIMEOUT_SECONDS).
 async def test_an_idle_instance_sleeps_and_the_next_request_gets_the_apps_own_answer(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:
@@ -161,7 +173,7 @@ async def test_an_idle_instance_sleeps_and_the_next_request_gets_the_apps_own_an
         return len(found) == 1 and all(c.status == "exited" for c in found)
 
     await eventually(stopped, "the container stopping", timeout=30)
-    await asyncio.sleep(1.5)  # the router's push of the wake route
+    await wake_route_pushed(caddy)
 
     started = time.monotonic()
     woken = await through_router(caddy, HOST, timeout=40)
@@ -189,7 +201,7 @@ async def test_ten_concurrent_first_requests_start_the_sleeping_instance_once(
     slept = await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)
     assert slept.status_code == 202, slept.text
     await asleep(live, token, instance["id"])
-    await asyncio.sleep(1.5)
+    await wake_route_pushed(caddy)
 
     async with httpx.AsyncClient(base_url=caddy.http_url, timeout=40) as client:
         answers = await asyncio.gather(*(client.get("/", headers={"Host": HOST}) for _ in range(10)))
@@ -209,7 +221,7 @@ async def test_past_the_wake_timeout_the_router_answers_503_with_retry_after(
     await until_served(caddy, HOST, INDEX_BODY)
     assert (await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)).status_code == 202
     await asleep(live, token, instance["id"])
-    await asyncio.sleep(1.5)
+    await wake_route_pushed(caddy)
     late = await through_router(caddy, HOST, timeout=20)
     assert late.status_code == 503, late.text
     assert late.headers["retry-after"] == "7"

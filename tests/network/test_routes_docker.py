@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import msgspec
@@ -17,6 +16,7 @@ from tests.conftest import Api
 from tests.network.processes import Caddy, caddy  # noqa: F401 - fixture
 from tests.network.test_router_docker import through_router, until_served
 from tests.providers.docker_engine import INDEX_BODY, docker_engine, rootfs_tar  # noqa: F401 - fixture
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -82,7 +82,7 @@ async def test_strip_prefix_weights_and_deletion_with_real_requests(
     )
     assert a.status_code == b.status_code == 201
     await until_served(caddy, host, b"port 8081\n", path="/split/index.html")
-    await asyncio.sleep(1.5)
+    await until_served(caddy, host, b"port 8080\n", path="/split/index.html")  # both weights pushed
     seen: Counter[bytes] = Counter()
     for _ in range(200):
         response = await through_router(caddy, host, "/split/index.html")
@@ -92,9 +92,10 @@ async def test_strip_prefix_weights_and_deletion_with_real_requests(
     assert seen[b"port 8080\n"] + seen[b"port 8081\n"] == 200
 
     assert (await live.client.delete(f"/v1/routes/{stripped.json()['id']}", headers=token)).status_code == 204
-    for _ in range(100):
-        if (await through_router(caddy, host, "/files/index.html")).content != INDEX_BODY:
-            break
-        await asyncio.sleep(0.1)
+
+    async def withdrawn() -> bool:
+        return (await through_router(caddy, host, "/files/index.html")).content != INDEX_BODY
+
+    await eventually(withdrawn, "the deleted route's withdrawal", timeout=10)
     gone = await through_router(caddy, host, "/files/index.html")
     assert gone.status_code == 404, "the deleted route still carries traffic (/ serves /tmp/a, which has no /files)"

@@ -16,7 +16,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -41,6 +41,7 @@ from ctrlplane.provisioning.contract import (
 from ctrlplane.provisioning.errors import ProviderError
 from tests.providers.conformance import SMALL, AppImage, ProviderConformance, Workloads, containers_of, new_id
 from tests.providers.kube_cluster import ControlPlane, free_port, kube_control_plane  # noqa: F401
+from tests.waiting import eventually
 
 REAL_CLUSTER = f"test-kreal-{uuid.uuid4().hex[:8]}"
 KUBE = KubernetesSettings(rollout_timeout_seconds=30, request_timeout_seconds=10)
@@ -312,10 +313,9 @@ def namespace_of(spec: WorkloadSpec) -> str:
     return f"{REAL_CLUSTER}-{spec.tenant_id.replace('_', '-')}"
 
 
-async def eventually_true(check: Any, timeout: float = 30.0) -> None:
-    with anyio.fail_after(timeout):
-        while not await anyio.to_thread.run_sync(check):
-            await anyio.sleep(0.25)
+async def eventually_true(check: Callable[[], object], timeout: float = 30.0) -> None:
+    """``eventually`` for a blocking check against the API server (run in a worker thread)."""
+    await eventually(lambda: anyio.to_thread.run_sync(check), getattr(check, "__name__", "the check"), timeout=timeout)
 
 
 async def test_the_tenant_namespace_and_its_guards_pass_the_real_admission_chain(
@@ -519,6 +519,7 @@ async def test_a_conflicting_write_is_retried_from_the_new_version_not_overwritt
     assert deployment["spec"]["replicas"] == 3
 
 
+# [canary] waits out rollout_timeout_seconds: its one-pod step is annotated with the full count, so it never settles.
 @pytest.mark.parametrize("strategy", ["rolling", "recreate", "blue_green", "canary"])
 async def test_every_deploy_strategy_ends_in_the_state_it_promises_with_the_real_controllers(
     kube_control_plane: ControlPlane,

@@ -108,6 +108,7 @@ async def test_api_server_killed_mid_create_then_the_retry_converges_without_dup
     await eventually(lambda: len(objects_of(plane, spec)["pods"]) == 2, "2 pods", timeout=60)
 
 
+# Slow by design: the API server is killed mid deploy and restarted.
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green"])
 async def test_api_server_killed_mid_deploy_then_the_retry_converges_without_duplicates(
     kube_control_plane: ControlPlane,
@@ -135,6 +136,7 @@ async def test_api_server_killed_mid_deploy_then_the_retry_converges_without_dup
     assert len(objects["secrets"]) == 1 and objects["secrets"][0].endswith("-g2")
 
 
+# Slow by design: etcd is killed and restarted under a real API server.
 async def test_etcd_killed_and_restarted_then_the_provider_converges(
     kube_control_plane: ControlPlane,
     k8s: KubernetesProvider,

@@ -6,9 +6,8 @@ instance's own status never counts a run's pod."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-import anyio
 import kubernetes_validate
 import pytest
 from ctrlplane_kubernetes import KubernetesProvider
@@ -17,6 +16,7 @@ from ctrlplane_kubernetes.manifests import run_job
 from ctrlplane.provisioning.contract import Resources, RunProvider, RunSpec, SecretFile, WorkloadSpec
 from tests.providers.kube_emulator import JOBS, SECRETS, Cluster, start_cluster
 from tests.providers.test_kubernetes import KUBE, TEST_CLUSTER, make_provider
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -40,10 +40,8 @@ def run_spec(instance_id: str, run_id: str, command: tuple[str, ...] = ("sh", "-
     return RunSpec(run_id=run_id, workload=workload, command=command)
 
 
-async def until(predicate: object, timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await anyio.sleep(0.05)
+async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    await eventually(predicate, "the cluster's run pods", timeout=timeout)
 
 
 def test_the_run_job_manifest_is_valid_for_kubernetes() -> None:

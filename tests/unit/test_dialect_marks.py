@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.dialect_rule import REPORT_ENV, reasons
+from tests.dialect_rule import REPORT_ENV, collects_the_whole_suite, findings, reasons
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,13 +65,31 @@ def test_the_rule_ignores_portable_sql_and_a_variable_called_claim() -> None:
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """What the rule says of every collected test of the suite (``pytest --collect-only``)."""
+def collected(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """What the rule says of every collected test of the suite.
+
+    A session that collected the whole suite (``make test``) already holds every test; any narrower
+    one collects the suite again in a subprocess (``pytest --collect-only``; ``--assert=plain``, as
+    rewriting the asserts of every module costs more than half of that and the rule reads the source).
+    """
+    if collects_the_whole_suite(request.config):
+        return findings(request.session.items)
     report = tmp_path_factory.mktemp("dialects") / "report.json"
     env = {**os.environ, REPORT_ENV: str(report)}
     env.pop("PYTEST_XDIST_WORKER", None)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.dialect_rule", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.dialect_rule",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--assert=plain",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -79,8 +97,8 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    findings: list[dict[str, Any]] = json.loads(report.read_text())
-    return findings
+    found: list[dict[str, Any]] = json.loads(report.read_text())
+    return found
 
 
 def test_every_test_that_depends_on_the_dialect_carries_the_mark(collected: list[dict[str, Any]]) -> None:

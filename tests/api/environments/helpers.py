@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from tests.conftest import Api, bearer
+from tests.waiting import eventually
 
 SPEC = {
     "image": "ctrlplane-test/app:{{version}}",
@@ -50,23 +50,21 @@ async def wait_env(
     predicate: Callable[[dict[str, Any]], bool],
     timeout: float = 15,
 ) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        body = (await api.client.get(f"/v1/environments/{environment_id}", headers=token)).json()
-        if predicate(body):
-            return dict(body)
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"environment never matched; last seen: {body}")
-        await asyncio.sleep(0.05)
+    seen: list[dict[str, Any]] = [{}]
+
+    async def matched() -> dict[str, Any] | None:
+        seen[0] = dict((await api.client.get(f"/v1/environments/{environment_id}", headers=token)).json())
+        return seen[0] if predicate(seen[0]) else None
+
+    return await eventually(matched, lambda: f"environment never matched; last seen: {seen[0]}", timeout=timeout)
 
 
 async def ready_members(api: Api, token: dict[str, str], count: int, timeout: float = 20) -> list[dict[str, Any]]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        items = (await api.client.get("/v1/environments", params={"state": "pooled"}, headers=token)).json()["items"]
-        running = [e for e in items if e["instance_state"] == "running"]
-        if len(running) >= count:
-            return running
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"pool never had {count} ready members: {items}")
-        await asyncio.sleep(0.1)
+    seen: list[dict[str, Any]] = []
+
+    async def ready() -> list[dict[str, Any]] | None:
+        seen[:] = (await api.client.get("/v1/environments", params={"state": "pooled"}, headers=token)).json()["items"]
+        running = [e for e in seen if e["instance_state"] == "running"]
+        return running if len(running) >= count else None
+
+    return await eventually(ready, lambda: f"pool never had {count} ready members: {seen}", timeout=timeout)

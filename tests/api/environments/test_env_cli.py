@@ -9,6 +9,7 @@ from tests.api.test_cli_pipeline import cli
 from tests.conftest import Api
 
 
+# Slow by design: each of its CLI calls is a new Python process importing ctrlplane.
 async def test_env_up_prints_the_url_and_is_the_same_environment_on_every_run(live: Api, live_server: str) -> None:
     tenant_id, token = await tenant(live)
     await template(live, token, max_environments_per_owner=1)

@@ -108,6 +108,7 @@ def exits(engine: DockerClient, instance_id: str, since: float) -> list[dict[str
     return found
 
 
+# Slow by design: the 20 s TTL runs out (shorter, a start under load could outlast it).
 async def test_environment_is_served_through_the_router_and_expiry_frees_its_hostname(
     live: Api, caddy: Caddy, docker_engine: DockerClient
 ) -> None:
