@@ -23,7 +23,7 @@ import kubernetes_validate
 import msgspec
 import pytest
 import yaml
-from ctrlplane_kubernetes import KubernetesProvider
+from ctrlplane_kubernetes import KubernetesProvider, naming
 from ctrlplane_kubernetes.settings import KubernetesSettings
 
 from ctrlplane.provisioning.contract import (
@@ -502,6 +502,10 @@ async def test_canary_starts_one_new_replica_beside_the_old_set_then_the_rest(
     name, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
     replicas = [v["spec"]["replicas"] for v in cluster.history(DEPLOYMENTS, namespace, name) if "spec" in v]
     assert replicas[0] == 1 and replicas[-1] == 3
+    # the canary step wants the one pod it runs, so its settle ends when that pod runs (it used to
+    # want all 3 and waited out the rollout timeout on every canary deploy)
+    wanted = [v["metadata"]["annotations"].get(naming.WANTED) for v in cluster.history(DEPLOYMENTS, namespace, name)]
+    assert wanted[0] == "1" and wanted[-1] == "3"
     service = dash(spec.instance_id)
     assert all("ctrlplane.slot" not in v["spec"]["selector"] for v in cluster.history(SERVICES, namespace, service))
 

@@ -492,6 +492,10 @@ class KubernetesProvider:
             )
             annotations = manifest["metadata"]["annotations"]
             annotations.update({naming.STOPPED: "true" if is_stopped else None, naming.RETIRED: None})
+            if replicas is not None and not is_stopped:
+                # a step that runs fewer (the canary's one pod) wants that many until the next step:
+                # the settle after it ends when they run, not at the rollout timeout
+                annotations[naming.WANTED] = str(replicas)
             if existing is None:
                 manifest["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
             else:
