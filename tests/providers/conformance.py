@@ -333,7 +333,6 @@ class ProviderConformance(abc.ABC):
 
     # -- deploy ----------------------------------------------------------------------------------
 
-    # [canary] on Kubernetes waits out rollout_timeout_seconds: its one-pod step is annotated with the full count.
     @pytest.mark.parametrize("strategy", ["recreate", "rolling", "blue_green", "canary"])
     async def test_deploy_leaves_only_the_new_generation_running(
         self, provider: Provider, workloads: Workloads, strategy: Strategy

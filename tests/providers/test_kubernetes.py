@@ -491,7 +491,6 @@ async def test_blue_green_runs_a_second_deployment_and_switches_the_service_sele
     assert cluster.emulator.objects[DEPLOYMENTS, namespace, f"{service}-a"].deleted
 
 
-# Slow: waits out rollout_timeout_seconds, as its one-pod canary step is annotated with the full count.
 async def test_canary_starts_one_new_replica_beside_the_old_set_then_the_rest(
     cluster: Cluster, k8s: KubernetesProvider
 ) -> None:

@@ -519,7 +519,6 @@ async def test_a_conflicting_write_is_retried_from_the_new_version_not_overwritt
     assert deployment["spec"]["replicas"] == 3
 
 
-# [canary] waits out rollout_timeout_seconds: its one-pod step is annotated with the full count, so it never settles.
 @pytest.mark.parametrize("strategy", ["rolling", "recreate", "blue_green", "canary"])
 async def test_every_deploy_strategy_ends_in_the_state_it_promises_with_the_real_controllers(
     kube_control_plane: ControlPlane,
