@@ -55,3 +55,14 @@ def parse_duration(text: str) -> float:
     if not total <= MAX_DURATION_SECONDS:  # also false for inf and nan: "9" * 400 + "s" parses as inf
         raise ValueError(f"a duration is at most {MAX_DURATION_SECONDS // 86400:.0f}d")
     return total
+
+
+def parse_duration_input(field: str, text: str) -> float:
+    """``parse_duration`` for a request's field: text that is not a duration, or longer than the
+    longest one, is the caller's mistake (400 naming the field), never a 500."""
+    from ctrlplane.errors import InvalidInput
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}", details={field: text[:64]}) from None

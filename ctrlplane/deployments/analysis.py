@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ctrlplane.errors import InvalidInput
 from ctrlplane.network.access import merge_buckets, quantile
 from ctrlplane.network.models import UpstreamRequestSample
-from ctrlplane.timeutil import parse_duration
+from ctrlplane.timeutil import parse_duration, parse_duration_input
 
 MAX_STEPS = 10
 MAX_WINDOW_SECONDS = 3600.0
@@ -77,10 +77,7 @@ def check(analysis: Analysis | None, steps: Sequence[int] | None, strategy: str)
         if analysis.max_error_ratio is None and analysis.max_p99_ms is None:
             raise InvalidInput("analysis needs max_error_ratio or max_p99_ms", details={"analysis": "no threshold"})
         if analysis.window is not None:
-            try:
-                seconds = parse_duration(analysis.window)
-            except ValueError as exc:
-                raise InvalidInput(f"analysis.window: {exc}", details={"analysis.window": analysis.window}) from exc
+            seconds = parse_duration_input("analysis.window", analysis.window)
             if not 1 <= seconds <= MAX_WINDOW_SECONDS:
                 raise InvalidInput(
                     "analysis.window must be from 1s to 1h", details={"analysis.window": analysis.window}

@@ -35,7 +35,7 @@ from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.secrets.service import values_of as secret_values
 from ctrlplane.telemetry.otlp import instance_token
-from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.timeutil import parse_duration_input, utc_now
 from ctrlplane.web.context import AppServices, RequestContext
 from ctrlplane.web.pagination import Page, paginate
 from ctrlplane.web.preconditions import require_version
@@ -102,10 +102,7 @@ def target_of(check: HealthCheck) -> Target:
 
 
 def _seconds(field: str, text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{field}: {exc}", details={field: str(exc)}) from None
+    return parse_duration_input(field, text)
 
 
 def validate_timing(interval: str, timeout: str) -> tuple[float, float]:

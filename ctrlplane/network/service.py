@@ -42,7 +42,7 @@ from ctrlplane.network.models import Certificate, Domain, InstanceTraffic, Route
 from ctrlplane.network.repository import NetworkRepository
 from ctrlplane.network.sleep import put_to_sleep, traffic_row
 from ctrlplane.tenants.repository import TenantRepository
-from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.timeutil import parse_duration_input, utc_now
 from ctrlplane.web.context import RequestContext
 from ctrlplane.web.pagination import Page, paginate
 from ctrlplane.web.preconditions import require_version
@@ -477,10 +477,7 @@ class SleepService(_NetworkService):
         instance = await InstanceService(self.context).locked(instance_id)
         seconds: int | None = None
         if data.idle_timeout is not None:
-            try:
-                parsed = parse_duration(data.idle_timeout)
-            except ValueError as exc:
-                raise InvalidInput(f"idle_timeout: {exc}", details={"idle_timeout": data.idle_timeout}) from None
+            parsed = parse_duration_input("idle_timeout", data.idle_timeout)
             if not MIN_IDLE_TIMEOUT_SECONDS <= parsed <= MAX_IDLE_TIMEOUT_SECONDS:
                 raise InvalidInput(
                     f"idle_timeout must be from {MIN_IDLE_TIMEOUT_SECONDS}s to 30d",

@@ -56,7 +56,7 @@ from ctrlplane.nodes.models import (
 from ctrlplane.provisioning.contract import Usage
 from ctrlplane.telemetry.repository import MetricsRepository
 from ctrlplane.tenants.repository import TenantRepository
-from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.timeutil import parse_duration_input, utc_now
 from ctrlplane.web.context import AppServices, RequestContext
 from ctrlplane.web.pagination import Page
 
@@ -162,7 +162,7 @@ class AdminNodes:
         self.services = context.services
 
     async def create_token(self, data: schemas.EnrollmentTokenCreate) -> schemas.EnrollmentTokenCreated:
-        ttl = parse_duration(data.ttl)
+        ttl = parse_duration_input("ttl", data.ttl)
         limit = self.services.settings.node_enroll_token_max_ttl_seconds
         if not 0 < ttl <= limit:
             raise InvalidInput(f"ttl must be positive and at most {int(limit)}s", details={"ttl": data.ttl})

@@ -32,7 +32,7 @@ from ctrlplane.releases.models import Release
 from ctrlplane.telemetry import logparse, otlp, schemas
 from ctrlplane.telemetry.repository import GAUGES, MetricsRepository, SpanRepository, bucket_start
 from ctrlplane.tenants.models import Tenant
-from ctrlplane.timeutil import as_utc, parse_duration, utc_now
+from ctrlplane.timeutil import as_utc, parse_duration_input, utc_now
 from ctrlplane.web.context import AppServices, RequestContext
 
 DEFAULT_WINDOW = timedelta(hours=1)
@@ -71,10 +71,7 @@ def _span(row: Any) -> schemas.SpanRecord:
 def _step_seconds(step: str | None) -> int | None:
     if step is None:
         return None
-    try:
-        seconds = parse_duration(step)
-    except ValueError as exc:
-        raise InvalidInput(f"step: {exc}", details={"step": step[:64]}) from None
+    seconds = parse_duration_input("step", step)
     if seconds < 1 or seconds != int(seconds) or seconds > MAX_WINDOW.total_seconds():
         raise InvalidInput(
             f"step must be a whole number of seconds from 1s to {MAX_WINDOW.days}d", details={"step": step[:64]}

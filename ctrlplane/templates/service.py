@@ -20,7 +20,7 @@ from ctrlplane.ids import new_id
 from ctrlplane.templates import schemas
 from ctrlplane.templates.models import Template, TemplateVersion
 from ctrlplane.templates.render import check_declarations
-from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.timeutil import parse_duration_input, utc_now
 from ctrlplane.web.context import RequestContext
 from ctrlplane.web.pagination import Page, paginate
 
@@ -35,10 +35,7 @@ def format_seconds(seconds: int | None) -> str | None:
 
 
 def duration_seconds(raw: str, field: str, *, minimum: float = 1.0) -> int:
-    try:
-        seconds = parse_duration(raw)
-    except ValueError as exc:
-        raise InvalidInput(str(exc), details={field: raw}) from None
+    seconds = parse_duration_input(field, raw)
     if seconds < minimum or seconds > 10 * 365 * 86400:
         raise InvalidInput(f"{field} must be between {minimum:g}s and 3650d", details={field: raw})
     return int(seconds)

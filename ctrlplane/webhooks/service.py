@@ -27,7 +27,7 @@ from ctrlplane.errors import Conflict, InvalidInput, InvalidState
 from ctrlplane.events.service import last_seq
 from ctrlplane.ids import new_id
 from ctrlplane.outbound import BlockedDestination, OutboundPolicy, check_target, redacted
-from ctrlplane.timeutil import parse_duration, utc_now
+from ctrlplane.timeutil import parse_duration_input, utc_now
 from ctrlplane.web.context import RequestContext
 from ctrlplane.web.pagination import Page, paginate
 from ctrlplane.webhooks import schemas, signing
@@ -192,10 +192,7 @@ class WebhookService:
         endpoint = await self.repo.endpoint(webhook_id, for_update=True)
         overlap = self.settings.webhook_secret_overlap_seconds
         if data.overlap is not None:
-            try:
-                overlap = parse_duration(data.overlap)
-            except ValueError as exc:
-                raise InvalidInput(f"overlap: {exc}", details={"overlap": data.overlap}) from None
+            overlap = parse_duration_input("overlap", data.overlap)
         if not 0 <= overlap <= MAX_OVERLAP_SECONDS:
             raise InvalidInput("overlap must be from 0s to 30d", details={"overlap": data.overlap})
         secret = signing.new_secret()
