@@ -139,12 +139,14 @@ async def test_engine_stopped_mid_operation_callers_get_503_and_work_completes_w
         assert (await http.get(f"/v1/instances/{before['id']}", headers=token)).status_code == 200
         assert (await http.get("/v1/instances", headers=token)).status_code == 200
 
-        # the accepted create waits for the engine, retried with backoff, instead of failing
+        # the accepted create waits for the engine, retried with backoff, instead of failing: between
+        # two attempts it is pending (a sample that lands on a retry's claim reads running; look again)
         deadline, operation, body = time.monotonic() + 60, {}, {}
         while time.monotonic() < deadline:
             operation = await _operation_of(db, accepted[0])
             body = (await http.get(f"/v1/instances/{accepted[0]}", headers=token)).json()
-            if operation["attempts"] >= 2 and "waiting for the provider" in body["status_message"]:
+            waiting = operation["state"] == "pending" and operation["attempts"] >= 2
+            if waiting and "waiting for the provider" in body["status_message"]:
                 break
             await asyncio.sleep(0.2)
         assert operation["state"] == "pending", operation
