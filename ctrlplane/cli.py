@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
-from ctrlplane.auth.providers import ROLES
-from ctrlplane.auth.tokens import ensure_signing_secret, issue_token
+from ctrlplane.auth.tokens import ROLES, ensure_signing_secret, issue_token
 from ctrlplane.settings import Settings, SettingsError
 from ctrlplane.timeutil import parse_duration
 
 if TYPE_CHECKING:
     from ctrlplane.secrets.crypto import MasterKeyRing, RotationReport
-
-log = structlog.get_logger("ctrlplane.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "new-master-key", help="print a new ring entry VERSION:BASE64KEY (the next version) to add to the ring"
     )
 
-    from ctrlplane.agent.main import add_arguments as add_agent_arguments
+    from ctrlplane.agent.options import add_arguments as add_agent_arguments
 
     add_agent_arguments(commands.add_parser("agent", help="run this host as a node of a control plane (docs/nodes.md)"))
 
@@ -203,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return client.run(getattr(client, "run_command" if args.command == "run" else args.command), args)
     if args.command == "agent":
-        from ctrlplane.agent.main import options_from_args, run_agent
+        from ctrlplane.agent.main import run_agent
+        from ctrlplane.agent.options import options_from_args
 
         return run_agent(options_from_args(args))
     if args.command == "env":
@@ -298,6 +295,7 @@ up to this long (docs/operations.md), then stops its background tasks."""
 
 
 def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
+    import structlog
     import uvicorn
 
     from ctrlplane.app import create_app
@@ -319,7 +317,7 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     if any(a.startswith("HS") for a in settings.jwt_algorithms):
         _, generated = ensure_signing_secret(settings)
         if generated:
-            log.warning(
+            structlog.get_logger("ctrlplane.cli").warning(
                 "signing_key_generated",
                 path=str(settings.signing_key_path),
                 hint="mint an admin token with: ctrlplane token issue --admin",

@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth.models import ApiKey
+from ctrlplane.auth.tokens import ROLES
 from ctrlplane.db import Database
 from ctrlplane.errors import Unauthenticated
 from ctrlplane.ids import TenantId
@@ -35,8 +36,6 @@ from ctrlplane.timeutil import utc_now
 
 log = structlog.get_logger("ctrlplane.auth")
 
-ROLES = ("read", "deploy", "admin")
-"""Tenant roles, each including the ones before it."""
 
 API_KEY_PREFIX = "cpk_"
 

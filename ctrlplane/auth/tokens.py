@@ -12,6 +12,10 @@ import jwt
 from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
 
+ROLES = ("read", "deploy", "admin")
+"""Tenant roles, each including the ones before it (here, not beside the credential providers,
+so that the CLI names them without importing the server)."""
+
 
 def load_signing_secret(settings: Settings) -> str | None:
     """The HMAC secret: configured, or the one generated in the data directory, or None."""
