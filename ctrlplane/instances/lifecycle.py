@@ -85,15 +85,7 @@ async def suspend(session: Any, instance: Instance, *, reason: str, by: str) -> 
         instance.desired_state = "stopped"
         await set_state(session, instance, "stopping", f"suspended: {reason}")
         queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="stop")
-    instance.version += 1
-    instance.updated_at = utc_now()
-    await append_event(
-        session,
-        tenant_id=instance.tenant_id,
-        instance_id=instance.id,
-        type="instance.suspended",
-        data={"reason": reason, "by": by},
-    )
+    await _changed(session, instance, "instance.suspended", {"reason": reason, "by": by})
 
 
 async def unsuspend(session: Any, instance: Instance, *, reason: str) -> None:
@@ -107,15 +99,14 @@ async def unsuspend(session: Any, instance: Instance, *, reason: str) -> None:
         await set_state(session, instance, "starting", "")
         instance.recent_restarts = []
         queue.enqueue(session, tenant_id=instance.tenant_id, instance_id=instance.id, kind="start")
+    await _changed(session, instance, "instance.unsuspended", {"reason": reason})
+
+
+async def _changed(session: Any, instance: Instance, event: str, data: dict[str, Any]) -> None:
+    """A new version of the instance, and the event that says why."""
     instance.version += 1
     instance.updated_at = utc_now()
-    await append_event(
-        session,
-        tenant_id=instance.tenant_id,
-        instance_id=instance.id,
-        type="instance.unsuspended",
-        data={"reason": reason},
-    )
+    await append_event(session, tenant_id=instance.tenant_id, instance_id=instance.id, type=event, data=data)
 
 
 async def reconfigure_tenant(session: Any, providers: ProviderRegistry, tenant_id: TenantId) -> None:
