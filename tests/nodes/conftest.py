@@ -155,12 +155,13 @@ class Fleet:
         labels = [f"ctrlplane.cluster={agent.cluster}", "ctrlplane.purpose=replica"]
         if instance_id:
             labels.append(f"ctrlplane.instance={instance_id}")
-        for _ in range(5):
+        found = []
+        for summary in self.engine.containers.list(all=True, sparse=True, filters={"label": labels}):
             try:
-                return list(self.engine.containers.list(all=True, filters={"label": labels}))
-            except docker.errors.NotFound:  # one was removed between the listing and its inspection
+                found.append(self.engine.containers.get(summary.id))
+            except docker.errors.NotFound:  # removed between the listing and its inspection: gone
                 continue
-        return list(self.engine.containers.list(all=True, filters={"label": labels}))
+        return found
 
     def cleanup(self) -> None:
         for agent in self.agents:

@@ -10,6 +10,8 @@ import contextlib
 from types import TracebackType
 from urllib.parse import urlsplit
 
+_METHODS = {b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD"}
+
 
 class TamperingProxy:
     def __init__(self, upstream_url: str, old: bytes = b"", new: bytes = b"") -> None:
@@ -53,8 +55,13 @@ class TamperingProxy:
 
         async def requests() -> None:
             while chunk := await client_reader.read(65536):
-                if b" /v1/nodes/" in chunk and b"/events " in chunk:
-                    streaming.set()
+                # a kept-alive connection carries other requests after an event stream ends: only
+                # the answers to an event-stream request are altered (a state pull is not)
+                if chunk.split(b" ", 1)[0] in _METHODS:
+                    if b" /v1/nodes/" in chunk and b"/events " in chunk:
+                        streaming.set()
+                    else:
+                        streaming.clear()
                 upstream_writer.write(chunk)
                 await upstream_writer.drain()
             upstream_writer.close()

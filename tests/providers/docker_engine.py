@@ -146,10 +146,23 @@ def ensure_variant_images(client: DockerClient) -> None:
         BROKEN_IMAGE: 'CMD ["/bin/sh", "-c", "exit 3"]',
     }
     for image, command in commands.items():
+        if _current(client, image):
+            continue  # importing again would move the tag off an image that running containers use
         repository, tag = image.rsplit(":", 1)
         client.api.import_image_from_data(
-            rootfs_tar(), repository=repository, tag=tag, changes=[command, "ENV PATH=/bin"]
+            rootfs_tar(),
+            repository=repository,
+            tag=tag,
+            changes=[command, "ENV PATH=/bin", f"LABEL {VERSION_LABEL}={IMAGE_VERSION}"],
         )
+
+
+def _current(client: DockerClient, image: str) -> bool:
+    """The image is there, built by this version of the tests."""
+    try:
+        return (client.images.get(image).labels or {}).get(VERSION_LABEL) == IMAGE_VERSION
+    except ImageNotFound:
+        return False
 
 
 HEALTH_IMAGE = "ctrlplane-test/busybox:health"
@@ -170,12 +183,14 @@ def ensure_health_images(client: DockerClient) -> None:
     }
     files = {HEALTH_FILE.lstrip("/"): b"ok\n", IMAGE_MARKER.lstrip("/"): IMAGE_MARKER_BODY}
     for image, command in commands.items():
+        if _current(client, image):
+            continue
         repository, tag = image.rsplit(":", 1)
         client.api.import_image_from_data(
             rootfs_tar(files, ("rm", "test")),
             repository=repository,
             tag=tag,
-            changes=[command, f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin"],
+            changes=[command, f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin", f"LABEL {VERSION_LABEL}={IMAGE_VERSION}"],
         )
 
 
@@ -242,6 +257,8 @@ ISOLATION_IMAGE = "ctrlplane-test/busybox:isolation"
 def ensure_isolation_image(client: DockerClient) -> str:
     """The test app plus ``ping`` (a raw ICMP socket: refused without ``NET_RAW``), for the tests
     that prove a replica's confinement from inside it."""
+    if _current(client, ISOLATION_IMAGE):
+        return ISOLATION_IMAGE
     repository, tag = ISOLATION_IMAGE.rsplit(":", 1)
     client.api.import_image_from_data(
         rootfs_tar(None, ("ping",)),
@@ -251,6 +268,7 @@ def ensure_isolation_image(client: DockerClient) -> str:
             f'CMD ["/bin/httpd", "-f", "-p", "{HTTP_PORT}", "-h", "/www"]',
             f"EXPOSE {HTTP_PORT}/tcp",
             "ENV PATH=/bin",
+            f"LABEL {VERSION_LABEL}={IMAGE_VERSION}",
         ],
     )
     return ISOLATION_IMAGE
