@@ -364,7 +364,14 @@ class TestDockerProvider(ProviderConformance):
         status = await provider.start(spec.instance_id)
         assert status.state == "running", status.message
         async with httpx.AsyncClient(timeout=5) as client:
-            assert (await client.get(status.endpoints[0].url)).content == INDEX_BODY
+
+            async def body() -> bytes | None:
+                try:
+                    return (await client.get(status.endpoints[0].url)).content
+                except httpx.TransportError:  # the restarted httpd is not listening yet
+                    return None
+
+            assert await eventually(body, "the reattached replica answers") == INDEX_BODY
 
     async def test_an_unreachable_engine_says_so(self, unavailable_provider: Provider) -> None:
         with pytest.raises(ProviderUnavailable, match=r"^Docker engine unreachable: "):
