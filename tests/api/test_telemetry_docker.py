@@ -17,7 +17,6 @@ import msgspec
 import pytest
 from ctrlplane_docker import DockerProvider
 from docker import DockerClient
-from docker.errors import ImageNotFound
 
 from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
@@ -25,7 +24,7 @@ from ctrlplane.telemetry.otlp import instance_token
 from tests.api.test_instances import create, state, wait_for
 from tests.api.test_telemetry import otlp_body, read_log_events
 from tests.conftest import Api, bearer
-from tests.providers.docker_engine import HTTP_PORT, docker_engine, remove_cluster, rootfs_tar  # noqa: F401
+from tests.providers.docker_engine import HTTP_PORT, docker_engine, import_once, remove_cluster, rootfs_tar  # noqa: F401
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -50,21 +49,12 @@ FOLLOW_BOUND_SECONDS = 2.0
 
 @pytest.fixture(scope="session")
 def telemetry_image(docker_engine: DockerClient) -> str:
-    try:
-        if (docker_engine.images.get(IMAGE).labels or {}).get("org.ctrlplane.telemetry-image") == IMAGE_VERSION:
-            return IMAGE
-    except ImageNotFound:
-        pass
-    repository, tag = IMAGE.rsplit(":", 1)
-    docker_engine.api.import_image_from_data(
-        rootfs_tar(),
-        repository=repository,
-        tag=tag,
-        changes=[
-            "CMD " + json.dumps(["/bin/sh", "-c", SCRIPT]),
-            "ENV PATH=/bin",
-            f"LABEL org.ctrlplane.telemetry-image={IMAGE_VERSION}",
-        ],
+    import_once(
+        docker_engine,
+        IMAGE,
+        rootfs_tar,
+        ["CMD " + json.dumps(["/bin/sh", "-c", SCRIPT]), "ENV PATH=/bin"],
+        IMAGE_VERSION,
     )
     return IMAGE
 

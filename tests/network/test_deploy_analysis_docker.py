@@ -34,6 +34,7 @@ from tests.providers.docker_engine import (  # noqa: F401 - docker_engine is a f
     V2_IMAGE,
     docker_engine,
     ensure_variant_images,
+    import_once,
     rootfs_tar,
 )
 
@@ -72,12 +73,11 @@ def settings(settings: Settings, caddy: Caddy) -> Settings:
 @pytest.fixture(scope="module")
 def analysis_images(docker_engine: DockerClient) -> Iterator[None]:
     ensure_variant_images(docker_engine)
-    repository, tag = FLAKY_IMAGE.rsplit(":", 1)
-    docker_engine.api.import_image_from_data(
-        rootfs_tar({"www/cgi-bin/app": FLAKY_CGI}, extra_applets=("chmod", "printf", "[")),
-        repository=repository,
-        tag=tag,
-        changes=[
+    import_once(
+        docker_engine,
+        FLAKY_IMAGE,
+        lambda: rootfs_tar({"www/cgi-bin/app": FLAKY_CGI}, extra_applets=("chmod", "printf", "[")),
+        [
             f'CMD ["/bin/sh", "-c", "chmod 755 /www/cgi-bin/app && exec httpd -f -p {HTTP_PORT} -h /www"]',
             "ENV PATH=/bin",
         ],

@@ -15,7 +15,7 @@ from tests.api.test_instances_docker import _remove_what_the_test_made, provider
 from tests.conftest import Api
 from tests.network.processes import Caddy, caddy  # noqa: F401 - fixture
 from tests.network.test_router_docker import through_router, until_served
-from tests.providers.docker_engine import INDEX_BODY, docker_engine, rootfs_tar  # noqa: F401 - fixture
+from tests.providers.docker_engine import INDEX_BODY, docker_engine, import_once, rootfs_tar  # noqa: F401 - fixture
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -43,10 +43,7 @@ def ensure_two_port_image(engine: DockerClient) -> None:
         "mkdir -p /tmp/a /tmp/b && echo port 8080 > /tmp/a/index.html && echo port 8081 > /tmp/b/index.html && "
         "httpd -p 8081 -h /tmp/b && httpd -p 8082 -h /www && exec httpd -f -p 8080 -h /tmp/a"
     )
-    repository, tag = TWO_PORTS.rsplit(":", 1)
-    engine.api.import_image_from_data(
-        rootfs_tar(), repository=repository, tag=tag, changes=[f'CMD ["/bin/sh", "-c", "{script}"]', "ENV PATH=/bin"]
-    )
+    import_once(engine, TWO_PORTS, rootfs_tar, [f'CMD ["/bin/sh", "-c", "{script}"]', "ENV PATH=/bin"])
 
 
 async def test_strip_prefix_weights_and_deletion_with_real_requests(

@@ -14,13 +14,15 @@ engine it skips the Docker tests, or fails them when ``CI`` is set: CI must run 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import struct
 import sys
 import tarfile
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -109,28 +111,45 @@ def rootfs_tar(extra_files: dict[str, bytes] | None = None, extra_applets: tuple
     return buffer.getvalue()
 
 
+SERVES = [f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin"]
+"""The image changes of every test image that serves HTTP."""
+
+
 def ensure_image(client: DockerClient) -> str:
     """Build and tag the test image unless this version of it is already there; its name."""
-    try:
-        labels = client.images.get(IMAGE).labels or {}
-        if labels.get(VERSION_LABEL) == IMAGE_VERSION:
-            return IMAGE
-    except ImageNotFound:
-        pass
-    repository, tag = IMAGE.rsplit(":", 1)
-    client.api.import_image_from_data(
-        rootfs_tar(),
-        repository=repository,
-        tag=tag,
-        changes=[
-            f'CMD ["/bin/httpd", "-f", "-v", "-p", "{HTTP_PORT}", "-h", "/www"]',
-            f"EXPOSE {HTTP_PORT}/tcp",
-            "ENV PATH=/bin",
-            f"LABEL {VERSION_LABEL}={IMAGE_VERSION}",
-        ],
+    import_once(
+        client,
+        IMAGE,
+        rootfs_tar,
+        [f'CMD ["/bin/httpd", "-f", "-v", "-p", "{HTTP_PORT}", "-h", "/www"]', *SERVES],
     )
-    client.images.get(IMAGE)
     return IMAGE
+
+
+def import_once(
+    client: DockerClient, image: str, rootfs: Callable[[], bytes], changes: list[str], version: str = IMAGE_VERSION
+) -> None:
+    """Import ``image`` unless this ``version`` of it is there already (bump the version when what
+    goes into the image changes). Importing again would move the
+    tag off the image that running containers use (a test checking a replica's image would then
+    never see it), so xdist workers take a lock and look again before they import."""
+
+    def current() -> bool:
+        try:
+            return (client.images.get(image).labels or {}).get(VERSION_LABEL) == version
+        except ImageNotFound:
+            return False
+
+    if current():
+        return
+    with open(Path(tempfile.gettempdir()) / "ctrlplane-test-images.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if current():
+            return
+        repository, tag = image.rsplit(":", 1)
+        client.api.import_image_from_data(
+            rootfs(), repository=repository, tag=tag, changes=[*changes, f"LABEL {VERSION_LABEL}={version}"]
+        )
 
 
 V2_IMAGE = "ctrlplane-test/busybox:v2"
@@ -146,23 +165,7 @@ def ensure_variant_images(client: DockerClient) -> None:
         BROKEN_IMAGE: 'CMD ["/bin/sh", "-c", "exit 3"]',
     }
     for image, command in commands.items():
-        if _current(client, image):
-            continue  # importing again would move the tag off an image that running containers use
-        repository, tag = image.rsplit(":", 1)
-        client.api.import_image_from_data(
-            rootfs_tar(),
-            repository=repository,
-            tag=tag,
-            changes=[command, "ENV PATH=/bin", f"LABEL {VERSION_LABEL}={IMAGE_VERSION}"],
-        )
-
-
-def _current(client: DockerClient, image: str) -> bool:
-    """The image is there, built by this version of the tests."""
-    try:
-        return (client.images.get(image).labels or {}).get(VERSION_LABEL) == IMAGE_VERSION
-    except ImageNotFound:
-        return False
+        import_once(client, image, rootfs_tar, [command, "ENV PATH=/bin"])
 
 
 HEALTH_IMAGE = "ctrlplane-test/busybox:health"
@@ -183,14 +186,11 @@ def ensure_health_images(client: DockerClient) -> None:
     }
     files = {HEALTH_FILE.lstrip("/"): b"ok\n", IMAGE_MARKER.lstrip("/"): IMAGE_MARKER_BODY}
     for image, command in commands.items():
-        if _current(client, image):
-            continue
-        repository, tag = image.rsplit(":", 1)
-        client.api.import_image_from_data(
-            rootfs_tar(files, ("rm", "test")),
-            repository=repository,
-            tag=tag,
-            changes=[command, f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin", f"LABEL {VERSION_LABEL}={IMAGE_VERSION}"],
+        import_once(
+            client,
+            image,
+            lambda: rootfs_tar(files, ("rm", "test")),
+            [command, f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin"],
         )
 
 
@@ -257,18 +257,10 @@ ISOLATION_IMAGE = "ctrlplane-test/busybox:isolation"
 def ensure_isolation_image(client: DockerClient) -> str:
     """The test app plus ``ping`` (a raw ICMP socket: refused without ``NET_RAW``), for the tests
     that prove a replica's confinement from inside it."""
-    if _current(client, ISOLATION_IMAGE):
-        return ISOLATION_IMAGE
-    repository, tag = ISOLATION_IMAGE.rsplit(":", 1)
-    client.api.import_image_from_data(
-        rootfs_tar(None, ("ping",)),
-        repository=repository,
-        tag=tag,
-        changes=[
-            f'CMD ["/bin/httpd", "-f", "-p", "{HTTP_PORT}", "-h", "/www"]',
-            f"EXPOSE {HTTP_PORT}/tcp",
-            "ENV PATH=/bin",
-            f"LABEL {VERSION_LABEL}={IMAGE_VERSION}",
-        ],
+    import_once(
+        client,
+        ISOLATION_IMAGE,
+        lambda: rootfs_tar(None, ("ping",)),
+        [f'CMD ["/bin/httpd", "-f", "-p", "{HTTP_PORT}", "-h", "/www"]', *SERVES],
     )
     return ISOLATION_IMAGE

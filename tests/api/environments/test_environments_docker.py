@@ -27,6 +27,7 @@ from tests.providers.docker_engine import (  # noqa: F401 - docker_engine is a f
     IMAGE,
     INDEX_BODY,
     docker_engine,
+    import_once,
     rootfs_tar,
 )
 
@@ -64,10 +65,7 @@ def trap_image(docker_engine: DockerClient) -> Iterator[str]:
         'CMD ["/bin/sh", "-c", "trap \'echo got SIGTERM; exit 0\' TERM; '
         f'httpd -p {HTTP_PORT} -h /www; while :; do sleep 1 & wait $!; done"]'
     )
-    repository, tag = TRAP_IMAGE.rsplit(":", 1)
-    docker_engine.api.import_image_from_data(
-        rootfs_tar(), repository=repository, tag=tag, changes=[command, "ENV PATH=/bin"]
-    )
+    import_once(docker_engine, TRAP_IMAGE, rootfs_tar, [command, "ENV PATH=/bin"])
     yield TRAP_IMAGE
 
 
