@@ -195,7 +195,15 @@ class Background:
                     log.error("access_log_sink_unavailable", listen=settings.router_access_log_listen, error=str(exc))
                     sink = None
             if settings.router_wake_listen != "none":
-                wake = WakeServer(settings, services.db, services.work, router.wake_secret, services.idle_handlers)
+                wake = WakeServer(
+                    settings,
+                    services.db,
+                    work=services.work,
+                    events=services.events,
+                    started=services.started,
+                    secret=router.wake_secret,
+                    handlers=services.idle_handlers,
+                )
                 try:
                     await wake.start()
                 except OSError as exc:

@@ -74,6 +74,9 @@ class OperationWorker:
                 error = exc
             finally:
                 group.cancel_scope.cancel()
+        if error is None and status is not None and operation.kind in ("start", "provision", "repair"):
+            # a request held for this instance's wake proxies to it now, not after the record
+            self.services.started.announce(instance.id, status)
         await self._record(operation, status, error)
         return True
 
@@ -93,6 +96,14 @@ class OperationWorker:
             return None
         if kind == "configure" and not isinstance(provider, ConfigurableProvider):
             return None
+        observed: WorkloadStatus | None = None
+        if kind == "start":
+            observed = await provider.status(instance.id)
+            if _has_its_replicas(observed, instance):
+                # a start of what exists (a wake, POST .../start, an unsuspend): nothing to create, so
+                # no spec to build (secrets decrypted, configuration read) and no image or network
+                # to check first; this is the wake's cold start
+                return await provider.start(instance.id)
         if kind in ("provision", "repair", "start", "scale", "update", "configure"):
             # the secrets of the release the instance runs, decrypted just for this call, and the
             # tenant's quota, probes and routes as they are now
@@ -104,7 +115,8 @@ class OperationWorker:
             assert isinstance(provider, ConfigurableProvider)
             return await provider.configure(spec)
         if kind in ("provision", "repair", "start"):
-            observed = await provider.status(instance.id)
+            if observed is None:
+                observed = await provider.status(instance.id)
             if any(r.generation != instance.generation for r in observed.replicas):
                 # changed while stopped: the new generation replaces the old containers
                 return await provider.deploy(spec, "recreate")
@@ -200,6 +212,12 @@ class OperationWorker:
 async def _superseded(session: AsyncSession, operation: Operation) -> bool:
     """Whether a later operation of the instance waits: what this one saw is no longer the news."""
     return any(other.id != operation.id for other in await queue.unfinished_for(session, operation.instance_id))
+
+
+def _has_its_replicas(status: WorkloadStatus, instance: Instance) -> bool:
+    """Whether the runtime holds exactly the instance's replicas of its generation, nothing else."""
+    found = {(r.generation, r.replica) for r in status.replicas}
+    return len(found) == len(status.replicas) and found == {(instance.generation, i) for i in range(instance.replicas)}
 
 
 def _describe(error: Exception) -> str:

@@ -20,12 +20,13 @@ from ctrlplane.ids import TenantId
 from ctrlplane.network.router import Router
 from ctrlplane.network.sleep import IdleHandlers
 from ctrlplane.nodes.assignments import NodeAssignments
+from ctrlplane.provisioning.contract import WorkloadStatus
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.ratelimit.service import RateLimiter
 from ctrlplane.registries import RegistryPolicy
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.settings import Settings
-from ctrlplane.signals import Signal
+from ctrlplane.signals import Announcements, Signal
 from ctrlplane.telemetry.hub import Telemetry
 
 CONTEXT_KEY = "ctrlplane.context"
@@ -50,6 +51,9 @@ class AppServices:
     vault: Vault
     events: Signal = field(default_factory=Signal)
     work: Signal = field(default_factory=Signal)
+    started: Announcements[WorkloadStatus] = field(default_factory=Announcements)
+    """A provider's status of an instance it just started or provisioned, announced by the worker
+    before it records it (the wake listener holds a request for it: ``network/wake.py``)."""
     telemetry: Telemetry = field(default_factory=Telemetry)
     replica: str = field(default_factory=default_replica_name)
     rate_limiter: RateLimiter | None = None

@@ -20,6 +20,7 @@ from ctrlplane.settings import Settings
 from ctrlplane.timeutil import utc_now
 from tests.api.test_instances import create, state, tenant_token, wait_for
 from tests.conftest import Api
+from tests.fakes import FakeProvider
 
 
 async def test_other_tenant_gets_404_for_traffic_idle_policy_and_sleep(api: Api) -> None:
@@ -75,6 +76,36 @@ async def test_a_slept_instance_stays_sleeping_and_start_wakes_it(live: Api) -> 
     started = await live.client.post(f"/v1/instances/{instance['id']}/start", headers=token)
     assert started.status_code == 202, started.text
     await wait_for(live, instance["id"], token, state("running"))
+
+
+async def test_a_start_of_existing_replicas_only_starts_them_and_a_missing_one_is_provisioned(
+    live: Api, fake: FakeProvider
+) -> None:
+    # a wake's cold start is the provider's start alone: no spec to build, no image or network to
+    # check; what is not there any more is provisioned as before
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    await wait_for(live, instance["id"], token, state("running"))
+    url = f"/v1/instances/{instance['id']}"
+    for missing in (False, True):
+        assert (await live.client.post(f"{url}/sleep", headers=token)).status_code == 202
+        await wait_for(live, instance["id"], token, lambda b: b["state"] == "sleeping" and not running(fake, b["id"]))
+        if missing:
+            fake.remove_container(instance["id"], 0)
+        fake.calls.clear()
+        assert (await live.client.post(f"{url}/start", headers=token)).status_code == 202
+        await wait_for(live, instance["id"], token, state("running"))
+        called = [method for method, of in fake.calls if of == instance["id"] and method in ("start", "provision")]
+        if missing:  # (a reconcile pass may have repaired it first: a provision too)
+            assert "provision" in called and "start" not in called, called
+        else:
+            assert called == ["start"]
+        assert running(fake, instance["id"])
+
+
+def running(fake: FakeProvider, instance_id: str) -> bool:
+    replicas = fake.replicas(instance_id)
+    return bool(replicas) and all(r.state == "running" for r in replicas)
 
 
 async def test_only_a_running_instance_can_be_put_to_sleep(live: Api) -> None:
