@@ -48,7 +48,7 @@ from ctrlplane.signals import Announcements, Signal
 log = structlog.get_logger("ctrlplane.wake")
 
 POLL_SECONDS = 0.05
-PROBE_RETRY_SECONDS = 0.02
+PROBE_RETRY_SECONDS = 0.01
 PROXY_ATTEMPTS = 5
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 PROBE_TIMEOUT_SECONDS = 1.0
