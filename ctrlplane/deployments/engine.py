@@ -45,6 +45,7 @@ import httpx
 import msgspec
 import structlog
 
+from ctrlplane import httpclients
 from ctrlplane.deployments.analysis import (
     Analysis,
     AnalysisResult,
@@ -200,7 +201,7 @@ class DeployEngine:
             return
         deadline = time.monotonic() + self.settings.deploy_health_timeout_seconds
         health = await HealthGate.load(self.services.db, self.provider, spec.instance_id)
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with httpclients.client(timeout=2) as client:
 
             async def answers(replica: ReplicaStatus) -> bool:
                 return await _answers(client, replica.endpoints, spec)

@@ -26,6 +26,7 @@ import httpx
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane import httpclients
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
 from ctrlplane.health.repository import HealthRepository
 from ctrlplane.provisioning.contract import Probe, Provider, ReplicaStatus
@@ -168,7 +169,7 @@ async def _http(target: Target, host_port: int, timeout: float) -> tuple[bool, s
     url = f"http://{LOOPBACK}:{host_port}{target.path}"
     headers = {"Host": target.host_header, "User-Agent": "ctrlplane-health"}
     async with (
-        httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False) as client,
+        httpclients.client(timeout=timeout, follow_redirects=False) as client,
         client.stream("GET", url, headers=headers) as response,
     ):
         return 200 <= response.status_code < 400, f"HTTP {response.status_code}"

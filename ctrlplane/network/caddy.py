@@ -48,6 +48,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from ctrlplane import httpclients
 from ctrlplane.errors import Unavailable
 
 MAX_ENTRIES = 100
@@ -348,7 +349,7 @@ class CaddyAdmin:
 
     async def load(self, body: bytes) -> None:
         try:
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout) as client:
+            async with httpclients.client(local=False, base_url=self.base_url, timeout=self.timeout) as client:
                 response = await client.post("/load", content=body, headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             raise RouterUnavailable(f"Caddy's admin API at {self.base_url} does not answer: {exc}") from exc
@@ -357,7 +358,7 @@ class CaddyAdmin:
 
     async def config(self) -> Any:
         try:
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout) as client:
+            async with httpclients.client(local=False, base_url=self.base_url, timeout=self.timeout) as client:
                 response = await client.get("/config/")
         except httpx.HTTPError as exc:
             raise RouterUnavailable(f"Caddy's admin API at {self.base_url} does not answer: {exc}") from exc

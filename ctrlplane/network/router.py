@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane import httpclients
 from ctrlplane.db import Database
 from ctrlplane.instances.models import Instance
 from ctrlplane.network.access import Destination, HostTable
@@ -248,7 +249,7 @@ class Router:
         self._answered &= wanted
         unknown = sorted(wanted - self._answered)
         if unknown:
-            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
+            async with httpclients.client(timeout=PROBE_TIMEOUT_SECONDS) as client:
                 answers = await asyncio.gather(*(_answers(client, dial) for _, dial in unknown))
             self._answered |= {key for key, answered in zip(unknown, answers, strict=True) if answered}
         return msgspec.structs.replace(

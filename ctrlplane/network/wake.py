@@ -35,6 +35,7 @@ import httpx
 import structlog
 from sqlalchemy import select
 
+from ctrlplane import httpclients
 from ctrlplane.db import Database
 from ctrlplane.instances.models import Instance
 from ctrlplane.network.access import route_of
@@ -168,10 +169,8 @@ class WakeServer:
 
     async def start(self) -> None:
         host, _, port = self.settings.router_wake_listen.rpartition(":")
-        # one client for every probe and proxied request: building one costs tens of milliseconds of
-        # CPU (its TLS context), which a waking request would otherwise wait for; no proxy from the
-        # environment, the replicas are on this machine
-        self.client = httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS, trust_env=False)
+        # one client for every probe and proxied request (its connections are reused)
+        self.client = httpclients.client(timeout=PROBE_TIMEOUT_SECONDS)
         self.server = await asyncio.start_server(self._connection, host, int(port))
 
     async def close(self) -> None:

@@ -1,0 +1,54 @@
+"""ctrlplane's own HTTP clients share one TLS context (``ctrlplane/httpclients.py``): building one
+with httpx's defaults loads a CA bundle, tens of milliseconds of CPU that every health probe,
+router push and deploy gate paid. The guard below fails when code in ``ctrlplane/`` builds an
+``httpx.AsyncClient`` itself, outside the few long-lived ones listed."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from ctrlplane import httpclients
+
+ROOT = Path(__file__).resolve().parents[2] / "ctrlplane"
+LONG_LIVED = {
+    "httpclients.py": "the factory itself",
+    "agent/client.py": "the node agent's one client for its whole run",
+}
+
+
+def built_clients(source: str) -> list[int]:
+    """Lines of ``source`` that call ``httpx.AsyncClient(...)``."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "AsyncClient"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "httpx"
+    ]
+
+
+def test_the_guard_sees_a_client_built_with_httpx() -> None:
+    assert built_clients("import httpx\nasync def f():\n    async with httpx.AsyncClient() as c:\n        pass\n") == [
+        3
+    ]
+    assert built_clients("from ctrlplane import httpclients\nc = httpclients.client()\n") == []
+
+
+def test_ctrlplane_builds_its_http_clients_through_the_factory() -> None:
+    found = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in ROOT.rglob("*.py")
+        if str(path.relative_to(ROOT)) not in LONG_LIVED
+        for line in built_clients(path.read_text())
+    }
+    assert found == set(), f"build these through ctrlplane.httpclients.client(): {sorted(found)}"
+
+
+async def test_clients_share_one_tls_context_and_ignore_proxies_for_local_targets() -> None:
+    local, remote = httpclients.client(), httpclients.client(local=False)
+    async with local, remote:
+        assert httpclients._tls() is httpclients._tls()
+        assert local.trust_env is False and remote.trust_env is True
