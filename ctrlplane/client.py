@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from ctrlplane import httpclients
 from ctrlplane.timeutil import parse_duration
 
 EXIT = {"succeeded": 0, "failed": 1, "rolled_back": 3, "cancelled": 4}
@@ -65,6 +66,7 @@ class Api:
             raise CliError(f"CTRLPLANE_URL must be an http:// or https:// URL, not {base_url!r}", EXIT_USAGE)
         self.http = httpx.Client(
             base_url=base_url,
+            verify=httpclients.verify_for(base_url),
             headers={"Authorization": f"Bearer {token}"},
             timeout=30,
         )

@@ -6,6 +6,7 @@ router push and deploy gate paid. The guard below fails when code in ``ctrlplane
 from __future__ import annotations
 
 import ast
+import ssl
 from pathlib import Path
 
 from ctrlplane import httpclients
@@ -52,3 +53,12 @@ async def test_clients_share_one_tls_context_and_ignore_proxies_for_local_target
     async with local, remote:
         assert httpclients._tls() is httpclients._tls()
         assert local.trust_env is False and remote.trust_env is True
+
+
+def test_a_plain_http_server_gets_a_context_that_trusts_nothing_and_https_the_defaults() -> None:
+    plain = httpclients.verify_for("http://127.0.0.1:8080")
+    assert isinstance(plain, ssl.SSLContext)
+    # no CA loaded (that load is the cost), and still verifying: a TLS peer could not be trusted
+    assert plain.cert_store_stats()["x509_ca"] == 0
+    assert plain.verify_mode == ssl.CERT_REQUIRED and plain.check_hostname
+    assert httpclients.verify_for("HTTPS://ctrlplane.example") is True
