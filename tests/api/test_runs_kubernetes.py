@@ -1,13 +1,13 @@
-"""The release phase and one-off runs on the Kubernetes provider through the HTTP API, with the
-emulator playing the Job controller and the kubelet: a Job per run, whose pod's exit code and log
-decide the deploy and come back as the run's."""
+"""What a run's pod printed, through the HTTP API, with the emulator playing the Job controller and
+the kubelet: the real control plane's node (kwok) runs no kubelet, so it cannot serve ``pods/log``
+(``test_runs_kubernetes_real.py`` tests everything else about runs' Jobs there, and that a run's
+output then says its logs were unavailable). Here the emulator writes the pod's log, and it comes
+back as the run's output and in a failed release phase's step."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
-
-import pytest
 
 from tests.api.test_deployments import finished
 from tests.api.test_instances import state, wait_for
@@ -49,9 +49,8 @@ async def job_pod(cluster: Cluster) -> dict[str, Any]:
     raise AssertionError("no run pod started")
 
 
-@pytest.mark.parametrize(("exit_code", "outcome"), [(0, "succeeded"), (2, "failed")])
-async def test_a_release_phase_on_kubernetes_is_a_job_whose_exit_code_decides_the_deploy(
-    live: Api, cluster: Cluster, app_port: int, exit_code: int, outcome: str
+async def test_a_failed_release_phase_on_kubernetes_shows_what_its_pod_printed(
+    live: Api, cluster: Cluster, app_port: int
 ) -> None:
     instance, token = await kube_instance(live, app_port)
     response = await live.client.post(
@@ -61,24 +60,22 @@ async def test_a_release_phase_on_kubernetes_is_a_job_whose_exit_code_decides_th
     )
     assert response.status_code == 201, response.text
     pod = await job_pod(cluster)
-    [job] = cluster.objects(JOBS).values()
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE_V2
-    assert generations(cluster, instance["id"]) == [("1", IMAGE_V1, 1)]  # nothing replaced yet
     cluster.write_log(pod["metadata"]["name"], "migrating to 0042")
-    cluster.crash(pod, exit_code)
+    cluster.crash(pod, 2)
     done = await finished(live, response.json()["id"], token, timeout=60)
-    assert done["state"] == outcome, done
+    assert done["state"] == "failed", done
+    failed_step = next(s for s in done["steps"] if s["name"] == "release phase failed")
+    assert "migrating to 0042" in failed_step["message"]
     runs = (await live.client.get(f"/v1/instances/{instance['id']}/runs", headers=token)).json()["items"]
     run = await run_ended(live, runs[0]["id"], token)
-    assert run["exit_code"] == exit_code and "migrating to 0042" in run["output"]
+    assert run["exit_code"] == 2 and run["output"] == "migrating to 0042"
     assert cluster.objects(JOBS) == {}
-    if outcome == "failed":
-        assert generations(cluster, instance["id"]) == [("1", IMAGE_V1, 1)]
-    else:
-        assert [g[:2] for g in generations(cluster, instance["id"])] == [("2", IMAGE_V2)]
+    assert generations(cluster, instance["id"]) == [("1", IMAGE_V1, 1)]
 
 
-async def test_a_one_off_run_on_kubernetes_returns_its_exit_code(live: Api, cluster: Cluster, app_port: int) -> None:
+async def test_a_one_off_run_on_kubernetes_returns_what_its_pod_printed(
+    live: Api, cluster: Cluster, app_port: int
+) -> None:
     instance, token = await kube_instance(live, app_port)
     response = await live.client.post(
         f"/v1/instances/{instance['id']}/runs", json={"command": "bin/backfill"}, headers=token

@@ -9,8 +9,9 @@ serving and client certificates and service-account key in a temporary directory
 kubeconfig there, and stops every process at the end of the session.
 
 kwok runs the pods: one fake node (``kwok.x-k8s.io/node=fake``) that the scheduler places pods
-on; ``kwok-stages.yaml`` says what happens to them (running with a loopback IP, or waiting with
-``ErrImagePull`` for an image under ``missing.invalid/``).
+on; ``kwok-stages.yaml`` says what happens to them (running with a loopback IP, waiting with
+``ErrImagePull`` for an image under ``missing.invalid/``, or, for a Job's pod labelled
+``ctrlplane-test.exit-code``, ending with that exit code).
 
 Locally, a missing build skips with the command that builds it; under ``CI=true`` it fails.
 """
@@ -58,6 +59,7 @@ START_SECONDS = 90.0
 CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
+    "job-controller",
     "garbage-collector-controller",
     "namespace-controller",
     "resourcequota-controller",

@@ -204,6 +204,19 @@ def test_a_read_only_root_filesystem_keeps_the_whole_security_context_and_a_memo
     assert all(v["name"] != "tmp" for v in writable["spec"]["template"]["spec"]["volumes"])
 
 
+def test_a_run_job_and_its_pod_carry_the_instance_labels_under_ctrlplanes() -> None:
+    workload = spec(labels={"team": "payments", "ctrlplane.run": "forged", "bad key!": "x"})
+    run = manifests.run_job(
+        CLUSTER, RunSpec(run_id="run_01jz8x3k4m5n6p7q8r9s0t1v2z", workload=workload, command=("true",)), DEFAULT
+    )
+    labels = run["metadata"]["labels"]
+    assert labels == run["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "payments"
+    assert labels["ctrlplane.run"] == "run_01jz8x3k4m5n6p7q8r9s0t1v2z"
+    assert labels["ctrlplane.run-instance"] == workload.instance_id
+    assert "bad key!" not in labels and "ctrlplane.instance" not in labels
+
+
 def test_without_health_checks_readiness_is_a_tcp_connect_and_there_is_no_liveness_probe() -> None:
     container = manifests.deployment(CLUSTER, spec(probes=()), "a", DEFAULT, replicas=1)["spec"]["template"]["spec"][
         "containers"

@@ -198,10 +198,15 @@ def run_secret(cluster: str, run: RunSpec) -> Manifest:
 
 def run_job(cluster: str, run: RunSpec, settings: KubernetesSettings) -> Manifest:
     """A Job of one pod that never restarts or retries (``backoffLimit: 0``): ctrlplane, not the Job
-    controller, decides what a failure means. No probes, no ports: a run serves nothing."""
+    controller, decides what a failure means. No probes, no ports: a run serves nothing. The Job and
+    its pod carry the instance's own labels under ctrlplane's, as its replicas' pods do (and as a
+    run's container does on Docker)."""
     workload = run.workload
     name = naming.run_name(run.run_id)
-    labels = naming.run_labels(cluster, workload.tenant_id, workload.instance_id, run.run_id)
+    labels = {
+        **naming.own_labels(workload),
+        **naming.run_labels(cluster, workload.tenant_id, workload.instance_id, run.run_id),
+    }
     resources = {"cpu": cpu(workload.resources.cpu_millis), "memory": memory(workload.resources.memory_mb)}
     container: Manifest = {
         "name": naming.CONTAINER,

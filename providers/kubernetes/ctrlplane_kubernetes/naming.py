@@ -109,15 +109,19 @@ def instance_labels(cluster: str, spec: WorkloadSpec) -> dict[str, str]:
     }
 
 
-def generation_labels(cluster: str, spec: WorkloadSpec, slot: str) -> dict[str, str]:
-    """The spec's own labels (never one with the reserved ``ctrlplane.`` prefix) under ctrlplane's."""
-    own = {
+def own_labels(spec: WorkloadSpec) -> dict[str, str]:
+    """The spec's own labels that Kubernetes accepts, never one with the reserved ``ctrlplane.`` prefix."""
+    return {
         key: label_value(value)
         for key, value in spec.labels.items()
         if not key.startswith("ctrlplane.") and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?", key)
     }
+
+
+def generation_labels(cluster: str, spec: WorkloadSpec, slot: str) -> dict[str, str]:
+    """The spec's own labels under ctrlplane's."""
     return {
-        **own,
+        **own_labels(spec),
         **instance_labels(cluster, spec),
         LABEL_RELEASE: label_value(spec.release_id or ""),
         LABEL_GENERATION: str(spec.generation),
