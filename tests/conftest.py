@@ -52,6 +52,30 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
+def _share_httpx_default_tls_context() -> None:
+    """httpx builds a TLS context (loading certifi's CA bundle, ~15 ms of CPU) for every client, and
+    the tests build a couple of thousand (helpers that poll a port with ``httpx.get``, one client per
+    request). In the test processes the default one is built once and shared; a client asking for
+    anything else (``verify=False``, its own context) gets what it asked for. ctrlplane's own code
+    shares one through ``ctrlplane.httpclients``."""
+    from httpx._transports import default
+
+    build = default.create_ssl_context
+    shared: dict[bool, Any] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if trust_env not in shared:
+            shared[trust_env] = build(verify=True, cert=None, trust_env=trust_env)
+        return shared[trust_env]
+
+    default.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+
+
+_share_httpx_default_tls_context()
+
+
 def require_binary(binary: str, what: str) -> str:
     """The path of ``binary`` (a name on PATH or an executable path); skips locally, fails in CI."""
     found = shutil.which(binary) or (binary if os.path.isfile(binary) and os.access(binary, os.X_OK) else None)
