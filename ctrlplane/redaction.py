@@ -5,6 +5,9 @@ A command health check's output, or an error a runtime reports, is whatever the 
 (standard and URL-safe, padded or not), with ``[redacted]``. Values shorter than
 ``MIN_SECRET_LENGTH`` are left alone: redacting ``1`` or ``on`` would garble every message and
 protect nothing.
+
+``Redactor`` computes the spellings once, for many texts with the same secrets (every line of an
+instance's log, ``secrets.service.InstanceRedactor``); ``redact`` is one text's.
 """
 
 from __future__ import annotations
@@ -25,8 +28,21 @@ def forms(value: str) -> set[str]:
     return {value} | encoded | {e.rstrip("=") for e in encoded}
 
 
+class Redactor:
+    """Replaces every spelling of ``secrets`` in a text, the longest first (a value that contains
+    another is replaced whole)."""
+
+    __slots__ = ("spellings",)
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.spellings = tuple(sorted({form for secret in secrets for form in forms(secret)}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for spelling in self.spellings:
+            if spelling in text:
+                text = text.replace(spelling, REDACTED)
+        return text
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    spellings = sorted({form for secret in secrets for form in forms(secret)}, key=len, reverse=True)
-    for spelling in spellings:
-        text = text.replace(spelling, REDACTED)
-    return text
+    return Redactor(secrets)(text)

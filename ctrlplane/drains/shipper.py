@@ -7,8 +7,9 @@ reads the drains and the tenants' live instances, and keeps:
   restarted when the instance's generation, replica count or release changes (a deploy, a
   scale) and when the stream ends (no replica runs), resuming after the last line it saw. Each
   line becomes a record labelled ``tenant_id``, ``instance_id``, ``release_id``, ``replica``,
-  ``stream`` and ``level`` (``telemetry.logparse``) and is put in the buffer of every drain
-  that covers the instance;
+  ``stream`` and ``level`` (``telemetry.logparse``), its message redacted of the instance's
+  secret values and OTLP token (``secrets.service.InstanceRedactor``, as ``GET .../logs``), and
+  is put in the buffer of every drain that covers the instance;
 * one **sender** per drain: every ``CTRLPLANE_LOG_DRAIN_FLUSH_SECONDS`` (1 s) it POSTs what its
   buffer holds, in batches of ``CTRLPLANE_LOG_DRAIN_BATCH_LINES``, gzip'd, through the outbound
   guard, as NDJSON or OTLP/HTTP JSON logs. A failed batch is retried
@@ -48,6 +49,7 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.outbound import OutboundPolicy, blocked_cause
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.secrets.crypto import DecryptionFailed
+from ctrlplane.secrets.service import InstanceRedactor
 from ctrlplane.telemetry import logparse
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import AppServices
@@ -261,9 +263,14 @@ class LogShipper:
             task_status.started(scope)
             mark = self.watermarks.setdefault(instance_id, Watermark(since))
             pause = 1.0
+            redact: InstanceRedactor | None = None
             while True:
                 seen_before = mark.at
                 try:
+                    if redact is None:
+                        redact = await InstanceRedactor.load(
+                            self.services, tenant_id=tenant_id, instance_id=instance_id
+                        )
                     provider = self.services.providers.get(provider_name)
                     lines = provider.logs(instance_id, since=mark.at, follow=True)
                     async with aclosing(lines) as stream:  # type: ignore[type-var]
@@ -271,6 +278,7 @@ class LogShipper:
                             if mark.seen(line.timestamp, line.replica, line.message):
                                 continue
                             mark.advance(line.timestamp, line.replica, line.message)
+                            await redact.refresh()
                             level, message = logparse.parse(line.message)
                             record = Record(
                                 timestamp=line.timestamp,
@@ -280,7 +288,7 @@ class LogShipper:
                                 replica=line.replica,
                                 stream=line.stream,
                                 level=level,
-                                message=message,
+                                message=redact(message),
                             )
                             for drain_id in self.routes.get(instance_id, ()):
                                 if (buffer := self.buffers.get(drain_id)) is not None:

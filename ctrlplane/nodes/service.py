@@ -54,6 +54,8 @@ from ctrlplane.nodes.models import (
     NodeSigningKey,
 )
 from ctrlplane.provisioning.contract import Usage
+from ctrlplane.redaction import Redactor
+from ctrlplane.secrets.service import WITHHELD, redactor_now
 from ctrlplane.telemetry.repository import MetricsRepository
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import parse_duration_input, utc_now
@@ -591,9 +593,13 @@ class NodeCalls:
         return contract.BatchAccepted(accepted=accepted, rejected=rejected)
 
     async def logs(self, records: Sequence[contract.LogRecord]) -> contract.BatchAccepted:
+        """An instance's lines are stored redacted of its secret values and OTLP token (one
+        ``Redactor`` per instance in the batch), as ``GET .../logs`` would show them: the table
+        never holds what the secrets' sealing keeps out of the database."""
         placed = await self._placed()
         accepted = rejected = 0
         rows = []
+        redactors: dict[str, Redactor | None] = {}
         for record in records:
             if record.instance_id is None:
                 accepted += 1  # the node's own log: counted, not kept
@@ -602,6 +608,11 @@ class NodeCalls:
                 rejected += 1
                 continue
             stream = record.source if record.source in ("stdout", "stderr") else "stdout"
+            if record.instance_id not in redactors:
+                redactors[record.instance_id] = await redactor_now(
+                    self.session, self.services, tenant_id=placed[record.instance_id], instance_id=record.instance_id
+                )
+            redactor = redactors[record.instance_id]
             rows.append(
                 NodeLogLine(
                     instance_id=record.instance_id,
@@ -609,7 +620,7 @@ class NodeCalls:
                     at=record.timestamp,
                     replica=record.replica,
                     stream=stream,
-                    message=record.message[:16384],
+                    message=WITHHELD if redactor is None else redactor(record.message)[:16384],
                 )
             )
             accepted += 1

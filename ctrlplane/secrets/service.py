@@ -24,9 +24,11 @@ on the tenant row.
 from __future__ import annotations
 
 import re
+import time
 from posixpath import normpath
 
 import msgspec
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.deployments.service import DeploymentService
@@ -38,7 +40,7 @@ from ctrlplane.instances.observe import TextRedactor
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.instances.service import InstanceService
 from ctrlplane.provisioning.contract import SecretFile
-from ctrlplane.redaction import redact
+from ctrlplane.redaction import Redactor
 from ctrlplane.registry_credentials.service import credential_for as registry_credential_for
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets import schemas
@@ -266,15 +268,44 @@ async def workload_secrets(
     return schemas.WorkloadSecrets(env=env, files=tuple(files))
 
 
+async def _live_revisions(session: AsyncSession, *, tenant_id: str, instance_id: str) -> tuple[int, int]:
+    """The instance's newest secrets revision, and the one its current release pinned (what its
+    containers run with: a secret set without a restart is not in them yet)."""
+    latest = await SecretRepository(session, TenantId(tenant_id)).latest_revision(instance_id)
+    pinned = await session.scalar(
+        select(Release.secrets_revision)
+        .join(Instance, Instance.current_release_id == Release.id)
+        .where(Instance.id == instance_id, Instance.tenant_id == tenant_id)
+    )
+    return latest, int(pinned or 0)
+
+
+def _spellings(current: schemas.WorkloadSecrets) -> list[str]:
+    values = list(current.env.values())
+    for secret in current.files:
+        text = secret.content.decode("utf-8", "replace")
+        # line-oriented output (a log) splits a file that is printed: each of its lines too
+        values.extend((text, text.strip(), *(line.strip() for line in text.splitlines())))
+    return values
+
+
 async def values_of(session: AsyncSession, vault: Vault, *, tenant_id: str, instance_id: str) -> list[str]:
-    """Every current secret value of an instance as text (env values, file contents), decrypted
-    in memory: what must never come back out of its containers (``redaction.py``)."""
-    revision = await SecretRepository(session, TenantId(tenant_id)).latest_revision(instance_id)
-    current = await workload_secrets(session, vault, tenant_id=tenant_id, instance_id=instance_id, revision=revision)
-    return [*current.env.values(), *(f.content.decode("utf-8", "replace") for f in current.files)]
+    """Every secret value of an instance as text (env values, file contents, each line of a file),
+    decrypted in memory: those of its newest revision and of the revision its current release runs
+    with; what must never come back out of its containers (``redaction.py``)."""
+    values: list[str] = []
+    for revision in sorted(set(await _live_revisions(session, tenant_id=tenant_id, instance_id=instance_id))):
+        current = await workload_secrets(
+            session, vault, tenant_id=tenant_id, instance_id=instance_id, revision=revision
+        )
+        values.extend(_spellings(current))
+    return values
 
 
 WITHHELD = "(withheld: the instance's secrets could not be read to redact it)"
+REFRESH_SECONDS = 5.0
+"""How stale an ``InstanceRedactor``'s values may be: a secret set while a log is followed is
+redacted from the lines written at most this long after it was set."""
 
 
 def container_text_redactor(services: AppServices) -> TextRedactor:
@@ -283,13 +314,66 @@ def container_text_redactor(services: AppServices) -> TextRedactor:
     exactly and in base64, become ``[redacted]`` (``redaction.py``)."""
 
     async def redact_text(session: AsyncSession, instance: Instance, text: str) -> str:
-        try:
-            values = await values_of(session, services.vault, tenant_id=instance.tenant_id, instance_id=instance.id)
-        except DecryptionFailed:
-            return WITHHELD
-        return redact(text, [*values, instance_token(services.settings, instance.id)])
+        redactor = await redactor_now(session, services, tenant_id=instance.tenant_id, instance_id=instance.id)
+        return WITHHELD if redactor is None else redactor(text)
 
     return redact_text
+
+
+async def redactor_now(
+    session: AsyncSession, services: AppServices, *, tenant_id: str, instance_id: str
+) -> Redactor | None:
+    """A ``Redactor`` of the instance's secret values (``values_of``) and its OTLP token, read in
+    the caller's ``session``; None when its secrets cannot be decrypted (show ``WITHHELD``)."""
+    try:
+        values = await values_of(session, services.vault, tenant_id=tenant_id, instance_id=instance_id)
+    except DecryptionFailed:
+        return None
+    return Redactor([*values, instance_token(services.settings, instance_id)])
+
+
+class InstanceRedactor:
+    """The lines an instance's containers write (its logs, for the API and the log drains),
+    redacted of its secret values (``values_of``) and its OTLP token, exactly and in base64
+    (``redaction.Redactor``). Made once per request or followed stream (``load``), not per line;
+    ``refresh`` looks again, at most every ``REFRESH_SECONDS`` and only while lines come, and
+    decrypts again only when the instance's secrets revision or release changed. Secrets that
+    cannot be decrypted withhold every line (``WITHHELD``) rather than show it unredacted."""
+
+    def __init__(self, services: AppServices, *, tenant_id: str, instance_id: str) -> None:
+        self.services = services
+        self.tenant_id = tenant_id
+        self.instance_id = instance_id
+        self.redactor = Redactor(())
+        self.withheld = False
+        self.revisions: tuple[int, int] | None = None
+        self.checked_at = 0.0
+
+    @classmethod
+    async def load(cls, services: AppServices, *, tenant_id: str, instance_id: str) -> InstanceRedactor:
+        made = cls(services, tenant_id=tenant_id, instance_id=instance_id)
+        await made.refresh(force=True)
+        return made
+
+    async def refresh(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.checked_at < REFRESH_SECONDS:
+            return
+        self.checked_at = now
+        async with self.services.db.read() as session:
+            revisions = await _live_revisions(session, tenant_id=self.tenant_id, instance_id=self.instance_id)
+            if revisions == self.revisions:
+                return
+            redactor = await redactor_now(
+                session, self.services, tenant_id=self.tenant_id, instance_id=self.instance_id
+            )
+        if redactor is None:
+            self.withheld, self.revisions = True, None
+            return
+        self.redactor, self.withheld, self.revisions = redactor, False, revisions
+
+    def __call__(self, text: str) -> str:
+        return WITHHELD if self.withheld else self.redactor(text)
 
 
 async def for_release(services: AppServices, release_id: str | None) -> schemas.WorkloadSecrets:

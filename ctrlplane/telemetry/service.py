@@ -4,14 +4,16 @@ spans received from instances.
 Every read loads the instance through the tenant-scoped ``InstanceRepository`` first, so another
 tenant's instance is 404 and every later query is keyed by an instance the caller may see. Reads
 that reach the provider (logs, resources) close the request's database session before they do, so
-no transaction is held open across a provider call or a stream.
+no transaction is held open across a provider call or a stream. Log lines (plain, followed, the
+dashboard's errors) are redacted of the instance's secret values and OTLP token
+(``secrets.service.InstanceRedactor``, made once per request or stream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +31,7 @@ from ctrlplane.network.access import quantile
 from ctrlplane.provisioning.contract import LogLine, Provider
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.releases.models import Release
+from ctrlplane.secrets.service import InstanceRedactor
 from ctrlplane.telemetry import logparse, otlp, schemas
 from ctrlplane.telemetry.repository import GAUGES, MetricsRepository, SpanRepository, bucket_start
 from ctrlplane.tenants.models import Tenant
@@ -44,10 +47,16 @@ HEARTBEAT_SECONDS = 15.0
 MIB = 1024 * 1024
 
 
-def log_entry(line: LogLine) -> schemas.LogEntry:
+def log_entry(line: LogLine, redact: Callable[[str], str] | None = None) -> schemas.LogEntry:
+    """A line with its parsed level; ``redact`` applies to the message shown (a structured line's
+    message field comes out unescaped, so it is redacted after parsing)."""
     level, message = logparse.parse(line.message)
     return schemas.LogEntry(
-        timestamp=line.timestamp, replica=line.replica, stream=line.stream, level=level, message=message
+        timestamp=line.timestamp,
+        replica=line.replica,
+        stream=line.stream,
+        level=level,
+        message=redact(message) if redact is not None else message,
     )
 
 
@@ -117,15 +126,22 @@ def series(rows: list[Any], names: tuple[schemas.UsageMetric, ...], step: int | 
 
 
 async def read_logs(
-    provider: Provider, instance_id: str, *, level: logparse.Level | None, limit: int, since: datetime | None
+    provider: Provider,
+    instance_id: str,
+    *,
+    level: logparse.Level | None,
+    limit: int,
+    since: datetime | None,
+    redact: Callable[[str], str] | None = None,
 ) -> list[schemas.LogEntry]:
-    """The newest ``limit`` lines (at ``level`` or above), oldest first; none while no container exists."""
+    """The newest ``limit`` lines (at ``level`` or above), oldest first, each message redacted by
+    ``redact``; none while no container exists."""
     tail = limit if level is None else max(limit, LEVEL_SCAN_LINES)
     entries: list[schemas.LogEntry] = []
     try:
         async with aclosing(provider.logs(instance_id, tail=tail, since=since)) as lines:  # type: ignore[type-var]
             async for line in lines:
-                entry = log_entry(line)
+                entry = log_entry(line, redact)
                 if level is None or logparse.at_least(entry.level, level):
                     entries.append(entry)
     except WorkloadNotFound:
@@ -140,10 +156,13 @@ async def follow_logs(
     level: logparse.Level | None,
     tail: int,
     since: datetime | None,
+    redact: InstanceRedactor | None = None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
 ) -> AsyncIterator[schemas.LogEntry | None]:
-    """The last ``tail`` lines, then new ones as they are written; None every ``heartbeat_seconds``
-    without a line (a keep-alive). Ends when the provider's stream ends (no replica runs)."""
+    """The last ``tail`` lines, then new ones as they are written, each message redacted by
+    ``redact`` (refreshed as the stream goes: ``InstanceRedactor.refresh``); None every
+    ``heartbeat_seconds`` without a line (a keep-alive). Ends when the provider's stream ends
+    (no replica runs)."""
     lines = provider.logs(instance_id, tail=tail, since=since, follow=True)
     pending: asyncio.Future[LogLine] | None = None
     try:
@@ -160,7 +179,9 @@ async def follow_logs(
                 return
             finally:
                 pending = None
-            entry = log_entry(line)
+            if redact is not None:
+                await redact.refresh()
+            entry = log_entry(line, redact)
             if level is None or logparse.at_least(entry.level, level):
                 yield entry
     finally:
@@ -240,6 +261,10 @@ class TelemetryService:
         """End the request's read transaction before talking to the provider."""
         await self.session.close()
 
+    async def _redactor(self, instance: Instance) -> InstanceRedactor:
+        """What the instance's log lines are redacted of: its secret values and OTLP token."""
+        return await InstanceRedactor.load(self.services, tenant_id=instance.tenant_id, instance_id=instance.id)
+
     async def metrics(
         self,
         instance_id: str,
@@ -307,9 +332,10 @@ class TelemetryService:
         since = as_utc(since, "since") if since is not None else None
         provider = self._provider(instance)
         await self._detach()
+        redact = await self._redactor(instance)
         return schemas.LogPage(
             instance_id=instance.id,
-            items=await read_logs(provider, instance.id, level=level, limit=limit, since=since),
+            items=await read_logs(provider, instance.id, level=level, limit=limit, since=since, redact=redact),
         )
 
     async def follow(
@@ -319,7 +345,8 @@ class TelemetryService:
         since = as_utc(since, "since") if since is not None else None
         provider = self._provider(instance)
         await self._detach()
-        return follow_logs(provider, instance.id, level=level, tail=limit, since=since)
+        redact = await self._redactor(instance)
+        return follow_logs(provider, instance.id, level=level, tail=limit, since=since, redact=redact)
 
     async def traces(self, instance_id: str, *, limit: int) -> schemas.TracePage:
         instance = await self.instances.get(instance_id)
@@ -361,12 +388,13 @@ class TelemetryService:
         ]
         provider = self._provider(instance)
         await self._detach()
+        redact = await self._redactor(instance)
         try:
             resources = await observe_resources(provider, instance)
         except CtrlplaneError as exc:
             resources = resources_of(instance, [], message=exc.message, available=False)
         try:
-            error_lines = await read_logs(provider, instance.id, level="error", limit=errors, since=None)
+            error_lines = await read_logs(provider, instance.id, level="error", limit=errors, since=None, redact=redact)
         except CtrlplaneError:
             error_lines = []
         return schemas.Dashboard(

@@ -5,6 +5,12 @@ that must be refused, and proof that the refusals changed nothing.
 the app without an entry here fails ``test_matrix_covers_every_route_in_the_openapi_document``, and
 the generic cases below still walk it straight from the OpenAPI document. Every failure message
 names the route and the case that leaked.
+
+This is the deterministic cross-tenant probe of the whole API (issue 16, item 12): tenant B's
+credentials at every route naming one of tenant A's objects, in its path
+(``test_another_tenants_objects_are_not_found``) or its body
+(``test_another_tenants_objects_named_in_a_body_are_not_found``). Schemathesis' two-tenant stateful
+run (test_fuzz.py) adds random sequences on top, within its budget.
 """
 
 from __future__ import annotations
@@ -728,6 +734,74 @@ async def test_another_tenants_objects_are_not_found(world: World) -> None:
     if foreign:
         leaks.append(f"GET /v1/keys [tenant B admin token]: lists other tenants' keys {foreign}")
     assert not leaks, "tenant B reached tenant A's objects:\n" + "\n".join(leaks)
+    assert_unchanged(before, await snapshot(world.db))
+
+
+@dataclass(frozen=True)
+class BodyReference:
+    names: dict[str, str]
+    """Body property -> the World value of tenant A's object of that kind."""
+    status: int = 404
+    code: str = "not_found"
+
+
+BODY_REFERENCES: dict[tuple[str, str], BodyReference] = {
+    ("POST", "/v1/log-drains"): BodyReference({"instance_id": "instance_id"}),
+    ("POST", "/v1/environments"): BodyReference({"template": "template_id"}),
+    # documented as 400 (docs/api.md, errors): "a rollback release_id that is not a release of the instance"
+    ("POST", "/v1/instances/{instance_id}/rollback"): BodyReference({"release_id": "release_id"}, 400, "invalid_input"),
+}
+"""Tenant routes whose body names one of the tenant's objects. Every ``*_id`` body property of a
+tenant route but ``tenant_id`` must be listed (the test below checks it against the document)."""
+
+
+async def test_another_tenants_objects_named_in_a_body_are_not_found(world: World) -> None:
+    """Tenant B naming tenant A's object in a request body (a drain for A's instance, an
+    environment from A's template, a rollback of B's own instance to A's release) gets the answer
+    an id that was never issued gets (404, or the documented 400 for a rollback), so the answer
+    tells nothing of A's objects, and nothing changes."""
+    tenant_routes = [r for r in world.routes if not r.is_admin and not ROUTE_TABLE.get(r.key, r).node_auth]
+    documented = {
+        (route.key, name)
+        for route in tenant_routes
+        for name in world.body_properties(route)
+        if name.endswith("_id") and name != "tenant_id"
+    }
+    listed = {(key, name) for key, reference in BODY_REFERENCES.items() for name in reference.names}
+    assert documented <= listed, f"body properties naming an object, not in BODY_REFERENCES: {documented - listed}"
+    owner_b = bearer(world.tokens.tenant(world.tenant_b, roles=["admin"]))
+    created = await world.client.post(
+        "/v1/instances", json={"name": "bravo-web", "image": "ctrlplane-test/busybox:1"}, headers=owner_b
+    )
+    assert created.status_code == 201, created.text
+    instance_b = created.json()["id"]
+    async with world.db.write() as session, session.begin():  # so that B may roll back: only A's release is wrong
+        await session.execute(text("UPDATE instances SET state = 'running' WHERE id = :id"), {"id": instance_b})
+        await session.execute(
+            text("UPDATE deployments SET state = 'cancelled' WHERE instance_id = :id"), {"id": instance_b}
+        )
+    callers = {
+        "tenant B admin token": world.tokens.tenant(world.tenant_b, roles=["admin"]),
+        "tenant B admin API key": world.admin_key_b,
+    }
+    before = await snapshot(world.db)
+    leaks: list[str] = []
+    for key, reference in BODY_REFERENCES.items():
+        route = ROUTE_TABLE[key]
+        url = world.url(route).replace(world.instance_a, instance_b)
+        for owner, values in (
+            ("tenant A's", {name: world.values[value] for name, value in reference.names.items()}),
+            (
+                "a never-issued",
+                {name: f"{world.values[value][:4]}never-issued" for name, value in reference.names.items()},
+            ),
+        ):
+            body = {**(route.body or {}), **values}
+            for case, token in callers.items():
+                response = await world.client.request(route.method, url, json=body, headers=bearer(token))
+                where = f"{case}, {owner} {', '.join(reference.names)} in the body"
+                check(leaks, route, where, response, reference.status, reference.code)
+    assert not leaks, "tenant B reached tenant A's objects through a body:\n" + "\n".join(leaks)
     assert_unchanged(before, await snapshot(world.db))
 
 

@@ -7,6 +7,16 @@ tenant token and once with a system-admin token; then a stateful run as one tena
 tenant as a peer (``object_level_authorization``). A server error (500), a response that does
 not match the document, or a read of one tenant's object by the other fails the test.
 
+Cross-tenant access is **guaranteed** elsewhere, not here: Schemathesis' peer probes happen only
+for the reads of A's objects its budget reaches. tests/api/test_authz_matrix.py probes every
+route of the OpenAPI document deterministically: ``test_another_tenants_objects_are_not_found``
+sends tenant B's admin token and admin API key at every tenant route with a path parameter,
+filled with tenant A's real objects (one of each kind, made by its ``world`` fixture), and
+expects 404 ``not_found`` with the error shape and an unchanged database;
+``test_another_tenants_objects_named_in_a_body_are_not_found`` does the same for objects named in
+a body; ``test_matrix_covers_every_route_in_the_openapi_document`` fails for a route without an
+entry, and ``World.url`` for a path parameter it cannot fill.
+
 ``make test`` runs a bounded pass (``CTRLPLANE_TEST_FUZZ_EXAMPLES``, default 5 examples per
 operation, within ``CTRLPLANE_TEST_FUZZ_SECONDS``, default 20, per caller: the tenant's
 on SQLite and PostgreSQL, the admin's on SQLite); ``make fuzz`` a long one. The
@@ -116,7 +126,8 @@ async def test_schemathesis_stateful_with_both_tenants_finds_no_server_error_sch
     objects as B (``object_level_authorization``), which must not get them; beside every default
     check. The two tenants' credentials reach Schemathesis as a Web Fuzzing Commons document. B's
     probes happen only for reads of A's objects the phase makes within its budget: seeded objects
-    make that likely, not certain, so the test does not require one."""
+    make that likely, not certain, so the test does not require one. The deterministic probe of
+    every route is test_authz_matrix.py's ``test_another_tenants_objects_are_not_found``."""
     peers = {}
     for name in ("tenant-a", "tenant-b"):
         tenant = await live.create_tenant(f"fuzz-{name.removeprefix('tenant-')}", plan="enterprise")

@@ -8,6 +8,7 @@ a JSON, a logfmt, a keyword (stderr) and a plain line, spins one busy loop, then
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ from docker import DockerClient
 from ctrlplane.provisioning.registry import ProviderRegistry, provider_settings
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.otlp import instance_token
+from tests.api.test_deployments import finished
 from tests.api.test_instances import create, state, wait_for
 from tests.api.test_telemetry import otlp_body, read_log_events
 from tests.conftest import Api, bearer
@@ -148,6 +150,44 @@ async def _marker(lines: AsyncIterator[str], message: str) -> dict[str, Any]:
         [entry] = await read_log_events(lines, 1)
         if entry["message"] == message:
             return entry
+
+
+async def test_a_containers_lines_echoing_its_env_secret_and_otlp_token_come_out_redacted(
+    live: Api, telemetry_image: str, docker_engine: DockerClient, settings: Settings
+) -> None:
+    """Issue 16, item 6: what the application prints of its secret (exactly and in base64) and of
+    its OTLP token is ``[redacted]`` in ``GET .../logs``, read from the real engine."""
+    instance, token = await running_app(live, telemetry_image)
+    secret = "sv-5e8d3c0a-echoed-by-a-container"
+    response = await live.client.post(
+        f"/v1/instances/{instance['id']}/secrets",
+        json={"key": "DB_PASSWORD", "value": secret},
+        params={"restart": "true"},
+        headers=token,
+    )
+    assert response.status_code == 201, response.text
+    rolled = await finished(live, response.json()["deployment_id"], token, timeout=90)
+    assert rolled["state"] == "succeeded", rolled
+    command = (
+        'echo "plain=$DB_PASSWORD"; printf %s "$DB_PASSWORD" | base64; '
+        'echo "otlp=$OTEL_EXPORTER_OTLP_HEADERS"; echo "echoed-secrets-done"'
+    )
+    # written to the container's stdout (PID 1's) from inside it, with the container's env, as the app would
+    container = container_of(docker_engine, instance["id"])
+    await asyncio.to_thread(container.exec_run, ["sh", "-c", f"({command}) > /proc/1/fd/1"])
+    path = f"/v1/instances/{instance['id']}/logs"
+
+    async def echoed() -> dict[str, Any] | None:
+        answer = await live.client.get(path, params={"limit": 10}, headers=token)
+        return answer if any(e["message"] == "echoed-secrets-done" for e in answer.json()["items"]) else None
+
+    answer = await eventually(echoed, timeout=30)
+    messages = [e["message"] for e in answer.json()["items"]]
+    done = messages.index("echoed-secrets-done")
+    assert messages[done - 3 : done] == ["plain=[redacted]", "[redacted]", "otlp=authorization=Bearer%20[redacted]"]
+    otlp = instance_token(settings, instance["id"])
+    for shown in (secret, base64.b64encode(secret.encode()).decode(), otlp):
+        assert shown not in answer.text
 
 
 async def test_resources_show_each_replicas_usage_against_its_limits(live: Api, telemetry_image: str) -> None:

@@ -3,6 +3,7 @@ tests/drains/test_log_drains_docker.py does it against a real Docker engine)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import time
@@ -10,11 +11,16 @@ from typing import Any
 
 import pytest
 
+from ctrlplane.settings import Settings
+from ctrlplane.telemetry.otlp import instance_token
 from tests.api.test_instances import create, state, tenant_token, wait_for
+from tests.api.test_secrets import put_secret
 from tests.conftest import Api
 from tests.fakes import FakeProvider
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.test_webhooks import eventually
+
+SECRET = "sv-9c2e7b1d-drained-by-the-app"
 
 
 def ndjson_lines(receiver: Receiver) -> list[dict[str, Any]]:
@@ -185,6 +191,35 @@ async def test_a_drains_own_headers_go_with_every_delivery_and_are_never_shown(
     listed = await live.client.get("/v1/log-drains", headers=token)
     assert secret not in shown.text and secret not in listed.text
     assert shown.json()["header_names"] == ["Authorization", "X-Team"]
+
+
+async def test_drained_lines_are_redacted_of_the_instances_secrets_and_otlp_token(
+    live: Api, fake: FakeProvider, receiver: Receiver, settings: Settings
+) -> None:
+    """What leaves for a drain is what ``GET .../logs`` shows: secret values and the OTLP token,
+    exact and in base64, are ``[redacted]`` (issue 16, item 6)."""
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    await wait_for(live, instance["id"], token, state("running"))
+    await put_secret(live, token, instance["id"], "DB_PASSWORD", SECRET)
+    otlp = instance_token(settings, instance["id"])
+    encoded = base64.b64encode(SECRET.encode()).decode()
+    await create_drain(live, token, url=receiver.url, instance_id=instance["id"])
+    await eventually(lambda: _followed(fake, instance["id"]), what="the shipper following the instance")
+    fake.emit_log(instance["id"], f"password={SECRET}")
+    fake.emit_log(instance["id"], f'{{"level":"error","msg":"auth {encoded} / Bearer {otlp}"}}', stream="stderr")
+
+    async def both() -> list[dict[str, Any]] | None:
+        found = ndjson_lines(receiver)
+        return found if len(found) >= 2 else None
+
+    lines = await eventually(both, timeout=5, what="both lines at the drain")
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("info", "password=[redacted]"),
+        ("error", "auth [redacted] / Bearer [redacted]"),
+    ]
+    bodies = b"".join(gzip.decompress(request.body) for request in receiver.received()).decode()
+    assert SECRET not in bodies and encoded not in bodies and otlp not in bodies
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ signed events with replay, secrets under the node's key, reports, telemetry batc
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 from dataclasses import dataclass
@@ -15,15 +16,16 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from litestar import Litestar
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from ctrlplane.db import Database
 from ctrlplane.errors import Conflict
 from ctrlplane.nodes import contract
-from ctrlplane.nodes.models import EnrollmentToken, Node
+from ctrlplane.nodes.models import EnrollmentToken, Node, NodeLogLine
 from ctrlplane.nodes.monitor import NodeMonitor
 from ctrlplane.provisioning.contract import Resources, SecretFile, WorkloadSpec
 from ctrlplane.settings import Settings
+from ctrlplane.telemetry.otlp import instance_token
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import AppServices
 from tests.conftest import Api, bearer
@@ -434,6 +436,43 @@ async def test_gzip_batches_land_in_the_instances_logs_and_metrics(api: Api, app
     assert response.status_code == 202, response.text
     shown = await api.client.get(f"/v1/instances/{instance_id}/metrics", headers=headers)
     assert shown.status_code == 200 and "42.5" in shown.text, shown.text
+
+
+async def test_an_instances_lines_shipped_by_its_node_are_stored_redacted(
+    api: Api, app: Litestar, db: Database, settings: Settings
+) -> None:
+    """Issue 16, item 6: the node_log_lines table never holds an instance's secret values or OTLP
+    token (exact or base64), so neither ``GET .../logs`` nor the database shows them."""
+    tenant = await api.create_tenant("acme", plan="pro")
+    headers = bearer(api.tokens.tenant(tenant["id"]))
+    created = await api.client.post(
+        "/v1/instances", json={"name": "web", "image": "ctrlplane-test/busybox:1"}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    instance_id = created.json()["id"]
+    secret = "sv-1b7f0e42-shipped-by-a-node"
+    put = await api.client.post(
+        f"/v1/instances/{instance_id}/secrets", json={"key": "DB_PASSWORD", "value": secret}, headers=headers
+    )
+    assert put.status_code == 201, put.text
+    node = await enrolled(api, "one")
+    await services_of(app).nodes.assign(node.node_id, spec(instance_id, tenant["id"]))
+    encoded = base64.b64encode(secret.encode()).decode()
+    otlp = instance_token(settings, instance_id)
+    taken = utc_now().replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    logs = [
+        {"timestamp": taken, "message": f"password={secret} b64={encoded}", "instance_id": instance_id},
+        {"timestamp": taken, "message": f"Bearer {otlp}", "instance_id": instance_id},
+    ]
+    response = await api.client.post(
+        f"/v1/nodes/{node.node_id}/logs",
+        content=gzipped(logs),
+        headers={**node.headers, "Content-Encoding": "gzip", "Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 202, response.text
+    async with db.read() as session:
+        stored = list((await session.execute(select(NodeLogLine.message).order_by(NodeLogLine.id))).scalars())
+    assert stored == ["password=[redacted] b64=[redacted]", "Bearer [redacted]"]
 
 
 async def test_oversized_or_malformed_batches_are_refused(api: Api) -> None:
