@@ -47,7 +47,7 @@ from ctrlplane.runs.service import active_run_usage
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
-from ctrlplane.telemetry.api import TelemetryController, export_traces, prometheus_metrics
+from ctrlplane.telemetry.api import TelemetryController, export_metrics, export_traces, prometheus_metrics
 from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
 from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
@@ -181,6 +181,7 @@ def create_app(
             HealthController,
             TelemetryController,
             export_traces,
+            export_metrics,
             prometheus_metrics,
             RouteController,
             DomainController,

@@ -17,6 +17,7 @@ handler; the request pipeline (``ctrlplane/web/``) renders its own refusals with
         InvalidState        409 invalid_state      the object's state does not allow the action
       PreconditionFailed    412 precondition_failed  If-Match names an older version
       PayloadTooLarge       413 payload_too_large
+      UnsupportedMediaType  415 unsupported_media_type  a body in a Content-Type the route does not read
       HeaderTooLarge        431 header_too_large   a request header (or all of them) over the size limit
       IdempotencyMismatch   422 idempotency_key_reused  same Idempotency-Key, different request
       RateLimited           429 rate_limited
@@ -111,6 +112,10 @@ class PreconditionFailed(CtrlplaneError):
 
 class PayloadTooLarge(CtrlplaneError):
     status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(CtrlplaneError):
+    status, code = 415, "unsupported_media_type"
 
 
 class HeaderTooLarge(CtrlplaneError):

@@ -35,7 +35,7 @@ from ctrlplane.registry_credentials.models import RegistryCredential
 from ctrlplane.releases.models import Release
 from ctrlplane.runs.models import Job, Run
 from ctrlplane.secrets.models import Secret, SecretVersion, TenantDataKey
-from ctrlplane.telemetry.models import MetricSample, TraceSpan
+from ctrlplane.telemetry.models import AppMetricSample, AppMetricSeries, MetricSample, TraceSpan
 from ctrlplane.templates.models import Template, TemplateVersion
 from ctrlplane.tenants.models import Tenant, TenantQuota
 from ctrlplane.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -45,6 +45,8 @@ metadata = Base.metadata
 __all__ = [
     "AcmeAccount",
     "ApiKey",
+    "AppMetricSample",
+    "AppMetricSeries",
     "AuditChain",
     "AuditCheckpoint",
     "AuditEntry",

@@ -193,6 +193,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     trace_max_spans_per_instance: int = 10_000
     otlp_endpoint: str | None = None
     otlp_token_secret: str | None = None
+    otlp_max_bytes: int = 8 * 1024 * 1024
+    """The largest OTLP export once gunzipped; past it 413 (the body as sent is held to
+    ``max_body_bytes`` first)."""
+    otlp_max_metrics: int = 100
+    """Distinct metric names an instance may push (among its series pushed within the raw retention)."""
+    otlp_max_series_per_metric: int = 50
+    """Attribute sets one of an instance's metric names may have (likewise, active ones)."""
     metrics_token: str | None = None
     environments_max_per_owner: int | None = None
     """Active environments one owner (a JWT subject or API key) may hold in a tenant, when neither
@@ -288,6 +295,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "METRICS_SAMPLE_SECONDS": "metrics_sample_seconds",
             "AUDIT_CHECKPOINT_SECONDS": "audit_checkpoint_seconds",
             "TRACE_MAX_SPANS_PER_INSTANCE": "trace_max_spans_per_instance",
+            "OTLP_MAX_BYTES": "otlp_max_bytes",
+            "OTLP_MAX_METRICS": "otlp_max_metrics",
+            "OTLP_MAX_SERIES_PER_METRIC": "otlp_max_series_per_metric",
             "OTLP_ENDPOINT": "otlp_endpoint",
             "OTLP_TOKEN_SECRET": "otlp_token_secret",
             "METRICS_TOKEN": "metrics_token",
@@ -492,6 +502,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.trace_retention_seconds <= 0 or self.trace_max_spans_per_instance < 1:
             raise SettingsError(f"{PREFIX}TRACE_RETENTION and TRACE_MAX_SPANS_PER_INSTANCE must be positive")
+        if self.otlp_max_bytes < 1024 or min(self.otlp_max_metrics, self.otlp_max_series_per_metric) < 1:
+            raise SettingsError(
+                f"{PREFIX}OTLP_MAX_BYTES must be at least 1024, "
+                "OTLP_MAX_METRICS and OTLP_MAX_SERIES_PER_METRIC positive"
+            )
         if self.otlp_endpoint is not None and not re.match(r"^https?://[^/\s]+", self.otlp_endpoint):
             raise SettingsError(f"{PREFIX}OTLP_ENDPOINT must be an http(s) URL such as http://172.17.0.1:8080/v1/otlp")
         if self.webhook_workers < 0 or self.webhook_max_response_bytes < 0:

@@ -22,7 +22,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
 from ctrlplane.errors import CtrlplaneError, ErrorBody, InvalidInput, NotFound, RateLimited
-from ctrlplane.inputs import check_json_depth
+from ctrlplane.inputs import check_json_depth, decompress
 from ctrlplane.nodes import contract, schemas, service
 from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
@@ -394,8 +394,11 @@ class NodeController(Controller):
         settings = services.settings
         async with node_transaction(request, services, node_id, action) as call:
             # read only once the node is authenticated: a stranger's body gets a 401, never a 400
-            raw = service.decompress(
-                await request.body(), request.headers.get("content-encoding"), settings.node_batch_max_bytes
+            raw = decompress(
+                await request.body(),
+                request.headers.get("content-encoding"),
+                settings.node_batch_max_bytes,
+                what="the batch",
             )
             check_json_depth(raw)
             records = service.parse_records(raw, kind, max_records=settings.node_batch_max_records)

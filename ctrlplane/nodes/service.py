@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets as random
-import zlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -654,28 +653,6 @@ class NodeCalls:
 
 
 # --- batches ---------------------------------------------------------------------------
-
-
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The batch's bytes, gunzipped when ``Content-Encoding: gzip``; 413 past ``limit`` bytes
-    decompressed (read no further: a small gzip bomb costs nothing)."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding == "identity":
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the batch is over {limit} bytes")
-        return body
-    if encoding != "gzip":
-        raise InvalidInput("Content-Encoding must be gzip or identity", details={"Content-Encoding": encoding})
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise InvalidInput("the body is not valid gzip", details={"body": "not gzip"}) from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"the batch is over {limit} bytes decompressed")
-    if not inflater.eof:
-        raise InvalidInput("the gzip body is truncated", details={"body": "truncated gzip"})
-    return out
 
 
 def parse_records(raw: bytes, kind: type[Any], *, max_records: int) -> list[Any]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
@@ -10,18 +10,26 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ctrlplane.errors import ErrorBody, RateLimited, Unauthenticated
 from ctrlplane.ratelimit.service import BucketState
 from ctrlplane.telemetry import otlp, schemas
 from ctrlplane.telemetry.logparse import Level
-from ctrlplane.telemetry.service import TelemetryService, authenticate_instance, ingest_spans, scrape
+from ctrlplane.telemetry.service import (
+    TelemetryService,
+    authenticate_instance,
+    ingest_metrics,
+    ingest_spans,
+    scrape,
+)
 from ctrlplane.web.context import AppServices
 from ctrlplane.web.http import Context, Moment, errors, parse_moment, route
-from ctrlplane.web.openapi import EVENT_STREAM
+from ctrlplane.web.openapi import EVENT_STREAM, OTLP_EXPORT
 from ctrlplane.web.scope import RATE_LIMIT_KEY
 
 OTLP_SCOPE_KEY = "ctrlplane.otlp_instance"
@@ -38,7 +46,13 @@ class TelemetryController(Controller):
         self,
         instance_id: FromPath[str],
         context: Context,
-        name: FromQuery[schemas.MetricName | None] = None,
+        name: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=255,
+                description="One of ctrlplane's metrics, or a metric the instance pushed over OTLP",
+            ),
+        ] = None,
         since: Moment = None,
         until: Moment = None,
         step: Annotated[
@@ -48,7 +62,7 @@ class TelemetryController(Controller):
             str | None, QueryParameter(max_length=256, description="Request metrics: one route path only")
         ] = None,
     ) -> schemas.MetricsResponse:
-        """Usage and request time series (default: the last hour, every usage metric, as stored)."""
+        """Usage, request and pushed app time series (default: the last hour, every usage metric, as stored)."""
         return await TelemetryService(context).metrics(
             instance_id,
             name=name,
@@ -123,6 +137,31 @@ async def instance_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _
         connection.scope[RATE_LIMIT_KEY] = state  # type: ignore[literal-required]
 
 
+OTLP_ERRORS = {
+    400: ResponseSpec(data_container=ErrorBody, description="Not an OTLP export (bad JSON, protobuf or gzip)"),
+    401: ResponseSpec(data_container=ErrorBody, description="Missing or invalid instance token"),
+    403: ResponseSpec(data_container=ErrorBody, description="The export names another instance than the token's"),
+    409: ResponseSpec(data_container=ErrorBody, description="The instance was removed while the export was stored"),
+    413: ResponseSpec(data_container=ErrorBody, description="Body over the size limit, as sent or gunzipped"),
+    415: ResponseSpec(data_container=ErrorBody, description="Neither application/x-protobuf nor application/json"),
+    429: ResponseSpec(data_container=ErrorBody, description="The instance's or its tenant's telemetry rate limit"),
+    503: ResponseSpec(data_container=ErrorBody, description="Database unavailable"),
+}
+
+
+def _export(request: Request[Any, Any, Any], body: bytes, kind: type[otlp.Export]) -> tuple[otlp.Media, otlp.Export]:
+    services: AppServices = request.app.state.services
+    media = otlp.media_of(request.headers.get("content-type"))
+    export = otlp.read_export(
+        body,
+        kind,
+        media=media,
+        content_encoding=request.headers.get("content-encoding"),
+        limit=services.settings.otlp_max_bytes,
+    )
+    return media, export
+
+
 @post(
     "/v1/otlp/v1/traces",
     operation_id="exportTraces",
@@ -130,24 +169,40 @@ async def instance_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _
     status_code=200,
     guards=[instance_token_guard],
     security=[{"instanceToken": []}],
-    responses={
-        400: ResponseSpec(data_container=ErrorBody, description="Not an OTLP JSON trace export"),
-        401: ResponseSpec(data_container=ErrorBody, description="Missing or invalid instance token"),
-        403: ResponseSpec(data_container=ErrorBody, description="The spans name another instance than the token's"),
-        429: ResponseSpec(data_container=ErrorBody, description="The instance's or its tenant's telemetry rate limit"),
-        409: ResponseSpec(data_container=ErrorBody, description="The instance was removed while its spans were stored"),
-        413: ResponseSpec(data_container=ErrorBody, description="Request body over the size limit"),
-        503: ResponseSpec(data_container=ErrorBody, description="Database unavailable"),
-    },
-    opt={**route("trace", "export"), "own_auth": True},
+    responses=OTLP_ERRORS,
+    opt={**route("trace", "export"), "own_auth": True, OTLP_EXPORT: "ExportTraceServiceRequest"},
 )
-async def export_traces(
-    request: Request[Any, Any, Any], data: JSONBody[otlp.ExportTraceServiceRequest], state: State
-) -> schemas.ExportTraceServiceResponse:
-    """OTLP/HTTP JSON trace export from an instance, authenticated by the instance's own token."""
+async def export_traces(request: Request[Any, Any, Any], state: State) -> Response[schemas.ExportTraceServiceResponse]:
+    """OTLP/HTTP trace export (protobuf or JSON, gzip'd or not) from an instance, authenticated by its own token."""
     instance_id, tenant_id = request.scope[OTLP_SCOPE_KEY]  # type: ignore[literal-required]
-    await ingest_spans(state.services, instance_id=instance_id, tenant_id=tenant_id, request=data)
-    return schemas.ExportTraceServiceResponse()
+    media, export = _export(request, await request.body(), otlp.ExportTraceServiceRequest)
+    await ingest_spans(state.services, instance_id=instance_id, tenant_id=tenant_id, request=export)
+    answer = otlp.encode_response(
+        schemas.ExportTraceServiceResponse(), trace_service_pb2.ExportTraceServiceResponse, media
+    )
+    return Response(cast(Any, answer), media_type=media)
+
+
+@post(
+    "/v1/otlp/v1/metrics",
+    operation_id="exportMetrics",
+    tags=["telemetry"],
+    status_code=200,
+    guards=[instance_token_guard],
+    security=[{"instanceToken": []}],
+    responses=OTLP_ERRORS,
+    opt={**route("metric", "export"), "own_auth": True, OTLP_EXPORT: "ExportMetricsServiceRequest"},
+)
+async def export_metrics(
+    request: Request[Any, Any, Any], state: State
+) -> Response[schemas.ExportMetricsServiceResponse]:
+    """OTLP/HTTP metrics export (protobuf or JSON, gzip'd or not) from an instance, authenticated by its own token;
+    points refused are counted in partialSuccess."""
+    instance_id, tenant_id = request.scope[OTLP_SCOPE_KEY]  # type: ignore[literal-required]
+    media, export = _export(request, await request.body(), otlp.ExportMetricsServiceRequest)
+    outcome = await ingest_metrics(state.services, instance_id=instance_id, tenant_id=tenant_id, request=export)
+    answer = otlp.encode_response(outcome, metrics_service_pb2.ExportMetricsServiceResponse, media)
+    return Response(cast(Any, answer), media_type=media)
 
 
 @get(

@@ -59,3 +59,50 @@ class TraceSpan(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
     resource_attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AppMetricSeries(Base):
+    """One metric an instance pushed over OTLP with one set of attributes (``telemetry/appmetrics.py``).
+
+    ``id`` is derived from (instance, name, attributes), so the same series always lands on the same
+    row. ``cumulative`` keeps the last cumulative point of a monotonic sum or a histogram, from which
+    the next point's increment is taken; ``last_seen_at`` (receipt) decides whether the series holds
+    one of the instance's cardinality slots and when it expires.
+    """
+
+    __tablename__ = "app_metric_series"
+    __table_args__ = (Index("ix_app_metric_series_instance_name", "instance_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    attributes: Mapped[dict[str, str]] = mapped_column(JSON)
+    kind: Mapped[str] = mapped_column(String(16))
+    unit: Mapped[str] = mapped_column(String(64), default="")
+    cumulative: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AppMetricSample(Base):
+    """A point of an app metric series, or a rollup of several (``step_seconds`` > 0), kept like the
+    usage samples. ``value`` is a gauge's mean (weighted by ``samples``), a sum's increment, or a
+    histogram's sum of observations; a histogram also has its ``count`` and, with explicit bounds,
+    its ``bucket_counts`` (one more than ``bounds``: the last is the open bucket)."""
+
+    __tablename__ = "app_metric_samples"
+    __table_args__ = (
+        Index("ix_app_metric_samples_step_taken_at", "step_seconds", "taken_at"),
+        Index("ix_app_metric_samples_instance_taken_at", "instance_id", "taken_at"),
+    )
+
+    series_id: Mapped[str] = mapped_column(ForeignKey("app_metric_series.id", ondelete="CASCADE"), primary_key=True)
+    step_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    samples: Mapped[int] = mapped_column(Integer, default=1)
+    value: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    bucket_counts: Mapped[list[int] | None] = mapped_column(JSON)
+    bounds: Mapped[list[float] | None] = mapped_column(JSON)

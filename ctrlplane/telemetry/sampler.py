@@ -1,5 +1,5 @@
 """The metrics sampler: on an interval, one ``usage`` sample per running instance, then downsampling
-and retention (metrics and spans). Runs in the background with the workers (``Background``)."""
+and retention (usage, request and app metrics, and spans). Runs in the background with the workers (``Background``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import structlog
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.network.requests import compact as compact_requests
 from ctrlplane.provisioning.contract import Usage
+from ctrlplane.telemetry import appmetrics
 from ctrlplane.telemetry.repository import ControlPlaneCounts, MetricsRepository, SpanRepository
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import AppServices
@@ -59,3 +60,4 @@ class MetricsSampler:
             await MetricsRepository(session).compact(settings)
             await SpanRepository(session).prune(settings)
             await compact_requests(session, settings)
+            await appmetrics.compact(session, settings)

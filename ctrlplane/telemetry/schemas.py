@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -25,6 +25,8 @@ USAGE_METRICS: tuple[UsageMetric, ...] = (
     "network_tx_bytes",
     "restarts",
 )
+BUILTIN_METRICS: frozenset[str] = frozenset((*USAGE_METRICS, HEALTH_LATENCY, *get_args(RequestMetric)))
+"""ctrlplane's own metric names: an app may not push metrics under them (``appmetrics``)."""
 UNITS: dict[str, str] = {
     "cpu_percent": "percent",
     "memory_used_bytes": "bytes",
@@ -46,11 +48,13 @@ class Point(msgspec.Struct):
 
 
 class Series(msgspec.Struct, omit_defaults=True):
-    name: MetricName
+    name: str
+    """One of ctrlplane's metric names, or a metric the instance pushed over OTLP."""
     unit: str
     points: list[Point]
     labels: dict[str, str] = msgspec.field(default_factory=dict)
-    """Request metrics only: ``status_class`` and ``method``, or ``quantile``."""
+    """Request metrics: ``status_class`` and ``method``, or ``quantile``. App metrics: the data
+    points' attributes, and for histograms ``quantile`` or ``stat`` (``count``, ``sum``)."""
 
 
 class MetricsResponse(msgspec.Struct):
@@ -181,3 +185,15 @@ class ExportTraceServiceResponse(msgspec.Struct, rename="camel", omit_defaults=T
     """OTLP's answer: empty on full success."""
 
     partial_success: OtlpPartialSuccess | None = None
+
+
+class OtlpMetricsPartialSuccess(msgspec.Struct, rename="camel", omit_defaults=True):
+    rejected_data_points: int = 0
+    error_message: str = ""
+
+
+class ExportMetricsServiceResponse(msgspec.Struct, rename="camel", omit_defaults=True):
+    """OTLP's answer: empty on full success; ``partialSuccess`` counts the data points refused and
+    says why."""
+
+    partial_success: OtlpMetricsPartialSuccess | None = None

@@ -1,5 +1,5 @@
 """Telemetry for tenants: metrics, logs, traces, resources and the dashboard of one instance, and
-spans received from instances.
+the spans and metrics instances push over OTLP.
 
 Every read loads the instance through the tenant-scoped ``InstanceRepository`` first, so another
 tenant's instance is 404 and every later query is keyed by an instance the caller may see. Reads
@@ -18,7 +18,6 @@ from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,12 +31,14 @@ from ctrlplane.provisioning.contract import LogLine, Provider
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.releases.models import Release
 from ctrlplane.secrets.service import InstanceRedactor
-from ctrlplane.telemetry import logparse, otlp, schemas
+from ctrlplane.telemetry import appmetrics, logparse, otlp, schemas
 from ctrlplane.telemetry.repository import GAUGES, MetricsRepository, SpanRepository, bucket_start
 from ctrlplane.tenants.models import Tenant
 from ctrlplane.timeutil import as_utc, parse_duration_input, utc_now
 from ctrlplane.web.context import AppServices, RequestContext
 
+FUTURE_SLACK = timedelta(minutes=5)
+"""How far ahead of the server's clock a pushed data point may be stamped."""
 DEFAULT_WINDOW = timedelta(hours=1)
 MAX_WINDOW = timedelta(days=400)
 MAX_POINTS = 10_000
@@ -269,7 +270,7 @@ class TelemetryService:
         self,
         instance_id: str,
         *,
-        name: schemas.MetricName | None,
+        name: str | None,
         since: datetime | None,
         until: datetime | None,
         step: str | None,
@@ -312,6 +313,24 @@ class TelemetryService:
                     )
                     for labels, points in requests.series(samples, request_metric, step_seconds)
                 ],
+            )
+        if name is not None and name not in schemas.BUILTIN_METRICS:
+            pushed = await appmetrics.read(
+                self.session,
+                tenant_id=instance.tenant_id,
+                instance_id=instance.id,
+                name=name,
+                since=since,
+                until=until,
+                step=step_seconds,
+            )
+            if pushed is None:
+                raise InvalidInput(
+                    "name is neither one of ctrlplane's metrics nor a metric this instance pushed over OTLP",
+                    details={"name": name[:255], "builtin": sorted(schemas.BUILTIN_METRICS)},
+                )
+            return schemas.MetricsResponse(
+                instance_id=instance.id, since=since, until=until, step_seconds=step_seconds, series=pushed
             )
         rows = await MetricsRepository(self.session).between(
             tenant_id=instance.tenant_id, instance_id=instance.id, since=since, until=until
@@ -461,28 +480,49 @@ async def ingest_spans(
     A resource naming another instance (``ctrlplane.instance.id``) is refused whole (403): one
     instance's token never files spans under another."""
     parsed = list(otlp.spans(request))
-    claimed = {
-        str(span.resource_attributes[otlp.INSTANCE_ATTRIBUTE])
-        for span in parsed
-        if otlp.INSTANCE_ATTRIBUTE in span.resource_attributes
-    }
-    if claimed - {instance_id}:
-        raise Forbidden(
-            "these spans name another instance than the one this token belongs to",
-            details={"token_instance": instance_id, "named": sorted(claimed - {instance_id})},
-        )
+    _own_resources(instance_id, [resource.resource for resource in request.resource_spans], "spans")
     async with services.db.write() as session, session.begin():
         await SpanRepository(session).add(tenant_id=tenant_id, instance_id=instance_id, spans=parsed)
     return len(parsed)
 
 
-def decode_export(body: bytes) -> otlp.ExportTraceServiceRequest:
-    try:
-        return msgspec.json.decode(body, type=otlp.ExportTraceServiceRequest)
-    except msgspec.ValidationError as exc:
-        raise InvalidInput(f"invalid OTLP request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidInput(f"the body is not OTLP JSON: {exc}") from None
+def _own_resources(instance_id: str, resources: list[otlp.Resource], what: str) -> None:
+    claimed = otlp.claimed_instances(resources)
+    if claimed - {instance_id}:
+        raise Forbidden(
+            f"these {what} name another instance than the one this token belongs to",
+            details={"token_instance": instance_id, "named": sorted(claimed - {instance_id})},
+        )
+
+
+async def ingest_metrics(
+    services: AppServices, *, instance_id: str, tenant_id: str, request: otlp.ExportMetricsServiceRequest
+) -> schemas.ExportMetricsServiceResponse:
+    """Store a request's data points as the token's instance's app metrics (its own transaction),
+    and answer which were refused and why. A resource naming another instance is refused whole
+    (403), as for spans; single points are refused (``partial_success``) for what
+    ``otlp.metric_points`` and ``appmetrics.add`` say: a name that is not allowed, a point outside
+    the retention, past a cardinality limit."""
+    _own_resources(instance_id, [resource.resource for resource in request.resource_metrics], "metrics")
+    settings = services.settings
+    now = utc_now()
+    points, refused = otlp.metric_points(
+        request,
+        reserved=schemas.BUILTIN_METRICS,
+        oldest_nanos=int((now.timestamp() - settings.metrics_retention_seconds) * 1e9),
+        newest_nanos=int((now + FUTURE_SLACK).timestamp() * 1e9),
+    )
+    async with services.db.write() as session, session.begin():
+        await appmetrics.add(
+            session, settings, tenant_id=tenant_id, instance_id=instance_id, points=points, refused=refused, now=now
+        )
+    if not refused.count:
+        return schemas.ExportMetricsServiceResponse()
+    return schemas.ExportMetricsServiceResponse(
+        partial_success=schemas.OtlpMetricsPartialSuccess(
+            rejected_data_points=refused.count, error_message=refused.message()
+        )
+    )
 
 
 async def scrape(services: AppServices, session: AsyncSession) -> None:

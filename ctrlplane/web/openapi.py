@@ -22,6 +22,7 @@ from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugi
 from litestar.enums import ParamType
 from litestar.openapi.spec import (
     OpenAPI,
+    OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
@@ -48,6 +49,7 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
 
 EVENT_STREAM = "event_stream"
 RECORD_BATCH = "record_batch"
+OTLP_EXPORT = "otlp_export"
 
 
 def document_event_streams(app: Litestar, openapi: OpenAPI) -> None:
@@ -188,9 +190,51 @@ def document_record_batches(app: Litestar, openapi: OpenAPI) -> None:
             )
 
 
+def document_otlp_exports(app: Litestar, openapi: OpenAPI) -> None:
+    """POST routes marked ``otlp_export`` (the OTLP receiver) read their body themselves: OTLP's
+    protobuf (``application/x-protobuf``) or JSON encoding of the message the mark names, either
+    optionally gzip'd. Their 200 answers in the request's encoding."""
+    paths = {
+        route.path_format: handler.opt[OTLP_EXPORT]
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if handler.opt.get(OTLP_EXPORT)
+    }
+    for path, item in (openapi.paths or {}).items():
+        if path not in paths or item.post is None:
+            continue
+        message = paths[path]
+        item.post.request_body = RequestBody(
+            required=False,
+            description=f"An OTLP {message} (opentelemetry-proto 1.x); Content-Encoding: gzip or identity",
+            content={
+                "application/x-protobuf": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                ),
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        additional_properties=True,
+                        description=f"{message} in OTLP's JSON encoding (lowerCamelCase, hex span and trace IDs)",
+                    )
+                ),
+            },
+        )
+        success = (item.post.responses or {}).get("200")
+        if isinstance(success, OpenAPIResponse):
+            success.content = {
+                **(success.content or {}),
+                "application/x-protobuf": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                ),
+            }
+
+
 FIXES = (
     document_event_streams,
     document_record_batches,
+    document_otlp_exports,
     optional_bodies_are_optional,
     headers_are_never_null,
     etags_are_quoted_versions,

@@ -3,7 +3,7 @@
 ``UnitOfWork`` runs after routing for every ``/v1`` route, in this order:
 
 1. reads the body (413 past ``CTRLPLANE_MAX_BODY_BYTES``; 400 past ``inputs.MAX_JSON_DEPTH`` levels
-   of nesting, for the OTLP receiver too; every request's headers are checked by ``RequestContextASGI``: 431);
+   of nesting, for the OTLP receiver's JSON too; every request's headers are checked by ``RequestContextASGI``: 431);
 2. admits the caller (``admission.py``: authentication 401, the tenant's standing, the route's
    role 403, the rate limit 429);
 3. claims the ``Idempotency-Key`` of a POST, or replays its stored response (``idempotency.py``);
@@ -89,7 +89,7 @@ class UnitOfWork(ASGIMiddleware):
                 return
             try:
                 body = await read_body(receive, self.services.settings.max_body_bytes)
-                if header(scope, b"content-encoding") in (None, "identity"):  # a gzip'd node batch is not JSON
+                if _maybe_json(scope):
                     check_json_depth(body)
             except CtrlplaneError as exc:
                 await Captured.of_error(scope, exc).flush(send)
@@ -288,6 +288,16 @@ async def _query_session(services: AppServices) -> AsyncIterator[AsyncSession]:
     finally:
         if session.sync_session.in_transaction():
             await session.__aexit__(None, None, None)  # AsyncSession's own close, shielded
+
+
+def _maybe_json(scope: Scope) -> bool:
+    """Whether an own-auth route's body may be JSON as sent: not a gzip'd node batch or OTLP
+    export, not OTLP protobuf (whose bytes may hold any number of brackets). Those routes check
+    the JSON they find once they have inflated it."""
+    if header(scope, b"content-encoding") not in (None, "identity"):
+        return False
+    media = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+    return media not in ("application/x-protobuf", "application/protobuf")
 
 
 def _check_query(scope: HTTPScope) -> None:

@@ -113,6 +113,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/instances/{instance_id}/resources"),
     Route("GET", "/v1/instances/{instance_id}/dashboard"),
     Route("POST", "/v1/otlp/v1/traces", body={"resourceSpans": []}, instance_token=True),
+    Route("POST", "/v1/otlp/v1/metrics", body={"resourceMetrics": []}, instance_token=True),
     Route("GET", "/v1/events"),
     Route("GET", "/v1/instances/{instance_id}/releases"),
     Route("GET", "/v1/releases/{release_id}"),

@@ -83,6 +83,7 @@ async def test_deeply_nested_json_is_400_on_every_writing_route(api: Api, settin
         ("POST", "/v1/keys", token),
         ("POST", "/v1/admin/tenants", api.admin_headers),
         ("POST", "/v1/otlp/v1/traces", otlp_headers(settings, instance["id"])),
+        ("POST", "/v1/otlp/v1/metrics", otlp_headers(settings, instance["id"])),
     ]
     for method, path, headers in targets:
         for body in DEEP_BODIES:

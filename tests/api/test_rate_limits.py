@@ -195,6 +195,8 @@ async def test_telemetry_exports_have_buckets_of_their_own(api: Api, clock: Cloc
     assert [limit_headers(r)[:2] for r in answers] == [(3, 2), (3, 1), (3, 0), (3, 0)]
     refused = answers[-1]
     assert int(refused.headers["Retry-After"]) >= 1 and refused.json()["code"] == "rate_limited"
+    metrics = await api.client.post("/v1/otlp/v1/metrics", json={"resourceMetrics": []}, headers=export["headers"])
+    assert metrics.status_code == 429, "metrics exports spend the same buckets as traces"
     # the tenant's own credential spent one token on the create, none on the exports
     listed = await api.client.get("/v1/instances", headers=token)
     assert listed.status_code == 200 and limit_headers(listed)[1] == 1

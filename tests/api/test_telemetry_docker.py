@@ -230,7 +230,7 @@ async def test_container_env_carries_its_otlp_token_which_posts_spans_for_it_onl
     b, token_b = await running_app(live, telemetry_image, slug="bravo")
     env = dict(item.split("=", 1) for item in container_of(docker_engine, a["id"]).attrs["Config"]["Env"])
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{settings.host}:{settings.port}/v1/otlp"
-    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/json"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
     header = env["OTEL_EXPORTER_OTLP_HEADERS"].replace("%20", " ")
     name, _, value = header.partition("=")
     assert name == "authorization" and value == f"Bearer {instance_token(settings, a['id'])}"

@@ -69,7 +69,7 @@ def test_instance_token_verifies_only_for_its_instance() -> None:
 def test_otlp_env_points_the_sdk_at_the_control_plane() -> None:
     env = otlp.otlp_env(SETTINGS, instance_id="inst_a", name="web")
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://10.0.0.1:9000/v1/otlp"
-    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/json"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
     assert env["OTEL_EXPORTER_OTLP_HEADERS"] == f"authorization=Bearer%20{otlp.instance_token(SETTINGS, 'inst_a')}"
     assert env["OTEL_SERVICE_NAME"] == "web"
     configured = msgspec.structs.replace(SETTINGS, otlp_endpoint="http://172.17.0.1:8080/v1/otlp/")
@@ -192,3 +192,78 @@ async def _until_message(stream: AsyncIterator[LogEntry | None], message: str) -
         yield entry
         if entry is not None and entry.message == message:
             return
+
+
+def _point(value: float, at: int, *, start: int = 1, count: int = 0, buckets: tuple[int, ...] = ()) -> otlp.MetricPoint:
+    return otlp.MetricPoint(
+        name="orders",
+        unit="",
+        kind="histogram" if buckets else "sum",
+        cumulative=True,
+        attributes={},
+        start_nanos=start,
+        time_nanos=at,
+        value=value,
+        count=count,
+        bucket_counts=buckets,
+        bounds=(1.0,) if buckets else (),
+    )
+
+
+def test_cumulative_points_become_increments_and_a_reset_counts_whole() -> None:
+    from ctrlplane.telemetry.appmetrics import increment
+
+    first = increment(None, _point(10, at=100))
+    assert first is not None and first[0].value == 10, "the first point ever seen counts whole"
+    second = increment(first[1], _point(25, at=200))
+    assert second is not None and second[0].value == 15
+    assert increment(second[1], _point(25, at=200)) is None, "a re-sent point is dropped"
+    assert increment(second[1], _point(30, at=150)) is None, "an older point too"
+    went_down = increment(second[1], _point(4, at=300))
+    assert went_down is not None and went_down[0].value == 4, "a value that went down is a reset"
+    restarted = increment(second[1], _point(30, at=300, start=250))
+    assert restarted is not None and restarted[0].value == 30, "a new start time is a reset"
+    histogram = increment(None, _point(1.5, at=100, count=3, buckets=(1, 2)))
+    assert histogram is not None
+    more = increment(histogram[1], _point(2.0, at=200, count=5, buckets=(2, 3)))
+    assert more is not None and (more[0].count, more[0].bucket_counts, more[0].value) == (2, (1, 1), 0.5)
+
+
+def test_histogram_quantiles_interpolate_inside_explicit_bounds() -> None:
+    from ctrlplane.telemetry.appmetrics import quantile
+
+    assert quantile([0.1, 0.5, 1.0], [2, 4, 2, 0], 0.5) == pytest.approx(0.3)
+    assert quantile([0.1, 0.5, 1.0], [0, 0, 0, 5], 0.5) == 1.0, "the open bucket answers the highest bound"
+    assert quantile([0.1], [0, 0], 0.5) is None and quantile([], [3], 0.5) is None
+
+
+def test_metric_points_refuse_what_cannot_be_kept_and_say_why() -> None:
+    def gauge(name: str, **point: object) -> dict[str, object]:
+        return {"name": name, "gauge": {"dataPoints": [{"timeUnixNano": "500", "asDouble": 1.0, **point}]}}
+
+    histogram = {"name": "h", "histogram": {"aggregationTemporality": 1, "dataPoints": [
+        {"timeUnixNano": "500", "count": "3", "bucketCounts": ["1", "1"], "explicitBounds": [1.0]},  # adds up to 2
+        {"timeUnixNano": "500", "count": "2", "bucketCounts": ["1", "1", "0"], "explicitBounds": [2.0, 1.0]},
+    ]}}  # fmt: skip
+    body = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [
+        gauge("ok"),
+        gauge("nan", asDouble="NaN"),
+        gauge("too.old", timeUnixNano="10"),
+        gauge("9starts-with-a-digit"),
+        gauge("cpu_percent"),
+        gauge("many", attributes=[{"key": f"k{i}", "value": {"intValue": i}} for i in range(17)]),
+        {"name": "s", "summary": {"dataPoints": [{}, {}]}},
+        {"name": "unspecified", "sum": {"dataPoints": [{"timeUnixNano": "500", "asInt": "1"}]}},
+        histogram,
+    ]}]}]}  # fmt: skip
+    request = msgspec.json.decode(msgspec.json.encode(body), type=otlp.ExportMetricsServiceRequest)
+    points, refused = otlp.metric_points(
+        request, reserved=frozenset({"cpu_percent"}), oldest_nanos=100, newest_nanos=1000
+    )
+    assert [p.name for p in points] == ["ok"]
+    assert refused.count == 10
+    message = refused.message()
+    for reason in ("finite value", "older than the metrics retention", "is not a metric name", "ctrlplane's own",
+                   "more than 16 attributes", "a summary", "aggregationTemporality", "add up to count",
+                   "increasing order"):  # fmt: skip
+        assert reason in message, reason

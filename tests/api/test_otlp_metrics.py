@@ -1,0 +1,398 @@
+"""Metrics apps push over OTLP/HTTP (JSON and protobuf, gzip'd or not), read back through
+GET /v1/instances/{id}/metrics, and the OTLP receiver's encodings for traces too: on the fake
+provider, in-process. The protobuf bodies are built with opentelemetry-proto's classes."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+from sqlalchemy import func, select
+
+from ctrlplane.db import Database
+from ctrlplane.settings import Settings
+from ctrlplane.telemetry import appmetrics
+from ctrlplane.telemetry.models import AppMetricSample, AppMetricSeries
+from tests.api.test_instances import create, tenant_token
+from tests.api.test_telemetry import TRACE_ID, otlp_headers
+from tests.conftest import Api, bearer
+
+METRICS = "/v1/otlp/v1/metrics"
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+GZIP = {"Content-Encoding": "gzip"}
+BASE = datetime.now(UTC).replace(minute=10, second=0, microsecond=0) - timedelta(hours=1)
+"""Ten past the previous hour: the test points fall into one hour bucket and one 5-minute bucket."""
+START = BASE - timedelta(minutes=5)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, otlp_max_bytes=16_384, otlp_max_metrics=4, otlp_max_series_per_metric=2)
+
+
+def nanos(moment: datetime) -> str:
+    return str(int(moment.timestamp()) * 1_000_000_000)
+
+
+def attrs(**pairs: str) -> list[dict[str, Any]]:
+    return [{"key": k, "value": {"stringValue": v}} for k, v in pairs.items()]
+
+
+def number(value: float, at: datetime, **labels: str) -> dict[str, Any]:
+    return {
+        "attributes": attrs(**labels),
+        "startTimeUnixNano": nanos(START),
+        "timeUnixNano": nanos(at),
+        **({"asInt": str(value)} if isinstance(value, int) else {"asDouble": value}),
+    }
+
+
+def body(*metrics: dict[str, Any], **resource: str) -> dict[str, Any]:
+    return {
+        "resourceMetrics": [
+            {
+                "resource": {"attributes": attrs(**{"service.name": "shop", **resource})},
+                "scopeMetrics": [{"scope": {"name": "test"}, "metrics": list(metrics)}],
+            }
+        ]
+    }
+
+
+def counter(name: str, *points: dict[str, Any], temporality: int = 2) -> dict[str, Any]:
+    return {"name": name, "unit": "{order}", "sum": {"dataPoints": list(points), "aggregationTemporality": temporality,
+            "isMonotonic": True}}  # fmt: skip
+
+
+def histogram(name: str, at: datetime, counts: list[int], total: float) -> dict[str, Any]:
+    point = {
+        "startTimeUnixNano": nanos(START),
+        "timeUnixNano": nanos(at),
+        "count": str(sum(counts)),
+        "sum": total,
+        "bucketCounts": [str(n) for n in counts],
+        "explicitBounds": [0.1, 0.5, 1.0],
+    }
+    return {"name": name, "unit": "s", "histogram": {"dataPoints": [point], "aggregationTemporality": 2}}
+
+
+async def read(api: Api, token: dict[str, str], instance_id: str, name: str, **query: str) -> dict[str, Any]:
+    response = await api.client.get(
+        f"/v1/instances/{instance_id}/metrics",
+        params={"name": name, "since": (BASE - timedelta(hours=1)).isoformat(), **query},
+        headers=token,
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def by_labels(answer: dict[str, Any]) -> dict[tuple[tuple[str, str], ...], list[float]]:
+    return {tuple(sorted(s.get("labels", {}).items())): [p["value"] for p in s["points"]] for s in answer["series"]}
+
+
+async def stored_rows(db: Database) -> tuple[int, int]:
+    async with db.read() as session:
+        series = (await session.execute(select(func.count()).select_from(AppMetricSeries))).scalar_one()
+        samples = (await session.execute(select(func.count()).select_from(AppMetricSample))).scalar_one()
+    return int(series), int(samples)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["code"] == code and error["message"]
+    assert error["request_id"] == response.headers["X-Request-ID"]
+
+
+@pytest.mark.dialects("samples and series are written with the dialect's INSERT ... ON CONFLICT and row locks")
+async def test_json_gauges_counters_and_histograms_are_read_back_and_rolled_up(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    headers = otlp_headers(settings, instance["id"])
+    later = BASE + timedelta(seconds=60)
+    first = body(
+        {"name": "queue.depth", "unit": "{job}", "gauge": {"dataPoints": [number(3.0, BASE, queue="a")]}},
+        counter("orders", number(10, BASE)),
+        histogram("checkout.duration", BASE, [1, 2, 1, 0], 1.3),
+        {"name": "refunds", "sum": {"dataPoints": [number(2, BASE)], "aggregationTemporality": 1}},
+        **{"ctrlplane.instance.id": instance["id"]},
+    )
+    second = body(
+        {"name": "queue.depth", "unit": "{job}", "gauge": {"dataPoints": [number(5.0, later, queue="a")]}},
+        counter("orders", number(25, later)),
+        histogram("checkout.duration", later, [2, 4, 2, 0], 2.6),
+        {"name": "refunds", "sum": {"dataPoints": [number(3, later)], "aggregationTemporality": 1}},
+    )
+    for export in (first, second, second):  # the second twice: a re-sent export counts once
+        response = await api.client.post(METRICS, json=export, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == {}, "full success leaves partialSuccess unset"
+        assert response.headers["content-type"].startswith("application/json")
+
+    gauge = await read(api, token, instance["id"], "queue.depth")
+    assert [(s["unit"], s["labels"]) for s in gauge["series"]] == [("{job}", {"queue": "a"})]
+    assert by_labels(gauge) == {(("queue", "a"),): [3.0, 5.0]}
+    # a cumulative counter is kept as increments, like http_requests_total: counted in each bucket
+    assert by_labels(await read(api, token, instance["id"], "orders")) == {(): [10.0, 15.0]}
+    assert by_labels(await read(api, token, instance["id"], "orders", step="1h")) == {(): [25.0]}
+    assert by_labels(await read(api, token, instance["id"], "refunds", step="1h")) == {(): [5.0]}
+    assert by_labels(await read(api, token, instance["id"], "queue.depth", step="1h")) == {(("queue", "a"),): [4.0]}
+    hourly = by_labels(await read(api, token, instance["id"], "checkout.duration", step="1h"))
+    assert hourly[(("stat", "count"),)] == [8.0]
+    assert hourly[(("stat", "sum"),)] == [pytest.approx(2.6)]
+    assert hourly[(("quantile", "0.5"),)] == [pytest.approx(0.3)]
+    assert hourly[(("quantile", "0.99"),)] == [pytest.approx(0.98)]
+    raw = by_labels(await read(api, token, instance["id"], "checkout.duration"))
+    assert raw[(("stat", "count"),)] == [4.0, 4.0]
+
+    async with db.write() as session, session.begin():
+        await appmetrics.compact(session, settings, now=BASE + timedelta(hours=49))
+    assert by_labels(await read(api, token, instance["id"], "orders")) == {(): [25.0]}, "one 5-minute row"
+    assert by_labels(await read(api, token, instance["id"], "queue.depth")) == {(("queue", "a"),): [4.0]}
+    folded = by_labels(await read(api, token, instance["id"], "checkout.duration"))
+    assert folded[(("stat", "count"),)] == [8.0] and folded[(("quantile", "0.5"),)] == [pytest.approx(0.3)]
+    async with db.write() as session, session.begin():
+        await appmetrics.compact(session, settings, now=BASE + timedelta(days=31))
+    assert await stored_rows(db) == (0, 0), "rows and idle series past the retention are gone"
+
+
+def protobuf_export(instance_id: str) -> bytes:
+    point = metrics_pb2.NumberDataPoint(
+        start_time_unix_nano=int(START.timestamp()) * 10**9, time_unix_nano=int(BASE.timestamp()) * 10**9, as_int=7
+    )
+    point.attributes.append(common_pb2.KeyValue(key="route", value=common_pb2.AnyValue(string_value="/cart")))
+    histogram_point = metrics_pb2.HistogramDataPoint(
+        start_time_unix_nano=int(START.timestamp()) * 10**9,
+        time_unix_nano=int(BASE.timestamp()) * 10**9,
+        count=3,
+        sum=0.9,
+        bucket_counts=[1, 2, 0],
+        explicit_bounds=[0.25, 1.0],
+    )
+    request = metrics_service_pb2.ExportMetricsServiceRequest(
+        resource_metrics=[
+            metrics_pb2.ResourceMetrics(
+                resource=resource_pb2.Resource(
+                    attributes=[
+                        common_pb2.KeyValue(
+                            key="ctrlplane.instance.id", value=common_pb2.AnyValue(string_value=instance_id)
+                        )
+                    ]
+                ),
+                scope_metrics=[
+                    metrics_pb2.ScopeMetrics(
+                        metrics=[
+                            metrics_pb2.Metric(
+                                name="carts",
+                                sum=metrics_pb2.Sum(
+                                    data_points=[point],
+                                    aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE,
+                                    is_monotonic=True,
+                                ),
+                            ),
+                            metrics_pb2.Metric(
+                                name="cart.latency",
+                                unit="s",
+                                histogram=metrics_pb2.Histogram(
+                                    data_points=[histogram_point],
+                                    aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_DELTA,
+                                ),
+                            ),
+                        ]
+                    )
+                ],
+            )
+        ]
+    )
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["protobuf", "protobuf+gzip"])
+async def test_protobuf_metrics_gzipped_or_not_are_stored_and_answered_in_protobuf(
+    api: Api, settings: Settings, compressed: bool
+) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    payload = protobuf_export(instance["id"])
+    response = await api.client.post(
+        METRICS,
+        content=gzip.compress(payload) if compressed else payload,
+        headers={**otlp_headers(settings, instance["id"]), **PROTOBUF, **(GZIP if compressed else {})},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-protobuf"
+    answer = metrics_service_pb2.ExportMetricsServiceResponse.FromString(response.content)
+    assert not answer.HasField("partial_success")
+    assert by_labels(await read(api, token, instance["id"], "carts")) == {(("route", "/cart"),): [7.0]}
+    latency = by_labels(await read(api, token, instance["id"], "cart.latency"))
+    assert latency[(("stat", "count"),)] == [3.0] and latency[(("stat", "sum"),)] == [pytest.approx(0.9)]
+    assert latency[(("quantile", "0.5"),)] == [pytest.approx(0.25 + 0.75 * 0.25)]
+
+
+async def test_a_reserved_name_and_the_cardinality_limits_are_refused_in_partial_success(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    """Settings here: 4 metric names per instance, 2 attribute sets per name."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    export = body(
+        counter("http_requests_total", number(1, BASE)),
+        counter("CtrlPlane.internal", number(1, BASE)),
+        {"name": "temp", "gauge": {"dataPoints": [number(1.0, BASE, room=r) for r in ("a", "b", "c")]}},
+        {"name": "one", "gauge": {"dataPoints": [number(1.0, BASE)]}},
+        {"name": "two", "gauge": {"dataPoints": [number(1.0, BASE)]}},
+        {"name": "three", "gauge": {"dataPoints": [number(1.0, BASE)]}},
+        {"name": "four", "gauge": {"dataPoints": [number(1.0, BASE)]}},
+    )
+    response = await api.client.post(METRICS, json=export, headers=otlp_headers(settings, instance["id"]))
+    assert response.status_code == 200, response.text
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedDataPoints"] == 4, partial
+    message = partial["errorMessage"]
+    assert "'http_requests_total' is one of ctrlplane's own metric names" in message
+    assert "'CtrlPlane.internal' is one of ctrlplane's own metric names" in message
+    assert "'temp' has 2 attribute sets already" in message
+    assert "'four': the instance has 4 metric names already" in message
+    assert (await stored_rows(db)) == (5, 5), "temp (2 sets), one, two and three"
+    assert set(by_labels(await read(api, token, instance["id"], "temp"))) == {(("room", "a"),), (("room", "b"),)}
+    router = await read(api, token, instance["id"], "http_requests_total")
+    assert router["series"] == [], "the router's metric, not the app's"
+    unknown = await api.client.get(f"/v1/instances/{instance['id']}/metrics?name=four", headers=token)
+    assert_error(unknown, 400, "invalid_input")
+    # a name keeps its kind
+    as_counter = await api.client.post(
+        METRICS, json=body(counter("one", number(5, BASE))), headers=otlp_headers(settings, instance["id"])
+    )
+    assert as_counter.json()["partialSuccess"]["rejectedDataPoints"] == 1
+    assert "'one' was pushed as a gauge, not a sum" in as_counter.json()["partialSuccess"]["errorMessage"]
+
+
+async def test_another_instances_token_or_resource_is_refused_and_nothing_is_stored(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    _, token_a = await tenant_token(api, "alpha")
+    _, token_b = await tenant_token(api, "bravo")
+    a = await create(api, token_a)
+    b = await create(api, token_b)
+    export = body(counter("orders", number(1, BASE)), **{"ctrlplane.instance.id": a["id"]})
+    assert_error(await api.client.post(METRICS, json=export, headers=otlp_headers(settings, b["id"])), 403, "forbidden")
+    protobuf = await api.client.post(
+        METRICS, content=protobuf_export(a["id"]), headers={**otlp_headers(settings, b["id"]), **PROTOBUF}
+    )
+    assert_error(protobuf, 403, "forbidden")
+    for headers in ({}, bearer(api.tokens.tenant(a["tenant_id"])), token_a):
+        assert_error(await api.client.post(METRICS, json=export, headers=headers), 401, "unauthenticated")
+    assert await stored_rows(db) == (0, 0)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2)."""
+    size, length = bytearray(), len(payload)
+    while True:
+        size.append((length & 0x7F) | (0x80 if length > 0x7F else 0))
+        length >>= 7
+        if not length:
+            break
+    return bytes([number << 3 | 2]) + bytes(size) + payload
+
+
+def nested_attribute_export(depth: int) -> bytes:
+    """A gauge point whose one attribute nests ``depth`` key-value lists, written field by field
+    (the classes refuse to build what they could not decode)."""
+    value = _field(1, b"x")  # AnyValue.string_value
+    for _ in range(depth):
+        value = _field(6, _field(1, _field(1, b"k") + _field(2, value)))  # kvlist_value.values[0]
+    point = _field(7, _field(1, b"deep") + _field(2, value))  # NumberDataPoint.attributes
+    metric = _field(1, b"deep") + _field(5, _field(1, point))  # Metric.name, .gauge.data_points
+    return _field(1, _field(2, _field(2, metric)))  # resource_metrics[0].scope_metrics[0].metrics[0]
+
+
+async def test_undecodable_oversized_or_foreign_bodies_are_4xx_and_nothing_is_stored(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    headers = otlp_headers(settings, instance["id"])
+    shallow = metrics_service_pb2.ExportMetricsServiceRequest.FromString(nested_attribute_export(3))
+    assert shallow.resource_metrics[0].scope_metrics[0].metrics[0].name == "deep", "the hand-made bytes are OTLP"
+    bomb = gzip.compress(b"\0" * (settings.otlp_max_bytes * 64))
+    assert len(bomb) < settings.otlp_max_bytes
+    cases = [
+        (b"\xff\xff\xff\xff", {**headers, **PROTOBUF}, 400, "invalid_input"),
+        (nested_attribute_export(200), {**headers, **PROTOBUF}, 400, "invalid_input"),
+        (b"not gzip at all", {**headers, **PROTOBUF, **GZIP}, 400, "invalid_input"),
+        (gzip.compress(protobuf_export(instance["id"]))[:-12], {**headers, **PROTOBUF, **GZIP}, 400, "invalid_input"),
+        (bomb, {**headers, **PROTOBUF, **GZIP}, 413, "payload_too_large"),
+        (bomb, {**headers, "Content-Type": "application/json", **GZIP}, 413, "payload_too_large"),
+        (
+            gzip.compress(b'{"resourceMetrics": "nope", "resourceSpans": "nope"}'),
+            {**headers, **GZIP},
+            400,
+            "invalid_input",
+        ),
+        (gzip.compress(b"[" * 100 + b"]" * 100), {**headers, **GZIP}, 400, "invalid_input"),
+        (protobuf_export(instance["id"]), {**headers, "Content-Encoding": "br", **PROTOBUF}, 400, "invalid_input"),
+        (protobuf_export(instance["id"]), {**headers, "Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+    ]
+    for content, sent, status, code in cases:
+        response = await api.client.post(METRICS, content=content, headers=sent)
+        assert_error(response, status, code)
+        traces = await api.client.post("/v1/otlp/v1/traces", content=content, headers=sent)
+        assert_error(traces, status, code)
+    assert await stored_rows(db) == (0, 0)
+    assert (await api.client.get(f"/v1/instances/{instance['id']}/traces", headers=token)).json()["items"] == []
+
+
+async def test_traces_over_gzipped_protobuf_are_stored_with_hex_ids(api: Api, settings: Settings) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    now = int(datetime.now(UTC).timestamp() * 1e9)
+    span = trace_pb2.Span(
+        trace_id=bytes.fromhex(TRACE_ID),
+        span_id=bytes.fromhex("eee19b7ec3c1b174"),
+        parent_span_id=bytes.fromhex("00f067aa0ba902b7"),
+        name="GET /cart",
+        kind=trace_pb2.Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=now - 42_000_000,
+        end_time_unix_nano=now,
+        status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR, message="boom"),
+        attributes=[common_pb2.KeyValue(key="http.route", value=common_pb2.AnyValue(string_value="/cart"))],
+    )
+    request = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[
+            trace_pb2.ResourceSpans(
+                resource=resource_pb2.Resource(
+                    attributes=[common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value="shop"))]
+                ),
+                scope_spans=[trace_pb2.ScopeSpans(spans=[span])],
+            )
+        ]
+    )
+    response = await api.client.post(
+        "/v1/otlp/v1/traces",
+        content=gzip.compress(request.SerializeToString()),
+        headers={**otlp_headers(settings, instance["id"]), **PROTOBUF, **GZIP},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-protobuf"
+    assert not trace_service_pb2.ExportTraceServiceResponse.FromString(response.content).HasField("partial_success")
+    [stored] = (await api.client.get(f"/v1/instances/{instance['id']}/traces", headers=token)).json()["items"]
+    assert (stored["trace_id"], stored["span_id"], stored["parent_span_id"]) == (
+        TRACE_ID,
+        "eee19b7ec3c1b174",
+        "00f067aa0ba902b7",
+    )
+    assert (stored["kind"], stored["status"], stored["status_message"]) == ("server", "error", "boom")
+    assert stored["service_name"] == "shop" and stored["attributes"] == {"http.route": "/cart"}
+    assert 41.9 < stored["duration_ms"] < 42.1
