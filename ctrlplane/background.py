@@ -40,6 +40,7 @@ from ctrlplane.environments.lifetimes import LifetimeKeeper
 from ctrlplane.health.scheduler import HealthScheduler
 from ctrlplane.network.access import AccessSink, RequestBook
 from ctrlplane.network.certificates import CertificateIssuer
+from ctrlplane.network.router import config_loads_reset_connections
 from ctrlplane.network.sleep import enforce_idle
 from ctrlplane.network.wake import WakeServer
 from ctrlplane.nodes.monitor import NodeMonitor
@@ -181,6 +182,8 @@ class Background:
         settings, router = services.settings, services.router
         sink: AccessSink | None = None
         wake: WakeServer | None = None
+        if reason := config_loads_reset_connections(settings.router_admin_address):
+            log.warning("router_config_loads_may_reset_connections", reason=reason)
         try:
             if settings.router_access_log_listen != "none":
                 book = RequestBook(router.hosts)

@@ -9,15 +9,22 @@ empty is whole again within one interval. Pushes are serialised and always read 
 so a slow push can never overwrite a newer one. With ``CTRLPLANE_ROUTER=none`` nothing is pushed.
 Each read also refreshes ``hosts`` (hostname → instance), which the access-log sink attributes
 requests with.
+
+``config_loads_reset_connections`` says whether this host's kernel lets a configuration load reset
+new client connections (``net.ipv4.tcp_migrate_req``, see its docstring); the router logs it once
+when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -50,6 +57,7 @@ from ctrlplane.tenants.models import Tenant
 log = structlog.get_logger("ctrlplane.router")
 
 PROBE_TIMEOUT_SECONDS = 2.0
+TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 SERVED_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed", "sleeping")
 
 
@@ -186,6 +194,45 @@ async def _answers(client: httpx.AsyncClient, dial: str) -> bool:
     except httpx.HTTPError:
         return False
     return True
+
+
+def _on_this_host(admin_address: str) -> bool:
+    if admin_address.startswith("unix/"):
+        return True
+    host = httpx.URL(admin_address if "://" in admin_address else f"http://{admin_address}").host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_loads_reset_connections(admin_address: str, sysctl: Path = TCP_MIGRATE_REQ) -> str | None:
+    """Why a configuration load can reset new client connections on this host, or None.
+
+    Caddy (2.6 and later, on Linux) binds a new listening socket with ``SO_REUSEPORT`` for every
+    configuration it loads, then closes the old one. A connection whose handshake the kernel
+    completed on the old socket, and that Caddy had not accepted yet, is reset when it closes: the
+    client sent its request and gets no answer. ``net.ipv4.tcp_migrate_req=1`` (Linux 5.14) makes
+    the kernel hand those connections to the new socket instead. Every change of the rotation is a
+    load, so without it a deploy can cost a request under load. Checked only when Caddy's admin
+    endpoint is on loopback or a unix socket (Caddy in this network namespace, presumably)."""
+    if sys.platform != "linux" or not _on_this_host(admin_address):
+        return None
+    try:
+        value = sysctl.read_text().strip()
+    except OSError:
+        return (
+            "this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14 and later have it): "
+            "each Caddy configuration load can reset client connections not yet accepted"
+        )
+    if value != "1":
+        return (
+            f"net.ipv4.tcp_migrate_req is {value}: each Caddy configuration load can reset client "
+            "connections not yet accepted; set it to 1 where Caddy runs (docs/network.md)"
+        )
+    return None
 
 
 class Router:

@@ -44,5 +44,7 @@ async def test_a_failed_release_phase_keeps_the_old_release_serving_with_no_fail
     client.stopped = True
     await task
     assert done["state"] == "failed", done
-    assert client.failures == [], f"{len(client.failures)} of {client.total} failed: {client.failures[:5]}"
+    assert client.failures == [], (
+        f"{len(client.failures)} of {client.total} failed ({client.kernel}): {client.failures[:5]}"
+    )
     assert set(client.bodies) == {INDEX_BODY} and client.total > 20, client.bodies

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from docker import DockerClient
 
+from ctrlplane.network.router import config_loads_reset_connections
 from ctrlplane.settings import Settings
 from tests.api.test_deployments import finished
 from tests.api.test_instances import wait_for
@@ -90,8 +91,9 @@ class ContinuousClient:
     """Calls the hostname through Caddy every 20 ms until stopped (at most ``limit`` requests), on a
     new connection each time: every change of Caddy's configuration is a graceful reload that closes
     idle keep-alive connections, and a request racing that close fails in a client that, unlike
-    browsers, does not retry it (see docs/network.md). New connections are never refused: the
-    listening socket survives reloads."""
+    browsers, does not retry it (see docs/network.md). A new connection survives a reload only where
+    the kernel hands the old listening socket's queue to the new one (``net.ipv4.tcp_migrate_req``,
+    tests/network/test_caddy_reload.py); ``kernel`` says so in a failure message."""
 
     caddy: Caddy
     hostname: str
@@ -119,6 +121,10 @@ class ContinuousClient:
     @property
     def total(self) -> int:
         return sum(self.bodies.values()) + len(self.failures)
+
+    @property
+    def kernel(self) -> str:
+        return config_loads_reset_connections(self.caddy.admin_address) or "net.ipv4.tcp_migrate_req is 1"
 
 
 async def running_instance(live: Api, token: dict[str, str], replicas: int = 2) -> dict[str, Any]:
@@ -195,7 +201,9 @@ async def test_a_continuous_client_sees_no_failed_request_during_a_deploy(
     client.stopped = True
     await task
     assert done["state"] == "succeeded", done
-    assert client.failures == [], f"{len(client.failures)} of {client.total} failed: {client.failures[:5]}"
+    assert client.failures == [], (
+        f"{len(client.failures)} of {client.total} failed ({client.kernel}): {client.failures[:5]}"
+    )
     assert client.bodies[INDEX_BODY] > 0 and client.bodies[V2_BODY] > 0, client.bodies
     assert set(client.bodies) == {INDEX_BODY, V2_BODY}
     after = await through_router(caddy, "web.acme.localhost")
