@@ -2,6 +2,11 @@
 on the real Docker engine. One server and one browser per module; each test a browser context of
 its own (its own sessionStorage, so its own signed-in credential).
 
+The server resolves domains' TXT records through a pebble-challtestsrv of the module's own (the
+tests set the records the console shows), and its ACME directory is a loopback port where nothing
+listens (a requested certificate fails there, and the page shows that state; nothing leaves the
+machine). Usage is sampled every 2 s, so the metrics charts get new points while a test watches.
+
 Screenshots go to ``$CTRLPLANE_TEST_ARTIFACTS/console`` (default ``tests/artifacts/console``,
 gitignored). ``CTRLPLANE_TEST_README_SCREENSHOT=1`` also writes ``docs/console.png``, the README's.
 """
@@ -25,6 +30,8 @@ from ctrlplane.auth.tokens import issue_token
 from ctrlplane.settings import Settings
 from tests.conftest import JWT_SECRET, require_binary
 from tests.harness import ServeProcess
+from tests.network.processes import ChallTestSrv
+from tests.ports import free_port
 from tests.providers.docker_engine import docker_engine, ensure_variant_images, remove_cluster  # noqa: F401
 from tests.waiting import eventually
 
@@ -37,8 +44,9 @@ CHROMIUM = "/usr/bin/chromium"
 class Console:
     """The server under test, a way to mint credentials, and a browser to open pages in."""
 
-    def __init__(self, server: ServeProcess, browser: Any, settings: Settings) -> None:
+    def __init__(self, server: ServeProcess, browser: Any, settings: Settings, dns: ChallTestSrv) -> None:
         self.server = server
+        self.dns = dns
         self.browser = browser
         self.settings = settings
         self.http = httpx.Client(base_url=server.url, timeout=30)
@@ -70,11 +78,21 @@ class Console:
         assert response.status_code == 201, response.text
         return str(response.json()["key"])
 
-    def open(self, credential: str, *, width: int = 1280, height: int = 860) -> Any:
-        """A new browser context, signed in with ``credential`` through the sign-in form."""
+    def open(
+        self,
+        credential: str,
+        *,
+        width: int = 1280,
+        height: int = 860,
+        before_sign_in: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """A new browser context, signed in with ``credential`` through the sign-in form
+        (``before_sign_in`` gets the page first, e.g. to hold some requests)."""
         context = self.browser.new_context(viewport={"width": width, "height": height})
         page = context.new_page()
         page.set_default_timeout(20_000)
+        if before_sign_in is not None:
+            before_sign_in(page)
         page.goto(f"{self.url}/console/")
         page.get_by_label("API key or token").fill(credential)
         page.get_by_role("button", name="Sign in").click()
@@ -112,6 +130,8 @@ def console(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerClien
     ensure_variant_images(docker_engine)
     base = tmp_path_factory.mktemp("console")
     cluster = f"test-{uuid.uuid4().hex[:12]}"
+    dns = ChallTestSrv(base / "dns")
+    dns.start()
     server = ServeProcess(
         f"sqlite+aiosqlite:///{base / 'ctrlplane.db'}",
         base / "server",
@@ -120,13 +140,20 @@ def console(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerClien
         CTRLPLANE_PROVIDERS="docker",
         CTRLPLANE_ROUTER="none",
         CTRLPLANE_RATE_LIMITS_ENABLED="false",
+        CTRLPLANE_DNS_RESOLVER=dns.dns_address,
+        CTRLPLANE_ACME_DIRECTORY_URL=f"https://127.0.0.1:{free_port()}/dir",
+        CTRLPLANE_METRICS_SAMPLE_SECONDS="2",
     )
-    asyncio.run(server.start())
+    try:
+        asyncio.run(server.start())
+    except BaseException:
+        dns.stop()
+        raise
     settings = Settings(data_dir=str(base / "tokens"), jwt_secret=JWT_SECRET)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium)
-            console = Console(server, browser, settings)
+            console = Console(server, browser, settings, dns)
             try:
                 yield console
             finally:
@@ -134,6 +161,7 @@ def console(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerClien
                 browser.close()
     finally:
         server.stop()
+        dns.stop()
         remove_cluster(docker_engine, cluster)
 
 

@@ -198,3 +198,153 @@ def test_admin_suspends_a_tenant_and_sees_its_instances_stop(console: Console) -
         screenshot(page, f"admin-{link.lower()}")
     expect(page.locator("main table")).to_contain_text(re.compile("docker"))
     page.context.close()
+
+
+def test_tenant_manages_routes_and_domains_in_the_browser(console: Console) -> None:
+    tenant = console.create_tenant("netco")
+    key = console.create_key(tenant["id"], ["deploy"], "deployer")
+    created = console.call(
+        "POST", "/v1/instances", key, json={"name": "shop", "image": IMAGE, "ports": [{"container_port": HTTP_PORT}]}
+    )
+    assert created.status_code == 201, created.text
+    instance_id = created.json()["id"]
+    page = console.open(key)
+    notice = page.locator("#notice")
+
+    page.goto(f"{console.url}/console/#/instances/{instance_id}/routes")
+    page.locator(f'main[data-ready="#/instances/{instance_id}/routes"]').wait_for()
+    expect(page.get_by_label("Port")).to_have_value(str(HTTP_PORT))  # the instance's port, filled in
+    page.get_by_label("Path").fill("/api")
+    page.get_by_label("Weight").fill("40")
+    page.get_by_label("Strip prefix").check()
+    page.get_by_role("button", name="Add route").click()
+    routes = page.get_by_role("region", name="Routes")
+    expect(routes.locator("tbody tr")).to_have_count(1)
+    expect(routes.locator("tbody td")).to_have_text(["/api", str(HTTP_PORT), "http", "40", "yes", "Delete"])
+    [route] = console.call("GET", f"/v1/instances/{instance_id}/routes", key).json()["items"]
+    assert (route["path"], route["port"], route["weight"], route["strip_prefix"]) == ("/api", HTTP_PORT, 40, True)
+
+    # refused: a second route of /api that does not strip the prefix; the page shows the API's own message
+    page.get_by_label("Path").fill("/api")
+    page.get_by_label("Strip prefix").uncheck()
+    page.get_by_role("button", name="Add route").click()
+    refused = console.call("POST", f"/v1/instances/{instance_id}/routes", key, json={"path": "/api", "port": HTTP_PORT})
+    assert refused.status_code == 400, refused.text
+    expect(notice).to_contain_text(f"{refused.json()['message']} (invalid_input, request req_")
+    page.get_by_label("Path").fill("/other")
+    page.get_by_label("Port").fill("9")
+    page.get_by_role("button", name="Add route").click()
+    refused = console.call("POST", f"/v1/instances/{instance_id}/routes", key, json={"path": "/other", "port": 9})
+    assert refused.status_code == 400 and str(HTTP_PORT) in refused.json()["message"], refused.text
+    expect(notice).to_contain_text(refused.json()["message"])
+    expect(routes.locator("tbody tr")).to_have_count(1)
+    assert accessibility_problems(page) == []
+    screenshot(page, "instance-routes")
+
+    # deleting asks first: cancelling keeps the route
+    page.get_by_role("button", name="Delete route /api").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Delete route /api?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    assert len(console.call("GET", f"/v1/instances/{instance_id}/routes", key).json()["items"]) == 1
+    page.get_by_role("button", name="Delete route /api").click()
+    dialog.get_by_role("button", name="Delete").click()
+    expect(routes).to_contain_text("None yet.")
+    assert console.call("GET", f"/v1/instances/{instance_id}/routes", key).json()["items"] == []
+
+    page.get_by_role("link", name="Domains").click()
+    page.get_by_label("Hostname").fill("Shop.Example.COM")
+    page.get_by_role("button", name="Add domain").click()
+    domains = page.get_by_role("region", name="Domains")
+    row = domains.locator("tbody tr")
+    expect(row.locator("[data-status]")).to_have_attribute("data-status", "pending")
+    [domain] = console.call("GET", f"/v1/instances/{instance_id}/domains", key).json()["items"]
+    assert domain["hostname"] == "shop.example.com"
+    # the TXT instructions exactly as the API gives them
+    expect(row).to_contain_text(domain["verification"]["type"])
+    expect(row.locator('[data-record="name"]')).to_have_text(domain["verification"]["name"])
+    expect(row.locator('[data-record="value"]')).to_have_text(domain["verification"]["value"])
+    expect(row.locator("[data-certificate]")).to_have_attribute("data-certificate", "none")
+    assert accessibility_problems(page) == []
+    screenshot(page, "instance-domains-pending")
+
+    # refused: a second claim of the same hostname in this tenant
+    page.get_by_label("Hostname").fill("shop.example.com")
+    page.get_by_role("button", name="Add domain").click()
+    refused = console.call("POST", f"/v1/instances/{instance_id}/domains", key, json={"hostname": "shop.example.com"})
+    assert refused.status_code == 409, refused.text
+    expect(notice).to_contain_text(refused.json()["message"])
+    # verifying before the record exists: the API's answer says what DNS holds
+    page.get_by_role("button", name="Verify shop.example.com").click()
+    refused = console.call("POST", f"/v1/domains/{domain['id']}/verify", key)
+    assert refused.status_code == 409 and domain["verification"]["name"] in refused.json()["message"], refused.text
+    expect(notice).to_contain_text(refused.json()["message"])
+    expect(row.locator("[data-status]")).to_have_attribute("data-status", "pending")
+
+    # the record the page says to create, created as the page says it: now it verifies
+    console.dns.set_txt(
+        row.locator('[data-record="name"]').inner_text(), row.locator('[data-record="value"]').inner_text()
+    )
+    page.get_by_role("button", name="Verify shop.example.com").click()
+    expect(row.locator("[data-status]")).to_have_attribute("data-status", "verified")
+    expect(page.get_by_role("button", name="Verify shop.example.com")).to_have_count(0)
+
+    # the certificate's state as it changes: requested, then failed (no CA answers this server)
+    page.get_by_role("button", name="Request a certificate for shop.example.com").click()
+    expect(row.locator("[data-certificate]")).to_have_attribute("data-certificate", "failed", timeout=30_000)
+    certificate = console.call("GET", f"/v1/domains/{domain['id']}", key).json()["certificate"]
+    assert certificate["status"] == "failed" and certificate["error"], certificate
+    expect(row.locator("[data-certificate]")).to_contain_text(certificate["error"])
+    expect(page.get_by_role("button", name="Retry a certificate for shop.example.com")).to_be_enabled()
+    screenshot(page, "instance-domains-certificate")
+
+    page.get_by_role("button", name="Delete shop.example.com").click()
+    expect(dialog).to_contain_text("Remove domain shop.example.com?")
+    dialog.get_by_role("button", name="Remove").click()
+    expect(domains).to_contain_text("None yet.")
+    assert console.call("GET", f"/v1/instances/{instance_id}/domains", key).json()["items"] == []
+    page.context.close()
+
+
+def test_metrics_charts_take_new_samples_without_a_reload(console: Console) -> None:
+    tenant = console.create_tenant("graphs")
+    key = console.create_key(tenant["id"], ["read", "deploy"], "watcher")
+    created = console.call("POST", "/v1/instances", key, json={"name": "busy", "image": IMAGE})
+    assert created.status_code == 201, created.text
+    instance_id = created.json()["id"]
+    until(lambda: console.call("GET", f"/v1/instances/{instance_id}", key).json()["state"] == "running", "running")
+
+    # the instances list the console loads on signing in is held in flight while the user moves on to
+    # the metrics tab, then answers: the page it would have drawn must not replace the one on screen
+    held: list[Any] = []
+    page = console.open(
+        key, before_sign_in=lambda p: p.route(re.compile(r"/v1/instances\?"), lambda route: held.append(route))
+    )
+    page.goto(f"{console.url}/console/#/instances/{instance_id}/metrics")
+    page.locator(f'main[data-ready="#/instances/{instance_id}/metrics"]').wait_for()
+    [stale] = held
+    stale.continue_()
+    cpu = page.locator("figure.chart", has_text="CPU (%)")
+    expect(cpu).to_have_attribute("data-points", re.compile(r"^[1-9][0-9]*$"), timeout=30_000)  # a first sample
+    first = cpu.get_attribute("data-latest")
+    assert first, cpu.inner_html()
+    page.evaluate("window.stillTheSamePage = true")
+
+    # the server samples every 2 s and the page asks every 5 s: a newer point arrives on its own
+    expect(cpu).not_to_have_attribute("data-latest", first, timeout=30_000)
+    latest = cpu.get_attribute("data-latest")
+    assert page.evaluate("window.stillTheSamePage") is True  # no reload, no navigation
+    expect(page.get_by_role("heading", name="Metrics (last hour)")).to_be_visible()
+    expect(page.get_by_role("heading", name="Instances", exact=True)).to_have_count(0)
+    [series] = [
+        s
+        for s in console.call(
+            "GET", f"/v1/instances/{instance_id}/metrics", key, params={"name": "cpu_percent"}
+        ).json()["series"]
+        if s["name"] == "cpu_percent"
+    ]
+    stamps = [p["timestamp"] for p in series["points"]]
+    assert first in stamps and latest in stamps and stamps.index(latest) > stamps.index(first), (first, latest, stamps)
+    expect(page.locator("figure.chart", has_text="Memory")).not_to_have_attribute("data-points", "0")
+    page.context.close()

@@ -7,13 +7,20 @@ import { clearNotice, field, h, replace, showError } from "./ui.js";
 const main = document.getElementById("main");
 let me = null;
 let leaving = [];
+let shown = 0; // which navigation the page on screen belongs to
 
-function onLeave(handle) {
-  leaving.push(typeof handle === "function" ? handle : () => handle.abort());
+// A page's streams and timers, stopped when the user navigates away (at once if already gone).
+function onLeave(generation, handle) {
+  const stop = typeof handle === "function" ? handle : () => handle.abort();
+  if (generation === shown) leaving.push(stop);
+  else stop();
 }
 
 function signIn(message) {
   me = null;
+  shown++; // whatever page was loading or open is gone
+  for (const stop of leaving) stop();
+  leaving = [];
   replace(document.getElementById("nav"));
   replace(document.getElementById("who"));
   const input = field("API key or token", { name: "credential", type: "password", required: true, autocomplete: "off" });
@@ -48,6 +55,7 @@ function navigation() {
 }
 
 async function route() {
+  const generation = ++shown;
   for (const stop of leaving) stop();
   leaving = [];
   clearNotice();
@@ -55,7 +63,14 @@ async function route() {
   if (!me) return;
   navigation();
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-  const ctx = { main, me, onLeave, canDeploy: Boolean(me.can_deploy && me.tenant_id), canAdmin: Boolean(me.can_admin && me.tenant_id) };
+  // Each navigation renders into a view of its own, on screen until the next navigation replaces
+  // it: a page still loading when the user moves on (its requests in flight) then fills a view
+  // nobody sees instead of overwriting the page the user went to.
+  const view = h("div", { class: "view" });
+  replace(main, view);
+  const current = () => generation === shown;
+  const ctx = { main: view, me, onLeave: (handle) => onLeave(generation, handle),
+    canDeploy: Boolean(me.can_deploy && me.tenant_id), canAdmin: Boolean(me.can_admin && me.tenant_id) };
   try {
     if (parts[0] === "instances" && parts[1]) await instancePage(ctx, parts[1], parts[2]);
     else if (parts[0] === "instances") await instancesPage(ctx);
@@ -66,11 +81,13 @@ async function route() {
     else if (parts[0] === "admin" && parts[1] === "providers") await providersPage(ctx);
     else if (parts[0] === "admin" && parts[1] === "audit") await auditPage(ctx);
     else { location.replace(me.tenant_id ? "#/instances" : "#/admin/tenants"); return; }
+    if (!current()) return;
     document.title = `${main.querySelector("h1")?.textContent || "ctrlplane"} · ctrlplane console`;
     main.dataset.ready = location.hash; // the page has loaded what it shows (tests wait for this)
   } catch (error) {
+    if (!current()) return;
     if (error.status === 401) { credential.clear(); signIn(error.describe()); return; }
-    replace(main, h("h1", {}, "Could not load this page"));
+    replace(view, h("h1", {}, "Could not load this page"));
     showError(error);
   }
 }

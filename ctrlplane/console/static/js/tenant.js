@@ -2,13 +2,17 @@
 // domains, routes) and API keys. Controls that change something are disabled when the signed-in
 // credential's role does not allow them; the API refuses them anyway.
 import { ApiError, get, post, query, request, stream } from "./api.js";
-import { chart } from "./chart.js";
+import { chart, pointsOf } from "./chart.js";
 import {
   action, attempt, badge, bytes, checkbox, confirmAction, field, form, h, replace, showError, table, when,
 } from "./ui.js";
 
 const enc = encodeURIComponent;
 const TERMINAL = new Set(["succeeded", "failed", "rolled_back", "cancelled"]);
+// The metrics tab asks for new points this often while it is open (and the browser tab is visible):
+// three GETs, against the credential's rate limit like any call. Usage is sampled every
+// CTRLPLANE_METRICS_SAMPLE_SECONDS (15 s by default), request metrics every router flush (2 s).
+export const METRICS_POLL_MS = 5000;
 
 export function instanceUrl(instance) {
   if (instance.url) return instance.url;
@@ -63,6 +67,7 @@ export async function instancePage(ctx, id, tab = "overview") {
   const body = h("div", {});
   const events = [];
   let eventList = null;
+  let onEvent = null; // the open tab's reaction to a new event, if it has one
   let details = null;
 
   const renderHeader = () => replace(header,
@@ -105,6 +110,7 @@ export async function instancePage(ctx, id, tab = "overview") {
     try { event = JSON.parse(message.data); } catch { return; }
     events.push(event);
     if (eventList) eventList.prepend(eventRow(event));
+    if (onEvent) onEvent(event);
     soon();
   }, showError));
 
@@ -162,25 +168,39 @@ export async function instancePage(ctx, id, tab = "overview") {
   }
 
   async function metrics() {
-    const holder = h("div", { class: "charts" });
+    const cpu = chart("CPU (%)", (v) => `${Number(v).toFixed(1)}%`);
+    const memory = chart("Memory", bytes);
+    const rate = chart("Requests per minute", (v) => Number(v).toFixed(0));
+    const latency = chart("Request latency p90 (s)", (v) => Number(v).toFixed(3));
+    const noRequests = h("p", { class: "muted" }, "No request metrics: the router has reported none for this instance.");
+    const updated = h("p", { class: "muted", id: "metrics-updated" });
+    const holder = h("div", { class: "charts" }, cpu.element, memory.element);
+    const named = (response, name, labels = {}) => response.series.filter((s) => s.name === name
+      && Object.entries(labels).every(([key, value]) => (s.labels || {})[key] === value));
     const load = async () => {
-      const usage = await get(`${base}/metrics`);
-      const requestsTotal = await get(`${base}/metrics${query({ name: "http_requests_total", step: "60s" })}`).catch(() => ({ series: [] }));
-      const latency = await get(`${base}/metrics${query({ name: "http_request_duration_seconds", step: "60s" })}`).catch(() => ({ series: [] }));
-      const pick = (response, name) => response.series.find((s) => s.name === name);
-      const charts = [
-        chart("CPU (%)", pick(usage, "cpu_percent"), (v) => `${Number(v).toFixed(1)}%`),
-        chart("Memory", pick(usage, "memory_used_bytes"), bytes),
-      ];
-      const rate = pick(requestsTotal, "http_requests_total");
-      const time = pick(latency, "http_request_duration_seconds");
-      if (rate && rate.points.length) charts.push(chart("Requests per minute", rate, (v) => Number(v).toFixed(0)));
-      if (time && time.points.length) charts.push(chart("Request latency (s)", time, (v) => Number(v).toFixed(3)));
-      replace(holder, charts);
-      if (!(rate && rate.points.length)) holder.append(h("p", { class: "muted" }, "No request metrics: the router has reported none for this instance."));
+      const [usage, requests, durations] = await Promise.all([
+        get(`${base}/metrics`),
+        get(`${base}/metrics${query({ name: "http_requests_total", step: "60s" })}`).catch(() => ({ series: [] })),
+        get(`${base}/metrics${query({ name: "http_request_duration_seconds", step: "60s" })}`).catch(() => ({ series: [] })),
+      ]);
+      cpu.update(pointsOf(named(usage, "cpu_percent")));
+      memory.update(pointsOf(named(usage, "memory_used_bytes")));
+      const ratePoints = pointsOf(named(requests, "http_requests_total")); // every status class and method
+      rate.update(ratePoints);
+      latency.update(pointsOf(named(durations, "http_request_duration_seconds", { quantile: "0.9" })));
+      if (ratePoints.length) { noRequests.remove(); holder.append(rate.element, latency.element); }
+      else { rate.element.remove(); latency.element.remove(); holder.append(noRequests); }
+      updated.textContent = `Updated ${new Date().toLocaleTimeString()}; new points appear every ${METRICS_POLL_MS / 1000} s while this tab is open.`;
     };
-    replace(body, h("h2", {}, "Metrics (last hour)"), h("button", { type: "button", class: "secondary", onclick: () => load().catch(showError) }, "Refresh"), holder);
+    replace(body, h("h2", {}, "Metrics (last hour)"), updated, holder);
     await load();
+    let busy = false;
+    const timer = setInterval(() => {
+      if (busy || document.hidden) return;
+      busy = true;
+      load().catch(showError).finally(() => { busy = false; });
+    }, METRICS_POLL_MS);
+    ctx.onLeave(() => clearInterval(timer));
   }
 
   async function health() {
@@ -305,23 +325,46 @@ export async function instancePage(ctx, id, tab = "overview") {
 
   async function domains() {
     const page = await get(`${base}/domains${query({ limit: 100 })}`);
+    const certificate = (c) => {
+      if (!c) return h("span", { "data-certificate": "none" }, "none");
+      return h("span", { "data-certificate": c.status }, badge(c.status),
+        c.not_after ? ` until ${when(c.not_after)}` : "", c.issuer ? ` from ${c.issuer}` : "",
+        c.error ? h("span", { class: "muted" }, ` ${c.error}`) : "",
+        c.next_attempt_at ? h("span", { class: "muted" }, ` (next attempt ${when(c.next_attempt_at)})`) : "");
+    };
     replace(body, h("h2", {}, "Domains"),
-      table(["Hostname", "Status", "DNS record to create", "Certificate", ""], page.items.map((d) => [
-        d.hostname, badge(d.status),
-        h("span", { class: "mono" }, `${d.verification.type} ${d.verification.name} "${d.verification.value}"`),
-        d.certificate ? h("span", {}, badge(d.certificate.status), d.certificate.not_after ? ` until ${when(d.certificate.not_after)}` : "",
-          d.certificate.error ? ` ${d.certificate.error}` : "") : "—",
+      h("p", { class: "muted" }, "To prove a hostname is yours, create the DNS record shown at your DNS provider, then verify it. "
+        + "A verified domain routes to this instance and can be given a certificate."),
+      table(["Hostname", "Status", "Record", "Record name", "Record value", "Certificate", ""], page.items.map((d) => [
+        d.hostname,
+        h("span", { "data-status": d.status }, badge(d.status)),
+        d.verification.type,
+        h("code", { "data-record": "name" }, d.verification.name),
+        h("code", { "data-record": "value" }, d.verification.value),
+        certificate(d.certificate),
         h("div", { class: "row" },
-          action("Verify", ctx.canDeploy, async () => { await attempt(() => post(`/v1/domains/${enc(d.id)}/verify`)); await domains(); },
-            { label: `Verify ${d.hostname}` }),
+          d.status === "verified" ? null : action("Verify", ctx.canDeploy, async () => {
+            if (await attempt(() => post(`/v1/domains/${enc(d.id)}/verify`), `${d.hostname} verified.`)) await domains();
+          }, { label: `Verify ${d.hostname}` }),
+          d.status === "verified" ? action(`${certificateVerb(d.certificate)} certificate`, ctx.canDeploy, async () => {
+            if (await attempt(() => post(`/v1/domains/${enc(d.id)}/cert`), "Certificate requested.")) await domains();
+          }, { label: `${certificateVerb(d.certificate)} a certificate for ${d.hostname}` }) : null,
           action("Delete", ctx.canDeploy, async () => {
-            if (!(await confirmAction(`Remove domain ${d.hostname}?`, "Remove"))) return;
-            await attempt(() => request("DELETE", `/v1/domains/${enc(d.id)}`)); await domains();
+            if (!(await confirmAction(`Remove domain ${d.hostname}? The router stops serving it and its certificate is deleted.`, "Remove"))) return;
+            await attempt(() => request("DELETE", `/v1/domains/${enc(d.id)}`), "Domain removed."); // 204: no body
+            await domains();
           }, { danger: true, label: `Delete ${d.hostname}` })),
       ]), "Domains"),
       h("section", { class: "panel", "aria-labelledby": "add-domain" }, h("h3", { id: "add-domain" }, "Add a domain"),
-        form([field("Hostname", { name: "hostname", required: true, placeholder: "app.example.com" })], "Add domain", ctx.canDeploy,
-          async (v) => { if (await attempt(() => post(`${base}/domains`, v), "Domain added: create the TXT record shown.")) await domains(); })));
+        form([field("Hostname", { name: "hostname", required: true, placeholder: "app.example.com", autocomplete: "off" })], "Add domain", ctx.canDeploy,
+          async (v) => { if (await attempt(() => post(`${base}/domains`, v), "Domain added: create the DNS record shown, then verify.")) await domains(); })));
+    // a certificate is obtained in the background: show its outcome when its event arrives
+    let reload = null;
+    onEvent = (event) => {
+      if (!/^(certificate|domain)\./.test(event.type) || reload) return;
+      reload = setTimeout(() => { reload = null; domains().catch(showError); }, 300);
+    };
+    ctx.onLeave(() => { onEvent = null; clearTimeout(reload); });
   }
 
   async function routes() {
@@ -331,18 +374,28 @@ export async function instancePage(ctx, id, tab = "overview") {
         h("code", {}, r.path), String(r.port), r.protocol, String(r.weight), r.strip_prefix ? "yes" : "no",
         action("Delete", ctx.canDeploy, async () => {
           if (!(await confirmAction(`Delete route ${r.path}?`, "Delete"))) return;
-          await attempt(() => request("DELETE", `/v1/routes/${enc(r.id)}`)); await routes();
+          await attempt(() => request("DELETE", `/v1/routes/${enc(r.id)}`), "Route deleted."); // 204: no body
+          await routes();
         }, { danger: true, label: `Delete route ${r.path}` }),
       ]), "Routes"),
       h("section", { class: "panel", "aria-labelledby": "add-route" }, h("h3", { id: "add-route" }, "Add a route"),
         form([
           field("Path", { name: "path", required: true, value: "/" }),
-          field("Port", { name: "port", type: "number", required: true, min: 1, max: 65535 }),
+          field("Port", { name: "port", type: "number", required: true, min: 1, max: 65535,
+            value: (instance.ports || []).find((p) => p.protocol === "tcp")?.container_port }),
+          field("Weight", { name: "weight", type: "number", required: true, min: 0, max: 100, value: 100 }),
           checkbox("Strip prefix", { name: "strip_prefix" }),
         ], "Add route", ctx.canDeploy, async (v) => {
-          if (await attempt(() => post(`${base}/routes`, { path: v.path, port: Number(v.port), strip_prefix: v.strip_prefix }), "Route added.")) await routes();
+          const route = { path: v.path, port: Number(v.port), weight: Number(v.weight), strip_prefix: v.strip_prefix };
+          if (await attempt(() => post(`${base}/routes`, route), "Route added.")) await routes();
         })));
   }
+}
+
+// POST /v1/domains/{id}/cert orders a first certificate, a new one after a failure, or a renewal.
+function certificateVerb(certificate) {
+  if (!certificate) return "Request";
+  return certificate.status === "failed" ? "Retry" : "Renew";
 }
 
 function releaseDiff(a, b) {
