@@ -301,10 +301,12 @@ class WakeServer:
         with self.started.awaiting(instance_id) as started:
             look: Look | None = None
             looked = 0.0
+            changed = self.events.armed()
             while time.monotonic() < deadline:
-                changed = self.events.armed()
-                announced = _started(started.result()) if started.done() else []
-                if look is None or not announced or time.monotonic() - looked >= POLL_SECONDS:
+                # the database is read at most every POLL_SECONDS per held request, sooner only
+                # after an event was committed: many requests held at once must not crowd it
+                if look is None or changed.is_set() or time.monotonic() - looked >= POLL_SECONDS:
+                    changed = self.events.armed()
                     look, looked = await self._look(instance_id), time.monotonic()
                     if look is None:
                         return None
@@ -314,6 +316,7 @@ class WakeServer:
                         if claimed:
                             self.woken += 1
                             await self.work.notify()
+                announced = _started(started.result()) if started.done() else []
                 dials = announced or (look.rotation if look.state == "running" else [])
                 target = _target(uri, look.routes, dials, look.ports)
                 if target is not None:

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
 
+from ctrlplane import httpclients
 from ctrlplane.db import Database
 from ctrlplane.instances.models import Instance
 from ctrlplane.network import requests
 from ctrlplane.network.access import Destination, HostTable, RequestBook, parse_line, store
 from ctrlplane.network.sleep import claim_wake
+from ctrlplane.network.wake import POLL_SECONDS, Look, WakeServer
 from ctrlplane.operations.models import Operation
 from ctrlplane.settings import Settings
+from ctrlplane.signals import Announcements, Signal
 from ctrlplane.timeutil import utc_now
 from tests.api.test_instances import create, state, tenant_token, wait_for
 from tests.conftest import Api
@@ -197,3 +201,36 @@ async def test_concurrent_wakes_of_one_sleeping_instance_claim_it_once(api: Api,
     assert starts == 1
     body = (await api.client.get(f"/v1/instances/{instance['id']}", headers=token)).json()
     assert body["state"] == "starting" and body["desired_state"] == "running"
+
+
+async def test_requests_held_for_a_replica_that_does_not_answer_yet_read_the_database_at_poll_pace(
+    live: Api, db: Database, settings: Settings
+) -> None:
+    """Ten requests held while the instance runs but its app does not listen (the fake provider's
+    ports have no listener): each probes every 10 ms, but reads the database at most every
+    ``POLL_SECONDS`` (plus once per committed event). Reading it at the probes' pace crowded a
+    PostgreSQL pool until other requests got 503 ``unavailable`` (found in CI)."""
+    _, token = await tenant_token(live)
+    instance = await create(live, token)
+    await wait_for(live, instance["id"], token, state("running"))
+    listener = WakeServer(settings, db, work=Signal(), events=Signal(), started=Announcements(), secret="s")
+    seen = await listener._look(instance["id"])
+    assert seen is not None and seen.state == "running" and seen.rotation, seen  # a replica to probe
+    looks = 0
+
+    async def counted(instance_id: str) -> Look | None:
+        # what the database says, without its time: the count depends on the loop alone
+        nonlocal looks
+        looks += 1
+        return seen
+
+    listener._look = counted  # type: ignore[method-assign]
+    held = 10
+    budget = 0.6
+    async with httpclients.client(timeout=1) as probe:
+        deadline = time.monotonic() + budget
+        targets = await asyncio.gather(
+            *(listener.wait_until_serving(probe, instance["id"], "/", deadline) for _ in range(held))
+        )
+    assert targets == [None] * held  # nothing ever answered
+    assert looks <= held * (budget / POLL_SECONDS + 2), looks
