@@ -25,6 +25,16 @@ def instance_named(console: Console, credential: str, name: str) -> dict[str, An
 
 
 # Slow by design: a real browser drives a served ctrlplane through create, deploy, rollback and logs.
+def deployment_succeeds(page: Any, console: Console, key: str, instance_id: str) -> None:
+    """The page shows the deployment succeeded; if it does not, the failure says what the API says of
+    the newest deployment (its steps and error), not only what the page showed."""
+    try:
+        expect(page.locator("#deployment-state")).to_have_attribute("data-state", "succeeded", timeout=LONG)
+    except AssertionError as failed:
+        deployments = console.call("GET", f"/v1/instances/{instance_id}/deployments", key).json()
+        raise AssertionError(f"{failed}\nthe API's deployments: {deployments}") from None
+
+
 def test_tenant_creates_deploys_rolls_back_and_reads_logs(console: Console) -> None:
     tenant = console.create_tenant("acme")
     key = console.create_key(tenant["id"], ["admin"], "console")
@@ -54,7 +64,7 @@ def test_tenant_creates_deploys_rolls_back_and_reads_logs(console: Console) -> N
     page.get_by_label("Strategy").select_option("rolling")
     page.get_by_role("button", name="Deploy", exact=True).click()
     expect(page.locator("#deployment ol.steps li").first).to_be_visible()
-    expect(page.locator("#deployment-state")).to_have_attribute("data-state", "succeeded", timeout=LONG)
+    deployment_succeeds(page, console, key, instance["id"])
     steps = page.locator("#deployment ol.steps li").all_inner_texts()
     assert len(steps) >= 2 and all("succeeded" in s or "done" in s or "skipped" in s for s in steps), steps
     screenshot(page, "instance-deploy")
@@ -67,7 +77,7 @@ def test_tenant_creates_deploys_rolls_back_and_reads_logs(console: Console) -> N
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Roll back web to release v1")
     dialog.get_by_role("button", name="Roll back").click()
-    expect(page.locator("#deployment-state")).to_have_attribute("data-state", "succeeded", timeout=LONG)
+    deployment_succeeds(page, console, key, instance["id"])
     assert console.call("GET", f"/v1/instances/{instance['id']}", key).json()["image"] == IMAGE
 
     page.get_by_role("link", name="Secrets").click()
