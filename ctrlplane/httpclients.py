@@ -11,6 +11,7 @@ httpx's own defaults, so what they verify is unchanged.
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import ssl
 from typing import Any
 
@@ -31,7 +32,14 @@ def verify_for(base_url: str) -> ssl.SSLContext | bool:
     return True
 
 
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A jar that accepts no cookie: a client that serves many requests (the wake listener's proxies
+    requests of every instance and user) must never carry one app's ``Set-Cookie`` into the next
+    request, to that app or another (cookies ignore ports: every replica is 127.0.0.1)."""
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
 def client(*, local: bool = True, **options: Any) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` with the shared TLS context. ``local``: the target is on this
-    machine (a replica's port), so no proxy from the environment applies."""
-    return httpx.AsyncClient(verify=_tls(), trust_env=not local, **options)
+    """An ``httpx.AsyncClient`` with the shared TLS context that keeps no cookies. ``local``: the
+    target is on this machine (a replica's port), so no proxy from the environment applies."""
+    return httpx.AsyncClient(verify=_tls(), trust_env=not local, cookies=_no_cookies(), **options)

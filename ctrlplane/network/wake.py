@@ -50,6 +50,7 @@ log = structlog.get_logger("ctrlplane.wake")
 
 POLL_SECONDS = 0.05
 PROBE_RETRY_SECONDS = 0.01
+EVENT_LOOK_SECONDS = 0.02
 PROXY_ATTEMPTS = 5
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 PROBE_TIMEOUT_SECONDS = 1.0
@@ -304,8 +305,10 @@ class WakeServer:
             changed = self.events.armed()
             while time.monotonic() < deadline:
                 # the database is read at most every POLL_SECONDS per held request, sooner only
-                # after an event was committed: many requests held at once must not crowd it
-                if look is None or changed.is_set() or time.monotonic() - looked >= POLL_SECONDS:
+                # after an event was committed (any event: at most every EVENT_LOOK_SECONDS), so many
+                # requests held at once do not crowd it
+                since = time.monotonic() - looked
+                if look is None or since >= POLL_SECONDS or (changed.is_set() and since >= EVENT_LOOK_SECONDS):
                     changed = self.events.armed()
                     look, looked = await self._look(instance_id), time.monotonic()
                     if look is None:

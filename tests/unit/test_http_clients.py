@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from ctrlplane import httpclients
@@ -62,3 +64,36 @@ def test_a_plain_http_server_gets_a_context_that_trusts_nothing_and_https_the_de
     assert plain.cert_store_stats()["x509_ca"] == 0
     assert plain.verify_mode == ssl.CERT_REQUIRED and plain.check_hostname
     assert httpclients.verify_for("HTTPS://ctrlplane.example") is True
+
+
+async def test_a_client_carries_no_cookie_from_one_answer_into_the_next_request() -> None:
+    """The wake listener's one client proxies requests of every instance and user, all on 127.0.0.1
+    (cookies ignore ports): a session cookie one app set must never ride along on the next request,
+    to that app or another tenant's."""
+    seen: list[str | None] = []
+
+    class App(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Cookie"))
+            self.send_response(200)
+            self.send_header("Set-Cookie", "session=USER_A; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [HTTPServer(("127.0.0.1", 0), App) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async with httpclients.client(timeout=5) as http:
+            for server in (*servers, *servers):
+                response = await http.get(f"http://127.0.0.1:{server.server_address[1]}/login")
+                assert response.status_code == 200
+            assert len(http.cookies.jar) == 0
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert seen == [None] * 4
