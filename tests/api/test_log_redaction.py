@@ -123,3 +123,17 @@ async def test_logs_of_an_instance_whose_secrets_cannot_be_read_are_withheld(
     monkeypatch.setattr(secrets_service, "workload_secrets", unreadable)
     body = (await live.client.get(f"/v1/instances/{instance['id']}/logs", headers=token)).json()
     assert [e["message"] for e in body["items"]] == [secrets_service.WITHHELD]
+
+
+async def test_each_line_of_a_multi_line_env_secret_is_redacted_when_printed_line_by_line(
+    live: Api, fake: FakeProvider
+) -> None:
+    """A PEM key kept in an env variable (as many apps take it) comes out of a log one line at a
+    time, as a file secret's does (review: only files were split)."""
+    _, token = await tenant_token(live)
+    instance = await running(live, token)
+    await put_secret(live, token, instance["id"], "TLS_KEY", KEY_FILE)
+    fake.emit_log(instance["id"], KEY_LINE)
+    plain = await live.client.get(f"/v1/instances/{instance['id']}/logs", headers=token)
+    assert plain.status_code == 200, plain.text
+    assert [e["message"] for e in plain.json()["items"]] == ["[redacted]"]
