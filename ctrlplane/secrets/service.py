@@ -281,10 +281,11 @@ async def _live_revisions(session: AsyncSession, *, tenant_id: str, instance_id:
 
 
 def _spellings(current: schemas.WorkloadSecrets) -> list[str]:
-    values = list(current.env.values())
-    for secret in current.files:
-        text = secret.content.decode("utf-8", "replace")
-        # line-oriented output (a log) splits a file that is printed: each of its lines too
+    values: list[str] = []
+    texts = [*current.env.values(), *(f.content.decode("utf-8", "replace") for f in current.files)]
+    for text in texts:
+        # line-oriented output (a log) splits a value that is printed (a file, or a PEM key in an
+        # env variable): each of its lines too
         values.extend((text, text.strip(), *(line.strip() for line in text.splitlines())))
     return values
 
