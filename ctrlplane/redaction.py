@@ -1,8 +1,9 @@
 """Secret values removed from text that came out of a container before ctrlplane stores or shows it.
 
 A command health check's output, or an error a runtime reports, is whatever the container printed:
-``env`` would print every secret. ``redact`` replaces each secret value, and its base64 forms
-(standard and URL-safe, padded or not), with ``[redacted]``. Values shorter than
+``env`` would print every secret. ``redact`` replaces each secret value, its base64 forms
+(standard and URL-safe, padded or not) and its JSON string escapes (a structured log line holds
+``\"`` for ``"``, ``\u00e9`` for ``é``), with ``[redacted]``. Values shorter than
 ``MIN_SECRET_LENGTH`` are left alone: redacting ``1`` or ``on`` would garble every message and
 protect nothing.
 
@@ -13,6 +14,7 @@ instance's log, ``secrets.service.InstanceRedactor``); ``redact`` is one text's.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable
 
 REDACTED = "[redacted]"
@@ -25,7 +27,8 @@ def forms(value: str) -> set[str]:
         return set()
     raw = value.encode()
     encoded = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
-    return {value} | encoded | {e.rstrip("=") for e in encoded}
+    escaped = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    return {value} | encoded | {e.rstrip("=") for e in encoded} | escaped
 
 
 class Redactor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 from ctrlplane.redaction import REDACTED, redact
 
@@ -26,3 +27,12 @@ def test_longer_secrets_are_redacted_before_the_shorter_ones_they_contain() -> N
 
 def test_very_short_values_are_left_alone() -> None:
     assert redact("exit 1: on", ["on", "1"]) == "exit 1: on"
+
+
+def test_the_json_escapes_of_a_value_are_redacted_as_a_structured_log_line_holds_them() -> None:
+    value = 'p"ss\\wörd-1234'
+    line = json.dumps({"msg": f"dsn {value}"})  # {"msg": "dsn p\"ss\\w\u00f6rd-1234"}
+    assert value not in line
+    assert redact(line, [value]) == '{"msg": "dsn [redacted]"}'
+    unicode_line = json.dumps({"msg": value}, ensure_ascii=False)
+    assert redact(unicode_line, [value]) == '{"msg": "[redacted]"}'
