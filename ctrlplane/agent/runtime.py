@@ -113,23 +113,37 @@ class Runtime:
         def corrected(kind: str, detail: str) -> None:
             corrections.append(DriftCorrection(type=kind, detail=detail, instance_id=instance_id))
 
+        kept = {r.generation: set(r.replicas) for r in workload.retained}
         if not status.replicas:
             if instance_id in self._applied:
                 corrected("workload_created", "its containers were missing")
             status = await self.provider.provision(await spec_for(workload))
-        elif wanted.generation not in generations:
+        elif wanted.generation not in generations and not kept:
             status = await self.provider.deploy(await spec_for(workload), "rolling")
         else:
+            # a gated deploy in progress keeps the retained replicas of other generations (the
+            # control plane drops them once the router no longer sends them requests)
             for generation in sorted(generations - {wanted.generation}):
-                await self.provider.remove_generation(instance_id, generation)
+                present = {r.replica for r in status.replicas if r.generation == generation}
+                if generation not in kept:
+                    await self.provider.remove_generation(instance_id, generation)
+                elif doomed := present - kept[generation]:
+                    await self.provider.remove_generation(instance_id, generation, tuple(sorted(doomed)))
+            newest = wanted.generation >= max(generations | set(kept))
             resized = self._applied.get(instance_id) not in (None, workload.revision)
-            if resized or len(current) > wanted.replicas:
-                status = await self.provider.scale(await spec_for(workload))
+            if current and (resized or len(current) > wanted.replicas):
+                if newest:
+                    # Docker's scale works on the newest generation: only when it is the wanted one
+                    status = await self.provider.scale(await spec_for(workload))
+                elif surplus := [r.replica for r in current if r.replica >= wanted.replicas]:
+                    await self.provider.remove_generation(instance_id, wanted.generation, tuple(sorted(surplus)))
             missing = len(current) < wanted.replicas or any(r.state != "running" for r in current)
             if missing:
-                if instance_id in self._applied:
+                if instance_id in self._applied and current:
                     running = sum(r.state == "running" for r in current)
                     corrected("replicas_started", f"{wanted.replicas - running} of {wanted.replicas} were not running")
                 status = await self.provider.provision(await spec_for(workload))
+            elif kept or generations != {wanted.generation}:
+                status = await self.provider.status(instance_id)
         self._applied[instance_id] = workload.revision
         return corrections, status

@@ -30,6 +30,7 @@ from ctrlplane.nodes.contract import (
     EventType,
     NodeSecretsUpdated,
     NodeWorkload,
+    RetainedReplicas,
     SecretRef,
     WorkloadAssigned,
     WorkloadRemoved,
@@ -58,7 +59,18 @@ def workload_of(row: NodeAssignment) -> NodeWorkload:
         revision=row.revision,
         spec=msgspec.convert(row.spec, WorkloadSpec),
         secret=SecretRef(key=secret_key(row.instance_id, row.revision), version=row.revision),
+        retained=msgspec.convert(row.retained or [], list[RetainedReplicas]),
     )
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What an instance's node is told to run: ``replicas`` of ``generation``, plus ``retained``."""
+
+    node_id: str
+    generation: int
+    replicas: int
+    retained: tuple[RetainedReplicas, ...]
 
 
 @dataclass(frozen=True)
@@ -91,16 +103,67 @@ class NodeAssignments:
         self.vault = vault
         self.node_events = node_events
 
-    async def assign(self, node_id: str, spec: WorkloadSpec) -> int:
+    async def assign(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int:
         """Place ``spec``'s instance on ``node_id`` (or update it there); returns its revision.
         ``NotFound`` for an unknown or deregistered node; ``Conflict`` when the instance is
         already placed on another node (``remove`` it there first)."""
-        return await self._write(node_id, spec, must_exist=False)
+        return await self._write(node_id, spec, retained, must_exist=False)
 
-    async def update(self, node_id: str, spec: WorkloadSpec) -> int:
+    async def update(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int:
         """A new spec (a deploy, a scale, new secrets) for an instance already on ``node_id``;
-        ``NotFound`` when it is not placed there."""
-        return await self._write(node_id, spec, must_exist=True)
+        ``NotFound`` when it is not placed there. ``retained``: replicas of other generations the
+        node keeps running beside it (``NodeWorkload.retained``)."""
+        return await self._write(node_id, spec, retained, must_exist=True)
+
+    async def desired(self, instance_id: str) -> Desired | None:
+        async with self.db.read() as session:
+            row = await session.get(NodeAssignment, instance_id)
+            if row is None:
+                return None
+            workload = workload_of(row)
+            return Desired(
+                node_id=row.node_id,
+                generation=workload.spec.generation,
+                replicas=workload.spec.replicas,
+                retained=tuple(workload.retained),
+            )
+
+    async def reshape(
+        self, instance_id: str, *, retained: Sequence[RetainedReplicas], replicas: int | None = None
+    ) -> int | None:
+        """Change what the instance's node keeps of other generations (and, with ``replicas``, the
+        replica count of its own generation) without a new spec: a new revision whose secret is the
+        same plaintext sealed for it. Returns the revision; None when the instance is on no node."""
+        wanted = [msgspec.to_builtins(r) for r in retained]
+        async with self.db.write() as session, session.begin():
+            row = await session.get(NodeAssignment, instance_id, with_for_update=True)
+            if row is None:
+                return None
+            spec = dict(row.spec)
+            if replicas is not None:
+                spec["replicas"] = replicas
+                row.cpu_millis = int(spec["resources"]["cpu_millis"]) * replicas
+                row.memory_mb = int(spec["resources"]["memory_mb"]) * replicas
+            if (row.retained or []) == wanted and spec == row.spec:
+                return row.revision
+            plaintext = await self.vault.open(
+                session, row.tenant_id, row.secrets_sealed, aad=secrets_aad(row.instance_id, row.revision)
+            )
+            revision = await reserve_seq(session, row.node_id)
+            row.secrets_sealed = await self.vault.seal(
+                session, row.tenant_id, plaintext, aad=secrets_aad(instance_id, revision)
+            )
+            row.revision = revision
+            row.spec = spec
+            row.retained = wanted
+            row.updated_at = utc_now()
+            await session.flush()
+            node_id = row.node_id
+            await append_event(
+                session, node_id, "workload_updated", WorkloadAssigned(workload=workload_of(row)), seq=revision
+            )
+        await self.node_events.notify()
+        return revision
 
     async def remove(self, node_id: str, instance_id: str) -> None:
         """Take the instance off the node (the node stops and removes its containers). Removing
@@ -197,7 +260,9 @@ class NodeAssignments:
                 )
         return sorted(views, key=lambda view: (-view.free_memory_mb, -view.free_cpu_millis, view.node_id))
 
-    async def _write(self, node_id: str, spec: WorkloadSpec, *, must_exist: bool) -> int:
+    async def _write(
+        self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas], *, must_exist: bool
+    ) -> int:
         # through JSON, so it compares equal to what the JSON column gives back (lists, not tuples)
         stripped: dict[str, object] = msgspec.json.decode(
             msgspec.json.encode(msgspec.structs.replace(spec, env={}, files=()))
@@ -212,7 +277,8 @@ class NodeAssignments:
                 raise Conflict(f"instance {spec.instance_id} is placed on node {row.node_id}")
             if row is None and must_exist:
                 raise NotFound(f"instance {spec.instance_id} is not placed on node {node_id}")
-            if row is not None and row.spec == stripped:
+            kept = [msgspec.to_builtins(r) for r in retained]
+            if row is not None and row.spec == stripped and (row.retained or []) == kept:
                 current = await self.vault.open(
                     session, row.tenant_id, row.secrets_sealed, aad=secrets_aad(row.instance_id, row.revision)
                 )
@@ -223,7 +289,7 @@ class NodeAssignments:
             if row is None and node.cordoned:
                 raise Conflict(f"node {node_id} is cordoned: no new placements")
             kind: EventType = "workload_assigned" if row is None else "workload_updated"
-            secrets_only = row is not None and row.spec == stripped
+            secrets_only = row is not None and row.spec == stripped and (row.retained or []) == kept
             now = utc_now()
             revision = await reserve_seq(session, node_id)  # the announcing event's number: only grows
             aad = secrets_aad(spec.instance_id, revision)
@@ -234,6 +300,7 @@ class NodeAssignments:
             row.tenant_id = spec.tenant_id
             row.revision = revision
             row.spec = stripped
+            row.retained = kept
             row.secrets_sealed = sealed
             row.cpu_millis = spec.resources.cpu_millis * spec.replicas
             row.memory_mb = spec.resources.memory_mb * spec.replicas

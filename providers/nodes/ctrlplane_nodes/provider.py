@@ -31,6 +31,7 @@ from typing import Protocol
 
 import anyio
 
+from ctrlplane.nodes.contract import RetainedReplicas
 from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
@@ -63,11 +64,26 @@ class Placement(Protocol):
     def last_heartbeat_at(self) -> datetime | None: ...
 
 
+class Desired(Protocol):
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def retained(self) -> tuple[RetainedReplicas, ...]: ...
+
+
 class NodeDoor(Protocol):
     """What the provider needs of ``ctrlplane.nodes.assignments.NodeAssignments``."""
 
-    async def assign(self, node_id: str, spec: WorkloadSpec) -> int: ...
-    async def update(self, node_id: str, spec: WorkloadSpec) -> int: ...
+    async def assign(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int: ...
+    async def update(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int: ...
+    async def desired(self, instance_id: str) -> Desired | None: ...
+    async def reshape(
+        self, instance_id: str, *, retained: Sequence[RetainedReplicas], replicas: int | None = None
+    ) -> int | None: ...
     async def remove(self, node_id: str, instance_id: str) -> None: ...
     async def placement(self, instance_id: str) -> Placement | None: ...
     async def reported_status(self, instance_id: str) -> WorkloadStatus | None: ...
@@ -103,11 +119,23 @@ class NodesProvider:
             return ProviderHealth(False, "not attached to the control plane's node assignments")
         return ProviderHealth(True, "nodes: placement through the node assignments")
 
-    async def _place(self, spec: WorkloadSpec) -> str:
+    async def _place(self, spec: WorkloadSpec, *, beside: bool) -> str:
+        """Send ``spec`` to the instance's node (placing it first if it is on none). With ``beside``
+        the node keeps what runs of other generations (the previous desired generation and what was
+        retained already), as the Docker provider's ``provision`` leaves other generations alone;
+        without, it replaces them."""
         nodes = self._nodes()
         placed = await nodes.placement(spec.instance_id)
         if placed is not None and placed.node_state != "deregistered":
-            await nodes.update(placed.node_id, spec)
+            retained: list[RetainedReplicas] = []
+            desired = await nodes.desired(spec.instance_id) if beside else None
+            if desired is not None:
+                kept = {r.generation: set(r.replicas) for r in desired.retained}
+                if desired.generation != spec.generation and desired.replicas:
+                    kept.setdefault(desired.generation, set()).update(range(desired.replicas))
+                kept.pop(spec.generation, None)
+                retained = [RetainedReplicas(generation=g, replicas=sorted(r)) for g, r in sorted(kept.items()) if r]
+            await nodes.update(placed.node_id, spec, retained)
             return placed.node_id
         if placed is not None:
             await nodes.remove(placed.node_id, spec.instance_id)
@@ -145,15 +173,19 @@ class NodesProvider:
             await anyio.sleep(POLL_SECONDS)
 
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
-        return await self._wait(spec, await self._place(spec), only=False)
+        """Run ``spec``'s generation, leaving other generations alone (as Docker's ``provision``
+        does): the deploy engine starts a new generation beside the old one this way, and the node
+        keeps the old replicas (``retained``) until ``remove_generation`` drops them, after the
+        router stopped sending them requests."""
+        return await self._wait(spec, await self._place(spec, beside=True), only=False)
 
     async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:
         """The agent replaces the running generation with ``spec.generation`` (start the new set,
         then remove the old one) whatever the strategy; health gating stays the caller's."""
-        return await self._wait(spec, await self._place(spec), only=True)
+        return await self._wait(spec, await self._place(spec, beside=False), only=True)
 
     async def scale(self, spec: WorkloadSpec) -> WorkloadStatus:
-        return await self._wait(spec, await self._place(spec), only=False)
+        return await self._wait(spec, await self._place(spec, beside=True), only=False)
 
     async def deprovision(self, instance_id: str) -> None:
         nodes = self._nodes()
@@ -164,7 +196,40 @@ class NodesProvider:
     async def remove_generation(
         self, instance_id: str, generation: int, replicas: tuple[int, ...] | None = None
     ) -> None:
-        """The agent removes every generation but the desired one itself; nothing to send."""
+        """Tell the node to stop keeping these replicas (of a retained generation, or of the desired
+        one: its replica count drops to none) and wait until it reports them gone."""
+        nodes = self._nodes()
+        desired = await nodes.desired(instance_id)
+        if desired is None:
+            return
+        kept = {r.generation: set(r.replicas) for r in desired.retained}
+        count: int | None = None
+        if generation in kept:
+            kept[generation] = set() if replicas is None else kept[generation] - set(replicas)
+        elif generation == desired.generation:
+            # the generation the node is told to run (a recreate removes it before the new one)
+            if replicas is None or set(range(desired.replicas)) <= set(replicas):
+                count = 0
+            elif max(replicas) == desired.replicas - 1:
+                count = min(replicas)
+        retained = [RetainedReplicas(generation=g, replicas=sorted(r)) for g, r in sorted(kept.items()) if r]
+        await nodes.reshape(instance_id, retained=retained, replicas=count)
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            status = await nodes.reported_status(instance_id)
+            left = [
+                r
+                for r in (status.replicas if status else ())
+                if r.generation == generation and (replicas is None or r.replica in replicas)
+            ]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    f"node {desired.node_id} has not removed generation {generation} of instance {instance_id} yet",
+                    details={"provider": "nodes", "node_id": desired.node_id},
+                )
+            await anyio.sleep(POLL_SECONDS)
 
     async def status(self, instance_id: str) -> WorkloadStatus:
         nodes = self._nodes()
