@@ -33,11 +33,12 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import msgspec
 import structlog
+from anyio.abc import TaskGroup
 
 from ctrlplane.agent.client import NodeApiError, NodeClient
 from ctrlplane.agent.events import RefusedEvent, open_event
 from ctrlplane.agent.options import AgentOptions, add_arguments, options_from_args
-from ctrlplane.agent.runtime import Runtime, load_docker_provider, node_cluster_name
+from ctrlplane.agent.runtime import INSTANCE_ACTIONS, Runtime, load_docker_provider, node_cluster_name
 from ctrlplane.agent.state import Identity, StateDir
 from ctrlplane.nodes.contract import (
     INSTANCE_REPORT_PREFIX,
@@ -94,6 +95,7 @@ class Agent:
         self.client = NodeClient(options.url)
         self.identity: Identity | None = None
         self.runtime: Runtime | None = None
+        self._tasks: TaskGroup | None = None
         self.desired: dict[str, NodeWorkload] = {}
         self.removed: set[str] = set()
         self.rerolled: set[str] = set()
@@ -198,6 +200,7 @@ class Agent:
         log.info("agent_started", node_id=identity.node_id, cluster=node_cluster_name(identity.node_id))
         try:
             async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
                 tasks.start_soon(self._follow_events)
                 tasks.start_soon(self._converge_loop)
                 tasks.start_soon(self._heartbeat_loop)
@@ -285,16 +288,37 @@ class Agent:
             self.rerolled.update(i for i, w in self.desired.items() if w.secret.key in changed)
             self._request()
         elif isinstance(payload, ActionRequest):
-            await self._quietly(
-                self.client.ack(
-                    identity.node_id,
-                    ExecutionAck(
-                        execution_id=payload.execution_id,
-                        status="rejected",
-                        reason="this agent runs no actions; instances are managed through the control plane",
-                    ),
-                )
-            )
+            await self._on_action(payload)
+
+    async def _on_action(self, request: ActionRequest) -> None:
+        """Run one of the control plane's instance actions (restart, exec) on an instance placed on
+        this node, once: ack it, run it beside the event stream, post the result. Anything else is
+        refused: the agent runs no ad-hoc actions."""
+        node_id = self._require_identity().node_id
+        instance_id = request.parameters.get("instance_id")
+        reason = ""
+        if request.action not in INSTANCE_ACTIONS:
+            reason = "this agent runs no ad-hoc actions; instances are managed through the control plane"
+        elif instance_id not in self.desired:
+            reason = f"instance {instance_id} is not placed on this node"
+        ack = ExecutionAck(
+            execution_id=request.execution_id, status="rejected" if reason else "accepted", reason=reason
+        )
+        await self._quietly(self.client.ack(node_id, ack))
+        if reason or self.runtime is None:
+            return
+        runtime = self.runtime
+
+        async def run() -> None:
+            result = await runtime.run_action(request)
+            await self._quietly(self.client.result(node_id, result))
+            if request.action == INSTANCE_ACTIONS[0]:
+                self._request()  # report the restarted replicas
+
+        if self._tasks is not None:
+            self._tasks.start_soon(run)
+        else:
+            await run()
 
     async def _quietly(self, call: Awaitable[None]) -> None:
         try:

@@ -14,17 +14,26 @@ finished by the next one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 
+import anyio
 import structlog
 
 from ctrlplane.errors import CtrlplaneError
-from ctrlplane.nodes.contract import ContractError, DriftCorrection, NodeWorkload
+from ctrlplane.nodes.contract import ActionRequest, ContractError, DriftCorrection, ExecutionResult, NodeWorkload
 from ctrlplane.provisioning.contract import Provider, ProviderSettings, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.provisioning.registry import ENTRY_POINT_GROUP, ProviderFactory
 
 log = structlog.get_logger("ctrlplane.agent")
+
+INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec")
+"""The actions the control plane's nodes provider sends (``action_request``): restart the
+instance's containers, run a command in a replica. Anything else is refused."""
+OUTPUT_LIMIT = 65536
 
 SpecFor = Callable[[NodeWorkload], Awaitable[WorkloadSpec]]
 """The workload's spec with its secrets merged in (fetched and decrypted on demand)."""
@@ -95,6 +104,53 @@ class Runtime:
         """Remove the workload's current containers so that the converge that follows creates them
         with its new secrets (same generation, so same names: they cannot run side by side)."""
         await self.provider.remove_generation(workload.instance_id, workload.spec.generation)
+
+    async def run_action(self, request: ActionRequest) -> ExecutionResult:
+        """Carry out one of ``INSTANCE_ACTIONS`` with the Docker provider: the result to post.
+        A command's own exit code is ``exit_code`` (``success`` only for 0); a call that could not
+        run says why in ``stderr`` with no exit code (``stdout`` ``workload_not_found`` when no
+        replica matched)."""
+        started = time.monotonic()
+        parameters = request.parameters
+        timeout = float(parameters.get("timeout") or 10.0)
+        instance_id = str(parameters.get("instance_id"))
+
+        def result(status: str, *, exit_code: int | None = None, stdout: str = "", stderr: str = "") -> ExecutionResult:
+            return ExecutionResult(
+                execution_id=request.execution_id,
+                status=status,  # type: ignore[arg-type]
+                exit_code=exit_code,
+                stdout=stdout[-OUTPUT_LIMIT:],
+                stderr=stderr[-OUTPUT_LIMIT:],
+                duration=f"{time.monotonic() - started:.3f}s",
+                finished_at=datetime.now(UTC),
+            )
+
+        try:
+            if request.action == INSTANCE_ACTIONS[0]:
+                replicas = parameters.get("replicas")
+                await self.provider.restart(instance_id, tuple(replicas) if replicas is not None else None)
+                return result("success", exit_code=0)
+            command = [str(part) for part in parameters.get("command") or []]
+            generation, replica = parameters.get("generation"), parameters.get("replica")
+            with anyio.fail_after(timeout + 5):
+                answer = await self.provider.exec(
+                    instance_id,
+                    command,
+                    timeout=timeout,
+                    generation=int(generation) if generation is not None else None,
+                    replica=int(replica) if replica is not None else None,
+                )
+            return result(
+                "success" if answer.exit_code == 0 else "failure", exit_code=answer.exit_code, stdout=answer.output
+            )
+        except TimeoutError:
+            return result("timeout", stderr="the command did not finish in time")
+        except WorkloadNotFound as exc:
+            return result("failure", stdout="workload_not_found", stderr=exc.message)
+        except CtrlplaneError as exc:
+            timed_out = request.action == INSTANCE_ACTIONS[1] and time.monotonic() - started >= timeout
+            return result("timeout" if timed_out else "failure", stderr=exc.message)
 
     async def remove(self, instance_id: str) -> None:
         await self.provider.deprovision(instance_id)

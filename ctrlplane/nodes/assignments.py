@@ -16,17 +16,20 @@ node, across a removal and a new assignment too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+import anyio
 import msgspec
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.db import Database
 from ctrlplane.errors import Conflict, NotFound
+from ctrlplane.ids import new_id
 from ctrlplane.nodes.contract import (
     INSTANCE_REPORT_PREFIX,
+    ActionRequest,
     EventType,
     NodeSecretsUpdated,
     NodeWorkload,
@@ -37,7 +40,7 @@ from ctrlplane.nodes.contract import (
     WorkloadSecrets,
 )
 from ctrlplane.nodes.events import append_event, reserve_seq
-from ctrlplane.nodes.models import Node, NodeAssignment, NodeLogLine, NodeReport
+from ctrlplane.nodes.models import Node, NodeAssignment, NodeExecution, NodeLogLine, NodeReport
 from ctrlplane.provisioning.contract import LogLine, WorkloadSpec, WorkloadStatus
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.signals import Signal
@@ -224,6 +227,58 @@ class NodeAssignments:
             for row in reversed(rows)
         ]
 
+    async def execute(
+        self, node_id: str, action: str, parameters: dict[str, object], *, timeout: float
+    ) -> ExecutionOutcome:
+        """Send the node an ``action_request`` (seed 002) and wait up to ``timeout`` seconds for its
+        result (``POST .../executions/{id}/result``). The outcome's ``status`` is the result's, or
+        ``rejected`` (the node refused it), or ``no_answer`` (nothing in time: the node is
+        unreachable, or slow). ``NotFound`` for an unknown or deregistered node."""
+        execution_id = new_id("exec")
+        async with self.db.write() as session, session.begin():
+            node = await session.get(Node, node_id)
+            if node is None or node.status != "active":
+                raise NotFound(f"node {node_id} not found")
+            now = utc_now()
+            session.add(
+                NodeExecution(
+                    id=execution_id,
+                    node_id=node_id,
+                    action=action,
+                    parameters=dict(parameters),
+                    status="requested",
+                    reason="",
+                    result=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await session.flush()
+            request = ActionRequest(
+                execution_id=execution_id,
+                action=action,
+                parameters=dict(parameters),
+                timeout=f"{max(1, int(timeout))}s",
+                callback_url=f"/v1/nodes/{node_id}/executions/{execution_id}/result",
+            )
+            await append_event(session, node_id, "action_request", request)
+        await self.node_events.notify()
+        with anyio.move_on_after(timeout):
+            while True:
+                async with self.db.read() as session:
+                    row = await session.get(NodeExecution, execution_id)
+                    if row is not None and row.status not in ("requested", "accepted"):
+                        return ExecutionOutcome(status=row.status, reason=row.reason, result=row.result or {})
+                await anyio.sleep(EXECUTION_POLL_SECONDS)
+        async with self.db.write() as session, session.begin():
+            row = await session.get(NodeExecution, execution_id, with_for_update=True)
+            if row is not None and row.status in ("requested", "accepted"):
+                # a late answer finds it settled and changes nothing
+                row.status, row.reason, row.updated_at = "cancelled", "no answer in time", utc_now()
+            elif row is not None:
+                return ExecutionOutcome(status=row.status, reason=row.reason, result=row.result or {})
+        return ExecutionOutcome(status="no_answer", reason=f"node {node_id} did not answer within {timeout:g}s")
+
     async def candidates(self, pool: str, tenant_id: str) -> list[NodeCapacityView]:
         """Nodes of ``pool`` that can take new instances of ``tenant_id`` (ready: not cordoned,
         draining or unreachable; pool-wide or the tenant's own), with their free capacity, the
@@ -314,6 +369,21 @@ class NodeAssignments:
                 )
         await self.node_events.notify()
         return revision
+
+
+EXECUTION_POLL_SECONDS = 0.1
+
+INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec")
+"""The actions the nodes provider sends (``NodeAssignments.execute``); not for the admin API."""
+
+
+@dataclass(frozen=True)
+class ExecutionOutcome:
+    status: str
+    """``success``, ``failure``, ``timeout``, ``cancelled``, ``rejected`` or ``no_answer``."""
+    reason: str = ""
+    result: dict[str, object] = field(default_factory=dict)
+    """The node's ``ExecutionResult`` (``exit_code``, ``stdout``, ``stderr``, ...)."""
 
 
 @dataclass(frozen=True)

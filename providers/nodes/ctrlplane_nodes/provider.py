@@ -18,8 +18,9 @@ agent on the node does the Docker work with the Docker provider's own code. So:
   control plane itself, so ``usage`` has none to give (``WorkloadNotFound``).
 
 A stop takes the instance off its node (its room is freed; a start places it again). A restart
-waits for the agent, which restarts exited replicas itself; running replicas are not restarted,
-and exec is not carried to nodes yet (``ProviderError``; docs/nodes.md).
+and an exec are ``action_request`` executions the node acts on once (seed 002's ack and result):
+the agent restarts the running containers, or runs the command in a replica with the Docker
+provider's own code, and posts the result; no answer in time is ``ProviderUnavailable``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ from ctrlplane_nodes.placement import DEFAULT_POOL, Candidate, choose, pool_of
 
 WAIT_SECONDS = 120.0
 POLL_SECONDS = 0.25
+RESTART_SECONDS = 120.0
+EXEC_MARGIN_SECONDS = 10.0
+RESTART_ACTION = "ctrlplane.instance.restart"
+EXEC_ACTION = "ctrlplane.instance.exec"
+"""The actions the agent runs for this provider (``ctrlplane.nodes.assignments.INSTANCE_ACTIONS``)."""
 
 
 class NoNodeAvailable(ProviderUnavailable):
@@ -91,6 +97,16 @@ class NodeDoor(Protocol):
         self, instance_id: str, *, tail: int | None = None, since: datetime | None = None
     ) -> Sequence[LogLine]: ...
     async def candidates(self, pool: str, tenant_id: str) -> Sequence[Candidate]: ...
+    async def execute(self, node_id: str, action: str, parameters: dict[str, object], *, timeout: float) -> Outcome: ...
+
+
+class Outcome(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def result(self) -> dict[str, object]: ...
 
 
 def _unsupported(what: str) -> ProviderError:
@@ -301,20 +317,44 @@ class NodesProvider:
         await self.deprovision(instance_id)
         return WorkloadStatus(instance_id=instance_id, state="stopped", message="stopped; released by its node")
 
+    async def _execute(
+        self, instance_id: str, action: str, parameters: dict[str, object], *, timeout: float
+    ) -> dict[str, object]:
+        """Run ``action`` on the instance's node (an ``action_request`` execution) and give its
+        result; the node must be reachable and answer within ``timeout`` (``ProviderUnavailable``)."""
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is None or placed.node_state == "deregistered":
+            raise WorkloadNotFound(f"instance {instance_id} is not on any node", details={"instance_id": instance_id})
+        if placed.node_state == "unreachable":
+            raise ProviderUnavailable(
+                f"node {placed.node_id} of instance {instance_id} is unreachable",
+                details={"provider": "nodes", "node_id": placed.node_id},
+            )
+        outcome = await nodes.execute(
+            placed.node_id, action, {"instance_id": instance_id, **parameters}, timeout=timeout
+        )
+        details = {"provider": "nodes", "node_id": placed.node_id}
+        if outcome.status == "no_answer":
+            raise ProviderUnavailable(outcome.reason, details=details)
+        if outcome.status == "rejected":
+            raise ProviderError(f"node {placed.node_id} refused {action}: {outcome.reason}", details=details)
+        if outcome.status == "timeout":
+            raise ProviderError(f"{action} on node {placed.node_id} timed out", details=details)
+        result = outcome.result
+        if outcome.status == "failure" and result.get("exit_code") is None:
+            message = str(result.get("stderr") or outcome.reason or "failed")
+            if result.get("stdout") == "workload_not_found":
+                raise WorkloadNotFound(message, details={"instance_id": instance_id, **details})
+            raise ProviderError(f"node {placed.node_id}: {message}", details=details)
+        return result
+
     async def restart(self, instance_id: str, replicas: tuple[int, ...] | None = None) -> WorkloadStatus:
-        """The agent restarts exited replicas itself at its next converge: wait until the node
-        reports every replica running. Running replicas are not restarted (not carried to nodes yet)."""
-        deadline = time.monotonic() + self._wait_seconds
-        while True:
-            status = await self.status(instance_id)
-            if status.replicas and all(r.state == "running" for r in status.replicas):
-                return status
-            if time.monotonic() > deadline:
-                raise ProviderUnavailable(
-                    f"the node of instance {instance_id} has not reported it running again yet",
-                    details={"provider": "nodes"},
-                )
-            await anyio.sleep(POLL_SECONDS)
+        """The node restarts the running containers (all replicas, or those named) through an
+        ``action_request`` execution, acted on once; then the instance's status as reported."""
+        parameters: dict[str, object] = {"replicas": list(replicas) if replicas is not None else None}
+        await self._execute(instance_id, RESTART_ACTION, parameters, timeout=RESTART_SECONDS)
+        return await self.status(instance_id)
 
     async def exec(
         self,
@@ -325,7 +365,21 @@ class NodesProvider:
         generation: int | None = None,
         replica: int | None = None,
     ) -> ExecResult:
-        raise _unsupported("exec")
+        """Run ``command`` in a replica on the node (an ``action_request`` execution; the agent runs
+        it with the Docker provider's ``exec`` and ``timeout``). The node has ``timeout`` plus
+        ``EXEC_MARGIN_SECONDS`` (delivery and the answer) to give the result."""
+        if not command:
+            raise ProviderError("exec needs a command")
+        parameters: dict[str, object] = {
+            "command": list(command),
+            "timeout": timeout,
+            "generation": generation,
+            "replica": replica,
+        }
+        result = await self._execute(instance_id, EXEC_ACTION, parameters, timeout=timeout + EXEC_MARGIN_SECONDS)
+        exit_code = result.get("exit_code")
+        assert isinstance(exit_code, int)
+        return ExecResult(exit_code=exit_code, output=str(result.get("stdout") or ""))
 
     async def close(self) -> None:
         self._door = None

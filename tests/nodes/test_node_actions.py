@@ -1,0 +1,82 @@
+"""A restart and an exec of an instance on a node are ``action_request`` executions a real agent
+carries out once (docs/nodes.md, "Restart and exec"): the running containers are restarted, and a
+``command`` health check runs in the replica on the node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import bearer
+from tests.nodes.conftest import Fleet
+from tests.nodes.test_agents import APP, CONVERGE, tenant_token, until_state
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.docker
+
+
+def started_at(container: Any) -> str:
+    container.reload()
+    return str(container.attrs["State"]["StartedAt"])
+
+
+async def test_a_restart_restarts_the_running_containers_on_the_node(fleet: Fleet) -> None:
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http:
+        token = await tenant_token(http, fleet.tokens, "restarts")
+        agent = await fleet.join(http, "node-x")
+        created = await http.post("/v1/instances", json={**APP, "name": "web", "replicas": 2}, headers=token)
+        assert created.status_code == 201, created.text
+        instance_id = created.json()["id"]
+        await until_state(http, instance_id, token, "running")
+        before = {c.id: started_at(c) for c in fleet.containers(agent, instance_id)}
+        assert len(before) == 2
+        response = await http.post(f"/v1/instances/{instance_id}/restart", headers=token)
+        assert response.status_code == 202, response.text
+
+        def restarted() -> bool:
+            now = {c.id: (started_at(c), c.status) for c in fleet.containers(agent, instance_id)}
+            # the same containers (a restart, not a replacement), each started again and running
+            return set(now) == set(before) and all(
+                at != before[cid] and status == "running" for cid, (at, status) in now.items()
+            )
+
+        await eventually(restarted, "both running containers were restarted on the node", timeout=CONVERGE)
+        await until_state(http, instance_id, token, "running")
+        # the node acted on it once: one execution, accepted and successful
+        admin = bearer(fleet.tokens.admin())
+        audit = await http.get(
+            "/v1/admin/audit", params={"resource": "node", "action": "execution_result"}, headers=admin
+        )
+        assert audit.status_code == 200, audit.text
+        assert len(audit.json()["items"]) == 1, audit.json()["items"]
+
+
+async def run_check(http: httpx.AsyncClient, instance_id: str, token: dict[str, str], target: str) -> dict[str, Any]:
+    check = await http.post(
+        f"/v1/instances/{instance_id}/health/checks",
+        json={"name": target.split()[-1].strip("/").replace("/", "-") or "root", "type": "command", "target": target,
+              "interval": "10m", "timeout": "5s", "retries": 1},
+        headers=token,
+    )  # fmt: skip
+    assert check.status_code == 201, check.text
+    run = await http.post(f"/v1/health/checks/{check.json()['id']}/run", headers=token)
+    assert run.status_code in (200, 201), run.text
+    return dict(run.json()["result"])
+
+
+async def test_a_command_health_check_runs_in_the_replica_on_the_node(fleet: Fleet) -> None:
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=60) as http:
+        token = await tenant_token(http, fleet.tokens, "checks")
+        await fleet.join(http, "node-c")
+        created = await http.post("/v1/instances", json={**APP, "name": "web"}, headers=token)
+        assert created.status_code == 201, created.text
+        instance_id = created.json()["id"]
+        await until_state(http, instance_id, token, "running")
+        passing = await run_check(http, instance_id, token, "cat /www/index.html")
+        assert passing["status"] == "pass", passing["message"]
+        assert passing["message"].startswith("exit 0"), passing
+        failing = await run_check(http, instance_id, token, "cat /nowhere")
+        assert failing["status"] == "fail", failing["message"]
+        assert failing["message"].startswith("exit 1"), failing
