@@ -74,6 +74,8 @@ class Desired:
     generation: int
     replicas: int
     retained: tuple[RetainedReplicas, ...]
+    spec: WorkloadSpec
+    """The spec without its secrets (env and files empty)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class NodeAssignments:
                 generation=workload.spec.generation,
                 replicas=workload.spec.replicas,
                 retained=tuple(workload.retained),
+                spec=workload.spec,
             )
 
     async def reshape(

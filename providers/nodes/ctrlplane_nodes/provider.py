@@ -5,11 +5,14 @@ assignments (``AppServices.nodes``, the door of ``ctrlplane.nodes``: one short t
 call, plus the node's signed event), and reads what the node reported (``POST .../report``). The
 agent on the node does the Docker work with the Docker provider's own code. So:
 
-* ``provision`` places a new instance (``placement.choose``) or re-sends its spec to the node it is
-  on, then waits until the node reports the spec's generation running; ``deploy`` and ``scale``
-  send the new spec and wait likewise. A node that has not reported within
-  ``WAIT_SECONDS`` raises ``ProviderUnavailable``, so the worker retries later instead of failing
-  the instance. ``deprovision`` takes the instance off its node.
+* ``provision`` places a new instance (``placement.choose``), moves one off a draining node (when
+  another ready node of its pool has room: its status is ``missing`` meanwhile, so the reconciler
+  repairs it) or re-sends its spec to the node it is on, then waits until the node reports the
+  spec's generation running (a new generation is started beside the old one, which the node keeps
+  as ``retained`` until ``remove_generation``); ``deploy`` (which replaces) and ``scale`` send the
+  new spec and wait likewise. A node that has not reported within ``WAIT_SECONDS`` raises
+  ``ProviderUnavailable``, so the worker retries later instead of failing the instance.
+  ``deprovision`` takes the instance off its node.
 * ``status`` is the node's last report. While the node is ``unreachable`` (it missed its
   heartbeats) the status is ``unknown`` with the reason, keeping the replicas last reported, so
   the reconciler neither repairs nor restarts anything (that would duplicate containers when the
@@ -79,6 +82,8 @@ class Desired(Protocol):
     def replicas(self) -> int: ...
     @property
     def retained(self) -> tuple[RetainedReplicas, ...]: ...
+    @property
+    def spec(self) -> WorkloadSpec: ...
 
 
 class NodeDoor(Protocol):
@@ -142,6 +147,16 @@ class NodesProvider:
         without, it replaces them."""
         nodes = self._nodes()
         placed = await nodes.placement(spec.instance_id)
+        if placed is not None and placed.node_state == "draining":
+            desired = await nodes.desired(spec.instance_id)
+            settled = desired is None or (not desired.retained and desired.generation == spec.generation)
+            pool = pool_of(spec, self._default_pool)
+            target = choose(spec, await nodes.candidates(pool, spec.tenant_id)) if settled else None
+            if target is not None:
+                # a drain: stop it on the drained node, then place it on the other one
+                await nodes.remove(placed.node_id, spec.instance_id)
+                await nodes.assign(target.node_id, spec)
+                return target.node_id
         if placed is not None and placed.node_state != "deregistered":
             retained: list[RetainedReplicas] = []
             desired = await nodes.desired(spec.instance_id) if beside else None
@@ -187,6 +202,18 @@ class NodesProvider:
                     details={"provider": "nodes", "node_id": node_id},
                 )
             await anyio.sleep(POLL_SECONDS)
+
+    async def _drain_target(self, instance_id: str) -> str | None:
+        """The node an instance on a draining node would move to: None while a deploy keeps other
+        generations (it moves once that is over) or when no ready node of its pool has room (it
+        stays where it is, running)."""
+        nodes = self._nodes()
+        desired = await nodes.desired(instance_id)
+        if desired is None or desired.retained:
+            return None
+        spec = desired.spec
+        chosen = choose(spec, await nodes.candidates(pool_of(spec, self._default_pool), spec.tenant_id))
+        return chosen.node_id if chosen is not None else None
 
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
         """Run ``spec``'s generation, leaving other generations alone (as Docker's ``provision``
@@ -265,6 +292,14 @@ class NodesProvider:
             )
         if placed.node_state == "deregistered":
             return WorkloadStatus(instance_id=instance_id, state="missing", message=f"node {placed.node_id} left")
+        if placed.node_state == "draining" and (target := await self._drain_target(instance_id)):
+            # nothing is repaired on a draining node: "missing" makes the reconciler's repair
+            # provision it, which moves it (``_place``)
+            return WorkloadStatus(
+                instance_id=instance_id,
+                state="missing",
+                message=f"node {placed.node_id} is draining: instance moves to node {target}",
+            )
         if reported is None:
             return WorkloadStatus(
                 instance_id=instance_id, state="missing", message=f"node {placed.node_id} has not reported it yet"
