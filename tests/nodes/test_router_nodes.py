@@ -30,6 +30,7 @@ def server_env(caddy: Caddy) -> Iterator[dict[str, str]]:
         "CTRLPLANE_ROUTER_HTTPS_LISTEN": f"127.0.0.1:{caddy.https_port}",
         "CTRLPLANE_ROUTER_SYNC_INTERVAL_SECONDS": "1",
         "CTRLPLANE_ROUTER_DRAIN_SECONDS": "0.5",
+        "CTRLPLANE_CANARY_OBSERVATION_SECONDS": "3",
     }
 
 
@@ -43,7 +44,7 @@ async def finished(http: httpx.AsyncClient, deployment_id: str, token: dict[str,
     return await eventually(done, lambda: f"deployment {deployment_id} finished (last: {seen[0]})", timeout=180)
 
 
-@pytest.mark.parametrize("strategy", ["rolling", "blue_green"])
+@pytest.mark.parametrize("strategy", ["rolling", "blue_green", "canary"])
 async def test_a_deploy_of_an_instance_on_a_node_fails_no_request_through_the_router(
     fleet: Fleet,
     caddy: Caddy,
@@ -77,3 +78,36 @@ async def test_a_deploy_of_an_instance_on_a_node_fails_no_request_through_the_ro
         # the old generation is gone from the node once the deploy is over
         generations = {c.labels["ctrlplane.generation"] for c in fleet.containers(agent, instance["id"])}
         assert len(generations) == 1, generations
+
+
+async def test_a_recreate_deploy_on_a_node_removes_the_old_generation_first(fleet: Fleet, caddy: Caddy) -> None:
+    """``recreate`` removes the generation the node runs (its replica count drops to none) before
+    the new one starts: the two never run side by side."""
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http:
+        token = await tenant_token(http, fleet.tokens, "recreates")
+        agent = await fleet.join(http, "node-q")
+        created = await http.post("/v1/instances", json={**APP, "name": "web", "replicas": 2}, headers=token)
+        assert created.status_code == 201, created.text
+        instance = await until_state(http, created.json()["id"], token, "running")
+        old = {c.labels["ctrlplane.generation"] for c in fleet.containers(agent, instance["id"])}
+        seen: list[set[str]] = []
+        watching = True
+
+        async def watch() -> None:
+            while watching:
+                seen.append({c.labels["ctrlplane.generation"] for c in fleet.containers(agent, instance["id"])})
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(watch())
+        response = await http.post(
+            f"/v1/instances/{instance['id']}/deploy", json={"image": V2_IMAGE, "strategy": "recreate"}, headers=token
+        )
+        assert response.status_code == 201, response.text
+        done = await finished(http, response.json()["id"], token)
+        watching = False
+        await watcher
+        assert done["state"] == "succeeded", done
+        (new,) = {c.labels["ctrlplane.generation"] for c in fleet.containers(agent, instance["id"])}
+        assert {new} != old
+        assert not any(len(generations) > 1 for generations in seen), seen
+        await until_served(caddy, "web.recreates.localhost", V2_BODY, timeout=60)
