@@ -75,6 +75,7 @@ log = structlog.get_logger("ctrlplane.agent")
 AGENT_VERSION = "0.1.0"
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
+EXECUTIONS_REMEMBERED = 1000
 LOG_BATCH_LINES = 1000
 ROTATION_QUIET_SECONDS = 10.0
 
@@ -96,6 +97,8 @@ class Agent:
         self.identity: Identity | None = None
         self.runtime: Runtime | None = None
         self._tasks: TaskGroup | None = None
+        self._executions: dict[str, None] = {}
+        """The executions acted on (insertion-ordered, the newest ``EXECUTIONS_REMEMBERED``)."""
         self.desired: dict[str, NodeWorkload] = {}
         self.removed: set[str] = set()
         self.rerolled: set[str] = set()
@@ -255,6 +258,18 @@ class Agent:
             if exc.unknown_key:
                 self._request(full=True)
             return
+        if isinstance(payload, ActionRequest):
+            # not in the desired state, so a state pull that raced ahead of the stream (and moved
+            # ``last_event_id`` past it) must not hide it: each execution is run once by its ID
+            if payload.execution_id in self._executions:
+                return
+            self._executions[payload.execution_id] = None
+            while len(self._executions) > EXECUTIONS_REMEMBERED:
+                del self._executions[next(iter(self._executions))]
+            self.last_event_id = max(self.last_event_id, envelope.event_id)
+            log.info("event_received", event_id=envelope.event_id, type=envelope.type)
+            await self._on_action(payload)
+            return
         if envelope.event_id <= self.last_event_id:
             return
         self.last_event_id = envelope.event_id
@@ -287,8 +302,6 @@ class Agent:
             self._secrets = {k: v for k, v in self._secrets.items() if k[0] not in changed}
             self.rerolled.update(i for i, w in self.desired.items() if w.secret.key in changed)
             self._request()
-        elif isinstance(payload, ActionRequest):
-            await self._on_action(payload)
 
     async def _on_action(self, request: ActionRequest) -> None:
         """Run one of the control plane's instance actions (restart, exec) on an instance placed on

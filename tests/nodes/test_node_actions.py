@@ -11,10 +11,17 @@ import pytest
 
 from tests.conftest import bearer
 from tests.nodes.conftest import Fleet
-from tests.nodes.test_agents import APP, CONVERGE, tenant_token, until_state
+from tests.nodes.test_agents import APP, CONVERGE, serves, tenant_token, until_state
+from tests.nodes.test_router_nodes import finished
+from tests.providers.docker_engine import V2_IMAGE
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def server_env() -> dict[str, str]:
+    return {"CTRLPLANE_DEPLOY_HEALTH_TIMEOUT_SECONDS": "8"}
 
 
 def started_at(container: Any) -> str:
@@ -80,3 +87,47 @@ async def test_a_command_health_check_runs_in_the_replica_on_the_node(fleet: Fle
         failing = await run_check(http, instance_id, token, "cat /nowhere")
         assert failing["status"] == "fail", failing["message"]
         assert failing["message"].startswith("exit 1"), failing
+
+
+async def test_a_command_check_gates_a_deploy_on_a_node(fleet: Fleet) -> None:
+    """The deploy engine's gate runs the instance's command check in each new replica on the node:
+    a passing check lets the deploy through; a failing one rolls it back, and the node is left
+    running the previous generation alone."""
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=60) as http:
+        token = await tenant_token(http, fleet.tokens, "gates")
+        agent = await fleet.join(http, "node-g")
+        created = await http.post("/v1/instances", json={**APP, "name": "web", "replicas": 2}, headers=token)
+        assert created.status_code == 201, created.text
+        instance_id = created.json()["id"]
+        await until_state(http, instance_id, token, "running")
+        check = await http.post(
+            f"/v1/instances/{instance_id}/health/checks",
+            json={"name": "kernel", "type": "command", "target": "cat /proc/version", "interval": "10m"},
+            headers=token,
+        )
+        assert check.status_code == 201, check.text
+        through = await http.post(f"/v1/instances/{instance_id}/deploy", json={"image": V2_IMAGE}, headers=token)
+        assert through.status_code == 201, through.text
+        done = await finished(http, through.json()["id"], token)
+        assert done["state"] == "succeeded", done
+        assert any("gate replicas" in step["name"] for step in done["steps"]), done["steps"]
+        passed = {c.labels["ctrlplane.generation"] for c in fleet.containers(agent, instance_id)}
+        assert len(passed) == 1
+        changed = await http.patch(
+            f"/v1/health/checks/{check.json()['id']}", json={"target": "cat /nowhere"}, headers=token
+        )
+        assert changed.status_code == 200, changed.text
+        blocked = await http.post(f"/v1/instances/{instance_id}/deploy", json={"image": APP["image"]}, headers=token)
+        assert blocked.status_code == 201, blocked.text
+        ended = await finished(http, blocked.json()["id"], token)
+        assert ended["state"] == "rolled_back", ended
+        assert "exit 1" in (ended["error"] or ""), ended
+
+        def only_the_previous_generation() -> bool:
+            containers = fleet.containers(agent, instance_id)
+            generations = {c.labels["ctrlplane.generation"] for c in containers}
+            return generations == passed and len(containers) == 2 and all(c.status == "running" for c in containers)
+
+        await eventually(only_the_previous_generation, "the node runs the previous generation alone", timeout=60)
+        instance = await until_state(http, instance_id, token, "running")
+        assert not await serves(instance["endpoints"][0]["url"])  # still v2: not the index page
