@@ -4,6 +4,7 @@ carries out once (docs/nodes.md, "Restart and exec"): the running containers are
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from tests.conftest import bearer
 from tests.nodes.conftest import Fleet
 from tests.nodes.test_agents import APP, CONVERGE, serves, tenant_token, until_state
 from tests.nodes.test_router_nodes import finished
-from tests.providers.docker_engine import V2_IMAGE
+from tests.providers.docker_engine import BROKEN_IMAGE, V2_IMAGE
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -131,3 +132,31 @@ async def test_a_command_check_gates_a_deploy_on_a_node(fleet: Fleet) -> None:
         await eventually(only_the_previous_generation, "the node runs the previous generation alone", timeout=60)
         instance = await until_state(http, instance_id, token, "running")
         assert not await serves(instance["endpoints"][0]["url"])  # still v2: not the index page
+
+
+async def test_a_deploy_of_an_image_that_exits_on_a_node_rolls_back_at_its_gate(fleet: Fleet) -> None:
+    """A new replica that exits fails its gate at once (as on Docker), and going back leaves the
+    node running the previous generation alone."""
+    async with httpx.AsyncClient(base_url=fleet.server.url, timeout=60) as http:
+        token = await tenant_token(http, fleet.tokens, "broken")
+        agent = await fleet.join(http, "node-k")
+        created = await http.post("/v1/instances", json={**APP, "name": "web", "replicas": 2}, headers=token)
+        assert created.status_code == 201, created.text
+        instance_id = created.json()["id"]
+        instance = await until_state(http, instance_id, token, "running")
+        before = {c.labels["ctrlplane.generation"] for c in fleet.containers(agent, instance_id)}
+        started = time.monotonic()
+        deploy = await http.post(f"/v1/instances/{instance_id}/deploy", json={"image": BROKEN_IMAGE}, headers=token)
+        assert deploy.status_code == 201, deploy.text
+        ended = await finished(http, deploy.json()["id"], token)
+        assert ended["state"] == "rolled_back", ended
+        assert time.monotonic() - started < 60, ended
+        assert "exited" in (ended["error"] or ""), ended
+
+        def only_the_previous_generation() -> bool:
+            containers = fleet.containers(agent, instance_id)
+            generations = {c.labels["ctrlplane.generation"] for c in containers}
+            return generations == before and len(containers) == 2 and all(c.status == "running" for c in containers)
+
+        await eventually(only_the_previous_generation, "the node runs the previous generation alone", timeout=60)
+        await eventually(lambda: serves(instance["endpoints"][0]["url"]), "it still serves", timeout=30)
