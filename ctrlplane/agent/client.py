@@ -19,6 +19,7 @@ from ctrlplane.nodes.contract import (
     DriftReport,
     EncryptedSecret,
     ExecutionAck,
+    ExecutionResult,
     HeartbeatRequest,
     HeartbeatResponse,
     KeyRotateRequest,
@@ -129,6 +130,9 @@ class NodeClient:
 
     async def ack(self, node_id: str, ack: ExecutionAck) -> None:
         await self._call("POST", f"/v1/nodes/{node_id}/executions/{ack.execution_id}/ack", None, body=ack)
+
+    async def result(self, node_id: str, result: ExecutionResult) -> None:
+        await self._call("POST", f"/v1/nodes/{node_id}/executions/{result.execution_id}/result", None, body=result)
 
     async def metrics(self, node_id: str, records: Sequence[MetricRecord]) -> None:
         await self._call(

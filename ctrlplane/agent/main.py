@@ -33,11 +33,12 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import msgspec
 import structlog
+from anyio.abc import TaskGroup
 
 from ctrlplane.agent.client import NodeApiError, NodeClient
 from ctrlplane.agent.events import RefusedEvent, open_event
 from ctrlplane.agent.options import AgentOptions, add_arguments, options_from_args
-from ctrlplane.agent.runtime import Runtime, load_docker_provider, node_cluster_name
+from ctrlplane.agent.runtime import INSTANCE_ACTIONS, Runtime, load_docker_provider, node_cluster_name
 from ctrlplane.agent.state import Identity, StateDir
 from ctrlplane.nodes.contract import (
     INSTANCE_REPORT_PREFIX,
@@ -74,6 +75,7 @@ log = structlog.get_logger("ctrlplane.agent")
 AGENT_VERSION = "0.1.0"
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
+EXECUTIONS_REMEMBERED = 1000
 LOG_BATCH_LINES = 1000
 ROTATION_QUIET_SECONDS = 10.0
 
@@ -94,6 +96,9 @@ class Agent:
         self.client = NodeClient(options.url)
         self.identity: Identity | None = None
         self.runtime: Runtime | None = None
+        self._tasks: TaskGroup | None = None
+        self._executions: dict[str, None] = {}
+        """The executions acted on (insertion-ordered, the newest ``EXECUTIONS_REMEMBERED``)."""
         self.desired: dict[str, NodeWorkload] = {}
         self.removed: set[str] = set()
         self.rerolled: set[str] = set()
@@ -198,6 +203,7 @@ class Agent:
         log.info("agent_started", node_id=identity.node_id, cluster=node_cluster_name(identity.node_id))
         try:
             async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
                 tasks.start_soon(self._follow_events)
                 tasks.start_soon(self._converge_loop)
                 tasks.start_soon(self._heartbeat_loop)
@@ -252,6 +258,18 @@ class Agent:
             if exc.unknown_key:
                 self._request(full=True)
             return
+        if isinstance(payload, ActionRequest):
+            # not in the desired state, so a state pull that raced ahead of the stream (and moved
+            # ``last_event_id`` past it) must not hide it: each execution is run once by its ID
+            if payload.execution_id in self._executions:
+                return
+            self._executions[payload.execution_id] = None
+            while len(self._executions) > EXECUTIONS_REMEMBERED:
+                del self._executions[next(iter(self._executions))]
+            self.last_event_id = max(self.last_event_id, envelope.event_id)
+            log.info("event_received", event_id=envelope.event_id, type=envelope.type)
+            await self._on_action(payload)
+            return
         if envelope.event_id <= self.last_event_id:
             return
         self.last_event_id = envelope.event_id
@@ -284,17 +302,36 @@ class Agent:
             self._secrets = {k: v for k, v in self._secrets.items() if k[0] not in changed}
             self.rerolled.update(i for i, w in self.desired.items() if w.secret.key in changed)
             self._request()
-        elif isinstance(payload, ActionRequest):
-            await self._quietly(
-                self.client.ack(
-                    identity.node_id,
-                    ExecutionAck(
-                        execution_id=payload.execution_id,
-                        status="rejected",
-                        reason="this agent runs no actions; instances are managed through the control plane",
-                    ),
-                )
-            )
+
+    async def _on_action(self, request: ActionRequest) -> None:
+        """Run one of the control plane's instance actions (restart, exec) on an instance placed on
+        this node, once: ack it, run it beside the event stream, post the result. Anything else is
+        refused: the agent runs no ad-hoc actions."""
+        node_id = self._require_identity().node_id
+        instance_id = request.parameters.get("instance_id")
+        reason = ""
+        if request.action not in INSTANCE_ACTIONS:
+            reason = "this agent runs no ad-hoc actions; instances are managed through the control plane"
+        elif instance_id not in self.desired:
+            reason = f"instance {instance_id} is not placed on this node"
+        ack = ExecutionAck(
+            execution_id=request.execution_id, status="rejected" if reason else "accepted", reason=reason
+        )
+        await self._quietly(self.client.ack(node_id, ack))
+        if reason or self.runtime is None:
+            return
+        runtime = self.runtime
+
+        async def run() -> None:
+            result = await runtime.run_action(request)
+            await self._quietly(self.client.result(node_id, result))
+            if request.action == INSTANCE_ACTIONS[0]:
+                self._request()  # report the restarted replicas
+
+        if self._tasks is not None:
+            self._tasks.start_soon(run)
+        else:
+            await run()
 
     async def _quietly(self, call: Awaitable[None]) -> None:
         try:

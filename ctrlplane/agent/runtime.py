@@ -14,17 +14,26 @@ finished by the next one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 
+import anyio
 import structlog
 
 from ctrlplane.errors import CtrlplaneError
-from ctrlplane.nodes.contract import ContractError, DriftCorrection, NodeWorkload
+from ctrlplane.nodes.contract import ActionRequest, ContractError, DriftCorrection, ExecutionResult, NodeWorkload
 from ctrlplane.provisioning.contract import Provider, ProviderSettings, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.provisioning.registry import ENTRY_POINT_GROUP, ProviderFactory
 
 log = structlog.get_logger("ctrlplane.agent")
+
+INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec")
+"""The actions the control plane's nodes provider sends (``action_request``): restart the
+instance's containers, run a command in a replica. Anything else is refused."""
+OUTPUT_LIMIT = 65536
 
 SpecFor = Callable[[NodeWorkload], Awaitable[WorkloadSpec]]
 """The workload's spec with its secrets merged in (fetched and decrypted on demand)."""
@@ -96,6 +105,53 @@ class Runtime:
         with its new secrets (same generation, so same names: they cannot run side by side)."""
         await self.provider.remove_generation(workload.instance_id, workload.spec.generation)
 
+    async def run_action(self, request: ActionRequest) -> ExecutionResult:
+        """Carry out one of ``INSTANCE_ACTIONS`` with the Docker provider: the result to post.
+        A command's own exit code is ``exit_code`` (``success`` only for 0); a call that could not
+        run says why in ``stderr`` with no exit code (``stdout`` ``workload_not_found`` when no
+        replica matched)."""
+        started = time.monotonic()
+        parameters = request.parameters
+        timeout = float(parameters.get("timeout") or 10.0)
+        instance_id = str(parameters.get("instance_id"))
+
+        def result(status: str, *, exit_code: int | None = None, stdout: str = "", stderr: str = "") -> ExecutionResult:
+            return ExecutionResult(
+                execution_id=request.execution_id,
+                status=status,  # type: ignore[arg-type]
+                exit_code=exit_code,
+                stdout=stdout[-OUTPUT_LIMIT:],
+                stderr=stderr[-OUTPUT_LIMIT:],
+                duration=f"{time.monotonic() - started:.3f}s",
+                finished_at=datetime.now(UTC),
+            )
+
+        try:
+            if request.action == INSTANCE_ACTIONS[0]:
+                replicas = parameters.get("replicas")
+                await self.provider.restart(instance_id, tuple(replicas) if replicas is not None else None)
+                return result("success", exit_code=0)
+            command = [str(part) for part in parameters.get("command") or []]
+            generation, replica = parameters.get("generation"), parameters.get("replica")
+            with anyio.fail_after(timeout + 5):
+                answer = await self.provider.exec(
+                    instance_id,
+                    command,
+                    timeout=timeout,
+                    generation=int(generation) if generation is not None else None,
+                    replica=int(replica) if replica is not None else None,
+                )
+            return result(
+                "success" if answer.exit_code == 0 else "failure", exit_code=answer.exit_code, stdout=answer.output
+            )
+        except TimeoutError:
+            return result("timeout", stderr="the command did not finish in time")
+        except WorkloadNotFound as exc:
+            return result("failure", stdout="workload_not_found", stderr=exc.message)
+        except CtrlplaneError as exc:
+            timed_out = request.action == INSTANCE_ACTIONS[1] and time.monotonic() - started >= timeout
+            return result("timeout" if timed_out else "failure", stderr=exc.message)
+
     async def remove(self, instance_id: str) -> None:
         await self.provider.deprovision(instance_id)
         self._applied.pop(instance_id, None)
@@ -113,23 +169,37 @@ class Runtime:
         def corrected(kind: str, detail: str) -> None:
             corrections.append(DriftCorrection(type=kind, detail=detail, instance_id=instance_id))
 
+        kept = {r.generation: set(r.replicas) for r in workload.retained}
         if not status.replicas:
             if instance_id in self._applied:
                 corrected("workload_created", "its containers were missing")
             status = await self.provider.provision(await spec_for(workload))
-        elif wanted.generation not in generations:
+        elif wanted.generation not in generations and not kept:
             status = await self.provider.deploy(await spec_for(workload), "rolling")
         else:
+            # a gated deploy in progress keeps the retained replicas of other generations (the
+            # control plane drops them once the router no longer sends them requests)
             for generation in sorted(generations - {wanted.generation}):
-                await self.provider.remove_generation(instance_id, generation)
+                present = {r.replica for r in status.replicas if r.generation == generation}
+                if generation not in kept:
+                    await self.provider.remove_generation(instance_id, generation)
+                elif doomed := present - kept[generation]:
+                    await self.provider.remove_generation(instance_id, generation, tuple(sorted(doomed)))
+            newest = wanted.generation >= max(generations | set(kept))
             resized = self._applied.get(instance_id) not in (None, workload.revision)
-            if resized or len(current) > wanted.replicas:
-                status = await self.provider.scale(await spec_for(workload))
+            if current and (resized or len(current) > wanted.replicas):
+                if newest:
+                    # Docker's scale works on the newest generation: only when it is the wanted one
+                    status = await self.provider.scale(await spec_for(workload))
+                elif surplus := [r.replica for r in current if r.replica >= wanted.replicas]:
+                    await self.provider.remove_generation(instance_id, wanted.generation, tuple(sorted(surplus)))
             missing = len(current) < wanted.replicas or any(r.state != "running" for r in current)
             if missing:
-                if instance_id in self._applied:
+                if instance_id in self._applied and current:
                     running = sum(r.state == "running" for r in current)
                     corrected("replicas_started", f"{wanted.replicas - running} of {wanted.replicas} were not running")
                 status = await self.provider.provision(await spec_for(workload))
+            elif kept or generations != {wanted.generation}:
+                status = await self.provider.status(instance_id)
         self._applied[instance_id] = workload.revision
         return corrections, status

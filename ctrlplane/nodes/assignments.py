@@ -16,27 +16,31 @@ node, across a removal and a new assignment too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+import anyio
 import msgspec
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.db import Database
 from ctrlplane.errors import Conflict, NotFound
+from ctrlplane.ids import new_id
 from ctrlplane.nodes.contract import (
     INSTANCE_REPORT_PREFIX,
+    ActionRequest,
     EventType,
     NodeSecretsUpdated,
     NodeWorkload,
+    RetainedReplicas,
     SecretRef,
     WorkloadAssigned,
     WorkloadRemoved,
     WorkloadSecrets,
 )
 from ctrlplane.nodes.events import append_event, reserve_seq
-from ctrlplane.nodes.models import Node, NodeAssignment, NodeLogLine, NodeReport
+from ctrlplane.nodes.models import Node, NodeAssignment, NodeExecution, NodeLogLine, NodeReport
 from ctrlplane.provisioning.contract import LogLine, WorkloadSpec, WorkloadStatus
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.signals import Signal
@@ -58,7 +62,20 @@ def workload_of(row: NodeAssignment) -> NodeWorkload:
         revision=row.revision,
         spec=msgspec.convert(row.spec, WorkloadSpec),
         secret=SecretRef(key=secret_key(row.instance_id, row.revision), version=row.revision),
+        retained=msgspec.convert(row.retained or [], list[RetainedReplicas]),
     )
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What an instance's node is told to run: ``replicas`` of ``generation``, plus ``retained``."""
+
+    node_id: str
+    generation: int
+    replicas: int
+    retained: tuple[RetainedReplicas, ...]
+    spec: WorkloadSpec
+    """The spec without its secrets (env and files empty)."""
 
 
 @dataclass(frozen=True)
@@ -91,16 +108,68 @@ class NodeAssignments:
         self.vault = vault
         self.node_events = node_events
 
-    async def assign(self, node_id: str, spec: WorkloadSpec) -> int:
+    async def assign(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int:
         """Place ``spec``'s instance on ``node_id`` (or update it there); returns its revision.
         ``NotFound`` for an unknown or deregistered node; ``Conflict`` when the instance is
         already placed on another node (``remove`` it there first)."""
-        return await self._write(node_id, spec, must_exist=False)
+        return await self._write(node_id, spec, retained, must_exist=False)
 
-    async def update(self, node_id: str, spec: WorkloadSpec) -> int:
+    async def update(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int:
         """A new spec (a deploy, a scale, new secrets) for an instance already on ``node_id``;
-        ``NotFound`` when it is not placed there."""
-        return await self._write(node_id, spec, must_exist=True)
+        ``NotFound`` when it is not placed there. ``retained``: replicas of other generations the
+        node keeps running beside it (``NodeWorkload.retained``)."""
+        return await self._write(node_id, spec, retained, must_exist=True)
+
+    async def desired(self, instance_id: str) -> Desired | None:
+        async with self.db.read() as session:
+            row = await session.get(NodeAssignment, instance_id)
+            if row is None:
+                return None
+            workload = workload_of(row)
+            return Desired(
+                node_id=row.node_id,
+                generation=workload.spec.generation,
+                replicas=workload.spec.replicas,
+                retained=tuple(workload.retained),
+                spec=workload.spec,
+            )
+
+    async def reshape(
+        self, instance_id: str, *, retained: Sequence[RetainedReplicas], replicas: int | None = None
+    ) -> int | None:
+        """Change what the instance's node keeps of other generations (and, with ``replicas``, the
+        replica count of its own generation) without a new spec: a new revision whose secret is the
+        same plaintext sealed for it. Returns the revision; None when the instance is on no node."""
+        wanted = [msgspec.to_builtins(r) for r in retained]
+        async with self.db.write() as session, session.begin():
+            row = await session.get(NodeAssignment, instance_id, with_for_update=True)
+            if row is None:
+                return None
+            spec = dict(row.spec)
+            if replicas is not None:
+                spec["replicas"] = replicas
+                row.cpu_millis = int(spec["resources"]["cpu_millis"]) * replicas
+                row.memory_mb = int(spec["resources"]["memory_mb"]) * replicas
+            if (row.retained or []) == wanted and spec == row.spec:
+                return row.revision
+            plaintext = await self.vault.open(
+                session, row.tenant_id, row.secrets_sealed, aad=secrets_aad(row.instance_id, row.revision)
+            )
+            revision = await reserve_seq(session, row.node_id)
+            row.secrets_sealed = await self.vault.seal(
+                session, row.tenant_id, plaintext, aad=secrets_aad(instance_id, revision)
+            )
+            row.revision = revision
+            row.spec = spec
+            row.retained = wanted
+            row.updated_at = utc_now()
+            await session.flush()
+            node_id = row.node_id
+            await append_event(
+                session, node_id, "workload_updated", WorkloadAssigned(workload=workload_of(row)), seq=revision
+            )
+        await self.node_events.notify()
+        return revision
 
     async def remove(self, node_id: str, instance_id: str) -> None:
         """Take the instance off the node (the node stops and removes its containers). Removing
@@ -161,6 +230,58 @@ class NodeAssignments:
             for row in reversed(rows)
         ]
 
+    async def execute(
+        self, node_id: str, action: str, parameters: dict[str, object], *, timeout: float
+    ) -> ExecutionOutcome:
+        """Send the node an ``action_request`` (seed 002) and wait up to ``timeout`` seconds for its
+        result (``POST .../executions/{id}/result``). The outcome's ``status`` is the result's, or
+        ``rejected`` (the node refused it), or ``no_answer`` (nothing in time: the node is
+        unreachable, or slow). ``NotFound`` for an unknown or deregistered node."""
+        execution_id = new_id("exec")
+        async with self.db.write() as session, session.begin():
+            node = await session.get(Node, node_id)
+            if node is None or node.status != "active":
+                raise NotFound(f"node {node_id} not found")
+            now = utc_now()
+            session.add(
+                NodeExecution(
+                    id=execution_id,
+                    node_id=node_id,
+                    action=action,
+                    parameters=dict(parameters),
+                    status="requested",
+                    reason="",
+                    result=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await session.flush()
+            request = ActionRequest(
+                execution_id=execution_id,
+                action=action,
+                parameters=dict(parameters),
+                timeout=f"{max(1, int(timeout))}s",
+                callback_url=f"/v1/nodes/{node_id}/executions/{execution_id}/result",
+            )
+            await append_event(session, node_id, "action_request", request)
+        await self.node_events.notify()
+        with anyio.move_on_after(timeout):
+            while True:
+                async with self.db.read() as session:
+                    row = await session.get(NodeExecution, execution_id)
+                    if row is not None and row.status not in ("requested", "accepted"):
+                        return ExecutionOutcome(status=row.status, reason=row.reason, result=row.result or {})
+                await anyio.sleep(EXECUTION_POLL_SECONDS)
+        async with self.db.write() as session, session.begin():
+            row = await session.get(NodeExecution, execution_id, with_for_update=True)
+            if row is not None and row.status in ("requested", "accepted"):
+                # a late answer finds it settled and changes nothing
+                row.status, row.reason, row.updated_at = "cancelled", "no answer in time", utc_now()
+            elif row is not None:
+                return ExecutionOutcome(status=row.status, reason=row.reason, result=row.result or {})
+        return ExecutionOutcome(status="no_answer", reason=f"node {node_id} did not answer within {timeout:g}s")
+
     async def candidates(self, pool: str, tenant_id: str) -> list[NodeCapacityView]:
         """Nodes of ``pool`` that can take new instances of ``tenant_id`` (ready: not cordoned,
         draining or unreachable; pool-wide or the tenant's own), with their free capacity, the
@@ -197,7 +318,9 @@ class NodeAssignments:
                 )
         return sorted(views, key=lambda view: (-view.free_memory_mb, -view.free_cpu_millis, view.node_id))
 
-    async def _write(self, node_id: str, spec: WorkloadSpec, *, must_exist: bool) -> int:
+    async def _write(
+        self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas], *, must_exist: bool
+    ) -> int:
         # through JSON, so it compares equal to what the JSON column gives back (lists, not tuples)
         stripped: dict[str, object] = msgspec.json.decode(
             msgspec.json.encode(msgspec.structs.replace(spec, env={}, files=()))
@@ -212,7 +335,8 @@ class NodeAssignments:
                 raise Conflict(f"instance {spec.instance_id} is placed on node {row.node_id}")
             if row is None and must_exist:
                 raise NotFound(f"instance {spec.instance_id} is not placed on node {node_id}")
-            if row is not None and row.spec == stripped:
+            kept = [msgspec.to_builtins(r) for r in retained]
+            if row is not None and row.spec == stripped and (row.retained or []) == kept:
                 current = await self.vault.open(
                     session, row.tenant_id, row.secrets_sealed, aad=secrets_aad(row.instance_id, row.revision)
                 )
@@ -223,7 +347,7 @@ class NodeAssignments:
             if row is None and node.cordoned:
                 raise Conflict(f"node {node_id} is cordoned: no new placements")
             kind: EventType = "workload_assigned" if row is None else "workload_updated"
-            secrets_only = row is not None and row.spec == stripped
+            secrets_only = row is not None and row.spec == stripped and (row.retained or []) == kept
             now = utc_now()
             revision = await reserve_seq(session, node_id)  # the announcing event's number: only grows
             aad = secrets_aad(spec.instance_id, revision)
@@ -234,6 +358,7 @@ class NodeAssignments:
             row.tenant_id = spec.tenant_id
             row.revision = revision
             row.spec = stripped
+            row.retained = kept
             row.secrets_sealed = sealed
             row.cpu_millis = spec.resources.cpu_millis * spec.replicas
             row.memory_mb = spec.resources.memory_mb * spec.replicas
@@ -247,6 +372,21 @@ class NodeAssignments:
                 )
         await self.node_events.notify()
         return revision
+
+
+EXECUTION_POLL_SECONDS = 0.1
+
+INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec")
+"""The actions the nodes provider sends (``NodeAssignments.execute``); not for the admin API."""
+
+
+@dataclass(frozen=True)
+class ExecutionOutcome:
+    status: str
+    """``success``, ``failure``, ``timeout``, ``cancelled``, ``rejected`` or ``no_answer``."""
+    reason: str = ""
+    result: dict[str, object] = field(default_factory=dict)
+    """The node's ``ExecutionResult`` (``exit_code``, ``stdout``, ``stderr``, ...)."""
 
 
 @dataclass(frozen=True)

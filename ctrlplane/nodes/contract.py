@@ -202,6 +202,13 @@ class SecretRef(msgspec.Struct, kw_only=True):
     version: int
 
 
+class RetainedReplicas(msgspec.Struct, kw_only=True):
+    """Replicas of another generation than the workload's that the node keeps running beside it."""
+
+    generation: int
+    replicas: list[int] = msgspec.field(default_factory=list)
+
+
 class NodeWorkload(msgspec.Struct, kw_only=True):
     """One instance placed on the node. ``spec`` carries no secret material: its ``env`` is empty and
     its ``files`` are empty. The whole environment and every file are in the secret ``secret.key``
@@ -213,6 +220,11 @@ class NodeWorkload(msgspec.Struct, kw_only=True):
     change on this node (a removal and a new assignment too). ``secret.version`` equals it."""
     spec: WorkloadSpec
     secret: SecretRef
+    retained: list[RetainedReplicas] = msgspec.field(default_factory=list)
+    """A gated deploy in progress (ctrlplane's deploy engine): these replicas of older (or, going
+    back, newer) generations keep running beside ``spec``'s generation until the control plane
+    drops them, after taking them out of the router's rotation. Every replica of another generation
+    not listed is removed. Empty: the node replaces every other generation with ``spec``'s."""
 
 
 class WorkloadSecrets(msgspec.Struct, kw_only=True):

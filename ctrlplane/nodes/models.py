@@ -93,6 +93,8 @@ class NodeAssignment(Base):
     tenant_id: Mapped[str] = mapped_column(String(64))
     revision: Mapped[int] = mapped_column(Integer)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    retained: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """Replicas of other generations the node keeps running (``NodeWorkload.retained``)."""
     secrets_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     cpu_millis: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)

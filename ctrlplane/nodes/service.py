@@ -257,6 +257,12 @@ class AdminNodes:
         )
 
     async def request_action(self, node_id: str, data: schemas.ActionCreate) -> schemas.Execution:
+        if data.action.startswith(RESERVED_ACTION_PREFIX):
+            # the nodes provider's own (restart, exec in a tenant's container): never an admin's
+            raise InvalidInput(
+                f"actions named {RESERVED_ACTION_PREFIX}* are the control plane's own",
+                details={"action": data.action},
+            )
         node = await _load_node(self.session, node_id, lock=True)
         if node.status != "active":
             raise Conflict(f"node {node_id} is deregistered")
@@ -290,6 +296,9 @@ class AdminNodes:
         if row is None or row.node_id != node_id:
             raise NotFound.of("execution", execution_id)
         return execution_view(row)
+
+
+RESERVED_ACTION_PREFIX = "ctrlplane."
 
 
 def execution_view(row: NodeExecution) -> schemas.Execution:

@@ -37,8 +37,19 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
+def server_env() -> dict[str, str]:
+    """More ``CTRLPLANE_*`` settings of the server (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
 def server(
-    database_url: str, db: Database, tmp_path: Path, settings: Settings, docker_engine: DockerClient
+    database_url: str,
+    db: Database,
+    tmp_path: Path,
+    settings: Settings,
+    docker_engine: DockerClient,
+    server_env: dict[str, str],
 ) -> Iterator[ServeProcess]:
     ensure_variant_images(docker_engine)
     process = ServeProcess(
@@ -48,6 +59,7 @@ def server(
         CTRLPLANE_PROVIDERS="docker,nodes",
         CTRLPLANE_NODE_HEARTBEAT_TIMEOUT=f"{HEARTBEAT_TIMEOUT_SECONDS}s",
         CTRLPLANE_EVENT_POLL_SECONDS="0.2",
+        **server_env,
     )
     try:
         yield process

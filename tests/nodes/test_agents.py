@@ -242,12 +242,15 @@ async def test_agent_rotates_its_keys_and_follows_a_rotated_signing_key(fleet: F
         key_before = (agent.state_dir / "node.key").read_bytes()
         asked = await http.post(f"/v1/admin/nodes/{agent.node_id}/rotate-keys", headers=admin)
         assert asked.status_code == 200, asked.text
+        # the agent stores the new credential, then promotes its new key: wait for both
         await eventually(
-            lambda: agent.identity()["credential"] != before["credential"],
-            lambda: f"a new credential: {agent.log()[-2000:]}",
+            lambda: (
+                agent.identity()["credential"] != before["credential"]
+                and (agent.state_dir / "node.key").read_bytes() != key_before
+            ),
+            lambda: f"a new credential and key: {agent.log()[-2000:]}",
             timeout=30,
         )
-        assert (agent.state_dir / "node.key").read_bytes() != key_before
         rotated = await http.post("/v1/admin/nodes/signing-keys/rotate", headers=admin)
         assert rotated.status_code == 200, rotated.text
         current = rotated.json()["keys"]["current"]

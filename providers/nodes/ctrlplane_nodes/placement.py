@@ -5,8 +5,9 @@ An instance chooses with two labels (``docs/nodes.md``, "Placement"): ``node-poo
 each of which the node's registration metadata must carry. Of the candidates the control plane offers
 (ready: neither cordoned, draining nor unreachable; the pool's, or the tenant's own), the first
 with room for ``cpu_millis * replicas`` and ``memory_mb * replicas`` wins; the candidates come
-freest first, so instances spread. That is all: ctrlplane places an instance and keeps it there;
-moving instances between nodes and bin-packing a fleet are the Kubernetes provider's business.
+freest first, so instances spread. That is all: ctrlplane places an instance and keeps it there
+until its node is drained (then it is placed again the same way); rebalancing and bin-packing a
+fleet are the Kubernetes provider's business.
 """
 
 from __future__ import annotations

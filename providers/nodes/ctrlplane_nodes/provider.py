@@ -5,11 +5,14 @@ assignments (``AppServices.nodes``, the door of ``ctrlplane.nodes``: one short t
 call, plus the node's signed event), and reads what the node reported (``POST .../report``). The
 agent on the node does the Docker work with the Docker provider's own code. So:
 
-* ``provision`` places a new instance (``placement.choose``) or re-sends its spec to the node it is
-  on, then waits until the node reports the spec's generation running; ``deploy`` and ``scale``
-  send the new spec and wait likewise. A node that has not reported within
-  ``WAIT_SECONDS`` raises ``ProviderUnavailable``, so the worker retries later instead of failing
-  the instance. ``deprovision`` takes the instance off its node.
+* ``provision`` places a new instance (``placement.choose``), moves one off a draining node (when
+  another ready node of its pool has room: its status is ``missing`` meanwhile, so the reconciler
+  repairs it) or re-sends its spec to the node it is on, then waits until the node reports the
+  spec's generation running (a new generation is started beside the old one, which the node keeps
+  as ``retained`` until ``remove_generation``); ``deploy`` (which replaces) and ``scale`` send the
+  new spec and wait likewise. A node that has not reported within ``WAIT_SECONDS`` raises
+  ``ProviderUnavailable``, so the worker retries later instead of failing the instance.
+  ``deprovision`` takes the instance off its node.
 * ``status`` is the node's last report. While the node is ``unreachable`` (it missed its
   heartbeats) the status is ``unknown`` with the reason, keeping the replicas last reported, so
   the reconciler neither repairs nor restarts anything (that would duplicate containers when the
@@ -18,8 +21,9 @@ agent on the node does the Docker work with the Docker provider's own code. So:
   control plane itself, so ``usage`` has none to give (``WorkloadNotFound``).
 
 A stop takes the instance off its node (its room is freed; a start places it again). A restart
-waits for the agent, which restarts exited replicas itself; running replicas are not restarted,
-and exec is not carried to nodes yet (``ProviderError``; docs/nodes.md).
+and an exec are ``action_request`` executions the node acts on once (seed 002's ack and result):
+the agent restarts the running containers, or runs the command in a replica with the Docker
+provider's own code, and posts the result; no answer in time is ``ProviderUnavailable``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Protocol
 
 import anyio
 
+from ctrlplane.nodes.contract import RetainedReplicas
 from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
@@ -48,6 +53,11 @@ from ctrlplane_nodes.placement import DEFAULT_POOL, Candidate, choose, pool_of
 
 WAIT_SECONDS = 120.0
 POLL_SECONDS = 0.25
+RESTART_SECONDS = 120.0
+EXEC_MARGIN_SECONDS = 10.0
+RESTART_ACTION = "ctrlplane.instance.restart"
+EXEC_ACTION = "ctrlplane.instance.exec"
+"""The actions the agent runs for this provider (``ctrlplane.nodes.assignments.INSTANCE_ACTIONS``)."""
 
 
 class NoNodeAvailable(ProviderUnavailable):
@@ -63,11 +73,28 @@ class Placement(Protocol):
     def last_heartbeat_at(self) -> datetime | None: ...
 
 
+class Desired(Protocol):
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def retained(self) -> tuple[RetainedReplicas, ...]: ...
+    @property
+    def spec(self) -> WorkloadSpec: ...
+
+
 class NodeDoor(Protocol):
     """What the provider needs of ``ctrlplane.nodes.assignments.NodeAssignments``."""
 
-    async def assign(self, node_id: str, spec: WorkloadSpec) -> int: ...
-    async def update(self, node_id: str, spec: WorkloadSpec) -> int: ...
+    async def assign(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int: ...
+    async def update(self, node_id: str, spec: WorkloadSpec, retained: Sequence[RetainedReplicas] = ()) -> int: ...
+    async def desired(self, instance_id: str) -> Desired | None: ...
+    async def reshape(
+        self, instance_id: str, *, retained: Sequence[RetainedReplicas], replicas: int | None = None
+    ) -> int | None: ...
     async def remove(self, node_id: str, instance_id: str) -> None: ...
     async def placement(self, instance_id: str) -> Placement | None: ...
     async def reported_status(self, instance_id: str) -> WorkloadStatus | None: ...
@@ -75,6 +102,16 @@ class NodeDoor(Protocol):
         self, instance_id: str, *, tail: int | None = None, since: datetime | None = None
     ) -> Sequence[LogLine]: ...
     async def candidates(self, pool: str, tenant_id: str) -> Sequence[Candidate]: ...
+    async def execute(self, node_id: str, action: str, parameters: dict[str, object], *, timeout: float) -> Outcome: ...
+
+
+class Outcome(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def result(self) -> dict[str, object]: ...
 
 
 def _unsupported(what: str) -> ProviderError:
@@ -103,11 +140,33 @@ class NodesProvider:
             return ProviderHealth(False, "not attached to the control plane's node assignments")
         return ProviderHealth(True, "nodes: placement through the node assignments")
 
-    async def _place(self, spec: WorkloadSpec) -> str:
+    async def _place(self, spec: WorkloadSpec, *, beside: bool) -> str:
+        """Send ``spec`` to the instance's node (placing it first if it is on none). With ``beside``
+        the node keeps what runs of other generations (the previous desired generation and what was
+        retained already), as the Docker provider's ``provision`` leaves other generations alone;
+        without, it replaces them."""
         nodes = self._nodes()
         placed = await nodes.placement(spec.instance_id)
+        if placed is not None and placed.node_state == "draining":
+            desired = await nodes.desired(spec.instance_id)
+            settled = desired is None or (not desired.retained and desired.generation == spec.generation)
+            pool = pool_of(spec, self._default_pool)
+            target = choose(spec, await nodes.candidates(pool, spec.tenant_id)) if settled else None
+            if target is not None:
+                # a drain: stop it on the drained node, then place it on the other one
+                await nodes.remove(placed.node_id, spec.instance_id)
+                await nodes.assign(target.node_id, spec)
+                return target.node_id
         if placed is not None and placed.node_state != "deregistered":
-            await nodes.update(placed.node_id, spec)
+            retained: list[RetainedReplicas] = []
+            desired = await nodes.desired(spec.instance_id) if beside else None
+            if desired is not None:
+                kept = {r.generation: set(r.replicas) for r in desired.retained}
+                if desired.generation != spec.generation and desired.replicas:
+                    kept.setdefault(desired.generation, set()).update(range(desired.replicas))
+                kept.pop(spec.generation, None)
+                retained = [RetainedReplicas(generation=g, replicas=sorted(r)) for g, r in sorted(kept.items()) if r]
+            await nodes.update(placed.node_id, spec, retained)
             return placed.node_id
         if placed is not None:
             await nodes.remove(placed.node_id, spec.instance_id)
@@ -144,16 +203,32 @@ class NodesProvider:
                 )
             await anyio.sleep(POLL_SECONDS)
 
+    async def _drain_target(self, instance_id: str) -> str | None:
+        """The node an instance on a draining node would move to: None while a deploy keeps other
+        generations (it moves once that is over) or when no ready node of its pool has room (it
+        stays where it is, running)."""
+        nodes = self._nodes()
+        desired = await nodes.desired(instance_id)
+        if desired is None or desired.retained:
+            return None
+        spec = desired.spec
+        chosen = choose(spec, await nodes.candidates(pool_of(spec, self._default_pool), spec.tenant_id))
+        return chosen.node_id if chosen is not None else None
+
     async def provision(self, spec: WorkloadSpec) -> WorkloadStatus:
-        return await self._wait(spec, await self._place(spec), only=False)
+        """Run ``spec``'s generation, leaving other generations alone (as Docker's ``provision``
+        does): the deploy engine starts a new generation beside the old one this way, and the node
+        keeps the old replicas (``retained``) until ``remove_generation`` drops them, after the
+        router stopped sending them requests."""
+        return await self._wait(spec, await self._place(spec, beside=True), only=False)
 
     async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:
         """The agent replaces the running generation with ``spec.generation`` (start the new set,
         then remove the old one) whatever the strategy; health gating stays the caller's."""
-        return await self._wait(spec, await self._place(spec), only=True)
+        return await self._wait(spec, await self._place(spec, beside=False), only=True)
 
     async def scale(self, spec: WorkloadSpec) -> WorkloadStatus:
-        return await self._wait(spec, await self._place(spec), only=False)
+        return await self._wait(spec, await self._place(spec, beside=True), only=False)
 
     async def deprovision(self, instance_id: str) -> None:
         nodes = self._nodes()
@@ -164,7 +239,40 @@ class NodesProvider:
     async def remove_generation(
         self, instance_id: str, generation: int, replicas: tuple[int, ...] | None = None
     ) -> None:
-        """The agent removes every generation but the desired one itself; nothing to send."""
+        """Tell the node to stop keeping these replicas (of a retained generation, or of the desired
+        one: its replica count drops to none) and wait until it reports them gone."""
+        nodes = self._nodes()
+        desired = await nodes.desired(instance_id)
+        if desired is None:
+            return
+        kept = {r.generation: set(r.replicas) for r in desired.retained}
+        count: int | None = None
+        if generation in kept:
+            kept[generation] = set() if replicas is None else kept[generation] - set(replicas)
+        elif generation == desired.generation:
+            # the generation the node is told to run (a recreate removes it before the new one)
+            if replicas is None or set(range(desired.replicas)) <= set(replicas):
+                count = 0
+            elif max(replicas) == desired.replicas - 1:
+                count = min(replicas)
+        retained = [RetainedReplicas(generation=g, replicas=sorted(r)) for g, r in sorted(kept.items()) if r]
+        await nodes.reshape(instance_id, retained=retained, replicas=count)
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            status = await nodes.reported_status(instance_id)
+            left = [
+                r
+                for r in (status.replicas if status else ())
+                if r.generation == generation and (replicas is None or r.replica in replicas)
+            ]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    f"node {desired.node_id} has not removed generation {generation} of instance {instance_id} yet",
+                    details={"provider": "nodes", "node_id": desired.node_id},
+                )
+            await anyio.sleep(POLL_SECONDS)
 
     async def status(self, instance_id: str) -> WorkloadStatus:
         nodes = self._nodes()
@@ -184,6 +292,14 @@ class NodesProvider:
             )
         if placed.node_state == "deregistered":
             return WorkloadStatus(instance_id=instance_id, state="missing", message=f"node {placed.node_id} left")
+        if placed.node_state == "draining" and (target := await self._drain_target(instance_id)):
+            # nothing is repaired on a draining node: "missing" makes the reconciler's repair
+            # provision it, which moves it (``_place``)
+            return WorkloadStatus(
+                instance_id=instance_id,
+                state="missing",
+                message=f"node {placed.node_id} is draining: instance moves to node {target}",
+            )
         if reported is None:
             return WorkloadStatus(
                 instance_id=instance_id, state="missing", message=f"node {placed.node_id} has not reported it yet"
@@ -236,20 +352,44 @@ class NodesProvider:
         await self.deprovision(instance_id)
         return WorkloadStatus(instance_id=instance_id, state="stopped", message="stopped; released by its node")
 
+    async def _execute(
+        self, instance_id: str, action: str, parameters: dict[str, object], *, timeout: float
+    ) -> dict[str, object]:
+        """Run ``action`` on the instance's node (an ``action_request`` execution) and give its
+        result; the node must be reachable and answer within ``timeout`` (``ProviderUnavailable``)."""
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is None or placed.node_state == "deregistered":
+            raise WorkloadNotFound(f"instance {instance_id} is not on any node", details={"instance_id": instance_id})
+        if placed.node_state == "unreachable":
+            raise ProviderUnavailable(
+                f"node {placed.node_id} of instance {instance_id} is unreachable",
+                details={"provider": "nodes", "node_id": placed.node_id},
+            )
+        outcome = await nodes.execute(
+            placed.node_id, action, {"instance_id": instance_id, **parameters}, timeout=timeout
+        )
+        details = {"provider": "nodes", "node_id": placed.node_id}
+        if outcome.status == "no_answer":
+            raise ProviderUnavailable(outcome.reason, details=details)
+        if outcome.status == "rejected":
+            raise ProviderError(f"node {placed.node_id} refused {action}: {outcome.reason}", details=details)
+        if outcome.status == "timeout":
+            raise ProviderError(f"{action} on node {placed.node_id} timed out", details=details)
+        result = outcome.result
+        if outcome.status == "failure" and result.get("exit_code") is None:
+            message = str(result.get("stderr") or outcome.reason or "failed")
+            if result.get("stdout") == "workload_not_found":
+                raise WorkloadNotFound(message, details={"instance_id": instance_id, **details})
+            raise ProviderError(f"node {placed.node_id}: {message}", details=details)
+        return result
+
     async def restart(self, instance_id: str, replicas: tuple[int, ...] | None = None) -> WorkloadStatus:
-        """The agent restarts exited replicas itself at its next converge: wait until the node
-        reports every replica running. Running replicas are not restarted (not carried to nodes yet)."""
-        deadline = time.monotonic() + self._wait_seconds
-        while True:
-            status = await self.status(instance_id)
-            if status.replicas and all(r.state == "running" for r in status.replicas):
-                return status
-            if time.monotonic() > deadline:
-                raise ProviderUnavailable(
-                    f"the node of instance {instance_id} has not reported it running again yet",
-                    details={"provider": "nodes"},
-                )
-            await anyio.sleep(POLL_SECONDS)
+        """The node restarts the running containers (all replicas, or those named) through an
+        ``action_request`` execution, acted on once; then the instance's status as reported."""
+        parameters: dict[str, object] = {"replicas": list(replicas) if replicas is not None else None}
+        await self._execute(instance_id, RESTART_ACTION, parameters, timeout=RESTART_SECONDS)
+        return await self.status(instance_id)
 
     async def exec(
         self,
@@ -260,7 +400,21 @@ class NodesProvider:
         generation: int | None = None,
         replica: int | None = None,
     ) -> ExecResult:
-        raise _unsupported("exec")
+        """Run ``command`` in a replica on the node (an ``action_request`` execution; the agent runs
+        it with the Docker provider's ``exec`` and ``timeout``). The node has ``timeout`` plus
+        ``EXEC_MARGIN_SECONDS`` (delivery and the answer) to give the result."""
+        if not command:
+            raise ProviderError("exec needs a command")
+        parameters: dict[str, object] = {
+            "command": list(command),
+            "timeout": timeout,
+            "generation": generation,
+            "replica": replica,
+        }
+        result = await self._execute(instance_id, EXEC_ACTION, parameters, timeout=timeout + EXEC_MARGIN_SECONDS)
+        exit_code = result.get("exit_code")
+        assert isinstance(exit_code, int)
+        return ExecResult(exit_code=exit_code, output=str(result.get("stdout") or ""))
 
     async def close(self) -> None:
         self._door = None

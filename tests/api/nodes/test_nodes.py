@@ -553,6 +553,20 @@ async def test_actions_round_trip_and_every_node_call_is_audited(api: Api) -> No
     assert ("execution_result", node.node_id, None) in actions
 
 
+async def test_an_admin_cannot_send_the_nodes_providers_own_actions(api: Api) -> None:
+    """``ctrlplane.instance.exec`` runs a command in a tenant's container: only the nodes provider
+    (a health check, a gate) sends it, never the admin API."""
+    node = await enrolled(api, "one")
+    for action in ("ctrlplane.instance.exec", "ctrlplane.instance.restart"):
+        refused = await api.client.post(
+            f"/v1/admin/nodes/{node.node_id}/actions",
+            json={"action": action, "parameters": {"instance_id": "inst_x"}},
+            headers=api.admin_headers,
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["code"] == "invalid_input" and refused.json()["request_id"]
+
+
 async def test_capabilities_update_the_capacity_and_drift_is_kept_in_the_audit_log(api: Api) -> None:
     node = await enrolled(api, "one")
     body = {"binary": {"version": "2"}, "capacity": {"cpu_millis": 1000, "memory_mb": 512}}
