@@ -33,7 +33,6 @@ from ctrlplane.nodes.contract import (
     EventType,
     NodeSecretsUpdated,
     NodeWorkload,
-    RetainedReplicas,
     SecretRef,
     WorkloadAssigned,
     WorkloadRemoved,
@@ -41,7 +40,7 @@ from ctrlplane.nodes.contract import (
 )
 from ctrlplane.nodes.events import append_event, reserve_seq
 from ctrlplane.nodes.models import Node, NodeAssignment, NodeExecution, NodeLogLine, NodeReport
-from ctrlplane.provisioning.contract import LogLine, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.contract import LogLine, RetainedReplicas, WorkloadSpec, WorkloadStatus
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.signals import Signal
 from ctrlplane.timeutil import utc_now

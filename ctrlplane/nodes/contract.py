@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ctrlplane.provisioning.contract import SecretFile, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.contract import RetainedReplicas, SecretFile, WorkloadSpec, WorkloadStatus
 
 ENROLL_TOKEN_PREFIX = "cpx_enroll_"
 """Bootstrap tokens: one-time, expiring, scoped to a node pool and optionally a tenant."""
@@ -200,13 +200,6 @@ class KeyRotateResponse(msgspec.Struct, kw_only=True):
 class SecretRef(msgspec.Struct, kw_only=True):
     key: str
     version: int
-
-
-class RetainedReplicas(msgspec.Struct, kw_only=True):
-    """Replicas of another generation than the workload's that the node keeps running beside it."""
-
-    generation: int
-    replicas: list[int] = msgspec.field(default_factory=list)
 
 
 class NodeWorkload(msgspec.Struct, kw_only=True):

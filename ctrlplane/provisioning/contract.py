@@ -499,3 +499,12 @@ class WatchingProvider(Protocol):
         the runtime reports them; runs until closed. Raises ``ProviderUnavailable`` when the
         runtime cannot be reached (the caller retries)."""
         ...
+
+
+class RetainedReplicas(msgspec.Struct, kw_only=True):
+    """Replicas of another generation than a workload's that its runtime keeps running beside it (a
+    deploy's old set, until the router has withdrawn and drained them: the nodes provider sends
+    these to its node)."""
+
+    generation: int
+    replicas: list[int] = msgspec.field(default_factory=list)

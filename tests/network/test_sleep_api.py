@@ -203,6 +203,7 @@ async def test_concurrent_wakes_of_one_sleeping_instance_claim_it_once(api: Api,
     assert body["state"] == "starting" and body["desired_state"] == "running"
 
 
+@pytest.mark.dialects("ten requests held at once; crowding the pool showed on PostgreSQL")
 async def test_requests_held_for_a_replica_that_does_not_answer_yet_read_the_database_at_poll_pace(
     live: Api, db: Database, settings: Settings
 ) -> None:

@@ -35,7 +35,6 @@ from typing import Protocol
 
 import anyio
 
-from ctrlplane.nodes.contract import RetainedReplicas
 from ctrlplane.provisioning.contract import (
     ExecResult,
     InventoryItem,
@@ -43,6 +42,7 @@ from ctrlplane.provisioning.contract import (
     ProviderHealth,
     ProviderSettings,
     ReplicaUsage,
+    RetainedReplicas,
     Strategy,
     Usage,
     WorkloadSpec,
