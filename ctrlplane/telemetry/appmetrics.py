@@ -33,6 +33,8 @@ histogram is stored the same way as increments of its count, sum and bucket coun
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,6 +52,8 @@ from ctrlplane.telemetry.otlp import MetricPoint, Refusals
 from ctrlplane.timeutil import utc_now
 
 RAW, MINUTE, FIVE_MINUTES = 0, 60, 300
+MAX_INT = 2**63 - 1
+MAX_FLOAT = sys.float_info.max
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -220,12 +224,14 @@ def fold(kind: str, rows: Iterable[Any]) -> Folded:
     histogram's values added up. Histogram buckets are added up over the rows with the newest
     rows' bounds (an app that changed its bounds keeps only the new ones' quantiles there)."""
     members = sorted(rows, key=lambda r: (r.taken_at, r.step_seconds))
-    samples = sum(max(r.samples, 1) for r in members)
+    samples = min(sum(max(r.samples, 1) for r in members), MAX_INT)
     if kind == "gauge":
         value = sum(r.value * max(r.samples, 1) for r in members) / samples
     else:
         value = sum(r.value for r in members)
-    count = sum(r.count for r in members)
+    # saturate rather than fail: a row must fit its columns, or the compaction of every row fails
+    value = 0.0 if math.isnan(value) else max(-MAX_FLOAT, min(MAX_FLOAT, value))
+    count = min(sum(r.count for r in members), MAX_INT)
     with_buckets = [r for r in members if r.bucket_counts]
     if not with_buckets:
         return Folded(samples=samples, value=value, count=count, bucket_counts=None, bounds=None)
@@ -233,7 +239,7 @@ def fold(kind: str, rows: Iterable[Any]) -> Folded:
     merged = [0] * (len(bounds) + 1)
     for row in with_buckets:
         if list(row.bounds or []) == bounds and len(row.bucket_counts) == len(merged):
-            merged = [a + b for a, b in zip(merged, row.bucket_counts, strict=True)]
+            merged = [min(a + b, MAX_INT) for a, b in zip(merged, row.bucket_counts, strict=True)]
     return Folded(samples=samples, value=value, count=count, bucket_counts=merged, bounds=bounds)
 
 

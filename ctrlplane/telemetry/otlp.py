@@ -297,6 +297,12 @@ def read_export(body: bytes, kind: type[Export], *, media: Media, content_encodi
             f"the body is not an OTLP protobuf {message_type.DESCRIPTOR.name}: {exc}",
             details={"body": "not protobuf"},
         ) from None
+    # sized and trimmed on the decoded message (len() of repeated fields, in C) before the
+    # pure-Python mapping below, which costs per field: 4M empty points must not get that far
+    if kind is ExportTraceServiceRequest:
+        _trim_spans(message)
+    else:
+        _trim_metrics(message)
     mapped = json_format.MessageToDict(message, use_integers_for_enums=True)
     if kind is ExportTraceServiceRequest:
         _ids_to_hex(mapped)
@@ -304,6 +310,68 @@ def read_export(body: bytes, kind: type[Export], *, media: Media, content_encodi
         return msgspec.convert(mapped, type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid OTLP request: {exc}") from None
+
+
+def _too_many_points(points: int) -> InvalidInput:
+    return InvalidInput(f"at most {MAX_POINTS_PER_REQUEST} data points per request", details={"points": points})
+
+
+def _too_many_buckets(buckets: int, bounds: int) -> InvalidInput:
+    return InvalidInput(
+        f"a histogram data point has at most {MAX_BUCKETS_PER_POINT} bucketCounts "
+        f"and {MAX_BUCKETS_PER_POINT - 1} explicitBounds",
+        details={"bucketCounts": buckets, "explicitBounds": bounds},
+    )
+
+
+def _trim_spans(message: Any) -> None:
+    """400 past ``MAX_SPANS_PER_REQUEST`` spans, counted on the protobuf message; clears what no
+    one reads (events, links) so the JSON mapping skips it."""
+    total = 0
+    for resource in message.resource_spans:
+        for scope in resource.scope_spans:
+            total += len(scope.spans)
+            if total > MAX_SPANS_PER_REQUEST:
+                raise InvalidInput(f"at most {MAX_SPANS_PER_REQUEST} spans per request", details={"spans": total})
+    for resource in message.resource_spans:
+        for scope in resource.scope_spans:
+            for span in scope.spans:
+                span.ClearField("events")
+                span.ClearField("links")
+
+
+def _trim_metrics(message: Any) -> None:
+    """400 past ``MAX_POINTS_PER_REQUEST`` data points (of any kind) or for a histogram point with
+    more buckets than ``MAX_BUCKETS_PER_POINT``, counted on the protobuf message; clears what no
+    one reads (exemplars, exponential buckets, summary quantiles) so the JSON mapping skips it."""
+    total = 0
+    for resource in message.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                which = metric.WhichOneof("data")
+                if which is not None:
+                    total += len(getattr(metric, which).data_points)
+    if total > MAX_POINTS_PER_REQUEST:
+        raise _too_many_points(total)
+    for resource in message.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                which = metric.WhichOneof("data")
+                if which is None:
+                    continue
+                for point in getattr(metric, which).data_points:
+                    if which == "histogram" and (
+                        len(point.bucket_counts) > MAX_BUCKETS_PER_POINT
+                        or len(point.explicit_bounds) >= MAX_BUCKETS_PER_POINT
+                    ):
+                        raise _too_many_buckets(len(point.bucket_counts), len(point.explicit_bounds))
+                    if which == "exponential_histogram":
+                        point.ClearField("positive")
+                        point.ClearField("negative")
+                    if which == "summary":
+                        point.ClearField("quantile_values")
+                    else:
+                        point.ClearField("exemplars")
 
 
 def encode_response(response: msgspec.Struct, message_type: type[Message], media: Media) -> bytes:
@@ -431,7 +499,13 @@ def spans(request: ExportTraceServiceRequest) -> Iterator[ParsedSpan]:
 # -- metrics: data points, and the ones refused ------------------------------------------------
 
 MAX_POINTS_PER_REQUEST = 10_000
+MAX_BUCKETS_PER_POINT = 160
+"""A histogram point's bucketCounts (its explicitBounds one fewer); more is 400 for the export."""
 MAX_POINT_ATTRIBUTES = 16
+MAX_VALUE = 1e300
+"""The largest magnitude of a value, a histogram sum or a bound: sums of a few stay finite."""
+MAX_COUNT = 2**53
+"""The largest histogram count or bucket count: sums of many stay within 64 bits (and exact in a float)."""
 MAX_ATTRIBUTE_KEY = 128
 MAX_ATTRIBUTE_VALUE = 256
 HISTOGRAM_LABELS = frozenset({"quantile", "stat"})
@@ -502,9 +576,9 @@ def _number(value: float | int | str | None) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return number if math.isfinite(number) else None
+    return number if math.isfinite(number) and abs(number) <= MAX_VALUE else None
 
 
 def _count(value: int | str) -> int | None:
@@ -512,7 +586,7 @@ def _count(value: int | str) -> int | None:
         number = int(value)
     except (TypeError, ValueError):
         return None
-    return number if 0 <= number < 2**63 else None
+    return number if 0 <= number <= MAX_COUNT else None
 
 
 def _time(value: int | str) -> int | None:
@@ -557,7 +631,16 @@ def metric_points(
         if kind is not None
     )
     if total > MAX_POINTS_PER_REQUEST:
-        raise InvalidInput(f"at most {MAX_POINTS_PER_REQUEST} data points per request", details={"points": total})
+        raise _too_many_points(total)
+    for resource in request.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for histogram in metric.histogram.data_points if metric.histogram is not None else []:
+                    if (
+                        len(histogram.bucket_counts) > MAX_BUCKETS_PER_POINT
+                        or len(histogram.explicit_bounds) >= MAX_BUCKETS_PER_POINT
+                    ):
+                        raise _too_many_buckets(len(histogram.bucket_counts), len(histogram.explicit_bounds))
     reserved_lower = {name.lower() for name in reserved}
     points: list[MetricPoint] = []
     refused = Refusals()
@@ -610,7 +693,7 @@ def _points_of(
             if isinstance(labels, str):
                 refused.add(f"{shown}: {labels}")
             elif value is None or start is None or at is None:
-                refused.add(f"{shown}: a point without a finite value or a valid time")
+                refused.add(f"{shown}: a point without a finite value (at most 1e300 in magnitude) or a valid time")
             else:
                 yield MetricPoint(
                     name=name,
@@ -642,9 +725,14 @@ def _points_of(
         if isinstance(labels, str):
             refused.add(f"{shown}: {labels}")
         elif count is None or total is None or start is None or at is None:
-            refused.add(f"{shown}: a point without a valid count, a finite sum or a valid time")
+            refused.add(
+                f"{shown}: a point without a valid count (at most 2^53), a finite sum (at most 1e300 in magnitude) "
+                "or a valid time"
+            )
         elif len(buckets) < len(read_buckets) or len(bounds) < len(read_bounds) or not _increasing(bounds):
-            refused.add(f"{shown}: bucket counts or explicit bounds that are not numbers in increasing order")
+            refused.add(
+                f"{shown}: bucket counts (at most 2^53) or explicit bounds that are not numbers in increasing order"
+            )
         elif buckets and (len(buckets) != len(bounds) + 1 or sum(buckets) != count):
             refused.add(f"{shown}: bucketCounts must be one more than explicitBounds and add up to count")
         else:
