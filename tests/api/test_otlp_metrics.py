@@ -552,3 +552,20 @@ async def test_a_failing_app_metric_compaction_does_not_hold_back_the_usage_rete
     monkeypatch.setattr(appmetrics, "compact", broken)
     await MetricsSampler(app.state.services).compact()
     assert await raw_usage() == 0, "usage compaction ran although the app metrics one failed"
+
+
+@pytest.mark.dialects("an increment at the moment of a stored row is added to it under the series' row lock")
+async def test_replicas_pushing_one_cumulative_counter_are_counted_once(api: Api, settings: Settings) -> None:
+    """Every replica of an instance pushes the same series with its own startTimeUnixNano: two
+    replicas counting 10 more per export, over 5 interleaved exports each, counted 100."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    headers = otlp_headers(settings, instance["id"])
+    for export in range(1, 6):
+        for replica in (0, 1):
+            # export 5: both replicas' points at the same moment (one row: their increments add up)
+            point = number(10 * export, BASE - timedelta(minutes=5 - export, seconds=0 if export == 5 else replica * 7))
+            point["startTimeUnixNano"] = nanos(START - timedelta(seconds=replica + 1))
+            response = await api.client.post(METRICS, json=body(counter("orders", point)), headers=headers)
+            assert response.status_code == 200 and response.json() == {}, response.text
+    assert sum(by_labels(await read(api, token, instance["id"], "orders"))[()]) == 100.0
