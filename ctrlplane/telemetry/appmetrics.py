@@ -57,6 +57,8 @@ from ctrlplane.timeutil import utc_now
 
 RAW, MINUTE, FIVE_MINUTES = 0, 60, 300
 MAX_INT = 2**63 - 1
+INSERT_CHUNK = 1000
+"""Rows per INSERT (and keys per look-up): PostgreSQL takes at most 32,767 bind parameters."""
 MAX_FLOAT = sys.float_info.max
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -239,32 +241,43 @@ async def add(
         if point.cumulative:
             adding.add((sid, _at(point.time_nanos)))
     await session.flush()
-    if adding:
-        # an increment of a cumulative stream (its re-sends were dropped above) at the moment of a
-        # row stored already, by another replica's export: added to it, not dropped as a re-send
-        for existing in (
-            await session.execute(
-                select(AppMetricSample).where(
-                    AppMetricSample.series_id.in_({sid for sid, _ in adding}),
-                    AppMetricSample.step_seconds == RAW,
-                    AppMetricSample.taken_at.in_({at for _, at in adding}),
+    # an increment of a cumulative stream (its re-sends were dropped above) at the moment of a
+    # row stored already, by another replica's export: added to it, not dropped as a re-send
+    pending = sorted(adding)
+    stored_rows: list[AppMetricSample] = []
+    for first in range(0, len(pending), INSERT_CHUNK):
+        chunk = pending[first : first + INSERT_CHUNK]
+        stored_rows.extend(
+            (
+                await session.execute(
+                    select(AppMetricSample).where(
+                        AppMetricSample.series_id.in_({sid for sid, _ in chunk}),
+                        AppMetricSample.step_seconds == RAW,
+                        AppMetricSample.taken_at.in_({at for _, at in chunk}),
+                    )
                 )
-            )
-        ).scalars():
-            key = (existing.series_id, existing.taken_at)
-            if key in adding:
-                row = samples.pop(key)
-                merged: dict[str, Any] = {
-                    "value": existing.value,
-                    "count": existing.count,
-                    "bucket_counts": existing.bucket_counts,
-                    "bounds": existing.bounds,
-                }
-                _add_to(merged, Increment.of(row))
-                existing.value, existing.count = merged["value"], merged["count"]
-                existing.bucket_counts = merged["bucket_counts"]
-    if samples:
-        await session.execute(_insert(session)(AppMetricSample).values(list(samples.values())).on_conflict_do_nothing())
+            ).scalars()
+        )
+    for existing in stored_rows:
+        key = (existing.series_id, existing.taken_at)
+        row = samples.pop(key, None) if key in adding else None
+        if row is None:
+            continue
+        merged: dict[str, Any] = {
+            "value": existing.value,
+            "count": existing.count,
+            "bucket_counts": existing.bucket_counts,
+            "bounds": existing.bounds,
+        }
+        _add_to(merged, Increment.of(row))
+        existing.value, existing.count = merged["value"], merged["count"]
+        existing.bucket_counts = merged["bucket_counts"]
+    rows = list(samples.values())
+    for first in range(0, len(rows), INSERT_CHUNK):
+        # PostgreSQL takes at most 32,767 bind parameters per statement: 10 a row
+        await session.execute(
+            _insert(session)(AppMetricSample).values(rows[first : first + INSERT_CHUNK]).on_conflict_do_nothing()
+        )
     return len(samples)
 
 

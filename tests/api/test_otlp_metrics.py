@@ -569,3 +569,23 @@ async def test_replicas_pushing_one_cumulative_counter_are_counted_once(api: Api
             response = await api.client.post(METRICS, json=body(counter("orders", point)), headers=headers)
             assert response.status_code == 200 and response.json() == {}, response.text
     assert sum(by_labels(await read(api, token, instance["id"], "orders"))[()]) == 100.0
+
+
+@pytest.mark.dialects("PostgreSQL takes at most 32,767 bind parameters per statement")
+async def test_thousands_of_samples_in_one_export_are_inserted_in_chunks(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    at = int(BASE.timestamp()) * 10**9
+    points = [
+        otlp.MetricPoint(name="ticks", unit="", kind="gauge", cumulative=False, attributes={"n": str(i % 2)},
+                         start_nanos=at, time_nanos=at + i * 1_000_000, value=float(i))
+        for i in range(3500)
+    ]  # fmt: skip
+    async with db.write() as session, session.begin():
+        written = await appmetrics.add(
+            session, settings, tenant_id=tenant_id, instance_id=instance["id"], points=points, refused=otlp.Refusals()
+        )
+    assert written == 3500
+    assert await stored_rows(db) == (2, 3500)
