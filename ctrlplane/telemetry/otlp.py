@@ -50,9 +50,10 @@ from ctrlplane.inputs import check_json_depth, decompress
 from ctrlplane.settings import Settings
 
 TOKEN_PREFIX = "cpt_"
-_TOKEN = re.compile(r"^cpt_([A-Za-z0-9_]{1,64})\.([A-Za-z0-9_-]{43})$")
-_HEX_TRACE = re.compile(r"^[0-9a-fA-F]{32}$")
-_HEX_SPAN = re.compile(r"^[0-9a-fA-F]{16}$")
+# every pattern here is used with fullmatch: ``$`` also matches before a trailing newline
+_TOKEN = re.compile(r"cpt_([A-Za-z0-9_]{1,64})\.([A-Za-z0-9_-]{43})")
+_HEX_TRACE = re.compile(r"[0-9a-fA-F]{32}")
+_HEX_SPAN = re.compile(r"[0-9a-fA-F]{16}")
 SPAN_KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 STATUS_CODES = {0: "unset", 1: "ok", 2: "error"}
 MAX_SPANS_PER_REQUEST = 5000
@@ -77,7 +78,7 @@ def instance_token(settings: Settings, instance_id: str) -> str:
 
 def token_instance(settings: Settings, token: str) -> str | None:
     """The instance a token was made for, or None when it is not a valid instance token."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     instance_id, mac = match.groups()
@@ -465,11 +466,11 @@ def spans(request: ExportTraceServiceRequest) -> Iterator[ParsedSpan]:
                 where = f"span {count}"
                 if count > MAX_SPANS_PER_REQUEST:
                     raise InvalidInput(f"at most {MAX_SPANS_PER_REQUEST} spans per request")
-                if not _HEX_TRACE.match(span.trace_id) or set(span.trace_id) == {"0"}:
+                if not _HEX_TRACE.fullmatch(span.trace_id) or set(span.trace_id) == {"0"}:
                     raise InvalidInput(f"{where}: traceId must be 32 hex digits, not all zero", details={"span": where})
-                if not _HEX_SPAN.match(span.span_id) or set(span.span_id) == {"0"}:
+                if not _HEX_SPAN.fullmatch(span.span_id) or set(span.span_id) == {"0"}:
                     raise InvalidInput(f"{where}: spanId must be 16 hex digits, not all zero", details={"span": where})
-                if span.parent_span_id and not _HEX_SPAN.match(span.parent_span_id):
+                if span.parent_span_id and not _HEX_SPAN.fullmatch(span.parent_span_id):
                     raise InvalidInput(f"{where}: parentSpanId must be 16 hex digits", details={"span": where})
                 start = _nanos(span.start_time_unix_nano, "startTimeUnixNano", where)
                 end = _nanos(span.end_time_unix_nano, "endTimeUnixNano", where)
@@ -510,7 +511,7 @@ MAX_ATTRIBUTE_KEY = 128
 MAX_ATTRIBUTE_VALUE = 256
 HISTOGRAM_LABELS = frozenset({"quantile", "stat"})
 """Labels a histogram's series get from ctrlplane; its points may not carry attributes so named."""
-_METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,254}$")
+_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,254}")
 DELTA, CUMULATIVE = 1, 2
 NO_RECORDED_VALUE = 1
 PointKind = Literal["gauge", "sum", "histogram"]
@@ -653,7 +654,7 @@ def metric_points(
                     metric.gauge or metric.sum or metric.histogram or metric.exponential_histogram or metric.summary
                 )
                 size = len(data.data_points) if data is not None else 0
-                if not _METRIC_NAME.match(name):
+                if not _METRIC_NAME.fullmatch(name):
                     refused.add(f"{shown} is not a metric name (a letter, then up to 254 of A-Z a-z 0-9 _ . - /)", size)
                     continue
                 if name.lower() in reserved_lower or name.lower().startswith("ctrlplane"):

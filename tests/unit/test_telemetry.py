@@ -301,3 +301,22 @@ def test_a_histogram_whose_sum_goes_down_is_no_reset() -> None:
     assert (negative[0].count, negative[0].bucket_counts, negative[0].value) == (1, (1, 0), -9.0)
     fewer = increment(negative[1], _point(1.0, at=300, count=2, buckets=(1, 1)))
     assert fewer is not None and fewer[0].count == 2, "a count that went down is a reset"
+
+
+def test_a_trailing_newline_does_not_pass_a_name_id_or_token_check() -> None:
+    """``$`` matches before a trailing newline: ``cpu_percent\\n`` would pass as a name that is not
+    the reserved ``cpu_percent``."""
+    body = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [
+        {"name": "cpu_percent\n", "gauge": {"dataPoints": [{"timeUnixNano": "500", "asDouble": 1.0}]}},
+    ]}]}]}  # fmt: skip
+    request = msgspec.json.decode(msgspec.json.encode(body), type=otlp.ExportMetricsServiceRequest)
+    points, refused = otlp.metric_points(request, reserved=frozenset({"cpu_percent"}), oldest_nanos=1, newest_nanos=999)
+    assert points == [] and refused.count == 1
+    token = otlp.instance_token(SETTINGS, "inst_1")
+    assert otlp.token_instance(SETTINGS, token) == "inst_1"
+    assert otlp.token_instance(SETTINGS, token + "\n") is None
+    span = {"traceId": "5b8efff798038103d269b633813fc60c\n", "spanId": "eee19b7ec3c1b174", "name": "x",
+            "startTimeUnixNano": "1", "endTimeUnixNano": "2"}  # fmt: skip
+    traces = msgspec.convert({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}, otlp.ExportTraceServiceRequest)
+    with pytest.raises(InvalidInput, match="traceId"):
+        list(otlp.spans(traces))
