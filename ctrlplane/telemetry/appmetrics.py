@@ -198,19 +198,30 @@ async def add(
                 continue
             active[point.name] = active.get(point.name, 0) + 1
         if series is None:
-            series = AppMetricSeries(
-                id=sid,
-                instance_id=instance_id,
-                tenant_id=tenant_id,
-                name=point.name,
-                attributes=point.attributes,
-                kind=point.kind,
-                unit=point.unit,
-                cumulative=None,
+            # another export may be creating the same series right now: insert-or-ignore (which
+            # waits for that one's transaction), then take the row either way, locked
+            await session.execute(
+                _insert(session)(AppMetricSeries)
+                .values(
+                    id=sid,
+                    instance_id=instance_id,
+                    tenant_id=tenant_id,
+                    name=point.name,
+                    attributes=point.attributes,
+                    kind=point.kind,
+                    unit=point.unit,
+                    last_seen_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
             )
-            session.add(series)
+            series = (
+                await session.execute(select(AppMetricSeries).where(AppMetricSeries.id == sid).with_for_update())
+            ).scalar_one()
             known[sid] = series
-            kinds[point.name] = point.kind
+            kinds.setdefault(point.name, series.kind)
+            if series.kind != point.kind:
+                refused.add(f"{shown} was pushed as a {series.kind}, not a {point.kind}")
+                continue
         series.last_seen_at = now
         if point.unit:
             series.unit = point.unit

@@ -4,6 +4,7 @@ provider, in-process. The protobuf bodies are built with opentelemetry-proto's c
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from ctrlplane.telemetry.models import AppMetricSample, AppMetricSeries
 from tests.api.test_instances import create, tenant_token
 from tests.api.test_telemetry import TRACE_ID, otlp_headers
 from tests.conftest import Api, bearer
+from tests.waiting import eventually
 
 METRICS = "/v1/otlp/v1/metrics"
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -589,3 +591,45 @@ async def test_thousands_of_samples_in_one_export_are_inserted_in_chunks(
         )
     assert written == 3500
     assert await stored_rows(db) == (2, 3500)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_exports_creating_the_same_series_at_once_both_store(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    """One export has inserted a new series and not committed yet; another one creating the same
+    series waits for it and then uses its row (it was an IntegrityError: 409, and OTLP does not
+    retry a 409)."""
+    from sqlalchemy import text
+
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    at = int(BASE.timestamp()) * 10**9
+
+    def points(offset: int) -> list[otlp.MetricPoint]:
+        return [otlp.MetricPoint(name="orders", unit="", kind="sum", cumulative=False, attributes={},
+                                 start_nanos=at, time_nanos=at + offset, value=1.0)]  # fmt: skip
+
+    async def second() -> int:
+        async with db.write() as session, session.begin():
+            return await appmetrics.add(
+                session, settings, tenant_id=tenant_id, instance_id=instance["id"], points=points(10**9),
+                refused=otlp.Refusals(),
+            )  # fmt: skip
+
+    async def waiting() -> bool | None:
+        async with db.read() as session:
+            query = text("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                         "WHERE NOT l.granted AND a.datname = current_database()")  # fmt: skip
+            return True if (await session.execute(query)).scalar_one() else None
+
+    async with db.write() as session, session.begin():
+        assert await appmetrics.add(
+            session, settings, tenant_id=tenant_id, instance_id=instance["id"], points=points(0),
+            refused=otlp.Refusals(),
+        ) == 1  # fmt: skip
+        racing = asyncio.ensure_future(second())
+        await eventually(waiting, "the second export waiting on the first one's new series", timeout=20)
+    assert await racing == 1
+    assert await stored_rows(db) == (1, 2)
+    assert by_labels(await read(api, token, instance["id"], "orders")) == {(): [1.0, 1.0]}
