@@ -107,7 +107,8 @@ class AnyValue(msgspec.Struct, rename="camel", omit_defaults=True):
     string_value: str | None = None
     bool_value: bool | None = None
     int_value: int | str | None = None
-    double_value: float | None = None
+    double_value: float | str | None = None
+    """A number, or protobuf's JSON mapping of a non-finite double: "NaN", "Infinity", "-Infinity"."""
     bytes_value: str | None = None
     array_value: dict[str, Any] | None = None
     kvlist_value: dict[str, Any] | None = None
@@ -124,11 +125,14 @@ class Status(msgspec.Struct, rename="camel"):
 
 
 class Span(msgspec.Struct, rename="camel"):
-    trace_id: str
-    span_id: str
-    name: str
-    start_time_unix_nano: int | str
-    end_time_unix_nano: int | str
+    """Every field has its protobuf default: the protobuf-to-JSON mapping leaves out fields at
+    their default (an empty name, a zero time), and the checks in ``spans`` say what is wrong."""
+
+    trace_id: str = ""
+    span_id: str = ""
+    name: str = ""
+    start_time_unix_nano: int | str = 0
+    end_time_unix_nano: int | str = 0
     parent_span_id: str = ""
     kind: int | str = 0
     attributes: list[KeyValue] = msgspec.field(default_factory=list)
@@ -418,7 +422,9 @@ def _value(value: AnyValue | dict[str, Any], depth: int = 0) -> Any:
             return None
     if "doubleValue" in raw:
         number = raw["doubleValue"]
-        return float(number) if isinstance(number, int | float) else None
+        if isinstance(number, str) and number in ("NaN", "Infinity", "-Infinity"):
+            return number  # kept as its name: JSON (and the database's JSON columns) has no NaN
+        return float(number) if isinstance(number, int | float) and math.isfinite(number) else None
     if "bytesValue" in raw:
         return _clean(str(raw["bytesValue"]))
     if "arrayValue" in raw and isinstance(raw["arrayValue"], dict):

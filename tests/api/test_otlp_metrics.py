@@ -633,3 +633,32 @@ async def test_two_exports_creating_the_same_series_at_once_both_store(
     assert await racing == 1
     assert await stored_rows(db) == (1, 2)
     assert by_labels(await read(api, token, instance["id"], "orders")) == {(): [1.0, 1.0]}
+
+
+async def test_a_protobuf_span_without_a_name_and_a_nan_attribute_are_stored(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    """Protobuf's JSON mapping leaves out an empty name and writes a NaN double as "NaN": neither
+    may make the export 400."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    now = int(datetime.now(UTC).timestamp() * 1e9)
+    span = trace_pb2.Span(
+        trace_id=bytes.fromhex(TRACE_ID), span_id=bytes.fromhex("eee19b7ec3c1b174"), name="",
+        start_time_unix_nano=now - 1000, end_time_unix_nano=now,
+        attributes=[common_pb2.KeyValue(key="ratio", value=common_pb2.AnyValue(double_value=float("nan")))],
+    )  # fmt: skip
+    request = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=[span])])]
+    )
+    headers = {**otlp_headers(settings, instance["id"]), **PROTOBUF}
+    response = await api.client.post("/v1/otlp/v1/traces", content=request.SerializeToString(), headers=headers)
+    assert response.status_code == 200, response.text
+    [stored] = (await api.client.get(f"/v1/instances/{instance['id']}/traces", headers=token)).json()["items"]
+    assert stored["name"] == "" and stored["attributes"] == {"ratio": "NaN"}
+    gauge = metrics_pb2.NumberDataPoint(time_unix_nano=int(BASE.timestamp()) * 10**9, as_double=2.0)
+    gauge.attributes.append(common_pb2.KeyValue(key="ratio", value=common_pb2.AnyValue(double_value=float("inf"))))
+    metric = metrics_pb2.Metric(name="level", gauge=metrics_pb2.Gauge(data_points=[gauge]))
+    response = await api.client.post(METRICS, content=_metrics_message(metric).SerializeToString(), headers=headers)
+    assert response.status_code == 200, response.text
+    assert by_labels(await read(api, token, instance["id"], "level")) == {(("ratio", "Infinity"),): [2.0]}
