@@ -57,6 +57,8 @@ _HEX_SPAN = re.compile(r"[0-9a-fA-F]{16}")
 SPAN_KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 STATUS_CODES = {0: "unset", 1: "ok", 2: "error"}
 MAX_SPANS_PER_REQUEST = 5000
+MAX_ATTRIBUTES_PER_REQUEST = 200_000
+"""Attributes of a protobuf export, and values in their arrays and maps: about 1 s of mapping."""
 INSTANCE_ATTRIBUTE = "ctrlplane.instance.id"
 MAX_ATTRIBUTE_DEPTH = 4
 
@@ -306,8 +308,10 @@ def read_export(body: bytes, kind: type[Export], *, media: Media, content_encodi
     # pure-Python mapping below, which costs per field: 4M empty points must not get that far
     if kind is ExportTraceServiceRequest:
         _trim_spans(message)
+        _check_attributes(message, "spans")
     else:
         _trim_metrics(message)
+        _check_attributes(message, "metrics")
     mapped = json_format.MessageToDict(message, use_integers_for_enums=True)
     if kind is ExportTraceServiceRequest:
         _ids_to_hex(mapped)
@@ -327,6 +331,44 @@ def _too_many_buckets(buckets: int, bounds: int) -> InvalidInput:
         f"and {MAX_BUCKETS_PER_POINT - 1} explicitBounds",
         details={"bucketCounts": buckets, "explicitBounds": bounds},
     )
+
+
+def _attribute_lists(message: Any, kind: str) -> Iterator[Any]:
+    """Every repeated ``KeyValue`` field of an export message: resources', scopes', and spans' or
+    data points'."""
+    for resource in getattr(message, f"resource_{kind}"):
+        yield resource.resource.attributes
+        for scope in getattr(resource, f"scope_{kind}"):
+            yield scope.scope.attributes
+            if kind == "spans":
+                yield from (span.attributes for span in scope.spans)
+                continue
+            for metric in scope.metrics:
+                which = metric.WhichOneof("data")
+                if which is not None:
+                    yield from (point.attributes for point in getattr(metric, which).data_points)
+
+
+def _check_attributes(message: Any, kind: str) -> None:
+    """400 past ``MAX_ATTRIBUTES_PER_REQUEST`` attributes and values inside arrays and maps, all
+    told: counted on the protobuf message (lengths first, nested values only within the budget)."""
+    lists = list(_attribute_lists(message, kind))
+    total = sum(len(pairs) for pairs in lists)
+    pending = [pair.value for pairs in lists for pair in pairs] if total <= MAX_ATTRIBUTES_PER_REQUEST else []
+    while pending and total <= MAX_ATTRIBUTES_PER_REQUEST:
+        value = pending.pop()
+        which = value.WhichOneof("value")
+        if which == "array_value":
+            total += len(value.array_value.values)
+            pending.extend(value.array_value.values)
+        elif which == "kvlist_value":
+            total += len(value.kvlist_value.values)
+            pending.extend(pair.value for pair in value.kvlist_value.values)
+    if total > MAX_ATTRIBUTES_PER_REQUEST:
+        raise InvalidInput(
+            f"at most {MAX_ATTRIBUTES_PER_REQUEST} attributes per request (values in arrays and maps counted)",
+            details={"attributes": total},
+        )
 
 
 def _trim_spans(message: Any) -> None:

@@ -662,3 +662,37 @@ async def test_a_protobuf_span_without_a_name_and_a_nan_attribute_are_stored(
     response = await api.client.post(METRICS, content=_metrics_message(metric).SerializeToString(), headers=headers)
     assert response.status_code == 200, response.text
     assert by_labels(await read(api, token, instance["id"], "level")) == {(("ratio", "Infinity"),): [2.0]}
+
+
+async def test_protobuf_exports_with_too_many_attributes_are_refused_before_the_json_mapping(
+    api: Api, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attributes (and values nested in arrays and maps) cost the JSON mapping as much as points:
+    4M empty attributes fit in 8 MB. They are counted on the protobuf message too."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    headers = {**otlp_headers(settings, instance["id"]), **PROTOBUF}
+    mapped: list[Any] = []
+    monkeypatch.setattr(otlp.json_format, "MessageToDict", lambda message, **kwargs: mapped.append(message))
+    monkeypatch.setattr(otlp, "MAX_ATTRIBUTES_PER_REQUEST", 50)
+    at = int(BASE.timestamp()) * 10**9
+    flat = metrics_pb2.NumberDataPoint(time_unix_nano=at, as_double=1.0)
+    flat.attributes.extend([common_pb2.KeyValue(key="k")] * 51)
+    nested = metrics_pb2.NumberDataPoint(time_unix_nano=at, as_double=1.0)
+    deep = common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[common_pb2.AnyValue()] * 30))
+    nested.attributes.append(
+        common_pb2.KeyValue(key="a", value=common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[deep, deep])))
+    )
+    span = trace_pb2.Span(attributes=[common_pb2.KeyValue(key="k")] * 51)
+    spans = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=[span])])]
+    )
+    for message, path in [
+        (_metrics_message(metrics_pb2.Metric(name="g", gauge=metrics_pb2.Gauge(data_points=[flat]))), METRICS),
+        (_metrics_message(metrics_pb2.Metric(name="g", gauge=metrics_pb2.Gauge(data_points=[nested]))), METRICS),
+        (spans, "/v1/otlp/v1/traces"),
+    ]:
+        response = await api.client.post(path, content=message.SerializeToString(), headers=headers)
+        assert_error(response, 400, "invalid_input")
+        assert "attributes" in response.json()["message"]
+    assert mapped == [] and await stored_rows(db) == (0, 0)
