@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, cast
 
+import anyio
+import anyio.to_thread
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
@@ -149,15 +152,22 @@ OTLP_ERRORS = {
 }
 
 
-def _export(request: Request[Any, Any, Any], body: bytes, kind: type[otlp.Export]) -> tuple[otlp.Media, otlp.Export]:
+async def _export(
+    request: Request[Any, Any, Any], body: bytes, kind: type[otlp.Export]
+) -> tuple[otlp.Media, otlp.Export]:
+    """The export in the body, inflated and decoded in a worker thread (protobuf's JSON mapping is
+    pure Python: even a bounded export should not hold the event loop)."""
     services: AppServices = request.app.state.services
     media = otlp.media_of(request.headers.get("content-type"))
-    export = otlp.read_export(
-        body,
-        kind,
-        media=media,
-        content_encoding=request.headers.get("content-encoding"),
-        limit=services.settings.otlp_max_bytes,
+    export = await anyio.to_thread.run_sync(
+        functools.partial(
+            otlp.read_export,
+            body,
+            kind,
+            media=media,
+            content_encoding=request.headers.get("content-encoding"),
+            limit=services.settings.otlp_max_bytes,
+        )
     )
     return media, export
 
@@ -175,7 +185,7 @@ def _export(request: Request[Any, Any, Any], body: bytes, kind: type[otlp.Export
 async def export_traces(request: Request[Any, Any, Any], state: State) -> Response[schemas.ExportTraceServiceResponse]:
     """OTLP/HTTP trace export (protobuf or JSON, gzip'd or not) from an instance, authenticated by its own token."""
     instance_id, tenant_id = request.scope[OTLP_SCOPE_KEY]  # type: ignore[literal-required]
-    media, export = _export(request, await request.body(), otlp.ExportTraceServiceRequest)
+    media, export = await _export(request, await request.body(), otlp.ExportTraceServiceRequest)
     await ingest_spans(state.services, instance_id=instance_id, tenant_id=tenant_id, request=export)
     answer = otlp.encode_response(
         schemas.ExportTraceServiceResponse(), trace_service_pb2.ExportTraceServiceResponse, media
@@ -199,7 +209,7 @@ async def export_metrics(
     """OTLP/HTTP metrics export (protobuf or JSON, gzip'd or not) from an instance, authenticated by its own token;
     points refused are counted in partialSuccess."""
     instance_id, tenant_id = request.scope[OTLP_SCOPE_KEY]  # type: ignore[literal-required]
-    media, export = _export(request, await request.body(), otlp.ExportMetricsServiceRequest)
+    media, export = await _export(request, await request.body(), otlp.ExportMetricsServiceRequest)
     outcome = await ingest_metrics(state.services, instance_id=instance_id, tenant_id=tenant_id, request=export)
     answer = otlp.encode_response(outcome, metrics_service_pb2.ExportMetricsServiceResponse, media)
     return Response(cast(Any, answer), media_type=media)

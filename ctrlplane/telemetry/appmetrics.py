@@ -18,11 +18,14 @@ writes): the limits bound what an instance keeps, they are not exact to the seri
 as its value and averaged over time, like ``cpu_percent``. A sum (a monotonic sum, or any delta
 sum) is stored as the increment since the series' previous point and added up per bucket, like
 ``http_requests_total``: a bucket's value is what was counted in it, and value / step is the rate.
-A cumulative point becomes an increment against the series' last cumulative point
-(``AppMetricSeries.cumulative``); a new start time or a value that went down is a reset, and its
-whole value counts; the first point ever seen of a series counts whole too (everything since its
-start is new to ctrlplane); a point no later than the last one is a re-send and is dropped. A
-histogram is stored the same way as increments of its count, sum and bucket counts.
+A cumulative point becomes an increment against the last point of its own *stream*
+(``AppMetricSeries.cumulative`` keeps one state per ``startTimeUnixNano``, at most ``MAX_STREAMS``):
+the replicas of an instance push into the same series, each with its own start time, and must not
+look like resets of each other. A stream not seen before counts whole (everything since its start
+is new to ctrlplane); a value that went down is a reset and counts whole; a point no later than its
+stream's last is a re-send and is dropped. A histogram is stored the same way as increments of its
+count, sum and bucket counts; its resets are told by its count and buckets (not its sum, which
+negative observations lower).
 
 **Retention.** Rows are folded like the usage samples: raw rows older than
 ``CTRLPLANE_METRICS_RAW_RETENTION`` into 1-minute rows, those older than
@@ -33,7 +36,10 @@ histogram is stored the same way as increments of its count, sum and bucket coun
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,6 +56,10 @@ from ctrlplane.telemetry.otlp import MetricPoint, Refusals
 from ctrlplane.timeutil import utc_now
 
 RAW, MINUTE, FIVE_MINUTES = 0, 60, 300
+MAX_INT = 2**63 - 1
+INSERT_CHUNK = 1000
+"""Rows per INSERT (and keys per look-up): PostgreSQL takes at most 32,767 bind parameters."""
+MAX_FLOAT = sys.float_info.max
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -73,12 +83,32 @@ def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
+MAX_STREAMS = 16
+"""Cumulative streams (start times) kept per series: one per replica, and a few restarts."""
+
+
+def _streams(state: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if not state:
+        return {}
+    if "streams" in state:
+        return dict(state["streams"])
+    return {str(state["start"]): state}  # the one-stream state stored before streams were kept
+
+
 def increment(state: dict[str, Any] | None, point: MetricPoint) -> tuple[MetricPoint, dict[str, Any]] | None:
-    """A cumulative point as the increment since ``state`` (the series' last cumulative point),
-    and the state to keep; None for a point no later than the last one (a re-send)."""
-    if state is not None and point.time_nanos <= state["time"]:
+    """A cumulative point as the increment since the previous point of the same stream (its
+    ``startTimeUnixNano``: each replica of an instance, and each start of one, is its own stream
+    of one series), and the series' state to keep; None for a point no later than the stream's
+    last one (a re-send). A stream not seen before counts whole, as does a reset: a sum that went
+    down, or a histogram whose count or a bucket went down or whose bounds changed (not its sum,
+    which negative observations lower). At most ``MAX_STREAMS`` streams are kept, the least
+    recently pushed dropped."""
+    streams = _streams(state)
+    key = str(point.start_nanos)
+    last = streams.get(key)
+    if last is not None and point.time_nanos <= last["time"]:
         return None
-    kept = {
+    streams[key] = {
         "start": point.start_nanos,
         "time": point.time_nanos,
         "value": point.value,
@@ -86,21 +116,27 @@ def increment(state: dict[str, Any] | None, point: MetricPoint) -> tuple[MetricP
         "buckets": list(point.bucket_counts),
         "bounds": list(point.bounds),
     }
-    reset = (
-        state is None
-        or point.start_nanos != state["start"]
-        or point.value < state["value"]
-        or point.count < state["count"]
-        or list(point.bounds) != state["bounds"]
-        or len(point.bucket_counts) != len(state["buckets"])
-        or any(now < before for now, before in zip(point.bucket_counts, state["buckets"], strict=True))
-    )
-    if reset or state is None:
+    if len(streams) > MAX_STREAMS:
+        for oldest in sorted(streams, key=lambda k: streams[k]["time"])[: len(streams) - MAX_STREAMS]:
+            del streams[oldest]
+    kept = {"streams": streams}
+    if last is None:
         return point, kept
-    buckets = tuple(now - before for now, before in zip(point.bucket_counts, state["buckets"], strict=True))
+    if point.kind == "histogram":
+        reset = (
+            point.count < last["count"]
+            or list(point.bounds) != last["bounds"]
+            or len(point.bucket_counts) != len(last["buckets"])
+            or any(now < before for now, before in zip(point.bucket_counts, last["buckets"], strict=True))
+        )
+    else:
+        reset = point.value < last["value"]
+    if reset:
+        return point, kept
+    buckets = tuple(now - before for now, before in zip(point.bucket_counts, last["buckets"], strict=True))
     return (
         msgspec.structs.replace(
-            point, value=point.value - state["value"], count=point.count - state["count"], bucket_counts=buckets
+            point, value=point.value - last["value"], count=point.count - last["count"], bucket_counts=buckets
         ),
         kept,
     )
@@ -145,6 +181,7 @@ async def add(
         ).all()
     }
     samples: dict[tuple[str, datetime], dict[str, Any]] = {}
+    adding: set[tuple[str, datetime]] = set()
     for point in points:
         shown = repr(point.name[:100])
         if kinds.get(point.name, point.kind) != point.kind:
@@ -161,19 +198,30 @@ async def add(
                 continue
             active[point.name] = active.get(point.name, 0) + 1
         if series is None:
-            series = AppMetricSeries(
-                id=sid,
-                instance_id=instance_id,
-                tenant_id=tenant_id,
-                name=point.name,
-                attributes=point.attributes,
-                kind=point.kind,
-                unit=point.unit,
-                cumulative=None,
+            # another export may be creating the same series right now: insert-or-ignore (which
+            # waits for that one's transaction), then take the row either way, locked
+            await session.execute(
+                _insert(session)(AppMetricSeries)
+                .values(
+                    id=sid,
+                    instance_id=instance_id,
+                    tenant_id=tenant_id,
+                    name=point.name,
+                    attributes=point.attributes,
+                    kind=point.kind,
+                    unit=point.unit,
+                    last_seen_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
             )
-            session.add(series)
+            series = (
+                await session.execute(select(AppMetricSeries).where(AppMetricSeries.id == sid).with_for_update())
+            ).scalar_one()
             known[sid] = series
-            kinds[point.name] = point.kind
+            kinds.setdefault(point.name, series.kind)
+            if series.kind != point.kind:
+                refused.add(f"{shown} was pushed as a {series.kind}, not a {point.kind}")
+                continue
         series.last_seen_at = now
         if point.unit:
             series.unit = point.unit
@@ -183,25 +231,93 @@ async def add(
             if found is None:
                 continue
             stored, series.cumulative = found
-        samples.setdefault(
-            (sid, _at(point.time_nanos)),
-            {
-                "series_id": sid,
-                "step_seconds": RAW,
-                "taken_at": _at(point.time_nanos),
-                "instance_id": instance_id,
-                "tenant_id": tenant_id,
-                "samples": 1,
-                "value": stored.value,
-                "count": stored.count,
-                "bucket_counts": list(stored.bucket_counts) if stored.bucket_counts else None,
-                "bounds": list(stored.bounds) if stored.bucket_counts else None,
-            },
-        )
+        row = samples.get((sid, _at(point.time_nanos)))
+        if row is not None:
+            # two streams (replicas) with a point at the same moment: a sum or a histogram adds up
+            if point.kind != "gauge":
+                _add_to(row, stored)
+            continue
+        samples[(sid, _at(point.time_nanos))] = {
+            "series_id": sid,
+            "step_seconds": RAW,
+            "taken_at": _at(point.time_nanos),
+            "instance_id": instance_id,
+            "tenant_id": tenant_id,
+            "samples": 1,
+            "value": stored.value,
+            "count": stored.count,
+            "bucket_counts": list(stored.bucket_counts) if stored.bucket_counts else None,
+            "bounds": list(stored.bounds) if stored.bucket_counts else None,
+        }
+        if point.cumulative:
+            adding.add((sid, _at(point.time_nanos)))
     await session.flush()
-    if samples:
-        await session.execute(_insert(session)(AppMetricSample).values(list(samples.values())).on_conflict_do_nothing())
+    # an increment of a cumulative stream (its re-sends were dropped above) at the moment of a
+    # row stored already, by another replica's export: added to it, not dropped as a re-send
+    pending = sorted(adding)
+    stored_rows: list[AppMetricSample] = []
+    for first in range(0, len(pending), INSERT_CHUNK):
+        chunk = pending[first : first + INSERT_CHUNK]
+        stored_rows.extend(
+            (
+                await session.execute(
+                    select(AppMetricSample).where(
+                        AppMetricSample.series_id.in_({sid for sid, _ in chunk}),
+                        AppMetricSample.step_seconds == RAW,
+                        AppMetricSample.taken_at.in_({at for _, at in chunk}),
+                    )
+                )
+            ).scalars()
+        )
+    for existing in stored_rows:
+        key = (existing.series_id, existing.taken_at)
+        row = samples.pop(key, None) if key in adding else None
+        if row is None:
+            continue
+        merged: dict[str, Any] = {
+            "value": existing.value,
+            "count": existing.count,
+            "bucket_counts": existing.bucket_counts,
+            "bounds": existing.bounds,
+        }
+        _add_to(merged, Increment.of(row))
+        existing.value, existing.count = merged["value"], merged["count"]
+        existing.bucket_counts = merged["bucket_counts"]
+    rows = list(samples.values())
+    for first in range(0, len(rows), INSERT_CHUNK):
+        # PostgreSQL takes at most 32,767 bind parameters per statement: 10 a row
+        await session.execute(
+            _insert(session)(AppMetricSample).values(rows[first : first + INSERT_CHUNK]).on_conflict_do_nothing()
+        )
     return len(samples)
+
+
+@dataclass(frozen=True)
+class Increment:
+    """A sample row's numbers in the shape ``_add_to`` takes."""
+
+    value: float
+    count: int
+    bucket_counts: tuple[int, ...]
+    bounds: tuple[float, ...]
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Increment:
+        return cls(row["value"], row["count"], tuple(row["bucket_counts"] or ()), tuple(row["bounds"] or ()))
+
+
+def _add_to(row: dict[str, Any], stored: MetricPoint | Increment) -> None:
+    """Add a sum's or a histogram's increment to a sample row (its buckets only with the same bounds)."""
+    row["value"] = max(-MAX_FLOAT, min(MAX_FLOAT, row["value"] + stored.value))
+    row["count"] = min(row["count"] + stored.count, MAX_INT)
+    if (
+        row["bucket_counts"]
+        and list(row["bounds"] or []) == list(stored.bounds)
+        and len(row["bucket_counts"]) == len(stored.bucket_counts)
+    ):
+        row["bucket_counts"] = [
+            min(a + b, MAX_INT) for a, b in zip(row["bucket_counts"], stored.bucket_counts, strict=True)
+        ]
 
 
 # -- folding rows: rollups and query buckets alike ----------------------------------------------
@@ -220,12 +336,14 @@ def fold(kind: str, rows: Iterable[Any]) -> Folded:
     histogram's values added up. Histogram buckets are added up over the rows with the newest
     rows' bounds (an app that changed its bounds keeps only the new ones' quantiles there)."""
     members = sorted(rows, key=lambda r: (r.taken_at, r.step_seconds))
-    samples = sum(max(r.samples, 1) for r in members)
+    samples = min(sum(max(r.samples, 1) for r in members), MAX_INT)
     if kind == "gauge":
         value = sum(r.value * max(r.samples, 1) for r in members) / samples
     else:
         value = sum(r.value for r in members)
-    count = sum(r.count for r in members)
+    # saturate rather than fail: a row must fit its columns, or the compaction of every row fails
+    value = 0.0 if math.isnan(value) else max(-MAX_FLOAT, min(MAX_FLOAT, value))
+    count = min(sum(r.count for r in members), MAX_INT)
     with_buckets = [r for r in members if r.bucket_counts]
     if not with_buckets:
         return Folded(samples=samples, value=value, count=count, bucket_counts=None, bounds=None)
@@ -233,7 +351,7 @@ def fold(kind: str, rows: Iterable[Any]) -> Folded:
     merged = [0] * (len(bounds) + 1)
     for row in with_buckets:
         if list(row.bounds or []) == bounds and len(row.bucket_counts) == len(merged):
-            merged = [a + b for a, b in zip(merged, row.bucket_counts, strict=True)]
+            merged = [min(a + b, MAX_INT) for a, b in zip(merged, row.bucket_counts, strict=True)]
     return Folded(samples=samples, value=value, count=count, bucket_counts=merged, bounds=bounds)
 
 

@@ -50,12 +50,15 @@ from ctrlplane.inputs import check_json_depth, decompress
 from ctrlplane.settings import Settings
 
 TOKEN_PREFIX = "cpt_"
-_TOKEN = re.compile(r"^cpt_([A-Za-z0-9_]{1,64})\.([A-Za-z0-9_-]{43})$")
-_HEX_TRACE = re.compile(r"^[0-9a-fA-F]{32}$")
-_HEX_SPAN = re.compile(r"^[0-9a-fA-F]{16}$")
+# every pattern here is used with fullmatch: ``$`` also matches before a trailing newline
+_TOKEN = re.compile(r"cpt_([A-Za-z0-9_]{1,64})\.([A-Za-z0-9_-]{43})")
+_HEX_TRACE = re.compile(r"[0-9a-fA-F]{32}")
+_HEX_SPAN = re.compile(r"[0-9a-fA-F]{16}")
 SPAN_KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 STATUS_CODES = {0: "unset", 1: "ok", 2: "error"}
 MAX_SPANS_PER_REQUEST = 5000
+MAX_ATTRIBUTES_PER_REQUEST = 200_000
+"""Attributes of a protobuf export, and values in their arrays and maps: about 1 s of mapping."""
 INSTANCE_ATTRIBUTE = "ctrlplane.instance.id"
 MAX_ATTRIBUTE_DEPTH = 4
 
@@ -77,7 +80,7 @@ def instance_token(settings: Settings, instance_id: str) -> str:
 
 def token_instance(settings: Settings, token: str) -> str | None:
     """The instance a token was made for, or None when it is not a valid instance token."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     instance_id, mac = match.groups()
@@ -106,7 +109,8 @@ class AnyValue(msgspec.Struct, rename="camel", omit_defaults=True):
     string_value: str | None = None
     bool_value: bool | None = None
     int_value: int | str | None = None
-    double_value: float | None = None
+    double_value: float | str | None = None
+    """A number, or protobuf's JSON mapping of a non-finite double: "NaN", "Infinity", "-Infinity"."""
     bytes_value: str | None = None
     array_value: dict[str, Any] | None = None
     kvlist_value: dict[str, Any] | None = None
@@ -123,11 +127,14 @@ class Status(msgspec.Struct, rename="camel"):
 
 
 class Span(msgspec.Struct, rename="camel"):
-    trace_id: str
-    span_id: str
-    name: str
-    start_time_unix_nano: int | str
-    end_time_unix_nano: int | str
+    """Every field has its protobuf default: the protobuf-to-JSON mapping leaves out fields at
+    their default (an empty name, a zero time), and the checks in ``spans`` say what is wrong."""
+
+    trace_id: str = ""
+    span_id: str = ""
+    name: str = ""
+    start_time_unix_nano: int | str = 0
+    end_time_unix_nano: int | str = 0
     parent_span_id: str = ""
     kind: int | str = 0
     attributes: list[KeyValue] = msgspec.field(default_factory=list)
@@ -297,6 +304,14 @@ def read_export(body: bytes, kind: type[Export], *, media: Media, content_encodi
             f"the body is not an OTLP protobuf {message_type.DESCRIPTOR.name}: {exc}",
             details={"body": "not protobuf"},
         ) from None
+    # sized and trimmed on the decoded message (len() of repeated fields, in C) before the
+    # pure-Python mapping below, which costs per field: 4M empty points must not get that far
+    if kind is ExportTraceServiceRequest:
+        _trim_spans(message)
+        _check_attributes(message, "spans")
+    else:
+        _trim_metrics(message)
+        _check_attributes(message, "metrics")
     mapped = json_format.MessageToDict(message, use_integers_for_enums=True)
     if kind is ExportTraceServiceRequest:
         _ids_to_hex(mapped)
@@ -304,6 +319,106 @@ def read_export(body: bytes, kind: type[Export], *, media: Media, content_encodi
         return msgspec.convert(mapped, type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid OTLP request: {exc}") from None
+
+
+def _too_many_points(points: int) -> InvalidInput:
+    return InvalidInput(f"at most {MAX_POINTS_PER_REQUEST} data points per request", details={"points": points})
+
+
+def _too_many_buckets(buckets: int, bounds: int) -> InvalidInput:
+    return InvalidInput(
+        f"a histogram data point has at most {MAX_BUCKETS_PER_POINT} bucketCounts "
+        f"and {MAX_BUCKETS_PER_POINT - 1} explicitBounds",
+        details={"bucketCounts": buckets, "explicitBounds": bounds},
+    )
+
+
+def _attribute_lists(message: Any, kind: str) -> Iterator[Any]:
+    """Every repeated ``KeyValue`` field of an export message: resources', scopes', and spans' or
+    data points'."""
+    for resource in getattr(message, f"resource_{kind}"):
+        yield resource.resource.attributes
+        for scope in getattr(resource, f"scope_{kind}"):
+            yield scope.scope.attributes
+            if kind == "spans":
+                yield from (span.attributes for span in scope.spans)
+                continue
+            for metric in scope.metrics:
+                which = metric.WhichOneof("data")
+                if which is not None:
+                    yield from (point.attributes for point in getattr(metric, which).data_points)
+
+
+def _check_attributes(message: Any, kind: str) -> None:
+    """400 past ``MAX_ATTRIBUTES_PER_REQUEST`` attributes and values inside arrays and maps, all
+    told: counted on the protobuf message (lengths first, nested values only within the budget)."""
+    lists = list(_attribute_lists(message, kind))
+    total = sum(len(pairs) for pairs in lists)
+    pending = [pair.value for pairs in lists for pair in pairs] if total <= MAX_ATTRIBUTES_PER_REQUEST else []
+    while pending and total <= MAX_ATTRIBUTES_PER_REQUEST:
+        value = pending.pop()
+        which = value.WhichOneof("value")
+        if which == "array_value":
+            total += len(value.array_value.values)
+            pending.extend(value.array_value.values)
+        elif which == "kvlist_value":
+            total += len(value.kvlist_value.values)
+            pending.extend(pair.value for pair in value.kvlist_value.values)
+    if total > MAX_ATTRIBUTES_PER_REQUEST:
+        raise InvalidInput(
+            f"at most {MAX_ATTRIBUTES_PER_REQUEST} attributes per request (values in arrays and maps counted)",
+            details={"attributes": total},
+        )
+
+
+def _trim_spans(message: Any) -> None:
+    """400 past ``MAX_SPANS_PER_REQUEST`` spans, counted on the protobuf message; clears what no
+    one reads (events, links) so the JSON mapping skips it."""
+    total = 0
+    for resource in message.resource_spans:
+        for scope in resource.scope_spans:
+            total += len(scope.spans)
+            if total > MAX_SPANS_PER_REQUEST:
+                raise InvalidInput(f"at most {MAX_SPANS_PER_REQUEST} spans per request", details={"spans": total})
+    for resource in message.resource_spans:
+        for scope in resource.scope_spans:
+            for span in scope.spans:
+                span.ClearField("events")
+                span.ClearField("links")
+
+
+def _trim_metrics(message: Any) -> None:
+    """400 past ``MAX_POINTS_PER_REQUEST`` data points (of any kind) or for a histogram point with
+    more buckets than ``MAX_BUCKETS_PER_POINT``, counted on the protobuf message; clears what no
+    one reads (exemplars, exponential buckets, summary quantiles) so the JSON mapping skips it."""
+    total = 0
+    for resource in message.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                which = metric.WhichOneof("data")
+                if which is not None:
+                    total += len(getattr(metric, which).data_points)
+    if total > MAX_POINTS_PER_REQUEST:
+        raise _too_many_points(total)
+    for resource in message.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                which = metric.WhichOneof("data")
+                if which is None:
+                    continue
+                for point in getattr(metric, which).data_points:
+                    if which == "histogram" and (
+                        len(point.bucket_counts) > MAX_BUCKETS_PER_POINT
+                        or len(point.explicit_bounds) >= MAX_BUCKETS_PER_POINT
+                    ):
+                        raise _too_many_buckets(len(point.bucket_counts), len(point.explicit_bounds))
+                    if which == "exponential_histogram":
+                        point.ClearField("positive")
+                        point.ClearField("negative")
+                    if which == "summary":
+                        point.ClearField("quantile_values")
+                    else:
+                        point.ClearField("exemplars")
 
 
 def encode_response(response: msgspec.Struct, message_type: type[Message], media: Media) -> bytes:
@@ -349,7 +464,9 @@ def _value(value: AnyValue | dict[str, Any], depth: int = 0) -> Any:
             return None
     if "doubleValue" in raw:
         number = raw["doubleValue"]
-        return float(number) if isinstance(number, int | float) else None
+        if isinstance(number, str) and number in ("NaN", "Infinity", "-Infinity"):
+            return number  # kept as its name: JSON (and the database's JSON columns) has no NaN
+        return float(number) if isinstance(number, int | float) and math.isfinite(number) else None
     if "bytesValue" in raw:
         return _clean(str(raw["bytesValue"]))
     if "arrayValue" in raw and isinstance(raw["arrayValue"], dict):
@@ -397,11 +514,11 @@ def spans(request: ExportTraceServiceRequest) -> Iterator[ParsedSpan]:
                 where = f"span {count}"
                 if count > MAX_SPANS_PER_REQUEST:
                     raise InvalidInput(f"at most {MAX_SPANS_PER_REQUEST} spans per request")
-                if not _HEX_TRACE.match(span.trace_id) or set(span.trace_id) == {"0"}:
+                if not _HEX_TRACE.fullmatch(span.trace_id) or set(span.trace_id) == {"0"}:
                     raise InvalidInput(f"{where}: traceId must be 32 hex digits, not all zero", details={"span": where})
-                if not _HEX_SPAN.match(span.span_id) or set(span.span_id) == {"0"}:
+                if not _HEX_SPAN.fullmatch(span.span_id) or set(span.span_id) == {"0"}:
                     raise InvalidInput(f"{where}: spanId must be 16 hex digits, not all zero", details={"span": where})
-                if span.parent_span_id and not _HEX_SPAN.match(span.parent_span_id):
+                if span.parent_span_id and not _HEX_SPAN.fullmatch(span.parent_span_id):
                     raise InvalidInput(f"{where}: parentSpanId must be 16 hex digits", details={"span": where})
                 start = _nanos(span.start_time_unix_nano, "startTimeUnixNano", where)
                 end = _nanos(span.end_time_unix_nano, "endTimeUnixNano", where)
@@ -431,12 +548,18 @@ def spans(request: ExportTraceServiceRequest) -> Iterator[ParsedSpan]:
 # -- metrics: data points, and the ones refused ------------------------------------------------
 
 MAX_POINTS_PER_REQUEST = 10_000
+MAX_BUCKETS_PER_POINT = 160
+"""A histogram point's bucketCounts (its explicitBounds one fewer); more is 400 for the export."""
 MAX_POINT_ATTRIBUTES = 16
+MAX_VALUE = 1e300
+"""The largest magnitude of a value, a histogram sum or a bound: sums of a few stay finite."""
+MAX_COUNT = 2**53
+"""The largest histogram count or bucket count: sums of many stay within 64 bits (and exact in a float)."""
 MAX_ATTRIBUTE_KEY = 128
 MAX_ATTRIBUTE_VALUE = 256
 HISTOGRAM_LABELS = frozenset({"quantile", "stat"})
 """Labels a histogram's series get from ctrlplane; its points may not carry attributes so named."""
-_METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,254}$")
+_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,254}")
 DELTA, CUMULATIVE = 1, 2
 NO_RECORDED_VALUE = 1
 PointKind = Literal["gauge", "sum", "histogram"]
@@ -502,9 +625,9 @@ def _number(value: float | int | str | None) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return number if math.isfinite(number) else None
+    return number if math.isfinite(number) and abs(number) <= MAX_VALUE else None
 
 
 def _count(value: int | str) -> int | None:
@@ -512,7 +635,7 @@ def _count(value: int | str) -> int | None:
         number = int(value)
     except (TypeError, ValueError):
         return None
-    return number if 0 <= number < 2**63 else None
+    return number if 0 <= number <= MAX_COUNT else None
 
 
 def _time(value: int | str) -> int | None:
@@ -557,7 +680,16 @@ def metric_points(
         if kind is not None
     )
     if total > MAX_POINTS_PER_REQUEST:
-        raise InvalidInput(f"at most {MAX_POINTS_PER_REQUEST} data points per request", details={"points": total})
+        raise _too_many_points(total)
+    for resource in request.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for histogram in metric.histogram.data_points if metric.histogram is not None else []:
+                    if (
+                        len(histogram.bucket_counts) > MAX_BUCKETS_PER_POINT
+                        or len(histogram.explicit_bounds) >= MAX_BUCKETS_PER_POINT
+                    ):
+                        raise _too_many_buckets(len(histogram.bucket_counts), len(histogram.explicit_bounds))
     reserved_lower = {name.lower() for name in reserved}
     points: list[MetricPoint] = []
     refused = Refusals()
@@ -570,7 +702,7 @@ def metric_points(
                     metric.gauge or metric.sum or metric.histogram or metric.exponential_histogram or metric.summary
                 )
                 size = len(data.data_points) if data is not None else 0
-                if not _METRIC_NAME.match(name):
+                if not _METRIC_NAME.fullmatch(name):
                     refused.add(f"{shown} is not a metric name (a letter, then up to 254 of A-Z a-z 0-9 _ . - /)", size)
                     continue
                 if name.lower() in reserved_lower or name.lower().startswith("ctrlplane"):
@@ -610,7 +742,7 @@ def _points_of(
             if isinstance(labels, str):
                 refused.add(f"{shown}: {labels}")
             elif value is None or start is None or at is None:
-                refused.add(f"{shown}: a point without a finite value or a valid time")
+                refused.add(f"{shown}: a point without a finite value (at most 1e300 in magnitude) or a valid time")
             else:
                 yield MetricPoint(
                     name=name,
@@ -642,9 +774,14 @@ def _points_of(
         if isinstance(labels, str):
             refused.add(f"{shown}: {labels}")
         elif count is None or total is None or start is None or at is None:
-            refused.add(f"{shown}: a point without a valid count, a finite sum or a valid time")
+            refused.add(
+                f"{shown}: a point without a valid count (at most 2^53), a finite sum (at most 1e300 in magnitude) "
+                "or a valid time"
+            )
         elif len(buckets) < len(read_buckets) or len(bounds) < len(read_bounds) or not _increasing(bounds):
-            refused.add(f"{shown}: bucket counts or explicit bounds that are not numbers in increasing order")
+            refused.add(
+                f"{shown}: bucket counts (at most 2^53) or explicit bounds that are not numbers in increasing order"
+            )
         elif buckets and (len(buckets) != len(bounds) + 1 or sum(buckets) != count):
             refused.add(f"{shown}: bucketCounts must be one more than explicitBounds and add up to count")
         else:

@@ -3,8 +3,11 @@ and retention (usage, request and app metrics, and spans). Runs in the backgroun
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.network.requests import compact as compact_requests
@@ -55,9 +58,18 @@ class MetricsSampler:
         return len(taken)
 
     async def compact(self) -> None:
+        """Each kind of row in its own transaction: one that fails (logged) is retried on the next
+        run and does not hold back the others' retention."""
         settings = self.services.settings
-        async with self.services.db.write() as session, session.begin():
-            await MetricsRepository(session).compact(settings)
-            await SpanRepository(session).prune(settings)
-            await compact_requests(session, settings)
-            await appmetrics.compact(session, settings)
+        steps: list[tuple[str, Callable[[AsyncSession], Awaitable[object]]]] = [
+            ("usage", lambda session: MetricsRepository(session).compact(settings)),
+            ("spans", lambda session: SpanRepository(session).prune(settings)),
+            ("requests", lambda session: compact_requests(session, settings)),
+            ("app_metrics", lambda session: appmetrics.compact(session, settings)),
+        ]
+        for what, step in steps:
+            try:
+                async with self.services.db.write() as session, session.begin():
+                    await step(session)
+            except Exception:  # logged; the other compactions go on
+                log.exception("compaction_failed", rows=what)

@@ -4,6 +4,7 @@ provider, in-process. The protobuf bodies are built with opentelemetry-proto's c
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
@@ -21,11 +23,12 @@ from sqlalchemy import func, select
 
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
-from ctrlplane.telemetry import appmetrics
+from ctrlplane.telemetry import appmetrics, otlp
 from ctrlplane.telemetry.models import AppMetricSample, AppMetricSeries
 from tests.api.test_instances import create, tenant_token
 from tests.api.test_telemetry import TRACE_ID, otlp_headers
 from tests.conftest import Api, bearer
+from tests.waiting import eventually
 
 METRICS = "/v1/otlp/v1/metrics"
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -396,3 +399,300 @@ async def test_traces_over_gzipped_protobuf_are_stored_with_hex_ids(api: Api, se
     assert (stored["kind"], stored["status"], stored["status_message"]) == ("server", "error", "boom")
     assert stored["service_name"] == "shop" and stored["attributes"] == {"http.route": "/cart"}
     assert 41.9 < stored["duration_ms"] < 42.1
+
+
+def _metrics_message(*metrics: metrics_pb2.Metric) -> metrics_service_pb2.ExportMetricsServiceRequest:
+    return metrics_service_pb2.ExportMetricsServiceRequest(
+        resource_metrics=[metrics_pb2.ResourceMetrics(scope_metrics=[metrics_pb2.ScopeMetrics(metrics=list(metrics))])]
+    )
+
+
+async def test_oversized_protobuf_exports_are_refused_before_the_json_mapping(
+    api: Api, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Points of every kind (exponential ones too), buckets per histogram point and spans are
+    counted on the decoded protobuf message: an export past a limit never reaches the per-field
+    (pure Python) MessageToDict, and exemplars and exponential buckets nobody reads are dropped
+    before it."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    headers = {**otlp_headers(settings, instance["id"]), **PROTOBUF}
+    mapped: list[Any] = []
+    real = otlp.json_format.MessageToDict
+
+    def spy(message: Any, **kwargs: Any) -> Any:
+        mapped.append(message)
+        return real(message, **kwargs)
+
+    monkeypatch.setattr(otlp.json_format, "MessageToDict", spy)
+    monkeypatch.setattr(otlp, "MAX_POINTS_PER_REQUEST", 50)
+    monkeypatch.setattr(otlp, "MAX_SPANS_PER_REQUEST", 50)
+    at = int(BASE.timestamp()) * 10**9
+    empty_gauge = metrics_pb2.Metric(
+        name="g", gauge=metrics_pb2.Gauge(data_points=[metrics_pb2.NumberDataPoint()] * 51)
+    )
+    exponential = metrics_pb2.Metric(
+        name="e",
+        exponential_histogram=metrics_pb2.ExponentialHistogram(
+            data_points=[metrics_pb2.ExponentialHistogramDataPoint(time_unix_nano=at)] * 51, aggregation_temporality=1
+        ),
+    )
+    wide = metrics_pb2.Metric(
+        name="h",
+        histogram=metrics_pb2.Histogram(
+            data_points=[metrics_pb2.HistogramDataPoint(time_unix_nano=at, count=0, bucket_counts=[0] * 200,
+                                                        explicit_bounds=[float(i) for i in range(199)])],
+            aggregation_temporality=1,
+        ),
+    )  # fmt: skip
+    spans = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=[trace_pb2.Span()] * 51)])]
+    )
+    for message, path in [
+        (_metrics_message(empty_gauge), METRICS),
+        (_metrics_message(exponential), METRICS),
+        (_metrics_message(wide), METRICS),
+        (spans, "/v1/otlp/v1/traces"),
+    ]:
+        response = await api.client.post(path, content=message.SerializeToString(), headers=headers)
+        assert_error(response, 400, "invalid_input")
+    assert mapped == []
+    wide_json = msgspec.json.decode(json_format.MessageToJson(_metrics_message(wide)))
+    assert_error(await api.client.post(METRICS, json=wide_json, headers=otlp_headers(settings, instance["id"])), 400,
+                 "invalid_input")  # fmt: skip
+    assert await stored_rows(db) == (0, 0)
+
+    kept = metrics_pb2.ExponentialHistogramDataPoint(
+        start_time_unix_nano=at - 10**9, time_unix_nano=at, count=3, sum=1.5, scale=2
+    )
+    kept.positive.bucket_counts.extend([1] * 100)
+    kept.exemplars.add(as_double=1.0, time_unix_nano=at)
+    readable = metrics_pb2.Metric(
+        name="e", exponential_histogram=metrics_pb2.ExponentialHistogram(data_points=[kept], aggregation_temporality=1)
+    )
+    response = await api.client.post(METRICS, content=_metrics_message(readable).SerializeToString(), headers=headers)
+    assert response.status_code == 200, response.text
+    [message] = mapped
+    [point] = message.resource_metrics[0].scope_metrics[0].metrics[0].exponential_histogram.data_points
+    assert not point.positive.bucket_counts and not point.exemplars and point.count == 3
+    stat = by_labels(await read(api, token, instance["id"], "e"))
+    assert stat[(("stat", "count"),)] == [3.0] and stat[(("stat", "sum"),)] == [1.5]
+
+
+async def test_counts_and_values_that_would_overflow_a_rollup_are_refused(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    huge = histogram("latency", BASE, [1, 0, 0, 0], 0.5)
+    huge["histogram"]["aggregationTemporality"] = 1
+    [point] = huge["histogram"]["dataPoints"]
+    point["count"], point["bucketCounts"] = str(2**63 - 1), [str(2**63 - 1), "0", "0", "0"]
+    export = body(
+        huge,
+        {"name": "temperature", "gauge": {"dataPoints": [number(1e308, BASE), number(-1e301, BASE)]}},
+        counter("orders", number(5, BASE)),
+    )
+    response = await api.client.post(METRICS, json=export, headers=otlp_headers(settings, instance["id"]))
+    assert response.status_code == 200, response.text
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedDataPoints"] == 3, partial
+    assert "2^53" in partial["errorMessage"] and "1e300" in partial["errorMessage"]
+    assert by_labels(await read(api, token, instance["id"], "orders")) == {(): [5.0]}
+
+
+@pytest.mark.dialects("a rollup past BigInteger fails differently on asyncpg and sqlite3")
+async def test_a_failing_app_metric_compaction_does_not_hold_back_the_usage_retention(
+    api: Api, db: Database, settings: Settings, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctrlplane.provisioning.contract import Usage
+    from ctrlplane.telemetry.models import MetricSample
+    from ctrlplane.telemetry.sampler import MetricsSampler
+
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    old = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=12)
+    usage = Usage(cpu_percent=1.0, memory_used_bytes=1, memory_limit_bytes=1, network_rx_bytes=1, network_tx_bytes=1,
+                  restarts=0)  # fmt: skip
+    sid = appmetrics.series_id(instance["id"], "legacy", {})
+    async with db.write() as session, session.begin():
+        from ctrlplane.telemetry.repository import MetricsRepository
+
+        await MetricsRepository(session).add(tenant_id, instance["id"], old, usage)
+        session.add(
+            AppMetricSeries(id=sid, instance_id=instance["id"], tenant_id=tenant_id, name="legacy", attributes={},
+                            kind="histogram", unit="s", cumulative=None, last_seen_at=datetime.now(UTC))
+        )  # fmt: skip
+        await session.flush()
+        for second in (1, 2):  # rows stored before ingestion capped them: their minute overflows int64 and float
+            session.add(
+                AppMetricSample(series_id=sid, step_seconds=0, taken_at=old + timedelta(seconds=second),
+                                instance_id=instance["id"], tenant_id=tenant_id, samples=1, value=1.7e308,
+                                count=2**62 + 1, bucket_counts=None, bounds=None)
+            )  # fmt: skip
+
+    async def raw_usage() -> int:
+        async with db.read() as session:
+            query = select(func.count()).select_from(MetricSample).where(MetricSample.step_seconds == 0)
+            return int((await session.execute(query)).scalar_one())
+
+    assert await raw_usage() == 1
+    await MetricsSampler(app.state.services).compact()
+    assert await raw_usage() == 0, "the usage rows were compacted"
+    async with db.read() as session:
+        rows = (await session.execute(select(AppMetricSample).where(AppMetricSample.series_id == sid))).scalars().all()
+    assert [(r.step_seconds, r.count, r.value) for r in rows] == [
+        (60, 2**63 - 1, pytest.approx(1.7976931348623157e308))
+    ]
+
+    async with db.write() as session, session.begin():
+        await MetricsRepository(session).add(tenant_id, instance["id"], old + timedelta(minutes=1), usage)
+
+    async def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("app metrics compaction failed")
+
+    monkeypatch.setattr(appmetrics, "compact", broken)
+    await MetricsSampler(app.state.services).compact()
+    assert await raw_usage() == 0, "usage compaction ran although the app metrics one failed"
+
+
+@pytest.mark.dialects("an increment at the moment of a stored row is added to it under the series' row lock")
+async def test_replicas_pushing_one_cumulative_counter_are_counted_once(api: Api, settings: Settings) -> None:
+    """Every replica of an instance pushes the same series with its own startTimeUnixNano: two
+    replicas counting 10 more per export, over 5 interleaved exports each, counted 100."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    headers = otlp_headers(settings, instance["id"])
+    for export in range(1, 6):
+        for replica in (0, 1):
+            # export 5: both replicas' points at the same moment (one row: their increments add up)
+            point = number(10 * export, BASE - timedelta(minutes=5 - export, seconds=0 if export == 5 else replica * 7))
+            point["startTimeUnixNano"] = nanos(START - timedelta(seconds=replica + 1))
+            response = await api.client.post(METRICS, json=body(counter("orders", point)), headers=headers)
+            assert response.status_code == 200 and response.json() == {}, response.text
+    assert sum(by_labels(await read(api, token, instance["id"], "orders"))[()]) == 100.0
+
+
+@pytest.mark.dialects("PostgreSQL takes at most 32,767 bind parameters per statement")
+async def test_thousands_of_samples_in_one_export_are_inserted_in_chunks(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    at = int(BASE.timestamp()) * 10**9
+    points = [
+        otlp.MetricPoint(name="ticks", unit="", kind="gauge", cumulative=False, attributes={"n": str(i % 2)},
+                         start_nanos=at, time_nanos=at + i * 1_000_000, value=float(i))
+        for i in range(3500)
+    ]  # fmt: skip
+    async with db.write() as session, session.begin():
+        written = await appmetrics.add(
+            session, settings, tenant_id=tenant_id, instance_id=instance["id"], points=points, refused=otlp.Refusals()
+        )
+    assert written == 3500
+    assert await stored_rows(db) == (2, 3500)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_exports_creating_the_same_series_at_once_both_store(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    """One export has inserted a new series and not committed yet; another one creating the same
+    series waits for it and then uses its row (it was an IntegrityError: 409, and OTLP does not
+    retry a 409)."""
+    from sqlalchemy import text
+
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    at = int(BASE.timestamp()) * 10**9
+
+    def points(offset: int) -> list[otlp.MetricPoint]:
+        return [otlp.MetricPoint(name="orders", unit="", kind="sum", cumulative=False, attributes={},
+                                 start_nanos=at, time_nanos=at + offset, value=1.0)]  # fmt: skip
+
+    async def second() -> int:
+        async with db.write() as session, session.begin():
+            return await appmetrics.add(
+                session, settings, tenant_id=tenant_id, instance_id=instance["id"], points=points(10**9),
+                refused=otlp.Refusals(),
+            )  # fmt: skip
+
+    async def waiting() -> bool | None:
+        async with db.read() as session:
+            query = text("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                         "WHERE NOT l.granted AND a.datname = current_database()")  # fmt: skip
+            return True if (await session.execute(query)).scalar_one() else None
+
+    async with db.write() as session, session.begin():
+        assert await appmetrics.add(
+            session, settings, tenant_id=tenant_id, instance_id=instance["id"], points=points(0),
+            refused=otlp.Refusals(),
+        ) == 1  # fmt: skip
+        racing = asyncio.ensure_future(second())
+        await eventually(waiting, "the second export waiting on the first one's new series", timeout=20)
+    assert await racing == 1
+    assert await stored_rows(db) == (1, 2)
+    assert by_labels(await read(api, token, instance["id"], "orders")) == {(): [1.0, 1.0]}
+
+
+async def test_a_protobuf_span_without_a_name_and_a_nan_attribute_are_stored(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    """Protobuf's JSON mapping leaves out an empty name and writes a NaN double as "NaN": neither
+    may make the export 400."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    now = int(datetime.now(UTC).timestamp() * 1e9)
+    span = trace_pb2.Span(
+        trace_id=bytes.fromhex(TRACE_ID), span_id=bytes.fromhex("eee19b7ec3c1b174"), name="",
+        start_time_unix_nano=now - 1000, end_time_unix_nano=now,
+        attributes=[common_pb2.KeyValue(key="ratio", value=common_pb2.AnyValue(double_value=float("nan")))],
+    )  # fmt: skip
+    request = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=[span])])]
+    )
+    headers = {**otlp_headers(settings, instance["id"]), **PROTOBUF}
+    response = await api.client.post("/v1/otlp/v1/traces", content=request.SerializeToString(), headers=headers)
+    assert response.status_code == 200, response.text
+    [stored] = (await api.client.get(f"/v1/instances/{instance['id']}/traces", headers=token)).json()["items"]
+    assert stored["name"] == "" and stored["attributes"] == {"ratio": "NaN"}
+    gauge = metrics_pb2.NumberDataPoint(time_unix_nano=int(BASE.timestamp()) * 10**9, as_double=2.0)
+    gauge.attributes.append(common_pb2.KeyValue(key="ratio", value=common_pb2.AnyValue(double_value=float("inf"))))
+    metric = metrics_pb2.Metric(name="level", gauge=metrics_pb2.Gauge(data_points=[gauge]))
+    response = await api.client.post(METRICS, content=_metrics_message(metric).SerializeToString(), headers=headers)
+    assert response.status_code == 200, response.text
+    assert by_labels(await read(api, token, instance["id"], "level")) == {(("ratio", "Infinity"),): [2.0]}
+
+
+async def test_protobuf_exports_with_too_many_attributes_are_refused_before_the_json_mapping(
+    api: Api, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attributes (and values nested in arrays and maps) cost the JSON mapping as much as points:
+    4M empty attributes fit in 8 MB. They are counted on the protobuf message too."""
+    _, token = await tenant_token(api)
+    instance = await create(api, token)
+    headers = {**otlp_headers(settings, instance["id"]), **PROTOBUF}
+    mapped: list[Any] = []
+    monkeypatch.setattr(otlp.json_format, "MessageToDict", lambda message, **kwargs: mapped.append(message))
+    monkeypatch.setattr(otlp, "MAX_ATTRIBUTES_PER_REQUEST", 50)
+    at = int(BASE.timestamp()) * 10**9
+    flat = metrics_pb2.NumberDataPoint(time_unix_nano=at, as_double=1.0)
+    flat.attributes.extend([common_pb2.KeyValue(key="k")] * 51)
+    nested = metrics_pb2.NumberDataPoint(time_unix_nano=at, as_double=1.0)
+    deep = common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[common_pb2.AnyValue()] * 30))
+    nested.attributes.append(
+        common_pb2.KeyValue(key="a", value=common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[deep, deep])))
+    )
+    span = trace_pb2.Span(attributes=[common_pb2.KeyValue(key="k")] * 51)
+    spans = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=[span])])]
+    )
+    for message, path in [
+        (_metrics_message(metrics_pb2.Metric(name="g", gauge=metrics_pb2.Gauge(data_points=[flat]))), METRICS),
+        (_metrics_message(metrics_pb2.Metric(name="g", gauge=metrics_pb2.Gauge(data_points=[nested]))), METRICS),
+        (spans, "/v1/otlp/v1/traces"),
+    ]:
+        response = await api.client.post(path, content=message.SerializeToString(), headers=headers)
+        assert_error(response, 400, "invalid_input")
+        assert "attributes" in response.json()["message"]
+    assert mapped == [] and await stored_rows(db) == (0, 0)

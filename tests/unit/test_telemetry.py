@@ -267,3 +267,56 @@ def test_metric_points_refuse_what_cannot_be_kept_and_say_why() -> None:
                    "more than 16 attributes", "a summary", "aggregationTemporality", "add up to count",
                    "increasing order"):  # fmt: skip
         assert reason in message, reason
+
+
+def test_cumulative_streams_of_two_replicas_are_increments_of_their_own() -> None:
+    """Two replicas push the same series, each with its own start time: interleaved, each point is
+    an increment against its own stream's previous point, not a reset of the other's."""
+    from ctrlplane.telemetry.appmetrics import MAX_STREAMS, increment
+
+    state = None
+    total = 0.0
+    for export in range(1, 6):
+        for start in (1, 2):  # replica A started at 1, replica B at 2; each counts +10 per export
+            found = increment(state, _point(10.0 * export, at=100 * export + start, start=start))
+            assert found is not None
+            total += found[0].value
+            state = found[1]
+    assert total == 100.0
+    assert increment(state, _point(50, at=502, start=2)) is None, "a re-send of one stream is still dropped"
+    for start in range(10, 10 + MAX_STREAMS + 5):
+        found = increment(state, _point(1, at=1000 + start, start=start))
+        assert found is not None
+        state = found[1]
+    assert state is not None and len(state["streams"]) == MAX_STREAMS, "the least recently pushed are dropped"
+
+
+def test_a_histogram_whose_sum_goes_down_is_no_reset() -> None:
+    from ctrlplane.telemetry.appmetrics import increment
+
+    first = increment(None, _point(5.0, at=100, count=3, buckets=(1, 2)))
+    assert first is not None
+    negative = increment(first[1], _point(-4.0, at=200, count=4, buckets=(2, 2)))
+    assert negative is not None, "a negative observation lowered the sum"
+    assert (negative[0].count, negative[0].bucket_counts, negative[0].value) == (1, (1, 0), -9.0)
+    fewer = increment(negative[1], _point(1.0, at=300, count=2, buckets=(1, 1)))
+    assert fewer is not None and fewer[0].count == 2, "a count that went down is a reset"
+
+
+def test_a_trailing_newline_does_not_pass_a_name_id_or_token_check() -> None:
+    """``$`` matches before a trailing newline: ``cpu_percent\\n`` would pass as a name that is not
+    the reserved ``cpu_percent``."""
+    body = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [
+        {"name": "cpu_percent\n", "gauge": {"dataPoints": [{"timeUnixNano": "500", "asDouble": 1.0}]}},
+    ]}]}]}  # fmt: skip
+    request = msgspec.json.decode(msgspec.json.encode(body), type=otlp.ExportMetricsServiceRequest)
+    points, refused = otlp.metric_points(request, reserved=frozenset({"cpu_percent"}), oldest_nanos=1, newest_nanos=999)
+    assert points == [] and refused.count == 1
+    token = otlp.instance_token(SETTINGS, "inst_1")
+    assert otlp.token_instance(SETTINGS, token) == "inst_1"
+    assert otlp.token_instance(SETTINGS, token + "\n") is None
+    span = {"traceId": "5b8efff798038103d269b633813fc60c\n", "spanId": "eee19b7ec3c1b174", "name": "x",
+            "startTimeUnixNano": "1", "endTimeUnixNano": "2"}  # fmt: skip
+    traces = msgspec.convert({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}, otlp.ExportTraceServiceRequest)
+    with pytest.raises(InvalidInput, match="traceId"):
+        list(otlp.spans(traces))
