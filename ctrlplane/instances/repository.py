@@ -43,7 +43,7 @@ class InstanceRepository:
     async def get(self, instance_id: str, *, for_update: bool = False) -> Instance:
         statement = self._scoped().where(Instance.id == instance_id)
         if for_update:
-            statement = statement.with_for_update().execution_options(populate_existing=True)
+            statement = statement.with_for_update(key_share=True).execution_options(populate_existing=True)
         instance = (await self.session.execute(statement)).scalar_one_or_none()
         if instance is None:
             raise NotFound.of("instance", instance_id)
@@ -80,7 +80,7 @@ class InstanceRepository:
     async def live_for_tenant(self, tenant_id: str, *, for_update: bool = False) -> list[Instance]:
         statement = select(Instance).where(Instance.tenant_id == tenant_id, LIVE).order_by(Instance.id)
         if for_update:
-            statement = statement.with_for_update().execution_options(populate_existing=True)
+            statement = statement.with_for_update(key_share=True).execution_options(populate_existing=True)
         return list((await self.session.execute(statement)).scalars())
 
     async def usage(self, tenant_id: str, *, except_id: str | None = None) -> tuple[int, int, int]:

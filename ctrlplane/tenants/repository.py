@@ -16,7 +16,7 @@ class TenantRepository:
     async def get(self, tenant_id: str, *, for_update: bool = False) -> Tenant:
         statement = select(Tenant).where(Tenant.id == tenant_id)
         if for_update:
-            statement = statement.with_for_update()
+            statement = statement.with_for_update(key_share=True)
         tenant = (await self.session.execute(statement)).scalar_one_or_none()
         if tenant is None:
             raise NotFound.of("tenant", tenant_id)

@@ -9,18 +9,22 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 
 from ctrlplane import httpclients
 from ctrlplane.db import Database
+from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
+from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.network import requests
 from ctrlplane.network.access import Destination, HostTable, RequestBook, parse_line, store
+from ctrlplane.network.models import InstanceTraffic
 from ctrlplane.network.sleep import claim_wake
 from ctrlplane.network.wake import POLL_SECONDS, Look, WakeServer
 from ctrlplane.operations.models import Operation
 from ctrlplane.settings import Settings
 from ctrlplane.signals import Announcements, Signal
+from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 from tests.api.test_instances import create, state, tenant_token, wait_for
 from tests.conftest import Api
@@ -235,3 +239,25 @@ async def test_requests_held_for_a_replica_that_does_not_answer_yet_read_the_dat
         )
     assert targets == [None] * held  # nothing ever answered
     assert looks <= held * (budget / POLL_SECONDS + 2), looks
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_locked_instance_and_tenant_do_not_block_rows_that_only_refer_to_them(api: Api, db: Database) -> None:
+    """``InstanceService.locked`` (sleep, scale, deploy...) holds its tenant and instance for the
+    transaction; the router's access-log sink meanwhile inserts request samples and upserts
+    ``instance_traffic``, whose foreign keys take KEY SHARE on both rows. With FOR UPDATE the two
+    deadlocked (PostgreSQL's log in a CI run: the sleep waited for the instance, the sink for the
+    tenant; the sleep got 503). The locks are FOR NO KEY UPDATE: a referring insert goes through."""
+    tenant_id, token = await tenant_token(api)
+    instance = await create(api, token)
+    async with db.write() as holder, holder.begin():
+        await TenantRepository(holder).get(tenant_id, for_update=True)
+        await InstanceRepository(holder, TenantId(tenant_id)).get(instance["id"], for_update=True)
+        async with db.write() as sink, sink.begin():
+            await sink.execute(text("SET LOCAL lock_timeout = '2s'"))
+            await sink.execute(delete(InstanceTraffic).where(InstanceTraffic.instance_id == instance["id"]))
+            await sink.execute(
+                insert(InstanceTraffic).values(
+                    instance_id=instance["id"], tenant_id=tenant_id, last_request_at=utc_now()
+                )
+            )
