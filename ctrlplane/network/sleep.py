@@ -25,6 +25,8 @@ from typing import Any, cast
 
 import structlog
 from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.db import Database
@@ -46,12 +48,16 @@ DRAIN_SECONDS = 2.0
 
 
 async def traffic_row(session: AsyncSession, instance: Instance, *, for_update: bool = False) -> InstanceTraffic:
-    """The instance's traffic row, created empty when it has none yet."""
+    """The instance's traffic row, created empty when it has none yet. Created with an insert that
+    yields to a concurrent one (the router's access-log sink upserts the same row when a request
+    arrives): a plain insert lost that race with a unique violation (409 on a sleep)."""
     row = await session.get(InstanceTraffic, instance.id, with_for_update=for_update, populate_existing=True)
     if row is None:
-        row = InstanceTraffic(instance_id=instance.id, tenant_id=instance.tenant_id)
-        session.add(row)
-        await session.flush()
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        values = {"instance_id": instance.id, "tenant_id": instance.tenant_id}
+        await session.execute(insert(InstanceTraffic).values(**values).on_conflict_do_nothing())
+        row = await session.get(InstanceTraffic, instance.id, with_for_update=for_update, populate_existing=True)
+        assert row is not None  # inserted here or by the concurrent writer, committed before ours
     return row
 
 
