@@ -131,7 +131,7 @@ class DeployEngine:
                 )
                 await self._go_back(deployment, old, "failed", abandoned)
             else:
-                await self._go_back(deployment, old, "rolled_back", "the control plane restarted during the deploy")
+                await self._go_back(deployment, old, "rolled_back", _interrupted(deployment))
             return await self.provider.status(instance.id)
         await self._update(deployment, state="running", step="deploy", event="deploy.started")
         # The release phase (ctrlplane/runs/release.py) runs before any replica is touched; when it
@@ -392,6 +392,13 @@ class DeployEngine:
                     data={"deployment_id": row.id, "step": step, **({"error": error} if error else {}), **data},
                 )
         await self.services.events.notify()
+
+
+def _interrupted(deployment: Deployment) -> str:
+    """Why a deploy found ``running`` on resume goes back: it was cut off after its last recorded step
+    (the control plane restarted, or the operation was retried after an error or a lost lease)."""
+    last = deployment.steps[-1]["name"] if deployment.steps else "deploy"
+    return f"the deploy was interrupted after its step '{last}' (the control plane restarted or retried it)"
 
 
 def _step_record(name: str, message: str) -> dict[str, Any]:

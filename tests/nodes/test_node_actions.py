@@ -134,12 +134,6 @@ async def test_a_command_check_gates_a_deploy_on_a_node(fleet: Fleet) -> None:
         assert not await serves(instance["endpoints"][0]["url"])  # still v2: not the index page
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (docs/nodes.md): under load the nodes provider can wait out its 120 s for the node's "
-    "report instead of seeing the new replicas exit; the deploy is then retried and goes back late, with the "
-    "reason 'the control plane restarted during the deploy' (seen in 2 of 3 fresh-clone CI runs)",
-)
 async def test_a_deploy_of_an_image_that_exits_on_a_node_rolls_back_at_its_gate(fleet: Fleet) -> None:
     """A new replica that exits fails its gate at once (as on Docker), and going back leaves the
     node running the previous generation alone."""

@@ -181,10 +181,21 @@ class NodesProvider:
         await nodes.assign(chosen.node_id, spec)
         return chosen.node_id
 
-    async def _wait(self, spec: WorkloadSpec, node_id: str, *, only: bool) -> WorkloadStatus:
-        """The node's report once it runs ``spec.replicas`` replicas of ``spec.generation`` (and, with
-        ``only``, no other generation)."""
+    async def _send(self, spec: WorkloadSpec, *, beside: bool, only: bool) -> WorkloadStatus:
+        """Place ``spec`` (``_place``) and wait for the node's answer (``_wait``)."""
+        before = await self._nodes().reported_status(spec.instance_id)
+        return await self._wait(spec, await self._place(spec, beside=beside), only=only, before=before)
+
+    async def _wait(
+        self, spec: WorkloadSpec, node_id: str, *, only: bool, before: WorkloadStatus | None
+    ) -> WorkloadStatus:
+        """The node's report once it has started ``spec.replicas`` replicas of ``spec.generation`` (and,
+        with ``only``, runs no other generation), as Docker's ``provision`` answers once it started
+        them: a replica that exited at once is an answer too, for the caller's gate to judge. An
+        exited replica counts only when it was started after ``before`` (the report read before the
+        spec was sent), so a stale exit is never taken for the node's answer."""
         deadline = time.monotonic() + self._wait_seconds
+        earlier = {(r.generation, r.replica, r.started_at) for r in before.replicas} if before else set()
         while True:
             status = await self._nodes().reported_status(spec.instance_id)
             if status is not None:
@@ -192,9 +203,13 @@ class NodesProvider:
                 if status.state == "failed" and not status.replicas and status.message:
                     # the node could not run it at all (an image it cannot pull, the engine refused)
                     raise ProviderError(f"node {node_id}: {status.message}", details={"node_id": node_id})
-                running = sum(r.state == "running" for r in current)
+                started = sum(
+                    r.state == "running"
+                    or (r.started_at is not None and (r.generation, r.replica, r.started_at) not in earlier)
+                    for r in current
+                )
                 others = any(r.generation != spec.generation for r in status.replicas)
-                if running >= spec.replicas and len(current) == spec.replicas and not (only and others):
+                if started >= spec.replicas and len(current) == spec.replicas and not (only and others):
                     return status
             if time.monotonic() > deadline:
                 raise ProviderUnavailable(
@@ -220,15 +235,15 @@ class NodesProvider:
         does): the deploy engine starts a new generation beside the old one this way, and the node
         keeps the old replicas (``retained``) until ``remove_generation`` drops them, after the
         router stopped sending them requests."""
-        return await self._wait(spec, await self._place(spec, beside=True), only=False)
+        return await self._send(spec, beside=True, only=False)
 
     async def deploy(self, spec: WorkloadSpec, strategy: Strategy) -> WorkloadStatus:
         """The agent replaces the running generation with ``spec.generation`` (start the new set,
         then remove the old one) whatever the strategy; health gating stays the caller's."""
-        return await self._wait(spec, await self._place(spec, beside=False), only=True)
+        return await self._send(spec, beside=False, only=True)
 
     async def scale(self, spec: WorkloadSpec) -> WorkloadStatus:
-        return await self._wait(spec, await self._place(spec, beside=True), only=False)
+        return await self._send(spec, beside=True, only=False)
 
     async def deprovision(self, instance_id: str) -> None:
         nodes = self._nodes()
