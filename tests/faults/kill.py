@@ -212,7 +212,7 @@ def _engine_view(cluster_name: str) -> str:
         lines = [
             f"container {c.name} {c.status} networks="
             f"{sorted((c.attrs.get('NetworkSettings') or {}).get('Networks') or {})}"
-            for c in engine.containers.list(all=True, filters=label)
+            for c in engine.containers.list(all=True, ignore_removed=True, filters=label)
         ]
         lines += [
             f"network {n.name} {n.id[:12]} labels={n.attrs.get('Labels')}" for n in engine.networks.list(filters=label)

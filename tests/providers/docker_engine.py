@@ -197,7 +197,7 @@ def ensure_health_images(client: DockerClient) -> None:
 def remove_cluster(engine: DockerClient, cluster_name: str) -> None:
     """Remove every container, volume and network of one installation (``CTRLPLANE_CLUSTER_NAME``)."""
     label = f"ctrlplane.cluster={cluster_name}"
-    for container in engine.containers.list(all=True, sparse=True, filters={"label": label}):
+    for container in engine.containers.list(all=True, ignore_removed=True, filters={"label": label}):
         with contextlib.suppress(NotFound, APIError):
             container.remove(force=True, v=True)
     for volume in engine.volumes.list(filters={"label": label}):

@@ -386,11 +386,9 @@ def _no_containers_left_behind() -> Iterator[None]:
         client = engine()
     except Exception:  # noqa: BLE001 - no engine: the tests were skipped and created nothing
         return
-    # sparse: the listing's own fields, no inspection per container (another worker's test may remove
-    # its containers between the listing and an inspection: NotFound)
-    leftover = [
+    leftover = [  # ignore_removed: another worker's test may remove its containers meanwhile
         c.name
-        for c in client.containers.list(all=True, sparse=True, filters={"label": "ctrlplane.managed=true"})
-        if ((c.attrs.get("Labels") or {}).get("ctrlplane.instance") or "").startswith(f"inst_{SESSION}")
+        for c in client.containers.list(all=True, ignore_removed=True, filters={"label": "ctrlplane.managed=true"})
+        if (c.labels.get("ctrlplane.instance") or "").startswith(f"inst_{SESSION}")
     ]
     assert leftover == [], f"containers left behind: {leftover}"
