@@ -16,12 +16,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
+from tests import forkserve
 from tests.conftest import JWT_SECRET
 
 SERVING = re.compile(rb"serving on (http://\S+)")
@@ -48,7 +48,7 @@ class ServeProcess:
             "CTRLPLANE_CLUSTER_NAME": cluster_name,
             **extra_env,
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: forkserve.Forked | None = None
         self.lifetimes = 0
         self._url: str | None = None
 
@@ -71,9 +71,7 @@ class ServeProcess:
             log.write(f"--- lifetime {self.lifetimes}\n".encode())
             log.flush()
             offset = log.tell()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ctrlplane.cli", "serve"], env=self.env, stdout=log, stderr=log
-            )
+        self.process = forkserve.start("ctrlplane.cli", ["serve"], self.env, self.log_path)
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=5) as client:
             while time.monotonic() < deadline:
@@ -113,6 +111,4 @@ class ServeProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Another ``ctrlplane`` command with this server's configuration."""
-        return subprocess.run(
-            [sys.executable, "-m", "ctrlplane.cli", *args], env=self.env, capture_output=True, text=True, timeout=120
-        )
+        return forkserve.run("ctrlplane.cli", args, self.env, timeout=120)

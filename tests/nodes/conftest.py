@@ -6,9 +6,9 @@ directory and node identity. Every agent is ended by its pid, and every object i
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from docker import DockerClient
 from ctrlplane.agent.runtime import node_cluster_name
 from ctrlplane.db import Database
 from ctrlplane.settings import Settings
+from tests import forkserve
 from tests.conftest import Tokens, bearer
 from tests.harness import ServeProcess
 from tests.providers.docker_engine import docker_engine, ensure_variant_images, remove_cluster  # noqa: F401
@@ -77,7 +78,7 @@ class AgentProcess:
     url: str
     token: str | None
     extra: tuple[str, ...] = ()
-    process: subprocess.Popen[bytes] | None = None
+    process: forkserve.Forked | None = None
     starts: int = 0
 
     @property
@@ -88,7 +89,7 @@ class AgentProcess:
         assert self.process is None or self.process.poll() is not None
         self.starts += 1
         command = [
-            sys.executable, "-m", "ctrlplane.agent.main", "--url", self.url, "--state-dir", str(self.state_dir),
+            "--url", self.url, "--state-dir", str(self.state_dir),
             "--hostname", self.name, "--heartbeat-interval", "1", "--reconcile-interval", "2",
             "--telemetry-interval", "1", "--cpu-millis", "2000", "--memory-mb", "1024", *self.extra,
         ]  # fmt: skip
@@ -96,8 +97,7 @@ class AgentProcess:
             command += ["--token", self.token]
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        self.process = forkserve.start("ctrlplane.agent.main", command, {**os.environ}, self.log_path)
 
     def signal(self, number: signal.Signals) -> None:
         assert self.process is not None
