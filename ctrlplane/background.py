@@ -56,6 +56,8 @@ from ctrlplane.webhooks.delivery import WebhookDispatcher
 log = structlog.get_logger("ctrlplane.background")
 
 IDLE_POLL_SECONDS = 1.0
+SPARE_WORKER_POLL_FACTOR = 10
+"""Idle operation workers other than the poller poll this many times less often (``worker_loop``)."""
 ROUTER_POLL_SECONDS = 1.0
 CERTIFICATE_POLL_SECONDS = 2.0
 WATCH_RETRY_SECONDS = 1.0
@@ -82,6 +84,8 @@ def start_relay(services: AppServices, group: TaskGroup) -> NotifyRelay | None:
 class Background:
     def __init__(self, services: AppServices) -> None:
         self.services = services
+        self._poller: int | None = None
+        """The operation worker that polls the queue while idle (``worker_loop``)."""
         self.leader = LeaderElection(
             _dsn(services), lease_seconds=services.settings.leader_lease_seconds, replica=services.replica
         )
@@ -99,18 +103,32 @@ class Background:
 
         return run
 
-    async def _idle(self) -> None:
-        await self.services.work.wait(IDLE_POLL_SECONDS)
-
-    async def worker_loop(self) -> None:
+    async def worker_loop(self, number: int) -> None:
+        """Operations, one at a time. A committed operation wakes every worker (``work``); what no
+        commit announces (a retry whose time came, a lease that ran out) is found by polling, which
+        one idle worker at a time does every ``IDLE_POLL_SECONDS`` (the poller): when it claims one,
+        it hands polling over and wakes the others, so a backlog is still taken by all of them while
+        an idle replica costs one read a second instead of one per worker. The others poll too,
+        rarely, in case a wake-up is lost."""
         worker = OperationWorker(self.services)
+        work = self.services.work
+
+        def claimed() -> None:
+            if self._poller == number:
+                self._poller = None
+                work.wake()
+
         while True:
+            armed = work.armed()
             try:
-                if await worker.run_once():
+                if await worker.run_once(claimed=claimed):
                     continue
             except Exception as exc:
                 log.error("worker_error", exc_info=exc)
-            await self._idle()
+            if self._poller is None:
+                self._poller = number
+            polling = self._poller == number
+            await work.wait(IDLE_POLL_SECONDS * (1 if polling else SPARE_WORKER_POLL_FACTOR), armed)
 
     async def reconcile_loop(self) -> None:
         reconciler = Reconciler(self.services)
@@ -276,8 +294,8 @@ class Background:
 
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)
-        for _ in range(self.services.settings.workers):
-            group.start_soon(self.worker_loop)
+        for number in range(self.services.settings.workers):
+            group.start_soon(self.worker_loop, number)
         group.start_soon(self.health_loop)
         for number in range(self.services.settings.run_workers):
             group.start_soon(self.run_loop, number)

@@ -64,6 +64,11 @@ async def claim(db: Database, *, owner: str, lease: timedelta) -> Operation | No
     statement = (
         select(Operation).where(claimable, ~blocked).order_by(Operation.id).limit(1).with_for_update(skip_locked=True)
     )
+    # An idle worker looks with a read first (the runs' claim does the same): no write transaction
+    # (SQLite's BEGIN IMMEDIATE takes the database's one write lock) unless there is one to claim.
+    async with db.read() as session:
+        if (await session.execute(select(Operation.id).where(claimable, ~blocked).limit(1))).first() is None:
+            return None
     async with db.write() as session, session.begin():
         operation = (await session.execute(statement)).scalar_one_or_none()
         if operation is None:

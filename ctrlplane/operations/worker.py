@@ -10,6 +10,7 @@ operation and the instance at once; other provider errors are retried up to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import anyio
@@ -53,11 +54,14 @@ class OperationWorker:
         self.lease = timedelta(seconds=services.settings.operation_lease_seconds)
         self.redact_text = container_text_redactor(services)
 
-    async def run_once(self) -> bool:
-        """Claim and run one operation; False when there was nothing to do."""
+    async def run_once(self, *, claimed: Callable[[], None] | None = None) -> bool:
+        """Claim and run one operation (calling ``claimed`` once it is claimed); False when there was
+        nothing to do."""
         operation = await queue.claim(self.services.db, owner=self.owner, lease=self.lease)
         if operation is None:
             return False
+        if claimed is not None:
+            claimed()
         async with self.services.db.read() as session:
             instance = await session.get(Instance, operation.instance_id)
         if instance is None:
