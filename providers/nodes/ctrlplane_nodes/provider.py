@@ -17,8 +17,9 @@ agent on the node does the Docker work with the Docker provider's own code. So:
   heartbeats) the status is ``unknown`` with the reason, keeping the replicas last reported, so
   the reconciler neither repairs nor restarts anything (that would duplicate containers when the
   node returns); when it reports again the instance is ``running`` again.
-* ``logs`` are the lines the node shipped; usage is stored from the node's metric batches by the
-  control plane itself, so ``usage`` has none to give (``WorkloadNotFound``).
+* ``logs`` are the lines the node shipped; ``replica_usage`` is each reported replica with the
+  usage the node shipped for it (its metric batches), ``usage`` their sum. The batches are stored as
+  the instance's usage samples by the control plane itself, so the sampler takes none.
 
 A stop takes the instance off its node (its room is freed; a start places it again). A restart
 and an exec are ``action_request`` executions the node acts on once (seed 002's ack and result):
@@ -29,7 +30,7 @@ provider's own code, and posts the result; no answer in time is ``ProviderUnavai
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -101,6 +102,7 @@ class NodeDoor(Protocol):
     async def logs(
         self, instance_id: str, *, tail: int | None = None, since: datetime | None = None
     ) -> Sequence[LogLine]: ...
+    async def replica_usage(self, instance_id: str) -> Mapping[tuple[int, int], Usage]: ...
     async def candidates(self, pool: str, tenant_id: str) -> Sequence[Candidate]: ...
     async def execute(self, node_id: str, action: str, parameters: dict[str, object], *, timeout: float) -> Outcome: ...
 
@@ -120,6 +122,8 @@ def _unsupported(what: str) -> ProviderError:
 
 class NodesProvider:
     name = "nodes"
+    samples_usage = True
+    """The nodes' metric batches are the instances' usage samples (``SelfSampledProvider``)."""
 
     def __init__(self, settings: ProviderSettings, *, wait_seconds: float = WAIT_SECONDS) -> None:
         self._default_pool = DEFAULT_POOL
@@ -347,14 +351,52 @@ class NodesProvider:
                 last = line.timestamp
                 yield line
 
-    async def usage(self, instance_id: str) -> Usage:
-        raise WorkloadNotFound(
-            f"instance {instance_id}'s usage comes from its node's metric batches", details={"instance_id": instance_id}
-        )
-
     async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
-        raise WorkloadNotFound(
-            f"instance {instance_id}'s usage comes from its node's metric batches", details={"instance_id": instance_id}
+        """Each replica the node last reported, with the usage the node last shipped for it (its
+        metric batches, group ``replica``); a replica that does not run, or whose usage has not
+        arrived (or is stale), has none. ``WorkloadNotFound`` when it is on no node or the node
+        reported no replica; ``ProviderUnavailable`` while its node is unreachable (what it shipped
+        last is not usage now)."""
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is None or placed.node_state == "deregistered":
+            raise WorkloadNotFound(f"instance {instance_id} is not on any node", details={"instance_id": instance_id})
+        if placed.node_state == "unreachable":
+            raise ProviderUnavailable(
+                f"node {placed.node_id} of instance {instance_id} is unreachable",
+                details={"provider": "nodes", "node_id": placed.node_id},
+            )
+        reported = await nodes.reported_status(instance_id)
+        if reported is None or not reported.replicas:
+            raise WorkloadNotFound(
+                f"node {placed.node_id} reported no replica of instance {instance_id}",
+                details={"instance_id": instance_id},
+            )
+        shipped = await nodes.replica_usage(instance_id)
+        found = [
+            ReplicaUsage(
+                replica=r.replica,
+                generation=r.generation,
+                name=r.name,
+                state=r.state,
+                usage=shipped.get((r.generation, r.replica)) if r.state == "running" else None,
+            )
+            for r in reported.replicas
+        ]
+        return sorted(found, key=lambda r: (r.generation, r.replica))
+
+    async def usage(self, instance_id: str) -> Usage:
+        """The replicas' usage (``replica_usage``) summed. The metrics sampler takes none of it:
+        the node's batches are the instance's samples already (``samples_usage``)."""
+        replicas = await self.replica_usage(instance_id)
+        samples = [r.usage for r in replicas if r.usage is not None]
+        return Usage(
+            cpu_percent=round(sum(u.cpu_percent for u in samples), 3),
+            memory_used_bytes=sum(u.memory_used_bytes for u in samples),
+            memory_limit_bytes=sum(u.memory_limit_bytes for u in samples),
+            network_rx_bytes=sum(u.network_rx_bytes for u in samples),
+            network_tx_bytes=sum(u.network_tx_bytes for u in samples),
+            restarts=sum(u.restarts for u in samples),
         )
 
     async def start(self, instance_id: str) -> WorkloadStatus:
