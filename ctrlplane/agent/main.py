@@ -38,7 +38,7 @@ from anyio.abc import TaskGroup
 from ctrlplane.agent.client import NodeApiError, NodeClient
 from ctrlplane.agent.events import RefusedEvent, open_event
 from ctrlplane.agent.options import AgentOptions, add_arguments, options_from_args
-from ctrlplane.agent.runtime import INSTANCE_ACTIONS, Runtime, load_docker_provider, node_cluster_name
+from ctrlplane.agent.runtime import INSTANCE_ACTIONS, KILL_ACTION, Runtime, load_docker_provider, node_cluster_name
 from ctrlplane.agent.state import Identity, StateDir
 from ctrlplane.nodes.contract import (
     INSTANCE_REPORT_PREFIX,
@@ -304,7 +304,7 @@ class Agent:
             self._request()
 
     async def _on_action(self, request: ActionRequest) -> None:
-        """Run one of the control plane's instance actions (restart, exec) on an instance placed on
+        """Run one of the control plane's instance actions (restart, exec, kill) on an instance placed on
         this node, once: ack it, run it beside the event stream, post the result. Anything else is
         refused: the agent runs no ad-hoc actions."""
         node_id = self._require_identity().node_id
@@ -321,6 +321,8 @@ class Agent:
         if reason or self.runtime is None:
             return
         runtime = self.runtime
+        if request.action == KILL_ACTION:
+            runtime.hold(str(instance_id), self.desired[str(instance_id)].revision)
 
         async def run() -> None:
             result = await runtime.run_action(request)

@@ -434,7 +434,7 @@ EXECUTION_POLL_SECONDS = 0.1
 REPLICA_USAGE_FRESH = timedelta(minutes=2)
 """How old a replica's shipped usage may be and still be shown (the agent ships every 10 s by default)."""
 
-INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec")
+INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec", "ctrlplane.instance.kill")
 """The actions the nodes provider sends (``NodeAssignments.execute``); not for the admin API."""
 
 

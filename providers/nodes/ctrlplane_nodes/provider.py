@@ -21,14 +21,16 @@ agent on the node does the Docker work with the Docker provider's own code. So:
   usage the node shipped for it (its metric batches), ``usage`` their sum. The batches are stored as
   the instance's usage samples by the control plane itself, so the sampler takes none.
 
-A stop takes the instance off its node (its room is freed; a start places it again). A restart
-and an exec are ``action_request`` executions the node acts on once (seed 002's ack and result):
-the agent restarts the running containers, or runs the command in a replica with the Docker
-provider's own code, and posts the result; no answer in time is ``ProviderUnavailable``.
+A stop takes the instance off its node (its room is freed; a start places it again). A restart,
+an exec and a hard terminate's ``kill`` are ``action_request`` executions the node acts on once
+(seed 002's ack and result): the agent restarts the running containers, runs the command in a
+replica, or SIGKILLs the replicas, with the Docker provider's own code, and posts the result; no
+answer in time is ``ProviderUnavailable`` (for ``kill``: the removal that follows ends it anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -58,6 +60,8 @@ RESTART_SECONDS = 120.0
 EXEC_MARGIN_SECONDS = 10.0
 RESTART_ACTION = "ctrlplane.instance.restart"
 EXEC_ACTION = "ctrlplane.instance.exec"
+KILL_ACTION = "ctrlplane.instance.kill"
+KILL_SECONDS = 30.0
 """The actions the agent runs for this provider (``ctrlplane.nodes.assignments.INSTANCE_ACTIONS``)."""
 
 
@@ -447,6 +451,21 @@ class NodesProvider:
         parameters: dict[str, object] = {"replicas": list(replicas) if replicas is not None else None}
         await self._execute(instance_id, RESTART_ACTION, parameters, timeout=RESTART_SECONDS)
         return await self.status(instance_id)
+
+    async def kill(self, instance_id: str) -> None:
+        """A hard terminate (``KillableProvider``): the node SIGKILLs the running replicas at once
+        through an ``action_request`` execution, and starts them no more until their removal, which
+        the ``deprovision`` that follows sends. An instance on no node, or on an unreachable node,
+        has nothing this can reach: the removal alone ends it (gracefully, when the node is back).
+        A node that refuses, or does not answer within ``KILL_SECONDS``, gets the removal too."""
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is None or placed.node_state in ("deregistered", "unreachable"):
+            return
+        with contextlib.suppress(ProviderError):
+            # no answer in time, or the node refused (it no longer runs it): the removal that
+            # follows still ends it
+            await self._execute(instance_id, KILL_ACTION, {}, timeout=KILL_SECONDS)
 
     async def exec(
         self,
