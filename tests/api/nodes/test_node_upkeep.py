@@ -7,17 +7,34 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import msgspec
+import pytest
 from ctrlplane_nodes.provider import NodesProvider
 from litestar import Litestar
 from sqlalchemy import select, update
 
 from ctrlplane.db import Database
+from ctrlplane.instances.models import Instance
 from ctrlplane.nodes.models import NodeEvent
 from ctrlplane.nodes.monitor import NodeMonitor
 from ctrlplane.provisioning.contract import ProviderSettings, RetainedReplicas, Usage
+from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.settings import Settings
+from ctrlplane.telemetry.sampler import MetricsSampler
 from ctrlplane.timeutil import utc_now
 from tests.api.nodes.test_nodes import Enrolled, enrolled, gzipped, services_of, spec
 from tests.conftest import Api, bearer
+from tests.fakes import FakeProvider
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, providers=("fake", "nodes"))
+
+
+@pytest.fixture
+def providers(fake: FakeProvider) -> ProviderRegistry:
+    return ProviderRegistry([fake, NodesProvider(ProviderSettings(cluster_name="test"))])
 
 
 def moment(seconds_ago: float = 0.0) -> str:
@@ -115,6 +132,28 @@ async def test_each_replicas_usage_is_the_latest_its_node_shipped(api: Api, app:
     # off its node, its usage goes with it
     await services.nodes.remove(node.node_id, instance_id)
     assert await services.nodes.replica_usage(instance_id) == {}
+
+
+async def test_the_sampler_takes_no_sample_of_an_instance_on_a_node(api: Api, app: Litestar, db: Database) -> None:
+    """The node's ``instance`` records are its samples already: one more from the sampler, although
+    the provider's ``usage`` answers, would count each twice."""
+    tenant = await api.create_tenant("acme", plan="pro")
+    created = await api.client.post(
+        "/v1/instances",
+        json={"name": "web", "image": "ctrlplane-test/busybox:1", "provider_name": "nodes"},
+        headers=bearer(api.tokens.tenant(tenant["id"])),
+    )
+    assert created.status_code == 201, created.text
+    instance_id = created.json()["id"]
+    async with db.write() as session, session.begin():
+        await session.execute(update(Instance).where(Instance.id == instance_id).values(state="running"))
+    node = await enrolled(api, "one")
+    services = services_of(app)
+    await services.nodes.assign(node.node_id, spec(instance_id, tenant["id"]))
+    await report(api, node, instance_id, 1, (1, 0, "running"))
+    await ship(api, node, [replica_record(instance_id, moment(), 1, 0, 4.0)])
+    assert (await services.providers.get("nodes").usage(instance_id)).cpu_percent == 4.0
+    assert await MetricsSampler(services).run_once() == 0
 
 
 async def test_replicas_a_deploy_retains_hold_their_room_on_the_node(api: Api, app: Litestar) -> None:
