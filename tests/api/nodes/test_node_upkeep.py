@@ -72,6 +72,7 @@ async def report(api: Api, node: Enrolled, instance_id: str, version: int, *repl
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.dialects("a batch replaces an instance's rows after comparing timestamps in SQL")
 async def test_each_replicas_usage_is_the_latest_its_node_shipped(api: Api, app: Litestar) -> None:
     tenant = await api.create_tenant("acme", plan="pro")
     created = await api.client.post(
@@ -180,6 +181,7 @@ async def test_replicas_a_deploy_retains_hold_their_room_on_the_node(api: Api, a
     assert listed["items"][0]["capacity"]["used_cpu_millis"] == 500
 
 
+@pytest.mark.dialects("the pruning is one DELETE with a correlated subquery")
 async def test_node_events_no_replay_needs_are_pruned(api: Api, app: Litestar, db: Database) -> None:
     tenant = await api.create_tenant("acme")
     node = await enrolled(api, "one")
