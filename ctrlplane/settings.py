@@ -233,6 +233,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The largest telemetry batch a node may send, decompressed; past it 413."""
     node_batch_max_records: int = 5000
     node_log_retention_seconds: float = 7 * 86400.0
+    node_event_retention_seconds: float = 86400.0
+    """A node's events older than this are pruned once the node has pulled a state past them."""
 
     @property
     def data_path(self) -> Path:
@@ -371,6 +373,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "NODE_ENROLL_TOKEN_MAX_TTL": "node_enroll_token_max_ttl_seconds",
             "NODE_SIGNING_TRANSITION": "node_signing_transition_seconds",
             "NODE_LOG_RETENTION": "node_log_retention_seconds",
+            "NODE_EVENT_RETENTION": "node_event_retention_seconds",
         }.items():
             if (raw := get(var)) is not None:
                 values[field] = _duration(var=var, raw=raw)

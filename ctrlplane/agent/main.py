@@ -38,7 +38,7 @@ from anyio.abc import TaskGroup
 from ctrlplane.agent.client import NodeApiError, NodeClient
 from ctrlplane.agent.events import RefusedEvent, open_event
 from ctrlplane.agent.options import AgentOptions, add_arguments, options_from_args
-from ctrlplane.agent.runtime import INSTANCE_ACTIONS, Runtime, load_docker_provider, node_cluster_name
+from ctrlplane.agent.runtime import INSTANCE_ACTIONS, KILL_ACTION, Runtime, load_docker_provider, node_cluster_name
 from ctrlplane.agent.state import Identity, StateDir
 from ctrlplane.nodes.contract import (
     INSTANCE_REPORT_PREFIX,
@@ -67,7 +67,7 @@ from ctrlplane.nodes.contract import (
     merge_secrets,
     public_key_text,
 )
-from ctrlplane.provisioning.contract import Provider, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.contract import Provider, ReplicaUsage, Usage, WorkloadSpec, WorkloadStatus
 from ctrlplane.provisioning.errors import ProviderError, WorkloadNotFound
 
 log = structlog.get_logger("ctrlplane.agent")
@@ -304,7 +304,7 @@ class Agent:
             self._request()
 
     async def _on_action(self, request: ActionRequest) -> None:
-        """Run one of the control plane's instance actions (restart, exec) on an instance placed on
+        """Run one of the control plane's instance actions (restart, exec, kill) on an instance placed on
         this node, once: ack it, run it beside the event stream, post the result. Anything else is
         refused: the agent runs no ad-hoc actions."""
         node_id = self._require_identity().node_id
@@ -321,6 +321,8 @@ class Agent:
         if reason or self.runtime is None:
             return
         runtime = self.runtime
+        if request.action == KILL_ACTION:
+            runtime.hold(str(instance_id), self.desired[str(instance_id)].revision)
 
         async def run() -> None:
             result = await runtime.run_action(request)
@@ -470,24 +472,10 @@ class Agent:
         lines: list[LogRecord] = []
         for instance_id in sorted(self.desired):
             try:
-                usage = await runtime.provider.usage(instance_id)
+                replicas = await runtime.provider.replica_usage(instance_id)
             except WorkloadNotFound:
                 continue
-            metrics.append(
-                MetricRecord(
-                    timestamp=now,
-                    group="instance",
-                    instance_id=instance_id,
-                    data={
-                        "cpu_percent": usage.cpu_percent,
-                        "memory_used": usage.memory_used_bytes,
-                        "memory_total": usage.memory_limit_bytes,
-                        "network_rx_bytes": usage.network_rx_bytes,
-                        "network_tx_bytes": usage.network_tx_bytes,
-                        "restarts": usage.restarts,
-                    },
-                )
-            )
+            metrics += usage_records(instance_id, now, replicas)
             since = self._log_cursor.get(instance_id, now - timedelta(seconds=self.options.telemetry_interval))
             newest = since
             async for line in runtime.provider.logs(instance_id, since=since, tail=LOG_BATCH_LINES):
@@ -509,6 +497,44 @@ class Agent:
             await self.client.metrics(node_id, metrics)
         if lines:
             await self.client.logs(node_id, lines)
+
+
+def usage_data(usage: Usage) -> dict[str, float | int]:
+    return {
+        "cpu_percent": usage.cpu_percent,
+        "memory_used": usage.memory_used_bytes,
+        "memory_total": usage.memory_limit_bytes,
+        "network_rx_bytes": usage.network_rx_bytes,
+        "network_tx_bytes": usage.network_tx_bytes,
+        "restarts": usage.restarts,
+    }
+
+
+def usage_records(instance_id: str, at: datetime, replicas: Sequence[ReplicaUsage]) -> list[MetricRecord]:
+    """One engine sample per running replica, shipped twice over: the instance's sum (group
+    ``instance``, its usage sample) and each replica's own (group ``replica``, with its generation),
+    which the instance's resources on the control plane show. One stats round serves both."""
+    samples = [(r, r.usage) for r in replicas if r.usage is not None]
+    total = Usage(
+        cpu_percent=round(sum(u.cpu_percent for _, u in samples), 3),
+        memory_used_bytes=sum(u.memory_used_bytes for _, u in samples),
+        memory_limit_bytes=sum(u.memory_limit_bytes for _, u in samples),
+        network_rx_bytes=sum(u.network_rx_bytes for _, u in samples),
+        network_tx_bytes=sum(u.network_tx_bytes for _, u in samples),
+        restarts=sum(u.restarts for _, u in samples),
+    )
+    records = [MetricRecord(timestamp=at, group="instance", instance_id=instance_id, data=usage_data(total))]
+    records += [
+        MetricRecord(
+            timestamp=at,
+            group="replica",
+            instance_id=instance_id,
+            replica=replica.replica,
+            data={**usage_data(usage), "generation": replica.generation},
+        )
+        for replica, usage in samples
+    ]
+    return records
 
 
 def run_agent(options: AgentOptions) -> int:

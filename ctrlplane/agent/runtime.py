@@ -24,15 +24,17 @@ import structlog
 
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.nodes.contract import ActionRequest, ContractError, DriftCorrection, ExecutionResult, NodeWorkload
-from ctrlplane.provisioning.contract import Provider, ProviderSettings, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.contract import KillableProvider, Provider, ProviderSettings, WorkloadSpec, WorkloadStatus
 from ctrlplane.provisioning.errors import WorkloadNotFound
 from ctrlplane.provisioning.registry import ENTRY_POINT_GROUP, ProviderFactory
 
 log = structlog.get_logger("ctrlplane.agent")
 
-INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec")
+INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec", "ctrlplane.instance.kill")
 """The actions the control plane's nodes provider sends (``action_request``): restart the
-instance's containers, run a command in a replica. Anything else is refused."""
+instance's containers, run a command in a replica, SIGKILL its replicas (a hard terminate, before
+its removal). Anything else is refused."""
+KILL_ACTION = INSTANCE_ACTIONS[2]
 OUTPUT_LIMIT = 65536
 
 SpecFor = Callable[[NodeWorkload], Awaitable[WorkloadSpec]]
@@ -65,6 +67,13 @@ class Runtime:
         self._applied: dict[str, int] = {}
         """Revision last applied per instance (memory only: after a restart every workload is
         compared with the engine from scratch)."""
+        self._killed: dict[str, int] = {}
+        """Instances a hard terminate killed, with their revision then: nothing starts them again
+        (their removal follows) unless a newer revision comes."""
+
+    def hold(self, instance_id: str, revision: int) -> None:
+        """Keep the converge from starting this revision of the instance again (it is being killed)."""
+        self._killed[instance_id] = revision
 
     async def converge(
         self, desired: dict[str, NodeWorkload], spec_for: SpecFor, *, remove_unknown: bool
@@ -76,6 +85,8 @@ class Runtime:
         corrections: list[DriftCorrection] = []
         statuses: dict[str, WorkloadStatus] = {}
         for instance_id, workload in sorted(desired.items()):
+            if self._killed.get(instance_id, -1) >= workload.revision:
+                continue  # killed by a hard terminate: its removal is on its way
             try:
                 corrected, status = await self._converge_one(workload, spec_for)
             except (CtrlplaneError, ContractError) as exc:
@@ -127,6 +138,12 @@ class Runtime:
             )
 
         try:
+            if request.action == KILL_ACTION:
+                if isinstance(self.provider, KillableProvider):
+                    await self.provider.kill(instance_id)
+                else:
+                    await self.provider.stop(instance_id)
+                return result("success", exit_code=0)
             if request.action == INSTANCE_ACTIONS[0]:
                 replicas = parameters.get("replicas")
                 await self.provider.restart(instance_id, tuple(replicas) if replicas is not None else None)
@@ -155,6 +172,7 @@ class Runtime:
     async def remove(self, instance_id: str) -> None:
         await self.provider.deprovision(instance_id)
         self._applied.pop(instance_id, None)
+        self._killed.pop(instance_id, None)
 
     async def _converge_one(
         self, workload: NodeWorkload, spec_for: SpecFor

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import anyio
 import msgspec
@@ -39,8 +39,22 @@ from ctrlplane.nodes.contract import (
     WorkloadSecrets,
 )
 from ctrlplane.nodes.events import append_event, reserve_seq
-from ctrlplane.nodes.models import Node, NodeAssignment, NodeExecution, NodeLogLine, NodeReport
-from ctrlplane.provisioning.contract import LogLine, RetainedReplicas, WorkloadSpec, WorkloadStatus
+from ctrlplane.nodes.models import (
+    Node,
+    NodeAssignment,
+    NodeExecution,
+    NodeLogLine,
+    NodeReplicaUsage,
+    NodeReport,
+)
+from ctrlplane.provisioning.contract import (
+    LogLine,
+    Resources,
+    RetainedReplicas,
+    Usage,
+    WorkloadSpec,
+    WorkloadStatus,
+)
 from ctrlplane.secrets.crypto import Vault
 from ctrlplane.signals import Signal
 from ctrlplane.timeutil import utc_now
@@ -53,6 +67,14 @@ def secret_key(instance_id: str, revision: int) -> str:
 
 def secrets_aad(instance_id: str, revision: int) -> bytes:
     return f"node-workload|{instance_id}|{revision}".encode()
+
+
+def charged(resources: Resources, replicas: int, retained: Sequence[RetainedReplicas]) -> tuple[int, int]:
+    """What an instance holds of its node's capacity (CPU millis, MB): its desired replicas and the
+    replicas of other generations the node keeps running beside them during a deploy, each at the
+    desired spec's limits (a retained replica's own limits are not kept; a deploy rarely changes them)."""
+    count = replicas + sum(len(r.replicas) for r in retained)
+    return resources.cpu_millis * count, resources.memory_mb * count
 
 
 def workload_of(row: NodeAssignment) -> NodeWorkload:
@@ -147,10 +169,10 @@ class NodeAssignments:
             spec = dict(row.spec)
             if replicas is not None:
                 spec["replicas"] = replicas
-                row.cpu_millis = int(spec["resources"]["cpu_millis"]) * replicas
-                row.memory_mb = int(spec["resources"]["memory_mb"]) * replicas
             if (row.retained or []) == wanted and spec == row.spec:
                 return row.revision
+            resources = msgspec.convert(spec["resources"], Resources)
+            row.cpu_millis, row.memory_mb = charged(resources, int(spec["replicas"]), retained)
             plaintext = await self.vault.open(
                 session, row.tenant_id, row.secrets_sealed, aad=secrets_aad(row.instance_id, row.revision)
             )
@@ -183,6 +205,7 @@ class NodeAssignments:
                     NodeReport.node_id == node_id, NodeReport.key == INSTANCE_REPORT_PREFIX + instance_id
                 )
             )
+            await session.execute(delete(NodeReplicaUsage).where(NodeReplicaUsage.instance_id == instance_id))
             revision = await reserve_seq(session, node_id)
             removed = WorkloadRemoved(instance_id=instance_id, revision=revision)
             await append_event(session, node_id, "workload_removed", removed, seq=revision)
@@ -213,6 +236,40 @@ class NodeAssignments:
                 return msgspec.convert(report.payload, WorkloadStatus)
             except msgspec.ValidationError:
                 return None
+
+    async def replica_usage(self, instance_id: str) -> dict[tuple[int, int], Usage]:
+        """Each replica's latest usage its node shipped (metric records of group ``replica``), by
+        ``(generation, replica)``, if it is at most ``REPLICA_USAGE_FRESH`` old (an older one is of
+        a replica that stopped running, or of a node that stopped shipping)."""
+        cutoff = utc_now() - REPLICA_USAGE_FRESH
+        async with self.db.read() as session:
+            placed = await session.get(NodeAssignment, instance_id)
+            if placed is None:
+                return {}
+            rows: Sequence[NodeReplicaUsage] = (
+                (
+                    await session.execute(
+                        select(NodeReplicaUsage).where(
+                            NodeReplicaUsage.instance_id == instance_id,
+                            NodeReplicaUsage.node_id == placed.node_id,
+                            NodeReplicaUsage.at >= cutoff,
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        return {
+            (row.generation, row.replica): Usage(
+                cpu_percent=row.cpu_percent,
+                memory_used_bytes=row.memory_used_bytes,
+                memory_limit_bytes=row.memory_limit_bytes,
+                network_rx_bytes=row.network_rx_bytes,
+                network_tx_bytes=row.network_tx_bytes,
+                restarts=row.restarts,
+            )
+            for row in rows
+        }
 
     async def logs(self, instance_id: str, *, tail: int | None = None, since: datetime | None = None) -> list[LogLine]:
         """The instance's log lines its node shipped (oldest first)."""
@@ -359,8 +416,7 @@ class NodeAssignments:
             row.spec = stripped
             row.retained = kept
             row.secrets_sealed = sealed
-            row.cpu_millis = spec.resources.cpu_millis * spec.replicas
-            row.memory_mb = spec.resources.memory_mb * spec.replicas
+            row.cpu_millis, row.memory_mb = charged(spec.resources, spec.replicas, retained)
             row.updated_at = now
             await session.flush()
             workload = workload_of(row)
@@ -375,7 +431,10 @@ class NodeAssignments:
 
 EXECUTION_POLL_SECONDS = 0.1
 
-INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec")
+REPLICA_USAGE_FRESH = timedelta(minutes=2)
+"""How old a replica's shipped usage may be and still be shown (the agent ships every 10 s by default)."""
+
+INSTANCE_ACTIONS = ("ctrlplane.instance.restart", "ctrlplane.instance.exec", "ctrlplane.instance.kill")
 """The actions the nodes provider sends (``NodeAssignments.execute``); not for the admin API."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ctrlplane.db import Base, UTCDateTime
@@ -65,6 +65,9 @@ class Node(Base):
     last_heartbeat: Mapped[dict[str, Any]] = mapped_column(JSON)
     event_seq: Mapped[int] = mapped_column(BigInteger)
     """The number of the node's newest event (``node_events.seq``)."""
+    state_pulled_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """``last_event_id`` of the node's latest ``GET .../state``: it resumes its stream after that
+    number, so pruning may drop the events up to it once they are past the retention."""
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deregistered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -74,6 +77,7 @@ class NodeEvent(Base):
     Envelopes are signed when served, with the signing key current then."""
 
     __tablename__ = "node_events"
+    __table_args__ = (Index("ix_node_events_issued_at", "issued_at"),)
 
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -160,3 +164,24 @@ class NodeLogLine(Base):
     replica: Mapped[int] = mapped_column(Integer)
     stream: Mapped[str] = mapped_column(String(8))
     message: Mapped[str] = mapped_column(Text)
+
+
+class NodeReplicaUsage(Base):
+    """Each replica's latest usage as its node reported it (metric records of group ``replica``):
+    ``GET /v1/instances/{id}/resources`` of an instance on a node reads these (through the nodes
+    provider's ``replica_usage``). A batch replaces the instance's rows, so a replica gone from it
+    is gone here too; the instance's removal from its node removes them."""
+
+    __tablename__ = "node_replica_usage"
+
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cpu_percent: Mapped[float] = mapped_column(Float)
+    memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
+    memory_limit_bytes: Mapped[int] = mapped_column(BigInteger)
+    network_rx_bytes: Mapped[int] = mapped_column(BigInteger)
+    network_tx_bytes: Mapped[int] = mapped_column(BigInteger)
+    restarts: Mapped[int] = mapped_column(Integer)

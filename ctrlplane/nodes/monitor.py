@@ -1,4 +1,5 @@
-"""``NodeMonitor``: the leader's loop that marks silent nodes ``unreachable`` and prunes node logs.
+"""``NodeMonitor``: the leader's loop that marks silent nodes ``unreachable`` and prunes node logs
+and the node events no replay needs (``prune_events``).
 
 A node whose last heartbeat is older than ``CTRLPLANE_NODE_HEARTBEAT_TIMEOUT`` becomes
 ``unreachable`` (the nodes provider then reports its instances ``unknown``, with the reason); its
@@ -12,7 +13,7 @@ from datetime import timedelta
 import anyio
 import structlog
 
-from ctrlplane.nodes.service import mark_unreachable, prune_logs
+from ctrlplane.nodes.service import mark_unreachable, prune_events, prune_logs
 from ctrlplane.web.context import AppServices
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,7 @@ class NodeMonitor:
         async with self.services.db.write() as session, session.begin():
             marked = await mark_unreachable(session, timedelta(seconds=settings.node_heartbeat_timeout_seconds))
             await prune_logs(session, timedelta(seconds=settings.node_log_retention_seconds))
+            await prune_events(session, timedelta(seconds=settings.node_event_retention_seconds))
         for node_id in marked:
             log.warning("node_unreachable", node_id=node_id)
         if marked:

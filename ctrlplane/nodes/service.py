@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.audit.service import AuditRecord as AuditEntryRecord
@@ -47,8 +47,10 @@ from ctrlplane.nodes.models import (
     EnrollmentToken,
     Node,
     NodeAssignment,
+    NodeEvent,
     NodeExecution,
     NodeLogLine,
+    NodeReplicaUsage,
     NodeReport,
     NodeSigningKey,
 )
@@ -487,6 +489,8 @@ class NodeCalls:
             .all()
         )
         workloads = [workload_of(row) for row in rows]
+        # the node resumes after this number: events up to it may be pruned (``prune_events``)
+        self.node.state_pulled_seq = max(self.node.state_pulled_seq or 0, self.node.event_seq)
         return contract.NodeState(
             node_id=self.node.id,
             workloads=workloads,
@@ -576,29 +580,60 @@ class NodeCalls:
         return {instance_id: tenant_id for instance_id, tenant_id in rows.all()}
 
     async def metrics(self, records: Sequence[contract.MetricRecord]) -> contract.BatchAccepted:
+        """``instance`` records become the instance's usage samples; ``replica`` records (one per
+        running replica, with ``data.generation``) replace the instance's latest per-replica usage
+        (``NodeReplicaUsage``), unless the stored one is newer (a batch that arrives late)."""
         placed = await self._placed()
         repository = MetricsRepository(self.session)
         accepted = rejected = 0
+        replicas: dict[str, list[contract.MetricRecord]] = {}
         for record in records:
-            if record.group != "instance":
+            if record.group not in ("instance", "replica"):
                 accepted += 1
                 continue
             tenant_id = placed.get(record.instance_id or "")
             if tenant_id is None:
                 rejected += 1
                 continue
-            data = record.data
-            usage = Usage(
-                cpu_percent=float(data.get("cpu_percent", 0.0)),
-                memory_used_bytes=int(data.get("memory_used", 0)),
-                memory_limit_bytes=int(data.get("memory_total", 0)),
-                network_rx_bytes=int(data.get("network_rx_bytes", 0)),
-                network_tx_bytes=int(data.get("network_tx_bytes", 0)),
-                restarts=int(data.get("restarts", 0)),
-            )
-            await repository.add(tenant_id, record.instance_id or "", record.timestamp, usage)
             accepted += 1
+            if record.group == "replica":
+                replicas.setdefault(record.instance_id or "", []).append(record)
+                continue
+            await repository.add(tenant_id, record.instance_id or "", record.timestamp, usage_of(record.data))
+        for instance_id, found in replicas.items():
+            await self._replace_replica_usage(instance_id, found)
         return contract.BatchAccepted(accepted=accepted, rejected=rejected)
+
+    async def _replace_replica_usage(self, instance_id: str, records: list[contract.MetricRecord]) -> None:
+        newest = max(record.timestamp for record in records)
+        latest = [record for record in records if record.timestamp == newest]
+        stored = (
+            await self.session.execute(
+                select(func.max(NodeReplicaUsage.at)).where(NodeReplicaUsage.instance_id == instance_id)
+            )
+        ).scalar_one_or_none()
+        if stored is not None and stored > newest:
+            return
+        await self.session.execute(delete(NodeReplicaUsage).where(NodeReplicaUsage.instance_id == instance_id))
+        rows: dict[tuple[int, int], NodeReplicaUsage] = {}
+        for record in latest:
+            usage = usage_of(record.data)
+            generation = int(record.data.get("generation", 0))
+            rows[(generation, record.replica)] = NodeReplicaUsage(
+                instance_id=instance_id,
+                generation=generation,
+                replica=record.replica,
+                node_id=self.node.id,
+                at=record.timestamp,
+                cpu_percent=usage.cpu_percent,
+                memory_used_bytes=usage.memory_used_bytes,
+                memory_limit_bytes=usage.memory_limit_bytes,
+                network_rx_bytes=usage.network_rx_bytes,
+                network_tx_bytes=usage.network_tx_bytes,
+                restarts=usage.restarts,
+            )
+        self.session.add_all(rows.values())
+        await self.session.flush()
 
     async def logs(self, records: Sequence[contract.LogRecord]) -> contract.BatchAccepted:
         """An instance's lines are stored redacted of its secret values and OTLP token (one
@@ -664,6 +699,18 @@ class NodeCalls:
 # --- batches ---------------------------------------------------------------------------
 
 
+def usage_of(data: dict[str, float | int]) -> Usage:
+    """A metric record's ``data`` (``memory_used``/``memory_total`` as the agent names them)."""
+    return Usage(
+        cpu_percent=float(data.get("cpu_percent", 0.0)),
+        memory_used_bytes=int(data.get("memory_used", 0)),
+        memory_limit_bytes=int(data.get("memory_total", 0)),
+        network_rx_bytes=int(data.get("network_rx_bytes", 0)),
+        network_tx_bytes=int(data.get("network_tx_bytes", 0)),
+        restarts=int(data.get("restarts", 0)),
+    )
+
+
 def parse_records(raw: bytes, kind: type[Any], *, max_records: int) -> list[Any]:
     """A JSON array, or NDJSON (one object per line), of ``kind``; 413 past ``max_records``."""
     text = raw.strip()
@@ -694,6 +741,21 @@ async def mark_unreachable(session: AsyncSession, timeout: timedelta) -> list[st
         .returning(Node.id)
     )
     return list((await session.execute(statement)).scalars())
+
+
+async def prune_events(session: AsyncSession, retention: timedelta) -> int:
+    """Drop node events issued before ``retention`` ago that no replay needs: those up to the
+    number the node last pulled its state at (it resumes after it), and every old one of a
+    deregistered node. An event the node may not have seen yet stays, however old."""
+    pulled = (
+        select(Node.state_pulled_seq).where(Node.id == NodeEvent.node_id, Node.status == "active").scalar_subquery()
+    )
+    statement = delete(NodeEvent).where(
+        NodeEvent.issued_at < utc_now() - retention,
+        or_(NodeEvent.seq <= pulled, ~exists().where(Node.id == NodeEvent.node_id, Node.status == "active")),
+    )
+    result = await session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def prune_logs(session: AsyncSession, retention: timedelta) -> int:

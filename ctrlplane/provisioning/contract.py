@@ -404,6 +404,15 @@ class RunProvider(Protocol):
 
 
 @runtime_checkable
+class SelfSampledProvider(Protocol):
+    """A runtime whose instances' usage samples reach ctrlplane on their own (the nodes provider:
+    the agents' metric batches are stored as samples when they arrive). The metrics sampler takes
+    no sample of its instances, which would count each one twice; its ``usage`` still answers."""
+
+    samples_usage: bool
+
+
+@runtime_checkable
 class ConfigurableProvider(Protocol):
     """A runtime that enforces ``WorkloadSpec.tenant_quota``, runs ``probes`` or serves ``routes``
     itself (Kubernetes). When a tenant's quota, an instance's health checks, routes or domains

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.network.requests import compact as compact_requests
-from ctrlplane.provisioning.contract import Usage
+from ctrlplane.provisioning.contract import SelfSampledProvider, Usage
 from ctrlplane.telemetry import appmetrics
 from ctrlplane.telemetry.repository import ControlPlaneCounts, MetricsRepository, SpanRepository
 from ctrlplane.timeutil import utc_now
@@ -38,6 +38,8 @@ class MetricsSampler:
             async with limiter:
                 try:
                     provider = self.services.providers.get(provider_name)
+                    if isinstance(provider, SelfSampledProvider) and provider.samples_usage:
+                        return  # its samples arrive on their own (a node's metric batches)
                     with anyio.fail_after(SAMPLE_TIMEOUT_SECONDS):
                         usage = await provider.usage(instance_id)
                 except (CtrlplaneError, TimeoutError) as exc:

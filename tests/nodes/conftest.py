@@ -57,10 +57,12 @@ def server(
         database_url,
         tmp_path / "server",
         settings.cluster_name,
-        CTRLPLANE_PROVIDERS="docker,nodes",
-        CTRLPLANE_NODE_HEARTBEAT_TIMEOUT=f"{HEARTBEAT_TIMEOUT_SECONDS}s",
-        CTRLPLANE_EVENT_POLL_SECONDS="0.2",
-        **server_env,
+        **{
+            "CTRLPLANE_PROVIDERS": "docker,nodes",
+            "CTRLPLANE_NODE_HEARTBEAT_TIMEOUT": f"{HEARTBEAT_TIMEOUT_SECONDS}s",
+            "CTRLPLANE_EVENT_POLL_SECONDS": "0.2",
+            **server_env,
+        },
     )
     try:
         yield process

@@ -17,19 +17,22 @@ agent on the node does the Docker work with the Docker provider's own code. So:
   heartbeats) the status is ``unknown`` with the reason, keeping the replicas last reported, so
   the reconciler neither repairs nor restarts anything (that would duplicate containers when the
   node returns); when it reports again the instance is ``running`` again.
-* ``logs`` are the lines the node shipped; usage is stored from the node's metric batches by the
-  control plane itself, so ``usage`` has none to give (``WorkloadNotFound``).
+* ``logs`` are the lines the node shipped; ``replica_usage`` is each reported replica with the
+  usage the node shipped for it (its metric batches), ``usage`` their sum. The batches are stored as
+  the instance's usage samples by the control plane itself, so the sampler takes none.
 
-A stop takes the instance off its node (its room is freed; a start places it again). A restart
-and an exec are ``action_request`` executions the node acts on once (seed 002's ack and result):
-the agent restarts the running containers, or runs the command in a replica with the Docker
-provider's own code, and posts the result; no answer in time is ``ProviderUnavailable``.
+A stop takes the instance off its node (its room is freed; a start places it again). A restart,
+an exec and a hard terminate's ``kill`` are ``action_request`` executions the node acts on once
+(seed 002's ack and result): the agent restarts the running containers, runs the command in a
+replica, or SIGKILLs the replicas, with the Docker provider's own code, and posts the result; no
+answer in time is ``ProviderUnavailable`` (for ``kill``: the removal that follows ends it anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -57,6 +60,8 @@ RESTART_SECONDS = 120.0
 EXEC_MARGIN_SECONDS = 10.0
 RESTART_ACTION = "ctrlplane.instance.restart"
 EXEC_ACTION = "ctrlplane.instance.exec"
+KILL_ACTION = "ctrlplane.instance.kill"
+KILL_SECONDS = 30.0
 """The actions the agent runs for this provider (``ctrlplane.nodes.assignments.INSTANCE_ACTIONS``)."""
 
 
@@ -101,6 +106,7 @@ class NodeDoor(Protocol):
     async def logs(
         self, instance_id: str, *, tail: int | None = None, since: datetime | None = None
     ) -> Sequence[LogLine]: ...
+    async def replica_usage(self, instance_id: str) -> Mapping[tuple[int, int], Usage]: ...
     async def candidates(self, pool: str, tenant_id: str) -> Sequence[Candidate]: ...
     async def execute(self, node_id: str, action: str, parameters: dict[str, object], *, timeout: float) -> Outcome: ...
 
@@ -120,6 +126,8 @@ def _unsupported(what: str) -> ProviderError:
 
 class NodesProvider:
     name = "nodes"
+    samples_usage = True
+    """The nodes' metric batches are the instances' usage samples (``SelfSampledProvider``)."""
 
     def __init__(self, settings: ProviderSettings, *, wait_seconds: float = WAIT_SECONDS) -> None:
         self._default_pool = DEFAULT_POOL
@@ -347,14 +355,52 @@ class NodesProvider:
                 last = line.timestamp
                 yield line
 
-    async def usage(self, instance_id: str) -> Usage:
-        raise WorkloadNotFound(
-            f"instance {instance_id}'s usage comes from its node's metric batches", details={"instance_id": instance_id}
-        )
-
     async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
-        raise WorkloadNotFound(
-            f"instance {instance_id}'s usage comes from its node's metric batches", details={"instance_id": instance_id}
+        """Each replica the node last reported, with the usage the node last shipped for it (its
+        metric batches, group ``replica``); a replica that does not run, or whose usage has not
+        arrived (or is stale), has none. ``WorkloadNotFound`` when it is on no node or the node
+        reported no replica; ``ProviderUnavailable`` while its node is unreachable (what it shipped
+        last is not usage now)."""
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is None or placed.node_state == "deregistered":
+            raise WorkloadNotFound(f"instance {instance_id} is not on any node", details={"instance_id": instance_id})
+        if placed.node_state == "unreachable":
+            raise ProviderUnavailable(
+                f"node {placed.node_id} of instance {instance_id} is unreachable",
+                details={"provider": "nodes", "node_id": placed.node_id},
+            )
+        reported = await nodes.reported_status(instance_id)
+        if reported is None or not reported.replicas:
+            raise WorkloadNotFound(
+                f"node {placed.node_id} reported no replica of instance {instance_id}",
+                details={"instance_id": instance_id},
+            )
+        shipped = await nodes.replica_usage(instance_id)
+        found = [
+            ReplicaUsage(
+                replica=r.replica,
+                generation=r.generation,
+                name=r.name,
+                state=r.state,
+                usage=shipped.get((r.generation, r.replica)) if r.state == "running" else None,
+            )
+            for r in reported.replicas
+        ]
+        return sorted(found, key=lambda r: (r.generation, r.replica))
+
+    async def usage(self, instance_id: str) -> Usage:
+        """The replicas' usage (``replica_usage``) summed. The metrics sampler takes none of it:
+        the node's batches are the instance's samples already (``samples_usage``)."""
+        replicas = await self.replica_usage(instance_id)
+        samples = [r.usage for r in replicas if r.usage is not None]
+        return Usage(
+            cpu_percent=round(sum(u.cpu_percent for u in samples), 3),
+            memory_used_bytes=sum(u.memory_used_bytes for u in samples),
+            memory_limit_bytes=sum(u.memory_limit_bytes for u in samples),
+            network_rx_bytes=sum(u.network_rx_bytes for u in samples),
+            network_tx_bytes=sum(u.network_tx_bytes for u in samples),
+            restarts=sum(u.restarts for u in samples),
         )
 
     async def start(self, instance_id: str) -> WorkloadStatus:
@@ -405,6 +451,21 @@ class NodesProvider:
         parameters: dict[str, object] = {"replicas": list(replicas) if replicas is not None else None}
         await self._execute(instance_id, RESTART_ACTION, parameters, timeout=RESTART_SECONDS)
         return await self.status(instance_id)
+
+    async def kill(self, instance_id: str) -> None:
+        """A hard terminate (``KillableProvider``): the node SIGKILLs the running replicas at once
+        through an ``action_request`` execution, and starts them no more until their removal, which
+        the ``deprovision`` that follows sends. An instance on no node, or on an unreachable node,
+        has nothing this can reach: the removal alone ends it (gracefully, when the node is back).
+        A node that refuses, or does not answer within ``KILL_SECONDS``, gets the removal too."""
+        nodes = self._nodes()
+        placed = await nodes.placement(instance_id)
+        if placed is None or placed.node_state in ("deregistered", "unreachable"):
+            return
+        with contextlib.suppress(ProviderError):
+            # no answer in time, or the node refused (it no longer runs it): the removal that
+            # follows still ends it
+            await self._execute(instance_id, KILL_ACTION, {}, timeout=KILL_SECONDS)
 
     async def exec(
         self,
