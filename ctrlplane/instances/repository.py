@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Text, bindparam, func, select, type_coerce
+from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
@@ -24,7 +24,7 @@ LISTED_JSON = ("ports", "env", "labels", "endpoints", "release_command")
 msgspec decodes straight into the view's types, where the ORM's ``json.loads`` and a
 ``msgspec.convert`` per port and endpoint cost more than the query (tests/profile_request.py)."""
 _LISTED = (
-    *(type_coerce(c, Text).label(c.key) if c.key in LISTED_JSON else c for c in _TABLE.c if c.key not in _UNLISTED),
+    *(cast(c, Text).label(c.key) if c.key in LISTED_JSON else c for c in _TABLE.c if c.key not in _UNLISTED),
     _TENANTS.c.slug.label("tenant_slug"),
 )
 """A listed instance's columns but the workers' own (what its view shows), and its tenant's slug
