@@ -331,17 +331,19 @@ async def _count(database_url: str, statement: str) -> int:
 
 
 async def _explain(database_url: str, tenant_id: str) -> str:
-    """The plan of the list query as the app issues it (page 1)."""
+    """The plan of the list query as the app issues it (page 1 of 20: the page, the tenant's slug and
+    the total in one statement, ``InstanceRepository.listing``)."""
+    from ctrlplane.instances.repository import InstanceRepository
+
     database = connect(database_url)
     try:
         async with database.engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "EXPLAIN ANALYZE SELECT * FROM instances WHERE tenant_id = :t AND state != 'destroyed' "
-                    "ORDER BY id DESC LIMIT 21"
-                ),
-                {"t": tenant_id},
+            listing, params = InstanceRepository(None, tenant_id).listing(  # type: ignore[arg-type]
+                state=None, labels={}, provider=None, name=None, include_destroyed=False
             )
+            page = listing.first.params(**params, page_limit=21)
+            sql = page.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            rows = await conn.execute(text(f"EXPLAIN ANALYZE {sql}"))
             return "\n".join(str(row[0]) for row in rows)
     finally:
         await database.dispose()

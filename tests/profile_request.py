@@ -1,15 +1,16 @@
 """Where one authenticated GET spends its time: ``python -m tests.profile_request [sqlite|postgresql]``.
 
 Builds the app in-process (fake provider, no background loops) on a fresh database, creates a
-tenant and one instance, then drives ``GET /v1/instances/{id}`` (JWT, and API key) straight
-through the ASGI interface (no HTTP client, no socket), and prints per request:
+tenant and 20 instances, then drives ``GET /v1/instances/{id}`` (JWT, and API key) and ``GET
+/v1/instances?limit=20`` (JWT) straight through the ASGI interface (no HTTP client, no socket),
+and prints per request:
 
 * the database work, counted with SQLAlchemy events: pool checkouts, pings, BEGINs, statements
   and COMMIT/ROLLBACKs (on asyncpg each is a round trip once its prepared statement is cached;
   on aiosqlite each is at least one hop to the connection's thread);
 * the mean time per request over ``CTRLPLANE_PROFILE_REQUESTS`` sequential requests;
-* with ``CTRLPLANE_PROFILE_PYINSTRUMENT=1`` (and pyinstrument installed), a pyinstrument profile of
-  the loop.
+* with ``CTRLPLANE_PROFILE_PYINSTRUMENT`` (and pyinstrument installed), a pyinstrument profile of
+  the loop: ``1`` for every case, or some of ``jwt,key,list`` (comma-separated).
 
 A development tool, not a test; docs/benchmarks.md quotes what it found.
 """
@@ -77,6 +78,7 @@ class Counts:
 
 
 async def _asgi_get(app: Any, path: str, authorization: str) -> int:
+    path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -85,7 +87,7 @@ async def _asgi_get(app: Any, path: str, authorization: str) -> int:
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": [(b"host", b"bench"), (b"authorization", authorization.encode())],
         "client": ("127.0.0.1", 50000),
@@ -138,34 +140,43 @@ async def _profile(kind: str, url: str) -> None:
             )
             tenant_id = tenant.json()["id"]
             jwt = f"Bearer {_token(tenant_id)}"
+            bearer_jwt = {"Authorization": jwt}
             created = await http.post(
                 "/v1/instances", json={"name": "web", "image": "bench/web:1"}, headers={"Authorization": jwt}
             )
             instance_id = created.json()["id"]
+            for index in range(1, 20):
+                more = await http.post(
+                    "/v1/instances", json={"name": f"web{index}", "image": "bench/web:1"}, headers=bearer_jwt
+                )
+                assert more.status_code == 201, more.text
             key = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers={"Authorization": jwt})
             by_key = f"Bearer {key.json()['key']}"
             path = f"/v1/instances/{instance_id}"
             database = app.state.services.db
             counts = Counts(database.engine, getattr(database, "query_engine", database.engine))
-            for label, authorization in (("JWT", jwt), ("API key", by_key)):
+            wanted = os.environ.get("CTRLPLANE_PROFILE_PYINSTRUMENT", "")
+            cases = (("jwt", path, "a JWT", jwt), ("key", path, "an API key", by_key))
+            cases += (("list", "/v1/instances?limit=20", "a JWT", jwt),)
+            for name, target, label, authorization in cases:
                 for _ in range(50):
-                    assert await _asgi_get(app, path, authorization) == 200
+                    assert await _asgi_get(app, target, authorization) == 200
                 counts.counts.clear()
                 profiler = None
-                if os.environ.get("CTRLPLANE_PROFILE_PYINSTRUMENT") and label == "JWT":
+                if wanted == "1" or name in wanted.split(","):
                     from pyinstrument import Profiler
 
                     profiler = Profiler(async_mode="enabled", interval=0.0002)
                     profiler.start()
                 started = time.perf_counter()
                 for _ in range(REQUESTS):
-                    await _asgi_get(app, path, authorization)
+                    await _asgi_get(app, target, authorization)
                 elapsed = time.perf_counter() - started
                 if profiler is not None:
                     profiler.stop()
-                print(f"\n{kind}, GET {path} with a {label}: {elapsed / REQUESTS * 1e6:.0f} us per request")
-                for name, count in sorted(counts.counts.items(), key=lambda item: -item[1]):
-                    print(f"  {count / REQUESTS:6.2f} per request  {name}")
+                print(f"\n{kind}, GET {target} with {label}: {elapsed / REQUESTS * 1e6:.0f} us per request")
+                for counted, count in sorted(counts.counts.items(), key=lambda item: -item[1]):
+                    print(f"  {count / REQUESTS:6.2f} per request  {counted}")
                 if profiler is not None:
                     print(profiler.output_text(unicode=False, color=False, show_all=False))
 

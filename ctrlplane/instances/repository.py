@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.errors import NotFound
 from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
+from ctrlplane.tenants.models import Tenant
+from ctrlplane.web.pagination import Listing
 
 LIVE = Instance.state != "destroyed"
 _TABLE = Instance.__table__
@@ -15,6 +17,27 @@ _VIEW = select(_TABLE).where(_TABLE.c.tenant_id == bindparam("tenant_id"), _TABL
 """``GET /v1/instances/{id}``'s statement, built once and run on the Core connection: building it
 per request, and loading an ORM object to convert it, cost about as much as the query itself
 (tests/profile_request.py)."""
+_TENANTS = Tenant.__table__
+_UNLISTED = ("generation", "recent_restarts", "suspended_by", "resume_state")
+LISTED_JSON = ("ports", "env", "labels", "endpoints", "release_command")
+"""Columns a listing returns as their JSON text, decoded by the caller (``service.listed``):
+msgspec decodes straight into the view's types, where the ORM's ``json.loads`` and a
+``msgspec.convert`` per port and endpoint cost more than the query (tests/profile_request.py)."""
+_LISTED = (
+    *(cast(c, Text).label(c.key) if c.key in LISTED_JSON else c for c in _TABLE.c if c.key not in _UNLISTED),
+    _TENANTS.c.slug.label("tenant_slug"),
+)
+"""A listed instance's columns but the workers' own (what its view shows), and its tenant's slug
+(for its hostname)."""
+
+
+def _listing(where: list[ColumnElement[bool]]) -> Listing:
+    page = select(*_LISTED).join_from(_TABLE, _TENANTS, _TENANTS.c.id == _TABLE.c.tenant_id).where(*where)
+    return Listing(page, select(func.count()).select_from(_TABLE).where(*where), _TABLE.c.id)
+
+
+_LIVE_LISTING = _listing([_TABLE.c.tenant_id == bindparam("tenant_id"), _TABLE.c.state != "destroyed"])
+"""``GET /v1/instances`` without filters, a tenant's: built once (``pagination.Listing``)."""
 
 
 class InstanceRepository:
@@ -63,19 +86,33 @@ class InstanceRepository:
         provider: str | None,
         name: str | None,
         include_destroyed: bool,
-    ) -> Select[Instance]:
-        statement = self._scoped()
+        tenant_id: str | None = None,
+    ) -> tuple[Listing, dict[str, Any]]:
+        """The listing (each row with its tenant's slug, ``pagination.paginate_rows``) and the values
+        it binds; ``tenant_id`` narrows a system admin's listing."""
+        if (
+            self.tenant_id is not None
+            and tenant_id in (None, self.tenant_id)
+            and (state, provider, name, labels, include_destroyed) == (None, None, None, {}, False)
+        ):
+            return _LIVE_LISTING, {"tenant_id": self.tenant_id}
+        c = _TABLE.c
+        where: list[ColumnElement[bool]] = []
+        if self.tenant_id is not None:
+            where.append(c.tenant_id == self.tenant_id)
+        if tenant_id is not None:
+            where.append(c.tenant_id == tenant_id)
         if state is not None:
-            statement = statement.where(Instance.state == state)
+            where.append(c.state == state)
         elif not include_destroyed:
-            statement = statement.where(LIVE)
+            where.append(c.state != "destroyed")
         if provider is not None:
-            statement = statement.where(Instance.provider_name == provider)
+            where.append(c.provider_name == provider)
         if name is not None:
-            statement = statement.where(Instance.name == name)
+            where.append(c.name == name)
         for key, value in labels.items():
-            statement = statement.where(Instance.labels[key].as_string() == value)
-        return statement
+            where.append(c.labels[key].as_string() == value)
+        return _listing(where), {}
 
     async def live_for_tenant(self, tenant_id: str, *, for_update: bool = False) -> list[Instance]:
         statement = select(Instance).where(Instance.tenant_id == tenant_id, LIVE).order_by(Instance.id)

@@ -42,7 +42,7 @@ from ctrlplane.releases.service import cut as cut_release
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import RequestContext
-from ctrlplane.web.pagination import Page, paginate
+from ctrlplane.web.pagination import Page, paginate_rows
 from ctrlplane.web.preconditions import require_version
 
 
@@ -74,6 +74,47 @@ def to_schema(instance: Instance) -> schemas.Instance:
         release_command=instance.release_command,
         release_timeout=instance.release_timeout_seconds,
         read_only_root_fs=instance.read_only_root_fs,
+    )
+
+
+_PORTS = msgspec.json.Decoder(list[schemas.Port])
+_ENDPOINTS = msgspec.json.Decoder(list[schemas.Endpoint])
+_STRINGS = msgspec.json.Decoder(dict[str, str])
+_ARGV = msgspec.json.Decoder(list[str] | None)
+
+
+def listed(row: Any, hostname: str, url: str) -> schemas.Instance:
+    """The API view of a listed row at its router address: what ``to_schema`` makes of the row, its
+    JSON columns given as text (``repository.LISTED_JSON``) and decoded here into the view's types."""
+    return schemas.Instance(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        image=row.image,
+        provider_name=row.provider_name,
+        state=row.state,
+        desired_state=row.desired_state,
+        status_message=row.status_message,
+        resources=schemas.Resources(cpu_millis=row.cpu_millis, memory_mb=row.memory_mb),
+        replicas=row.replicas,
+        ports=_PORTS.decode(row.ports),
+        env=_STRINGS.decode(row.env),
+        labels=_STRINGS.decode(row.labels),
+        restart_policy=row.restart_policy,
+        pull_policy=row.pull_policy,
+        endpoints=_ENDPOINTS.decode(row.endpoints),
+        restart_count=row.restart_count,
+        suspended_at=row.suspended_at,
+        suspension_reason=row.suspension_reason,
+        current_release_id=row.current_release_id,
+        version=row.version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        release_command=_ARGV.decode(row.release_command) if row.release_command is not None else None,
+        release_timeout=row.release_timeout_seconds,
+        read_only_root_fs=row.read_only_root_fs,
+        hostnames=[hostname],
+        url=url,
     )
 
 
@@ -246,17 +287,18 @@ class InstanceService:
         own = self.context.principal.tenant_id
         if tenant_id is not None and own is not None and tenant_id != own:
             raise Forbidden("tenant_id differs from the tenant of your token")
-        statement = self.repo.listing(state=state, labels=labels, provider=provider, name=name, include_destroyed=False)
-        if tenant_id is not None:
-            statement = statement.where(Instance.tenant_id == tenant_id)
-        page = await paginate(self.session, statement, Instance.id, cursor=cursor, limit=limit, convert=to_schema)
-        slugs: dict[str, str] = {}
-        items = []
-        for view in page.items:
-            if view.tenant_id not in slugs:
-                slugs[view.tenant_id] = (await TenantRepository(self.session).get(view.tenant_id)).slug
-            items.append(await self._addressed(view, slugs[view.tenant_id]))
-        return msgspec.structs.replace(page, items=items)
+        listing, params = self.repo.listing(
+            state=state, labels=labels, provider=provider, name=name, include_destroyed=False, tenant_id=tenant_id
+        )
+        settings = self.context.services.settings
+
+        def addressed(row: Any) -> schemas.Instance:
+            hostname = default_hostname(settings, row.name, row.tenant_slug)
+            return listed(row, hostname, router_url(settings, hostname))
+
+        # one statement: the page, each row's tenant slug and the total (tests/api/test_instances.py)
+        connection = await self.session.connection()
+        return await paginate_rows(connection, listing, params, cursor=cursor, limit=limit, convert=addressed)
 
     async def get(self, instance_id: str) -> schemas.Instance:
         """The instance's view; a tenant's read request takes it from the row cache when it can."""

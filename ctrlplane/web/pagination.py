@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from sqlalchemy import Select, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Integer, Select, bindparam, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.elements import KeyedColumnElement
 
 from ctrlplane.errors import InvalidInput
 
@@ -45,6 +46,11 @@ def decode_cursor(cursor: str) -> str:
     return last_id
 
 
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", details={"limit": limit})
+
+
 async def paginate(
     session: AsyncSession,
     statement: Select[Any],
@@ -54,8 +60,7 @@ async def paginate(
     limit: int,
     convert: Callable[[Any], T],
 ) -> Page[T]:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", details={"limit": limit})
+    _check_limit(limit)
     total = (await session.execute(select(func.count()).select_from(statement.subquery()))).scalar_one()
     query = statement.order_by(id_column.desc()).limit(limit + 1)
     if cursor:
@@ -64,4 +69,50 @@ async def paginate(
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(getattr(rows[-1], id_column.key)) if more and rows else None
+    return Page(items=[convert(row) for row in rows], next_cursor=next_cursor, total=total)
+
+
+class Listing:
+    """A Core listing, paged keyset-wise with its total (``paginate_rows``): built once per shape of
+    query, its values bound per request (``bindparam``), so a request builds no SQL expression."""
+
+    def __init__(self, statement: Select[Any], count: Select[Any], id_column: KeyedColumnElement[Any]) -> None:
+        """``statement`` selects the columns a page needs, ``count`` is the same listing's
+        ``count(*)``; ``id_column`` orders the pages, newest first."""
+        first = statement.add_columns(count.scalar_subquery().label("page_total"))
+        first = first.order_by(id_column.desc()).limit(bindparam("page_limit", type_=Integer))
+        self.first = first
+        self.after = first.where(id_column < bindparam("page_after", type_=id_column.type))
+        self.count = count
+        self.id_key = id_column.key
+
+
+async def paginate_rows(
+    connection: AsyncConnection,
+    listing: Listing,
+    params: dict[str, Any],
+    *,
+    cursor: str | None,
+    limit: int,
+    convert: Callable[[Any], T],
+) -> Page[T]:
+    """``paginate`` for a Core listing (``params`` bind its values), on the Core connection: the page
+    and its total in one statement (the total as a scalar subquery, so both come from one
+    snapshot), rows converted as they arrive, no ORM objects. A second statement (the count alone)
+    only for a page past the end of a cursor's listing."""
+    _check_limit(limit)
+    if cursor:
+        query, params = listing.after, {**params, "page_limit": limit + 1, "page_after": decode_cursor(cursor)}
+    else:
+        query, params = listing.first, {**params, "page_limit": limit + 1}
+    rows = (await connection.execute(query, params)).all()
+    if rows:
+        total = int(rows[0].page_total)
+    elif cursor:
+        total = int((await connection.execute(listing.count, params)).scalar_one())
+    else:
+        total = 0
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(getattr(rows[-1], listing.id_key)) if more and rows else None
     return Page(items=[convert(row) for row in rows], next_cursor=next_cursor, total=total)

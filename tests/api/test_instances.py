@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 
+from ctrlplane.db import Database
 from ctrlplane.provisioning.contract import WorkloadStatus
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.web.pagination import encode_cursor
+from tests.api.test_row_cache import statements
 from tests.conftest import Api, bearer
 from tests.fakes import FakeProvider, FakeReplica
 from tests.waiting import eventually
@@ -189,6 +192,7 @@ async def test_duplicate_name_is_409(api: Api) -> None:
     assert response.status_code == 409
 
 
+@pytest.mark.dialects("a label filter is a JSON path, compiled differently per database")
 async def test_list_filters_by_state_label_name_and_provider(api: Api) -> None:
     _, token = await tenant_token(api)
     await create(api, token, name="a", labels={"team": "platform"})
@@ -202,6 +206,43 @@ async def test_list_filters_by_state_label_name_and_provider(api: Api) -> None:
     assert none.json()["total"] == 0
     bad = await api.client.get("/v1/instances", params={"label": "no-equals"}, headers=token)
     assert bad.status_code == 400
+
+
+@pytest.mark.dialects("the page, its tenants' slugs and its total are one SQL statement")
+async def test_a_list_page_is_one_statement_and_shows_what_a_get_shows(api: Api, db: Database) -> None:
+    acme_id, acme = await tenant_token(api)
+    _, globex = await tenant_token(api, slug="globex")
+    oldest = await create(api, acme, name="a", release_command="./migrate", env={"A": "1"}, labels={"x": "y"})
+    for name in ("b", "c"):
+        await create(api, acme, name=name)
+    await create(api, globex, name="g")
+
+    with statements(db) as sent:
+        first = await api.client.get("/v1/instances", params={"limit": 2}, headers=acme)
+    assert first.status_code == 200, first.text
+    assert [s for s in sent if "instances" in s] == [sent[-1]]  # not a count, a page and a slug each
+    page = first.json()
+    assert [i["name"] for i in page["items"]] == ["c", "b"]
+    assert page["total"] == 3
+    with statements(db) as sent:
+        second = (await api.client.get("/v1/instances", params={"cursor": page["next_cursor"]}, headers=acme)).json()
+    assert len([s for s in sent if "instances" in s]) == 1
+    assert (second["total"], second["next_cursor"]) == (3, None)
+    listed = second["items"][0]
+    assert listed == (await api.client.get(f"/v1/instances/{oldest['id']}", headers=acme)).json()
+    assert listed["hostnames"] == ["a.acme.localhost"] and listed["release_command"] == ["/bin/sh", "-c", "./migrate"]
+
+    past_the_end = await api.client.get("/v1/instances", params={"cursor": encode_cursor(oldest["id"])}, headers=acme)
+    assert (past_the_end.json()["items"], past_the_end.json()["total"]) == ([], 3)
+
+    with statements(db) as sent:  # a system admin's page spans tenants: still one statement
+        everyone = (await api.client.get("/v1/instances", headers=api.admin_headers)).json()
+    assert len([s for s in sent if "instances" in s]) == 1
+    assert {i["name"]: i["hostnames"] for i in everyone["items"]} == {
+        "a": ["a.acme.localhost"], "b": ["b.acme.localhost"], "c": ["c.acme.localhost"], "g": ["g.globex.localhost"]
+    }  # fmt: skip
+    mine = await api.client.get("/v1/instances", params={"tenant_id": acme_id}, headers=api.admin_headers)
+    assert mine.json()["total"] == 3
 
 
 async def test_quota_refuses_create_and_scale_with_limit_and_usage(api: Api) -> None:
