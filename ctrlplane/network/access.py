@@ -9,12 +9,16 @@ the database in one transaction (``store``): one ``http_request_samples`` row pe
 method and status class that had requests, and each instance's ``last_request_at`` moved forward,
 so the cost per request is a dictionary update, never a write.
 
-Per replica: the reverse proxy's ``upstream roundtrip`` lines (Caddy 2.6 logs them at DEBUG on
+Per replica: the reverse proxy's ``upstream roundtrip`` lines (Caddy 2.6 and later log them at DEBUG on
 ``http.handlers.reverse_proxy``, with the dial address, the upstream's status and its time to
 response headers; its access log names no upstream) go to the same sink, are parsed by
 ``parse_roundtrip`` and attributed through the hostname and the dial address to one replica of one
 generation (``Destination.upstreams``), and are stored per flush in ``upstream_request_samples``:
 what the deploy engine's traffic analysis reads (``deployments/analysis.py``).
+
+Request bytes are the body bytes Caddy read (``bytes_read``, logged by Caddy 2.7 and later, the one
+``tools/caddy/build.sh`` builds); an older Caddy's line has none, and its ``Content-Length`` header
+stands in, so a chunked request counts 0 bytes there (Debian's 2.6.2).
 
 Labels stay bounded: ``method`` is one of ``METHODS`` or ``OTHER``, ``status_class`` one of
 ``1xx`` to ``5xx``, ``route`` one of the instance's route paths (``/`` included); requests to a
@@ -65,6 +69,8 @@ class _Entry(msgspec.Struct):
     duration: float = 0.0
     size: int = 0
     status: int = 0
+    bytes_read: int | None = None
+    """request body bytes Caddy read (2.7 and later); None from an older Caddy"""
 
 
 class AccessRecord(msgspec.Struct, frozen=True):
@@ -141,10 +147,13 @@ def parse_line(line: bytes) -> AccessRecord | None:
         return None
     host = _hostname(request.host)
     length = 0
-    for name, values in request.headers.items():
-        if name.lower() == "content-length" and values:
-            with contextlib.suppress(ValueError):
-                length = max(0, int(values[0]))
+    if entry.bytes_read is not None:
+        length = max(0, entry.bytes_read)
+    else:  # Caddy before 2.7: the declared length, so a chunked request counts 0
+        for name, values in request.headers.items():
+            if name.lower() == "content-length" and values:
+                with contextlib.suppress(ValueError):
+                    length = max(0, int(values[0]))
     return AccessRecord(
         at=entry.ts,
         host=host,

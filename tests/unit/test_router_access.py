@@ -57,6 +57,61 @@ def test_an_access_log_line_becomes_a_record() -> None:
     assert record.request_bytes == 42 and record.response_bytes == 512 and record.at == 1796403233.5
 
 
+# Real access-log lines (a chunked POST of 19 bytes, then a POST of 12 with Content-Length) through
+# a reverse proxy, as Debian's Caddy 2.6.2 and as the Caddy tools/caddy/build.sh builds (2.11.9) wrote them.
+CADDY_2_6_CHUNKED = (
+    b'{"level":"info","ts":1796533338.2793877,"logger":"http.log.access.log0","msg":"handled request",'
+    b'"request":{"remote_ip":"127.0.0.1","remote_port":"52818","proto":"HTTP/1.1","method":"POST",'
+    b'"host":"web.example.localhost","uri":"/upload","headers":{"User-Agent":["curl/7.88.1"],"Accept":["*/*"],'
+    b'"Content-Type":["application/x-www-form-urlencoded"]}},"user_id":"","duration":0.124796385,"size":2,'
+    b'"status":200,"resp_headers":{"Server":["Caddy","BaseHTTP/0.6 Python/3.11.7"],'
+    b'"Date":["Sun, 06 Dec 2026 05:02:18 GMT"],"Content-Length":["2"]}}\n'
+)
+CADDY_2_6_LENGTH = (
+    b'{"level":"info","ts":1796533338.3862047,"logger":"http.log.access.log0","msg":"handled request",'
+    b'"request":{"remote_ip":"127.0.0.1","remote_port":"52824","proto":"HTTP/1.1","method":"POST",'
+    b'"host":"web.example.localhost","uri":"/form","headers":{"Accept":["*/*"],"Content-Length":["12"],'
+    b'"Content-Type":["application/x-www-form-urlencoded"],"User-Agent":["curl/7.88.1"]}},"user_id":"",'
+    b'"duration":0.004009455,"size":2,"status":200,"resp_headers":{"Date":["Sun, 06 Dec 2026 05:02:18 GMT"],'
+    b'"Content-Length":["2"],"Server":["Caddy","BaseHTTP/0.6 Python/3.11.7"]}}\n'
+)
+CADDY_2_11_CHUNKED = (
+    b'{"level":"info","ts":1796533338.4164,"logger":"http.log.access.log0","msg":"handled request",'
+    b'"request":{"remote_ip":"127.0.0.1","remote_port":"51322","client_ip":"127.0.0.1","proto":"HTTP/1.1",'
+    b'"method":"POST","host":"web.example.localhost","uri":"/upload","headers":{'
+    b'"Content-Type":["application/x-www-form-urlencoded"],"User-Agent":["curl/7.88.1"],"Accept":["*/*"]},'
+    b'"transfer_encoding":["chunked"]},"bytes_read":19,"user_id":"","duration":0.006715291,"size":2,'
+    b'"status":200,"resp_headers":{"Via":["1.1 Caddy"],"Server":["BaseHTTP/0.6 Python/3.11.7"],'
+    b'"Date":["Sun, 06 Dec 2026 05:02:18 GMT"],"Content-Length":["2"]}}\n'
+)
+CADDY_2_11_LENGTH = (
+    b'{"level":"info","ts":1796533338.4824204,"logger":"http.log.access.log0","msg":"handled request",'
+    b'"request":{"remote_ip":"127.0.0.1","remote_port":"51326","client_ip":"127.0.0.1","proto":"HTTP/1.1",'
+    b'"method":"POST","host":"web.example.localhost","uri":"/form","headers":{"User-Agent":["curl/7.88.1"],'
+    b'"Accept":["*/*"],"Content-Length":["12"],"Content-Type":["application/x-www-form-urlencoded"]}},'
+    b'"bytes_read":12,"user_id":"","duration":0.041128569,"size":2,"status":200,"resp_headers":{'
+    b'"Via":["1.1 Caddy"],"Content-Length":["2"],"Server":["BaseHTTP/0.6 Python/3.11.7"],'
+    b'"Date":["Sun, 06 Dec 2026 05:02:18 GMT"]}}\n'
+)
+
+
+def request_bytes(raw: bytes) -> int:
+    record = parse_line(raw)
+    assert record is not None and record.host == "web.example.localhost" and record.method == "POST"
+    return record.request_bytes
+
+
+def test_request_bytes_are_the_body_bytes_caddy_read_and_the_declared_length_before_caddy_2_7() -> None:
+    # Caddy 2.7 and later: bytes_read, a chunked body's too
+    assert request_bytes(CADDY_2_11_CHUNKED) == 19
+    assert request_bytes(CADDY_2_11_LENGTH) == 12
+    # Caddy 2.6 logs no bytes_read: Content-Length stands in, and a chunked body counts 0
+    assert request_bytes(CADDY_2_6_LENGTH) == 12
+    assert request_bytes(CADDY_2_6_CHUNKED) == 0
+    # bytes_read wins over a header that says otherwise (what was read is what counts)
+    assert parse_line(line(bytes_read=7)).request_bytes == 7  # type: ignore[union-attr]
+
+
 def test_lines_that_are_not_access_entries_are_ignored() -> None:
     assert parse_line(b"not json\n") is None
     assert parse_line(line(logger="http.handlers.reverse_proxy")) is None
