@@ -27,8 +27,8 @@ $(STAMP): $(SERVE_STAMP)
 kube:
 	bash tools/kube/build.sh
 
-# The Caddy the router tests run (Debian's 2.6.2 logs no bytes_read): built once per machine from the
-# Go module proxy (outside the clone), reused after; see docs/network.md. make run keeps the caddy on PATH.
+# Caddy 2.11.9 for the test of bytes_read (Debian's 2.6.2, the tests' router, logs none): built once per
+# machine from the Go module proxy (outside the clone), reused after; docs/network.md "Which Caddy".
 caddy:
 	bash tools/caddy/build.sh
 
@@ -53,7 +53,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy ctrlplane
 
-bench: install caddy
+bench: install
 	$(BIN)/python -m tests.bench
 
 clean:

@@ -14,8 +14,7 @@ interleave with later blocks' output (the README says so); they are left out of 
 The server differs from ``make run``'s only where the README says so or a test must: its own
 ``CTRLPLANE_CLUSTER_NAME``, port 0 (the blocks read ``CTRLPLANE_PORT``),
 ``CTRLPLANE_OUTBOUND_ALLOW_CIDRS=127.0.0.0/8`` (the webhook section), and its router: a real Caddy
-of the test's own (``tests/network/processes.py``; the one ``tools/caddy/build.sh`` builds), its
-admin API and HTTP/HTTPS listeners on free
+of the test's own (``tests/network/processes.py``), its admin API and HTTP/HTTPS listeners on free
 loopback ports instead of ``localhost:2019``, 80 and 443, so the blocks read ``ROUTER_PORT`` (the
 README's way to name a router on another port than 80) and instances' URLs carry that port (the
 README's expected outputs leave it as ``...``).

@@ -67,7 +67,7 @@ from ctrlplane.nodes.contract import (
     merge_secrets,
     public_key_text,
 )
-from ctrlplane.provisioning.contract import Provider, ReplicaUsage, Usage, WorkloadSpec, WorkloadStatus
+from ctrlplane.provisioning.contract import Provider, ReplicaUsage, Usage, WorkloadSpec, WorkloadStatus, total_usage
 from ctrlplane.provisioning.errors import ProviderError, WorkloadNotFound
 
 log = structlog.get_logger("ctrlplane.agent")
@@ -515,14 +515,7 @@ def usage_records(instance_id: str, at: datetime, replicas: Sequence[ReplicaUsag
     ``instance``, its usage sample) and each replica's own (group ``replica``, with its generation),
     which the instance's resources on the control plane show. One stats round serves both."""
     samples = [(r, r.usage) for r in replicas if r.usage is not None]
-    total = Usage(
-        cpu_percent=round(sum(u.cpu_percent for _, u in samples), 3),
-        memory_used_bytes=sum(u.memory_used_bytes for _, u in samples),
-        memory_limit_bytes=sum(u.memory_limit_bytes for _, u in samples),
-        network_rx_bytes=sum(u.network_rx_bytes for _, u in samples),
-        network_tx_bytes=sum(u.network_tx_bytes for _, u in samples),
-        restarts=sum(u.restarts for _, u in samples),
-    )
+    total = total_usage(u for _, u in samples)
     records = [MetricRecord(timestamp=at, group="instance", instance_id=instance_id, data=usage_data(total))]
     records += [
         MetricRecord(

@@ -24,7 +24,7 @@ own variables (``CTRLPLANE_DOCKER_*``, ``CTRLPLANE_K8S_*``) it reads itself, in 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -233,6 +233,19 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     network_rx_bytes: int
     network_tx_bytes: int
     restarts: int
+
+
+def total_usage(samples: Iterable[Usage]) -> Usage:
+    """The instance's usage as the sum of its replicas' (what runs of it: no sample, all zero)."""
+    found = list(samples)
+    return Usage(
+        cpu_percent=round(sum(u.cpu_percent for u in found), 3),
+        memory_used_bytes=sum(u.memory_used_bytes for u in found),
+        memory_limit_bytes=sum(u.memory_limit_bytes for u in found),
+        network_rx_bytes=sum(u.network_rx_bytes for u in found),
+        network_tx_bytes=sum(u.network_tx_bytes for u in found),
+        restarts=sum(u.restarts for u in found),
+    )
 
 
 class ReplicaUsage(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,10 +1,12 @@
 """Caddy, Pebble and pebble-challtestsrv for the network tests, each started on random loopback
 ports in a directory of its own and stopped afterwards.
 
-A missing binary skips the tests locally and fails them with ``CI`` set. Caddy is the one
-``tools/caddy/build.sh`` (``make caddy``) builds from the Go module proxy, outside the clone: Debian's
-2.6.2 logs no ``bytes_read``, so the request bytes of a chunked request would read 0
-(``CTRLPLANE_TEST_CADDY`` names another binary). Pebble is Debian's package; ``.ci/run`` installs it.
+A missing binary skips the tests locally and fails them with ``CI`` set. Caddy is Debian's package
+(2.6.2), the router that keeps every request across configuration loads; a test that needs Caddy's
+``bytes_read`` (2.7 and later) asks for the one ``tools/caddy/build.sh`` (``make caddy``) builds
+from the Go module proxy (``@pytest.mark.parametrize("caddy", ["built"], indirect=True)``;
+``CTRLPLANE_TEST_CADDY`` names another binary): docs/network.md, "Which Caddy". Pebble is Debian's
+package; ``.ci/run`` installs it.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CADDY_BUILD = ROOT / "tools" / "caddy" / "build.sh"
 
 
-def caddy_binary() -> str:
-    """The Caddy the tests run: ``CTRLPLANE_TEST_CADDY``, or the one ``tools/caddy/build.sh`` built
-    (skips locally, fails in CI, naming the build command, when it is not there)."""
+def caddy_binary(which: str = "debian") -> str:
+    """Debian's ``caddy`` on PATH, or (``built``) ``CTRLPLANE_TEST_CADDY`` or the one
+    ``tools/caddy/build.sh`` built (skips locally, fails in CI, naming the command, when missing)."""
+    if which == "debian":
+        return require_binary("caddy", "the router (Debian package caddy)")
     override = os.environ.get("CTRLPLANE_TEST_CADDY")
     if override:
-        return require_binary(override, "the router (CTRLPLANE_TEST_CADDY)")
+        return require_binary(override, "Caddy 2.7 or later (CTRLPLANE_TEST_CADDY)")
     directory = subprocess.run(
         ["bash", str(CADDY_BUILD), "--print-dir"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    return require_binary(str(Path(directory) / "caddy"), "the router (build it: make caddy)")
+    return require_binary(str(Path(directory) / "caddy"), "Caddy 2.7 or later (build it: make caddy)")
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -70,6 +74,8 @@ class Caddy:
     admin_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     https_port: int = field(default_factory=free_port)
+    which: str = "debian"
+    """``debian`` or ``built`` (``caddy_binary``)"""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,7 +88,7 @@ class Caddy:
 
     def start(self) -> None:
         """Start with an empty configuration (only the admin endpoint)."""
-        binary = caddy_binary()
+        binary = caddy_binary(self.which)
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "empty.json"
         config.write_text(json.dumps({"admin": {"listen": self.admin_address, "config": {"persist": False}}}))
@@ -117,8 +123,9 @@ class Caddy:
 
 
 @pytest.fixture
-def caddy(tmp_path: Path) -> Iterator[Caddy]:
-    server = Caddy(tmp_path / "caddy")
+def caddy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Caddy]:
+    """Debian's Caddy; ``built`` as an indirect parameter: the one ``make caddy`` builds."""
+    server = Caddy(tmp_path / "caddy", which=getattr(request, "param", "debian"))
     server.start()
     yield server
     server.stop()

@@ -50,6 +50,7 @@ from ctrlplane.provisioning.contract import (
     Usage,
     WorkloadSpec,
     WorkloadStatus,
+    total_usage,
 )
 from ctrlplane.provisioning.errors import ProviderError, ProviderUnavailable, WorkloadNotFound
 from ctrlplane_nodes.placement import DEFAULT_POOL, Candidate, choose, pool_of
@@ -392,16 +393,7 @@ class NodesProvider:
     async def usage(self, instance_id: str) -> Usage:
         """The replicas' usage (``replica_usage``) summed. The metrics sampler takes none of it:
         the node's batches are the instance's samples already (``samples_usage``)."""
-        replicas = await self.replica_usage(instance_id)
-        samples = [r.usage for r in replicas if r.usage is not None]
-        return Usage(
-            cpu_percent=round(sum(u.cpu_percent for u in samples), 3),
-            memory_used_bytes=sum(u.memory_used_bytes for u in samples),
-            memory_limit_bytes=sum(u.memory_limit_bytes for u in samples),
-            network_rx_bytes=sum(u.network_rx_bytes for u in samples),
-            network_tx_bytes=sum(u.network_tx_bytes for u in samples),
-            restarts=sum(u.restarts for u in samples),
-        )
+        return total_usage(r.usage for r in await self.replica_usage(instance_id) if r.usage is not None)
 
     async def start(self, instance_id: str) -> WorkloadStatus:
         """Never called by ctrlplane for this provider: a start is a ``provision`` (it places again)."""
