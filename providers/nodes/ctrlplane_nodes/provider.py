@@ -356,14 +356,10 @@ class NodesProvider:
                 last = line.timestamp
                 yield line
 
-    async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
-        """Each replica the node last reported, with the usage the node last shipped for it (its
-        metric batches, group ``replica``); a replica that does not run, or whose usage has not
-        arrived (or is stale), has none. ``WorkloadNotFound`` when it is on no node or the node
-        reported no replica; ``ProviderUnavailable`` while its node is unreachable (what it shipped
-        last is not usage now)."""
-        nodes = self._nodes()
-        placed = await nodes.placement(instance_id)
+    async def _reachable(self, instance_id: str) -> Placement:
+        """Where the instance is placed: ``WorkloadNotFound`` on no node, ``ProviderUnavailable``
+        while its node is unreachable."""
+        placed = await self._nodes().placement(instance_id)
         if placed is None or placed.node_state == "deregistered":
             raise WorkloadNotFound(f"instance {instance_id} is not on any node", details={"instance_id": instance_id})
         if placed.node_state == "unreachable":
@@ -371,6 +367,16 @@ class NodesProvider:
                 f"node {placed.node_id} of instance {instance_id} is unreachable",
                 details={"provider": "nodes", "node_id": placed.node_id},
             )
+        return placed
+
+    async def replica_usage(self, instance_id: str) -> list[ReplicaUsage]:
+        """Each replica the node last reported, with the usage the node last shipped for it (its
+        metric batches, group ``replica``); a replica that does not run, or whose usage has not
+        arrived (or is stale), has none. ``WorkloadNotFound`` when it is on no node or the node
+        reported no replica; ``ProviderUnavailable`` while its node is unreachable (what it shipped
+        last is not usage now)."""
+        nodes = self._nodes()
+        placed = await self._reachable(instance_id)
         reported = await nodes.reported_status(instance_id)
         if reported is None or not reported.replicas:
             raise WorkloadNotFound(
@@ -411,14 +417,7 @@ class NodesProvider:
         """Run ``action`` on the instance's node (an ``action_request`` execution) and give its
         result; the node must be reachable and answer within ``timeout`` (``ProviderUnavailable``)."""
         nodes = self._nodes()
-        placed = await nodes.placement(instance_id)
-        if placed is None or placed.node_state == "deregistered":
-            raise WorkloadNotFound(f"instance {instance_id} is not on any node", details={"instance_id": instance_id})
-        if placed.node_state == "unreachable":
-            raise ProviderUnavailable(
-                f"node {placed.node_id} of instance {instance_id} is unreachable",
-                details={"provider": "nodes", "node_id": placed.node_id},
-            )
+        placed = await self._reachable(instance_id)
         outcome = await nodes.execute(
             placed.node_id, action, {"instance_id": instance_id, **parameters}, timeout=timeout
         )
