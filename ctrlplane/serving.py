@@ -80,7 +80,16 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle kept-alive connection stays open (uvicorn's default is 5 s). A client that sends
+a request on a connection just as the server closes it gets no answer, and browsers and most HTTP
+clients retry only idempotent requests then (a console's POST failed "Failed to fetch"): a server
+should keep connections open longer than its clients and proxies do (60 s is the usual proxy
+default; nginx uses 75 s)."""
+
+
 def server_config(app: Any, *, host: str, port: int, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration for ctrlplane: asyncio's loop and httptools, with JSON errors and a
-    bounded request head."""
+    """uvicorn's configuration for ctrlplane: asyncio's loop and httptools, with JSON errors, a
+    bounded request head and ``KEEP_ALIVE_SECONDS``."""
+    options.setdefault("timeout_keep_alive", KEEP_ALIVE_SECONDS)
     return uvicorn.Config(app, host=host, port=port, loop="asyncio", http=JsonErrorHttpToolsProtocol, **options)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Route, expect
 
 from tests.console.conftest import Console, accessibility_problems, console, screenshot, until  # noqa: F401
 from tests.providers.docker_engine import HTTP_PORT, IMAGE, V2_IMAGE
@@ -121,6 +121,37 @@ def test_refused_change_shows_the_api_message(console: Console) -> None:
     expect(alert).to_be_visible()
     expect(alert).to_contain_text("invalid_input")
     assert instance_named(console, key, "Not A Valid Name!") == {}
+    page.context.close()
+
+
+def test_a_create_whose_answer_was_lost_is_sent_again_and_runs_once(console: Console) -> None:
+    """The server closed the connection as the answer went out ("Failed to fetch"): the console
+    sends the POST again with the same Idempotency-Key, and the server, which ran the first, replays
+    its answer instead of creating a second instance."""
+    tenant = console.create_tenant("resent")
+    key = console.create_key(tenant["id"], ["deploy"], "deployer")
+    page = console.open(key)
+    sent: list[str] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        sent.append(route.request.headers.get("idempotency-key", ""))
+        if len(sent) == 1:
+            route.fetch()  # the server runs it ...
+            route.abort("connectionreset")  # ... and its answer never reaches the browser
+        else:
+            route.continue_()
+
+    page.route("**/v1/instances", lose_the_first_answer)
+    page.get_by_label("Name").fill("resent")
+    page.get_by_label("Image").fill(IMAGE)
+    page.get_by_role("button", name="Create instance").click()
+    expect(page.locator("#instance-state")).to_be_visible(timeout=LONG)
+    assert len(sent) == 2 and sent[0] == sent[1] and sent[0].startswith("console-"), sent
+    listed = console.call("GET", "/v1/instances?name=resent", key)
+    assert listed.json()["total"] == 1, listed.text
     page.context.close()
 
 

@@ -27,13 +27,32 @@ function headers(extra = {}) {
   return { ...(token ? { Authorization: `Bearer ${token}` } : {}), ...extra };
 }
 
+// Every POST carries an Idempotency-Key, so the server runs it at most once; a request that got no
+// answer at all (fetch throws a TypeError: the server closed a kept-alive connection as the request
+// went out, "Failed to fetch") is sent once more when that is safe: a POST with its key (the server
+// replays the first answer if the first one ran), or a GET, HEAD, PUT or DELETE.
+const SAFE_TO_RESEND = new Set(["GET", "HEAD", "PUT", "DELETE"]);
+
+function idempotencyKey() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes); // unlike crypto.randomUUID, available on plain http:// too
+  return `console-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
 export async function request(method, path, body, extraHeaders = {}) {
-  const init = { method, headers: headers(extraHeaders), cache: "no-store" };
+  const keyed = method === "POST" ? { "Idempotency-Key": idempotencyKey(), ...extraHeaders } : extraHeaders;
+  const init = { method, headers: headers(keyed), cache: "no-store" };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
-  const response = await fetch(path, init);
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (error) {
+    if (!(error instanceof TypeError) || !(SAFE_TO_RESEND.has(method) || "Idempotency-Key" in init.headers)) throw error;
+    response = await fetch(path, init);
+  }
   const text = await response.text();
   let data = null;
   if (text) {
