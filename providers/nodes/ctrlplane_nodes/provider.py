@@ -62,8 +62,8 @@ EXEC_MARGIN_SECONDS = 10.0
 RESTART_ACTION = "ctrlplane.instance.restart"
 EXEC_ACTION = "ctrlplane.instance.exec"
 KILL_ACTION = "ctrlplane.instance.kill"
-KILL_SECONDS = 30.0
 """The actions the agent runs for this provider (``ctrlplane.nodes.assignments.INSTANCE_ACTIONS``)."""
+KILL_SECONDS = 30.0
 
 
 class NoNodeAvailable(ProviderUnavailable):
