@@ -156,12 +156,17 @@ def rolling_deploy(api: httpx.Client, client: docker.DockerClient, image: str) -
 
 
 def docker_benchmarks() -> dict[str, Any]:
+    from tests.network.processes import Caddy
     from tests.providers.docker_engine import V2_IMAGE, ensure_image, ensure_variant_images
 
     client = docker.from_env()
     ensure_image(client)
     ensure_variant_images(client)
     with tempfile.TemporaryDirectory() as data_dir:
+        # behind a real Caddy, as an installation serves: a deploy's rotation changes are pushed to
+        # it and each withdrawn replica drains its requests in flight before it is removed
+        caddy = Caddy(Path(data_dir) / "caddy")
+        caddy.start()
         port = _free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CTRLPLANE_")},
@@ -171,6 +176,9 @@ def docker_benchmarks() -> dict[str, Any]:
             # its own cluster: a `make run` server on this engine must not reap the bench's
             # containers as orphans, nor the bench its
             "CTRLPLANE_CLUSTER_NAME": f"bench-{os.getpid()}",
+            "CTRLPLANE_ROUTER_ADMIN_ADDRESS": caddy.admin_address,
+            "CTRLPLANE_ROUTER_HTTP_LISTEN": f"127.0.0.1:{caddy.http_port}",
+            "CTRLPLANE_ROUTER_HTTPS_LISTEN": f"127.0.0.1:{caddy.https_port}",
         }
         server = subprocess.Popen([sys.executable, "-m", "ctrlplane.cli", "serve"], env=env)
         try:
@@ -207,6 +215,7 @@ def docker_benchmarks() -> dict[str, Any]:
         finally:
             server.terminate()
             server.wait(timeout=30)
+            caddy.stop()
     base_median, our_median = statistics.median(baseline), statistics.median(ours)
     print(f"docker run -> first HTTP answer:        median {base_median * 1000:8.1f} ms over {ROUNDS} rounds")
     print(f"POST /v1/instances -> first HTTP answer: median {our_median * 1000:8.1f} ms over {ROUNDS} rounds")

@@ -100,6 +100,9 @@ class RouterState(msgspec.Struct, frozen=True):
     sites: tuple[Site, ...] = ()
     challenges: tuple[Challenge, ...] = ()
     certificates: tuple[LoadedCertificate, ...] = ()
+    draining: tuple[str, ...] = ()
+    """Upstream addresses (``host:port``) out of rotation whose requests in flight are being
+    waited for: listed in a route no request reaches, so that Caddy keeps counting them."""
 
 
 class RouterOptions(msgspec.Struct, frozen=True):
@@ -233,6 +236,20 @@ def _site_routes(site: Site, options: RouterOptions) -> list[dict[str, Any]]:
     return routes
 
 
+DRAINING_HOST = "draining.ctrlplane.invalid"
+
+
+def _draining(dials: Sequence[str]) -> dict[str, Any]:
+    """A route after the catch-all (so no request reaches it, and its host matcher could match none
+    anyway) that keeps ``dials`` in Caddy's upstream pool. Caddy forgets an upstream as soon as no
+    loaded route names it, requests still in flight to it included; kept here, its ``num_requests``
+    in ``/reverse_proxy/upstreams`` goes on counting them down (``CaddyAdmin.in_flight``)."""
+    return {
+        "match": [{"host": [DRAINING_HOST]}],
+        "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": dial} for dial in sorted(dials)]}],
+    }
+
+
 def _not_found() -> dict[str, Any]:
     return {
         "handle": [
@@ -280,6 +297,8 @@ def caddy_config(state: RouterState, options: RouterOptions) -> dict[str, Any]:
         if site.https_hostnames:
             https_routes.append(_host_route(site.https_hostnames, routes))
     http_routes.append(_not_found())
+    if state.draining:
+        http_routes.append(_draining(state.draining))
     logs = {"logs": {"default_logger_name": ACCESS_LOGGER}} if options.access_log_address else {}
     servers: dict[str, Any] = {
         "ctrlplane_http": {
@@ -339,6 +358,11 @@ class RouterUnavailable(Unavailable):
     code = "router_unavailable"
 
 
+class _UpstreamCount(msgspec.Struct):
+    address: str
+    num_requests: int
+
+
 class CaddyAdmin:
     """Caddy's admin API: ``POST /load`` replaces the whole configuration (Caddy keeps serving with
     the old one if the new one is refused, and skips the reload when nothing changed)."""
@@ -355,6 +379,17 @@ class CaddyAdmin:
             raise RouterUnavailable(f"Caddy's admin API at {self.base_url} does not answer: {exc}") from exc
         if response.status_code >= 400:
             raise RouterUnavailable(f"Caddy refused the configuration ({response.status_code}): {response.text[:500]}")
+
+    async def in_flight(self) -> dict[str, int]:
+        """Requests in flight per upstream address Caddy's loaded configuration names."""
+        try:
+            async with httpclients.client(local=False, base_url=self.base_url, timeout=self.timeout) as client:
+                response = await client.get("/reverse_proxy/upstreams")
+            response.raise_for_status()
+            listed = msgspec.json.decode(response.content, type=list[_UpstreamCount])
+        except (httpx.HTTPError, msgspec.DecodeError) as exc:
+            raise RouterUnavailable(f"Caddy's admin API at {self.base_url} did not list its upstreams: {exc}") from exc
+        return {upstream.address: upstream.num_requests for upstream in listed}
 
     async def config(self) -> Any:
         try:

@@ -23,7 +23,7 @@ import secrets
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import httpx
@@ -43,6 +43,7 @@ from ctrlplane.network.caddy import (
     RouterOptions,
     RouterState,
     RouteRule,
+    RouterUnavailable,
     Site,
     UpstreamTarget,
     caddy_config,
@@ -57,6 +58,7 @@ from ctrlplane.tenants.models import Tenant
 log = structlog.get_logger("ctrlplane.router")
 
 PROBE_TIMEOUT_SECONDS = 2.0
+DRAIN_POLL_SECONDS = 0.02
 TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 SERVED_STATES = ("provisioning", "starting", "running", "stopping", "stopped", "failed", "sleeping")
 
@@ -254,6 +256,7 @@ class Router:
         self._answered: set[tuple[str, str]] = set()
         self._last: bytes | None = None
         self._pushed_at = 0.0
+        self._draining: dict[str, float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -271,6 +274,9 @@ class Router:
     async def desired(self) -> bytes:
         async with self.db.read() as session:
             state = await load_state(session, self.settings)
+        now = time.monotonic()
+        self._draining = {dial: until for dial, until in self._draining.items() if until > now}
+        state = msgspec.structs.replace(state, draining=tuple(sorted(self._draining)))
         self.hosts.replace(
             {
                 host: Destination(
@@ -309,6 +315,39 @@ class Router:
                 for site in state.sites
             ),
         )
+
+    def hold(self, dials: Collection[str]) -> None:
+        """Keep ``dials`` in Caddy's configuration (out of rotation) for at most
+        ``CTRLPLANE_ROUTER_DRAIN_SECONDS``, so that ``drained`` can see their requests in flight.
+        Called before their rows leave the rotation, so that no push in between forgets them."""
+        if self.enabled:
+            until = time.monotonic() + self.settings.router_drain_seconds
+            self._draining.update({dial: max(until, self._draining.get(dial, 0.0)) for dial in dials})
+
+    async def drained(self, dials: Collection[str]) -> None:
+        """Wait until Caddy counts no request in flight to any of ``dials`` (held by ``hold`` and
+        pushed since), or until their hold ends; then stop holding them. A dial Caddy does not
+        list (its admin API is down, or a push from elsewhere dropped it) cannot be observed, so
+        it is waited for until the hold ends: never shorter than the bound when in doubt."""
+        if not self.enabled or not dials:
+            return
+        until = max(self._draining.get(dial, 0.0) for dial in dials)
+        try:
+            while True:
+                try:
+                    counts = await self.admin.in_flight()
+                except RouterUnavailable:
+                    counts = {}
+                if all(counts.get(dial) == 0 for dial in dials):
+                    return
+                left = until - time.monotonic()
+                if left <= 0:
+                    log.info("router_drain_bound_reached", upstreams=sorted(dials), in_flight=counts)
+                    return
+                await asyncio.sleep(min(DRAIN_POLL_SECONDS, left))
+        finally:
+            for dial in dials:
+                self._draining.pop(dial, None)
 
     async def sync(self, *, force: bool = False) -> bool:
         """Push the configuration if it changed (or always, with ``force``); True if pushed.

@@ -3,19 +3,18 @@
 Outside a deploy, ``follow_status`` keeps the rotation equal to the replicas the provider reports
 running (called wherever an observation is recorded). During a deploy the deploy engine owns it
 through ``Traffic``: a new replica joins only after its gate passed (``admit``), an old one leaves
-*before* its container is removed (``withdraw``, which then waits ``CTRLPLANE_ROUTER_DRAIN_SECONDS``
-for requests in flight), ``canary`` gives the canary ``CTRLPLANE_CANARY_TRAFFIC_PERCENT`` of the
-requests, and ``switch`` leaves one generation alone in rotation. Every change is committed and then
-pushed to the router at once, so the next provider call happens only after Caddy has it.
+*before* its container is removed (``withdraw``, which then waits until Caddy counts no request in
+flight to it, at most ``CTRLPLANE_ROUTER_DRAIN_SECONDS``: ``Router.hold`` and ``drained``),
+``canary`` gives the canary ``CTRLPLANE_CANARY_TRAFFIC_PERCENT`` of the requests, and ``switch``
+leaves one generation alone in rotation. Every change is committed and then pushed to the router at
+once, so the next provider call happens only after Caddy has it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
 
-import anyio
-from sqlalchemy import CursorResult, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.instances.models import Instance
@@ -89,10 +88,6 @@ class Traffic:
     async def _push(self) -> None:
         await self.router.sync_quietly()
 
-    async def _drain(self) -> None:
-        if self.router.enabled:
-            await anyio.sleep(self.settings.router_drain_seconds)
-
     async def admit(self, instance_id: str, generation: int, replicas: Iterable[int], *, weight: int = 1) -> None:
         """Put running replicas of ``generation`` into rotation."""
         status = await self.provider.status(instance_id)
@@ -105,15 +100,19 @@ class Traffic:
     async def withdraw(self, instance_id: str, generation: int, replicas: Iterable[int] | None = None) -> None:
         """Take replicas of ``generation`` (all, or those named) out of rotation, then let requests in
         flight finish before the caller removes their containers."""
-        statement = delete(Upstream).where(Upstream.instance_id == instance_id, Upstream.generation == generation)
-        if replicas is not None:
-            statement = statement.where(Upstream.replica.in_(list(replicas)))
         async with self.db.write() as session, session.begin():
-            result = cast(CursorResult[Any], await session.execute(statement))
-            removed = result.rowcount
-        if removed:
+            leaving = [
+                row
+                for row in await _rows(session, instance_id)
+                if row.generation == generation and (replicas is None or row.replica in set(replicas))
+            ]
+            dials = {_dial(row) for row in leaving}
+            self.router.hold(dials)
+            for row in leaving:
+                await session.delete(row)
+        if leaving:
             await self._push()
-            await self._drain()
+            await self.router.drained(dials)
 
     async def canary(self, instance_id: str, generation: int, canary_replica: int, percent: int) -> None:
         """Send ``percent`` of the requests to the canary and the rest to the other replicas."""
@@ -135,14 +134,19 @@ class Traffic:
         wanted = _serving(status, generation)
         async with self.db.write() as session, session.begin():
             rows = await _rows(session, instance_id)
-            removed = any((r.generation, r.replica, r.container_port) not in wanted for r in rows)
+            kept = {f"{host}:{host_port}" for host, host_port in wanted.values()}
+            dials = {_dial(r) for r in rows if (r.generation, r.replica, r.container_port) not in wanted} - kept
+            self.router.hold(dials)
             await session.execute(delete(Upstream).where(Upstream.instance_id == instance_id))
             await session.flush()
             for (gen, replica, port), (host, host_port) in sorted(wanted.items()):
                 session.add(_upstream(instance_id, gen, replica, port, host, host_port, 1))
         await self._push()
-        if removed:
-            await self._drain()
+        await self.router.drained(dials)
+
+
+def _dial(row: Upstream) -> str:
+    return f"{row.host}:{row.host_port}"
 
 
 def _upstream(

@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any
 
 from ctrlplane.network.caddy import (
+    DRAINING_HOST,
     Challenge,
     LoadedCertificate,
     RouterOptions,
@@ -137,3 +138,17 @@ def test_acme_challenges_are_answered_before_any_site_and_certificates_enable_ht
     assert config["apps"]["tls"]["certificates"]["load_pem"] == [
         {"certificate": "CHAIN", "key": "KEY", "tags": ["app.example.com"]}
     ]
+
+
+def test_draining_upstreams_sit_behind_the_catch_all_where_no_request_reaches_them() -> None:
+    """A withdrawn upstream stays named in the configuration while it drains (so Caddy keeps
+    counting its requests in flight), in a route after the 404 catch-all: it gets no new request."""
+    config = caddy_config(RouterState(sites=(site(),), draining=("127.0.0.1:40009", "127.0.0.1:40003")), OPTIONS)
+    routes = config["apps"]["http"]["servers"]["ctrlplane_http"]["routes"]
+    *_, catch_all, draining = routes
+    assert "match" not in catch_all and catch_all["handle"][0]["status_code"] == 404
+    assert draining["match"] == [{"host": [DRAINING_HOST]}]
+    assert dials(draining["handle"][0]) == ["127.0.0.1:40003", "127.0.0.1:40009"]
+    assert "127.0.0.1:40009" not in str(subroutes(config))
+    without = caddy_config(RouterState(sites=(site(),)), OPTIONS)
+    assert "match" not in without["apps"]["http"]["servers"]["ctrlplane_http"]["routes"][-1]
