@@ -43,6 +43,7 @@ from ctrlplane.auth.tokens import issue_token
 from ctrlplane.db import Database, connect, migrate
 from ctrlplane.models import metadata
 from ctrlplane.provisioning.registry import ProviderRegistry
+from ctrlplane.rowcache import RowCache
 from ctrlplane.settings import Settings
 from tests.fakes import FakeProvider
 from tests.waiting import eventually
@@ -169,14 +170,20 @@ def _argnames(mark: pytest.Mark) -> list[str]:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite unless the test is parametrized (``dialects`` mark or an explicit indirect parameter)."""
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SQLite unless the test is parametrized (``dialects`` mark or an explicit indirect parameter).
+
+    The SQLite file has one path per worker (so ``db`` can keep its engine, below), and each test
+    gets a new file there: the old one is unlinked (a process a test left behind keeps writing to
+    its own inode, not to the next test's) and the migrated template copied in its place."""
     dialect = getattr(request, "param", "sqlite")
     if dialect not in DIALECTS:
         raise ValueError(f"database_url: unknown dialect {dialect!r}; one of {DIALECTS}")
     if dialect == "sqlite":
-        target = tmp_path / "data" / "ctrlplane.db"
+        target = tmp_path_factory.getbasetemp() / "worker-database" / "ctrlplane.db"
         target.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            target.with_name(target.name + suffix).unlink(missing_ok=True)
         shutil.copy(request.getfixturevalue("sqlite_template"), target)
         return f"sqlite+aiosqlite:///{target}"
     return str(request.getfixturevalue("postgres_url"))
@@ -194,9 +201,21 @@ _EMPTY_POSTGRES = (
 )
 
 
+_WORKER_DATABASES: dict[str, Database] = {}
+"""This worker's databases by URL, kept from test to test. SQLAlchemy caches compiled statements
+per engine (its dialect object is part of the key), so a new engine per test compiled every
+statement again: a third of a small API test's CPU. Each test still starts on an empty database
+(a fresh SQLite file, ``database_url``; emptied PostgreSQL tables) with an empty, disabled row
+cache, and leaves no pooled connection behind (the next test runs in another event loop)."""
+
+
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = connect(database_url)
+    database = _WORKER_DATABASES.get(database_url)
+    if database is None:
+        database = _WORKER_DATABASES[database_url] = connect(database_url)
+    else:
+        RowCache.__init__(database.rows)  # the listeners on the kept engines write to this one
     if database.dialect == "postgresql":
         async with database.engine.begin() as conn:
             await conn.execute(text(_EMPTY_POSTGRES))

@@ -4,7 +4,6 @@ images only (``WorkloadSpec.registry_auth``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -104,7 +103,7 @@ async def test_the_password_is_in_no_raw_storage_audit_entry_or_log(
     tenant_id, token = await tenant_token(api)
     password = marker()
     await put(api, token, registry="ghcr.io", username="robot", password=password)
-    raw = await raw_storage(db, Path(settings.data_dir))
+    raw = await raw_storage(db)
     assert b"ghcr.io" in raw or b"ghcr.io".hex().encode() in raw
     assert_absent([password], raw, f"the raw {db.dialect} storage")
     audit = await api.client.get(

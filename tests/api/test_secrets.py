@@ -58,11 +58,12 @@ async def instance_of(api: Api, slug: str = "acme") -> tuple[str, dict[str, str]
     return tenant_id, token, await create(api, token)
 
 
-async def raw_storage(db: Database, data_dir: Path) -> bytes:
+async def raw_storage(db: Database) -> bytes:
     """Everything the database holds, as stored: the SQLite files' bytes, or every PostgreSQL row
     as text (bytea columns appear in hex)."""
     if db.dialect == "sqlite":
-        return b"".join(path.read_bytes() for path in sorted(data_dir.glob("ctrlplane.db*")))
+        database = Path(str(db.engine.url.database))
+        return b"".join(path.read_bytes() for path in sorted(database.parent.glob(database.name + "*")))
     dumped: list[str] = []
     async with db.read() as session:
         for table in metadata.sorted_tables:
@@ -164,7 +165,7 @@ async def test_no_value_in_the_raw_database_audit_idempotency_or_logs(
     )
     assert refused.status_code == 400
     await put_secret(api, token, instance["id"], "/etc/app/cert.pem", values[2], type="file")
-    raw = await raw_storage(db, Path(settings.data_dir))
+    raw = await raw_storage(db)
     assert b"KEY_0" in raw or b"KEY_0".hex().encode() in raw, "the raw dump should hold the secrets' keys"
     assert_absent(values, raw, f"the raw {db.dialect} storage")
     captured = capfd.readouterr()
