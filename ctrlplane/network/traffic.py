@@ -100,11 +100,12 @@ class Traffic:
     async def withdraw(self, instance_id: str, generation: int, replicas: Iterable[int] | None = None) -> None:
         """Take replicas of ``generation`` (all, or those named) out of rotation, then let requests in
         flight finish before the caller removes their containers."""
+        named = None if replicas is None else set(replicas)
         async with self.db.write() as session, session.begin():
             leaving = [
                 row
                 for row in await _rows(session, instance_id)
-                if row.generation == generation and (replicas is None or row.replica in set(replicas))
+                if row.generation == generation and (named is None or row.replica in named)
             ]
             dials = {_dial(row) for row in leaving}
             self.router.hold(dials)
