@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -46,6 +45,7 @@ from kubernetes import client
 from kubernetes import config as kube_config
 
 from tests.conftest import require_binary
+from tests.ports import free_port  # below the ephemeral range: a restarted etcd or API server gets its port back
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "tools" / "kube" / "build.sh"
@@ -78,12 +78,6 @@ def binaries_dir() -> Path:
     return Path(
         subprocess.run(["bash", str(BUILD), "--print-dir"], check=True, capture_output=True, text=True).stdout.strip()
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- PKI ------------------------------------------------------------------------------------------
