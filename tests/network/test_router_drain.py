@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from ctrlplane.db import Database
-from ctrlplane.network.caddy import CaddyAdmin, RouterOptions, RouterState, Site, UpstreamTarget, caddy_config, encode
+from ctrlplane.network.caddy import CaddyAdmin, RouterState, Site, UpstreamTarget, caddy_config, encode
 from ctrlplane.network.router import Router
 from ctrlplane.settings import Settings
 from tests.network.processes import Caddy, caddy  # noqa: F401 - fixture
@@ -69,20 +69,31 @@ def upstream() -> Iterator[SlowUpstream]:
     server.close()
 
 
-def router_for(settings: Settings, db: Database, caddy: Caddy, **overrides: object) -> Router:
-    wanted: dict[str, object] = {
-        "router": "caddy",
-        "router_admin_address": caddy.admin_address,
-        "router_http_listen": f"127.0.0.1:{caddy.http_port}",
-        "router_https_listen": f"127.0.0.1:{caddy.https_port}",
-        "router_drain_seconds": BOUND_SECONDS,
-    }
-    return Router(msgspec.structs.replace(settings, **{**wanted, **overrides}), db)
+def router_for(settings: Settings, db: Database, admin_address: str, **overrides: object) -> Router:
+    return Router(
+        msgspec.structs.replace(
+            settings,
+            router="caddy",
+            router_admin_address=admin_address,
+            **{"router_drain_seconds": BOUND_SECONDS, **overrides},
+        ),
+        db,
+    )
 
 
-async def serve_through_caddy(caddy: Caddy, dial: str) -> None:
+def caddy_router(settings: Settings, db: Database, caddy: Caddy) -> Router:
+    return router_for(
+        settings,
+        db,
+        caddy.admin_address,
+        router_http_listen=f"127.0.0.1:{caddy.http_port}",
+        router_https_listen=f"127.0.0.1:{caddy.https_port}",
+    )
+
+
+async def serve_through(router: Router, dial: str) -> None:
     """Load a configuration in which ``HOST`` goes to ``dial`` (what the rotation was before the
-    withdrawal; the database behind the router under test is empty, like after it)."""
+    withdrawal; the database behind ``router`` is empty, like after it)."""
     site = Site(
         instance_id="ins_drain",
         hostnames=(HOST,),
@@ -91,25 +102,20 @@ async def serve_through_caddy(caddy: Caddy, dial: str) -> None:
         routes=(),
         upstreams=(UpstreamTarget(container_port=8080, dial=dial),),
     )
-    options = RouterOptions(
-        admin_address=caddy.admin_address,
-        http_listen=f"127.0.0.1:{caddy.http_port}",
-        https_listen=f"127.0.0.1:{caddy.https_port}",
-    )
-    await CaddyAdmin(caddy.admin_address).load(encode(caddy_config(RouterState(sites=(site,)), options)))
+    await router.admin.load(encode(caddy_config(RouterState(sites=(site,)), router.options)))
 
 
 async def test_a_withdrawn_upstream_drains_until_its_request_in_flight_is_answered(
     settings: Settings, db: Database, caddy: Caddy, upstream: SlowUpstream
 ) -> None:
-    await serve_through_caddy(caddy, upstream.dial)
-    admin = CaddyAdmin(caddy.admin_address)
+    router = caddy_router(settings, db, caddy)
+    admin = router.admin
+    await serve_through(router, upstream.dial)
     async with httpx.AsyncClient(base_url=caddy.http_url, timeout=BOUND_SECONDS) as client:
         in_flight = asyncio.create_task(client.get("/slow", headers={"Host": HOST}))
         await eventually(
             lambda: _count(admin, upstream.dial, 1), "the slow request in flight to the upstream, as Caddy counts"
         )
-        router = router_for(settings, db, caddy)
         router.hold({upstream.dial})
         assert await router.sync()  # the rotation without the upstream, which is held out of it
         draining = asyncio.create_task(router.drained({upstream.dial}))
@@ -131,25 +137,21 @@ async def test_a_withdrawn_upstream_drains_until_its_request_in_flight_is_answer
 async def test_a_withdrawn_upstream_with_nothing_in_flight_drains_without_waiting_the_bound(
     settings: Settings, db: Database, caddy: Caddy, upstream: SlowUpstream
 ) -> None:
-    await serve_through_caddy(caddy, upstream.dial)
+    router = caddy_router(settings, db, caddy)
+    await serve_through(router, upstream.dial)
     async with httpx.AsyncClient(base_url=caddy.http_url, timeout=5) as client:
         answered = await client.get("/", headers={"Host": HOST})
     assert answered.status_code == 200
-    router = router_for(settings, db, caddy)
     router.hold({upstream.dial})
     assert await router.sync()
     await asyncio.wait_for(router.drained({upstream.dial}), timeout=BOUND_SECONDS / 2)
 
 
-async def test_a_router_that_cannot_be_asked_is_waited_for_the_whole_bound(
-    settings: Settings, db: Database, caddy: Caddy
-) -> None:
+async def test_a_router_that_cannot_be_asked_is_waited_for_the_whole_bound(settings: Settings, db: Database) -> None:
     """With Caddy's admin API unreachable nothing in flight can be counted, so the drain takes the
     bound (the behaviour of a fixed drain), never less."""
     bound = 0.5
-    router = router_for(
-        settings, db, caddy, router_admin_address=f"127.0.0.1:{free_port()}", router_drain_seconds=bound
-    )
+    router = router_for(settings, db, f"127.0.0.1:{free_port()}", router_drain_seconds=bound)
     router.hold({"127.0.0.1:9"})
     started = time.monotonic()
     await router.drained({"127.0.0.1:9"})
