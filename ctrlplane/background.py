@@ -44,6 +44,7 @@ from ctrlplane.network.router import config_loads_reset_connections
 from ctrlplane.network.sleep import enforce_idle
 from ctrlplane.network.wake import WakeServer
 from ctrlplane.nodes.monitor import NodeMonitor
+from ctrlplane.operations import queue
 from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 from ctrlplane.provisioning.contract import Provider, WatchingProvider
@@ -116,10 +117,10 @@ class Background:
         def claimed() -> None:
             if self._poller == number:
                 self._poller = None
-                work.wake()
+                work.wake(queue.READS)
 
         while True:
-            armed = work.armed()
+            armed = work.armed(queue.READS)
             try:
                 if await worker.run_once(claimed=claimed):
                     continue
@@ -266,7 +267,7 @@ class Background:
                     continue
             except Exception as exc:
                 log.error("certificate_error", exc_info=exc)
-            await services.work.wait(CERTIFICATE_POLL_SECONDS)
+            await services.work.wait(CERTIFICATE_POLL_SECONDS, interest=CertificateIssuer.READS)
 
     async def lifetimes_loop(self) -> None:
         keeper = LifetimeKeeper(self.services)
@@ -276,7 +277,9 @@ class Background:
                     continue
             except Exception as exc:
                 log.error("environment_lifetimes_error", exc_info=exc)
-            await self.services.work.wait(self.services.settings.reconcile_interval_seconds)
+            await self.services.work.wait(
+                self.services.settings.reconcile_interval_seconds, interest=LifetimeKeeper.READS
+            )
 
     async def run_loop(self, number: int) -> None:
         """One-off runs and job firings (``ctrlplane/runs``): claimed with a lease, like operations."""

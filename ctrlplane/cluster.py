@@ -43,7 +43,7 @@ import fcntl
 import os
 import secrets
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -149,7 +149,8 @@ class NotifyRelay:
         self.ping_seconds = ping_seconds
         self.rows = rows
         self.connected = asyncio.Event()
-        self._pending: set[str] = set()
+        self._pending: dict[str, set[str] | None] = {}
+        """Wake-ups to send, by signal: the tables they name, or None for any."""
         self._send = asyncio.Event()
         self.backend_pid: int | None = None
         """The PostgreSQL backend of the LISTEN connection while connected (for diagnostics)."""
@@ -194,18 +195,25 @@ class NotifyRelay:
         if not up:
             self._release_barriers()  # nothing is served from the cache until it reconnects
 
-    def _publisher(self, name: str) -> Callable[[], None]:
-        def publish() -> None:
-            self._pending.add(name)
+    def _publisher(self, name: str) -> Callable[[Collection[str] | None], None]:
+        def publish(tables: Collection[str] | None) -> None:
+            if name in self._pending:
+                known = self._pending[name]
+                self._pending[name] = None if known is None or tables is None else known | set(tables)
+            else:
+                self._pending[name] = None if tables is None else set(tables)
             self._send.set()
 
         return publish
 
     def _received(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        name, _, sender = payload.partition(":")
+        """``name:replica`` wakes every waiter of that signal; ``name:replica|table,table`` those
+        whose interest meets the tables (an older replica's ``name:replica`` stays understood)."""
+        name, _, rest = payload.partition(":")
+        sender, bar, listed = rest.partition("|")
         signal = self.signals.get(name)
         if signal is not None and sender != self.replica:
-            signal.wake()
+            signal.wake(frozenset(listed.split(",")) - {""} if bar else None)
 
     async def run(self) -> None:
         try:
@@ -239,10 +247,14 @@ class NotifyRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._send.wait(), self.ping_seconds)
                 self._send.clear()
-                pending, self._pending = self._pending, set()
-                for name in sorted(pending):
+                pending, self._pending = self._pending, {}
+                for name, tables in sorted(pending.items()):
+                    listed = "" if tables is None else "|" + ",".join(sorted(tables))
                     await connection.execute(
-                        "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{name}:{self.replica}", timeout=self.ping_seconds
+                        "SELECT pg_notify($1, $2)",
+                        NOTIFY_CHANNEL,
+                        f"{name}:{self.replica}{listed}",
+                        timeout=self.ping_seconds,
                     )
                 if self._sync_wanted:
                     self._sync_wanted = False

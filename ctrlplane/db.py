@@ -130,6 +130,7 @@ def connect(url: str, **engine_args: Any) -> Database:
         engine_args.setdefault("connect_args", {"timeout": 30})
     engine_args.setdefault("pool_recycle", 3600)
     engine = create_async_engine(url, **engine_args)
+    _track_writes(engine)
     rows = RowCache()
     if is_sqlite:
         _configure_sqlite(engine, query_only=False)
@@ -170,6 +171,46 @@ def _discard_closed(engine: AsyncEngine) -> None:
         is_closed = getattr(driver, "is_closed", None)
         if is_closed is not None and is_closed():
             raise DisconnectionError("the server closed this pooled connection")
+
+
+WRITTEN = "ctrlplane_written"
+"""Where a connection notes the tables its transaction wrote (``written_tables``)."""
+ANY_TABLE = "*"
+"""Noted for a write whose table is not known (plain SQL): it may have touched any table."""
+_WRITE_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "UPSERT", "WITH", "DO", "MERGE", "TRUNCATE"})
+
+
+def _track_writes(engine: AsyncEngine) -> None:
+    """Each transaction notes the tables it writes on its connection (cleared at ``begin``), so
+    that a commit can wake only the loops that read those tables (``signals.Signal``)."""
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.info.pop(WRITTEN, None)
+
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def on_execute(conn: Connection, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
+        if context is not None and (context.isinsert or context.isupdate or context.isdelete):
+            table = getattr(getattr(context.compiled, "statement", None), "table", None)
+            name = getattr(table, "name", None)
+            conn.info.setdefault(WRITTEN, set()).add(name if isinstance(name, str) else ANY_TABLE)
+        elif _verb(statement) in _WRITE_VERBS:
+            conn.info.setdefault(WRITTEN, set()).add(ANY_TABLE)
+
+
+def _verb(statement: str) -> str:
+    head = statement[:40].split(None, 1)
+    return head[0].upper() if head else ""
+
+
+async def written_tables(session: AsyncSession) -> frozenset[str] | None:
+    """The tables this session's open transaction has written so far (after a flush), or None
+    when it may have written any. Call it before the commit: the connection goes back to the pool
+    at the commit."""
+    await session.flush()
+    info = (await session.connection()).info
+    written = frozenset(info.get(WRITTEN, ()))
+    return None if ANY_TABLE in written else written
 
 
 def _configure_sqlite(engine: AsyncEngine, *, query_only: bool) -> None:

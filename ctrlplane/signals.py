@@ -3,40 +3,52 @@
 ``notify()`` wakes this process's waiters and, when a replica relay is attached
 (``cluster.NotifyRelay`` on PostgreSQL), tells the other replicas too; ``wake()`` is local only.
 Waiters always poll too (with a timeout), so a change is still seen if a wake-up is lost.
+
+A wake-up may name the tables the commit wrote (``db.written_tables``), and a waiter may name the
+tables it reads (its *interest*): a commit then wakes only the waiters whose interest it touched,
+so a write request that enqueues no operation does not send every operation worker to look for
+one. A wake-up without tables, and a waiter without an interest, match everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+Interest = frozenset[str] | None
+
 
 class Signal:
     def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.publish: Callable[[], None] | None = None
+        self._events: dict[Interest, asyncio.Event] = {}
+        self.publish: Callable[[Collection[str] | None], None] | None = None
 
-    async def notify(self) -> None:
-        self.wake()
+    async def notify(self, tables: Collection[str] | None = None) -> None:
+        self.wake(tables)
         if self.publish is not None:
-            self.publish()
+            self.publish(tables)
 
-    def wake(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+    def wake(self, tables: Collection[str] | None = None) -> None:
+        for interest in list(self._events):
+            if tables is None or interest is None or not interest.isdisjoint(tables):
+                self._events.pop(interest).set()
 
-    def armed(self) -> asyncio.Event:
-        """The event the next wake-up sets: take it *before* looking at what may change, then
-        ``wait(timeout, armed)``, so a wake-up that comes while looking is not lost."""
-        return self._event
+    def armed(self, interest: Interest = None) -> asyncio.Event:
+        """The event the next wake-up that meets ``interest`` sets: take it *before* looking at
+        what may change, then ``wait(timeout, armed)``, so a wake-up that comes while looking is
+        not lost."""
+        event = self._events.get(interest)
+        if event is None:
+            event = self._events[interest] = asyncio.Event()
+        return event
 
-    async def wait(self, timeout: float, armed: asyncio.Event | None = None) -> None:
+    async def wait(self, timeout: float, armed: asyncio.Event | None = None, interest: Interest = None) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for((armed or self._event).wait(), timeout)
+            await asyncio.wait_for((armed or self.armed(interest)).wait(), timeout)
 
 
 class Announcements(Generic[T]):

@@ -34,6 +34,9 @@ BATCH = 100
 
 
 class LifetimeKeeper:
+    READS = pools.READS | {Instance.__tablename__}
+    """The tables a pass reads: a commit that wrote none of them changes nothing it would do."""
+
     def __init__(self, services: AppServices) -> None:
         self.services = services
 

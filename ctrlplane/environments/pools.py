@@ -35,6 +35,8 @@ from ctrlplane.web.context import AppServices, AuditDraft, RequestContext
 log = structlog.get_logger("ctrlplane.pools")
 
 POOL_OWNER = "pool"
+READS = frozenset({Environment.__tablename__, Template.__tablename__})
+"""The tables ``deficits`` and ``outdated`` read."""
 
 
 def pool_values(template: Template) -> dict[str, ParameterValue] | None:

@@ -26,10 +26,14 @@ import structlog
 
 from ctrlplane.db import Database
 from ctrlplane.events import schemas
+from ctrlplane.events.models import Event
 from ctrlplane.events.service import REPLAY_BATCH, last_seq, read_after
 from ctrlplane.signals import Signal
 
 log = structlog.get_logger("ctrlplane.events")
+
+READS = frozenset({Event.__tablename__})
+"""A feed reads new events only: other commits do not wake it."""
 
 BUFFER = 2000
 """Events a feed keeps; a stream further behind than this reads the database."""
@@ -87,7 +91,7 @@ class TenantFeed:
             if batch:
                 self._keep(batch)
             if len(batch) < REPLAY_BATCH:
-                await self.broker.wait(self.poll_seconds)
+                await self.broker.wait(self.poll_seconds, interest=READS)
 
 
 class EventFeeds:

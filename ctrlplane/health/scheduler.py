@@ -31,7 +31,7 @@ import structlog
 from anyio.abc import TaskGroup
 from sqlalchemy import delete, func, select
 
-from ctrlplane.db import Database
+from ctrlplane.db import Database, written_tables
 from ctrlplane.errors import CtrlplaneError, ProviderUnavailable
 from ctrlplane.health.models import HealthCheck, HealthCheckResult
 from ctrlplane.health.probes import Outcome, Target, parse_target, run_check
@@ -176,7 +176,8 @@ class HealthScheduler:
             if check is None:
                 return
             await record_outcome(session, check, outcome, manual=False)
-        await self.services.events.notify()
+            written = await written_tables(session)
+        await self.services.events.notify(written)
 
 
 async def prune_results(db: Database, *, retention_seconds: float, per_check: int) -> int:

@@ -138,6 +138,10 @@ async def release(db: Database, record_id: str) -> None:
 
 
 async def purge_expired(db: Database) -> int:
+    async with db.read() as session:  # most calls find none, and take no write lock for it
+        expired = select(IdempotencyRecord.id).where(IdempotencyRecord.expires_at <= utc_now()).limit(1)
+        if (await session.execute(expired)).first() is None:
+            return 0
     async with db.write() as session, session.begin():
         result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= utc_now()))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]

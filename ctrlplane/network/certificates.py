@@ -56,6 +56,9 @@ class CertificateIssuer:
         self.router = router
         self.owner = new_id("cert").replace("cert_", "issuer_")
 
+    READS = frozenset({Certificate.__tablename__, Domain.__tablename__})
+    """The tables a claim reads (``_claim``): a commit that wrote neither cannot make one due."""
+
     async def run_once(self) -> bool:
         """Work on one due certificate; False when none is due."""
         claimed = await self._claim()

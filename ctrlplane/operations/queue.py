@@ -26,6 +26,8 @@ from ctrlplane.operations.models import Operation
 from ctrlplane.timeutil import utc_now
 
 UNFINISHED = ("pending", "running")
+READS = frozenset({Operation.__tablename__})
+"""What a claim reads: a commit that wrote none of it cannot have made an operation claimable."""
 
 
 def enqueue(

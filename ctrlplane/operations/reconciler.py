@@ -44,6 +44,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.db import written_tables
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events.service import append as append_event
 from ctrlplane.idempotency.service import purge_expired
@@ -172,25 +173,35 @@ class Reconciler:
     def __init__(self, services: AppServices) -> None:
         self.services = services
         self.enqueued = False
+        self.written: set[str] | None = set()
+        """The tables this pass wrote (None: it may have written any); a pass that wrote nothing
+        wakes no one."""
         self.redact_text = container_text_redactor(services)
 
+    def _noted(self, written: frozenset[str] | None) -> None:
+        self.written = None if written is None or self.written is None else self.written | written
+
+    async def _announce(self) -> None:
+        if self.written is None or self.written:
+            await self.services.events.notify(self.written)
+        if self.enqueued:
+            await self.services.work.notify(self.written)
+
     async def run_once(self) -> None:
-        self.enqueued = False
+        self.enqueued, self.written = False, set()
         for provider in self.services.providers:
             try:
                 await self._reconcile_provider(provider)
             except CtrlplaneError as exc:
                 log.warning("reconcile_provider_failed", provider=provider.name, error=exc.message)
         await self._finish_tenant_deletions()
-        await purge_expired(self.services.db)
-        await self.services.events.notify()
-        if self.enqueued:
-            await self.services.work.notify()
+        await purge_expired(self.services.db)  # nothing waits on idempotency records
+        await self._announce()
 
     async def reconcile(self, provider: Provider, instance_id: str) -> None:
         """Reconcile one instance now (a provider reported a change to it): its ``status``, the
         same plan and the same guarded write as a pass."""
-        self.enqueued = False
+        self.enqueued, self.written = False, set()
         async with self.services.db.read() as session:
             row = (
                 await session.execute(
@@ -207,9 +218,7 @@ class Reconciler:
         decision = plan(seen, await provider.status(instance_id))
         if decision is not None:
             await self._apply([decision])
-            await self.services.events.notify()
-        if self.enqueued:
-            await self.services.work.notify()
+        await self._announce()
 
     async def _reconcile_provider(self, provider: Provider) -> None:
         async with self.services.db.read() as session:
@@ -283,6 +292,7 @@ class Reconciler:
                     if row.id in busy:
                         continue
                     await self._act(session, row, decision)
+                self._noted(await written_tables(session))
 
     async def _act(self, session: AsyncSession, row: Instance, decision: Decision) -> None:
         if decision.action == "stop":
@@ -337,6 +347,9 @@ class Reconciler:
         log.info("replicas_restarted", instance=row.id, replicas=[r.replica for r in replicas])
 
     async def _finish_tenant_deletions(self) -> None:
+        async with self.services.db.read() as session:  # most passes: none, and no write lock taken
+            if not await TenantRepository(session).deleting():
+                return
         async with self.services.db.write() as session, session.begin():
             for tenant in await TenantRepository(session).deleting():
                 live = (
@@ -350,6 +363,7 @@ class Reconciler:
                     await forget_tenant(session, TenantId(tenant.id))
                     await TenantRepository(session).remove(tenant)
                     log.info("tenant_deleted", tenant=tenant.id)
+                    self._noted(None)
 
 
 def _should_restart(policy: str, replica: ReplicaStatus) -> bool:

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ctrlplane.db import written_tables
 from ctrlplane.deployments.engine import DeployEngine
 from ctrlplane.errors import CtrlplaneError, InvalidInput, ProviderUnavailable
 from ctrlplane.events.service import append as append_event
@@ -162,8 +163,9 @@ class OperationWorker:
                 queue.finish(current)
             else:
                 await self._settle(session, current, instance, status, error)
-        await self.services.events.notify()
-        await self.services.work.notify()
+            written = await written_tables(session)
+        await self.services.events.notify(written)
+        await self.services.work.notify(written)
 
     async def _settle(
         self,

@@ -44,6 +44,7 @@ from ctrlplane import strict
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
 from ctrlplane.auth.providers import ANONYMOUS, Principal
+from ctrlplane.db import written_tables
 from ctrlplane.errors import CtrlplaneError, InvalidInput, as_domain_error
 from ctrlplane.idempotency import service as records
 from ctrlplane.inputs import check_json_depth
@@ -220,10 +221,13 @@ class UnitOfWork(ASGIMiddleware):
                 await records.complete(
                     session, claim.record_id, idempotency.stored(captured, idempotency.redacted_fields(scope))
                 )
+            written = await written_tables(session)
             await session.commit()
         await self.services.db.rows.barrier()  # this replica's next read sees what was just written
-        await self.services.work.notify()
-        await self.services.events.notify()
+        # only the loops that read what was written look again (an operation enqueued wakes the
+        # workers; a route changed does not)
+        await self.services.work.notify(written)
+        await self.services.events.notify(written)
         return captured
 
     async def _settle_failure(

@@ -40,7 +40,7 @@ import structlog
 from sqlalchemy import and_, delete, func, or_, select
 
 from ctrlplane import __version__
-from ctrlplane.events.models import EventStream
+from ctrlplane.events.models import Event, EventStream
 from ctrlplane.events.service import append as append_event
 from ctrlplane.events.service import events_after
 from ctrlplane.outbound import OutboundPolicy, blocked_cause, redacted
@@ -60,6 +60,9 @@ POLL_SECONDS = 1.0
 ERROR_CHARS = 500
 UNFINISHED = ("pending", "sending")
 PRUNE_INTERVAL_SECONDS = 300.0
+ENABLED = select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
+"""An endpoint that takes deliveries; with none (most installations, most of the time) a wake-up
+costs this one small read instead of fan-out's and the claim's."""
 
 
 def event_payload(event: Any) -> dict[str, Any]:
@@ -131,6 +134,11 @@ def post(session: requests.Session, attempt: Attempt, *, timeout: float, max_byt
 
 
 class WebhookDispatcher:
+    READS = frozenset(
+        {Event.__tablename__, EventStream.__tablename__, *(m.__tablename__ for m in (WebhookEndpoint, WebhookDelivery))}
+    )
+    """What fan-out and claims read: a commit that wrote none of it gives them nothing new."""
+
     def __init__(self, services: AppServices, *, rng: random.Random | None = None) -> None:
         self.services = services
         self.settings = services.settings
@@ -339,9 +347,12 @@ class WebhookDispatcher:
                 except Exception as exc:
                     log.error("webhook_prune_error", exc_info=exc)
             try:
-                busy = bool(await self.fan_out())
-                busy = await self.deliver_once() or busy
+                if await self._any(ENABLED):  # none: nothing to fan out, and no delivery can be claimed
+                    busy = bool(await self.fan_out())
+                    busy = await self.deliver_once() or busy
             except Exception as exc:
                 log.error("webhook_delivery_error", exc_info=exc)
             if not busy:
-                await self.services.events.wait(min(POLL_SECONDS, self.settings.webhook_retry_base_seconds))
+                await self.services.events.wait(
+                    min(POLL_SECONDS, self.settings.webhook_retry_base_seconds), interest=self.READS
+                )
