@@ -57,8 +57,6 @@ async def schemathesis(
         "run",
         f"{base_url}/schema/openapi.json",
         *(["--header", f"Authorization: Bearer {token}"] if token is not None else []),
-        "--checks",
-        "all",
         "--max-examples",
         EXAMPLES,
         "--phases",
