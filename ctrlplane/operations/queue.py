@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, or_, select, update
+from sqlalchemy import Select, and_, bindparam, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import BindParameter
 
 from ctrlplane.db import Database
 from ctrlplane.ids import new_id
@@ -49,30 +50,36 @@ def enqueue(
     return operation
 
 
+_OLDER = aliased(Operation)
+_NOW: BindParameter[datetime] = bindparam("now")
+_CLAIMABLE = and_(
+    or_(
+        and_(Operation.state == "pending", Operation.not_before <= _NOW),
+        and_(Operation.state == "running", Operation.lease_expires_at <= _NOW),
+    ),
+    ~exists(
+        select(_OLDER.id).where(
+            _OLDER.instance_id == Operation.instance_id,
+            _OLDER.id < Operation.id,
+            _OLDER.state.in_(UNFINISHED),
+        )
+    ),
+)
+# Built once: an idle worker asks several times a second across a replica's workers, and building
+# the statement (and its cache key) each time cost more than the query itself.
+_ANY_CLAIMABLE = select(Operation.id).where(_CLAIMABLE).limit(1)
+_CLAIM = select(Operation).where(_CLAIMABLE).order_by(Operation.id).limit(1).with_for_update(skip_locked=True)
+
+
 async def claim(db: Database, *, owner: str, lease: timedelta) -> Operation | None:
     now = utc_now()
-    older = aliased(Operation)
-    blocked = exists(
-        select(older.id).where(
-            older.instance_id == Operation.instance_id,
-            older.id < Operation.id,
-            older.state.in_(UNFINISHED),
-        )
-    )
-    claimable = or_(
-        and_(Operation.state == "pending", Operation.not_before <= now),
-        and_(Operation.state == "running", Operation.lease_expires_at <= now),
-    )
-    statement = (
-        select(Operation).where(claimable, ~blocked).order_by(Operation.id).limit(1).with_for_update(skip_locked=True)
-    )
     # An idle worker looks with a read first (the runs' claim does the same): no write transaction
     # (SQLite's BEGIN IMMEDIATE takes the database's one write lock) unless there is one to claim.
     async with db.read() as session:
-        if (await session.execute(select(Operation.id).where(claimable, ~blocked).limit(1))).first() is None:
+        if (await session.execute(_ANY_CLAIMABLE, {"now": now})).first() is None:
             return None
     async with db.write() as session, session.begin():
-        operation = (await session.execute(statement)).scalar_one_or_none()
+        operation = (await session.execute(_CLAIM, {"now": now})).scalar_one_or_none()
         if operation is None:
             return None
         operation.state = "running"
