@@ -85,6 +85,11 @@ async def until_running(http: httpx.AsyncClient, instance_id: str, token: dict[s
     await eventually(running, lambda: f"instance {instance_id} runs (last seen: {seen[0]})", timeout=timeout)
 
 
+async def _going(http: httpx.AsyncClient, instance_id: str, token: dict[str, str]) -> bool:
+    response = await http.get(f"/v1/instances/{instance_id}", headers=token)
+    return response.status_code == 404 or response.json().get("state") in ("destroying", "destroyed")
+
+
 async def _deploying(http: httpx.AsyncClient, instance_id: str, token: dict[str, str]) -> bool:
     items = (await http.get(f"/v1/instances/{instance_id}/deployments", headers=token)).json()["items"]
     return any(d["state"] not in TERMINAL_DEPLOYMENTS for d in items)
@@ -153,6 +158,8 @@ async def run_kills(
                     ledger.deleted.add(target)
             await server.start()
             http.base_url = server.url  # a new lifetime, a new port
+            if action == "delete" and response is None and await _going(http, target, token):
+                ledger.deleted.add(target)  # committed before the kill cut its answer off: not a target now
         await converged(http, db, settings, ledger)
         audited = await audit_request_ids(http, admin)
     missing = {rid: what for rid, what in ledger.accepted.items() if rid not in audited}
