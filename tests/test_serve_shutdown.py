@@ -67,6 +67,7 @@ async def test_sigterm_lets_a_request_in_flight_finish_then_exits_cleanly(
         server.stop()
 
 
+# Slow by design: a real multi-process `ctrlplane serve --workers` started and drained with SIGTERM.
 @pytest.mark.dialects("--workers needs PostgreSQL (processes share the database); SQLite refuses it")
 async def test_workers_serve_one_port_on_postgresql_and_are_refused_on_sqlite(
     database_url: str, tmp_path: Path, settings: Settings, tokens: Tokens

@@ -62,6 +62,7 @@ async def deploy(api: Api, instance: dict[str, Any], token: dict[str, str], **bo
     return await finished(api, response.json()["id"], token, timeout=60)
 
 
+# Slow by design: each strategy's real deploy of two containers (canary: its observation window).
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green", "canary", "recreate"])
 async def test_each_strategy_serves_the_new_image_afterwards(
     live: Api,

@@ -100,6 +100,7 @@ async def repaired(live: Api, plane: ControlPlane, instance_id: str, token: dict
     await wait_for(live, instance_id, token, state("running"), timeout=30)
 
 
+# Slow by design: two repairs on the real API server, with the watch re-established across a restart.
 async def test_a_deployment_deleted_or_scaled_behind_ctrlplanes_back_is_repaired_from_the_watch_across_a_restart(
     live: Api, app: Any, kube_control_plane: ControlPlane
 ) -> None:

@@ -348,6 +348,8 @@ def test_tenant_manages_routes_and_domains_in_the_browser(console: Console) -> N
     page.context.close()
 
 
+# Slow by design: a real container sampled every 2 s, and a page that must redraw a newer sample on
+# its own 5 s refresh, in a real browser.
 def test_metrics_charts_take_new_samples_without_a_reload(console: Console) -> None:
     tenant = console.create_tenant("graphs")
     key = console.create_key(tenant["id"], ["read", "deploy"], "watcher")

@@ -172,6 +172,7 @@ async def test_node_that_stops_heartbeating_shows_unknown_then_running_again(fle
         assert [c.id for c in fleet.containers(agent, instance_id)] == before
 
 
+# Slow by design: a real agent behind a tampering proxy converges from pulled state after refusing events.
 async def test_agent_refuses_a_tampered_event_end_to_end(fleet: Fleet) -> None:
     """Between the agent and the control plane a proxy alters the events' payloads in flight
     (``"replicas":1`` becomes ``"replicas":3``); the agent refuses each such event, so it never
@@ -296,6 +297,7 @@ async def test_telemetry_batches_show_in_the_instances_logs_and_metrics(fleet: F
         assert any(point["value"] > 0 for point in points), points
 
 
+# Slow by design: the node's refusal goes through the provision's retries before the instance is failed.
 async def test_an_instance_its_node_cannot_run_fails_with_the_nodes_reason(fleet: Fleet) -> None:
     async with httpx.AsyncClient(base_url=fleet.server.url, timeout=30) as http:
         token = await tenant_token(http, fleet.tokens, "missing")

@@ -90,6 +90,8 @@ async def test_a_command_health_check_runs_in_the_replica_on_the_node(fleet: Fle
         assert failing["message"].startswith("exit 1"), failing
 
 
+# Slow by design: three rollouts of two real replicas through a node agent (the create, a gated
+# deploy that passes, a gated deploy that fails and is rolled back on the node).
 async def test_a_command_check_gates_a_deploy_on_a_node(fleet: Fleet) -> None:
     """The deploy engine's gate runs the instance's command check in each new replica on the node:
     a passing check lets the deploy through; a failing one rolls it back, and the node is left

@@ -44,6 +44,7 @@ async def finished(http: httpx.AsyncClient, deployment_id: str, token: dict[str,
     return await eventually(done, lambda: f"deployment {deployment_id} finished (last: {seen[0]})", timeout=180)
 
 
+# Slow by design: a whole deploy of two replicas on a node agent, under continuous traffic through Caddy.
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green", "canary"])
 async def test_a_deploy_of_an_instance_on_a_node_fails_no_request_through_the_router(
     fleet: Fleet,

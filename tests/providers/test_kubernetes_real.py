@@ -449,6 +449,7 @@ async def test_each_installation_lists_only_its_own_objects_by_the_servers_label
         await other.close()
 
 
+# Slow by design: the real garbage collector and namespace controller remove what ctrlplane left to them.
 async def test_deprovision_leaves_the_rest_to_the_real_garbage_collector(
     kube_control_plane: ControlPlane,
     k8s: KubernetesProvider,
