@@ -44,6 +44,8 @@ class LifetimeKeeper:
         """One pass; the number of environments it changed. A read comes first, so an idle pass
         takes no write lock (on SQLite, the whole database's)."""
         async with self.services.db.read() as session:
+            if not (await session.execute(pools.ANY_TO_KEEP)).scalar():
+                return 0
             now = await database_now(session)
             pending = (
                 await session.execute(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import msgspec
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.auth.providers import Principal
@@ -84,11 +84,15 @@ def _pool_context(services: AppServices, session: AsyncSession, tenant_id: str) 
     )
 
 
+_POOLED = and_(Template.deleted_at.is_(None), Template.tenant_id.is_not(None), Template.pool_min_ready > 0)
+
+ANY_TO_KEEP = select(exists(select(Environment.id)) | exists(select(Template.id).where(_POOLED)))
+"""Whether the lifetimes keeper has anything to look at: an environment, or a template that keeps
+a pool. Most passes of an installation without environments end at this one read."""
+
+
 async def pooled_templates(session: AsyncSession) -> list[Template]:
-    statement = select(Template).where(
-        Template.deleted_at.is_(None), Template.tenant_id.is_not(None), Template.pool_min_ready > 0
-    )
-    return list((await session.execute(statement)).scalars())
+    return list((await session.execute(select(Template).where(_POOLED))).scalars())
 
 
 async def deficits(session: AsyncSession) -> dict[str, int]:
