@@ -53,11 +53,16 @@ class RowCache:
     MAX_INVALIDATIONS = 50_000
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to a new cache's state: off (until ``enable``), empty, no listener. The test suite
+        keeps a worker's engines, whose connection listeners write to this object, from test to test."""
         self.ttl = 0.0
         self.live = False
         self.barrier_hook: Callable[[], Any] | None = None
         """Set by the PostgreSQL listener while connected: awaits the return of a sync token."""
-        self._clock = clock
         self._entries: dict[Key, tuple[float, Any]] = {}
         self._invalidated: dict[Key, int] = {}
         self._counter = 0

@@ -43,7 +43,6 @@ from ctrlplane.auth.tokens import issue_token
 from ctrlplane.db import Database, connect, migrate
 from ctrlplane.models import metadata
 from ctrlplane.provisioning.registry import ProviderRegistry
-from ctrlplane.rowcache import RowCache
 from ctrlplane.settings import Settings
 from tests.fakes import FakeProvider
 from tests.waiting import eventually
@@ -215,7 +214,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     if database is None:
         database = _WORKER_DATABASES[database_url] = connect(database_url)
     else:
-        RowCache.__init__(database.rows)  # the listeners on the kept engines write to this one
+        database.rows.reset()  # the listeners on the kept engines write to this one
     if database.dialect == "postgresql":
         async with database.engine.begin() as conn:
             await conn.execute(text(_EMPTY_POSTGRES))
