@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 
 SERVE_STAMP := $(VENV)/.installed-serve
 # uv installs the same packages as pip (same index, same resolution: checked with pip freeze) in
-# about 5 s instead of pip's 50 s, most of which was building the four editable packages each in
-# an isolated environment of its own; from a fresh clone that is most of make test's set-up.
+# 18 s from a fresh clone (5 s once uv's cache is warm) instead of pip's 53 s, most of which was
+# building the four editable packages each in an isolated environment of its own.
 # --compile-bytecode: pip compiles what it installs, uv does not unless asked; without it every
 # Python process would compile its imports from source again (see PYTHONDONTWRITEBYTECODE below).
 UV := $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode
