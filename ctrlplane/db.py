@@ -120,8 +120,10 @@ AsyncAdapt_aiosqlite_connection.terminate = _terminate_aiosqlite  # type: ignore
 
 
 POSTGRES_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
-"""Every PostgreSQL connection's settings. asyncpg prepares each statement, and after five runs
-PostgreSQL may switch a prepared statement to a generic plan, made without the parameters' values.
+"""The settings of every connection in ctrlplane's PostgreSQL pools (the leader election's and
+LISTEN's own asyncpg connections run no statement a plan matters for). asyncpg prepares each
+statement, and after five runs PostgreSQL may switch a prepared statement to a generic plan, made
+without the parameters' values.
 A multi-tenant table is skewed (one tenant's thousand instances beside a thousand tenants' few),
 and a generic plan is made for the average tenant: at 100,000 instances the instance list's
 page 1 took 4.4 ms (p50) with PostgreSQL's default and 2.4 ms with custom plans only, against
