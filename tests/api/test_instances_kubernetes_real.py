@@ -25,6 +25,7 @@ from tests.api.test_instances import state, wait_for
 from tests.api.test_instances_kubernetes import app_port, deploy  # noqa: F401
 from tests.conftest import Api, bearer
 from tests.providers.kube_cluster import ControlPlane, kube_control_plane  # noqa: F401
+from tests.waiting import eventually
 
 IMAGE_V1, IMAGE_V2 = "registry.example/web:1", "registry.example/web:2"
 
@@ -67,6 +68,19 @@ def pod_images(plane: ControlPlane, instance_id: str) -> list[str]:
     return sorted(
         p["spec"]["containers"][0]["image"] for p in of_instance(plane, "list_pod_for_all_namespaces", instance_id)
     )
+
+
+async def only_pods_of(plane: ControlPlane, instance_id: str, images: list[str]) -> None:
+    """The instance's pods are ``images``, once the real garbage collector has removed the retired
+    generation's pods (its Deployment is deleted with background propagation, so they may still be
+    there when the deploy reports success)."""
+    seen: list[list[str]] = [[]]
+
+    def settled() -> bool:
+        seen[0] = pod_images(plane, instance_id)
+        return seen[0] == images
+
+    await eventually(settled, lambda: f"the pods of {instance_id} are {images} (last seen: {seen[0]})", timeout=30)
 
 
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green", "canary"])
@@ -112,7 +126,7 @@ async def test_an_instance_on_a_real_api_server_is_created_deployed_rolled_back_
     done = await deploy(live, f"/v1/instances/{instance_id}/deploy", token, image=IMAGE_V2, strategy=strategy)
     assert done["state"] == "succeeded", done
     assert generations(plane, instance_id) == [("2", IMAGE_V2, 2)]
-    assert pod_images(plane, instance_id) == [IMAGE_V2, IMAGE_V2]
+    await only_pods_of(plane, instance_id, [IMAGE_V2, IMAGE_V2])
     assert [s["metadata"]["name"] for s in of_instance(plane, "list_secret_for_all_namespaces", instance_id)] == [
         f"{instance_id.replace('_', '-')}-g2"
     ]
@@ -122,7 +136,7 @@ async def test_an_instance_on_a_real_api_server_is_created_deployed_rolled_back_
     back = await deploy(live, f"/v1/instances/{instance_id}/rollback", token, release_id=v1_release, strategy=strategy)
     assert back["state"] == "succeeded", back
     assert generations(plane, instance_id) == [("3", IMAGE_V1, 2)]
-    assert pod_images(plane, instance_id) == [IMAGE_V1, IMAGE_V1]
+    await only_pods_of(plane, instance_id, [IMAGE_V1, IMAGE_V1])
 
     assert (await live.client.delete(f"/v1/instances/{instance_id}", headers=token)).status_code == 202
     await wait_for(live, instance_id, token, state("destroyed"), timeout=60)
