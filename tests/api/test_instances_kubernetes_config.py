@@ -249,9 +249,13 @@ async def test_quota_checks_routes_and_domains_reach_kubernetes_and_follow_chang
     assert (await live.client.delete(f"/v1/routes/{route.json()['id']}", headers=token)).status_code == 204
     assert (await live.client.delete(f"/v1/domains/{shop['id']}", headers=token)).status_code == 204
 
-    def requoted() -> tuple[dict[str, str], dict[str, str]] | None:
+    first = (hard, per_container)
+
+    def requoted() -> tuple[dict[str, Decimal], dict[str, Decimal]] | None:
+        # the ResourceQuota and the LimitRange are two objects, written one after the other: both
+        # must have changed before either is checked
         numbers = quota_numbers(cluster, namespace)
-        return numbers if numbers and numbers[1]["cpu"] == q("1500m") else None
+        return numbers if numbers and numbers[0] != first[0] and numbers[1] != first[1] else None
 
     hard, per_container = await eventually(requoted, "the new quota", timeout=30)
     assert hard["requests.cpu"] == q("3000m") and hard["limits.memory"] == q("4096Mi")
