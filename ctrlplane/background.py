@@ -25,6 +25,7 @@ and leases).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
@@ -49,7 +50,9 @@ from ctrlplane.operations.reconciler import Reconciler
 from ctrlplane.operations.worker import OperationWorker
 from ctrlplane.provisioning.contract import Provider, WatchingProvider
 from ctrlplane.runs.executor import RunExecutor, run_once
+from ctrlplane.runs.models import Run
 from ctrlplane.runs.scheduler import JobScheduler
+from ctrlplane.signals import Signal
 from ctrlplane.telemetry.sampler import MetricsSampler
 from ctrlplane.web.context import AppServices
 from ctrlplane.webhooks.delivery import WebhookDispatcher
@@ -63,6 +66,34 @@ ROUTER_POLL_SECONDS = 1.0
 CERTIFICATE_POLL_SECONDS = 2.0
 WATCH_RETRY_SECONDS = 1.0
 RUN_POLL_SECONDS = 1.0
+RUN_READS = frozenset({Run.__tablename__})
+
+
+class IdlePoller:
+    """Which one of a pool of idle loops polls for what no commit announces (a retry whose time
+    came, a lease that ran out): one loop at a time polls every ``seconds``; the others wait for
+    a wake-up of their interest and poll ``SPARE_WORKER_POLL_FACTOR`` times less often, in case a
+    wake-up is lost. A loop that finds work hands polling over and wakes the others, so a backlog
+    is still taken by all of them, while an idle replica costs one read per ``seconds`` instead
+    of one per loop."""
+
+    def __init__(self, signal: Signal, interest: frozenset[str], seconds: float) -> None:
+        self.signal, self.interest, self.seconds = signal, interest, seconds
+        self._poller: int | None = None
+
+    def found(self, number: int) -> None:
+        """Loop ``number`` found work (call it as soon as it has claimed it)."""
+        if self._poller == number:
+            self._poller = None
+            self.signal.wake(self.interest)
+
+    async def wait(self, number: int, armed: asyncio.Event) -> None:
+        """Loop ``number`` found nothing: wait for a wake-up (``armed``, taken before it looked) or
+        its time to poll."""
+        if self._poller is None:
+            self._poller = number
+        polling = self._poller == number
+        await self.signal.wait(self.seconds * (1 if polling else SPARE_WORKER_POLL_FACTOR), armed)
 
 
 def _dsn(services: AppServices) -> str | None:
@@ -85,8 +116,8 @@ def start_relay(services: AppServices, group: TaskGroup) -> NotifyRelay | None:
 class Background:
     def __init__(self, services: AppServices) -> None:
         self.services = services
-        self._poller: int | None = None
-        """The operation worker that polls the queue while idle (``worker_loop``)."""
+        self.operations = IdlePoller(services.work, queue.READS, IDLE_POLL_SECONDS)
+        self.runs = IdlePoller(services.work, RUN_READS, RUN_POLL_SECONDS)
         self.leader = LeaderElection(
             _dsn(services), lease_seconds=services.settings.leader_lease_seconds, replica=services.replica
         )
@@ -105,31 +136,19 @@ class Background:
         return run
 
     async def worker_loop(self, number: int) -> None:
-        """Operations, one at a time. A committed operation wakes every worker (``work``); what no
-        commit announces (a retry whose time came, a lease that ran out) is found by polling, which
-        one idle worker at a time does every ``IDLE_POLL_SECONDS`` (the poller): when it claims one,
-        it hands polling over and wakes the others, so a backlog is still taken by all of them while
-        an idle replica costs one read a second instead of one per worker. The others poll too,
-        rarely, in case a wake-up is lost."""
+        """Operations, one at a time. A committed operation wakes the workers (``work``); what no
+        commit announces is found by the one that polls (``IdlePoller``)."""
         worker = OperationWorker(self.services)
-        work = self.services.work
-
-        def claimed() -> None:
-            if self._poller == number:
-                self._poller = None
-                work.wake(queue.READS)
+        poller = self.operations
 
         while True:
-            armed = work.armed(queue.READS)
+            armed = self.services.work.armed(queue.READS)
             try:
-                if await worker.run_once(claimed=claimed):
+                if await worker.run_once(claimed=lambda: poller.found(number)):
                     continue
             except Exception as exc:
                 log.error("worker_error", exc_info=exc)
-            if self._poller is None:
-                self._poller = number
-            polling = self._poller == number
-            await work.wait(IDLE_POLL_SECONDS * (1 if polling else SPARE_WORKER_POLL_FACTOR), armed)
+            await poller.wait(number, armed)
 
     async def reconcile_loop(self) -> None:
         reconciler = Reconciler(self.services)
@@ -282,18 +301,21 @@ class Background:
             )
 
     async def run_loop(self, number: int) -> None:
-        """One-off runs and job firings (``ctrlplane/runs``): claimed with a lease, like operations."""
+        """One-off runs and job firings (``ctrlplane/runs``): claimed with a lease, like operations,
+        and woken the same way: by a commit that wrote ``runs`` (not by every commit: waking every
+        run worker on each one slowed the operation workers measurably on PostgreSQL), or by the
+        one that polls (``IdlePoller``)."""
         executor = RunExecutor(self.services)
         owner = f"{self.services.replica}/run-{number}"
+        poller = self.runs
         while True:
+            armed = self.services.work.armed(RUN_READS)
             try:
-                if await run_once(self.services, executor, owner):
+                if await run_once(self.services, executor, owner, claimed=lambda: poller.found(number)):
                     continue
             except Exception as exc:
                 log.error("run_worker_error", exc_info=exc)
-            # A poll of its own, not the ``work`` signal: waking every run worker on every commit
-            # slowed the operation workers measurably on PostgreSQL (the crash-loop test).
-            await anyio.sleep(RUN_POLL_SECONDS)
+            await poller.wait(number, armed)
 
     def start(self, group: TaskGroup) -> None:
         group.start_soon(self.leader.run)

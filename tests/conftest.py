@@ -230,7 +230,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         jwt_secret=JWT_SECRET,
         providers=("fake",),
         api_key_touch_seconds=0,
-        reconcile_interval_seconds=0.2,
+        reconcile_interval_seconds=0.5,
         event_poll_seconds=0.1,
         operation_lease_seconds=5,
         workers=2,
@@ -255,13 +255,13 @@ _WORKER_APPS: dict[int, Litestar] = {}
 an app is built, ``max_body_bytes``). Each test then gets it with services of its own."""
 
 
-@pytest.fixture
-def app(settings: Settings, db: Database, providers: ProviderRegistry) -> Litestar:
-    """The worker's app, serving this test's settings, database and providers (``use_services``).
+def worker_app(settings: Settings, db: Database, providers: ProviderRegistry) -> Litestar:
+    """The worker's app, serving ``settings``, ``db`` and ``providers`` from now on (``use_services``).
 
     Building an app registers every handler (about 0.27 s of CPU), which used to be most of a small
     test's time; services (authenticator, vault, rate limiter, telemetry) are cheap and per test.
-    A test that needs an app of its own calls ``create_app`` itself.
+    One app serves one set of services at a time: a test that needs two apps side by side (two
+    replicas, two servers with other keys) calls ``create_app`` for the second.
     """
     shared = _WORKER_APPS.get(settings.max_body_bytes)
     if shared is None:
@@ -269,6 +269,12 @@ def app(settings: Settings, db: Database, providers: ProviderRegistry) -> Litest
     else:
         use_services(shared, build_services(settings, providers=providers, db=db))
     return shared
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database, providers: ProviderRegistry) -> Litestar:
+    """The worker's app, serving this test's settings, database and providers (``worker_app``)."""
+    return worker_app(settings, db, providers)
 
 
 @pytest.fixture

@@ -304,11 +304,15 @@ async def claim(services: AppServices, *, owner: str) -> Run | None:
         return run
 
 
-async def run_once(services: AppServices, executor: RunExecutor, owner: str) -> bool:
-    """Claim and carry out one run; False when there was none."""
+async def run_once(
+    services: AppServices, executor: RunExecutor, owner: str, *, claimed: Callable[[], None] | None = None
+) -> bool:
+    """Claim and carry out one run (calling ``claimed`` once it is claimed); False when there was none."""
     run = await claim(services, owner=owner)
     if run is None:
         return False
+    if claimed is not None:
+        claimed()
     async with services.db.read() as session:
         provider_name = (
             await session.execute(select(Instance.provider_name).where(Instance.id == run.instance_id))

@@ -26,12 +26,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ctrlplane.app import create_app
 from ctrlplane.auth.tokens import issue_token
 from ctrlplane.db import Database
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
-from tests.conftest import JWT_SECRET, bearer
+from tests.conftest import JWT_SECRET, bearer, worker_app
 from tests.fakes import FakeProvider
 
 WHOAMI = "/v1/keys/self"
@@ -98,7 +97,7 @@ def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
 
 @asynccontextmanager
 async def client_for(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, providers=ProviderRegistry([FakeProvider()]), db=db)
+    app = worker_app(settings, db, ProviderRegistry([FakeProvider()]))
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://ctrlplane.test") as http:
         yield http
