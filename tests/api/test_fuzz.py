@@ -18,7 +18,7 @@ a body; ``test_matrix_covers_every_route_in_the_openapi_document`` fails for a r
 entry, and ``World.url`` for a path parameter it cannot fill.
 
 ``make test`` runs a bounded pass (``CTRLPLANE_TEST_FUZZ_EXAMPLES``, default 5 examples per
-operation, within ``CTRLPLANE_TEST_FUZZ_SECONDS``, default 20, per caller: the tenant's
+operation, within ``CTRLPLANE_TEST_FUZZ_SECONDS``, default 15, per caller: the tenant's
 on SQLite and PostgreSQL, the admin's on SQLite); ``make fuzz`` a long one. The
 Schemathesis configuration (what 400s are right for schema-valid data) is tests/schemathesis.toml;
 NUL characters are not generated because the API refuses them everywhere by design (web/unit_of_work.py).
@@ -37,7 +37,7 @@ import pytest
 from tests.conftest import Api, bearer
 
 EXAMPLES = os.environ.get("CTRLPLANE_TEST_FUZZ_EXAMPLES", "5")
-SECONDS = float(os.environ.get("CTRLPLANE_TEST_FUZZ_SECONDS", "20"))
+SECONDS = float(os.environ.get("CTRLPLANE_TEST_FUZZ_SECONDS", "15"))
 LONG = SECONDS > 60
 ADMIN_DATABASES = ["sqlite", "postgres"] if LONG else ["sqlite"]
 SEED = os.environ.get("CTRLPLANE_TEST_FUZZ_SEED")

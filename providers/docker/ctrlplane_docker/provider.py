@@ -208,6 +208,9 @@ class DockerProvider:
         self._stop_timeout = stop_timeout
         self._client: DockerClient | None = None
         self._client_lock = threading.Lock()
+        self._engine_version: str | None = None
+        """The engine's version, asked once per connection: a ping (every second in a server's
+        health loop) then costs one request, not two."""
         self._network_lock = threading.Lock()
         self._network_gate = NetworkGate()
         self._subnets = SubnetPool(docker.subnet_pool, docker.subnet_size)
@@ -621,11 +624,14 @@ class DockerProvider:
             try:
                 api = self._api()
                 api.ping()
-                version = api.version().get("Version", "unknown")
+                version = self._engine_version or str(api.version().get("Version", "unknown"))
             except Exception as exc:  # noqa: BLE001 - ping reports, it never raises
                 with self._client_lock:
                     self._client = None
+                # the engine that answers next may have been upgraded meanwhile
+                self._engine_version = None
                 return ProviderHealth(False, f"Docker engine unreachable: {exc}")
+            self._engine_version = version
             if self._exhausted:
                 return ProviderHealth(True, f"Docker engine {version}; {self._exhausted}")
             return ProviderHealth(True, f"Docker engine {version}")
