@@ -7,6 +7,8 @@ docker_engine.py). Every container, network and volume a test makes is removed a
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,7 +127,8 @@ async def test_delete_removes_containers_and_the_tenant_network(live: Api, docke
     assert docker_engine.networks.list(names=[network]) == []
 
 
-async def test_two_tenants_containers_cannot_reach_each_other(live: Api, docker_engine: DockerClient) -> None:
+async def two_tenants_running(live: Api, docker_engine: DockerClient) -> tuple[Any, Any]:
+    """The containers of one running instance of tenant alpha and one of tenant bravo."""
     a_token, b_token = await tenant(live, "alpha"), await tenant(live, "bravo")
     a = await create(live, a_token, name="a", **APP)
     b = await create(live, b_token, name="b", **APP)
@@ -133,6 +136,11 @@ async def test_two_tenants_containers_cannot_reach_each_other(live: Api, docker_
     await wait_for(live, b["id"], b_token, state("running"), timeout=30)
     [a_container] = containers_of(docker_engine, a["id"])
     [b_container] = containers_of(docker_engine, b["id"])
+    return a_container, b_container
+
+
+async def test_two_tenants_containers_cannot_reach_each_other(live: Api, docker_engine: DockerClient) -> None:
+    a_container, b_container = await two_tenants_running(live, docker_engine)
     b_ip = next(iter(b_container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
     a_ip = next(iter(a_container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
     across = a_container.exec_run(["timeout", "2", "wget", "-q", "-O", "-", f"http://{b_ip}:{HTTP_PORT}/"])
@@ -155,13 +163,7 @@ async def test_two_tenants_stay_apart_while_other_tenant_networks_come_and_go(
     of 300 probes reached the other network during 60 creates (measured twice). Here 40 networks
     are created and removed, as other tenants' first and last instances do, while tenant A's
     container connects to tenant B's ``PROBES`` times, one every 50 ms: none may get through."""
-    a_token, b_token = await tenant(live, "alpha"), await tenant(live, "bravo")
-    a = await create(live, a_token, name="a", **APP)
-    b = await create(live, b_token, name="b", **APP)
-    await wait_for(live, a["id"], a_token, state("running"), timeout=30)
-    await wait_for(live, b["id"], b_token, state("running"), timeout=30)
-    [a_container] = containers_of(docker_engine, a["id"])
-    [b_container] = containers_of(docker_engine, b["id"])
+    a_container, b_container = await two_tenants_running(live, docker_engine)
     b_ip = next(iter(b_container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
     url = f"http://{b_ip}:{HTTP_PORT}/"
     probe = (
@@ -171,14 +173,19 @@ async def test_two_tenants_stay_apart_while_other_tenant_networks_come_and_go(
     labels = {"ctrlplane.managed": "true", "ctrlplane.cluster": settings.cluster_name}
 
     def churn() -> None:
+        time.sleep(0.5)  # the probes have started
         for number in range(40):
             docker_engine.networks.create(f"{settings.cluster_name}-churn-{number}", labels=labels).remove()
 
-    async with asyncio.TaskGroup() as group:
-        probed = group.create_task(asyncio.to_thread(a_container.exec_run, ["sh", "-c", probe]))
-        await asyncio.sleep(0.5)
-        group.create_task(asyncio.to_thread(churn))
-    reached = probed.result().output.count(b"REACHED")
+    def probe_during_churn() -> bytes:
+        churning = threading.Thread(target=churn)
+        churning.start()
+        try:
+            return bytes(a_container.exec_run(["sh", "-c", probe]).output)
+        finally:
+            churning.join()
+
+    reached = (await asyncio.to_thread(probe_during_churn)).count(b"REACHED")
     assert reached == 0, f"{reached} of {PROBES} connections reached the other tenant while networks changed"
 
 
