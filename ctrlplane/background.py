@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import Any
 
 import anyio
@@ -70,30 +70,47 @@ RUN_READS = frozenset({Run.__tablename__})
 
 
 class IdlePoller:
-    """Which one of a pool of idle loops polls for what no commit announces (a retry whose time
-    came, a lease that ran out): one loop at a time polls every ``seconds``; the others wait for
-    a wake-up of their interest and poll ``SPARE_WORKER_POLL_FACTOR`` times less often, in case a
-    wake-up is lost. A loop that finds work hands polling over and wakes the others, so a backlog
-    is still taken by all of them, while an idle replica costs one read per ``seconds`` instead
-    of one per loop."""
+    """How a pool of idle loops looks for work: **one** loop at a time (the poller) waits for a
+    commit that wrote its interest, and polls every ``seconds`` for what no commit announces (a
+    retry whose time came, a lease that ran out); the others (spares) wait to be handed the work
+    on, polling ``SPARE_WORKER_POLL_FACTOR`` times less often in case a hand-over is lost. A loop
+    that claims work wakes one spare, which looks too (and, finding work, wakes the next), so a
+    backlog is still taken by all of them in turn; the first to find nothing becomes the poller.
+
+    A commit that queues one operation therefore sends one loop to claim it and one more to look,
+    instead of every loop of the pool: on SQLite each look is a read and each claim a write
+    transaction, and a stampede of them slowed the winner's own claim (a create's way to its
+    container, docs/benchmarks.md). An idle replica costs one read per ``seconds``."""
 
     def __init__(self, signal: Signal, interest: frozenset[str], seconds: float) -> None:
         self.signal, self.interest, self.seconds = signal, interest, seconds
         self._poller: int | None = None
+        self._spares: dict[int, asyncio.Event] = {}
 
     def found(self, number: int) -> None:
-        """Loop ``number`` found work (call it as soon as it has claimed it)."""
+        """Loop ``number`` found work (call it as soon as it has claimed it): it is busy now, so
+        one spare looks at once, and polls from then on if it finds nothing."""
         if self._poller == number:
             self._poller = None
-            self.signal.wake(self.interest)
+        if self._spares:
+            _, handed = self._spares.popitem()
+            handed.set()
 
     async def wait(self, number: int, armed: asyncio.Event) -> None:
-        """Loop ``number`` found nothing: wait for a wake-up (``armed``, taken before it looked) or
-        its time to poll."""
+        """Loop ``number`` found nothing: the poller waits for a wake-up (``armed``, taken before it
+        looked) or its time to poll; a spare, to be handed work or its longer time."""
         if self._poller is None:
             self._poller = number
-        polling = self._poller == number
-        await self.signal.wait(self.seconds * (1 if polling else SPARE_WORKER_POLL_FACTOR), armed)
+        if self._poller == number:
+            await self.signal.wait(self.seconds, armed)
+            return
+        handed = self._spares[number] = asyncio.Event()
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(handed.wait(), self.seconds * SPARE_WORKER_POLL_FACTOR)
+        finally:
+            if self._spares.get(number) is handed:
+                del self._spares[number]
 
 
 def _dsn(services: AppServices) -> str | None:

@@ -1,0 +1,105 @@
+"""``background.IdlePoller``: a commit sends one idle loop of a pool to claim, a claim hands the
+look on to one more, and a backlog still reaches every loop (the loops here are shaped like
+``Background.worker_loop``, over an in-memory list of work instead of the operation queue)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ctrlplane.background import IdlePoller
+from ctrlplane.signals import Signal
+
+INTEREST = frozenset({"operations"})
+LOOPS = 4
+POLL_SECONDS = 30.0
+"""Longer than any test: every look below comes from a wake-up or a hand-over, never a timer."""
+
+
+@dataclass
+class Pool:
+    poller: IdlePoller
+    work: list[str] = field(default_factory=list)
+    looks: int = 0
+    busy: int = 0
+    most_busy: int = 0
+    done: list[str] = field(default_factory=list)
+    seconds_per_item: float = 0.05
+
+    async def loop(self, number: int) -> None:
+        signal = self.poller.signal
+        while True:
+            armed = signal.armed(INTEREST)
+            self.looks += 1
+            if self.work:
+                item = self.work.pop(0)
+                self.poller.found(number)
+                self.busy += 1
+                self.most_busy = max(self.most_busy, self.busy)
+                await asyncio.sleep(self.seconds_per_item)
+                self.busy -= 1
+                self.done.append(item)
+                continue
+            await self.poller.wait(number, armed)
+
+
+async def settled(pool: Pool, items: int) -> None:
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if len(pool.done) == items and pool.busy == 0:
+            await asyncio.sleep(0.05)  # any look a hand-over still causes
+            return
+    raise AssertionError(f"{len(pool.done)} of {items} done")
+
+
+async def test_a_commit_sends_one_loop_to_claim_and_one_more_to_look() -> None:
+    pool = Pool(IdlePoller(Signal(), INTEREST, POLL_SECONDS))
+    tasks = [asyncio.create_task(pool.loop(n)) for n in range(LOOPS)]
+    try:
+        await asyncio.sleep(0.05)
+        assert pool.looks == LOOPS  # each looked once at its start, then waits
+        pool.work.append("op_1")
+        pool.poller.signal.wake({"operations", "instances"})
+        await settled(pool, 1)
+        # the poller claimed it (1 look), the spare it handed on to found nothing (1 look), and the
+        # poller looked again once its operation was done (1 look); the other two never woke
+        assert pool.done == ["op_1"]
+        assert pool.looks - LOOPS == 3
+        looks = pool.looks
+        pool.poller.signal.wake({"routes"})  # a commit that queued no operation wakes nobody
+        await asyncio.sleep(0.05)
+        assert pool.looks == looks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_backlog_is_taken_by_every_loop_at_once() -> None:
+    pool = Pool(IdlePoller(Signal(), INTEREST, POLL_SECONDS))
+    tasks = [asyncio.create_task(pool.loop(n)) for n in range(LOOPS)]
+    try:
+        await asyncio.sleep(0.05)
+        pool.work.extend(f"op_{n}" for n in range(10))
+        pool.poller.signal.wake(INTEREST)
+        await settled(pool, 10)
+        assert pool.most_busy == LOOPS
+        assert sorted(pool.done) == sorted(f"op_{n}" for n in range(10))
+        # afterwards one loop polls again: the next commit sends one to claim and one to look
+        looks = pool.looks
+        pool.work.append("op_late")
+        pool.poller.signal.wake(INTEREST)
+        await settled(pool, 11)
+        assert pool.looks - looks == 3
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_wake_up_while_the_poller_looks_is_not_lost() -> None:
+    signal = Signal()
+    poller = IdlePoller(signal, INTEREST, POLL_SECONDS)
+    armed = signal.armed(INTEREST)  # taken before looking, as the loops do
+    signal.wake(INTEREST)  # the commit lands while it looks and finds nothing yet
+    await asyncio.wait_for(poller.wait(0, armed), 1)  # returns at once instead of sleeping 30 s
