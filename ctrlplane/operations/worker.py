@@ -112,17 +112,18 @@ class OperationWorker:
         if kind in ("provision", "repair", "start", "scale", "update", "configure"):
             # the secrets of the release the instance runs, decrypted just for this call, and the
             # tenant's quota, probes and routes as they are now
-            secrets = await secrets_for_release(self.services, instance.current_release_id)
             async with self.services.db.read() as session:
+                secrets = await secrets_for_release(self.services, instance.current_release_id, session)
                 config = await runtime_config(session, instance, settings)
             spec: WorkloadSpec = spec_for(instance, settings=settings, secrets=secrets, config=config)
         if kind == "configure":
             assert isinstance(provider, ConfigurableProvider)
             return await provider.configure(spec)
         if kind in ("provision", "repair", "start"):
-            if observed is None:
+            if observed is None and (kind != "provision" or operation.attempts > 1):
+                # a first attempt of an instance's provision finds nothing of it to replace
                 observed = await provider.status(instance.id)
-            if any(r.generation != instance.generation for r in observed.replicas):
+            if observed is not None and any(r.generation != instance.generation for r in observed.replicas):
                 # changed while stopped: the new generation replaces the old containers
                 return await provider.deploy(spec, "recreate")
             # provision creates what is missing and starts what is stopped, so it is also "start"

@@ -377,26 +377,29 @@ class InstanceRedactor:
         return WITHHELD if self.withheld else self.redactor(text)
 
 
-async def for_release(services: AppServices, release_id: str | None) -> schemas.WorkloadSecrets:
+async def for_release(
+    services: AppServices, release_id: str | None, session: AsyncSession | None = None
+) -> schemas.WorkloadSecrets:
     """The secrets a release pinned, decrypted (none for no release), with the tenant's credential
-    for the registry of the release's image, if it has one."""
+    for the registry of the release's image, if it has one. Read in ``session`` when given (a
+    worker reads the rest of a spec in the same one), else in a read session of its own."""
     if release_id is None:
         return schemas.WorkloadSecrets()
-    async with services.db.read() as session:
-        release = await session.get(Release, release_id)
-        if release is None:
-            return schemas.WorkloadSecrets()
-        pinned = await workload_secrets(
-            session,
-            services.vault,
-            tenant_id=release.tenant_id,
-            instance_id=release.instance_id,
-            revision=release.secrets_revision,
-        )
-        try:
-            auth = await registry_credential_for(
-                session, services.vault, tenant_id=release.tenant_id, image=release.image
-            )
-        except DecryptionFailed as exc:
-            raise DecryptionFailed(f"registry credential: {exc.message}") from None
-        return msgspec.structs.replace(pinned, registry_auth=auth)
+    if session is None:
+        async with services.db.read() as own:
+            return await for_release(services, release_id, own)
+    release = await session.get(Release, release_id)
+    if release is None:
+        return schemas.WorkloadSecrets()
+    pinned = await workload_secrets(
+        session,
+        services.vault,
+        tenant_id=release.tenant_id,
+        instance_id=release.instance_id,
+        revision=release.secrets_revision,
+    )
+    try:
+        auth = await registry_credential_for(session, services.vault, tenant_id=release.tenant_id, image=release.image)
+    except DecryptionFailed as exc:
+        raise DecryptionFailed(f"registry credential: {exc.message}") from None
+    return msgspec.structs.replace(pinned, registry_auth=auth)
