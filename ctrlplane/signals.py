@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection, Iterator
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -49,6 +50,29 @@ class Signal:
     async def wait(self, timeout: float, armed: asyncio.Event | None = None, interest: Interest = None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for((armed or self.armed(interest)).wait(), timeout)
+
+
+class Absence:
+    """A read that found nothing stays believed until a commit writes one of ``tables`` (in this
+    process, or in another replica's through the relay) or ``seconds`` pass. A loop that wakes at
+    every commit of its interest, in an installation that has none of what it serves (no webhook
+    endpoint, no environment), so skips its read instead of joining the crowd of reads every
+    commit sends to the database; ``seconds`` bounds how long a lost wake-up can hide a change."""
+
+    def __init__(self, signal: Signal, tables: frozenset[str], seconds: float) -> None:
+        self.signal, self.tables, self.seconds = signal, tables, seconds
+        self._changed: asyncio.Event | None = None
+        self._until = 0.0
+
+    async def present(self, read: Callable[[], Awaitable[bool]]) -> bool:
+        """``read()`` (whether anything is there), unless nothing was there at the last read and
+        nothing since could have changed that."""
+        if self._changed is not None and not self._changed.is_set() and time.monotonic() < self._until:
+            return False
+        changed = self.signal.armed(self.tables)  # taken before the read: a commit during it counts
+        found = await read()
+        self._changed, self._until = (None, 0.0) if found else (changed, time.monotonic() + self.seconds)
+        return found
 
 
 class Announcements(Generic[T]):

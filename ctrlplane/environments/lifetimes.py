@@ -17,6 +17,7 @@ from ctrlplane.errors import NotFound
 from ctrlplane.ids import TenantId
 from ctrlplane.instances.models import Instance
 from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.signals import Absence
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import AppServices
 
@@ -31,6 +32,9 @@ _ORPHANED = (
 instances the same way (``network/router.py``)."""
 
 BATCH = 100
+ABSENCE_SECONDS = 10.0
+"""With no environment and no pool, the keeper reads again when a commit writes environments or
+templates, or after this long, instead of at every commit that writes instances."""
 
 
 class LifetimeKeeper:
@@ -39,13 +43,19 @@ class LifetimeKeeper:
 
     def __init__(self, services: AppServices) -> None:
         self.services = services
+        self.anything = Absence(services.work, pools.READS, ABSENCE_SECONDS)
+
+    async def _anything_to_keep(self) -> bool:
+        async with self.services.db.read() as session:
+            return bool((await session.execute(pools.ANY_TO_KEEP)).scalar())
 
     async def run_once(self) -> int:
         """One pass; the number of environments it changed. A read comes first, so an idle pass
-        takes no write lock (on SQLite, the whole database's)."""
+        takes no write lock (on SQLite, the whole database's); with no environment and no pool,
+        not even that until a commit writes environments or templates (``signals.Absence``)."""
+        if not await self.anything.present(self._anything_to_keep):
+            return 0
         async with self.services.db.read() as session:
-            if not (await session.execute(pools.ANY_TO_KEEP)).scalar():
-                return 0
             now = await database_now(session)
             pending = (
                 await session.execute(

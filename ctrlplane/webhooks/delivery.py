@@ -44,6 +44,7 @@ from ctrlplane.events.models import Event, EventStream
 from ctrlplane.events.service import append as append_event
 from ctrlplane.events.service import events_after
 from ctrlplane.outbound import OutboundPolicy, blocked_cause, redacted
+from ctrlplane.signals import Absence
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import AppServices
 from ctrlplane.webhooks import signing
@@ -57,6 +58,9 @@ FAN_OUT_EVENTS = 200
 LEASE_MARGIN_SECONDS = 5.0
 ATTEMPT_LOG = 20
 POLL_SECONDS = 1.0
+ABSENCE_SECONDS = 10.0
+"""With no enabled endpoint, a dispatcher looks again when a commit writes ``webhook_endpoints``, or
+after this long (``signals.Absence``), instead of at each of its wake-ups."""
 ERROR_CHARS = 500
 UNFINISHED = ("pending", "sending")
 PRUNE_INTERVAL_SECONDS = 300.0
@@ -148,6 +152,7 @@ class WebhookDispatcher:
         # One session per loop, which sends one request at a time: connections to a receiver are
         # kept alive between its deliveries (each new connection is still vetted by the guard).
         self.session = self.policy.session()
+        self.endpoints = Absence(services.events, frozenset({WebhookEndpoint.__tablename__}), ABSENCE_SECONDS)
 
     @property
     def lease(self) -> timedelta:
@@ -347,7 +352,8 @@ class WebhookDispatcher:
                 except Exception as exc:
                     log.error("webhook_prune_error", exc_info=exc)
             try:
-                if await self._any(ENABLED):  # none: nothing to fan out, and no delivery can be claimed
+                # none: nothing to fan out, and no delivery can be claimed
+                if await self.endpoints.present(lambda: self._any(ENABLED)):
                     busy = bool(await self.fan_out())
                     busy = await self.deliver_once() or busy
             except Exception as exc:
