@@ -254,6 +254,13 @@ async def test_past_the_wake_timeout_the_router_answers_503_with_retry_after(
     assert (await live.client.post(f"/v1/instances/{instance['id']}/sleep", headers=token)).status_code == 202
     await asleep(live, token, instance["id"])
     await wake_route_pushed(caddy)
+    # the sleep's stop runs after its drain (2 s): a request before it would cancel the stop and find
+    # the container still running, a wake that needs no start and may well beat any timeout
+    await waiting.eventually(
+        lambda: all(c.status == "exited" for c in containers_of(docker_engine, instance["id"])),
+        "the sleeping instance's container stopped",
+        timeout=30,
+    )
     late = await through_router(caddy, HOST, timeout=20)
     assert late.status_code == 503, late.text
     assert late.headers["retry-after"] == "7"
