@@ -105,13 +105,16 @@ class DeployEngine:
                 else None
             )
             config = await runtime_config(session, instance, self.settings) if instance else RuntimeConfig()
-        if deployment is None or instance is None or deployment.state not in ("pending", "running"):
-            return None
-        try:
-            new_secrets = await secrets_for_release(self.services, deployment.release_id)
-            old_secrets = await secrets_for_release(self.services, previous.id if previous else None)
-        except DecryptionFailed as exc:
-            await self._finish(deployment, "failed", exc.message, restore=True)
+            if deployment is None or instance is None or deployment.state not in ("pending", "running"):
+                return None
+            undecryptable: DecryptionFailed | None = None
+            try:
+                new_secrets = await secrets_for_release(self.services, deployment.release_id, session)
+                old_secrets = await secrets_for_release(self.services, previous.id if previous else None, session)
+            except DecryptionFailed as exc:
+                undecryptable = exc
+        if undecryptable is not None:
+            await self._finish(deployment, "failed", undecryptable.message, restore=True)
             return await self.provider.status(instance.id)
         new = msgspec.structs.replace(
             spec_for(
