@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -175,6 +175,37 @@ def connect(url: str, **engine_args: Any) -> Database:
         query_engine=query_engine,
         rows=rows,
     )
+
+
+class SessionOnDemand:
+    """A session of ``factory`` made at its first use: ``session`` stands for it (anything asked of
+    it makes it), ``close`` closes it if it ran a statement. A read answered from the row cache
+    builds no session, takes no connection and closes nothing."""
+
+    def __init__(self, factory: async_sessionmaker[AsyncSession]) -> None:
+        self._factory = factory
+        self._made: AsyncSession | None = None
+        self.session = cast(AsyncSession, _OnFirstUse(self._make))
+
+    def _make(self) -> AsyncSession:
+        if self._made is None:
+            self._made = self._factory()
+        return self._made
+
+    async def close(self) -> None:
+        made, self._made = self._made, None
+        if made is not None and made.sync_session.in_transaction():
+            await made.__aexit__(None, None, None)  # AsyncSession's own close, shielded
+
+
+class _OnFirstUse:
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], AsyncSession]) -> None:
+        self._make = make
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._make(), name)
 
 
 def _discard_closed(engine: AsyncEngine) -> None:
