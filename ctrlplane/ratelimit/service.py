@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from sqlalchemy import Float, String, bindparam, case, func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -52,8 +53,7 @@ from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.settings import PlanRateLimit, Settings
 
 
-@dataclass(frozen=True)
-class BucketState:
+class BucketState(msgspec.Struct, frozen=True):
     limit: int
     remaining: int
     reset_seconds: int
@@ -143,11 +143,19 @@ class RateLimiter:
         return state
 
     async def _check(self, credential: str, tenant: str, limits: PlanRateLimit) -> BucketState:
-        key_state = await self._take(credential, limits.credential_burst, limits.credential_per_minute)
-        states = [key_state]
-        if key_state.allowed:
-            states.append(await self._take(tenant, limits.tenant_burst, limits.tenant_per_minute))
-        refused = next((s for s in states if not s.allowed), None)
+        key_state = self._take_held(credential, limits.credential_burst, limits.credential_per_minute)
+        if key_state is None:
+            key_state = await self._take(credential, limits.credential_burst, limits.credential_per_minute)
+        refused = key_state if not key_state.allowed else None
+        state = key_state
+        if refused is None:
+            tenant_state = self._take_held(tenant, limits.tenant_burst, limits.tenant_per_minute)
+            if tenant_state is None:
+                tenant_state = await self._take(tenant, limits.tenant_burst, limits.tenant_per_minute)
+            if not tenant_state.allowed:
+                refused = tenant_state
+            elif (tenant_state.remaining, -tenant_state.reset_seconds) < (state.remaining, -state.reset_seconds):
+                state = tenant_state
         if refused is not None:
             error = RateLimited(
                 f"rate limit exceeded; retry in {refused.retry_after_seconds} s",
@@ -155,7 +163,7 @@ class RateLimiter:
             )
             error.rate_limit = refused  # type: ignore[attr-defined]
             raise error
-        return min(states, key=lambda s: (s.remaining, -s.reset_seconds))
+        return state
 
     def _reserve_of(self, key: str, now: float) -> _Reserve:
         reserve = self._reserves.get(key)
@@ -167,12 +175,18 @@ class RateLimiter:
             reserve = self._reserves[key] = _Reserve(period_started=now)
         return reserve
 
-    async def _take(self, key: str, burst: int, per_minute: int) -> BucketState:
-        rate = per_minute / 60.0
+    def _take_held(self, key: str, burst: int, per_minute: int) -> BucketState | None:
+        """``_take`` without awaiting anything, when this replica holds a token of the bucket and no
+        reservation is under way; None when it must reserve (or wait for one)."""
         now = self.clock()
         reserve = self._reserve_of(key, now)
-        if not reserve.lock.locked() and self._settle(reserve, now):
-            return self._spend(reserve, burst, rate, now)  # nothing to await: the lock is not needed
+        if reserve.lock.locked() or not self._settle(reserve, now):
+            return None
+        return self._spend(reserve, burst, per_minute / 60.0, now)
+
+    async def _take(self, key: str, burst: int, per_minute: int) -> BucketState:
+        rate = per_minute / 60.0
+        reserve = self._reserve_of(key, self.clock())
         async with reserve.lock:
             now = self.clock()
             if not self._settle(reserve, now):

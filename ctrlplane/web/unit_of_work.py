@@ -67,10 +67,13 @@ class UnitOfWork(ASGIMiddleware):
 
     def __init__(self, services: AppServices) -> None:
         self.services = services
+        self._admission = Admission(services)
 
     @property
     def admission(self) -> Admission:
-        return Admission(self.services)  # ``use_services`` may hand a built app other services
+        if self._admission.services is not self.services:  # ``use_services`` handed the app others
+            self._admission = Admission(self.services)
+        return self._admission
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if not scope["path"].startswith("/v1/"):
