@@ -157,7 +157,12 @@ def connect(url: str, **engine_args: Any) -> Database:
         query_engine = engine  # one in-memory database has one pool; an admin engine needs no reader
     else:
         query_args = dict(engine_args, isolation_level="AUTOCOMMIT")
-        if not is_sqlite:
+        if is_sqlite:
+            # its connections never begin a transaction (``_configure_sqlite``): a rollback at the
+            # end of each read, and another when the connection returns to the pool, had nothing
+            # to undo and cost a hop to aiosqlite's thread each
+            query_args["skip_autocommit_rollback"] = True
+        else:
             connect_args = dict(query_args.get("connect_args", {}))
             settings = dict(connect_args.get("server_settings", {}), default_transaction_read_only="on")
             query_args["connect_args"] = dict(connect_args, server_settings=settings)
