@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ import msgspec
 from sqlalchemy import Float, String, bindparam, case, func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ctrlplane.auth.providers import Principal
@@ -103,6 +105,7 @@ class RateLimiter:
         self._take_one = _upsert(postgres, batch=False)
         self._take_batch = _upsert(postgres, batch=True)
         self._writer: tuple[Database, AsyncEngine] | None = None
+        self._sql: dict[int, tuple[Database, Any]] = {}
 
     def limits_for(self, plan: str | None) -> PlanRateLimit:
         limits = self.settings.rate_limits
@@ -226,6 +229,8 @@ class RateLimiter:
     async def _debit(self, key: str, burst: int, rate: float, want: int, now: float) -> tuple[float, float]:
         """Take ``want`` tokens from the row, or else one, or else none: (taken, the row's tokens left)."""
         values = {"key": key, "burst": float(burst), "rate": rate, "now": now, "want": float(want)}
+        if self.db.dialect == "sqlite":
+            return await self._debit_sqlite(values, want)
         async with self._write_engine().begin() as connection:
             if self.db.dialect == "postgresql":
                 # a bucket is soft state: losing its last updates in a database crash only refills
@@ -238,6 +243,39 @@ class RateLimiter:
                     return float(want), max(0.0, float(row.tokens))
             tokens, allowed = (await connection.execute(self._take_one, values)).one()
             return (1.0 if allowed else 0.0), max(0.0, float(tokens))
+
+    async def _debit_sqlite(self, values: dict[str, Any], want: int) -> tuple[float, float]:
+        """``_debit`` on SQLite, its statements sent to the driver as compiled once: through
+        SQLAlchemy each of them was several hops to aiosqlite's thread (a cursor made, run, fetched,
+        closed), about 0.7 ms of CPU a reservation against 0.2 ms (one hop each)."""
+        async with self._write_engine().connect() as connection:
+            raw = (await connection.get_raw_connection()).driver_connection
+            assert raw is not None
+            statement, params = "BEGIN IMMEDIATE", None
+            try:
+                await raw.execute_fetchall(statement)
+                if want > 1:
+                    statement, params = self._compiled(self._take_batch, values)
+                    rows = await raw.execute_fetchall(statement, params)
+                    if rows:
+                        await raw.commit()
+                        return float(want), max(0.0, float(rows[0][0]))
+                statement, params = self._compiled(self._take_one, values)
+                ((tokens, allowed),) = await raw.execute_fetchall(statement, params)
+                await raw.commit()
+                return (1.0 if allowed else 0.0), max(0.0, float(tokens))
+            except sqlite3.Error as exc:
+                if raw.in_transaction:
+                    await raw.rollback()
+                raise DBAPIError.instance(statement, params, exc, sqlite3.Error) from exc
+
+    def _compiled(self, upsert: Any, values: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The upsert's SQL for this database and its positional parameters for ``values``."""
+        compiled = self._sql.get(id(upsert))
+        if compiled is None or compiled[0] is not self.db:
+            compiled = self._sql[id(upsert)] = (self.db, upsert.compile(dialect=self.db.engine.dialect))
+        bound = compiled[1].construct_params(values)
+        return str(compiled[1]), [bound[name] for name in compiled[1].positiontup]
 
     def _write_engine(self) -> AsyncEngine:
         """The database's engine for writes (on SQLite its transactions begin IMMEDIATE), made once
