@@ -131,6 +131,11 @@ page 1 took 4.4 ms (p50) with PostgreSQL's default and 2.4 ms with custom plans 
 millisecond for these statements; the parse is still cached."""
 
 
+QUERY_POOL_SIZE = 15
+"""Connections of the read-only query pool, kept open once opened (SQLAlchemy's default pool
+allows 5 plus 10 overflow connections and closes the overflow ones as they come back)."""
+
+
 def connect(url: str, **engine_args: Any) -> Database:
     is_sqlite = url.startswith("sqlite")
     memory = False
@@ -157,6 +162,11 @@ def connect(url: str, **engine_args: Any) -> Database:
         query_engine = engine  # one in-memory database has one pool; an admin engine needs no reader
     else:
         query_args = dict(engine_args, isolation_level="AUTOCOMMIT")
+        # as many connections kept as it may open (SQLAlchemy's 5 + 10 overflow, all kept): with
+        # more than 5 reads at once, each overflow connection was closed when it came back and a
+        # new one opened for the next read (a PostgreSQL backend forked, or an aiosqlite thread)
+        query_args.setdefault("pool_size", QUERY_POOL_SIZE)
+        query_args.setdefault("max_overflow", 0)
         if is_sqlite:
             # its connections never begin a transaction (``_configure_sqlite``): a rollback at the
             # end of each read, and another when the connection returns to the pool, had nothing
