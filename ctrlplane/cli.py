@@ -301,7 +301,7 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
     from ctrlplane.app import create_app
     from ctrlplane.logs import configure_logging
     from ctrlplane.provisioning.registry import ProviderLoadError
-    from ctrlplane.serving import server_config
+    from ctrlplane.serving import server_config, settle_heap
 
     configure_logging(settings)
     settings = msgspec.structs.replace(
@@ -361,6 +361,7 @@ def _serve_alone(settings: Settings, args: argparse.Namespace) -> int:
         # the operation queue, and one of them leads the singleton loops (docs/operations.md).
         Multiprocess(config, sockets=[sock]).run()
         return 0
+    settle_heap()
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
@@ -398,9 +399,12 @@ def worker_app() -> Any:
     (the parent has migrated the database and checked the configuration)."""
     from ctrlplane.app import create_app
     from ctrlplane.installation import resolve
+    from ctrlplane.serving import settle_heap
 
     settings = resolve(Settings.from_env())
-    return create_app(msgspec.structs.replace(settings, migrate_on_start=False))
+    app = create_app(msgspec.structs.replace(settings, migrate_on_start=False))
+    settle_heap()
+    return app
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

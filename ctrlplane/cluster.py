@@ -168,7 +168,8 @@ class NotifyRelay:
         self._sync_wanted = True
         self._send.set()
         try:
-            await asyncio.wait_for(done.wait(), BARRIER_TIMEOUT_SECONDS)
+            async with asyncio.timeout(BARRIER_TIMEOUT_SECONDS):  # no task of its own, as wait_for made
+                await done.wait()
         except TimeoutError:
             log.warning("row_cache_barrier_timeout", replica=self.replica)
             if self.rows is not None:

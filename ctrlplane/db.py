@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -131,6 +131,11 @@ page 1 took 4.4 ms (p50) with PostgreSQL's default and 2.4 ms with custom plans 
 millisecond for these statements; the parse is still cached."""
 
 
+QUERY_POOL_SIZE = 15
+"""Connections of the read-only query pool, kept open once opened (SQLAlchemy's default pool
+allows 5 plus 10 overflow connections and closes the overflow ones as they come back)."""
+
+
 def connect(url: str, **engine_args: Any) -> Database:
     is_sqlite = url.startswith("sqlite")
     memory = False
@@ -157,7 +162,17 @@ def connect(url: str, **engine_args: Any) -> Database:
         query_engine = engine  # one in-memory database has one pool; an admin engine needs no reader
     else:
         query_args = dict(engine_args, isolation_level="AUTOCOMMIT")
-        if not is_sqlite:
+        # as many connections kept as it may open (SQLAlchemy's 5 + 10 overflow, all kept): with
+        # more than 5 reads at once, each overflow connection was closed when it came back and a
+        # new one opened for the next read (a PostgreSQL backend forked, or an aiosqlite thread)
+        query_args.setdefault("pool_size", QUERY_POOL_SIZE)
+        query_args.setdefault("max_overflow", 0)
+        if is_sqlite:
+            # its connections never begin a transaction (``_configure_sqlite``): a rollback at the
+            # end of each read, and another when the connection returns to the pool, had nothing
+            # to undo and cost a hop to aiosqlite's thread each
+            query_args["skip_autocommit_rollback"] = True
+        else:
             connect_args = dict(query_args.get("connect_args", {}))
             settings = dict(connect_args.get("server_settings", {}), default_transaction_read_only="on")
             query_args["connect_args"] = dict(connect_args, server_settings=settings)
@@ -175,6 +190,37 @@ def connect(url: str, **engine_args: Any) -> Database:
         query_engine=query_engine,
         rows=rows,
     )
+
+
+class SessionOnDemand:
+    """A session of ``factory`` made at its first use: ``session`` stands for it (anything asked of
+    it makes it), ``close`` closes it if it ran a statement. A read answered from the row cache
+    builds no session, takes no connection and closes nothing."""
+
+    def __init__(self, factory: async_sessionmaker[AsyncSession]) -> None:
+        self._factory = factory
+        self._made: AsyncSession | None = None
+        self.session = cast(AsyncSession, _OnFirstUse(self._make))
+
+    def _make(self) -> AsyncSession:
+        if self._made is None:
+            self._made = self._factory()
+        return self._made
+
+    async def close(self) -> None:
+        made, self._made = self._made, None
+        if made is not None and made.sync_session.in_transaction():
+            await made.__aexit__(None, None, None)  # AsyncSession's own close, shielded
+
+
+class _OnFirstUse:
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], AsyncSession]) -> None:
+        self._make = make
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._make(), name)
 
 
 def _discard_closed(engine: AsyncEngine) -> None:

@@ -115,6 +115,10 @@ def _run_server(app: Any, port: int) -> None:
     """Under the server and options ``ctrlplane serve`` uses (ctrlplane/cli.py)."""
     import uvicorn
 
+    from ctrlplane.serving import settle_heap
+
+    settle_heap()
+
     uvicorn.run(
         app,
         host="127.0.0.1",

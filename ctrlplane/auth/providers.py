@@ -59,12 +59,16 @@ class Principal(msgspec.Struct, frozen=True):
     def has_role(self, required: str) -> bool:
         if self.is_system_admin:
             return True
-        rank = ROLES.index(required)
-        return any(role in ROLES and ROLES.index(role) >= rank for role in self.roles)
+        rank = _RANK.get(required)
+        if rank is None:
+            raise ValueError(f"{required!r} is not a role")
+        return any(_RANK.get(role, -1) >= rank for role in self.roles)
 
     def grantable(self, roles: Sequence[str]) -> bool:
         return all(self.has_role(role) for role in roles)
 
+
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 ANONYMOUS = Principal(subject="anonymous", kind="user", tenant_id=None, roles=frozenset())
 

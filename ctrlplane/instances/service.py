@@ -24,7 +24,7 @@ replicas) are checked under a lock on the tenant row, so concurrent creates cann
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -35,7 +35,7 @@ from ctrlplane.ids import new_id
 from ctrlplane.instances import schemas
 from ctrlplane.instances.lifecycle import FINAL, destroy, suspend, unsuspend
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.repository import InstanceRepository
+from ctrlplane.instances.repository import LIVE_IDS, InstanceRepository
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.operations import queue
 from ctrlplane.releases.service import cut as cut_release
@@ -116,6 +116,10 @@ def listed(row: Any, hostname: str, url: str) -> schemas.Instance:
         hostnames=[hostname],
         url=url,
     )
+
+
+def _id_of(row: Any) -> str:
+    return str(row.id)
 
 
 def _require(instance: Instance, action: str, allowed: tuple[str, ...]) -> None:
@@ -296,9 +300,24 @@ class InstanceService:
             hostname = default_hostname(settings, row.name, row.tenant_slug)
             return listed(row, hostname, router_url(settings, hostname))
 
-        # one statement: the page, each row's tenant slug and the total (tests/api/test_instances.py)
         connection = await self.session.connection()
-        return await paginate_rows(connection, listing, params, cursor=cursor, limit=limit, convert=addressed)
+        cached = own is not None and self.context.cached_reads and self.repo.is_live_listing(listing)
+        if not cached:
+            # one statement: the page, each row's tenant slug and the total (tests/api/test_instances.py)
+            return await paginate_rows(connection, listing, params, cursor=cursor, limit=limit, convert=addressed)
+        rows = self.context.services.db.rows
+        seen = f"{own}:{cursor or ''}:{limit}"
+        if rows.get("instance_pages", seen) is not None:
+            ids = await paginate_rows(connection, LIVE_IDS, params, cursor=cursor, limit=limit, convert=_id_of)
+            views: list[schemas.Instance | None] = [rows.get("instances", id_) for id_ in ids.items]
+            if all(view is not None and view.tenant_id == own for view in views):
+                return Page(items=cast("list[schemas.Instance]", views), next_cursor=ids.next_cursor, total=ids.total)
+        ticket = rows.ticket()
+        page = await paginate_rows(connection, listing, params, cursor=cursor, limit=limit, convert=addressed)
+        for view in page.items:
+            rows.put("instances", view.id, ticket, view)
+        rows.put("instance_pages", seen, ticket, True)
+        return page
 
     async def get(self, instance_id: str) -> schemas.Instance:
         """The instance's view; a tenant's read request takes it from the row cache when it can."""

@@ -117,6 +117,16 @@ class Telemetry:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(self))
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request counted and timed; each label set's series are looked up once."""
+        series = self._request_series.get((method, route, status))
+        if series is None:
+            series = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+            self._request_series[(method, route, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def router_request(self, destination: Any, key: tuple[str, ...], record: Any) -> None:
         """One request the router reported (``network.access.RequestBook`` listener)."""
@@ -156,6 +166,4 @@ class RequestMetricsASGI:
             await self.app(scope, receive, record_status)
         finally:
             route = scope.get("path_template") or "unmatched"
-            method = scope["method"]
-            self.telemetry.requests.labels(method, route, str(status)).inc()
-            self.telemetry.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.telemetry.request_finished(scope["method"], route, status, time.perf_counter() - started)

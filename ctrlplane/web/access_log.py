@@ -48,9 +48,10 @@ class RequestContextASGI:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-ctrlplane-version", self.version))
-                allow = self.allowed_methods.get(str(scope.get("path_template")))
-                if http_scope["method"] == "OPTIONS" and allow is not None and status < 300:
-                    headers = [(k, v) for k, v in headers if k.lower() != b"allow"] + [(b"allow", allow)]
+                if http_scope["method"] == "OPTIONS" and status < 300:
+                    allow = self.allowed_methods.get(str(scope.get("path_template")))
+                    if allow is not None:
+                        headers = [(k, v) for k, v in headers if k.lower() != b"allow"] + [(b"allow", allow)]
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -14,6 +14,8 @@ and ``deploy`` for mutating methods, and ``any`` admits any authenticated caller
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from litestar.types import HTTPScope, Message, Scope, Send
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -100,10 +102,19 @@ def with_rate_limit_headers(scope: Scope, send: Send) -> Send:
     """``send``, adding the caller's RateLimit-* headers (and Retry-After on a 429) to the response."""
 
     async def sending(message: Message) -> None:
-        state: BucketState | None = scope.get(RATE_LIMIT_KEY)  # type: ignore[assignment]
-        if message["type"] == "http.response.start" and state is not None:
-            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"retry-after" or state.allowed]
-            message = {**message, "headers": headers + state.headers()}
+        if message["type"] == "http.response.start":
+            message = rate_limited(scope, message)
         await send(message)
 
     return sending
+
+
+def rate_limited(scope: Scope, start: Message) -> Message:
+    """The ``http.response.start`` message with the caller's RateLimit-* headers (and Retry-After
+    on a 429), when the request was rate-limited."""
+    state: BucketState | None = scope.get(RATE_LIMIT_KEY)  # type: ignore[assignment]
+    if state is None:
+        return start
+    given: Any = start.get("headers", ())
+    headers = [(k, v) for k, v in given if k.lower() != b"retry-after" or state.allowed]
+    return cast("Message", {**start, "headers": headers + state.headers()})

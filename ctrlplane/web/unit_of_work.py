@@ -28,8 +28,6 @@ is passed through untouched and authenticates, and commits, by itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -38,18 +36,17 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane import strict
 from ctrlplane.audit.service import AuditRecord
 from ctrlplane.audit.service import append as append_audit
 from ctrlplane.auth.providers import ANONYMOUS, Principal
-from ctrlplane.db import written_tables
+from ctrlplane.db import SessionOnDemand, written_tables
 from ctrlplane.errors import CtrlplaneError, InvalidInput, as_domain_error
 from ctrlplane.idempotency import service as records
 from ctrlplane.inputs import check_json_depth
 from ctrlplane.web import idempotency
-from ctrlplane.web.admission import Admission, with_rate_limit_headers
+from ctrlplane.web.admission import Admission, rate_limited, with_rate_limit_headers
 from ctrlplane.web.context import CONTEXT_KEY, AppServices, AuditDraft, RequestContext
 from ctrlplane.web.responses import Captured, read_body, replay_body
 from ctrlplane.web.scope import PRINCIPAL_KEY, READ_METHODS, header, read_through, request_id_for
@@ -70,10 +67,13 @@ class UnitOfWork(ASGIMiddleware):
 
     def __init__(self, services: AppServices) -> None:
         self.services = services
+        self._admission = Admission(services)
 
     @property
     def admission(self) -> Admission:
-        return Admission(self.services)  # ``use_services`` may hand a built app other services
+        if self._admission.services is not self.services:  # ``use_services`` handed the app others
+            self._admission = Admission(self.services)
+        return self._admission
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if not scope["path"].startswith("/v1/"):
@@ -98,11 +98,10 @@ class UnitOfWork(ASGIMiddleware):
             await next_app(scope, replay_body(body), with_rate_limit_headers(scope, send))
             return
         http_scope = cast("HTTPScope", scope)
-        send = with_rate_limit_headers(scope, send)
         if http_scope["method"] in READ_METHODS:
             await self._read(http_scope, receive, send, next_app)
         else:
-            await self._write(http_scope, receive, send, next_app)
+            await self._write(http_scope, receive, with_rate_limit_headers(scope, send), next_app)
 
     @staticmethod
     def _reject_nul(scope: HTTPScope, body: bytes = b"") -> None:
@@ -135,38 +134,44 @@ class UnitOfWork(ASGIMiddleware):
 
     async def _read(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         """One query session (autocommit, read-only) for the whole read: admission, then the
-        handler. A pooled connection found dead by the first statement is retried once."""
+        handler. It is made at its first use, so a read answered from memory builds none. A pooled
+        connection found dead by the first statement is retried once."""
         started = False
 
-        async def tracking_send(message: Message) -> None:
+        async def sending(message: Message) -> None:  # adds the RateLimit-* headers; notes the start
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                message = rate_limited(scope, message)
             await send(message)
 
         for attempt in (1, 2):
+            session = SessionOnDemand(self.services.db.query)
             try:
-                async with _query_session(self.services) as session:
+                try:
                     try:
                         self._reject_nul(scope)
-                        principal = await self.admission.admit(scope, session, mutating=False)
+                        principal = await self.admission.admit(scope, session.session, mutating=False)
                         _check_query(scope)
                     except DBAPIError as exc:
                         if attempt == 1 and exc.connection_invalidated:
                             continue
                         raise
                     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
-                        await Captured.of_error(scope, as_domain_error(exc)).flush(send)
+                        await Captured.of_error(scope, as_domain_error(exc)).flush(sending)
                         return
-                    self._context(scope, principal, session)
-                    await next_app(scope, receive, tracking_send)
+                    self._context(scope, principal, session.session)
+                    await next_app(scope, receive, sending)
                     return
+                finally:
+                    await session.close()
             except (DBAPIError, OSError) as exc:
                 # The database went away while the read session closed (or before the handler):
                 # an answer already sent stands; none sent is a 503.
                 if started:
                     log.warning("read_session_close_failed", request_id=request_id_for(scope), error=str(exc))
                     return
-                await Captured.of_error(scope, as_domain_error(exc)).flush(send)
+                await Captured.of_error(scope, as_domain_error(exc)).flush(sending)
                 return
 
     async def _write(self, scope: HTTPScope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
@@ -280,18 +285,6 @@ class UnitOfWork(ASGIMiddleware):
             client_addr=client[0] if client else None,
             details=details,
         )
-
-
-@asynccontextmanager
-async def _query_session(services: AppServices) -> AsyncIterator[AsyncSession]:
-    """A query session, closed only if it was used: a read answered from the row cache runs no
-    statement, takes no connection, and need not pay for closing what it never opened."""
-    session = services.db.query()
-    try:
-        yield session
-    finally:
-        if session.sync_session.in_transaction():
-            await session.__aexit__(None, None, None)  # AsyncSession's own close, shielded
 
 
 def _maybe_json(scope: Scope) -> bool:

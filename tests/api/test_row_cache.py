@@ -200,6 +200,66 @@ async def test_with_the_cache_off_every_get_reads_the_database(
         assert len(db.rows) == 0
 
 
+async def test_a_list_page_is_read_from_the_cache_and_shows_every_change_and_another_replicas_create(
+    tokens: Tokens, db: Database, settings: Settings, providers: Any, live_server_factory: Any
+) -> None:
+    from ctrlplane.app import create_app
+
+    url = await live_server_factory(background=False)  # no worker's statements in the count
+    other = connect(settings.resolved_database_url)  # replica B: its own pools on the same database
+    replica_b = create_app(settings, providers=providers, db=other)
+    try:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as http,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=replica_b), base_url="http://b.test") as b,
+        ):
+            live = Api(http, tokens)
+            token, first = await _tenant_with_instance(live, tokens, db)
+            for name in ("web2", "web3"):
+                assert (await http.post("/v1/instances", json={**INSTANCE, "name": name}, headers=token)).is_success
+            listed = await http.get("/v1/instances", headers=token)  # read whole; its views are now cached
+            assert listed.status_code == 200, listed.text
+            with statements(db) as sent:
+                again = await http.get("/v1/instances", headers=token)
+            assert again.json() == listed.json()
+            [query] = [s for s in sent if "instances" in s]
+            assert "instances.name" not in query, query  # the ids and the total, not the rows
+            for item in again.json()["items"]:
+                assert item == (await http.get(f"/v1/instances/{item['id']}", headers=token)).json()
+
+            path = f"/v1/instances/{first['id']}"
+            patched = await http.patch(path, json={"labels": {"round": "1"}}, headers=token)
+            assert patched.status_code == 200, patched.text
+            after_patch = (await http.get("/v1/instances", headers=token)).json()
+            assert [i["labels"] for i in after_patch["items"] if i["id"] == first["id"]] == [{"round": "1"}]
+
+            made = await b.post("/v1/instances", json={**INSTANCE, "name": "web4"}, headers=token)
+            assert made.status_code == 201, made.text
+            after_create = (await http.get("/v1/instances", headers=token)).json()  # at once, on either database
+            assert after_create["total"] == 4
+            assert (
+                after_create["items"][0] == (await http.get(f"/v1/instances/{made.json()['id']}", headers=token)).json()
+            )
+
+            writer = db if db.dialect == "sqlite" else other  # as in the GET's test above
+            async with writer.write() as session, session.begin():
+                await session.execute(
+                    text("UPDATE instances SET status_message = 'changed elsewhere' WHERE id = :id"),
+                    {"id": first["id"]},
+                )
+
+            async def served() -> bool:
+                page = (await http.get("/v1/instances", headers=token)).json()
+                return [i["status_message"] for i in page["items"] if i["id"] == first["id"]] == ["changed elsewhere"]
+
+            if db.dialect == "sqlite":
+                assert await served()
+            else:
+                await eventually(served, timeout=5)  # the notification's delivery
+    finally:
+        await other.dispose()
+
+
 @pytest.fixture
 async def live_server_factory(settings: Settings, db: Database, providers: Any) -> Any:
     import msgspec
