@@ -26,8 +26,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-PRELOAD = ["ctrlplane.app", "ctrlplane.cli", "ctrlplane.serving", "ctrlplane.agent.main", "uvicorn"]
-"""What the fork server imports once: the server and the agent, and what they import."""
+PRELOAD = [
+    "ctrlplane.app",
+    "ctrlplane.cli",
+    "ctrlplane.serving",
+    "ctrlplane.agent.main",
+    "uvicorn",
+    "tests.forkserve_settle",
+]
+"""What the fork server imports once: the server and the agent, and what they import; then it
+freezes that heap (``tests/forkserve_settle.py``)."""
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
