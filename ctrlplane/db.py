@@ -296,10 +296,19 @@ def _configure_sqlite(engine: AsyncEngine, *, query_only: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+LIST_TRIGGERS = (
+    ("insert", "AFTER INSERT ON main.instances", "NEW"),
+    ("delete", "AFTER DELETE ON main.instances", "OLD"),
+    ("state", "AFTER UPDATE OF state ON main.instances WHEN OLD.state IS NOT NEW.state", "NEW"),
+)
+"""Migration 0027's triggers as SQLite ``TEMP`` triggers: a tenant's list membership changed."""
+
+
 def _track_rows(engine: AsyncEngine, rows: RowCache) -> None:
     """SQLite's half of the row cache's invalidation (``rowcache.py``): every connection of this
     engine gets ``TEMP`` triggers (its own, invisible to any other process or tool) that call a
-    function noting each updated or deleted cached row on the connection; the notes are applied
+    function noting each updated or deleted cached row (and each tenant whose list of live
+    instances an insert, delete or state change altered) on the connection; the notes are applied
     when the connection returns to the pool, after its transaction ended (committed or not), so a
     reader can never cache the row the transaction replaced. The triggers are created at the
     first checkout that finds the tables (a fresh database has them only after its migration);
@@ -332,6 +341,11 @@ def _track_rows(engine: AsyncEngine, rows: RowCache) -> None:
                         f"AFTER {action} ON main.{table} "
                         f"BEGIN SELECT ctrlplane_row_changed('{table}', OLD.id); END"
                     )
+            for name, when, tenant in LIST_TRIGGERS:
+                cursor.execute(
+                    f"CREATE TEMP TRIGGER IF NOT EXISTS ctrlplane_instance_pages_{name} {when} "
+                    f"BEGIN SELECT ctrlplane_row_changed('instance_pages', {tenant}.tenant_id); END"
+                )
             record.info["ctrlplane_row_triggers"] = True
         finally:
             cursor.close()

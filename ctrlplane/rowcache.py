@@ -3,8 +3,9 @@
 What it holds: a tenant's standing (status and plan: what the request boundary checks on every
 read), an instance's API view (``GET /v1/instances/{id}``) and an API key (``auth.providers``:
 looked up by its digest; a key is trusted from here only after ``barrier``, so a revocation
-committed anywhere before the request began is always seen). With both cached, an authenticated
-GET of an instance with a JWT costs no database round trip at all (docs/benchmarks.md).
+committed anywhere before the request began is always seen), and which instances a tenant's
+unfiltered list pages hold. With these cached, an authenticated GET of an instance, or of a list
+page, with a JWT costs no database round trip at all (docs/benchmarks.md).
 
 How an entry stops being served, in order of how fast:
 
@@ -36,11 +37,14 @@ database read and ``put`` refuses the entry when the row was invalidated after t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 TABLES = ("tenants", "instances", "api_keys")
-"""The tables whose rows are cached (and whose UPDATE/DELETE triggers name them)."""
+"""The tables whose rows are cached (and whose UPDATE/DELETE triggers name them). One more kind of
+entry, ``instance_pages`` keyed by tenant, holds which instances a tenant's unfiltered list pages
+show; it is invalidated by a tenant-naming notification whenever an instance of the tenant is
+inserted, deleted or changes state (migration 0027)."""
 
 Key = tuple[str, str]
 
@@ -51,6 +55,7 @@ class RowCache:
 
     MAX_ENTRIES = 20_000
     MAX_INVALIDATIONS = 50_000
+    MAX_PARTS = 64
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -100,6 +105,23 @@ class RowCache:
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.pop(next(iter(self._entries)))  # the oldest stored
         self._entries[(table, key)] = (self._clock() + self.ttl, value)
+
+    def get_in(self, table: str, key: str, part: Hashable) -> Any:
+        """One part of a grouped entry (``put_in``)."""
+        group = self.get(table, key)
+        return None if group is None else group.get(part)
+
+    def put_in(self, table: str, key: str, part: Hashable, ticket: int, value: Any) -> None:
+        """Store ``value`` as one part of the entry (table, key), which groups the parts that one
+        invalidation drops together (a tenant's list pages); the group expires as a whole, ``ttl``
+        after its first part was stored, and holds at most ``MAX_PARTS``."""
+        if not self.live or ticket < self._floor or self._invalidated.get((table, key), 0) > ticket:
+            return
+        group = self.get(table, key)
+        if group is None or len(group) >= self.MAX_PARTS:
+            group = {}
+            self.put(table, key, ticket, group)
+        group[part] = value
 
     def invalidate(self, keys: Iterable[Key]) -> None:
         self._counter += 1

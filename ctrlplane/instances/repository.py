@@ -39,10 +39,6 @@ def _listing(where: list[ColumnElement[bool]]) -> Listing:
 _LIVE = [_TABLE.c.tenant_id == bindparam("tenant_id"), _TABLE.c.state != "destroyed"]
 _LIVE_LISTING = _listing(_LIVE)
 """``GET /v1/instances`` without filters, a tenant's: built once (``pagination.Listing``)."""
-LIVE_IDS = Listing(
-    select(_TABLE.c.id).where(*_LIVE), select(func.count()).select_from(_TABLE).where(*_LIVE), _TABLE.c.id
-)
-"""The same listing's ids alone, for a page whose views the row cache holds (``service.list``)."""
 
 
 class InstanceRepository:
@@ -84,7 +80,7 @@ class InstanceRepository:
         return (await self.session.execute(statement)).first() is not None
 
     def is_live_listing(self, listing: Listing) -> bool:
-        """Whether ``listing`` is a tenant's unfiltered one, which ``LIVE_IDS`` pages alike."""
+        """Whether ``listing`` is a tenant's unfiltered one, whose pages the row cache may hold."""
         return listing is _LIVE_LISTING
 
     def listing(

@@ -35,7 +35,7 @@ from ctrlplane.ids import new_id
 from ctrlplane.instances import schemas
 from ctrlplane.instances.lifecycle import FINAL, destroy, suspend, unsuspend
 from ctrlplane.instances.models import Instance
-from ctrlplane.instances.repository import LIVE_IDS, InstanceRepository
+from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.operations import queue
 from ctrlplane.releases.service import cut as cut_release
@@ -116,10 +116,6 @@ def listed(row: Any, hostname: str, url: str) -> schemas.Instance:
         hostnames=[hostname],
         url=url,
     )
-
-
-def _id_of(row: Any) -> str:
-    return str(row.id)
 
 
 def _require(instance: Instance, action: str, allowed: tuple[str, ...]) -> None:
@@ -300,23 +296,26 @@ class InstanceService:
             hostname = default_hostname(settings, row.name, row.tenant_slug)
             return listed(row, hostname, router_url(settings, hostname))
 
-        connection = await self.session.connection()
-        cached = own is not None and self.context.cached_reads and self.repo.is_live_listing(listing)
-        if not cached:
+        if own is None or not self.context.cached_reads or not self.repo.is_live_listing(listing):
             # one statement: the page, each row's tenant slug and the total (tests/api/test_instances.py)
+            connection = await self.session.connection()
             return await paginate_rows(connection, listing, params, cursor=cursor, limit=limit, convert=addressed)
+        # which instances the page holds is cached by tenant (invalidated whenever one of the
+        # tenant's instances is inserted, deleted or changes state), each view by instance
         rows = self.context.services.db.rows
-        seen = f"{own}:{cursor or ''}:{limit}"
-        if rows.get("instance_pages", seen) is not None:
-            ids = await paginate_rows(connection, LIVE_IDS, params, cursor=cursor, limit=limit, convert=_id_of)
+        part = (cursor or "", limit)
+        ids: Page[str] | None = rows.get_in("instance_pages", own, part)
+        if ids is not None:
             views: list[schemas.Instance | None] = [rows.get("instances", id_) for id_ in ids.items]
             if all(view is not None and view.tenant_id == own for view in views):
                 return Page(items=cast("list[schemas.Instance]", views), next_cursor=ids.next_cursor, total=ids.total)
         ticket = rows.ticket()
+        connection = await self.session.connection()
         page = await paginate_rows(connection, listing, params, cursor=cursor, limit=limit, convert=addressed)
         for view in page.items:
             rows.put("instances", view.id, ticket, view)
-        rows.put("instance_pages", seen, ticket, True)
+        listed_ids = Page(items=[view.id for view in page.items], next_cursor=page.next_cursor, total=page.total)
+        rows.put_in("instance_pages", own, part, ticket, listed_ids)
         return page
 
     async def get(self, instance_id: str) -> schemas.Instance:
