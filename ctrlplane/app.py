@@ -48,7 +48,7 @@ from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
 from ctrlplane.settings import Settings
 from ctrlplane.telemetry.api import TelemetryController, export_metrics, export_traces, prometheus_metrics
-from ctrlplane.telemetry.hub import RequestMetricsASGI, Telemetry
+from ctrlplane.telemetry.hub import Telemetry
 from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
 from ctrlplane.web.access_log import RequestContextASGI
@@ -225,7 +225,7 @@ def create_app(
     fix_openapi(app)
     allowed = {path: ", ".join(sorted(r.methods)) for r in app.routes for path in (r.path, r.path_format)}
     app.asgi_handler = RequestContextASGI(
-        RequestMetricsASGI(app.asgi_handler, services.telemetry), version=__version__, allowed_methods=allowed
+        app.asgi_handler, version=__version__, allowed_methods=allowed, meter=services.telemetry
     )
     return app
 
@@ -244,5 +244,5 @@ def use_services(app: Litestar, services: AppServices) -> None:
         if isinstance(middleware, UnitOfWork):
             middleware.services = services
     context = app.asgi_handler
-    assert isinstance(context, RequestContextASGI) and isinstance(context.app, RequestMetricsASGI)
-    context.app.telemetry = services.telemetry
+    assert isinstance(context, RequestContextASGI)
+    context.meter = services.telemetry

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
@@ -32,3 +33,20 @@ def configure_logging(settings: Settings) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    global _request_logger
+    _request_logger = structlog.get_logger(REQUEST_LOGGER).bind()
+
+
+REQUEST_LOGGER = "ctrlplane.http"
+_request_logger: Any = None
+_request_proxy = structlog.get_logger(REQUEST_LOGGER)
+
+
+def request_logger() -> Any:
+    """The logger of the request log line, which every request writes: bound once by
+    ``configure_logging`` (``structlog.get_logger``'s lazy proxy builds a new logger on every call,
+    a few microseconds a request), the proxy where this process never configured logging (tests
+    that build the app in-process: pytest swaps the output streams from test to test, and only a
+    logger built at the call finds the current one). ``structlog.testing.capture_logs`` reaches
+    both: it swaps the processors inside the list the bound logger holds."""
+    return _request_logger if _request_logger is not None else _request_proxy

@@ -12,7 +12,6 @@ from ctrlplane.app import build_services, create_app, use_services
 from ctrlplane.db import Database
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
-from ctrlplane.telemetry.hub import RequestMetricsASGI
 from ctrlplane.web.access_log import RequestContextASGI
 from ctrlplane.web.context import AppServices
 from ctrlplane.web.unit_of_work import UnitOfWork
@@ -48,8 +47,8 @@ async def test_services_given_to_a_built_app_are_composed_like_create_apps_and_r
     [unit_of_work] = [m for m in app.middleware if isinstance(m, UnitOfWork)]
     assert unit_of_work.services is given
     context = app.asgi_handler
-    assert isinstance(context, RequestContextASGI) and isinstance(context.app, RequestMetricsASGI)
-    assert context.app.telemetry is given.telemetry
+    assert isinstance(context, RequestContextASGI)
+    assert context.meter is given.telemetry
 
 
 async def test_services_with_another_body_limit_are_refused(

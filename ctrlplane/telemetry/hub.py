@@ -1,7 +1,8 @@
 """The control plane's own metrics: one Prometheus registry per app, never a module global.
 
 ``Telemetry`` is built with the app's services (``AppServices.telemetry``). Request counts and
-latencies are recorded as requests finish (``RequestMetricsASGI``); the gauges that describe the
+latencies are recorded as requests finish (``request_finished``, called by
+``web.access_log.RequestContextASGI``); the gauges that describe the
 database (operations, deploys, instances, health results) are read at scrape time by
 ``telemetry.service.scrape`` and handed to the registry's collector, so nothing polls.
 """
@@ -13,8 +14,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -139,31 +138,3 @@ class Telemetry:
     def reconciled(self) -> None:
         """The reconciler finished a pass now."""
         self.reconciled_at = time.monotonic()
-
-
-class RequestMetricsASGI:
-    """Counts every HTTP request by its route template (``unmatched`` when no route matched, so a
-    scan of random paths cannot grow the label set) and times it."""
-
-    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
-        self.app = app
-        self.telemetry = telemetry
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = scope.get("path_template") or "unmatched"
-            self.telemetry.request_finished(scope["method"], route, status, time.perf_counter() - started)

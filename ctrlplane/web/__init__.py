@@ -1,6 +1,7 @@
 """The request pipeline, one job per module.
 
-Outside in: ``access_log`` (``RequestContextASGI``: request IDs, response headers, the access log),
+Outside in: ``access_log`` (``RequestContextASGI``: request IDs, response headers, the access log,
+the request metrics),
 ``unit_of_work`` (``UnitOfWork``: the transaction, the audit entry and the held-back response of
 every ``/v1`` call), which calls ``admission`` (authentication, the tenant's standing, roles, the
 rate limit) and ``idempotency`` (``Idempotency-Key`` claims and replays). ``scope`` holds what a

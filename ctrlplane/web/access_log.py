@@ -1,32 +1,47 @@
-"""Around the whole app: each request's ID, the headers every response carries, one log line.
+"""Around the whole app: each request's ID, the headers every response carries, one log line and
+the request metrics.
 
 ``RequestContextASGI`` settles the request ID (an incoming ``X-Request-ID`` when valid, else a new
 one), adds ``X-Request-ID`` and ``X-Ctrlplane-Version`` to every response, refuses oversized
-headers (431) before anything else runs, and writes one ``request`` log line: never a header or a
-body, so no token reaches the log.
+headers (431) before anything else runs, writes one ``request`` log line (never a header or a
+body, so no token reaches the log) and counts and times the request (``RequestMeter``: the app's
+``Telemetry``), by its route template, ``unmatched`` when no route matched, so a scan of random
+paths cannot grow the label set. One layer for all of it: every request pays for each layer.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Protocol
 
-import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ctrlplane.auth.providers import Principal
 from ctrlplane.errors import HeaderTooLarge
 from ctrlplane.inputs import check_headers
+from ctrlplane.logs import request_logger
 from ctrlplane.web.responses import Captured
 from ctrlplane.web.scope import PRINCIPAL_KEY, request_id_for
 
-log = structlog.get_logger("ctrlplane.http")
+
+class RequestMeter(Protocol):
+    def request_finished(self, method: str, route: str, status: int, seconds: float) -> None: ...
 
 
 class RequestContextASGI:
-    def __init__(self, app: ASGIApp, *, version: str, allowed_methods: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        version: str,
+        allowed_methods: Mapping[str, str] | None = None,
+        meter: RequestMeter | None = None,
+    ) -> None:
         self.app = app
+        self.meter = meter
+        """Counts and times each request (``use_services`` may hand the app another)."""
         self.version = version.encode()
         self.allowed_methods = {k: v.encode() for k, v in (allowed_methods or {}).items()}
         """Path template -> the Allow header of OPTIONS: Litestar's own OPTIONS handler can list only
@@ -63,13 +78,17 @@ class RequestContextASGI:
                 return
             await self.app(scope, receive, send_with_headers)
         finally:
+            seconds = time.perf_counter() - started
+            template = scope.get("path_template")
+            if self.meter is not None:
+                self.meter.request_finished(http_scope["method"], template or "unmatched", status or 500, seconds)
             principal: Principal | None = scope.get(PRINCIPAL_KEY)  # type: ignore[assignment]
-            log.info(
+            request_logger().info(
                 "request",
                 method=http_scope["method"],
-                route=scope.get("path_template") or scope["path"],
+                route=template or scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(seconds * 1000, 2),
                 request_id=request_id,
                 tenant=principal.tenant_id if principal else None,
                 subject=principal.subject if principal else None,

@@ -26,7 +26,7 @@ def test_bad_durations_are_refused(text: str) -> None:
 
 def test_ids_are_prefixed_and_sort_by_creation() -> None:
     ids = [new_id("inst") for _ in range(50)]
-    assert all(TypeID.from_string(i).prefix == "inst" for i in ids)
+    assert all(TypeID.from_string(i).prefix == "inst" and TypeID.from_string(i).uuid.version == 7 for i in ids)
     assert ids == sorted(ids)
     with pytest.raises(ValueError):
         new_id("bogus")
