@@ -80,8 +80,6 @@ class RequestContextASGI:
         finally:
             seconds = time.perf_counter() - started
             template = scope.get("path_template")
-            if self.meter is not None:
-                self.meter.request_finished(http_scope["method"], template or "unmatched", status or 500, seconds)
             principal: Principal | None = scope.get(PRINCIPAL_KEY)  # type: ignore[assignment]
             request_logger().info(
                 "request",
@@ -93,3 +91,5 @@ class RequestContextASGI:
                 tenant=principal.tenant_id if principal else None,
                 subject=principal.subject if principal else None,
             )
+            if self.meter is not None:
+                self.meter.request_finished(http_scope["method"], template or "unmatched", status or 500, seconds)

@@ -35,7 +35,14 @@ def encode_cursor(last_id: str) -> str:
     return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
 
 
+MAX_CURSOR_CHARS = 128
+"""Longer than any cursor this server issues (an ID, base64'd); a longer one is refused before it
+is decoded or used as a key of the row cache's list pages."""
+
+
 def decode_cursor(cursor: str) -> str:
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidInput("cursor is not one this server issued", details={"cursor": "too long"})
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:

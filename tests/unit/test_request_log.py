@@ -29,6 +29,7 @@ def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def configure(level: str) -> io.StringIO:
         stream = io.StringIO()
         monkeypatch.setattr(sys, "stderr", stream)
+        monkeypatch.setattr(logs, "_request_logger", None)  # undone to None at teardown
         logs.configure_logging(Settings(jwt_secret=SECRET, log_format="json", log_level=level))
         return stream
 
@@ -36,7 +37,6 @@ def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield configure
     finally:
         structlog.reset_defaults()
-        monkeypatch.setattr(logs, "_request_logger", None)
 
 
 async def _request(app: Any, authorization: bytes) -> int:
@@ -92,3 +92,8 @@ async def test_a_level_above_info_writes_no_request_line(configured: Any) -> Non
     stderr = configured("warning")
     assert await _request(RequestContextASGI(_answer, version="test"), b"Bearer x") == 204
     assert stderr.getvalue() == ""
+
+
+def test_the_bound_request_logger_does_not_outlive_its_test() -> None:
+    """The fixture's teardown put the unconfigured proxy back (the tests above ran first)."""
+    assert logs.request_logger() is logs._request_proxy

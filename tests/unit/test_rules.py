@@ -34,7 +34,7 @@ def test_ids_are_prefixed_and_sort_by_creation() -> None:
 
 def test_cursor_round_trips_and_rejects_forgeries() -> None:
     assert decode_cursor(encode_cursor("ten_123")) == "ten_123"
-    for forged in ("", "abc", encode_cursor("x").replace("d", "e") + "!!"):
+    for forged in ("", "abc", encode_cursor("x").replace("d", "e") + "!!", encode_cursor("inst_" + "a" * 100)):
         with pytest.raises(InvalidInput):
             decode_cursor(forged)
 
