@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from ctrlplane import logs
 from ctrlplane.settings import Settings
 from ctrlplane.web.access_log import RequestContextASGI
+from tests.profile_request import _asgi_get
 
 SECRET = "unit-test-secret-long-enough-for-hs256-0123456789"
 
@@ -39,28 +40,6 @@ def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         structlog.reset_defaults()
 
 
-async def _request(app: Any, authorization: bytes) -> int:
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/v1/instances",
-        "path_template": "/v1/instances",
-        "headers": [(b"authorization", authorization), (b"x-request-id", b"req-log-test")],
-    }
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Any) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
-
-
 async def _answer(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 204, "headers": []})
     await send({"type": "http.response.body", "body": b""})
@@ -69,28 +48,24 @@ async def _answer(scope: Any, receive: Any, send: Any) -> None:
 async def test_one_json_line_per_request_without_the_token(configured: Any) -> None:
     stderr = configured("info")
     app = RequestContextASGI(_answer, version="test")
-    assert await _request(app, b"Bearer cpk_secret-value") == 204
-    assert await _request(app, b"Bearer cpk_secret-value") == 204
+    assert await _asgi_get(app, "/v1/instances", "Bearer cpk_secret-value") == 204
+    assert await _asgi_get(app, "/v1/instances", "Bearer cpk_secret-value") == 204
     lines = stderr.getvalue().splitlines()
     assert len(lines) == 2 and "cpk_secret-value" not in stderr.getvalue()
     entry = json.loads(lines[0])
     assert entry["event"] == "request" and entry["level"] == "info"
-    assert (entry["method"], entry["route"], entry["status"], entry["request_id"]) == (
-        "GET",
-        "/v1/instances",
-        204,
-        "req-log-test",
-    )
+    assert (entry["method"], entry["route"], entry["status"]) == ("GET", "/v1/instances", 204)
+    assert entry["request_id"].startswith("req_") and entry["request_id"] != json.loads(lines[1])["request_id"]
 
     with capture_logs() as captured:  # the bound logger still reaches the test helper's capture
-        await _request(app, b"Bearer x")
+        await _asgi_get(app, "/v1/instances", "Bearer x")
     assert [e["event"] for e in captured] == ["request"]
     assert len(stderr.getvalue().splitlines()) == 2
 
 
 async def test_a_level_above_info_writes_no_request_line(configured: Any) -> None:
     stderr = configured("warning")
-    assert await _request(RequestContextASGI(_answer, version="test"), b"Bearer x") == 204
+    assert await _asgi_get(RequestContextASGI(_answer, version="test"), "/v1/instances", "Bearer x") == 204
     assert stderr.getvalue() == ""
 
 
