@@ -33,6 +33,7 @@ from sqlalchemy import event
 
 from ctrlplane.db import connect, migrate
 from ctrlplane.settings import PlanRateLimit, Settings
+from tests.asgi import asgi_get
 from tests.bench_api import JWT_SECRET, bench_database
 
 REQUESTS = int(os.environ.get("CTRLPLANE_PROFILE_REQUESTS", "2000"))
@@ -75,37 +76,6 @@ class Counts:
     def _statement(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         self.counts.update(["statement"])
         self.counts.update([" ".join(statement.split())[:90]])
-
-
-async def _asgi_get(app: Any, path: str, authorization: str) -> int:
-    path, _, query = path.partition("?")
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"bench"), (b"authorization", authorization.encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Any) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
 
 
 async def _profile(kind: str, url: str) -> None:
@@ -160,7 +130,7 @@ async def _profile(kind: str, url: str) -> None:
             cases += (("list", "/v1/instances?limit=20", "a JWT", jwt),)
             for name, target, label, authorization in cases:
                 for _ in range(50):
-                    assert await _asgi_get(app, target, authorization) == 200
+                    assert await asgi_get(app, target, authorization) == 200
                 counts.counts.clear()
                 profiler = None
                 if wanted == "1" or name in wanted.split(","):
@@ -170,7 +140,7 @@ async def _profile(kind: str, url: str) -> None:
                     profiler.start()
                 started = time.perf_counter()
                 for _ in range(REQUESTS):
-                    await _asgi_get(app, target, authorization)
+                    await asgi_get(app, target, authorization)
                 elapsed = time.perf_counter() - started
                 if profiler is not None:
                     profiler.stop()

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from ctrlplane import logs
 from ctrlplane.settings import Settings
 from ctrlplane.web.access_log import RequestContextASGI
-from tests.profile_request import _asgi_get
+from tests.asgi import asgi_get
 
 SECRET = "unit-test-secret-long-enough-for-hs256-0123456789"
 
@@ -48,8 +48,8 @@ async def _answer(scope: Any, receive: Any, send: Any) -> None:
 async def test_one_json_line_per_request_without_the_token(configured: Any) -> None:
     stderr = configured("info")
     app = RequestContextASGI(_answer, version="test")
-    assert await _asgi_get(app, "/v1/instances", "Bearer cpk_secret-value") == 204
-    assert await _asgi_get(app, "/v1/instances", "Bearer cpk_secret-value") == 204
+    assert await asgi_get(app, "/v1/instances", "Bearer cpk_secret-value") == 204
+    assert await asgi_get(app, "/v1/instances", "Bearer cpk_secret-value") == 204
     lines = stderr.getvalue().splitlines()
     assert len(lines) == 2 and "cpk_secret-value" not in stderr.getvalue()
     entry = json.loads(lines[0])
@@ -58,17 +58,21 @@ async def test_one_json_line_per_request_without_the_token(configured: Any) -> N
     assert entry["request_id"].startswith("req_") and entry["request_id"] != json.loads(lines[1])["request_id"]
 
     with capture_logs() as captured:  # the bound logger still reaches the test helper's capture
-        await _asgi_get(app, "/v1/instances", "Bearer x")
+        await asgi_get(app, "/v1/instances", "Bearer x")
     assert [e["event"] for e in captured] == ["request"]
     assert len(stderr.getvalue().splitlines()) == 2
 
 
 async def test_a_level_above_info_writes_no_request_line(configured: Any) -> None:
     stderr = configured("warning")
-    assert await _asgi_get(RequestContextASGI(_answer, version="test"), "/v1/instances", "Bearer x") == 204
+    assert await asgi_get(RequestContextASGI(_answer, version="test"), "/v1/instances", "Bearer x") == 204
     assert stderr.getvalue() == ""
 
 
-def test_the_bound_request_logger_does_not_outlive_its_test() -> None:
-    """The fixture's teardown put the unconfigured proxy back (the tests above ran first)."""
-    assert logs.request_logger() is logs._request_proxy
+def test_the_bound_request_logger_does_not_outlive_its_test(configured: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the fixture's teardown undoes puts the unconfigured proxy back, so a later test in the
+    worker does not log through this test's stream."""
+    stderr = configured("info")
+    assert logs.request_logger() is not logs._request_proxy and sys.stderr is stderr
+    monkeypatch.undo()
+    assert logs.request_logger() is logs._request_proxy and sys.stderr is not stderr
