@@ -12,6 +12,7 @@ import structlog
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
@@ -46,7 +47,7 @@ from ctrlplane.runs.api import JobController, RunController
 from ctrlplane.runs.service import active_run_usage
 from ctrlplane.secrets.api import SecretController
 from ctrlplane.secrets.crypto import MasterKeyRing, Vault
-from ctrlplane.settings import Settings
+from ctrlplane.settings import MAX_BODY_BYTES, Settings
 from ctrlplane.telemetry.api import TelemetryController, export_metrics, export_traces, prometheus_metrics
 from ctrlplane.telemetry.hub import Telemetry
 from ctrlplane.templates.api import TemplateController
@@ -140,7 +141,33 @@ def build_services(settings: Settings, *, providers: ProviderRegistry | None, db
 def create_app(
     settings: Settings, *, providers: ProviderRegistry | None = None, db: Database | None = None
 ) -> Litestar:
+    """The server: services for ``settings`` (a database of its own unless ``db`` is given, the
+    providers of the entry points unless ``providers`` is) on an app of ``build_app``, or on the one
+    ``prebuild_app`` made earlier in this process or in the parent it was forked from."""
     services = build_services(settings, providers=providers, db=db)
+    app = _PREBUILT.pop(settings.max_body_bytes, None) or build_app(settings.max_body_bytes)
+    app.state.owns_db = db is None
+    use_services(app, services)
+    return app
+
+
+_PREBUILT: dict[int, Litestar] = {}
+"""Apps built ahead by ``prebuild_app``, by ``max_body_bytes``; ``create_app`` takes one once."""
+
+
+def prebuild_app(max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """Build the app ahead, for this process's next ``create_app`` of that ``max_body_bytes``: a
+    parent that forks servers (the tests' fork server, ``tests/forkserve.py``) registers every
+    handler once instead of in each child. The app has no services, starts nothing and reads no
+    setting until ``create_app`` gives it its own."""
+    if max_body_bytes not in _PREBUILT:
+        _PREBUILT[max_body_bytes] = build_app(max_body_bytes)
+
+
+def build_app(max_body_bytes: int) -> Litestar:
+    """Every route, the middleware and the OpenAPI document, without services: registering the
+    handlers is most of a server's start (about 0.3 s of CPU), and none of it depends on settings
+    other than ``max_body_bytes``. ``use_services`` gives the app what it serves."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -160,7 +187,7 @@ def create_app(
         finally:
             services.feeds.close()
             await services.providers.close()
-            if db is None:
+            if app.state.get("owns_db"):
                 await services.db.dispose()
 
     app = Litestar(
@@ -195,10 +222,10 @@ def create_app(
             *NODE_ROUTE_HANDLERS,
         ],
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
-        middleware=[UnitOfWork(services)],
+        middleware=[UnitOfWork()],
         plugins=[StrictStructSchemaPlugin()],
         exception_handlers={Exception: exception_to_response},
-        state=State({"services": services}),
+        state=State({}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="ctrlplane",
@@ -219,14 +246,21 @@ def create_app(
             ),
             security=[{"bearer": []}],
         ),
-        request_max_body_size=settings.max_body_bytes,
+        request_max_body_size=max_body_bytes,
+        # Litestar's default configures the root logger and starts a thread (its queue's listener)
+        # when the app is built. The process's logging is ctrlplane's (logs.configure_logging), and
+        # building an app must start nothing, so that an app built before a fork works in the child
+        # (prebuild_app): Litestar configures only its own logger (which logs nothing with debug off),
+        # through a plain handler.
+        logging_config=LoggingConfig(
+            configure_root_logger=False,
+            handlers={"queue_listener": {"class": "logging.StreamHandler", "level": "DEBUG", "formatter": "standard"}},
+        ),
         debug=False,
     )
     fix_openapi(app)
     allowed = {path: ", ".join(sorted(r.methods)) for r in app.routes for path in (r.path, r.path_format)}
-    app.asgi_handler = RequestContextASGI(
-        app.asgi_handler, version=__version__, allowed_methods=allowed, meter=services.telemetry
-    )
+    app.asgi_handler = RequestContextASGI(app.asgi_handler, version=__version__, allowed_methods=allowed)
     return app
 
 

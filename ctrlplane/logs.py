@@ -33,6 +33,23 @@ def configure_logging(settings: Settings) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # The standard library's records (libraries': alembic, uvicorn's errors, the provider clients)
+    # in the same lines, at the same level: this process's logging is set up here, once, not by
+    # building the app (Litestar's own logging leaves the root logger alone: app.build_app).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     global _request_logger
     _request_logger = structlog.get_logger(REQUEST_LOGGER).bind()
 

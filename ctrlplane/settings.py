@@ -71,6 +71,10 @@ DEFAULT_RATE_LIMITS: dict[str, PlanRateLimit] = {
 }
 
 
+MAX_BODY_BYTES = 1024 * 1024
+"""The default of ``Settings.max_body_bytes``."""
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -175,7 +179,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     outbound_allow_cidrs: tuple[str, ...] = ()
     registry_allow: tuple[str, ...] = ()
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
     idempotency_ttl_seconds: int = 24 * 3600
     idempotency_lease_seconds: int = 300
     api_key_touch_seconds: int = 60

@@ -31,11 +31,15 @@ PRELOAD = [
     "ctrlplane.cli",
     "ctrlplane.serving",
     "ctrlplane.agent.main",
+    "ctrlplane_docker",
+    "ctrlplane_kubernetes",
+    "ctrlplane_nodes",
     "uvicorn",
     "tests.forkserve_settle",
 ]
-"""What the fork server imports once: the server and the agent, and what they import; then it
-freezes that heap (``tests/forkserve_settle.py``)."""
+"""What the fork server imports once: the server, the agent, the provider plugins (their entry
+points import them when a server starts), and what they import; then it builds a server's app
+ahead and freezes that heap (``tests/forkserve_settle.py``)."""
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)

@@ -8,7 +8,8 @@ import dataclasses
 import msgspec
 import pytest
 
-from ctrlplane.app import build_services, create_app, use_services
+from ctrlplane import app as app_module
+from ctrlplane.app import build_services, create_app, prebuild_app, use_services
 from ctrlplane.db import Database
 from ctrlplane.provisioning.registry import ProviderRegistry
 from ctrlplane.settings import Settings
@@ -58,3 +59,24 @@ async def test_services_with_another_body_limit_are_refused(
     other = msgspec.structs.replace(settings, max_body_bytes=settings.max_body_bytes * 2)
     with pytest.raises(ValueError, match="max_body_bytes"):
         use_services(app, build_services(other, providers=providers, db=db))
+
+
+async def test_create_app_serves_its_services_on_the_app_built_ahead_once(
+    settings: Settings, db: Database, providers: ProviderRegistry
+) -> None:
+    """``prebuild_app`` (the fork server's preload) builds the app a later ``create_app`` of the same
+    body limit takes, once; that app then serves the services ``create_app`` composed, and the
+    next ``create_app`` builds its own again."""
+    prebuild_app(settings.max_body_bytes)
+    ahead = app_module._PREBUILT[settings.max_body_bytes]
+    assert ahead.state.get("services") is None  # built without any, by design
+    app = create_app(settings, providers=providers, db=db)
+    assert app is ahead
+    assert settings.max_body_bytes not in app_module._PREBUILT
+    services: AppServices = app.state.services
+    assert services.settings is settings and services.db is db
+    [unit_of_work] = [m for m in app.middleware if isinstance(m, UnitOfWork)]
+    assert unit_of_work.services is services
+    assert unit_of_work.admission.services is services
+    assert app.state.owns_db is False  # the caller's database: not disposed when the app stops
+    assert create_app(settings, providers=providers, db=db) is not ahead

@@ -65,13 +65,15 @@ def _outcome(status: int) -> str:
 class UnitOfWork(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, services: AppServices) -> None:
-        self.services = services
-        self._admission = Admission(services)
+    services: AppServices
+    """What it serves: ``ctrlplane.app.use_services`` gives it these, before the first request."""
+
+    def __init__(self) -> None:
+        self._admission: Admission | None = None
 
     @property
     def admission(self) -> Admission:
-        if self._admission.services is not self.services:  # ``use_services`` handed the app others
+        if self._admission is None or self._admission.services is not self.services:
             self._admission = Admission(self.services)
         return self._admission
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ SECRET = "unit-test-secret-long-enough-for-hs256-0123456789"
 def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Logging configured as ``ctrlplane serve`` configures it, writing to a stream of the test's
     (set in the test's own phase: pytest swaps ``sys.stderr`` between setup and call); structlog's
-    defaults and the unconfigured request logger back afterwards."""
+    defaults, the unconfigured request logger and the root logger's handlers back afterwards."""
 
     def configure(level: str) -> io.StringIO:
         stream = io.StringIO()
@@ -34,10 +35,14 @@ def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         logs.configure_logging(Settings(jwt_secret=SECRET, log_format="json", log_level=level))
         return stream
 
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         yield configure
     finally:
         structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 async def _answer(scope: Any, receive: Any, send: Any) -> None:
@@ -76,3 +81,15 @@ def test_the_bound_request_logger_does_not_outlive_its_test(configured: Any, mon
     assert logs.request_logger() is not logs._request_proxy and sys.stderr is stderr
     monkeypatch.undo()
     assert logs.request_logger() is logs._request_proxy and sys.stderr is not stderr
+
+
+def test_the_standard_librarys_records_are_lines_of_the_same_log_at_its_level(configured: Any) -> None:
+    """A library's record (alembic, uvicorn, a provider's client) is a JSON line like ctrlplane's own,
+    with its logger's name; below the configured level it is not written."""
+    stderr = configured("warning")
+    logging.getLogger("alembic.runtime.migration").info("Running upgrade 0001 -> 0002")
+    logging.getLogger("docker.utils").warning("engine slow: %s ms", 1500)
+    [line] = stderr.getvalue().splitlines()
+    entry = json.loads(line)
+    assert (entry["event"], entry["level"], entry["logger"]) == ("engine slow: 1500 ms", "warning", "docker.utils")
+    assert entry["timestamp"].endswith("Z")
