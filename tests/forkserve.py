@@ -35,6 +35,15 @@ PRELOAD = [
     "ctrlplane_kubernetes",
     "ctrlplane_nodes",
     "uvicorn",
+    # what a server imports only once it runs: its database driver, anyio's event loop backend,
+    # httpx's transport, the migrations' models, uvicorn's lifespan, loop and websocket modules
+    "aiosqlite",
+    "anyio._backends._asyncio",
+    "httpcore",
+    "ctrlplane.models",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.asyncio",
+    "uvicorn.protocols.websockets.auto",
     "tests.forkserve_settle",
 ]
 """What the fork server imports once: the server, the agent, the provider plugins (their entry
