@@ -4,7 +4,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import httpx
 import jwt
 import pytest
 
-CLI = [sys.executable, "-m", "ctrlplane.cli"]
+from tests import forkserve
+
 SERVING = re.compile(r"serving on (http://\S+)")
 
 
@@ -22,7 +22,9 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=60)
+    """``python -m ctrlplane.cli ARGS``, forked from the worker's fork server (tests/forkserve.py;
+    the README's walkthrough runs the installed ``ctrlplane`` command itself)."""
+    return forkserve.run("ctrlplane.cli", args, env, timeout=60)
 
 
 def test_token_issue_signs_with_the_generated_server_key(tmp_path: Path) -> None:
@@ -70,9 +72,9 @@ def test_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None:
 def test_serve_migrates_generates_a_key_and_answers(tmp_path: Path) -> None:
     env = _env(tmp_path, CTRLPLANE_PROVIDERS="docker")
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        # port 0: the kernel picks a free port and the "serving on" line names it (no pick-then-bind race)
-        server = subprocess.Popen([*CLI, "serve", "--port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path.touch()  # the child opens it for appending once forked
+    # port 0: the kernel picks a free port and the "serving on" line names it (no pick-then-bind race)
+    server = forkserve.start("ctrlplane.cli", ["serve", "--port", "0"], env, log_path)
     try:
         deadline = time.monotonic() + 30
         url = None
