@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import delete, func, select, update
@@ -13,6 +11,7 @@ from ctrlplane.audit.service import GENESIS, AuditKeys, entry_hash, verify
 from ctrlplane.db import Database
 from ctrlplane.secrets.crypto import MasterKeyRing
 from ctrlplane.settings import Settings
+from tests import forkserve
 from tests.conftest import Api, bearer
 
 
@@ -133,14 +132,13 @@ async def test_audit_verify_command_reports_first_broken_link(
     tenant = await api.create_tenant("acme")
     await api.create_key(tenant["id"], ["read"])
     env = {**os.environ, "CTRLPLANE_DATABASE_URL": database_url, "CTRLPLANE_DATA_DIR": settings.data_dir}
-    command = [sys.executable, "-m", "ctrlplane.cli", "audit", "verify"]
-    intact = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    intact = forkserve.run("ctrlplane.cli", ["audit", "verify"], env, timeout=60)
     assert intact.returncode == 0, intact.stderr
     assert "intact" in intact.stdout
     victim = [e for e in await _entries(db) if e.chain == tenant["id"]][1]
     async with db.write() as session, session.begin():
         await session.execute(update(AuditEntry).where(AuditEntry.id == victim.id).values(details={"forged": True}))
-    broken = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    broken = forkserve.run("ctrlplane.cli", ["audit", "verify"], env, timeout=60)
     assert broken.returncode == 1
     assert victim.id in broken.stdout
     assert "altered" in broken.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from ctrlplane.db import Database
 from ctrlplane.secrets.crypto import MasterKeyRing
 from ctrlplane.settings import Settings
 from ctrlplane.web.context import AppServices
+from tests import forkserve
 from tests.api.test_audit import audit_keys
 from tests.conftest import Api, bearer
 from tests.waiting import eventually
@@ -132,8 +132,7 @@ async def test_the_cli_signs_exports_and_verifies_against_exported_checkpoints(
     env = {**os.environ, "CTRLPLANE_DATABASE_URL": database_url, "CTRLPLANE_DATA_DIR": settings.data_dir}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "ctrlplane.cli", "audit", *args]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        return forkserve.run("ctrlplane.cli", ["audit", *args], env, timeout=60)
 
     signed = cli("checkpoint")
     assert signed.returncode == 0, signed.stderr

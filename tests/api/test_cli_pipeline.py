@@ -7,13 +7,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from typing import Any
 
 import msgspec
 import pytest
 
 from ctrlplane.settings import Settings
+from tests import forkserve
 from tests.api.test_deployments import APP, running_instance
 from tests.api.test_instances import tenant_token
 from tests.conftest import Api, bearer
@@ -30,8 +30,7 @@ async def cli(live_server: str, token: str | None, *args: str) -> subprocess.Com
     env["CTRLPLANE_URL"] = live_server
     if token is not None:
         env["CTRLPLANE_TOKEN"] = token
-    command = [sys.executable, "-m", "ctrlplane.cli", *args]
-    return await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=90)
+    return await asyncio.to_thread(forkserve.run, "ctrlplane.cli", args, env, timeout=90)
 
 
 async def setup(live: Api) -> tuple[str, dict[str, Any]]:
