@@ -265,11 +265,11 @@ def build_app(max_body_bytes: int) -> Litestar:
 
 
 def use_services(app: Litestar, services: AppServices) -> None:
-    """Serve the already built ``app`` with other ``services`` (database, providers, settings...).
+    """Serve the already built ``app`` with these ``services`` (database, providers, settings...).
 
-    The test suite builds one app per worker and gives each test its own this way, instead of
-    registering every handler again for each test. Of the settings, only ``max_body_bytes`` is
-    read when the app is built, so it must be the app's.
+    ``create_app`` gives an app its first services this way; the test suite builds one app per
+    worker and gives each test its own, instead of registering every handler again for each test.
+    Of the settings, only ``max_body_bytes`` is read when the app is built, so it must be the app's.
     """
     if services.settings.max_body_bytes != app.request_max_body_size:
         raise ValueError("use_services: max_body_bytes differs from the app's; build another app")

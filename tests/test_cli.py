@@ -5,6 +5,7 @@ import re
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,15 @@ SERVING = re.compile(r"serving on (http://\S+)")
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTRLPLANE_") or k.startswith("CTRLPLANE_TEST_")}
-    return {**env, "CTRLPLANE_DATA_DIR": str(data_dir), "CTRLPLANE_LOG_FORMAT": "json", **extra}
+    # a cluster name of its own: a server started here shares the Docker engine with other tests' servers
+    cluster = f"test-{uuid.uuid4().hex[:12]}"
+    return {
+        **env,
+        "CTRLPLANE_DATA_DIR": str(data_dir),
+        "CTRLPLANE_LOG_FORMAT": "json",
+        "CTRLPLANE_CLUSTER_NAME": cluster,
+        **extra,
+    }
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
