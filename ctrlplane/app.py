@@ -186,6 +186,8 @@ def build_app(max_body_bytes: int) -> Litestar:
                     group.cancel_scope.cancel()
         finally:
             services.feeds.close()
+            if services.rate_limiter is not None:
+                await services.rate_limiter.drain()
             await services.providers.close()
             if app.state.get("owns_db"):
                 await services.db.dispose()

@@ -168,7 +168,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_plan: str = "free"
     rate_limits: dict[str, PlanRateLimit] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     rate_limits_enabled: bool = True
-    rate_limit_batch: int = 100
+    rate_limit_batch: int = 1000
     """At most this many tokens a replica reserves from a shared bucket at once (and never more
     than a tenth of its burst); 1 debits the database on every request (docs/operations.md)."""
     rate_limit_hold_seconds: float = 1.0

@@ -15,9 +15,14 @@ one token; each later reservation asks for as many tokens as the replica spent f
 in the current and the previous hold period, up to ``CTRLPLANE_RATE_LIMIT_BATCH`` and a tenth of
 the burst (so a burst under 20 is debited one token at a time, exactly). A reservation the row
 cannot pay in full falls back to a single token, so near the limit every replica takes one token
-at a time. Reserved tokens not spent within ``CTRLPLANE_RATE_LIMIT_HOLD_SECONDS`` lapse (they stay
-spent). Requests of one bucket on one replica wait for its reservation in turn (an
-``asyncio.Lock``), so concurrent requests never spend a token twice.
+at a time. Reserved tokens not spent within ``CTRLPLANE_RATE_LIMIT_HOLD_SECONDS`` of the bucket's
+latest reservation lapse (they stay spent). A busy bucket reserves ahead: when what it holds falls
+under a quarter of its batch (of 4 or more), the request that found it so starts a reservation in
+the background for what the batch lacks (it never holds more than one batch), and later requests
+keep spending the tokens left meanwhile; only a request that finds the bucket empty waits for the
+database, on a busy event loop several milliseconds. Requests of one bucket on one replica take
+tokens in turn (an ``asyncio.Lock`` around a reservation they wait for), so concurrent requests
+never spend a token twice.
 
 Accuracy (docs/operations.md): with one replica the result is exactly that of a per-request debit
 (every token a request spends was taken from the row, and only this replica takes them). With R
@@ -42,10 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import structlog
 from sqlalchemy import Float, String, bindparam, case, func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ctrlplane.auth.providers import Principal
@@ -53,6 +59,8 @@ from ctrlplane.db import Database
 from ctrlplane.errors import RateLimited
 from ctrlplane.ratelimit.models import RateBucket
 from ctrlplane.settings import PlanRateLimit, Settings
+
+log = structlog.get_logger("ctrlplane.ratelimit")
 
 
 class BucketState(msgspec.Struct, frozen=True):
@@ -88,9 +96,15 @@ class _Reserve:
     period_started: float = 0.0
     spent: int = 0
     spent_before: int = 0
+    batch: int = 1
+    """The size of its latest reservation."""
+    ahead: asyncio.Task[None] | None = None
+    """A reservation ahead of need under way, if any."""
 
 
 MAX_RESERVES = 50_000
+AHEAD_FROM_BATCH = 4
+"""Batches smaller than this are never reserved ahead (a burst under 40 stays exact per token)."""
 """Past this many buckets in memory, those idle for a hold period are forgotten."""
 
 
@@ -172,7 +186,11 @@ class RateLimiter:
         reserve = self._reserves.get(key)
         if reserve is None:
             if len(self._reserves) >= MAX_RESERVES:
-                idle = [k for k, r in self._reserves.items() if r.lapses_at + self.hold < now and not r.lock.locked()]
+                idle = [
+                    k
+                    for k, r in self._reserves.items()
+                    if r.lapses_at + self.hold < now and not r.lock.locked() and r.ahead is None
+                ]
                 for stale in idle:
                     del self._reserves[stale]
             reserve = self._reserves[key] = _Reserve(period_started=now)
@@ -185,20 +203,60 @@ class RateLimiter:
         reserve = self._reserve_of(key, now)
         if reserve.lock.locked() or not self._settle(reserve, now):
             return None
-        return self._spend(reserve, burst, per_minute / 60.0, now)
+        state = self._spend(reserve, burst, per_minute / 60.0, now)
+        self._reserve_ahead(key, reserve, burst, per_minute / 60.0)
+        return state
 
     async def _take(self, key: str, burst: int, per_minute: int) -> BucketState:
         rate = per_minute / 60.0
         reserve = self._reserve_of(key, self.clock())
         async with reserve.lock:
+            if reserve.ahead is not None:
+                await asyncio.shield(reserve.ahead)
             now = self.clock()
             if not self._settle(reserve, now):
-                cap = max(1, min(self.settings.rate_limit_batch, burst // 10))
-                want = max(1, min(cap, reserve.spent + reserve.spent_before))
-                taken, shared = await self._debit(key, burst, rate, want, now)
-                reserve.tokens += taken
-                reserve.shared, reserve.shared_at, reserve.lapses_at = shared, now, now + self.hold
+                batch = self._batch(reserve, burst)
+                await self._reserve(key, reserve, burst, rate, batch, batch, now)
             return self._spend(reserve, burst, rate, now)
+
+    def _batch(self, reserve: _Reserve, burst: int) -> int:
+        """How many tokens the bucket's next reservation asks for: what it spent lately, capped."""
+        cap = max(1, min(self.settings.rate_limit_batch, burst // 10))
+        return max(1, min(cap, reserve.spent + reserve.spent_before))
+
+    async def _reserve(
+        self, key: str, reserve: _Reserve, burst: int, rate: float, want: int, batch: int, now: float
+    ) -> None:
+        """Take ``want`` tokens (or one) towards a batch of ``batch``."""
+        taken, shared = await self._debit(key, burst, rate, want, now)
+        reserve.tokens += taken
+        reserve.batch = batch
+        reserve.shared, reserve.shared_at, reserve.lapses_at = shared, now, now + self.hold
+
+    def _reserve_ahead(self, key: str, reserve: _Reserve, burst: int, rate: float) -> None:
+        """Start topping the bucket up to a batch when it holds under a quarter of one, so that its
+        requests spend what is left instead of waiting for the round trip."""
+        if reserve.batch < AHEAD_FROM_BATCH or reserve.ahead is not None or reserve.tokens * 4 >= reserve.batch:
+            return
+        batch = self._batch(reserve, burst)
+        want = batch - math.floor(reserve.tokens)
+        if want < 1:
+            return
+        reserve.ahead = asyncio.get_running_loop().create_task(self._ahead(key, reserve, burst, rate, want, batch))
+
+    async def _ahead(self, key: str, reserve: _Reserve, burst: int, rate: float, want: int, batch: int) -> None:
+        try:
+            await self._reserve(key, reserve, burst, rate, want, batch, self.clock())
+        except (SQLAlchemyError, OSError) as exc:  # the next request to find the bucket empty reserves, or is a 503
+            log.warning("rate_limit_reserve_ahead_failed", bucket=key, error=str(exc))
+        finally:
+            reserve.ahead = None
+
+    async def drain(self) -> None:
+        """Wait for the reservations ahead under way (before the database closes)."""
+        pending = [reserve.ahead for reserve in self._reserves.values() if reserve.ahead is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _settle(self, reserve: _Reserve, now: float) -> bool:
         """Roll the hold periods and lapse what was held too long; whether a token is left."""
