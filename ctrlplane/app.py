@@ -11,7 +11,6 @@ import msgspec
 import structlog
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
@@ -54,7 +53,6 @@ from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
 from ctrlplane.web.access_log import RequestContextASGI
 from ctrlplane.web.context import AppServices, default_replica_name
-from ctrlplane.web.http import provide_context
 from ctrlplane.web.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -223,7 +221,6 @@ def build_app(max_body_bytes: int) -> Litestar:
             console_router(),
             *NODE_ROUTE_HANDLERS,
         ],
-        dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         middleware=[UnitOfWork()],
         plugins=[StrictStructSchemaPlugin()],
         exception_handlers={Exception: exception_to_response},

@@ -9,7 +9,7 @@ from ctrlplane.admin.service import AdminService
 from ctrlplane.audit import checkpoints
 from ctrlplane.audit import schemas as audit_schemas
 from ctrlplane.audit import service as audit_service
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, Moment, errors, parse_moment, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, Moment, context_of, errors, parse_moment, route
 from ctrlplane.web.pagination import Page
 
 
@@ -18,15 +18,17 @@ class AdminController(Controller):
     tags = ["admin"]
 
     @get("/stats", operation_id="getStats", responses=errors(), opt=route("stats", "get", system_admin=True))
-    async def stats(self, context: Context) -> schemas.SystemStats:
+    async def stats(self, request: ApiRequest) -> schemas.SystemStats:
         """Counts across the system: tenants by status, instances by state, recent deployments, API keys."""
+        context = context_of(request)
         return await AdminService(context).stats()
 
     @get(
         "/providers", operation_id="listProviders", responses=errors(), opt=route("provider", "list", system_admin=True)
     )
-    async def providers(self, context: Context) -> Page[schemas.ProviderStatus]:
+    async def providers(self, request: ApiRequest) -> Page[schemas.ProviderStatus]:
         """Registered providers and whether each answers right now."""
+        context = context_of(request)
         items = await AdminService(context).providers()
         return Page(items=items, next_cursor=None, total=len(items))
 
@@ -37,9 +39,10 @@ class AdminController(Controller):
         opt=route("audit_checkpoint", "list", system_admin=True),
     )
     async def audit_checkpoints(
-        self, context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+        self, request: ApiRequest, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
     ) -> Page[checkpoints.Checkpoint]:
         """Signed checkpoints of the audit chains' heads, newest first: export them, keep them elsewhere."""
+        context = context_of(request)
         return await checkpoints.page(context.session, cursor=cursor, limit=limit)
 
     @get(
@@ -49,9 +52,10 @@ class AdminController(Controller):
         opt=route("audit", "verify", system_admin=True),
     )
     async def verify_audit(
-        self, context: Context, allow_unkeyed_prefix: FromQuery[bool] = False
+        self, request: ApiRequest, allow_unkeyed_prefix: FromQuery[bool] = False
     ) -> audit_schemas.AuditVerification:
         """Walk every audit chain with the server's audit keys: intact, or the first broken link."""
+        context = context_of(request)
         report = await audit_service.verify(
             context.session, context.services.audit_keys, allow_unkeyed_prefix=allow_unkeyed_prefix
         )
@@ -65,7 +69,7 @@ class AdminController(Controller):
     @get("/audit", operation_id="queryAudit", responses=errors(), opt=route("audit", "list", system_admin=True))
     async def audit(
         self,
-        context: Context,
+        request: ApiRequest,
         cursor: Cursor = None,
         limit: Limit = DEFAULT_PAGE,
         tenant_id: FromQuery[str | None] = None,
@@ -76,6 +80,7 @@ class AdminController(Controller):
         until: Moment = None,
     ) -> Page[audit_schemas.AuditEntry]:
         """Query the audit log, newest first."""
+        context = context_of(request)
         return await audit_service.query(
             context.session,
             cursor=cursor,

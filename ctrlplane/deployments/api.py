@@ -5,7 +5,7 @@ from litestar.params import FromPath, JSONBody
 
 from ctrlplane.deployments import schemas
 from ctrlplane.deployments.service import DeploymentService
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.pagination import Page
 from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
@@ -23,10 +23,11 @@ class DeploymentController(Controller):
         self,
         instance_id: FromPath[str],
         data: JSONBody[schemas.DeployRequest],
-        context: Context,
+        request: ApiRequest,
         if_match: IfMatch = None,
     ) -> schemas.Deployment:
         """Deploy a new image (and env) under a strategy; 201 with the pending deployment."""
+        context = context_of(request)
         return await DeploymentService(context, if_match=if_match).deploy(instance_id, data)
 
     @post(
@@ -39,10 +40,11 @@ class DeploymentController(Controller):
         self,
         instance_id: FromPath[str],
         data: JSONBody[schemas.RollbackRequest],
-        context: Context,
+        request: ApiRequest,
         if_match: IfMatch = None,
     ) -> schemas.Deployment:
         """Roll back to an earlier release: a new deployment and release copying its whole configuration."""
+        context = context_of(request)
         return await DeploymentService(context, if_match=if_match).rollback(instance_id, data)
 
     @get(
@@ -52,9 +54,10 @@ class DeploymentController(Controller):
         opt=route("deployment", "list"),
     )
     async def list_deployments(
-        self, instance_id: FromPath[str], context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+        self, instance_id: FromPath[str], request: ApiRequest, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
     ) -> Page[schemas.Deployment]:
         """An instance's deployments, newest first."""
+        context = context_of(request)
         return await DeploymentService(context).list(instance_id, cursor=cursor, limit=limit)
 
     @get(
@@ -64,8 +67,9 @@ class DeploymentController(Controller):
         opt=route("deployment", "get"),
         response_headers=[ETAG],
     )
-    async def get_deployment(self, deployment_id: FromPath[str], context: Context) -> Response[schemas.Deployment]:
+    async def get_deployment(self, deployment_id: FromPath[str], request: ApiRequest) -> Response[schemas.Deployment]:
         """A deployment: state, strategy, steps with timestamps, error; its ETag is the version If-Match names."""
+        context = context_of(request)
         deployment = await DeploymentService(context).get(deployment_id)
         return tagged(deployment, deployment.version)
 
@@ -78,8 +82,9 @@ class DeploymentController(Controller):
         response_headers=[ETAG],
     )
     async def cancel(
-        self, deployment_id: FromPath[str], context: Context, if_match: IfMatch = None
+        self, deployment_id: FromPath[str], request: ApiRequest, if_match: IfMatch = None
     ) -> Response[schemas.Deployment]:
         """Ask a running deployment to stop; the previous release is put back (state cancelled)."""
+        context = context_of(request)
         deployment = await DeploymentService(context).cancel(deployment_id, if_match=if_match)
         return tagged(deployment, deployment.version, 202)

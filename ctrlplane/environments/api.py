@@ -9,7 +9,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from ctrlplane.environments import schemas
 from ctrlplane.environments.schemas import EnvironmentState
 from ctrlplane.environments.service import EnvironmentService
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.pagination import Page
 
 
@@ -30,16 +30,17 @@ class EnvironmentController(Controller):
         opt=route("environment", "create"),
     )
     async def create(
-        self, data: JSONBody[schemas.EnvironmentCreate], context: Context
+        self, data: JSONBody[schemas.EnvironmentCreate], request: ApiRequest
     ) -> Response[schemas.Environment]:
         """Get or create by key: 201 with a new environment, 200 with the key's live one."""
+        context = context_of(request)
         environment, created = await EnvironmentService(context).get_or_create(data)
         return Response(environment, status_code=201 if created else 200)
 
     @get(operation_id="listEnvironments", responses=errors(), opt=route("environment", "list"))
     async def list_environments(
         self,
-        context: Context,
+        request: ApiRequest,
         cursor: Cursor = None,
         limit: Limit = DEFAULT_PAGE,
         key: FromQuery[str | None] = None,
@@ -48,6 +49,7 @@ class EnvironmentController(Controller):
         state_filter: Annotated[EnvironmentState | None, QueryParameter(name="state")] = None,
     ) -> Page[schemas.Environment]:
         """List environments, newest first; terminated ones only when asked for by state."""
+        context = context_of(request)
         return await EnvironmentService(context).list(
             key=key, tag=tag, owner=owner, state=state_filter, cursor=cursor, limit=limit
         )
@@ -58,8 +60,9 @@ class EnvironmentController(Controller):
         responses=errors(404),
         opt=route("environment", "get"),
     )
-    async def get_environment(self, environment_id: FromPath[str], context: Context) -> schemas.Environment:
+    async def get_environment(self, environment_id: FromPath[str], request: ApiRequest) -> schemas.Environment:
         """Get an environment, with its instance's state and URL through the router."""
+        context = context_of(request)
         return await EnvironmentService(context).get(environment_id)
 
     @delete(
@@ -69,8 +72,9 @@ class EnvironmentController(Controller):
         responses=errors(404, mutating=True),
         opt=route("environment", "delete"),
     )
-    async def delete_environment(self, environment_id: FromPath[str], context: Context) -> schemas.Environment:
+    async def delete_environment(self, environment_id: FromPath[str], request: ApiRequest) -> schemas.Environment:
         """Terminate an environment softly (SIGTERM, grace period, SIGKILL); 202."""
+        context = context_of(request)
         return await EnvironmentService(context).terminate(environment_id, hard=False, reason="deleted")
 
     @post(
@@ -81,9 +85,10 @@ class EnvironmentController(Controller):
         opt=route("environment", "extend"),
     )
     async def extend(
-        self, environment_id: FromPath[str], data: JSONBody[schemas.ExtendRequest], context: Context
+        self, environment_id: FromPath[str], data: JSONBody[schemas.ExtendRequest], request: ApiRequest
     ) -> schemas.Environment:
         """Move expires_at later, within max_ttl and max_lifetime; 409 extend_limit when spent."""
+        context = context_of(request)
         return await EnvironmentService(context).extend(environment_id, data)
 
     @post(
@@ -94,7 +99,8 @@ class EnvironmentController(Controller):
         opt=route("environment", "terminate"),
     )
     async def terminate(
-        self, environment_id: FromPath[str], data: JSONBody[schemas.TerminateRequest], context: Context
+        self, environment_id: FromPath[str], data: JSONBody[schemas.TerminateRequest], request: ApiRequest
     ) -> schemas.Environment:
         """Terminate now: soft (SIGTERM, grace, SIGKILL) or hard (SIGKILL at once); 202."""
+        context = context_of(request)
         return await EnvironmentService(context).terminate(environment_id, hard=data.hard, reason="terminated")

@@ -20,7 +20,7 @@ from ctrlplane.events import schemas
 from ctrlplane.events.service import encode, page
 from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.web.context import RequestContext
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, Limit, context_of, errors, route
 from ctrlplane.web.openapi import EVENT_STREAM
 
 MAX_EVENT_ID = 2**63 - 1
@@ -79,12 +79,12 @@ class EventController(Controller):
         self,
         request: Request[Any, Any, Any],
         instance_id: FromPath[str],
-        context: Context,
         last_event_id: LastEventId = None,
         since: FromQuery[int | None] = None,
         limit: Limit = DEFAULT_PAGE,
     ) -> Response[schemas.EventPage]:
         """An instance's events: JSON page, or Server-Sent Events with Accept: text/event-stream."""
+        context = context_of(request)
         instance = await InstanceRepository(context.session, context.principal.tenant_id).get(instance_id)
         return await _respond(
             request,
@@ -104,13 +104,13 @@ class EventController(Controller):
     async def tenant_events(
         self,
         request: Request[Any, Any, Any],
-        context: Context,
         last_event_id: LastEventId = None,
         since: FromQuery[int | None] = None,
         limit: Limit = DEFAULT_PAGE,
         tenant_id: FromQuery[str | None] = None,
     ) -> Response[schemas.EventPage]:
         """The whole tenant's events: JSON page, or Server-Sent Events with Accept: text/event-stream."""
+        context = context_of(request)
         return await _respond(
             request,
             context,

@@ -9,7 +9,7 @@ from ctrlplane.errors import InvalidInput
 from ctrlplane.instances import schemas
 from ctrlplane.instances.schemas import InstanceState
 from ctrlplane.instances.service import InstanceService
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.pagination import Page
 from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
@@ -37,14 +37,15 @@ class InstanceController(Controller):
     tags = ["instances"]
 
     @post(operation_id="createInstance", responses=errors(404, mutating=True), opt=route("instance", "create"))
-    async def create(self, data: JSONBody[schemas.InstanceCreate], context: Context) -> schemas.Instance:
+    async def create(self, data: JSONBody[schemas.InstanceCreate], request: ApiRequest) -> schemas.Instance:
         """Create an instance; workers provision it (state provisioning → running)."""
+        context = context_of(request)
         return await InstanceService(context).create(data)
 
     @get(operation_id="listInstances", responses=errors(), opt=route("instance", "list"))
     async def list_instances(
         self,
-        context: Context,
+        request: ApiRequest,
         cursor: Cursor = None,
         limit: Limit = DEFAULT_PAGE,
         state_filter: Annotated[InstanceState | None, QueryParameter(name="state")] = None,
@@ -56,6 +57,7 @@ class InstanceController(Controller):
         ] = None,
     ) -> Page[schemas.Instance]:
         """List instances, newest first; destroyed ones only when asked for by state."""
+        context = context_of(request)
         return await InstanceService(context).list(
             state=state_filter,
             labels=_labels(label),
@@ -73,8 +75,9 @@ class InstanceController(Controller):
         opt=route("instance", "get"),
         response_headers=[ETAG],
     )
-    async def get_instance(self, instance_id: FromPath[str], context: Context) -> Response[schemas.Instance]:
+    async def get_instance(self, instance_id: FromPath[str], request: ApiRequest) -> Response[schemas.Instance]:
         """Get an instance; its ETag is the version If-Match names."""
+        context = context_of(request)
         return _tagged(await InstanceService(context).get(instance_id))
 
     @patch(
@@ -88,10 +91,11 @@ class InstanceController(Controller):
         self,
         instance_id: FromPath[str],
         data: JSONBody[schemas.InstanceUpdate],
-        context: Context,
+        request: ApiRequest,
         if_match: IfMatch = None,
     ) -> Response[schemas.Instance]:
         """Change only the fields present; env, ports and labels roll out new containers."""
+        context = context_of(request)
         return _tagged(await InstanceService(context, if_match=if_match).update(instance_id, data))
 
     @delete(
@@ -103,9 +107,10 @@ class InstanceController(Controller):
         opt=route("instance", "delete"),
     )
     async def delete_instance(
-        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+        self, instance_id: FromPath[str], request: ApiRequest, if_match: IfMatch = None
     ) -> Response[schemas.Instance]:
         """Destroy an instance: 202, then destroying → destroyed as its containers are removed."""
+        context = context_of(request)
         return _tagged(await InstanceService(context, if_match=if_match).delete(instance_id), 202)
 
     @post(
@@ -117,9 +122,10 @@ class InstanceController(Controller):
         opt=route("instance", "start"),
     )
     async def start(
-        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+        self, instance_id: FromPath[str], request: ApiRequest, if_match: IfMatch = None
     ) -> Response[schemas.Instance]:
         """Start a stopped or failed instance."""
+        context = context_of(request)
         return _tagged(await InstanceService(context, if_match=if_match).act(instance_id, "start"), 202)
 
     @post(
@@ -131,9 +137,10 @@ class InstanceController(Controller):
         opt=route("instance", "stop"),
     )
     async def stop(
-        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+        self, instance_id: FromPath[str], request: ApiRequest, if_match: IfMatch = None
     ) -> Response[schemas.Instance]:
         """Stop an instance, keeping its containers."""
+        context = context_of(request)
         return _tagged(await InstanceService(context, if_match=if_match).act(instance_id, "stop"), 202)
 
     @post(
@@ -145,9 +152,10 @@ class InstanceController(Controller):
         opt=route("instance", "restart"),
     )
     async def restart(
-        self, instance_id: FromPath[str], context: Context, if_match: IfMatch = None
+        self, instance_id: FromPath[str], request: ApiRequest, if_match: IfMatch = None
     ) -> Response[schemas.Instance]:
         """Restart a running or failed instance."""
+        context = context_of(request)
         return _tagged(await InstanceService(context, if_match=if_match).act(instance_id, "restart"), 202)
 
     @post(
@@ -162,10 +170,11 @@ class InstanceController(Controller):
         self,
         instance_id: FromPath[str],
         data: JSONBody[schemas.ScaleRequest],
-        context: Context,
+        request: ApiRequest,
         if_match: IfMatch = None,
     ) -> Response[schemas.Instance]:
         """Change resources per replica and/or the replica count, within the tenant's quota."""
+        context = context_of(request)
         return _tagged(await InstanceService(context, if_match=if_match).scale(instance_id, data), 202)
 
     @post(
@@ -179,11 +188,12 @@ class InstanceController(Controller):
     async def suspend(
         self,
         instance_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Instance]:
         """Suspend an instance (system admins): it stops and refuses start until unsuspended."""
+        context = context_of(request)
         return _tagged(
             await InstanceService(context, if_match=if_match).suspend(instance_id, schemas.reason_of(data)), 202
         )
@@ -199,11 +209,12 @@ class InstanceController(Controller):
     async def unsuspend(
         self,
         instance_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Instance]:
         """Lift an instance's suspension; it starts again if it was running."""
+        context = context_of(request)
         return _tagged(
             await InstanceService(context, if_match=if_match).unsuspend(instance_id, schemas.reason_of(data)), 202
         )

@@ -28,7 +28,7 @@ from ctrlplane.nodes.events import follow, page
 from ctrlplane.nodes.service import AdminNodes, NodeCalls
 from ctrlplane.ratelimit.service import BucketState
 from ctrlplane.web.context import AppServices
-from ctrlplane.web.http import Context, errors, route
+from ctrlplane.web.http import ApiRequest, context_of, errors, route
 from ctrlplane.web.openapi import EVENT_STREAM, RECORD_BATCH
 from ctrlplane.web.pagination import Page
 from ctrlplane.web.scope import RATE_LIMIT_KEY, request_id_for
@@ -468,9 +468,10 @@ class AdminNodesController(Controller):
         opt=route("enrollment_token", "create", system_admin=True, shown_once=("token",)),
     )
     async def create_token(
-        self, context: Context, data: JSONBody[schemas.EnrollmentTokenCreate]
+        self, request: ApiRequest, data: JSONBody[schemas.EnrollmentTokenCreate]
     ) -> schemas.EnrollmentTokenCreated:
         """A one-time bootstrap token for a node pool (and optionally one tenant); shown only here."""
+        context = context_of(request)
         return await AdminNodes(context).create_token(data)
 
     @get(
@@ -479,8 +480,9 @@ class AdminNodesController(Controller):
         responses=errors(),
         opt=route("enrollment_token", "list", system_admin=True),
     )
-    async def list_tokens(self, context: Context) -> Page[schemas.EnrollmentToken]:
+    async def list_tokens(self, request: ApiRequest) -> Page[schemas.EnrollmentToken]:
         """Every bootstrap token, newest first, with its state (never its value)."""
+        context = context_of(request)
         return await AdminNodes(context).list_tokens()
 
     @delete(
@@ -490,13 +492,15 @@ class AdminNodesController(Controller):
         responses=errors(404, mutating=True),
         opt=route("enrollment_token", "revoke", system_admin=True),
     )
-    async def revoke_token(self, context: Context, token_id: FromPath[str]) -> None:
+    async def revoke_token(self, request: ApiRequest, token_id: FromPath[str]) -> None:
         """Revoke a bootstrap token: it can no longer register a node."""
+        context = context_of(request)
         await AdminNodes(context).revoke_token(token_id)
 
     @get(operation_id="listNodes", responses=errors(), opt=route("node", "list", system_admin=True))
-    async def list_nodes(self, context: Context, pool: FromQuery[str | None] = None) -> Page[schemas.NodeView]:
+    async def list_nodes(self, request: ApiRequest, pool: FromQuery[str | None] = None) -> Page[schemas.NodeView]:
         """Every node: state, last heartbeat, capacity and the instances placed on it."""
+        context = context_of(request)
         return await AdminNodes(context).list_nodes(pool)
 
     @post(
@@ -506,13 +510,15 @@ class AdminNodesController(Controller):
         responses=errors(mutating=True),
         opt=route("node_signing_key", "rotate", system_admin=True),
     )
-    async def rotate_signing_key(self, context: Context) -> schemas.SigningKeysView:
+    async def rotate_signing_key(self, request: ApiRequest) -> schemas.SigningKeysView:
         """A new event-signing key; the previous one verifies until the transition period ends."""
+        context = context_of(request)
         return await AdminNodes(context).rotate_signing_key()
 
     @get("/{node_id:str}", operation_id="getNode", responses=errors(404), opt=route("node", "get", system_admin=True))
-    async def get_node(self, context: Context, node_id: FromPath[str]) -> schemas.NodeView:
+    async def get_node(self, request: ApiRequest, node_id: FromPath[str]) -> schemas.NodeView:
         """One node."""
+        context = context_of(request)
         return await AdminNodes(context).get_node(node_id)
 
     @post(
@@ -522,8 +528,9 @@ class AdminNodesController(Controller):
         responses=errors(404, mutating=True),
         opt=route("node", "cordon", system_admin=True),
     )
-    async def cordon(self, context: Context, node_id: FromPath[str]) -> schemas.NodeView:
+    async def cordon(self, request: ApiRequest, node_id: FromPath[str]) -> schemas.NodeView:
         """No new instances are placed on the node."""
+        context = context_of(request)
         return await AdminNodes(context).set_flags(node_id, cordoned=True, draining=False)
 
     @post(
@@ -533,8 +540,9 @@ class AdminNodesController(Controller):
         responses=errors(404, mutating=True),
         opt=route("node", "uncordon", system_admin=True),
     )
-    async def uncordon(self, context: Context, node_id: FromPath[str]) -> schemas.NodeView:
+    async def uncordon(self, request: ApiRequest, node_id: FromPath[str]) -> schemas.NodeView:
         """The node takes new instances again (ends a cordon or a drain)."""
+        context = context_of(request)
         return await AdminNodes(context).set_flags(node_id, cordoned=False, draining=False)
 
     @post(
@@ -544,8 +552,9 @@ class AdminNodesController(Controller):
         responses=errors(404, mutating=True),
         opt=route("node", "drain", system_admin=True),
     )
-    async def drain(self, context: Context, node_id: FromPath[str]) -> schemas.NodeView:
+    async def drain(self, request: ApiRequest, node_id: FromPath[str]) -> schemas.NodeView:
         """Cordon the node and have its instances moved to other nodes of its pool."""
+        context = context_of(request)
         return await AdminNodes(context).set_flags(node_id, cordoned=True, draining=True)
 
     @post(
@@ -555,8 +564,9 @@ class AdminNodesController(Controller):
         responses=errors(404, mutating=True),
         opt=route("node", "request_key_rotation", system_admin=True),
     )
-    async def rotate_keys(self, context: Context, node_id: FromPath[str]) -> schemas.NodeView:
+    async def rotate_keys(self, request: ApiRequest, node_id: FromPath[str]) -> schemas.NodeView:
         """Ask the node to rotate its keys (a ``rotate_keys`` event and heartbeat flag)."""
+        context = context_of(request)
         return await AdminNodes(context).request_key_rotation(node_id)
 
     @post(
@@ -567,9 +577,10 @@ class AdminNodesController(Controller):
         opt=route("node_execution", "create", system_admin=True),
     )
     async def request_action(
-        self, context: Context, node_id: FromPath[str], data: JSONBody[schemas.ActionCreate]
+        self, request: ApiRequest, node_id: FromPath[str], data: JSONBody[schemas.ActionCreate]
     ) -> schemas.Execution:
         """Send the node an ``action_request``; its ack and result land on the execution."""
+        context = context_of(request)
         return await AdminNodes(context).request_action(node_id, data)
 
     @get(
@@ -579,9 +590,10 @@ class AdminNodesController(Controller):
         opt=route("node_execution", "get", system_admin=True),
     )
     async def get_execution(
-        self, context: Context, node_id: FromPath[str], execution_id: FromPath[str]
+        self, request: ApiRequest, node_id: FromPath[str], execution_id: FromPath[str]
     ) -> schemas.Execution:
         """An action sent to a node and what it answered."""
+        context = context_of(request)
         return await AdminNodes(context).get_execution(node_id, execution_id)
 
 

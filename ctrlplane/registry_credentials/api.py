@@ -5,7 +5,7 @@ from litestar.params import FromPath, JSONBody
 
 from ctrlplane.registry_credentials import schemas
 from ctrlplane.registry_credentials.service import RegistryCredentialService
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.pagination import Page
 
 
@@ -19,16 +19,18 @@ class RegistryCredentialController(Controller):
         opt=route("registry_credential", "set", secret_body=True),
     )
     async def set_credential(
-        self, data: JSONBody[schemas.RegistryCredentialSet], context: Context
+        self, data: JSONBody[schemas.RegistryCredentialSet], request: ApiRequest
     ) -> schemas.RegistryCredential:
         """Set the tenant's credentials for a private registry (replacing any for it); used for every pull from it."""
+        context = context_of(request)
         return await RegistryCredentialService(context).set(data)
 
     @get(operation_id="listRegistryCredentials", responses=errors(), opt=route("registry_credential", "list"))
     async def list_credentials(
-        self, context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+        self, request: ApiRequest, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
     ) -> Page[schemas.RegistryCredential]:
         """The tenant's registry credentials, newest first: registry and username, never the password."""
+        context = context_of(request)
         return await RegistryCredentialService(context).list(cursor=cursor, limit=limit)
 
     @get(
@@ -37,8 +39,9 @@ class RegistryCredentialController(Controller):
         responses=errors(404),
         opt=route("registry_credential", "get"),
     )
-    async def get_credential(self, credential_id: FromPath[str], context: Context) -> schemas.RegistryCredential:
+    async def get_credential(self, credential_id: FromPath[str], request: ApiRequest) -> schemas.RegistryCredential:
         """A registry credential's registry and username."""
+        context = context_of(request)
         return await RegistryCredentialService(context).get(credential_id)
 
     @delete(
@@ -47,6 +50,7 @@ class RegistryCredentialController(Controller):
         responses=errors(404, mutating=True),
         opt=route("registry_credential", "delete"),
     )
-    async def delete_credential(self, credential_id: FromPath[str], context: Context) -> None:
+    async def delete_credential(self, credential_id: FromPath[str], request: ApiRequest) -> None:
         """Forget a registry credential; pulls from that registry go unauthenticated."""
+        context = context_of(request)
         await RegistryCredentialService(context).delete(credential_id)

@@ -11,7 +11,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from ctrlplane.errors import Forbidden
 from ctrlplane.runs import schemas, stream
 from ctrlplane.runs.service import JobService, RunService
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.openapi import EVENT_STREAM
 from ctrlplane.web.pagination import Page
 
@@ -28,9 +28,10 @@ class RunController(Controller):
         opt=route("run", "create"),
     )
     async def create_run(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.RunCreate], context: Context
+        self, instance_id: FromPath[str], data: JSONBody[schemas.RunCreate], request: ApiRequest
     ) -> schemas.Run:
         """Run a command once in a new container of the instance's current release; 201 with the pending run."""
+        context = context_of(request)
         return await RunService(context).create(instance_id, data)
 
     @get(
@@ -40,14 +41,16 @@ class RunController(Controller):
         opt=route("run", "list"),
     )
     async def list_runs(
-        self, instance_id: FromPath[str], context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+        self, instance_id: FromPath[str], request: ApiRequest, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
     ) -> Page[schemas.Run]:
         """The instance's runs (one-off, job firings, release phases)."""
+        context = context_of(request)
         return await RunService(context).list(instance_id, cursor=cursor, limit=limit)
 
     @get("/v1/runs/{run_id:str}", operation_id="getRun", responses=errors(404), opt=route("run", "get"))
-    async def get_run(self, run_id: FromPath[str], context: Context) -> schemas.Run:
+    async def get_run(self, run_id: FromPath[str], request: ApiRequest) -> schemas.Run:
         """A run: state, exit code, started/finished, the output's last lines."""
+        context = context_of(request)
         return await RunService(context).get(run_id)
 
     @get(
@@ -57,10 +60,11 @@ class RunController(Controller):
         opt={**route("run", "logs"), EVENT_STREAM: True},
     )
     async def run_logs(
-        self, run_id: FromPath[str], context: Context, follow: FromQuery[bool] = False, tail: Tail = 1000
+        self, run_id: FromPath[str], request: ApiRequest, follow: FromQuery[bool] = False, tail: Tail = 1000
     ) -> Response[Any]:
         """A run's output (deploy role: what a container prints may hold secrets); follow=true streams it as
         Server-Sent Events (line events, then one end event)."""
+        context = context_of(request)
         run = await RunService(context).row(run_id)
         if not context.principal.has_role("deploy"):
             raise Forbidden("a run's output is shown to the deploy role only", details={"required_role": "deploy"})
@@ -85,8 +89,9 @@ class RunController(Controller):
         responses=errors(404, 409, mutating=True),
         opt=route("run", "cancel"),
     )
-    async def cancel_run(self, run_id: FromPath[str], context: Context) -> schemas.Run:
+    async def cancel_run(self, run_id: FromPath[str], request: ApiRequest) -> schemas.Run:
         """Stop a run: a pending one at once, a running one's container is killed."""
+        context = context_of(request)
         return await RunService(context).cancel(run_id)
 
 
@@ -100,9 +105,10 @@ class JobController(Controller):
         opt=route("job", "create"),
     )
     async def create_job(
-        self, instance_id: FromPath[str], data: JSONBody[schemas.JobCreate], context: Context
+        self, instance_id: FromPath[str], data: JSONBody[schemas.JobCreate], request: ApiRequest
     ) -> schemas.Job:
         """Schedule a command on a cron schedule in a time zone; 201 with the job."""
+        context = context_of(request)
         return await JobService(context).create(instance_id, data)
 
     @get(
@@ -112,14 +118,16 @@ class JobController(Controller):
         opt=route("job", "list"),
     )
     async def list_jobs(
-        self, instance_id: FromPath[str], context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+        self, instance_id: FromPath[str], request: ApiRequest, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
     ) -> Page[schemas.Job]:
         """The instance's jobs."""
+        context = context_of(request)
         return await JobService(context).list(instance_id, cursor=cursor, limit=limit)
 
     @get("/v1/jobs/{job_id:str}", operation_id="getJob", responses=errors(404), opt=route("job", "get"))
-    async def get_job(self, job_id: FromPath[str], context: Context) -> schemas.Job:
+    async def get_job(self, job_id: FromPath[str], request: ApiRequest) -> schemas.Job:
         """A job with its most recent runs."""
+        context = context_of(request)
         return await JobService(context).get(job_id)
 
     @patch(
@@ -129,9 +137,10 @@ class JobController(Controller):
         opt=route("job", "update"),
     )
     async def update_job(
-        self, job_id: FromPath[str], data: JSONBody[schemas.JobUpdate], context: Context
+        self, job_id: FromPath[str], data: JSONBody[schemas.JobUpdate], request: ApiRequest
     ) -> schemas.Job:
         """Change a job's schedule, command, timeout, concurrency or enabled."""
+        context = context_of(request)
         return await JobService(context).update(job_id, data)
 
     @delete(
@@ -140,6 +149,7 @@ class JobController(Controller):
         responses=errors(404, mutating=True),
         opt=route("job", "delete"),
     )
-    async def delete_job(self, job_id: FromPath[str], context: Context) -> None:
+    async def delete_job(self, job_id: FromPath[str], request: ApiRequest) -> None:
         """Delete a job; its past runs stay."""
+        context = context_of(request)
         await JobService(context).delete(job_id)

@@ -7,7 +7,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from ctrlplane.secrets import schemas
 from ctrlplane.secrets.service import SecretService
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.pagination import Page
 from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
@@ -36,20 +36,22 @@ class SecretController(Controller):
         self,
         instance_id: FromPath[str],
         data: JSONBody[schemas.SecretSet],
-        context: Context,
+        request: ApiRequest,
         restart: Restart = False,
         if_match: IfMatch = None,
     ) -> Response[schemas.Secret]:
         """Set a secret (a new version if the key exists); it takes effect on the next deploy. If-Match
         names the key's current ETag (a key that does not exist yet matches none)."""
+        context = context_of(request)
         secret = await SecretService(context, if_match=if_match).set(instance_id, data, restart=restart)
         return tagged(secret, secret.version, 201)
 
     @get(operation_id="listSecrets", responses=errors(404), opt=route("secret", "list"))
     async def list_secrets(
-        self, instance_id: FromPath[str], context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+        self, instance_id: FromPath[str], request: ApiRequest, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
     ) -> Page[schemas.Secret]:
         """An instance's secrets, newest first: metadata only, never values."""
+        context = context_of(request)
         return await SecretService(context).list(instance_id, cursor=cursor, limit=limit)
 
     @get(
@@ -60,9 +62,10 @@ class SecretController(Controller):
         response_headers=[ETAG],
     )
     async def get_secret(
-        self, instance_id: FromPath[str], key: FromPath[str], context: Context, type: KeyType = None
+        self, instance_id: FromPath[str], key: FromPath[str], request: ApiRequest, type: KeyType = None
     ) -> Response[schemas.Secret]:
         """A secret's metadata, never its value (a file: .../secrets//etc/app/token); its ETag is its version."""
+        context = context_of(request)
         secret = await SecretService(context).get(instance_id, key, type=type)
         return tagged(secret, secret.version)
 
@@ -77,10 +80,11 @@ class SecretController(Controller):
         self,
         instance_id: FromPath[str],
         key: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         restart: Restart = False,
         type: KeyType = None,
         if_match: IfMatch = None,
     ) -> schemas.SecretDeleted:
         """Delete a secret (a file: .../secrets//etc/app/token); running containers keep it until the next deploy."""
+        context = context_of(request)
         return await SecretService(context, if_match=if_match).delete(instance_id, key, type=type, restart=restart)

@@ -31,7 +31,7 @@ from ctrlplane.telemetry.service import (
     scrape,
 )
 from ctrlplane.web.context import AppServices
-from ctrlplane.web.http import Context, Moment, errors, parse_moment, route
+from ctrlplane.web.http import ApiRequest, Moment, context_of, errors, parse_moment, route
 from ctrlplane.web.openapi import EVENT_STREAM, OTLP_EXPORT
 from ctrlplane.web.scope import RATE_LIMIT_KEY
 
@@ -48,7 +48,7 @@ class TelemetryController(Controller):
     async def metrics(
         self,
         instance_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         name: Annotated[
             str | None,
             QueryParameter(
@@ -66,6 +66,7 @@ class TelemetryController(Controller):
         ] = None,
     ) -> schemas.MetricsResponse:
         """Usage, request and pushed app time series (default: the last hour, every usage metric, as stored)."""
+        context = context_of(request)
         return await TelemetryService(context).metrics(
             instance_id,
             name=name,
@@ -84,13 +85,14 @@ class TelemetryController(Controller):
     async def logs(
         self,
         instance_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         level: Annotated[Level | None, QueryParameter(description="Minimum level")] = None,
         limit: LogLimit = 100,
         since: Moment = None,
         follow: FromQuery[bool] = False,
     ) -> Response[Any]:
         """Container log lines with parsed levels; follow=true streams new ones as Server-Sent Events."""
+        context = context_of(request)
         start = parse_moment(since, "since")
         service = TelemetryService(context)
         if not follow:
@@ -107,18 +109,23 @@ class TelemetryController(Controller):
         return ServerSentEvent(messages(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @get("/traces", operation_id="instanceTraces", responses=errors(404), opt=route("traces", "list"))
-    async def traces(self, instance_id: FromPath[str], context: Context, limit: TraceLimit = 20) -> schemas.TracePage:
+    async def traces(
+        self, instance_id: FromPath[str], request: ApiRequest, limit: TraceLimit = 20
+    ) -> schemas.TracePage:
         """The instance's most recent spans, newest first."""
+        context = context_of(request)
         return await TelemetryService(context).traces(instance_id, limit=limit)
 
     @get("/resources", operation_id="instanceResources", responses=errors(404), opt=route("resources", "get"))
-    async def resources(self, instance_id: FromPath[str], context: Context) -> schemas.ResourcesResponse:
+    async def resources(self, instance_id: FromPath[str], request: ApiRequest) -> schemas.ResourcesResponse:
         """Usage now against the limits, per replica."""
+        context = context_of(request)
         return await TelemetryService(context).resources(instance_id)
 
     @get("/dashboard", operation_id="instanceDashboard", responses=errors(404), opt=route("dashboard", "get"))
-    async def dashboard(self, instance_id: FromPath[str], context: Context) -> schemas.Dashboard:
+    async def dashboard(self, instance_id: FromPath[str], request: ApiRequest) -> schemas.Dashboard:
         """State, health, current release, recent deployments, resources and recent error lines."""
+        context = context_of(request)
         return await TelemetryService(context).dashboard(instance_id)
 
 

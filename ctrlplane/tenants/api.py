@@ -7,7 +7,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from ctrlplane.tenants import schemas
 from ctrlplane.tenants.schemas import TenantStatus
 from ctrlplane.tenants.service import TenantService
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.pagination import Page
 from ctrlplane.web.preconditions import ETAG, IfMatch, tagged
 
@@ -23,19 +23,21 @@ class TenantController(Controller):
     @post(
         operation_id="createTenant", responses=errors(mutating=True), opt=route("tenant", "create", system_admin=True)
     )
-    async def create(self, data: JSONBody[schemas.TenantCreate], context: Context) -> schemas.Tenant:
+    async def create(self, data: JSONBody[schemas.TenantCreate], request: ApiRequest) -> schemas.Tenant:
         """Create a tenant; its quota starts at the plan's defaults."""
+        context = context_of(request)
         return await TenantService(context).create(data)
 
     @get(operation_id="listTenants", responses=errors(), opt=route("tenant", "list", system_admin=True))
     async def list_tenants(
         self,
-        context: Context,
+        request: ApiRequest,
         cursor: Cursor = None,
         limit: Limit = DEFAULT_PAGE,
         status: FromQuery[TenantStatus | None] = None,
     ) -> Page[schemas.Tenant]:
         """List tenants, newest first."""
+        context = context_of(request)
         return await TenantService(context).list(status=status, cursor=cursor, limit=limit)
 
     @get(
@@ -45,8 +47,9 @@ class TenantController(Controller):
         opt=route("tenant", "get", system_admin=True),
         response_headers=[ETAG],
     )
-    async def get_tenant(self, tenant_id: FromPath[str], context: Context) -> Response[schemas.Tenant]:
+    async def get_tenant(self, tenant_id: FromPath[str], request: ApiRequest) -> Response[schemas.Tenant]:
         """Get a tenant; its ETag is the version If-Match names."""
+        context = context_of(request)
         return _tagged(await TenantService(context).get(tenant_id))
 
     @patch(
@@ -60,10 +63,11 @@ class TenantController(Controller):
         self,
         tenant_id: FromPath[str],
         data: JSONBody[schemas.TenantUpdate],
-        context: Context,
+        request: ApiRequest,
         if_match: IfMatch = None,
     ) -> Response[schemas.Tenant]:
         """Change a tenant's name or plan; only fields present change."""
+        context = context_of(request)
         return _tagged(await TenantService(context, if_match=if_match).update(tenant_id, data))
 
     @delete(
@@ -76,12 +80,13 @@ class TenantController(Controller):
     async def delete_tenant(
         self,
         tenant_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         force: FromQuery[bool] = False,
         if_match: IfMatch = None,
     ) -> Response[schemas.Tenant | None]:
         """Delete a tenant: 204; refused (409) while it owns live instances unless force=true, which
         tears them down (202, status deleting) and removes the tenant once they are gone."""
+        context = context_of(request)
         service = TenantService(context, if_match=if_match)
         if await service.delete(tenant_id, force=force):
             return Response(None, status_code=204)
@@ -98,11 +103,12 @@ class TenantController(Controller):
     async def suspend(
         self,
         tenant_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Tenant]:
         """Suspend a tenant: its tokens may still read, but every mutating call gets 403."""
+        context = context_of(request)
         return _tagged(await TenantService(context, if_match=if_match).suspend(tenant_id, schemas.reason_of(data)))
 
     @post(
@@ -116,11 +122,12 @@ class TenantController(Controller):
     async def unsuspend(
         self,
         tenant_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         data: JSONBody[schemas.SuspendRequest | None] = None,
         if_match: IfMatch = None,
     ) -> Response[schemas.Tenant]:
         """Lift a tenant's suspension."""
+        context = context_of(request)
         return _tagged(await TenantService(context, if_match=if_match).unsuspend(tenant_id, schemas.reason_of(data)))
 
     @get(
@@ -130,8 +137,9 @@ class TenantController(Controller):
         opt=route("quota", "get", system_admin=True),
         response_headers=[ETAG],
     )
-    async def get_quota(self, tenant_id: FromPath[str], context: Context) -> Response[schemas.TenantQuota]:
+    async def get_quota(self, tenant_id: FromPath[str], request: ApiRequest) -> Response[schemas.TenantQuota]:
         """A tenant's quota limits and current usage; its ETag is the tenant's."""
+        context = context_of(request)
         quota = await TenantService(context).quota(tenant_id)
         return tagged(quota, quota.version)
 
@@ -146,9 +154,10 @@ class TenantController(Controller):
         self,
         tenant_id: FromPath[str],
         data: JSONBody[schemas.QuotaLimits],
-        context: Context,
+        request: ApiRequest,
         if_match: IfMatch = None,
     ) -> Response[schemas.TenantQuota]:
         """Replace a tenant's quota limits (all fields required); If-Match names the tenant's ETag."""
+        context = context_of(request)
         quota = await TenantService(context, if_match=if_match).set_quota(tenant_id, data)
         return tagged(quota, quota.version)

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from ctrlplane.web.http import DEFAULT_PAGE, Context, Cursor, Limit, errors, route
+from ctrlplane.web.http import DEFAULT_PAGE, ApiRequest, Cursor, Limit, context_of, errors, route
 from ctrlplane.web.pagination import Page
 from ctrlplane.webhooks import schemas
 from ctrlplane.webhooks.service import WebhookService
@@ -25,15 +25,17 @@ class WebhookController(Controller):
         responses=errors(mutating=True),
         opt=route("webhook", "create", shown_once=("secret",)),
     )
-    async def create(self, data: JSONBody[schemas.WebhookCreate], context: Context) -> schemas.WebhookCreated:
+    async def create(self, data: JSONBody[schemas.WebhookCreate], request: ApiRequest) -> schemas.WebhookCreated:
         """Register an endpoint for signed event deliveries; its secret is shown only in this answer."""
+        context = context_of(request)
         return await WebhookService(context).create(data)
 
     @get("/v1/webhooks", operation_id="listWebhooks", opt=route("webhook", "list"), responses=errors())
     async def list_webhooks(
-        self, context: Context, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+        self, request: ApiRequest, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
     ) -> Page[schemas.Webhook]:
         """The tenant's webhook endpoints, newest first."""
+        context = context_of(request)
         return await WebhookService(context).list(cursor=cursor, limit=limit)
 
     @get(
@@ -42,8 +44,9 @@ class WebhookController(Controller):
         responses=errors(404),
         opt=route("webhook", "get"),
     )
-    async def get_webhook(self, webhook_id: FromPath[str], context: Context) -> schemas.Webhook:
+    async def get_webhook(self, webhook_id: FromPath[str], request: ApiRequest) -> schemas.Webhook:
         """A webhook endpoint."""
+        context = context_of(request)
         return await WebhookService(context).get(webhook_id)
 
     @patch(
@@ -53,9 +56,10 @@ class WebhookController(Controller):
         opt=route("webhook", "update"),
     )
     async def update(
-        self, webhook_id: FromPath[str], data: JSONBody[schemas.WebhookUpdate], context: Context
+        self, webhook_id: FromPath[str], data: JSONBody[schemas.WebhookUpdate], request: ApiRequest
     ) -> schemas.Webhook:
         """Change only the fields present; enabling a failing endpoint resumes its deliveries."""
+        context = context_of(request)
         return await WebhookService(context).update(webhook_id, data)
 
     @delete(
@@ -64,8 +68,9 @@ class WebhookController(Controller):
         responses=errors(404, mutating=True),
         opt=route("webhook", "delete"),
     )
-    async def delete_webhook(self, webhook_id: FromPath[str], context: Context) -> None:
+    async def delete_webhook(self, webhook_id: FromPath[str], request: ApiRequest) -> None:
         """Delete an endpoint and its deliveries."""
+        context = context_of(request)
         await WebhookService(context).delete(webhook_id)
 
     @post(
@@ -75,9 +80,10 @@ class WebhookController(Controller):
         opt=route("webhook", "rotate_secret", shown_once=("secret",)),
     )
     async def rotate_secret(
-        self, webhook_id: FromPath[str], data: JSONBody[schemas.SecretRotate], context: Context
+        self, webhook_id: FromPath[str], data: JSONBody[schemas.SecretRotate], request: ApiRequest
     ) -> schemas.WebhookSecret:
         """A new signing secret; the previous one still signs during the overlap."""
+        context = context_of(request)
         return await WebhookService(context).rotate_secret(webhook_id, data)
 
     @post(
@@ -86,8 +92,9 @@ class WebhookController(Controller):
         responses=errors(404, mutating=True),
         opt=route("webhook", "test"),
     )
-    async def send_test(self, webhook_id: FromPath[str], context: Context) -> schemas.Delivery:
+    async def send_test(self, webhook_id: FromPath[str], request: ApiRequest) -> schemas.Delivery:
         """Queue a webhook.test message to this endpoint."""
+        context = context_of(request)
         return await WebhookService(context).send_test(webhook_id)
 
     @get(
@@ -99,12 +106,13 @@ class WebhookController(Controller):
     async def deliveries(
         self,
         webhook_id: FromPath[str],
-        context: Context,
+        request: ApiRequest,
         delivery_state: StateFilter = None,
         cursor: Cursor = None,
         limit: Limit = DEFAULT_PAGE,
     ) -> Page[schemas.Delivery]:
         """An endpoint's deliveries, newest first: state, attempts, last response code and latency."""
+        context = context_of(request)
         return await WebhookService(context).deliveries(webhook_id, state=delivery_state, cursor=cursor, limit=limit)
 
     @get(
@@ -114,9 +122,10 @@ class WebhookController(Controller):
         opt=route("webhook_delivery", "get"),
     )
     async def delivery(
-        self, webhook_id: FromPath[str], delivery_id: FromPath[str], context: Context
+        self, webhook_id: FromPath[str], delivery_id: FromPath[str], request: ApiRequest
     ) -> schemas.Delivery:
         """One delivery with its recent attempts."""
+        context = context_of(request)
         return await WebhookService(context).delivery(webhook_id, delivery_id)
 
     @post(
@@ -126,7 +135,8 @@ class WebhookController(Controller):
         opt=route("webhook_delivery", "redeliver"),
     )
     async def redeliver(
-        self, webhook_id: FromPath[str], delivery_id: FromPath[str], context: Context
+        self, webhook_id: FromPath[str], delivery_id: FromPath[str], request: ApiRequest
     ) -> schemas.Delivery:
         """Send a delivery again, or a queued one now (same webhook-id); a failing endpoint becomes active."""
+        context = context_of(request)
         return await WebhookService(context).redeliver(webhook_id, delivery_id)
