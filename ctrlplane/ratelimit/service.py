@@ -64,11 +64,27 @@ log = structlog.get_logger("ctrlplane.ratelimit")
 
 
 class BucketState(msgspec.Struct, frozen=True):
+    """A bucket as one request left it: what its headers say is worked out only for the bucket
+    a response reports."""
+
     limit: int
-    remaining: int
-    reset_seconds: int
-    retry_after_seconds: int
+    tokens: float
+    """This replica's reserved tokens plus the row's, refilled to now."""
+    rate: float
+    """Tokens a second."""
     allowed: bool
+
+    @property
+    def remaining(self) -> int:
+        return math.floor(self.tokens)
+
+    @property
+    def reset_seconds(self) -> int:
+        return math.ceil((self.limit - self.tokens) / self.rate)
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return max(1, math.ceil((1.0 - self.tokens) / self.rate))
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -171,7 +187,9 @@ class RateLimiter:
                 tenant_state = await self._take(tenant, limits.tenant_burst, limits.tenant_per_minute)
             if not tenant_state.allowed:
                 refused = tenant_state
-            elif (tenant_state.remaining, -tenant_state.reset_seconds) < (state.remaining, -state.reset_seconds):
+            elif tenant_state.remaining < state.remaining or (
+                tenant_state.remaining == state.remaining and tenant_state.reset_seconds > state.reset_seconds
+            ):
                 state = tenant_state
         if refused is not None:
             error = RateLimited(
@@ -274,15 +292,8 @@ class RateLimiter:
         if allowed:
             reserve.tokens -= 1.0
             reserve.spent += 1
-        shared_now = min(float(burst), reserve.shared + max(0.0, now - reserve.shared_at) * rate)
-        tokens = min(float(burst), reserve.tokens + shared_now)
-        return BucketState(
-            limit=burst,
-            remaining=math.floor(tokens),
-            reset_seconds=math.ceil((burst - tokens) / rate),
-            retry_after_seconds=max(1, math.ceil((1.0 - tokens) / rate)),
-            allowed=allowed,
-        )
+        shared_now = min(burst, reserve.shared + max(0.0, now - reserve.shared_at) * rate)
+        return BucketState(burst, min(burst, reserve.tokens + shared_now), rate, allowed)
 
     async def _debit(self, key: str, burst: int, rate: float, want: int, now: float) -> tuple[float, float]:
         """Take ``want`` tokens from the row, or else one, or else none: (taken, the row's tokens left)."""
