@@ -119,9 +119,9 @@ class _Reserve:
 
 
 MAX_RESERVES = 50_000
+"""Past this many buckets in memory, those idle for a hold period are forgotten."""
 AHEAD_FROM_BATCH = 4
 """Batches smaller than this are never reserved ahead (a burst under 40 stays exact per token)."""
-"""Past this many buckets in memory, those idle for a hold period are forgotten."""
 
 
 class RateLimiter:
