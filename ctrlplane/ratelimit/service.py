@@ -187,10 +187,10 @@ class RateLimiter:
                 tenant_state = await self._take(tenant, limits.tenant_burst, limits.tenant_per_minute)
             if not tenant_state.allowed:
                 refused = tenant_state
-            elif tenant_state.remaining < state.remaining or (
-                tenant_state.remaining == state.remaining and tenant_state.reset_seconds > state.reset_seconds
-            ):
-                state = tenant_state
+            else:
+                fewer, other = tenant_state.remaining, state.remaining
+                if fewer < other or (fewer == other and tenant_state.reset_seconds > state.reset_seconds):
+                    state = tenant_state
         if refused is not None:
             error = RateLimited(
                 f"rate limit exceeded; retry in {refused.retry_after_seconds} s",
@@ -217,12 +217,19 @@ class RateLimiter:
     def _take_held(self, key: str, burst: int, per_minute: int) -> BucketState | None:
         """``_take`` without awaiting anything, when this replica holds a token of the bucket and no
         reservation is under way; None when it must reserve (or wait for one)."""
-        now = self.clock()
-        reserve = self._reserve_of(key, now)
-        if reserve.lock.locked() or not self._settle(reserve, now):
+        reserve = self._reserves.get(key)
+        if reserve is None or reserve.lock.locked():
             return None
-        state = self._spend(reserve, burst, per_minute / 60.0, now)
-        self._reserve_ahead(key, reserve, burst, per_minute / 60.0)
+        now = self.clock()
+        if now - reserve.period_started >= self.hold or now >= reserve.lapses_at:
+            if not self._settle(reserve, now):
+                return None
+        elif reserve.tokens < 1.0:
+            return None
+        rate = per_minute / 60.0
+        state = self._spend(reserve, burst, rate, now)
+        if reserve.tokens * 4 < reserve.batch:
+            self._reserve_ahead(key, reserve, burst, rate)
         return state
 
     async def _take(self, key: str, burst: int, per_minute: int) -> BucketState:

@@ -116,5 +116,8 @@ def rate_limited(scope: Scope, start: Message) -> Message:
     if state is None:
         return start
     given: Any = start.get("headers", ())
-    headers = [(k, v) for k, v in given if k.lower() != b"retry-after" or state.allowed]
-    return cast("Message", {**start, "headers": headers + state.headers()})
+    if state.allowed:
+        headers = [*given, *state.headers()]
+    else:
+        headers = [(k, v) for k, v in given if k.lower() != b"retry-after"] + state.headers()
+    return cast("Message", {**start, "headers": headers})
