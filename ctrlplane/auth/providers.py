@@ -291,7 +291,8 @@ class CachedKey(msgspec.Struct, frozen=True):
 
 
 DIGESTS_KEPT = 10_000
-"""Tokens whose digest an ``APIKeyProvider`` remembers (all forgotten when it is full)."""
+"""Tokens whose digest (and keys whose last touch) an ``APIKeyProvider`` remembers (all forgotten
+when it is full)."""
 
 
 class APIKeyProvider:
@@ -303,8 +304,9 @@ class APIKeyProvider:
     request began, so a key revoked on another replica is refused here on the next request. On a
     miss, the key and its tenant's standing are read in one statement and cached.
 
-    ``last_used_at`` is written at most once per ``CTRLPLANE_API_KEY_TOUCH_SECONDS`` per key, so a
-    busy CI key does not turn every read into a write (each write invalidates the cached key).
+    ``last_used_at`` is written at most once per ``CTRLPLANE_API_KEY_TOUCH_SECONDS`` per key and
+    replica, so a busy CI key does not turn every read into a write (each write invalidates the
+    cached key), nor do the requests in flight when the touch falls due each write it.
     """
 
     name = "api_key"
@@ -314,6 +316,9 @@ class APIKeyProvider:
         self._touch_every = timedelta(seconds=settings.api_key_touch_seconds)
         self._digests: dict[str, str] = {}
         """Token -> its SHA-256 digest, which a busy key's every request would compute again."""
+        self._touched: dict[str, datetime] = {}
+        """Key id -> when this replica last wrote its ``last_used_at``: the requests in flight when
+        a touch falls due all see the cached, stale time, and one of them writes."""
 
     def accepts(self, token: str) -> bool:
         return token.startswith(API_KEY_PREFIX)
@@ -325,6 +330,17 @@ class APIKeyProvider:
                 self._digests.clear()
             digest = self._digests[token] = hash_api_key(token)
         return digest
+
+    def _touch_due(self, key: CachedKey, now: datetime) -> bool:
+        if key.last_used_at is not None and now - key.last_used_at < self._touch_every:
+            return False
+        touched = self._touched.get(key.id)
+        if touched is not None and now - touched < self._touch_every:
+            return False
+        if len(self._touched) >= DIGESTS_KEPT:
+            self._touched.clear()
+        self._touched[key.id] = now
+        return True
 
     async def _cached(self, digest: str) -> CachedKey | None:
         rows = self._db.rows
@@ -378,7 +394,7 @@ class APIKeyProvider:
             raise Unauthenticated("API key revoked")
         if key.expires_at is not None and key.expires_at <= now:
             raise Unauthenticated("API key expired")
-        if key.last_used_at is None or now - key.last_used_at >= self._touch_every:
+        if self._touch_due(key, now):
             async with self._db.write() as writer, writer.begin():
                 await writer.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
         return Authenticated(key.principal, standing)

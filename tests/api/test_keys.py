@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+import msgspec
+from sqlalchemy import event, select
 
 from ctrlplane.auth.models import ApiKey
-from ctrlplane.auth.providers import hash_api_key
+from ctrlplane.auth.providers import APIKeyProvider, Authenticated, CachedKey, Principal, hash_api_key
 from ctrlplane.db import Database
+from ctrlplane.ids import TenantId
+from ctrlplane.settings import Settings
 from tests.conftest import Api, bearer
 
 
@@ -35,6 +40,49 @@ async def test_key_authenticates_and_records_last_use(api: Api) -> None:
     assert me.json()["can_admin"] is False
     listed = (await api.client.get("/v1/keys", headers=bearer(api.tokens.tenant(tenant["id"])))).json()
     assert listed["items"][0]["last_used_at"] is not None
+
+
+async def test_requests_in_flight_when_a_touch_is_due_record_the_last_use_once(
+    api: Api, db: Database, settings: Settings
+) -> None:
+    """A busy key's requests take it from the row cache; when its ``last_used_at`` there is older
+    than the touch interval, those in flight all see that, and one of them writes."""
+    tenant = await api.create_tenant("acme")
+    created = await api.create_key(tenant["id"], ["read"])
+    db.rows.enable(10, needs_listener=False)
+    provider = APIKeyProvider(msgspec.structs.replace(settings, api_key_touch_seconds=60), db)
+    digest = hash_api_key(created["key"])
+    stale = datetime.now(UTC) - timedelta(minutes=5)
+    principal = Principal(
+        subject=created["id"],
+        kind="api_key",
+        tenant_id=TenantId(tenant["id"]),
+        roles=frozenset({"read"}),
+        key_id=created["id"],
+    )
+    cached = CachedKey(created["id"], tenant["id"], frozenset({"read"}), None, stale, False, principal)
+    ticket = db.rows.ticket()
+    db.rows.put("api_key_digests", digest, ticket, created["id"])
+    db.rows.put("api_keys", created["id"], ticket, cached)
+    touches = 0
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal touches
+        touches += statement.lstrip().upper().startswith("UPDATE API_KEYS")
+
+    async def authenticate() -> Authenticated:
+        async with db.query() as session:
+            return await provider.authenticate(created["key"], session)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        answers = await asyncio.gather(*(authenticate() for _ in range(20)))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert {answer.principal.key_id for answer in answers} == {created["id"]}
+    assert touches == 1
+    async with db.read() as session:
+        assert (await session.execute(select(ApiKey.last_used_at))).scalar_one() is not None
 
 
 async def test_revoked_key_is_refused_at_once(api: Api) -> None:
