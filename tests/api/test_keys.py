@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from sqlalchemy import event, select
 
 from ctrlplane.auth.models import ApiKey
@@ -42,6 +43,7 @@ async def test_key_authenticates_and_records_last_use(api: Api) -> None:
     assert listed["items"][0]["last_used_at"] is not None
 
 
+@pytest.mark.dialects("concurrent authentications: the touch's write takes the dialect's write lock")
 async def test_requests_in_flight_when_a_touch_is_due_record_the_last_use_once(
     api: Api, db: Database, settings: Settings
 ) -> None:
