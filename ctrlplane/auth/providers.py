@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 import jwt
@@ -111,6 +111,19 @@ def hash_api_key(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(memory: dict[K, V], key: K, value: V, *, limit: int) -> V:
+    """``memory[key] = value`` in a dict kept under ``limit`` entries, emptied when full (what these
+    dicts hold is cheap to work out or to lose); ``value``."""
+    if len(memory) >= limit:
+        memory.clear()
+    memory[key] = value
+    return value
+
+
 class GuardedJWKClient(jwt.PyJWKClient):
     """PyJWT's JWKS client, fetching only where the outbound policy allows (``outbound.py``)."""
 
@@ -180,10 +193,8 @@ class JWTProvider:
             return Authenticated(cached[1])
         principal = await self.verify(token)
         if principal.expires_at is not None:
-            if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
-                self._verified.clear()
             until = min(principal.expires_at.timestamp(), now + self.VERIFIED_CACHE_SECONDS)
-            self._verified[token] = (until, principal)
+            remember(self._verified, token, (until, principal), limit=self.VERIFIED_CACHE_SIZE)
         return Authenticated(principal)
 
     async def verify(self, token: str) -> Principal:
@@ -325,11 +336,7 @@ class APIKeyProvider:
 
     def _digest(self, token: str) -> str:
         digest = self._digests.get(token)
-        if digest is None:
-            if len(self._digests) >= DIGESTS_KEPT:
-                self._digests.clear()
-            digest = self._digests[token] = hash_api_key(token)
-        return digest
+        return digest if digest is not None else remember(self._digests, token, hash_api_key(token), limit=DIGESTS_KEPT)
 
     def _touch_due(self, key: CachedKey, now: datetime) -> bool:
         if key.last_used_at is not None and now - key.last_used_at < self._touch_every:
@@ -337,9 +344,7 @@ class APIKeyProvider:
         touched = self._touched.get(key.id)
         if touched is not None and now - touched < self._touch_every:
             return False
-        if len(self._touched) >= DIGESTS_KEPT:
-            self._touched.clear()
-        self._touched[key.id] = now
+        remember(self._touched, key.id, now, limit=DIGESTS_KEPT)
         return True
 
     async def _cached(self, digest: str) -> CachedKey | None:

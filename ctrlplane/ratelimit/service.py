@@ -228,8 +228,7 @@ class RateLimiter:
             return None
         rate = per_minute / 60.0
         state = self._spend(reserve, burst, rate, now)
-        if reserve.tokens * 4 < reserve.batch:
-            self._reserve_ahead(key, reserve, burst, rate)
+        self._reserve_ahead(key, reserve, burst, rate)
         return state
 
     async def _take(self, key: str, burst: int, per_minute: int) -> BucketState:
