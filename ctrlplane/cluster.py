@@ -19,7 +19,8 @@ On PostgreSQL any number of ``ctrlplane serve`` processes share one database:
   live only while this connection listens, and is cleared whenever it (re)connects. A write
   request's ``barrier`` sends a sync token on ``ctrlplane_rows`` after its commit and waits for
   it to come back: notifications arrive in commit order, so by then its own invalidations have
-  been applied (concurrent barriers share one token).
+  been applied (concurrent barriers share one token, a round, with one timeout). A cached API
+  key's read asks for a round when it reads the key and waits for it once its answer is ready.
 * **Wake-ups** cross replicas with ``LISTEN/NOTIFY``: ``NotifyRelay`` listens on a dedicated
   connection and wakes the local ``events`` and ``work`` signals when another replica notifies
   them; a local ``Signal.notify()`` (called after each commit that appends events or queues work)
@@ -158,26 +159,37 @@ class NotifyRelay:
         self._sync_round = 0
         self._sync_wanted = False
         self._sync_done: dict[int, asyncio.Event] = {}
+        self._sync_timers: dict[int, asyncio.TimerHandle] = {}
         for name, signal in self.signals.items():
             signal.publish = self._publisher(name)
 
-    async def barrier(self) -> None:
-        """Wait until every row notification committed before this call has been applied here.
-        Gives up after ``BARRIER_TIMEOUT_SECONDS`` by clearing the cache instead."""
-        done = self._sync_done.setdefault(self._sync_round, asyncio.Event())
-        self._sync_wanted = True
-        self._send.set()
-        try:
-            async with asyncio.timeout(BARRIER_TIMEOUT_SECONDS):  # no task of its own, as wait_for made
-                await done.wait()
-        except TimeoutError:
-            log.warning("row_cache_barrier_timeout", replica=self.replica)
-            if self.rows is not None:
-                self.rows.clear()
+    def barrier(self) -> asyncio.Event:
+        """Ask for a sync round now: the event is set once every row notification committed before
+        this call has been applied here. Concurrent callers share a round (one token, one event),
+        and a round that is not back within ``BARRIER_TIMEOUT_SECONDS`` is given up by clearing the
+        cache instead (its event set all the same). The round is asked for at the call, so a caller
+        may do other work before it waits."""
+        number = self._sync_round
+        done = self._sync_done.get(number)
+        if done is None:
+            done = self._sync_done[number] = asyncio.Event()
+            self._sync_timers[number] = asyncio.get_running_loop().call_later(
+                BARRIER_TIMEOUT_SECONDS, self._barrier_timed_out, number
+            )
+            self._sync_wanted = True
+            self._send.set()
+        return done
+
+    def _barrier_timed_out(self, number: int) -> None:
+        log.warning("row_cache_barrier_timeout", replica=self.replica)
+        if self.rows is not None:
+            self.rows.clear()
+        self._release_barriers(number)
 
     def _release_barriers(self, up_to: int | None = None) -> None:
         for number in [n for n in self._sync_done if up_to is None or n <= up_to]:
             self._sync_done.pop(number).set()
+            self._sync_timers.pop(number).cancel()
 
     def _row_changed(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         if payload.startswith("sync:"):

@@ -36,6 +36,7 @@ database read and ``put`` refuses the entry when the row was invalidated after t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -66,8 +67,9 @@ class RowCache:
         keeps a worker's engines, whose connection listeners write to this object, from test to test."""
         self.ttl = 0.0
         self.live = False
-        self.barrier_hook: Callable[[], Any] | None = None
-        """Set by the PostgreSQL listener while connected: awaits the return of a sync token."""
+        self.barrier_hook: Callable[[], asyncio.Event] | None = None
+        """Set by the PostgreSQL listener while connected: asks for a sync token's round trip, and
+        gives the event set when it is back (``cluster.NotifyRelay.barrier``)."""
         self._entries: dict[Key, tuple[float, Any]] = {}
         self._invalidated: dict[Key, int] = {}
         self._counter = 0
@@ -99,8 +101,13 @@ class RowCache:
         """Take before reading the row that ``put`` will store."""
         return self._counter
 
+    def changed_since(self, table: str, key: str, ticket: int) -> bool:
+        """Whether the entry (table, key) read after ``ticket`` may no longer be the row: it was
+        invalidated since, the cache was cleared, or it is not live (so nothing is known)."""
+        return not self.live or ticket < self._floor or self._invalidated.get((table, key), 0) > ticket
+
     def put(self, table: str, key: str, ticket: int, value: Any) -> None:
-        if not self.live or ticket < self._floor or self._invalidated.get((table, key), 0) > ticket:
+        if self.changed_since(table, key, ticket):
             return
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.pop(next(iter(self._entries)))  # the oldest stored
@@ -115,7 +122,7 @@ class RowCache:
         """Store ``value`` as one part of the entry (table, key), which groups the parts that one
         invalidation drops together (a tenant's list pages); the group expires as a whole, ``ttl``
         after its first part was stored, and holds at most ``MAX_PARTS``."""
-        if not self.live or ticket < self._floor or self._invalidated.get((table, key), 0) > ticket:
+        if self.changed_since(table, key, ticket):
             return
         group = self.get(table, key)
         if group is None or len(group) >= self.MAX_PARTS:
@@ -144,12 +151,19 @@ class RowCache:
         self._entries.clear()
         self._invalidated.clear()
 
+    def start_barrier(self) -> asyncio.Event | None:
+        """Ask now for what ``barrier`` waits for, and give the event to wait on; None when there
+        is nothing to wait for (SQLite, whose invalidations are applied already; a cache that is
+        not live)."""
+        hook = self.barrier_hook
+        return hook() if hook is not None and self.live else None
+
     async def barrier(self) -> None:
         """Return once this process has applied every invalidation committed before the call
         (a write request awaits it before answering). On SQLite they are applied already."""
-        hook = self.barrier_hook
-        if hook is not None and self.live:
-            await hook()
+        started = self.start_barrier()
+        if started is not None:
+            await started.wait()
 
     def __len__(self) -> int:
         return len(self._entries)

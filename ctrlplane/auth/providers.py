@@ -10,10 +10,12 @@ JWT.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
@@ -85,6 +87,10 @@ class Authenticated(msgspec.Struct, frozen=True):
     tenant: TenantStanding | None = None
     """The tenant's standing, when the provider read it in the same statement (API keys); None
     leaves it to the boundary (``tenant_standing``)."""
+    confirm: Callable[[], Awaitable[None]] | None = None
+    """What must still pass before anything is answered to this caller, raising ``Unauthenticated``
+    if not: a cached API key's check behind the row cache's barrier (PostgreSQL). ``Authenticator``
+    awaits it unless its caller defers it (a read, which runs its handler meanwhile)."""
 
 
 TENANT_STANDING = select(Tenant.status, Tenant.plan).where(Tenant.id == bindparam("tenant_id"))
@@ -310,10 +316,14 @@ class APIKeyProvider:
     """Keys created through ``POST /v1/keys``; revoked or expired keys stop working at once.
 
     A key is read from the row cache when it holds it (``rowcache.py``; the digest names the key,
-    the key's row is invalidated by the database on every change, revocation included), but only
-    after ``barrier``: the cache has then applied every change committed anywhere before this
-    request began, so a key revoked on another replica is refused here on the next request. On a
-    miss, the key and its tenant's standing are read in one statement and cached.
+    the key's row is invalidated by the database on every change, revocation included), but it is
+    trusted only after ``barrier`` (PostgreSQL): the cache has then applied every change committed
+    anywhere before this request began, and the entry must not have been invalidated since it was
+    read (else the key is read again), so a key revoked on another replica is refused here on the
+    next request. That check is the result's ``confirm``: a write awaits it before anything else,
+    a read runs its handler meanwhile and awaits it before its answer leaves (``UnitOfWork``), so
+    the barrier's round trip overlaps the handler. On a miss, the key and its tenant's standing
+    are read in one statement and cached.
 
     ``last_used_at`` is written at most once per ``CTRLPLANE_API_KEY_TOUCH_SECONDS`` per key and
     replica, so a busy CI key does not turn every read into a write (each write invalidates the
@@ -347,69 +357,102 @@ class APIKeyProvider:
         remember(self._touched, key.id, now, limit=DIGESTS_KEPT)
         return True
 
-    async def _cached(self, digest: str) -> CachedKey | None:
+    def _cached(self, digest: str) -> tuple[CachedKey | None, int]:
+        """The key the row cache holds for ``digest``, and the ticket taken before reading it."""
         rows = self._db.rows
         if not rows.live:
-            return None
-        if rows.barrier_hook is not None:
-            await rows.barrier()
+            return None, 0
+        ticket = rows.ticket()
         key_id = rows.get("api_key_digests", digest)
-        return rows.get("api_keys", key_id) if key_id is not None else None
+        return (rows.get("api_keys", key_id) if key_id is not None else None), ticket
 
-    async def authenticate(self, token: str, session: AsyncSession) -> Authenticated:
-        digest = self._digest(token)
-        now = utc_now()
-        standing: TenantStanding | None = None
-        key = await self._cached(digest)
-        if key is None:
-            rows = self._db.rows
-            ticket = rows.ticket()
-            statement = (
-                select(ApiKey, Tenant.status, Tenant.plan)
-                .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
-                .where(ApiKey.secret_hash == digest)
-            )
-            row = (await session.execute(statement)).one_or_none()
-            if row is None:
-                raise Unauthenticated("unknown API key")
-            found, status, plan = row
-            if status is None:
-                raise Unauthenticated("the tenant of this token no longer exists")
-            roles = frozenset(found.roles)
-            key = CachedKey(
-                id=found.id,
-                tenant_id=found.tenant_id,
+    async def _load(self, session: AsyncSession, digest: str) -> tuple[CachedKey, TenantStanding]:
+        """The key and its tenant's standing from the database (one statement), cached."""
+        rows = self._db.rows
+        ticket = rows.ticket()
+        statement = (
+            select(ApiKey, Tenant.status, Tenant.plan)
+            .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.secret_hash == digest)
+        )
+        row = (await session.execute(statement)).one_or_none()
+        if row is None:
+            raise Unauthenticated("unknown API key")
+        found, status, plan = row
+        if status is None:
+            raise Unauthenticated("the tenant of this token no longer exists")
+        roles = frozenset(found.roles)
+        key = CachedKey(
+            id=found.id,
+            tenant_id=found.tenant_id,
+            roles=roles,
+            expires_at=found.expires_at,
+            last_used_at=found.last_used_at,
+            revoked=found.revoked_at is not None,
+            principal=Principal(
+                subject=found.id,
+                kind="api_key",
+                tenant_id=TenantId(found.tenant_id),
                 roles=roles,
+                key_id=found.id,
                 expires_at=found.expires_at,
-                last_used_at=found.last_used_at,
-                revoked=found.revoked_at is not None,
-                principal=Principal(
-                    subject=found.id,
-                    kind="api_key",
-                    tenant_id=TenantId(found.tenant_id),
-                    roles=roles,
-                    key_id=found.id,
-                    expires_at=found.expires_at,
-                ),
-            )
-            standing = TenantStanding(status, plan)
-            rows.put("api_key_digests", digest, ticket, key.id)
-            rows.put("api_keys", key.id, ticket, key)
+            ),
+        )
+        rows.put("api_key_digests", digest, ticket, key.id)
+        rows.put("api_keys", key.id, ticket, key)
+        return key, TenantStanding(status, plan)
+
+    @staticmethod
+    def _check(key: CachedKey, now: datetime) -> None:
         if key.revoked:
             raise Unauthenticated("API key revoked")
         if key.expires_at is not None and key.expires_at <= now:
             raise Unauthenticated("API key expired")
+
+    async def _accept(self, key: CachedKey) -> None:
+        """Refuse a revoked or expired key; note its use when the touch is due."""
+        now = utc_now()
+        self._check(key, now)
         if self._touch_due(key, now):
             async with self._db.write() as writer, writer.begin():
                 await writer.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-        return Authenticated(key.principal, standing)
+
+    async def _confirm(self, digest: str, key: CachedKey, ticket: int, barrier: asyncio.Event | None) -> None:
+        """Accept a key read from the row cache once the barrier asked for with the read has applied
+        every change committed anywhere before the request began: the entry still unchanged since
+        it was read, or else the key as the database has it now."""
+        rows = self._db.rows
+        if barrier is not None:
+            await barrier.wait()
+        if rows.changed_since("api_keys", key.id, ticket):
+            async with self._db.query() as session:
+                key, _ = await self._load(session, digest)
+        await self._accept(key)
+
+    async def authenticate(self, token: str, session: AsyncSession) -> Authenticated:
+        digest = self._digest(token)
+        key, ticket = self._cached(digest)
+        if key is None:
+            key, standing = await self._load(session, digest)
+            await self._accept(key)
+            return Authenticated(key.principal, standing)
+        barrier = self._db.rows.start_barrier()  # asked for now, waited for once the answer is ready
+        if barrier is None:  # one process (SQLite): its invalidations are applied already
+            await self._accept(key)
+            return Authenticated(key.principal)
+        self._check(key, utc_now())  # what the cache already says is refused at once
+        return Authenticated(key.principal, confirm=partial(self._confirm, digest, key, ticket, barrier))
 
 
 class Authenticator:
     def __init__(self, providers: Sequence[AuthProvider]) -> None:
         self.providers = list(providers)
 
-    async def authenticate(self, authorization: str | None, session: AsyncSession) -> Authenticated:
+    async def authenticate(
+        self, authorization: str | None, session: AsyncSession, *, defer: bool = False
+    ) -> Authenticated:
+        """The caller, or ``Unauthenticated``. With ``defer`` the result's ``confirm`` is left to the
+        caller, who must await it before its answer leaves; without, it has passed."""
         if not authorization:
             raise Unauthenticated("missing Authorization: Bearer <token> header")
         scheme, _, token = authorization.partition(" ")
@@ -418,5 +461,9 @@ class Authenticator:
             raise Unauthenticated("Authorization header must be 'Bearer <token>'")
         for provider in self.providers:
             if provider.accepts(token):
-                return await provider.authenticate(token, session)
+                authenticated = await provider.authenticate(token, session)
+                if authenticated.confirm is None or defer:
+                    return authenticated
+                await authenticated.confirm()
+                return Authenticated(authenticated.principal, authenticated.tenant)
         raise Unauthenticated("token format not recognised")

@@ -24,7 +24,7 @@ from ctrlplane.auth.providers import TENANT_STANDING, Principal, TenantStanding
 from ctrlplane.errors import Forbidden, RateLimited, TenantSuspended, Unauthenticated
 from ctrlplane.ratelimit.service import BucketState
 from ctrlplane.web.context import AppServices
-from ctrlplane.web.scope import PRINCIPAL_KEY, RATE_LIMIT_KEY, header, read_through
+from ctrlplane.web.scope import CONFIRM_KEY, PRINCIPAL_KEY, RATE_LIMIT_KEY, header, read_through
 
 
 class Admission:
@@ -34,7 +34,11 @@ class Admission:
     async def admit(self, scope: HTTPScope, session: AsyncSession, *, mutating: bool) -> Principal:
         """Authenticate, authorize and rate-limit the caller, reading through ``session``: one
         statement (the tenant's standing; for an API key, the key joined with it)."""
-        authenticated = await self.services.authenticator.authenticate(header(scope, b"authorization"), session)
+        authenticated = await self.services.authenticator.authenticate(
+            header(scope, b"authorization"), session, defer=not mutating
+        )
+        if authenticated.confirm is not None:  # a read's: awaited before its answer leaves (UnitOfWork)
+            scope[CONFIRM_KEY] = authenticated.confirm  # type: ignore[literal-required]
         principal = authenticated.principal
         scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
         standing = authenticated.tenant

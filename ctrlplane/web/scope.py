@@ -15,6 +15,8 @@ from ctrlplane.ids import new_id
 REQUEST_ID_KEY = "ctrlplane.request_id"
 PRINCIPAL_KEY = "ctrlplane.principal"
 RATE_LIMIT_KEY = "ctrlplane.rate_limit"
+CONFIRM_KEY = "ctrlplane.confirm"
+"""A read's authentication still to pass before its answer leaves (``Authenticated.confirm``)."""
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 

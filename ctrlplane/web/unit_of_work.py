@@ -16,7 +16,10 @@ A read (GET, HEAD, OPTIONS) runs steps 2 and 4 in one ``Database.query`` session
 read-only: no BEGIN/ROLLBACK round trips), so an authenticated GET costs the standing statement
 plus the handler's own (two round trips) when neither is cached, and none when both are (a JWT
 caller's standing and an instance's view: ``rowcache.py``), and rate limiting none on most
-requests (tokens are reserved in batches). A write's response waits for the row cache's
+requests (tokens are reserved in batches). An API key taken from the row cache on PostgreSQL is
+confirmed behind the barrier (``auth.providers.APIKeyProvider``): a read runs its handler while the
+barrier's round trip is under way and awaits the confirmation when its answer starts; a refused
+key's answer is dropped and the 401 sent instead. A write's response waits for the row cache's
 ``barrier``, so the caller's next read on this replica sees what it wrote. When the first
 statement finds its pooled connection dead (the pool has no pre-ping), the read is retried once on
 a fresh one; a write's admission likewise.
@@ -49,7 +52,7 @@ from ctrlplane.web import idempotency
 from ctrlplane.web.admission import Admission, rate_limited, with_rate_limit_headers
 from ctrlplane.web.context import CONTEXT_KEY, AppServices, AuditDraft, RequestContext
 from ctrlplane.web.responses import Captured, read_body, replay_body
-from ctrlplane.web.scope import PRINCIPAL_KEY, READ_METHODS, header, read_through, request_id_for
+from ctrlplane.web.scope import CONFIRM_KEY, PRINCIPAL_KEY, READ_METHODS, header, read_through, request_id_for
 
 log = structlog.get_logger("ctrlplane.http")
 
@@ -138,11 +141,21 @@ class UnitOfWork(ASGIMiddleware):
         """One query session (autocommit, read-only) for the whole read: admission, then the
         handler. It is made at its first use, so a read answered from memory builds none. A pooled
         connection found dead by the first statement is retried once."""
-        started = False
+        started = refused = False
 
         async def sending(message: Message) -> None:  # adds the RateLimit-* headers; notes the start
-            nonlocal started
+            nonlocal started, refused
+            if refused:  # what follows an answer refused below is dropped (a stream ends: its client is gone)
+                return
             if message["type"] == "http.response.start":
+                confirm = scope.pop(CONFIRM_KEY, None)  # type: ignore[misc]
+                if confirm is not None:
+                    try:
+                        await confirm()
+                    except Exception as exc:  # noqa: BLE001 - a revoked key, or no database to tell
+                        started = refused = True
+                        await Captured.of_error(scope, as_domain_error(exc)).flush(with_rate_limit_headers(scope, send))
+                        return
                 started = True
                 message = rate_limited(scope, message)
             await send(message)

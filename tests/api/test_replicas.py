@@ -45,13 +45,14 @@ class Replica:
         self.settings = msgspec.structs.replace(settings, replica_name=name)
         self.fake = FakeProvider()
         self.db: Database | None = None
+        self.app: Any = None
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None
         self.url = ""
 
     async def start(self) -> None:
         self.db = connect(self.settings.resolved_database_url)
-        app = create_app(self.settings, providers=ProviderRegistry([self.fake]), db=self.db)
+        self.app = app = create_app(self.settings, providers=ProviderRegistry([self.fake]), db=self.db)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         self.task = asyncio.create_task(self.server.serve())
         for _ in range(1000):
@@ -198,3 +199,109 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_another_on_its_next_re
         refused = await http.get(f"{b.url}/v1/instances", headers=key)
         assert refused.status_code == 401, refused.text
         assert refused.json()["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("when", ["after_its_read", "during_the_barrier"])
+async def test_a_key_revoked_while_a_read_by_it_is_under_way_on_another_replica_gets_no_answer(
+    replicas: Any, tokens: Tokens, when: str
+) -> None:
+    """A read by a cached key runs its handler while the barrier's round trip is under way; the key
+    is revoked through replica a after b read it from its cache, or while b's barrier round is
+    under way (committed before its token leaves): the handler's answer is withheld and the caller
+    gets 401."""
+    a = await replicas("a", api_key_touch_seconds=3600)
+    b = await replicas("b", api_key_touch_seconds=3600, background=False)
+    async with httpx.AsyncClient(timeout=30) as http:
+        http.base_url = httpx.URL(a.url)
+        tenant = await Api(http, tokens).create_tenant("acme", plan="pro")
+        admin = bearer(tokens.tenant(tenant["id"]))
+        created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
+        assert created.status_code == 201, created.text
+        key_id, key = created.json()["id"], bearer(created.json()["key"])
+        for _ in range(3):  # the first use writes last_used_at, which invalidates the entry
+            assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
+        assert b.db is not None and b.db.rows.get("api_keys", key_id) is not None, "b does not serve it from memory"
+
+        deferred: list[bool] = []
+
+        async def revoke() -> None:
+            revoked = await http.delete(f"{a.url}/v1/keys/{key_id}", headers=admin)
+            assert revoked.status_code == 204, revoked.text
+
+        provider = next(p for p in b.app.state.services.authenticator.providers if p.name == "api_key")
+        if when == "after_its_read":
+            authenticate = provider.authenticate
+
+            async def read_then_revoke(token: str, session: Any) -> Any:
+                authenticated = await authenticate(token, session)
+                deferred.append(authenticated.confirm is not None)
+                await revoke()
+                return authenticated
+
+            provider.authenticate = read_then_revoke
+        else:
+            rows = b.db.rows
+            start_barrier = rows.start_barrier
+            tasks: list[asyncio.Task[None]] = []
+
+            def revoke_before_the_token_is_sent() -> asyncio.Event:
+                rows.start_barrier = start_barrier  # once
+                deferred.append(True)
+                given = asyncio.Event()
+
+                async def slow_round() -> None:  # the round's token leaves after the revocation's commit
+                    await revoke()
+                    started = start_barrier()
+                    assert started is not None
+                    await started.wait()
+                    given.set()
+
+                tasks.append(asyncio.create_task(slow_round()))
+                return given
+
+            rows.start_barrier = revoke_before_the_token_is_sent
+        refused = await http.get(f"{b.url}/v1/instances", headers=key)
+        assert deferred == [True], "the read did not take the cached key's deferred path"
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "unauthenticated"
+        assert "revoked" in refused.json()["message"]
+
+
+async def test_a_cached_key_changed_but_not_revoked_while_a_read_is_under_way_is_read_again_and_answered(
+    replicas: Any, tokens: Tokens
+) -> None:
+    """Any change to the key's row invalidates b's entry; the deferred check then reads the key
+    again rather than refusing a key that is still good."""
+    a = await replicas("a", api_key_touch_seconds=3600)
+    b = await replicas("b", api_key_touch_seconds=3600, background=False)
+    async with httpx.AsyncClient(timeout=30) as http:
+        http.base_url = httpx.URL(a.url)
+        tenant = await Api(http, tokens).create_tenant("acme", plan="pro")
+        admin = bearer(tokens.tenant(tenant["id"]))
+        created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
+        assert created.status_code == 201, created.text
+        key_id, key = created.json()["id"], bearer(created.json()["key"])
+        for _ in range(3):
+            assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
+        assert a.db is not None and b.db is not None and b.db.rows.get("api_keys", key_id) is not None
+        provider = next(p for p in b.app.state.services.authenticator.providers if p.name == "api_key")
+        authenticate = provider.authenticate
+        loads: list[str] = []
+        load = provider._load
+
+        async def counted_load(session: Any, digest: str) -> Any:
+            loads.append(digest)
+            return await load(session, digest)
+
+        async def read_then_touch(token: str, session: Any) -> Any:
+            authenticated = await authenticate(token, session)
+            assert authenticated.confirm is not None
+            async with a.db.write() as writer, writer.begin():
+                await writer.execute(text("UPDATE api_keys SET last_used_at = now() WHERE id = :id"), {"id": key_id})
+            return authenticated
+
+        provider.authenticate = read_then_touch
+        provider._load = counted_load
+        answered = await http.get(f"{b.url}/v1/instances", headers=key)
+        assert answered.status_code == 200, answered.text
+        assert len(loads) == 1, "the changed key was not read again"

@@ -325,7 +325,7 @@ async def test_a_lost_listen_connection_turns_the_cache_off_until_it_is_back(pos
         await eventually(lambda: rows.live)
         rows.put("instances", "i1", rows.ticket(), "view")
         assert rows.get("instances", "i1") == "view"
-        await relay.barrier()  # returns: its token came back on the connection
+        await relay.barrier().wait()  # returns: its token came back on the connection
 
         async with db.engine.connect() as conn:
             await conn.execute(text("SELECT pg_notify('ctrlplane_rows', 'instances:i1')"))
@@ -346,3 +346,23 @@ async def test_a_lost_listen_connection_turns_the_cache_off_until_it_is_back(pos
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await db.dispose()
+
+
+async def test_a_barrier_round_that_does_not_come_back_clears_the_cache_and_lets_its_waiters_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No connection sends the round's token here (the relay never runs): once the timeout passes,
+    every waiter of the round is released and nothing cached before it is served any more."""
+    monkeypatch.setattr("ctrlplane.cluster.BARRIER_TIMEOUT_SECONDS", 0.2)
+    rows = RowCache()
+    rows.enable(10, needs_listener=False)
+    relay = NotifyRelay("postgresql://unused", {}, replica="r", rows=rows)
+    rows.put("instances", "i1", rows.ticket(), "view")
+    ticket = rows.ticket()
+    first, second = relay.barrier(), relay.barrier()
+    assert first is second  # one round for both
+    await asyncio.wait_for(first.wait(), timeout=5)
+    assert rows.get("instances", "i1") is None
+    assert rows.changed_since("instances", "i1", ticket)
+    assert relay.barrier() is not first  # the next caller asks for a round of its own
+    relay._release_barriers()  # and its timer goes with it
