@@ -9,8 +9,9 @@ environment's entry, which lists what was made instead.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
+
+import msgspec
 
 from ctrlplane.health.service import HealthService
 from ctrlplane.network.service import RouteService
@@ -26,7 +27,7 @@ async def furnish(
     checks, routes = render_extras(spec, values)
     if not checks and not routes:
         return {}
-    inner = dataclasses.replace(context, audit=AuditDraft(resource=context.audit.resource, action="furnish"))
+    inner = msgspec.structs.replace(context, audit=AuditDraft(resource=context.audit.resource, action="furnish"))
     made_checks = [(await HealthService(inner).create(instance_id, check)).id for check in checks]
     made_routes = [(await RouteService(inner).create(instance_id, route)).id for route in routes]
     return {"health_checks": made_checks, "routes": made_routes}

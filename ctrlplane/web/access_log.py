@@ -2,7 +2,8 @@
 the request metrics.
 
 ``RequestContextASGI`` settles the request ID (an incoming ``X-Request-ID`` when valid, else a new
-one), adds ``X-Request-ID`` and ``X-Ctrlplane-Version`` to every response, refuses oversized
+one), adds ``X-Request-ID``, ``X-Ctrlplane-Version`` and the caller's ``RateLimit-*`` (once
+admission, or an own-auth route's guard, has rate-limited it) to every response, refuses oversized
 headers (431) before anything else runs, writes one ``request`` log line (never a header or a
 body, so no token reaches the log) and counts and times the request (``RequestMeter``: the app's
 ``Telemetry``), by its route template, ``unmatched`` when no route matched, so a scan of random
@@ -22,6 +23,7 @@ from ctrlplane.auth.providers import Principal
 from ctrlplane.errors import HeaderTooLarge
 from ctrlplane.inputs import check_headers
 from ctrlplane.logs import request_logger
+from ctrlplane.web.admission import rate_limit_headers
 from ctrlplane.web.responses import Captured
 from ctrlplane.web.scope import PRINCIPAL_KEY, request_id_for
 
@@ -63,6 +65,7 @@ class RequestContextASGI:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-ctrlplane-version", self.version))
+                headers = rate_limit_headers(scope, headers)
                 if http_scope["method"] == "OPTIONS" and status < 300:
                     allow = self.allowed_methods.get(str(scope.get("path_template")))
                     if allow is not None:

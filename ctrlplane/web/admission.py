@@ -6,7 +6,7 @@ by the database on every change, on other replicas within the notification's del
 always reads it, so a suspended tenant's write, or any request with a revoked key, is refused by
 every replica at once. A vanished or deleting tenant is 401, a suspended one 403 on every mutating
 call, a missing role 403, and an exhausted rate limit 429 with ``Retry-After``; the ``RateLimit-*``
-headers go on the response (``with_rate_limit_headers``; the buckets: ``ratelimit/service.py``).
+headers go on the response (``rate_limit_headers``; the buckets: ``ratelimit/service.py``).
 
 Routes declare ``opt={"role": ..., "system_admin": ...}``; the role defaults to ``read`` for reads
 and ``deploy`` for mutating methods, and ``any`` admits any authenticated caller.
@@ -14,9 +14,7 @@ and ``deploy`` for mutating methods, and ``any`` admits any authenticated caller
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-from litestar.types import HTTPScope, Message, Scope, Send
+from litestar.types import HTTPScope, Scope
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -102,26 +100,13 @@ class Admission:
             scope[RATE_LIMIT_KEY] = state  # type: ignore[literal-required]
 
 
-def with_rate_limit_headers(scope: Scope, send: Send) -> Send:
-    """``send``, adding the caller's RateLimit-* headers (and Retry-After on a 429) to the response."""
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = rate_limited(scope, message)
-        await send(message)
-
-    return sending
-
-
-def rate_limited(scope: Scope, start: Message) -> Message:
-    """The ``http.response.start`` message with the caller's RateLimit-* headers (and Retry-After
-    on a 429), when the request was rate-limited."""
+def rate_limit_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A response's ``headers`` with the caller's RateLimit-* headers (and Retry-After on a 429),
+    when the request was rate-limited (``RequestContextASGI`` adds them to every response)."""
     state: BucketState | None = scope.get(RATE_LIMIT_KEY)  # type: ignore[assignment]
     if state is None:
-        return start
-    given: Any = start.get("headers", ())
+        return headers
     if state.allowed:
-        headers = [*given, *state.headers()]
-    else:
-        headers = [(k, v) for k, v in given if k.lower() != b"retry-after"] + state.headers()
-    return cast("Message", {**start, "headers": headers})
+        headers.extend(state.headers())
+        return headers
+    return [(k, v) for k, v in headers if k.lower() != b"retry-after"] + state.headers()

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ctrlplane.audit.checkpoints import CHECKPOINT_INFO
@@ -83,19 +84,20 @@ class AppServices:
         )
 
 
-@dataclass
-class AuditDraft:
+class AuditDraft(msgspec.Struct):
     """What the audit entry of this request will say; services fill in what only they know."""
 
     resource: str
     action: str
     resource_id: str | None = None
     tenant_id: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass
-class RequestContext:
+class RequestContext(msgspec.Struct):
+    """What a handler acts with (one per request; a Struct, not a dataclass: made on every request,
+    and msgspec builds it in C)."""
+
     request_id: str
     principal: Principal
     session: AsyncSession

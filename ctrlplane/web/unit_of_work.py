@@ -49,7 +49,7 @@ from ctrlplane.errors import CtrlplaneError, InvalidInput, as_domain_error
 from ctrlplane.idempotency import service as records
 from ctrlplane.inputs import check_json_depth
 from ctrlplane.web import idempotency
-from ctrlplane.web.admission import Admission, rate_limited, with_rate_limit_headers
+from ctrlplane.web.admission import Admission
 from ctrlplane.web.context import CONTEXT_KEY, AppServices, AuditDraft, RequestContext
 from ctrlplane.web.responses import Captured, read_body, replay_body
 from ctrlplane.web.scope import CONFIRM_KEY, PRINCIPAL_KEY, READ_METHODS, header, read_through, request_id_for
@@ -91,7 +91,7 @@ class UnitOfWork(ASGIMiddleware):
                 except CtrlplaneError as exc:
                     await Captured.of_error(scope, exc).flush(send)
                     return
-                await next_app(scope, receive, with_rate_limit_headers(scope, send))
+                await next_app(scope, receive, send)
                 return
             try:
                 body = await read_body(receive, self.services.settings.max_body_bytes)
@@ -100,13 +100,13 @@ class UnitOfWork(ASGIMiddleware):
             except CtrlplaneError as exc:
                 await Captured.of_error(scope, exc).flush(send)
                 return
-            await next_app(scope, replay_body(body), with_rate_limit_headers(scope, send))
+            await next_app(scope, replay_body(body), send)
             return
         http_scope = cast("HTTPScope", scope)
         if http_scope["method"] in READ_METHODS:
             await self._read(http_scope, receive, send, next_app)
         else:
-            await self._write(http_scope, receive, with_rate_limit_headers(scope, send), next_app)
+            await self._write(http_scope, receive, send, next_app)
 
     @staticmethod
     def _reject_nul(scope: HTTPScope, body: bytes = b"") -> None:
@@ -143,7 +143,7 @@ class UnitOfWork(ASGIMiddleware):
         connection found dead by the first statement is retried once."""
         started = refused = False
 
-        async def sending(message: Message) -> None:  # adds the RateLimit-* headers; notes the start
+        async def sending(message: Message) -> None:  # confirms the caller; notes the start
             nonlocal started, refused
             if refused:  # what follows an answer refused below is dropped (a stream ends: its client is gone)
                 return
@@ -154,10 +154,9 @@ class UnitOfWork(ASGIMiddleware):
                         await confirm()
                     except Exception as exc:  # noqa: BLE001 - a revoked key, or no database to tell
                         started = refused = True
-                        await Captured.of_error(scope, as_domain_error(exc)).flush(with_rate_limit_headers(scope, send))
+                        await Captured.of_error(scope, as_domain_error(exc)).flush(send)
                         return
                 started = True
-                message = rate_limited(scope, message)
             await send(message)
 
         for attempt in (1, 2):
