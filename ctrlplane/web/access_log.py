@@ -62,10 +62,9 @@ class RequestContextASGI:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", ()))
+                headers = rate_limit_headers(scope, list(message.get("headers", ())))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-ctrlplane-version", self.version))
-                headers = rate_limit_headers(scope, headers)
                 if http_scope["method"] == "OPTIONS" and status < 300:
                     allow = self.allowed_methods.get(str(scope.get("path_template")))
                     if allow is not None:
