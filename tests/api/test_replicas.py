@@ -178,22 +178,35 @@ async def test_event_committed_on_one_replica_reaches_an_sse_client_of_another_a
             reader.cancel()
 
 
+async def key_cached_by(
+    b: Replica, http: httpx.AsyncClient, tokens: Tokens, a: Replica
+) -> tuple[dict[str, str], str, dict[str, str]]:
+    """A tenant made through ``a`` and an API key of it, which ``b`` then serves from its row cache
+    (after three reads: the first writes ``last_used_at``, which invalidates the entry): the
+    tenant admin's headers, the key's id and its headers. ``http`` is left pointed at ``a``."""
+    http.base_url = httpx.URL(a.url)
+    tenant = await Api(http, tokens).create_tenant("acme", plan="pro")
+    admin = bearer(tokens.tenant(tenant["id"]))
+    created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
+    assert created.status_code == 201, created.text
+    key_id, key = created.json()["id"], bearer(created.json()["key"])
+    for _ in range(3):
+        assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
+    assert b.db is not None and b.db.rows.get("api_keys", key_id) is not None, "b does not serve it from memory"
+    return admin, key_id, key
+
+
+def key_provider(replica: Replica) -> Any:
+    return next(p for p in replica.app.state.services.authenticator.providers if p.name == "api_key")
+
+
 async def test_a_key_revoked_on_one_replica_is_refused_by_another_on_its_next_request(
     replicas: Any, tokens: Tokens
 ) -> None:
     a = await replicas("a", api_key_touch_seconds=3600)
     b = await replicas("b", api_key_touch_seconds=3600, background=False)
     async with httpx.AsyncClient(timeout=30) as http:
-        on_a = Api(http, tokens)
-        http.base_url = httpx.URL(a.url)
-        tenant = await on_a.create_tenant("acme", plan="pro")
-        admin = bearer(tokens.tenant(tenant["id"]))
-        created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
-        assert created.status_code == 201, created.text
-        key_id, key = created.json()["id"], bearer(created.json()["key"])
-        for _ in range(3):
-            assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
-        assert b.db is not None and b.db.rows.get("api_keys", key_id) is not None, "b does not serve it from memory"
+        admin, key_id, key = await key_cached_by(b, http, tokens, a)
         revoked = await http.delete(f"{a.url}/v1/keys/{key_id}", headers=admin)
         assert revoked.status_code == 204, revoked.text
         refused = await http.get(f"{b.url}/v1/instances", headers=key)
@@ -212,15 +225,8 @@ async def test_a_key_revoked_while_a_read_by_it_is_under_way_on_another_replica_
     a = await replicas("a", api_key_touch_seconds=3600)
     b = await replicas("b", api_key_touch_seconds=3600, background=False)
     async with httpx.AsyncClient(timeout=30) as http:
-        http.base_url = httpx.URL(a.url)
-        tenant = await Api(http, tokens).create_tenant("acme", plan="pro")
-        admin = bearer(tokens.tenant(tenant["id"]))
-        created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
-        assert created.status_code == 201, created.text
-        key_id, key = created.json()["id"], bearer(created.json()["key"])
-        for _ in range(3):  # the first use writes last_used_at, which invalidates the entry
-            assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
-        assert b.db is not None and b.db.rows.get("api_keys", key_id) is not None, "b does not serve it from memory"
+        admin, key_id, key = await key_cached_by(b, http, tokens, a)
+        assert b.db is not None
 
         deferred: list[bool] = []
 
@@ -228,7 +234,7 @@ async def test_a_key_revoked_while_a_read_by_it_is_under_way_on_another_replica_
             revoked = await http.delete(f"{a.url}/v1/keys/{key_id}", headers=admin)
             assert revoked.status_code == 204, revoked.text
 
-        provider = next(p for p in b.app.state.services.authenticator.providers if p.name == "api_key")
+        provider = key_provider(b)
         if when == "after_its_read":
             authenticate = provider.authenticate
 
@@ -275,16 +281,9 @@ async def test_a_cached_key_changed_but_not_revoked_while_a_read_is_under_way_is
     a = await replicas("a", api_key_touch_seconds=3600)
     b = await replicas("b", api_key_touch_seconds=3600, background=False)
     async with httpx.AsyncClient(timeout=30) as http:
-        http.base_url = httpx.URL(a.url)
-        tenant = await Api(http, tokens).create_tenant("acme", plan="pro")
-        admin = bearer(tokens.tenant(tenant["id"]))
-        created = await http.post("/v1/keys", json={"name": "ci", "roles": ["read"]}, headers=admin)
-        assert created.status_code == 201, created.text
-        key_id, key = created.json()["id"], bearer(created.json()["key"])
-        for _ in range(3):
-            assert (await http.get(f"{b.url}/v1/instances", headers=key)).status_code == 200
-        assert a.db is not None and b.db is not None and b.db.rows.get("api_keys", key_id) is not None
-        provider = next(p for p in b.app.state.services.authenticator.providers if p.name == "api_key")
+        _admin, key_id, key = await key_cached_by(b, http, tokens, a)
+        assert a.db is not None
+        provider = key_provider(b)
         authenticate = provider.authenticate
         loads: list[str] = []
         load = provider._load
