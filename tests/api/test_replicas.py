@@ -235,6 +235,7 @@ async def test_a_key_revoked_while_a_read_by_it_is_under_way_on_another_replica_
             assert revoked.status_code == 204, revoked.text
 
         provider = key_provider(b)
+        rows = b.db.rows
         if when == "after_its_read":
             authenticate = provider.authenticate
 
@@ -242,11 +243,13 @@ async def test_a_key_revoked_while_a_read_by_it_is_under_way_on_another_replica_
                 authenticated = await authenticate(token, session)
                 deferred.append(authenticated.confirm is not None)
                 await revoke()
+                # b has heard of it before the answer starts (the revocation came after the request
+                # began: without this wait, b's round may come back first and the read be answered)
+                await eventually(lambda: rows.get("api_keys", key_id) is None, "b dropped the revoked key")
                 return authenticated
 
             provider.authenticate = read_then_revoke
         else:
-            rows = b.db.rows
             start_barrier = rows.start_barrier
             tasks: list[asyncio.Task[None]] = []
 
@@ -282,7 +285,8 @@ async def test_a_cached_key_changed_but_not_revoked_while_a_read_is_under_way_is
     b = await replicas("b", api_key_touch_seconds=3600, background=False)
     async with httpx.AsyncClient(timeout=30) as http:
         _admin, key_id, key = await key_cached_by(b, http, tokens, a)
-        assert a.db is not None
+        assert a.db is not None and b.db is not None
+        b_rows = b.db.rows
         provider = key_provider(b)
         authenticate = provider.authenticate
         loads: list[str] = []
@@ -297,6 +301,7 @@ async def test_a_cached_key_changed_but_not_revoked_while_a_read_is_under_way_is
             assert authenticated.confirm is not None
             async with a.db.write() as writer, writer.begin():
                 await writer.execute(text("UPDATE api_keys SET last_used_at = now() WHERE id = :id"), {"id": key_id})
+            await eventually(lambda: b_rows.get("api_keys", key_id) is None, "b dropped the changed key")
             return authenticated
 
         provider.authenticate = read_then_touch
