@@ -270,6 +270,9 @@ class NotifyRelay:
                         timeout=self.ping_seconds,
                     )
                 if self._sync_wanted:
+                    # one turn of the loop first: the requests already scheduled ask for this round
+                    # too, instead of for the next (under load, fewer and fuller rounds)
+                    await asyncio.sleep(0)
                     self._sync_wanted = False
                     number, self._sync_round = self._sync_round, self._sync_round + 1
                     token = f"sync:{self._nonce}:{number}"
