@@ -214,14 +214,15 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_another_on_its_next_re
         assert refused.json()["code"] == "unauthenticated"
 
 
-@pytest.mark.parametrize("when", ["after_its_read", "during_the_barrier"])
-async def test_a_key_revoked_while_a_read_by_it_is_under_way_on_another_replica_gets_no_answer(
+@pytest.mark.parametrize("when", ["after_its_read", "during_the_barrier", "during_a_writes_barrier"])
+async def test_a_key_revoked_while_a_request_by_it_is_under_way_on_another_replica_gets_no_answer(
     replicas: Any, tokens: Tokens, when: str
 ) -> None:
     """A read by a cached key runs its handler while the barrier's round trip is under way; the key
     is revoked through replica a after b read it from its cache, or while b's barrier round is
     under way (committed before its token leaves): the handler's answer is withheld and the caller
-    gets 401."""
+    gets 401. A write confirms the key before its handler: refused with 401 too (the key may only
+    read, so a write that got past authentication would be a 403)."""
     a = await replicas("a", api_key_touch_seconds=3600)
     b = await replicas("b", api_key_touch_seconds=3600, background=False)
     async with httpx.AsyncClient(timeout=30) as http:
@@ -269,8 +270,11 @@ async def test_a_key_revoked_while_a_read_by_it_is_under_way_on_another_replica_
                 return given
 
             rows.start_barrier = revoke_before_the_token_is_sent
-        refused = await http.get(f"{b.url}/v1/instances", headers=key)
-        assert deferred == [True], "the read did not take the cached key's deferred path"
+        if when == "during_a_writes_barrier":
+            refused = await http.post(f"{b.url}/v1/instances", headers=key, json=INSTANCE)
+        else:
+            refused = await http.get(f"{b.url}/v1/instances", headers=key)
+        assert deferred == [True], "the request did not take the cached key's path"
         assert refused.status_code == 401, refused.text
         assert refused.json()["code"] == "unauthenticated"
         assert "revoked" in refused.json()["message"]
