@@ -53,6 +53,7 @@ from ctrlplane.templates.api import TemplateController
 from ctrlplane.tenants.api import TenantController
 from ctrlplane.web.access_log import RequestContextASGI
 from ctrlplane.web.context import AppServices, default_replica_name
+from ctrlplane.web.json_response import JSONResponse
 from ctrlplane.web.openapi import (
     StrictStructSchemaPlugin,
     fix_openapi,
@@ -222,6 +223,7 @@ def build_app(max_body_bytes: int) -> Litestar:
             *NODE_ROUTE_HANDLERS,
         ],
         middleware=[UnitOfWork()],
+        response_class=JSONResponse,
         plugins=[StrictStructSchemaPlugin()],
         exception_handlers={Exception: exception_to_response},
         state=State({}),

@@ -19,6 +19,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.params import HeaderParameter
 
 from ctrlplane.errors import PreconditionFailed
+from ctrlplane.web.json_response import JSONResponse
 
 _TAG = r'(W/)?"[\x21\x23-\x7e]*"'
 IF_MATCH_PATTERN = rf"^\s*(\*|{_TAG}(\s*,\s*{_TAG})*)\s*$"
@@ -50,7 +51,7 @@ def etag_of(version: int) -> str:
 
 def tagged(body: T, version: int, status_code: int = 200) -> Response[T]:
     """``body`` with its ``ETag``."""
-    return Response(body, status_code=status_code, headers={"ETag": etag_of(version)})
+    return JSONResponse(body, status_code=status_code, headers={"ETag": etag_of(version)})
 
 
 def _tags(header: str) -> list[str] | None:
