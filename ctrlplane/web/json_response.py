@@ -20,7 +20,7 @@ from litestar.background_tasks import BackgroundTask, BackgroundTasks
 from litestar.datastructures import Cookie
 from litestar.response.base import ASGIResponse
 from litestar.serialization import encode_json, get_serializer
-from litestar.types import Receive, Scope, Send, TypeEncodersMap
+from litestar.types import Receive, ResponseCookies, ResponseHeaders, Scope, Send, TypeEncodersMap
 
 T = TypeVar("T")
 
@@ -52,6 +52,41 @@ class EncodedJSON(ASGIResponse):
 
 
 class JSONResponse(Response[T]):
+    def __init__(
+        self,
+        content: T,
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: ResponseCookies | None = None,
+        encoding: str = "utf-8",
+        headers: ResponseHeaders | None = None,
+        media_type: Any = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> None:
+        if cookies or self.type_encoders or not (headers is None or type(headers) is dict):
+            super().__init__(
+                content,
+                background=background,
+                cookies=cookies,
+                encoding=encoding,
+                headers=headers,
+                media_type=media_type,
+                status_code=status_code,
+                type_encoders=type_encoders,
+            )
+            return
+        # what Response.__init__ sets for a plain dict of headers and no cookies, without its
+        # checks against typing.Mapping; the encoders are the handler's own map (never changed)
+        self.content = content
+        self.background = background
+        self.cookies = []
+        self.encoding = encoding
+        self.headers = dict(headers) if headers else {}
+        self.media_type = media_type
+        self.status_code = status_code
+        self.response_type_encoders = type_encoders if isinstance(type_encoders, dict) else dict(type_encoders or {})
+
     def to_asgi_response(
         self,
         app: Any,
@@ -101,7 +136,8 @@ class JSONResponse(Response[T]):
             )
         # the encoders as Litestar's own render merges them (the app's plugins register some even
         # where no body holds their types)
-        encoders = {**type_encoders, **self.response_type_encoders} if type_encoders else self.response_type_encoders
+        own = self.response_type_encoders
+        encoders = {**type_encoders, **own} if type_encoders and own else type_encoders or own
         body = encode_json(content, get_serializer(encoders))
         lines.append((b"content-type", b"application/json"))
         lines.append((b"content-length", str(len(body)).encode()))

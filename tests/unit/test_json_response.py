@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from litestar import Response
 from litestar.background_tasks import BackgroundTask
-from litestar.datastructures import Cookie
+from litestar.datastructures import Cookie, ResponseHeader
 from litestar.response.base import ASGIResponse
 
 from ctrlplane.web.json_response import EncodedJSON, JSONResponse
@@ -75,8 +75,10 @@ def _both(build: Callable[[type[Response[Any]]], Response[Any]], **handler: Any)
             {"type_encoders": ENCODERS, "status_code": 200},
         ),
         (lambda cls: cls(None), {"status_code": 200}),
+        # built by Response.__init__ itself (headers that are not a dict)
+        (lambda cls: cls(THING, headers=[ResponseHeader(name="X-A", value="1")]), {"headers": {"X-B": "2"}}),
     ],
-    ids=["tagged", "data with route headers", "type encoders", "null"],
+    ids=["tagged", "data with route headers", "type encoders", "null", "header list"],
 )
 def test_the_short_way_sends_what_litestar_sends(build: Any, handler: dict[str, Any]) -> None:
     litestar, ours = _both(build, **handler)
@@ -93,9 +95,10 @@ def test_the_short_way_sends_what_litestar_sends(build: Any, handler: dict[str, 
         (lambda cls: cls(b'{"raw": true}'), {}),
         (lambda cls: cls(THING, headers={"Content-Type": "application/problem+json"}), {}),
         (lambda cls: cls(THING), {"cookies": [Cookie(key="session", value="1")]}),
+        (lambda cls: cls(THING, cookies={"session": "1"}), {}),
         (lambda cls: cls(THING, background=BackgroundTask(lambda: None)), {}),
     ],
-    ids=["204", "text", "bytes", "own content type", "cookie", "background"],
+    ids=["204", "text", "bytes", "own content type", "cookie", "own cookie", "background"],
 )
 def test_anything_else_is_litestars_own(build: Any, handler: dict[str, Any]) -> None:
     litestar, ours = _both(build, **handler)
