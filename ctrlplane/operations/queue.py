@@ -71,13 +71,16 @@ _ANY_CLAIMABLE = select(Operation.id).where(_CLAIMABLE).limit(1)
 _CLAIM = select(Operation).where(_CLAIMABLE).order_by(Operation.id).limit(1).with_for_update(skip_locked=True)
 
 
-async def claim(db: Database, *, owner: str, lease: timedelta) -> Operation | None:
+async def claim(db: Database, *, owner: str, lease: timedelta, look_first: bool = True) -> Operation | None:
     now = utc_now()
     # An idle worker looks with a read first (the runs' claim does the same): no write transaction
     # (SQLite's BEGIN IMMEDIATE takes the database's one write lock) unless there is one to claim.
-    async with db.read() as session:
-        if (await session.execute(_ANY_CLAIMABLE, {"now": now})).first() is None:
-            return None
+    # A worker a commit just told of new work skips the read (``look_first=False``): it would only
+    # find what the commit queued, one more round trip on the way to the operation's start.
+    if look_first:
+        async with db.read() as session:
+            if (await session.execute(_ANY_CLAIMABLE, {"now": now})).first() is None:
+                return None
     async with db.write() as session, session.begin():
         operation = (await session.execute(_CLAIM, {"now": now})).scalar_one_or_none()
         if operation is None:

@@ -55,10 +55,10 @@ class OperationWorker:
         self.lease = timedelta(seconds=services.settings.operation_lease_seconds)
         self.redact_text = container_text_redactor(services)
 
-    async def run_once(self, *, claimed: Callable[[], None] | None = None) -> bool:
+    async def run_once(self, *, claimed: Callable[[], None] | None = None, look_first: bool = True) -> bool:
         """Claim and run one operation (calling ``claimed`` once it is claimed); False when there was
         nothing to do."""
-        operation = await queue.claim(self.services.db, owner=self.owner, lease=self.lease)
+        operation = await queue.claim(self.services.db, owner=self.owner, lease=self.lease, look_first=look_first)
         if operation is None:
             return False
         if claimed is not None:

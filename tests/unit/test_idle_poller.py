@@ -103,3 +103,20 @@ async def test_a_wake_up_while_the_poller_looks_is_not_lost() -> None:
     armed = signal.armed(INTEREST)  # taken before looking, as the loops do
     signal.wake(INTEREST)  # the commit lands while it looks and finds nothing yet
     await asyncio.wait_for(poller.wait(0, armed), 1)  # returns at once instead of sleeping 30 s
+
+
+async def test_only_the_poller_woken_by_a_commit_is_told_the_work_was_announced() -> None:
+    """The worker loop claims without its look-first read only after ``wait`` says a commit
+    announced work to it: not after a poll's timeout, nor for a spare handed the look by a claim
+    (a spare's look is speculative: most hand-overs find nothing)."""
+    signal = Signal()
+    poller = IdlePoller(signal, INTEREST, 0.05)
+    assert await poller.wait(0, signal.armed(INTEREST)) is False  # loop 0 polls; its time came
+    armed = signal.armed(INTEREST)
+    waiting = asyncio.create_task(poller.wait(0, armed))
+    spare = asyncio.create_task(poller.wait(1, armed))
+    await asyncio.sleep(0.01)
+    signal.wake(INTEREST)
+    assert await asyncio.wait_for(waiting, 1) is True
+    poller.found(0)  # loop 0 claimed: spare 1 is handed the look
+    assert await asyncio.wait_for(spare, 1) is False
