@@ -265,9 +265,12 @@ class DockerProvider:
                     raise
         return inspected
 
-    def _status(self, api: APIClient, instance_id: str) -> WorkloadStatus:
+    def _status(self, api: APIClient, instance_id: str, *, stopped: bool | None = None) -> WorkloadStatus:
+        """The instance's status; ``stopped`` when the caller knows the stop marker's state (it just
+        cleared it), else the marker is read."""
         inspected = self._inspect(api, self._replicas(api, instance_id))
-        stopped = bool(inspected) and self._is_marked_stopped(api, instance_id)
+        if stopped is None:
+            stopped = bool(inspected) and self._is_marked_stopped(api, instance_id)
         return workload_status(
             instance_id,
             [replica_status(attrs, self._host_address) for attrs in inspected],
@@ -660,7 +663,7 @@ class DockerProvider:
             existing = {c.name: c for c in self._replicas(api, spec.instance_id)}
             self._ensure_replicas(api, spec, spec.generation, range(spec.replicas), existing)
             self._clear_stopped(api, spec.instance_id)
-            return self._status(api, spec.instance_id)
+            return self._status(api, spec.instance_id, stopped=False)
 
         return await self._run(f"provision instance {spec.instance_id}", provision)
 
@@ -696,7 +699,7 @@ class DockerProvider:
                 lambda c: self._start_container(api, c.id, c.state, c.tenant_id or ""),
             )
             self._clear_stopped(api, instance_id)
-            return self._status(api, instance_id)
+            return self._status(api, instance_id, stopped=False)
 
         return await self._run(f"start instance {instance_id}", start)
 
@@ -743,6 +746,7 @@ class DockerProvider:
             _each(chosen, lambda c: self._restart_container(api, c))
             if len(chosen) == len(found):
                 self._clear_stopped(api, instance_id)
+                return self._status(api, instance_id, stopped=False)
             return self._status(api, instance_id)
 
         return await self._run(f"restart instance {instance_id}", restart)
@@ -819,7 +823,7 @@ class DockerProvider:
             for generation in sorted({c.generation for c in old}):
                 self._remove_volume(api, files_volume_name(spec.instance_id, generation))
             self._clear_stopped(api, spec.instance_id)
-            return self._status(api, spec.instance_id)
+            return self._status(api, spec.instance_id, stopped=False)
 
         return await self._run(f"deploy generation {spec.generation} of instance {spec.instance_id}", deploy)
 
