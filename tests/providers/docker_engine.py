@@ -37,7 +37,7 @@ except ModuleNotFoundError:  # `make run` installs no test tools, and `build-ima
 IMAGE = "ctrlplane-test/busybox:1"
 HTTP_PORT = 8080
 INDEX_BODY = b"ctrlplane test app: hello from busybox httpd\n"
-IMAGE_VERSION = "3"
+IMAGE_VERSION = "4"
 """Bumped whenever the rootfs changes, so an older image of the same tag is rebuilt."""
 VERSION_LABEL = "org.ctrlplane.test-image-version"
 BUSYBOX = Path(os.environ.get("CTRLPLANE_TEST_BUSYBOX", "/bin/busybox"))
@@ -100,6 +100,8 @@ def rootfs_tar(extra_files: dict[str, bytes] | None = None, extra_applets: tuple
         for directory in ("bin", "www", "etc", "proc", "sys", "dev", "run"):
             add(directory, kind=tarfile.DIRTYPE)
         add("tmp", kind=tarfile.DIRTYPE, mode=0o1777)
+        add("www/cgi-bin", kind=tarfile.DIRTYPE)
+        add("www/cgi-bin/slow", data=SLOW_CGI)
         add("bin/busybox", data=busybox_binary())
         for applet in (*APPLETS, *extra_applets):
             add(f"bin/{applet}", kind=tarfile.SYMTYPE, mode=0o777, link="busybox")
@@ -110,6 +112,10 @@ def rootfs_tar(extra_files: dict[str, bytes] | None = None, extra_applets: tuple
         add("etc/group", mode=0o644, data=b"root:x:0:\nnogroup:x:65534:\n")
     return buffer.getvalue()
 
+
+SLOW_CGI = b'#!/bin/sh\nsleep 1\necho "Content-Type: text/plain"\necho\necho slow\n'
+"""``/cgi-bin/slow``: answers a second after the request, so a request's whole body has reached the
+app (and the router read it) by then; a plain POST to busybox httpd is answered unread."""
 
 SERVES = [f"EXPOSE {HTTP_PORT}/tcp", "ENV PATH=/bin"]
 """The image changes of every test image that serves HTTP."""
