@@ -382,6 +382,10 @@ def _table(results: dict[str, Any]) -> str:
         rows.append(("wake -> first answer", f"{wake['wake_median_ms']:.0f} ms", "", ""))
         rows.append(("docker start -> first answer", f"{wake['docker_start_median_ms']:.0f} ms", "", ""))
         rows.append(("  ratio (target <= 1.5x)", f"{wake['ratio']:.2f}x", "", ""))
+        rows.append(
+            ("docker start on a user-defined network", f"{wake['docker_start_user_network_median_ms']:.0f} ms", "", "")
+        )
+        rows.append(("  ratio", f"{wake['ratio_to_user_network']:.2f}x", "", ""))
     head = ("benchmark", "rate / value", "p50 ms", "p99 ms")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
