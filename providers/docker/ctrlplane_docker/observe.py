@@ -104,6 +104,22 @@ def replica_status(attrs: Mapping[str, Any], host_address: str) -> ReplicaStatus
     )
 
 
+SIGKILL_EXIT_CODE = 137
+OOM_SETTLE_SECONDS = 1.0
+
+
+def oom_unsettled(attrs: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a container's OOM flag may still change: it was killed by SIGKILL (exit code 137)
+    less than ``OOM_SETTLE_SECONDS`` ago and Docker does not say OOM-killed yet. Docker sets the
+    flag from containerd's OOM event, which it can handle just after the exit, so an inspect in
+    that moment tells a kill by the kernel's OOM killer from any other SIGKILL only a moment later."""
+    state: Mapping[str, Any] = attrs.get("State") or {}
+    if state.get("Status") != "exited" or state.get("ExitCode") != SIGKILL_EXIT_CODE or state.get("OOMKilled"):
+        return False
+    finished = parse_time(state.get("FinishedAt"))
+    return finished is not None and (now - finished).total_seconds() < OOM_SETTLE_SECONDS
+
+
 EXIT_CODE = re.compile(r"^Exited \((-?\d+)\)")
 
 

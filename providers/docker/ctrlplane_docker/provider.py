@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, M
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -99,6 +99,7 @@ from ctrlplane_docker.observe import (
     inventory_ids,
     label_int,
     listed_replica_status,
+    oom_unsettled,
     parse_time,
     replica_status,
     workload_status,
@@ -117,6 +118,7 @@ R = TypeVar("R")
 ENGINE_TIMEOUT = 30
 ADOPT_WAIT_SECONDS = 10.0
 ADOPT_POLL_SECONDS = 0.05
+OOM_POLL_SECONDS = 0.05
 MIB = 1024 * 1024
 MAX_PARALLEL = 8
 LIVE_STATES = frozenset({"running", "restarting", "paused"})
@@ -265,12 +267,28 @@ class DockerProvider:
                     raise
         return inspected
 
+    def _oom_settled(self, api: APIClient, attrs: dict[str, Any]) -> dict[str, Any]:
+        """``attrs``, inspected again while whether the container was OOM-killed may still change
+        (``oom_unsettled``: at most ``OOM_SETTLE_SECONDS`` after a SIGKILL), so a replica or run the
+        kernel killed is recorded as OOM-killed rather than as exit code 137."""
+        while oom_unsettled(attrs, datetime.now(UTC)):
+            time.sleep(OOM_POLL_SECONDS)
+            try:
+                attrs = dict(api.inspect_container(attrs["Id"]))
+            except APIError as exc:
+                if is_not_found(exc):  # removed meanwhile: what was read stands
+                    return attrs
+                raise
+        return attrs
+
     def _status(self, api: APIClient, instance_id: str, *, stopped: bool | None = None) -> WorkloadStatus:
         """The instance's status; ``stopped`` when the caller knows the stop marker's state (it just
         cleared it), else the marker is read."""
         inspected = self._inspect(api, self._replicas(api, instance_id))
         if stopped is None:
             stopped = bool(inspected) and self._is_marked_stopped(api, instance_id)
+        if not stopped:  # ctrlplane's own SIGKILLs (a stop's grace period passing) are no failure
+            inspected = [self._oom_settled(api, attrs) for attrs in inspected]
         return workload_status(
             instance_id,
             [replica_status(attrs, self._host_address) for attrs in inspected],
@@ -1024,7 +1042,7 @@ class DockerProvider:
 
     def _run_status(self, api: APIClient, instance_id: str, run_id: str) -> RunStatus:
         try:
-            attrs = api.inspect_container(run_container_name(instance_id, run_id))
+            attrs = self._oom_settled(api, dict(api.inspect_container(run_container_name(instance_id, run_id))))
         except APIError as exc:
             if is_not_found(exc):
                 return RunStatus(run_id=run_id, state="missing")
