@@ -71,6 +71,11 @@ _ANY_CLAIMABLE = select(Operation.id).where(_CLAIMABLE).limit(1)
 _CLAIM = select(Operation).where(_CLAIMABLE).order_by(Operation.id).limit(1).with_for_update(skip_locked=True)
 
 
+async def any_claimable(session: AsyncSession, now: datetime | None = None) -> bool:
+    """Whether some operation can be claimed now (as this session's transaction sees the queue)."""
+    return (await session.execute(_ANY_CLAIMABLE, {"now": now or utc_now()})).first() is not None
+
+
 async def claim(db: Database, *, owner: str, lease: timedelta, look_first: bool = True) -> Operation | None:
     now = utc_now()
     # An idle worker looks with a read first (the runs' claim does the same): no write transaction
@@ -79,7 +84,7 @@ async def claim(db: Database, *, owner: str, lease: timedelta, look_first: bool 
     # find what the commit queued, one more round trip on the way to the operation's start.
     if look_first:
         async with db.read() as session:
-            if (await session.execute(_ANY_CLAIMABLE, {"now": now})).first() is None:
+            if not await any_claimable(session, now):
                 return None
     async with db.write() as session, session.begin():
         operation = (await session.execute(_CLAIM, {"now": now})).scalar_one_or_none()

@@ -56,8 +56,9 @@ class OperationWorker:
         self.redact_text = container_text_redactor(services)
 
     async def run_once(self, *, claimed: Callable[[], None] | None = None, look_first: bool = True) -> bool:
-        """Claim and run one operation (calling ``claimed`` once it is claimed); False when there was
-        nothing to do."""
+        """Claim and run one operation (calling ``claimed`` once it is claimed); True when there may
+        be more to do now: False when there was nothing to claim, or when the run's record found
+        nothing else claimable."""
         operation = await queue.claim(self.services.db, owner=self.owner, lease=self.lease, look_first=look_first)
         if operation is None:
             return False
@@ -66,8 +67,7 @@ class OperationWorker:
         async with self.services.db.read() as session:
             instance = await session.get(Instance, operation.instance_id)
         if instance is None:
-            await self._record(operation, None, None)
-            return True
+            return await self._record(operation, None, None)
         status: WorkloadStatus | None = None
         error: Exception | None = None
         async with anyio.create_task_group() as group:
@@ -82,8 +82,7 @@ class OperationWorker:
         if error is None and status is not None and operation.kind in ("start", "provision", "repair"):
             # a request held for this instance's wake proxies to it now, not after the record
             self.services.started.announce(instance.id, status)
-        await self._record(operation, status, error)
-        return True
+        return await self._record(operation, status, error)
 
     async def _heartbeat(self, operation_id: str) -> None:
         while True:
@@ -146,12 +145,14 @@ class OperationWorker:
             return None
         raise InvalidInput(f"unknown operation kind {kind!r}")
 
-    async def _record(self, operation: Operation, status: WorkloadStatus | None, error: Exception | None) -> None:
+    async def _record(self, operation: Operation, status: WorkloadStatus | None, error: Exception | None) -> bool:
+        """Record the outcome; True when an operation may be claimable after it (the next one of
+        the instance, one this record queued, or any other)."""
         async with self.services.db.write() as session, session.begin():
             current = await queue.locked(session, operation.id, self.owner)
             if current is None:
                 log.warning("operation_lease_lost", operation=operation.id)
-                return
+                return True
             instance = (
                 await session.execute(
                     select(Instance)
@@ -165,8 +166,15 @@ class OperationWorker:
             else:
                 await self._settle(session, current, instance, status, error)
             written = await written_tables(session)
+            more = await queue.any_claimable(session)
+        if written is not None and not more:
+            # the finish wrote the queue but left nothing to claim: no worker (here or on another
+            # replica) is sent to look, and this one waits too; at the moment a create's `running`
+            # event is on its way, those looks were two reads in the way (docs/benchmarks.md)
+            written -= queue.READS
         await self.services.events.notify(written)
         await self.services.work.notify(written)
+        return more
 
     async def _settle(
         self,

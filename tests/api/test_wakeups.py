@@ -82,6 +82,29 @@ async def test_a_reconciler_pass_that_changes_nothing_wakes_no_one(api: Api, app
     assert events.is_set() and work.is_set()  # a restart: its event, and an operation for the workers
 
 
+async def test_a_finished_operation_wakes_the_workers_only_when_another_is_claimable(api: Api, app: object) -> None:
+    services = app.state.services  # type: ignore[attr-defined]
+    work: Signal = services.work
+    tenant = await api.create_tenant("acme")
+    headers = bearer(api.tokens.tenant(tenant["id"]))
+    created = await api.client.post("/v1/instances", json=INSTANCE, headers=headers)
+    assert created.status_code == 201, created.text
+    path = f"/v1/instances/{created.json()['id']}"
+    assert (await api.client.post(f"{path}/stop", headers=headers)).status_code == 202  # queued behind
+    worker = OperationWorker(services)
+
+    operations, anything = work.armed(queue.READS), work.armed()
+    assert await worker.run_once()  # the provision: its finish makes the stop claimable
+    assert operations.is_set() and anything.is_set()
+
+    operations, anything = work.armed(queue.READS), work.armed()
+    assert not await worker.run_once()  # the stop, the last one: nothing left to claim
+    assert anything.is_set() and not operations.is_set()  # its event and state, no worker sent to look
+    async with services.db.read() as session:
+        states = (await session.execute(select(Operation.state).order_by(Operation.id))).scalars().all()
+    assert states == ["succeeded", "succeeded"]
+
+
 async def test_the_relay_carries_the_tables_to_the_other_replicas(postgres_url: str) -> None:
     dsn = asyncpg_dsn(postgres_url)
     here, there = Signal(), Signal()
