@@ -24,6 +24,7 @@ replicas) are checked under a lock on the tenant row, so concurrent creates cann
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import msgspec
@@ -39,6 +40,7 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.operations import queue
 from ctrlplane.releases.service import cut as cut_release
+from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import RequestContext
@@ -189,10 +191,21 @@ class InstanceService:
         queue.enqueue(self.session, tenant_id=instance.tenant_id, instance_id=instance.id, kind=kind, payload=payload)
 
     async def check_quota(
-        self, tenant_id: str, *, instances: int, cpu_millis: int, memory_mb: int, except_id: str | None = None
+        self,
+        tenant_id: str,
+        *,
+        instances: int,
+        cpu_millis: int,
+        memory_mb: int,
+        except_id: str | None = None,
+        tenant_locked: bool = False,
     ) -> None:
+        """Refuse (``QuotaExceeded``) what would take the tenant past its quota; the tenant's row is
+        locked first (unless the caller did: ``tenant_locked``), so concurrent checks of one tenant
+        run one after the other."""
         tenants = TenantRepository(self.session)
-        await tenants.get(tenant_id, for_update=True)
+        if not tenant_locked:
+            await tenants.get(tenant_id, for_update=True)
         quota = await tenants.quota(tenant_id)
         count, cpu, memory = await self.repo.usage(tenant_id, except_id=except_id)
         for reserved in self.context.services.reserved_usage:
@@ -210,22 +223,15 @@ class InstanceService:
         tenant_id = self.context.tenant_scope(data.tenant_id)
         provider_name = data.provider_name or self.context.services.settings.providers[0]
         await self._provider_answers(provider_name)
-        await self.context.services.providers.admit(provider_name, tenant_id)
-        tenant = await TenantRepository(self.session).get(tenant_id, for_update=True)
-        if tenant.status != "active":
-            raise InvalidState(
-                f"tenant is {tenant.status}; no instances can be created", details={"state": tenant.status}
-            )
-        await self.check_quota(
-            tenant_id,
-            instances=1,
-            cpu_millis=data.resources.cpu_millis * data.replicas,
-            memory_mb=data.resources.memory_mb * data.replicas,
-        )
-        if await self.repo.name_taken(tenant_id, data.name):
-            raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
-        _unique_ports(data.ports)
-        await self.context.services.registries.admit(data.image)
+        # the provider's admission (an engine call, in a worker thread) runs beside the checks below
+        admission = asyncio.ensure_future(self.context.services.providers.admit(provider_name, tenant_id))
+        try:
+            tenant = await self._admit(tenant_id, data)
+        except BaseException:
+            admission.cancel()
+            await asyncio.gather(admission, return_exceptions=True)
+            raise
+        await admission
         now = utc_now()
         instance = Instance(
             id=new_id("inst"),
@@ -262,6 +268,27 @@ class InstanceService:
         await self._event(instance, "instance.created", name=instance.name, image=instance.image)
         self._audit(instance, name=data.name, image=data.image, provider=provider_name)
         return await self._addressed(to_schema(instance), tenant.slug)
+
+    async def _admit(self, tenant_id: str, data: schemas.InstanceCreate) -> Tenant:
+        """The create's checks in the database and of the image's registry: the tenant (locked)
+        is active and has quota for it, its name is free, its ports unique."""
+        tenant = await TenantRepository(self.session).get(tenant_id, for_update=True)
+        if tenant.status != "active":
+            raise InvalidState(
+                f"tenant is {tenant.status}; no instances can be created", details={"state": tenant.status}
+            )
+        await self.check_quota(
+            tenant_id,
+            instances=1,
+            cpu_millis=data.resources.cpu_millis * data.replicas,
+            memory_mb=data.resources.memory_mb * data.replicas,
+            tenant_locked=True,
+        )
+        if await self.repo.name_taken(tenant_id, data.name):
+            raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
+        _unique_ports(data.ports)
+        await self.context.services.registries.admit(data.image)
+        return tenant
 
     async def _addressed(self, view: schemas.Instance, slug: str | None = None) -> schemas.Instance:
         """``view`` with its hostname and URL through the router."""

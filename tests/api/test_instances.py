@@ -192,6 +192,32 @@ async def test_duplicate_name_is_409(api: Api) -> None:
     assert response.status_code == 409
 
 
+async def test_the_providers_admission_runs_beside_the_checks_and_a_refusal_cancels_it(
+    api: Api, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider's admission (an engine call) runs while the database checks do; a check that
+    refuses (a duplicate name: 409) does not wait for it, cancels it, and writes nothing."""
+    _, token = await tenant_token(api)
+    await create(api, token)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def admit(name: str, tenant_id: str) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    monkeypatch.setattr(app.state.services.providers, "admit", admit)
+    response = await api.client.post("/v1/instances", json=WEB, headers=token)
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] and response.json()["request_id"]
+    assert started.is_set() and cancelled.is_set()
+    listed = (await api.client.get("/v1/instances", headers=token)).json()["items"]
+    assert [item["name"] for item in listed] == ["web"]
+
+
 @pytest.mark.dialects("a label filter is a JSON path, compiled differently per database")
 async def test_list_filters_by_state_label_name_and_provider(api: Api) -> None:
     _, token = await tenant_token(api)
