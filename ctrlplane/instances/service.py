@@ -25,6 +25,7 @@ replicas) are checked under a lock on the tenant row, so concurrent creates cann
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import msgspec
@@ -40,7 +41,6 @@ from ctrlplane.instances.repository import InstanceRepository
 from ctrlplane.network.router import default_hostname, router_url
 from ctrlplane.operations import queue
 from ctrlplane.releases.service import cut as cut_release
-from ctrlplane.tenants.models import Tenant
 from ctrlplane.tenants.repository import TenantRepository
 from ctrlplane.timeutil import utc_now
 from ctrlplane.web.context import RequestContext
@@ -223,15 +223,28 @@ class InstanceService:
         tenant_id = self.context.tenant_scope(data.tenant_id)
         provider_name = data.provider_name or self.context.services.settings.providers[0]
         await self._provider_answers(provider_name)
-        # the provider's admission (an engine call, in a worker thread) runs beside the checks below
-        admission = asyncio.ensure_future(self.context.services.providers.admit(provider_name, tenant_id))
-        try:
-            tenant = await self._admit(tenant_id, data)
-        except BaseException:
-            admission.cancel()
-            await asyncio.gather(admission, return_exceptions=True)
-            raise
-        await admission
+        _unique_ports(data.ports)
+        # two checks made in worker threads, at once, and before the first statement takes the
+        # transaction's lock (an engine that stalls must not hold every writer up): the provider's
+        # room (an engine call) and the image's registry (a name lookup)
+        await _all_pass(
+            self.context.services.providers.admit(provider_name, tenant_id),
+            self.context.services.registries.admit(data.image),
+        )
+        tenant = await TenantRepository(self.session).get(tenant_id, for_update=True)
+        if tenant.status != "active":
+            raise InvalidState(
+                f"tenant is {tenant.status}; no instances can be created", details={"state": tenant.status}
+            )
+        await self.check_quota(
+            tenant_id,
+            instances=1,
+            cpu_millis=data.resources.cpu_millis * data.replicas,
+            memory_mb=data.resources.memory_mb * data.replicas,
+            tenant_locked=True,
+        )
+        if await self.repo.name_taken(tenant_id, data.name):
+            raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
         now = utc_now()
         instance = Instance(
             id=new_id("inst"),
@@ -268,27 +281,6 @@ class InstanceService:
         await self._event(instance, "instance.created", name=instance.name, image=instance.image)
         self._audit(instance, name=data.name, image=data.image, provider=provider_name)
         return await self._addressed(to_schema(instance), tenant.slug)
-
-    async def _admit(self, tenant_id: str, data: schemas.InstanceCreate) -> Tenant:
-        """The create's checks in the database and of the image's registry: the tenant (locked)
-        is active and has quota for it, its name is free, its ports unique."""
-        tenant = await TenantRepository(self.session).get(tenant_id, for_update=True)
-        if tenant.status != "active":
-            raise InvalidState(
-                f"tenant is {tenant.status}; no instances can be created", details={"state": tenant.status}
-            )
-        await self.check_quota(
-            tenant_id,
-            instances=1,
-            cpu_millis=data.resources.cpu_millis * data.replicas,
-            memory_mb=data.resources.memory_mb * data.replicas,
-            tenant_locked=True,
-        )
-        if await self.repo.name_taken(tenant_id, data.name):
-            raise Conflict(f"an instance named {data.name!r} exists", details={"name": data.name})
-        _unique_ports(data.ports)
-        await self.context.services.registries.admit(data.image)
-        return tenant
 
     async def _addressed(self, view: schemas.Instance, slug: str | None = None) -> schemas.Instance:
         """``view`` with its hostname and URL through the router."""
@@ -518,6 +510,14 @@ _ALL_STATES = (
     "destroyed",
     "unknown",
 )
+
+
+async def _all_pass(*checks: Awaitable[None]) -> None:
+    """Run ``checks`` at once; when some refuse, the first refusal in their order is raised (after
+    all have ended, so none is left running or unread)."""
+    for outcome in await asyncio.gather(*checks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _unique_ports(ports: list[schemas.Port]) -> None:

@@ -192,28 +192,40 @@ async def test_duplicate_name_is_409(api: Api) -> None:
     assert response.status_code == 409
 
 
-async def test_the_providers_admission_runs_beside_the_checks_and_a_refusal_cancels_it(
+async def test_the_providers_admission_and_the_registry_check_run_at_once_before_any_lock(
     api: Api, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The provider's admission (an engine call) runs while the database checks do; a check that
-    refuses (a duplicate name: 409) does not wait for it, cancels it, and writes nothing."""
+    """The provider's admission (an engine call) and the image's registry check (a name lookup) run
+    at once, each in a worker thread, before the create's transaction takes a lock; when one
+    refuses, the answer is its refusal and nothing is written."""
+    from ctrlplane.errors import InvalidInput
+
     _, token = await tenant_token(api)
-    await create(api, token)
-    started, cancelled = asyncio.Event(), asyncio.Event()
+    services = app.state.services
+    admitting, checking = asyncio.Event(), asyncio.Event()
+    admitted_unlocked: list[str] = []
 
     async def admit(name: str, tenant_id: str) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+        admitting.set()
+        await asyncio.wait_for(checking.wait(), 5)  # only if the registry check runs meanwhile
+        async with services.db.write() as session, session.begin():  # SQLite: no write lock held yet
+            admitted_unlocked.append(tenant_id)
 
-    monkeypatch.setattr(app.state.services.providers, "admit", admit)
-    response = await api.client.post("/v1/instances", json=WEB, headers=token)
-    assert response.status_code == 409, response.text
-    assert response.json()["code"] and response.json()["request_id"]
-    assert started.is_set() and cancelled.is_set()
+    async def check_registry(image: str, field: str = "image") -> None:
+        checking.set()
+        await asyncio.wait_for(admitting.wait(), 5)
+        if image.startswith("refused/"):
+            raise InvalidInput("registry refused", details={"field": field})
+
+    monkeypatch.setattr(services.providers, "admit", admit)
+    monkeypatch.setattr(services.registries, "admit", check_registry)
+    assert (await create(api, token))["name"] == "web"
+    refused = await api.client.post(
+        "/v1/instances", json={**WEB, "name": "two", "image": "refused/app:1"}, headers=token
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["message"] == "registry refused" and refused.json()["request_id"]
+    assert len(admitted_unlocked) == 2
     listed = (await api.client.get("/v1/instances", headers=token)).json()["items"]
     assert [item["name"] for item in listed] == ["web"]
 
