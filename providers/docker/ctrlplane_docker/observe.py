@@ -108,16 +108,20 @@ SIGKILL_EXIT_CODE = 137
 OOM_SETTLE_SECONDS = 1.0
 
 
-def oom_unsettled(attrs: Mapping[str, Any], now: datetime) -> bool:
-    """Whether a container's OOM flag may still change: it was killed by SIGKILL (exit code 137)
-    less than ``OOM_SETTLE_SECONDS`` ago and Docker does not say OOM-killed yet. Docker sets the
+def oom_settle_seconds(attrs: Mapping[str, Any], now: datetime) -> float:
+    """How much longer a container's OOM flag may still change: for one killed by SIGKILL (exit
+    code 137) without the flag, ``OOM_SETTLE_SECONDS`` from its exit; otherwise 0. Docker sets the
     flag from containerd's OOM event, which it can handle just after the exit, so an inspect in
-    that moment tells a kill by the kernel's OOM killer from any other SIGKILL only a moment later."""
+    that moment tells a kill by the kernel's OOM killer from any other SIGKILL only a moment later.
+    The exit time is the engine's clock: an exit that seems to lie ahead (a remote engine's clock
+    running ahead of ours) counts as just now, so the wait never exceeds ``OOM_SETTLE_SECONDS``."""
     state: Mapping[str, Any] = attrs.get("State") or {}
     if state.get("Status") != "exited" or state.get("ExitCode") != SIGKILL_EXIT_CODE or state.get("OOMKilled"):
-        return False
+        return 0.0
     finished = parse_time(state.get("FinishedAt"))
-    return finished is not None and (now - finished).total_seconds() < OOM_SETTLE_SECONDS
+    if finished is None:
+        return 0.0
+    return max(0.0, OOM_SETTLE_SECONDS - max(0.0, (now - finished).total_seconds()))
 
 
 EXIT_CODE = re.compile(r"^Exited \((-?\d+)\)")

@@ -99,7 +99,7 @@ from ctrlplane_docker.observe import (
     inventory_ids,
     label_int,
     listed_replica_status,
-    oom_unsettled,
+    oom_settle_seconds,
     parse_time,
     replica_status,
     workload_status,
@@ -169,6 +169,25 @@ def _each(items: Sequence[T], work: Callable[[T], R]) -> list[R]:
         return [work(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(len(items), MAX_PARALLEL), thread_name_prefix="ctrlplane-docker") as pool:
         return list(pool.map(work, items))
+
+
+def oom_settled(api: APIClient, attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs``, inspected again every ``OOM_POLL_SECONDS`` while whether the container was
+    OOM-killed may still change (``oom_settle_seconds``, at most a second, measured on this
+    machine's monotonic clock from the first read), so a replica or run the kernel killed is
+    recorded as OOM-killed rather than as exit code 137."""
+    left = oom_settle_seconds(attrs, datetime.now(UTC))
+    deadline = time.monotonic() + left
+    while left > 0:
+        time.sleep(min(OOM_POLL_SECONDS, left))
+        try:
+            attrs = dict(api.inspect_container(attrs["Id"]))
+        except APIError as exc:
+            if is_not_found(exc):  # removed meanwhile: what was read stands
+                return attrs
+            raise
+        left = min(deadline - time.monotonic(), oom_settle_seconds(attrs, datetime.now(UTC)))
+    return attrs
 
 
 def _network_missing(exc: APIError) -> bool:
@@ -267,20 +286,6 @@ class DockerProvider:
                     raise
         return inspected
 
-    def _oom_settled(self, api: APIClient, attrs: dict[str, Any]) -> dict[str, Any]:
-        """``attrs``, inspected again while whether the container was OOM-killed may still change
-        (``oom_unsettled``: at most ``OOM_SETTLE_SECONDS`` after a SIGKILL), so a replica or run the
-        kernel killed is recorded as OOM-killed rather than as exit code 137."""
-        while oom_unsettled(attrs, datetime.now(UTC)):
-            time.sleep(OOM_POLL_SECONDS)
-            try:
-                attrs = dict(api.inspect_container(attrs["Id"]))
-            except APIError as exc:
-                if is_not_found(exc):  # removed meanwhile: what was read stands
-                    return attrs
-                raise
-        return attrs
-
     def _status(self, api: APIClient, instance_id: str, *, stopped: bool | None = None) -> WorkloadStatus:
         """The instance's status; ``stopped`` when the caller knows the stop marker's state (it just
         cleared it), else the marker is read."""
@@ -288,7 +293,7 @@ class DockerProvider:
         if stopped is None:
             stopped = bool(inspected) and self._is_marked_stopped(api, instance_id)
         if not stopped:  # ctrlplane's own SIGKILLs (a stop's grace period passing) are no failure
-            inspected = [self._oom_settled(api, attrs) for attrs in inspected]
+            inspected = [oom_settled(api, attrs) for attrs in inspected]
         return workload_status(
             instance_id,
             [replica_status(attrs, self._host_address) for attrs in inspected],
@@ -1042,7 +1047,7 @@ class DockerProvider:
 
     def _run_status(self, api: APIClient, instance_id: str, run_id: str) -> RunStatus:
         try:
-            attrs = self._oom_settled(api, dict(api.inspect_container(run_container_name(instance_id, run_id))))
+            attrs = oom_settled(api, dict(api.inspect_container(run_container_name(instance_id, run_id))))
         except APIError as exc:
             if is_not_found(exc):
                 return RunStatus(run_id=run_id, state="missing")
