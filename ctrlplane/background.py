@@ -162,15 +162,34 @@ class Background:
         worker = OperationWorker(self.services)
         poller = self.operations
 
+        armed, ran = self.services.work.armed(queue.READS), False
+
+        def claimed() -> None:
+            nonlocal ran
+            ran = True
+            poller.found(number)
+
+        def recording() -> None:
+            # a commit during the operation is not news once the record looks at the queue itself
+            nonlocal armed
+            armed = self.services.work.armed(queue.READS)
+
         announced = False
         while True:
-            armed = self.services.work.armed(queue.READS)
+            armed, ran = self.services.work.armed(queue.READS), False
             try:
-                if await worker.run_once(claimed=lambda: poller.found(number), look_first=not announced):
+                if await worker.run_once(claimed=claimed, recording=recording, look_first=not announced):
                     announced = False
                     continue
             except Exception as exc:
                 log.error("worker_error", exc_info=exc)
+            if ran and armed.is_set():
+                # the record found nothing to claim, but a commit since it began announced work it
+                # may not have seen (on PostgreSQL, an enqueue that did not lock the instance's row
+                # can commit between the record's look and its own commit): look once more now,
+                # poller or not
+                announced = False
+                continue
             announced = await poller.wait(number, armed)
 
     async def reconcile_loop(self) -> None:

@@ -55,10 +55,16 @@ class OperationWorker:
         self.lease = timedelta(seconds=services.settings.operation_lease_seconds)
         self.redact_text = container_text_redactor(services)
 
-    async def run_once(self, *, claimed: Callable[[], None] | None = None, look_first: bool = True) -> bool:
-        """Claim and run one operation (calling ``claimed`` once it is claimed); True when there may
-        be more to do now: False when there was nothing to claim, or when the run's record found
-        nothing else claimable."""
+    async def run_once(
+        self,
+        *,
+        claimed: Callable[[], None] | None = None,
+        recording: Callable[[], None] | None = None,
+        look_first: bool = True,
+    ) -> bool:
+        """Claim and run one operation (calling ``claimed`` once it is claimed, ``recording`` just
+        before its outcome is recorded); True when there may be more to do now: False when there
+        was nothing to claim, or when the run's record found nothing else claimable."""
         operation = await queue.claim(self.services.db, owner=self.owner, lease=self.lease, look_first=look_first)
         if operation is None:
             return False
@@ -66,8 +72,17 @@ class OperationWorker:
             claimed()
         async with self.services.db.read() as session:
             instance = await session.get(Instance, operation.instance_id)
-        if instance is None:
-            return await self._record(operation, None, None)
+        status: WorkloadStatus | None = None
+        error: Exception | None = None
+        if instance is not None:  # (one deleted meanwhile: the record just finishes the operation)
+            status, error = await self._run(operation, instance)
+        if recording is not None:
+            recording()
+        return await self._record(operation, status, error)
+
+    async def _run(self, operation: Operation, instance: Instance) -> tuple[WorkloadStatus | None, Exception | None]:
+        """Apply the operation to the instance's provider, renewing its lease meanwhile; its status
+        or the error it ended with."""
         status: WorkloadStatus | None = None
         error: Exception | None = None
         async with anyio.create_task_group() as group:
@@ -82,7 +97,7 @@ class OperationWorker:
         if error is None and status is not None and operation.kind in ("start", "provision", "repair"):
             # a request held for this instance's wake proxies to it now, not after the record
             self.services.started.announce(instance.id, status)
-        return await self._record(operation, status, error)
+        return status, error
 
     async def _heartbeat(self, operation_id: str) -> None:
         while True:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from ctrlplane.background import IdlePoller
 from ctrlplane.signals import Signal
@@ -120,3 +124,45 @@ async def test_only_the_poller_woken_by_a_commit_is_told_the_work_was_announced(
     assert await asyncio.wait_for(waiting, 1) is True
     poller.found(0)  # loop 0 claimed: spare 1 is handed the look
     assert await asyncio.wait_for(spare, 1) is False
+
+
+async def test_a_worker_whose_record_found_nothing_looks_again_when_a_commit_came_since(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Background.worker_loop`` itself: on PostgreSQL an enqueue that does not lock the instance's
+    row can commit after a record's own look at the queue and before its commit, and that record
+    announces nothing; the worker that recorded looks once more when a commit came since the record
+    began, though another loop is the poller (which looked too early and waits)."""
+    from ctrlplane import background
+    from ctrlplane.operations import queue
+
+    work = Signal()
+    looks: list[bool] = []
+    runs = iter(["ran", "found nothing"])
+
+    class Worker:
+        def __init__(self, services: object) -> None:
+            pass
+
+        async def run_once(self, *, claimed: Any, recording: Any, look_first: bool) -> bool:
+            if next(runs, "found nothing") == "ran":
+                claimed()
+                recording()
+                work.wake(queue.READS)  # the unlocked enqueue's commit, during the record
+                return False  # the record's look found nothing claimable
+            looks.append(look_first)
+            return False
+
+    monkeypatch.setattr(background, "OperationWorker", Worker)
+    services = SimpleNamespace(
+        work=work, replica="r", db=SimpleNamespace(dialect="sqlite"), settings=SimpleNamespace(leader_lease_seconds=5)
+    )
+    loops = background.Background(services)  # type: ignore[arg-type]
+    loops.operations._poller = 99  # another loop polls: this one would wait as a spare
+    task = asyncio.create_task(loops.worker_loop(0))
+    try:
+        await asyncio.sleep(0.05)
+        assert looks == [True]  # one more look, a read first, at once
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
