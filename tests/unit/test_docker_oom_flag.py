@@ -77,7 +77,8 @@ def test_a_sigkill_that_was_no_oom_is_read_again_for_at_most_the_bound() -> None
     engine = Engine(container(now=now, ago=-300))  # the engine's clock five minutes ahead
     started = time.monotonic()
     settled = oom_settled(engine, container(now=now, ago=-300))  # type: ignore[arg-type]
-    assert time.monotonic() - started < OOM_SETTLE_SECONDS + 0.5
+    # bounded by the second (generously, for a loaded machine); unbounded it would run 300 s
+    assert time.monotonic() - started < OOM_SETTLE_SECONDS + 4
     assert settled["State"]["OOMKilled"] is False and engine.inspects >= 2
 
 

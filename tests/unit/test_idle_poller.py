@@ -161,8 +161,11 @@ async def test_a_worker_whose_record_found_nothing_looks_again_when_a_commit_cam
     loops.operations._poller = 99  # another loop polls: this one would wait as a spare
     task = asyncio.create_task(loops.worker_loop(0))
     try:
-        await asyncio.sleep(0.05)
-        assert looks == [True]  # one more look, a read first, at once
+        for _ in range(200):  # a spare would wait 10 s; this one looks at once
+            if looks:
+                break
+            await asyncio.sleep(0.01)
+        assert looks == [True]  # one more look, a read first
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
